@@ -1,0 +1,696 @@
+//! Cross-resource analysis, like `istioctl analyze`.
+//!
+//! One resource can be valid on its own and still be wrong in its configuration: a
+//! VirtualService routing to a subset no DestinationRule defines, to a host the registry
+//! does not know, through a gateway that does not exist; two VirtualServices claiming one
+//! host; a rule after a catch-all rule that can never match. These checks use Istio's
+//! message codes (IST0101, IST0109, IST0130, ...) so that a user who knows `istioctl
+//! analyze` recognises them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::diag::{Code, Diagnostic, ResourceRef};
+use crate::host::{self, qualify};
+use crate::model::*;
+use crate::path::FieldPath;
+use crate::registry::{Registry, visible};
+
+/// Everything the analysis looks at.
+pub struct Input<'a> {
+    /// VirtualServices.
+    pub virtual_services: &'a [Arc<Resource<VirtualService>>],
+    /// DestinationRules.
+    pub destination_rules: &'a [Arc<Resource<DestinationRule>>],
+    /// Gateways.
+    pub gateways: &'a [Arc<Resource<Gateway>>],
+    /// ServiceEntries.
+    pub service_entries: &'a [Arc<Resource<ServiceEntry>>],
+    /// WorkloadEntries.
+    pub workload_entries: &'a [Arc<Resource<WorkloadEntry>>],
+    /// PeerAuthentications.
+    pub peer_authentications: &'a [Arc<Resource<PeerAuthentication>>],
+    /// AuthorizationPolicies.
+    pub authorization_policies: &'a [Arc<Resource<AuthorizationPolicy>>],
+    /// RequestAuthentications.
+    pub request_authentications: &'a [Arc<Resource<RequestAuthentication>>],
+    /// The registry built from the ServiceEntries and WorkloadEntries.
+    pub registry: &'a Registry,
+    /// Mesh-wide settings.
+    pub mesh: &'a MeshSettings,
+}
+
+fn reference<S>(r: &Resource<S>, kind: Kind) -> ResourceRef {
+    ResourceRef {
+        kind: kind.as_str().to_string(),
+        namespace: r.namespace().to_string(),
+        name: r.name().to_string(),
+    }
+}
+
+fn diag<S>(r: &Resource<S>, kind: Kind, code: Code, path: FieldPath, msg: String) -> Diagnostic {
+    Diagnostic::new(code, msg)
+        .at(r.origin.locate(&path))
+        .resource(reference(r, kind))
+        .path(path)
+}
+
+/// Runs every analysis.
+pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
+    for vs in input.virtual_services {
+        virtual_service(input, vs, out);
+    }
+    conflicting_mesh_hosts(input, out);
+    for dr in input.destination_rules {
+        destination_rule(input, dr, out);
+    }
+    conflicting_destination_rules(input, out);
+    for se in input.service_entries {
+        if let Some(sel) = &se.spec.workload_selector {
+            let found = input.workload_entries.iter().any(|we| {
+                we.namespace() == se.namespace() && labels_match(&sel.labels, &we.spec.labels)
+            });
+            if !found && !sel.labels.is_empty() {
+                out.push(diag(
+                    se,
+                    Kind::ServiceEntry,
+                    Code::NoMatchingWorkloadsFound,
+                    FieldPath::root()
+                        .key("spec")
+                        .key("workloadSelector")
+                        .key("labels"),
+                    format!(
+                        "No matching workloads for this resource with the following labels: {}",
+                        show_labels(&sel.labels)
+                    ),
+                ));
+            }
+        }
+    }
+    let selector_check = |sel: &Option<WorkloadSelector>, ns: &str| -> Option<String> {
+        let sel = sel.as_ref()?;
+        if sel.match_labels.is_empty() {
+            return None;
+        }
+        let mesh_wide = ns == input.mesh.root_namespace;
+        let found = input.registry.services().iter().any(|s| {
+            s.endpoints.iter().any(|e| {
+                (mesh_wide || e.namespace == ns) && labels_match(&sel.match_labels, &e.labels)
+            })
+        }) || input.workload_entries.iter().any(|we| {
+            (mesh_wide || we.namespace() == ns) && labels_match(&sel.match_labels, &we.spec.labels)
+        });
+        (!found).then(|| show_labels(&sel.match_labels))
+    };
+    let sel_path = FieldPath::root()
+        .key("spec")
+        .key("selector")
+        .key("matchLabels");
+    let msg = |l: String| {
+        format!("No matching workloads for this resource with the following labels: {l}")
+    };
+    for r in input.authorization_policies {
+        if let Some(l) = selector_check(&r.spec.selector, r.namespace()) {
+            out.push(diag(
+                r,
+                Kind::AuthorizationPolicy,
+                Code::NoMatchingWorkloadsFound,
+                sel_path.clone(),
+                msg(l),
+            ));
+        }
+    }
+    for r in input.peer_authentications {
+        if let Some(l) = selector_check(&r.spec.selector, r.namespace()) {
+            out.push(diag(
+                r,
+                Kind::PeerAuthentication,
+                Code::NoMatchingWorkloadsFound,
+                sel_path.clone(),
+                msg(l),
+            ));
+        }
+    }
+    for r in input.request_authentications {
+        if let Some(l) = selector_check(&r.spec.selector, r.namespace()) {
+            out.push(diag(
+                r,
+                Kind::RequestAuthentication,
+                Code::NoMatchingWorkloadsFound,
+                sel_path.clone(),
+                msg(l),
+            ));
+        }
+    }
+}
+
+fn labels_match(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn show_labels(labels: &Labels) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Resolves a gateway reference written in a VirtualService of namespace `ns`.
+fn gateway_key(reference: &str, ns: &str) -> (String, String) {
+    match reference.split_once('/') {
+        Some((gns, name)) => (gns.to_string(), name.to_string()),
+        None => (ns.to_string(), reference.to_string()),
+    }
+}
+
+fn find_gateway<'a>(
+    input: &'a Input<'_>,
+    reference: &str,
+    ns: &str,
+) -> Option<&'a Arc<Resource<Gateway>>> {
+    let (gns, name) = gateway_key(reference, ns);
+    input
+        .gateways
+        .iter()
+        .find(|g| g.namespace() == gns && g.name() == name)
+}
+
+/// A destination written in a VirtualService, with the path of its `destination` field.
+struct DestRef<'a> {
+    dest: &'a Destination,
+    path: FieldPath,
+    /// Route destinations need a port when the service has several (mirrors are copies).
+    needs_port: bool,
+}
+
+fn destinations(vs: &VirtualService) -> Vec<DestRef<'_>> {
+    let spec = FieldPath::root().key("spec");
+    let mut out = Vec::new();
+    for (i, r) in vs.http.iter().enumerate() {
+        let p = spec.key("http").index(i);
+        for (j, d) in r.route.iter().enumerate() {
+            out.push(DestRef {
+                dest: &d.destination,
+                path: p.key("route").index(j).key("destination"),
+                needs_port: true,
+            });
+        }
+        if let Some(m) = &r.mirror {
+            out.push(DestRef {
+                dest: m,
+                path: p.key("mirror"),
+                needs_port: false,
+            });
+        }
+        for (j, m) in r.mirrors.iter().enumerate() {
+            out.push(DestRef {
+                dest: &m.destination,
+                path: p.key("mirrors").index(j).key("destination"),
+                needs_port: false,
+            });
+        }
+    }
+    for (field, routes) in [
+        ("tls", vs.tls.iter().map(|r| &r.route).collect::<Vec<_>>()),
+        ("tcp", vs.tcp.iter().map(|r| &r.route).collect::<Vec<_>>()),
+    ] {
+        for (i, route) in routes.into_iter().enumerate() {
+            for (j, d) in route.iter().enumerate() {
+                out.push(DestRef {
+                    dest: &d.destination,
+                    path: spec
+                        .key(field)
+                        .index(i)
+                        .key("route")
+                        .index(j)
+                        .key("destination"),
+                    needs_port: true,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn virtual_service(
+    input: &Input<'_>,
+    vs: &Arc<Resource<VirtualService>>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let ns = vs.namespace();
+    let spec = FieldPath::root().key("spec");
+    let k = Kind::VirtualService;
+    // gateways
+    let mut gw_refs: Vec<(FieldPath, &str)> = vs
+        .spec
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (spec.key("gateways").index(i), g.as_str()))
+        .collect();
+    for (i, r) in vs.spec.http.iter().enumerate() {
+        for (j, m) in r.match_.iter().enumerate() {
+            for (l, g) in m.gateways.iter().enumerate() {
+                gw_refs.push((
+                    spec.key("http")
+                        .index(i)
+                        .key("match")
+                        .index(j)
+                        .key("gateways")
+                        .index(l),
+                    g.as_str(),
+                ));
+            }
+        }
+    }
+    for (path, g) in &gw_refs {
+        if *g == "mesh" {
+            continue;
+        }
+        if find_gateway(input, g, ns).is_none() {
+            out.push(diag(
+                vs,
+                k,
+                Code::ReferencedResourceNotFound,
+                path.clone(),
+                format!("Referenced gateway not found: {g:?}"),
+            ));
+        }
+    }
+    // hosts served by the gateways
+    for (i, g) in vs.spec.gateways.iter().enumerate() {
+        if g == "mesh" {
+            continue;
+        }
+        let Some(gw) = find_gateway(input, g, ns) else {
+            continue;
+        };
+        let missing: Vec<String> = vs
+            .spec
+            .hosts
+            .iter()
+            .filter(|h| {
+                let qh = qualify(h, ns);
+                !gw.spec
+                    .servers
+                    .iter()
+                    .flat_map(|s| s.hosts.iter())
+                    .any(|sh| {
+                        let (sns, shost) = host::split_namespaced(sh);
+                        let ns_ok = sns == "*" || (sns == "." && gw.namespace() == ns) || sns == ns;
+                        ns_ok && (host::overlaps(shost, &qh) || host::overlaps(shost, h))
+                    })
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            out.push(diag(
+                vs,
+                k,
+                Code::VirtualServiceHostNotFoundInGateway,
+                spec.key("gateways").index(i),
+                format!(
+                    "one or more host {missing:?} defined in VirtualService {ns}/{} not found in Gateway {}/{}",
+                    vs.name(),
+                    gw.namespace(),
+                    gw.name()
+                ),
+            ));
+        }
+    }
+    // destinations, ports and subsets
+    for d in destinations(&vs.spec) {
+        if d.dest.host.is_empty() || host::is_wildcard(&d.dest.host) {
+            continue; // reported by validation
+        }
+        let qhost = qualify(&d.dest.host, ns);
+        let Some(svc) = input.registry.lookup(&qhost, ns) else {
+            out.push(
+                diag(
+                    vs,
+                    k,
+                    Code::ReferencedResourceNotFound,
+                    d.path.key("host"),
+                    format!("Referenced host not found: {:?}", d.dest.host),
+                )
+                .help(format!(
+                    "no ServiceEntry visible from namespace `{ns}` has host `{qhost}`"
+                )),
+            );
+            continue;
+        };
+        match d.dest.port {
+            Some(p) if svc.port(p.number).is_none() => out.push(diag(
+                vs,
+                k,
+                Code::ReferencedResourceNotFound,
+                d.path.key("port").key("number"),
+                format!(
+                    "Referenced host:port not found: \"{}:{}\" (its ports are {})",
+                    d.dest.host,
+                    p.number,
+                    svc.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+            None if d.needs_port && svc.ports.len() > 1 => out.push(diag(
+                vs,
+                k,
+                Code::VirtualServiceDestinationPortSelectorRequired,
+                d.path.clone(),
+                format!(
+                    "This VirtualService routes to a service {:?} that exposes multiple ports [{}]. Specifying a port in the destination is required to disambiguate.",
+                    d.dest.host,
+                    svc.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(" ")
+                ),
+            )),
+            _ => {}
+        }
+        if let Some(subset) = &d.dest.subset {
+            let found = input.destination_rules.iter().any(|dr| {
+                let dr_host = qualify(&dr.spec.host, dr.namespace());
+                dr_visible(input, dr, ns)
+                    && host::matches(&dr_host, &qhost)
+                    && dr.spec.subsets.iter().any(|s| &s.name == subset)
+            });
+            if !found {
+                out.push(
+                    diag(
+                        vs,
+                        k,
+                        Code::ReferencedResourceNotFound,
+                        d.path.key("subset"),
+                        format!(
+                            "Referenced host+subset in destinationrule not found: \"{}+{}\"",
+                            d.dest.host, subset
+                        ),
+                    )
+                    .help(format!(
+                        "define subset `{subset}` in a DestinationRule for host `{qhost}`"
+                    )),
+                );
+            }
+        }
+    }
+    // delegates
+    for (i, r) in vs.spec.http.iter().enumerate() {
+        if let Some(dl) = &r.delegate {
+            let dns = dl.namespace.as_deref().unwrap_or(ns);
+            let found = input
+                .virtual_services
+                .iter()
+                .any(|o| o.namespace() == dns && o.name() == dl.name);
+            if !found {
+                out.push(diag(
+                    vs,
+                    k,
+                    Code::ReferencedResourceNotFound,
+                    spec.key("http").index(i).key("delegate").key("name"),
+                    format!(
+                        "Referenced delegate VirtualService not found: \"{dns}/{}\"",
+                        dl.name
+                    ),
+                ));
+            }
+        }
+    }
+    unreachable_rules(vs, out);
+}
+
+fn rule_name(r: &HttpRoute, i: usize) -> String {
+    match &r.name {
+        Some(n) if !n.is_empty() => format!("{n:?}"),
+        _ => format!("#{i}"),
+    }
+}
+
+fn is_empty_match(m: &HttpMatchRequest) -> bool {
+    let unnamed = HttpMatchRequest {
+        name: None,
+        ..m.clone()
+    };
+    unnamed == HttpMatchRequest::default()
+}
+
+/// IST0130 (a rule after a catch-all rule) and IST0131 (a match that repeats an earlier one).
+fn unreachable_rules(vs: &Arc<Resource<VirtualService>>, out: &mut Vec<Diagnostic>) {
+    let spec = FieldPath::root().key("spec");
+    let k = Kind::VirtualService;
+    let mut catch_all: Option<usize> = None;
+    let mut earlier: Vec<(usize, usize, HttpMatchRequest)> = Vec::new();
+    for (i, r) in vs.spec.http.iter().enumerate() {
+        let path = spec.key("http").index(i);
+        let matches_all = r.match_.is_empty() || r.match_.iter().any(is_empty_match);
+        if let Some(c) = catch_all {
+            let reason = if r.match_.is_empty() {
+                "only the last rule can have no matches".to_string()
+            } else {
+                format!("rule #{c} before it matches every request")
+            };
+            out.push(
+                diag(vs, k, Code::VirtualServiceUnreachableRule, path, format!("VirtualService rule {} not used ({reason}).", rule_name(r, i)))
+                    .help("rules are tried in order and the first match wins: put the catch-all rule last, or merge the rules (a fault and a route belong in one rule)"),
+            );
+            continue;
+        }
+        for (j, m) in r.match_.iter().enumerate() {
+            let unnamed = HttpMatchRequest {
+                name: None,
+                ..m.clone()
+            };
+            if let Some((ri, _, _)) = earlier.iter().find(|(_, _, e)| *e == unnamed) {
+                out.push(diag(
+                    vs,
+                    k,
+                    Code::VirtualServiceIneffectiveMatch,
+                    path.key("match").index(j),
+                    format!("VirtualService rule {} match #{j} is not used (duplicate/overlapping match in rule #{ri}).", rule_name(r, i)),
+                ));
+            }
+        }
+        for (j, m) in r.match_.iter().enumerate() {
+            earlier.push((
+                i,
+                j,
+                HttpMatchRequest {
+                    name: None,
+                    ..m.clone()
+                },
+            ));
+        }
+        if matches_all {
+            catch_all = Some(i);
+        }
+    }
+}
+
+fn dr_visible(input: &Input<'_>, dr: &Resource<DestinationRule>, from: &str) -> bool {
+    let export = if dr.spec.export_to.is_empty() {
+        &input.mesh.default_destination_rule_export_to
+    } else {
+        &dr.spec.export_to
+    };
+    visible(export, dr.namespace(), from)
+}
+
+fn vs_export(input: &Input<'_>, vs: &Resource<VirtualService>) -> (bool, BTreeSet<String>) {
+    let export = if vs.spec.export_to.is_empty() {
+        &input.mesh.default_virtual_service_export_to
+    } else {
+        &vs.spec.export_to
+    };
+    let mut names = BTreeSet::new();
+    let mut all = false;
+    for e in export {
+        match e.as_str() {
+            "*" => all = true,
+            "." => {
+                names.insert(vs.namespace().to_string());
+            }
+            "~" => {}
+            ns => {
+                names.insert(ns.to_string());
+            }
+        }
+    }
+    (all, names)
+}
+
+/// IST0109: several VirtualServices bound to the mesh define one host.
+fn conflicting_mesh_hosts(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
+    let mut by_host: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    for (v, vs) in input.virtual_services.iter().enumerate() {
+        let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+        if !mesh {
+            continue;
+        }
+        for (h, host) in vs.spec.hosts.iter().enumerate() {
+            by_host
+                .entry(qualify(host, vs.namespace()))
+                .or_default()
+                .push((v, h));
+        }
+    }
+    for (host, users) in by_host {
+        if users.len() < 2 {
+            continue;
+        }
+        for &(v, h) in &users {
+            let vs = &input.virtual_services[v];
+            let (all_a, names_a) = vs_export(input, vs);
+            let others: Vec<&Arc<Resource<VirtualService>>> = users
+                .iter()
+                .filter(|(o, _)| *o != v)
+                .map(|(o, _)| &input.virtual_services[*o])
+                .filter(|o| {
+                    let (all_b, names_b) = vs_export(input, o);
+                    (all_a && (all_b || !names_b.is_empty()))
+                        || (all_b && !names_a.is_empty())
+                        || names_a.intersection(&names_b).next().is_some()
+                })
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            let mut names: Vec<String> = std::iter::once(vs)
+                .chain(others.iter().copied())
+                .map(|r| format!("{}/{}", r.namespace(), r.name()))
+                .collect();
+            names.sort();
+            let mut d = diag(
+                vs,
+                Kind::VirtualService,
+                Code::ConflictingMeshGatewayVirtualServiceHosts,
+                FieldPath::root().key("spec").key("hosts").index(h),
+                format!(
+                    "The VirtualServices {} associated with mesh gateway define the same host {host} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.",
+                    names.join(",")
+                ),
+            );
+            for o in others {
+                d = d.related(
+                    o.origin.location(),
+                    format!("VirtualService {}/{} is here", o.namespace(), o.name()),
+                );
+            }
+            out.push(d);
+        }
+    }
+}
+
+fn destination_rule(
+    input: &Input<'_>,
+    dr: &Arc<Resource<DestinationRule>>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let ns = dr.namespace();
+    let spec = FieldPath::root().key("spec");
+    let k = Kind::DestinationRule;
+    if dr.spec.host.is_empty() {
+        return;
+    }
+    let qhost = qualify(&dr.spec.host, ns);
+    let services: Vec<_> = if host::is_wildcard(&qhost) {
+        input.registry.matching(&qhost, ns).collect()
+    } else {
+        input.registry.lookup(&qhost, ns).into_iter().collect()
+    };
+    if services.is_empty() {
+        out.push(
+            diag(
+                dr,
+                k,
+                Code::UnknownDestinationRuleHost,
+                spec.key("host"),
+                format!("The host {} defined in the DestinationRule does not match any services in the mesh.", dr.spec.host),
+            )
+            .help(format!("no ServiceEntry visible from namespace `{ns}` has host `{qhost}`")),
+        );
+    } else {
+        for (i, s) in dr.spec.subsets.iter().enumerate() {
+            let selected = services
+                .iter()
+                .any(|svc| svc.endpoints_selected_by(&s.labels).next().is_some());
+            if !selected {
+                out.push(diag(
+                    dr,
+                    k,
+                    Code::DestinationRuleSubsetNotSelectPods,
+                    spec.key("subsets").index(i).key("name"),
+                    format!(
+                        "The Subset {} defined in the DestinationRule does not select any endpoint (labels {}). Requests routed to it fail with 503 no healthy upstream.",
+                        s.name,
+                        show_labels(&s.labels)
+                    ),
+                ));
+            }
+        }
+    }
+    let mut tls_paths: Vec<(FieldPath, &ClientTlsSettings)> = Vec::new();
+    if let Some(tls) = dr.spec.traffic_policy.as_ref().and_then(|t| t.tls.as_ref()) {
+        tls_paths.push((spec.key("trafficPolicy").key("tls"), tls));
+    }
+    for (i, s) in dr.spec.subsets.iter().enumerate() {
+        if let Some(tls) = s.traffic_policy.as_ref().and_then(|t| t.tls.as_ref()) {
+            tls_paths.push((
+                spec.key("subsets").index(i).key("trafficPolicy").key("tls"),
+                tls,
+            ));
+        }
+    }
+    for (path, tls) in tls_paths {
+        let mode = tls.mode.unwrap_or_default();
+        if matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual)
+            && tls.ca_certificates.is_none()
+            && tls.credential_name.is_none()
+            && tls.insecure_skip_verify != Some(true)
+        {
+            out.push(diag(
+                dr,
+                k,
+                Code::NoServerCertificateVerificationDestinationLevel,
+                path.key("mode"),
+                format!(
+                    "DestinationRule {} in namespace {ns} has TLS mode set to {mode:?} but no caCertificates are set to validate server identity for host: {}",
+                    dr.name(),
+                    dr.spec.host
+                ),
+            ));
+        }
+    }
+}
+
+/// Several DestinationRules for one host, visible from one namespace.
+fn conflicting_destination_rules(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
+    let mut seen: BTreeMap<(String, String), &Arc<Resource<DestinationRule>>> = BTreeMap::new();
+    for dr in input.destination_rules {
+        if dr.spec.host.is_empty() || dr.spec.workload_selector.is_some() {
+            continue;
+        }
+        let key = (
+            qualify(&dr.spec.host, dr.namespace()),
+            dr.namespace().to_string(),
+        );
+        if let Some(first) = seen.get(&key) {
+            out.push(
+                diag(
+                    dr,
+                    Kind::DestinationRule,
+                    Code::ConflictingDestinationRules,
+                    FieldPath::root().key("spec").key("host"),
+                    format!(
+                        "DestinationRules {}/{} and {}/{} both apply to host {}: Istio merges them only when they do not overlap, the first one's trafficPolicy wins",
+                        first.namespace(),
+                        first.name(),
+                        dr.namespace(),
+                        dr.name(),
+                        key.0
+                    ),
+                )
+                .related(first.origin.location(), "the first DestinationRule for the host"),
+            );
+        } else {
+            seen.insert(key, dr);
+        }
+    }
+}

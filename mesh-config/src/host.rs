@@ -1,0 +1,175 @@
+//! Host names the way Istio reads them.
+//!
+//! A short name (no dot) in a VirtualService or DestinationRule is qualified with the
+//! resource's namespace and the cluster domain: `reviews` written in `default` means
+//! `reviews.default.svc.cluster.local`. Names with a dot are taken as written (Istio does
+//! not expand `reviews.default`). Wildcards (`*.example.com`, `*`) match any number of
+//! labels in place of the `*`, as Istio's host matching does. Hosts are compared in lower
+//! case.
+
+/// The DNS suffix of services: `svc.cluster.local`.
+pub const SERVICE_DOMAIN: &str = "svc.cluster.local";
+
+/// Qualifies `host`, written in a resource of `namespace`.
+pub fn qualify(host: &str, namespace: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    if host == "*" || host.contains('.') {
+        host
+    } else {
+        format!("{host}.{namespace}.{SERVICE_DOMAIN}")
+    }
+}
+
+/// True for `*` and `*.suffix` hosts.
+pub fn is_wildcard(host: &str) -> bool {
+    host.starts_with('*')
+}
+
+/// True when `pattern` (possibly a wildcard) matches the concrete or wildcard `host`.
+///
+/// `*.example.com` matches `a.example.com`, `a.b.example.com` and `*.a.example.com`,
+/// not `example.com`. `*` matches everything.
+pub fn matches(pattern: &str, host: &str) -> bool {
+    let (p, h) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    if p == "*" {
+        return true;
+    }
+    match p.strip_prefix('*') {
+        Some(suffix) => {
+            if let Some(hsuffix) = h.strip_prefix('*') {
+                // wildcard against wildcard: the host's set must be inside the pattern's
+                hsuffix.ends_with(suffix)
+            } else {
+                h.len() > suffix.len() && h.ends_with(suffix)
+            }
+        }
+        None => p == h,
+    }
+}
+
+/// True when the two hosts (either may be a wildcard) have a name in common.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    matches(a, b) || matches(b, a)
+}
+
+/// Splits a gateway server host `namespace/host` into its parts (`*` namespace when none).
+pub fn split_namespaced(host: &str) -> (&str, &str) {
+    match host.split_once('/') {
+        Some((ns, h)) => (ns, h),
+        None => ("*", host),
+    }
+}
+
+/// Checks a DNS name that may start with a `*.` wildcard label (or be `*`).
+pub fn check_wildcard_domain(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if host == "*" {
+        return Ok(());
+    }
+    let rest = match host.strip_prefix("*.") {
+        Some(r) => r,
+        None if host.starts_with('*') => {
+            return Err(format!(
+                "`{host}`: a wildcard must be the whole first label (`*.example.com`)"
+            ));
+        }
+        None => host,
+    };
+    if rest.len() > 253 {
+        return Err(format!("`{host}` is longer than 253 characters"));
+    }
+    for label in rest.trim_end_matches('.').split('.') {
+        check_dns_label(label).map_err(|e| format!("`{host}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks one DNS label: 1-63 characters, letters, digits and `-`, no `-` at either end.
+pub fn check_dns_label(label: &str) -> Result<(), String> {
+    if label.is_empty() {
+        return Err("empty label".into());
+    }
+    if label.len() > 63 {
+        return Err(format!("label `{label}` is longer than 63 characters"));
+    }
+    if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(format!(
+            "label `{label}` may contain only letters, digits and `-`"
+        ));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(format!("label `{label}` must not start or end with `-`"));
+    }
+    Ok(())
+}
+
+/// Checks a Kubernetes DNS-1123 label (lower case): names of subsets, namespaces.
+pub fn check_dns1123_label(name: &str) -> Result<(), String> {
+    check_dns_label(name)?;
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("`{name}` must be lower case"));
+    }
+    Ok(())
+}
+
+/// Checks a Kubernetes DNS-1123 subdomain (lower case): resource names.
+pub fn check_dns1123_subdomain(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err(format!("`{name}` is longer than 253 characters"));
+    }
+    for label in name.split('.') {
+        check_dns1123_label(label).map_err(|e| format!("`{name}`: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qualification() {
+        assert_eq!(
+            qualify("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(qualify("Reviews", "prod"), "reviews.prod.svc.cluster.local");
+        assert_eq!(qualify("reviews.default", "prod"), "reviews.default");
+        assert_eq!(qualify("*", "prod"), "*");
+        assert_eq!(qualify("*.example.com", "prod"), "*.example.com");
+    }
+
+    #[test]
+    fn wildcard_matching() {
+        let table = [
+            ("*", "anything.example.com", true),
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "a.b.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("*.example.com", "aexample.com", false),
+            ("*.example.com", "*.a.example.com", true),
+            ("*.a.example.com", "*.example.com", false),
+            ("a.example.com", "A.Example.com", true),
+            ("a.example.com", "b.example.com", false),
+        ];
+        for (p, h, want) in table {
+            assert_eq!(matches(p, h), want, "{p} vs {h}");
+        }
+        assert!(overlaps("*.a.example.com", "*.example.com"));
+    }
+
+    #[test]
+    fn domain_checks() {
+        assert!(check_wildcard_domain("*.example.com").is_ok());
+        assert!(check_wildcard_domain("reviews").is_ok());
+        assert!(check_wildcard_domain("a*.example.com").is_err());
+        assert!(check_wildcard_domain("bad_host.com").is_err());
+        assert!(check_wildcard_domain("-a.com").is_err());
+        assert!(check_dns1123_label("v1").is_ok());
+        assert!(check_dns1123_label("V1").is_err());
+        assert!(check_dns1123_subdomain("bookinfo-gateway").is_ok());
+        assert!(check_dns1123_subdomain("a..b").is_err());
+    }
+}

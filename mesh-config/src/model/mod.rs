@@ -1,0 +1,417 @@
+//! The typed model of Istio's resources.
+//!
+//! One Rust type per Istio message, with the field names of Istio's API reference (serde
+//! renames them to the YAML's lowerCamelCase). Every struct denies unknown fields: a typo
+//! is an error, never silently dropped. Optional protobuf fields are `Option`s so that
+//! validation can tell "absent" from "zero".
+
+pub mod common;
+pub mod destination_rule;
+pub mod gateway;
+pub mod mesh;
+pub mod security;
+pub mod service_entry;
+pub mod virtual_service;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+pub use common::*;
+pub use destination_rule::*;
+pub use gateway::*;
+pub use mesh::*;
+pub use security::*;
+pub use service_entry::*;
+pub use virtual_service::*;
+
+use crate::diag::{Location, ResourceRef};
+use crate::path::FieldPath;
+use crate::source::{SourceFile, Span};
+use crate::yaml::Node;
+
+/// The kinds of resource the mesh reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `networking.istio.io` VirtualService.
+    VirtualService,
+    /// `networking.istio.io` DestinationRule.
+    DestinationRule,
+    /// `networking.istio.io` Gateway.
+    Gateway,
+    /// `networking.istio.io` ServiceEntry.
+    ServiceEntry,
+    /// `networking.istio.io` WorkloadEntry.
+    WorkloadEntry,
+    /// `security.istio.io` PeerAuthentication.
+    PeerAuthentication,
+    /// `security.istio.io` AuthorizationPolicy.
+    AuthorizationPolicy,
+    /// `security.istio.io` RequestAuthentication.
+    RequestAuthentication,
+    /// `mesh.rs` MeshConfig: mesh-wide settings.
+    MeshConfig,
+}
+
+/// API group of mesh-wide settings.
+pub const MESH_GROUP: &str = "mesh.rs";
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 9] = [
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::Gateway,
+        Kind::ServiceEntry,
+        Kind::WorkloadEntry,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
+        Kind::MeshConfig,
+    ];
+
+    /// The kind's name as written in `kind:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::Gateway => "Gateway",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::MeshConfig => "MeshConfig",
+        }
+    }
+
+    /// Looks a kind up by its name (case-sensitive, as Kubernetes does).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Looks a kind up by name, plural or short name, case-insensitively (`vs`,
+    /// `virtualservices`, `VirtualService`), the way `kubectl get` does.
+    pub fn from_cli_name(name: &str) -> Option<Kind> {
+        let n = name.to_ascii_lowercase();
+        let k = match n.as_str() {
+            "virtualservice" | "virtualservices" | "vs" => Kind::VirtualService,
+            "destinationrule" | "destinationrules" | "dr" => Kind::DestinationRule,
+            "gateway" | "gateways" | "gw" => Kind::Gateway,
+            "serviceentry" | "serviceentries" | "se" => Kind::ServiceEntry,
+            "workloadentry" | "workloadentries" | "we" => Kind::WorkloadEntry,
+            "peerauthentication" | "peerauthentications" | "pa" => Kind::PeerAuthentication,
+            "authorizationpolicy" | "authorizationpolicies" | "ap" => Kind::AuthorizationPolicy,
+            "requestauthentication" | "requestauthentications" | "ra" => {
+                Kind::RequestAuthentication
+            }
+            "meshconfig" | "meshconfigs" => Kind::MeshConfig,
+            _ => return None,
+        };
+        Some(k)
+    }
+
+    /// The API group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::VirtualService
+            | Kind::DestinationRule
+            | Kind::Gateway
+            | Kind::ServiceEntry
+            | Kind::WorkloadEntry => "networking.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                "security.istio.io"
+            }
+            Kind::MeshConfig => MESH_GROUP,
+        }
+    }
+
+    /// The versions Istio serves the kind under.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self.group() {
+            "networking.istio.io" => &["v1alpha3", "v1beta1", "v1"],
+            "security.istio.io" => &["v1beta1", "v1"],
+            _ => &["v1alpha1"],
+        }
+    }
+
+    /// Every `apiVersion` accepted for the kind.
+    pub fn api_versions(self) -> Vec<String> {
+        self.versions()
+            .iter()
+            .map(|v| format!("{}/{v}", self.group()))
+            .collect()
+    }
+
+    /// True when `api_version` is one Istio serves this kind under.
+    pub fn accepts(self, api_version: &str) -> bool {
+        match api_version.split_once('/') {
+            Some((g, v)) => g == self.group() && self.versions().contains(&v),
+            None => false,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kubernetes object metadata. Fields Kubernetes writes (uid, resourceVersion, ...) are
+/// accepted and ignored, so that `kubectl get -o yaml` output loads.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    /// Name.
+    pub name: String,
+    /// Namespace (`default` when absent).
+    pub namespace: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    #[doc(hidden)]
+    pub generate_name: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub uid: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub resource_version: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub generation: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub creation_timestamp: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub deletion_timestamp: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub deletion_grace_period_seconds: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub finalizers: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub owner_references: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub managed_fields: Option<IgnoredAny>,
+    #[doc(hidden)]
+    pub self_link: Option<IgnoredAny>,
+}
+
+/// Where a resource came from: its file and its YAML tree, to locate any of its fields.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The file.
+    pub source: Arc<SourceFile>,
+    /// The YAML document the resource is in.
+    pub document: Arc<Node>,
+    /// Path of the resource inside the document (`items[3]` in a `List`, else empty).
+    pub base: FieldPath,
+    /// Index of the document in its file (0-based).
+    pub document_index: usize,
+}
+
+impl Origin {
+    /// The location of field `path` (relative to the resource), or of the nearest field
+    /// that exists.
+    pub fn locate(&self, path: &FieldPath) -> Location {
+        let mut full = self.base.clone();
+        for seg in path.segments() {
+            full.push(seg.clone());
+        }
+        let (span, _) = full.locate(&self.document);
+        Location {
+            source: self.source.clone(),
+            span,
+        }
+    }
+
+    /// The location of the key of field `path` (see [`FieldPath::locate_key`]).
+    pub fn locate_key(&self, path: &FieldPath) -> Location {
+        let mut full = self.base.clone();
+        for seg in path.segments() {
+            full.push(seg.clone());
+        }
+        let (span, _) = full.locate_key(&self.document);
+        Location {
+            source: self.source.clone(),
+            span,
+        }
+    }
+
+    /// The location of the resource itself.
+    pub fn location(&self) -> Location {
+        self.locate(&FieldPath::root())
+    }
+
+    /// True when field `path` (relative to the resource) was written in the file.
+    pub fn has(&self, path: &FieldPath) -> bool {
+        let mut full = self.base.clone();
+        for seg in path.segments() {
+            full.push(seg.clone());
+        }
+        full.locate(&self.document).1
+    }
+
+    /// The resource's own YAML node (the document, or the `List` item).
+    pub fn node(&self) -> &Node {
+        let mut node: &Node = &self.document;
+        for seg in self.base.segments() {
+            let next = match (seg, &node.value) {
+                (crate::path::Segment::Key(k), _) => node.get(k),
+                (crate::path::Segment::Index(i), crate::yaml::Value::Seq(items)) => items.get(*i),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        node
+    }
+
+    /// The span of the resource itself.
+    pub fn span(&self) -> Span {
+        self.location().span
+    }
+}
+
+/// One resource: its metadata, its typed spec and where it came from.
+#[derive(Debug, Clone)]
+pub struct Resource<S> {
+    /// The `apiVersion` it was written with.
+    pub api_version: String,
+    /// Metadata; `namespace` is filled in.
+    pub meta: ObjectMeta,
+    /// The spec.
+    pub spec: S,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+impl<S> Resource<S> {
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    /// Namespace (`default` when none was written).
+    pub fn namespace(&self) -> &str {
+        self.meta.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// A resource of any kind.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub enum AnyResource {
+    VirtualService(Arc<Resource<VirtualService>>),
+    DestinationRule(Arc<Resource<DestinationRule>>),
+    Gateway(Arc<Resource<Gateway>>),
+    ServiceEntry(Arc<Resource<ServiceEntry>>),
+    WorkloadEntry(Arc<Resource<WorkloadEntry>>),
+    PeerAuthentication(Arc<Resource<PeerAuthentication>>),
+    AuthorizationPolicy(Arc<Resource<AuthorizationPolicy>>),
+    RequestAuthentication(Arc<Resource<RequestAuthentication>>),
+    MeshConfig(Arc<Resource<MeshConfigSpec>>),
+}
+
+macro_rules! each {
+    ($self:expr, $r:ident => $e:expr) => {
+        match $self {
+            AnyResource::VirtualService($r) => $e,
+            AnyResource::DestinationRule($r) => $e,
+            AnyResource::Gateway($r) => $e,
+            AnyResource::ServiceEntry($r) => $e,
+            AnyResource::WorkloadEntry($r) => $e,
+            AnyResource::PeerAuthentication($r) => $e,
+            AnyResource::AuthorizationPolicy($r) => $e,
+            AnyResource::RequestAuthentication($r) => $e,
+            AnyResource::MeshConfig($r) => $e,
+        }
+    };
+}
+
+impl AnyResource {
+    /// The kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            AnyResource::VirtualService(_) => Kind::VirtualService,
+            AnyResource::DestinationRule(_) => Kind::DestinationRule,
+            AnyResource::Gateway(_) => Kind::Gateway,
+            AnyResource::ServiceEntry(_) => Kind::ServiceEntry,
+            AnyResource::WorkloadEntry(_) => Kind::WorkloadEntry,
+            AnyResource::PeerAuthentication(_) => Kind::PeerAuthentication,
+            AnyResource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            AnyResource::RequestAuthentication(_) => Kind::RequestAuthentication,
+            AnyResource::MeshConfig(_) => Kind::MeshConfig,
+        }
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        each!(self, r => r.name())
+    }
+
+    /// Namespace.
+    pub fn namespace(&self) -> &str {
+        each!(self, r => r.namespace())
+    }
+
+    /// apiVersion as written.
+    pub fn api_version(&self) -> &str {
+        each!(self, r => &r.api_version)
+    }
+
+    /// Metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        each!(self, r => &r.meta)
+    }
+
+    /// Where it was written.
+    pub fn origin(&self) -> &Origin {
+        each!(self, r => &r.origin)
+    }
+
+    /// Kind, namespace and name.
+    pub fn key(&self) -> ResourceKey {
+        ResourceKey {
+            kind: self.kind(),
+            namespace: self.namespace().to_string(),
+            name: self.name().to_string(),
+        }
+    }
+
+    /// The reference used in diagnostics.
+    pub fn reference(&self) -> ResourceRef {
+        self.key().reference()
+    }
+}
+
+/// Identifies a resource: kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ResourceKey {
+    /// The reference used in diagnostics.
+    pub fn reference(&self) -> ResourceRef {
+        ResourceRef {
+            kind: self.kind.as_str().to_string(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}

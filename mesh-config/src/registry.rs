@@ -1,0 +1,290 @@
+//! The service registry, built from ServiceEntry and WorkloadEntry.
+//!
+//! Istio describes services outside Kubernetes with these two kinds, so the mesh uses them
+//! as its registry and needs no invented format: a ServiceEntry names a service (hosts,
+//! ports, resolution) and either lists its endpoints inline or selects WorkloadEntries of
+//! its namespace by label. Each host of a ServiceEntry becomes one [`Service`]; endpoints
+//! carry the labels that DestinationRule subsets select, the service account that gives a
+//! workload its identity, a weight and a locality.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::host;
+use crate::model::{
+    Kind, Labels, Resolution, Resource, ResourceKey, ServiceEntry, ServiceLocation, WorkloadEntry,
+};
+
+/// One port of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port clients call.
+    pub number: u32,
+    /// Its name (matched by endpoints' port maps).
+    pub name: String,
+    /// Protocol in upper case (`HTTP`, `GRPC`, ...); `TCP` when not given.
+    pub protocol: String,
+    /// The port on the endpoints, when the ServiceEntry sets one.
+    pub target_port: Option<u32>,
+}
+
+/// One endpoint (instance) of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// IP address, host name or `unix://` path.
+    pub address: String,
+    /// Port name to port number on this endpoint.
+    pub ports: BTreeMap<String, u32>,
+    /// Labels (subsets select on them).
+    pub labels: Labels,
+    /// Locality (`region/zone/subzone`).
+    pub locality: Option<String>,
+    /// Load balancing weight (1 when not given).
+    pub weight: u32,
+    /// Service account (`default` when not given).
+    pub service_account: String,
+    /// Namespace of the workload.
+    pub namespace: String,
+    /// The WorkloadEntry it came from, when it was not inline.
+    pub workload: Option<ResourceKey>,
+}
+
+impl Endpoint {
+    /// The port to connect to on this endpoint for service port `port`: the endpoint's own
+    /// mapping for the port's name, else the port's `targetPort`, else its number.
+    pub fn port_for(&self, port: &ServicePort) -> u32 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+
+    /// True when the endpoint has every label of `selector`.
+    pub fn selected_by(&self, selector: &Labels) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+
+    /// The workload's principal as AuthorizationPolicy writes it:
+    /// `<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!(
+            "{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+
+    /// The workload's SPIFFE identity: `spiffe://<principal>`.
+    pub fn spiffe_id(&self, trust_domain: &str) -> String {
+        format!("spiffe://{}", self.principal(trust_domain))
+    }
+}
+
+/// One service: a host of a ServiceEntry with its ports and endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// The host, in lower case, as the ServiceEntry wrote it (possibly a wildcard).
+    pub host: String,
+    /// Namespace of the ServiceEntry.
+    pub namespace: String,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// How endpoints are found.
+    pub resolution: Resolution,
+    /// Inside or outside the mesh.
+    pub location: ServiceLocation,
+    /// Endpoints. For DNS resolution without endpoints, the host itself.
+    pub endpoints: Arc<[Endpoint]>,
+    /// Namespaces the service is visible to (the mesh default filled in).
+    pub export_to: Vec<String>,
+    /// The ServiceEntry it came from.
+    pub source: ResourceKey,
+}
+
+impl Service {
+    /// The port with this number.
+    pub fn port(&self, number: u32) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+
+    /// Endpoints that have every label of `selector`.
+    pub fn endpoints_selected_by<'a>(
+        &'a self,
+        selector: &'a Labels,
+    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints
+            .iter()
+            .filter(move |e| e.selected_by(selector))
+    }
+
+    /// True when a resource in namespace `from` can see this service.
+    pub fn visible_to(&self, from: &str) -> bool {
+        visible(&self.export_to, &self.namespace, from)
+    }
+}
+
+/// Istio's `exportTo` rule: `*` everywhere, `.` the own namespace, `~` nowhere, or names.
+pub fn visible(export_to: &[String], own: &str, from: &str) -> bool {
+    export_to.iter().any(|e| match e.as_str() {
+        "*" => true,
+        "." => own == from,
+        "~" => false,
+        ns => ns == from,
+    })
+}
+
+/// All services of a configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Registry {
+    services: Vec<Arc<Service>>,
+}
+
+impl Registry {
+    /// Builds the registry from ServiceEntries and WorkloadEntries (in load order).
+    /// `default_export_to` is used for ServiceEntries without `exportTo`.
+    pub fn build(
+        service_entries: &[Arc<Resource<ServiceEntry>>],
+        workload_entries: &[Arc<Resource<WorkloadEntry>>],
+        default_export_to: &[String],
+    ) -> Registry {
+        let mut services = Vec::new();
+        for se in service_entries {
+            let ns = se.namespace().to_string();
+            let spec = &se.spec;
+            let resolution = spec.resolution.unwrap_or_default();
+            let ports: Vec<ServicePort> = spec
+                .ports
+                .iter()
+                .map(|p| ServicePort {
+                    number: p.number,
+                    name: p.name.clone(),
+                    protocol: p
+                        .protocol
+                        .as_deref()
+                        .map(str::to_ascii_uppercase)
+                        .unwrap_or_else(|| "TCP".into()),
+                    target_port: p.target_port,
+                })
+                .collect();
+            let key = ResourceKey {
+                kind: Kind::ServiceEntry,
+                namespace: ns.clone(),
+                name: se.name().to_string(),
+            };
+            let mut endpoints: Vec<Endpoint> = spec
+                .endpoints
+                .iter()
+                .map(|e| endpoint(e, &ns, None))
+                .collect();
+            if let Some(sel) = &spec.workload_selector {
+                for we in workload_entries {
+                    if we.namespace() == ns
+                        && sel
+                            .labels
+                            .iter()
+                            .all(|(k, v)| we.spec.labels.get(k) == Some(v))
+                    {
+                        endpoints.push(endpoint(
+                            &we.spec,
+                            &ns,
+                            Some(ResourceKey {
+                                kind: Kind::WorkloadEntry,
+                                namespace: ns.clone(),
+                                name: we.name().to_string(),
+                            }),
+                        ));
+                    }
+                }
+            }
+            let export_to = if spec.export_to.is_empty() {
+                default_export_to.to_vec()
+            } else {
+                spec.export_to.clone()
+            };
+            for h in &spec.hosts {
+                let h = h.to_ascii_lowercase();
+                let eps: Arc<[Endpoint]> = if endpoints.is_empty()
+                    && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+                    && !host::is_wildcard(&h)
+                {
+                    Arc::from(vec![Endpoint {
+                        address: h.clone(),
+                        ports: BTreeMap::new(),
+                        labels: Labels::new(),
+                        locality: None,
+                        weight: 1,
+                        service_account: "default".into(),
+                        namespace: ns.clone(),
+                        workload: None,
+                    }])
+                } else {
+                    Arc::from(endpoints.clone())
+                };
+                services.push(Arc::new(Service {
+                    host: h,
+                    namespace: ns.clone(),
+                    ports: ports.clone(),
+                    resolution,
+                    location: spec.location.unwrap_or_default(),
+                    endpoints: eps,
+                    export_to: export_to.clone(),
+                    source: key.clone(),
+                }));
+            }
+        }
+        Registry { services }
+    }
+
+    /// Every service, in load order.
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
+    }
+
+    /// The service a request for `host` resolves to, seen from namespace `from`.
+    ///
+    /// An exact host wins over wildcards, the longest wildcard over shorter ones; among
+    /// equals, a service of the caller's own namespace wins, then the first loaded.
+    pub fn lookup(&self, host: &str, from: &str) -> Option<&Arc<Service>> {
+        let host = host.to_ascii_lowercase();
+        // (exact host, length of the host, same namespace): the larger wins.
+        type Rank = (bool, usize, bool);
+        let mut best: Option<(Rank, &Arc<Service>)> = None;
+        for s in &self.services {
+            if !s.visible_to(from) || !host::matches(&s.host, &host) {
+                continue;
+            }
+            let rank = (s.host == host, s.host.len(), s.namespace == from);
+            if best.is_none_or(|(b, _)| rank > b) {
+                best = Some((rank, s));
+            }
+        }
+        best.map(|(_, s)| s)
+    }
+
+    /// Services whose host `pattern` (possibly a wildcard) covers, seen from `from`.
+    pub fn matching<'a>(
+        &'a self,
+        pattern: &'a str,
+        from: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
+        self.services
+            .iter()
+            .filter(move |s| s.visible_to(from) && host::overlaps(pattern, &s.host))
+    }
+}
+
+fn endpoint(we: &WorkloadEntry, namespace: &str, workload: Option<ResourceKey>) -> Endpoint {
+    Endpoint {
+        address: we.address.clone(),
+        ports: we.ports.clone(),
+        labels: we.labels.clone(),
+        locality: we.locality.clone(),
+        weight: we.weight.filter(|w| *w > 0).unwrap_or(1),
+        service_account: we
+            .service_account
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        namespace: namespace.to_string(),
+        workload,
+    }
+}

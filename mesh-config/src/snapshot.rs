@@ -1,0 +1,240 @@
+//! The Snapshot: a validated, immutable, versioned configuration.
+//!
+//! Everything after `mesh-config` compiles from a `Snapshot`. It is plain data behind an
+//! `Arc` (`Send + Sync`, cloned in O(1)), so that a new configuration can be swapped in
+//! atomically while requests still read the old one. A snapshot exists only for a
+//! configuration without errors; its warnings travel with it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::analyze::{self, Input};
+use crate::diag::{Code, Diagnostic, Severity};
+use crate::load::ConfigSet;
+use crate::model::*;
+use crate::path::FieldPath;
+use crate::registry::Registry;
+use crate::validate;
+
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Default)]
+struct Inner {
+    version: u64,
+    resources: Vec<AnyResource>,
+    virtual_services: Vec<Arc<Resource<VirtualService>>>,
+    destination_rules: Vec<Arc<Resource<DestinationRule>>>,
+    gateways: Vec<Arc<Resource<Gateway>>>,
+    service_entries: Vec<Arc<Resource<ServiceEntry>>>,
+    workload_entries: Vec<Arc<Resource<WorkloadEntry>>>,
+    peer_authentications: Vec<Arc<Resource<PeerAuthentication>>>,
+    authorization_policies: Vec<Arc<Resource<AuthorizationPolicy>>>,
+    request_authentications: Vec<Arc<Resource<RequestAuthentication>>>,
+    mesh: MeshSettings,
+    registry: Registry,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// A validated configuration (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    inner: Arc<Inner>,
+}
+
+/// The result of checking a [`ConfigSet`]: every diagnostic, and a snapshot when there
+/// is no error.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// All diagnostics (loading, validation, analysis), sorted by file and position.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The snapshot, absent when any diagnostic is an error.
+    pub snapshot: Option<Snapshot>,
+}
+
+impl Checked {
+    /// True when there is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+macro_rules! accessors {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        $($(#[$doc])* pub fn $name(&self) -> &[Arc<Resource<$ty>>] {
+            &self.inner.$name
+        })*
+    };
+}
+
+impl Snapshot {
+    /// The version: unique and increasing within a process.
+    pub fn version(&self) -> u64 {
+        self.inner.version
+    }
+
+    /// Every resource, in load order.
+    pub fn resources(&self) -> &[AnyResource] {
+        &self.inner.resources
+    }
+
+    accessors! {
+        /// VirtualServices.
+        virtual_services: VirtualService;
+        /// DestinationRules.
+        destination_rules: DestinationRule;
+        /// Gateways.
+        gateways: Gateway;
+        /// ServiceEntries.
+        service_entries: ServiceEntry;
+        /// WorkloadEntries.
+        workload_entries: WorkloadEntry;
+        /// PeerAuthentications.
+        peer_authentications: PeerAuthentication;
+        /// AuthorizationPolicies.
+        authorization_policies: AuthorizationPolicy;
+        /// RequestAuthentications.
+        request_authentications: RequestAuthentication;
+    }
+
+    /// Mesh-wide settings (Istio's defaults unless a MeshConfig sets them).
+    pub fn mesh(&self) -> &MeshSettings {
+        &self.inner.mesh
+    }
+
+    /// The service registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The warnings and remarks that came with this configuration.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.inner.diagnostics
+    }
+
+    /// A resource by kind, namespace and name.
+    pub fn get(&self, key: &ResourceKey) -> Option<&AnyResource> {
+        self.inner.resources.iter().find(|r| &r.key() == key)
+    }
+}
+
+impl ConfigSet {
+    /// Validates every resource, builds the registry, analyzes the whole and, when there
+    /// is no error, produces a [`Snapshot`].
+    pub fn check(&self) -> Checked {
+        let mut diagnostics: Vec<Diagnostic> = self.diagnostics().to_vec();
+        let mut inner = Inner::default();
+        let mut mesh_configs = Vec::new();
+        for r in self.resources() {
+            validate::validate(r, &mut diagnostics);
+            match r {
+                AnyResource::VirtualService(x) => inner.virtual_services.push(x.clone()),
+                AnyResource::DestinationRule(x) => inner.destination_rules.push(x.clone()),
+                AnyResource::Gateway(x) => inner.gateways.push(x.clone()),
+                AnyResource::ServiceEntry(x) => inner.service_entries.push(x.clone()),
+                AnyResource::WorkloadEntry(x) => inner.workload_entries.push(x.clone()),
+                AnyResource::PeerAuthentication(x) => inner.peer_authentications.push(x.clone()),
+                AnyResource::AuthorizationPolicy(x) => inner.authorization_policies.push(x.clone()),
+                AnyResource::RequestAuthentication(x) => {
+                    inner.request_authentications.push(x.clone())
+                }
+                AnyResource::MeshConfig(x) => mesh_configs.push(x.clone()),
+            }
+        }
+        if let Some(first) = mesh_configs.first() {
+            inner.mesh = MeshSettings::from_spec(&first.spec);
+            for extra in &mesh_configs[1..] {
+                diagnostics.push(
+                    Diagnostic::new(
+                        Code::DuplicateEntry,
+                        format!(
+                            "only one MeshConfig is allowed; {}/{} is already defined",
+                            first.namespace(),
+                            first.name()
+                        ),
+                    )
+                    .at(extra.origin.location())
+                    .resource(AnyResource::MeshConfig(extra.clone()).reference())
+                    .path(FieldPath::root())
+                    .related(first.origin.location(), "the first MeshConfig"),
+                );
+            }
+        }
+        inner.registry = Registry::build(
+            &inner.service_entries,
+            &inner.workload_entries,
+            &inner.mesh.default_service_export_to,
+        );
+        analyze::analyze(
+            &Input {
+                virtual_services: &inner.virtual_services,
+                destination_rules: &inner.destination_rules,
+                gateways: &inner.gateways,
+                service_entries: &inner.service_entries,
+                workload_entries: &inner.workload_entries,
+                peer_authentications: &inner.peer_authentications,
+                authorization_policies: &inner.authorization_policies,
+                request_authentications: &inner.request_authentications,
+                registry: &inner.registry,
+                mesh: &inner.mesh,
+            },
+            &mut diagnostics,
+        );
+        sort(&mut diagnostics);
+        let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
+        let snapshot = (!has_errors).then(|| {
+            inner.resources = self.resources().to_vec();
+            inner.diagnostics = diagnostics.clone();
+            inner.version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
+            Snapshot {
+                inner: Arc::new(inner),
+            }
+        });
+        Checked {
+            diagnostics,
+            snapshot,
+        }
+    }
+}
+
+/// Sorts diagnostics by file, line and column; those without a place last.
+fn sort(diagnostics: &mut [Diagnostic]) {
+    diagnostics.sort_by(|a, b| {
+        let key = |d: &Diagnostic| {
+            d.location.as_ref().map(|l| {
+                (
+                    l.source.name().to_string(),
+                    l.span.start.line,
+                    l.span.start.column,
+                )
+            })
+        };
+        match (key(a), key(b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        }
+        .then(a.severity.cmp(&b.severity))
+        .then(a.code.cmp(&b.code))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_is_send_sync_and_cheap_to_clone() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Snapshot>();
+        let mut set = ConfigSet::new();
+        set.add_str("a.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec: {hosts: [a.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}\n");
+        let s1 = set.check().snapshot.unwrap();
+        let s2 = set.check().snapshot.unwrap();
+        assert!(s2.version() > s1.version());
+        let c = s1.clone();
+        assert!(Arc::ptr_eq(&c.inner, &s1.inner));
+        assert_eq!(s1.registry().services().len(), 1);
+        assert_eq!(s1.mesh().trust_domain, "cluster.local");
+    }
+}

@@ -1,0 +1,300 @@
+//! Fields the mesh parses but does not act on.
+//!
+//! Istio's API is larger than what an in-process HTTP mesh does. Rather than dropping a
+//! field silently (the user would believe it works) or rejecting valid Istio YAML, such a
+//! field is read and reported with a `MESH0120` "parsed, not enforced" warning. This table
+//! is the one place that lists them; it shrinks as the mesh grows.
+
+use crate::diag::{Code, Diagnostic};
+use crate::model::{Kind, Origin};
+use crate::path::FieldPath;
+use crate::yaml::{Node, Value};
+
+/// A field pattern and why it is not enforced.
+///
+/// A pattern is a generic path (`spec.http[].fault.abort.http2Error`). A leading `*.`
+/// matches at any depth (`*.loadBalancer.warmup` matches the host-level, subset-level and
+/// port-level traffic policies).
+pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
+    (
+        Kind::VirtualService,
+        "spec.tls",
+        "TLS (SNI) routing; the mesh routes HTTP",
+    ),
+    (
+        Kind::VirtualService,
+        "spec.tcp",
+        "TCP routing; the mesh routes HTTP",
+    ),
+    (
+        Kind::VirtualService,
+        "spec.http[].match[].statPrefix",
+        "per-match statistics prefixes",
+    ),
+    (
+        Kind::VirtualService,
+        "spec.http[].retries.retryRemoteLocalities",
+        "locality-aware retries",
+    ),
+    (
+        Kind::VirtualService,
+        "spec.http[].fault.delay.exponentialDelay",
+        "exponential delays (Istio does not implement them either)",
+    ),
+    (
+        Kind::VirtualService,
+        "spec.http[].fault.abort.http2Error",
+        "HTTP/2 stream resets as faults",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.loadBalancer.localityLbSetting",
+        "locality-aware load balancing",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.loadBalancer.zoneAwareLbSetting",
+        "zone-aware load balancing",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.loadBalancer.backendUtilization",
+        "utilization-driven load balancing (ORCA)",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.connectionPool.http.http2KeepAlive",
+        "HTTP/2 keepalive pings",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.tls.caCertCredentialName",
+        "Kubernetes secrets (there is no cluster; use certificate files)",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.loadBalancer.warmupDurationSecs",
+        "slow start",
+    ),
+    (Kind::DestinationRule, "*.loadBalancer.warmup", "slow start"),
+    (
+        Kind::DestinationRule,
+        "*.connectionPool.tcp.tcpKeepalive",
+        "TCP keepalive settings",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.connectionPool.http.h2UpgradePolicy",
+        "HTTP/2 upgrade policy",
+    ),
+    (Kind::DestinationRule, "*.tunnel", "tunnelling"),
+    (
+        Kind::DestinationRule,
+        "*.proxyProtocol",
+        "the PROXY protocol",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.tls.credentialName",
+        "Kubernetes secrets (there is no cluster; use certificate files)",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.tls.caCrl",
+        "certificate revocation lists",
+    ),
+    (
+        Kind::DestinationRule,
+        "spec.workloadSelector",
+        "DestinationRules scoped to some workloads",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].bind",
+        "bind addresses (listeners are mapped to local addresses)",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].defaultEndpoint",
+        "default endpoints",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.credentialName",
+        "Kubernetes secrets (there is no cluster; use certificate files)",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.credentialNames",
+        "Kubernetes secrets (there is no cluster; use certificate files)",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.caCrl",
+        "certificate revocation lists",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.caCertCredentialName",
+        "Kubernetes secrets (there is no cluster; use certificate files)",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.ecdhCurves",
+        "ECDH curve selection",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.cipherSuites",
+        "cipher suite selection (rustls chooses safe suites)",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.verifyCertificateSpki",
+        "client certificate pinning",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.verifyCertificateHash",
+        "client certificate pinning",
+    ),
+    (
+        Kind::ServiceEntry,
+        "spec.addresses",
+        "virtual IPs (the mesh routes by host name)",
+    ),
+    (
+        Kind::ServiceEntry,
+        "spec.subjectAltNames",
+        "endpoint identity pinning",
+    ),
+    (
+        Kind::ServiceEntry,
+        "spec.endpoints[].network",
+        "multi-network meshes",
+    ),
+    (Kind::WorkloadEntry, "spec.network", "multi-network meshes"),
+    (
+        Kind::AuthorizationPolicy,
+        "spec.targetRef",
+        "Gateway API attachment",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "spec.targetRefs",
+        "Gateway API attachment",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "spec.provider",
+        "external authorization (CUSTOM)",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "spec.rules[].from[].source.trustDomains",
+        "trust domain conditions",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "spec.rules[].from[].source.notTrustDomains",
+        "trust domain conditions",
+    ),
+    (
+        Kind::RequestAuthentication,
+        "spec.jwtRules",
+        "JWT authentication",
+    ),
+    (
+        Kind::RequestAuthentication,
+        "spec.targetRef",
+        "Gateway API attachment",
+    ),
+    (
+        Kind::RequestAuthentication,
+        "spec.targetRefs",
+        "Gateway API attachment",
+    ),
+    (
+        Kind::MeshConfig,
+        "spec.trustDomainAliases",
+        "trust domain aliases",
+    ),
+];
+
+fn pattern_matches(pattern: &str, generic: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => generic == suffix || generic.ends_with(&format!(".{suffix}")),
+        None => pattern == generic,
+    }
+}
+
+/// Warns about every field of a resource that is written but not enforced.
+pub fn not_enforced(kind: Kind, origin: &Origin, root: &Node, out: &mut Vec<Diagnostic>) {
+    let patterns: Vec<_> = NOT_ENFORCED.iter().filter(|(k, _, _)| *k == kind).collect();
+    if patterns.is_empty() {
+        return;
+    }
+    walk(root, &mut FieldPath::root(), &mut |path, node| {
+        if node.is_null() {
+            return;
+        }
+        let generic = path.generic();
+        if let Some((_, p, why)) = patterns
+            .iter()
+            .find(|(_, p, _)| pattern_matches(p, &generic))
+        {
+            let _ = p;
+            out.push(
+                Diagnostic::new(
+                    Code::NotEnforced,
+                    format!("`{path}` is parsed but not enforced: {why} is not implemented"),
+                )
+                .at(origin.locate(path))
+                .path(path.clone()),
+            );
+        }
+    });
+}
+
+fn walk(node: &Node, path: &mut FieldPath, f: &mut dyn FnMut(&FieldPath, &Node)) {
+    match &node.value {
+        Value::Map(entries) => {
+            for e in entries {
+                let p = path.key(e.key.as_str());
+                f(&p, &e.value);
+                let mut p = p;
+                walk(&e.value, &mut p, f);
+            }
+        }
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut p = path.index(i);
+                walk(item, &mut p, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches(
+            "*.loadBalancer.warmup",
+            "spec.subsets[].trafficPolicy.loadBalancer.warmup"
+        ));
+        assert!(pattern_matches(
+            "*.loadBalancer.warmup",
+            "spec.trafficPolicy.loadBalancer.warmup"
+        ));
+        assert!(!pattern_matches(
+            "*.loadBalancer.warmup",
+            "spec.trafficPolicy.loadBalancer.warmupDurationSecs"
+        ));
+        assert!(pattern_matches("spec.tcp", "spec.tcp"));
+        assert!(!pattern_matches("spec.tcp", "spec.tcp[].route"));
+    }
+}
