@@ -240,6 +240,17 @@ impl Builder<'_> {
         });
     }
 
+    fn unsupported_tag(&mut self, tag: &Tag, span: Span) {
+        self.error(
+            YamlErrorKind::Tag,
+            format!(
+                "unsupported tag `{}{}`: only YAML's core tags are accepted",
+                tag.handle, tag.suffix
+            ),
+            span,
+        );
+    }
+
     /// Reports a syntax error. When a flow collection (`[` or `{`) opened on an earlier
     /// line is still open, the likely mistake is that it was never closed: the error
     /// points at the opening bracket and names where the parser gave up.
@@ -429,14 +440,7 @@ impl Builder<'_> {
         if let Some(tag) = tag {
             let want = if map { "map" } else { "seq" };
             if tag.handle != "tag:yaml.org,2002:" || tag.suffix != want {
-                self.error(
-                    YamlErrorKind::Tag,
-                    format!(
-                        "unsupported tag `{}{}`: only YAML's core tags are accepted",
-                        tag.handle, tag.suffix
-                    ),
-                    span,
-                );
+                self.unsupported_tag(tag, span);
             }
         }
         if let Some(Frame::Map {
@@ -550,14 +554,7 @@ impl Builder<'_> {
                     (_, v) => v,
                 });
             }
-            self.error(
-                YamlErrorKind::Tag,
-                format!(
-                    "unsupported tag `{}{}`: only YAML's core tags are accepted",
-                    tag.handle, tag.suffix
-                ),
-                span,
-            );
+            self.unsupported_tag(tag, span);
             return None;
         }
         Some(match style {

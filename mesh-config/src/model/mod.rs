@@ -212,14 +212,19 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// The location of field `path` (relative to the resource), or of the nearest field
-    /// that exists.
-    pub fn locate(&self, path: &FieldPath) -> Location {
+    /// `path` (relative to the resource) as a path in the document.
+    fn in_document(&self, path: &FieldPath) -> FieldPath {
         let mut full = self.base.clone();
         for seg in path.segments() {
             full.push(seg.clone());
         }
-        let (span, _) = full.locate(&self.document);
+        full
+    }
+
+    /// The location of field `path` (relative to the resource), or of the nearest field
+    /// that exists.
+    pub fn locate(&self, path: &FieldPath) -> Location {
+        let (span, _) = self.in_document(path).locate(&self.document);
         Location {
             source: self.source.clone(),
             span,
@@ -228,11 +233,7 @@ impl Origin {
 
     /// The location of the key of field `path` (see [`FieldPath::locate_key`]).
     pub fn locate_key(&self, path: &FieldPath) -> Location {
-        let mut full = self.base.clone();
-        for seg in path.segments() {
-            full.push(seg.clone());
-        }
-        let (span, _) = full.locate_key(&self.document);
+        let (span, _) = self.in_document(path).locate_key(&self.document);
         Location {
             source: self.source.clone(),
             span,
@@ -246,11 +247,7 @@ impl Origin {
 
     /// True when field `path` (relative to the resource) was written in the file.
     pub fn has(&self, path: &FieldPath) -> bool {
-        let mut full = self.base.clone();
-        for seg in path.segments() {
-            full.push(seg.clone());
-        }
-        full.locate(&self.document).1
+        self.in_document(path).locate(&self.document).1
     }
 
     /// The resource's own YAML node (the document, or the `List` item).
