@@ -134,6 +134,8 @@ codes! {
     ShortServiceEntryHost = ("MESH0121", Warning, "ServiceEntry host without a domain"),
     /// Several DestinationRules for one host.
     ConflictingDestinationRules = ("MESH0122", Warning, "several DestinationRules for one host"),
+    /// A fault delay or abort without a percentage: Istio applies it to no request.
+    FaultWithoutPercentage = ("MESH0123", Warning, "fault without a percentage"),
     /// A feature the configuration uses is deprecated.
     Deprecated = ("IST0002", Warning, "Deprecated"),
     /// A referenced resource does not exist.

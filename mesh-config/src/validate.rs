@@ -905,6 +905,13 @@ fn fault_percent(
     percentage: Option<Percent>,
     percent: Option<i32>,
 ) {
+    if percentage.is_none() && percent.is_none() {
+        ctx.warn(
+            Code::FaultWithoutPercentage,
+            path,
+            "this fault has no `percentage`: Istio injects it into no request (write `percentage: {value: 100}` for every request)",
+        );
+    }
     if let Some(pc) = percentage {
         ctx.percent(&path.key("percentage").key("value"), pc.value);
     }

@@ -1,12 +1,13 @@
 //! What the mesh decides, per request.
 //!
-//! `mesh-core` will compile a `mesh_config::Snapshot` into an immutable `CompiledMesh`:
-//! route tables, matchers, weighted splits, subsets resolved to endpoint sets, load
-//! balancers, retry/timeout/fault decisions, authorization and rate-limit accounting. It
-//! stays pure and deterministic — no tokio, no hyper, no sockets; time and randomness are
-//! passed in — so that its correctness is proven by unit and property tests.
-//!
-//! This crate is a placeholder in this version: routing and load balancing are the next
-//! piece of work (see the README's feature table).
+//! `mesh-core` compiles a [`mesh_config::Snapshot`] into the decisions the mesh makes for
+//! each request: route tables, matchers, weighted splits, subsets resolved to endpoint
+//! sets, load balancers, retry/timeout/fault decisions. It stays pure and deterministic —
+//! no tokio, no hyper, no sockets; time and randomness are passed in — so that its
+//! correctness is proven by unit and property tests and its speed by micro benchmarks.
 
-pub use mesh_config::ConfigSet;
+pub mod balance;
+pub mod matcher;
+pub mod policy;
+
+pub use mesh_config::Snapshot;

@@ -1,0 +1,509 @@
+//! Request matching with Istio's (Envoy's) semantics, compiled once per configuration.
+//!
+//! A VirtualService `match` block is a conjunction of conditions; the blocks of one rule
+//! are a disjunction; a rule without blocks matches everything. String matches are exact,
+//! prefix or RE2 regex — a regex must match the *whole* value, as Envoy's `safe_regex`
+//! does. The uri is the path without its query string. Header names are case-insensitive
+//! (they are lower-cased here, once); several values of one header are joined with `,`
+//! before matching, as Envoy does. Istio turns an empty match (`{}`), `prefix: ""` and the
+//! catch-all regexes `.*` and `*` into a presence check.
+//!
+//! ```
+//! use mesh_config::model::StringMatch;
+//! use mesh_core::matcher::StrMatcher;
+//!
+//! let m = StrMatcher::compile(&StringMatch { regex: Some("/api/v[0-9]+".into()), ..Default::default() }, false).unwrap();
+//! assert!(m.matches("/api/v1"));
+//! assert!(!m.matches("/api/v1/extra")); // full match, not search
+//! ```
+
+use http::{HeaderMap, HeaderName};
+use mesh_config::model::{HttpMatchRequest, Labels, StringMatch};
+use regex::Regex;
+
+/// Why a match could not be compiled (validation normally catches these first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatchError {
+    /// A regular expression that does not compile.
+    #[error("invalid regular expression `{0}`: {1}")]
+    Regex(String, String),
+    /// A header name that is not valid.
+    #[error("invalid header name `{0}`")]
+    HeaderName(String),
+}
+
+/// A compiled string match.
+#[derive(Debug, Clone)]
+pub enum StrMatcher {
+    /// Equal.
+    Exact(Box<str>),
+    /// Starts with.
+    Prefix(Box<str>),
+    /// Equal, ignoring ASCII case (the pattern is stored lower-cased).
+    ExactIgnoreCase(Box<str>),
+    /// Starts with, ignoring ASCII case (the pattern is stored lower-cased).
+    PrefixIgnoreCase(Box<str>),
+    /// The whole value matches the regex.
+    Regex(Regex),
+    /// Any value (presence).
+    Any,
+}
+
+impl StrMatcher {
+    /// Compiles an Istio `StringMatch`. `ignore_case` applies to exact and prefix only, as
+    /// Istio's `ignoreUriCase` does. An empty match compiles to [`StrMatcher::Any`].
+    pub fn compile(m: &StringMatch, ignore_case: bool) -> Result<Self, MatchError> {
+        Ok(match (&m.exact, &m.prefix, &m.regex) {
+            (Some(e), _, _) if ignore_case => {
+                StrMatcher::ExactIgnoreCase(e.to_ascii_lowercase().into())
+            }
+            (Some(e), _, _) => StrMatcher::Exact(e.as_str().into()),
+            (None, Some(p), _) if p.is_empty() => StrMatcher::Any,
+            (None, Some(p), _) if ignore_case => {
+                StrMatcher::PrefixIgnoreCase(p.to_ascii_lowercase().into())
+            }
+            (None, Some(p), _) => StrMatcher::Prefix(p.as_str().into()),
+            (None, None, Some(r)) if r == ".*" || r == "*" => StrMatcher::Any,
+            (None, None, Some(r)) => StrMatcher::Regex(full_match(r)?),
+            (None, None, None) => StrMatcher::Any,
+        })
+    }
+
+    /// True when `value` matches.
+    #[inline]
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StrMatcher::Exact(e) => value == &**e,
+            StrMatcher::Prefix(p) => value.starts_with(&**p),
+            StrMatcher::ExactIgnoreCase(e) => value.eq_ignore_ascii_case(e),
+            StrMatcher::PrefixIgnoreCase(p) => value
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            StrMatcher::Regex(r) => r.is_match(value),
+            StrMatcher::Any => true,
+        }
+    }
+
+    /// True for the presence-only matcher.
+    pub fn is_any(&self) -> bool {
+        matches!(self, StrMatcher::Any)
+    }
+}
+
+/// Compiles `re` so that it must match the whole input.
+pub fn full_match(re: &str) -> Result<Regex, MatchError> {
+    Regex::new(&format!("^(?:{re})$")).map_err(|e| MatchError::Regex(re.to_string(), e.to_string()))
+}
+
+/// A header condition.
+#[derive(Debug, Clone)]
+pub struct HeaderMatcher {
+    name: HeaderName,
+    value: StrMatcher,
+    /// `withoutHeaders`: the condition holds when the match fails.
+    invert: bool,
+}
+
+impl HeaderMatcher {
+    fn compile(name: &str, m: &StringMatch, invert: bool) -> Result<Self, MatchError> {
+        let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| MatchError::HeaderName(name.to_string()))?;
+        Ok(HeaderMatcher {
+            name,
+            value: StrMatcher::compile(m, false)?,
+            invert,
+        })
+    }
+
+    /// True when the condition holds for `headers`.
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter();
+        let hit = match values.next() {
+            None => false,
+            Some(first) => {
+                if self.value.is_any() {
+                    true
+                } else if let Some(second) = values.next() {
+                    // Several values: Envoy matches their comma-joined concatenation.
+                    let mut joined = String::new();
+                    for v in [first, second].into_iter().chain(values) {
+                        if !joined.is_empty() {
+                            joined.push(',');
+                        }
+                        joined.push_str(v.to_str().unwrap_or(""));
+                    }
+                    self.value.matches(&joined)
+                } else {
+                    first.to_str().is_ok_and(|v| self.value.matches(v))
+                }
+            }
+        };
+        hit != self.invert
+    }
+}
+
+/// A query parameter condition.
+#[derive(Debug, Clone)]
+pub struct QueryMatcher {
+    name: Box<str>,
+    value: StrMatcher,
+}
+
+impl QueryMatcher {
+    /// True when the query string has the parameter with a matching value.
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        let Some(q) = query else { return false };
+        q.split('&').any(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            k == &*self.name && self.value.matches(v)
+        })
+    }
+}
+
+/// Who is calling: the workload the request comes from and how it arrives.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Namespace of the calling workload.
+    pub namespace: &'a str,
+    /// Labels of the calling workload.
+    pub labels: &'a Labels,
+    /// The gateway the request arrived through (`namespace/name`), or `None` for
+    /// workload-to-workload traffic (Istio's `mesh` gateway).
+    pub gateway: Option<&'a str>,
+}
+
+/// The parts of a request that matching looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Scheme (`http`, `https`).
+    pub scheme: &'a str,
+    /// Authority as sent (`reviews:9080`).
+    pub authority: &'a str,
+    /// Path without the query string.
+    pub path: &'a str,
+    /// Query string, without `?`.
+    pub query: Option<&'a str>,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+    /// Port the request is addressed to.
+    pub port: u16,
+}
+
+impl<'a> RequestHead<'a> {
+    /// Reads the head of an `http::Request`, with `default_port` when the URI has none.
+    pub fn from_request<B>(req: &'a http::Request<B>, default_port: u16) -> Self {
+        let uri = req.uri();
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or("");
+        RequestHead {
+            method: req.method().as_str(),
+            scheme: uri.scheme_str().unwrap_or("http"),
+            authority,
+            path: if uri.path().is_empty() {
+                "/"
+            } else {
+                uri.path()
+            },
+            query: uri.query(),
+            headers: req.headers(),
+            port: uri
+                .port_u16()
+                .or_else(|| authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+                .unwrap_or(default_port),
+        }
+    }
+}
+
+/// A compiled match block: every condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct MatchBlock {
+    uri: Option<StrMatcher>,
+    scheme: Option<StrMatcher>,
+    method: Option<StrMatcher>,
+    authority: Option<StrMatcher>,
+    headers: Vec<HeaderMatcher>,
+    query: Vec<QueryMatcher>,
+    port: Option<u16>,
+    source_labels: Labels,
+    source_namespace: Option<Box<str>>,
+    /// Gateways this block applies to (`mesh` for workload traffic); empty = the rule's.
+    gateways: Vec<Box<str>>,
+}
+
+/// Header names Istio ignores in `headers` (they are matched by their own fields).
+const PSEUDO_HEADERS: [&str; 4] = ["uri", "scheme", "method", "authority"];
+
+impl MatchBlock {
+    /// Compiles one Istio `HTTPMatchRequest`. `namespace` is the VirtualService's, used to
+    /// qualify gateway names.
+    pub fn compile(m: &HttpMatchRequest, namespace: &str) -> Result<Self, MatchError> {
+        let s = |x: &Option<StringMatch>, ic: bool| -> Result<Option<StrMatcher>, MatchError> {
+            x.as_ref().map(|m| StrMatcher::compile(m, ic)).transpose()
+        };
+        let mut headers = Vec::new();
+        for (name, sm) in &m.headers {
+            if PSEUDO_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            headers.push(HeaderMatcher::compile(name, sm, false)?);
+        }
+        for (name, sm) in &m.without_headers {
+            headers.push(HeaderMatcher::compile(name, sm, true)?);
+        }
+        let mut query = Vec::new();
+        for (name, sm) in &m.query_params {
+            query.push(QueryMatcher {
+                name: name.as_str().into(),
+                value: StrMatcher::compile(sm, false)?,
+            });
+        }
+        Ok(MatchBlock {
+            uri: s(&m.uri, m.ignore_uri_case)?,
+            scheme: s(&m.scheme, false)?,
+            method: s(&m.method, false)?,
+            authority: s(&m.authority, false)?,
+            headers,
+            query,
+            port: m.port.and_then(|p| u16::try_from(p).ok()),
+            source_labels: m.source_labels.clone(),
+            source_namespace: m.source_namespace.as_deref().map(Into::into),
+            gateways: m
+                .gateways
+                .iter()
+                .map(|g| qualify_gateway(g, namespace).into())
+                .collect(),
+        })
+    }
+
+    /// True when every condition holds. `rule_gateways` are the VirtualService's gateways
+    /// (qualified), used when the block names none.
+    pub fn matches(
+        &self,
+        req: &RequestHead<'_>,
+        src: &Source<'_>,
+        rule_gateways: &[Box<str>],
+    ) -> bool {
+        let gateways = if self.gateways.is_empty() {
+            rule_gateways
+        } else {
+            &self.gateways
+        };
+        if !gateway_applies(gateways, src.gateway) {
+            return false;
+        }
+        let opt = |m: &Option<StrMatcher>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
+        opt(&self.uri, req.path)
+            && opt(&self.method, req.method)
+            && opt(&self.scheme, req.scheme)
+            && opt(&self.authority, req.authority)
+            && self.port.is_none_or(|p| p == req.port)
+            && self
+                .source_namespace
+                .as_deref()
+                .is_none_or(|ns| ns == src.namespace)
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| src.labels.get(k) == Some(v))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.query.iter().all(|q| q.matches(req.query))
+    }
+}
+
+/// `name` → `namespace/name`; `mesh` and `ns/name` stay.
+pub fn qualify_gateway(name: &str, namespace: &str) -> String {
+    if name == "mesh" || name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// True when a request arriving through `gateway` (None = mesh) is covered by `gateways`
+/// (empty = mesh only).
+pub fn gateway_applies(gateways: &[Box<str>], gateway: Option<&str>) -> bool {
+    match gateway {
+        None => gateways.is_empty() || gateways.iter().any(|g| &**g == "mesh"),
+        Some(gw) => gateways.iter().any(|g| &**g == gw),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn sm(exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>) -> StringMatch {
+        StringMatch {
+            exact: exact.map(Into::into),
+            prefix: prefix.map(Into::into),
+            regex: regex.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn string_matches_table() {
+        // (match, ignore case, value, expected)
+        let table: &[(StringMatch, bool, &str, bool)] = &[
+            (
+                sm(Some("/productpage"), None, None),
+                false,
+                "/productpage",
+                true,
+            ),
+            (
+                sm(Some("/productpage"), None, None),
+                false,
+                "/productpage/",
+                false,
+            ),
+            (
+                sm(Some("/productpage"), None, None),
+                false,
+                "/ProductPage",
+                false,
+            ),
+            (
+                sm(Some("/productpage"), None, None),
+                true,
+                "/ProductPage",
+                true,
+            ),
+            (sm(None, Some("/"), None), false, "/anything", true),
+            (sm(None, Some("/static"), None), false, "/static/css", true),
+            (sm(None, Some("/static"), None), false, "/staticfoo", true),
+            (sm(None, Some("/static"), None), false, "/Static", false),
+            (sm(None, Some("/static"), None), true, "/STATIC/x", true),
+            (sm(None, Some("/static"), None), true, "/st", false),
+            (
+                sm(None, None, Some("/api/v[0-9]+")),
+                false,
+                "/api/v12",
+                true,
+            ),
+            (
+                sm(None, None, Some("/api/v[0-9]+")),
+                false,
+                "/api/v12/x",
+                false,
+            ),
+            (sm(None, None, Some("v[0-9]")), false, "/api/v1", false),
+            (sm(None, None, Some("a|b")), false, "b", true),
+            (sm(None, None, Some("a|b")), false, "ab", false),
+            (sm(None, None, Some("(?i)jason")), false, "JASON", true),
+            // regex is not affected by ignoreUriCase
+            (sm(None, None, Some("/abc")), true, "/ABC", false),
+            (sm(None, Some(""), None), false, "", true),
+            (sm(None, None, Some(".*")), false, "x", true),
+            (sm(Some(""), None, None), false, "", true),
+            (sm(Some(""), None, None), false, "x", false),
+        ];
+        for (m, ic, v, want) in table {
+            let c = StrMatcher::compile(m, *ic).unwrap();
+            assert_eq!(c.matches(v), *want, "{m:?} ic={ic} on {v:?}");
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn header_matches_table() {
+        let jason = sm(Some("jason"), None, None);
+        let present = StringMatch::default();
+        // (header name in config, match, invert, request headers, expected)
+        let table: &[(&str, &StringMatch, bool, &[(&str, &str)], bool)] = &[
+            ("end-user", &jason, false, &[("end-user", "jason")], true),
+            ("End-User", &jason, false, &[("end-user", "jason")], true),
+            ("end-user", &jason, false, &[("END-USER", "jason")], true),
+            ("end-user", &jason, false, &[("end-user", "Jason")], false),
+            ("end-user", &jason, false, &[], false),
+            ("end-user", &present, false, &[("end-user", "")], true),
+            ("end-user", &present, false, &[], false),
+            ("end-user", &present, true, &[], true),
+            ("end-user", &present, true, &[("end-user", "x")], false),
+            ("end-user", &jason, true, &[("end-user", "jason")], false),
+            ("end-user", &jason, true, &[("end-user", "bob")], true),
+            ("end-user", &jason, true, &[], true),
+            // several values are joined with ','
+            (
+                "x",
+                &sm(Some("a,b"), None, None),
+                false,
+                &[("x", "a"), ("x", "b")],
+                true,
+            ),
+            (
+                "x",
+                &sm(Some("a"), None, None),
+                false,
+                &[("x", "a"), ("x", "b")],
+                false,
+            ),
+            ("x", &sm(None, Some(""), None), false, &[("x", "v")], true),
+        ];
+        for (name, m, invert, hs, want) in table {
+            let c = HeaderMatcher::compile(name, m, *invert).unwrap();
+            assert_eq!(
+                c.matches(&headers(hs)),
+                *want,
+                "{name} {m:?} invert={invert} on {hs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_params() {
+        let q = QueryMatcher {
+            name: "v".into(),
+            value: StrMatcher::compile(&sm(Some("2"), None, None), false).unwrap(),
+        };
+        assert!(q.matches(Some("a=1&v=2")));
+        assert!(!q.matches(Some("a=1&v=22")));
+        assert!(!q.matches(None));
+        let p = QueryMatcher {
+            name: "debug".into(),
+            value: StrMatcher::Any,
+        };
+        assert!(p.matches(Some("debug")));
+        assert!(p.matches(Some("x=1&debug=")));
+        assert!(!p.matches(Some("debugx=1")));
+    }
+
+    #[test]
+    fn gateways() {
+        let mesh: Vec<Box<str>> = vec![];
+        let gw: Vec<Box<str>> = vec!["default/bookinfo-gateway".into()];
+        let both: Vec<Box<str>> = vec!["default/bookinfo-gateway".into(), "mesh".into()];
+        assert!(gateway_applies(&mesh, None));
+        assert!(!gateway_applies(&mesh, Some("default/bookinfo-gateway")));
+        assert!(!gateway_applies(&gw, None));
+        assert!(gateway_applies(&gw, Some("default/bookinfo-gateway")));
+        assert!(gateway_applies(&both, None));
+        assert_eq!(
+            qualify_gateway("bookinfo-gateway", "default"),
+            "default/bookinfo-gateway"
+        );
+        assert_eq!(
+            qualify_gateway("istio-system/gw", "default"),
+            "istio-system/gw"
+        );
+    }
+}

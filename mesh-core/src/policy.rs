@@ -1,0 +1,539 @@
+//! Per-route policies, compiled: retries, backoff, fault injection, mirroring.
+//!
+//! Retries follow Envoy's `x-envoy-retry-on` conditions as Istio configures them: a
+//! route without `retries` gets Istio's default policy (2 attempts on
+//! `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503
+//! retriable); numbers in `retryOn` are retriable status codes. Backoff is Envoy's jittered
+//! exponential: retry *k* waits a uniformly random time below `base × (2^k − 1)`, capped at
+//! ten times the base (25 ms by default). Faults and mirrors draw their percentages from
+//! the randomness passed in.
+//!
+//! ```
+//! use mesh_core::policy::{Attempt, RetryPolicy};
+//! use mesh_config::model::HttpRetry;
+//!
+//! let p = RetryPolicy::compile(Some(&HttpRetry { attempts: 3, retry_on: Some("5xx".into()), ..Default::default() }), &HttpRetry::default());
+//! assert_eq!(p.attempts, 3);
+//! assert!(p.should_retry(&Attempt::Status(503, None)));
+//! assert!(!p.should_retry(&Attempt::Status(404, None)));
+//! ```
+
+use std::time::Duration;
+
+use mesh_config::model::{FaultAbort, FaultDelay, HttpFaultInjection, HttpRetry, Percent};
+use rand_core::Rng;
+
+use crate::balance::below;
+
+/// Envoy's default base backoff interval.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
+
+/// Retry conditions, as a bit set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn(u32);
+
+macro_rules! conditions {
+    ($($name:ident = $bit:expr, $text:literal;)*) => {
+        impl RetryOn {
+            $(
+                #[doc = concat!("`", $text, "`")]
+                pub const $name: RetryOn = RetryOn(1 << $bit);
+            )*
+
+            fn from_name(name: &str) -> Option<RetryOn> {
+                match name {
+                    $($text => Some(RetryOn::$name),)*
+                    _ => None,
+                }
+            }
+
+            /// The condition names, comma-separated, in a fixed order.
+            pub fn names(self) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $(if self.contains(RetryOn::$name) { out.push($text); })*
+                out
+            }
+        }
+    };
+}
+
+conditions! {
+    FIVE_XX = 0, "5xx";
+    GATEWAY_ERROR = 1, "gateway-error";
+    RESET = 2, "reset";
+    RESET_BEFORE_REQUEST = 3, "reset-before-request";
+    CONNECT_FAILURE = 4, "connect-failure";
+    ENVOY_RATELIMITED = 5, "envoy-ratelimited";
+    RETRIABLE_4XX = 6, "retriable-4xx";
+    REFUSED_STREAM = 7, "refused-stream";
+    RETRIABLE_STATUS_CODES = 8, "retriable-status-codes";
+    RETRIABLE_HEADERS = 9, "retriable-headers";
+    HTTP3_POST_CONNECT_FAILURE = 10, "http3-post-connect-failure";
+    GRPC_CANCELLED = 11, "cancelled";
+    GRPC_DEADLINE_EXCEEDED = 12, "deadline-exceeded";
+    GRPC_INTERNAL = 13, "internal";
+    GRPC_RESOURCE_EXHAUSTED = 14, "resource-exhausted";
+    GRPC_UNAVAILABLE = 15, "unavailable";
+}
+
+impl RetryOn {
+    /// True when every condition of `other` is set.
+    pub fn contains(self, other: RetryOn) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Both sets.
+    pub fn union(self, other: RetryOn) -> RetryOn {
+        RetryOn(self.0 | other.0)
+    }
+
+    /// True when nothing is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// How one attempt ended, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// A response arrived: its status and its `grpc-status` header, if any.
+    Status(u16, Option<u32>),
+    /// The connection could not be made.
+    ConnectFailure,
+    /// The stream was reset (or the connection lost) before response headers.
+    Reset,
+    /// The upstream refused the stream (HTTP/2 REFUSED_STREAM).
+    RefusedStream,
+    /// The per-try timeout fired.
+    PerTryTimeout,
+}
+
+/// A compiled retry policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = none).
+    pub attempts: u32,
+    /// Timeout of each attempt.
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions.
+    pub retry_on: RetryOn,
+    /// Status codes retried with `retriable-status-codes`.
+    pub retriable_status_codes: Vec<u16>,
+    /// Base backoff interval.
+    pub backoff_base: Duration,
+    /// Avoid endpoints already tried (Istio's default: true).
+    pub ignore_previous_hosts: bool,
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn none() -> Self {
+        RetryPolicy {
+            attempts: 0,
+            per_try_timeout: None,
+            retry_on: RetryOn::default(),
+            retriable_status_codes: Vec::new(),
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            ignore_previous_hosts: true,
+        }
+    }
+
+    /// The policy of a route: its `retries`, or `default` (the mesh's default retry
+    /// policy) when it has none. A `retries` without `retryOn` keeps the default's
+    /// conditions, as Istio does.
+    pub fn compile(retries: Option<&HttpRetry>, default: &HttpRetry) -> Self {
+        let r = retries.unwrap_or(default);
+        let retry_on_text = r
+            .retry_on
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .or(default.retry_on.as_deref())
+            .unwrap_or("");
+        let (retry_on, mut codes) = parse_retry_on(retry_on_text);
+        if retry_on.contains(RetryOn::RETRIABLE_STATUS_CODES) && codes.is_empty() {
+            // Istio's default list of retriable status codes.
+            codes.push(503);
+        }
+        RetryPolicy {
+            attempts: u32::try_from(r.attempts).unwrap_or(0),
+            per_try_timeout: r.per_try_timeout.map(|d| d.get()).filter(|d| !d.is_zero()),
+            retry_on,
+            retriable_status_codes: codes,
+            backoff_base: r
+                .backoff
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_BACKOFF_BASE),
+            ignore_previous_hosts: r.retry_ignore_previous_hosts.unwrap_or(true),
+        }
+    }
+
+    /// True when an attempt that ended like `a` may be retried.
+    pub fn should_retry(&self, a: &Attempt) -> bool {
+        let on = self.retry_on;
+        match *a {
+            Attempt::ConnectFailure => {
+                on.contains(RetryOn::CONNECT_FAILURE)
+                    || on.contains(RetryOn::FIVE_XX)
+                    || on.contains(RetryOn::GATEWAY_ERROR)
+                    || on.contains(RetryOn::RESET)
+                    || on.contains(RetryOn::RESET_BEFORE_REQUEST)
+            }
+            Attempt::Reset => on.contains(RetryOn::RESET) || on.contains(RetryOn::FIVE_XX),
+            Attempt::RefusedStream => {
+                on.contains(RetryOn::REFUSED_STREAM) || on.contains(RetryOn::FIVE_XX)
+            }
+            Attempt::PerTryTimeout => {
+                on.contains(RetryOn::FIVE_XX)
+                    || on.contains(RetryOn::GATEWAY_ERROR)
+                    || on.contains(RetryOn::RESET)
+            }
+            Attempt::Status(status, grpc) => {
+                (on.contains(RetryOn::FIVE_XX) && (500..=599).contains(&status))
+                    || (on.contains(RetryOn::GATEWAY_ERROR) && matches!(status, 502..=504))
+                    || (on.contains(RetryOn::RETRIABLE_4XX) && status == 409)
+                    || (on.contains(RetryOn::RETRIABLE_STATUS_CODES)
+                        && self.retriable_status_codes.contains(&status))
+                    || grpc.is_some_and(|g| grpc_retriable(on, g))
+            }
+        }
+    }
+
+    /// The wait before retry number `retry` (1 for the first retry): uniformly random
+    /// below `base × (2^retry − 1)`, capped at ten times the base.
+    pub fn backoff(&self, retry: u32, rng: &mut dyn Rng) -> Duration {
+        let base = self.backoff_base.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let max = base.saturating_mul(10);
+        let mult = (1u64 << retry.clamp(1, 32)) - 1;
+        let ceiling = base.saturating_mul(mult).min(max);
+        Duration::from_nanos(below(rng.next_u64(), ceiling.max(1)))
+    }
+}
+
+fn grpc_retriable(on: RetryOn, code: u32) -> bool {
+    match code {
+        1 => on.contains(RetryOn::GRPC_CANCELLED),
+        4 => on.contains(RetryOn::GRPC_DEADLINE_EXCEEDED),
+        8 => on.contains(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+        13 => on.contains(RetryOn::GRPC_INTERNAL),
+        14 => on.contains(RetryOn::GRPC_UNAVAILABLE),
+        _ => false,
+    }
+}
+
+/// Reads `retryOn`: condition names and status codes (a code implies
+/// `retriable-status-codes`). Unknown names are ignored (validation reports them).
+pub fn parse_retry_on(text: &str) -> (RetryOn, Vec<u16>) {
+    let mut on = RetryOn::default();
+    let mut codes = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Ok(code) = item.parse::<u16>() {
+            if !codes.contains(&code) {
+                codes.push(code);
+            }
+            on = on.union(RetryOn::RETRIABLE_STATUS_CODES);
+        } else if let Some(c) = RetryOn::from_name(item) {
+            on = on.union(c);
+        }
+    }
+    (on, codes)
+}
+
+/// A share of requests, in millionths (Envoy's `FractionalPercent` with a million).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fraction(u32);
+
+impl Fraction {
+    /// Every request.
+    pub const ALL: Fraction = Fraction(1_000_000);
+    /// No request.
+    pub const NONE: Fraction = Fraction(0);
+
+    /// From a percentage (0-100, clamped).
+    pub fn from_percent(p: f64) -> Self {
+        Fraction((p.clamp(0.0, 100.0) * 10_000.0).round() as u32)
+    }
+
+    /// The percentage.
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 10_000.0
+    }
+
+    /// Draws: true for this share of calls.
+    #[inline]
+    pub fn draw(self, rng: &mut dyn Rng) -> bool {
+        match self.0 {
+            0 => false,
+            1_000_000 => true,
+            n => below(rng.next_u64(), 1_000_000) < u64::from(n),
+        }
+    }
+}
+
+/// The share a fault applies to: `percentage`, else the deprecated `percent`, else none
+/// (Istio: "if not specified, no request" is delayed or aborted).
+fn fault_share(percentage: Option<Percent>, percent: Option<i32>) -> Fraction {
+    match (percentage, percent) {
+        (Some(p), _) => Fraction::from_percent(p.value),
+        (None, Some(p)) => Fraction::from_percent(f64::from(p)),
+        (None, None) => Fraction::NONE,
+    }
+}
+
+/// How an injected abort answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortWith {
+    /// An HTTP status.
+    Http(u16),
+    /// A gRPC status (HTTP 200 with `grpc-status`).
+    Grpc(u32),
+}
+
+/// A compiled fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultPolicy {
+    /// Delay and its share.
+    pub delay: Option<(Duration, Fraction)>,
+    /// Abort and its share.
+    pub abort: Option<(AbortWith, Fraction)>,
+}
+
+/// What the fault does to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultDecision {
+    /// Wait this long first.
+    pub delay: Option<Duration>,
+    /// Then answer this instead of forwarding.
+    pub abort: Option<AbortWith>,
+}
+
+impl FaultPolicy {
+    /// Compiles a route's `fault`.
+    pub fn compile(f: &HttpFaultInjection) -> Self {
+        let delay = f.delay.as_ref().and_then(|d: &FaultDelay| {
+            d.fixed_delay
+                .map(|fd| (fd.get(), fault_share(d.percentage, d.percent)))
+        });
+        let abort = f.abort.as_ref().and_then(|a: &FaultAbort| {
+            let with = match (&a.http_status, &a.grpc_status) {
+                (Some(s), _) => AbortWith::Http(u16::try_from(*s).ok()?),
+                (None, Some(g)) => AbortWith::Grpc(grpc_code(g)?),
+                (None, None) => return None,
+            };
+            Some((with, fault_share(a.percentage, a.percent)))
+        });
+        FaultPolicy { delay, abort }
+    }
+
+    /// Draws the fault for one request (delay and abort independently, as Envoy does).
+    pub fn decide(&self, rng: &mut dyn Rng) -> FaultDecision {
+        FaultDecision {
+            delay: self.delay.and_then(|(d, f)| f.draw(rng).then_some(d)),
+            abort: self.abort.and_then(|(a, f)| f.draw(rng).then_some(a)),
+        }
+    }
+}
+
+/// The numeric code of a gRPC status name.
+pub fn grpc_code(name: &str) -> Option<u32> {
+    let names = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    names.iter().position(|n| *n == name).map(|i| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_config::duration::Duration as CfgDuration;
+    use mesh_config::model::DEFAULT_RETRY_ON;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn default_retry() -> HttpRetry {
+        HttpRetry {
+            attempts: 2,
+            retry_on: Some(DEFAULT_RETRY_ON.into()),
+            ..HttpRetry::default()
+        }
+    }
+
+    #[test]
+    fn istio_default_policy() {
+        let p = RetryPolicy::compile(None, &default_retry());
+        assert_eq!(p.attempts, 2);
+        assert_eq!(p.retriable_status_codes, [503]);
+        assert_eq!(
+            p.retry_on.names(),
+            [
+                "connect-failure",
+                "refused-stream",
+                "retriable-status-codes",
+                "cancelled",
+                "unavailable"
+            ]
+        );
+        // table: (attempt outcome, retried?)
+        let table = [
+            (Attempt::ConnectFailure, true),
+            (Attempt::RefusedStream, true),
+            (Attempt::Status(503, None), true),
+            (Attempt::Status(502, None), false),
+            (Attempt::Status(500, None), false),
+            (Attempt::Status(200, Some(14)), true),
+            (Attempt::Status(200, Some(1)), true),
+            (Attempt::Status(200, Some(13)), false),
+            (Attempt::Reset, false),
+            (Attempt::PerTryTimeout, false),
+        ];
+        for (a, want) in table {
+            assert_eq!(p.should_retry(&a), want, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn conditions_table() {
+        // (retryOn, outcome, retried?)
+        let table: &[(&str, Attempt, bool)] = &[
+            ("5xx", Attempt::Status(500, None), true),
+            ("5xx", Attempt::Status(503, None), true),
+            ("5xx", Attempt::Status(404, None), false),
+            ("5xx", Attempt::Reset, true),
+            ("5xx", Attempt::ConnectFailure, true),
+            ("5xx", Attempt::PerTryTimeout, true),
+            ("gateway-error", Attempt::Status(500, None), false),
+            ("gateway-error", Attempt::Status(502, None), true),
+            ("gateway-error", Attempt::Status(504, None), true),
+            ("gateway-error", Attempt::PerTryTimeout, true),
+            ("reset", Attempt::Reset, true),
+            ("reset", Attempt::Status(503, None), false),
+            ("reset", Attempt::PerTryTimeout, true),
+            ("connect-failure", Attempt::ConnectFailure, true),
+            ("connect-failure", Attempt::Reset, false),
+            ("retriable-4xx", Attempt::Status(409, None), true),
+            ("retriable-4xx", Attempt::Status(404, None), false),
+            ("refused-stream", Attempt::RefusedStream, true),
+            (
+                "retriable-status-codes,418",
+                Attempt::Status(418, None),
+                true,
+            ),
+            ("418", Attempt::Status(418, None), true),
+            ("418", Attempt::Status(503, None), false),
+            ("deadline-exceeded", Attempt::Status(200, Some(4)), true),
+            ("internal", Attempt::Status(200, Some(13)), true),
+            ("resource-exhausted", Attempt::Status(200, Some(8)), true),
+            ("unavailable", Attempt::Status(200, Some(14)), true),
+            ("unavailable", Attempt::Status(200, Some(13)), false),
+        ];
+        for (on, a, want) in table {
+            let r = HttpRetry {
+                attempts: 3,
+                retry_on: Some((*on).into()),
+                ..HttpRetry::default()
+            };
+            let p = RetryPolicy::compile(Some(&r), &default_retry());
+            assert_eq!(p.should_retry(a), *want, "retryOn={on} {a:?}");
+        }
+    }
+
+    #[test]
+    fn route_retries_override_and_keep_default_conditions() {
+        let r = HttpRetry {
+            attempts: 0,
+            ..HttpRetry::default()
+        };
+        let p = RetryPolicy::compile(Some(&r), &default_retry());
+        assert_eq!(p.attempts, 0);
+        assert!(p.retry_on.contains(RetryOn::CONNECT_FAILURE));
+        let r = HttpRetry {
+            attempts: 3,
+            per_try_timeout: Some(CfgDuration(Duration::from_millis(200))),
+            retry_on: Some("gateway-error".into()),
+            ..HttpRetry::default()
+        };
+        let p = RetryPolicy::compile(Some(&r), &default_retry());
+        assert_eq!(
+            (p.attempts, p.per_try_timeout),
+            (3, Some(Duration::from_millis(200)))
+        );
+        assert_eq!(p.retry_on, RetryOn::GATEWAY_ERROR);
+    }
+
+    #[test]
+    fn backoff_is_jittered_exponential_and_capped() {
+        let p = RetryPolicy::compile(None, &default_retry());
+        let mut rng = StdRng::seed_from_u64(11);
+        for (retry, ceiling_ms) in [(1, 25), (2, 75), (3, 175), (4, 250), (10, 250)] {
+            let mut max = Duration::ZERO;
+            for _ in 0..2000 {
+                let b = p.backoff(retry, &mut rng);
+                assert!(
+                    b < Duration::from_millis(ceiling_ms),
+                    "retry {retry}: {b:?}"
+                );
+                max = max.max(b);
+            }
+            // jitter covers the range: the largest of 2000 draws is near the ceiling
+            assert!(
+                max > Duration::from_millis(ceiling_ms * 9 / 10),
+                "retry {retry}: {max:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn faults_draw_their_share() {
+        let f = HttpFaultInjection {
+            delay: Some(FaultDelay {
+                fixed_delay: Some(CfgDuration(Duration::from_secs(7))),
+                percent: Some(100),
+                ..FaultDelay::default()
+            }),
+            abort: Some(FaultAbort {
+                http_status: Some(555),
+                percentage: Some(Percent { value: 10.0 }),
+                ..FaultAbort::default()
+            }),
+        };
+        let p = FaultPolicy::compile(&f);
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut aborts = 0;
+        for _ in 0..20_000 {
+            let d = p.decide(&mut rng);
+            assert_eq!(d.delay, Some(Duration::from_secs(7)));
+            if let Some(a) = d.abort {
+                assert_eq!(a, AbortWith::Http(555));
+                aborts += 1;
+            }
+        }
+        let share = f64::from(aborts) / 20_000.0;
+        assert!((share - 0.10).abs() < 0.01, "{share}");
+        // no percentage: no request (Istio's documented default)
+        let none = FaultPolicy::compile(&HttpFaultInjection {
+            abort: Some(FaultAbort {
+                grpc_status: Some("UNAVAILABLE".into()),
+                ..FaultAbort::default()
+            }),
+            ..HttpFaultInjection::default()
+        });
+        assert_eq!(none.abort, Some((AbortWith::Grpc(14), Fraction::NONE)));
+        assert_eq!(none.decide(&mut rng), FaultDecision::default());
+    }
+}
