@@ -429,7 +429,8 @@ mod tests {
         let jason = sm(Some("jason"), None, None);
         let present = StringMatch::default();
         // (header name in config, match, invert, request headers, expected)
-        let table: &[(&str, &StringMatch, bool, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (&'a str, &'a StringMatch, bool, &'a [(&'a str, &'a str)], bool);
+        let table: &[Case<'_>] = &[
             ("end-user", &jason, false, &[("end-user", "jason")], true),
             ("End-User", &jason, false, &[("end-user", "jason")], true),
             ("end-user", &jason, false, &[("END-USER", "jason")], true),

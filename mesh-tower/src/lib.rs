@@ -7,4 +7,4 @@
 //!
 //! This crate is a placeholder in this version (see the README's feature table).
 
-pub use mesh_core::ConfigSet;
+pub use mesh_core::Snapshot;
