@@ -429,7 +429,13 @@ mod tests {
         let jason = sm(Some("jason"), None, None);
         let present = StringMatch::default();
         // (header name in config, match, invert, request headers, expected)
-        type Case<'a> = (&'a str, &'a StringMatch, bool, &'a [(&'a str, &'a str)], bool);
+        type Case<'a> = (
+            &'a str,
+            &'a StringMatch,
+            bool,
+            &'a [(&'a str, &'a str)],
+            bool,
+        );
         let table: &[Case<'_>] = &[
             ("end-user", &jason, false, &[("end-user", "jason")], true),
             ("End-User", &jason, false, &[("end-user", "jason")], true),
