@@ -7,7 +7,12 @@
 //! correctness is proven by unit and property tests and its speed by micro benchmarks.
 
 pub mod balance;
+pub mod cluster;
 pub mod matcher;
+pub mod mesh;
 pub mod policy;
+pub mod route;
 
+pub use matcher::{RequestHead, Source};
+pub use mesh::{CompiledMesh, Decision, Outcome, RouteError, Upstream};
 pub use mesh_config::Snapshot;

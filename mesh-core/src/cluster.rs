@@ -1,0 +1,382 @@
+//! Clusters: a destination (host, subset, port) resolved to endpoints and a traffic policy.
+//!
+//! A cluster is what Envoy calls the set of upstream endpoints a route sends to. The
+//! DestinationRule's traffic policy is merged the way Istio merges it: a subset's
+//! components (loadBalancer, connectionPool, outlierDetection, tls) override the host's;
+//! `portLevelSettings` for the cluster's port replace all four components, without
+//! inheriting (fields they leave out take the defaults), first at the host level, then at
+//! the subset level.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use mesh_config::model::{
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
+    OutlierDetection, SimpleLb, Subset, TrafficPolicy,
+};
+use mesh_config::registry::{Service, ServicePort};
+
+use crate::balance::{Balancer, DEFAULT_MAGLEV_TABLE, EndpointLoad, LbPolicy, Pick};
+
+/// Annotation on a DestinationRule that selects a load balancer Istio's API does not
+/// have: `mesh.rs/load-balancer: PEAK_EWMA` (Linkerd's peak-EWMA power of two choices).
+pub const LB_ANNOTATION: &str = "mesh.rs/load-balancer";
+
+/// Identifies a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterKey {
+    /// Fully qualified host.
+    pub host: Arc<str>,
+    /// Subset, if any.
+    pub subset: Option<Arc<str>>,
+    /// Service port.
+    pub port: u16,
+}
+
+impl fmt::Display for ClusterKey {
+    /// Envoy's cluster name: `outbound|port|subset|host`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "outbound|{}|{}|{}",
+            self.port,
+            self.subset.as_deref().unwrap_or(""),
+            self.host
+        )
+    }
+}
+
+/// One endpoint of a cluster, ready to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// IP address or host name.
+    pub address: Arc<str>,
+    /// Port on the endpoint.
+    pub port: u16,
+    /// `address:port`.
+    pub id: Arc<str>,
+    /// Weight.
+    pub weight: u32,
+    /// The workload's identity (`spiffe://...`).
+    pub identity: Arc<str>,
+    /// Labels.
+    pub labels: mesh_config::model::Labels,
+}
+
+/// What consistent hashing hashes on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashOn {
+    /// A request header.
+    Header(HeaderName),
+    /// A cookie; generated with this path and lifetime when absent (if a ttl is set).
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Cookie path.
+        path: Option<String>,
+        /// Lifetime of a generated cookie; without it, no cookie is generated.
+        ttl: Option<Duration>,
+    },
+    /// The caller's IP address.
+    SourceIp,
+    /// A query parameter.
+    QueryParam(String),
+}
+
+/// The merged traffic policy of a cluster.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterPolicy {
+    /// Load balancer settings (None: Istio's default, LEAST_REQUEST).
+    pub load_balancer: Option<LoadBalancerSettings>,
+    /// Connection pool.
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// Outlier detection.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// TLS.
+    pub tls: Option<ClientTlsSettings>,
+}
+
+impl ClusterPolicy {
+    /// Merges Istio's way (see the module documentation).
+    pub fn merge(dr: Option<&DestinationRule>, subset: Option<&Subset>, port: u16) -> Self {
+        let mut p = ClusterPolicy::default();
+        if let Some(top) = dr.and_then(|d| d.traffic_policy.as_ref()) {
+            p.apply(top, port);
+        }
+        if let Some(sub) = subset.and_then(|s| s.traffic_policy.as_ref()) {
+            p.apply(sub, port);
+        }
+        p
+    }
+
+    fn apply(&mut self, tp: &TrafficPolicy, port: u16) {
+        if tp.load_balancer.is_some() {
+            self.load_balancer.clone_from(&tp.load_balancer);
+        }
+        if tp.connection_pool.is_some() {
+            self.connection_pool.clone_from(&tp.connection_pool);
+        }
+        if tp.outlier_detection.is_some() {
+            self.outlier_detection.clone_from(&tp.outlier_detection);
+        }
+        if tp.tls.is_some() {
+            self.tls.clone_from(&tp.tls);
+        }
+        if let Some(pl) = tp
+            .port_level_settings
+            .iter()
+            .find(|pl| pl.port.is_some_and(|p| p.number == u32::from(port)))
+        {
+            self.load_balancer.clone_from(&pl.load_balancer);
+            self.connection_pool.clone_from(&pl.connection_pool);
+            self.outlier_detection.clone_from(&pl.outlier_detection);
+            self.tls.clone_from(&pl.tls);
+        }
+    }
+
+    /// The balancing algorithm, and what consistent hashing hashes on.
+    pub fn lb(&self, peak_ewma: bool) -> (LbPolicy, Option<HashOn>) {
+        let Some(lb) = &self.load_balancer else {
+            return (
+                if peak_ewma {
+                    LbPolicy::peak_ewma()
+                } else {
+                    LbPolicy::LeastRequest
+                },
+                None,
+            );
+        };
+        if let Some(ch) = &lb.consistent_hash {
+            let hash = if let Some(h) = &ch.http_header_name {
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .ok()
+                    .map(HashOn::Header)
+            } else if let Some(c) = &ch.http_cookie {
+                Some(HashOn::Cookie {
+                    name: c.name.clone(),
+                    path: c.path.clone(),
+                    ttl: c.ttl.map(|d| d.get()).filter(|d| !d.is_zero()),
+                })
+            } else if ch.use_source_ip == Some(true) {
+                Some(HashOn::SourceIp)
+            } else {
+                ch.http_query_parameter_name.clone().map(HashOn::QueryParam)
+            };
+            let policy = match (&ch.maglev, &ch.ring_hash) {
+                (Some(m), _) => LbPolicy::Maglev {
+                    table_size: m
+                        .table_size
+                        .filter(|t| *t > 1)
+                        .unwrap_or(DEFAULT_MAGLEV_TABLE),
+                },
+                (None, Some(r)) => LbPolicy::ring_hash(r.minimum_ring_size),
+                (None, None) => LbPolicy::ring_hash(ch.minimum_ring_size),
+            };
+            return (policy, hash);
+        }
+        let policy = match lb.simple.unwrap_or_default() {
+            SimpleLb::RoundRobin => LbPolicy::RoundRobin,
+            SimpleLb::Random => LbPolicy::Random,
+            SimpleLb::Passthrough => LbPolicy::Passthrough,
+            SimpleLb::Unspecified | SimpleLb::LeastConn | SimpleLb::LeastRequest => {
+                if peak_ewma {
+                    LbPolicy::peak_ewma()
+                } else {
+                    LbPolicy::LeastRequest
+                }
+            }
+        };
+        (policy, None)
+    }
+
+    /// The connect timeout (Istio's default: 10 s).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connection_pool
+            .as_ref()
+            .and_then(|p| p.tcp.as_ref())
+            .and_then(|t| t.connect_timeout)
+            .map(|d| d.get())
+            .unwrap_or(Duration::from_secs(10))
+    }
+}
+
+/// A cluster: endpoints, balancer and policy.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Its key.
+    pub key: ClusterKey,
+    /// The service port.
+    pub port: ServicePort,
+    /// Endpoints.
+    pub endpoints: Arc<[Upstream]>,
+    /// Merged policy.
+    pub policy: ClusterPolicy,
+    /// The algorithm.
+    pub lb: LbPolicy,
+    /// Consistent hashing key.
+    pub hash_on: Option<HashOn>,
+    /// Balancer over `endpoints`.
+    pub balancer: Balancer,
+    /// Load of each endpoint.
+    pub load: EndpointLoad,
+}
+
+impl Cluster {
+    /// Builds the cluster for `service` port `port`, subset `subset` (its labels select
+    /// the endpoints), with the DestinationRule that applies.
+    pub fn build(
+        service: &Service,
+        port: &ServicePort,
+        subset: Option<&Subset>,
+        dr: Option<(&DestinationRule, bool)>,
+        trust_domain: &str,
+    ) -> Self {
+        let policy = ClusterPolicy::merge(dr.map(|(d, _)| d), subset, port.number as u16);
+        let peak_ewma = dr.is_some_and(|(_, p)| p);
+        let (lb, hash_on) = policy.lb(peak_ewma);
+        let endpoints: Arc<[Upstream]> = service
+            .endpoints
+            .iter()
+            .filter(|e| subset.is_none_or(|s| e.selected_by(&s.labels)))
+            .map(|e| {
+                let p = u16::try_from(e.port_for(port)).unwrap_or(0);
+                Upstream {
+                    id: format!("{}:{p}", e.address).into(),
+                    address: e.address.as_str().into(),
+                    port: p,
+                    weight: e.weight,
+                    identity: e.spiffe_id(trust_domain).into(),
+                    labels: e.labels.clone(),
+                }
+            })
+            .collect();
+        let ids: Vec<&str> = endpoints.iter().map(|u| &*u.id).collect();
+        let weights: Vec<u32> = endpoints.iter().map(|u| u.weight).collect();
+        Cluster {
+            key: ClusterKey {
+                host: service.host.as_str().into(),
+                subset: subset.map(|s| s.name.as_str().into()),
+                port: port.number as u16,
+            },
+            port: port.clone(),
+            balancer: Balancer::new(&lb, &ids, &weights),
+            load: EndpointLoad::new(endpoints.len()),
+            endpoints,
+            policy,
+            lb,
+            hash_on,
+        }
+    }
+
+    /// Picks an endpoint; `None` when the cluster has none ("no healthy upstream").
+    pub fn pick(&self, p: &mut Pick<'_>) -> Option<(usize, &Upstream)> {
+        let i = self.balancer.pick(&self.load, p)?;
+        self.endpoints.get(i).map(|u| (i, u))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_config::model::{PortSelector, PortTrafficPolicy};
+
+    fn lb(simple: SimpleLb) -> Option<LoadBalancerSettings> {
+        Some(LoadBalancerSettings {
+            simple: Some(simple),
+            ..LoadBalancerSettings::default()
+        })
+    }
+
+    fn tls(mode: mesh_config::model::ClientTlsMode) -> Option<ClientTlsSettings> {
+        Some(ClientTlsSettings {
+            mode: Some(mode),
+            ..ClientTlsSettings::default()
+        })
+    }
+
+    #[test]
+    fn istio_traffic_policy_merge() {
+        use mesh_config::model::ClientTlsMode::*;
+        let dr = DestinationRule {
+            host: "reviews".into(),
+            traffic_policy: Some(TrafficPolicy {
+                load_balancer: lb(SimpleLb::Random),
+                tls: tls(IstioMutual),
+                port_level_settings: vec![PortTrafficPolicy {
+                    port: Some(PortSelector { number: 9443 }),
+                    load_balancer: lb(SimpleLb::RoundRobin),
+                    ..PortTrafficPolicy::default()
+                }],
+                ..TrafficPolicy::default()
+            }),
+            ..DestinationRule::default()
+        };
+        let v2 = Subset {
+            name: "v2".into(),
+            traffic_policy: Some(TrafficPolicy {
+                load_balancer: lb(SimpleLb::LeastRequest),
+                ..TrafficPolicy::default()
+            }),
+            ..Subset::default()
+        };
+        let v3 = Subset {
+            name: "v3".into(),
+            ..Subset::default()
+        };
+        // (subset, port) -> (lb, tls)
+        let table = [
+            (None, 9080, Some(SimpleLb::Random), Some(IstioMutual)),
+            // port-level settings replace every component: tls falls back to the default
+            (None, 9443, Some(SimpleLb::RoundRobin), None),
+            // the subset overrides the load balancer, keeps the host's tls
+            (
+                Some(&v2),
+                9080,
+                Some(SimpleLb::LeastRequest),
+                Some(IstioMutual),
+            ),
+            // the subset's override wins over the host's port-level settings
+            (Some(&v2), 9443, Some(SimpleLb::LeastRequest), None),
+            (Some(&v3), 9080, Some(SimpleLb::Random), Some(IstioMutual)),
+        ];
+        for (subset, port, want_lb, want_tls) in table {
+            let p = ClusterPolicy::merge(Some(&dr), subset, port);
+            assert_eq!(
+                p.load_balancer.and_then(|l| l.simple),
+                want_lb,
+                "{:?} {port}",
+                subset.map(|s| &s.name)
+            );
+            assert_eq!(
+                p.tls.and_then(|t| t.mode),
+                want_tls,
+                "{:?} {port}",
+                subset.map(|s| &s.name)
+            );
+        }
+    }
+
+    #[test]
+    fn lb_defaults_and_options() {
+        let none = ClusterPolicy::default();
+        assert_eq!(none.lb(false).0, LbPolicy::LeastRequest);
+        assert_eq!(none.lb(true).0, LbPolicy::peak_ewma());
+        let rr = ClusterPolicy {
+            load_balancer: lb(SimpleLb::RoundRobin),
+            ..ClusterPolicy::default()
+        };
+        assert_eq!(rr.lb(true).0, LbPolicy::RoundRobin);
+        assert_eq!(none.connect_timeout(), Duration::from_secs(10));
+        let key = ClusterKey {
+            host: "reviews.default.svc.cluster.local".into(),
+            subset: Some("v2".into()),
+            port: 9080,
+        };
+        assert_eq!(
+            key.to_string(),
+            "outbound|9080|v2|reviews.default.svc.cluster.local"
+        );
+    }
+}

@@ -1,0 +1,696 @@
+//! Compiled HTTP rules and what a matched rule does.
+//!
+//! Each VirtualService `http` rule compiles once into a [`Rule`]: its match blocks, its
+//! action (weighted route, redirect, direct response) and its policies (timeout, retries,
+//! fault, mirrors, rewrite, header operations, CORS). Per request only the matching and
+//! a weighted draw remain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use mesh_config::host::qualify;
+use mesh_config::model::{
+    CorsPolicy, Destination, HeaderOperations, Headers, HttpRedirect, HttpRetry, HttpRoute,
+    RedirectPortSelection,
+};
+use rand_core::Rng;
+use regex::Regex;
+
+use crate::balance::WeightedIndex;
+use crate::matcher::{MatchBlock, MatchError, RequestHead, Source, StrMatcher};
+use crate::policy::{FaultPolicy, Fraction, RetryPolicy};
+
+/// Where a rule was written: `file:line`, and which VirtualService.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOrigin {
+    /// `namespace/name` of the VirtualService.
+    pub virtual_service: Arc<str>,
+    /// Index of the rule in `spec.http`.
+    pub index: usize,
+    /// `file:line` of the rule.
+    pub location: Arc<str>,
+    /// The rule's name, if any.
+    pub name: Option<Arc<str>>,
+}
+
+/// Header operations, compiled (names lower-cased and validated once).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderOps {
+    /// Overwrite.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    fn compile(ops: Option<&HeaderOperations>) -> Self {
+        let Some(ops) = ops else {
+            return HeaderOps::default();
+        };
+        let pair = |(k, v): (&String, &String)| {
+            Some((
+                HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        };
+        HeaderOps {
+            set: ops.set.iter().filter_map(pair).collect(),
+            add: ops.add.iter().filter_map(pair).collect(),
+            remove: ops
+                .remove
+                .iter()
+                .filter_map(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the operations: remove, then set, then add.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for k in &self.remove {
+            headers.remove(k);
+        }
+        for (k, v) in &self.set {
+            headers.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &self.add {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Request and response header operations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderPolicy {
+    /// On the request.
+    pub request: HeaderOps,
+    /// On the response.
+    pub response: HeaderOps,
+}
+
+impl HeaderPolicy {
+    fn compile(h: Option<&Headers>) -> Self {
+        HeaderPolicy {
+            request: HeaderOps::compile(h.and_then(|h| h.request.as_ref())),
+            response: HeaderOps::compile(h.and_then(|h| h.response.as_ref())),
+        }
+    }
+}
+
+/// A destination of a rule, with its host qualified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Fully qualified host.
+    pub host: Arc<str>,
+    /// Subset.
+    pub subset: Option<Arc<str>>,
+    /// Port, when the rule names one.
+    pub port: Option<u16>,
+    /// Weight, as written (None when unset).
+    pub weight: Option<u32>,
+    /// Header operations of this destination.
+    pub headers: HeaderPolicy,
+}
+
+impl Target {
+    fn compile(d: &Destination, ns: &str, weight: Option<i32>, headers: Option<&Headers>) -> Self {
+        Target {
+            host: qualify(&d.host, ns).into(),
+            subset: d.subset.as_deref().map(Into::into),
+            port: d.port.and_then(|p| u16::try_from(p.number).ok()),
+            weight: weight.and_then(|w| u32::try_from(w).ok()),
+            headers: HeaderPolicy::compile(headers),
+        }
+    }
+}
+
+/// Weighted destinations.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// The destinations, in order.
+    pub targets: Vec<Target>,
+    index: Option<WeightedIndex>,
+}
+
+impl Split {
+    fn new(targets: Vec<Target>) -> Self {
+        // One destination takes all traffic whatever its weight; several share it by
+        // weight, a weight of 0 taking none.
+        let index = if targets.len() > 1 {
+            let w: Vec<u32> = targets.iter().map(|t| t.weight.unwrap_or(0)).collect();
+            WeightedIndex::new(&w)
+        } else {
+            None
+        };
+        Split { targets, index }
+    }
+
+    /// Draws a destination.
+    #[inline]
+    pub fn pick(&self, rng: &mut dyn Rng) -> Option<&Target> {
+        match &self.index {
+            Some(index) => self.targets.get(index.pick(rng.next_u64())),
+            None => self.targets.first(),
+        }
+    }
+}
+
+/// A compiled redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// Status (301 by default).
+    pub status: u16,
+    /// Replacement path.
+    pub uri: Option<String>,
+    /// Replacement host.
+    pub authority: Option<String>,
+    /// Replacement port, or keep the request's.
+    pub port: Option<RedirectPort>,
+    /// Replacement scheme.
+    pub scheme: Option<String>,
+}
+
+/// The port of a redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectPort {
+    /// This port.
+    Port(u16),
+    /// The request's port.
+    FromRequest,
+}
+
+impl Redirect {
+    fn compile(r: &HttpRedirect) -> Self {
+        let port = match (r.port, r.derive_port) {
+            (Some(p), _) => u16::try_from(p).ok().map(RedirectPort::Port),
+            (None, Some(RedirectPortSelection::FromRequestPort)) => Some(RedirectPort::FromRequest),
+            _ => None,
+        };
+        Redirect {
+            status: r
+                .redirect_code
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(301),
+            uri: r.uri.clone(),
+            authority: r.authority.clone(),
+            port,
+            scheme: r.scheme.clone(),
+        }
+    }
+
+    /// The `Location` for a request, as Envoy builds it: scheme, host and path replaced
+    /// where the redirect says so; the query string kept unless the new path has one.
+    pub fn location(&self, head: &RequestHead<'_>) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(head.scheme);
+        let (req_host, req_port) = split_authority(head.authority);
+        let host = self.authority.as_deref().unwrap_or(req_host);
+        let port = match self.port {
+            Some(RedirectPort::Port(p)) => Some(p),
+            Some(RedirectPort::FromRequest) => req_port.or(Some(head.port)),
+            // A new scheme drops the port (its default applies); otherwise keep it.
+            None if self.scheme.is_some() || self.authority.is_some() => None,
+            None => req_port,
+        };
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let mut out = format!("{scheme}://{host}");
+        if let Some(p) = port.filter(|p| *p != default_port) {
+            out.push_str(&format!(":{p}"));
+        }
+        match &self.uri {
+            Some(u) => {
+                out.push_str(u);
+                if !u.contains('?')
+                    && let Some(q) = head.query
+                {
+                    out.push('?');
+                    out.push_str(q);
+                }
+            }
+            None => {
+                out.push_str(head.path);
+                if let Some(q) = head.query {
+                    out.push('?');
+                    out.push_str(q);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `host[:port]` → (host, port).
+pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if authority.starts_with('[') {
+        // [v6]:port
+        if let Some(end) = authority.find(']') {
+            let port = authority[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
+            return (&authority[..=end], port);
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(p) => (h, Some(p)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// A compiled direct response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    /// Status.
+    pub status: u16,
+    /// Body.
+    pub body: bytes_like::Body,
+}
+
+/// A tiny owned body type, so that mesh-core needs no bytes crate.
+pub mod bytes_like {
+    /// A shared, immutable body.
+    pub type Body = std::sync::Arc<[u8]>;
+}
+
+/// How to rewrite the path.
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    /// Replace the prefix the rule matched (`/` when the match was not a prefix match);
+    /// for an exact match, the whole path.
+    Prefix(String),
+    /// Replace every match of the regex (`\1` groups become `$1`).
+    Regex(Regex, String),
+}
+
+/// A compiled rewrite.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// Path rewrite.
+    pub path: Option<PathRewrite>,
+    /// New authority.
+    pub authority: Option<String>,
+}
+
+impl Rewrite {
+    /// The new path (with the query string) for a request whose uri matched
+    /// `matched_uri` (the uri matcher of the block that matched, if any).
+    pub fn path(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        matched_uri: Option<&StrMatcher>,
+    ) -> Option<String> {
+        let new = match self.path.as_ref()? {
+            PathRewrite::Prefix(to) => match matched_uri {
+                Some(StrMatcher::Prefix(p)) => format!("{to}{}", &path[p.len().min(path.len())..]),
+                Some(StrMatcher::PrefixIgnoreCase(p)) => {
+                    format!("{to}{}", path.get(p.len()..).unwrap_or(""))
+                }
+                Some(StrMatcher::Exact(_) | StrMatcher::ExactIgnoreCase(_)) => to.clone(),
+                // Envoy's prefix rewrite of the implied "/" prefix.
+                _ => format!("{to}{}", path.strip_prefix('/').unwrap_or(path)),
+            },
+            PathRewrite::Regex(re, with) => re.replace_all(path, with.as_str()).into_owned(),
+        };
+        Some(match query {
+            Some(q) => format!("{new}?{q}"),
+            None => new,
+        })
+    }
+}
+
+/// A mirror destination and its share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    /// Where copies go.
+    pub target: Target,
+    /// Share of requests copied.
+    pub share: Fraction,
+}
+
+/// A compiled CORS policy.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Allowed origins.
+    pub origins: Vec<StrMatcher>,
+    /// `Access-Control-Allow-Methods`.
+    pub methods: Option<String>,
+    /// `Access-Control-Allow-Headers`.
+    pub allow_headers: Option<String>,
+    /// `Access-Control-Expose-Headers`.
+    pub expose_headers: Option<String>,
+    /// `Access-Control-Max-Age` in seconds.
+    pub max_age: Option<u64>,
+    /// `Access-Control-Allow-Credentials: true`.
+    pub credentials: bool,
+    /// Answer unmatched preflights without forwarding them.
+    pub ignore_unmatched_preflights: bool,
+}
+
+impl Cors {
+    fn compile(c: &CorsPolicy) -> Result<Self, MatchError> {
+        let mut origins = Vec::new();
+        for o in &c.allow_origin {
+            origins.push(StrMatcher::Exact(o.as_str().into()));
+        }
+        for o in &c.allow_origins {
+            origins.push(StrMatcher::compile(o, false)?);
+        }
+        let join = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
+        Ok(Cors {
+            origins,
+            methods: join(&c.allow_methods),
+            allow_headers: join(&c.allow_headers),
+            expose_headers: join(&c.expose_headers),
+            max_age: c.max_age.map(|d| d.get().as_secs()),
+            credentials: c.allow_credentials == Some(true),
+            ignore_unmatched_preflights: c.unmatched_preflights
+                == Some(mesh_config::model::UnmatchedPreflights::Ignore),
+        })
+    }
+
+    /// True when `origin` is allowed (`*` allows any).
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.iter().any(|m| match m {
+            StrMatcher::Exact(e) if &**e == "*" => true,
+            m => m.matches(origin),
+        })
+    }
+}
+
+/// What a rule does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Forward to weighted destinations.
+    Route(Split),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly.
+    Direct(DirectResponse),
+}
+
+/// A compiled HTTP rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Where it was written.
+    pub origin: RuleOrigin,
+    /// Match blocks (any); empty matches everything.
+    pub matches: Vec<MatchBlock>,
+    /// For a rule inlined from a delegate VirtualService: the root rule's blocks (any
+    /// must match too).
+    pub parent_matches: Vec<MatchBlock>,
+    /// What it does.
+    pub action: Action,
+    /// Whole-request timeout (None: disabled, Istio's default).
+    pub timeout: Option<Duration>,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Fault injection.
+    pub fault: Option<FaultPolicy>,
+    /// Mirrors.
+    pub mirrors: Vec<Mirror>,
+    /// Rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// Header operations.
+    pub headers: HeaderPolicy,
+    /// CORS.
+    pub cors: Option<Cors>,
+}
+
+impl Rule {
+    /// Compiles rule `index` of a VirtualService in namespace `ns`.
+    pub fn compile(
+        r: &HttpRoute,
+        ns: &str,
+        origin: RuleOrigin,
+        default_retry: &HttpRetry,
+    ) -> Result<Self, MatchError> {
+        let matches = r
+            .match_
+            .iter()
+            .map(|m| MatchBlock::compile(m, ns))
+            .collect::<Result<Vec<_>, _>>()?;
+        let action = if let Some(rd) = &r.redirect {
+            Action::Redirect(Redirect::compile(rd))
+        } else if let Some(dr) = &r.direct_response {
+            let body: Vec<u8> = match &dr.body {
+                Some(b) => match (&b.string, &b.bytes) {
+                    (Some(s), _) => s.clone().into_bytes(),
+                    (None, Some(b64)) => decode_base64(b64),
+                    _ => Vec::new(),
+                },
+                None => Vec::new(),
+            };
+            Action::Direct(DirectResponse {
+                status: u16::try_from(dr.status).unwrap_or(500),
+                body: body.into(),
+            })
+        } else {
+            Action::Route(Split::new(
+                r.route
+                    .iter()
+                    .map(|d| Target::compile(&d.destination, ns, d.weight, d.headers.as_ref()))
+                    .collect(),
+            ))
+        };
+        let mirror_share = match (r.mirror_percentage, r.mirror_percent) {
+            (Some(p), _) => Fraction::from_percent(p.value),
+            (None, Some(p)) => Fraction::from_percent(f64::from(p)),
+            (None, None) => Fraction::ALL,
+        };
+        let mut mirrors: Vec<Mirror> = r
+            .mirror
+            .iter()
+            .map(|d| Mirror {
+                target: Target::compile(d, ns, None, None),
+                share: mirror_share,
+            })
+            .collect();
+        mirrors.extend(r.mirrors.iter().map(|m| {
+            Mirror {
+                target: Target::compile(&m.destination, ns, None, None),
+                share: m
+                    .percentage
+                    .map_or(Fraction::ALL, |p| Fraction::from_percent(p.value)),
+            }
+        }));
+        let rewrite = match &r.rewrite {
+            Some(rw) => {
+                let path = match (&rw.uri, &rw.uri_regex_rewrite) {
+                    (Some(u), _) => Some(PathRewrite::Prefix(u.clone())),
+                    (None, Some(rr)) => Some(PathRewrite::Regex(
+                        Regex::new(&rr.match_)
+                            .map_err(|e| MatchError::Regex(rr.match_.clone(), e.to_string()))?,
+                        envoy_substitution(&rr.rewrite),
+                    )),
+                    (None, None) => None,
+                };
+                Some(Rewrite {
+                    path,
+                    authority: rw.authority.clone(),
+                })
+            }
+            None => None,
+        };
+        Ok(Rule {
+            origin,
+            matches,
+            parent_matches: Vec::new(),
+            action,
+            timeout: r.timeout.map(|d| d.get()).filter(|d| !d.is_zero()),
+            retry: RetryPolicy::compile(r.retries.as_ref(), default_retry),
+            fault: r.fault.as_ref().map(FaultPolicy::compile),
+            mirrors,
+            rewrite,
+            headers: HeaderPolicy::compile(r.headers.as_ref()),
+            cors: r.cors_policy.as_ref().map(Cors::compile).transpose()?,
+        })
+    }
+
+    /// The block that matches the request, if the rule applies (`Some(None)` for a rule
+    /// without blocks).
+    pub fn matching_block(
+        &self,
+        head: &RequestHead<'_>,
+        src: &Source<'_>,
+        gateways: &[Box<str>],
+    ) -> Option<Option<&MatchBlock>> {
+        if !self.parent_matches.is_empty()
+            && !self
+                .parent_matches
+                .iter()
+                .any(|b| b.matches(head, src, gateways))
+        {
+            return None;
+        }
+        if self.matches.is_empty() {
+            return crate::matcher::gateway_applies(gateways, src.gateway).then_some(None);
+        }
+        self.matches
+            .iter()
+            .find(|b| b.matches(head, src, gateways))
+            .map(Some)
+    }
+}
+
+/// RE2/Istio `\1` groups → the regex crate's `${1}`.
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut n = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    n.push(*d);
+                    chars.next();
+                }
+                out.push_str(&format!("${{{n}}}"));
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        })
+    };
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let Some(v) = val(c) else { break };
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn head<'a>(
+        h: &'a HeaderMap,
+        authority: &'a str,
+        path: &'a str,
+        query: Option<&'a str>,
+    ) -> RequestHead<'a> {
+        RequestHead {
+            method: "GET",
+            scheme: "http",
+            authority,
+            path,
+            query,
+            headers: h,
+            port: 9080,
+        }
+    }
+
+    #[test]
+    fn rewrites() {
+        let h = HeaderMap::new();
+        let hd = head(&h, "reviews:9080", "/api/v1/reviews/0", Some("a=1"));
+        let prefix = Rewrite {
+            path: Some(PathRewrite::Prefix("/v2/".into())),
+            authority: None,
+        };
+        let p = StrMatcher::Prefix("/api/v1/".into());
+        assert_eq!(
+            prefix.path(hd.path, hd.query, Some(&p)).unwrap(),
+            "/v2/reviews/0?a=1"
+        );
+        let e = StrMatcher::Exact("/api/v1/reviews/0".into());
+        assert_eq!(prefix.path(hd.path, None, Some(&e)).unwrap(), "/v2/");
+        assert_eq!(prefix.path("/x", None, None).unwrap(), "/v2/x");
+        let re = Rewrite {
+            path: Some(PathRewrite::Regex(
+                Regex::new("^/api/v1/(.*)$").unwrap(),
+                envoy_substitution("/\\1"),
+            )),
+            authority: None,
+        };
+        assert_eq!(re.path(hd.path, None, None).unwrap(), "/reviews/0");
+        assert_eq!(envoy_substitution("/a/\\1/\\12$x"), "/a/${1}/${12}$$x");
+    }
+
+    #[test]
+    fn redirects() {
+        let h = HeaderMap::new();
+        let hd = head(&h, "reviews:9080", "/old", Some("q=1"));
+        let r = |uri: Option<&str>, authority: Option<&str>, port, scheme: Option<&str>| Redirect {
+            status: 301,
+            uri: uri.map(Into::into),
+            authority: authority.map(Into::into),
+            port,
+            scheme: scheme.map(Into::into),
+        };
+        assert_eq!(
+            r(Some("/new"), None, None, None).location(&hd),
+            "http://reviews:9080/new?q=1"
+        );
+        assert_eq!(
+            r(None, Some("example.com"), None, None).location(&hd),
+            "http://example.com/old?q=1"
+        );
+        assert_eq!(
+            r(None, None, None, Some("https")).location(&hd),
+            "https://reviews/old?q=1"
+        );
+        assert_eq!(
+            r(None, None, Some(RedirectPort::Port(8443)), Some("https")).location(&hd),
+            "https://reviews:8443/old?q=1"
+        );
+        assert_eq!(
+            r(None, Some("a.b"), Some(RedirectPort::FromRequest), None).location(&hd),
+            "http://a.b:9080/old?q=1"
+        );
+        assert_eq!(
+            r(Some("/n?x=2"), None, None, None).location(&hd),
+            "http://reviews:9080/n?x=2"
+        );
+        assert_eq!(split_authority("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(split_authority("reviews"), ("reviews", None));
+    }
+
+    #[test]
+    fn header_ops_apply_in_order() {
+        let mut h = HeaderMap::new();
+        h.insert("x-old", HeaderValue::from_static("1"));
+        h.insert("x-set", HeaderValue::from_static("old"));
+        let ops = HeaderOps::compile(Some(&HeaderOperations {
+            set: [("X-Set".to_string(), "new".to_string())].into(),
+            add: [("x-add".to_string(), "a".to_string())].into(),
+            remove: vec!["x-old".into()],
+        }));
+        ops.apply(&mut h);
+        assert_eq!(h.get("x-set").unwrap(), "new");
+        assert_eq!(h.get("x-add").unwrap(), "a");
+        assert!(h.get("x-old").is_none());
+        assert_eq!(decode_base64("aGVsbG8="), b"hello");
+    }
+}

@@ -1,0 +1,512 @@
+//! Routing decisions on real configuration: Istio's Bookinfo samples on the Bookinfo
+//! registry, and small VirtualServices for the sharp edges. Statistical checks use fixed
+//! seeds and state their tolerance.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use mesh_config::ConfigSet;
+use mesh_config::model::Labels;
+use mesh_core::{CompiledMesh, Outcome, RequestHead, RouteError, Source, Upstream};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+fn bookinfo() -> ConfigSet {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo/config");
+    ConfigSet::load(&[root]).unwrap()
+}
+
+fn sample(name: &str) -> ConfigSet {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/bookinfo/istio/networking")
+        .join(name);
+    ConfigSet::load(&[p]).unwrap()
+}
+
+fn compile(mut set: ConfigSet, extra: &[ConfigSet]) -> CompiledMesh {
+    for e in extra {
+        set.apply(e.clone());
+    }
+    let checked = set.check();
+    let snap = checked.snapshot.unwrap_or_else(|| {
+        panic!(
+            "{:#?}",
+            checked
+                .diagnostics
+                .iter()
+                .map(|d| d.short())
+                .collect::<Vec<_>>()
+        )
+    });
+    let mesh = CompiledMesh::compile(&snap);
+    assert!(mesh.errors.is_empty(), "{:?}", mesh.errors);
+    mesh
+}
+
+fn yaml(text: &str) -> ConfigSet {
+    let mut s = ConfigSet::new();
+    s.add_str("test.yaml", text);
+    s
+}
+
+struct Req {
+    authority: &'static str,
+    path: &'static str,
+    query: Option<&'static str>,
+    method: &'static str,
+    headers: HeaderMap,
+}
+
+fn req(authority: &'static str, path: &'static str) -> Req {
+    Req {
+        authority,
+        path,
+        query: None,
+        method: "GET",
+        headers: HeaderMap::new(),
+    }
+}
+
+impl Req {
+    fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+        self
+    }
+    fn head(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: self.method,
+            scheme: "http",
+            authority: self.authority,
+            path: self.path,
+            query: self.query,
+            headers: &self.headers,
+            port: self
+                .authority
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(80),
+        }
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// (subset, endpoint port) a request lands on, for the mesh from namespace default.
+fn land(
+    mesh: &CompiledMesh,
+    r: &Req,
+    rng: &mut StdRng,
+) -> Result<(Option<String>, Option<u16>), RouteError> {
+    let l = labels(&[("app", "productpage"), ("version", "v1")]);
+    let src = Source {
+        namespace: "default",
+        labels: &l,
+        gateway: None,
+    };
+    let d = mesh.route(&r.head(), &src, rng)?;
+    match d.outcome {
+        Outcome::Forward {
+            upstream: Upstream::Cluster(c),
+            ..
+        } => {
+            let mut p = mesh_core::balance::Pick::new(rng);
+            let ep = c.pick(&mut p).map(|(_, u)| u.port);
+            Ok((c.key.subset.as_deref().map(String::from), ep))
+        }
+        Outcome::Forward {
+            upstream: Upstream::Passthrough { .. },
+            ..
+        } => Ok((Some("passthrough".into()), None)),
+        _ => Ok((Some("other".into()), None)),
+    }
+}
+
+#[test]
+fn no_virtual_service_reaches_every_version() {
+    let mesh = compile(bookinfo(), &[]);
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let (subset, port) = land(&mesh, &req("reviews:9080", "/reviews/0"), &mut rng).unwrap();
+        assert_eq!(subset, None);
+        ports.insert(port.unwrap());
+    }
+    assert_eq!(ports.into_iter().collect::<Vec<_>>(), [9083, 9084, 9085]);
+}
+
+#[test]
+fn all_v1_and_test_v2() {
+    let mesh = compile(bookinfo(), &[sample("virtual-service-all-v1.yaml")]);
+    let mut rng = StdRng::seed_from_u64(2);
+    for _ in 0..50 {
+        let r = req("reviews:9080", "/reviews/0").header("end-user", "jason");
+        assert_eq!(
+            land(&mesh, &r, &mut rng).unwrap(),
+            (Some("v1".into()), Some(9083))
+        );
+    }
+    let mesh = compile(
+        bookinfo(),
+        &[
+            sample("virtual-service-all-v1.yaml"),
+            sample("virtual-service-reviews-test-v2.yaml"),
+        ],
+    );
+    // (request, subset, port)
+    let table = [
+        (
+            req("reviews:9080", "/reviews/0").header("end-user", "jason"),
+            "v2",
+            9084,
+        ),
+        (
+            req("reviews:9080", "/reviews/0").header("End-User", "jason"),
+            "v2",
+            9084,
+        ),
+        (
+            req("reviews:9080", "/reviews/0").header("end-user", "Jason"),
+            "v1",
+            9083,
+        ),
+        (
+            req("reviews:9080", "/reviews/0").header("end-user", "jason2"),
+            "v1",
+            9083,
+        ),
+        (req("reviews:9080", "/reviews/0"), "v1", 9083),
+        (
+            req("reviews", "/reviews/0").header("end-user", "jason"),
+            "v2",
+            9084,
+        ),
+        (req("reviews.default:9080", "/"), "v1", 9083),
+        (
+            req("reviews.default.svc.cluster.local:9080", "/").header("end-user", "jason"),
+            "v2",
+            9084,
+        ),
+    ];
+    for (r, subset, port) in table {
+        assert_eq!(
+            land(&mesh, &r, &mut rng).unwrap(),
+            (Some(subset.to_string()), Some(port)),
+            "{} {:?}",
+            r.authority,
+            r.headers
+        );
+    }
+}
+
+fn shares(mesh: &CompiledMesh, n: usize, seed: u64) -> std::collections::BTreeMap<String, f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..n {
+        let (s, _) = land(mesh, &req("reviews:9080", "/"), &mut rng).unwrap();
+        *counts.entry(s.unwrap()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(k, v)| (k, v as f64 / n as f64))
+        .collect()
+}
+
+#[test]
+fn weighted_splits_within_2_percent_over_20000() {
+    for (file, want) in [
+        (
+            "virtual-service-reviews-90-10.yaml",
+            [("v1", 0.9), ("v2", 0.1)],
+        ),
+        (
+            "virtual-service-reviews-80-20.yaml",
+            [("v1", 0.8), ("v2", 0.2)],
+        ),
+        (
+            "virtual-service-reviews-50-v3.yaml",
+            [("v1", 0.5), ("v3", 0.5)],
+        ),
+    ] {
+        let mesh = compile(bookinfo(), &[sample(file)]);
+        let got = shares(&mesh, 20_000, 42);
+        assert_eq!(got.len(), 2, "{file}: {got:?}");
+        for (subset, share) in want {
+            let g = got[subset];
+            assert!((g - share).abs() < 0.02, "{file}: {subset} {g} vs {share}");
+        }
+    }
+}
+
+const REVIEWS_PREFIX: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n";
+
+fn vs(rules: &str) -> ConfigSet {
+    yaml(&format!("{REVIEWS_PREFIX}{rules}"))
+}
+
+#[test]
+fn match_semantics_table() {
+    let mesh = compile(
+        bookinfo(),
+        &[vs(
+            "  - match: [{uri: {regex: \"/reviews/[0-9]+\"}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - match: [{uri: {exact: /exact}}, {uri: {prefix: /p/}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{headers: {x-a: {prefix: pre}, x-b: {}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{queryParams: {v: {exact: \"3\"}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{method: {exact: POST}, withoutHeaders: {x-skip: {}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+        )],
+    );
+    let mut rng = StdRng::seed_from_u64(3);
+    let q = |path: &'static str, query: Option<&'static str>| Req {
+        query,
+        ..req("reviews:9080", path)
+    };
+    let post = |skip: bool| {
+        let r = Req {
+            method: "POST",
+            ..req("reviews:9080", "/other")
+        };
+        if skip { r.header("x-skip", "1") } else { r }
+    };
+    // (request, expected subset)
+    let table = [
+        (req("reviews:9080", "/reviews/12"), "v2"),
+        // regex is a full match, not a search
+        (req("reviews:9080", "/reviews/12/x"), "v1"),
+        (req("reviews:9080", "/api/reviews/12"), "v1"),
+        (req("reviews:9080", "/exact"), "v3"),
+        (req("reviews:9080", "/exact/"), "v1"),
+        (req("reviews:9080", "/p/x"), "v3"),
+        (req("reviews:9080", "/p"), "v1"),
+        // headers: all conditions of a block (prefix and presence)
+        (
+            req("reviews:9080", "/h")
+                .header("x-a", "prefix")
+                .header("x-b", ""),
+            "v3",
+        ),
+        (req("reviews:9080", "/h").header("x-a", "prefix"), "v1"),
+        (
+            req("reviews:9080", "/h")
+                .header("X-A", "pre")
+                .header("X-B", "1"),
+            "v3",
+        ),
+        // the query string is not part of the uri match
+        (q("/reviews/1", Some("x=1")), "v2"),
+        (q("/q", Some("v=3")), "v3"),
+        (q("/q", Some("v=33")), "v1"),
+        (post(false), "v2"),
+        (post(true), "v1"),
+    ];
+    for (r, want) in table {
+        let got = land(&mesh, &r, &mut rng).unwrap().0.unwrap();
+        assert_eq!(
+            got, want,
+            "{} {} {:?} {:?}",
+            r.method, r.path, r.query, r.headers
+        );
+    }
+}
+
+#[test]
+fn first_match_wins_and_prefix_slash_catches_all() {
+    let mesh = compile(
+        bookinfo(),
+        &[vs(
+            "  - match: [{uri: {prefix: /}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{uri: {exact: /reviews/0}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n",
+        )],
+    );
+    let mut rng = StdRng::seed_from_u64(4);
+    for p in ["/reviews/0", "/", "/anything"] {
+        assert_eq!(
+            land(&mesh, &req("reviews:9080", p), &mut rng)
+                .unwrap()
+                .0
+                .as_deref(),
+            Some("v3")
+        );
+    }
+}
+
+#[test]
+fn no_rule_matched_is_an_error_not_a_default_route() {
+    let mesh = compile(
+        bookinfo(),
+        &[vs(
+            "  - match: [{uri: {exact: /only}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n",
+        )],
+    );
+    let mut rng = StdRng::seed_from_u64(5);
+    assert_eq!(
+        land(&mesh, &req("reviews:9080", "/other"), &mut rng).unwrap_err(),
+        RouteError::NoRouteMatched
+    );
+}
+
+#[test]
+fn weight_zero_takes_nothing_and_a_missing_subset_has_no_endpoints() {
+    let mesh = compile(
+        bookinfo(),
+        &[vs(
+            "  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 0\n    - destination: {host: reviews, subset: v2}\n      weight: 100\n",
+        )],
+    );
+    let got = shares(&mesh, 2000, 6);
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["v2"]);
+    // ratings subset v2 exists in destination-rule-all but selects no workload
+    let mut rng = StdRng::seed_from_u64(6);
+    let l = Labels::new();
+    let src = Source {
+        namespace: "default",
+        labels: &l,
+        gateway: None,
+    };
+    let mesh = compile(bookinfo(), &[sample("virtual-service-ratings-db.yaml")]);
+    let r = req("ratings:9080", "/ratings/0");
+    let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
+    let Outcome::Forward {
+        upstream: Upstream::Cluster(c),
+        ..
+    } = d.outcome
+    else {
+        panic!("not forwarded")
+    };
+    assert_eq!(c.key.subset.as_deref(), Some("v2"));
+    assert!(c.endpoints.is_empty());
+    assert!(
+        c.pick(&mut mesh_core::balance::Pick::new(&mut rng))
+            .is_none()
+    );
+}
+
+#[test]
+fn source_labels_namespace_and_gateways() {
+    let mesh = compile(
+        bookinfo(),
+        &[
+            sample("bookinfo-gateway.yaml"),
+            vs(
+                "  - match: [{sourceLabels: {app: productpage}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - match: [{sourceNamespace: prod}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+            ),
+        ],
+    );
+    let mut rng = StdRng::seed_from_u64(7);
+    let r = req("reviews.default:9080", "/");
+    let pp = labels(&[("app", "productpage")]);
+    let other = labels(&[("app", "ratings")]);
+    let route = |ns: &str, l: &Labels, gw: Option<&str>, r: &Req, rng: &mut StdRng| {
+        let src = Source {
+            namespace: ns,
+            labels: l,
+            gateway: gw,
+        };
+        mesh.route(&r.head(), &src, rng)
+    };
+    let subset = |d: mesh_core::Decision<'_>| match d.outcome {
+        Outcome::Forward {
+            upstream: Upstream::Cluster(c),
+            ..
+        } => c.key.subset.as_deref().map(String::from),
+        _ => None,
+    };
+    assert_eq!(
+        subset(route("default", &pp, None, &r, &mut rng).unwrap()).as_deref(),
+        Some("v2")
+    );
+    assert_eq!(
+        subset(route("prod", &other, None, &r, &mut rng).unwrap()).as_deref(),
+        Some("v3")
+    );
+    assert_eq!(
+        subset(route("default", &other, None, &r, &mut rng).unwrap()).as_deref(),
+        Some("v1")
+    );
+    // Through the ingress gateway, the gateway's VirtualService applies, by path.
+    let ingress = req("bookinfo.example.com", "/productpage");
+    let d = route(
+        "istio-system",
+        &other,
+        Some("default/bookinfo-gateway"),
+        &ingress,
+        &mut rng,
+    )
+    .unwrap();
+    assert_eq!(d.virtual_host.unwrap().name.as_ref(), "default/bookinfo");
+    match d.outcome {
+        Outcome::Forward {
+            upstream: Upstream::Cluster(c),
+            ..
+        } => assert_eq!(&*c.key.host, "productpage.default.svc.cluster.local"),
+        other => panic!("{other:?}"),
+    }
+    let nope = req("bookinfo.example.com", "/admin");
+    assert_eq!(
+        route(
+            "istio-system",
+            &other,
+            Some("default/bookinfo-gateway"),
+            &nope,
+            &mut rng
+        )
+        .unwrap_err(),
+        RouteError::NoRouteMatched
+    );
+}
+
+#[test]
+fn rule_locations_point_at_the_file() {
+    let mesh = compile(
+        bookinfo(),
+        &[sample("virtual-service-reviews-test-v2.yaml")],
+    );
+    let mut rng = StdRng::seed_from_u64(8);
+    let l = Labels::new();
+    let src = Source {
+        namespace: "default",
+        labels: &l,
+        gateway: None,
+    };
+    let r = req("reviews:9080", "/").header("end-user", "jason");
+    let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
+    let rule = d.rule.unwrap();
+    assert!(
+        rule.origin
+            .location
+            .ends_with("virtual-service-reviews-test-v2.yaml:9"),
+        "{}",
+        rule.origin.location
+    );
+    assert_eq!(&*rule.origin.virtual_service, "default/reviews");
+    let r = req("reviews:9080", "/");
+    let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
+    assert!(
+        d.rule.unwrap().origin.location.ends_with(":17"),
+        "{}",
+        d.rule.unwrap().origin.location
+    );
+}
+
+#[test]
+fn unknown_hosts_follow_the_outbound_policy() {
+    let mesh = compile(bookinfo(), &[]);
+    let mut rng = StdRng::seed_from_u64(9);
+    let r = req("example.org:8080", "/");
+    assert_eq!(
+        land(&mesh, &r, &mut rng).unwrap().0.as_deref(),
+        Some("passthrough")
+    );
+    let strict = yaml(
+        "apiVersion: mesh.rs/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n",
+    );
+    let mesh = compile(bookinfo(), &[strict]);
+    assert_eq!(
+        land(&mesh, &r, &mut rng).unwrap_err(),
+        RouteError::RegistryOnly("example.org".into())
+    );
+}
