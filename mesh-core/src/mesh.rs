@@ -111,11 +111,12 @@ pub struct Decision<'m> {
     /// The request's port.
     pub port: u16,
     /// The VirtualService that applied, if any.
-    pub virtual_host: Option<&'m VirtualHost>,
-    /// The rule that matched, if any (None: the default route to the host itself).
-    pub rule: Option<&'m Rule>,
-    /// The match block that matched (for prefix rewrites).
-    pub block: Option<&'m MatchBlock>,
+    pub virtual_host: Option<&'m Arc<VirtualHost>>,
+    /// The rule that matched and its index in the virtual host, if any (None: the
+    /// default route to the host itself).
+    pub rule: Option<(usize, &'m Rule)>,
+    /// The match block that matched and its index (for prefix rewrites).
+    pub block: Option<(usize, &'m MatchBlock)>,
     /// What to do.
     pub outcome: Outcome<'m>,
 }
@@ -125,8 +126,9 @@ pub struct Decision<'m> {
 pub enum Outcome<'m> {
     /// Forward to this destination.
     Forward {
-        /// The destination drawn from the rule's split (None for the default route).
-        target: Option<&'m Target>,
+        /// The destination drawn from the rule's split and its index (None for the
+        /// default route).
+        target: Option<(usize, &'m Target)>,
         /// Where it goes.
         upstream: Upstream,
     },
@@ -147,6 +149,7 @@ pub struct CompiledMesh {
     clusters: HashMap<ClusterKey, Arc<Cluster>>,
     /// Every host a name can resolve to: registry services and VirtualService hosts.
     known: std::collections::HashSet<String>,
+    default_retry: crate::policy::RetryPolicy,
     /// Problems found while compiling (rules that could not be compiled are skipped).
     pub errors: Vec<String>,
 }
@@ -194,7 +197,10 @@ impl CompiledMesh {
             t.finish();
         }
         let clusters = compile_clusters(snapshot, &settings);
+        let default_retry =
+            crate::policy::RetryPolicy::compile(None, &settings.default_http_retry_policy);
         CompiledMesh {
+            default_retry,
             version: snapshot.version(),
             settings,
             registry,
@@ -214,6 +220,11 @@ impl CompiledMesh {
     /// Mesh-wide settings.
     pub fn settings(&self) -> &MeshSettings {
         &self.settings
+    }
+
+    /// The retry policy of requests no rule sets one for (the mesh's default).
+    pub fn default_retry(&self) -> &crate::policy::RetryPolicy {
+        &self.default_retry
     }
 
     /// The registry.
@@ -311,7 +322,7 @@ impl CompiledMesh {
             });
         };
         let gateways = &vh.gateways;
-        for rule in &vh.rules {
+        for (ri, rule) in vh.rules.iter().enumerate() {
             let Some(block) = rule.matching_block(head, src, gateways) else {
                 continue;
             };
@@ -321,7 +332,7 @@ impl CompiledMesh {
                 Action::Route(split) => {
                     let target = split.pick(rng);
                     let upstream = match target {
-                        Some(t) => self.upstream(
+                        Some((_, t)) => self.upstream(
                             &t.host,
                             t.subset.as_deref(),
                             t.port.unwrap_or(0),
@@ -337,7 +348,7 @@ impl CompiledMesh {
                 host,
                 port,
                 virtual_host: Some(vh),
-                rule: Some(rule),
+                rule: Some((ri, rule)),
                 block,
                 outcome,
             });

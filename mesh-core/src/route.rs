@@ -152,13 +152,14 @@ impl Split {
         Split { targets, index }
     }
 
-    /// Draws a destination.
+    /// Draws a destination (and its index).
     #[inline]
-    pub fn pick(&self, rng: &mut dyn Rng) -> Option<&Target> {
-        match &self.index {
-            Some(index) => self.targets.get(index.pick(rng.next_u64())),
-            None => self.targets.first(),
-        }
+    pub fn pick(&self, rng: &mut dyn Rng) -> Option<(usize, &Target)> {
+        let i = match &self.index {
+            Some(index) => index.pick(rng.next_u64()),
+            None => 0,
+        };
+        self.targets.get(i).map(|t| (i, t))
     }
 }
 
@@ -515,14 +516,14 @@ impl Rule {
         })
     }
 
-    /// The block that matches the request, if the rule applies (`Some(None)` for a rule
-    /// without blocks).
+    /// The block that matches the request and its index, if the rule applies
+    /// (`Some(None)` for a rule without blocks).
     pub fn matching_block(
         &self,
         head: &RequestHead<'_>,
         src: &Source<'_>,
         gateways: &[Box<str>],
-    ) -> Option<Option<&MatchBlock>> {
+    ) -> Option<Option<(usize, &MatchBlock)>> {
         if !self.parent_matches.is_empty()
             && !self
                 .parent_matches
@@ -536,7 +537,8 @@ impl Rule {
         }
         self.matches
             .iter()
-            .find(|b| b.matches(head, src, gateways))
+            .enumerate()
+            .find(|(_, b)| b.matches(head, src, gateways))
             .map(Some)
     }
 }

@@ -474,7 +474,7 @@ fn rule_locations_point_at_the_file() {
     };
     let r = req("reviews:9080", "/").header("end-user", "jason");
     let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
-    let rule = d.rule.unwrap();
+    let rule = d.rule.unwrap().1;
     assert!(
         rule.origin
             .location
@@ -485,10 +485,11 @@ fn rule_locations_point_at_the_file() {
     assert_eq!(&*rule.origin.virtual_service, "default/reviews");
     let r = req("reviews:9080", "/");
     let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
+    let rule = d.rule.unwrap().1;
     assert!(
-        d.rule.unwrap().origin.location.ends_with(":17"),
+        rule.origin.location.ends_with(":17"),
         "{}",
-        d.rule.unwrap().origin.location
+        rule.origin.location
     );
 }
 
