@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::diag::{Code, Diagnostic, ResourceRef};
+use crate::host::GatewayRef;
 use crate::host::{self, qualify};
 use crate::model::*;
 use crate::path::FieldPath;
-use crate::registry::{Registry, visible};
+use crate::registry::{Registry, selects};
 
 /// Everything the analysis looks at.
 pub struct Input<'a> {
@@ -65,10 +66,29 @@ pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
         destination_rule(input, dr, out);
     }
     conflicting_destination_rules(input, out);
+    for m in input.registry.merges().iter().filter(|m| m.differs) {
+        let Some(se) = input
+            .service_entries
+            .iter()
+            .find(|se| se.namespace() == m.other.namespace && se.name() == m.other.name)
+        else {
+            continue;
+        };
+        out.push(diag(
+            se,
+            Kind::ServiceEntry,
+            Code::MergedServiceEntries,
+            FieldPath::root().key("spec").key("hosts"),
+            format!(
+                "host {} is also defined by ServiceEntry {}/{} with other ports or resolution: the endpoints are combined and that ServiceEntry's ports and resolution are used",
+                m.host, m.first.namespace, m.first.name
+            ),
+        ));
+    }
     for se in input.service_entries {
         if let Some(sel) = &se.spec.workload_selector {
             let found = input.workload_entries.iter().any(|we| {
-                we.namespace() == se.namespace() && labels_match(&sel.labels, &we.spec.labels)
+                we.namespace() == se.namespace() && selects(&sel.labels, &we.spec.labels)
             });
             if !found && !sel.labels.is_empty() {
                 out.push(diag(
@@ -94,11 +114,11 @@ pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
         }
         let mesh_wide = ns == input.mesh.root_namespace;
         let found = input.registry.services().iter().any(|s| {
-            s.endpoints.iter().any(|e| {
-                (mesh_wide || e.namespace == ns) && labels_match(&sel.match_labels, &e.labels)
-            })
+            s.endpoints
+                .iter()
+                .any(|e| (mesh_wide || e.namespace == ns) && selects(&sel.match_labels, &e.labels))
         }) || input.workload_entries.iter().any(|we| {
-            (mesh_wide || we.namespace() == ns) && labels_match(&sel.match_labels, &we.spec.labels)
+            (mesh_wide || we.namespace() == ns) && selects(&sel.match_labels, &we.spec.labels)
         });
         (!found).then(|| show_labels(&sel.match_labels))
     };
@@ -144,10 +164,6 @@ pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn labels_match(selector: &Labels, labels: &Labels) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 fn show_labels(labels: &Labels) -> String {
     labels
         .iter()
@@ -156,24 +172,20 @@ fn show_labels(labels: &Labels) -> String {
         .join(",")
 }
 
-/// Resolves a gateway reference written in a VirtualService of namespace `ns`.
-fn gateway_key(reference: &str, ns: &str) -> (String, String) {
-    match reference.split_once('/') {
-        Some((gns, name)) => (gns.to_string(), name.to_string()),
-        None => (ns.to_string(), reference.to_string()),
-    }
-}
-
 fn find_gateway<'a>(
     input: &'a Input<'_>,
     reference: &str,
     ns: &str,
 ) -> Option<&'a Arc<Resource<Gateway>>> {
-    let (gns, name) = gateway_key(reference, ns);
-    input
-        .gateways
-        .iter()
-        .find(|g| g.namespace() == gns && g.name() == name)
+    match GatewayRef::parse(reference, ns) {
+        GatewayRef::Mesh => None,
+        GatewayRef::Named {
+            namespace, name, ..
+        } => input
+            .gateways
+            .iter()
+            .find(|g| g.namespace() == namespace && g.name() == name),
+    }
 }
 
 /// A destination written in a VirtualService, with the path of its `destination` field.
@@ -286,6 +298,8 @@ fn virtual_service(
         let Some(gw) = find_gateway(input, g, ns) else {
             continue;
         };
+        // istioctl warns when none of the VirtualService's hosts is served by the gateway
+        // (hosts meant for other gateways or for the mesh are normal).
         let missing: Vec<String> = vs
             .spec
             .hosts
@@ -304,7 +318,7 @@ fn virtual_service(
             })
             .cloned()
             .collect();
-        if !missing.is_empty() {
+        if !missing.is_empty() && missing.len() == vs.spec.hosts.len() {
             out.push(diag(
                 vs,
                 k,
@@ -367,12 +381,15 @@ fn virtual_service(
             _ => {}
         }
         if let Some(subset) = &d.dest.subset {
-            let found = input.destination_rules.iter().any(|dr| {
-                let dr_host = qualify(&dr.spec.host, dr.namespace());
-                dr_visible(input, dr, ns)
-                    && host::matches(&dr_host, &qhost)
-                    && dr.spec.subsets.iter().any(|s| &s.name == subset)
-            });
+            // The DestinationRule that applies (Istio's precedence) must define it.
+            let applies = crate::snapshot::destination_rule_for(
+                input.destination_rules,
+                input.mesh,
+                &qhost,
+                ns,
+                &svc.namespace,
+            );
+            let found = applies.is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
             if !found {
                 out.push(
                     diag(
@@ -484,15 +501,6 @@ fn unreachable_rules(vs: &Arc<Resource<VirtualService>>, out: &mut Vec<Diagnosti
     }
 }
 
-fn dr_visible(input: &Input<'_>, dr: &Resource<DestinationRule>, from: &str) -> bool {
-    let export = if dr.spec.export_to.is_empty() {
-        &input.mesh.default_destination_rule_export_to
-    } else {
-        &dr.spec.export_to
-    };
-    visible(export, dr.namespace(), from)
-}
-
 fn vs_export(input: &Input<'_>, vs: &Resource<VirtualService>) -> (bool, BTreeSet<String>) {
     let export = if vs.spec.export_to.is_empty() {
         &input.mesh.default_virtual_service_export_to
@@ -569,7 +577,7 @@ fn conflicting_mesh_hosts(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
             );
             for o in others {
                 d = d.related(
-                    o.origin.location(),
+                    o.origin.locate(&FieldPath::root().key("spec").key("hosts")),
                     format!("VirtualService {}/{} is here", o.namespace(), o.name()),
                 );
             }
@@ -626,36 +634,67 @@ fn destination_rule(
             }
         }
     }
-    let mut tls_paths: Vec<(FieldPath, &ClientTlsSettings)> = Vec::new();
-    if let Some(tls) = dr.spec.traffic_policy.as_ref().and_then(|t| t.tls.as_ref()) {
-        tls_paths.push((spec.key("trafficPolicy").key("tls"), tls));
-    }
+    // (path of the tls settings, port for port-level settings)
+    let mut tls_paths: Vec<(FieldPath, &ClientTlsSettings, Option<u32>)> = Vec::new();
+    tls_settings(
+        dr.spec.traffic_policy.as_ref(),
+        spec.key("trafficPolicy"),
+        &mut tls_paths,
+    );
     for (i, s) in dr.spec.subsets.iter().enumerate() {
-        if let Some(tls) = s.traffic_policy.as_ref().and_then(|t| t.tls.as_ref()) {
-            tls_paths.push((
-                spec.key("subsets").index(i).key("trafficPolicy").key("tls"),
-                tls,
-            ));
-        }
+        tls_settings(
+            s.traffic_policy.as_ref(),
+            spec.key("subsets").index(i).key("trafficPolicy"),
+            &mut tls_paths,
+        );
     }
-    for (path, tls) in tls_paths {
-        let mode = tls.mode.unwrap_or_default();
-        if matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual)
-            && tls.ca_certificates.is_none()
-            && tls.credential_name.is_none()
-            && tls.insecure_skip_verify != Some(true)
+    for (path, tls, port) in tls_paths {
+        let mode = match tls.mode.unwrap_or_default() {
+            ClientTlsMode::Simple => "SIMPLE",
+            ClientTlsMode::Mutual => "MUTUAL",
+            _ => continue,
+        };
+        if tls.ca_certificates.is_some()
+            || tls.credential_name.is_some()
+            || tls.ca_cert_credential_name.is_some()
+            || tls.insecure_skip_verify == Some(true)
         {
-            out.push(diag(
-                dr,
-                k,
+            continue;
+        }
+        let name = dr.name();
+        let h = &dr.spec.host;
+        let (code, msg) = match port {
+            None => (
                 Code::NoServerCertificateVerificationDestinationLevel,
-                path.key("mode"),
                 format!(
-                    "DestinationRule {} in namespace {ns} has TLS mode set to {mode:?} but no caCertificates are set to validate server identity for host: {}",
-                    dr.name(),
-                    dr.spec.host
+                    "DestinationRule {name} in namespace {ns} has TLS mode set to {mode} but no caCertificates are set to validate server identity for host: {h}"
                 ),
-            ));
+            ),
+            Some(p) => (
+                Code::NoServerCertificateVerificationPortLevel,
+                format!(
+                    "DestinationRule {name} in namespace {ns} has TLS mode set to {mode} but no caCertificates are set to validate server identity for host: {h} at port {p}"
+                ),
+            ),
+        };
+        out.push(diag(dr, k, code, path.key("mode"), msg));
+    }
+}
+
+/// The TLS settings of a traffic policy and of its port-level settings.
+fn tls_settings<'a>(
+    tp: Option<&'a TrafficPolicy>,
+    path: FieldPath,
+    out: &mut Vec<(FieldPath, &'a ClientTlsSettings, Option<u32>)>,
+) {
+    let Some(tp) = tp else { return };
+    if let Some(tls) = &tp.tls {
+        out.push((path.key("tls"), tls, None));
+    }
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        if let Some(tls) = &pl.tls {
+            let port = pl.port.map(|p| p.number);
+            out.push((path.key("portLevelSettings").index(i).key("tls"), tls, port));
         }
     }
 }
@@ -687,7 +726,10 @@ fn conflicting_destination_rules(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
                         key.0
                     ),
                 )
-                .related(first.origin.location(), "the first DestinationRule for the host"),
+                .related(
+                    first.origin.locate(&FieldPath::root().key("spec").key("host")),
+                    "the first DestinationRule for the host",
+                ),
             );
         } else {
             seen.insert(key, dr);

@@ -334,8 +334,24 @@ impl<'de> Deserializer<'de> for NodeDe<'de> {
         visitor.visit_unit()
     }
 
+    /// Booleans: YAML 1.2's `true`/`false`, and YAML 1.1's `yes`/`no`/`on`/`off`/`y`/`n`,
+    /// which `kubectl` (go-yaml v2) reads as booleans too.
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        if let Value::Str(s) = &self.node.value {
+            let b = match s.as_str() {
+                "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Some(true),
+                "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => Some(false),
+                _ => None,
+            };
+            if let Some(b) = b {
+                return visitor.visit_bool(b).map_err(|e| self.fail(e));
+            }
+        }
+        self.deserialize_any(visitor)
+    }
+
     forward_any! {
-        deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
         deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_f32
         deserialize_f64 deserialize_char deserialize_str deserialize_string deserialize_bytes
         deserialize_byte_buf deserialize_identifier

@@ -102,8 +102,10 @@ codes! {
     YamlUnsupported = ("MESH0011", Error, "unsupported YAML"),
     /// A name or namespace that is not a valid Kubernetes name.
     InvalidName = ("MESH0012", Error, "invalid name"),
-    /// Route weights that do not add up to 100.
-    WeightSum = ("MESH0101", Error, "weights do not sum to 100"),
+    /// A kind Istio does not have, in one of Istio's API groups (a typo, most likely).
+    UnknownIstioKind = ("MESH0013", Error, "unknown kind in an Istio API group"),
+    /// Route weights of several destinations that add up to 0.
+    WeightSum = ("MESH0101", Error, "total destination weight is 0"),
     /// A regular expression that is not valid RE2.
     InvalidRegex = ("MESH0102", Error, "invalid regular expression"),
     /// A duration that cannot be read or is out of range.
@@ -136,6 +138,10 @@ codes! {
     ConflictingDestinationRules = ("MESH0122", Warning, "several DestinationRules for one host"),
     /// A fault delay or abort without a percentage: Istio applies it to no request.
     FaultWithoutPercentage = ("MESH0123", Warning, "fault without a percentage"),
+    /// Route weights that do not add up to 100: they are relative shares.
+    WeightsNotHundred = ("MESH0124", Info, "weights do not add up to 100"),
+    /// Several ServiceEntries define one host in one namespace: they are merged.
+    MergedServiceEntries = ("MESH0125", Warning, "ServiceEntries merged"),
     /// A feature the configuration uses is deprecated.
     Deprecated = ("IST0002", Warning, "Deprecated"),
     /// A referenced resource does not exist.
@@ -151,6 +157,9 @@ codes! {
     /// TLS to a destination without a CA to verify it.
     NoServerCertificateVerificationDestinationLevel =
         ("IST0128", Warning, "NoServerCertificateVerificationDestinationLevel"),
+    /// Port-level TLS to a destination without a CA to verify it.
+    NoServerCertificateVerificationPortLevel =
+        ("IST0129", Warning, "NoServerCertificateVerificationPortLevel"),
     /// An HTTP rule that can never be reached.
     VirtualServiceUnreachableRule = ("IST0130", Warning, "VirtualServiceUnreachableRule"),
     /// A match that duplicates a match of an earlier rule.
@@ -368,6 +377,9 @@ pub struct RenderOptions {
     pub color: bool,
 }
 
+/// Longest source line quoted in a rendered diagnostic (bytes).
+const MAX_SHOWN_LINE: usize = 400;
+
 /// Renders diagnostics like rustc: message, `file:line:column`, the source line with a
 /// caret under the field, then the resource and field path.
 pub fn render(diagnostics: &[Diagnostic], options: RenderOptions) -> String {
@@ -385,6 +397,34 @@ pub fn render(diagnostics: &[Diagnostic], options: RenderOptions) -> String {
     let config = term::Config::default();
     let mut out = String::new();
     for d in diagnostics {
+        // A source line too long to show (minified JSON, say): the one-line form, with
+        // the resource and field, instead of the line.
+        let too_long = d
+            .location
+            .iter()
+            .map(|l| (l.source.clone(), l.span.start.line))
+            .chain(
+                d.related
+                    .iter()
+                    .map(|r| (r.location.source.clone(), r.location.span.start.line)),
+            )
+            .any(|(src, line)| src.line_text(line).len() > MAX_SHOWN_LINE);
+        if too_long {
+            out.push_str(&d.short());
+            out.push('\n');
+            if let Some(r) = &d.resource {
+                out.push_str(&format!("  = in {r}"));
+                if let Some(p) = &d.path {
+                    out.push_str(&format!(", field {p}"));
+                }
+                out.push('\n');
+            }
+            if let Some(h) = &d.help {
+                out.push_str(&format!("  = help: {h}\n"));
+            }
+            out.push('\n');
+            continue;
+        }
         let sev = match d.severity {
             Severity::Error => cs::Severity::Error,
             Severity::Warning => cs::Severity::Warning,

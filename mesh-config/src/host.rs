@@ -10,13 +10,73 @@
 /// The DNS suffix of services: `svc.cluster.local`.
 pub const SERVICE_DOMAIN: &str = "svc.cluster.local";
 
-/// Qualifies `host`, written in a resource of `namespace`.
+/// Qualifies `host`, written in a resource of `namespace`. IP addresses, `*` and names
+/// with a dot are taken as written.
 pub fn qualify(host: &str, namespace: &str) -> String {
     let host = host.to_ascii_lowercase();
-    if host == "*" || host.contains('.') {
+    if host == "*" || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
         host
     } else {
         format!("{host}.{namespace}.{SERVICE_DOMAIN}")
+    }
+}
+
+/// A gateway a VirtualService names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayRef {
+    /// `mesh`: workload-to-workload traffic.
+    Mesh,
+    /// A Gateway resource.
+    Named {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Written in the deprecated `name.namespace[.svc.cluster.local]` form.
+        legacy: bool,
+    },
+}
+
+impl GatewayRef {
+    /// Resolves a reference written in a VirtualService of `namespace` the way Istio
+    /// does: `mesh`; `ns/name`; the legacy `name.ns` (with or without
+    /// `.svc.cluster.local`); else `name` in the VirtualService's namespace.
+    pub fn parse(reference: &str, namespace: &str) -> GatewayRef {
+        if reference == "mesh" {
+            return GatewayRef::Mesh;
+        }
+        if let Some((ns, name)) = reference.split_once('/') {
+            return GatewayRef::Named {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                legacy: false,
+            };
+        }
+        let short = reference
+            .strip_suffix(&format!(".{SERVICE_DOMAIN}"))
+            .unwrap_or(reference);
+        match short.split_once('.') {
+            Some((name, ns)) if !ns.is_empty() && !ns.contains('.') => GatewayRef::Named {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                legacy: true,
+            },
+            _ => GatewayRef::Named {
+                namespace: namespace.to_string(),
+                name: reference.to_string(),
+                legacy: false,
+            },
+        }
+    }
+
+    /// The canonical form: `mesh` or `namespace/name`.
+    pub fn canonical(&self) -> String {
+        match self {
+            GatewayRef::Mesh => "mesh".into(),
+            GatewayRef::Named {
+                namespace, name, ..
+            } => format!("{namespace}/{name}"),
+        }
     }
 }
 
@@ -158,6 +218,38 @@ mod tests {
             assert_eq!(matches(p, h), want, "{p} vs {h}");
         }
         assert!(overlaps("*.a.example.com", "*.example.com"));
+    }
+
+    #[test]
+    fn gateway_references() {
+        let table = [
+            ("mesh", "default", "mesh", false),
+            (
+                "bookinfo-gateway",
+                "default",
+                "default/bookinfo-gateway",
+                false,
+            ),
+            ("istio-system/gw", "default", "istio-system/gw", false),
+            ("gw.istio-system", "default", "istio-system/gw", true),
+            (
+                "gw.istio-system.svc.cluster.local",
+                "default",
+                "istio-system/gw",
+                true,
+            ),
+        ];
+        for (r, ns, want, legacy) in table {
+            let g = GatewayRef::parse(r, ns);
+            assert_eq!(g.canonical(), want, "{r}");
+            assert_eq!(
+                matches!(g, GatewayRef::Named { legacy: true, .. }),
+                legacy,
+                "{r}"
+            );
+        }
+        assert_eq!(qualify("::1", "default"), "::1");
+        assert_eq!(qualify("10.0.0.1", "default"), "10.0.0.1");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub mod host;
 pub mod load;
 pub mod model;
 pub mod path;
+pub mod re2;
 pub mod registry;
 pub mod snapshot;
 pub mod source;

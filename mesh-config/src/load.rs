@@ -136,7 +136,7 @@ impl ConfigSet {
             }
             self.diagnostics.push(d);
         }
-        let broken: Vec<usize> = stream
+        let broken: std::collections::HashSet<usize> = stream
             .errors
             .iter()
             .filter(|e| e.kind != YamlErrorKind::Syntax)
@@ -265,6 +265,18 @@ pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
     Ok(files)
 }
+
+/// Istio kinds the mesh does not read: documents of these kinds are ignored with a
+/// warning, while an unknown kind in an Istio group is an error (most likely a typo).
+const OTHER_ISTIO_KINDS: &[&str] = &[
+    "Sidecar",
+    "EnvoyFilter",
+    "WorkloadGroup",
+    "ProxyConfig",
+    "Telemetry",
+    "WasmPlugin",
+    "IstioOperator",
+];
 
 struct Decoded {
     resources: Vec<AnyResource>,
@@ -406,14 +418,24 @@ fn decode_resource(origin: &Origin, node: &Node, out: &mut Decoded) {
         return;
     };
     let Some(kind) = Kind::from_name(&kind_name) else {
-        let mut d = Diagnostic::new(
-            Code::UnknownKind,
-            format!(
-                "{kind_name} ({api_version}) is not a kind the mesh reads; the document is ignored"
-            ),
-        )
-        .at(origin.locate(&root.key("kind")))
-        .path(root.key("kind"));
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        let istio_group = group.ends_with(".istio.io") || group == crate::model::MESH_GROUP;
+        let (code, message) = if istio_group && !OTHER_ISTIO_KINDS.contains(&kind_name.as_str()) {
+            (
+                Code::UnknownIstioKind,
+                format!("{group} has no kind {kind_name}"),
+            )
+        } else {
+            (
+                Code::UnknownKind,
+                format!(
+                    "{kind_name} ({api_version}) is not a kind the mesh reads; the document is ignored"
+                ),
+            )
+        };
+        let mut d = Diagnostic::new(code, message)
+            .at(origin.locate(&root.key("kind")))
+            .path(root.key("kind"));
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         if let Some(s) = crate::de::suggest(&kind_name, &names) {
             d = d.help(format!("did you mean `{s}`?"));

@@ -62,7 +62,7 @@ impl Endpoint {
 
     /// True when the endpoint has every label of `selector`.
     pub fn selected_by(&self, selector: &Labels) -> bool {
-        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+        selects(selector, &self.labels)
     }
 
     /// The workload's principal as AuthorizationPolicy writes it:
@@ -123,6 +123,11 @@ impl Service {
     }
 }
 
+/// True when `labels` has every label of `selector` (an empty selector selects all).
+pub fn selects(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// Istio's `exportTo` rule: `*` everywhere, `.` the own namespace, `~` nowhere, or names.
 pub fn visible(export_to: &[String], own: &str, from: &str) -> bool {
     export_to.iter().any(|e| match e.as_str() {
@@ -137,17 +142,36 @@ pub fn visible(export_to: &[String], own: &str, from: &str) -> bool {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Registry {
     services: Vec<Arc<Service>>,
+    merges: Vec<Merge>,
+}
+
+/// A ServiceEntry whose host was already defined in its namespace by another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    /// The host.
+    pub host: String,
+    /// The ServiceEntry that defines the service's ports and resolution.
+    pub first: ResourceKey,
+    /// The ServiceEntry whose endpoints were added.
+    pub other: ResourceKey,
+    /// True when the two disagree on ports or resolution (the first wins).
+    pub differs: bool,
 }
 
 impl Registry {
     /// Builds the registry from ServiceEntries and WorkloadEntries (in load order).
     /// `default_export_to` is used for ServiceEntries without `exportTo`.
+    ///
+    /// ServiceEntries that define one host in one namespace make one service, as in
+    /// Istio: their endpoints are combined; the first one's ports, resolution and
+    /// `exportTo` are kept (see [`Registry::merges`]).
     pub fn build(
         service_entries: &[Arc<Resource<ServiceEntry>>],
         workload_entries: &[Arc<Resource<WorkloadEntry>>],
         default_export_to: &[String],
     ) -> Registry {
-        let mut services = Vec::new();
+        let mut services: Vec<Service> = Vec::new();
+        let mut merges = Vec::new();
         for se in service_entries {
             let ns = se.namespace().to_string();
             let spec = &se.spec;
@@ -178,12 +202,7 @@ impl Registry {
                 .collect();
             if let Some(sel) = &spec.workload_selector {
                 for we in workload_entries {
-                    if we.namespace() == ns
-                        && sel
-                            .labels
-                            .iter()
-                            .all(|(k, v)| we.spec.labels.get(k) == Some(v))
-                    {
+                    if we.namespace() == ns && selects(&sel.labels, &we.spec.labels) {
                         endpoints.push(endpoint(
                             &we.spec,
                             &ns,
@@ -203,6 +222,21 @@ impl Registry {
             };
             for h in &spec.hosts {
                 let h = h.to_ascii_lowercase();
+                if let Some(first) = services
+                    .iter_mut()
+                    .find(|s| s.host == h && s.namespace == ns)
+                {
+                    let mut all: Vec<Endpoint> = first.endpoints.to_vec();
+                    all.extend(endpoints.iter().cloned());
+                    first.endpoints = Arc::from(all);
+                    merges.push(Merge {
+                        host: h,
+                        first: first.source.clone(),
+                        other: key.clone(),
+                        differs: first.ports != ports || first.resolution != resolution,
+                    });
+                    continue;
+                }
                 let eps: Arc<[Endpoint]> = if endpoints.is_empty()
                     && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
                     && !host::is_wildcard(&h)
@@ -220,7 +254,7 @@ impl Registry {
                 } else {
                     Arc::from(endpoints.clone())
                 };
-                services.push(Arc::new(Service {
+                services.push(Service {
                     host: h,
                     namespace: ns.clone(),
                     ports: ports.clone(),
@@ -229,10 +263,18 @@ impl Registry {
                     endpoints: eps,
                     export_to: export_to.clone(),
                     source: key.clone(),
-                }));
+                });
             }
         }
-        Registry { services }
+        Registry {
+            services: services.into_iter().map(Arc::new).collect(),
+            merges,
+        }
+    }
+
+    /// ServiceEntries merged into an earlier one with the same host and namespace.
+    pub fn merges(&self) -> &[Merge] {
+        &self.merges
     }
 
     /// Every service, in load order.
@@ -273,11 +315,32 @@ impl Registry {
     }
 }
 
+/// Labels Istio adds to every endpoint from its locality and network, so that subsets
+/// can select on them (`topology.kubernetes.io/region`, ...).
+fn topology_labels(we: &WorkloadEntry) -> Labels {
+    let mut labels = we.labels.clone();
+    let mut add = |k: &str, v: &str| {
+        if !v.is_empty() {
+            labels.entry(k.to_string()).or_insert_with(|| v.to_string());
+        }
+    };
+    if let Some(loc) = &we.locality {
+        let mut parts = loc.split('/');
+        add("topology.kubernetes.io/region", parts.next().unwrap_or(""));
+        add("topology.kubernetes.io/zone", parts.next().unwrap_or(""));
+        add("topology.istio.io/subzone", parts.next().unwrap_or(""));
+    }
+    if let Some(net) = &we.network {
+        add("topology.istio.io/network", net);
+    }
+    labels
+}
+
 fn endpoint(we: &WorkloadEntry, namespace: &str, workload: Option<ResourceKey>) -> Endpoint {
     Endpoint {
         address: we.address.clone(),
         ports: we.ports.clone(),
-        labels: we.labels.clone(),
+        labels: topology_labels(we),
         locality: we.locality.clone(),
         weight: we.weight.filter(|w| *w > 0).unwrap_or(1),
         service_account: we

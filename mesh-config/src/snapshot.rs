@@ -33,6 +33,7 @@ struct Inner {
     mesh: MeshSettings,
     registry: Registry,
     diagnostics: Vec<Diagnostic>,
+    index: std::collections::HashMap<ResourceKey, usize>,
 }
 
 /// A validated configuration (see the module documentation).
@@ -113,7 +114,31 @@ impl Snapshot {
 
     /// A resource by kind, namespace and name.
     pub fn get(&self, key: &ResourceKey) -> Option<&AnyResource> {
-        self.inner.resources.iter().find(|r| &r.key() == key)
+        self.inner
+            .index
+            .get(key)
+            .and_then(|i| self.inner.resources.get(*i))
+    }
+
+    /// The DestinationRule that applies to requests from namespace `from` to `host` (fully
+    /// qualified) of a service in namespace `service_ns`, with Istio's precedence: a rule
+    /// in the caller's namespace, else in the service's namespace, else in the root
+    /// namespace; within a namespace the most specific host (exact, then the longest
+    /// wildcard), then the first loaded. Only rules visible to `from` count; rules with a
+    /// `workloadSelector` are not considered.
+    pub fn destination_rule_for(
+        &self,
+        host: &str,
+        from: &str,
+        service_ns: &str,
+    ) -> Option<&Arc<Resource<DestinationRule>>> {
+        destination_rule_for(
+            &self.inner.destination_rules,
+            &self.inner.mesh,
+            host,
+            from,
+            service_ns,
+        )
     }
 }
 
@@ -183,6 +208,12 @@ impl ConfigSet {
         let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
         let snapshot = (!has_errors).then(|| {
             inner.resources = self.resources().to_vec();
+            inner.index = inner
+                .resources
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.key(), i))
+                .collect();
             inner.diagnostics = diagnostics.clone();
             inner.version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
             Snapshot {
@@ -194,6 +225,49 @@ impl ConfigSet {
             snapshot,
         }
     }
+}
+
+/// Istio's DestinationRule precedence over `rules` (see
+/// [`Snapshot::destination_rule_for`]); usable on a pre-filtered list.
+pub fn destination_rule_for<'a>(
+    rules: &'a [Arc<Resource<DestinationRule>>],
+    mesh: &MeshSettings,
+    host: &str,
+    from: &str,
+    service_ns: &str,
+) -> Option<&'a Arc<Resource<DestinationRule>>> {
+    let candidates = |ns: &str| {
+        let mut best: Option<(usize, &'a Arc<Resource<DestinationRule>>)> = None;
+        for dr in rules
+            .iter()
+            .filter(|d| d.namespace() == ns && d.spec.workload_selector.is_none())
+        {
+            let export = if dr.spec.export_to.is_empty() {
+                &mesh.default_destination_rule_export_to
+            } else {
+                &dr.spec.export_to
+            };
+            let pattern = crate::host::qualify(&dr.spec.host, dr.namespace());
+            if !crate::registry::visible(export, dr.namespace(), from)
+                || !crate::host::matches(&pattern, host)
+            {
+                continue;
+            }
+            // exact hosts rank above every wildcard; longer wildcards above shorter
+            let rank = if pattern == host {
+                usize::MAX
+            } else {
+                pattern.len()
+            };
+            if best.is_none_or(|(b, _)| rank > b) {
+                best = Some((rank, dr));
+            }
+        }
+        best.map(|(_, d)| d)
+    };
+    candidates(from)
+        .or_else(|| candidates(service_ns))
+        .or_else(|| candidates(&mesh.root_namespace))
 }
 
 /// Sorts diagnostics by file, line and column; those without a place last.

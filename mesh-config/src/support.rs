@@ -19,205 +19,227 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     (
         Kind::VirtualService,
         "spec.tls",
-        "TLS (SNI) routing; the mesh routes HTTP",
+        "the mesh routes HTTP; TLS (SNI) routes are ignored",
     ),
     (
         Kind::VirtualService,
         "spec.tcp",
-        "TCP routing; the mesh routes HTTP",
+        "the mesh routes HTTP; TCP routes are ignored",
     ),
     (
         Kind::VirtualService,
         "spec.http[].match[].statPrefix",
-        "per-match statistics prefixes",
+        "per-match statistics prefixes are not implemented",
     ),
     (
         Kind::VirtualService,
         "spec.http[].retries.retryRemoteLocalities",
-        "locality-aware retries",
+        "locality-aware retries are not implemented",
     ),
     (
         Kind::VirtualService,
         "spec.http[].fault.delay.exponentialDelay",
-        "exponential delays (Istio does not implement them either)",
+        "exponential delays are not implemented (nor by Istio)",
     ),
     (
         Kind::VirtualService,
         "spec.http[].fault.abort.http2Error",
-        "HTTP/2 stream resets as faults",
+        "HTTP/2 stream resets as faults are not implemented",
     ),
     (
         Kind::DestinationRule,
         "*.loadBalancer.localityLbSetting",
-        "locality-aware load balancing",
+        "locality-aware load balancing is not implemented",
     ),
     (
         Kind::DestinationRule,
         "*.loadBalancer.zoneAwareLbSetting",
-        "zone-aware load balancing",
+        "zone-aware load balancing is not implemented",
     ),
     (
         Kind::DestinationRule,
         "*.loadBalancer.backendUtilization",
-        "utilization-driven load balancing (ORCA)",
-    ),
-    (
-        Kind::DestinationRule,
-        "*.connectionPool.http.http2KeepAlive",
-        "HTTP/2 keepalive pings",
-    ),
-    (
-        Kind::DestinationRule,
-        "*.tls.caCertCredentialName",
-        "Kubernetes secrets (there is no cluster; use certificate files)",
+        "utilization-driven load balancing (ORCA) is not implemented",
     ),
     (
         Kind::DestinationRule,
         "*.loadBalancer.warmupDurationSecs",
-        "slow start",
+        "slow start is not implemented",
     ),
-    (Kind::DestinationRule, "*.loadBalancer.warmup", "slow start"),
+    (
+        Kind::DestinationRule,
+        "*.loadBalancer.warmup",
+        "slow start is not implemented",
+    ),
     (
         Kind::DestinationRule,
         "*.connectionPool.tcp.tcpKeepalive",
-        "TCP keepalive settings",
+        "TCP keepalive settings are not implemented",
     ),
     (
         Kind::DestinationRule,
         "*.connectionPool.http.h2UpgradePolicy",
-        "HTTP/2 upgrade policy",
+        "HTTP/2 upgrades are not implemented",
     ),
-    (Kind::DestinationRule, "*.tunnel", "tunnelling"),
+    (
+        Kind::DestinationRule,
+        "*.connectionPool.http.http2KeepAlive",
+        "HTTP/2 keepalive pings are not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.tunnel",
+        "tunnelling is not implemented",
+    ),
     (
         Kind::DestinationRule,
         "*.proxyProtocol",
-        "the PROXY protocol",
+        "the PROXY protocol is not implemented",
     ),
     (
         Kind::DestinationRule,
         "*.tls.credentialName",
-        "Kubernetes secrets (there is no cluster; use certificate files)",
+        "Kubernetes secrets are not read (there is no cluster; use certificate files)",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.tls.caCertCredentialName",
+        "Kubernetes secrets are not read (there is no cluster; use certificate files)",
     ),
     (
         Kind::DestinationRule,
         "*.tls.caCrl",
-        "certificate revocation lists",
+        "certificate revocation lists are not implemented",
     ),
     (
         Kind::DestinationRule,
         "spec.workloadSelector",
-        "DestinationRules scoped to some workloads",
+        "DestinationRules scoped to some workloads are not implemented",
     ),
     (
         Kind::Gateway,
         "spec.servers[].bind",
-        "bind addresses (listeners are mapped to local addresses)",
+        "bind addresses are not used (listeners are mapped to local addresses)",
     ),
     (
         Kind::Gateway,
         "spec.servers[].defaultEndpoint",
-        "default endpoints",
+        "default endpoints are not implemented",
     ),
     (
         Kind::Gateway,
         "spec.servers[].tls.credentialName",
-        "Kubernetes secrets (there is no cluster; use certificate files)",
+        "Kubernetes secrets are not read (there is no cluster; use certificate files)",
     ),
     (
         Kind::Gateway,
         "spec.servers[].tls.credentialNames",
-        "Kubernetes secrets (there is no cluster; use certificate files)",
-    ),
-    (
-        Kind::Gateway,
-        "spec.servers[].tls.caCrl",
-        "certificate revocation lists",
+        "Kubernetes secrets are not read (there is no cluster; use certificate files)",
     ),
     (
         Kind::Gateway,
         "spec.servers[].tls.caCertCredentialName",
-        "Kubernetes secrets (there is no cluster; use certificate files)",
+        "Kubernetes secrets are not read (there is no cluster; use certificate files)",
     ),
     (
         Kind::Gateway,
-        "spec.servers[].tls.ecdhCurves",
-        "ECDH curve selection",
-    ),
-    (
-        Kind::Gateway,
-        "spec.servers[].tls.cipherSuites",
-        "cipher suite selection (rustls chooses safe suites)",
+        "spec.servers[].tls.caCrl",
+        "certificate revocation lists are not implemented",
     ),
     (
         Kind::Gateway,
         "spec.servers[].tls.verifyCertificateSpki",
-        "client certificate pinning",
+        "client certificate pinning is not implemented",
     ),
     (
         Kind::Gateway,
         "spec.servers[].tls.verifyCertificateHash",
-        "client certificate pinning",
+        "client certificate pinning is not implemented",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.ecdhCurves",
+        "ECDH curve selection is not implemented",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.cipherSuites",
+        "cipher suite selection is not implemented (rustls chooses safe suites)",
     ),
     (
         Kind::ServiceEntry,
         "spec.addresses",
-        "virtual IPs (the mesh routes by host name)",
+        "virtual IPs are not used (the mesh routes by host name)",
     ),
     (
         Kind::ServiceEntry,
         "spec.subjectAltNames",
-        "endpoint identity pinning",
+        "endpoint identity pinning is not implemented",
     ),
     (
         Kind::ServiceEntry,
         "spec.endpoints[].network",
-        "multi-network meshes",
+        "multi-network meshes are not implemented",
     ),
-    (Kind::WorkloadEntry, "spec.network", "multi-network meshes"),
+    (
+        Kind::WorkloadEntry,
+        "spec.network",
+        "multi-network meshes are not implemented",
+    ),
     (
         Kind::AuthorizationPolicy,
         "spec.targetRef",
-        "Gateway API attachment",
+        "Gateway API attachment is not implemented",
     ),
     (
         Kind::AuthorizationPolicy,
         "spec.targetRefs",
-        "Gateway API attachment",
+        "Gateway API attachment is not implemented",
     ),
     (
         Kind::AuthorizationPolicy,
         "spec.provider",
-        "external authorization (CUSTOM)",
+        "external authorization (CUSTOM) is not implemented",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "spec.rules[].from[].source.requestPrincipals",
+        "JWT authentication is not implemented, so request principals never match",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "spec.rules[].from[].source.notRequestPrincipals",
+        "JWT authentication is not implemented, so every request lacks a request principal",
     ),
     (
         Kind::AuthorizationPolicy,
         "spec.rules[].from[].source.trustDomains",
-        "trust domain conditions",
+        "trust domain conditions are not implemented",
     ),
     (
         Kind::AuthorizationPolicy,
         "spec.rules[].from[].source.notTrustDomains",
-        "trust domain conditions",
+        "trust domain conditions are not implemented",
     ),
     (
         Kind::RequestAuthentication,
         "spec.jwtRules",
-        "JWT authentication",
+        "JWT authentication is not implemented",
     ),
     (
         Kind::RequestAuthentication,
         "spec.targetRef",
-        "Gateway API attachment",
+        "Gateway API attachment is not implemented",
     ),
     (
         Kind::RequestAuthentication,
         "spec.targetRefs",
-        "Gateway API attachment",
+        "Gateway API attachment is not implemented",
     ),
     (
         Kind::MeshConfig,
         "spec.trustDomainAliases",
-        "trust domain aliases",
+        "trust domain aliases are not implemented",
     ),
 ];
 
@@ -239,15 +261,14 @@ pub fn not_enforced(kind: Kind, origin: &Origin, root: &Node, out: &mut Vec<Diag
             return;
         }
         let generic = path.generic();
-        if let Some((_, p, why)) = patterns
+        if let Some((_, _, why)) = patterns
             .iter()
             .find(|(_, p, _)| pattern_matches(p, &generic))
         {
-            let _ = p;
             out.push(
                 Diagnostic::new(
                     Code::NotEnforced,
-                    format!("`{path}` is parsed but not enforced: {why} is not implemented"),
+                    format!("`{path}` is parsed but not enforced: {why}"),
                 )
                 .at(origin.locate(path))
                 .path(path.clone()),

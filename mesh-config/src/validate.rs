@@ -64,10 +64,6 @@ const PROTOCOLS: &[&str] = &[
     "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "REDIS", "MYSQL", "TCP", "TLS", "UDP",
 ];
 
-/// Largest compiled size of a regular expression (Envoy's default program size is
-/// similar in spirit: an expression may not be arbitrarily expensive).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
 /// Collects the diagnostics of one resource.
 pub(crate) struct Ctx<'a> {
     origin: &'a Origin,
@@ -114,16 +110,11 @@ impl<'a> Ctx<'a> {
     }
 
     fn regex(&mut self, path: &FieldPath, re: &str) {
-        if let Err(e) = regex::RegexBuilder::new(re)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-        {
-            let detail = e.to_string();
-            let last = detail.lines().last().unwrap_or("").trim().to_string();
+        if let Err(e) = crate::re2::compile(re) {
             self.report(
                 Code::InvalidRegex,
                 path,
-                format!("`{re}` is not a valid RE2 regular expression: {last}"),
+                format!("`{re}` is not a valid RE2 regular expression: {e}"),
             );
         }
     }
@@ -214,7 +205,7 @@ impl<'a> Ctx<'a> {
 
     /// Checks a header name; `is_key` when the name is a mapping key (`headers: {name: ..}`).
     fn header_name(&mut self, path: &FieldPath, name: &str, is_key: bool) {
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
+        if !is_header_name(name) {
             let msg = format!("`{name}` is not a valid HTTP header name");
             if is_key {
                 self.report_key(Code::InvalidValue, path, msg);
@@ -224,7 +215,8 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn export_to(&mut self, path: &FieldPath, list: &[String]) {
+    /// Checks `exportTo`; `none_ok` where `~` is allowed (ServiceEntry only).
+    fn export_to(&mut self, path: &FieldPath, list: &[String], none_ok: bool) {
         let mut seen = HashSet::new();
         for (i, ns) in list.iter().enumerate() {
             let p = path.index(i);
@@ -235,8 +227,18 @@ impl<'a> Ctx<'a> {
                     format!("`{ns}` appears twice in exportTo"),
                 );
             }
-            if ns == "." || ns == "*" || ns == "~" {
-                continue;
+            match ns.as_str() {
+                "." | "*" => continue,
+                "~" if none_ok => continue,
+                "~" => {
+                    self.report(
+                        Code::InvalidValue,
+                        &p,
+                        "`~` (export to no namespace) is only allowed for ServiceEntries",
+                    );
+                    continue;
+                }
+                _ => {}
             }
             if let Err(e) = host::check_dns1123_label(ns) {
                 self.report(
@@ -251,6 +253,13 @@ impl<'a> Ctx<'a> {
                 Code::ExclusiveFields,
                 path,
                 "`~` (export to no namespace) cannot be combined with other entries",
+            );
+        }
+        if list.len() > 1 && list.iter().any(|n| n == "*") {
+            self.report(
+                Code::ExclusiveFields,
+                path,
+                "`*` (export to every namespace) cannot be combined with other entries",
             );
         }
     }
@@ -268,6 +277,13 @@ impl<'a> Ctx<'a> {
 
 /// A check of one value of a list.
 type Check = dyn Fn(&str) -> Result<(), String>;
+
+/// An HTTP header name (a token), or a pseudo-header (`:authority`, `:method`, `:path`,
+/// `:scheme`), as Istio's `ValidateHTTPHeaderName` accepts.
+fn is_header_name(name: &str) -> bool {
+    let token = name.strip_prefix(':').unwrap_or(name);
+    !token.is_empty() && token.bytes().all(is_token_byte)
+}
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -394,10 +410,50 @@ fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualService) {
         );
     }
     for (i, rule) in vs.http.iter().enumerate() {
-        http_route(ctx, &spec.key("http").index(i), rule, delegate);
+        let p = spec.key("http").index(i);
+        http_route(ctx, &p, rule, delegate);
+        for (j, m) in rule.match_.iter().enumerate() {
+            for (field, map) in [
+                ("headers", &m.headers),
+                ("withoutHeaders", &m.without_headers),
+            ] {
+                for name in map.keys().filter(|n| n.starts_with(JWT_CLAIM_PREFIX)) {
+                    let hp = p.key("match").index(j).key(field).key(name.as_str());
+                    if bound_to_mesh {
+                        ctx.report_key(
+                            Code::InvalidValue,
+                            &hp,
+                            "JWT claim based routing is only supported for gateways, not for the mesh",
+                        );
+                    } else {
+                        ctx.warn(
+                            Code::NotEnforced,
+                            &hp,
+                            "JWT claim based routing is parsed but not enforced: JWT authentication is not implemented, so this match never matches",
+                        );
+                    }
+                }
+            }
+        }
     }
     for (i, rule) in vs.tls.iter().enumerate() {
         let p = spec.key("tls").index(i);
+        if rule.match_.is_empty() {
+            ctx.report(
+                Code::MissingField,
+                &p.key("match"),
+                "a TLS rule needs a `match` with `sniHosts`",
+            );
+        }
+        for (j, m) in rule.match_.iter().enumerate() {
+            if m.sni_hosts.is_empty() {
+                ctx.report(
+                    Code::MissingField,
+                    &p.key("match").index(j).key("sniHosts"),
+                    "a TLS match needs `sniHosts`",
+                );
+            }
+        }
         l4_routes(
             ctx,
             &p.key("route"),
@@ -412,24 +468,34 @@ fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualService) {
             rule.route.iter().map(|r| (&r.destination, r.weight)),
         );
     }
-    ctx.export_to(&spec.key("exportTo"), &vs.export_to);
+    ctx.export_to(&spec.key("exportTo"), &vs.export_to, false);
 }
 
 fn gateway_ref(ctx: &mut Ctx<'_>, path: &FieldPath, g: &str) {
-    if g == "mesh" {
-        return;
-    }
-    let (ns, name) = match g.split_once('/') {
-        Some((ns, name)) => (Some(ns), name),
-        None => (None, g),
-    };
-    let bad_ns = ns.is_some_and(|ns| host::check_dns1123_label(ns).is_err());
-    if bad_ns || host::check_dns1123_subdomain(name).is_err() {
-        ctx.report(
-            Code::InvalidValue,
-            path,
-            format!("`{g}` is not a gateway reference: expected `mesh`, `<name>` or `<namespace>/<name>`"),
-        );
+    match host::GatewayRef::parse(g, &ctx.reference.namespace) {
+        host::GatewayRef::Mesh => {}
+        host::GatewayRef::Named {
+            namespace,
+            name,
+            legacy,
+        } => {
+            if host::check_dns1123_label(&namespace).is_err()
+                || host::check_dns1123_subdomain(&name).is_err()
+            {
+                ctx.report(
+                    Code::InvalidValue,
+                    path,
+                    format!("`{g}` is not a gateway reference: expected `mesh`, `<name>` or `<namespace>/<name>`"),
+                );
+            } else if legacy {
+                ctx.deprecated(
+                    path,
+                    format!(
+                        "the gateway reference form `{g}` is deprecated: write `{namespace}/{name}`"
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -439,6 +505,13 @@ fn l4_routes<'a>(
     routes: impl Iterator<Item = (&'a Destination, Option<i32>)>,
 ) {
     let routes: Vec<_> = routes.collect();
+    if routes.is_empty() {
+        ctx.report(
+            Code::MissingField,
+            path,
+            "a TLS or TCP rule needs a `route`",
+        );
+    }
     for (i, (d, _)) in routes.iter().enumerate() {
         destination(ctx, &path.index(i).key("destination"), d);
     }
@@ -449,6 +522,9 @@ fn l4_routes<'a>(
     );
 }
 
+/// Istio's rules for the weights of several destinations: none negative, and not all 0.
+/// Weights are relative shares (`weight / sum`); a sum other than 100 is legal and only
+/// noted, as older Istio versions required 100.
 fn weights(ctx: &mut Ctx<'_>, path: &FieldPath, weights: &[Option<i32>]) {
     for (i, w) in weights.iter().enumerate() {
         if let Some(w) = w
@@ -462,39 +538,50 @@ fn weights(ctx: &mut Ctx<'_>, path: &FieldPath, weights: &[Option<i32>]) {
             return;
         }
     }
-    if weights.len() > 1 {
-        let total: i64 = weights.iter().map(|w| i64::from(w.unwrap_or(0))).sum();
-        if total != 100 {
-            // Point at the last weight written, where the sum went wrong.
-            let at = (0..weights.len())
-                .rev()
-                .find(|i| weights[*i].is_some())
-                .map(|i| path.index(i).key("weight"))
-                .unwrap_or_else(|| path.clone());
-            ctx.report(
-                Code::WeightSum,
-                &at,
+    if weights.len() < 2 {
+        return;
+    }
+    let total: i64 = weights.iter().map(|w| i64::from(w.unwrap_or(0))).sum();
+    let shown = weights
+        .iter()
+        .map(|w| w.map_or("unset".to_string(), |w| w.to_string()))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    // Point at the last weight written (or the route when none is).
+    let at = (0..weights.len())
+        .rev()
+        .find(|i| weights[*i].is_some())
+        .map(|i| path.index(i).key("weight"))
+        .unwrap_or_else(|| path.clone());
+    if total == 0 {
+        ctx.report(
+            Code::WeightSum,
+            &at,
+            format!("total destination weight is 0 ({shown}): no destination would get traffic"),
+        );
+    } else if total != 100 {
+        ctx.out.push(
+            Diagnostic::new(
+                Code::WeightsNotHundred,
                 format!(
-                    "route weights add up to {total}, not 100 ({})",
-                    weights
-                        .iter()
-                        .map(|w| w.map_or("unset".to_string(), |w| w.to_string()))
-                        .collect::<Vec<_>>()
-                        .join(" + ")
+                    "route weights add up to {total} ({shown}); they are relative shares of {total}"
                 ),
-            );
-        }
+            )
+            .at(ctx.origin.locate(&at))
+            .resource(ctx.reference.clone())
+            .path(at),
+        );
     }
 }
 
 fn destination(ctx: &mut Ctx<'_>, path: &FieldPath, d: &Destination) {
     if ctx.required_str(&path.key("host"), &d.host, "`destination.host`") {
         ctx.host(&path.key("host"), &d.host);
-        if host::is_wildcard(&d.host) {
+        if d.host == "*" {
             ctx.report(
                 Code::InvalidHost,
                 &path.key("host"),
-                format!("destination host `{}` cannot be a wildcard", d.host),
+                "destination host `*` is not allowed",
             );
         }
     }
@@ -583,12 +670,12 @@ fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_delegate: b
     if let Some(rd) = &r.redirect {
         let p = path.key("redirect");
         if let Some(code) = rd.redirect_code
-            && ![301, 302, 303, 307, 308].contains(&code)
+            && !(300..=399).contains(&code)
         {
             ctx.report(
                 Code::HttpStatusRange,
                 &p.key("redirectCode"),
-                format!("{code} is not a redirect code: use 301, 302, 303, 307 or 308"),
+                format!("{code} is not a redirect code: it must be 3xx"),
             );
         }
         if let Some(port) = rd.port {
@@ -602,15 +689,13 @@ fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_delegate: b
             }
         }
         if let Some(s) = &rd.scheme
-            && (s.is_empty()
-                || !s
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            && s != "http"
+            && s != "https"
         {
             ctx.report(
                 Code::InvalidValue,
                 &p.key("scheme"),
-                format!("`{s}` is not a URI scheme"),
+                format!("redirect scheme `{s}` must be `http` or `https`"),
             );
         }
         if rd.uri.is_none()
@@ -687,14 +772,12 @@ fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_delegate: b
                 "`uri` and `uriRegexRewrite` cannot both be set",
             );
         }
-        if let Some(rr) = &rw.uri_regex_rewrite
-            && ctx.required_str(
-                &p.key("uriRegexRewrite").key("match"),
-                &rr.match_,
-                "`uriRegexRewrite.match`",
-            )
-        {
-            ctx.regex(&p.key("uriRegexRewrite").key("match"), &rr.match_);
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            let rp = p.key("uriRegexRewrite");
+            if ctx.required_str(&rp.key("match"), &rr.match_, "`uriRegexRewrite.match`") {
+                ctx.regex(&rp.key("match"), &rr.match_);
+            }
+            ctx.required_str(&rp.key("rewrite"), &rr.rewrite, "`uriRegexRewrite.rewrite`");
         }
         if rw.uri.is_none() && rw.authority.is_none() && rw.uri_regex_rewrite.is_none() {
             ctx.report(
@@ -737,7 +820,31 @@ fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_delegate: b
     if let Some(h) = &r.headers {
         headers(ctx, &path.key("headers"), h);
     }
+    // The authority may be rewritten in one place only.
+    let rule_level = r.rewrite.as_ref().is_some_and(|rw| rw.authority.is_some())
+        || sets_authority(r.headers.as_ref());
+    let rule_twice = r.rewrite.as_ref().is_some_and(|rw| rw.authority.is_some())
+        && sets_authority(r.headers.as_ref());
+    if rule_twice {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("headers"),
+            "the authority is rewritten twice: by `rewrite.authority` and by a `host` header",
+        );
+    }
+    for (i, d) in r.route.iter().enumerate() {
+        if rule_level && sets_authority(d.headers.as_ref()) {
+            ctx.report(
+                Code::ExclusiveFields,
+                &path.key("route").index(i).key("headers"),
+                "the authority is rewritten by the rule and again by this destination",
+            );
+        }
+    }
 }
+
+/// The prefix of Istio's JWT claim routing pseudo-headers.
+const JWT_CLAIM_PREFIX: &str = "@request.auth.claims.";
 
 fn http_match(ctx: &mut Ctx<'_>, path: &FieldPath, m: &HttpMatchRequest) {
     for (name, sm) in [
@@ -756,7 +863,17 @@ fn http_match(ctx: &mut Ctx<'_>, path: &FieldPath, m: &HttpMatchRequest) {
     ] {
         for (name, sm) in map {
             let p = path.key(field).key(name.as_str());
-            ctx.header_name(&p, name, true);
+            if let Some(claim) = name.strip_prefix(JWT_CLAIM_PREFIX) {
+                if claim.is_empty() {
+                    ctx.report_key(
+                        Code::InvalidValue,
+                        &p,
+                        "a JWT claim route needs a claim name",
+                    );
+                }
+            } else {
+                ctx.header_name(&p, name, true);
+            }
             ctx.string_match(&p, sm, true);
         }
     }
@@ -803,6 +920,13 @@ fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRetry) {
             Code::InvalidValue,
             &path.key("attempts"),
             format!("attempts {} is negative", r.attempts),
+        );
+    }
+    if r.attempts == 0 && (r.per_try_timeout.is_some() || r.retry_on.is_some()) {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("attempts"),
+            "a retry policy (`retryOn`, `perTryTimeout`) is configured while `attempts` is 0, which disables retries",
         );
     }
     ctx.duration_ms(&path.key("perTryTimeout"), r.per_try_timeout);
@@ -976,29 +1100,65 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &CorsPolicy) {
     }
 }
 
+/// Header operations. Istio lets a request `set`/`add` rewrite the authority (`host` or
+/// `:authority`); other pseudo-headers, and removing the authority, are refused.
 fn headers(ctx: &mut Ctx<'_>, path: &FieldPath, h: &Headers) {
     for (dir, ops) in [("request", &h.request), ("response", &h.response)] {
         let Some(ops) = ops else { continue };
         let p = path.key(dir);
         for (field, map) in [("set", &ops.set), ("add", &ops.add)] {
             for name in map.keys() {
-                header_op_name(ctx, &p.key(field).key(name.as_str()), name, true);
+                let authority_ok = dir == "request";
+                header_op_name(
+                    ctx,
+                    &p.key(field).key(name.as_str()),
+                    name,
+                    true,
+                    authority_ok,
+                );
             }
         }
         for (i, name) in ops.remove.iter().enumerate() {
-            header_op_name(ctx, &p.key("remove").index(i), name, false);
+            header_op_name(ctx, &p.key("remove").index(i), name, false, false);
         }
     }
 }
 
-fn header_op_name(ctx: &mut Ctx<'_>, path: &FieldPath, name: &str, is_key: bool) {
+/// True when header operations `h` rewrite the request's authority.
+fn sets_authority(h: Option<&Headers>) -> bool {
+    h.and_then(|h| h.request.as_ref()).is_some_and(|ops| {
+        ops.set
+            .keys()
+            .chain(ops.add.keys())
+            .any(|k| is_authority_header(k))
+    })
+}
+
+fn is_authority_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority")
+}
+
+fn header_op_name(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    name: &str,
+    is_key: bool,
+    authority_ok: bool,
+) {
     ctx.header_name(path, name, is_key);
-    let lower = name.to_ascii_lowercase();
-    if lower == "host" || name.starts_with(':') {
+    if is_authority_header(name) {
+        if !authority_ok {
+            ctx.report_key(
+                Code::InvalidValue,
+                path,
+                format!("`{name}` cannot be removed or set on a response"),
+            );
+        }
+    } else if name.starts_with(':') {
         ctx.report_key(
             Code::InvalidValue,
             path,
-            format!("`{name}` cannot be changed with header operations (use `rewrite.authority`)"),
+            format!("pseudo-header `{name}` cannot be changed with header operations"),
         );
     }
 }
@@ -1011,7 +1171,7 @@ fn destination_rule(ctx: &mut Ctx<'_>, spec: &FieldPath, dr: &DestinationRule) {
         ctx.host(&spec.key("host"), &dr.host);
     }
     if let Some(tp) = &dr.traffic_policy {
-        traffic_policy(ctx, &spec.key("trafficPolicy"), tp, true);
+        traffic_policy(ctx, &spec.key("trafficPolicy"), tp);
     }
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, s) in dr.subsets.iter().enumerate() {
@@ -1037,14 +1197,14 @@ fn destination_rule(ctx: &mut Ctx<'_>, spec: &FieldPath, dr: &DestinationRule) {
         }
         ctx.labels(&p.key("labels"), &s.labels);
         if let Some(tp) = &s.traffic_policy {
-            traffic_policy(ctx, &p.key("trafficPolicy"), tp, true);
+            traffic_policy(ctx, &p.key("trafficPolicy"), tp);
         }
     }
-    ctx.export_to(&spec.key("exportTo"), &dr.export_to);
+    ctx.export_to(&spec.key("exportTo"), &dr.export_to, false);
     ctx.selector(&spec.key("workloadSelector"), &dr.workload_selector);
 }
 
-fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &TrafficPolicy, top: bool) {
+fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &TrafficPolicy) {
     policy_parts(
         ctx,
         path,
@@ -1085,7 +1245,6 @@ fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &TrafficPolicy, top: 
             pl.tls.as_ref(),
         );
     }
-    let _ = top;
     if let Some(rb) = &tp.retry_budget
         && let Some(pc) = rb.percent
     {
@@ -1181,12 +1340,12 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &LoadBalancerSettings)
             }
         }
         if let Some(size) = ch.maglev.and_then(|m| m.table_size)
-            && !is_prime(size)
+            && (size > MAX_MAGLEV_TABLE || !is_prime(size))
         {
             ctx.report(
                 Code::InvalidValue,
                 &p.key("maglev").key("tableSize"),
-                format!("maglev `tableSize` {size} must be a prime number (e.g. 65537)"),
+                format!("maglev `tableSize` {size} must be a prime number no larger than {MAX_MAGLEV_TABLE} (e.g. 65537)"),
             );
         }
     }
@@ -1213,12 +1372,7 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &LoadBalancerSettings)
             "`localityLbSetting` and `zoneAwareLbSetting` cannot both be set",
         );
     }
-    let policies = [
-        lb.simple.is_some(),
-        lb.consistent_hash.is_some(),
-        lb.backend_utilization.is_some(),
-    ];
-    if policies.iter().filter(|b| **b).count() > 1 && lb.backend_utilization.is_some() {
+    if lb.backend_utilization.is_some() && (lb.simple.is_some() || lb.consistent_hash.is_some()) {
         ctx.report(
             Code::ExclusiveFields,
             &path.key("backendUtilization"),
@@ -1236,6 +1390,9 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &LoadBalancerSettings)
         );
     }
 }
+
+/// Envoy's largest Maglev table.
+const MAX_MAGLEV_TABLE: u64 = 5_000_011;
 
 fn is_prime(n: u64) -> bool {
     if n < 2 {
@@ -1314,43 +1471,36 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &OutlierDetection)
     }
 }
 
+/// Istio's `validateTLS`: MUTUAL needs a client certificate and key (unless a credential
+/// name provides them); a credential name and file paths do not mix.
 fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
     let mode = tls.mode.unwrap_or_default();
-    let has_files = tls.client_certificate.is_some()
-        || tls.private_key.is_some()
-        || tls.ca_certificates.is_some();
-    match mode {
-        ClientTlsMode::IstioMutual if has_files || tls.credential_name.is_some() => {
+    if tls.credential_name.is_some()
+        && (tls.client_certificate.is_some()
+            || tls.private_key.is_some()
+            || tls.ca_certificates.is_some())
+    {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("credentialName"),
+            "`credentialName` cannot be combined with `clientCertificate`, `privateKey` or `caCertificates`",
+        );
+    }
+    if mode == ClientTlsMode::Mutual && tls.credential_name.is_none() {
+        if tls.client_certificate.is_none() {
             ctx.report(
-                Code::ExclusiveFields,
-                &path.key("mode"),
-                "with ISTIO_MUTUAL the mesh provides the certificates: remove `clientCertificate`, `privateKey`, `caCertificates` and `credentialName`",
+                Code::MissingField,
+                &path.key("clientCertificate"),
+                "MUTUAL TLS needs `clientCertificate` (or `credentialName`)",
             );
         }
-        ClientTlsMode::Mutual if tls.credential_name.is_none() => {
-            if tls.client_certificate.is_none() {
-                ctx.report(
-                    Code::MissingField,
-                    &path.key("clientCertificate"),
-                    "MUTUAL TLS needs `clientCertificate` (or `credentialName`)",
-                );
-            }
-            if tls.private_key.is_none() {
-                ctx.report(
-                    Code::MissingField,
-                    &path.key("privateKey"),
-                    "MUTUAL TLS needs `privateKey` (or `credentialName`)",
-                );
-            }
-        }
-        ClientTlsMode::Simple if tls.client_certificate.is_some() || tls.private_key.is_some() => {
+        if tls.private_key.is_none() {
             ctx.report(
-                Code::ExclusiveFields,
-                &path.key("mode"),
-                "SIMPLE TLS sends no client certificate: remove `clientCertificate` and `privateKey`, or use MUTUAL",
+                Code::MissingField,
+                &path.key("privateKey"),
+                "MUTUAL TLS needs `privateKey` (or `credentialName`)",
             );
         }
-        _ => {}
     }
 }
 
@@ -1557,12 +1707,26 @@ fn service_entry(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEntry) {
             );
         }
     }
-    if se.ports.is_empty() {
-        ctx.report(
-            Code::MissingField,
-            &spec.key("ports"),
-            "a ServiceEntry needs at least one port",
-        );
+    // Istio: several hosts share the ports; for a non-HTTP, non-TLS port they could not
+    // be told apart unless the caller's address is kept (resolution NONE).
+    if se.hosts.len() > 1 && resolution != Resolution::None {
+        for (i, port) in se.ports.iter().enumerate() {
+            let proto = port
+                .protocol
+                .as_deref()
+                .unwrap_or("TCP")
+                .to_ascii_uppercase();
+            if !matches!(
+                proto.as_str(),
+                "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "GRPC-WEB" | "TLS"
+            ) {
+                ctx.report(
+                    Code::InvalidValue,
+                    &spec.key("ports").index(i).key("protocol"),
+                    format!("multiple hosts provided with a non-HTTP, non-TLS port ({proto}): use one ServiceEntry per host, or resolution NONE"),
+                );
+            }
+        }
     }
     let mut numbers = BTreeMap::new();
     let mut names = BTreeMap::new();
@@ -1615,13 +1779,6 @@ fn service_entry(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEntry) {
         );
     }
     match resolution {
-        Resolution::Static if se.endpoints.is_empty() && se.workload_selector.is_none() => {
-            ctx.report(
-                Code::MissingField,
-                &spec.key("endpoints"),
-                "STATIC resolution needs `endpoints` or a `workloadSelector`",
-            );
-        }
         Resolution::None if !se.endpoints.is_empty() => ctx.report(
             Code::ExclusiveFields,
             &spec.key("endpoints"),
@@ -1655,7 +1812,7 @@ fn service_entry(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEntry) {
     if let Some(sel) = &se.workload_selector {
         ctx.labels(&spec.key("workloadSelector").key("labels"), &sel.labels);
     }
-    ctx.export_to(&spec.key("exportTo"), &se.export_to);
+    ctx.export_to(&spec.key("exportTo"), &se.export_to, true);
 }
 
 fn workload_entry(ctx: &mut Ctx<'_>, path: &FieldPath, we: &WorkloadEntry, ports: Option<&[&str]>) {
@@ -1806,6 +1963,26 @@ fn wildcard_value(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Istio's path templates: `{*}` matches one segment, `{**}` any number (last segment
+/// only); each is a whole segment; no other `*` with them.
+fn path_template(v: &str) -> Result<(), String> {
+    let segments: Vec<&str> = v.split('/').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "{*}" => {}
+            "{**}" if i + 1 == segments.len() => {}
+            "{**}" => return Err(format!("`{v}`: `{{**}}` must be the last segment")),
+            s if s.contains('{') || s.contains('}') || s.contains('*') => {
+                return Err(format!(
+                    "`{v}`: a path template segment must be exactly `{{*}}` or `{{**}}`, and no other `*` is allowed"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn ip_block(v: &str) -> Result<(), String> {
     let (addr, prefix) = match v.split_once('/') {
         Some((a, p)) => (a, Some(p)),
@@ -1882,7 +2059,11 @@ fn source(ctx: &mut Ctx<'_>, path: &FieldPath, s: &Source) {
 
 fn operation(ctx: &mut Ctx<'_>, path: &FieldPath, o: &Operation) {
     let path_value = |v: &str| -> Result<(), String> {
-        wildcard_value(v)?;
+        if v.contains('{') || v.contains('}') {
+            path_template(v)?;
+        } else {
+            wildcard_value(v)?;
+        }
         if v.starts_with('/') || v.starts_with('*') {
             Ok(())
         } else {
@@ -1940,6 +2121,13 @@ fn condition(ctx: &mut Ctx<'_>, path: &FieldPath, c: &Condition) {
                 c.key == *k
             }
         });
+        if known && c.key.starts_with("request.auth.") {
+            ctx.warn(
+                Code::NotEnforced,
+                &path.key("key"),
+                format!("`{}` is parsed but not enforced: JWT authentication is not implemented, so the condition never holds", c.key),
+            );
+        }
         if !known {
             ctx.report(
                 Code::InvalidValue,
@@ -2020,14 +2208,17 @@ fn mesh_config(ctx: &mut Ctx<'_>, spec: &FieldPath, mc: &MeshConfigSpec) {
     ctx.export_to(
         &spec.key("defaultServiceExportTo"),
         &mc.default_service_export_to,
+        true,
     );
     ctx.export_to(
         &spec.key("defaultVirtualServiceExportTo"),
         &mc.default_virtual_service_export_to,
+        false,
     );
     ctx.export_to(
         &spec.key("defaultDestinationRuleExportTo"),
         &mc.default_destination_rule_export_to,
+        false,
     );
 }
 

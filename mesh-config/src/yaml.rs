@@ -9,6 +9,12 @@
 //! The builder is defensive because configuration may come from anywhere: nesting depth
 //! and alias expansion are bounded (no stack overflow, no "billion laughs"), duplicate keys
 //! and unsupported tags are reported, and nothing here panics on any input.
+//!
+//! The depth bound holds for the tree as built, aliases expanded: every anchor remembers
+//! the height of its subtree, and an alias that would take the tree deeper than
+//! [`MAX_DEPTH`] is refused. Everything that walks a [`Node`] recursively (including its
+//! `Clone` and `Drop`) can rely on it. Reading is linear in the size of the text, even
+//! when it is all on one line (`jq -c` output) or a mapping has a great many keys.
 
 use std::collections::HashMap;
 
@@ -21,6 +27,9 @@ use crate::source::{Pos, SourceFile, Span};
 pub const MAX_DEPTH: usize = 128;
 /// Most nodes a single stream may expand to, aliases included.
 pub const MAX_NODES: usize = 1_000_000;
+/// Widest span given to a node, in characters. Spans stay on their first line and only
+/// point at the text, so a long scalar or a one-line document is not measured to its end.
+const MAX_SPAN_CHARS: usize = 120;
 
 /// One YAML node and where it was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,15 +163,26 @@ enum Frame {
         span: Span,
         anchor: usize,
         entries: Vec<Entry>,
+        /// Index in `entries` of every key, for duplicates and merge keys in O(1).
+        keys: HashMap<String, usize>,
         pending_key: Option<(String, Span)>,
         merges: Vec<Node>,
     },
 }
 
+/// A node with an anchor, and what an alias to it adds to the tree.
+struct Anchored {
+    node: Node,
+    /// Nodes in the subtree (see [`measure`]).
+    size: usize,
+    /// Collection levels in the subtree (see [`measure`]).
+    height: usize,
+}
+
 struct Builder<'a> {
     file: &'a SourceFile,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, (Node, usize)>,
+    anchors: HashMap<usize, Anchored>,
     nodes: usize,
     document: usize,
     errors: Vec<YamlError>,
@@ -227,7 +247,9 @@ pub fn parse_stream(file: &SourceFile) -> Stream {
 
 impl Builder<'_> {
     fn pos(&self, mark: &Marker) -> Pos {
-        self.file.pos(mark.line(), mark.col())
+        // `Marker::index` counts characters, not bytes (whatever its documentation says).
+        self.file
+            .pos_of_marker(mark.index(), mark.line(), mark.col())
     }
 
     fn error(&mut self, kind: YamlErrorKind, message: String, span: Span) {
@@ -280,23 +302,19 @@ impl Builder<'_> {
         }
     }
 
-    /// A span from `start` covering `chars` characters, kept on the start's line.
+    /// A span from `start` covering `chars` characters (at least one, at most
+    /// [`MAX_SPAN_CHARS`]), kept on the start's line.
     fn span_chars(&self, start: Pos, chars: usize) -> Span {
-        let line = self.file.line_text(start.line);
-        let col0 = start.column as usize - 1;
-        let avail = line.chars().count().saturating_sub(col0);
-        let end = self
-            .file
-            .pos(start.line as usize, col0 + chars.min(avail).max(1));
+        let end = self.file.advance(start, chars.clamp(1, MAX_SPAN_CHARS));
         Span { start, end }
     }
 
-    /// A span from `start` to the end of its line, for collections.
+    /// A span from `start` to the end of its line (trailing blanks left out, at most
+    /// [`MAX_SPAN_CHARS`] characters), for collections.
     fn span_line(&self, start: Pos) -> Span {
-        let line = self.file.line_text(start.line);
-        let len = line.trim_end().chars().count();
-        let col0 = start.column as usize - 1;
-        self.span_chars(start, len.saturating_sub(col0))
+        let end = self.file.advance(start, MAX_SPAN_CHARS);
+        let text = self.file.text().get(start.offset..end.offset).unwrap_or("");
+        self.span_chars(start, text.trim_end().chars().count())
     }
 
     fn count(&mut self, n: usize, at: Span) -> Result<(), ()> {
@@ -316,10 +334,12 @@ impl Builder<'_> {
         let start = self.pos(&mark);
         match event {
             Event::Scalar(text, style, anchor, tag) => {
+                // Only the characters a span may cover are counted.
+                let chars = text.chars().take(MAX_SPAN_CHARS).count();
                 let span = match style {
-                    TScalarStyle::Plain => self.span_chars(start, text.chars().count()),
+                    TScalarStyle::Plain => self.span_chars(start, chars),
                     TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted => {
-                        self.span_chars(start, text.chars().count() + 2)
+                        self.span_chars(start, chars + 2)
                     }
                     _ => self.span_chars(start, 1),
                 };
@@ -339,12 +359,17 @@ impl Builder<'_> {
                 };
                 let node = Node { value, span };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, (node.clone(), 1));
+                    let anchored = Anchored {
+                        node: node.clone(),
+                        size: 1,
+                        height: 0,
+                    };
+                    self.anchors.insert(anchor, anchored);
                 }
                 Ok(self.push_value(node))
             }
             Event::Alias(id) => {
-                let Some((node, size)) = self.anchors.get(&id).cloned() else {
+                let Some(&Anchored { size, height, .. }) = self.anchors.get(&id) else {
                     self.error(
                         YamlErrorKind::Syntax,
                         "alias refers to an unknown anchor".into(),
@@ -354,12 +379,36 @@ impl Builder<'_> {
                 };
                 let span = self.span_chars(start, 1);
                 self.count(size, span)?;
+                let is_key = matches!(
+                    self.stack.last(),
+                    Some(Frame::Map {
+                        pending_key: None,
+                        ..
+                    })
+                );
+                // A value alias expands its whole subtree here: the textual nesting alone
+                // does not bound the depth of the tree. (A key must be a string.)
+                if !is_key && self.stack.len() + height > MAX_DEPTH {
+                    self.error(
+                        YamlErrorKind::Limit,
+                        format!(
+                            "nesting deeper than {MAX_DEPTH} levels once the alias is expanded \
+                             ({} levels here, {height} in the anchored node)",
+                            self.stack.len()
+                        ),
+                        span,
+                    );
+                    return Err(());
+                }
+                let Some(value) = self.anchors.get(&id).map(|a| a.node.value.clone()) else {
+                    return Err(());
+                };
                 if let Some(Frame::Map {
                     pending_key: pending @ None,
                     ..
                 }) = self.stack.last_mut()
                 {
-                    match node.value {
+                    match value {
                         Value::Str(s) => *pending = Some((s, span)),
                         _ => {
                             self.error(
@@ -372,11 +421,7 @@ impl Builder<'_> {
                     }
                     return Ok(None);
                 }
-                let node = Node {
-                    value: node.value,
-                    span,
-                };
-                Ok(self.push_value(node))
+                Ok(self.push_value(Node { value, span }))
             }
             Event::SequenceStart(anchor, tag) => {
                 self.open(start, anchor, tag.as_ref(), false)?;
@@ -406,6 +451,7 @@ impl Builder<'_> {
                         mut span,
                         anchor,
                         mut entries,
+                        mut keys,
                         merges,
                         ..
                     } => {
@@ -415,7 +461,7 @@ impl Builder<'_> {
                         {
                             span = self.span_line(first.key_span.start);
                         }
-                        merge_keys(&mut entries, merges);
+                        merge_keys(&mut entries, &mut keys, merges);
                         (
                             Node {
                                 value: Value::Map(entries),
@@ -425,9 +471,14 @@ impl Builder<'_> {
                         )
                     }
                 };
-                let size = node_count(&node);
                 if anchor > 0 {
-                    self.anchors.insert(anchor, (node.clone(), size));
+                    let (size, height) = measure(&node);
+                    let anchored = Anchored {
+                        node: node.clone(),
+                        size,
+                        height,
+                    };
+                    self.anchors.insert(anchor, anchored);
                 }
                 Ok(self.push_value(node))
             }
@@ -468,6 +519,7 @@ impl Builder<'_> {
                 span,
                 anchor,
                 entries: Vec::new(),
+                keys: HashMap::new(),
                 pending_key: None,
                 merges: Vec::new(),
             }
@@ -490,6 +542,7 @@ impl Builder<'_> {
             }
             Some(Frame::Map {
                 entries,
+                keys,
                 pending_key,
                 merges,
                 ..
@@ -499,7 +552,7 @@ impl Builder<'_> {
                     merges.push(node);
                     return None;
                 }
-                if let Some(first) = entries.iter().find(|e| e.key == key) {
+                if let Some(first) = keys.get(&key).and_then(|&i| entries.get(i)) {
                     let related = Some(first.key_span);
                     self.errors.push(YamlError {
                         kind: YamlErrorKind::DuplicateKey,
@@ -510,6 +563,7 @@ impl Builder<'_> {
                     });
                     return None;
                 }
+                keys.insert(key.clone(), entries.len());
                 entries.push(Entry {
                     key,
                     key_span,
@@ -564,8 +618,9 @@ impl Builder<'_> {
     }
 }
 
-/// Applies YAML merge keys (`<<: *base`): entries written in the mapping win.
-fn merge_keys(entries: &mut Vec<Entry>, merges: Vec<Node>) {
+/// Applies YAML merge keys (`<<: *base`): entries written in the mapping win, then the
+/// first merged mapping that has a key. `keys` indexes `entries` by key and is kept so.
+fn merge_keys(entries: &mut Vec<Entry>, keys: &mut HashMap<String, usize>, merges: Vec<Node>) {
     for source in merges {
         let maps: Vec<Node> = match source.value {
             Value::Seq(items) => items,
@@ -577,7 +632,8 @@ fn merge_keys(entries: &mut Vec<Entry>, merges: Vec<Node>) {
         for map in maps {
             if let Value::Map(extra) = map.value {
                 for e in extra {
-                    if !entries.iter().any(|x| x.key == e.key) {
+                    if !keys.contains_key(&e.key) {
+                        keys.insert(e.key.clone(), entries.len());
                         entries.push(e);
                     }
                 }
@@ -586,13 +642,22 @@ fn merge_keys(entries: &mut Vec<Entry>, merges: Vec<Node>) {
     }
 }
 
-/// Number of nodes in a tree (bounded by [`MAX_DEPTH`], so the recursion is too).
-fn node_count(node: &Node) -> usize {
-    1 + match &node.value {
-        Value::Seq(items) => items.iter().map(node_count).sum(),
-        Value::Map(entries) => entries.iter().map(|e| 1 + node_count(&e.value)).sum(),
-        _ => 0,
+/// The number of nodes in a tree (keys included) and its height: the number of collection
+/// levels on its longest branch, 0 for a scalar. The depth of every tree is bounded by
+/// [`MAX_DEPTH`], so the recursion is too.
+fn measure(node: &Node) -> (usize, usize) {
+    let (mut size, mut height) = (1usize, 0);
+    let mut child = |node: &Node, key: usize| {
+        let (s, h) = measure(node);
+        size = size.saturating_add(s + key);
+        height = height.max(h);
+    };
+    match &node.value {
+        Value::Seq(items) => items.iter().for_each(|n| child(n, 0)),
+        Value::Map(entries) => entries.iter().for_each(|e| child(&e.value, 1)),
+        _ => return (1, 0),
     }
+    (size, height + 1)
 }
 
 /// Resolves a plain (unquoted) scalar with the YAML 1.2 core schema.
@@ -619,6 +684,14 @@ pub fn resolve_plain(text: &str) -> Value {
     Value::Str(text.to_string())
 }
 
+/// Resolves a core-schema integer (`[-+]?[0-9]+`, `0o[0-7]+`, `0x[0-9a-fA-F]+`).
+///
+/// Integers that fit in an `i64` are [`Value::Int`]. Larger ones are still numbers, but
+/// [`Value`] has no unsigned or big integer, so they become a [`Value::Float`], as in other
+/// YAML readers, and lose precision: that includes integers that fit in a `u64` but not in
+/// an `i64` (`18446744073709551557` reads as `1.8446744073709552e19` and is reported as a
+/// floating point number where an integer is expected). Hexadecimal and octal integers
+/// beyond an `i64` become infinity, since Rust's float parser does not read them.
 fn resolve_int(text: &str) -> Option<Value> {
     let (radix, digits) = if let Some(d) = text.strip_prefix("0x") {
         (16, d)
@@ -637,7 +710,7 @@ fn resolve_int(text: &str) -> Option<Value> {
     }
     match i64::from_str_radix(digits.strip_prefix('+').unwrap_or(digits), radix) {
         Ok(i) => Some(Value::Int(i)),
-        // Too large for 64 bits: still a number, read as a float like other YAML readers.
+        // Too large for an i64 (see above).
         Err(_) => Some(Value::Float(text.parse::<f64>().unwrap_or(f64::INFINITY))),
     }
 }

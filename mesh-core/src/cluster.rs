@@ -33,6 +33,8 @@ pub struct ClusterKey {
     pub subset: Option<Arc<str>>,
     /// Service port.
     pub port: u16,
+    /// The DestinationRule (`namespace/name`) whose policy and subset shaped the cluster.
+    pub rule: Option<Arc<str>>,
 }
 
 impl fmt::Display for ClusterKey {
@@ -230,11 +232,12 @@ impl Cluster {
         service: &Service,
         port: &ServicePort,
         subset: Option<&Subset>,
-        dr: Option<(&DestinationRule, bool)>,
+        dr: Option<(&DestinationRule, bool, Arc<str>)>,
         trust_domain: &str,
     ) -> Self {
-        let policy = ClusterPolicy::merge(dr.map(|(d, _)| d), subset, port.number as u16);
-        let peak_ewma = dr.is_some_and(|(_, p)| p);
+        let policy =
+            ClusterPolicy::merge(dr.as_ref().map(|(d, _, _)| *d), subset, port.number as u16);
+        let peak_ewma = dr.as_ref().is_some_and(|(_, p, _)| *p);
         let (lb, hash_on) = policy.lb(peak_ewma);
         let endpoints: Arc<[Upstream]> = service
             .endpoints
@@ -259,6 +262,7 @@ impl Cluster {
                 host: service.host.as_str().into(),
                 subset: subset.map(|s| s.name.as_str().into()),
                 port: port.number as u16,
+                rule: dr.map(|(_, _, id)| id),
             },
             port: port.clone(),
             balancer: Balancer::new(&lb, &ids, &weights),
@@ -373,6 +377,7 @@ mod tests {
             host: "reviews.default.svc.cluster.local".into(),
             subset: Some("v2".into()),
             port: 9080,
+            rule: None,
         };
         assert_eq!(
             key.to_string(),

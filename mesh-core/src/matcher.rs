@@ -90,15 +90,33 @@ impl StrMatcher {
     }
 }
 
-/// Compiles `re` so that it must match the whole input.
+/// Compiles `re` (RE2 syntax and classes) so that it must match the whole input.
 pub fn full_match(re: &str) -> Result<Regex, MatchError> {
-    Regex::new(&format!("^(?:{re})$")).map_err(|e| MatchError::Regex(re.to_string(), e.to_string()))
+    mesh_config::re2::compile_full(re).map_err(|e| MatchError::Regex(re.to_string(), e))
+}
+
+/// What a header condition looks at.
+#[derive(Debug, Clone)]
+enum HeaderTarget {
+    /// A header.
+    Header(HeaderName),
+    /// `:authority`.
+    Authority,
+    /// `:method`.
+    Method,
+    /// `:path` (with the query string).
+    Path,
+    /// `:scheme`.
+    Scheme,
+    /// A JWT claim (`@request.auth.claims.*`): without JWT authentication, a request
+    /// never has one.
+    Claim,
 }
 
 /// A header condition.
 #[derive(Debug, Clone)]
 pub struct HeaderMatcher {
-    name: HeaderName,
+    target: HeaderTarget,
     value: StrMatcher,
     /// `withoutHeaders`: the condition holds when the match fails.
     invert: bool,
@@ -106,18 +124,48 @@ pub struct HeaderMatcher {
 
 impl HeaderMatcher {
     fn compile(name: &str, m: &StringMatch, invert: bool) -> Result<Self, MatchError> {
-        let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-            .map_err(|_| MatchError::HeaderName(name.to_string()))?;
+        let lower = name.to_ascii_lowercase();
+        let target = match lower.as_str() {
+            ":authority" | ":host" => HeaderTarget::Authority,
+            ":method" => HeaderTarget::Method,
+            ":path" => HeaderTarget::Path,
+            ":scheme" => HeaderTarget::Scheme,
+            n if n.starts_with("@request.auth.claims.") => HeaderTarget::Claim,
+            n => HeaderTarget::Header(
+                HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| MatchError::HeaderName(name.to_string()))?,
+            ),
+        };
         Ok(HeaderMatcher {
-            name,
+            target,
             value: StrMatcher::compile(m, false)?,
             invert,
         })
     }
 
-    /// True when the condition holds for `headers`.
+    /// True when the condition holds for the request.
+    pub fn matches_request(&self, req: &RequestHead<'_>) -> bool {
+        let hit = match &self.target {
+            HeaderTarget::Header(_) => return self.matches(req.headers),
+            HeaderTarget::Authority => self.value.matches(req.authority),
+            HeaderTarget::Method => self.value.matches(req.method),
+            HeaderTarget::Scheme => self.value.matches(req.scheme),
+            HeaderTarget::Path => match req.query {
+                None => self.value.matches(req.path),
+                Some(q) => self.value.matches(&format!("{}?{q}", req.path)),
+            },
+            HeaderTarget::Claim => false,
+        };
+        hit != self.invert
+    }
+
+    /// True when the condition holds for `headers` (pseudo-headers and claims never
+    /// appear in a header map; see [`HeaderMatcher::matches_request`]).
     pub fn matches(&self, headers: &HeaderMap) -> bool {
-        let mut values = headers.get_all(&self.name).iter();
+        let HeaderTarget::Header(name) = &self.target else {
+            return self.invert;
+        };
+        let mut values = headers.get_all(name).iter();
         let hit = match values.next() {
             None => false,
             Some(first) => {
@@ -314,18 +362,15 @@ impl MatchBlock {
                 .source_labels
                 .iter()
                 .all(|(k, v)| src.labels.get(k) == Some(v))
-            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.headers.iter().all(|h| h.matches_request(req))
             && self.query.iter().all(|q| q.matches(req.query))
     }
 }
 
-/// `name` → `namespace/name`; `mesh` and `ns/name` stay.
+/// A gateway reference in its canonical form: `mesh` or `namespace/name` (the legacy
+/// `name.namespace` form resolved as Istio resolves it).
 pub fn qualify_gateway(name: &str, namespace: &str) -> String {
-    if name == "mesh" || name.contains('/') {
-        name.to_string()
-    } else {
-        format!("{namespace}/{name}")
-    }
+    mesh_config::host::GatewayRef::parse(name, namespace).canonical()
 }
 
 /// True when a request arriving through `gateway` (None = mesh) is covered by `gateways`

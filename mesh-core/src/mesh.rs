@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use mesh_config::Snapshot;
 use mesh_config::host::{self, SERVICE_DOMAIN, qualify};
-use mesh_config::model::{MeshSettings, OutboundTrafficPolicyMode, Resource, VirtualService};
+use mesh_config::model::{
+    DestinationRule, MeshSettings, OutboundTrafficPolicyMode, Resource, VirtualService,
+};
 use mesh_config::registry::{Registry, visible};
 use rand_core::Rng;
 
@@ -147,6 +149,9 @@ pub struct CompiledMesh {
     mesh_hosts: HostTable,
     gateway_hosts: HashMap<String, HostTable>,
     clusters: HashMap<ClusterKey, Arc<Cluster>>,
+    /// Per service host, the DestinationRules that cover it (Istio's precedence picks one
+    /// per caller namespace).
+    rules: HashMap<String, Vec<Arc<Resource<DestinationRule>>>>,
     /// Every host a name can resolve to: registry services and VirtualService hosts.
     known: std::collections::HashSet<String>,
     default_retry: crate::policy::RetryPolicy,
@@ -196,7 +201,7 @@ impl CompiledMesh {
         for t in gateway_hosts.values_mut() {
             t.finish();
         }
-        let clusters = compile_clusters(snapshot, &settings);
+        let (clusters, rules) = compile_clusters(snapshot, &settings);
         let default_retry =
             crate::policy::RetryPolicy::compile(None, &settings.default_http_retry_policy);
         CompiledMesh {
@@ -207,6 +212,7 @@ impl CompiledMesh {
             mesh_hosts,
             gateway_hosts,
             clusters,
+            rules,
             known,
             errors,
         }
@@ -385,10 +391,20 @@ impl CompiledMesh {
         } else {
             req_port
         };
+        let rule = self.rules.get(&svc.host).and_then(|rules| {
+            mesh_config::snapshot::destination_rule_for(
+                rules,
+                &self.settings,
+                host,
+                from,
+                &svc.namespace,
+            )
+        });
         let key = ClusterKey {
             host: svc.host.as_str().into(),
             subset: subset.map(Into::into),
             port,
+            rule: rule.map(|r| rule_id(r)),
         };
         match self.clusters.get(&key) {
             Some(c) => Ok(Upstream::Cluster(c.clone())),
@@ -496,54 +512,66 @@ fn rule_origin(vs: &Resource<VirtualService>, name: &Arc<str>, i: usize) -> Rule
     }
 }
 
-/// One cluster per service port, plus one per subset of every DestinationRule that
-/// applies to the service.
+fn rule_id(r: &Resource<DestinationRule>) -> Arc<str> {
+    format!("{}/{}", r.namespace(), r.name()).into()
+}
+
+/// For every service and port: one cluster without a DestinationRule, and for every
+/// DestinationRule that covers the service one cluster with its policy plus one per
+/// subset (the rule that applies depends on the caller's namespace).
+#[allow(clippy::type_complexity)]
 fn compile_clusters(
     snapshot: &Snapshot,
     settings: &MeshSettings,
-) -> HashMap<ClusterKey, Arc<Cluster>> {
+) -> (
+    HashMap<ClusterKey, Arc<Cluster>>,
+    HashMap<String, Vec<Arc<Resource<DestinationRule>>>>,
+) {
     let mut out = HashMap::new();
+    let mut rules_by_host = HashMap::new();
     for svc in snapshot.registry().services() {
-        // The DestinationRule for the service: one in the service's namespace first,
-        // else the first visible one whose host covers the service (Istio's lookup).
-        let drs = snapshot.destination_rules();
-        let covering = |dr: &&Arc<Resource<mesh_config::model::DestinationRule>>| {
-            dr.spec.workload_selector.is_none()
-                && host::matches(&qualify(&dr.spec.host, dr.namespace()), &svc.host)
-        };
-        let dr = drs
+        let covering: Vec<Arc<Resource<DestinationRule>>> = snapshot
+            .destination_rules()
             .iter()
-            .filter(covering)
-            .find(|dr| dr.namespace() == svc.namespace)
-            .or_else(|| drs.iter().find(covering));
-        let peak = dr.is_some_and(|d| {
-            d.meta
-                .annotations
-                .get(LB_ANNOTATION)
-                .is_some_and(|v| v.eq_ignore_ascii_case("PEAK_EWMA"))
-        });
+            .filter(|dr| {
+                dr.spec.workload_selector.is_none()
+                    && host::matches(&qualify(&dr.spec.host, dr.namespace()), &svc.host)
+            })
+            .cloned()
+            .collect();
         for port in &svc.ports {
-            let c = Cluster::build(
-                svc,
-                port,
-                None,
-                dr.map(|d| (&d.spec, peak)),
-                &settings.trust_domain,
-            );
+            let c = Cluster::build(svc, port, None, None, &settings.trust_domain);
             out.insert(c.key.clone(), Arc::new(c));
-            if let Some(dr) = dr {
+            for dr in &covering {
+                let peak = dr
+                    .meta
+                    .annotations
+                    .get(LB_ANNOTATION)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("PEAK_EWMA"));
+                let id = rule_id(dr);
+                let c = Cluster::build(
+                    svc,
+                    port,
+                    None,
+                    Some((&dr.spec, peak, id.clone())),
+                    &settings.trust_domain,
+                );
+                out.insert(c.key.clone(), Arc::new(c));
                 for s in &dr.spec.subsets {
                     let c = Cluster::build(
                         svc,
                         port,
                         Some(s),
-                        Some((&dr.spec, peak)),
+                        Some((&dr.spec, peak, id.clone())),
                         &settings.trust_domain,
                     );
                     out.insert(c.key.clone(), Arc::new(c));
                 }
             }
         }
+        if !covering.is_empty() {
+            rules_by_host.insert(svc.host.clone(), covering);
+        }
     }
-    out
+    (out, rules_by_host)
 }

@@ -488,8 +488,8 @@ impl Rule {
                 let path = match (&rw.uri, &rw.uri_regex_rewrite) {
                     (Some(u), _) => Some(PathRewrite::Prefix(u.clone())),
                     (None, Some(rr)) => Some(PathRewrite::Regex(
-                        Regex::new(&rr.match_)
-                            .map_err(|e| MatchError::Regex(rr.match_.clone(), e.to_string()))?,
+                        mesh_config::re2::compile(&rr.match_)
+                            .map_err(|e| MatchError::Regex(rr.match_.clone(), e))?,
                         envoy_substitution(&rr.rewrite),
                     )),
                     (None, None) => None,

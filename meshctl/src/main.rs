@@ -4,6 +4,7 @@
 //! `istioctl analyze` do, without a cluster: per-resource validation and cross-resource
 //! analysis, rendered like rustc's errors or as JSON.
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,17 +124,30 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode, LoadError> {
 fn validate_overlays(args: &ValidateArgs) -> Result<Vec<Diagnostic>, LoadError> {
     let base = ConfigSet::load(&args.config)?;
     let base_diags = base.check().diagnostics;
-    let mut out = base_diags.clone();
+    let mut seen: HashSet<String> = base_diags.iter().map(key).collect();
+    let mut out = base_diags;
     for path in &args.paths {
         for file in mesh_config::load::yaml_files(path)? {
             let mut set = base.clone();
             set.apply(ConfigSet::load(&[&file])?);
             for d in set.check().diagnostics {
-                if !base_diags.contains(&d) && !out.contains(&d) {
+                if seen.insert(key(&d)) {
                     out.push(d);
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// What makes two diagnostics the same report.
+fn key(d: &Diagnostic) -> String {
+    format!(
+        "{}|{}|{:?}|{:?}|{}",
+        d.code,
+        d.file().unwrap_or(""),
+        d.line(),
+        d.column(),
+        d.message
+    )
 }

@@ -47,8 +47,9 @@ fn bookinfo_config_is_valid_with_warnings() {
     let o = meshctl(&["validate", BASE]);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("0 error(s), 4 warning(s)"), "{out}");
-    assert!(out.contains("warning[IST0173]"), "{out}");
+    assert!(out.contains("0 error(s)"), "{out}");
+    // Istio's destination-rule-all.yaml defines subsets Bookinfo never runs.
+    assert_eq!(out.matches("warning[IST0173]").count(), 4, "{out}");
 }
 
 #[test]

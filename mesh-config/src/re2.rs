@@ -1,0 +1,159 @@
+//! Regular expressions with RE2's meaning, checked the way Istio checks them.
+//!
+//! Istio and Envoy use RE2. The `regex` crate follows RE2's syntax, with one difference
+//! that matters for routing: its `\w`, `\d`, `\s` and `\b` are Unicode-aware, RE2's are
+//! ASCII. [`translate`] rewrites those classes to their ASCII forms (so that
+//! `[\w.-]{1,64}` matches what Envoy matches, and compiles small), and enforces RE2's and
+//! Istio's limits: repetition counts up to 1000, patterns up to 1024 characters.
+
+/// Istio's longest regular expression.
+pub const MAX_LEN: usize = 1024;
+/// RE2's largest repetition count.
+pub const MAX_REPEAT: u32 = 1000;
+
+/// Rewrites an RE2 pattern for the `regex` crate (see the module documentation), or
+/// says why RE2 or Istio would reject it.
+pub fn translate(pattern: &str) -> Result<String, String> {
+    if pattern.chars().count() > MAX_LEN {
+        return Err(format!("longer than {MAX_LEN} characters"));
+    }
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars().peekable();
+    let mut in_class = false;
+    // The position right after `[` or `[^`, where `]` is a literal.
+    let mut class_start = false;
+    while let Some(c) = chars.next() {
+        let at_class_start = std::mem::replace(&mut class_start, false);
+        match c {
+            '\\' => {
+                let Some(e) = chars.next() else {
+                    out.push('\\');
+                    break;
+                };
+                let ascii = match (e, in_class) {
+                    ('w', false) => Some("[0-9A-Za-z_]"),
+                    ('W', false) => Some("[^0-9A-Za-z_]"),
+                    ('d', false) => Some("[0-9]"),
+                    ('D', false) => Some("[^0-9]"),
+                    ('s', false) => Some("[\\t\\n\\f\\r ]"),
+                    ('S', false) => Some("[^\\t\\n\\f\\r ]"),
+                    ('b', false) => Some("(?-u:\\b)"),
+                    ('B', false) => Some("(?-u:\\B)"),
+                    ('w', true) => Some("0-9A-Za-z_"),
+                    ('d', true) => Some("0-9"),
+                    ('s', true) => Some("\\t\\n\\f\\r "),
+                    _ => None,
+                };
+                match ascii {
+                    Some(a) => out.push_str(a),
+                    None => {
+                        out.push('\\');
+                        out.push(e);
+                    }
+                }
+            }
+            '[' if !in_class => {
+                in_class = true;
+                class_start = true;
+                out.push('[');
+                if chars.peek() == Some(&'^') {
+                    chars.next();
+                    out.push('^');
+                    class_start = true;
+                }
+            }
+            '[' if in_class && chars.peek() == Some(&':') => {
+                // [:alpha:] inside a class
+                out.push('[');
+            }
+            ']' if in_class && !at_class_start => {
+                in_class = false;
+                out.push(']');
+            }
+            '{' if !in_class => {
+                // A repetition `{n}`, `{n,}` or `{n,m}`: check its counts.
+                let mut body = String::new();
+                let mut closed = false;
+                while let Some(&d) = chars.peek() {
+                    chars.next();
+                    if d == '}' {
+                        closed = true;
+                        break;
+                    }
+                    body.push(d);
+                }
+                if closed
+                    && !body.is_empty()
+                    && body.chars().all(|c| c.is_ascii_digit() || c == ',')
+                {
+                    for n in body.split(',').filter(|n| !n.is_empty()) {
+                        let v: u64 = n.parse().unwrap_or(u64::MAX);
+                        if v > u64::from(MAX_REPEAT) {
+                            return Err(format!(
+                                "repetition count {v} is above RE2's limit of {MAX_REPEAT}"
+                            ));
+                        }
+                    }
+                }
+                out.push('{');
+                out.push_str(&body);
+                if closed {
+                    out.push('}');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Compiles an RE2 pattern (translated), matching anywhere (callers anchor it).
+pub fn compile(pattern: &str) -> Result<regex::Regex, String> {
+    let t = translate(pattern)?;
+    regex::RegexBuilder::new(&t)
+        .size_limit(16 << 20)
+        .build()
+        .map_err(|e| {
+            let detail = e.to_string();
+            detail.lines().last().unwrap_or("").trim().to_string()
+        })
+}
+
+/// Compiles an RE2 pattern that must match the whole input, as Envoy's `safe_regex`.
+pub fn compile_full(pattern: &str) -> Result<regex::Regex, String> {
+    translate(pattern)?;
+    compile(&format!("^(?:{pattern})$"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_classes() {
+        let table = [
+            (r"\w+", "[0-9A-Za-z_]+"),
+            (r"[\w.-]{1,64}", "[0-9A-Za-z_.-]{1,64}"),
+            (r"\d\s\b", r"[0-9][\t\n\f\r ](?-u:\b)"),
+            (r"[^\d]", "[^0-9]"),
+            (r"[]\w]", "[]0-9A-Za-z_]"),
+            (r"a\.b", r"a\.b"),
+        ];
+        for (re, want) in table {
+            assert_eq!(translate(re).unwrap(), want, "{re}");
+        }
+        let r = compile_full(r"/users/[\w.-]{1,64}/reviews").unwrap();
+        assert!(r.is_match("/users/jason.b/reviews"));
+        assert!(!r.is_match("/users/jasón/reviews"), "RE2's \\w is ASCII");
+        assert!(compile_full(r"\w{1,200}").is_ok());
+    }
+
+    #[test]
+    fn limits() {
+        assert!(translate("a{1000}").is_ok());
+        assert!(translate("a{1001}").is_err());
+        assert!(translate("a{2,1001}").is_err());
+        assert!(translate(&"a".repeat(1025)).is_err());
+        assert!(compile("(").is_err());
+    }
+}
