@@ -332,6 +332,11 @@ impl MatchBlock {
         })
     }
 
+    /// The uri condition, if any (prefix rewrites replace what it matched).
+    pub fn uri_matcher(&self) -> Option<&StrMatcher> {
+        self.uri.as_ref()
+    }
+
     /// True when every condition holds. `rule_gateways` are the VirtualService's gateways
     /// (qualified), used when the block names none.
     pub fn matches(

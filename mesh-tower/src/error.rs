@@ -1,0 +1,143 @@
+//! Mesh failures: answered to the caller the way Envoy answers them, and available as a
+//! typed error in the response's extensions.
+//!
+//! ```
+//! use mesh_tower::MeshFailure;
+//!
+//! let resp = MeshFailure::NoHealthyUpstream.into_response();
+//! assert_eq!(resp.status(), 503);
+//! assert_eq!(resp.extensions().get::<MeshFailure>(), Some(&MeshFailure::NoHealthyUpstream));
+//! ```
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{ResBody, full};
+
+/// Why the connection to an upstream failed, in Envoy's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The TCP (or TLS) connection could not be made.
+    ConnectionFailure,
+    /// The connection was closed or reset before response headers.
+    ConnectionTermination,
+    /// The upstream refused the HTTP/2 stream.
+    RefusedStream,
+}
+
+impl ResetReason {
+    /// Envoy's name for the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::ConnectionFailure => "connection failure",
+            ResetReason::ConnectionTermination => "connection termination",
+            ResetReason::RefusedStream => "remote refused stream reset",
+        }
+    }
+}
+
+/// A failure the mesh answers for the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshFailure {
+    /// The destination has no endpoint (503 `no healthy upstream`).
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// The route's timeout (or the last per-try timeout) expired (504).
+    #[error("upstream request timeout")]
+    Timeout,
+    /// Connecting failed or the connection broke before response headers (503).
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: {}", .0.as_str())]
+    ConnectOrReset(ResetReason),
+    /// A VirtualService exists for the host but none of its rules matched (404).
+    #[error("route not found")]
+    NoRoute,
+    /// The host is not in the registry and outbound traffic is REGISTRY_ONLY (502).
+    #[error("host not in the registry (REGISTRY_ONLY)")]
+    RegistryOnly,
+    /// The request has no authority to route on (400).
+    #[error("request without authority")]
+    NoAuthority,
+    /// An injected fault aborted the request with this HTTP status.
+    #[error("fault filter abort")]
+    FaultAbort(u16),
+    /// The upstream sent something that is not HTTP (502).
+    #[error("upstream protocol error")]
+    Protocol,
+}
+
+impl MeshFailure {
+    /// The status Envoy answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            MeshFailure::NoHealthyUpstream | MeshFailure::ConnectOrReset(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            MeshFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            MeshFailure::NoRoute => StatusCode::NOT_FOUND,
+            MeshFailure::RegistryOnly | MeshFailure::Protocol => StatusCode::BAD_GATEWAY,
+            MeshFailure::NoAuthority => StatusCode::BAD_REQUEST,
+            MeshFailure::FaultAbort(s) => {
+                StatusCode::from_u16(*s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    /// The body Envoy answers with (empty for 404 and 502, as Envoy's are).
+    pub fn body(&self) -> String {
+        match self {
+            MeshFailure::NoRoute | MeshFailure::RegistryOnly => String::new(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The response: status, `text/plain` body, and `self` in its extensions.
+    pub fn into_response(self) -> Response<ResBody> {
+        let body = self.body();
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = self.status();
+        if !resp.body_is_empty() {
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        resp.extensions_mut().insert(self);
+        resp
+    }
+}
+
+trait BodyIsEmpty {
+    fn body_is_empty(&self) -> bool;
+}
+
+impl BodyIsEmpty for Response<ResBody> {
+    fn body_is_empty(&self) -> bool {
+        http_body::Body::is_end_stream(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn envoy_statuses_and_bodies() {
+        let table = [
+            (MeshFailure::NoHealthyUpstream, 503, "no healthy upstream"),
+            (MeshFailure::Timeout, 504, "upstream request timeout"),
+            (
+                MeshFailure::ConnectOrReset(ResetReason::ConnectionFailure),
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            (MeshFailure::NoRoute, 404, ""),
+            (MeshFailure::RegistryOnly, 502, ""),
+            (MeshFailure::FaultAbort(555), 555, "fault filter abort"),
+        ];
+        for (f, status, body) in table {
+            let r = f.clone().into_response();
+            assert_eq!(r.status().as_u16(), status, "{f:?}");
+            assert_eq!(r.extensions().get::<MeshFailure>(), Some(&f));
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(b, body.as_bytes(), "{f:?}");
+        }
+    }
+}

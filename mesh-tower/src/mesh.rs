@@ -1,0 +1,221 @@
+//! The `Mesh` handle: a configuration shared by the workloads of a process, and the
+//! outbound client of each.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use mesh_config::Snapshot;
+use mesh_config::model::Labels;
+use mesh_core::CompiledMesh;
+use tower::{Layer, Service};
+
+use crate::balance::{Balance, BalanceLayer};
+use crate::cors::{Cors, CorsLayer};
+use crate::fault::{Fault, FaultLayer};
+use crate::headers::{HeadersLayer, HeadersService};
+use crate::mirror::{Mirror, MirrorLayer};
+use crate::retry::{Retry, RetryLayer};
+use crate::route::{RouteLayer, RouteService};
+use crate::telemetry::{Telemetry, TelemetryLayer};
+use crate::timeout::{Timeout, TimeoutLayer};
+use crate::upstream::UpstreamService;
+use crate::{BoxError, BoxFuture, ReqBody, ResBody};
+
+/// A workload: one instance of a service, with the identity and labels Istio gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Name (`reviews-v2`).
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Labels (`app`, `version`, ...): VirtualService `sourceLabels` match on them.
+    pub labels: Labels,
+    /// Service account: the workload's identity.
+    pub service_account: String,
+}
+
+impl Workload {
+    /// A workload `name` in `namespace`, without labels, with the `default` account.
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Workload {
+            name: name.into(),
+            namespace: namespace.into(),
+            labels: Labels::new(),
+            service_account: "default".into(),
+        }
+    }
+
+    /// Sets its labels.
+    pub fn labels<K: Into<String>, V: Into<String>>(
+        mut self,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.labels = labels
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
+    /// Sets its service account.
+    pub fn service_account(mut self, sa: impl Into<String>) -> Self {
+        self.service_account = sa.into();
+        self
+    }
+}
+
+struct Inner {
+    current: ArcSwap<CompiledMesh>,
+    upstream: UpstreamService,
+}
+
+/// The configuration of a process: the current compiled mesh, swapped atomically, and
+/// the connection pools every workload of the process shares.
+#[derive(Clone)]
+pub struct MeshConfig {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConfig")
+            .field("version", &self.current().version())
+            .finish()
+    }
+}
+
+impl MeshConfig {
+    /// Compiles `snapshot` (once for the whole process).
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        MeshConfig {
+            inner: Arc::new(Inner {
+                current: ArcSwap::from_pointee(CompiledMesh::compile(snapshot)),
+                upstream: UpstreamService::new(),
+            }),
+        }
+    }
+
+    /// Compiles `snapshot` and swaps it in: requests that start afterwards use it, those
+    /// in flight finish on the configuration they started with. No lock is taken on the
+    /// request path.
+    pub fn update(&self, snapshot: &Snapshot) {
+        self.inner
+            .current
+            .store(Arc::new(CompiledMesh::compile(snapshot)));
+    }
+
+    /// The current compiled configuration.
+    pub fn current(&self) -> Arc<CompiledMesh> {
+        self.inner.current.load_full()
+    }
+
+    /// The handle of one workload of the process.
+    pub fn workload(&self, workload: Workload) -> Mesh {
+        Mesh {
+            config: self.clone(),
+            workload: Arc::new(workload),
+        }
+    }
+}
+
+/// One workload's view of the mesh.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    config: MeshConfig,
+    workload: Arc<Workload>,
+}
+
+/// The outbound stack, outermost first.
+pub type OutboundStack = Telemetry<
+    RouteService<Cors<Fault<HeadersService<Mirror<Timeout<Retry<Balance<UpstreamService>>>>>>>>,
+>;
+
+impl Mesh {
+    /// The workload.
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
+    /// The shared configuration.
+    pub fn config(&self) -> &MeshConfig {
+        &self.config
+    }
+
+    /// Swaps in a new configuration for every workload of the process.
+    pub fn update(&self, snapshot: &Snapshot) {
+        self.config.update(snapshot);
+    }
+
+    /// The outbound client: a `Clone` tower `Service<http::Request<B>>` that routes,
+    /// balances, retries, times out, injects faults and mirrors as the configuration
+    /// says. Cheap to call repeatedly (it shares the process's pools).
+    pub fn client(&self) -> MeshClient {
+        let dispatch =
+            BalanceLayer::new(self.workload.clone()).layer(self.config.inner.upstream.clone());
+        let stack = TelemetryLayer::new().layer(
+            RouteLayer::new(self.config.clone(), self.workload.clone()).layer(
+                CorsLayer.layer(
+                    FaultLayer.layer(
+                        HeadersLayer.layer(
+                            MirrorLayer::new(dispatch.clone(), self.workload.clone())
+                                .layer(TimeoutLayer.layer(RetryLayer.layer(dispatch))),
+                        ),
+                    ),
+                ),
+            ),
+        );
+        MeshClient {
+            stack,
+            buffer_limit: crate::body::DEFAULT_BUFFER_LIMIT,
+        }
+    }
+}
+
+/// The outbound client of a workload (see [`Mesh::client`]).
+#[derive(Clone)]
+pub struct MeshClient {
+    stack: OutboundStack,
+    buffer_limit: usize,
+}
+
+impl std::fmt::Debug for MeshClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshClient").finish_non_exhaustive()
+    }
+}
+
+impl MeshClient {
+    /// Sets how much of a request body is buffered for retries and mirrors (64 KiB by
+    /// default); longer bodies are sent once.
+    pub fn buffer_limit(mut self, bytes: usize) -> Self {
+        self.buffer_limit = bytes;
+        self
+    }
+}
+
+impl<B> Service<Request<B>> for MeshClient
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.stack.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let mut stack = crate::take(&mut self.stack);
+        let limit = self.buffer_limit;
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = ReqBody::buffer(body, limit).await?;
+            stack.call(Request::from_parts(parts, body)).await
+        })
+    }
+}

@@ -1,0 +1,110 @@
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use mesh_core::policy::Attempt;
+use tower::{Service, ServiceExt};
+
+use crate::balance::Attempts;
+use crate::route::Routed;
+use crate::{BoxError, BoxFuture, MeshFailure, MeshService, ReqBody, ResBody, ResetReason};
+
+/// See [`RetryLayer`](super::RetryLayer).
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    pub(super) inner: S,
+}
+
+/// A copy of a request for one more attempt, when its body can be replayed.
+fn copy(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let body = req.body().try_clone()?;
+    let mut r = Request::new(body);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    *r.extensions_mut() = req.extensions().clone();
+    Some(r)
+}
+
+/// How an attempt ended, for the retry policy.
+fn outcome(resp: &Response<ResBody>) -> Option<Attempt> {
+    match resp.extensions().get::<MeshFailure>() {
+        // No endpoint at all: retrying cannot help (Envoy does not retry it either).
+        Some(MeshFailure::NoHealthyUpstream) => None,
+        Some(MeshFailure::ConnectOrReset(ResetReason::ConnectionFailure)) => {
+            Some(Attempt::ConnectFailure)
+        }
+        Some(MeshFailure::ConnectOrReset(ResetReason::RefusedStream)) => {
+            Some(Attempt::RefusedStream)
+        }
+        Some(MeshFailure::ConnectOrReset(ResetReason::ConnectionTermination)) => {
+            Some(Attempt::Reset)
+        }
+        _ => {
+            let grpc = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Some(Attempt::Status(resp.status().as_u16(), grpc))
+        }
+    }
+}
+
+impl<S: MeshService> Service<Request<ReqBody>> for Retry<S> {
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let inner = crate::take(&mut self.inner);
+        let Some(policy) = req
+            .extensions()
+            .get::<Routed>()
+            .map(|r| r.retry_policy().clone())
+        else {
+            let mut inner = inner;
+            return Box::pin(inner.call(req));
+        };
+        req.extensions_mut().insert(Attempts::default());
+        let span = tracing::Span::current();
+        Box::pin(async move {
+            // A body too large to buffer is sent once: never retried, never corrupted.
+            let replayable = req.body().is_replayable();
+            let mut retry = 0u32;
+            loop {
+                let this = match copy(&req) {
+                    Some(c) => c,
+                    None => std::mem::replace(&mut req, Request::new(ReqBody::empty())),
+                };
+                let attempt = inner.clone().oneshot(this);
+                let result = match policy.per_try_timeout {
+                    Some(t) => match tokio::time::timeout(t, attempt).await {
+                        Ok(r) => r.map(Some),
+                        Err(_) => Ok(None),
+                    },
+                    None => attempt.await.map(Some),
+                };
+                span.record("attempts", retry + 1);
+                let resp = result?;
+                let ended = match &resp {
+                    Some(r) => outcome(r),
+                    None => Some(Attempt::PerTryTimeout),
+                };
+                let again = replayable
+                    && retry < policy.attempts
+                    && ended.is_some_and(|a| policy.should_retry(&a));
+                if !again {
+                    return Ok(resp.unwrap_or_else(|| MeshFailure::Timeout.into_response()));
+                }
+                retry += 1;
+                let wait = policy.backoff(retry, &mut rand::rng());
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+}

@@ -1,0 +1,415 @@
+//! The outbound stack end to end: `mesh.client()` in front of real hyper servers on
+//! 127.0.0.1, configured with Istio YAML. Timing bounds are generous (a 200 ms timeout
+//! must answer within 1 s); statistical checks state their tolerance.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use mesh_tests::{get, mesh, named, serve, service, snapshot};
+use mesh_tower::{MeshConfig, MeshFailure, Workload};
+use tower::ServiceExt;
+
+fn vs(rules: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n{rules}"
+    )
+}
+
+#[tokio::test]
+async fn header_routing_to_subsets() {
+    let (v1, v2) = (named("v1").await, named("v2").await);
+    let cfg = service("reviews", "HTTP", &[("v1", v1.port()), ("v2", v2.port())])
+        + &vs(
+            "  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+        );
+    let m = mesh(&cfg);
+    for _ in 0..5 {
+        assert_eq!(
+            get(&m, "http://reviews:9080/r", &[("end-user", "jason")])
+                .await
+                .1,
+            "v2"
+        );
+        assert_eq!(get(&m, "http://reviews:9080/r", &[]).await.1, "v1");
+    }
+    // the upstream sees the caller's authority, not the endpoint address
+    let seen = v2.seen();
+    assert_eq!(seen[0].headers["host"], "reviews:9080");
+    assert_eq!(seen[0].path, "/r");
+}
+
+#[tokio::test]
+async fn weighted_split_over_real_requests() {
+    let (v1, v2) = (named("v1").await, named("v2").await);
+    let cfg = service("reviews", "HTTP", &[("v1", v1.port()), ("v2", v2.port())])
+        + &vs(
+            "  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 80}\n    - {destination: {host: reviews, subset: v2}, weight: 20}\n",
+        );
+    let m = mesh(&cfg);
+    let n = 1000;
+    for _ in 0..n {
+        assert_eq!(get(&m, "http://reviews:9080/", &[]).await.0, 200);
+    }
+    let share = v2.hits() as f64 / n as f64;
+    // 1000 draws at p = 0.2: the standard deviation is 1.3 %; ±5 % is over 3.5 sigma.
+    assert!((share - 0.2).abs() < 0.05, "v2 share {share}");
+    assert_eq!(v1.hits() + v2.hits(), n);
+}
+
+#[tokio::test]
+async fn a_route_timeout_answers_504_in_time() {
+    let slow = serve(|_, _| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Response::new(Full::new(Bytes::from("late")))
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", slow.port())])
+        + &vs("  - timeout: 200ms\n    route: [{destination: {host: reviews}}]\n");
+    let m = mesh(&cfg);
+    let t = Instant::now();
+    let (status, body, _) = get(&m, "http://reviews:9080/", &[]).await;
+    assert_eq!((status, body.as_str()), (504, "upstream request timeout"));
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn retries_recover_from_failing_attempts() {
+    let flaky = serve(|n, _| async move {
+        let status = if n < 2 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        let mut r = Response::new(Full::new(Bytes::from(format!("attempt {n}"))));
+        *r.status_mut() = status;
+        r
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", flaky.port())])
+        + &vs(
+            "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    let (status, body, _) = get(&m, "http://reviews:9080/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "attempt 2"));
+    assert_eq!(flaky.hits(), 3);
+}
+
+#[tokio::test]
+async fn retries_stop_at_attempts_and_return_the_last_answer() {
+    let failing = serve(|_, _| async {
+        let mut r = Response::new(Full::new(Bytes::from("down")));
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        r
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", failing.port())])
+        + &vs(
+            "  - retries: {attempts: 2, retryOn: gateway-error}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    assert_eq!(get(&m, "http://reviews:9080/", &[]).await.0, 502);
+    assert_eq!(failing.hits(), 3, "1 attempt + 2 retries");
+    // 404 is not a gateway error: no retry
+    let nf = serve(|_, _| async {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", nf.port())])
+        + &vs(
+            "  - retries: {attempts: 2, retryOn: gateway-error}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    assert_eq!(get(&mesh(&cfg), "http://reviews:9080/", &[]).await.0, 404);
+    assert_eq!(nf.hits(), 1);
+}
+
+#[tokio::test]
+async fn per_try_timeout_retries_a_slow_attempt() {
+    let first_slow = serve(|n, _| async move {
+        if n == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Response::new(Full::new(Bytes::from(format!("attempt {n}"))))
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", first_slow.port())])
+        + &vs(
+            "  - retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    let t = Instant::now();
+    let (status, body, _) = get(&m, "http://reviews:9080/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "attempt 1"));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_then_answered_like_envoy() {
+    // A port nothing listens on: bind, note the port, close.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let ok = named("ok").await;
+    let cfg = service("reviews", "HTTP", &[("v1", closed), ("v1", ok.port())])
+        + &vs(
+            "  - retries: {attempts: 3, retryOn: connect-failure}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    for _ in 0..10 {
+        assert_eq!(get(&m, "http://reviews:9080/", &[]).await.1, "ok");
+    }
+    // Only the closed endpoint: Envoy's 503, and the typed failure.
+    let cfg = service("reviews", "HTTP", &[("v1", closed)])
+        + &vs(
+            "  - retries: {attempts: 1, retryOn: connect-failure}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    let req = http::Request::get("http://reviews:9080/")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = m.client().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.extensions().get::<MeshFailure>(),
+        Some(&MeshFailure::ConnectOrReset(
+            mesh_tower::ResetReason::ConnectionFailure
+        ))
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body,
+        "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+    );
+}
+
+#[tokio::test]
+async fn no_healthy_upstream_without_endpoints() {
+    let v1 = named("v1").await;
+    let cfg = service("reviews", "HTTP", &[("v1", v1.port())])
+        + &vs(
+            "  - match: [{uri: {prefix: /v9}}]\n    route: [{destination: {host: reviews, subset: v9}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+        );
+    // subset v9 is defined by no DestinationRule: analysis refuses it, so build the
+    // runtime case with a subset that exists but selects nothing instead
+    let cfg = cfg.replace(
+        "  subsets:\n",
+        "  subsets:\n  - {name: v9, labels: {version: v9}}\n",
+    );
+    let m = mesh(&cfg);
+    assert_eq!(get(&m, "http://reviews:9080/", &[]).await.1, "v1");
+    let (status, body, _) = get(&m, "http://reviews:9080/v9", &[]).await;
+    assert_eq!((status, body.as_str()), (503, "no healthy upstream"));
+    assert_eq!(v1.hits(), 1);
+}
+
+#[tokio::test]
+async fn fault_delay_and_abort() {
+    let v1 = named("v1").await;
+    let cfg = service("reviews", "HTTP", &[("v1", v1.port())])
+        + &vs(
+            "  - match: [{headers: {end-user: {exact: jason}}}]\n    fault: {abort: {httpStatus: 555, percentage: {value: 100}}}\n    route: [{destination: {host: reviews}}]\n  - fault: {delay: {fixedDelay: 300ms, percent: 100}}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    let (status, body, _) = get(&m, "http://reviews:9080/", &[("end-user", "jason")]).await;
+    assert_eq!((status, body.as_str()), (555, "fault filter abort"));
+    assert_eq!(
+        v1.hits(),
+        0,
+        "an aborted request never reaches the upstream"
+    );
+    let t = Instant::now();
+    assert_eq!(get(&m, "http://reviews:9080/", &[]).await.1, "v1");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[tokio::test]
+async fn mirrors_receive_copies_and_do_not_affect_the_caller() {
+    let primary = named("primary").await;
+    let mirrored = Arc::new(AtomicUsize::new(0));
+    let m2 = mirrored.clone();
+    let shadow = serve(move |_, _| {
+        let m2 = m2.clone();
+        async move {
+            m2.fetch_add(1, Ordering::SeqCst);
+            // A slow, failing mirror must not slow down or change the caller's answer.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut r = Response::new(Full::new(Bytes::from("shadow")));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", primary.port())])
+        + &service("mirror", "HTTP", &[("v1", shadow.port())])
+        + &vs("  - mirror: {host: mirror}\n    route: [{destination: {host: reviews}}]\n");
+    let m = mesh(&cfg);
+    let t = Instant::now();
+    for _ in 0..5 {
+        let (status, body, _) = get(&m, "http://reviews:9080/x?y=1", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "primary"));
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(mirrored.load(Ordering::SeqCst), 5);
+    let seen = shadow.seen();
+    assert_eq!(seen[0].headers["host"], "reviews-shadow:9080");
+    assert_eq!(seen[0].path, "/x?y=1");
+}
+
+#[tokio::test]
+async fn rewrite_redirect_direct_response_and_headers() {
+    let v1 = serve(|_, seen| async move {
+        let mut r = Response::new(Full::new(Bytes::from(seen.path.clone())));
+        r.headers_mut().insert("x-upstream", "1".parse().unwrap());
+        r.headers_mut().insert(
+            "x-saw-host",
+            seen.headers
+                .get("host")
+                .cloned()
+                .unwrap_or_else(|| "".parse().unwrap()),
+        );
+        r.headers_mut().insert(
+            "x-saw-added",
+            seen.headers
+                .get("x-added")
+                .cloned()
+                .unwrap_or_else(|| "".parse().unwrap()),
+        );
+        r
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", v1.port())])
+        + &vs(
+            "  - match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/, authority: reviews.internal}\n    headers:\n      request: {set: {x-added: rule}}\n      response: {remove: [x-upstream], add: {x-rule: yes}}\n    route: [{destination: {host: reviews}}]\n  - match: [{uri: {exact: /moved}}]\n    redirect: {uri: /here, redirectCode: 308}\n  - match: [{uri: {exact: /direct}}]\n    directResponse: {status: 418, body: {string: teapot}}\n  - route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    let (status, body, h) = get(&m, "http://reviews:9080/old/a?q=1", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "/new/a?q=1"));
+    assert_eq!(h["x-saw-host"], "reviews.internal");
+    assert_eq!(h["x-saw-added"], "rule");
+    assert!(h.get("x-upstream").is_none());
+    assert_eq!(h["x-rule"], "yes");
+    let (status, _, h) = get(&m, "http://reviews:9080/moved?k=v", &[]).await;
+    assert_eq!(status, 308);
+    assert_eq!(h["location"], "http://reviews:9080/here?k=v");
+    let (status, body, _) = get(&m, "http://reviews:9080/direct", &[]).await;
+    assert_eq!((status, body.as_str()), (418, "teapot"));
+    assert_eq!(
+        v1.hits(),
+        1,
+        "redirects and direct responses never reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn cookie_stickiness() {
+    let servers = [named("a").await, named("b").await, named("c").await];
+    let cfg = mesh_tests::service_with(
+        "reviews",
+        "HTTP",
+        &[
+            ("v1", servers[0].port()),
+            ("v1", servers[1].port()),
+            ("v1", servers[2].port()),
+        ],
+        "  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpCookie: {name: session, ttl: 60s}\n",
+    );
+    let m = mesh(&cfg);
+    let (_, first, h) = get(&m, "http://reviews:9080/", &[]).await;
+    let set_cookie = h["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.starts_with("session=\""), "{set_cookie}");
+    assert!(set_cookie.contains("Max-Age=60"), "{set_cookie}");
+    let value = set_cookie.split(';').next().unwrap().to_string();
+    for _ in 0..20 {
+        let (_, body, h) = get(&m, "http://reviews:9080/", &[("cookie", &value)]).await;
+        assert_eq!(body, first, "the cookie keeps the caller on one endpoint");
+        assert!(h.get("set-cookie").is_none());
+    }
+    // without the cookie, new sessions spread over the endpoints
+    let mut bodies = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        bodies.insert(get(&m, "http://reviews:9080/", &[]).await.1);
+    }
+    assert!(bodies.len() > 1, "{bodies:?}");
+}
+
+#[tokio::test]
+async fn http2_upstreams() {
+    let h2 =
+        serve(|_, seen| async move { Response::new(Full::new(Bytes::from(seen.path.clone()))) })
+            .await;
+    let cfg = service("grpcsvc", "GRPC", &[("v1", h2.port())]);
+    let m = mesh(&cfg);
+    let (status, body, _) = get(&m, "http://grpcsvc:9080/pkg.Svc/Method", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "/pkg.Svc/Method"));
+    assert_eq!(h2.seen()[0].version, http::Version::HTTP_2);
+    // an HTTP port is spoken to in HTTP/1.1
+    let h1 = named("h1").await;
+    let m = mesh(&service("web", "HTTP", &[("v1", h1.port())]));
+    assert_eq!(get(&m, "http://web:9080/", &[]).await.0, 200);
+    assert_eq!(h1.seen()[0].version, http::Version::HTTP_11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_swaps_under_load_fail_no_request() {
+    let (v1, v2) = (named("v1").await, named("v2").await);
+    let base = service("reviews", "HTTP", &[("v1", v1.port()), ("v2", v2.port())]);
+    let to = |subset: &str| {
+        base.clone()
+            + &vs(&format!(
+                "  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
+            ))
+    };
+    let config = MeshConfig::from_snapshot(&snapshot(&to("v1")));
+    let m = config.workload(Workload::new("productpage-v1", "default"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (m, stop, failures, total) = (m.clone(), stop.clone(), failures.clone(), total.clone());
+        clients.push(tokio::spawn(async move {
+            // bounded: at most 2000 requests per client
+            for _ in 0..2000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (status, body, _) = get(&m, "http://reviews:9080/", &[]).await;
+                total.fetch_add(1, Ordering::SeqCst);
+                if status != 200 || (body != "v1" && body != "v2") {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        config.update(&snapshot(&to(if i % 2 == 0 { "v2" } else { "v1" })));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(
+        total.load(Ordering::SeqCst) > 100,
+        "{}",
+        total.load(Ordering::SeqCst)
+    );
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    assert!(v1.hits() > 0 && v2.hits() > 0);
+}
