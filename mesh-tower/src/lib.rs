@@ -79,6 +79,27 @@ impl<S> MeshService for S where
 {
 }
 
+/// The associated types and `poll_ready` every layer of the stack shares: it answers
+/// `Response<ResBody>`, fails with `BoxError`, boxes its future and is ready when its
+/// inner service is.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! mesh_service_types {
+    () => {
+        type Response = ::http::Response<$crate::ResBody>;
+        type Error = $crate::BoxError;
+        type Future =
+            $crate::BoxFuture<Result<::http::Response<$crate::ResBody>, $crate::BoxError>>;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut ::std::task::Context<'_>,
+        ) -> ::std::task::Poll<Result<(), $crate::BoxError>> {
+            self.inner.poll_ready(cx)
+        }
+    };
+}
+
 /// Takes the ready service out of `slot`, leaving a clone (tower's usual pattern).
 pub(crate) fn take<S: Clone>(slot: &mut S) -> S {
     let clone = slot.clone();

@@ -1,10 +1,9 @@
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Uri};
 use mesh_core::Upstream;
 use mesh_core::balance::{LbPolicy, Pick};
 use mesh_core::cluster::{Cluster, HashOn};
@@ -13,9 +12,7 @@ use tower::Service;
 
 use crate::route::Routed;
 use crate::upstream::Protocol;
-use crate::{
-    BoxError, BoxFuture, MeshFailure, MeshService, ReqBody, ResBody, ResetReason, Workload,
-};
+use crate::{BoxError, MeshFailure, MeshService, ReqBody, ResetReason, Workload};
 
 /// The endpoints (`address:port`) tried so far by one request, shared by its attempts
 /// (the retry layer inserts it; the balancer avoids them, as Istio's
@@ -42,13 +39,7 @@ pub struct Balance<S> {
 const HOST_SELECTION_ATTEMPTS: usize = 5;
 
 impl<S: MeshService> Service<Request<ReqBody>> for Balance<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let mut inner = crate::take(&mut self.inner);

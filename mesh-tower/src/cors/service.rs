@@ -1,5 +1,3 @@
-use std::task::{Context, Poll};
-
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
@@ -10,7 +8,7 @@ use tower::Service;
 
 use crate::body::full;
 use crate::route::Routed;
-use crate::{BoxError, BoxFuture, MeshService, ReqBody, ResBody};
+use crate::{MeshService, ReqBody};
 
 /// See [`CorsLayer`](super::CorsLayer).
 #[derive(Clone, Debug)]
@@ -25,13 +23,7 @@ fn set(h: &mut HeaderMap, name: http::HeaderName, v: Option<&str>) {
 }
 
 impl<S: MeshService> Service<Request<ReqBody>> for Cors<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let mut inner = crate::take(&mut self.inner);

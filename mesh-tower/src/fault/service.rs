@@ -1,12 +1,10 @@
-use std::task::{Context, Poll};
-
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use mesh_core::policy::AbortWith;
 use tower::Service;
 
 use crate::body::full;
 use crate::route::Routed;
-use crate::{BoxError, BoxFuture, MeshFailure, MeshService, ReqBody, ResBody};
+use crate::{MeshFailure, MeshService, ReqBody};
 
 /// See [`FaultLayer`](super::FaultLayer).
 #[derive(Clone, Debug)]
@@ -15,13 +13,7 @@ pub struct Fault<S> {
 }
 
 impl<S: MeshService> Service<Request<ReqBody>> for Fault<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let decision = req

@@ -1,12 +1,10 @@
-use std::task::{Context, Poll};
-
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use tower::Service;
 
 use crate::route::Routed;
-use crate::{BoxError, BoxFuture, MeshService, ReqBody, ResBody};
+use crate::{MeshService, ReqBody};
 
 /// See [`HeadersLayer`](super::HeadersLayer).
 #[derive(Clone, Debug)]
@@ -15,13 +13,7 @@ pub struct HeadersService<S> {
 }
 
 impl<S: MeshService> Service<Request<ReqBody>> for HeadersService<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let mut inner = crate::take(&mut self.inner);

@@ -1,14 +1,13 @@
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::HOST;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use tower::{Service, ServiceExt};
 
 use crate::balance::Balance;
 use crate::route::Routed;
 use crate::upstream::UpstreamService;
-use crate::{BoxError, BoxFuture, MeshService, ReqBody, ResBody, Workload};
+use crate::{MeshService, ReqBody, Workload};
 
 /// See [`MirrorLayer`](super::MirrorLayer).
 #[derive(Clone, Debug)]
@@ -28,13 +27,7 @@ pub fn shadow_authority(authority: &str) -> String {
 }
 
 impl<S: MeshService> Service<Request<ReqBody>> for Mirror<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let mut inner = crate::take(&mut self.inner);

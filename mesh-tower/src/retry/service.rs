@@ -1,12 +1,10 @@
-use std::task::{Context, Poll};
-
 use http::{Request, Response};
 use mesh_core::policy::Attempt;
 use tower::{Service, ServiceExt};
 
 use crate::balance::Attempts;
 use crate::route::Routed;
-use crate::{BoxError, BoxFuture, MeshFailure, MeshService, ReqBody, ResBody, ResetReason};
+use crate::{MeshFailure, MeshService, ReqBody, ResBody, ResetReason};
 
 /// See [`RetryLayer`](super::RetryLayer).
 #[derive(Clone, Debug)]
@@ -52,13 +50,7 @@ fn outcome(resp: &Response<ResBody>) -> Option<Attempt> {
 }
 
 impl<S: MeshService> Service<Request<ReqBody>> for Retry<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let inner = crate::take(&mut self.inner);

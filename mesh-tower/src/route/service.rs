@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use mesh_core::matcher::MatchBlock;
@@ -10,9 +9,7 @@ use mesh_core::{CompiledMesh, Outcome, RequestHead, RouteError, Source, Upstream
 use tower::Service;
 
 use crate::body::full;
-use crate::{
-    BoxError, BoxFuture, MeshConfig, MeshFailure, MeshService, ReqBody, ResBody, Workload,
-};
+use crate::{MeshConfig, MeshFailure, MeshService, ReqBody, ResBody, Workload};
 
 /// Where a request was routed: recorded by [`RouteService`] in the request's extensions.
 #[derive(Clone, Debug)]
@@ -68,13 +65,7 @@ pub struct RouteService<S> {
 }
 
 impl<S: MeshService> Service<Request<ReqBody>> for RouteService<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let mesh = self.config.current();

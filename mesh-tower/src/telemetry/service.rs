@@ -1,11 +1,9 @@
-use std::task::{Context, Poll};
-
-use http::{Request, Response};
+use http::Request;
 use tower::Service;
 use tracing::Instrument;
 
 use crate::route::Routed;
-use crate::{BoxError, BoxFuture, MeshFailure, MeshService, ReqBody, ResBody};
+use crate::{MeshFailure, MeshService, ReqBody};
 
 /// See [`TelemetryLayer`](super::TelemetryLayer).
 #[derive(Clone, Debug)]
@@ -14,13 +12,7 @@ pub struct Telemetry<S> {
 }
 
 impl<S: MeshService> Service<Request<ReqBody>> for Telemetry<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let span = tracing::info_span!(

@@ -1,10 +1,8 @@
-use std::task::{Context, Poll};
-
-use http::{Request, Response};
+use http::Request;
 use tower::Service;
 
 use crate::route::Routed;
-use crate::{BoxError, BoxFuture, MeshFailure, MeshService, ReqBody, ResBody};
+use crate::{MeshFailure, MeshService, ReqBody};
 
 /// See [`TimeoutLayer`](super::TimeoutLayer).
 #[derive(Clone, Debug)]
@@ -13,13 +11,7 @@ pub struct Timeout<S> {
 }
 
 impl<S: MeshService> Service<Request<ReqBody>> for Timeout<S> {
-    type Response = Response<ResBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
+    crate::mesh_service_types!();
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let timeout = req
