@@ -8,6 +8,7 @@
 
 pub mod balance;
 pub mod cluster;
+pub mod explain;
 pub mod matcher;
 pub mod mesh;
 pub mod policy;

@@ -511,3 +511,66 @@ fn unknown_hosts_follow_the_outbound_policy() {
         RouteError::RegistryOnly("example.org".into())
     );
 }
+
+#[test]
+fn delegated_rules_apply_under_the_root_match() {
+    let mesh = compile(
+        bookinfo(),
+        &[yaml(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{uri: {prefix: /api}}]\n    delegate: {name: reviews-api}\n  - route: [{destination: {host: reviews, subset: v1}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-api}\nspec:\n  http:\n  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - route: [{destination: {host: reviews, subset: v2}}]\n",
+        )],
+    );
+    let mut rng = StdRng::seed_from_u64(10);
+    let table = [
+        (
+            req("reviews:9080", "/api/x").header("end-user", "jason"),
+            "v3",
+        ),
+        (req("reviews:9080", "/api/x"), "v2"),
+        (
+            req("reviews:9080", "/other").header("end-user", "jason"),
+            "v1",
+        ),
+    ];
+    for (r, want) in table {
+        assert_eq!(
+            land(&mesh, &r, &mut rng).unwrap().0.as_deref(),
+            Some(want),
+            "{}",
+            r.path
+        );
+    }
+}
+
+#[test]
+fn pseudo_header_matches() {
+    let mesh = compile(
+        bookinfo(),
+        &[vs(
+            "  - match: [{headers: {\":authority\": {prefix: reviews.default}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - match: [{headers: {\":method\": {exact: DELETE}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+        )],
+    );
+    let mut rng = StdRng::seed_from_u64(11);
+    assert_eq!(
+        land(&mesh, &req("reviews.default:9080", "/"), &mut rng)
+            .unwrap()
+            .0
+            .as_deref(),
+        Some("v2")
+    );
+    let del = Req {
+        method: "DELETE",
+        ..req("reviews:9080", "/")
+    };
+    assert_eq!(
+        land(&mesh, &del, &mut rng).unwrap().0.as_deref(),
+        Some("v3")
+    );
+    assert_eq!(
+        land(&mesh, &req("reviews:9080", "/"), &mut rng)
+            .unwrap()
+            .0
+            .as_deref(),
+        Some("v1")
+    );
+}

@@ -39,6 +39,42 @@ enum Command {
     /// reported. Exit status: 0 without errors (warnings allowed), 1 with errors, 2 on
     /// usage or I/O errors.
     Validate(ValidateArgs),
+    /// Explain where a request goes, without a network (like Envoy's router check tool).
+    ///
+    /// Loads --config, compiles it as the runtime does and routes one request from a
+    /// workload of --source-namespace with --source-labels: VirtualService, rule
+    /// (file:line), weighted destinations, timeout, retries, fault, redirect or direct
+    /// response. Exit status: 0 when the request is routed, 1 when it is not (or the
+    /// configuration has errors), 2 on usage or I/O errors.
+    Route(RouteArgs),
+}
+
+#[derive(clap::Args)]
+struct RouteArgs {
+    /// The request URL, e.g. `http://reviews:9080/reviews/0`.
+    url: String,
+    /// Configuration (files or directories; repeatable, later ones applied over earlier
+    /// ones by kind/namespace/name).
+    #[arg(long = "config", value_name = "DIR", required = true)]
+    config: Vec<PathBuf>,
+    /// Namespace of the calling workload.
+    #[arg(long, default_value = "default")]
+    source_namespace: String,
+    /// Labels of the calling workload: `k=v,k2=v2`.
+    #[arg(long, value_name = "K=V,...")]
+    source_labels: Option<String>,
+    /// The gateway the request arrives through (`namespace/name`); the mesh otherwise.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// The method.
+    #[arg(short = 'X', long = "request", default_value = "GET")]
+    method: String,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Human)]
+    output: Output,
 }
 
 #[derive(clap::Args)]
@@ -85,7 +121,173 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::Route(args) => match route(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("meshctl: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
     }
+}
+
+fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // Later --config paths are applied over earlier ones, as `kubectl apply` would.
+    let mut set = ConfigSet::new();
+    for path in &args.config {
+        set.apply(ConfigSet::load(&[path])?);
+    }
+    let checked = set.check();
+    let Some(snapshot) = checked.snapshot else {
+        eprint!(
+            "{}",
+            render(
+                &checked.diagnostics,
+                RenderOptions {
+                    color: std::io::stderr().is_terminal()
+                }
+            )
+        );
+        eprintln!("meshctl: the configuration has errors");
+        return Ok(ExitCode::from(EXIT_ERRORS));
+    };
+    let mesh = mesh_core::CompiledMesh::compile(&snapshot);
+    let uri: http::Uri = args.url.parse()?;
+    let mut builder = http::Request::builder()
+        .method(args.method.as_str())
+        .uri(uri);
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}` is not `name: value`"))?;
+        builder = builder.header(k.trim(), v.trim());
+    }
+    let req = builder.body(())?;
+    let labels: mesh_config::model::Labels = args
+        .source_labels
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("label `{kv}` is not `key=value`"))
+        })
+        .collect::<Result<_, _>>()?;
+    let head = mesh_core::RequestHead::from_request(&req, 80);
+    let src = mesh_core::Source {
+        namespace: &args.source_namespace,
+        labels: &labels,
+        gateway: args.gateway.as_deref(),
+    };
+    let e = mesh_core::explain::explain(&mesh, &head, &src, &mut rand::rng());
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation_json(&e))?),
+        Output::Human => print!("{}", explanation_text(&e)),
+    }
+    Ok(if e.error.is_some() {
+        ExitCode::from(EXIT_ERRORS)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn explanation_json(e: &mesh_core::explain::Explanation) -> serde_json::Value {
+    serde_json::json!({
+        "host": e.host,
+        "virtual_service": e.virtual_service,
+        "rule": e.rule,
+        "rule_index": e.rule_index,
+        "destinations": e.destinations.iter().map(|d| serde_json::json!({
+            "host": d.host, "subset": d.subset, "port": d.port, "weight": d.weight,
+        })).collect::<Vec<_>>(),
+        "timeout_ms": e.timeout_ms,
+        "retries": {
+            "attempts": e.retries.attempts,
+            "per_try_timeout_ms": e.retries.per_try_timeout_ms,
+            "retry_on": e.retries.retry_on.join(","),
+        },
+        "fault": e.fault.as_ref().map(|f| serde_json::json!({
+            "delay_ms": f.delay_ms, "delay_percent": f.delay_percent,
+            "abort_status": f.abort_status, "abort_percent": f.abort_percent,
+        })),
+        "redirect": e.redirect.as_ref().map(|(s, l)| serde_json::json!({"status": s, "location": l})),
+        "direct_response": e.direct_response.as_ref().map(|(s, b)| serde_json::json!({"status": s, "body": b})),
+        "error": e.error,
+    })
+}
+
+fn explanation_text(e: &mesh_core::explain::Explanation) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if let Some(err) = &e.error {
+        let _ = writeln!(out, "not routed: {err}");
+        return out;
+    }
+    let _ = writeln!(out, "host:        {}", e.host);
+    match (&e.virtual_service, &e.rule) {
+        (Some(vs), Some(rule)) => {
+            let _ = writeln!(
+                out,
+                "route:       VirtualService {vs}, rule #{} at {rule}",
+                e.rule_index.unwrap_or(0)
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "route:       default (no VirtualService for the host)");
+        }
+    }
+    if let Some((status, location)) = &e.redirect {
+        let _ = writeln!(out, "redirect:    {status} to {location}");
+    }
+    if let Some((status, body)) = &e.direct_response {
+        let _ = writeln!(out, "answer:      {status} {body:?}");
+    }
+    for d in &e.destinations {
+        let subset = d
+            .subset
+            .as_deref()
+            .map(|s| format!(" subset {s}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "destination: {}:{}{subset} (weight {})",
+            d.host, d.port, d.weight
+        );
+    }
+    let timeout = e
+        .timeout_ms
+        .map_or("none".to_string(), |t| format!("{t} ms"));
+    let _ = writeln!(out, "timeout:     {timeout}");
+    let per_try = e
+        .retries
+        .per_try_timeout_ms
+        .map(|t| format!(", {t} ms per try"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "retries:     {} on {}{per_try}",
+        e.retries.attempts,
+        if e.retries.retry_on.is_empty() {
+            "-".to_string()
+        } else {
+            e.retries.retry_on.join(",")
+        }
+    );
+    match &e.fault {
+        None => {
+            let _ = writeln!(out, "fault:       none");
+        }
+        Some(f) => {
+            if let (Some(ms), Some(p)) = (f.delay_ms, f.delay_percent) {
+                let _ = writeln!(out, "fault:       delay {ms} ms for {p}% of requests");
+            }
+            if let (Some(s), Some(p)) = (f.abort_status, f.abort_percent) {
+                let _ = writeln!(out, "fault:       abort with {s} for {p}% of requests");
+            }
+        }
+    }
+    out
 }
 
 fn validate(args: &ValidateArgs) -> Result<ExitCode, LoadError> {

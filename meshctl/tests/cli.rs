@@ -166,3 +166,119 @@ fn usage_and_io_errors_exit_2() {
         Some(2)
     );
 }
+
+fn route_json(args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut all = vec!["route", "--output", "json", "--config", BASE];
+    all.extend_from_slice(args);
+    let o = meshctl(&all);
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code(), v)
+}
+
+const SAMPLES: &str = "examples/bookinfo/istio/networking";
+
+#[test]
+fn route_explains_weighted_splits() {
+    let cfg = format!("{SAMPLES}/virtual-service-reviews-90-10.yaml");
+    let (code, v) = route_json(&["--config", &cfg, "http://reviews:9080/reviews/0"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["virtual_service"], "default/reviews");
+    assert!(
+        v["rule"]
+            .as_str()
+            .unwrap()
+            .ends_with("virtual-service-reviews-90-10.yaml:9"),
+        "{v}"
+    );
+    let d = v["destinations"].as_array().unwrap();
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[0]["host"], "reviews.default.svc.cluster.local");
+    assert_eq!(
+        (d[0]["subset"].as_str(), d[0]["weight"].as_u64()),
+        (Some("v1"), Some(90))
+    );
+    assert_eq!(
+        (d[1]["subset"].as_str(), d[1]["weight"].as_u64()),
+        (Some("v2"), Some(10))
+    );
+    assert_eq!(d[1]["port"], 9080);
+    assert_eq!(v["timeout_ms"], serde_json::Value::Null);
+    assert_eq!(v["retries"]["attempts"], 2, "Istio's default retry policy");
+    assert_eq!(v["fault"], serde_json::Value::Null);
+}
+
+#[test]
+fn route_explains_header_matches_and_faults() {
+    let cfg = format!("{SAMPLES}/virtual-service-ratings-test-abort.yaml");
+    let (code, v) = route_json(&[
+        "--config",
+        &cfg,
+        "-H",
+        "end-user: jason",
+        "http://ratings:9080/ratings/0",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["rule_index"], 0);
+    assert_eq!(v["fault"]["abort_status"], 500);
+    assert_eq!(v["fault"]["abort_percent"], 100.0);
+    let (_, v) = route_json(&["--config", &cfg, "http://ratings:9080/ratings/0"]);
+    assert_eq!(v["rule_index"], 1);
+    assert_eq!(v["fault"], serde_json::Value::Null);
+    assert_eq!(v["destinations"][0]["subset"], "v1");
+}
+
+#[test]
+fn route_without_virtual_service_and_through_the_gateway() {
+    let (code, v) = route_json(&["http://details:9080/details/0"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["virtual_service"], serde_json::Value::Null);
+    assert_eq!(v["rule"], serde_json::Value::Null);
+    assert_eq!(
+        v["destinations"][0]["host"],
+        "details.default.svc.cluster.local"
+    );
+    assert_eq!(v["destinations"][0]["weight"], 100);
+    let (code, v) = route_json(&[
+        "--gateway",
+        "default/bookinfo-gateway",
+        "http://bookinfo.example.com/productpage",
+    ]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["virtual_service"], "default/bookinfo");
+    assert_eq!(
+        v["destinations"][0]["host"],
+        "productpage.default.svc.cluster.local"
+    );
+    let (code, v) = route_json(&[
+        "--gateway",
+        "default/bookinfo-gateway",
+        "http://bookinfo.example.com/admin",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(v["error"].as_str().unwrap().contains("404"), "{v}");
+}
+
+#[test]
+fn route_human_output() {
+    let cfg = format!("{SAMPLES}/virtual-service-reviews-test-v2.yaml");
+    let o = meshctl(&[
+        "route",
+        "--config",
+        BASE,
+        "--config",
+        &cfg,
+        "-H",
+        "end-user: jason",
+        "http://reviews:9080/",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("VirtualService default/reviews, rule #0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("destination: reviews.default.svc.cluster.local:9080 subset v2 (weight 100)"),
+        "{out}"
+    );
+}

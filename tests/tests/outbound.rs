@@ -413,3 +413,126 @@ async fn configuration_swaps_under_load_fail_no_request() {
     assert_eq!(failures.load(Ordering::SeqCst), 0);
     assert!(v1.hits() > 0 && v2.hits() > 0);
 }
+
+async fn post(m: &mesh_tower::Mesh, url: &str, body: Vec<u8>, limit: usize) -> (u16, String) {
+    let req = http::Request::post(url)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = m.client().buffer_limit(limit).oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn request_bodies_are_replayed_within_the_bound_and_never_corrupted() {
+    let flaky = serve(|n, seen| async move {
+        let mut r = Response::new(Full::new(Bytes::from(format!("{} bytes", seen.body.len()))));
+        if n == 0 {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", flaky.port())])
+        + &vs(
+            "  - retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    let small: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        post(&m, "http://reviews:9080/", small.clone(), 4096).await,
+        (200, "1000 bytes".into())
+    );
+    let seen = flaky.seen();
+    assert_eq!(seen.len(), 2, "retried once");
+    assert_eq!(seen[0].body, seen[1].body, "the same body on both attempts");
+    assert_eq!(&seen[1].body[..], &small[..]);
+    // Beyond the bound: sent once, intact, not retried (the 503 is the answer).
+    let big: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    let flaky2 = serve(|n, seen| async move {
+        let mut r = Response::new(Full::new(Bytes::from(format!("{} bytes", seen.body.len()))));
+        if n == 0 {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
+    })
+    .await;
+    let cfg = service("reviews", "HTTP", &[("v1", flaky2.port())])
+        + &vs(
+            "  - retries: {attempts: 2, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    assert_eq!(
+        post(&m, "http://reviews:9080/", big.clone(), 4096).await,
+        (503, "20000 bytes".into())
+    );
+    assert_eq!(flaky2.hits(), 1);
+    assert_eq!(&flaky2.seen()[0].body[..], &big[..]);
+}
+
+#[tokio::test]
+async fn istio_default_retry_policy_applies_without_retries() {
+    let flaky = serve(|n, _| async move {
+        let mut r = Response::new(Full::new(Bytes::from(format!("attempt {n}"))));
+        if n < 2 {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
+    })
+    .await;
+    // no VirtualService at all: 2 retries on 503 (retriable-status-codes)
+    let m = mesh(&service("reviews", "HTTP", &[("v1", flaky.port())]));
+    assert_eq!(get(&m, "http://reviews:9080/", &[]).await.1, "attempt 2");
+    // 500 is not in the default conditions
+    let broken = serve(|_, _| async {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+    .await;
+    let m = mesh(&service("reviews", "HTTP", &[("v1", broken.port())]));
+    assert_eq!(get(&m, "http://reviews:9080/", &[]).await.0, 500);
+    assert_eq!(broken.hits(), 1);
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_in_process() {
+    let v1 = named("v1").await;
+    let cfg = service("reviews", "HTTP", &[("v1", v1.port())])
+        + &vs(
+            "  - corsPolicy:\n      allowOrigins: [{exact: \"https://app.example.com\"}]\n      allowMethods: [GET, POST]\n      allowHeaders: [x-token]\n      maxAge: 24h\n      allowCredentials: true\n    route: [{destination: {host: reviews}}]\n",
+        );
+    let m = mesh(&cfg);
+    let preflight = http::Request::builder()
+        .method("OPTIONS")
+        .uri("http://reviews:9080/api")
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = m.client().oneshot(preflight).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST");
+    assert_eq!(h["access-control-allow-headers"], "x-token");
+    assert_eq!(h["access-control-max-age"], "86400");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(v1.hits(), 0, "the preflight never reached the upstream");
+    let (status, body, h) = get(
+        &m,
+        "http://reviews:9080/api",
+        &[("origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    let (_, _, h) = get(
+        &m,
+        "http://reviews:9080/api",
+        &[("origin", "https://evil.example.com")],
+    )
+    .await;
+    assert!(h.get("access-control-allow-origin").is_none());
+}
