@@ -90,20 +90,22 @@ pub fn is_wildcard(host: &str) -> bool {
 /// `*.example.com` matches `a.example.com`, `a.b.example.com` and `*.a.example.com`,
 /// not `example.com`. `*` matches everything.
 pub fn matches(pattern: &str, host: &str) -> bool {
-    let (p, h) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
-    if p == "*" {
+    if pattern == "*" {
         return true;
     }
-    match p.strip_prefix('*') {
-        Some(suffix) => {
-            if let Some(hsuffix) = h.strip_prefix('*') {
-                // wildcard against wildcard: the host's set must be inside the pattern's
-                hsuffix.ends_with(suffix)
-            } else {
-                h.len() > suffix.len() && h.ends_with(suffix)
-            }
-        }
-        None => p == h,
+    // Case-insensitive suffix test, without allocating.
+    let ends_with = |h: &str, suffix: &str| {
+        h.len() >= suffix.len()
+            && h.is_char_boundary(h.len() - suffix.len())
+            && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    match pattern.strip_prefix('*') {
+        Some(suffix) => match host.strip_prefix('*') {
+            // wildcard against wildcard: the host's set must be inside the pattern's
+            Some(hsuffix) => ends_with(hsuffix, suffix),
+            None => host.len() > suffix.len() && ends_with(host, suffix),
+        },
+        None => pattern.eq_ignore_ascii_case(host),
     }
 }
 

@@ -236,25 +236,49 @@ pub fn destination_rule_for<'a>(
     from: &str,
     service_ns: &str,
 ) -> Option<&'a Arc<Resource<DestinationRule>>> {
-    let candidates = |ns: &str| {
+    let qualified: Vec<(&'a Arc<Resource<DestinationRule>>, String)> = rules
+        .iter()
+        .map(|d| (d, crate::host::qualify(&d.spec.host, d.namespace())))
+        .collect();
+    destination_rule_among(
+        qualified.iter().map(|(d, h)| (*d, h.as_str())),
+        mesh,
+        host,
+        from,
+        service_ns,
+    )
+}
+
+/// Istio's DestinationRule precedence over candidates given with their qualified hosts
+/// (so that a caller can compute those once): a rule in the caller's namespace, else in
+/// the service's, else in the root namespace; within a namespace an exact host before
+/// the longest wildcard, then the first given. Rules not visible to `from`, and rules
+/// with a `workloadSelector`, do not count.
+pub fn destination_rule_among<'a, 'h>(
+    candidates: impl Iterator<Item = (&'a Arc<Resource<DestinationRule>>, &'h str)> + Clone,
+    mesh: &MeshSettings,
+    host: &str,
+    from: &str,
+    service_ns: &str,
+) -> Option<&'a Arc<Resource<DestinationRule>>> {
+    let best_in = |ns: &str| {
         let mut best: Option<(usize, &'a Arc<Resource<DestinationRule>>)> = None;
-        for dr in rules
-            .iter()
-            .filter(|d| d.namespace() == ns && d.spec.workload_selector.is_none())
-        {
+        for (dr, pattern) in candidates.clone() {
+            if dr.namespace() != ns || dr.spec.workload_selector.is_some() {
+                continue;
+            }
             let export = if dr.spec.export_to.is_empty() {
                 &mesh.default_destination_rule_export_to
             } else {
                 &dr.spec.export_to
             };
-            let pattern = crate::host::qualify(&dr.spec.host, dr.namespace());
             if !crate::registry::visible(export, dr.namespace(), from)
-                || !crate::host::matches(&pattern, host)
+                || !crate::host::matches(pattern, host)
             {
                 continue;
             }
             // exact hosts rank above every wildcard; longer wildcards above shorter
-            let rank = if pattern == host {
+            let rank = if pattern.eq_ignore_ascii_case(host) {
                 usize::MAX
             } else {
                 pattern.len()
@@ -265,9 +289,9 @@ pub fn destination_rule_for<'a>(
         }
         best.map(|(_, d)| d)
     };
-    candidates(from)
-        .or_else(|| candidates(service_ns))
-        .or_else(|| candidates(&mesh.root_namespace))
+    best_in(from)
+        .or_else(|| best_in(service_ns))
+        .or_else(|| best_in(&mesh.root_namespace))
 }
 
 /// Sorts diagnostics by file, line and column; those without a place last.

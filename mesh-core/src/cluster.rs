@@ -204,11 +204,23 @@ impl ClusterPolicy {
     }
 }
 
+/// The DestinationRule that shapes a cluster: the rule, whether its annotation asks for
+/// peak-EWMA balancing, and its `namespace/name`.
+pub type RuleUse<'a> = (
+    &'a Arc<mesh_config::model::Resource<DestinationRule>>,
+    bool,
+    Arc<str>,
+);
+
 /// A cluster: endpoints, balancer and policy.
 #[derive(Debug)]
 pub struct Cluster {
     /// Its key.
     pub key: ClusterKey,
+    /// The service.
+    pub service: Arc<Service>,
+    /// The DestinationRule whose policy and subset shaped it.
+    pub rule: Option<Arc<mesh_config::model::Resource<DestinationRule>>>,
     /// The service port.
     pub port: ServicePort,
     /// Endpoints.
@@ -229,14 +241,17 @@ impl Cluster {
     /// Builds the cluster for `service` port `port`, subset `subset` (its labels select
     /// the endpoints), with the DestinationRule that applies.
     pub fn build(
-        service: &Service,
+        service: &Arc<Service>,
         port: &ServicePort,
         subset: Option<&Subset>,
-        dr: Option<(&DestinationRule, bool, Arc<str>)>,
+        dr: Option<RuleUse<'_>>,
         trust_domain: &str,
     ) -> Self {
-        let policy =
-            ClusterPolicy::merge(dr.as_ref().map(|(d, _, _)| *d), subset, port.number as u16);
+        let policy = ClusterPolicy::merge(
+            dr.as_ref().map(|(d, _, _)| &d.spec),
+            subset,
+            port.number as u16,
+        );
         let peak_ewma = dr.as_ref().is_some_and(|(_, p, _)| *p);
         let (lb, hash_on) = policy.lb(peak_ewma);
         let endpoints: Arc<[Upstream]> = service
@@ -262,8 +277,10 @@ impl Cluster {
                 host: service.host.as_str().into(),
                 subset: subset.map(|s| s.name.as_str().into()),
                 port: port.number as u16,
-                rule: dr.map(|(_, _, id)| id),
+                rule: dr.as_ref().map(|(_, _, id)| id.clone()),
             },
+            service: service.clone(),
+            rule: dr.map(|(d, _, _)| d.clone()),
             port: port.clone(),
             balancer: Balancer::new(&lb, &ids, &weights),
             load: EndpointLoad::new(endpoints.len()),

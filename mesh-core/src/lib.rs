@@ -9,6 +9,7 @@
 pub mod balance;
 pub mod cluster;
 pub mod explain;
+pub mod index;
 pub mod matcher;
 pub mod mesh;
 pub mod policy;

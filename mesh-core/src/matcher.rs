@@ -287,6 +287,28 @@ pub struct MatchBlock {
     gateways: Vec<Box<str>>,
 }
 
+/// A condition rules can be indexed by (see [`MatchBlock::index_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IndexKey {
+    /// A header with exactly this value.
+    Header(HeaderName, Box<str>),
+    /// Exactly this path.
+    Path(Box<str>),
+    /// A path whose first segment is exactly this (`/api/v1` → `api`).
+    Segment(Box<str>),
+}
+
+/// The first segment of a path (`/api/v1` → `api`). For a prefix, only when the prefix
+/// contains the whole segment (`/api/` or `/api/v1`, not `/api` nor `/ap`).
+pub fn first_segment(path: &str, prefix: bool) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    match rest.find('/') {
+        Some(end) => Some(&rest[..end]),
+        None if prefix => None,
+        None => Some(rest),
+    }
+}
+
 /// Header names Istio ignores in `headers` (they are matched by their own fields).
 const PSEUDO_HEADERS: [&str; 4] = ["uri", "scheme", "method", "authority"];
 
@@ -335,6 +357,25 @@ impl MatchBlock {
     /// The uri condition, if any (prefix rewrites replace what it matched).
     pub fn uri_matcher(&self) -> Option<&StrMatcher> {
         self.uri.as_ref()
+    }
+
+    /// A condition the block cannot match without, usable to index rules: an exact
+    /// header value, an exact path, or a path prefix that covers a whole first segment.
+    pub fn index_key(&self) -> Option<IndexKey> {
+        for h in &self.headers {
+            if let (HeaderTarget::Header(name), StrMatcher::Exact(v), false) =
+                (&h.target, &h.value, h.invert)
+            {
+                return Some(IndexKey::Header(name.clone(), v.clone()));
+            }
+        }
+        match &self.uri {
+            Some(StrMatcher::Exact(p)) => Some(IndexKey::Path(p.clone())),
+            Some(StrMatcher::Prefix(p)) => {
+                first_segment(p, true).map(|seg| IndexKey::Segment(seg.into()))
+            }
+            _ => None,
+        }
     }
 
     /// True when every condition holds. `rule_gateways` are the VirtualService's gateways

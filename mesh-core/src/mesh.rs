@@ -39,6 +39,8 @@ pub struct VirtualHost {
     pub export_to: Vec<String>,
     /// Rules in order.
     pub rules: Vec<Rule>,
+    /// Index over the rules.
+    pub index: crate::index::RuleIndex,
 }
 
 /// Hosts to virtual hosts: exact names, then wildcards from the most specific.
@@ -148,12 +150,11 @@ pub struct CompiledMesh {
     registry: Registry,
     mesh_hosts: HostTable,
     gateway_hosts: HashMap<String, HostTable>,
-    clusters: HashMap<ClusterKey, Arc<Cluster>>,
-    /// Per service host, the DestinationRules that cover it (Istio's precedence picks one
-    /// per caller namespace).
-    rules: HashMap<String, Vec<Arc<Resource<DestinationRule>>>>,
-    /// Every host a name can resolve to: registry services and VirtualService hosts.
-    known: std::collections::HashSet<String>,
+    /// Per service host: its services, the DestinationRules that cover it, its clusters.
+    services: HashMap<Box<str>, HostServices>,
+    /// Services with a wildcard host, the most specific first.
+    wildcard_services: Vec<Arc<mesh_config::Service>>,
+    resolver: Resolver,
     default_retry: crate::policy::RetryPolicy,
     /// Problems found while compiling (rules that could not be compiled are skipped).
     pub errors: Vec<String>,
@@ -167,8 +168,7 @@ impl CompiledMesh {
         let mut errors = Vec::new();
         let mut mesh_hosts = HostTable::default();
         let mut gateway_hosts: HashMap<String, HostTable> = HashMap::new();
-        let mut known: std::collections::HashSet<String> =
-            registry.services().iter().map(|s| s.host.clone()).collect();
+        let mut known: Vec<String> = registry.services().iter().map(|s| s.host.clone()).collect();
         let vss = snapshot.virtual_services();
         for vs in vss.iter().filter(|v| !v.spec.hosts.is_empty()) {
             let vh = match compile_virtual_host(vs, vss, &settings) {
@@ -185,7 +185,7 @@ impl CompiledMesh {
             let to_mesh = vh.gateways.is_empty() || vh.gateways.iter().any(|g| &**g == "mesh");
             for h in &vs.spec.hosts {
                 let q = qualify(h, vs.namespace());
-                known.insert(q.clone());
+                known.push(q.clone());
                 if to_mesh {
                     mesh_hosts.insert(q.clone(), vh.clone());
                 }
@@ -201,7 +201,8 @@ impl CompiledMesh {
         for t in gateway_hosts.values_mut() {
             t.finish();
         }
-        let (clusters, rules) = compile_clusters(snapshot, &settings);
+        let (services, wildcard_services) = compile_services(snapshot, &settings);
+        let resolver = Resolver::new(&known, !wildcard_services.is_empty());
         let default_retry =
             crate::policy::RetryPolicy::compile(None, &settings.default_http_retry_policy);
         CompiledMesh {
@@ -211,9 +212,9 @@ impl CompiledMesh {
             registry,
             mesh_hosts,
             gateway_hosts,
-            clusters,
-            rules,
-            known,
+            services,
+            wildcard_services,
+            resolver,
             errors,
         }
     }
@@ -240,41 +241,58 @@ impl CompiledMesh {
 
     /// A cluster by key.
     pub fn cluster(&self, key: &ClusterKey) -> Option<&Arc<Cluster>> {
-        self.clusters.get(key)
+        self.clusters().find(|c| &c.key == key)
     }
 
     /// Every cluster.
     pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
-        self.clusters.values()
+        self.services.values().flat_map(|h| h.clusters.iter())
     }
 
     /// Resolves a host name the way Kubernetes DNS does for a pod in `namespace`
     /// (`ndots: 5`, search path `<ns>.svc.cluster.local svc.cluster.local cluster.local`):
-    /// the first candidate the mesh knows, else the name itself.
-    pub fn resolve_host(&self, name: &str, namespace: &str) -> String {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if name.matches('.').count() < 5 {
-            let candidates = [
-                format!("{name}.{namespace}.{SERVICE_DOMAIN}"),
-                format!("{name}.{SERVICE_DOMAIN}"),
-                format!("{name}.cluster.local"),
-            ];
-            for c in candidates {
-                if self.is_known(&c) {
-                    return c;
-                }
-            }
-        }
-        name
+    /// the first candidate the mesh knows, else the name itself. Known names resolve
+    /// without allocating.
+    pub fn resolve_host(&self, name: &str, namespace: &str) -> Arc<str> {
+        self.resolver.resolve(name, namespace, |h| {
+            self.wildcard_services
+                .iter()
+                .any(|s| host::matches(&s.host, h))
+        })
     }
 
-    fn is_known(&self, host: &str) -> bool {
-        self.known.contains(host)
-            || self
-                .registry
-                .services()
-                .iter()
-                .any(|s| host::matches(&s.host, host))
+    /// The service a request for `host` (qualified) resolves to, seen from `from`: an
+    /// exact host before wildcards (the longest first), the caller's namespace before
+    /// others, then the first loaded — as [`Registry::lookup`] decides.
+    pub fn service(&self, host: &str, from: &str) -> Option<&Arc<mesh_config::Service>> {
+        if let Some(h) = self.services.get(host) {
+            let visible = || h.services.iter().filter(|s| s.visible_to(from));
+            if let Some(s) = visible()
+                .find(|s| s.namespace == from)
+                .or_else(|| visible().next())
+            {
+                return Some(s);
+            }
+        }
+        let mut best: Option<&Arc<mesh_config::Service>> = None;
+        for s in self
+            .wildcard_services
+            .iter()
+            .filter(|s| s.visible_to(from) && host::matches(&s.host, host))
+        {
+            match best {
+                None => best = Some(s),
+                Some(b)
+                    if b.host.len() == s.host.len()
+                        && b.namespace != from
+                        && s.namespace == from =>
+                {
+                    best = Some(s)
+                }
+                _ => {}
+            }
+        }
+        best
     }
 
     /// The VirtualService for `host` (qualified), seen by `src`.
@@ -309,7 +327,7 @@ impl CompiledMesh {
         let host: Arc<str> = match src.gateway {
             // At a gateway, hosts are matched as the client wrote them.
             Some(_) => name.to_ascii_lowercase().into(),
-            None => self.resolve_host(name, src.namespace).into(),
+            None => self.resolve_host(name, src.namespace),
         };
         let port = head.port;
         let Some(vh) = self.virtual_host(&host, src) else {
@@ -328,10 +346,20 @@ impl CompiledMesh {
             });
         };
         let gateways = &vh.gateways;
-        for (ri, rule) in vh.rules.iter().enumerate() {
-            let Some(block) = rule.matching_block(head, src, gateways) else {
-                continue;
+        let mut found = None;
+        vh.index.for_candidates(head, vh.rules.len(), |ri| {
+            let Some(rule) = vh.rules.get(ri) else {
+                return false;
             };
+            match rule.matching_block(head, src, gateways) {
+                Some(block) => {
+                    found = Some((ri, rule, block));
+                    true
+                }
+                None => false,
+            }
+        });
+        if let Some((ri, rule, block)) = found {
             let outcome = match &rule.action {
                 Action::Redirect(r) => Outcome::Redirect(r),
                 Action::Direct(d) => Outcome::Direct(d),
@@ -372,7 +400,7 @@ impl CompiledMesh {
         req_port: u16,
         from: &str,
     ) -> Result<Upstream, RouteError> {
-        let Some(svc) = self.registry.lookup(host, from) else {
+        let Some(svc) = self.service(host, from) else {
             return match self.settings.outbound_traffic_policy {
                 OutboundTrafficPolicyMode::AllowAny => Ok(Upstream::Passthrough {
                     host: host.into(),
@@ -391,35 +419,50 @@ impl CompiledMesh {
         } else {
             req_port
         };
-        let rule = self.rules.get(&svc.host).and_then(|rules| {
-            mesh_config::snapshot::destination_rule_for(
-                rules,
+        let entry = self.services.get(svc.host.as_str());
+        let rule = entry.and_then(|e| {
+            mesh_config::snapshot::destination_rule_among(
+                e.rules.iter().map(|(d, p)| (d, &**p)),
                 &self.settings,
                 host,
                 from,
                 &svc.namespace,
             )
         });
-        let key = ClusterKey {
-            host: svc.host.as_str().into(),
-            subset: subset.map(Into::into),
-            port,
-            rule: rule.map(|r| rule_id(r)),
-        };
-        match self.clusters.get(&key) {
+        let found = entry.and_then(|e| {
+            e.clusters.iter().find(|c| {
+                c.key.port == port
+                    && c.key.subset.as_deref() == subset
+                    && match (&c.rule, rule) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    }
+                    && Arc::ptr_eq(&c.service, svc)
+            })
+        });
+        match found {
             Some(c) => Ok(Upstream::Cluster(c.clone())),
             None => {
                 // A subset no DestinationRule defines, or a port the service lacks: an
                 // empty cluster, which answers "no healthy upstream".
-                Ok(Upstream::Cluster(Arc::new(empty_cluster(key))))
+                let key = ClusterKey {
+                    host: svc.host.as_str().into(),
+                    subset: subset.map(Into::into),
+                    port,
+                    rule: rule.map(|r| rule_id(r)),
+                };
+                Ok(Upstream::Cluster(Arc::new(empty_cluster(key, svc.clone()))))
             }
         }
     }
 }
 
-fn empty_cluster(key: ClusterKey) -> Cluster {
+fn empty_cluster(key: ClusterKey, service: Arc<mesh_config::Service>) -> Cluster {
     use crate::balance::{Balancer, EndpointLoad, LbPolicy};
     Cluster {
+        service,
+        rule: None,
         port: mesh_config::registry::ServicePort {
             number: u32::from(key.port),
             name: String::new(),
@@ -494,6 +537,7 @@ fn compile_virtual_host(
         } else {
             vs.spec.export_to.clone()
         },
+        index: crate::index::RuleIndex::new(&rules),
         rules,
     })
 }
@@ -516,20 +560,33 @@ fn rule_id(r: &Resource<DestinationRule>) -> Arc<str> {
     format!("{}/{}", r.namespace(), r.name()).into()
 }
 
-/// For every service and port: one cluster without a DestinationRule, and for every
-/// DestinationRule that covers the service one cluster with its policy plus one per
-/// subset (the rule that applies depends on the caller's namespace).
+/// What the mesh knows of one service host.
+#[derive(Debug, Default)]
+struct HostServices {
+    /// Services with this host (one per namespace), in load order.
+    services: Vec<Arc<mesh_config::Service>>,
+    /// DestinationRules covering the host, with their qualified hosts.
+    rules: Vec<(Arc<Resource<DestinationRule>>, Box<str>)>,
+    /// Clusters: per service and port, one without a DestinationRule, and for every
+    /// covering DestinationRule one with its policy plus one per subset (the rule that
+    /// applies depends on the caller's namespace).
+    clusters: Vec<Arc<Cluster>>,
+}
+
 #[allow(clippy::type_complexity)]
-fn compile_clusters(
+fn compile_services(
     snapshot: &Snapshot,
     settings: &MeshSettings,
 ) -> (
-    HashMap<ClusterKey, Arc<Cluster>>,
-    HashMap<String, Vec<Arc<Resource<DestinationRule>>>>,
+    HashMap<Box<str>, HostServices>,
+    Vec<Arc<mesh_config::Service>>,
 ) {
-    let mut out = HashMap::new();
-    let mut rules_by_host = HashMap::new();
+    let mut out: HashMap<Box<str>, HostServices> = HashMap::new();
+    let mut wildcards = Vec::new();
     for svc in snapshot.registry().services() {
+        if host::is_wildcard(&svc.host) {
+            wildcards.push(svc.clone());
+        }
         let covering: Vec<Arc<Resource<DestinationRule>>> = snapshot
             .destination_rules()
             .iter()
@@ -539,9 +596,17 @@ fn compile_clusters(
             })
             .cloned()
             .collect();
+        let entry = out.entry(svc.host.as_str().into()).or_default();
+        entry.services.push(svc.clone());
+        for dr in &covering {
+            if !entry.rules.iter().any(|(r, _)| Arc::ptr_eq(r, dr)) {
+                let pattern = qualify(&dr.spec.host, dr.namespace()).into_boxed_str();
+                entry.rules.push((dr.clone(), pattern));
+            }
+        }
         for port in &svc.ports {
             let c = Cluster::build(svc, port, None, None, &settings.trust_domain);
-            out.insert(c.key.clone(), Arc::new(c));
+            entry.clusters.push(Arc::new(c));
             for dr in &covering {
                 let peak = dr
                     .meta
@@ -553,25 +618,118 @@ fn compile_clusters(
                     svc,
                     port,
                     None,
-                    Some((&dr.spec, peak, id.clone())),
+                    Some((dr, peak, id.clone())),
                     &settings.trust_domain,
                 );
-                out.insert(c.key.clone(), Arc::new(c));
+                entry.clusters.push(Arc::new(c));
                 for s in &dr.spec.subsets {
                     let c = Cluster::build(
                         svc,
                         port,
                         Some(s),
-                        Some((&dr.spec, peak, id.clone())),
+                        Some((dr, peak, id.clone())),
                         &settings.trust_domain,
                     );
-                    out.insert(c.key.clone(), Arc::new(c));
+                    entry.clusters.push(Arc::new(c));
                 }
             }
         }
-        if !covering.is_empty() {
-            rules_by_host.insert(svc.host.clone(), covering);
+    }
+    wildcards.sort_by_key(|s| std::cmp::Reverse(s.host.len()));
+    (out, wildcards)
+}
+
+/// A namespace and the host `name.namespace.svc.cluster.local` in it.
+type NamespacedHost = (Box<str>, Arc<str>);
+
+/// Kubernetes DNS search, precomputed over the hosts the mesh knows.
+#[derive(Debug, Default)]
+struct Resolver {
+    /// Every known host.
+    known: HashMap<Box<str>, Arc<str>>,
+    /// `name` → (namespace, host) for hosts `name.namespace.svc.cluster.local`.
+    in_namespace: HashMap<Box<str>, Vec<NamespacedHost>>,
+    /// `name` → host for hosts `name.svc.cluster.local`.
+    in_svc: HashMap<Box<str>, Arc<str>>,
+    /// `name` → host for hosts `name.cluster.local`.
+    in_cluster: HashMap<Box<str>, Arc<str>>,
+    /// Some services have wildcard hosts: candidates must also be tried against them.
+    wildcards: bool,
+}
+
+impl Resolver {
+    fn new(known: &[String], wildcards: bool) -> Self {
+        let mut r = Resolver {
+            wildcards,
+            ..Resolver::default()
+        };
+        for h in known {
+            let arc: Arc<str> = h.as_str().into();
+            r.known.insert(h.as_str().into(), arc.clone());
+            if let Some(rest) = h.strip_suffix(&format!(".{SERVICE_DOMAIN}")) {
+                r.in_svc.entry(rest.into()).or_insert_with(|| arc.clone());
+                if let Some((name, ns)) = rest.rsplit_once('.') {
+                    r.in_namespace
+                        .entry(name.into())
+                        .or_default()
+                        .push((ns.into(), arc.clone()));
+                }
+            }
+            if let Some(rest) = h.strip_suffix(".cluster.local") {
+                r.in_cluster
+                    .entry(rest.into())
+                    .or_insert_with(|| arc.clone());
+            }
+        }
+        r
+    }
+
+    fn resolve(
+        &self,
+        name: &str,
+        namespace: &str,
+        wildcard_known: impl Fn(&str) -> bool,
+    ) -> Arc<str> {
+        let lowered;
+        let mut name = name.trim_end_matches('.');
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = name.to_ascii_lowercase();
+            name = &lowered;
+        }
+        if name.bytes().filter(|b| *b == b'.').count() < 5 {
+            if let Some(h) = self
+                .in_namespace
+                .get(name)
+                .and_then(|v| v.iter().find(|(ns, _)| &**ns == namespace))
+            {
+                return h.1.clone();
+            }
+            if self.wildcards {
+                let c = format!("{name}.{namespace}.{SERVICE_DOMAIN}");
+                if wildcard_known(&c) {
+                    return c.into();
+                }
+            }
+            if let Some(h) = self.in_svc.get(name) {
+                return h.clone();
+            }
+            if let Some(h) = self.in_cluster.get(name) {
+                return h.clone();
+            }
+            if self.wildcards {
+                for c in [
+                    format!("{name}.{SERVICE_DOMAIN}"),
+                    format!("{name}.cluster.local"),
+                ] {
+                    if wildcard_known(&c) {
+                        return c.into();
+                    }
+                }
+            }
+        }
+        match self.known.get(name) {
+            Some(h) => h.clone(),
+            None => name.into(),
         }
     }
-    (out, rules_by_host)
 }

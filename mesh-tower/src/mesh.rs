@@ -128,9 +128,9 @@ pub struct Mesh {
     workload: Arc<Workload>,
 }
 
-/// The outbound stack, outermost first.
-pub type OutboundStack = Telemetry<
-    RouteService<Cors<Fault<HeadersService<Mirror<Timeout<Retry<Balance<UpstreamService>>>>>>>>,
+/// The outbound stack over upstream dispatch `U`, outermost first.
+pub type OutboundStack<U = UpstreamService> = Telemetry<
+    RouteService<Cors<Fault<HeadersService<Mirror<Timeout<Retry<Balance<U>>>, Balance<U>>>>>>,
 >;
 
 impl Mesh {
@@ -153,8 +153,13 @@ impl Mesh {
     /// balances, retries, times out, injects faults and mirrors as the configuration
     /// says. Cheap to call repeatedly (it shares the process's pools).
     pub fn client(&self) -> MeshClient {
-        let dispatch =
-            BalanceLayer::new(self.workload.clone()).layer(self.config.inner.upstream.clone());
+        self.client_over(self.config.inner.upstream.clone())
+    }
+
+    /// The outbound client over another upstream dispatch than the process's connection
+    /// pools (a stub in tests and benchmarks, or a custom transport).
+    pub fn client_over<U: crate::MeshService>(&self, upstream: U) -> MeshClient<U> {
+        let dispatch = BalanceLayer::new(self.workload.clone()).layer(upstream);
         let stack = TelemetryLayer::new().layer(
             RouteLayer::new(self.config.clone(), self.workload.clone()).layer(
                 CorsLayer.layer(
@@ -176,18 +181,18 @@ impl Mesh {
 
 /// The outbound client of a workload (see [`Mesh::client`]).
 #[derive(Clone)]
-pub struct MeshClient {
-    stack: OutboundStack,
+pub struct MeshClient<U = UpstreamService> {
+    stack: OutboundStack<U>,
     buffer_limit: usize,
 }
 
-impl std::fmt::Debug for MeshClient {
+impl<U> std::fmt::Debug for MeshClient<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshClient").finish_non_exhaustive()
     }
 }
 
-impl MeshClient {
+impl<U> MeshClient<U> {
     /// Sets how much of a request body is buffered for retries and mirrors (64 KiB by
     /// default); longer bodies are sent once.
     pub fn buffer_limit(mut self, bytes: usize) -> Self {
@@ -196,10 +201,11 @@ impl MeshClient {
     }
 }
 
-impl<B> Service<Request<B>> for MeshClient
+impl<B, U> Service<Request<B>> for MeshClient<U>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    U: crate::MeshService,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;

@@ -4,27 +4,26 @@ use tower::Layer;
 
 use super::Mirror;
 use crate::Workload;
-use crate::balance::Balance;
-use crate::upstream::UpstreamService;
 
 /// Sends copies of requests to the rule's mirrors (see the module documentation).
 #[derive(Clone, Debug)]
-pub struct MirrorLayer {
-    dispatch: Balance<UpstreamService>,
+pub struct MirrorLayer<D> {
+    dispatch: D,
     workload: Arc<Workload>,
 }
 
-impl MirrorLayer {
-    /// Copies are sent through `dispatch`, as `workload`.
-    pub fn new(dispatch: Balance<UpstreamService>, workload: Arc<Workload>) -> Self {
+impl<D> MirrorLayer<D> {
+    /// Copies are sent through `dispatch` (the balancer in front of the connection
+    /// pools), as `workload`.
+    pub fn new(dispatch: D, workload: Arc<Workload>) -> Self {
         MirrorLayer { dispatch, workload }
     }
 }
 
-impl<S> Layer<S> for MirrorLayer {
-    type Service = Mirror<S>;
+impl<S, D: Clone> Layer<S> for MirrorLayer<D> {
+    type Service = Mirror<S, D>;
 
-    fn layer(&self, inner: S) -> Mirror<S> {
+    fn layer(&self, inner: S) -> Mirror<S, D> {
         Mirror {
             inner,
             dispatch: self.dispatch.clone(),

@@ -4,16 +4,14 @@ use http::header::HOST;
 use http::{HeaderValue, Request};
 use tower::{Service, ServiceExt};
 
-use crate::balance::Balance;
 use crate::route::Routed;
-use crate::upstream::UpstreamService;
 use crate::{MeshService, ReqBody, Workload};
 
 /// See [`MirrorLayer`](super::MirrorLayer).
 #[derive(Clone, Debug)]
-pub struct Mirror<S> {
+pub struct Mirror<S, D> {
     pub(super) inner: S,
-    pub(super) dispatch: Balance<UpstreamService>,
+    pub(super) dispatch: D,
     pub(super) workload: Arc<Workload>,
 }
 
@@ -26,7 +24,7 @@ pub fn shadow_authority(authority: &str) -> String {
     }
 }
 
-impl<S: MeshService> Service<Request<ReqBody>> for Mirror<S> {
+impl<S: MeshService, D: MeshService> Service<Request<ReqBody>> for Mirror<S, D> {
     crate::mesh_service_types!();
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
