@@ -536,3 +536,49 @@ async fn cors_preflights_are_answered_in_process() {
     .await;
     assert!(h.get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn in_flight_requests_finish_on_the_configuration_they_started_with() {
+    let slow_v1 = serve(|_, _| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Response::new(Full::new(Bytes::from("v1")))
+    })
+    .await;
+    let v2 = named("v2").await;
+    let base = service(
+        "reviews",
+        "HTTP",
+        &[("v1", slow_v1.port()), ("v2", v2.port())],
+    );
+    let to = |subset: &str| {
+        base.clone()
+            + &vs(&format!(
+                "  - timeout: 300ms\n    route: [{{destination: {{host: reviews, subset: {subset}}}}}]\n"
+            ))
+    };
+    // The first configuration has no timeout at all: the request must keep it.
+    let first = base.clone() + &vs("  - route: [{destination: {host: reviews, subset: v1}}]\n");
+    let config = MeshConfig::from_snapshot(&snapshot(&first));
+    let m = config.workload(Workload::new("productpage-v1", "default"));
+    let m2 = m.clone();
+    let in_flight = tokio::spawn(async move { get(&m2, "http://reviews:9080/", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    config.update(&snapshot(&to("v2")));
+    // New requests take the new configuration...
+    assert_eq!(get(&m, "http://reviews:9080/", &[]).await.1, "v2");
+    // ...the one in flight finishes on the old one: v1, and no 300 ms timeout.
+    let (status, body, _) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "v1"));
+}
+
+#[tokio::test]
+async fn resolution_none_forwards_to_the_address_the_caller_asked_for() {
+    let direct = named("direct").await;
+    let cfg = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: local}}\nspec:\n  hosts: [localhost]\n  ports: [{{number: {p}, name: http, protocol: HTTP}}]\n  resolution: NONE\n",
+        p = direct.port()
+    );
+    let m = mesh(&cfg);
+    let url = format!("http://localhost:{}/x", direct.port());
+    assert_eq!(get(&m, &url, &[]).await.1, "direct");
+}

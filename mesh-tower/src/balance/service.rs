@@ -4,6 +4,7 @@ use std::time::Instant;
 use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Uri};
+use mesh_config::model::Resolution;
 use mesh_core::Upstream;
 use mesh_core::balance::{LbPolicy, Pick};
 use mesh_core::cluster::{Cluster, HashOn};
@@ -51,6 +52,14 @@ impl<S: MeshService> Service<Request<ReqBody>> for Balance<S> {
         let mut set_cookie = None;
         let (address, port, cluster, index) = match &routed.upstream {
             Upstream::Passthrough { host, port } => (host.clone(), *port, None, 0),
+            // PASSTHROUGH balancing and resolution NONE: the address the caller asked for.
+            Upstream::Cluster(c)
+                if c.lb == LbPolicy::Passthrough || c.service.resolution == Resolution::None =>
+            {
+                let authority = routed.authority.to_str().unwrap_or("");
+                let (host, port) = mesh_core::route::split_authority(authority);
+                (host.into(), port.unwrap_or(routed.port), None, 0)
+            }
             Upstream::Cluster(c) => {
                 let mut rng = rand::rng();
                 let key = hash_key(c, &req, &self.workload, &mut set_cookie, &mut rng);
