@@ -50,6 +50,7 @@ pub mod re2;
 pub mod registry;
 pub mod snapshot;
 pub mod source;
+pub mod store;
 pub mod support;
 pub mod validate;
 pub mod yaml;

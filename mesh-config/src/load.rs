@@ -83,21 +83,8 @@ impl ConfigSet {
     }
 
     fn load_file(&mut self, path: &Path) -> Result<(), LoadError> {
-        let io = |source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.len() > MAX_FILE_SIZE {
-            return Err(LoadError::TooLarge {
-                path: path.to_path_buf(),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
-        let text = String::from_utf8(bytes).map_err(|_| LoadError::NotText {
-            path: path.to_path_buf(),
-        })?;
-        self.add_source(SourceFile::new(path.display().to_string(), text));
+        let source = crate::store::read_source(path)?;
+        self.add_source(source);
         Ok(())
     }
 

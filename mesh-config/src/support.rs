@@ -78,11 +78,6 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     ),
     (
         Kind::DestinationRule,
-        "*.connectionPool.http.h2UpgradePolicy",
-        "HTTP/2 upgrades are not implemented",
-    ),
-    (
-        Kind::DestinationRule,
         "*.connectionPool.http.http2KeepAlive",
         "HTTP/2 keepalive pings are not implemented",
     ),
@@ -95,6 +90,11 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         Kind::DestinationRule,
         "*.proxyProtocol",
         "the PROXY protocol is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.tls.mode",
+        "TLS origination and mutual TLS to upstreams are not implemented yet: traffic to this destination is plaintext HTTP",
     ),
     (
         Kind::DestinationRule,
@@ -143,8 +143,13 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     ),
     (
         Kind::Gateway,
-        "spec.servers[].tls.caCrl",
-        "certificate revocation lists are not implemented",
+        "spec.servers[].tls.subjectAltNames",
+        "client certificate name checks are not implemented: a MUTUAL server that sets them is not served",
+    ),
+    (
+        Kind::Gateway,
+        "spec.servers[].tls.tlsCertificates",
+        "several certificates per server are not implemented: use serverCertificate and privateKey",
     ),
     (
         Kind::Gateway,

@@ -77,12 +77,14 @@ impl LbPolicy {
         }
     }
 
-    /// Ring hash with Envoy's default minimum ring size.
+    /// Ring hash with `minimum_ring_size` entries at least (Envoy's default 1024 when
+    /// unset or 0; at most Envoy's maximum ring size, 8M).
     pub fn ring_hash(minimum_ring_size: Option<u64>) -> Self {
         LbPolicy::RingHash {
             minimum_ring_size: minimum_ring_size
                 .filter(|n| *n > 0)
-                .unwrap_or(DEFAULT_MIN_RING),
+                .unwrap_or(DEFAULT_MIN_RING)
+                .min(MAX_RING),
         }
     }
 
@@ -139,6 +141,22 @@ impl EndpointLoad {
             o.fetch_add(1, Ordering::Relaxed);
         }
         InFlight { load: self, i }
+    }
+
+    /// Marks a request to endpoint `i` as started without a borrowing guard: the caller
+    /// must call [`finish`](Self::finish) once for it (a response body that outlives
+    /// the borrow of the cluster holds an `Arc` of it and finishes on drop).
+    pub fn begin(&self, i: usize) {
+        if let Some(o) = self.outstanding.get(i) {
+            o.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends a request started with [`begin`](Self::begin).
+    pub fn finish(&self, i: usize) {
+        if let Some(o) = self.outstanding.get(i) {
+            o.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Records a response latency of endpoint `i` (peak-EWMA), at time `now_ns`.
@@ -406,30 +424,11 @@ fn smooth_schedule(weights: &[u32]) -> Box<[u32]> {
 /// its own entries (about 1/N of keys), never reshuffles the others'. The ring is capped
 /// at 8M entries (Envoy's maximum) by scaling every count down alike.
 fn build_ring<S: AsRef<str>>(ids: &[S], weights: &[u32], min_ring: u64) -> Box<[(u64, u32)]> {
-    let w_min = weights
-        .iter()
-        .copied()
-        .filter(|w| *w > 0)
-        .min()
-        .unwrap_or(1);
-    let counts: Vec<u64> = weights
-        .iter()
-        .map(|w| (min_ring * u64::from(*w)).div_ceil(u64::from(w_min)))
-        .collect();
-    let total: u64 = counts.iter().sum();
-    let scale = if total > MAX_RING {
-        MAX_RING as f64 / total as f64
-    } else {
-        1.0
-    };
+    let counts = ring_counts(weights, min_ring);
+    let total: u64 = counts.iter().fold(0u64, |a, c| a.saturating_add(*c));
     let mut ring = Vec::with_capacity(total.min(MAX_RING) as usize + ids.len());
     let mut key = String::new();
-    for (i, id) in ids.iter().enumerate() {
-        let n = if weights[i] == 0 {
-            0
-        } else {
-            ((counts[i] as f64 * scale).ceil() as u64).max(1)
-        };
+    for (i, (id, n)) in ids.iter().zip(counts.iter().copied()).enumerate() {
         for k in 0..n {
             key.clear();
             key.push_str(id.as_ref());
@@ -440,6 +439,45 @@ fn build_ring<S: AsRef<str>>(ids: &[S], weights: &[u32], min_ring: u64) -> Box<[
     }
     ring.sort_unstable();
     ring.into_boxed_slice()
+}
+
+/// The number of ring entries of each endpoint (see [`build_ring`]): at most about
+/// 8M in total, whatever `min_ring` and the weights (0 for a weight of 0, else at
+/// least 1).
+fn ring_counts(weights: &[u32], min_ring: u64) -> Vec<u64> {
+    // Clamped first, so that `min_ring × w` (at most 2^23 × 2^32) cannot overflow.
+    let min_ring = min_ring.clamp(1, MAX_RING);
+    let w_min = weights
+        .iter()
+        .copied()
+        .filter(|w| *w > 0)
+        .min()
+        .unwrap_or(1);
+    let counts: Vec<u64> = weights
+        .iter()
+        .map(|w| {
+            min_ring
+                .saturating_mul(u64::from(*w))
+                .div_ceil(u64::from(w_min))
+        })
+        .collect();
+    let total: u64 = counts.iter().fold(0u64, |a, c| a.saturating_add(*c));
+    let scale = if total > MAX_RING {
+        MAX_RING as f64 / total as f64
+    } else {
+        1.0
+    };
+    weights
+        .iter()
+        .zip(counts)
+        .map(|(w, c)| {
+            if *w == 0 {
+                0
+            } else {
+                ((c as f64 * scale).ceil() as u64).max(1)
+            }
+        })
+        .collect()
 }
 
 /// Maglev table (Envoy's weighted variant): each endpoint walks its permutation
@@ -703,6 +741,44 @@ mod tests {
             let share = o.iter().filter(|x| **x == idv[0]).count() as f64 / 8000.0;
             assert!((share - 0.75).abs() < 0.08, "{policy:?} {share}");
         }
+    }
+
+    /// `minimumRingSize` is clamped before it is multiplied: no overflow, no panic, and
+    /// the ring stays within Envoy's 8M maximum, whatever the value.
+    #[test]
+    fn huge_minimum_ring_sizes_are_clamped() {
+        assert_eq!(
+            LbPolicy::ring_hash(Some(u64::MAX)),
+            LbPolicy::RingHash {
+                minimum_ring_size: MAX_RING
+            }
+        );
+        assert_eq!(
+            LbPolicy::ring_hash(Some(0)),
+            LbPolicy::RingHash {
+                minimum_ring_size: DEFAULT_MIN_RING
+            }
+        );
+        // (weights, minimum ring size)
+        let table: &[(&[u32], u64)] = &[
+            (&[u32::MAX, 1], u64::MAX),
+            (&[u32::MAX, u32::MAX, 1], 1 << 40),
+            (&[1, 1], u64::MAX),
+            (&[u32::MAX, 0], MAX_RING),
+            (&[3, 1], 0),
+        ];
+        for (weights, min_ring) in table {
+            let counts = ring_counts(weights, *min_ring);
+            let total: u64 = counts.iter().sum();
+            assert!(
+                total <= MAX_RING + weights.len() as u64,
+                "{weights:?} {min_ring}: {total}"
+            );
+            for (w, c) in weights.iter().zip(&counts) {
+                assert_eq!(*c == 0, *w == 0, "{weights:?} {min_ring}: {counts:?}");
+            }
+        }
+        assert_eq!(ring_counts(&[3, 1], 1024), [3072, 1024]);
     }
 
     #[test]

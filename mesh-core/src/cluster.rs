@@ -72,13 +72,16 @@ pub struct Upstream {
 pub enum HashOn {
     /// A request header.
     Header(HeaderName),
-    /// A cookie; generated with this path and lifetime when absent (if a ttl is set).
+    /// A cookie; when the request has none, one is generated with this path and lifetime
+    /// if a ttl is set (Envoy's `HashPolicy.Cookie`).
     Cookie {
         /// Cookie name.
         name: String,
         /// Cookie path.
         path: Option<String>,
-        /// Lifetime of a generated cookie; without it, no cookie is generated.
+        /// Lifetime of a generated cookie: `None` never generates one; `Some(0)`
+        /// generates a session cookie (no `Max-Age`, as Envoy does for `ttl: 0s`); any
+        /// other value generates one with that `Max-Age`.
         ttl: Option<Duration>,
     },
     /// The caller's IP address.
@@ -159,7 +162,7 @@ impl ClusterPolicy {
                 Some(HashOn::Cookie {
                     name: c.name.clone(),
                     path: c.path.clone(),
-                    ttl: c.ttl.map(|d| d.get()).filter(|d| !d.is_zero()),
+                    ttl: c.ttl.map(|d| d.get()),
                 })
             } else if ch.use_source_ip == Some(true) {
                 Some(HashOn::SourceIp)
@@ -376,6 +379,38 @@ mod tests {
                 "{:?} {port}",
                 subset.map(|s| &s.name)
             );
+        }
+    }
+
+    /// `ttl: 0s` generates a session cookie (`Some(0)`); no ttl generates none (`None`).
+    #[test]
+    fn cookie_ttl_zero_is_a_session_cookie() {
+        use mesh_config::model::{ConsistentHashLb, HttpCookie};
+        let policy = |ttl: Option<Duration>| ClusterPolicy {
+            load_balancer: Some(LoadBalancerSettings {
+                consistent_hash: Some(ConsistentHashLb {
+                    http_cookie: Some(HttpCookie {
+                        name: "user".into(),
+                        ttl: ttl.map(mesh_config::duration::Duration),
+                        ..HttpCookie::default()
+                    }),
+                    ..ConsistentHashLb::default()
+                }),
+                ..LoadBalancerSettings::default()
+            }),
+            ..ClusterPolicy::default()
+        };
+        // (ttl written, ttl compiled)
+        let table = [
+            (None, None),
+            (Some(Duration::ZERO), Some(Duration::ZERO)),
+            (Some(Duration::from_secs(60)), Some(Duration::from_secs(60))),
+        ];
+        for (ttl, want) in table {
+            match policy(ttl).lb(false).1 {
+                Some(HashOn::Cookie { ttl: got, .. }) => assert_eq!(got, want, "{ttl:?}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! [`explain`] runs the same [`CompiledMesh::route`] the runtime runs and describes its
 //! result as plain data: the VirtualService and rule (with `file:line`), the full
-//! weighted set of destinations of the matched rule (hosts qualified, ports resolved),
-//! and the rule's timeout, retries, fault, redirect or direct response.
+//! weighted set of destinations of the matched rule (hosts qualified, ports resolved
+//! from the caller's namespace, as the runtime resolves them), and the rule's timeout,
+//! retries, fault, redirect or direct response.
 
 use mesh_config::registry::Service;
 use rand_core::Rng;
@@ -122,18 +123,20 @@ pub fn explain(
     };
     e.host = d.host.to_string();
     e.virtual_service = d.virtual_host.map(|v| v.name.to_string());
+    // The service is the one the runtime resolves, from the caller's namespace.
     let resolve_port = |host: &str, dest_port: Option<u16>| -> u16 {
-        match mesh.registry().lookup(host, src.namespace) {
+        match mesh.service(host, src.namespace) {
             Some(svc) => port_of(svc, dest_port, head.port),
             None => dest_port.unwrap_or(head.port),
         }
     };
     match d.rule {
         None => {
+            // The default route goes to the request's port, as the runtime's does.
             e.destinations.push(ExplainedDestination {
                 host: d.host.to_string(),
                 subset: None,
-                port: resolve_port(&d.host, None),
+                port: resolve_port(&d.host, Some(d.port)),
                 weight: 100,
             });
         }

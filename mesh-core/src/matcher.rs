@@ -5,8 +5,16 @@
 //! prefix or RE2 regex — a regex must match the *whole* value, as Envoy's `safe_regex`
 //! does. The uri is the path without its query string. Header names are case-insensitive
 //! (they are lower-cased here, once); several values of one header are joined with `,`
-//! before matching, as Envoy does. Istio turns an empty match (`{}`), `prefix: ""` and the
-//! catch-all regexes `.*` and `*` into a presence check.
+//! before matching, as Envoy does. Istio turns only an empty match (`{}`) and the literal
+//! `regex: "*"` into a presence check (`canBeConvertedToPresentMatch`); `prefix: ""` stays
+//! a prefix match and `regex: ".*"` a regex, so that a rewrite knows what was matched.
+//!
+//! In `withoutHeaders`, a condition that is not a presence check sees a missing header as
+//! the empty string (Istio sets Envoy's `treat_missing_header_as_empty` there): so
+//! `withoutHeaders: {x: {regex: ".*"}}` does *not* match a request without `x`. A query
+//! parameter condition looks at the parameter's first value only (Envoy's
+//! `getFirstValue`). A block that names `gateways` ignores its `sourceLabels` and
+//! `sourceNamespace` (Istio's `sourceMatchHTTP`).
 //!
 //! ```
 //! use mesh_config::model::StringMatch;
@@ -51,19 +59,20 @@ pub enum StrMatcher {
 
 impl StrMatcher {
     /// Compiles an Istio `StringMatch`. `ignore_case` applies to exact and prefix only, as
-    /// Istio's `ignoreUriCase` does. An empty match compiles to [`StrMatcher::Any`].
+    /// Istio's `ignoreUriCase` does. Only an empty match and the literal regex `*` compile
+    /// to [`StrMatcher::Any`] (Istio's `canBeConvertedToPresentMatch`): `prefix: ""` stays
+    /// `Prefix("")` and `regex: ".*"` a regex.
     pub fn compile(m: &StringMatch, ignore_case: bool) -> Result<Self, MatchError> {
         Ok(match (&m.exact, &m.prefix, &m.regex) {
             (Some(e), _, _) if ignore_case => {
                 StrMatcher::ExactIgnoreCase(e.to_ascii_lowercase().into())
             }
             (Some(e), _, _) => StrMatcher::Exact(e.as_str().into()),
-            (None, Some(p), _) if p.is_empty() => StrMatcher::Any,
             (None, Some(p), _) if ignore_case => {
                 StrMatcher::PrefixIgnoreCase(p.to_ascii_lowercase().into())
             }
             (None, Some(p), _) => StrMatcher::Prefix(p.as_str().into()),
-            (None, None, Some(r)) if r == ".*" || r == "*" => StrMatcher::Any,
+            (None, None, Some(r)) if r == "*" => StrMatcher::Any,
             (None, None, Some(r)) => StrMatcher::Regex(full_match(r)?),
             (None, None, None) => StrMatcher::Any,
         })
@@ -80,6 +89,45 @@ impl StrMatcher {
                 .get(..p.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(p)),
             StrMatcher::Regex(r) => r.is_match(value),
+            StrMatcher::Any => true,
+        }
+    }
+
+    /// True when `head`, `sep` and `tail` joined match, without joining them unless the
+    /// matcher is a regex (`:path` with its query string). `sep` is ASCII.
+    pub(crate) fn matches_joined(&self, head: &str, sep: u8, tail: &str) -> bool {
+        let (h, t) = (head.as_bytes(), tail.as_bytes());
+        let exact = |e: &[u8], eq: fn(&[u8], &[u8]) -> bool| {
+            e.len() == h.len() + 1 + t.len()
+                && eq(&e[..h.len()], h)
+                && e[h.len()] == sep
+                && eq(&e[h.len() + 1..], t)
+        };
+        let prefix = |p: &[u8], eq: fn(&[u8], &[u8]) -> bool| {
+            if p.len() <= h.len() {
+                eq(&h[..p.len()], p)
+            } else {
+                let rest = &p[h.len() + 1..];
+                eq(&p[..h.len()], h)
+                    && p[h.len()] == sep
+                    && t.len() >= rest.len()
+                    && eq(&t[..rest.len()], rest)
+            }
+        };
+        let same: fn(&[u8], &[u8]) -> bool = |a, b| a == b;
+        let same_ic: fn(&[u8], &[u8]) -> bool = |a, b| a.eq_ignore_ascii_case(b);
+        match self {
+            StrMatcher::Exact(e) => exact(e.as_bytes(), same),
+            StrMatcher::ExactIgnoreCase(e) => exact(e.as_bytes(), same_ic),
+            StrMatcher::Prefix(p) => prefix(p.as_bytes(), same),
+            StrMatcher::PrefixIgnoreCase(p) => prefix(p.as_bytes(), same_ic),
+            StrMatcher::Regex(r) => {
+                let mut joined = String::with_capacity(head.len() + 1 + tail.len());
+                joined.push_str(head);
+                joined.push(char::from(sep));
+                joined.push_str(tail);
+                r.is_match(&joined)
+            }
             StrMatcher::Any => true,
         }
     }
@@ -152,7 +200,7 @@ impl HeaderMatcher {
             HeaderTarget::Scheme => self.value.matches(req.scheme),
             HeaderTarget::Path => match req.query {
                 None => self.value.matches(req.path),
-                Some(q) => self.value.matches(&format!("{}?{q}", req.path)),
+                Some(q) => self.value.matches_joined(req.path, b'?', q),
             },
             HeaderTarget::Claim => false,
         };
@@ -167,7 +215,8 @@ impl HeaderMatcher {
         };
         let mut values = headers.get_all(name).iter();
         let hit = match values.next() {
-            None => false,
+            // Istio sets `treat_missing_header_as_empty` on inverted value matchers.
+            None => self.invert && !self.value.is_any() && self.value.matches(""),
             Some(first) => {
                 if self.value.is_any() {
                     true
@@ -198,13 +247,14 @@ pub struct QueryMatcher {
 }
 
 impl QueryMatcher {
-    /// True when the query string has the parameter with a matching value.
+    /// True when the query string has the parameter and its first value matches (Envoy
+    /// looks at the first value only: `?v=1&v=2` does not match `exact: "2"`).
     pub fn matches(&self, query: Option<&str>) -> bool {
         let Some(q) = query else { return false };
-        q.split('&').any(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            k == &*self.name && self.value.matches(v)
-        })
+        q.split('&')
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(k, _)| *k == &*self.name)
+            .is_some_and(|(_, v)| self.value.matches(v))
     }
 }
 
@@ -394,20 +444,23 @@ impl MatchBlock {
         if !gateway_applies(gateways, src.gateway) {
             return false;
         }
+        // Istio's sourceMatchHTTP: a block naming gateways ignores its source conditions.
+        let source_ok = !self.gateways.is_empty()
+            || (self
+                .source_namespace
+                .as_deref()
+                .is_none_or(|ns| ns == src.namespace)
+                && self
+                    .source_labels
+                    .iter()
+                    .all(|(k, v)| src.labels.get(k) == Some(v)));
         let opt = |m: &Option<StrMatcher>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
         opt(&self.uri, req.path)
             && opt(&self.method, req.method)
             && opt(&self.scheme, req.scheme)
             && opt(&self.authority, req.authority)
             && self.port.is_none_or(|p| p == req.port)
-            && self
-                .source_namespace
-                .as_deref()
-                .is_none_or(|ns| ns == src.namespace)
-            && self
-                .source_labels
-                .iter()
-                .all(|(k, v)| src.labels.get(k) == Some(v))
+            && source_ok
             && self.headers.iter().all(|h| h.matches_request(req))
             && self.query.iter().all(|q| q.matches(req.query))
     }
@@ -563,6 +616,231 @@ mod tests {
                 c.matches(&headers(hs)),
                 *want,
                 "{name} {m:?} invert={invert} on {hs:?}"
+            );
+        }
+    }
+
+    /// Only `{}` and the literal regex `*` are presence checks (Istio's
+    /// canBeConvertedToPresentMatch); `prefix: ""` and `regex: ".*"` keep their kind.
+    #[test]
+    fn only_empty_and_star_are_presence_checks() {
+        // (match, ignore case, is_any, debug form starts with)
+        let table = [
+            (StringMatch::default(), false, true, "Any"),
+            (sm(None, None, Some("*")), false, true, "Any"),
+            (sm(None, Some(""), None), false, false, "Prefix(\"\")"),
+            (
+                sm(None, Some(""), None),
+                true,
+                false,
+                "PrefixIgnoreCase(\"\")",
+            ),
+            (sm(None, None, Some(".*")), false, false, "Regex("),
+            (sm(Some(""), None, None), false, false, "Exact(\"\")"),
+        ];
+        for (m, ic, any, kind) in table {
+            let c = StrMatcher::compile(&m, ic).unwrap();
+            assert_eq!(c.is_any(), any, "{m:?}");
+            assert!(format!("{c:?}").starts_with(kind), "{m:?}: {c:?}");
+        }
+    }
+
+    /// In `withoutHeaders`, a missing header is the empty string for every matcher but
+    /// a presence check (Istio's treat_missing_header_as_empty); `headers` are unchanged.
+    #[test]
+    fn without_headers_on_a_missing_header() {
+        let present = StringMatch::default();
+        // (match, invert, request has x?, expected)
+        let table = [
+            (sm(None, None, Some(".*")), true, false, false),
+            (sm(None, Some(""), None), true, false, false),
+            (sm(Some(""), None, None), true, false, false),
+            (sm(Some("jason"), None, None), true, false, true),
+            (sm(None, Some("a"), None), true, false, true),
+            (sm(None, None, Some("a.*")), true, false, true),
+            (present.clone(), true, false, true),
+            (present.clone(), true, true, false),
+            (sm(None, None, Some(".*")), true, true, false),
+            (sm(Some("jason"), None, None), true, true, true),
+            // not inverted: a missing header never matches
+            (sm(None, None, Some(".*")), false, false, false),
+            (sm(None, Some(""), None), false, false, false),
+            (sm(Some(""), None, None), false, false, false),
+            (present.clone(), false, false, false),
+            (sm(None, Some(""), None), false, true, true),
+        ];
+        for (m, invert, has, want) in table {
+            let c = HeaderMatcher::compile("x", &m, invert).unwrap();
+            let h = if has {
+                headers(&[("x", "v")])
+            } else {
+                HeaderMap::new()
+            };
+            assert_eq!(c.matches(&h), want, "{m:?} invert={invert} has={has}");
+        }
+    }
+
+    #[test]
+    fn path_header_matches_without_joining() {
+        let hm = HeaderMap::new();
+        let req = |path: &'static str, query: Option<&'static str>| RequestHead {
+            method: "GET",
+            scheme: "http",
+            authority: "a",
+            path,
+            query,
+            headers: &hm,
+            port: 80,
+        };
+        // (match, ignore case, path, query, expected)
+        let table = [
+            (
+                sm(Some("/a?b=1"), None, None),
+                false,
+                "/a",
+                Some("b=1"),
+                true,
+            ),
+            (
+                sm(Some("/a?b=1"), None, None),
+                false,
+                "/a",
+                Some("b=12"),
+                false,
+            ),
+            (
+                sm(Some("/a?b=1"), None, None),
+                false,
+                "/a?",
+                Some("b=1"),
+                false,
+            ),
+            (sm(Some("/a"), None, None), false, "/a", Some("b=1"), false),
+            (sm(Some("/a"), None, None), false, "/a", None, true),
+            (sm(None, Some("/a?b"), None), false, "/a", Some("b=1"), true),
+            (
+                sm(None, Some("/a?b"), None),
+                false,
+                "/a",
+                Some("c=1"),
+                false,
+            ),
+            (sm(None, Some("/a"), None), false, "/a/x", Some("c=1"), true),
+            (sm(None, Some("/a?"), None), false, "/a", Some(""), true),
+            (
+                sm(None, Some("/a/x?c"), None),
+                false,
+                "/a",
+                Some("c"),
+                false,
+            ),
+            (
+                sm(None, None, Some("/a\\?b=[0-9]")),
+                false,
+                "/a",
+                Some("b=1"),
+                true,
+            ),
+            (
+                sm(None, None, Some("/a\\?b=[0-9]")),
+                false,
+                "/a",
+                Some("b=x"),
+                false,
+            ),
+        ];
+        for (m, ic, path, query, want) in table {
+            let c = HeaderMatcher {
+                target: HeaderTarget::Path,
+                value: StrMatcher::compile(&m, ic).unwrap(),
+                invert: false,
+            };
+            assert_eq!(
+                c.matches_request(&req(path, query)),
+                want,
+                "{m:?} on {path} {query:?}"
+            );
+        }
+        let ic = StrMatcher::compile(&sm(None, Some("/A?B"), None), true).unwrap();
+        assert!(ic.matches_joined("/a", b'?', "b=1"));
+        let ic = StrMatcher::compile(&sm(Some("/A?B=1"), None, None), true).unwrap();
+        assert!(ic.matches_joined("/a", b'?', "b=1"));
+        assert!(!ic.matches_joined("/a", b'?', "b=2"));
+    }
+
+    /// Envoy matches a query parameter's first value only.
+    #[test]
+    fn query_params_first_value() {
+        let q = |m: StringMatch| QueryMatcher {
+            name: "v".into(),
+            value: StrMatcher::compile(&m, false).unwrap(),
+        };
+        // (match, query, expected)
+        let table = [
+            (sm(Some("2"), None, None), "v=1&v=2", false),
+            (sm(Some("1"), None, None), "v=1&v=2", true),
+            (sm(Some("2"), None, None), "a=2&v=2&v=1", true),
+            (sm(None, Some(""), None), "v=1&v=2", true),
+            (StringMatch::default(), "x=1&v", true),
+            (sm(Some(""), None, None), "v&v=1", true),
+            (sm(Some("1"), None, None), "v&v=1", false),
+        ];
+        for (m, query, want) in table {
+            assert_eq!(q(m.clone()).matches(Some(query)), want, "{m:?} {query}");
+        }
+    }
+
+    /// A block naming gateways ignores sourceLabels and sourceNamespace (Istio's
+    /// sourceMatchHTTP); a block without gateways requires them.
+    #[test]
+    fn gateways_in_a_block_ignore_source_conditions() {
+        let hm = HeaderMap::new();
+        let req = RequestHead {
+            method: "GET",
+            scheme: "http",
+            authority: "a",
+            path: "/",
+            query: None,
+            headers: &hm,
+            port: 80,
+        };
+        let block = |gateways: &[&str]| {
+            MatchBlock::compile(
+                &HttpMatchRequest {
+                    source_labels: [("app".to_string(), "productpage".to_string())].into(),
+                    source_namespace: Some("prod".into()),
+                    gateways: gateways.iter().map(|g| g.to_string()).collect(),
+                    ..HttpMatchRequest::default()
+                },
+                "default",
+            )
+            .unwrap()
+        };
+        let pp: Labels = [("app".to_string(), "productpage".to_string())].into();
+        let other = Labels::new();
+        let src = |ns, labels, gateway| Source {
+            namespace: ns,
+            labels,
+            gateway,
+        };
+        let gw = Some("default/gw");
+        // (block gateways, source, expected)
+        let table = [
+            (&["gw"][..], src("istio-system", &other, gw), true),
+            (&["gw"][..], src("prod", &pp, gw), true),
+            (&["gw"][..], src("prod", &pp, None), false),
+            (&["gw", "mesh"][..], src("default", &other, None), true),
+            (&[][..], src("prod", &pp, None), true),
+            (&[][..], src("default", &pp, None), false),
+            (&[][..], src("prod", &other, None), false),
+        ];
+        for (gws, s, want) in table {
+            assert_eq!(
+                block(gws).matches(&req, &s, &[]),
+                want,
+                "{gws:?} {} {:?}",
+                s.namespace,
+                s.gateway
             );
         }
     }

@@ -1,9 +1,13 @@
 //! Per-route policies, compiled: retries, backoff, fault injection, mirroring.
 //!
-//! Retries follow Envoy's `x-envoy-retry-on` conditions as Istio configures them: a
-//! route without `retries` gets Istio's default policy (2 attempts on
+//! Retries follow Envoy's `x-envoy-retry-on` conditions as Istio configures them
+//! (`retry.ConvertPolicy`): a route without `retries` gets the mesh's default policy
+//! (Istio's: 2 attempts on
 //! `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503
-//! retriable); numbers in `retryOn` are retriable status codes. Backoff is Envoy's jittered
+//! retriable). A `retries` block starts from Istio's hard-coded default conditions (not
+//! the mesh's) and its `retryOn`, when set, replaces both the conditions and the status
+//! codes: numbers in it are the retriable status codes, so `retriable-status-codes` alone
+//! retries no status. Backoff is Envoy's jittered
 //! exponential: retry *k* waits a uniformly random time below `base × (2^k − 1)`, capped at
 //! ten times the base (25 ms by default). Faults and mirrors draw their percentages from
 //! the randomness passed in.
@@ -20,7 +24,9 @@
 
 use std::time::Duration;
 
-use mesh_config::model::{FaultAbort, FaultDelay, HttpFaultInjection, HttpRetry, Percent};
+use mesh_config::model::{
+    DEFAULT_RETRY_ON, FaultAbort, FaultDelay, HttpFaultInjection, HttpRetry, Percent,
+};
 use rand_core::Rng;
 
 use crate::balance::below;
@@ -139,21 +145,43 @@ impl RetryPolicy {
     }
 
     /// The policy of a route: its `retries`, or `default` (the mesh's default retry
-    /// policy) when it has none. A `retries` without `retryOn` keeps the default's
-    /// conditions, as Istio does.
+    /// policy) when it has none, as Istio's `ConvertPolicy` does:
+    ///
+    /// - a `retries` block starts from Istio's hard-coded default conditions
+    ///   ([`DEFAULT_RETRY_ON`] with 503 retriable), whatever the mesh's default says;
+    /// - a `retryOn`, when set, replaces both the conditions and the retriable status
+    ///   codes with what it names (`retriable-status-codes` alone retries no status);
+    /// - without `retries`, the mesh's default applies; when it names
+    ///   `retriable-status-codes` without codes, 503 is retriable (Istio's default).
     pub fn compile(retries: Option<&HttpRetry>, default: &HttpRetry) -> Self {
-        let r = retries.unwrap_or(default);
-        let retry_on_text = r
-            .retry_on
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .or(default.retry_on.as_deref())
-            .unwrap_or("");
-        let (retry_on, mut codes) = parse_retry_on(retry_on_text);
-        if retry_on.contains(RetryOn::RETRIABLE_STATUS_CODES) && codes.is_empty() {
-            // Istio's default list of retriable status codes.
-            codes.push(503);
-        }
+        let retry_on_text = |r: &HttpRetry| {
+            r.retry_on
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_owned)
+        };
+        let (r, (retry_on, codes)) = match retries {
+            Some(r) => (
+                r,
+                match retry_on_text(r) {
+                    Some(text) => parse_retry_on(&text),
+                    None => istio_default_retry_on(),
+                },
+            ),
+            None => (
+                default,
+                match retry_on_text(default) {
+                    Some(text) => {
+                        let (on, mut codes) = parse_retry_on(&text);
+                        if on.contains(RetryOn::RETRIABLE_STATUS_CODES) && codes.is_empty() {
+                            codes.push(503);
+                        }
+                        (on, codes)
+                    }
+                    None => istio_default_retry_on(),
+                },
+            ),
+        };
         RetryPolicy {
             attempts: u32::try_from(r.attempts).unwrap_or(0),
             per_try_timeout: r.per_try_timeout.map(|d| d.get()).filter(|d| !d.is_zero()),
@@ -179,9 +207,18 @@ impl RetryPolicy {
                     || on.contains(RetryOn::RESET)
                     || on.contains(RetryOn::RESET_BEFORE_REQUEST)
             }
-            Attempt::Reset => on.contains(RetryOn::RESET) || on.contains(RetryOn::FIVE_XX),
+            // Envoy's wouldRetryFromReset: any reset under 5xx, gateway-error and reset;
+            // a refused stream also under refused-stream.
+            Attempt::Reset => {
+                on.contains(RetryOn::FIVE_XX)
+                    || on.contains(RetryOn::GATEWAY_ERROR)
+                    || on.contains(RetryOn::RESET)
+            }
             Attempt::RefusedStream => {
-                on.contains(RetryOn::REFUSED_STREAM) || on.contains(RetryOn::FIVE_XX)
+                on.contains(RetryOn::FIVE_XX)
+                    || on.contains(RetryOn::GATEWAY_ERROR)
+                    || on.contains(RetryOn::RESET)
+                    || on.contains(RetryOn::REFUSED_STREAM)
             }
             Attempt::PerTryTimeout => {
                 on.contains(RetryOn::FIVE_XX)
@@ -208,6 +245,12 @@ impl RetryPolicy {
         let ceiling = base.saturating_mul(mult).min(max);
         Duration::from_nanos(below(rng.next_u64(), ceiling.max(1)))
     }
+}
+
+/// Istio's hard-coded default conditions (`DefaultPolicy()`): [`DEFAULT_RETRY_ON`], 503.
+fn istio_default_retry_on() -> (RetryOn, Vec<u16>) {
+    let (on, _) = parse_retry_on(DEFAULT_RETRY_ON);
+    (on, vec![503])
 }
 
 fn grpc_retriable(on: RetryOn, code: u32) -> bool {
@@ -362,7 +405,6 @@ pub fn grpc_code(name: &str) -> Option<u32> {
 mod tests {
     use super::*;
     use mesh_config::duration::Duration as CfgDuration;
-    use mesh_config::model::DEFAULT_RETRY_ON;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -402,6 +444,14 @@ mod tests {
             (Attempt::Reset, false),
             (Attempt::PerTryTimeout, false),
         ];
+        // the mesh's default without codes gets Istio's 503 too
+        let mesh_default = HttpRetry {
+            attempts: 1,
+            retry_on: Some("retriable-status-codes".into()),
+            ..HttpRetry::default()
+        };
+        let p2 = RetryPolicy::compile(None, &mesh_default);
+        assert_eq!((p2.attempts, &*p2.retriable_status_codes), (1, &[503][..]));
         for (a, want) in table {
             assert_eq!(p.should_retry(&a), want, "{a:?}");
         }
@@ -426,9 +476,32 @@ mod tests {
             ("reset", Attempt::PerTryTimeout, true),
             ("connect-failure", Attempt::ConnectFailure, true),
             ("connect-failure", Attempt::Reset, false),
+            ("connect-failure", Attempt::RefusedStream, false),
             ("retriable-4xx", Attempt::Status(409, None), true),
             ("retriable-4xx", Attempt::Status(404, None), false),
             ("refused-stream", Attempt::RefusedStream, true),
+            ("refused-stream", Attempt::Reset, false),
+            // Envoy's wouldRetryFromReset: resets under 5xx, gateway-error and reset,
+            // refused streams under those and refused-stream
+            ("gateway-error", Attempt::Reset, true),
+            ("gateway-error", Attempt::RefusedStream, true),
+            ("5xx", Attempt::RefusedStream, true),
+            ("reset", Attempt::RefusedStream, true),
+            ("reset-before-request", Attempt::Reset, false),
+            ("retriable-status-codes", Attempt::Reset, false),
+            // retryOn replaces the default codes: no code named, none retried
+            ("retriable-status-codes", Attempt::Status(503, None), false),
+            (
+                "retriable-status-codes,502",
+                Attempt::Status(503, None),
+                false,
+            ),
+            (
+                "retriable-status-codes,502",
+                Attempt::Status(502, None),
+                true,
+            ),
+            ("connect-failure", Attempt::Status(503, None), false),
             (
                 "retriable-status-codes,418",
                 Attempt::Status(418, None),
@@ -453,15 +526,86 @@ mod tests {
         }
     }
 
+    /// Istio's ConvertPolicy: a `retries` block starts from Istio's hard-coded default,
+    /// not the mesh's; `retryOn` replaces both conditions and codes.
     #[test]
-    fn route_retries_override_and_keep_default_conditions() {
-        let r = HttpRetry {
-            attempts: 0,
+    fn route_retries_start_from_istios_default() {
+        let custom_mesh_default = HttpRetry {
+            attempts: 5,
+            retry_on: Some("5xx,418".into()),
             ..HttpRetry::default()
         };
-        let p = RetryPolicy::compile(Some(&r), &default_retry());
-        assert_eq!(p.attempts, 0);
-        assert!(p.retry_on.contains(RetryOn::CONNECT_FAILURE));
+        let istio = RetryPolicy::compile(None, &default_retry());
+        let retries = |attempts, on: Option<&str>| HttpRetry {
+            attempts,
+            retry_on: on.map(Into::into),
+            ..HttpRetry::default()
+        };
+        // (retries, mesh default, attempts, conditions, codes)
+        type Case = (Option<HttpRetry>, HttpRetry, u32, RetryOn, Vec<u16>);
+        let table: Vec<Case> = vec![
+            // no retries: the mesh's default
+            (None, default_retry(), 2, istio.retry_on, vec![503]),
+            (
+                None,
+                custom_mesh_default.clone(),
+                5,
+                RetryOn::FIVE_XX.union(RetryOn::RETRIABLE_STATUS_CODES),
+                vec![418],
+            ),
+            // retries without retryOn: Istio's conditions and 503, whatever the mesh says
+            (
+                Some(retries(3, None)),
+                custom_mesh_default.clone(),
+                3,
+                istio.retry_on,
+                vec![503],
+            ),
+            (
+                Some(retries(0, None)),
+                default_retry(),
+                0,
+                istio.retry_on,
+                vec![503],
+            ),
+            (
+                Some(retries(3, Some(" "))),
+                custom_mesh_default.clone(),
+                3,
+                istio.retry_on,
+                vec![503],
+            ),
+            // retryOn replaces conditions and codes
+            (
+                Some(retries(3, Some("retriable-status-codes"))),
+                default_retry(),
+                3,
+                RetryOn::RETRIABLE_STATUS_CODES,
+                vec![],
+            ),
+            (
+                Some(retries(3, Some("gateway-error"))),
+                custom_mesh_default,
+                3,
+                RetryOn::GATEWAY_ERROR,
+                vec![],
+            ),
+            (
+                Some(retries(1, Some("502,504"))),
+                default_retry(),
+                1,
+                RetryOn::RETRIABLE_STATUS_CODES,
+                vec![502, 504],
+            ),
+        ];
+        for (r, mesh, attempts, on, codes) in table {
+            let p = RetryPolicy::compile(r.as_ref(), &mesh);
+            assert_eq!(
+                (p.attempts, p.retry_on, &p.retriable_status_codes),
+                (attempts, on, &codes),
+                "retries {r:?} mesh {mesh:?}"
+            );
+        }
         let r = HttpRetry {
             attempts: 3,
             per_try_timeout: Some(CfgDuration(Duration::from_millis(200))),
@@ -473,7 +617,6 @@ mod tests {
             (p.attempts, p.per_try_timeout),
             (3, Some(Duration::from_millis(200)))
         );
-        assert_eq!(p.retry_on, RetryOn::GATEWAY_ERROR);
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub struct RuleOrigin {
 }
 
 /// Header operations, compiled (names lower-cased and validated once).
+///
+/// As Istio's `TranslateHeadersOperations` does, a `set` or `add` of `host` or
+/// `:authority` is not a header operation but an authority rewrite: its value goes to
+/// [`HeaderOps::authority`] (a `set` wins over an `add`), never into `set`/`add`, and a
+/// `remove` of `host` or `:authority` is ignored. [`HeaderOps::apply`] does not touch the
+/// authority; whoever forwards the request applies `authority` (to the URI's authority and
+/// the `host` header). Istio's validation rejects these names in response operations.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HeaderOps {
     /// Overwrite.
@@ -43,6 +50,13 @@ pub struct HeaderOps {
     pub add: Vec<(HeaderName, HeaderValue)>,
     /// Remove.
     pub remove: Vec<HeaderName>,
+    /// New authority, from a `set` or `add` of `host` or `:authority`.
+    pub authority: Option<HeaderValue>,
+}
+
+/// True for the header names Istio treats as the authority (`host`, `:authority`).
+fn is_authority(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority")
 }
 
 impl HeaderOps {
@@ -51,10 +65,18 @@ impl HeaderOps {
             return HeaderOps::default();
         };
         let pair = |(k, v): (&String, &String)| {
+            if is_authority(k) {
+                return None;
+            }
             Some((
                 HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok()?,
                 HeaderValue::from_str(v).ok()?,
             ))
+        };
+        let authority = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .filter(|(k, _)| is_authority(k))
+                .find_map(|(_, v)| HeaderValue::from_str(v).ok())
         };
         HeaderOps {
             set: ops.set.iter().filter_map(pair).collect(),
@@ -62,17 +84,23 @@ impl HeaderOps {
             remove: ops
                 .remove
                 .iter()
+                .filter(|k| !is_authority(k))
                 .filter_map(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).ok())
                 .collect(),
+            authority: authority(&ops.set).or_else(|| authority(&ops.add)),
         }
     }
 
-    /// True when there is nothing to do.
+    /// True when there is nothing to do (no header operation and no authority rewrite).
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+        self.set.is_empty()
+            && self.add.is_empty()
+            && self.remove.is_empty()
+            && self.authority.is_none()
     }
 
-    /// Applies the operations: remove, then set, then add.
+    /// Applies the header operations: remove, then set, then add. The authority rewrite
+    /// ([`HeaderOps::authority`]) is left to the caller.
     pub fn apply(&self, headers: &mut http::HeaderMap) {
         for k in &self.remove {
             headers.remove(k);
@@ -190,8 +218,9 @@ pub enum RedirectPort {
 impl Redirect {
     fn compile(r: &HttpRedirect) -> Self {
         let port = match (r.port, r.derive_port) {
-            (Some(p), _) => u16::try_from(p).ok().map(RedirectPort::Port),
-            (None, Some(RedirectPortSelection::FromRequestPort)) => Some(RedirectPort::FromRequest),
+            // Port 0 is no port redirect, as in Envoy.
+            (Some(p), _) if p != 0 => u16::try_from(p).ok().map(RedirectPort::Port),
+            (_, Some(RedirectPortSelection::FromRequestPort)) => Some(RedirectPort::FromRequest),
             _ => None,
         };
         Redirect {
@@ -206,41 +235,60 @@ impl Redirect {
         }
     }
 
-    /// The `Location` for a request, as Envoy builds it: scheme, host and path replaced
-    /// where the redirect says so; the query string kept unless the new path has one.
+    /// The `Location` for a request, as Envoy builds it (`newUri`, `processRequestHost`):
+    ///
+    /// - scheme: the redirect's, else the request's;
+    /// - host: the redirect's `authority` when set (the request's port is then dropped);
+    ///   else the request's `host[:port]`, whose port is dropped when a port redirect is
+    ///   set, or when the scheme changes and the port is the default one of the request's
+    ///   scheme (`:80` for http, `:443` for https);
+    /// - port: a port redirect is appended as written (`derivePort: FROM_REQUEST_PORT` is
+    ///   the port the request was addressed to, as Istio compiles it);
+    /// - path: the redirect's `uri` (with the request's query string unless it has one),
+    ///   else the request's path and query.
     pub fn location(&self, head: &RequestHead<'_>) -> String {
+        use std::fmt::Write as _;
         let scheme = self.scheme.as_deref().unwrap_or(head.scheme);
-        let (req_host, req_port) = split_authority(head.authority);
-        let host = self.authority.as_deref().unwrap_or(req_host);
-        let port = match self.port {
+        let new_port = match self.port {
             Some(RedirectPort::Port(p)) => Some(p),
-            Some(RedirectPort::FromRequest) => req_port.or(Some(head.port)),
-            // A new scheme drops the port (its default applies); otherwise keep it.
-            None if self.scheme.is_some() || self.authority.is_some() => None,
-            None => req_port,
+            Some(RedirectPort::FromRequest) => Some(head.port),
+            None => None,
         };
-        let default_port = if scheme == "https" { 443 } else { 80 };
-        let mut out = format!("{scheme}://{host}");
-        if let Some(p) = port.filter(|p| *p != default_port) {
-            out.push_str(&format!(":{p}"));
-        }
-        match &self.uri {
-            Some(u) => {
-                out.push_str(u);
-                if !u.contains('?')
-                    && let Some(q) = head.query
-                {
-                    out.push('?');
-                    out.push_str(q);
-                }
-            }
+        let host = match &self.authority {
+            Some(a) => a.as_str(),
             None => {
-                out.push_str(head.path);
-                if let Some(q) = head.query {
-                    out.push('?');
-                    out.push_str(q);
-                }
+                let (host, port) = split_authority(head.authority);
+                let strip = port.is_some()
+                    && (new_port.is_some()
+                        || (scheme != head.scheme
+                            && match head.scheme {
+                                "http" => port == Some(80),
+                                "https" => port == Some(443),
+                                _ => false,
+                            }));
+                if strip { host } else { head.authority }
             }
+        };
+        let path = self.uri.as_deref().unwrap_or(head.path);
+        let mut out = String::with_capacity(
+            scheme.len() + host.len() + path.len() + head.query.map_or(0, str::len) + 16,
+        );
+        out.push_str(scheme);
+        out.push_str("://");
+        out.push_str(host);
+        if let Some(p) = new_port {
+            let _ = write!(out, ":{p}");
+        }
+        if !path.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(path);
+        // A new path with a query string replaces the request's.
+        if !(self.uri.is_some() && path.contains('?'))
+            && let Some(q) = head.query
+        {
+            out.push('?');
+            out.push_str(q);
         }
         out
     }
@@ -284,8 +332,10 @@ pub mod bytes_like {
 /// How to rewrite the path.
 #[derive(Debug, Clone)]
 pub enum PathRewrite {
-    /// Replace the prefix the rule matched (`/` when the match was not a prefix match);
-    /// for an exact match, the whole path.
+    /// `rewrite.uri`, Envoy's `prefix_rewrite`: replace what the uri match matched — the
+    /// prefix of a prefix match (`prefix: ""` prepends to the whole path), the whole path
+    /// after an exact or regex match, and the implied `/` prefix when the block has no
+    /// uri match (or a presence-only one).
     Prefix(String),
     /// Replace every match of the regex (`\1` groups become `$1`).
     Regex(Regex, String),
@@ -311,13 +361,17 @@ impl Rewrite {
     ) -> Option<String> {
         let new = match self.path.as_ref()? {
             PathRewrite::Prefix(to) => match matched_uri {
-                Some(StrMatcher::Prefix(p)) => format!("{to}{}", &path[p.len().min(path.len())..]),
-                Some(StrMatcher::PrefixIgnoreCase(p)) => {
+                Some(StrMatcher::Prefix(p) | StrMatcher::PrefixIgnoreCase(p)) => {
                     format!("{to}{}", path.get(p.len()..).unwrap_or(""))
                 }
-                Some(StrMatcher::Exact(_) | StrMatcher::ExactIgnoreCase(_)) => to.clone(),
-                // Envoy's prefix rewrite of the implied "/" prefix.
-                _ => format!("{to}{}", path.strip_prefix('/').unwrap_or(path)),
+                // Envoy's prefix rewrite after a path or safe_regex match replaces it all.
+                Some(
+                    StrMatcher::Exact(_) | StrMatcher::ExactIgnoreCase(_) | StrMatcher::Regex(_),
+                ) => to.clone(),
+                // No uri match: Envoy's prefix rewrite of the implied "/" prefix.
+                Some(StrMatcher::Any) | None => {
+                    format!("{to}{}", path.strip_prefix('/').unwrap_or(path))
+                }
             },
             PathRewrite::Regex(re, with) => re.replace_all(path, with.as_str()).into_owned(),
         };
@@ -640,10 +694,63 @@ mod tests {
         assert_eq!(envoy_substitution("/a/\\1/\\12$x"), "/a/${1}/${12}$$x");
     }
 
+    /// `rewrite.uri` replaces what the uri match matched, as Envoy's `prefix_rewrite`.
     #[test]
-    fn redirects() {
+    fn prefix_rewrite_replaces_what_was_matched() {
+        use mesh_config::model::StringMatch;
+        let m = |exact: Option<&str>, prefix: Option<&str>, regex: Option<&str>| {
+            StrMatcher::compile(
+                &StringMatch {
+                    exact: exact.map(Into::into),
+                    prefix: prefix.map(Into::into),
+                    regex: regex.map(Into::into),
+                },
+                false,
+            )
+            .unwrap()
+        };
+        let to = |uri: &str| Rewrite {
+            path: Some(PathRewrite::Prefix(uri.into())),
+            authority: None,
+        };
+        // (uri match (None: no uri match), rewrite.uri, path, new path)
+        let table: Vec<(Option<StrMatcher>, &str, &str, &str)> = vec![
+            // a regex match: the whole path is replaced
+            (
+                Some(m(None, None, Some("/api/.*"))),
+                "/v2",
+                "/api/items",
+                "/v2",
+            ),
+            (Some(m(None, None, Some(".*"))), "/v2", "/x/y", "/v2"),
+            // prefix "": prepended to the whole path
+            (Some(m(None, Some(""), None)), "/v2", "/x", "/v2/x"),
+            // a prefix: replaced
+            (
+                Some(m(None, Some("/api"), None)),
+                "/v2",
+                "/api/items",
+                "/v2/items",
+            ),
+            // exact: the whole path
+            (Some(m(Some("/api"), None, None)), "/v2", "/api", "/v2"),
+            // no uri match (or a presence-only one): the implied "/" prefix
+            (None, "/v2/", "/x", "/v2/x"),
+            (Some(m(None, None, None)), "/v2/", "/x", "/v2/x"),
+            (Some(m(None, None, Some("*"))), "/v2/", "/x", "/v2/x"),
+        ];
+        for (matcher, uri, path, want) in table {
+            assert_eq!(
+                to(uri).path(path, None, matcher.as_ref()).unwrap(),
+                want,
+                "{matcher:?} {uri} on {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn redirects_follow_envoys_process_request_host() {
         let h = HeaderMap::new();
-        let hd = head(&h, "reviews:9080", "/old", Some("q=1"));
         let r = |uri: Option<&str>, authority: Option<&str>, port, scheme: Option<&str>| Redirect {
             status: 301,
             uri: uri.map(Into::into),
@@ -651,30 +758,117 @@ mod tests {
             port,
             scheme: scheme.map(Into::into),
         };
-        assert_eq!(
-            r(Some("/new"), None, None, None).location(&hd),
-            "http://reviews:9080/new?q=1"
-        );
-        assert_eq!(
-            r(None, Some("example.com"), None, None).location(&hd),
-            "http://example.com/old?q=1"
-        );
-        assert_eq!(
-            r(None, None, None, Some("https")).location(&hd),
-            "https://reviews/old?q=1"
-        );
-        assert_eq!(
-            r(None, None, Some(RedirectPort::Port(8443)), Some("https")).location(&hd),
-            "https://reviews:8443/old?q=1"
-        );
-        assert_eq!(
-            r(None, Some("a.b"), Some(RedirectPort::FromRequest), None).location(&hd),
-            "http://a.b:9080/old?q=1"
-        );
-        assert_eq!(
-            r(Some("/n?x=2"), None, None, None).location(&hd),
-            "http://reviews:9080/n?x=2"
-        );
+        let at = |scheme: &'static str, authority: &'static str, port: u16| RequestHead {
+            scheme,
+            port,
+            ..head(&h, authority, "/old", Some("q=1"))
+        };
+        use RedirectPort::{FromRequest, Port};
+        // (redirect, request (scheme, authority, port), Location)
+        let table = [
+            // the request's host:port is kept
+            (
+                r(Some("/new"), None, None, None),
+                at("http", "reviews:9080", 9080),
+                "http://reviews:9080/new?q=1",
+            ),
+            (
+                r(Some("/n?x=2"), None, None, None),
+                at("http", "reviews:9080", 9080),
+                "http://reviews:9080/n?x=2",
+            ),
+            (
+                r(Some("relative"), None, None, None),
+                at("http", "reviews", 80),
+                "http://reviews/relative?q=1",
+            ),
+            // a new scheme keeps a port that is not the old scheme's default
+            (
+                r(None, None, None, Some("https")),
+                at("http", "reviews:9080", 9080),
+                "https://reviews:9080/old?q=1",
+            ),
+            // ... and drops the old scheme's default port
+            (
+                r(None, None, None, Some("https")),
+                at("http", "reviews:80", 80),
+                "https://reviews/old?q=1",
+            ),
+            (
+                r(None, None, None, Some("http")),
+                at("https", "reviews:443", 443),
+                "http://reviews/old?q=1",
+            ),
+            // 443 is not http's default: kept
+            (
+                r(None, None, None, Some("https")),
+                at("http", "reviews:443", 443),
+                "https://reviews:443/old?q=1",
+            ),
+            // the same scheme keeps even a default port
+            (
+                r(None, None, None, Some("http")),
+                at("http", "reviews:80", 80),
+                "http://reviews:80/old?q=1",
+            ),
+            (
+                r(None, None, None, Some("https")),
+                at("http", "reviews", 80),
+                "https://reviews/old?q=1",
+            ),
+            // a port redirect replaces the request's port, written as given
+            (
+                r(None, None, Some(Port(8443)), Some("https")),
+                at("http", "reviews:9080", 9080),
+                "https://reviews:8443/old?q=1",
+            ),
+            (
+                r(None, None, Some(Port(443)), Some("https")),
+                at("http", "reviews:9080", 9080),
+                "https://reviews:443/old?q=1",
+            ),
+            (
+                r(None, None, Some(FromRequest), None),
+                at("http", "reviews", 80),
+                "http://reviews:80/old?q=1",
+            ),
+            // a new authority replaces host and port
+            (
+                r(None, Some("example.com"), None, None),
+                at("http", "reviews:9080", 9080),
+                "http://example.com/old?q=1",
+            ),
+            (
+                r(None, Some("a.b"), Some(FromRequest), None),
+                at("http", "reviews:9080", 9080),
+                "http://a.b:9080/old?q=1",
+            ),
+            (
+                r(None, Some("a.b"), None, Some("https")),
+                at("http", "reviews:9080", 9080),
+                "https://a.b/old?q=1",
+            ),
+            // IPv6
+            (
+                r(None, None, None, Some("https")),
+                at("http", "[::1]:80", 80),
+                "https://[::1]/old?q=1",
+            ),
+            (
+                r(None, None, None, Some("https")),
+                at("http", "[::1]:9080", 9080),
+                "https://[::1]:9080/old?q=1",
+            ),
+        ];
+        for (redirect, req, want) in table {
+            assert_eq!(
+                redirect.location(&req),
+                want,
+                "{redirect:?} on {}://{}",
+                req.scheme,
+                req.authority
+            );
+        }
         assert_eq!(split_authority("[::1]:80"), ("[::1]", Some(80)));
         assert_eq!(split_authority("reviews"), ("reviews", None));
     }
@@ -693,6 +887,79 @@ mod tests {
         assert_eq!(h.get("x-set").unwrap(), "new");
         assert_eq!(h.get("x-add").unwrap(), "a");
         assert!(h.get("x-old").is_none());
+        assert_eq!(ops.authority, None);
         assert_eq!(decode_base64("aGVsbG8="), b"hello");
+    }
+
+    /// `host` and `:authority` in `set`/`add` are an authority rewrite (Istio's
+    /// TranslateHeadersOperations), `set` before `add`; removing them is ignored.
+    #[test]
+    fn host_and_authority_operations_rewrite_the_authority() {
+        let ops = |set: &[(&str, &str)], add: &[(&str, &str)], remove: &[&str]| {
+            let m = |l: &[(&str, &str)]| {
+                l.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            };
+            HeaderOps::compile(Some(&HeaderOperations {
+                set: m(set),
+                add: m(add),
+                remove: remove.iter().map(|r| r.to_string()).collect(),
+            }))
+        };
+        // (operations, authority, header names left in set/add/remove)
+        let table = [
+            (
+                ops(&[(":authority", "a.example")], &[], &[]),
+                Some("a.example"),
+                0,
+            ),
+            (
+                ops(&[("Host", "h.example")], &[], &[]),
+                Some("h.example"),
+                0,
+            ),
+            (
+                ops(&[], &[("host", "h.example")], &[]),
+                Some("h.example"),
+                0,
+            ),
+            (
+                ops(&[], &[(":authority", "a.example")], &[]),
+                Some("a.example"),
+                0,
+            ),
+            (
+                ops(&[("host", "set.example")], &[("host", "add.example")], &[]),
+                Some("set.example"),
+                0,
+            ),
+            (
+                ops(&[("x", "1")], &[], &["host", ":authority", "x-y"]),
+                None,
+                2,
+            ),
+        ];
+        for (o, authority, left) in table {
+            assert_eq!(
+                o.authority.as_ref().map(|v| v.to_str().unwrap()),
+                authority,
+                "{o:?}"
+            );
+            assert_eq!(o.set.len() + o.add.len() + o.remove.len(), left, "{o:?}");
+            assert!(
+                o.set
+                    .iter()
+                    .chain(&o.add)
+                    .all(|(k, _)| k != http::header::HOST),
+                "{o:?}"
+            );
+            assert!(!o.is_empty() || authority.is_none());
+        }
+        // apply leaves the authority alone
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, HeaderValue::from_static("reviews"));
+        ops(&[("host", "other")], &[], &["host"]).apply(&mut h);
+        assert_eq!(h.get(http::header::HOST).unwrap(), "reviews");
     }
 }

@@ -574,3 +574,364 @@ fn pseudo_header_matches() {
         Some("v1")
     );
 }
+
+const REVIEWS_IN_TWO_NAMESPACES: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  exportTo: [.]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.3}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets: [{name: pick, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: client}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets: [{name: pick, labels: {version: v2}}]
+";
+
+/// What a request lands on: the cluster's DestinationRule and subset, or another
+/// upstream kind.
+fn landing(d: &mesh_core::Decision<'_>) -> String {
+    match &d.outcome {
+        Outcome::Forward {
+            upstream: Upstream::Cluster(c),
+            ..
+        } => format!(
+            "{}|{}|{}",
+            c.key.host,
+            c.key.subset.as_deref().unwrap_or(""),
+            c.key.rule.as_deref().unwrap_or("")
+        ),
+        Outcome::Forward {
+            upstream: Upstream::Passthrough { host, port },
+            ..
+        } => format!("passthrough {host}:{port}"),
+        Outcome::Forward {
+            upstream: Upstream::Missing { host, subset },
+            ..
+        } => format!("missing {host}|{}", subset.as_deref().unwrap_or("")),
+        other => format!("{other:?}"),
+    }
+}
+
+/// H4: the caller's namespace decides which service a destination names and which
+/// DestinationRule applies (Istio: the caller's namespace, then the service's, then the
+/// root), with or without a VirtualService, wherever the VirtualService lives.
+#[test]
+fn destinations_resolve_from_the_callers_namespace() {
+    let vs_in_default = yaml(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews.default.svc.cluster.local, ratings.default.svc.cluster.local]\n  http:\n  - match: [{uri: {prefix: /ratings}}]\n    route: [{destination: {host: ratings.default.svc.cluster.local}}]\n  - match: [{uri: {prefix: /pick}}]\n    route: [{destination: {host: reviews.default.svc.cluster.local, subset: pick}}]\n  - route: [{destination: {host: reviews.default.svc.cluster.local}}]\n",
+    );
+    let without = compile(yaml(REVIEWS_IN_TWO_NAMESPACES), &[]);
+    let with = compile(yaml(REVIEWS_IN_TWO_NAMESPACES), &[vs_in_default]);
+    let l = Labels::new();
+    let mut rng = StdRng::seed_from_u64(12);
+    let h = "reviews.default.svc.cluster.local";
+    // (mesh, caller namespace, path, landing)
+    let table = [
+        (&without, "client", "/", format!("{h}||client/reviews")),
+        (&with, "client", "/", format!("{h}||client/reviews")),
+        (&with, "client", "/pick", format!("{h}|pick|client/reviews")),
+        (&without, "default", "/", format!("{h}||default/reviews")),
+        (&with, "default", "/", format!("{h}||default/reviews")),
+        (
+            &with,
+            "default",
+            "/pick",
+            format!("{h}|pick|default/reviews"),
+        ),
+        (&with, "other", "/pick", format!("{h}|pick|default/reviews")),
+        // ratings is exported to its own namespace only: the caller in client does
+        // not see it, even through a VirtualService in default
+        (
+            &with,
+            "client",
+            "/ratings",
+            "passthrough ratings.default.svc.cluster.local:9080".into(),
+        ),
+        (
+            &with,
+            "default",
+            "/ratings",
+            "ratings.default.svc.cluster.local||".into(),
+        ),
+    ];
+    for (mesh, ns, path, want) in table {
+        let src = Source {
+            namespace: ns,
+            labels: &l,
+            gateway: None,
+        };
+        let r = req("reviews.default:9080", path);
+        let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
+        assert_eq!(landing(&d), want, "from {ns} {path}");
+        // the subset picked selects the endpoint the caller's DestinationRule says
+        if path == "/pick" {
+            let Outcome::Forward {
+                upstream: Upstream::Cluster(c),
+                ..
+            } = &d.outcome
+            else {
+                panic!()
+            };
+            let want_ep = if ns == "client" {
+                "10.0.0.2"
+            } else {
+                "10.0.0.1"
+            };
+            assert_eq!(&*c.endpoints[0].address, want_ep);
+        }
+        // explain resolves from the caller's namespace too
+        let e = mesh_core::explain::explain(mesh, &r.head(), &src, &mut rng);
+        assert_eq!(e.error, None);
+        assert!(e.destinations.iter().all(|d| d.port == 9080), "{e:?}");
+    }
+}
+
+/// M3: among VirtualServices for one host, a caller sees those private to its namespace
+/// first, then those exported to it by name, then public ones; the first loaded within
+/// each. (Mesh-bound duplicates are rejected by validation, IST0109; gateway-bound ones
+/// are not, and the gateway's namespace is the caller's.)
+#[test]
+fn virtual_service_precedence_follows_the_callers_namespace() {
+    let vs = |name: &str, ns: &str, export: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [shop.example.com]\n  gateways: [istio-system/gw]\n  exportTo: {export}\n  http:\n  - route: [{{destination: {{host: reviews.default.svc.cluster.local}}}}]\n---\n"
+        )
+    };
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*/*']}]\n---\n";
+    // (VirtualServices in load order, gateway namespace, VirtualService chosen)
+    /// (name, namespace, exportTo)
+    type Vs<'a> = (&'a str, &'a str, &'a str);
+    let cases: &[(&[Vs<'_>], &str, &str)] = &[
+        // private to the caller's namespace wins over public ones loaded earlier
+        (
+            &[
+                ("public", "default", "['*']"),
+                ("public-here", "gwns", "['*']"),
+                ("to-gwns", "other", "[gwns]"),
+                ("private", "gwns", "[.]"),
+            ],
+            "gwns",
+            "gwns/private",
+        ),
+        // exported to itself by name is private too
+        (
+            &[
+                ("public", "default", "['*']"),
+                ("private", "gwns", "[gwns]"),
+            ],
+            "gwns",
+            "gwns/private",
+        ),
+        // exported by name before public, load order within a class
+        (
+            &[
+                ("public", "default", "['*']"),
+                ("to-gwns", "other", "[x, gwns]"),
+                ("to-gwns-2", "third", "[gwns]"),
+            ],
+            "gwns",
+            "other/to-gwns",
+        ),
+        // a public VirtualService in the caller's namespace is just public
+        (
+            &[
+                ("public", "default", "['*']"),
+                ("public-here", "gwns", "['*']"),
+            ],
+            "gwns",
+            "default/public",
+        ),
+        // neither private nor exported to this namespace: the public one
+        (
+            &[
+                ("public", "default", "['*']"),
+                ("to-x", "other", "[x]"),
+                ("private", "third", "[.]"),
+            ],
+            "gwns",
+            "default/public",
+        ),
+        (
+            &[
+                ("public", "default", "['*']"),
+                ("to-x", "other", "[x]"),
+                ("private", "third", "[.]"),
+            ],
+            "x",
+            "other/to-x",
+        ),
+        (
+            &[
+                ("public", "default", "['*']"),
+                ("to-x", "other", "[x]"),
+                ("private", "third", "[.]"),
+            ],
+            "third",
+            "third/private",
+        ),
+    ];
+    let l = Labels::new();
+    for (vss, gw_ns, want) in cases {
+        let mut text = gateway.to_string();
+        for (name, ns, export) in *vss {
+            text += &vs(name, ns, export);
+        }
+        let mesh = compile(yaml(REVIEWS_IN_TWO_NAMESPACES), &[yaml(&text)]);
+        let src = Source {
+            namespace: gw_ns,
+            labels: &l,
+            gateway: Some("istio-system/gw"),
+        };
+        let mut rng = StdRng::seed_from_u64(15);
+        let d = mesh
+            .route(&req("shop.example.com", "/").head(), &src, &mut rng)
+            .unwrap();
+        assert_eq!(
+            d.virtual_host.map(|v| v.name.to_string()).as_deref(),
+            Some(*want),
+            "{vss:?} from {gw_ns}"
+        );
+    }
+}
+
+/// NC: a subset the DestinationRule applying to the caller does not define, or a port
+/// the service lacks, is `Upstream::Missing` (Envoy: 503 with an empty body, flag NC) —
+/// no cluster is built per request.
+#[test]
+fn undefined_subsets_and_ports_are_missing_clusters() {
+    let extra = yaml(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings, namespace: default}\nspec:\n  host: ratings.default.svc.cluster.local\n  subsets: [{name: only-default}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings, namespace: client}\nspec:\n  host: ratings.default.svc.cluster.local\n  exportTo: [.]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: details, namespace: default}\nspec:\n  hosts: [details.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{number: 9080, name: http, protocol: HTTP}, {number: 9081, name: http-alt, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.4}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings, namespace: default}\nspec:\n  hosts: [ratings.default.svc.cluster.local]\n  http:\n  - route: [{destination: {host: ratings.default.svc.cluster.local, subset: only-default}}]\n",
+    );
+    let mut set = yaml(REVIEWS_IN_TWO_NAMESPACES);
+    // ratings exported everywhere for this test
+    set.apply(yaml(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ratings, namespace: default}\nspec:\n  hosts: [ratings.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.3}]\n",
+    ));
+    let mesh = compile(set, &[extra]);
+    let l = Labels::new();
+    let mut rng = StdRng::seed_from_u64(13);
+    let ratings = "ratings.default.svc.cluster.local";
+    let details = "details.default.svc.cluster.local";
+    // (caller namespace, authority, landing)
+    let table = [
+        // default's rule defines the subset
+        (
+            "default",
+            "ratings.default:9080",
+            format!("{ratings}|only-default|default/ratings"),
+        ),
+        // client's own rule applies to a caller in client, and lacks it
+        (
+            "client",
+            "ratings.default:9080",
+            format!("missing {ratings}|only-default"),
+        ),
+        // a port details does not have
+        ("default", "details:7000", format!("missing {details}|")),
+        ("default", "details:9081", format!("{details}||")),
+        // no VirtualService: the request's port, which reviews lacks
+        (
+            "default",
+            "reviews.default:7000",
+            "missing reviews.default.svc.cluster.local|".into(),
+        ),
+    ];
+    for (ns, authority, want) in table {
+        let src = Source {
+            namespace: ns,
+            labels: &l,
+            gateway: None,
+        };
+        for _ in 0..2 {
+            let d = mesh
+                .route(&req(authority, "/").head(), &src, &mut rng)
+                .unwrap();
+            assert_eq!(landing(&d), want, "from {ns} to {authority}");
+        }
+        // explain names the port the runtime uses
+        let head = req(authority, "/");
+        let e = mesh_core::explain::explain(&mesh, &head.head(), &src, &mut rng);
+        let port: u16 = authority.rsplit_once(':').unwrap().1.parse().unwrap();
+        let want_port = if authority.starts_with("ratings") {
+            9080
+        } else {
+            port
+        };
+        assert_eq!(e.destinations[0].port, want_port, "{e:?}");
+    }
+    assert!(matches!(
+        mesh.upstream(ratings, Some("v9"), 0, 9080, "default"),
+        Ok(Upstream::Missing { subset: Some(s), .. }) if &*s == "v9"
+    ));
+    // no cluster was added for them
+    assert!(mesh.clusters().all(|c| c.key.port != 7000));
+}
+
+/// M4 and L1 through the router: a redirect to https keeps a non-default port, and
+/// `withoutHeaders` with a catch-all regex does not match a request without the header.
+#[test]
+fn redirect_and_without_headers_through_the_router() {
+    let mesh = compile(
+        bookinfo(),
+        &[vs(
+            "  - match: [{uri: {prefix: /old}}]\n    redirect: {scheme: https}\n  - match: [{withoutHeaders: {x-debug: {regex: '.*'}}}]\n    directResponse: {status: 418}\n  - match: [{withoutHeaders: {x-trace: {}}}]\n    directResponse: {status: 204}\n  - directResponse: {status: 200}\n",
+        )],
+    );
+    let l = Labels::new();
+    let src = Source {
+        namespace: "default",
+        labels: &l,
+        gateway: None,
+    };
+    let mut rng = StdRng::seed_from_u64(14);
+    let r = req("reviews:9080", "/old");
+    let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
+    let Outcome::Redirect(redirect) = d.outcome else {
+        panic!("{:?}", d.outcome)
+    };
+    assert_eq!(redirect.location(&r.head()), "https://reviews:9080/old");
+    // (request, status)
+    let table = [
+        (req("reviews:9080", "/"), 204),
+        (req("reviews:9080", "/").header("x-trace", "1"), 200),
+        (
+            req("reviews:9080", "/")
+                .header("x-trace", "1")
+                .header("x-debug", "1"),
+            200,
+        ),
+    ];
+    for (r, want) in table {
+        let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
+        let Outcome::Direct(dr) = d.outcome else {
+            panic!("{:?}", d.outcome)
+        };
+        assert_eq!(dr.status, want, "{:?}", r.headers);
+    }
+}

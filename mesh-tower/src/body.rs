@@ -1,23 +1,32 @@
 //! Request and response bodies inside the mesh.
 //!
-//! Retries and mirrors need to send a request body more than once, so the mesh reads a
-//! request body into memory up to a bound ([`DEFAULT_BUFFER_LIMIT`]) before routing it.
-//! A body within the bound is [replayable](ReqBody::try_clone); a longer one is sent once,
-//! its buffered prefix followed by the rest of the stream — never retried, never
-//! corrupted.
+//! A request is routed and sent as soon as its headers are known: its body streams to
+//! the upstream frame by frame, so client-streaming and bidirectional gRPC calls, long
+//! uploads and `Channel` bodies work as they do over a plain hyper client. Retries and
+//! mirrors need to send the body more than once, so on routes that have them the body
+//! becomes a *replay* body: every frame forwarded is also kept (by reference, not
+//! copied) up to a bound ([`DEFAULT_BUFFER_LIMIT`]), and each further attempt or mirror
+//! reads the kept frames and then the rest of the stream. A body that outgrows the bound
+//! is sent once, intact, and never retried — Envoy's rule for its retry buffer.
+//!
+//! The response-body wrappers carry what must last as long as the response does: the
+//! route timeout (Envoy's covers the whole response, not only its headers) and the
+//! endpoint's in-flight count used by the least-request balancers.
 
-use std::collections::VecDeque;
+use std::future::Future as _;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 
 use crate::BoxError;
 
-/// Request bodies up to this size are buffered and can be retried or mirrored.
+/// Request bodies up to this size can be retried or mirrored.
 pub const DEFAULT_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// Response bodies of the mesh.
@@ -32,17 +41,26 @@ pub fn full(bytes: impl Into<Bytes>) -> ResBody {
 
 type Stream = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send + 'static>>;
 
-/// A request body inside the mesh: fully buffered (replayable) or streaming.
+/// Why a request body could not be (re)sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Another attempt read past the replay bound, so this copy cannot be completed.
+    #[error("request body is larger than the replay buffer ({0} bytes)")]
+    Overflow(usize),
+    /// The caller's body failed; every copy fails with it.
+    #[error("request body failed: {0}")]
+    Source(Arc<str>),
+}
+
+/// A request body inside the mesh: in memory, streaming once, or streaming with replay.
 pub struct ReqBody {
     inner: Inner,
 }
 
 enum Inner {
     Full(Option<Bytes>),
-    Stream {
-        prefix: VecDeque<Bytes>,
-        rest: Stream,
-    },
+    Stream { body: Stream, limit: usize },
+    Replay(Replay),
 }
 
 impl std::fmt::Debug for ReqBody {
@@ -54,6 +72,7 @@ impl std::fmt::Debug for ReqBody {
                 b.as_ref().map_or(0, Bytes::len)
             ),
             Inner::Stream { .. } => f.write_str("ReqBody::Stream"),
+            Inner::Replay(r) => write!(f, "ReqBody::Replay(#{})", r.id),
         }
     }
 }
@@ -74,68 +93,74 @@ impl ReqBody {
         }
     }
 
-    /// A copy, when the body is buffered (and so can be sent again).
+    /// A streaming body; if a retry or mirror needs it, up to `limit` bytes of it are
+    /// kept for replay (see [`make_replayable`](Self::make_replayable)).
+    pub fn streaming<B>(body: B, limit: usize) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if body.is_end_stream() {
+            return ReqBody::empty();
+        }
+        ReqBody {
+            inner: Inner::Stream {
+                body: Box::pin(body.map_err(Into::into)),
+                limit,
+            },
+        }
+    }
+
+    /// Turns a streaming body into a replay body, so that [`try_clone`](Self::try_clone)
+    /// succeeds while the body stays within its bound. In-memory and replay bodies are
+    /// left as they are.
+    pub fn make_replayable(&mut self) {
+        if !matches!(self.inner, Inner::Stream { .. }) {
+            return;
+        }
+        let Inner::Stream { body, limit } = std::mem::replace(&mut self.inner, Inner::Full(None))
+        else {
+            return;
+        };
+        self.inner = Inner::Replay(Replay::new(body, limit));
+    }
+
+    /// A copy that sends the same bytes, when the body is in memory or a replay body
+    /// still within its bound.
     pub fn try_clone(&self) -> Option<Self> {
         match &self.inner {
             Inner::Full(b) => Some(ReqBody {
                 inner: Inner::Full(b.clone()),
             }),
             Inner::Stream { .. } => None,
+            Inner::Replay(r) => r.fork().map(|r| ReqBody {
+                inner: Inner::Replay(r),
+            }),
         }
     }
 
-    /// True when the body can be sent more than once.
+    /// A copy for a mirror: like [`try_clone`](Self::try_clone), but it only reads what
+    /// the other copies have already pulled from the caller, so a mirror never drives —
+    /// or, past the bound, takes over — the caller's body.
+    pub(crate) fn try_clone_follower(&self) -> Option<Self> {
+        match &self.inner {
+            Inner::Replay(r) => r.fork().map(|mut r| {
+                r.follower = true;
+                ReqBody {
+                    inner: Inner::Replay(r),
+                }
+            }),
+            _ => self.try_clone(),
+        }
+    }
+
+    /// True when the body can (still) be sent again.
     pub fn is_replayable(&self) -> bool {
-        matches!(self.inner, Inner::Full(_))
-    }
-
-    /// Reads `body` into memory up to `limit` bytes. A longer body keeps streaming
-    /// after the part already read.
-    pub async fn buffer<B>(body: B, limit: usize) -> Result<Self, BoxError>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        if body.is_end_stream() {
-            return Ok(ReqBody::empty());
+        match &self.inner {
+            Inner::Full(_) => true,
+            Inner::Stream { .. } => false,
+            Inner::Replay(r) => !r.lock().overflowed(),
         }
-        let mut body: Stream = Box::pin(body.map_err(Into::into));
-        let mut chunks = VecDeque::new();
-        let mut size = 0usize;
-        loop {
-            if size > limit {
-                return Ok(ReqBody {
-                    inner: Inner::Stream {
-                        prefix: chunks,
-                        rest: body,
-                    },
-                });
-            }
-            match body.frame().await {
-                None => break,
-                Some(Err(e)) => return Err(e),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        size += data.len();
-                        chunks.push_back(data);
-                    }
-                    // Trailers of a buffered request are dropped (HTTP/1.1 requests
-                    // rarely have them; gRPC requests never do).
-                }
-            }
-        }
-        let bytes = match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.pop_front().unwrap_or_default(),
-            _ => {
-                let mut v = Vec::with_capacity(size);
-                for c in chunks {
-                    v.extend_from_slice(&c);
-                }
-                Bytes::from(v)
-            }
-        };
-        Ok(ReqBody::full(bytes))
     }
 }
 
@@ -149,36 +174,314 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Stream { prefix, rest } => {
-                if let Some(b) = prefix.pop_front() {
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
-                }
-                rest.as_mut().poll_frame(cx)
-            }
+            Inner::Stream { body, .. } => body.as_mut().poll_frame(cx),
+            Inner::Replay(r) => r.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
-            Inner::Stream { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+            Inner::Stream { body, .. } => body.is_end_stream(),
+            Inner::Replay(r) => r.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Stream { prefix, rest } => {
-                let p: u64 = prefix.iter().map(|b| b.len() as u64).sum();
-                let r = rest.size_hint();
-                let mut h = SizeHint::new();
-                h.set_lower(r.lower() + p);
-                if let Some(u) = r.upper() {
-                    h.set_upper(u + p);
+            Inner::Stream { body, .. } => body.size_hint(),
+            Inner::Replay(r) => r.hint,
+        }
+    }
+}
+
+/// One reader of a replayed body. Readers share the caller's body: whichever is ahead
+/// pulls the next frame from it, keeps a reference to it and wakes the others.
+struct Replay {
+    shared: Arc<Shared>,
+    /// Its identity among the readers of the body.
+    id: u64,
+    /// How many kept frames it has read.
+    pos: usize,
+    /// Whether it has sent the trailers.
+    trailers_sent: bool,
+    /// The whole body's size hint (each reader sends the whole body).
+    hint: SizeHint,
+    /// A mirror's reader: it waits for the others to pull frames from the source.
+    follower: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    limit: usize,
+}
+
+struct State {
+    /// The caller's body, until it ends or fails.
+    source: Option<Stream>,
+    /// The data frames read so far (dropped on overflow).
+    chunks: Vec<Bytes>,
+    /// Their total size.
+    size: usize,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    /// On overflow, the reader that went past the bound: it alone may go on.
+    owner: Option<u64>,
+    error: Option<Arc<str>>,
+    /// Readers waiting for the next frame.
+    waiters: Vec<Waker>,
+    /// The reader whose waker the source holds.
+    poller: Option<u64>,
+    next_id: u64,
+}
+
+impl State {
+    fn overflowed(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    fn wake_all(&mut self) {
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Replay {
+    fn new(body: Stream, limit: usize) -> Self {
+        let hint = body.size_hint();
+        Replay {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    source: Some(body),
+                    chunks: Vec::new(),
+                    size: 0,
+                    trailers: None,
+                    ended: false,
+                    owner: None,
+                    error: None,
+                    waiters: Vec::new(),
+                    poller: None,
+                    next_id: 1,
+                }),
+                limit,
+            }),
+            id: 0,
+            pos: 0,
+            trailers_sent: false,
+            hint,
+            follower: false,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A reader panicking while holding the lock leaves consistent state behind
+        // (every update is a single assignment), so a poisoned lock is still usable.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new reader from the start of the body, unless the body outgrew the bound.
+    fn fork(&self) -> Option<Replay> {
+        let mut st = self.lock();
+        if st.overflowed() {
+            return None;
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        Some(Replay {
+            shared: self.shared.clone(),
+            id,
+            pos: 0,
+            trailers_sent: false,
+            hint: self.hint,
+            follower: false,
+        })
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let shared = self.shared.clone();
+        let mut st = shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(e) = &st.error {
+            return Poll::Ready(Some(Err(Box::new(BodyError::Source(e.clone())))));
+        }
+        let owner = match st.owner {
+            Some(o) if o != self.id => {
+                return Poll::Ready(Some(Err(Box::new(BodyError::Overflow(shared.limit)))));
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !owner && self.pos < st.chunks.len() {
+            let chunk = st.chunks[self.pos].clone();
+            self.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if st.ended {
+            if !self.trailers_sent
+                && let Some(t) = &st.trailers
+            {
+                self.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+            }
+            return Poll::Ready(None);
+        }
+        if self.follower {
+            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                st.waiters.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        // This reader is ahead: pull the next frame from the caller's body.
+        let Some(source) = st.source.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match source.as_mut().poll_frame(cx) {
+            Poll::Pending => {
+                st.poller = Some(self.id);
+                if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.waiters.push(cx.waker().clone());
                 }
-                h
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                st.ended = true;
+                st.source = None;
+                st.wake_all();
+                if !self.trailers_sent
+                    && let Some(t) = &st.trailers
+                {
+                    self.trailers_sent = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                st.error = Some(e.to_string().into());
+                st.source = None;
+                st.wake_all();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_data() {
+                    Ok(data) => {
+                        if !owner {
+                            st.size += data.len();
+                            if st.size > shared.limit {
+                                // Past the bound: stop keeping frames; this reader goes
+                                // on alone, the others fail.
+                                st.owner = Some(self.id);
+                                st.chunks = Vec::new();
+                            } else {
+                                st.chunks.push(data.clone());
+                                self.pos += 1;
+                            }
+                        }
+                        Frame::data(data)
+                    }
+                    Err(frame) => {
+                        if let Some(t) = frame.trailers_ref() {
+                            st.trailers = Some(t.clone());
+                            self.trailers_sent = true;
+                        }
+                        frame
+                    }
+                };
+                st.wake_all();
+                Poll::Ready(Some(Ok(frame)))
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let st = self.lock();
+        st.owner.is_none_or(|o| o == self.id)
+            && st.ended
+            && (st.owner.is_some() || self.pos >= st.chunks.len())
+            && (self.trailers_sent || st.trailers.is_none())
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        let mut st = self.lock();
+        if st.poller == Some(self.id) {
+            // The source holds this reader's waker: let another reader poll it.
+            st.poller = None;
+            st.wake_all();
+        }
+    }
+}
+
+/// A response body that holds `guard` until the body is dropped (the end of the
+/// response, for whoever reads it).
+pub(crate) struct Guarded<G> {
+    pub(crate) inner: ResBody,
+    pub(crate) _guard: G,
+}
+
+impl<G: Send + Sync + Unpin + 'static> Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The route timeout expired while the response body was being received; the response
+/// is cut, as Envoy resets the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("upstream request timeout (response body)")]
+pub struct BodyTimeout;
+
+/// A response body that fails with [`BodyTimeout`] at a deadline.
+pub(crate) struct Deadline {
+    pub(crate) inner: ResBody,
+    pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match this.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -198,21 +501,157 @@ mod tests {
         body
     }
 
+    fn want(n: usize, size: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| vec![b'a' + (i % 26) as u8; size])
+            .collect()
+    }
+
     #[tokio::test]
-    async fn small_bodies_are_replayable_and_large_ones_stream_intact() {
-        let small = ReqBody::buffer(chunks(3, 10), 64).await.unwrap();
-        assert!(small.is_replayable());
-        let copy = small.try_clone().unwrap();
-        let a = small.collect().await.unwrap().to_bytes();
+    async fn streaming_bodies_are_not_replayable_until_asked() {
+        let mut body = ReqBody::streaming(chunks(3, 10), 64);
+        assert!(!body.is_replayable());
+        assert!(body.try_clone().is_none());
+        body.make_replayable();
+        assert!(body.is_replayable());
+        let copy = body.try_clone().unwrap();
+        let a = body.collect().await.unwrap().to_bytes();
         let b = copy.collect().await.unwrap().to_bytes();
         assert_eq!(a, b);
-        assert_eq!(a.len(), 30);
+        assert_eq!(&a[..], &want(3, 10)[..]);
+    }
 
-        let big = ReqBody::buffer(chunks(10, 10), 25).await.unwrap();
-        assert!(!big.is_replayable());
-        assert!(big.try_clone().is_none());
-        let all = big.collect().await.unwrap().to_bytes();
-        let want: Vec<u8> = (0..10).flat_map(|i| vec![b'a' + i as u8; 10]).collect();
-        assert_eq!(&all[..], &want[..], "the prefix and the rest, in order");
+    #[tokio::test]
+    async fn a_copy_made_after_the_first_read_still_gets_everything() {
+        let mut body = ReqBody::streaming(chunks(4, 10), 64);
+        body.make_replayable();
+        let mut first = body.try_clone().unwrap();
+        let head = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(head.len(), 10);
+        let second = body.try_clone().unwrap();
+        let rest = first.collect().await.unwrap().to_bytes();
+        assert_eq!(rest.len(), 30);
+        let all = second.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], &want(4, 10)[..]);
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_the_leader_goes_on_and_copies_fail() {
+        let mut body = ReqBody::streaming(chunks(10, 10), 25);
+        body.make_replayable();
+        let leader = body.try_clone().unwrap();
+        let all = leader.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], &want(10, 10)[..], "the leader's body is intact");
+        assert!(!body.is_replayable());
+        assert!(body.try_clone().is_none());
+        let err = body.collect().await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<BodyError>(),
+            Some(&BodyError::Overflow(25))
+        );
+    }
+
+    #[tokio::test]
+    async fn readers_in_step_both_see_every_frame() {
+        let (mut tx, rx) = Channel::<Bytes, BoxError>::new(1);
+        let mut body = ReqBody::streaming(rx, 1024);
+        body.make_replayable();
+        let a = body.try_clone().unwrap();
+        let b = body.try_clone().unwrap();
+        drop(body);
+        let ra = tokio::spawn(async move { a.collect().await.map(|c| c.to_bytes()) });
+        let rb = tokio::spawn(async move { b.collect().await.map(|c| c.to_bytes()) });
+        for i in 0..5u8 {
+            tx.send_data(Bytes::from(vec![i; 3])).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        tx.send_trailers(trailers).await.unwrap();
+        drop(tx);
+        let a = ra.await.unwrap().unwrap();
+        let b = rb.await.unwrap().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 15);
+    }
+
+    #[tokio::test]
+    async fn a_follower_never_pulls_and_never_takes_over() {
+        let mut body = ReqBody::streaming(chunks(10, 10), 25);
+        body.make_replayable();
+        let mut follower = body.try_clone_follower().unwrap();
+        // Alone, the follower waits: it does not pull from the caller's body.
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(20), follower.frame()).await;
+        assert!(waited.is_err());
+        let leader = body.try_clone().unwrap();
+        let all = leader.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], &want(10, 10)[..], "the original is intact");
+        let err = follower.collect().await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<BodyError>(),
+            Some(&BodyError::Overflow(25))
+        );
+    }
+
+    #[tokio::test]
+    async fn trailers_reach_every_copy() {
+        let (mut tx, rx) = Channel::<Bytes, BoxError>::new(4);
+        tx.try_send(Frame::data(Bytes::from_static(b"x"))).unwrap();
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from_static("0"));
+        tx.try_send(Frame::trailers(t)).unwrap();
+        drop(tx);
+        let mut body = ReqBody::streaming(rx, 64);
+        body.make_replayable();
+        let copy = body.try_clone().unwrap();
+        for b in [body, copy] {
+            let c = b.collect().await.unwrap();
+            assert_eq!(
+                c.trailers().and_then(|t| t.get("grpc-status")),
+                Some(&http::HeaderValue::from_static("0"))
+            );
+            assert_eq!(c.to_bytes(), Bytes::from_static(b"x"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_fails_every_copy() {
+        let (mut tx, rx) = Channel::<Bytes, BoxError>::new(4);
+        tx.try_send(Frame::data(Bytes::from_static(b"x"))).unwrap();
+        tx.abort("client went away".into());
+        let mut body = ReqBody::streaming(rx, 64);
+        body.make_replayable();
+        let copy = body.try_clone().unwrap();
+        assert!(body.collect().await.is_err());
+        let err = copy.collect().await.unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<BodyError>(), Some(BodyError::Source(_))),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_dropped_while_waiting_hands_the_source_on() {
+        let (mut tx, rx) = Channel::<Bytes, BoxError>::new(1);
+        let mut body = ReqBody::streaming(rx, 64);
+        body.make_replayable();
+        let mut a = body.try_clone().unwrap();
+        let b = body.try_clone().unwrap();
+        // `b` waits first; then `a` polls the source (which now holds only `a`'s
+        // waker) and goes away, like an abandoned attempt.
+        let rb = tokio::spawn(async move { b.collect().await.map(|c| c.to_bytes()) });
+        tokio::task::yield_now().await;
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), a.frame()).await;
+        assert!(waited.is_err());
+        drop(a);
+        tx.send_data(Bytes::from_static(b"late")).await.unwrap();
+        drop(tx);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rb)
+            .await
+            .expect("the remaining reader is woken")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Bytes::from_static(b"late"));
     }
 }

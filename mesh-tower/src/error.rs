@@ -62,15 +62,19 @@ pub enum MeshFailure {
     /// The upstream sent something that is not HTTP (502).
     #[error("upstream protocol error")]
     Protocol,
+    /// The route's destination names a subset no DestinationRule defines, or a port the
+    /// service lacks (503 with an empty body: Envoy's "cluster not found", flag `NC`).
+    #[error("cluster not found")]
+    ClusterNotFound,
 }
 
 impl MeshFailure {
     /// The status Envoy answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            MeshFailure::NoHealthyUpstream | MeshFailure::ConnectOrReset(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            MeshFailure::NoHealthyUpstream
+            | MeshFailure::ConnectOrReset(_)
+            | MeshFailure::ClusterNotFound => StatusCode::SERVICE_UNAVAILABLE,
             MeshFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             MeshFailure::NoRoute => StatusCode::NOT_FOUND,
             MeshFailure::RegistryOnly | MeshFailure::Protocol => StatusCode::BAD_GATEWAY,
@@ -81,10 +85,13 @@ impl MeshFailure {
         }
     }
 
-    /// The body Envoy answers with (empty for 404 and 502, as Envoy's are).
+    /// The body Envoy answers with (empty for 404, 502 and cluster not found, as Envoy's
+    /// are).
     pub fn body(&self) -> String {
         match self {
-            MeshFailure::NoRoute | MeshFailure::RegistryOnly => String::new(),
+            MeshFailure::NoRoute | MeshFailure::RegistryOnly | MeshFailure::ClusterNotFound => {
+                String::new()
+            }
             other => other.to_string(),
         }
     }
@@ -101,6 +108,18 @@ impl MeshFailure {
         resp.extensions_mut().insert(self);
         resp
     }
+}
+
+/// The client was asked for a URI scheme the mesh does not originate. An `https://`
+/// request is refused rather than sent as cleartext: TLS origination to upstreams is not
+/// implemented yet. Send `http://` requests and let the mesh route them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the mesh client does not originate `{scheme}` requests (only `http`); the request was not sent"
+)]
+pub struct UnsupportedScheme {
+    /// The scheme asked for.
+    pub scheme: String,
 }
 
 trait BodyIsEmpty {
@@ -129,6 +148,7 @@ mod tests {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
             ),
             (MeshFailure::NoRoute, 404, ""),
+            (MeshFailure::ClusterNotFound, 503, ""),
             (MeshFailure::RegistryOnly, 502, ""),
             (MeshFailure::FaultAbort(555), 555, "fault filter abort"),
         ];

@@ -36,10 +36,12 @@ pub mod body;
 pub mod cors;
 pub mod error;
 pub mod fault;
+pub mod gateway;
 pub mod headers;
 pub mod mirror;
 pub mod retry;
 pub mod route;
+pub mod server;
 pub mod telemetry;
 pub mod timeout;
 pub mod upstream;
@@ -53,7 +55,8 @@ use http::{Request, Response};
 use tower::Service;
 
 pub use body::{ReqBody, ResBody};
-pub use error::{MeshFailure, ResetReason};
+pub use error::{MeshFailure, ResetReason, UnsupportedScheme};
+pub use gateway::{GatewayError, GatewaySource, IngressGateway};
 pub use mesh::{Mesh, MeshClient, MeshConfig, OutboundStack, Workload};
 
 /// The error type of the mesh's services.

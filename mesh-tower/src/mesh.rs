@@ -6,23 +6,25 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{Request, Response};
 use mesh_config::Snapshot;
 use mesh_config::model::Labels;
 use mesh_core::CompiledMesh;
+use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use crate::balance::{Balance, BalanceLayer};
 use crate::cors::{Cors, CorsLayer};
 use crate::fault::{Fault, FaultLayer};
 use crate::headers::{HeadersLayer, HeadersService};
-use crate::mirror::{Mirror, MirrorLayer};
+use crate::mirror::{DEFAULT_MAX_MIRRORS_IN_FLIGHT, Mirror, MirrorLayer};
 use crate::retry::{Retry, RetryLayer};
 use crate::route::{RouteLayer, RouteService};
 use crate::telemetry::{Telemetry, TelemetryLayer};
 use crate::timeout::{Timeout, TimeoutLayer};
 use crate::upstream::UpstreamService;
-use crate::{BoxError, BoxFuture, ReqBody, ResBody};
+use crate::{BoxError, BoxFuture, ReqBody, ResBody, UnsupportedScheme};
 
 /// A workload: one instance of a service, with the identity and labels Istio gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,8 @@ impl Workload {
 struct Inner {
     current: ArcSwap<CompiledMesh>,
     upstream: UpstreamService,
+    /// Mirror copies in flight, for the whole process.
+    mirror_slots: Arc<Semaphore>,
 }
 
 /// The configuration of a process: the current compiled mesh, swapped atomically, and
@@ -94,6 +98,7 @@ impl MeshConfig {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(CompiledMesh::compile(snapshot)),
                 upstream: UpstreamService::new(),
+                mirror_slots: Arc::new(Semaphore::new(DEFAULT_MAX_MIRRORS_IN_FLIGHT)),
             }),
         }
     }
@@ -165,8 +170,12 @@ impl Mesh {
                 CorsLayer.layer(
                     FaultLayer.layer(
                         HeadersLayer.layer(
-                            MirrorLayer::new(dispatch.clone(), self.workload.clone())
-                                .layer(TimeoutLayer.layer(RetryLayer.layer(dispatch))),
+                            MirrorLayer::with_slots(
+                                dispatch.clone(),
+                                self.workload.clone(),
+                                self.config.inner.mirror_slots.clone(),
+                            )
+                            .layer(TimeoutLayer.layer(RetryLayer.layer(dispatch))),
                         ),
                     ),
                 ),
@@ -193,8 +202,8 @@ impl<U> std::fmt::Debug for MeshClient<U> {
 }
 
 impl<U> MeshClient<U> {
-    /// Sets how much of a request body is buffered for retries and mirrors (64 KiB by
-    /// default); longer bodies are sent once.
+    /// Sets how much of a request body is kept for retries and mirrors (64 KiB by
+    /// default); longer bodies are sent once, never retried.
     pub fn buffer_limit(mut self, bytes: usize) -> Self {
         self.buffer_limit = bytes;
         self
@@ -216,12 +225,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut stack = crate::take(&mut self.stack);
-        let limit = self.buffer_limit;
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let body = ReqBody::buffer(body, limit).await?;
-            stack.call(Request::from_parts(parts, body)).await
-        })
+        if let Some(scheme) = req.uri().scheme()
+            && *scheme != Scheme::HTTP
+        {
+            let e = UnsupportedScheme {
+                scheme: scheme.as_str().into(),
+            };
+            return Box::pin(async move { Err(e.into()) });
+        }
+        // The request goes out at once; its body streams (see `crate::body`).
+        let (parts, body) = req.into_parts();
+        let body = ReqBody::streaming(body, self.buffer_limit);
+        Box::pin(self.stack.call(Request::from_parts(parts, body)))
     }
 }

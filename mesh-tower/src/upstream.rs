@@ -1,24 +1,30 @@
 //! Sending a request to the endpoint the balancer chose, over pooled connections.
 //!
-//! hyper-util's client pools connections by scheme and authority; the balancer writes the
-//! endpoint's address into the request URI (keeping the caller's authority in `Host`), so
-//! each endpoint gets its own pool. Services whose port protocol is HTTP2 or GRPC are
-//! spoken to in HTTP/2 (prior knowledge), others in HTTP/1.1.
+//! The request keeps its logical authority (`reviews:9080`) in its URI, so HTTP/2's
+//! `:authority` and HTTP/1.1's `Host` say what the caller (or a rewrite) asked for; the
+//! endpoint to dial travels beside it as an [`Endpoint`] extension. Each endpoint and
+//! protocol gets its own hyper-util client, whose connector always dials that endpoint,
+//! so its connection pool is the endpoint's pool. The codec is the one the balancer
+//! chose ([`Protocol`]): the request's version is set to match it, as Envoy translates
+//! between downstream and upstream codecs.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tower::Service;
 
 use crate::{BoxError, BoxFuture, ReqBody, ResBody};
 
 /// The protocol to speak to an endpoint, set by the balancer as a request extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// HTTP/1.1.
     Http1,
@@ -26,11 +32,46 @@ pub enum Protocol {
     Http2,
 }
 
-/// The pooled HTTP/1.1 and HTTP/2 clients of the process.
-#[derive(Clone, Debug)]
+impl Protocol {
+    /// The request version the codec speaks.
+    pub fn version(self) -> Version {
+        match self {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::Http2 => Version::HTTP_2,
+        }
+    }
+}
+
+/// The endpoint (`address:port`) a request is sent to, set by the balancer as a request
+/// extension. Without it the URI's authority is dialled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint(pub Arc<str>);
+
+/// Beyond this many endpoint clients the oldest are forgotten (their open connections
+/// finish their requests, and their idle ones close), bounding memory when requests go
+/// to ever new passthrough destinations.
+const MAX_CLIENTS: usize = 4096;
+
+type EndpointClient = Client<FixedConnector, ReqBody>;
+
+struct Pools {
+    clients: RwLock<HashMap<(Endpoint, Protocol), EndpointClient>>,
+}
+
+/// The connection pools of the process: one hyper-util client per endpoint and
+/// protocol.
+#[derive(Clone)]
 pub struct UpstreamService {
-    http1: Client<HttpConnector, ReqBody>,
-    http2: Client<HttpConnector, ReqBody>,
+    pools: Arc<Pools>,
+}
+
+impl std::fmt::Debug for UpstreamService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.pools.clients.read().map_or(0, |c| c.len());
+        f.debug_struct("UpstreamService")
+            .field("endpoints", &n)
+            .finish()
+    }
 }
 
 impl Default for UpstreamService {
@@ -40,22 +81,42 @@ impl Default for UpstreamService {
 }
 
 impl UpstreamService {
-    /// New pools (Envoy's default connect timeout, 10 s; idle connections kept 90 s).
+    /// Empty pools (Envoy's default connect timeout, 10 s; idle connections kept 90 s).
     pub fn new() -> Self {
-        let connector = || {
-            let mut c = HttpConnector::new();
-            c.set_nodelay(true);
-            c.set_connect_timeout(Some(Duration::from_secs(10)));
-            c
-        };
+        UpstreamService {
+            pools: Arc::new(Pools {
+                clients: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn client(&self, endpoint: &Endpoint, protocol: Protocol) -> Result<EndpointClient, BoxError> {
+        let key = (endpoint.clone(), protocol);
+        if let Ok(clients) = self.pools.clients.read()
+            && let Some(c) = clients.get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let target: Uri = format!("http://{}/", endpoint.0).parse()?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
         let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(90));
-        let http1 = b.build(connector());
-        let mut b2 = Client::builder(TokioExecutor::new());
-        b2.pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(true);
-        let http2 = b2.build(connector());
-        UpstreamService { http1, http2 }
+        b.pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new());
+        if protocol == Protocol::Http2 {
+            b.http2_only(true);
+        }
+        let client = b.build(FixedConnector { http, target });
+        let mut clients = self
+            .pools
+            .clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        Ok(clients.entry(key).or_insert(client).clone())
     }
 }
 
@@ -68,14 +129,53 @@ impl Service<Request<ReqBody>> for UpstreamService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let client = match req.extensions().get::<Protocol>() {
-            Some(Protocol::Http2) => self.http2.clone(),
-            _ => self.http1.clone(),
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let protocol = req.extensions().get::<Protocol>().copied().unwrap_or(
+            if req.version() == Version::HTTP_2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            },
+        );
+        let endpoint = match req.extensions().get::<Endpoint>() {
+            Some(e) => e.clone(),
+            None => match req.uri().authority() {
+                Some(a) if a.port().is_some() => Endpoint(a.as_str().into()),
+                Some(a) => Endpoint(format!("{}:80", a.host()).into()),
+                None => {
+                    return Box::pin(async {
+                        Err::<Response<ResBody>, BoxError>("request without authority".into())
+                    });
+                }
+            },
         };
+        *req.version_mut() = protocol.version();
+        let client = self.client(&endpoint, protocol);
         Box::pin(async move {
-            let resp = client.request(req).await?;
+            let resp = client?.request(req).await?;
             Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()))
         })
+    }
+}
+
+/// A connector that dials one endpoint whatever the request's authority says.
+#[derive(Clone)]
+struct FixedConnector {
+    http: HttpConnector,
+    target: Uri,
+}
+
+impl Service<Uri> for FixedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<TokioIo<TcpStream>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, _logical: Uri) -> Self::Future {
+        let connecting = self.http.call(self.target.clone());
+        Box::pin(async move { connecting.await.map_err(Into::into) })
     }
 }

@@ -2,7 +2,12 @@
 //!
 //! `meshctl validate` checks Istio configuration the way `istioctl validate` and
 //! `istioctl analyze` do, without a cluster: per-resource validation and cross-resource
-//! analysis, rendered like rustc's errors or as JSON.
+//! analysis, rendered like rustc's errors or as JSON. `meshctl route` explains a routing
+//! decision. `meshctl apply`, `delete` and `get` edit and list a configuration directory
+//! (the one a running mesh watches) the way `kubectl` does a cluster's.
+
+mod edit;
+mod get;
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -47,6 +52,30 @@ enum Command {
     /// response. Exit status: 0 when the request is routed, 1 when it is not (or the
     /// configuration has errors), 2 on usage or I/O errors.
     Route(RouteArgs),
+    /// Apply resources to a configuration directory, like `kubectl apply`.
+    ///
+    /// Each resource of the FILEs replaces the YAML document that holds its kind,
+    /// namespace and name in DIR, in place (other documents, comments and formatting are
+    /// kept), or goes to a new file `<kind>-<namespace>-<name>.yaml`. The configuration DIR
+    /// would hold is checked first: with errors nothing is written. Files are written
+    /// atomically. Exit status: 0 when applied, 1 on configuration errors (nothing
+    /// written), 2 on usage or I/O errors.
+    Apply(edit::EditArgs),
+    /// Delete the resources named in FILEs from a configuration directory, like
+    /// `kubectl delete -f`.
+    ///
+    /// Resources are matched by kind, namespace and name (the spec does not matter);
+    /// their documents are removed, and files left without documents are deleted.
+    /// References left dangling are reported as warnings. Exit status: 0 when everything
+    /// was deleted, 1 when a resource was not found, 2 on usage or I/O errors.
+    Delete(edit::EditArgs),
+    /// List resources of a configuration directory, like `kubectl get`.
+    ///
+    /// KIND is a singular, plural or short name (vs, dr, gw, se, we, pa, ap, ra,
+    /// meshconfig). SOURCE is where each resource is written. Exit status: 0 (also when
+    /// nothing matches), 1 when the named resource does not exist, 2 for an unknown KIND
+    /// or an I/O error.
+    Get(get::GetArgs),
 }
 
 #[derive(clap::Args)]
@@ -128,6 +157,20 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::Apply(args) => usage_errors(edit::apply(&args)),
+        Command::Delete(args) => usage_errors(edit::delete(&args)),
+        Command::Get(args) => usage_errors(get::get(&args)),
+    }
+}
+
+/// The exit code of a command; its errors (I/O, unreadable files) are exit 2.
+fn usage_errors(result: Result<ExitCode, Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshctl: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
     }
 }
 

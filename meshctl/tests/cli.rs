@@ -282,3 +282,425 @@ fn route_human_output() {
         "{out}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// meshctl apply / delete / get on a copy of the Bookinfo configuration directory.
+// ---------------------------------------------------------------------------------------
+
+/// A temporary copy of the Bookinfo configuration (its YAML files).
+fn bookinfo_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(repo().join(BASE)).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// Every file of a directory with its content.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn meshctl_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(args)
+        .current_dir(repo())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn apply_creates_configures_and_leaves_unchanged() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    let v90 = format!("{SAMPLES}/virtual-service-reviews-90-10.yaml");
+    let o = meshctl(&["apply", "-f", &v90, "--config", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "virtualservice.networking.istio.io/reviews created\n"
+    );
+    let created = dir.path().join("virtualservice-default-reviews.yaml");
+    assert_eq!(
+        std::fs::read_to_string(&created).unwrap(),
+        std::fs::read_to_string(repo().join(&v90)).unwrap()
+    );
+
+    let o = meshctl(&["apply", "-f", &v90, "--config", d]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        stdout(&o),
+        "virtualservice.networking.istio.io/reviews unchanged\n"
+    );
+
+    let test_v2 = format!("{SAMPLES}/virtual-service-reviews-test-v2.yaml");
+    let o = meshctl(&["apply", "-f", &test_v2, "--config", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "virtualservice.networking.istio.io/reviews configured\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&created).unwrap(),
+        std::fs::read_to_string(repo().join(&test_v2)).unwrap()
+    );
+
+    // Several resources, from standard input, one of them in a multi-document file of
+    // the directory: replaced in place, the other documents of the file kept.
+    let before = std::fs::read_to_string(dir.path().join("bookinfo-gateway.yaml")).unwrap();
+    let gateway = before.split("---\n").next().unwrap();
+    let edited = gateway.replace("number: 80", "number: 8080");
+    let o = meshctl_stdin(
+        &["apply", "-f", "-", "--config", d],
+        &format!(
+            "{edited}---\n{}",
+            std::fs::read_to_string(repo().join(&test_v2)).unwrap()
+        ),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "gateway.networking.istio.io/bookinfo-gateway configured\nvirtualservice.networking.istio.io/reviews unchanged\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("bookinfo-gateway.yaml")).unwrap(),
+        before.replacen("number: 80", "number: 8080", 1)
+    );
+}
+
+#[test]
+fn invalid_apply_exits_1_names_the_file_and_writes_nothing() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    let before = files(dir.path());
+    let bad = dir.path().join("..").join(format!(
+        "{}-bad.yaml",
+        dir.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(
+        &bad,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: ratings\nspec:\n  hosts: [ratings]\n  http:\n  - route:\n    - destination: {host: ratings, subset: v9}\n",
+    )
+    .unwrap();
+    let o = meshctl(&["apply", "-f", bad.to_str().unwrap(), "--config", d]);
+    let _ = std::fs::remove_file(&bad);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("error[IST0101]"), "{err}");
+    assert!(err.contains("-bad.yaml:9:44"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(stdout(&o), "");
+    assert_eq!(files(dir.path()), before);
+
+    // A file that is not even YAML: the same.
+    let o = meshctl_stdin(
+        &["apply", "-f", "-", "--config", d],
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x\n",
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("error[MESH0001]"), "{err}");
+    assert!(err.contains("<stdin>:3:"), "{err}");
+    assert_eq!(files(dir.path()), before);
+}
+
+#[test]
+fn apply_refuses_to_edit_a_list_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1\n  kind: Gateway\n  metadata: {name: g}\n  spec: {selector: {app: a}}\n";
+    std::fs::write(dir.path().join("list.yaml"), list).unwrap();
+    let o = meshctl_stdin(
+        &["apply", "-f", "-", "--config", d],
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {selector: {app: b}}\n",
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("list.yaml:4"), "{err}");
+    assert!(err.contains("List item"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("list.yaml")).unwrap(),
+        list
+    );
+}
+
+#[test]
+fn delete_removes_documents_and_files() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    let v90 = format!("{SAMPLES}/virtual-service-reviews-90-10.yaml");
+    assert_eq!(
+        meshctl(&["apply", "-f", &v90, "--config", d]).status.code(),
+        Some(0)
+    );
+    let o = meshctl(&["delete", "-f", &v90, "--config", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "virtualservice.networking.istio.io/reviews deleted\n"
+    );
+    assert!(
+        !dir.path()
+            .join("virtualservice-default-reviews.yaml")
+            .exists()
+    );
+    assert_eq!(
+        files(dir.path()),
+        files(bookinfo_copy().path()),
+        "back to the original"
+    );
+
+    // One document of a multi-document file: the rest of the file stays.
+    let o = meshctl(&[
+        "delete",
+        "-f",
+        &format!("{SAMPLES}/destination-rule-reviews.yaml"),
+        "--config",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "destinationrule.networking.istio.io/reviews deleted\n"
+    );
+    let all = std::fs::read_to_string(dir.path().join("destination-rule-all.yaml")).unwrap();
+    assert!(!all.contains("host: reviews"), "{all}");
+    assert_eq!(all.matches("kind: DestinationRule").count(), 3);
+}
+
+#[test]
+fn delete_not_found_exits_1_and_deletes_the_others() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    // destination-rule-all.yaml names four rules; the directory has them all but
+    // `reviews`, deleted first.
+    let reviews = format!("{SAMPLES}/destination-rule-reviews.yaml");
+    assert_eq!(
+        meshctl(&["delete", "-f", &reviews, "--config", d])
+            .status
+            .code(),
+        Some(0)
+    );
+    let o = meshctl(&[
+        "delete",
+        "-f",
+        &format!("{SAMPLES}/destination-rule-all.yaml"),
+        "--config",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stdout(&o),
+        "destinationrule.networking.istio.io/productpage deleted\ndestinationrule.networking.istio.io/ratings deleted\ndestinationrule.networking.istio.io/details deleted\n"
+    );
+    assert!(
+        stderr(&o).contains(&format!(
+            "Error: destinationrule.networking.istio.io \"reviews\" not found in {d}"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path().join("destination-rule-all.yaml").exists());
+}
+
+#[test]
+fn delete_warns_of_dangling_references_but_deletes() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    let all_v1 = format!("{SAMPLES}/virtual-service-all-v1.yaml");
+    let o = meshctl(&["apply", "-f", &all_v1, "--config", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 4);
+    let o = meshctl(&[
+        "delete",
+        "-f",
+        &format!("{SAMPLES}/destination-rule-reviews.yaml"),
+        "--config",
+        d,
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("warning[IST0101]"), "{err}");
+    assert!(err.contains("virtualservice-default-reviews.yaml"), "{err}");
+    assert!(!err.contains("error["), "{err}");
+    assert_eq!(
+        stdout(&o),
+        "destinationrule.networking.istio.io/reviews deleted\n"
+    );
+}
+
+#[test]
+fn get_prints_tables_like_kubectl() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    let o = meshctl(&["get", "virtualservices", "--config", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["NAME", "HOSTS", "GATEWAYS", "SOURCE"]);
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&row[..3], ["bookinfo", "*", "bookinfo-gateway"]);
+    assert!(row[3].ends_with("bookinfo-gateway.yaml:18"), "{out}");
+    // Columns line up.
+    assert_eq!(lines[0].find("HOSTS"), lines[1].find('*'));
+
+    // A DestinationRule in another namespace: shown with -A or -n only.
+    std::fs::write(
+        dir.path().join("prod.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: prod}\nspec: {host: reviews.default.svc.cluster.local, subsets: [{name: v1, labels: {version: v1}}]}\n",
+    )
+    .unwrap();
+    let o = meshctl(&["get", "DR", "--config", d]);
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(!out.contains("prod.yaml"), "{out}");
+    let o = meshctl(&["get", "dr", "-A", "--config", d]);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["NAMESPACE", "NAME", "HOST", "SUBSETS", "SOURCE"]);
+    let prod: Vec<&str> = lines
+        .iter()
+        .find(|l| l.starts_with("prod"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &prod[..4],
+        ["prod", "reviews", "reviews.default.svc.cluster.local", "v1"]
+    );
+    assert!(prod[4].ends_with("prod.yaml:1"), "{out}");
+    let o = meshctl(&[
+        "get",
+        "destinationrule",
+        "reviews",
+        "-n",
+        "prod",
+        "--config",
+        d,
+    ]);
+    assert_eq!(stdout(&o).lines().count(), 2);
+
+    let o = meshctl(&["get", "gw", "--config", d]);
+    let out = stdout(&o);
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..3],
+        ["bookinfo-gateway", "80/HTTP", "istio=ingressgateway"]
+    );
+    let o = meshctl(&["get", "se", "reviews", "--config", d]);
+    let out = stdout(&o);
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..4],
+        [
+            "reviews",
+            "reviews.default.svc.cluster.local",
+            "MESH_INTERNAL",
+            "STATIC"
+        ]
+    );
+    let o = meshctl(&["get", "we", "reviews-v2", "--config", d]);
+    let out = stdout(&o);
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..3],
+        ["reviews-v2", "127.0.0.1", "app=reviews,version=v2"]
+    );
+}
+
+#[test]
+fn get_yaml_json_and_nothing_found() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    let o = meshctl(&["get", "gw", "bookinfo-gateway", "-o", "yaml", "--config", d]);
+    assert_eq!(o.status.code(), Some(0));
+    let original = std::fs::read_to_string(dir.path().join("bookinfo-gateway.yaml")).unwrap();
+    // The document as written, comments included.
+    assert_eq!(stdout(&o), original.split("---\n").next().unwrap());
+
+    let o = meshctl(&["get", "dr", "-o", "yaml", "--config", d]);
+    let out = stdout(&o);
+    assert_eq!(out.matches("kind: DestinationRule").count(), 4);
+    assert_eq!(out.matches("---\n").count(), 3);
+    let mut check = mesh_config::ConfigSet::new();
+    check.add_str("out.yaml", &out);
+    assert_eq!(check.resources().len(), 4);
+
+    let o = meshctl(&["get", "vs", "-o", "json", "-A", "--config", d]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["kind"], "VirtualService");
+    assert_eq!(v[0]["namespace"], "default");
+    assert_eq!(v[0]["name"], "bookinfo");
+    assert_eq!(v[0]["line"], 18);
+    assert!(
+        v[0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("bookinfo-gateway.yaml")
+    );
+
+    let o = meshctl(&["get", "pa", "--config", d]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(stderr(&o), "No resources found in default namespace.\n");
+    let o = meshctl(&["get", "vs", "-n", "prod", "--config", d]);
+    assert_eq!(stderr(&o), "No resources found in prod namespace.\n");
+    let o = meshctl(&["get", "vs", "nope", "--config", d]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("\"nope\" not found"), "{}", stderr(&o));
+}
+
+#[test]
+fn get_unknown_kind_exits_2_listing_the_kinds() {
+    let o = meshctl(&["get", "pods", "--config", BASE]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("unknown kind \"pods\""), "{err}");
+    for k in ["virtualservice", "vs", "serviceentries", "ap", "meshconfig"] {
+        assert!(err.contains(k), "{k}: {err}");
+    }
+    assert_eq!(
+        meshctl(&["get", "vs", "--config", "no/such/dir"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        meshctl(&["apply", "--config", BASE]).status.code(),
+        Some(2),
+        "-f is required"
+    );
+}

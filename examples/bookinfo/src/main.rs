@@ -1,92 +1,75 @@
-//! Istio's Bookinfo, in-process.
+//! `bookinfo`: Istio's Bookinfo demo in one process.
 //!
-//! This version loads and checks the Bookinfo configuration (the registry of
-//! `config/services.yaml` and `config/workloads.yaml`, Istio's DestinationRules and
-//! gateway) and prints what the mesh would run: services, endpoints, subsets and routes.
-//! The four Bookinfo services themselves, the ingress gateway and live reloading are the
-//! next step (see the README's feature table); until then this command says so.
+//! Starts the six workloads of `config/workloads.yaml`, the ingress gateway of
+//! `config/bookinfo-gateway.yaml` and the admin endpoint, prints the product page's URL,
+//! and applies every change to the configuration directory until Ctrl-C.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bookinfo::run::{Options, StartError, start};
 use clap::Parser;
-use mesh_config::ConfigSet;
-use mesh_config::diag::{RenderOptions, render};
 
 #[derive(Parser)]
 #[command(name = "bookinfo", about = "Istio's Bookinfo, in-process")]
 struct Args {
-    /// Configuration directory (Istio YAML).
+    /// Configuration directory (Istio YAML), watched for changes.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/config"))]
     config: PathBuf,
+    /// Address of the ingress gateway's port 80.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingress: SocketAddr,
+    /// Address of the admin endpoint (`/healthz`, `/config_dump`).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Multiplies the services' own timeouts (productpage's 3 s, reviews' 10 s / 2.5 s).
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    time_scale: f64,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    let set = match ConfigSet::load(&[&args.config]) {
-        Ok(set) => set,
+    let mut opts = Options::new(&args.config);
+    opts.ingress = args.ingress;
+    opts.admin = args.admin;
+    opts.time_scale = args.time_scale;
+    let running = match start(opts).await {
+        Ok(r) => r,
+        Err(e @ StartError::Invalid { .. }) => {
+            eprintln!("bookinfo: {e}");
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!("bookinfo: {e}");
             return ExitCode::from(2);
         }
     };
-    let checked = set.check();
-    print!("{}", render(&checked.diagnostics, RenderOptions::default()));
-    let Some(snapshot) = checked.snapshot else {
-        eprintln!(
-            "bookinfo: the configuration in {} has errors; nothing started",
-            args.config.display()
-        );
-        return ExitCode::from(1);
-    };
+    println!("Bookinfo is running.\n");
+    println!("  Product page:  {}", running.product_page());
+    println!("  Admin:         http://{}/config_dump", running.admin);
     println!(
-        "Bookinfo configuration {} is valid (snapshot version {}, {} resources).",
+        "  Configuration: {} (watched: edit it, or `cargo run -p meshctl -- apply -f FILE --config {}`)",
         args.config.display(),
-        snapshot.version(),
-        snapshot.resources().len()
+        args.config.display()
     );
-    println!("\nServices and their endpoints:");
-    for svc in snapshot.registry().services() {
-        let ports: Vec<String> = svc
-            .ports
-            .iter()
-            .map(|p| format!("{}/{}", p.number, p.protocol))
-            .collect();
-        println!("  {} [{}]", svc.host, ports.join(", "));
-        for ep in svc.endpoints.iter() {
-            let port = svc.ports.first().map(|p| ep.port_for(p)).unwrap_or(0);
-            let labels: Vec<String> = ep.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!(
-                "    {}:{}  {}  identity {}",
-                ep.address,
-                port,
-                labels.join(","),
-                ep.spiffe_id(&snapshot.mesh().trust_domain)
-            );
-        }
+    println!("\n  Workloads:");
+    for (w, addr) in &running.workloads {
+        println!("    {:<16} {addr}", w.name);
     }
-    println!("\nSubsets:");
-    for dr in snapshot.destination_rules() {
-        let subsets: Vec<&str> = dr.spec.subsets.iter().map(|s| s.name.as_str()).collect();
-        println!("  {} -> {}", dr.spec.host, subsets.join(", "));
+    println!("\nCtrl-C to stop.");
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("bookinfo: cannot wait for Ctrl-C: {e}");
     }
-    for gw in snapshot.gateways() {
-        for s in &gw.spec.servers {
-            if let Some(p) = &s.port {
-                println!(
-                    "\nGateway {}/{}: port {} ({}) for hosts {:?}",
-                    gw.namespace(),
-                    gw.name(),
-                    p.number,
-                    p.protocol,
-                    s.hosts
-                );
-            }
-        }
-    }
-    println!(
-        "\nThe Bookinfo services, the ingress gateway and live reloading are not implemented yet:\n\
-         this command validates the configuration they will run on. See README.md."
-    );
+    println!("\nStopping: finishing requests in progress.");
+    running.shutdown().await;
     ExitCode::SUCCESS
 }

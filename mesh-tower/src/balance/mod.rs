@@ -24,4 +24,4 @@ mod layer;
 mod service;
 
 pub use layer::BalanceLayer;
-pub use service::{Attempts, Balance};
+pub use service::{Attempts, Balance, protocol_for, reset_reason};

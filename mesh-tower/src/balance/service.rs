@@ -3,7 +3,9 @@ use std::time::Instant;
 
 use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Uri};
+use http::{HeaderValue, Request, Uri, Version};
+use http_body_util::BodyExt;
+use mesh_config::model::H2UpgradePolicy;
 use mesh_config::model::Resolution;
 use mesh_core::Upstream;
 use mesh_core::balance::{LbPolicy, Pick};
@@ -11,8 +13,9 @@ use mesh_core::cluster::{Cluster, HashOn};
 use rand::RngExt;
 use tower::Service;
 
+use crate::body::Guarded;
 use crate::route::Routed;
-use crate::upstream::Protocol;
+use crate::upstream::{Endpoint, Protocol};
 use crate::{BoxError, MeshFailure, MeshService, ReqBody, ResetReason, Workload};
 
 /// The endpoints (`address:port`) tried so far by one request, shared by its attempts
@@ -44,13 +47,17 @@ impl<S: MeshService> Service<Request<ReqBody>> for Balance<S> {
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let mut inner = crate::take(&mut self.inner);
-        let Some(routed) = req.extensions().get::<Routed>().cloned() else {
+        let Some(routed) = req.extensions().get::<Arc<Routed>>().cloned() else {
             return Box::pin(async { Ok(MeshFailure::NoHealthyUpstream.into_response()) });
         };
         let attempts = req.extensions().get::<Attempts>().cloned();
         let ignore_previous = routed.retry_policy().ignore_previous_hosts;
         let mut set_cookie = None;
         let (address, port, cluster, index) = match &routed.upstream {
+            Upstream::Missing { .. } => {
+                tracing::Span::current().record("endpoint", "none");
+                return Box::pin(async { Ok(MeshFailure::ClusterNotFound.into_response()) });
+            }
             Upstream::Passthrough { host, port } => (host.clone(), *port, None, 0),
             // PASSTHROUGH balancing and resolution NONE: the address the caller asked for.
             Upstream::Cluster(c)
@@ -91,16 +98,22 @@ impl<S: MeshService> Service<Request<ReqBody>> for Balance<S> {
             v.push(endpoint.clone());
         }
         tracing::Span::current().record("endpoint", &*endpoint);
-        if let Err(e) = point_at(&mut req, &endpoint, &routed) {
+        let protocol = protocol_for(cluster.as_deref(), req.version());
+        if let Err(e) = point_at(&mut req, &routed, protocol) {
             return Box::pin(async move { Err(e) });
         }
-        let protocol = match cluster.as_ref().map(|c| c.port.protocol.as_str()) {
-            Some("HTTP2" | "GRPC" | "GRPC-WEB") => Protocol::Http2,
-            _ => Protocol::Http1,
-        };
+        req.extensions_mut().insert(Endpoint(endpoint));
         req.extensions_mut().insert(protocol);
+        // The least-request balancers count a request as outstanding until its response
+        // body is done, not only until its headers arrive.
+        let tracks_load = cluster
+            .as_ref()
+            .is_some_and(|c| matches!(c.lb, LbPolicy::LeastRequest | LbPolicy::PeakEwma { .. }));
         Box::pin(async move {
-            let _in_flight = cluster.as_ref().map(|c| c.load.start(index));
+            let in_flight = match &cluster {
+                Some(c) if tracks_load => Some(InFlight::new(c.clone(), index)),
+                _ => None,
+            };
             let started = Instant::now();
             let result = inner.call(req).await;
             if let Some(c) = &cluster
@@ -114,11 +127,73 @@ impl<S: MeshService> Service<Request<ReqBody>> for Balance<S> {
                     if let Some(v) = set_cookie {
                         resp.headers_mut().append(SET_COOKIE, v);
                     }
+                    if let Some(guard) = in_flight {
+                        let resp = resp.map(|inner| {
+                            Guarded {
+                                inner,
+                                _guard: guard,
+                            }
+                            .boxed()
+                        });
+                        return Ok(resp);
+                    }
                     Ok(resp)
                 }
                 Err(e) => Ok(MeshFailure::ConnectOrReset(reset_reason(&*e)).into_response()),
             }
         })
+    }
+}
+
+/// One outstanding request to endpoint `index` of a cluster, ended when dropped.
+struct InFlight {
+    cluster: Arc<Cluster>,
+    index: usize,
+}
+
+impl InFlight {
+    fn new(cluster: Arc<Cluster>, index: usize) -> Self {
+        cluster.load.begin(index);
+        InFlight { cluster, index }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.cluster.load.finish(self.index);
+    }
+}
+
+/// The codec to speak upstream, as Istio configures Envoy's cluster: HTTP/2 for
+/// `HTTP2`/`GRPC`/`GRPC-WEB` ports and for `HTTP` ports whose DestinationRule says
+/// `h2UpgradePolicy: UPGRADE`; HTTP/1.1 for other `HTTP` ports; the caller's protocol
+/// when the DestinationRule says `useClientProtocol`, and for ports of unknown protocol
+/// and passthrough traffic.
+pub fn protocol_for(cluster: Option<&Cluster>, version: Version) -> Protocol {
+    let client = if version == Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let Some(c) = cluster else { return client };
+    let http = c
+        .policy
+        .connection_pool
+        .as_ref()
+        .and_then(|p| p.http.as_ref());
+    if http.and_then(|h| h.use_client_protocol) == Some(true) {
+        return client;
+    }
+    match c.port.protocol.to_ascii_uppercase().as_str() {
+        "HTTP2" | "GRPC" | "GRPC-WEB" => Protocol::Http2,
+        "HTTP" => {
+            if http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade) {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            }
+        }
+        _ => client,
     }
 }
 
@@ -128,22 +203,39 @@ fn clock_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// Writes the endpoint into the URI; keeps the caller's authority in `Host` (unless a
-/// rewrite already set one).
-fn point_at(req: &mut Request<ReqBody>, endpoint: &str, routed: &Routed) -> Result<(), BoxError> {
+/// Sets the URI to the authority the upstream should see — the caller's, or a rewrite's
+/// — with the `http` scheme (https requests never reach the balancer: the client refuses
+/// them, see [`crate::error::UnsupportedScheme`]). HTTP/1.1 carries it in `Host`;
+/// HTTP/2 in `:authority`, so a `Host` header is removed (RFC 9113 §8.3.1).
+fn point_at(
+    req: &mut Request<ReqBody>,
+    routed: &Routed,
+    protocol: Protocol,
+) -> Result<(), BoxError> {
+    let authority = match req.headers().get(HOST) {
+        Some(h) => h.clone(),
+        None => routed.authority.clone(),
+    };
     let pq = req
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let auth = Authority::try_from(authority.as_bytes())
+        .map_err(|_| -> BoxError { format!("invalid authority {authority:?}").into() })?;
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
-        .authority(Authority::try_from(endpoint)?)
+        .authority(auth)
         .path_and_query(pq)
         .build()?;
     *req.uri_mut() = uri;
-    if !req.headers().contains_key(HOST) {
-        req.headers_mut().insert(HOST, routed.authority.clone());
+    match protocol {
+        Protocol::Http1 => {
+            req.headers_mut().insert(HOST, authority);
+        }
+        Protocol::Http2 => {
+            req.headers_mut().remove(HOST);
+        }
     }
     Ok(())
 }
@@ -173,7 +265,11 @@ fn hash_key(
             }
             let ttl = (*ttl)?;
             let value = format!("{:016x}", rng.random::<u64>());
-            let mut header = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs().max(1));
+            // A zero ttl makes a session cookie (no Max-Age), as Envoy does.
+            let mut header = format!("{name}=\"{value}\"");
+            if !ttl.is_zero() {
+                header.push_str(&format!("; Max-Age={}", ttl.as_secs().max(1)));
+            }
             if let Some(p) = path {
                 header.push_str(&format!("; Path={p}"));
             }
@@ -193,22 +289,22 @@ fn cookie(req: &Request<ReqBody>, name: &str) -> Option<String> {
     })
 }
 
-/// Envoy's reset reason for a failed upstream call.
-fn reset_reason(e: &(dyn std::error::Error + 'static)) -> ResetReason {
-    if let Some(he) = e.downcast_ref::<hyper_util::client::legacy::Error>()
-        && he.is_connect()
-    {
-        return ResetReason::ConnectionFailure;
-    }
+/// Envoy's reset reason for a failed upstream call, from the error's type: a failed
+/// connect is a connection failure; an HTTP/2 `REFUSED_STREAM` is a refused stream
+/// (the request was not processed); anything else happened after the request was sent
+/// and is a connection termination, which Istio's default retry policy does not retry.
+pub fn reset_reason(e: &(dyn std::error::Error + 'static)) -> ResetReason {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        let text = err.to_string().to_ascii_lowercase();
-        if text.contains("refused stream") || text.contains("refused_stream") {
-            return ResetReason::RefusedStream;
-        }
-        if text.contains("connection refused") || text.contains("connect") && text.contains("error")
+        if let Some(he) = err.downcast_ref::<hyper_util::client::legacy::Error>()
+            && he.is_connect()
         {
             return ResetReason::ConnectionFailure;
+        }
+        if let Some(h2e) = err.downcast_ref::<h2::Error>()
+            && h2e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return ResetReason::RefusedStream;
         }
         cur = err.source();
     }

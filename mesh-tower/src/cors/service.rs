@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
@@ -28,7 +30,7 @@ impl<S: MeshService> Service<Request<ReqBody>> for Cors<S> {
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let mut inner = crate::take(&mut self.inner);
         let origin = req.headers().get(ORIGIN).cloned();
-        let routed = req.extensions().get::<Routed>().cloned();
+        let routed = req.extensions().get::<Arc<Routed>>().cloned();
         let Some((origin, routed)) = origin.zip(routed) else {
             return Box::pin(inner.call(req));
         };

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use mesh_core::policy::AbortWith;
 use tower::Service;
@@ -18,7 +20,7 @@ impl<S: MeshService> Service<Request<ReqBody>> for Fault<S> {
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let decision = req
             .extensions()
-            .get::<Routed>()
+            .get::<Arc<Routed>>()
             .and_then(|r| r.rule().and_then(|rule| rule.fault.as_ref()))
             .map(|f| f.decide(&mut rand::rng()))
             .unwrap_or_default();

@@ -3,8 +3,13 @@
 //! For each of the rule's `mirror`/`mirrors` (drawn with its percentage; 100% when it has
 //! none) a copy of the request goes to the mirror destination with its authority suffixed
 //! `-shadow`, as Envoy does (`reviews:9080` → `reviews-shadow:9080`). The copy is sent in
-//! the background through the balancer; its response is discarded and it never delays or
-//! changes the caller's response. Only requests whose body was buffered are mirrored.
+//! the background through the balancer; its response is read and discarded, and it never
+//! delays or changes the caller's response. Each copy is bounded by the route's timeout
+//! (or [`MIRROR_TIMEOUT_WITHOUT_ROUTE_TIMEOUT`]), and at most
+//! [`DEFAULT_MAX_MIRRORS_IN_FLIGHT`] copies are in flight per process; beyond that copies
+//! are dropped, never queued. The copy streams the request body behind the original (it
+//! reads only what the original has pulled); a body larger than the replay bound fails
+//! the copy, never the original.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -23,5 +28,5 @@
 mod layer;
 mod service;
 
-pub use layer::MirrorLayer;
-pub use service::{Mirror, shadow_authority};
+pub use layer::{DEFAULT_MAX_MIRRORS_IN_FLIGHT, MirrorLayer};
+pub use service::{MIRROR_TIMEOUT_WITHOUT_ROUTE_TIMEOUT, Mirror, shadow_authority};

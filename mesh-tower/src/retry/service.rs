@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use http::{Request, Response};
 use mesh_core::policy::Attempt;
 use tower::{Service, ServiceExt};
@@ -27,8 +29,9 @@ fn copy(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
 /// How an attempt ended, for the retry policy.
 fn outcome(resp: &Response<ResBody>) -> Option<Attempt> {
     match resp.extensions().get::<MeshFailure>() {
-        // No endpoint at all: retrying cannot help (Envoy does not retry it either).
-        Some(MeshFailure::NoHealthyUpstream) => None,
+        // No endpoint, or no cluster at all: retrying cannot help (Envoy does not retry
+        // them either).
+        Some(MeshFailure::NoHealthyUpstream | MeshFailure::ClusterNotFound) => None,
         Some(MeshFailure::ConnectOrReset(ResetReason::ConnectionFailure)) => {
             Some(Attempt::ConnectFailure)
         }
@@ -53,20 +56,21 @@ impl<S: MeshService> Service<Request<ReqBody>> for Retry<S> {
     crate::mesh_service_types!();
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let inner = crate::take(&mut self.inner);
-        let Some(policy) = req
-            .extensions()
-            .get::<Routed>()
-            .map(|r| r.retry_policy().clone())
-        else {
-            let mut inner = inner;
+        let mut inner = crate::take(&mut self.inner);
+        let Some(routed) = req.extensions().get::<Arc<Routed>>().cloned() else {
             return Box::pin(inner.call(req));
         };
+        let policy = routed.retry_policy();
+        if policy.attempts == 0 {
+            return Box::pin(inner.call(req));
+        }
+        // Keep the body's frames as they are sent, so that another attempt can send
+        // them again (up to the replay bound).
+        req.body_mut().make_replayable();
         req.extensions_mut().insert(Attempts::default());
         let span = tracing::Span::current();
         Box::pin(async move {
-            // A body too large to buffer is sent once: never retried, never corrupted.
-            let replayable = req.body().is_replayable();
+            let policy = routed.retry_policy();
             let mut retry = 0u32;
             loop {
                 let this = match copy(&req) {
@@ -87,9 +91,11 @@ impl<S: MeshService> Service<Request<ReqBody>> for Retry<S> {
                     Some(r) => outcome(r),
                     None => Some(Attempt::PerTryTimeout),
                 };
-                let again = replayable
-                    && retry < policy.attempts
-                    && ended.is_some_and(|a| policy.should_retry(&a));
+                // A body that outgrew the replay bound is sent once: never retried,
+                // never corrupted.
+                let again = retry < policy.attempts
+                    && ended.is_some_and(|a| policy.should_retry(&a))
+                    && req.body().is_replayable();
                 if !again {
                     return Ok(resp.unwrap_or_else(|| MeshFailure::Timeout.into_response()));
                 }

@@ -9,6 +9,7 @@ use mesh_core::{CompiledMesh, Outcome, RequestHead, RouteError, Source, Upstream
 use tower::Service;
 
 use crate::body::full;
+use crate::gateway::GatewaySource;
 use crate::{MeshConfig, MeshFailure, MeshService, ReqBody, ResBody, Workload};
 
 /// Where a request was routed: recorded by [`RouteService`] in the request's extensions.
@@ -77,7 +78,7 @@ impl<S: MeshService> Service<Request<ReqBody>> for RouteService<S> {
                     tracing::Span::current()
                         .record("route", tracing::field::display(route_name(&r)));
                     crate::telemetry::record_destination(&r);
-                    req.extensions_mut().insert(*r);
+                    req.extensions_mut().insert(r);
                     inner.call(req).await
                 }
                 Decided::Answer(resp) => Ok(resp),
@@ -94,7 +95,7 @@ fn route_name(r: &Routed) -> String {
 }
 
 enum Decided {
-    Forward(Box<Routed>),
+    Forward(Arc<Routed>),
     Answer(Response<ResBody>),
 }
 
@@ -108,7 +109,7 @@ fn decide(mesh: &Arc<CompiledMesh>, w: &Workload, req: &Request<ReqBody>) -> Dec
     let src = Source {
         namespace: &w.namespace,
         labels: &w.labels,
-        gateway: None,
+        gateway: req.extensions().get::<GatewaySource>().map(|g| &*g.0),
     };
     let d = match mesh.route(&head, &src, &mut rand::rng()) {
         Ok(d) => d,
@@ -147,7 +148,7 @@ fn decide(mesh: &Arc<CompiledMesh>, w: &Workload, req: &Request<ReqBody>) -> Dec
             }
             Decided::Answer(resp)
         }
-        Outcome::Forward { target, upstream } => Decided::Forward(Box::new(Routed {
+        Outcome::Forward { target, upstream } => Decided::Forward(Arc::new(Routed {
             mesh: mesh.clone(),
             host: d.host.clone(),
             port: d.port,

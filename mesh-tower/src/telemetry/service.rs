@@ -62,5 +62,11 @@ pub(crate) fn record_destination(r: &Routed) {
         mesh_core::Upstream::Passthrough { host, .. } => {
             span.record("destination", &**host);
         }
+        mesh_core::Upstream::Missing { host, subset } => {
+            span.record("destination", &**host);
+            if let Some(s) = subset {
+                span.record("subset", &**s);
+            }
+        }
     }
 }

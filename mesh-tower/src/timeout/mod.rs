@@ -1,8 +1,11 @@
-//! The route's timeout: the whole request, retries included.
+//! The route's timeout: the whole request, retries included, until the end of the
+//! response body.
 //!
-//! Istio's VirtualService `timeout` (disabled by default). When it expires the caller gets
-//! Envoy's 504 `upstream request timeout`, with [`MeshFailure::Timeout`](crate::MeshFailure)
-//! in the response's extensions.
+//! Istio's VirtualService `timeout` (disabled by default). When it expires before the
+//! response headers, the caller gets Envoy's 504 `upstream request timeout`, with
+//! [`MeshFailure::Timeout`](crate::MeshFailure) in the response's extensions. When it
+//! expires while the body is being received, the body fails with
+//! [`BodyTimeout`](crate::body::BodyTimeout) — Envoy resets the stream then.
 //!
 //! ```
 //! use mesh_tower::timeout::TimeoutLayer;

@@ -1,0 +1,272 @@
+//! Live configuration: the directory is watched, a valid change is swapped in, an
+//! invalid one is rejected with its diagnostics while the last good configuration stays
+//! in force — and the admin endpoint shows which is which.
+//!
+//! Routing reads the configuration through an `ArcSwap`, so a swap never drops or
+//! blocks a request: requests in flight finish on the configuration they started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use mesh_config::diag::{Diagnostic, RenderOptions, render};
+use mesh_config::{ConfigSet, Snapshot};
+use mesh_tower::MeshConfig;
+use mesh_tower::gateway::IngressGateway;
+use notify::{RecursiveMode, Watcher as _};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::services::Json;
+
+/// A rejected update.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// When.
+    pub at: SystemTime,
+    /// Its diagnostics (errors and warnings).
+    pub diagnostics: Vec<Diagnostic>,
+    /// A failure to read the directory, when that was the problem.
+    pub error: Option<String>,
+}
+
+struct State_ {
+    current: Snapshot,
+    applied_at: SystemTime,
+    rejected: Option<Rejected>,
+}
+
+/// The configuration of the running demo.
+pub struct Live {
+    dir: PathBuf,
+    config: MeshConfig,
+    gateway: IngressGateway,
+    state: RwLock<State_>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("dir", &self.dir).finish()
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new configuration is in force (its snapshot version).
+    Applied(u64),
+    /// It was rejected; the previous one stays.
+    Rejected,
+}
+
+impl Live {
+    /// The live configuration of `dir`, starting from `snapshot`.
+    pub fn new(
+        dir: PathBuf,
+        config: MeshConfig,
+        gateway: IngressGateway,
+        snapshot: Snapshot,
+    ) -> Self {
+        Live {
+            dir,
+            config,
+            gateway,
+            state: RwLock::new(State_ {
+                current: snapshot,
+                applied_at: SystemTime::now(),
+                rejected: None,
+            }),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration in force.
+    pub fn snapshot(&self) -> Snapshot {
+        self.read(|s| s.current.clone())
+    }
+
+    /// The last rejected update, if any.
+    pub fn rejected(&self) -> Option<Rejected> {
+        self.read(|s| s.rejected.clone())
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State_) -> T) -> T {
+        let guard = self
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&guard)
+    }
+
+    fn write(&self, f: impl FnOnce(&mut State_)) {
+        let mut guard = self
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard);
+    }
+
+    /// Reads the directory again and applies it if it is valid; otherwise prints the
+    /// diagnostics and keeps the configuration in force.
+    pub fn reload(&self) -> Reloaded {
+        let set = match ConfigSet::load(&[&self.dir]) {
+            Ok(set) => set,
+            Err(e) => {
+                eprintln!("bookinfo: configuration update rejected: {e}");
+                self.write(|s| {
+                    s.rejected = Some(Rejected {
+                        at: SystemTime::now(),
+                        diagnostics: Vec::new(),
+                        error: Some(e.to_string()),
+                    });
+                });
+                return Reloaded::Rejected;
+            }
+        };
+        let checked = set.check();
+        match checked.snapshot {
+            Some(snapshot) => {
+                self.config.update(&snapshot);
+                self.gateway.update(&snapshot);
+                let version = snapshot.version();
+                eprintln!(
+                    "bookinfo: configuration applied ({} resources)",
+                    snapshot.resources().len()
+                );
+                self.write(|s| {
+                    s.current = snapshot;
+                    s.applied_at = SystemTime::now();
+                });
+                Reloaded::Applied(version)
+            }
+            None => {
+                eprint!("{}", render(&checked.diagnostics, RenderOptions::default()));
+                eprintln!(
+                    "bookinfo: configuration update rejected; the previous configuration stays in force"
+                );
+                self.write(|s| {
+                    s.rejected = Some(Rejected {
+                        at: SystemTime::now(),
+                        diagnostics: checked.diagnostics,
+                        error: None,
+                    });
+                });
+                Reloaded::Rejected
+            }
+        }
+    }
+
+    /// `/config_dump`: the resources in force and the last rejected update.
+    pub fn dump(&self) -> Value {
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.read(|s| {
+            let resources: Vec<Value> = s
+                .current
+                .resources()
+                .iter()
+                .map(|r| {
+                    let loc = r.origin().location();
+                    json!({
+                        "kind": r.kind().as_str(),
+                        "apiVersion": r.api_version(),
+                        "namespace": r.namespace(),
+                        "name": r.name(),
+                        "file": loc.source.name(),
+                        "line": loc.span.start.line,
+                    })
+                })
+                .collect();
+            json!({
+                "configDir": self.dir.display().to_string(),
+                "version": s.current.version(),
+                "appliedAt": secs(s.applied_at),
+                "resources": resources,
+                "lastRejected": s.rejected.as_ref().map(|r| json!({
+                    "at": secs(r.at),
+                    "error": r.error,
+                    "diagnostics": r.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
+                })),
+            })
+        })
+    }
+}
+
+/// The admin endpoint: `/healthz` and `/config_dump`.
+pub fn admin(live: Arc<Live>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/config_dump", get(config_dump))
+        .with_state(live)
+}
+
+async fn config_dump(State(live): State<Arc<Live>>) -> Response {
+    Json(live.dump()).into_response()
+}
+
+/// Watches the configuration directory (see [`watch`]).
+pub struct DirWatcher {
+    live: Arc<Live>,
+    events: mpsc::UnboundedReceiver<()>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// How long to wait for a burst of file events to settle before reloading.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Starts watching `live`'s directory (recursively); run the returned watcher to apply
+/// changes.
+pub fn watch(live: Arc<Live>) -> Result<DirWatcher, String> {
+    let (tx, events) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                || event.kind.is_remove()
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    watcher
+        .watch(live.dir(), RecursiveMode::Recursive)
+        .map_err(|e| e.to_string())?;
+    Ok(DirWatcher {
+        live,
+        events,
+        _watcher: watcher,
+    })
+}
+
+impl DirWatcher {
+    /// Applies changes until `stop` completes.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                ev = self.events.recv() => {
+                    if ev.is_none() {
+                        return;
+                    }
+                    // Let the burst of events of one save settle, then reload once.
+                    tokio::time::sleep(SETTLE).await;
+                    while self.events.try_recv().is_ok() {}
+                    let live = self.live.clone();
+                    let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+                }
+                _ = &mut stop => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Starting Bookinfo: the workloads of the registry, the ingress gateway, the admin
+//! endpoint and the configuration watcher, in one process.
+//!
+//! The workloads are the configuration's WorkloadEntries whose `app` label names a
+//! Bookinfo service; each gets its own `Mesh` (its labels and service account) and
+//! listens on the address its WorkloadEntry gives, so the registry is the only place that
+//! knows where anything runs. Tests pass pre-bound listeners instead (ephemeral ports) and
+//! a time scale that shortens the services' own timeouts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mesh_config::model::AnyResource;
+use mesh_config::{ConfigSet, Snapshot};
+use mesh_tower::gateway::IngressGateway;
+use mesh_tower::{MeshConfig, Workload};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::live::Live;
+use crate::services::{self, Caller, ReviewsVersion};
+
+/// How to start Bookinfo.
+#[derive(Debug)]
+pub struct Options {
+    /// The configuration directory (Istio YAML), watched for changes.
+    pub config_dir: PathBuf,
+    /// Where the gateway's port 80 listens.
+    pub ingress: SocketAddr,
+    /// Where the admin endpoint listens (`/healthz`, `/config_dump`).
+    pub admin: SocketAddr,
+    /// Multiplies the services' own timeouts (1.0 for the demo; tests use 0.1).
+    pub time_scale: f64,
+    /// Listeners already bound for some workloads (by WorkloadEntry name); the others
+    /// bind the address their WorkloadEntry gives.
+    pub listeners: HashMap<String, std::net::TcpListener>,
+    /// Watch the configuration directory and apply changes.
+    pub watch: bool,
+}
+
+impl Options {
+    /// The demo's defaults for `config_dir`.
+    pub fn new(config_dir: impl Into<PathBuf>) -> Self {
+        Options {
+            config_dir: config_dir.into(),
+            ingress: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            time_scale: 1.0,
+            listeners: HashMap::new(),
+            watch: true,
+        }
+    }
+}
+
+/// Why Bookinfo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration could not be read.
+    #[error("{0}")]
+    Load(#[from] mesh_config::load::LoadError),
+    /// The configuration has errors (the rendered diagnostics).
+    #[error("the configuration in {dir} has errors; nothing started\n{diagnostics}")]
+    Invalid {
+        /// The directory.
+        dir: String,
+        /// The diagnostics, rendered.
+        diagnostics: String,
+    },
+    /// A workload's WorkloadEntry is unusable.
+    #[error("workload {name}: {reason}")]
+    Workload {
+        /// The WorkloadEntry.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Which listener.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The ingress gateway could not start.
+    #[error("ingress gateway: {0}")]
+    Gateway(#[from] mesh_tower::gateway::GatewayError),
+    /// The configuration watcher could not start.
+    #[error("cannot watch {dir}: {reason}")]
+    Watch {
+        /// The directory.
+        dir: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One Bookinfo workload found in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// The WorkloadEntry's name (`reviews-v2`).
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// `app` label.
+    pub app: String,
+    /// `version` label.
+    pub version: String,
+    /// Service account.
+    pub service_account: String,
+    /// Where it listens.
+    pub addr: String,
+    /// All its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The Bookinfo apps.
+const APPS: &[&str] = &["productpage", "details", "reviews", "ratings"];
+
+/// The Bookinfo workloads of `snapshot`: WorkloadEntries whose `app` label is one of the
+/// four services, listening on their `http` port.
+pub fn workloads(snapshot: &Snapshot) -> Result<Vec<WorkloadSpec>, StartError> {
+    let mut out = Vec::new();
+    for r in snapshot.resources() {
+        let AnyResource::WorkloadEntry(we) = r else {
+            continue;
+        };
+        let Some(app) = we.spec.labels.get("app") else {
+            continue;
+        };
+        if !APPS.contains(&app.as_str()) {
+            continue;
+        }
+        let name = we.meta.name.clone();
+        let port = we
+            .spec
+            .ports
+            .get("http")
+            .copied()
+            .ok_or_else(|| StartError::Workload {
+                name: name.clone(),
+                reason: "has no `http` port in `ports`".into(),
+            })?;
+        out.push(WorkloadSpec {
+            name,
+            namespace: r.namespace().to_string(),
+            app: app.clone(),
+            version: we.spec.labels.get("version").cloned().unwrap_or_default(),
+            service_account: we
+                .spec
+                .service_account
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            addr: format!("{}:{port}", we.spec.address),
+            labels: we.spec.labels.clone(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Loads and checks `dir`.
+pub fn load(dir: &Path) -> Result<Snapshot, StartError> {
+    let set = ConfigSet::load(&[dir])?;
+    let checked = set.check();
+    match checked.snapshot {
+        Some(s) => {
+            let warnings = mesh_config::diag::render(
+                &checked.diagnostics,
+                mesh_config::diag::RenderOptions::default(),
+            );
+            if !warnings.is_empty() {
+                eprint!("{warnings}");
+            }
+            Ok(s)
+        }
+        None => Err(StartError::Invalid {
+            dir: dir.display().to_string(),
+            diagnostics: mesh_config::diag::render(
+                &checked.diagnostics,
+                mesh_config::diag::RenderOptions::default(),
+            ),
+        }),
+    }
+}
+
+/// Bookinfo, running.
+pub struct Running {
+    /// Where the ingress gateway's port 80 listens.
+    pub ingress: SocketAddr,
+    /// Where the admin endpoint listens.
+    pub admin: SocketAddr,
+    /// The workloads and their addresses.
+    pub workloads: Vec<(WorkloadSpec, SocketAddr)>,
+    /// The live configuration.
+    pub live: Arc<Live>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("ingress", &self.ingress)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The product page's URL.
+    pub fn product_page(&self) -> String {
+        format!("http://{}/productpage", self.ingress)
+    }
+
+    /// Stops accepting, lets requests in progress finish, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn bind(
+    listeners: &mut HashMap<String, std::net::TcpListener>,
+    name: &str,
+    addr: &str,
+) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind {
+        addr: addr.to_string(),
+        what: name.to_string(),
+        source,
+    };
+    let std = match listeners.remove(name) {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(addr).map_err(err)?,
+    };
+    std.set_nonblocking(true).map_err(err)?;
+    TcpListener::from_std(std).map_err(err)
+}
+
+/// The gateway workload Istio's samples select (`istio: ingressgateway`).
+pub fn gateway_workload() -> Workload {
+    Workload::new("istio-ingressgateway", "istio-system")
+        .labels([("istio", "ingressgateway"), ("app", "istio-ingressgateway")])
+        .service_account("istio-ingressgateway-service-account")
+}
+
+/// Starts everything; returns once all listeners are bound.
+pub async fn start(mut opts: Options) -> Result<Running, StartError> {
+    let snapshot = load(&opts.config_dir)?;
+    let config = MeshConfig::from_snapshot(&snapshot);
+    let (shutdown, _) = watch::channel(false);
+    let stop = |tx: &watch::Sender<bool>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = Vec::new();
+    let mut running = Vec::new();
+    for w in workloads(&snapshot)? {
+        let listener = bind(&mut opts.listeners, &w.name, &w.addr)?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: w.addr.clone(),
+            what: w.name.clone(),
+            source,
+        })?;
+        let mesh = config.workload(
+            Workload::new(w.name.clone(), w.namespace.clone())
+                .labels(w.labels.clone())
+                .service_account(w.service_account.clone()),
+        );
+        let caller = Caller {
+            mesh,
+            time_scale: opts.time_scale,
+        };
+        let app = match (w.app.as_str(), w.version.as_str()) {
+            ("productpage", _) => services::productpage(caller),
+            ("details", _) => services::details(),
+            ("ratings", _) => services::ratings(),
+            ("reviews", "v1") => services::reviews(caller, ReviewsVersion::V1, &w.name),
+            ("reviews", "v2") => services::reviews(caller, ReviewsVersion::V2, &w.name),
+            ("reviews", "v3") => services::reviews(caller, ReviewsVersion::V3, &w.name),
+            (app, version) => {
+                return Err(StartError::Workload {
+                    name: w.name.clone(),
+                    reason: format!("Bookinfo has no {app} {version}"),
+                });
+            }
+        };
+        let stopped = stop(&shutdown);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = mesh_tower::server::serve(listener, app, stopped).await {
+                tracing::error!(error = %e, "workload server failed");
+            }
+        }));
+        running.push((w, local));
+    }
+
+    let mut ports = BTreeMap::new();
+    ports.insert(80u32, opts.ingress);
+    let gateway = IngressGateway::bind(config.clone(), &snapshot, gateway_workload(), &ports)?;
+    let ingress = gateway
+        .local_addrs()
+        .into_iter()
+        .find(|(p, _)| *p == 80)
+        .map(|(_, a)| a)
+        .ok_or_else(|| StartError::Bind {
+            addr: opts.ingress.to_string(),
+            what: "the ingress gateway (no Gateway selecting istio=ingressgateway has a server on port 80)".into(),
+            source: std::io::Error::other("no listener"),
+        })?;
+
+    let live = Arc::new(Live::new(
+        opts.config_dir.clone(),
+        config,
+        gateway.clone(),
+        snapshot,
+    ));
+    let stopped = stop(&shutdown);
+    tasks.push(tokio::spawn(async move {
+        gateway.serve(stopped).await;
+    }));
+
+    let admin_listener =
+        TcpListener::bind(opts.admin)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: opts.admin.to_string(),
+                what: "the admin endpoint".into(),
+                source,
+            })?;
+    let admin = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: opts.admin.to_string(),
+            what: "the admin endpoint".into(),
+            source,
+        })?;
+    let router = crate::live::admin(live.clone());
+    let stopped = stop(&shutdown);
+    tasks.push(tokio::spawn(async move {
+        let _ = mesh_tower::server::serve(admin_listener, router, stopped).await;
+    }));
+
+    if opts.watch {
+        let stopped = stop(&shutdown);
+        let watcher = crate::live::watch(live.clone()).map_err(|reason| StartError::Watch {
+            dir: opts.config_dir.display().to_string(),
+            reason,
+        })?;
+        tasks.push(tokio::spawn(async move {
+            watcher.run(stopped).await;
+        }));
+    }
+
+    Ok(Running {
+        ingress,
+        admin,
+        workloads: running,
+        live,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,202 @@
+//! `meshctl apply` and `meshctl delete`: edit a configuration directory the way `kubectl`
+//! edits a cluster. The work is `mesh_config::store`'s; this module reads the arguments
+//! and prints what happened.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use mesh_config::diag::{RenderOptions, render};
+use mesh_config::load::{MAX_FILE_SIZE, yaml_files};
+use mesh_config::source::SourceFile;
+use mesh_config::store::{self, ConfigDir, Outcome, StoreError};
+use mesh_config::{Diagnostic, LoadError, Severity};
+
+use crate::{Color, EXIT_ERRORS, key};
+
+/// Arguments of `meshctl apply` and `meshctl delete`.
+#[derive(clap::Args)]
+pub(crate) struct EditArgs {
+    /// A file or directory of resources (`*.yaml`, `*.yml`); `-` reads standard input.
+    /// Repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+    /// The configuration directory to edit (the one the mesh watches).
+    #[arg(long = "config", value_name = "DIR", required = true)]
+    config: PathBuf,
+    /// Colour the diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+/// The name standard input gets in diagnostics.
+const STDIN: &str = "<stdin>";
+
+/// Reads every `-f` argument: standard input, a file, or the YAML files of a directory.
+fn read_sources(files: &[PathBuf]) -> Result<Vec<Arc<SourceFile>>, LoadError> {
+    let mut out = Vec::new();
+    for f in files {
+        if f.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(MAX_FILE_SIZE + 1)
+                .read_to_end(&mut buf)
+                .map_err(|source| LoadError::Io {
+                    path: PathBuf::from(STDIN),
+                    source,
+                })?;
+            if buf.len() as u64 > MAX_FILE_SIZE {
+                return Err(LoadError::TooLarge {
+                    path: PathBuf::from(STDIN),
+                });
+            }
+            let text = String::from_utf8(buf).map_err(|_| LoadError::NotText {
+                path: PathBuf::from(STDIN),
+            })?;
+            out.push(SourceFile::new(STDIN, text));
+        } else {
+            for file in yaml_files(f)? {
+                out.push(store::read_source(&file)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn render_to_stderr(diagnostics: &[Diagnostic], color: Color) {
+    if diagnostics.is_empty() {
+        return;
+    }
+    let color = match color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    eprint!("{}", render(diagnostics, RenderOptions { color }));
+}
+
+/// The diagnostics worth showing after an edit: every error, and the warnings and
+/// remarks the directory did not already have.
+fn worth_showing(dir: &ConfigDir, after: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let before: HashSet<String> = dir.check().diagnostics.iter().map(key).collect();
+    after
+        .into_iter()
+        .filter(|d| d.is_error() || !before.contains(&key(d)))
+        .collect()
+}
+
+/// Errors of the plan itself (not of the configuration): exit 1 for a List item, else
+/// an I/O problem (exit 2).
+fn plan_error(e: StoreError) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match e {
+        StoreError::ListItem { .. } | StoreError::Unextractable { .. } => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_ERRORS))
+        }
+        other => Err(other.into()),
+    }
+}
+
+/// `meshctl apply`.
+pub(crate) fn apply(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let dir = ConfigDir::open(&args.config)?;
+    let sources = read_sources(&args.files)?;
+    let plan = match dir.plan_apply(&sources) {
+        Ok(p) => p,
+        Err(e) => return plan_error(e),
+    };
+    let checked = plan.check();
+    render_to_stderr(
+        &worth_showing(&dir, checked.diagnostics.clone()),
+        args.color,
+    );
+    if checked.has_errors() {
+        let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
+        eprintln!(
+            "error: the configuration would have {errors} error(s); nothing was written to {}",
+            args.config.display()
+        );
+        return Ok(ExitCode::from(EXIT_ERRORS));
+    }
+    if plan.changes().is_empty() {
+        eprintln!("error: no objects passed to apply");
+        return Ok(ExitCode::from(EXIT_ERRORS));
+    }
+    plan.write()?;
+    for c in plan.changes() {
+        println!("{c}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `meshctl delete`.
+pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let dir = ConfigDir::open(&args.config)?;
+    let sources = read_sources(&args.files)?;
+    let mut keys = Vec::new();
+    let mut yaml_errors = Vec::new();
+    for s in &sources {
+        let (k, e) = store::resource_keys(s);
+        keys.extend(k);
+        yaml_errors.extend(e);
+    }
+    if !yaml_errors.is_empty() {
+        render_to_stderr(&yaml_errors, args.color);
+        eprintln!("error: the files to delete are not valid YAML; nothing was deleted");
+        return Ok(ExitCode::from(EXIT_ERRORS));
+    }
+    if keys.is_empty() {
+        eprintln!("error: no objects passed to delete");
+        return Ok(ExitCode::from(EXIT_ERRORS));
+    }
+    let plan = match dir.plan_delete(&keys) {
+        Ok(p) => p,
+        Err(e) => return plan_error(e),
+    };
+    // Deleting may leave references dangling: say so, but delete (the running mesh keeps
+    // its last good configuration until the references are fixed).
+    let checked = plan.check();
+    let shown: Vec<Diagnostic> = worth_showing(&dir, checked.diagnostics.clone())
+        .into_iter()
+        .map(|d| {
+            if d.is_error() {
+                d.severity(Severity::Warning)
+            } else {
+                d
+            }
+        })
+        .collect();
+    render_to_stderr(&shown, args.color);
+    if checked.has_errors() {
+        eprintln!(
+            "warning: {} now has errors: a mesh watching it keeps its last good configuration until they are fixed",
+            args.config.display()
+        );
+    }
+    plan.write()?;
+    let mut missing = false;
+    for c in plan.changes() {
+        if c.outcome == Outcome::NotFound {
+            missing = true;
+            eprintln!(
+                "Error: {} \"{}\" not found in {}",
+                store::qualified_kind(c.key.kind),
+                c.key.name,
+                display_dir(&args.config)
+            );
+        } else {
+            println!("{c}");
+        }
+    }
+    Ok(if missing {
+        ExitCode::from(EXIT_ERRORS)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn display_dir(p: &Path) -> String {
+    p.display().to_string()
+}
