@@ -10,13 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bookinfo::run::{Options, Running, start};
+use bookinfo::run::{Options, Running, copy_with_ephemeral_ports, start};
 use bookinfo::services::{RATINGS_UNAVAILABLE, REVIEWS_UNAVAILABLE};
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -43,62 +43,11 @@ struct Demo {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// Rewrites the `http:` port of every WorkloadEntry of `yaml` to the port bound for it.
-fn with_ports(yaml: &str, ports: &HashMap<String, u16>) -> String {
-    let mut out = String::new();
-    let mut current: Option<String> = None;
-    for line in yaml.lines() {
-        let t = line.trim_start();
-        if line.starts_with("---") || line.starts_with("kind:") {
-            current = None;
-        }
-        if let Some(name) = t.strip_prefix("name: ")
-            && line.starts_with("  name:")
-        {
-            current = Some(name.trim().to_string());
-        }
-        match (t.strip_prefix("http: "), &current) {
-            (Some(_), Some(name)) if ports.contains_key(name) => {
-                let indent = &line[..line.len() - t.len()];
-                out.push_str(&format!("{indent}http: {}\n", ports[name]));
-            }
-            _ => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
 impl Demo {
     async fn start() -> Demo {
         let dir = tempfile::tempdir().unwrap();
-        let src = example_dir().join("config");
-        let mut listeners = HashMap::new();
-        let mut ports = HashMap::new();
-        for name in [
-            "productpage-v1",
-            "details-v1",
-            "reviews-v1",
-            "reviews-v2",
-            "reviews-v3",
-            "ratings-v1",
-        ] {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            ports.insert(name.to_string(), l.local_addr().unwrap().port());
-            listeners.insert(name.to_string(), l);
-        }
-        for entry in std::fs::read_dir(&src).unwrap() {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let text = if path.file_name().unwrap() == "workloads.yaml" {
-                with_ports(&text, &ports)
-            } else {
-                text
-            };
-            std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
-        }
+        let listeners =
+            copy_with_ephemeral_ports(&example_dir().join("config"), dir.path()).unwrap();
         let mut opts = Options::new(dir.path());
         opts.ingress = "127.0.0.1:0".parse().unwrap();
         opts.admin = "127.0.0.1:0".parse().unwrap();

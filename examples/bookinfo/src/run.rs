@@ -245,6 +245,83 @@ fn bind(
     TcpListener::from_std(std).map_err(err)
 }
 
+/// Copies the configuration files of `src` (not recursively) into `dest`, binding a
+/// listener on an ephemeral 127.0.0.1 port for every Bookinfo WorkloadEntry and rewriting
+/// its `http` port to match; returns the listeners, for [`Options::listeners`]. Used to
+/// run several Bookinfos side by side (the end-to-end tests do).
+pub fn copy_with_ephemeral_ports(
+    src: &Path,
+    dest: &Path,
+) -> Result<HashMap<String, std::net::TcpListener>, StartError> {
+    let snapshot = load(src)?;
+    let mut listeners = HashMap::new();
+    let mut ports = HashMap::new();
+    for w in workloads(&snapshot)? {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| StartError::Bind {
+            addr: "127.0.0.1:0".into(),
+            what: w.name.clone(),
+            source,
+        })?;
+        let port = l
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: "127.0.0.1:0".into(),
+                what: w.name.clone(),
+                source,
+            })?
+            .port();
+        ports.insert(w.name.clone(), port);
+        listeners.insert(w.name, l);
+    }
+    let io = |e: std::io::Error| {
+        StartError::Load(mesh_config::load::LoadError::Io {
+            path: dest.to_path_buf(),
+            source: e,
+        })
+    };
+    for entry in std::fs::read_dir(src).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(io)?;
+        std::fs::write(dest.join(name), with_ports(&text, &ports)).map_err(io)?;
+    }
+    Ok(listeners)
+}
+
+/// Rewrites the `http:` port of each WorkloadEntry of `yaml` named in `ports` (a line
+/// `http: N` under `ports:` in a document whose `metadata.name` is the workload).
+fn with_ports(yaml: &str, ports: &HashMap<String, u16>) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    let mut current: Option<&str> = None;
+    for line in yaml.lines() {
+        let t = line.trim_start();
+        if line.starts_with("---") {
+            current = None;
+        }
+        if line.starts_with("  name:")
+            && let Some(name) = t.strip_prefix("name:")
+        {
+            current = ports.get_key_value(name.trim()).map(|(k, _)| k.as_str());
+        }
+        match (t.strip_prefix("http:"), current) {
+            (Some(_), Some(name)) => {
+                let indent = &line[..line.len() - t.len()];
+                out.push_str(&format!("{indent}http: {}\n", ports[name]));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// The gateway workload Istio's samples select (`istio: ingressgateway`).
 pub fn gateway_workload() -> Workload {
     Workload::new("istio-ingressgateway", "istio-system")
