@@ -8,12 +8,19 @@
 //! its own (`<kind>-<namespace>-<name>.yaml`); a deleted resource takes its document with
 //! it, and its file when nothing else is left.
 //!
+//! Resources are identified as `kubectl` identifies them: by API group, kind, namespace
+//! and name. A Gateway API `gateway.networking.k8s.io/v1` `Gateway` is not the Istio
+//! `networking.istio.io` `Gateway` of the same name: applying or deleting one never
+//! touches the other (see [`Found`] and [`source_keys`]).
+//!
 //! Nothing is written blindly. A [`Plan`] computes every edit in memory first;
 //! [`Plan::check`] checks the configuration the directory would hold, as Istio's
 //! validating webhook would, with the applied resources located in the files the user
-//! gave; [`Plan::write`] then writes each file atomically (a temporary file in the same
-//! directory, renamed over the old one), so that a process watching the directory never
-//! reads half a file.
+//! gave; [`Plan::write`] then writes every file to a temporary file first and renames
+//! them over the old ones only once all are written, so that a process watching the
+//! directory never reads half a file, and a failure leaves the directory as it was (as
+//! far as the filesystem allows). A replaced document keeps the comments above it when
+//! the incoming text has none.
 //!
 //! Documents are found textually (a `---` or `...` line at column 0 ends a YAML
 //! document, whatever surrounds it) and each is parsed on its own to learn which
@@ -109,12 +116,35 @@ pub enum StoreError {
         /// The line of the item.
         line: u32,
     },
+    /// A write failed midway, and some of the files already changed could not be put
+    /// back as they were: they hold the plan's text.
+    #[error(
+        "cannot write {path}: {source}; these files could not be restored and hold the new text: {}",
+        display_paths(.unrestored)
+    )]
+    Unrestored {
+        /// The file whose write failed.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+        /// The files not restored.
+        unrestored: Vec<PathBuf>,
+    },
     /// A file changed between the plan and the write.
     #[error("{path} changed since it was read; nothing was written, run the command again")]
     Conflict {
         /// The path.
         path: PathBuf,
     },
+}
+
+/// `a, b, c`.
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -146,7 +176,7 @@ pub struct Document {
     /// True when the content has something besides comments, directives and blank lines.
     pub has_content: bool,
     /// The resources found in the document: one, or one per item of a Kubernetes `List`,
-    /// or none (another kind, no name, not YAML).
+    /// or none (another kind, another API group, no name, not YAML).
     pub resources: Vec<Found>,
     /// True when the document is not clean YAML (a syntax error, a duplicate key, an
     /// unsupported tag): its resources, if any were found, are not to be trusted.
@@ -154,6 +184,11 @@ pub struct Document {
 }
 
 /// A resource found in a [`Document`].
+///
+/// A resource is identified as `kubectl` identifies it: by API group as well as kind,
+/// namespace and name. Only a document whose `apiVersion` is in the group of one of the
+/// mesh's kinds holds a resource: a Gateway API `gateway.networking.k8s.io/v1` `Gateway`
+/// is not the Istio `networking.istio.io` `Gateway` of the same name, and is not found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     /// Kind, namespace (`default` when absent) and name.
@@ -162,6 +197,12 @@ pub struct Found {
     pub line: u32,
     /// Index of the item, when the resource is an item of a Kubernetes `List`.
     pub list_item: Option<usize>,
+    /// True when the mesh reads the kind under the document's `apiVersion`
+    /// ([`Kind::accepts`]). False for another version of the kind's group
+    /// (`networking.istio.io/v2`): the same resource as far as identity goes (an apply
+    /// replaces such a document, a delete removes it), but one that does not load, so an
+    /// incoming document of that version is neither applied nor deleted.
+    pub served: bool,
 }
 
 impl Document {
@@ -311,72 +352,188 @@ fn is_list(node: &Node) -> bool {
     kind == Some("List") || kind.is_some_and(|k| k.ends_with("List") && node.get("items").is_some())
 }
 
-/// The key of a resource node, from its `kind` and `metadata` alone (the spec does not
-/// matter), with the loader's default namespace.
-fn key_of(node: &Node) -> Option<ResourceKey> {
-    let kind = Kind::from_name(node.get("kind")?.as_str()?)?;
-    let meta = node.get("metadata")?;
-    let name = meta.get("name")?.as_str()?;
+/// The `kind`, `apiVersion` and `metadata.name` of a node, as far as they are strings.
+fn identity(node: &Node) -> (Option<&str>, Option<&str>, Option<&str>) {
+    (
+        node.get("kind").and_then(Node::as_str),
+        node.get("apiVersion").and_then(Node::as_str),
+        node.get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Node::as_str),
+    )
+}
+
+/// The API group of an `apiVersion` (empty for the core group, `v1`).
+fn group_of(api_version: &str) -> &str {
+    api_version.split_once('/').map_or("", |(g, _)| g)
+}
+
+/// The key of a resource node, from its `kind`, `apiVersion` and `metadata` alone (the
+/// spec does not matter), with the loader's default namespace, and whether the mesh
+/// reads the kind under that `apiVersion`.
+///
+/// `None` unless the kind is one of the mesh's and the `apiVersion` is in its API group:
+/// resources are identified by group, kind, namespace and name, as `kubectl` identifies
+/// them (a `gateway.networking.k8s.io` `Gateway` is another resource than a
+/// `networking.istio.io` `Gateway` of the same name).
+fn key_of(node: &Node) -> Option<(ResourceKey, bool)> {
+    let (kind, api_version, name) = identity(node);
+    let kind = Kind::from_name(kind?)?;
+    let api_version = api_version?;
+    if group_of(api_version) != kind.group() {
+        return None;
+    }
+    let name = name?;
     if name.is_empty() {
         return None;
     }
-    let namespace = meta
-        .get("namespace")
+    let namespace = node
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
         .and_then(Node::as_str)
         .filter(|s| !s.is_empty())
         .unwrap_or(DEFAULT_NAMESPACE);
-    Some(ResourceKey {
+    let key = ResourceKey {
         kind,
         namespace: namespace.to_string(),
         name: name.to_string(),
-    })
+    };
+    Some((key, kind.accepts(api_version)))
 }
 
-/// Parses the document on its own and records its resources.
-fn identify(text: &str, doc: &mut Document) {
+/// Parses the document on its own and calls `visit` with each resource node (the root,
+/// or every item of a Kubernetes `List`), its line (1-based, in the whole text) and its
+/// item index. Returns true when the document is not clean YAML.
+fn visit_nodes(
+    text: &str,
+    doc: &Document,
+    mut visit: impl FnMut(&Node, u32, Option<usize>),
+) -> bool {
     let source = SourceFile::new("", doc.full_text(text));
     let stream = parse_stream(&source);
-    doc.yaml_errors = !stream.errors.is_empty();
     let line = |n: &Node| doc.line.saturating_add(n.span.start.line.saturating_sub(1));
-    let mut found = Vec::new();
     for (_, node) in &stream.documents {
         if is_list(node) {
             if let Some(Value::Seq(items)) = node.get("items").map(|n| &n.value) {
                 for (i, item) in items.iter().enumerate() {
-                    if let Some(key) = key_of(item) {
-                        found.push(Found {
-                            key,
-                            line: line(item),
-                            list_item: Some(i),
-                        });
-                    }
+                    visit(item, line(item), Some(i));
                 }
             }
-        } else if let Some(key) = key_of(node) {
-            found.push(Found {
-                key,
-                line: line(node),
-                list_item: None,
-            });
+        } else {
+            visit(node, line(node), None);
         }
     }
+    !stream.errors.is_empty()
+}
+
+/// Parses the document on its own and records its resources.
+fn identify(text: &str, doc: &mut Document) {
+    let mut found = Vec::new();
+    let yaml_errors = visit_nodes(text, doc, |node, line, list_item| {
+        if let Some((key, served)) = key_of(node) {
+            found.push(Found {
+                key,
+                line,
+                list_item,
+                served,
+            });
+        }
+    });
+    doc.yaml_errors = yaml_errors;
     doc.resources = found;
 }
 
-/// Every resource key of a source, found as [`documents`] finds them, and the YAML
-/// errors of the source (only those: what the spec says does not matter to find keys).
+/// A resource of a source that the mesh does not read: a kind it does not know, or one
+/// of its kinds under an `apiVersion` it does not serve (a Gateway API
+/// `gateway.networking.k8s.io/v1` `Gateway`, say). Displayed as `kubectl` reports a
+/// resource type the cluster does not have:
+/// `no matches for kind "Gateway" in version "gateway.networking.k8s.io/v1"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoMatch {
+    /// The `kind`, as written.
+    pub kind: String,
+    /// The `apiVersion`, as written.
+    pub api_version: String,
+    /// The `metadata.name` (empty when the document has none).
+    pub name: String,
+    /// Line (1-based) where the resource starts.
+    pub line: u32,
+    /// The mesh's kind of that name, when the mesh reads the kind under other
+    /// `apiVersion`s (an error: the loader refuses such a document); `None` for a kind
+    /// the mesh does not read at all (a `Deployment`: the loader ignores it with a
+    /// warning).
+    pub mesh_kind: Option<Kind>,
+}
+
+impl fmt::Display for NoMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no matches for kind {:?} in version {:?}",
+            self.kind, self.api_version
+        )
+    }
+}
+
+/// What a source names, for `kubectl delete -f`: see [`source_keys`].
+#[derive(Debug, Clone, Default)]
+pub struct SourceKeys {
+    /// The keys of the resources the mesh reads, in order (a document under an
+    /// `apiVersion` the mesh does not serve is not one of them).
+    pub keys: Vec<ResourceKey>,
+    /// The resources the mesh does not read, in order.
+    pub no_matches: Vec<NoMatch>,
+    /// The YAML errors of the source (only those: what the spec says does not matter to
+    /// find keys).
+    pub yaml_errors: Vec<Diagnostic>,
+}
+
+/// Every resource a source names, found as [`documents`] finds them: the keys of those
+/// the mesh reads, the others ([`NoMatch`]: another kind, or a kind of the mesh under an
+/// `apiVersion` it does not serve), and the YAML errors of the source.
 ///
-/// This is what `kubectl delete -f FILE` needs: which resources FILE names.
-pub fn resource_keys(source: &Arc<SourceFile>) -> (Vec<ResourceKey>, Vec<Diagnostic>) {
-    let keys = documents(source.text())
-        .into_iter()
-        .flat_map(|d| d.resources)
-        .map(|f| f.key)
-        .collect();
+/// This is what `kubectl delete -f FILE` needs: which resources FILE names, and which it
+/// names that the mesh has no type for (`kubectl` reports those as
+/// `no matches for kind ...` and deletes the others). A document without a `kind` or an
+/// `apiVersion` names nothing.
+pub fn source_keys(source: &Arc<SourceFile>) -> SourceKeys {
+    let text = source.text();
+    let mut out = SourceKeys::default();
+    for doc in documents(text) {
+        if !doc.has_content {
+            continue;
+        }
+        visit_nodes(text, &doc, |node, line, _| {
+            if let Some((key, true)) = key_of(node) {
+                out.keys.push(key);
+                return;
+            }
+            let (Some(kind), Some(api_version), name) = identity(node) else {
+                return;
+            };
+            let mesh_kind = Kind::from_name(kind);
+            if mesh_kind.is_some_and(|k| k.accepts(api_version)) {
+                // The mesh's resource, without a name: it names nothing.
+                return;
+            }
+            out.no_matches.push(NoMatch {
+                kind: kind.to_string(),
+                api_version: api_version.to_string(),
+                name: name.unwrap_or("").to_string(),
+                line,
+                mesh_kind,
+            });
+        });
+    }
+    out.yaml_errors = yaml_errors(source);
+    out
+}
+
+/// The YAML errors of a source, as the loader reports them.
+fn yaml_errors(source: &Arc<SourceFile>) -> Vec<Diagnostic> {
     let mut set = ConfigSet::new();
     set.add_source(source.clone());
-    let errors = set
-        .diagnostics()
+    set.diagnostics()
         .iter()
         .filter(|d| {
             matches!(
@@ -385,8 +542,15 @@ pub fn resource_keys(source: &Arc<SourceFile>) -> (Vec<ResourceKey>, Vec<Diagnos
             )
         })
         .cloned()
-        .collect();
-    (keys, errors)
+        .collect()
+}
+
+/// The keys of the resources of a source the mesh reads (see [`source_keys`], which also
+/// gives the resources it names that the mesh does not read), and the YAML errors of the
+/// source (only those: what the spec says does not matter to find keys).
+pub fn resource_keys(source: &Arc<SourceFile>) -> (Vec<ResourceKey>, Vec<Diagnostic>) {
+    let keys = source_keys(source);
+    (keys.keys, keys.yaml_errors)
 }
 
 /// A node as JSON (which is YAML too); `None` for a float JSON cannot hold.
@@ -472,6 +636,36 @@ fn cut_item(text: &str, start: usize) -> Option<String> {
         out.push('\n');
     }
     Some(out)
+}
+
+/// The lines of `text` before its first content line (comments, blank lines), line
+/// breaks included.
+fn leading_block(text: &str) -> &str {
+    let end = line_ranges(text, 0..text.len())
+        .find(|r| is_content_line(text.get(r.clone()).unwrap_or("")))
+        .map_or(text.len(), |r| r.start);
+    text.get(..end).unwrap_or("")
+}
+
+/// True when some line of `text` is a comment.
+fn has_comment(text: &str) -> bool {
+    text.lines().any(|l| l.trim_start().starts_with('#'))
+}
+
+/// The text that replaces the document `existing` with `incoming` (line feeds only):
+/// `incoming`, after the comment block that leads `existing` when `incoming` has no
+/// leading comment of its own.
+fn keep_comments(existing: &str, incoming: &str) -> String {
+    let old = leading_block(existing);
+    let new = leading_block(incoming);
+    if has_comment(new) || !has_comment(old) {
+        return incoming.to_string();
+    }
+    format!(
+        "{}{}",
+        old.replace("\r\n", "\n"),
+        incoming.get(new.len()..).unwrap_or(incoming)
+    )
 }
 
 /// A document's text as written to a file: line feeds only, ending with one.
@@ -711,8 +905,15 @@ impl ConfigDir {
     /// file `<kind>-<namespace>-<name>.yaml` in the directory. Nothing is checked or
     /// written yet: see [`Plan::check`] and [`Plan::write`].
     ///
-    /// Documents of `incoming` that hold no resource the mesh reads (another kind, no
-    /// name, not YAML) are left out; [`Plan::check`] reports them.
+    /// Documents of `incoming` that hold no resource the mesh reads (another kind, one of
+    /// its kinds under an `apiVersion` it does not serve, no name, not YAML) are left out;
+    /// [`Plan::check`] reports them. Resources are matched by API group as well as kind,
+    /// namespace and name (see [`Found`]): a Gateway API `Gateway` never replaces the
+    /// Istio `Gateway` of the same name.
+    ///
+    /// A replaced document keeps its leading comment block when the incoming text has
+    /// none (someone who edits the directory by hand expects their comments to stay);
+    /// an incoming text with comments of its own replaces them.
     pub fn plan_apply(&self, incoming: &[Arc<SourceFile>]) -> Result<Plan, StoreError> {
         let mut edit = Edit::new(self);
         let mut changes = Vec::new();
@@ -721,7 +922,9 @@ impl ConfigDir {
         let mut last: HashMap<&ResourceKey, (usize, usize)> = HashMap::new();
         for (si, (source, docs)) in incoming.iter().zip(&split).enumerate() {
             for (di, doc) in docs.iter().enumerate() {
-                for found in &doc.resources {
+                // A document under an apiVersion the mesh does not serve is not applied:
+                // the check reports it (and refuses the plan).
+                for found in doc.resources.iter().filter(|f| f.served) {
                     let text = resource_text(source.text(), doc, found).ok_or_else(|| {
                         StoreError::Unextractable {
                             key: found.key.clone(),
@@ -746,7 +949,9 @@ impl ConfigDir {
                     .filter(|(di, d)| {
                         d.resources.len() == 1
                             && d.resources.iter().all(|f| {
-                                f.list_item.is_none() && last.get(&f.key) != Some(&(si, *di))
+                                f.served
+                                    && f.list_item.is_none()
+                                    && last.get(&f.key) != Some(&(si, *di))
                             })
                     })
                     .map(|(_, d)| d)
@@ -887,13 +1092,28 @@ impl Plan {
         self.config_set().check()
     }
 
-    /// Writes every file of the plan, each atomically (a temporary file in the same
-    /// directory renamed over it), then removes the files left empty.
+    /// Writes the plan, as atomically as the filesystem allows.
     ///
     /// First every file is compared with what the plan read: if one changed meanwhile,
-    /// nothing is written ([`StoreError::Conflict`]). The plan does not check the
-    /// configuration: call [`Plan::check`] first.
+    /// nothing is written ([`StoreError::Conflict`]). Then the new text of every file is
+    /// written to a temporary file next to it (hidden, which the loader skips) and synced;
+    /// if one of those fails, the temporary files go and the directory is untouched. Only
+    /// then is each temporary file renamed over its file (a symbolic link is followed: its
+    /// target is replaced), so that a process watching the directory never reads half a
+    /// file, and the files left empty are removed. Should a rename or a removal fail
+    /// midway, the files already changed are put back as the plan read them (best effort:
+    /// [`StoreError::Unrestored`] names those that could not be) and the error is
+    /// returned.
+    ///
+    /// The plan does not check the configuration: call [`Plan::check`] first.
     pub fn write(&self) -> Result<(), StoreError> {
+        self.check_unchanged()?;
+        let steps = self.stage()?;
+        self.commit(&steps, Step::run)
+    }
+
+    /// Fails with [`StoreError::Conflict`] when a file is no longer as the plan read it.
+    fn check_unchanged(&self) -> Result<(), StoreError> {
         for f in &self.files {
             let now = match std::fs::read(&f.path) {
                 Ok(bytes) => Some(bytes),
@@ -911,42 +1131,160 @@ impl Plan {
                 });
             }
         }
-        for f in &self.files {
-            if let Some(after) = &f.after {
-                write_atomic(&f.path, after).map_err(|source| StoreError::Write {
-                    path: f.path.clone(),
-                    source,
-                })?;
-            }
-        }
-        for f in &self.files {
-            if f.after.is_none() {
-                std::fs::remove_file(&f.path).map_err(|source| StoreError::Write {
-                    path: f.path.clone(),
-                    source,
-                })?;
-            }
-        }
         Ok(())
+    }
+
+    /// Writes every new text to its temporary file, synced: the steps of the write, the
+    /// renames first, then the removals. On failure, the temporary files written go.
+    fn stage(&self) -> Result<Vec<Step>, StoreError> {
+        let mut steps = Vec::new();
+        for (i, f) in self.files.iter().enumerate() {
+            let Some(after) = &f.after else {
+                continue;
+            };
+            match stage_file(&f.path, after) {
+                Ok(staged) => steps.push(Step {
+                    file: i,
+                    path: f.path.clone(),
+                    staged: Some(staged),
+                }),
+                Err(source) => {
+                    discard(&steps);
+                    return Err(StoreError::Write {
+                        path: f.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            if f.after.is_none() {
+                steps.push(Step {
+                    file: i,
+                    path: f.path.clone(),
+                    staged: None,
+                });
+            }
+        }
+        Ok(steps)
+    }
+
+    /// Runs the steps in order with `run`. When one fails, the temporary files not renamed
+    /// yet go, and the files the steps before it changed are restored.
+    fn commit(
+        &self,
+        steps: &[Step],
+        mut run: impl FnMut(&Step) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        for (i, step) in steps.iter().enumerate() {
+            if let Err(source) = run(step) {
+                discard(steps.get(i..).unwrap_or_default());
+                let unrestored = self.restore(steps.get(..i).unwrap_or_default());
+                sync_dirs(steps);
+                let path = step.path.clone();
+                return Err(if unrestored.is_empty() {
+                    StoreError::Write { path, source }
+                } else {
+                    StoreError::Unrestored {
+                        path,
+                        source,
+                        unrestored,
+                    }
+                });
+            }
+        }
+        sync_dirs(steps);
+        Ok(())
+    }
+
+    /// Puts the files the steps `done` changed back as the plan read them, the last
+    /// first (best effort); returns those that could not be.
+    fn restore(&self, done: &[Step]) -> Vec<PathBuf> {
+        let mut failed = Vec::new();
+        for step in done.iter().rev() {
+            let Some(file) = self.files.get(step.file) else {
+                continue;
+            };
+            let target = step.staged.as_ref().map_or(&step.path, |s| &s.target);
+            let restored = match &file.before {
+                Some(before) => write_atomic(target, before),
+                None => std::fs::remove_file(target),
+            };
+            if restored.is_err() {
+                failed.push(step.path.clone());
+            }
+        }
+        failed.reverse();
+        failed
+    }
+}
+
+/// One step of [`Plan::write`]: a staged file renamed over its target, or a file removed.
+struct Step {
+    /// The index of the file in the plan's files.
+    file: usize,
+    /// The file.
+    path: PathBuf,
+    /// The temporary file that replaces it; `None`: the file is removed.
+    staged: Option<Staged>,
+}
+
+impl Step {
+    fn run(&self) -> std::io::Result<()> {
+        match &self.staged {
+            Some(s) => std::fs::rename(&s.tmp, &s.target),
+            None => std::fs::remove_file(&self.path),
+        }
+    }
+}
+
+/// A new text written to a temporary file next to its target, synced.
+struct Staged {
+    tmp: PathBuf,
+    /// The file replaced: the path, or the target of its symbolic link.
+    target: PathBuf,
+}
+
+/// Removes the temporary files of `steps` (best effort).
+fn discard(steps: &[Step]) {
+    for s in steps.iter().filter_map(|s| s.staged.as_ref()) {
+        let _ = std::fs::remove_file(&s.tmp);
+    }
+}
+
+/// The directory of a file (`.` for a bare name).
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Makes the renames and removals in the directories of `steps` durable (best effort:
+/// not every platform opens directories).
+fn sync_dirs(steps: &[Step]) {
+    let dirs: HashSet<&Path> = steps
+        .iter()
+        .map(|s| dir_of(s.staged.as_ref().map_or(&s.path, |s| &s.target)))
+        .collect();
+    for dir in dirs {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `text` to `path` through a hidden temporary file in the same directory (which
-/// the loader skips), synced, then renamed over `path`. A symbolic link is followed: its
-/// target is replaced.
-fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `text` to a hidden temporary file in the directory of `path` (which the loader
+/// skips), with the permissions of `path`, synced. A symbolic link is followed: the
+/// target is its target.
+fn stage_file(path: &Path, text: &str) -> std::io::Result<Staged> {
     let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(
+    let tmp = dir_of(&target).join(format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -960,16 +1298,23 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
         if let Ok(meta) = std::fs::metadata(&target) {
             f.set_permissions(meta.permissions())?;
         }
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &target)
+        f.sync_all()
     })();
-    if result.is_err() {
+    if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    result?;
-    // Make the rename durable (best effort: not every platform opens directories).
-    if let Ok(d) = std::fs::File::open(dir) {
+    Ok(Staged { tmp, target })
+}
+
+/// Writes `text` to `path` atomically: staged (see [`stage_file`]), then renamed over it.
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let staged = stage_file(path, text)?;
+    if let Err(e) = std::fs::rename(&staged.tmp, &staged.target) {
+        let _ = std::fs::remove_file(&staged.tmp);
+        return Err(e);
+    }
+    if let Ok(d) = std::fs::File::open(dir_of(&staged.target)) {
         let _ = d.sync_all();
     }
     Ok(())
@@ -1072,14 +1417,16 @@ impl<'a> Edit<'a> {
             let file = self.files.get(fi)?;
             let current = file.text.as_ref()?;
             let doc = file.docs.get(di)?;
-            if normalize(doc.content_text(current)) == text {
+            let existing = doc.content_text(current);
+            let text = keep_comments(existing, text);
+            if normalize(existing) == text {
                 return Some((fi, None));
             }
             let nl = if file.crlf { "\r\n" } else { "\n" };
             let new = if file.crlf {
                 text.replace('\n', "\r\n")
             } else {
-                text.to_string()
+                text
             };
             // Content on the `---` line itself: the new text goes below a bare `---`.
             let (head_end, head_extra) = match (&doc.start_marker, doc.inline) {
@@ -1332,6 +1679,104 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
         assert_eq!(v["metadata"]["name"], "g");
         assert_eq!(list_item_text(flow, 5), None);
+    }
+
+    const GW: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: NAME}\nspec: {selector: {app: APP}}\n";
+
+    fn gw(name: &str, app: &str) -> String {
+        GW.replace("NAME", name).replace("APP", app)
+    }
+
+    fn snapshot(dir: &Path) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Runs the plan's steps, failing the `n`th (0-based) with an I/O error.
+    fn write_failing_at(plan: &Plan, n: usize) -> Result<(), StoreError> {
+        plan.check_unchanged()?;
+        let steps = plan.stage()?;
+        let mut i = 0;
+        plan.commit(&steps, |step| {
+            i += 1;
+            if i - 1 == n {
+                Err(std::io::Error::other("injected"))
+            } else {
+                step.run()
+            }
+        })
+    }
+
+    #[test]
+    fn a_rename_failing_midway_restores_the_files_already_renamed() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|source| StoreError::Write {
+            path: PathBuf::new(),
+            source,
+        })?;
+        let root = dir.path();
+        for (file, text) in [
+            ("a.yaml", format!("# a\n{}", gw("a", "1"))),
+            ("b.yaml", gw("b", "1")),
+            ("c.yaml", gw("c", "1")),
+        ] {
+            std::fs::write(root.join(file), text).map_err(|source| StoreError::Write {
+                path: root.join(file),
+                source,
+            })?;
+        }
+        let before = snapshot(root);
+        let incoming = SourceFile::new(
+            "in.yaml",
+            format!(
+                "{}---\n{}---\n{}",
+                gw("a", "2"),
+                gw("b", "2"),
+                gw("new", "2")
+            ),
+        );
+        let dir_read = ConfigDir::open(root)?;
+        // Three renames (a, b, the new file) and a removal (c): each step in turn fails.
+        let mut plan = dir_read.plan_apply(&[incoming])?;
+        let removal = dir_read.plan_delete(&[ResourceKey {
+            kind: Kind::Gateway,
+            namespace: DEFAULT_NAMESPACE.into(),
+            name: "c".into(),
+        }])?;
+        plan.files.extend(removal.files);
+        assert_eq!(plan.files.len(), 4);
+        for n in 0..4 {
+            let err = write_failing_at(&plan, n);
+            assert!(
+                matches!(&err, Err(StoreError::Write { source, .. }) if source.to_string() == "injected"),
+                "{err:?}"
+            );
+            assert_eq!(snapshot(root), before, "step {n}");
+        }
+        // Without a failure, everything is written.
+        plan.write()?;
+        let after = snapshot(root);
+        let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a.yaml", "b.yaml", "gateway-default-new.yaml"],
+            "{after:?}"
+        );
+        assert_eq!(
+            after.first().map(|(_, t)| t.as_str()),
+            Some(format!("# a\n{}", gw("a", "2")).as_str())
+        );
+        Ok(())
     }
 
     #[test]

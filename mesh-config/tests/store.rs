@@ -13,7 +13,7 @@ use std::sync::Arc;
 use mesh_config::ConfigSet;
 use mesh_config::model::{Kind, ResourceKey};
 use mesh_config::source::SourceFile;
-use mesh_config::store::{ConfigDir, Outcome, StoreError, documents};
+use mesh_config::store::{self, ConfigDir, Outcome, StoreError, documents};
 use proptest::prelude::*;
 
 fn key(kind: Kind, ns: &str, name: &str) -> ResourceKey {
@@ -147,23 +147,29 @@ metadata: {name: d}";
 
 #[test]
 fn split_documents_crlf_and_inline_content() {
-    let text = "a: 1\r\n\r\n---\r\nkind: Gateway\r\nmetadata: {name: x}\r\n\r\n--- {kind: Gateway, metadata: {name: y}}\r\n";
+    let text = "a: 1\r\n\r\n---\r\nkind: Gateway\r\napiVersion: networking.istio.io/v1\r\nmetadata: {name: x}\r\n\r\n--- {apiVersion: networking.istio.io/v1, kind: Gateway, metadata: {name: y}}\r\n";
     let docs = documents(text);
     assert_eq!(docs.len(), 3);
     assert_eq!(docs[0].content_text(text), "a: 1\r\n");
     assert_eq!(
         docs[1].content_text(text),
-        "kind: Gateway\r\nmetadata: {name: x}\r\n"
+        "kind: Gateway\r\napiVersion: networking.istio.io/v1\r\nmetadata: {name: x}\r\n"
     );
     assert_eq!(docs[1].resources[0].key, key(Kind::Gateway, "default", "x"));
     assert_eq!(docs[1].resources[0].line, 4);
     assert!(docs[2].inline);
     assert_eq!(
         docs[2].content_text(text),
-        "{kind: Gateway, metadata: {name: y}}\r\n"
+        "{apiVersion: networking.istio.io/v1, kind: Gateway, metadata: {name: y}}\r\n"
     );
     assert_eq!(docs[2].resources[0].key.name, "y");
-    assert_eq!(docs[2].resources[0].line, 7);
+    assert_eq!(docs[2].resources[0].line, 8);
+    // Without an apiVersion, a document names no resource: its group is unknown.
+    assert!(
+        documents("kind: Gateway\nmetadata: {name: x}\n")[0]
+            .resources
+            .is_empty()
+    );
     // `----` and ` ---` are not markers.
     assert_eq!(documents("a: |\n  x\n ---\n----: 1\n").len(), 1);
 }
@@ -192,11 +198,12 @@ fn replace_in_place_preserves_neighbours_byte_for_byte() {
     assert!(!plan.check().has_errors(), "{:?}", plan.check().diagnostics);
     assert_eq!(plan.file_changes().len(), 1);
     plan.write().unwrap();
-    // The preamble was part of the first document's text (there is no `---` before it):
-    // it is replaced with it; the blank line after the document and the neighbours stay.
+    // The preamble is part of the first document's text (there is no `---` before it):
+    // the incoming text has no comment of its own, so the comment block stays; the blank
+    // line after the document and the neighbours stay too.
     assert_eq!(
         read(dir.path(), "services.yaml"),
-        format!("{new_a}\n{second}{third}")
+        format!("{head}{new_a}\n{second}{third}")
     );
     assert_eq!(read(dir.path(), "other.yaml"), DR_A);
 
@@ -209,11 +216,11 @@ fn replace_in_place_preserves_neighbours_byte_for_byte() {
         .unwrap();
     assert_eq!(plan.changes()[0].outcome, Outcome::Configured);
     plan.write().unwrap();
+    // Its comment (`# about b`) stays too.
     assert_eq!(
         read(dir.path(), "services.yaml"),
-        format!("{new_a}\n--- # b, with a comment\n{new_b}\n\n{third}")
+        format!("{head}{new_a}\n--- # b, with a comment\n# about b\n{new_b}\n\n{third}")
     );
-    let _ = head;
     let set = ConfigSet::load(&[dir.path()]).unwrap();
     assert_eq!(set.resources().len(), 4);
     assert!(!set.check().has_errors());
@@ -568,6 +575,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The comment lines a document's text starts with.
+fn comment_block(text: &str) -> String {
+    text.split_inclusive('\n')
+        .take_while(|l| l.starts_with('#'))
+        .collect()
+}
+
 /// What the directory must hold: key → version label.
 fn loaded(dir: &Path) -> BTreeMap<ResourceKey, String> {
     let set = ConfigSet::load(&[dir]).unwrap();
@@ -634,9 +648,17 @@ proptest! {
                         .find(|doc| doc.has_content)
                         .map(|doc| doc.content_text(&text).replace("\r\n", "\n"))
                         .unwrap();
+                    // A replaced document keeps its leading comments when the incoming
+                    // text has none.
+                    let effective = match last_text.get(&k) {
+                        Some(old) if !normalized.starts_with('#') => {
+                            format!("{}{normalized}", comment_block(old))
+                        }
+                        _ => normalized,
+                    };
                     let want = if !expected.contains_key(&k) {
                         Outcome::Created
-                    } else if last_text.get(&k) == Some(&normalized) {
+                    } else if last_text.get(&k) == Some(&effective) {
                         Outcome::Unchanged
                     } else {
                         Outcome::Configured
@@ -644,7 +666,7 @@ proptest! {
                     prop_assert_eq!(plan.changes()[0].outcome, want);
                     plan.write().unwrap();
                     expected.insert(k.clone(), version.to_string());
-                    last_text.insert(k, normalized);
+                    last_text.insert(k, effective);
                 }
                 Op::Delete { kind, name } => {
                     let k = key(KINDS[kind], "default", NAMES[name]);
@@ -744,4 +766,311 @@ fn mesh_config_is_named_by_its_group() {
     );
     plan.write().unwrap();
     assert_eq!(read(dir.path(), "meshconfig-istio-system-mesh.yaml"), mesh);
+}
+
+// ---------------------------------------------------------------------------------------
+// Resources are identified by API group as well (review 3, H3).
+// ---------------------------------------------------------------------------------------
+
+const ISTIO_GATEWAY: &str = "\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ['*']
+";
+
+/// Istio's samples/bookinfo/gateway-api/bookinfo-gateway.yaml (abridged): a Kubernetes
+/// Gateway API `Gateway` with the same name as the Istio Gateway.
+const GATEWAY_API: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: http
+    port: 80
+    protocol: HTTP
+    allowedRoutes: {namespaces: {from: Same}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: bookinfo
+spec:
+  parentRefs: [{name: bookinfo-gateway}]
+";
+
+/// `kubectl delete -f gateway-api/bookinfo-gateway.yaml` never touches
+/// `gateways.networking.istio.io`: the file names no resource of the mesh, and says which
+/// resources it names that the mesh has no type for.
+#[test]
+fn deleting_a_gateway_api_gateway_leaves_the_istio_gateway_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "gateway.yaml", ISTIO_GATEWAY);
+    let source = src("gateway-api.yaml", GATEWAY_API);
+    let (keys, errors) = store::resource_keys(&source);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(keys.is_empty(), "{keys:?}");
+    let plan = ConfigDir::open(dir.path())
+        .unwrap()
+        .plan_delete(&keys)
+        .unwrap();
+    plan.write().unwrap();
+    assert_eq!(read(dir.path(), "gateway.yaml"), ISTIO_GATEWAY);
+
+    let found = store::source_keys(&source);
+    assert!(found.keys.is_empty());
+    assert!(found.yaml_errors.is_empty());
+    let no_matches: Vec<(String, &str, &str, u32, Option<Kind>)> = found
+        .no_matches
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                n.kind.as_str(),
+                n.name.as_str(),
+                n.line,
+                n.mesh_kind,
+            )
+        })
+        .collect();
+    assert_eq!(
+        no_matches,
+        [
+            (
+                "no matches for kind \"Gateway\" in version \"gateway.networking.k8s.io/v1\""
+                    .to_string(),
+                "Gateway",
+                "bookinfo-gateway",
+                1,
+                Some(Kind::Gateway)
+            ),
+            (
+                "no matches for kind \"HTTPRoute\" in version \"gateway.networking.k8s.io/v1\""
+                    .to_string(),
+                "HTTPRoute",
+                "bookinfo",
+                13,
+                None
+            ),
+        ]
+    );
+
+    // The other way round: deleting the Istio Gateway leaves a Gateway API one alone.
+    write(dir.path(), "gateway-api.yaml", GATEWAY_API);
+    let plan = ConfigDir::open(dir.path())
+        .unwrap()
+        .plan_delete(&[key(Kind::Gateway, "default", "bookinfo-gateway")])
+        .unwrap();
+    assert_eq!(plan.changes()[0].outcome, Outcome::Deleted);
+    plan.write().unwrap();
+    assert_eq!(
+        snapshot(dir.path()).into_keys().collect::<Vec<_>>(),
+        ["gateway-api.yaml"]
+    );
+    assert_eq!(read(dir.path(), "gateway-api.yaml"), GATEWAY_API);
+}
+
+/// On apply, the Gateway API document is not the mesh's: nothing is planned for it (not
+/// `configured` over the Istio Gateway), and the check refuses it.
+#[test]
+fn applying_a_gateway_api_gateway_does_not_plan_to_replace_the_istio_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "gateway.yaml", ISTIO_GATEWAY);
+    let plan = ConfigDir::open(dir.path())
+        .unwrap()
+        .plan_apply(&[src("gateway-api.yaml", GATEWAY_API)])
+        .unwrap();
+    assert!(
+        plan.changes()
+            .iter()
+            .all(|c| c.outcome != Outcome::Configured),
+        "{:?}",
+        plan.changes()
+    );
+    assert!(plan.changes().is_empty(), "{:?}", plan.changes());
+    assert!(plan.file_changes().is_empty());
+    let checked = plan.check();
+    assert!(
+        checked.diagnostics.iter().any(|d| d.is_error()
+            && d.message
+                .contains("not served under apiVersion `gateway.networking.k8s.io/v1`")),
+        "{:?}",
+        checked.diagnostics
+    );
+
+    // An Istio Gateway applied next to a Gateway API one of the same name is another
+    // resource: it gets a file of its own.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "gateway-api.yaml", GATEWAY_API);
+    let plan = ConfigDir::open(dir.path())
+        .unwrap()
+        .plan_apply(&[src("gateway.yaml", ISTIO_GATEWAY)])
+        .unwrap();
+    assert_eq!(plan.changes()[0].outcome, Outcome::Created);
+    assert!(
+        plan.file_changes()
+            .iter()
+            .all(|f| f.path.ends_with("gateway-default-bookinfo-gateway.yaml"))
+    );
+}
+
+/// Identity is the API group, not the version: a document of the kind's group under a
+/// version the mesh does not serve (a typo) is the same resource, so an apply repairs it
+/// in place and a delete removes it; but such a document, incoming, is neither applied
+/// nor deleted (`no matches for kind`).
+#[test]
+fn another_version_of_the_group_is_the_same_resource_but_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = ISTIO_GATEWAY.replace("networking.istio.io/v1", "networking.istio.io/v2");
+    write(dir.path(), "gateway.yaml", &format!("# edge\n{typo}"));
+    let plan = ConfigDir::open(dir.path())
+        .unwrap()
+        .plan_apply(&[src("in.yaml", ISTIO_GATEWAY)])
+        .unwrap();
+    assert_eq!(plan.changes()[0].outcome, Outcome::Configured);
+    assert!(!plan.check().has_errors(), "{:?}", plan.check().diagnostics);
+    plan.write().unwrap();
+    assert_eq!(
+        read(dir.path(), "gateway.yaml"),
+        format!("# edge\n{ISTIO_GATEWAY}")
+    );
+
+    // Incoming, the typo is applied nowhere and deletes nothing.
+    let plan = ConfigDir::open(dir.path())
+        .unwrap()
+        .plan_apply(&[src("typo.yaml", &typo)])
+        .unwrap();
+    assert!(plan.changes().is_empty(), "{:?}", plan.changes());
+    assert!(plan.check().has_errors());
+    let found = store::source_keys(&src("typo.yaml", &typo));
+    assert!(found.keys.is_empty());
+    assert_eq!(found.no_matches.len(), 1);
+    assert_eq!(found.no_matches[0].mesh_kind, Some(Kind::Gateway));
+    assert_eq!(
+        found.no_matches[0].to_string(),
+        "no matches for kind \"Gateway\" in version \"networking.istio.io/v2\""
+    );
+
+    // A delete of the resource removes the typo'd document as well.
+    write(dir.path(), "typo.yaml", &typo.replace("8080", "9090"));
+    let plan = ConfigDir::open(dir.path())
+        .unwrap()
+        .plan_delete(&[key(Kind::Gateway, "default", "bookinfo-gateway")])
+        .unwrap();
+    plan.write().unwrap();
+    assert!(snapshot(dir.path()).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes and comments (review 3, L6).
+// ---------------------------------------------------------------------------------------
+
+/// A write that fails before anything is renamed (here: a temporary file whose name is
+/// too long for the filesystem, next to a file name that is not) leaves the directory
+/// as it was, without temporary files, even when other files of the plan were staged.
+#[test]
+fn a_write_that_fails_leaves_the_directory_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", DR_A);
+    let before = snapshot(dir.path());
+    // `serviceentry-default-<name>.yaml`: 246 bytes, a legal file name; its temporary
+    // file's name is longer than 255 bytes.
+    let long = [
+        "x".repeat(54),
+        "y".repeat(54),
+        "z".repeat(54),
+        "w".repeat(57),
+    ]
+    .join(".");
+    assert_eq!(long.len(), 222);
+    let incoming = format!(
+        "{}---\n{}",
+        DR_A.replace("a.example.com", "b.example.com"),
+        se(&long, None, "1")
+    );
+    let plan = ConfigDir::open(dir.path())
+        .unwrap()
+        .plan_apply(&[src("in.yaml", &incoming)])
+        .unwrap();
+    let outcomes: Vec<Outcome> = plan.changes().iter().map(|c| c.outcome).collect();
+    assert_eq!(outcomes, [Outcome::Configured, Outcome::Created]);
+    assert_eq!(
+        plan.file_changes()[1]
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .len(),
+        248
+    );
+    let err = plan.write().unwrap_err();
+    assert!(matches!(err, StoreError::Write { .. }), "{err:?}");
+    assert_eq!(snapshot(dir.path()), before);
+}
+
+/// A replaced document keeps the comments above it when the incoming text has none (as
+/// someone editing the file by hand expects), and applying the same text again is
+/// `unchanged`; an incoming text with comments of its own replaces them.
+#[test]
+fn a_replaced_document_keeps_its_comments_unless_the_new_text_has_some() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = "--- # b\n# Owned by team B.\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec: {host: b.example.com}\n";
+    write(
+        dir.path(),
+        "rules.yaml",
+        &format!("# Rules.\n# Owned by team A.\n\n{DR_A}{b}"),
+    );
+    let new_a = DR_A.replace("a.example.com", "a2.example.com");
+    let new_b = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec: {host: b2.example.com}\n";
+    let apply = |text: &str| {
+        let plan = ConfigDir::open(dir.path())
+            .unwrap()
+            .plan_apply(&[src("in.yaml", text)])
+            .unwrap();
+        plan.write().unwrap();
+        plan.changes().iter().map(|c| c.outcome).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        apply(&format!("{new_a}---\n{new_b}")),
+        [Outcome::Configured, Outcome::Configured]
+    );
+    assert_eq!(
+        read(dir.path(), "rules.yaml"),
+        format!("# Rules.\n# Owned by team A.\n\n{new_a}--- # b\n# Owned by team B.\n{new_b}")
+    );
+    // Kept comments are not a change.
+    assert_eq!(
+        apply(&format!("{new_a}---\n{new_b}")),
+        [Outcome::Unchanged, Outcome::Unchanged]
+    );
+    // Comments of its own replace them.
+    assert_eq!(
+        apply(&format!("# New owner.\n{new_a}")),
+        [Outcome::Configured]
+    );
+    assert!(
+        read(dir.path(), "rules.yaml").starts_with(&format!("# New owner.\n{new_a}--- # b\n")),
+        "{}",
+        read(dir.path(), "rules.yaml")
+    );
+
+    // In a file with CRLF line breaks, the comments keep theirs.
+    write(
+        dir.path(),
+        "rules.yaml",
+        &format!("# Kept.\r\n{}", DR_A.replace('\n', "\r\n")),
+    );
+    assert_eq!(apply(&new_a), [Outcome::Configured]);
+    assert_eq!(
+        read(dir.path(), "rules.yaml"),
+        format!("# Kept.\r\n{}", new_a.replace('\n', "\r\n"))
+    );
 }

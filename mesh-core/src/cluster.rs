@@ -264,7 +264,7 @@ impl Cluster {
             .map(|e| {
                 let p = u16::try_from(e.port_for(port)).unwrap_or(0);
                 Upstream {
-                    id: format!("{}:{p}", e.address).into(),
+                    id: host_port(&e.address, p).into(),
                     address: e.address.as_str().into(),
                     port: p,
                     weight: e.weight,
@@ -301,8 +301,27 @@ impl Cluster {
     }
 }
 
+/// `host:port`, with an IPv6 address in brackets (`[::1]:9080`), as URIs and socket
+/// addresses write it.
+pub fn host_port(host: &str, port: impl std::fmt::Display) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(super::host_port("10.0.0.1", 80), "10.0.0.1:80");
+        assert_eq!(super::host_port("::1", 9080), "[::1]:9080");
+        assert_eq!(super::host_port("[::1]", 9080), "[::1]:9080");
+        assert_eq!(super::host_port("reviews", 9080), "reviews:9080");
+    }
+
     use super::*;
     use mesh_config::model::{PortSelector, PortTrafficPolicy};
 

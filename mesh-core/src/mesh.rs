@@ -116,7 +116,7 @@ impl HostTable {
 /// `publicByGateway`): 0 when private to `from` (defined there, exported to `.` or to
 /// its own namespace), 1 when exported to `from` by name, 2 when public (`*`); `None`
 /// when not visible (`~` hides it from everyone unless `*` is also given).
-fn export_rank(vh: &VirtualHost, from: &str) -> Option<u8> {
+pub fn export_rank(vh: &VirtualHost, from: &str) -> Option<u8> {
     let export = &vh.export_to;
     if export.iter().any(|e| e == "*") {
         return Some(2);

@@ -102,14 +102,25 @@ impl HeaderOps {
     /// Applies the header operations: remove, then set, then add. The authority rewrite
     /// ([`HeaderOps::authority`]) is left to the caller.
     pub fn apply(&self, headers: &mut http::HeaderMap) {
-        for k in &self.remove {
-            headers.remove(k);
+        Self::apply_merged(&[self], headers);
+    }
+
+    /// Applies several operation lists as one, the way Envoy evaluates one header
+    /// parser: every removal first, then the sets and adds of each list in order. Istio
+    /// merges a single destination's operations into its rule's this way.
+    pub fn apply_merged(all: &[&HeaderOps], headers: &mut http::HeaderMap) {
+        for ops in all {
+            for k in &ops.remove {
+                headers.remove(k);
+            }
         }
-        for (k, v) in &self.set {
-            headers.insert(k.clone(), v.clone());
-        }
-        for (k, v) in &self.add {
-            headers.append(k.clone(), v.clone());
+        for ops in all {
+            for (k, v) in &ops.set {
+                headers.insert(k.clone(), v.clone());
+            }
+            for (k, v) in &ops.add {
+                headers.append(k.clone(), v.clone());
+            }
         }
     }
 }

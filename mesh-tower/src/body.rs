@@ -4,10 +4,20 @@
 //! the upstream frame by frame, so client-streaming and bidirectional gRPC calls, long
 //! uploads and `Channel` bodies work as they do over a plain hyper client. Retries and
 //! mirrors need to send the body more than once, so on routes that have them the body
-//! becomes a *replay* body: every frame forwarded is also kept (by reference, not
-//! copied) up to a bound ([`DEFAULT_BUFFER_LIMIT`]), and each further attempt or mirror
-//! reads the kept frames and then the rest of the stream. A body that outgrows the bound
-//! is sent once, intact, and never retried — Envoy's rule for its retry buffer.
+//! becomes a *replay* body: every frame forwarded is also kept (large frames by
+//! reference, small ones copied so they do not pin a connection's read buffer) up to a
+//! bound ([`DEFAULT_BUFFER_LIMIT`], counting 64 bytes of bookkeeping per frame), and each
+//! further attempt or mirror reads the kept frames and then the rest of the stream. A
+//! body that outgrows the bound is sent once, intact, and never retried — Envoy's rule
+//! for its retry buffer.
+//!
+//! The current attempt pulls the caller's body. When a retry replaces an attempt, the old
+//! attempt's copy fails ([`BodyError::Abandoned`]), so its connection resets that request
+//! as Envoy does, and it can no longer take frames from the next attempt. A mirror's copy
+//! follows the attempt (it never takes the body away from it) and pulls by itself only
+//! once no attempt is left. The end of the body is its last frame, its trailers, or as
+//! many bytes as its exact size says — whichever comes first — and [`ReqBody::end_signal`]
+//! reports it (the route timeout starts there, as Envoy's does).
 //!
 //! The response-body wrappers carry what must last as long as the response does: the
 //! route timeout (Envoy's covers the whole response, not only its headers) and the
@@ -23,6 +33,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
+use tokio::sync::watch;
 
 use crate::BoxError;
 
@@ -50,6 +61,9 @@ pub enum BodyError {
     /// The caller's body failed; every copy fails with it.
     #[error("request body failed: {0}")]
     Source(Arc<str>),
+    /// The attempt this copy belonged to was abandoned for a retry.
+    #[error("request attempt abandoned for a retry")]
+    Abandoned,
 }
 
 /// A request body inside the mesh: in memory, streaming once, or streaming with replay.
@@ -133,24 +147,34 @@ impl ReqBody {
                 inner: Inner::Full(b.clone()),
             }),
             Inner::Stream { .. } => None,
-            Inner::Replay(r) => r.fork().map(|r| ReqBody {
+            Inner::Replay(r) => r.fork(false).map(|r| ReqBody {
                 inner: Inner::Replay(r),
             }),
         }
     }
 
-    /// A copy for a mirror: like [`try_clone`](Self::try_clone), but it only reads what
-    /// the other copies have already pulled from the caller, so a mirror never drives —
-    /// or, past the bound, takes over — the caller's body.
+    /// A copy for a mirror: like [`try_clone`](Self::try_clone), but while an attempt of
+    /// the request is alive the copy only reads what that attempt has pulled from the
+    /// caller, so a mirror never takes the body away from the request it copies. When no
+    /// attempt is left (the upstream answered without reading the body, say), the copy
+    /// reads the caller's body itself, as Envoy keeps streaming to a shadow.
     pub(crate) fn try_clone_follower(&self) -> Option<Self> {
         match &self.inner {
-            Inner::Replay(r) => r.fork().map(|mut r| {
-                r.follower = true;
-                ReqBody {
-                    inner: Inner::Replay(r),
-                }
+            Inner::Replay(r) => r.fork(true).map(|r| ReqBody {
+                inner: Inner::Replay(r),
             }),
             _ => self.try_clone(),
+        }
+    }
+
+    /// Abandons the copies sent so far (the attempts a retry replaces): each fails with
+    /// [`BodyError::Abandoned`] the next time it is read, so the connection sending it
+    /// resets that request — as Envoy resets the upstream request it retries — and it
+    /// stops pulling the caller's body. Copies made afterwards, and mirrors, are not
+    /// affected.
+    pub fn abandon_copies(&self) {
+        if let Inner::Replay(r) = &self.inner {
+            r.abandon();
         }
     }
 
@@ -161,6 +185,88 @@ impl ReqBody {
             Inner::Stream { .. } => false,
             Inner::Replay(r) => !r.lock().overflowed(),
         }
+    }
+
+    /// A signal that turns `true` when the caller's body has been received completely
+    /// (or failed, or was dropped: the receiver then reports the sender gone). `None`
+    /// when the body is already complete. Envoy starts the route timeout there.
+    pub fn end_signal(&mut self) -> Option<watch::Receiver<bool>> {
+        match &mut self.inner {
+            Inner::Full(_) => None,
+            Inner::Stream { body, .. } => {
+                let (tx, rx) = watch::channel(false);
+                let inner = std::mem::replace(
+                    body,
+                    Box::pin(http_body_util::Empty::new().map_err(|never| match never {})),
+                );
+                *body = Box::pin(SignalOnEnd::new(inner, tx));
+                Some(rx)
+            }
+            Inner::Replay(r) => {
+                let mut st = r.lock();
+                if st.ended {
+                    return None;
+                }
+                let source = st.source.take()?;
+                let (tx, rx) = watch::channel(false);
+                st.source = Some(Box::pin(SignalOnEnd::new(source, tx)));
+                Some(rx)
+            }
+        }
+    }
+}
+
+/// A body that reports when it has been received completely: its end, its trailers
+/// (the last frame), as many bytes as its exact size says, or an error.
+struct SignalOnEnd {
+    inner: Stream,
+    tx: watch::Sender<bool>,
+    remaining: Option<u64>,
+}
+
+impl SignalOnEnd {
+    fn new(inner: Stream, tx: watch::Sender<bool>) -> Self {
+        let remaining = inner.size_hint().exact();
+        SignalOnEnd {
+            inner,
+            tx,
+            remaining,
+        }
+    }
+}
+
+impl Body for SignalOnEnd {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let done = match &polled {
+            Poll::Pending => false,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(r), Some(d)) = (this.remaining.as_mut(), frame.data_ref()) {
+                    *r = r.saturating_sub(d.len() as u64);
+                }
+                frame.is_trailers() || this.remaining == Some(0) || this.inner.is_end_stream()
+            }
+        };
+        if done {
+            this.tx.send_replace(true);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -196,20 +302,33 @@ impl Body for ReqBody {
     }
 }
 
-/// One reader of a replayed body. Readers share the caller's body: whichever is ahead
-/// pulls the next frame from it, keeps a reference to it and wakes the others.
+/// Frames smaller than this are copied when kept, so that a small slice does not pin a
+/// large read buffer of the connection it came from.
+const COPY_BELOW: usize = 4096;
+
+/// What keeping one frame costs besides its bytes (its handle in the list and the
+/// handle's allocation), counted toward the bound so that a body of tiny frames cannot
+/// hold many times the bound in memory.
+const FRAME_OVERHEAD: usize = 64;
+
+/// One reader of a replayed body. Readers share the caller's body: the current attempt
+/// pulls the next frame from it, keeps a reference to it (or a copy, for small frames)
+/// and wakes the others.
 struct Replay {
     shared: Arc<Shared>,
     /// Its identity among the readers of the body.
     id: u64,
+    /// The attempt generation it belongs to (readers of an older generation are
+    /// abandoned).
+    generation: u64,
+    /// A mirror's reader: it pulls from the caller only when no attempt is alive.
+    follower: bool,
     /// How many kept frames it has read.
     pos: usize,
     /// Whether it has sent the trailers.
     trailers_sent: bool,
     /// The whole body's size hint (each reader sends the whole body).
     hint: SizeHint,
-    /// A mirror's reader: it waits for the others to pull frames from the source.
-    follower: bool,
 }
 
 struct Shared {
@@ -222,8 +341,10 @@ struct State {
     source: Option<Stream>,
     /// The data frames read so far (dropped on overflow).
     chunks: Vec<Bytes>,
-    /// Their total size.
+    /// Their accounted size: bytes plus [`FRAME_OVERHEAD`] per frame.
     size: usize,
+    /// Bytes still expected when the body's size is known.
+    remaining: Option<u64>,
     trailers: Option<HeaderMap>,
     ended: bool,
     /// On overflow, the reader that went past the bound: it alone may go on.
@@ -234,6 +355,10 @@ struct State {
     /// The reader whose waker the source holds.
     poller: Option<u64>,
     next_id: u64,
+    /// The current attempt generation.
+    generation: u64,
+    /// Live readers of the current generation that are not followers.
+    live: usize,
 }
 
 impl State {
@@ -246,6 +371,19 @@ impl State {
             w.wake();
         }
     }
+
+    fn wait(&mut self, cx: &Context<'_>) {
+        if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            self.waiters.push(cx.waker().clone());
+        }
+    }
+
+    /// The caller's body is complete: no more frames will come.
+    fn end(&mut self) {
+        self.ended = true;
+        self.source = None;
+        self.wake_all();
+    }
 }
 
 impl Replay {
@@ -257,6 +395,7 @@ impl Replay {
                     source: Some(body),
                     chunks: Vec::new(),
                     size: 0,
+                    remaining: hint.exact(),
                     trailers: None,
                     ended: false,
                     owner: None,
@@ -264,14 +403,17 @@ impl Replay {
                     waiters: Vec::new(),
                     poller: None,
                     next_id: 1,
+                    generation: 0,
+                    live: 1,
                 }),
                 limit,
             }),
             id: 0,
+            generation: 0,
+            follower: false,
             pos: 0,
             trailers_sent: false,
             hint,
-            follower: false,
         }
     }
 
@@ -285,21 +427,34 @@ impl Replay {
     }
 
     /// A new reader from the start of the body, unless the body outgrew the bound.
-    fn fork(&self) -> Option<Replay> {
+    fn fork(&self, follower: bool) -> Option<Replay> {
         let mut st = self.lock();
         if st.overflowed() {
             return None;
         }
         let id = st.next_id;
         st.next_id += 1;
+        if !follower {
+            st.live += 1;
+        }
         Some(Replay {
             shared: self.shared.clone(),
             id,
+            generation: st.generation,
+            follower,
             pos: 0,
             trailers_sent: false,
             hint: self.hint,
-            follower: false,
         })
+    }
+
+    /// Makes every existing attempt reader stale (see [`ReqBody::abandon_copies`]).
+    fn abandon(&self) {
+        let mut st = self.lock();
+        st.generation += 1;
+        st.live = 0;
+        // Followers may now pull by themselves; stale readers fail when polled.
+        st.wake_all();
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -318,6 +473,9 @@ impl Replay {
             Some(_) => true,
             None => false,
         };
+        if !self.follower && self.generation != st.generation {
+            return Poll::Ready(Some(Err(Box::new(BodyError::Abandoned))));
+        }
         if !owner && self.pos < st.chunks.len() {
             let chunk = st.chunks[self.pos].clone();
             self.pos += 1;
@@ -332,10 +490,9 @@ impl Replay {
             }
             return Poll::Ready(None);
         }
-        if self.follower {
-            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                st.waiters.push(cx.waker().clone());
-            }
+        if self.follower && st.live > 0 {
+            // An attempt is alive: it pulls, this copy follows.
+            st.wait(cx);
             return Poll::Pending;
         }
         // This reader is ahead: pull the next frame from the caller's body.
@@ -345,15 +502,11 @@ impl Replay {
         match source.as_mut().poll_frame(cx) {
             Poll::Pending => {
                 st.poller = Some(self.id);
-                if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.waiters.push(cx.waker().clone());
-                }
+                st.wait(cx);
                 Poll::Pending
             }
             Poll::Ready(None) => {
-                st.ended = true;
-                st.source = None;
-                st.wake_all();
+                st.end();
                 if !self.trailers_sent
                     && let Some(t) = &st.trailers
                 {
@@ -371,24 +524,39 @@ impl Replay {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_data() {
                     Ok(data) => {
+                        if let Some(r) = st.remaining.as_mut() {
+                            *r = r.saturating_sub(data.len() as u64);
+                        }
                         if !owner {
-                            st.size += data.len();
+                            st.size += data.len() + FRAME_OVERHEAD;
                             if st.size > shared.limit {
                                 // Past the bound: stop keeping frames; this reader goes
                                 // on alone, the others fail.
                                 st.owner = Some(self.id);
                                 st.chunks = Vec::new();
                             } else {
-                                st.chunks.push(data.clone());
+                                let kept = if data.len() < COPY_BELOW {
+                                    Bytes::copy_from_slice(&data)
+                                } else {
+                                    data.clone()
+                                };
+                                st.chunks.push(kept);
                                 self.pos += 1;
                             }
+                        }
+                        // As many bytes as the body's size says: it is complete (an
+                        // HTTP/1.1 connection stops reading a body there).
+                        if st.remaining == Some(0) {
+                            st.end();
                         }
                         Frame::data(data)
                     }
                     Err(frame) => {
+                        // Trailers are the last frame of a body.
                         if let Some(t) = frame.trailers_ref() {
                             st.trailers = Some(t.clone());
                             self.trailers_sent = true;
+                            st.end();
                         }
                         frame
                     }
@@ -401,6 +569,9 @@ impl Replay {
 
     fn is_end_stream(&self) -> bool {
         let st = self.lock();
+        if !self.follower && self.generation != st.generation {
+            return false;
+        }
         st.owner.is_none_or(|o| o == self.id)
             && st.ended
             && (st.owner.is_some() || self.pos >= st.chunks.len())
@@ -411,9 +582,16 @@ impl Replay {
 impl Drop for Replay {
     fn drop(&mut self) {
         let mut st = self.lock();
-        if st.poller == Some(self.id) {
-            // The source holds this reader's waker: let another reader poll it.
-            st.poller = None;
+        let current = !self.follower && self.generation == st.generation;
+        if current {
+            st.live = st.live.saturating_sub(1);
+        }
+        if current || st.poller == Some(self.id) {
+            // An attempt went away, or the source holds this reader's waker: let the
+            // others (a follower, now alone, or another attempt) go on.
+            if st.poller == Some(self.id) {
+                st.poller = None;
+            }
             st.wake_all();
         }
     }
@@ -509,7 +687,7 @@ mod tests {
 
     #[tokio::test]
     async fn streaming_bodies_are_not_replayable_until_asked() {
-        let mut body = ReqBody::streaming(chunks(3, 10), 64);
+        let mut body = ReqBody::streaming(chunks(3, 10), 64 * 1024);
         assert!(!body.is_replayable());
         assert!(body.try_clone().is_none());
         body.make_replayable();
@@ -523,7 +701,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_copy_made_after_the_first_read_still_gets_everything() {
-        let mut body = ReqBody::streaming(chunks(4, 10), 64);
+        let mut body = ReqBody::streaming(chunks(4, 10), 64 * 1024);
         body.make_replayable();
         let mut first = body.try_clone().unwrap();
         let head = first.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -554,7 +732,7 @@ mod tests {
     #[tokio::test]
     async fn readers_in_step_both_see_every_frame() {
         let (mut tx, rx) = Channel::<Bytes, BoxError>::new(1);
-        let mut body = ReqBody::streaming(rx, 1024);
+        let mut body = ReqBody::streaming(rx, 64 * 1024);
         body.make_replayable();
         let a = body.try_clone().unwrap();
         let b = body.try_clone().unwrap();
@@ -595,6 +773,85 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_follower_alone_reads_the_body_itself() {
+        let mut body = ReqBody::streaming(chunks(3, 10), 64 * 1024);
+        body.make_replayable();
+        let follower = body.try_clone_follower().unwrap();
+        // The request's own copy goes away unread (the upstream answered early).
+        drop(body);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), follower.collect())
+            .await
+            .expect("the follower is not left waiting")
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&got[..], &want(3, 10)[..]);
+    }
+
+    #[tokio::test]
+    async fn abandoned_copies_fail_and_the_next_gets_everything() {
+        let mut body = ReqBody::streaming(chunks(4, 10), 64 * 1024);
+        body.make_replayable();
+        let mut first = body.try_clone().unwrap();
+        assert_eq!(
+            first
+                .frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_data()
+                .unwrap()
+                .len(),
+            10
+        );
+        body.abandon_copies();
+        let err = first.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.downcast_ref::<BodyError>(), Some(&BodyError::Abandoned));
+        assert!(body.is_replayable());
+        let second = body.try_clone().unwrap();
+        let all = second.collect().await.unwrap().to_bytes();
+        assert_eq!(&all[..], &want(4, 10)[..]);
+    }
+
+    #[tokio::test]
+    async fn tiny_frames_count_their_overhead_toward_the_bound() {
+        let limit = 64 * 1024;
+        // 500 one-byte frames: 500 bytes, about 32 KiB with their overhead: kept.
+        let mut body = ReqBody::streaming(chunks(500, 1), limit);
+        body.make_replayable();
+        let copy = body.try_clone().unwrap();
+        assert_eq!(copy.collect().await.unwrap().to_bytes().len(), 500);
+        assert!(body.is_replayable());
+        // 2,000 one-byte frames: only 2,000 bytes, but past the bound once their
+        // overhead is counted: sent once, intact, and not kept.
+        let mut body = ReqBody::streaming(chunks(2000, 1), limit);
+        body.make_replayable();
+        let copy = body.try_clone().unwrap();
+        assert_eq!(copy.collect().await.unwrap().to_bytes().len(), 2000);
+        assert!(!body.is_replayable());
+    }
+
+    #[tokio::test]
+    async fn the_end_signal_fires_at_the_end_of_the_body() {
+        let (mut tx, rx) = Channel::<Bytes, BoxError>::new(4);
+        let mut body = ReqBody::streaming(rx, 64 * 1024);
+        let mut ended = body.end_signal().unwrap();
+        let reader = tokio::spawn(async move { body.collect().await.map(|c| c.to_bytes()) });
+        tx.send_data(Bytes::from_static(b"a")).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!*ended.borrow(), "not yet");
+        drop(tx);
+        tokio::time::timeout(std::time::Duration::from_secs(5), ended.wait_for(|e| *e))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reader.await.unwrap().unwrap(), Bytes::from_static(b"a"));
+        assert!(
+            ReqBody::full("x").end_signal().is_none(),
+            "in memory: complete"
+        );
+    }
+
+    #[tokio::test]
     async fn trailers_reach_every_copy() {
         let (mut tx, rx) = Channel::<Bytes, BoxError>::new(4);
         tx.try_send(Frame::data(Bytes::from_static(b"x"))).unwrap();
@@ -602,7 +859,7 @@ mod tests {
         t.insert("grpc-status", http::HeaderValue::from_static("0"));
         tx.try_send(Frame::trailers(t)).unwrap();
         drop(tx);
-        let mut body = ReqBody::streaming(rx, 64);
+        let mut body = ReqBody::streaming(rx, 64 * 1024);
         body.make_replayable();
         let copy = body.try_clone().unwrap();
         for b in [body, copy] {
@@ -620,7 +877,7 @@ mod tests {
         let (mut tx, rx) = Channel::<Bytes, BoxError>::new(4);
         tx.try_send(Frame::data(Bytes::from_static(b"x"))).unwrap();
         tx.abort("client went away".into());
-        let mut body = ReqBody::streaming(rx, 64);
+        let mut body = ReqBody::streaming(rx, 64 * 1024);
         body.make_replayable();
         let copy = body.try_clone().unwrap();
         assert!(body.collect().await.is_err());
@@ -634,7 +891,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_dropped_while_waiting_hands_the_source_on() {
         let (mut tx, rx) = Channel::<Bytes, BoxError>::new(1);
-        let mut body = ReqBody::streaming(rx, 64);
+        let mut body = ReqBody::streaming(rx, 64 * 1024);
         body.make_replayable();
         let mut a = body.try_clone().unwrap();
         let b = body.try_clone().unwrap();

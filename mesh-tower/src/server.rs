@@ -5,6 +5,10 @@
 //! PeerAuthentication) and the inbound policies (authorization, rate limits) are the next
 //! pieces to wrap around it.
 //!
+//! Each request carries the address of the peer of its connection as a [`PeerAddr`]
+//! extension. HTTP/1.1 upgrades (`101 Switching Protocols`) are served: the application
+//! takes the upgraded connection with `hyper::upgrade::on`.
+//!
 //! ```no_run
 //! # type App = tower::util::BoxCloneService<http::Request<hyper::body::Incoming>, http::Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible>;
 //! # async fn demo(app: App) -> std::io::Result<()> {
@@ -14,6 +18,7 @@
 //! ```
 
 use std::future::Future;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -29,8 +34,46 @@ use tower::Service;
 
 use crate::BoxError;
 
+/// The address of the peer of the connection a request arrived on: a request extension
+/// set by [`serve`] (and by the ingress gateway's listeners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A service that records the connection's [`PeerAddr`] in each request before calling
+/// `inner`.
+#[derive(Debug, Clone)]
+pub(crate) struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S> WithPeer<S> {
+    /// `inner`, for the requests of a connection from `peer`.
+    pub(crate) fn new(inner: S, peer: SocketAddr) -> Self {
+        WithPeer { inner, peer }
+    }
+}
+
+impl<S, B> Service<Request<B>> for WithPeer<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        self.inner.call(req)
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets the connections in
-/// progress finish their requests.
+/// progress finish their requests. Each request carries its connection's [`PeerAddr`].
 pub async fn serve<S, B>(
     listener: TcpListener,
     app: S,
@@ -43,22 +86,18 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    accept_each(
-        listener,
-        shutdown,
-        move |stream, _peer, builder, watcher| {
-            let app = app.clone();
-            async move {
-                let conn = builder.serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(app),
-                );
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+    accept_each(listener, shutdown, move |stream, peer, builder, watcher| {
+        let app = WithPeer::new(app.clone(), peer);
+        async move {
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(app),
+            );
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-        },
-    )
+        }
+    })
     .await
 }
 

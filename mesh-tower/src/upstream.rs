@@ -9,9 +9,10 @@
 //! between downstream and upstream codecs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
@@ -47,15 +48,28 @@ impl Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint(pub Arc<str>);
 
-/// Beyond this many endpoint clients the oldest are forgotten (their open connections
-/// finish their requests, and their idle ones close), bounding memory when requests go
-/// to ever new passthrough destinations.
+/// Beyond this many endpoint clients the least recently used quarter is forgotten (their
+/// connections finish the requests they carry, and their idle ones close), bounding
+/// memory when requests go to ever new passthrough destinations.
 const MAX_CLIENTS: usize = 4096;
 
 type EndpointClient = Client<FixedConnector, ReqBody>;
 
+struct Entry {
+    client: EndpointClient,
+    /// When it was last used, in milliseconds since the pools were made.
+    used: AtomicU64,
+}
+
 struct Pools {
-    clients: RwLock<HashMap<(Endpoint, Protocol), EndpointClient>>,
+    clients: RwLock<HashMap<(Endpoint, Protocol), Entry>>,
+    epoch: Instant,
+}
+
+impl Pools {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
 }
 
 /// The connection pools of the process: one hyper-util client per endpoint and
@@ -86,16 +100,19 @@ impl UpstreamService {
         UpstreamService {
             pools: Arc::new(Pools {
                 clients: RwLock::new(HashMap::new()),
+                epoch: Instant::now(),
             }),
         }
     }
 
     fn client(&self, endpoint: &Endpoint, protocol: Protocol) -> Result<EndpointClient, BoxError> {
         let key = (endpoint.clone(), protocol);
+        let now = self.pools.now();
         if let Ok(clients) = self.pools.clients.read()
-            && let Some(c) = clients.get(&key)
+            && let Some(e) = clients.get(&key)
         {
-            return Ok(c.clone());
+            e.used.store(now, Ordering::Relaxed);
+            return Ok(e.client.clone());
         }
         let target: Uri = format!("http://{}/", endpoint.0).parse()?;
         let mut http = HttpConnector::new();
@@ -114,9 +131,20 @@ impl UpstreamService {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if clients.len() >= MAX_CLIENTS {
-            clients.clear();
+            let mut by_age: Vec<(u64, (Endpoint, Protocol))> = clients
+                .iter()
+                .map(|(k, e)| (e.used.load(Ordering::Relaxed), k.clone()))
+                .collect();
+            by_age.sort_unstable_by_key(|(used, _)| *used);
+            for (_, k) in by_age.iter().take(clients.len() / 4) {
+                clients.remove(k);
+            }
         }
-        Ok(clients.entry(key).or_insert(client).clone())
+        let entry = clients.entry(key).or_insert(Entry {
+            client,
+            used: AtomicU64::new(now),
+        });
+        Ok(entry.client.clone())
     }
 }
 
@@ -177,5 +205,30 @@ impl Service<Uri> for FixedConnector {
     fn call(&mut self, _logical: Uri) -> Self::Future {
         let connecting = self.http.call(self.target.clone());
         Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn past_the_limit_the_least_recently_used_quarter_is_forgotten() {
+        let up = UpstreamService::new();
+        let ep = |i: usize| Endpoint(format!("10.0.{}.{}:80", i / 256, i % 256).into());
+        for i in 0..MAX_CLIENTS {
+            up.client(&ep(i), Protocol::Http1).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A hot endpoint, used after all the others.
+        up.client(&ep(0), Protocol::Http1).unwrap();
+        up.client(&ep(MAX_CLIENTS), Protocol::Http1).unwrap();
+        let clients = up.pools.clients.read().unwrap();
+        assert_eq!(clients.len(), MAX_CLIENTS - MAX_CLIENTS / 4 + 1);
+        assert!(
+            clients.contains_key(&(ep(0), Protocol::Http1)),
+            "the hot pool stays"
+        );
+        assert!(clients.contains_key(&(ep(MAX_CLIENTS), Protocol::Http1)));
     }
 }

@@ -132,23 +132,63 @@ pub(crate) fn apply(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Err
 }
 
 /// `meshctl delete`.
+///
+/// As `kubectl delete -f` does, a resource the configuration has no type for (one of the
+/// mesh's kinds under an `apiVersion` it does not serve, such as a Gateway API
+/// `gateway.networking.k8s.io/v1` `Gateway`) is an error, `no matches for kind ...`,
+/// that deletes nothing in its place (not the Istio resource of the same name) and makes
+/// the exit status 1; the other resources are deleted all the same. A kind the mesh does
+/// not read at all (a `Deployment`) is ignored with a warning, as the loader ignores it.
 pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let dir = ConfigDir::open(&args.config)?;
     let sources = read_sources(&args.files)?;
     let mut keys = Vec::new();
     let mut yaml_errors = Vec::new();
+    let mut no_matches = Vec::new();
     for s in &sources {
-        let (k, e) = store::resource_keys(s);
-        keys.extend(k);
-        yaml_errors.extend(e);
+        let found = store::source_keys(s);
+        keys.extend(found.keys);
+        yaml_errors.extend(found.yaml_errors);
+        no_matches.extend(
+            found
+                .no_matches
+                .into_iter()
+                .map(|n| (s.name().to_string(), n)),
+        );
     }
     if !yaml_errors.is_empty() {
         render_to_stderr(&yaml_errors, args.color);
         eprintln!("error: the files to delete are not valid YAML; nothing was deleted");
         return Ok(ExitCode::from(EXIT_ERRORS));
     }
+    let mut failed = false;
+    for (source, n) in &no_matches {
+        let name = if n.name.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", n.name)
+        };
+        match n.mesh_kind {
+            Some(kind) => {
+                failed = true;
+                eprintln!(
+                    "error: {n}: {}{name} at {source}:{} is not a resource of the configuration (the mesh reads {} as {})",
+                    n.kind,
+                    n.line,
+                    kind,
+                    kind.api_versions().join(", ")
+                );
+            }
+            None => eprintln!(
+                "warning: {} ({}){name} at {source}:{} is not a kind the mesh reads; ignored",
+                n.kind, n.api_version, n.line
+            ),
+        }
+    }
     if keys.is_empty() {
-        eprintln!("error: no objects passed to delete");
+        if !failed {
+            eprintln!("error: no objects passed to delete");
+        }
         return Ok(ExitCode::from(EXIT_ERRORS));
     }
     let plan = match dir.plan_delete(&keys) {
@@ -176,10 +216,9 @@ pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Er
         );
     }
     plan.write()?;
-    let mut missing = false;
     for c in plan.changes() {
         if c.outcome == Outcome::NotFound {
-            missing = true;
+            failed = true;
             eprintln!(
                 "Error: {} \"{}\" not found in {}",
                 store::qualified_kind(c.key.kind),
@@ -190,7 +229,7 @@ pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Er
             println!("{c}");
         }
     }
-    Ok(if missing {
+    Ok(if failed {
         ExitCode::from(EXIT_ERRORS)
     } else {
         ExitCode::SUCCESS

@@ -704,3 +704,97 @@ fn get_unknown_kind_exits_2_listing_the_kinds() {
         "-f is required"
     );
 }
+
+/// Istio's samples/bookinfo/gateway-api/bookinfo-gateway.yaml (abridged): a Kubernetes
+/// Gateway API `Gateway` named like the Istio Gateway of the Bookinfo configuration.
+const GATEWAY_API: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: bookinfo-gateway
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: http
+    port: 80
+    protocol: HTTP
+    allowedRoutes: {namespaces: {from: Same}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: bookinfo
+spec:
+  parentRefs: [{name: bookinfo-gateway}]
+";
+
+/// `kubectl delete -f` of a Gateway API `Gateway` never deletes
+/// `gateways.networking.istio.io/bookinfo-gateway`: the configuration has no type for it
+/// (`no matches for kind`, exit 1), and the other resources of the input are deleted.
+#[test]
+fn delete_of_a_gateway_api_gateway_reports_no_matches_and_deletes_the_rest() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    let gateway = std::fs::read_to_string(dir.path().join("bookinfo-gateway.yaml")).unwrap();
+    let reviews =
+        std::fs::read_to_string(repo().join(SAMPLES).join("destination-rule-reviews.yaml"))
+            .unwrap();
+    let o = meshctl_stdin(
+        &["delete", "-f", "-", "--config", d],
+        &format!("{GATEWAY_API}---\n{reviews}"),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        stdout(&o),
+        "destinationrule.networking.istio.io/reviews deleted\n"
+    );
+    assert!(
+        err.contains(
+            "error: no matches for kind \"Gateway\" in version \"gateway.networking.k8s.io/v1\""
+        ),
+        "{err}"
+    );
+    assert!(err.contains("<stdin>:1"), "{err}");
+    assert!(
+        err.contains(
+            "warning: HTTPRoute (gateway.networking.k8s.io/v1) \"bookinfo\" at <stdin>:13"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("IST0101"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("bookinfo-gateway.yaml")).unwrap(),
+        gateway
+    );
+
+    // Nothing but the Gateway API resources: nothing deleted, the same error.
+    let before = files(dir.path());
+    let o = meshctl_stdin(&["delete", "-f", "-", "--config", d], GATEWAY_API);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(stdout(&o), "");
+    assert!(err.contains("no matches for kind \"Gateway\""), "{err}");
+    assert!(!err.contains("no objects passed"), "{err}");
+    assert_eq!(files(dir.path()), before);
+}
+
+/// `meshctl apply` of a Gateway API `Gateway` is refused (the mesh does not serve that
+/// apiVersion) and nothing is reported `configured` or written.
+#[test]
+fn apply_of_a_gateway_api_gateway_is_refused() {
+    let dir = bookinfo_copy();
+    let d = dir.path().to_str().unwrap();
+    let before = files(dir.path());
+    let o = meshctl_stdin(&["apply", "-f", "-", "--config", d], GATEWAY_API);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(stdout(&o), "");
+    assert!(
+        err.contains("not served under apiVersion `gateway.networking.k8s.io/v1`"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(!err.contains("configured"), "{err}");
+    assert_eq!(files(dir.path()), before);
+}

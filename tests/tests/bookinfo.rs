@@ -286,6 +286,13 @@ async fn request_routing() {
         assert_eq!(other.podname.as_deref(), Some("reviews-v1"));
         assert_eq!(demo.page(None).await.podname.as_deref(), Some("reviews-v1"));
     }
+    // `end-user` comes from productpage's login session, never from its client.
+    let req = Request::get(format!("http://{}/productpage", demo.running().ingress))
+        .header("end-user", "jason")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (_, _, html) = demo.send(req).await;
+    assert_eq!(Page::parse(&html).podname.as_deref(), Some("reviews-v1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,6 +394,12 @@ async fn fault_injection_abort() {
     let other = demo.page(None).await;
     assert_eq!(other.podname.as_deref(), Some("reviews-v1"));
     assert!(!other.ratings_unavailable);
+    // productpage's ratings API passes the injected status through, as the original.
+    let (status, body) = demo.get("/api/v1/products/0/ratings", Some("jason")).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains(bookinfo::services::PRODUCT_RATINGS_UNAVAILABLE));
+    let (status, _) = demo.get("/api/v1/products/0/ratings", None).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,4 +549,33 @@ async fn an_invalid_configuration_at_start_is_refused_with_its_diagnostics() {
     assert!(matches!(err, bookinfo::run::StartError::Invalid { .. }));
     assert!(text.contains("bad.yaml:9"), "{text}");
     assert!(text.contains("FASTEST"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_moved_into_the_configuration_is_applied() {
+    // A directory of YAML renamed into the watched directory (as a Kubernetes ConfigMap
+    // volume swaps its data directory) raises events for paths without `.yaml`.
+    let demo = Demo::start().await;
+    let before = demo.version();
+    let staging = tempfile::tempdir().unwrap();
+    let sub = staging.path().join("routing");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::copy(
+        sample("virtual-service-reviews-v3.yaml"),
+        sub.join("reviews.yaml"),
+    )
+    .unwrap();
+    // Same filesystem as the demo's directory, or the rename would be a copy.
+    let moved = demo.dir.path().join("routing");
+    if std::fs::rename(&sub, &moved).is_err() {
+        let local = demo.dir.path().join(".staging");
+        std::fs::create_dir(&local).unwrap();
+        std::fs::copy(sub.join("reviews.yaml"), local.join("reviews.yaml")).unwrap();
+        std::fs::rename(&local, &moved).unwrap();
+    }
+    demo.wait_for_change(before).await;
+    assert_eq!(
+        versions(&demo, 10, None).await,
+        BTreeMap::from([("reviews-v3".to_string(), 10)])
+    );
 }

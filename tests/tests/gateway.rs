@@ -16,7 +16,7 @@ use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_config::{ConfigSet, Snapshot};
-use mesh_tests::{get, named, service, snapshot};
+use mesh_tests::{get, named, serve, service, snapshot};
 use mesh_tower::{GatewayError, IngressGateway, MeshConfig, Workload};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -474,10 +474,14 @@ async fn https_redirect_answers_301_to_https() {
     let snap = snapshot(&cfg);
     let config = MeshConfig::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
-    let host = format!("shop.example.com:{}", addrs.of(80).port());
+    // Envoy's `require_tls`: `https://` + the Host as received (port kept) + the path.
+    let host = format!("Shop.example.com:{}", addrs.of(80).port());
     let (status, body, headers) = http_get(addrs.of(80), &host, "/cart?item=7").await;
     assert_eq!((status, body.as_str()), (301, ""));
-    assert_eq!(headers["location"], "https://shop.example.com/cart?item=7");
+    assert_eq!(headers["location"], format!("https://{host}/cart?item=7"));
+    let (status, _, headers) = http_get(addrs.of(80), "shop.example.com", "/").await;
+    assert_eq!(status, 301);
+    assert_eq!(headers["location"], "https://shop.example.com/");
     assert_eq!(backend.hits(), 0);
 }
 
@@ -746,4 +750,493 @@ async fn a_file_that_is_not_pem_is_an_error_naming_it() {
         matches!(&err, GatewayError::Pem { field: "privateKey", path, .. } if path.ends_with("server-key.pem")),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Virtual hosts: VirtualService hosts ∩ server hosts, merged across the servers of a port
+
+/// Writes `request` (raw HTTP/1.1) to `addr` and reads what comes back until the server
+/// closes the connection (3 s at most).
+async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Two Gateways on port 80: `catch-all` (`*`) with a VirtualService for
+/// `shop.example.com`, and `wild` (`*.example.com`) with one for `*.example.com`. Istio
+/// merges the servers of a port into one route configuration whose virtual hosts are
+/// the VirtualService hosts intersected with the server hosts: `shop.example.com` is an
+/// exact virtual host, chosen before `*.example.com`, whatever the servers' hosts.
+#[tokio::test]
+async fn the_most_specific_virtual_service_host_wins_across_gateways_of_a_port() {
+    let (shop, other) = (named("shop").await, named("other").await);
+    let cfg = service("shop", "HTTP", &[("v1", shop.port())])
+        + &service("other", "HTTP", &[("v1", other.port())])
+        + &gateway("catch-all", &http_server(80, "\"*\""))
+        + &gateway("wild", &http_server(80, "\"*.example.com\""))
+        + &vs("shop", "shop.example.com", "catch-all", &to("shop"))
+        + &vs("wild", "\"*.example.com\"", "wild", &to("other"));
+    let snap = snapshot(&cfg);
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let gw = addrs.of(80);
+    let resp = raw(
+        gw,
+        "GET / HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.ends_with("shop"), "{resp}");
+    assert_eq!(http_get(gw, "cart.example.com", "/").await.1, "other");
+    // `catch-all`'s VirtualService has no other host: nothing for other names.
+    assert_eq!(http_get(gw, "example.org", "/").await.0, 404);
+}
+
+/// The most specific *server* host (`*.example.com`, Gateway `wild`) has no
+/// VirtualService for the name; a less specific server's Gateway (`*`) has one: Istio
+/// has a virtual host for it, the request is served.
+#[tokio::test]
+async fn a_less_specific_server_answers_when_the_more_specific_ones_has_no_virtual_service() {
+    let shop = named("shop").await;
+    let cfg = service("shop", "HTTP", &[("v1", shop.port())])
+        + &gateway("catch-all", &http_server(80, "\"*\""))
+        + &gateway("wild", &http_server(80, "\"*.example.com\""))
+        + &vs("all", "\"*\"", "catch-all", &to("shop"))
+        + &vs("elsewhere", "other.org", "wild", &to("shop"));
+    let snap = snapshot(&cfg);
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let (status, body, _) = http_get(addrs.of(80), "shop.example.com", "/").await;
+    assert_eq!((status, body.as_str()), (200, "shop"));
+    // `other.org` is outside `wild`'s hosts: only `catch-all`'s `*` answers it.
+    assert_eq!(http_get(addrs.of(80), "other.org", "/").await.1, "shop");
+}
+
+/// Two Gateways' VirtualServices for `*` share one virtual host: their routes are
+/// tried in order, except that Istio moves catch-all routes (no condition but a `/`
+/// prefix) to the end (`SortVHostRoutes`).
+#[tokio::test]
+async fn merged_routes_are_tried_in_order_with_catch_all_routes_last() {
+    let (first, second) = (named("first").await, named("second").await);
+    let cfg = service("first", "HTTP", &[("v1", first.port())])
+        + &service("second", "HTTP", &[("v1", second.port())])
+        + &gateway("a", &http_server(80, "\"*\""))
+        + &gateway("b", &http_server(80, "\"*\""))
+        + &vs(
+            "first",
+            "\"*\"",
+            "a",
+            &(String::from(
+                "  - match: [{uri: {prefix: /first}}]\n    route: [{destination: {host: first, port: {number: 9080}}}]\n",
+            ) + &to("first")),
+        )
+        + &vs(
+            "second",
+            "\"*\"",
+            "b",
+            "  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: second, port: {number: 9080}}}]\n",
+        );
+    let snap = snapshot(&cfg);
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let gw = addrs.of(80);
+    assert_eq!(http_get(gw, "x.example.com", "/api/v1").await.1, "second");
+    assert_eq!(http_get(gw, "x.example.com", "/first").await.1, "first");
+    assert_eq!(http_get(gw, "x.example.com", "/other").await.1, "first");
+}
+
+/// VirtualService rule changes apply with `MeshConfig::update` alone: the gateway's
+/// virtual hosts are rebuilt for the new configuration.
+#[tokio::test]
+async fn virtual_service_rules_follow_the_mesh_configuration_at_once() {
+    let (v1, v2) = (named("v1").await, named("v2").await);
+    let base = service(
+        "productpage",
+        "HTTP",
+        &[("v1", v1.port()), ("v2", v2.port())],
+    ) + &gateway("bookinfo-gateway", &http_server(80, "\"*\""));
+    let rule = |subset: &str| {
+        format!(
+            "  - route: [{{destination: {{host: productpage, subset: {subset}, port: {{number: 9080}}}}}}]\n"
+        )
+    };
+    let before =
+        snapshot(&(base.clone() + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v1"))));
+    let config = MeshConfig::from_snapshot(&before);
+    let (_, addrs) = start(&config, &before, &[80]);
+    assert_eq!(http_get(addrs.of(80), "a.example.com", "/").await.1, "v1");
+    let after = snapshot(&(base + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v2"))));
+    config.update(&after);
+    assert_eq!(http_get(addrs.of(80), "a.example.com", "/").await.1, "v2");
+}
+
+// ---------------------------------------------------------------------------------------
+// Headers
+
+/// An HTTP/1.1 request in absolute form: the virtual host and the route are chosen by
+/// the URI's authority, and that authority is the `Host` the upstream receives (Envoy,
+/// RFC 9112 §3.2.2), not the `Host` the client also wrote.
+#[tokio::test]
+async fn an_absolute_form_request_reaches_the_upstream_with_the_routed_authority() {
+    let backend = named("backend").await;
+    let cfg = service("frontend", "HTTP", &[("v1", backend.port())])
+        + &gateway("public", &http_server(80, "public.example.com"))
+        + &vs("public", "public.example.com", "public", &to("frontend"));
+    let snap = snapshot(&cfg);
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let resp = raw(
+        addrs.of(80),
+        "GET http://public.example.com/ HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // An `https` absolute URI on a plaintext port is refused, as by Envoy.
+    let resp = raw(
+        addrs.of(80),
+        "GET https://public.example.com/ HTTP/1.1\r\nHost: public.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["host"], "public.example.com");
+}
+
+/// Istio's gateways run Envoy with `use_remote_address: true` and
+/// `forward_client_cert_details: SANITIZE_SET`: a client's `x-forwarded-client-cert` and
+/// `x-envoy-*` headers never reach the backend, the peer address is appended to
+/// `x-forwarded-for`, and `x-forwarded-proto` is the connection's.
+#[tokio::test]
+async fn client_supplied_trust_headers_are_sanitized() {
+    let backend = named("backend").await;
+    let cfg = service("frontend", "HTTP", &[("v1", backend.port())])
+        + &gateway("public", &http_server(80, "\"*\""))
+        + &vs("public", "\"*\"", "public", &to("frontend"));
+    let snap = snapshot(&cfg);
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let resp = raw(
+        addrs.of(80),
+        "GET / HTTP/1.1\r\nHost: a.example.com\r\n\
+         x-forwarded-client-cert: By=spiffe://cluster.local/ns/default/sa/frontend;URI=spiffe://cluster.local/ns/admin/sa/root\r\n\
+         x-forwarded-for: 203.0.113.9\r\nx-forwarded-proto: https\r\n\
+         x-envoy-internal: true\r\nx-envoy-external-address: 10.0.0.1\r\nx-envoy-upstream-rq-timeout-ms: 1\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = backend.seen();
+    let h = &seen[0].headers;
+    assert!(
+        h.get("x-forwarded-client-cert").is_none(),
+        "the backend got a spoofed XFCC: {:?}",
+        h.get("x-forwarded-client-cert")
+    );
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9,127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-envoy-external-address"], "127.0.0.1");
+    assert!(h.get("x-envoy-internal").is_none(), "{h:?}");
+    assert!(h.get("x-envoy-upstream-rq-timeout-ms").is_none(), "{h:?}");
+}
+
+/// RFC 9110 §7.6.1: `Connection` and the headers it names, `Keep-Alive`,
+/// `Proxy-Connection`, `Upgrade` and `TE` (but `trailers`) are not forwarded, in either
+/// direction.
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded_either_way() {
+    let backend = serve(|_, _| async {
+        http::Response::builder()
+            .header("connection", "x-private")
+            .header("x-private", "p")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("x-public", "p")
+            .body(http_body_util::Full::new(Bytes::from("ok")))
+            .unwrap()
+    })
+    .await;
+    let cfg = service("frontend", "HTTP", &[("v1", backend.port())])
+        + &gateway("public", &http_server(80, "\"*\""))
+        + &vs("public", "\"*\"", "public", &to("frontend"));
+    let snap = snapshot(&cfg);
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let resp = raw(
+        addrs.of(80),
+        "GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
+         Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nX-End: 1\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let head = resp.to_ascii_lowercase();
+    assert!(head.contains("x-public: p"), "{resp}");
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-connection",
+        "connection: x-private",
+    ] {
+        assert!(!head.contains(gone), "{gone} reached the client: {resp}");
+    }
+    let seen = backend.seen();
+    let h = &seen[0].headers;
+    assert_eq!(h["x-end"], "1");
+    assert_eq!(h["te"], "trailers");
+    for gone in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the backend: {h:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Upgrades
+
+/// A WebSocket (HTTP/1.1 Upgrade) through the gateway: Istio's gateways proxy them.
+/// The upstream's `101` reaches the client and the two upgraded connections are bridged.
+#[tokio::test]
+async fn a_websocket_upgrade_is_proxied() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Upstream: answers 101 and echoes whatever follows.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").await.unwrap();
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let cfg = service("ws", "HTTP", &[("v1", port)])
+        + &gateway("public", &http_server(80, "\"*\""))
+        + &vs("public", "\"*\"", "public", &to("ws"));
+    let snap = snapshot(&cfg);
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let mut s = TcpStream::connect(addrs.of(80)).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: a.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for round in [&b"ping"[..], &b"pong!"[..]] {
+        s.write_all(round).await.unwrap();
+        let mut echo = vec![0u8; round.len()];
+        let got =
+            tokio::time::timeout(std::time::Duration::from_secs(3), s.read_exact(&mut echo)).await;
+        assert!(
+            matches!(got, Ok(Ok(_))) && echo == round,
+            "no echo through the upgraded connection: {got:?}"
+        );
+    }
+    // The upstream got the upgrade headers (and the routed Host).
+    let upstream = heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(upstream.starts_with("get /chat http/1.1"), "{upstream}");
+    assert!(upstream.contains("connection: upgrade"), "{upstream}");
+    assert!(upstream.contains("upgrade: websocket"), "{upstream}");
+    assert!(upstream.contains("host: a.example.com"), "{upstream}");
+}
+
+/// Upgrade protocols other than WebSocket are refused with 403, as by an Envoy
+/// configured for WebSocket upgrades only; `h2c` is dropped and the request goes on as
+/// HTTP/1.1.
+#[tokio::test]
+async fn other_upgrades_are_refused_and_h2c_is_dropped() {
+    let backend = named("backend").await;
+    let cfg = service("frontend", "HTTP", &[("v1", backend.port())])
+        + &gateway("public", &http_server(80, "\"*\""))
+        + &vs("public", "\"*\"", "public", &to("frontend"));
+    let snap = snapshot(&cfg);
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let resp = raw(
+        addrs.of(80),
+        "GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: Upgrade, close\r\nUpgrade: foo/2\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert_eq!(backend.hits(), 0);
+    let resp = raw(
+        addrs.of(80),
+        "GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let h = &backend.seen()[0].headers;
+    for gone in ["upgrade", "http2-settings", "connection"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the backend: {h:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS: filter chains and client certificates
+
+/// Two HTTPS servers of one port with the same TLS settings: Istio gives each its own
+/// filter chain (chosen by SNI) and route configuration, so a request on a connection
+/// made for `a.example.com` is answered by `a`'s server only, whatever its `Host`.
+#[tokio::test]
+async fn requests_on_a_tls_connection_are_answered_by_the_server_its_sni_chose() {
+    let (a, b) = (named("a").await, named("b").await);
+    let dir = TempDir::new();
+    let ca = Ca::new("mesh-rs test CA");
+    let (cert, key) = ca.issue(
+        &["a.example.com", "b.example.com"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    dir.write("ab.pem", &cert);
+    dir.write("ab-key.pem", &key);
+    let server = |name: &str| {
+        format!(
+            "  - port: {{number: 443, name: https-{name}, protocol: HTTPS}}\n    hosts: [{name}.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: ab.pem, privateKey: ab-key.pem}}\n"
+        )
+    };
+    dir.write(
+        "gateway.yaml",
+        &(gateway("two", &(server("a") + &server("b")))
+            + &service("svc-a", "HTTP", &[("v1", a.port())])
+            + &service("svc-b", "HTTP", &[("v1", b.port())])
+            + &vs("a", "a.example.com", "two", &to("svc-a"))
+            + &vs("b", "b.example.com", "two", &to("svc-b"))),
+    );
+    let snap = load_dir(dir.path());
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[443]);
+    let gw = addrs.of(443);
+    let on = |sni: &'static str, host: &'static str| {
+        let pem = ca.pem.clone();
+        async move {
+            let tls = tls_connect(gw, sni, &pem, None, false).await.unwrap();
+            send(tls, host, "/").await.unwrap()
+        }
+    };
+    assert_eq!(on("a.example.com", "a.example.com").await.1, "a");
+    assert_eq!(on("b.example.com", "b.example.com").await.1, "b");
+    let (status, body, _) = on("a.example.com", "b.example.com").await;
+    assert_eq!((status, body.as_str()), (404, ""));
+    assert_eq!(b.hits(), 1);
+}
+
+/// On a MUTUAL server the backend gets the verified client certificate in
+/// `x-forwarded-client-cert`, in Envoy's format with the fields Istio asks for
+/// (`Hash`, `Cert`, `Subject`, `URI`, `DNS`), whatever the client sent in that header.
+#[tokio::test]
+async fn mutual_tls_forwards_the_verified_client_certificate() {
+    let backend = named("mutual").await;
+    let dir = TempDir::new();
+    let ca = tls_setup(&dir, "MUTUAL", backend.port());
+    let snap = load_dir(dir.path());
+    let config = MeshConfig::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[443]);
+
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "client.example.com");
+    params.subject_alt_names = vec![
+        rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from("spiffe://cluster.local/ns/shop/sa/client").unwrap(),
+        ),
+        rcgen::SanType::DnsName(rcgen::string::Ia5String::try_from("client.example.com").unwrap()),
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let client = (cert.pem(), key.serialize_pem());
+
+    let tls = tls_connect(
+        addrs.of(443),
+        "secure.example.com",
+        &ca.pem,
+        Some(&client),
+        false,
+    )
+    .await
+    .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header(http::header::HOST, "secure.example.com")
+        .header(
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/admin/sa/root",
+        )
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let seen = backend.seen();
+    let xfcc = seen[0].headers["x-forwarded-client-cert"].to_str().unwrap();
+    let fields: Vec<&str> = xfcc.split(';').collect();
+    let digest = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .unwrap()
+        .common
+        .hash_provider
+        .hash(cert.der());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(fields[0], format!("Hash={hex}"), "{xfcc}");
+    let pem = fields[1]
+        .strip_prefix("Cert=\"")
+        .and_then(|c| c.strip_suffix('"'))
+        .unwrap()
+        .replace("%0A", "\n")
+        .replace("%20", " ")
+        .replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=");
+    assert_eq!(pem, client.0, "{xfcc}");
+    assert_eq!(
+        &fields[2..],
+        [
+            "Subject=\"CN=client.example.com\"",
+            "URI=spiffe://cluster.local/ns/shop/sa/client",
+            "DNS=client.example.com",
+        ],
+        "{xfcc}"
+    );
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+    assert_eq!(seen[0].headers["x-forwarded-for"], "127.0.0.1");
 }

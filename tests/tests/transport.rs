@@ -454,7 +454,11 @@ async fn a_mirror_gets_the_streamed_body_too() {
 async fn echo_headers() -> mesh_tests::TestServer {
     serve(|_, seen| async move {
         let mut r = Response::new(Full::new(Bytes::new()));
-        for (name, echo) in [("host", "x-saw-host"), ("x-order", "x-saw-order")] {
+        for (name, echo) in [
+            ("host", "x-saw-host"),
+            ("x-order", "x-saw-order"),
+            ("x-keep", "x-saw-keep"),
+        ] {
             if let Some(v) = seen.headers.get(name) {
                 r.headers_mut().insert(echo, v.clone());
             }
@@ -471,7 +475,7 @@ async fn header_operations_on_host_rewrite_the_authority_and_follow_istios_order
         + &vs(
             "reviews",
             // One destination: the destination's operations are merged after the rule's.
-            "  - match: [{uri: {prefix: /single}}]\n    headers: {request: {set: {x-order: rule, host: rule.example}}}\n    route:\n    - destination: {host: reviews, subset: v1}\n      headers: {request: {set: {x-order: destination}}}\n\
+            "  - match: [{uri: {prefix: /single}}]\n    headers: {request: {set: {x-order: rule, x-keep: rule, host: rule.example}}}\n    route:\n    - destination: {host: reviews, subset: v1}\n      headers: {request: {set: {x-order: destination}, remove: [x-keep]}}\n\
              # A weighted split: the rule's operations apply after the destination's.\n  - match: [{uri: {prefix: /weighted}}]\n    headers: {request: {set: {x-order: rule}}}\n    route:\n    - destination: {host: reviews, subset: v1}\n      weight: 50\n      headers: {request: {set: {x-order: destination, ':authority': dest.example}}}\n    - destination: {host: reviews, subset: v2}\n      weight: 50\n      headers: {request: {set: {x-order: destination, ':authority': dest.example}}}\n",
         );
     let m = mesh(&cfg);
@@ -541,4 +545,47 @@ async fn a_subset_the_callers_destination_rule_lacks_is_a_missing_cluster() {
     let default = config.workload(mesh_tower::Workload::new("caller", "default"));
     assert_eq!(get(&default, "http://reviews:9080/", &[]).await.0, 200);
     assert_eq!(s.hits(), 1);
+}
+
+/// A ServiceEntry endpoint with an IPv6 address (valid in Istio) is dialled as
+/// `[::1]:PORT`.
+#[tokio::test]
+async fn an_ipv6_endpoint_is_reachable() {
+    // The IPv6 loopback; a machine without IPv6 cannot run this test.
+    let Ok(l) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    };
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|_r: http::Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            "v6",
+                        ))))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: v6}}\nspec:\n  hosts: [v6.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - address: \"::1\"\n    ports: {{http: {port}}}\n"
+    );
+    let m = mesh_tests::mesh(&yaml);
+    let req = http::Request::get("http://v6:9080/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = m.client().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        (status.as_u16(), String::from_utf8_lossy(&body).into_owned()),
+        (200, "v6".to_string())
+    );
 }

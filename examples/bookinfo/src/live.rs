@@ -43,6 +43,8 @@ struct State_ {
 /// The configuration of the running demo.
 pub struct Live {
     dir: PathBuf,
+    /// The directory's files as they were before the first load.
+    fingerprint: Fingerprint,
     config: MeshConfig,
     gateway: IngressGateway,
     state: RwLock<State_>,
@@ -64,14 +66,17 @@ pub enum Reloaded {
 }
 
 impl Live {
-    /// The live configuration of `dir`, starting from `snapshot`.
+    /// The live configuration of `dir`, starting from `snapshot`, which was loaded from
+    /// the directory as `fingerprint` (taken before loading) describes it.
     pub fn new(
         dir: PathBuf,
         config: MeshConfig,
         gateway: IngressGateway,
         snapshot: Snapshot,
+        fingerprint: Fingerprint,
     ) -> Self {
         Live {
+            fingerprint,
             dir,
             config,
             gateway,
@@ -199,6 +204,33 @@ impl Live {
     }
 }
 
+/// The YAML files of a directory with their sizes and modification times: taken before
+/// the first load, it tells whether the directory changed before the watcher started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+impl Fingerprint {
+    /// The fingerprint of `dir` now.
+    pub fn of(dir: &Path) -> Self {
+        Fingerprint(fingerprint(dir))
+    }
+}
+
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out: Vec<_> = mesh_config::load::yaml_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (p, len, modified)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// The admin endpoint: `/healthz` and `/config_dump`.
 pub fn admin(live: Arc<Live>) -> Router {
     Router::new()
@@ -225,16 +257,33 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// changes.
 pub fn watch(live: Arc<Live>) -> Result<DirWatcher, String> {
     let (tx, events) = mpsc::unbounded_channel();
+    let trigger = tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(event) = res else { return };
+        let event = match res {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(error = %e, "configuration watcher error; reloading");
+                let _ = tx.send(());
+                return;
+            }
+        };
         if event.kind.is_access() {
             return;
         }
-        let relevant = event.paths.iter().any(|p| {
-            matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                || event.kind.is_remove()
-        });
-        if relevant {
+        // A YAML file changed; or a file or directory appeared, went away or was
+        // renamed (a directory of YAML moved in, a Kubernetes ConfigMap's symlink swap);
+        // or the watcher lost track (no paths, rescan).
+        let structural = matches!(
+            event.kind,
+            notify::EventKind::Create(_)
+                | notify::EventKind::Remove(_)
+                | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+        );
+        let yaml = event
+            .paths
+            .iter()
+            .any(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")));
+        if structural || yaml || event.paths.is_empty() || event.need_rescan() {
             let _ = tx.send(());
         }
     })
@@ -242,6 +291,10 @@ pub fn watch(live: Arc<Live>) -> Result<DirWatcher, String> {
     watcher
         .watch(live.dir(), RecursiveMode::Recursive)
         .map_err(|e| e.to_string())?;
+    // A change made between the first load and now would otherwise go unnoticed.
+    if Fingerprint::of(live.dir()) != live.fingerprint {
+        let _ = trigger.send(());
+    }
     Ok(DirWatcher {
         live,
         events,

@@ -156,7 +156,7 @@ pub fn workloads(snapshot: &Snapshot) -> Result<Vec<WorkloadSpec>, StartError> {
                 .service_account
                 .clone()
                 .unwrap_or_else(|| "default".into()),
-            addr: format!("{}:{port}", we.spec.address),
+            addr: mesh_core::cluster::host_port(&we.spec.address, port),
             labels: we.spec.labels.clone(),
         });
     }
@@ -331,6 +331,7 @@ pub fn gateway_workload() -> Workload {
 
 /// Starts everything; returns once all listeners are bound.
 pub async fn start(mut opts: Options) -> Result<Running, StartError> {
+    let fingerprint = crate::live::Fingerprint::of(&opts.config_dir);
     let snapshot = load(&opts.config_dir)?;
     let config = MeshConfig::from_snapshot(&snapshot);
     let (shutdown, _) = watch::channel(false);
@@ -400,6 +401,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
         config,
         gateway.clone(),
         snapshot,
+        fingerprint,
     ));
     let stopped = stop(&shutdown);
     tasks.push(tokio::spawn(async move {

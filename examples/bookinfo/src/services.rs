@@ -21,7 +21,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-/// Headers Bookinfo's services propagate to the services they call.
+/// Headers the reviews service propagates to ratings (the original's
+/// `headers_to_propagate`): tracing headers, the user agent, the caller's identity
+/// (`end-user`, set by productpage), cookies and credentials.
 pub const PROPAGATED: &[&str] = &[
     "x-request-id",
     "x-ot-span-context",
@@ -39,8 +41,28 @@ pub const PROPAGATED: &[&str] = &[
     "x-b3-flags",
     "sw8",
     "user-agent",
+    "cookie",
+    "authorization",
+    "jwt",
     "end-user",
 ];
+
+/// The headers productpage propagates: the same, except `end-user`, which productpage
+/// sets itself from its login session and never takes from its client.
+fn productpage_propagates(name: &str) -> bool {
+    name != "end-user" && PROPAGATED.contains(&name)
+}
+
+/// The headers of `incoming` that `keep` accepts.
+fn forwarded(incoming: &HeaderMap, keep: impl Fn(&str) -> bool) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in incoming {
+        if keep(name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
 
 /// The message productpage shows when reviews cannot be fetched.
 pub const REVIEWS_UNAVAILABLE: &str =
@@ -48,6 +70,9 @@ pub const REVIEWS_UNAVAILABLE: &str =
 /// The message productpage shows when details cannot be fetched.
 pub const DETAILS_UNAVAILABLE: &str =
     "Sorry, product details are currently unavailable for this book.";
+/// The message productpage's API answers when ratings cannot be fetched.
+pub const PRODUCT_RATINGS_UNAVAILABLE: &str =
+    "Sorry, product ratings are currently unavailable for this book.";
 /// The error reviews reports when ratings cannot be fetched.
 pub const RATINGS_UNAVAILABLE: &str = "Ratings service is currently unavailable";
 
@@ -147,18 +172,16 @@ pub enum CallError {
     Failed(String),
 }
 
-/// GET `url` through `mesh`, with the propagated headers of `incoming`, within `timeout`.
+/// GET `url` through `mesh` with the headers `outgoing`, within `timeout`.
 pub async fn call(
     mesh: &Mesh,
     url: &str,
-    incoming: &HeaderMap,
+    outgoing: &HeaderMap,
     timeout: Duration,
 ) -> Result<Value, CallError> {
     let mut b = http::Request::get(url);
-    for name in PROPAGATED {
-        for v in incoming.get_all(*name) {
-            b = b.header(*name, v.clone());
-        }
+    for (name, value) in outgoing {
+        b = b.header(name, value.clone());
     }
     let req = b
         .body(http_body_util::Empty::<Bytes>::new())
@@ -262,7 +285,8 @@ async fn reviews_of(
         None
     } else {
         let url = format!("http://ratings:9080/ratings/{n}");
-        Some(call(&s.caller.mesh, &url, &headers, s.caller.timeout(timeout)).await)
+        let out = forwarded(&headers, |n| PROPAGATED.contains(&n));
+        Some(call(&s.caller.mesh, &url, &out, s.caller.timeout(timeout)).await)
     };
     let reviews: Vec<Value> = texts
         .iter()
@@ -271,8 +295,12 @@ async fn reviews_of(
             match &ratings {
                 None => {}
                 Some(Ok(v)) => {
-                    let stars = v["ratings"][reviewer].as_i64().unwrap_or(-1);
-                    r["rating"] = json!({"stars": stars, "color": color});
+                    // As the original: a reviewer without a rating (-1) is shown as
+                    // ratings being unavailable.
+                    r["rating"] = match v["ratings"][reviewer].as_i64() {
+                        Some(stars) if stars != -1 => json!({"stars": stars, "color": color}),
+                        _ => json!({"error": RATINGS_UNAVAILABLE}),
+                    };
                 }
                 Some(Err(_)) => r["rating"] = json!({"error": RATINGS_UNAVAILABLE}),
             }
@@ -319,9 +347,10 @@ fn user(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// The incoming headers plus `end-user` for a logged-in user, as the original sends.
+/// What productpage sends to the services it calls, as the original does: the
+/// propagated headers of its request, and `end-user` from its login session only.
 fn outgoing(headers: &HeaderMap) -> HeaderMap {
-    let mut h = headers.clone();
+    let mut h = forwarded(headers, productpage_propagates);
     if let Some(u) = user(headers).and_then(|u| HeaderValue::from_str(&u).ok()) {
         h.insert("end-user", u);
     }
@@ -336,13 +365,26 @@ struct LoginForm {
     passwd: String,
 }
 
-async fn login(Form(f): Form<LoginForm>) -> Response {
+/// Where to go after login or logout: back to the page the form was on (the
+/// original redirects to the referrer), else the product page. Only a path on this
+/// site is followed.
+fn back(headers: &HeaderMap) -> String {
+    let referer = headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.parse::<http::Uri>().ok())
+        .and_then(|u| u.path_and_query().map(|pq| pq.as_str().to_string()))
+        .filter(|p| p.starts_with('/') && !p.starts_with("//"));
+    referer.unwrap_or_else(|| "/productpage".into())
+}
+
+async fn login(headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
     let user: String = f
         .username
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .collect();
-    let mut resp = found("/productpage");
+    let mut resp = found(&back(&headers));
     if let Ok(v) = HeaderValue::from_str(&format!("{SESSION}={user}; Path=/")) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -350,12 +392,15 @@ async fn login(Form(f): Form<LoginForm>) -> Response {
 }
 
 /// A 302 redirect, as the original (Flask) answers login and logout.
-fn found(to: &'static str) -> Response {
-    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+fn found(to: &str) -> Response {
+    match HeaderValue::from_str(to) {
+        Ok(v) => (StatusCode::FOUND, [(header::LOCATION, v)]).into_response(),
+        Err(_) => (StatusCode::FOUND, [(header::LOCATION, "/productpage")]).into_response(),
+    }
 }
 
-async fn logout() -> Response {
-    let mut resp = found("/productpage");
+async fn logout(headers: HeaderMap) -> Response {
+    let mut resp = found(&back(&headers));
     resp.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_static("session=; Path=/; Max-Age=0"),
@@ -386,11 +431,7 @@ async fn api_details(
     let url = format!("http://details:9080/details/{id}");
     match call(&c.mesh, &url, &outgoing(&headers), c.timeout(3.0)).await {
         Ok(v) => Json(v).into_response(),
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            Json(json!({"error": format!("{e:?}")})),
-        )
-            .into_response(),
+        Err(e) => api_error(&e, DETAILS_UNAVAILABLE),
     }
 }
 
@@ -414,11 +455,7 @@ async fn api_reviews(
 ) -> Response {
     match fetch_reviews(&c, &id, &outgoing(&headers)).await {
         Ok(v) => Json(v).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": REVIEWS_UNAVAILABLE})),
-        )
-            .into_response(),
+        Err(e) => api_error(&e, REVIEWS_UNAVAILABLE),
     }
 }
 
@@ -430,12 +467,18 @@ async fn api_ratings(
     let url = format!("http://ratings:9080/ratings/{id}");
     match call(&c.mesh, &url, &outgoing(&headers), c.timeout(3.0)).await {
         Ok(v) => Json(v).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": RATINGS_UNAVAILABLE})),
-        )
-            .into_response(),
+        Err(e) => api_error(&e, PRODUCT_RATINGS_UNAVAILABLE),
     }
+}
+
+/// The API's answer when a call failed, as the original's: the upstream's status (500
+/// when there was none) and an error message.
+fn api_error(e: &CallError, message: &str) -> Response {
+    let status = match e {
+        CallError::Status(s) => *s,
+        CallError::Timeout | CallError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(json!({ "error": message }))).into_response()
 }
 
 fn escape(s: &str) -> String {
@@ -447,15 +490,15 @@ fn escape(s: &str) -> String {
 
 async fn page(State(c): State<Caller>, headers: HeaderMap) -> Html<String> {
     let out = outgoing(&headers);
-    let (details, reviews) = tokio::join!(
-        call(
-            &c.mesh,
-            "http://details:9080/details/0",
-            &out,
-            c.timeout(3.0)
-        ),
-        fetch_reviews(&c, "0", &out)
-    );
+    // One after the other, as the original does.
+    let details = call(
+        &c.mesh,
+        "http://details:9080/details/0",
+        &out,
+        c.timeout(3.0),
+    )
+    .await;
+    let reviews = fetch_reviews(&c, "0", &out).await;
     let product = &products()[0];
     let user = user(&headers);
     let mut html = String::new();

@@ -91,7 +91,7 @@ impl<S: MeshService> Service<Request<ReqBody>> for Balance<S> {
                 (u.address.clone(), u.port, Some(c.clone()), i)
             }
         };
-        let endpoint: Arc<str> = format!("{address}:{port}").into();
+        let endpoint: Arc<str> = mesh_core::cluster::host_port(&address, port).into();
         if let Some(a) = &attempts
             && let Ok(mut v) = a.0.lock()
         {

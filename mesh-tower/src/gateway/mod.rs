@@ -30,47 +30,84 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What it does, per request: the host of `:authority`/`Host` (port removed, lower
-//! case) picks the server of the port: an exact host before a wildcard, a longer
-//! wildcard (`*.b.example.com`) before a shorter one, `*` last; among equally specific
-//! matches the Gateway whose name, then namespace, sorts first (Istio orders conflicting
-//! Gateways by creation time, then name, then namespace; files have no creation time),
-//! then the server that comes first in it. No server → 404 with an empty body, as Envoy
-//! answers when no virtual host matches; no VirtualService bound to the Gateway for the
-//! host (or none from a namespace a `namespace/host` entry allows) → 404 too. A
-//! plaintext server with `tls.httpsRedirect` answers 301 to `https://host/path`.
-//! Otherwise the request goes to the mesh client as `http://host[:server port]/path`
-//! (the port of the Gateway server, not the local one, so that VirtualService `port`
-//! matches see the Gateway's), keeping the `Host` the client wrote for the upstream and
-//! setting `x-forwarded-proto`.
+//! What it does, per request (as Istio configures Envoy for a gateway):
+//!
+//! * **Virtual hosts.** The VirtualServices bound to the Gateways of a port make its
+//!   virtual hosts, as Istio's `buildGatewayHTTPRouteConfig` builds them: for each
+//!   server of the port in order (Gateways by name, then namespace — Istio orders them
+//!   by creation time, then name, then namespace; files have no creation time — then
+//!   the servers of each), each VirtualService bound to its Gateway (visible to the
+//!   gateway workload's namespace; private, then exported by name, then public, then in
+//!   load order) gives one virtual host per name of `VirtualService hosts ∩ server
+//!   hosts` (only the server hosts whose `namespace/` admits the VirtualService's
+//!   namespace); a name already there gets the routes appended. On a TLS port each
+//!   server (filter chain) has virtual hosts of its own, and the requests of a
+//!   connection are answered by the server its SNI chose only.
+//! * **Host.** The authority (the URI's for an absolute-form or HTTP/2 request, else
+//!   `Host`; port removed, lower case) picks a virtual host as Envoy does: an exact
+//!   name, else the longest `*.suffix`, else `*`. None → 404 with an empty body. A
+//!   virtual host of a plaintext server with `tls.httpsRedirect` answers 301 to
+//!   `https://` + the authority as received (port included) + the path, as Envoy's
+//!   `require_tls` does.
+//! * **Routes.** The route layer then tries the virtual host's routes in order, each
+//!   VirtualService's rules seeing the request as arriving through its server's
+//!   Gateway, catch-all routes (no condition but a `/` prefix) last as Istio sorts
+//!   them; no match → 404. The request goes to the mesh client as
+//!   `http://host[:server port]/path` (the port of the Gateway server, not the local
+//!   one, so that VirtualService `port` matches see the Gateway's), with the
+//!   configuration the gateway chose the virtual host with: one request never sees two
+//!   configurations.
+//! * **Headers** (Envoy with `use_remote_address: true` and
+//!   `forward_client_cert_details: SANITIZE_SET`): the upstream gets the authority the
+//!   gateway matched on as `Host`; hop-by-hop headers (`Connection` and the headers it
+//!   names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, `TE` but
+//!   `trailers`) are removed in both directions; every `x-envoy-*` header of the client
+//!   is removed and `x-envoy-external-address` set to the peer address, which is also
+//!   appended to `x-forwarded-for`; `x-forwarded-proto` is `http` or `https` as the
+//!   connection is; a client's `x-forwarded-client-cert` is removed, and on `MUTUAL`
+//!   connections set from the verified client certificate (`By`, `Hash`, `Cert`,
+//!   `Subject`, `URI`, `DNS`, Envoy's format and Istio's choice of fields).
+//! * **Upgrades.** HTTP/1.1 WebSocket upgrades are proxied: when the upstream answers
+//!   `101`, the client's and the upstream's connections are bridged. `Upgrade: h2c` is
+//!   dropped (the request goes on as HTTP/1.1); other upgrade protocols and `CONNECT`
+//!   are refused with 403, as by an Envoy configured for WebSocket only.
 //!
 //! TLS: servers with `tls.mode` `SIMPLE` or `MUTUAL` terminate TLS with rustls, with the
 //! certificate, key, CA (and `caCrl`) PEM files they name, relative paths taken from the
 //! directory of the Gateway's YAML file. Several servers on one port are chosen by SNI
-//! with the same host rules (a client without SNI gets a server with a `*` host, or no
-//! handshake); requests on the connection are then answered by the servers of the port
-//! with the same TLS settings (their hosts matched as above). `MUTUAL` requires a client
-//! certificate signed by the CA.
+//! with the host rules of servers (an exact host before a wildcard, a longer wildcard
+//! before a shorter one, `*` last, the first server in order among equals; a client
+//! without SNI gets a server with a `*` host, or no handshake). `MUTUAL` requires a
+//! client certificate signed by the CA. A connection keeps its server (filter chain)
+//! across [`IngressGateway::update`]s while that server keeps its TLS settings; once
+//! it is gone or changed, the connection's requests get 404.
 //!
-//! Live configuration: VirtualServices follow [`MeshConfig::update`] at once. Which
-//! servers answer which hosts follows [`IngressGateway::update`], which the caller
-//! invokes with the same snapshot after `MeshConfig::update`. Listeners and
-//! certificates are fixed when the gateway binds: a new or changed port, or changed TLS
-//! settings, need a new gateway (a restart); such servers are skipped with a warning
-//! until then.
+//! Live configuration: which VirtualServices answer, with which rules, follows
+//! [`MeshConfig::update`] (the virtual hosts are rebuilt for the new configuration on
+//! its first request). Which servers answer which hosts, and which VirtualServices are
+//! bound to them, follow [`IngressGateway::update`], which the caller invokes with the
+//! same snapshot after `MeshConfig::update`. Listeners and certificates are fixed when
+//! the gateway binds: a new or changed port, or changed TLS settings, need a new
+//! gateway (a restart); such servers are skipped with a warning until then.
 //!
 //! Not supported in-process (each such server is skipped with a `tracing` warning):
 //! `credentialName` and other Kubernetes secrets, TLS modes `PASSTHROUGH`,
 //! `AUTO_PASSTHROUGH`, `ISTIO_MUTUAL` and `OPTIONAL_MUTUAL`, `tlsCertificates`, the TCP,
 //! TLS and MONGO protocols, and — on `MUTUAL` servers, rather than let in clients they
 //! should refuse — `subjectAltNames`, certificate pinning and `insecureSkipVerify`.
-//! VirtualService `scheme` matches see `http` on TLS ports; `x-forwarded-for` is not
-//! added.
+//! Also: VirtualService `scheme` matches see `http` on TLS ports; of several
+//! VirtualServices bound to one Gateway that claim exactly the same hosts, only the
+//! first (mesh-core's choice) contributes routes, where Istio appends them all;
+//! WebSocket over HTTP/2 (extended CONNECT) is not supported; `x-request-id` is not
+//! generated.
 
 mod error;
+mod headers;
 mod service;
 mod table;
 mod tls;
+mod vhost;
+mod xfcc;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -79,17 +116,21 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use mesh_config::Snapshot;
-use rustls::ServerConfig;
 
 pub use error::{GatewayError, ServerRef};
 
 use crate::{MeshClient, MeshConfig, Workload};
 use service::GatewayService;
 use table::{Table, TlsKey};
+use tls::Loaded;
+pub(crate) use vhost::GatewayRoute;
+use vhost::{Chain, Routes};
 
 /// The Gateway (`namespace/name`) a request arrived through, as a request extension.
 ///
-/// The ingress gateway sets it; the route layer passes it to mesh-core, so that only
+/// The ingress gateway sets it (the Gateway of the first server whose VirtualServices
+/// answer the request's host) together with the virtual host it chose, which the route
+/// layer routes with. Set alone, the route layer passes it to mesh-core, so that only
 /// VirtualServices bound to that Gateway apply and hosts are matched as the client wrote
 /// them. Without it a request is workload traffic (Istio's `mesh` gateway).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -102,8 +143,13 @@ pub(crate) struct Shared {
     client: MeshClient,
     /// The servers of the current snapshot.
     table: ArcSwap<Table>,
+    /// The virtual hosts of `table` with the VirtualServices of a configuration of
+    /// `config` (rebuilt when either changes).
+    routes: ArcSwap<Routes>,
+    /// Held while `routes` is rebuilt.
+    compiling: Mutex<()>,
     /// TLS configurations loaded at start.
-    tls: HashMap<TlsKey, Arc<ServerConfig>>,
+    tls: HashMap<TlsKey, Loaded>,
     /// Port → TLS, for every listener.
     listening: HashMap<u32, bool>,
     /// Port → the address its listener is bound to.
@@ -111,16 +157,36 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The TLS settings and configuration a client asking for `sni` on `port` gets.
-    pub(crate) fn tls_for(
-        &self,
-        port: u32,
-        sni: Option<&str>,
-    ) -> Option<(Arc<TlsKey>, Arc<ServerConfig>)> {
+    /// The filter chain and TLS configuration a client asking for `sni` on `port` gets.
+    pub(crate) fn tls_for(&self, port: u32, sni: Option<&str>) -> Option<(Chain, Loaded)> {
         let table = self.table.load();
-        let key = table.find_sni(port, sni)?.tls.clone()?;
-        let config = self.tls.get(&*key)?.clone();
-        Some((key, config))
+        let chain = Chain::of(table.find_sni(port, sni)?)?;
+        let loaded = self.tls.get(&*chain.tls)?.clone();
+        Some((chain, loaded))
+    }
+
+    /// The virtual hosts of the current servers with the current configuration's
+    /// VirtualServices, rebuilt when either has changed since they were built.
+    pub(crate) fn routes(&self) -> Arc<Routes> {
+        let fresh = |r: &Routes, table: &Arc<Table>, mesh: &Arc<mesh_core::CompiledMesh>| {
+            Arc::ptr_eq(&r.table, table) && Arc::ptr_eq(&r.mesh, mesh)
+        };
+        let routes = self.routes.load_full();
+        if fresh(&routes, &self.table.load(), &self.config.current()) {
+            return routes;
+        }
+        let _compiling = self
+            .compiling
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (table, mesh) = (self.table.load_full(), self.config.current());
+        let routes = self.routes.load_full();
+        if fresh(&routes, &table, &mesh) {
+            return routes;
+        }
+        let routes = Arc::new(Routes::compile(table, mesh, &self.workload));
+        self.routes.store(routes.clone());
+        routes
     }
 }
 
@@ -206,16 +272,19 @@ impl IngressGateway {
             listening.insert(port, is_tls);
             addrs.push((port, local));
         }
-        let table = Table::build(snapshot.version(), servers, &listening, &|k| {
+        let table = Arc::new(Table::compile(snapshot, servers, &listening, &|k| {
             tls.contains_key(k)
-        });
+        }));
+        let routes = Routes::compile(table.clone(), config.current(), &workload);
         let client = config.workload(workload.clone()).client();
         Ok(IngressGateway {
             shared: Arc::new(Shared {
                 config,
                 workload,
                 client,
-                table: ArcSwap::from_pointee(table),
+                table: ArcSwap::new(table),
+                routes: ArcSwap::from_pointee(routes),
+                compiling: Mutex::new(()),
                 tls,
                 listening,
                 addrs,
@@ -238,22 +307,24 @@ impl IngressGateway {
             .map(|(_, a)| *a)
     }
 
-    /// Compiles the Gateways of `snapshot` that select the gateway workload and swaps
-    /// them in: requests that start afterwards are matched against their servers' hosts.
-    /// Call it after [`MeshConfig::update`] with the same snapshot (VirtualServices
-    /// follow that one). Servers on ports without a listener, or with TLS settings other
-    /// than those loaded at start, are skipped with a warning: listeners and
-    /// certificates are fixed at start. A snapshot already in place is not compiled
-    /// again.
+    /// Compiles the Gateways of `snapshot` that select the gateway workload, and the
+    /// VirtualServices bound to them, and swaps them in: requests that start afterwards
+    /// are answered by their virtual hosts. Call it after [`MeshConfig::update`] with
+    /// the same snapshot (the VirtualServices' rules are that configuration's). Servers
+    /// on ports without a listener, or with TLS settings other than those loaded at
+    /// start, are skipped with a warning: listeners and certificates are fixed at start.
+    /// A snapshot already in place is not compiled again.
     pub fn update(&self, snapshot: &Snapshot) {
         if self.shared.table.load().version == snapshot.version() {
             return;
         }
         let servers = table::servers(snapshot, &self.shared.workload);
-        let table = Table::build(snapshot.version(), servers, &self.shared.listening, &|k| {
+        let table = Table::compile(snapshot, servers, &self.shared.listening, &|k| {
             self.shared.tls.contains_key(k)
         });
         self.shared.table.store(Arc::new(table));
+        // Build the virtual hosts now rather than on the first request.
+        self.shared.routes();
     }
 
     /// The version of the snapshot whose Gateways are in place.

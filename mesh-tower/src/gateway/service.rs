@@ -1,42 +1,66 @@
-//! The gateway's request service: which server answers the host, then the gateway
-//! workload's mesh client with the Gateway recorded in the request.
+//! The gateway's request service: which virtual host answers the host, the headers an
+//! edge proxy sets, then the gateway workload's mesh client with the Gateway and the
+//! virtual host recorded in the request; upgrades (WebSocket) are bridged once the
+//! upstream accepts them.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HOST, LOCATION};
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
-use mesh_core::Source;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use mesh_core::route::split_authority;
 use tower::{Service, ServiceExt};
 
-use super::table::TlsKey;
+use super::headers::{
+    Upgrade, is_upgrade_response, sanitize_request, strip_hop_by_hop, upgrade_of,
+};
+use super::vhost::{Chain, GatewayRoute};
 use super::{GatewaySource, Shared};
 use crate::body::full;
+use crate::server::PeerAddr;
 use crate::{BoxError, BoxFuture, MeshFailure, ResBody};
 
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// What the gateway knows of a TLS connection.
+#[derive(Debug)]
+pub(crate) struct TlsConn {
+    /// The filter chain its SNI chose.
+    pub(crate) chain: Chain,
+    /// `x-forwarded-client-cert` for a MUTUAL connection (the verified client
+    /// certificate), set on each of its requests.
+    pub(crate) xfcc: Option<HeaderValue>,
+}
 
-/// Serves the requests of one gateway port (and, on a TLS port, of connections that
-/// negotiated one set of TLS settings).
+/// Serves the requests of one gateway port (and, on a TLS port, of one connection).
 #[derive(Clone)]
 pub(crate) struct GatewayService {
     shared: Arc<Shared>,
     port: u32,
-    tls: Option<Arc<TlsKey>>,
+    tls: Option<Arc<TlsConn>>,
 }
 
 impl GatewayService {
-    pub(crate) fn new(shared: Arc<Shared>, port: u32, tls: Option<Arc<TlsKey>>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, port: u32, tls: Option<Arc<TlsConn>>) -> Self {
         GatewayService { shared, port, tls }
     }
 
     /// Decides what to do with `req`: answer it here, or forward it (rewritten for the
     /// mesh client).
     fn prepare<B>(&self, mut req: Request<B>) -> Prepared<B> {
+        let tls = self.tls.is_some();
+        // An absolute URI is `http` (or `https` over TLS), as Envoy requires.
+        match req.uri().scheme_str() {
+            None | Some("http") => {}
+            Some("https") if tls => {}
+            Some(_) => return Prepared::Answer(status(StatusCode::BAD_REQUEST)),
+        }
+        // The authority Envoy routes on and sends upstream: the URI's (absolute form,
+        // HTTP/2 `:authority`), else `Host`.
         let written = match req.uri().authority() {
             Some(a) => a.as_str().to_owned(),
             None => match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
@@ -44,13 +68,20 @@ impl GatewayService {
                 None => return Prepared::Answer(status(StatusCode::BAD_REQUEST)),
             },
         };
+        let Ok(host_value) = HeaderValue::from_str(&written) else {
+            return Prepared::Answer(status(StatusCode::BAD_REQUEST));
+        };
         let name = split_authority(&written).0.to_ascii_lowercase();
         if name.is_empty() {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
         }
-        let table = self.shared.table.load();
+        let routes = self.shared.routes();
+        let chain = self.tls.as_ref().map(|t| &t.chain);
         // Envoy answers 404 with an empty body when no virtual host matches.
-        let Some(server) = table.find(self.port, &name, self.tls.as_deref()) else {
+        let Some(host) = routes
+            .virtual_hosts(self.port, chain)
+            .and_then(|v| v.find(&name))
+        else {
             return Prepared::Answer(status(StatusCode::NOT_FOUND));
         };
         let pq = req
@@ -58,9 +89,10 @@ impl GatewayService {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if server.https_redirect {
+        if host.require_tls && !tls {
+            // Envoy's `require_tls` redirect: the host as received, port included.
             let mut resp = status(StatusCode::MOVED_PERMANENTLY);
-            match HeaderValue::from_str(&format!("https://{name}{pq}")) {
+            match HeaderValue::from_str(&format!("https://{written}{pq}")) {
                 Ok(location) => {
                     resp.headers_mut().insert(LOCATION, location);
                 }
@@ -68,21 +100,22 @@ impl GatewayService {
             }
             return Prepared::Answer(resp);
         }
-        // Only VirtualServices bound to the Gateway route here, and only those the
-        // server's `namespace/host` lets in; without one Envoy has no route: 404.
-        let mesh = self.shared.config.current();
-        let w = &self.shared.workload;
-        let src = Source {
-            namespace: &w.namespace,
-            labels: &w.labels,
-            gateway: Some(&server.gateway),
+        let Some(first) = host.routes.first() else {
+            // A virtual host without routes (only an httpsRedirect server's, reached
+            // over TLS): Envoy's 404.
+            return Prepared::Answer(status(StatusCode::NOT_FOUND));
         };
-        match mesh.virtual_host(&name, &src) {
-            Some(vh) if server.admits(&vh.namespace, &name) => {}
-            _ => return Prepared::Answer(status(StatusCode::NOT_FOUND)),
+        // Upgrades: Istio's gateways proxy WebSocket; Envoy's HTTP/1 codec drops `h2c`
+        // and refuses upgrade types (and CONNECT) it is not configured for.
+        let upgrade = if req.version() == Version::HTTP_11 {
+            upgrade_of(req.headers())
+        } else {
+            Upgrade::None
+        };
+        if upgrade == Upgrade::Other || req.method() == Method::CONNECT {
+            return Prepared::Answer(status(StatusCode::FORBIDDEN));
         }
-        let gateway = server.gateway.clone();
-        drop(table);
+        let websocket = upgrade == Upgrade::WebSocket;
         // The mesh client routes absolute `http://` URIs; the port is the server's, so
         // that VirtualService `port` matches see the Gateway's port, not the local one.
         let authority = if self.port == 80 {
@@ -99,17 +132,25 @@ impl GatewayService {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
         };
         *req.uri_mut() = uri;
-        // The upstream sees the authority the client wrote, as behind Envoy.
-        if !req.headers().contains_key(HOST)
-            && let Ok(v) = HeaderValue::from_str(&written)
-        {
-            req.headers_mut().insert(HOST, v);
-        }
-        let proto = if self.tls.is_some() { "https" } else { "http" };
-        req.headers_mut()
-            .insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        req.extensions_mut().insert(GatewaySource(gateway));
-        Prepared::Forward(req)
+        let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers, websocket);
+        sanitize_request(
+            headers,
+            peer,
+            tls,
+            self.tls.as_ref().and_then(|t| t.xfcc.as_ref()),
+        );
+        // The upstream sees the authority the gateway matched on, as behind Envoy.
+        headers.insert(HOST, host_value);
+        req.extensions_mut()
+            .insert(GatewaySource(first.gateway.clone()));
+        req.extensions_mut().insert(GatewayRoute {
+            mesh: routes.mesh.clone(),
+            host: host.clone(),
+        });
+        let downstream = websocket.then(|| hyper::upgrade::on(&mut req));
+        Prepared::Forward(req, downstream)
     }
 }
 
@@ -129,11 +170,11 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self.prepare(req) {
             Prepared::Answer(resp) => Box::pin(async move { Ok(resp) }),
-            Prepared::Forward(req) => {
+            Prepared::Forward(req, downstream) => {
                 let client = self.shared.client.clone();
                 Box::pin(async move {
                     Ok(match client.oneshot(req).await {
-                        Ok(resp) => resp,
+                        Ok(resp) => respond(resp, downstream),
                         Err(e) => failure(e),
                     })
                 })
@@ -144,10 +185,55 @@ where
 
 /// What to do with a request.
 enum Prepared<B> {
-    /// Send it through the mesh client.
-    Forward(Request<B>),
+    /// Send it through the mesh client; with the client's side of a WebSocket upgrade.
+    Forward(Request<B>, Option<OnUpgrade>),
     /// Answer it here.
     Answer(Response<ResBody>),
+}
+
+/// The upstream's response, as the client gets it: without hop-by-hop headers; a `101`
+/// to a WebSocket upgrade is passed on, and the two upgraded connections are bridged.
+fn respond(mut resp: Response<ResBody>, downstream: Option<OnUpgrade>) -> Response<ResBody> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(resp.headers_mut(), false);
+        return resp;
+    }
+    let Some(downstream) = downstream else {
+        tracing::debug!("gateway: a 101 to a request that asked for no upgrade");
+        return status(StatusCode::BAD_GATEWAY);
+    };
+    if !is_upgrade_response(resp.status(), resp.headers())
+        || resp.extensions().get::<OnUpgrade>().is_none()
+    {
+        tracing::debug!("gateway: the upstream's 101 cannot be upgraded");
+        return status(StatusCode::BAD_GATEWAY);
+    }
+    let upstream = hyper::upgrade::on(&mut resp);
+    strip_hop_by_hop(resp.headers_mut(), true);
+    tokio::spawn(tunnel(downstream, upstream));
+    resp
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections
+/// until both sides are done.
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+    let (client, server) = tokio::join!(downstream, upstream);
+    match (client, server) {
+        (Ok(client), Ok(server)) => {
+            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+            match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                Ok((up, down)) => {
+                    tracing::debug!(up, down, "gateway: upgraded connection closed");
+                }
+                Err(e) => tracing::debug!(error = %e, "gateway: upgraded connection failed"),
+            }
+        }
+        (client, server) => tracing::debug!(
+            client = ?client.err(),
+            upstream = ?server.err(),
+            "gateway: the upgrade did not complete"
+        ),
+    }
 }
 
 /// A response with `status` and an empty body.

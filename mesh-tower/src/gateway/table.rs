@@ -1,10 +1,12 @@
-//! The servers of the Gateways that select the gateway workload, compiled once per
-//! snapshot: which server answers a host on a port, and with which TLS settings.
+//! The servers of the Gateways that select the gateway workload, and the VirtualServices
+//! bound to them, compiled once per snapshot: which servers listen on a port, with which
+//! TLS settings, and which VirtualServices may answer there.
 //!
-//! Compiling walks every Gateway once; a request then looks at the few servers of its
-//! port. Order of servers (ties between equally specific host matches): the Gateway's
-//! name, then its namespace (Istio sorts conflicting Gateways by creation time, then
-//! name, then namespace; files carry no creation time), then the server's index.
+//! Compiling walks every Gateway once; the virtual hosts of a port are then built from
+//! these servers per configuration (see `vhost`). Order of servers (Istio merges the
+//! servers of a port in this order): the Gateway's name, then its namespace (Istio sorts
+//! conflicting Gateways by creation time, then name, then namespace; files carry no
+//! creation time), then the server's index.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,10 @@ use std::sync::Arc;
 
 use mesh_config::Snapshot;
 use mesh_config::host;
-use mesh_config::model::{Gateway, Origin, Resource, ServerTlsMode, TlsProtocol};
+use mesh_config::model::{
+    Gateway, HttpMatchRequest, HttpRoute, Origin, Resource, ServerTlsMode, TlsProtocol,
+};
+use mesh_core::matcher::qualify_gateway;
 
 use super::error::ServerRef;
 use crate::Workload;
@@ -89,9 +94,15 @@ impl HostPattern {
         }
     }
 
-    /// True when VirtualServices of `namespace` may bind to this host.
-    fn admits(&self, namespace: &str) -> bool {
+    /// True when VirtualServices of `namespace` may bind to this host (Istio's
+    /// `NamesForNamespace`).
+    pub(crate) fn admits(&self, namespace: &str) -> bool {
         self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    }
+
+    /// The host, lower case, without its namespace.
+    pub(crate) fn host(&self) -> &str {
+        &self.host
     }
 }
 
@@ -115,14 +126,86 @@ impl Server {
     fn score(&self, name: &str) -> Option<usize> {
         self.hosts.iter().filter_map(|h| h.score(name)).max()
     }
+}
 
-    /// True when a VirtualService of `namespace` may serve `name` through this server:
-    /// one of the hosts that match `name` admits the namespace.
-    pub(crate) fn admits(&self, namespace: &str, name: &str) -> bool {
-        self.hosts
-            .iter()
-            .any(|h| h.score(name).is_some() && h.admits(namespace))
+/// A VirtualService bound to one of the Gateways of the table, as the snapshot wrote it:
+/// what the virtual hosts of a port are built from (its rules are the compiled mesh's).
+#[derive(Debug, Clone)]
+pub(crate) struct BoundVs {
+    /// `namespace/name`, as mesh-core names its virtual host.
+    pub(crate) name: Arc<str>,
+    /// Its namespace.
+    pub(crate) namespace: Box<str>,
+    /// Its hosts, qualified as Istio resolves short names, lower case.
+    pub(crate) hosts: Vec<Box<str>>,
+    /// The Gateways it is bound to (`namespace/name`).
+    pub(crate) gateways: Vec<Box<str>>,
+    /// Per HTTP rule (by index in `http`), per match block: true for a block that Envoy
+    /// sees as a catch-all route (Istio moves those to the end of the virtual host). A rule
+    /// without blocks has one entry.
+    pub(crate) catch_all: Arc<[Box<[bool]>]>,
+}
+
+/// True when Istio translates the match block into a catch-all Envoy route (prefix `/`
+/// and no header or query condition; `port`, `gateways` and the source conditions are
+/// decided when routes are built, not in the route's match): `SortVHostRoutes` moves
+/// those after every other route of the virtual host.
+fn is_catch_all(m: &HttpMatchRequest) -> bool {
+    let uri_all = m
+        .uri
+        .as_ref()
+        .is_none_or(|u| u.prefix.as_deref() == Some("/") && u.exact.is_none() && u.regex.is_none());
+    uri_all
+        && m.scheme.is_none()
+        && m.method.is_none()
+        && m.authority.is_none()
+        && m.headers.is_empty()
+        && m.without_headers.is_empty()
+        && m.query_params.is_empty()
+}
+
+/// The catch-all flags of one rule (see [`BoundVs::catch_all`]). Rules that inline a
+/// delegate are never catch-all here (their conditions merge with the root's).
+fn catch_all_flags(r: &HttpRoute) -> Box<[bool]> {
+    if r.delegate.is_some() {
+        return Box::new([false]);
     }
+    if r.match_.is_empty() {
+        return Box::new([true]);
+    }
+    r.match_.iter().map(is_catch_all).collect()
+}
+
+/// The VirtualServices of `snapshot` bound to one of `gateways` (`namespace/name`), in
+/// load order.
+pub(crate) fn bound_virtual_services(snapshot: &Snapshot, gateways: &[Arc<str>]) -> Vec<BoundVs> {
+    let mut out = Vec::new();
+    for vs in snapshot.virtual_services() {
+        let ns = vs.namespace();
+        let bound: Vec<Box<str>> = vs
+            .spec
+            .gateways
+            .iter()
+            .map(|g| qualify_gateway(g, ns).into_boxed_str())
+            .filter(|g| gateways.iter().any(|x| **x == **g))
+            .collect();
+        if bound.is_empty() || vs.spec.hosts.is_empty() {
+            continue;
+        }
+        out.push(BoundVs {
+            name: format!("{ns}/{}", vs.name()).into(),
+            namespace: ns.into(),
+            hosts: vs
+                .spec
+                .hosts
+                .iter()
+                .map(|h| host::qualify(h, ns).into_boxed_str())
+                .collect(),
+            gateways: bound,
+            catch_all: vs.spec.http.iter().map(catch_all_flags).collect(),
+        });
+    }
+    out
 }
 
 /// True when `gateway` selects `workload`: every label of its selector is one of the
@@ -297,15 +380,39 @@ fn tls_key(
     })
 }
 
-/// The servers of one snapshot, by port.
+/// The servers of one snapshot, by port, and the VirtualServices bound to their
+/// Gateways.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     /// The version of the snapshot it was compiled from.
     pub(crate) version: u64,
     ports: HashMap<u32, Vec<Server>>,
+    /// The VirtualServices bound to the Gateways of these servers, in load order.
+    pub(crate) virtual_services: Vec<BoundVs>,
 }
 
 impl Table {
+    /// Compiles `servers` (those of `snapshot`, see [`servers`] and [`Table::build`])
+    /// with the VirtualServices of `snapshot` bound to their Gateways.
+    pub(crate) fn compile(
+        snapshot: &Snapshot,
+        servers: Vec<Server>,
+        listeners: &HashMap<u32, bool>,
+        loaded: &dyn Fn(&TlsKey) -> bool,
+    ) -> Table {
+        let mut table = Table::build(snapshot.version(), servers, listeners, loaded);
+        let mut gateways: Vec<Arc<str>> = table
+            .ports
+            .values()
+            .flatten()
+            .map(|s| s.gateway.clone())
+            .collect();
+        gateways.sort();
+        gateways.dedup();
+        table.virtual_services = bound_virtual_services(snapshot, &gateways);
+        table
+    }
+
     /// Groups `servers` by port, keeping those the gateway can serve now: their port has
     /// a listener of their kind (plaintext or TLS: `listeners` maps port → TLS) and, for
     /// TLS, their settings were loaded at start (`loaded`). The others are reported.
@@ -338,20 +445,16 @@ impl Table {
                 Some(_) => ports.entry(s.at.port).or_default().push(s),
             }
         }
-        Table { version, ports }
+        Table {
+            version,
+            ports,
+            virtual_services: Vec::new(),
+        }
     }
 
-    /// The server of `port` that answers requests for `name` (lower case, no port) on a
-    /// connection with TLS settings `tls` (`None` for plaintext): the most specific host
-    /// match, the first in order among equals.
-    pub(crate) fn find(&self, port: u32, name: &str, tls: Option<&TlsKey>) -> Option<&Server> {
-        best(
-            self.ports
-                .get(&port)?
-                .iter()
-                .filter(|s| s.tls.as_deref() == tls),
-            name,
-        )
+    /// The ports and their servers, in order.
+    pub(crate) fn ports(&self) -> impl Iterator<Item = (u32, &[Server])> {
+        self.ports.iter().map(|(p, s)| (*p, s.as_slice()))
     }
 
     /// The TLS server of `port` a client asking for `sni` (lower case) gets. Without
@@ -429,22 +532,66 @@ mod tests {
             server("ns/exact", &["a.example.com"]),
             server("ns/exact-too", &["a.example.com"]),
         ]);
-        let at = |h: &str| t.find(80, h, None).map(|s| &*s.gateway);
+        let servers = t.ports.get(&80).map(Vec::as_slice).unwrap_or_default();
+        let at = |h: &str| best(servers.iter(), h).map(|s| &*s.gateway);
         assert_eq!(at("a.example.com"), Some("ns/exact"));
         assert_eq!(at("x.b.example.com"), Some("ns/deeper"));
         assert_eq!(at("c.example.com"), Some("ns/wild"));
         assert_eq!(at("other.org"), Some("ns/all"));
-        assert_eq!(t.find(81, "other.org", None).map(|s| &*s.gateway), None);
+        assert!(!t.ports.contains_key(&81));
     }
 
     #[test]
     fn namespaced_hosts_admit_only_their_namespace() {
-        let s = server("ns/gw", &["ns1/a.example.com", "./b.example.com", "*.org"]);
-        assert!(s.admits("ns1", "a.example.com"));
-        assert!(!s.admits("ns2", "a.example.com"));
-        assert!(s.admits("gw-ns", "b.example.com"));
-        assert!(!s.admits("ns1", "b.example.com"));
-        assert!(s.admits("any", "x.org"));
+        let p = |h: &str| HostPattern::parse(h, "gw-ns");
+        assert!(p("ns1/a.example.com").admits("ns1"));
+        assert!(!p("ns1/a.example.com").admits("ns2"));
+        assert!(p("./b.example.com").admits("gw-ns"));
+        assert!(!p("./b.example.com").admits("ns1"));
+        assert!(p("*.org").admits("any"));
+        assert!(p("*/x.org").admits("any"));
+    }
+
+    #[test]
+    fn catch_all_blocks_are_those_envoy_sees_as_prefix_slash_alone() {
+        use mesh_config::model::StringMatch;
+        let sm = |exact: Option<&str>, prefix: Option<&str>| StringMatch {
+            exact: exact.map(Into::into),
+            prefix: prefix.map(Into::into),
+            regex: None,
+        };
+        let any = HttpMatchRequest::default;
+        let with = |f: &dyn Fn(&mut HttpMatchRequest)| {
+            let mut m = any();
+            f(&mut m);
+            m
+        };
+        assert!(is_catch_all(&any()));
+        assert!(is_catch_all(&with(&|m| m.uri = Some(sm(None, Some("/"))))));
+        assert!(is_catch_all(&with(&|m| m.port = Some(8080))));
+        assert!(is_catch_all(&with(&|m| m.gateways = vec!["gw".into()])));
+        assert!(is_catch_all(&with(&|m| {
+            m.source_labels.insert("app".into(), "a".into());
+        })));
+        assert!(!is_catch_all(&with(
+            &|m| m.uri = Some(sm(None, Some("/api")))
+        )));
+        assert!(!is_catch_all(&with(&|m| m.uri = Some(sm(Some("/"), None)))));
+        assert!(!is_catch_all(&with(
+            &|m| m.method = Some(sm(Some("GET"), None))
+        )));
+        assert!(!is_catch_all(&with(
+            &|m| m.authority = Some(sm(Some("a"), None))
+        )));
+        assert!(!is_catch_all(&with(&|m| {
+            m.headers.insert("x".into(), sm(Some("y"), None));
+        })));
+        assert!(!is_catch_all(&with(&|m| {
+            m.query_params.insert("q".into(), sm(Some("y"), None));
+        })));
+        assert!(!is_catch_all(&with(&|m| {
+            m.without_headers.insert("x".into(), StringMatch::default());
+        })));
     }
 
     #[test]
@@ -462,8 +609,7 @@ mod tests {
         let mut other_port = server("ns/other", &["*"]);
         other_port.at.port = 8080;
         let t = table(vec![tls, other_port]);
-        assert!(t.find(80, "x", None).is_none());
+        assert!(t.ports.is_empty(), "{:?}", t.ports);
         assert!(t.find_sni(80, Some("x")).is_none());
-        assert!(t.find(8080, "x", None).is_none());
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! A handshake that fails (a client without a certificate on a MUTUAL server, an SNI no
 //! server serves, a port scanner) is logged at debug level and closes that connection
-//! only.
+//! only. Requests on a connection are answered by the server (filter chain) its SNI
+//! chose; on a MUTUAL connection they carry the client certificate in
+//! `x-forwarded-client-cert`.
 
 use std::future::Future;
 use std::path::Path;
@@ -20,22 +22,37 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::Shared;
 use super::error::{GatewayError, ServerRef};
-use super::service::GatewayService;
+use super::service::{GatewayService, TlsConn};
 use super::table::{TlsKey, Versions};
+use super::{Shared, xfcc};
+use crate::server::WithPeer;
+
+/// The TLS configuration of one set of TLS settings, loaded at start.
+#[derive(Debug, Clone)]
+pub(crate) struct Loaded {
+    /// The rustls configuration.
+    pub(crate) config: Arc<ServerConfig>,
+    /// The URI names of the server certificate (`By=` of `x-forwarded-client-cert`).
+    pub(crate) local_uris: Arc<[String]>,
+}
 
 /// How long a client has to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads the files of `key` and builds the rustls configuration of `server`.
-pub(crate) fn load(server: &ServerRef, key: &TlsKey) -> Result<Arc<ServerConfig>, GatewayError> {
+pub(crate) fn load(server: &ServerRef, key: &TlsKey) -> Result<Loaded, GatewayError> {
     let tls_err = |e: &dyn std::fmt::Display| GatewayError::Tls {
         server: server.clone(),
         message: e.to_string(),
     };
     let certs: Vec<CertificateDer<'static>> =
         read_all(server, "serverCertificate", &key.cert, "CERTIFICATE")?;
+    let local_uris: Arc<[String]> = certs
+        .first()
+        .map(|c| xfcc::uri_sans(c))
+        .unwrap_or_default()
+        .into();
     let private_key = {
         let bytes = read(server, "privateKey", &key.key)?;
         PrivateKeyDer::from_pem_slice(&bytes)
@@ -82,7 +99,10 @@ pub(crate) fn load(server: &ServerRef, key: &TlsKey) -> Result<Arc<ServerConfig>
     } else {
         key.alpn.iter().map(|p| p.as_bytes().to_vec()).collect()
     };
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        local_uris,
+    })
 }
 
 fn read(server: &ServerRef, field: &'static str, path: &Path) -> Result<Vec<u8>, GatewayError> {
@@ -168,22 +188,41 @@ pub(crate) async fn serve_tls(
                 .client_hello()
                 .server_name()
                 .map(str::to_ascii_lowercase);
-            let Some((key, config)) = shared.tls_for(port, sni.as_deref()) else {
+            let Some((chain, loaded)) = shared.tls_for(port, sni.as_deref()) else {
                 tracing::debug!(%peer, port, sni, "TLS handshake refused: no server for this SNI");
                 return;
             };
-            let stream = match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, port, sni, error = %e, "TLS handshake failed");
-                    return;
+            let stream =
+                match tokio::time::timeout_at(deadline, start.into_stream(loaded.config.clone()))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, port, sni, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, port, sni, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            // MUTUAL: the verified client certificate, for `x-forwarded-client-cert`.
+            let xfcc = if chain.tls.mutual {
+                let peer_cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first());
+                let v = peer_cert.and_then(|c| xfcc::value(c, &loaded.local_uris));
+                if v.is_none() {
+                    tracing::debug!(%peer, port, "no x-forwarded-client-cert for this client");
                 }
-                Err(_) => {
-                    tracing::debug!(%peer, port, sni, "TLS handshake timed out");
-                    return;
-                }
+                v
+            } else {
+                None
             };
-            let svc = GatewayService::new(shared, port, Some(key));
+            let conn_info = Arc::new(TlsConn { chain, xfcc });
+            let svc = WithPeer::new(GatewayService::new(shared, port, Some(conn_info)), peer);
             let conn = builder.serve_connection_with_upgrades(
                 TokioIo::new(stream),
                 TowerToHyperService::new(svc),

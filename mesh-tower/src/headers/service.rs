@@ -15,21 +15,41 @@ pub struct HeadersService<S> {
     pub(super) inner: S,
 }
 
-/// The header operations of the rule and of the destination drawn, in the order Istio
-/// has Envoy apply them: for a single destination Istio merges the destination's
-/// operations after the rule's (the destination's win); for a weighted split the
-/// destination's are the weighted cluster's, applied before the route's (the rule's win).
-fn ordered<'r>(
+/// The header operations of the rule and of the destination drawn, as Istio has Envoy
+/// apply them. For a single destination Istio merges the destination's operations into
+/// the rule's (one list: every removal first, then the rule's sets and adds, then the
+/// destination's — the destination's win). For a weighted split the destination's are
+/// the weighted cluster's own list, applied before the route's (the rule's win).
+fn apply_ops<'r>(
     routed: &'r Routed,
     rule: &'r Rule,
     pick: impl Fn(&'r mesh_core::route::HeaderPolicy) -> &'r HeaderOps,
-) -> [Option<&'r HeaderOps>; 2] {
+    headers: &mut http::HeaderMap,
+) {
     let target = routed.target().map(|t| pick(&t.headers));
     let single = matches!(&rule.action, Action::Route(split) if split.targets.len() == 1);
+    match target {
+        Some(t) if single => HeaderOps::apply_merged(&[pick(&rule.headers), t], headers),
+        Some(t) => {
+            t.apply(headers);
+            pick(&rule.headers).apply(headers);
+        }
+        None => pick(&rule.headers).apply(headers),
+    }
+}
+
+/// The authority the header operations set (`host`/`:authority` in `set` or `add`), the
+/// later list winning as in [`apply_ops`].
+fn authority<'r>(routed: &'r Routed, rule: &'r Rule) -> Option<&'r HeaderValue> {
+    let target = routed
+        .target()
+        .and_then(|t| t.headers.request.authority.as_ref());
+    let own = rule.headers.request.authority.as_ref();
+    let single = matches!(&rule.action, Action::Route(split) if split.targets.len() == 1);
     if single {
-        [Some(pick(&rule.headers)), target]
+        target.or(own)
     } else {
-        [target, Some(pick(&rule.headers))]
+        own.or(target)
     }
 }
 
@@ -62,29 +82,22 @@ impl<S: MeshService> Service<Request<ReqBody>> for HeadersService<S> {
                 req.headers_mut().insert(HOST, v);
             }
         }
-        for ops in ordered(&routed, rule, |h| &h.request).into_iter().flatten() {
-            ops.apply(req.headers_mut());
-            // `host`/`:authority` in `set`/`add` rewrite the authority, as Istio does.
-            if let Some(a) = &ops.authority {
-                req.headers_mut().insert(HOST, a.clone());
-            }
+        apply_ops(&routed, rule, |h| &h.request, req.headers_mut());
+        // `host`/`:authority` in `set`/`add` rewrite the authority, as Istio does.
+        if let Some(a) = authority(&routed, rule) {
+            req.headers_mut().insert(HOST, a.clone());
         }
-        let needs_response = ordered(&routed, rule, |h| &h.response)
-            .into_iter()
-            .flatten()
-            .any(|ops| !ops.is_empty());
+        let needs_response = !rule.headers.response.is_empty()
+            || routed
+                .target()
+                .is_some_and(|t| !t.headers.response.is_empty());
         if !needs_response {
             return Box::pin(inner.call(req));
         }
         Box::pin(async move {
             let mut resp = inner.call(req).await?;
             if let Some(rule) = routed.rule() {
-                for ops in ordered(&routed, rule, |h| &h.response)
-                    .into_iter()
-                    .flatten()
-                {
-                    ops.apply(resp.headers_mut());
-                }
+                apply_ops(&routed, rule, |h| &h.response, resp.headers_mut());
             }
             Ok(resp)
         })

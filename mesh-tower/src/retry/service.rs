@@ -72,9 +72,17 @@ impl<S: MeshService> Service<Request<ReqBody>> for Retry<S> {
         Box::pin(async move {
             let policy = routed.retry_policy();
             let mut retry = 0u32;
+            let mut last: Option<Response<ResBody>> = None;
             loop {
+                // Each attempt reads its own copy of the body; the request itself keeps
+                // the original, from which the next copy is made.
                 let this = match copy(&req) {
                     Some(c) => c,
+                    // The body outgrew the replay bound during the backoff (a mirror
+                    // read on): no further attempt can send it.
+                    None if retry > 0 => {
+                        return Ok(last.unwrap_or_else(|| MeshFailure::Timeout.into_response()));
+                    }
                     None => std::mem::replace(&mut req, Request::new(ReqBody::empty())),
                 };
                 let attempt = inner.clone().oneshot(this);
@@ -99,6 +107,10 @@ impl<S: MeshService> Service<Request<ReqBody>> for Retry<S> {
                 if !again {
                     return Ok(resp.unwrap_or_else(|| MeshFailure::Timeout.into_response()));
                 }
+                // Envoy resets the upstream request it retries: the attempt's copy of
+                // the body fails, so its connection stops sending (and pulling) it.
+                req.body().abandon_copies();
+                last = resp;
                 retry += 1;
                 let wait = policy.backoff(retry, &mut rand::rng());
                 tokio::time::sleep(wait).await;

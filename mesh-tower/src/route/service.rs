@@ -9,7 +9,7 @@ use mesh_core::{CompiledMesh, Outcome, RequestHead, RouteError, Source, Upstream
 use tower::Service;
 
 use crate::body::full;
-use crate::gateway::GatewaySource;
+use crate::gateway::{GatewayRoute, GatewaySource};
 use crate::{MeshConfig, MeshFailure, MeshService, ReqBody, ResBody, Workload};
 
 /// Where a request was routed: recorded by [`RouteService`] in the request's extensions.
@@ -100,6 +100,10 @@ enum Decided {
 }
 
 fn decide(mesh: &Arc<CompiledMesh>, w: &Workload, req: &Request<ReqBody>) -> Decided {
+    // Through the ingress gateway: the configuration and the virtual host the gateway
+    // chose, so that the request is admitted and routed on one configuration.
+    let at_gateway = req.extensions().get::<GatewayRoute>();
+    let mesh = at_gateway.map_or(mesh, |g| &g.mesh);
     let default_port = if req.uri().scheme_str() == Some("https") {
         443
     } else {
@@ -111,7 +115,11 @@ fn decide(mesh: &Arc<CompiledMesh>, w: &Workload, req: &Request<ReqBody>) -> Dec
         labels: &w.labels,
         gateway: req.extensions().get::<GatewaySource>().map(|g| &*g.0),
     };
-    let d = match mesh.route(&head, &src, &mut rand::rng()) {
+    let decided = match at_gateway {
+        Some(g) => g.route(&head, w, &mut rand::rng()),
+        None => mesh.route(&head, &src, &mut rand::rng()),
+    };
+    let d = match decided {
         Ok(d) => d,
         Err(e) => {
             let f = match e {

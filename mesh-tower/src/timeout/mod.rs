@@ -1,5 +1,5 @@
-//! The route's timeout: the whole request, retries included, until the end of the
-//! response body.
+//! The route's timeout: from the end of the request body (Envoy's starting point) to the
+//! end of the response body, retries included.
 //!
 //! Istio's VirtualService `timeout` (disabled by default). When it expires before the
 //! response headers, the caller gets Envoy's 504 `upstream request timeout`, with
