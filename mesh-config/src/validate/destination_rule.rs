@@ -1,0 +1,351 @@
+//! DestinationRule checks, Istio's webhook rules: the host, subsets (valid names defined
+//! once, valid labels) and every traffic policy (the rule's, a subset's, a port's): load
+//! balancer settings (one hash key, a prime Maglev table no larger than Envoy's), connection
+//! pool limits, outlier detection, and client TLS (MUTUAL needs a certificate and a key
+//! unless a credential name provides them).
+
+use std::collections::BTreeMap;
+
+use super::Ctx;
+use crate::diag::Code;
+use crate::host;
+use crate::model::*;
+use crate::path::FieldPath;
+
+pub(super) fn destination_rule(ctx: &mut Ctx<'_>, spec: &FieldPath, dr: &DestinationRule) {
+    if ctx.required_str(&spec.key("host"), &dr.host, "`host`") {
+        ctx.host(&spec.key("host"), &dr.host);
+    }
+    if let Some(tp) = &dr.traffic_policy {
+        traffic_policy(ctx, &spec.key("trafficPolicy"), tp);
+    }
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        let p = spec.key("subsets").index(i);
+        if ctx.required_str(&p.key("name"), &s.name, "subset `name`") {
+            if let Err(e) = host::check_dns1123_label(&s.name) {
+                ctx.report(
+                    Code::InvalidValue,
+                    &p.key("name"),
+                    format!("invalid subset name: {e}"),
+                );
+            }
+            if let Some(first) = names.insert(&s.name, i) {
+                ctx.report(
+                    Code::DuplicateSubset,
+                    &p.key("name"),
+                    format!(
+                        "subset `{}` is defined twice (first as subsets[{first}])",
+                        s.name
+                    ),
+                );
+            }
+        }
+        ctx.labels(&p.key("labels"), &s.labels);
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(ctx, &p.key("trafficPolicy"), tp);
+        }
+    }
+    ctx.export_to(&spec.key("exportTo"), &dr.export_to, false);
+    ctx.selector(&spec.key("workloadSelector"), &dr.workload_selector);
+}
+
+fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &TrafficPolicy) {
+    policy_parts(
+        ctx,
+        path,
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        tp.tls.as_ref(),
+    );
+    let mut ports = BTreeMap::new();
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        let p = path.key("portLevelSettings").index(i);
+        match pl.port {
+            None => ctx.report(
+                Code::MissingField,
+                &p.key("port"),
+                "port-level settings need a `port`",
+            ),
+            Some(port) => {
+                ctx.port(&p.key("port").key("number"), port.number);
+                if let Some(first) = ports.insert(port.number, i) {
+                    ctx.report(
+                        Code::DuplicateEntry,
+                        &p.key("port").key("number"),
+                        format!(
+                            "port {} has settings twice (first in portLevelSettings[{first}])",
+                            port.number
+                        ),
+                    );
+                }
+            }
+        }
+        policy_parts(
+            ctx,
+            &p,
+            pl.load_balancer.as_ref(),
+            pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
+            pl.tls.as_ref(),
+        );
+    }
+    if let Some(rb) = &tp.retry_budget
+        && let Some(pc) = rb.percent
+    {
+        ctx.percent(&path.key("retryBudget").key("percent"), pc);
+    }
+}
+
+fn policy_parts(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    lb: Option<&LoadBalancerSettings>,
+    pool: Option<&ConnectionPoolSettings>,
+    od: Option<&OutlierDetection>,
+    tls: Option<&ClientTlsSettings>,
+) {
+    if let Some(lb) = lb {
+        load_balancer(ctx, &path.key("loadBalancer"), lb);
+    }
+    if let Some(pool) = pool {
+        connection_pool(ctx, &path.key("connectionPool"), pool);
+    }
+    if let Some(od) = od {
+        outlier_detection(ctx, &path.key("outlierDetection"), od);
+    }
+    if let Some(tls) = tls {
+        client_tls(ctx, &path.key("tls"), tls);
+    }
+}
+
+fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &LoadBalancerSettings) {
+    if lb.simple.is_some() && lb.consistent_hash.is_some() {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("consistentHash"),
+            "`simple` and `consistentHash` cannot both be set",
+        );
+    }
+    if lb.simple == Some(SimpleLb::LeastConn) {
+        ctx.deprecated(
+            &path.key("simple"),
+            "`LEAST_CONN` is deprecated: use `LEAST_REQUEST`",
+        );
+    }
+    if let Some(ch) = &lb.consistent_hash {
+        let p = path.key("consistentHash");
+        let keys = [
+            ("httpHeaderName", ch.http_header_name.is_some()),
+            ("httpCookie", ch.http_cookie.is_some()),
+            ("useSourceIp", ch.use_source_ip == Some(true)),
+            (
+                "httpQueryParameterName",
+                ch.http_query_parameter_name.is_some(),
+            ),
+        ];
+        let set: Vec<&str> = keys.iter().filter(|(_, s)| *s).map(|(n, _)| *n).collect();
+        match set.as_slice() {
+            [] => ctx.report(
+                Code::MissingField,
+                &p,
+                "consistent hashing needs one of `httpHeaderName`, `httpCookie`, `useSourceIp` or `httpQueryParameterName`",
+            ),
+            [_] => {}
+            [a, b, ..] => ctx.report(
+                Code::ExclusiveFields,
+                &p.key(*b),
+                format!("`{a}` and `{b}` cannot both be set"),
+            ),
+        }
+        if let Some(h) = &ch.http_header_name {
+            ctx.header_name(&p.key("httpHeaderName"), h, false);
+        }
+        if let Some(c) = &ch.http_cookie {
+            ctx.required_str(&p.key("httpCookie").key("name"), &c.name, "cookie `name`");
+        }
+        if ch.ring_hash.is_some() && ch.maglev.is_some() {
+            ctx.report(
+                Code::ExclusiveFields,
+                &p.key("maglev"),
+                "`ringHash` and `maglev` cannot both be set",
+            );
+        }
+        if ch.minimum_ring_size.is_some() {
+            ctx.deprecated(
+                &p.key("minimumRingSize"),
+                "`minimumRingSize` is deprecated: use `ringHash.minimumRingSize`",
+            );
+            if ch.ring_hash.is_some() || ch.maglev.is_some() {
+                ctx.report(
+                    Code::ExclusiveFields,
+                    &p.key("minimumRingSize"),
+                    "`minimumRingSize` cannot be used with `ringHash` or `maglev`",
+                );
+            }
+        }
+        if let Some(size) = ch.maglev.and_then(|m| m.table_size)
+            && (size > MAX_MAGLEV_TABLE || !is_prime(size))
+        {
+            ctx.report(
+                Code::InvalidValue,
+                &p.key("maglev").key("tableSize"),
+                format!("maglev `tableSize` {size} must be a prime number no larger than {MAX_MAGLEV_TABLE} (e.g. 65537)"),
+            );
+        }
+    }
+    if let Some(w) = &lb.warmup {
+        if w.duration.is_none() {
+            ctx.report(
+                Code::MissingField,
+                &path.key("warmup").key("duration"),
+                "`warmup` needs a `duration`",
+            );
+        }
+        if lb.warmup_duration_secs.is_some() {
+            ctx.report(
+                Code::ExclusiveFields,
+                &path.key("warmup"),
+                "`warmupDurationSecs` and `warmup` cannot both be set",
+            );
+        }
+    }
+    if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("zoneAwareLbSetting"),
+            "`localityLbSetting` and `zoneAwareLbSetting` cannot both be set",
+        );
+    }
+    if lb.backend_utilization.is_some() && (lb.simple.is_some() || lb.consistent_hash.is_some()) {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("backendUtilization"),
+            "`backendUtilization` cannot be combined with `simple` or `consistentHash`",
+        );
+    }
+    if let Some(l) = &lb.locality_lb_setting
+        && !l.distribute.is_empty()
+        && !l.failover.is_empty()
+    {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("localityLbSetting").key("failover"),
+            "`distribute` and `failover` cannot both be set",
+        );
+    }
+}
+
+/// Envoy's largest Maglev table.
+const MAX_MAGLEV_TABLE: u64 = 5_000_011;
+
+pub(super) fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut i = 2u64;
+    while i.saturating_mul(i) <= n {
+        if n.is_multiple_of(i) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, pool: &ConnectionPoolSettings) {
+    if let Some(tcp) = &pool.tcp {
+        let p = path.key("tcp");
+        non_negative(ctx, &p.key("maxConnections"), tcp.max_connections);
+        ctx.duration_ms(&p.key("connectTimeout"), tcp.connect_timeout);
+        ctx.duration_ms(&p.key("maxConnectionDuration"), tcp.max_connection_duration);
+        ctx.duration_ms(&p.key("idleTimeout"), tcp.idle_timeout);
+    }
+    if let Some(http) = &pool.http {
+        let p = path.key("http");
+        for (name, v) in [
+            ("http1MaxPendingRequests", http.http1_max_pending_requests),
+            ("http2MaxRequests", http.http2_max_requests),
+            ("maxRequestsPerConnection", http.max_requests_per_connection),
+            ("maxRetries", http.max_retries),
+            ("maxConcurrentStreams", http.max_concurrent_streams),
+        ] {
+            non_negative(ctx, &p.key(name), v);
+        }
+        ctx.duration_ms(&p.key("idleTimeout"), http.idle_timeout);
+    }
+}
+
+fn non_negative(ctx: &mut Ctx<'_>, path: &FieldPath, v: Option<i32>) {
+    if let Some(v) = v
+        && v < 0
+    {
+        ctx.report(Code::InvalidValue, path, format!("{v} is negative"));
+    }
+}
+
+fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &OutlierDetection) {
+    if od.consecutive_errors.is_some() {
+        ctx.deprecated(
+            &path.key("consecutiveErrors"),
+            "`consecutiveErrors` is deprecated: use `consecutive5xxErrors` or `consecutiveGatewayErrors`",
+        );
+    }
+    non_negative(ctx, &path.key("consecutiveErrors"), od.consecutive_errors);
+    ctx.duration_ms(&path.key("interval"), od.interval);
+    ctx.duration_ms(&path.key("baseEjectionTime"), od.base_ejection_time);
+    for (name, v) in [
+        ("maxEjectionPercent", od.max_ejection_percent),
+        ("minHealthPercent", od.min_health_percent),
+    ] {
+        if let Some(v) = v {
+            ctx.percent(&path.key(name), f64::from(v));
+        }
+    }
+    if let Some(v) = od.failure_percentage_threshold {
+        ctx.percent(&path.key("failurePercentageThreshold"), f64::from(v));
+    }
+    for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            ctx.report(
+                Code::HttpStatusRange,
+                &path.key("outlierDetectionHttpErrorCodes").index(i),
+                format!("HTTP status {code} is outside 100-599"),
+            );
+        }
+    }
+}
+
+/// Istio's `validateTLS`: MUTUAL needs a client certificate and key (unless a credential
+/// name provides them); a credential name and file paths do not mix.
+fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
+    let mode = tls.mode.unwrap_or_default();
+    if tls.credential_name.is_some()
+        && (tls.client_certificate.is_some()
+            || tls.private_key.is_some()
+            || tls.ca_certificates.is_some())
+    {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("credentialName"),
+            "`credentialName` cannot be combined with `clientCertificate`, `privateKey` or `caCertificates`",
+        );
+    }
+    if mode == ClientTlsMode::Mutual && tls.credential_name.is_none() {
+        if tls.client_certificate.is_none() {
+            ctx.report(
+                Code::MissingField,
+                &path.key("clientCertificate"),
+                "MUTUAL TLS needs `clientCertificate` (or `credentialName`)",
+            );
+        }
+        if tls.private_key.is_none() {
+            ctx.report(
+                Code::MissingField,
+                &path.key("privateKey"),
+                "MUTUAL TLS needs `privateKey` (or `credentialName`)",
+            );
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Security resources, Istio's webhook rules: PeerAuthentication (per-port modes need a
+//! selector), AuthorizationPolicy (a selector or target references, not both; CUSTOM
+//! needs a provider; the values of `from`, `to` and `when`: `*` only at either end, Istio's
+//! path templates, IP blocks, ports, the condition keys Istio supports) and
+//! RequestAuthentication (JWT rules: an issuer, `jwks` or `jwksUri`, header names).
+
+use super::Ctx;
+use crate::diag::Code;
+use crate::model::*;
+use crate::path::FieldPath;
+
+/// A check of one value of a list.
+type Check = dyn Fn(&str) -> Result<(), String>;
+
+pub(super) fn peer_authentication(ctx: &mut Ctx<'_>, spec: &FieldPath, pa: &PeerAuthentication) {
+    ctx.selector(&spec.key("selector"), &pa.selector);
+    if !pa.port_level_mtls.is_empty()
+        && pa
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.match_labels.is_empty())
+    {
+        ctx.report(
+            Code::MissingField,
+            &spec.key("selector"),
+            "`portLevelMtls` needs a `selector` with labels: per-port modes apply to selected workloads",
+        );
+    }
+    for port in pa.port_level_mtls.keys() {
+        ctx.port(&spec.key("portLevelMtls").key(port.to_string()), *port);
+    }
+}
+
+pub(super) fn authorization_policy(ctx: &mut Ctx<'_>, spec: &FieldPath, ap: &AuthorizationPolicy) {
+    ctx.selector(&spec.key("selector"), &ap.selector);
+    let targeted = ap.target_ref.is_some() || !ap.target_refs.is_empty();
+    if ap.selector.is_some() && targeted {
+        ctx.report(
+            Code::ExclusiveFields,
+            &spec.key("selector"),
+            "`selector` cannot be used with `targetRef` or `targetRefs`",
+        );
+    }
+    let action = ap.action.unwrap_or_default();
+    match action {
+        AuthorizationAction::Custom if ap.provider.is_none() => ctx.report(
+            Code::MissingField,
+            &spec.key("provider"),
+            "the CUSTOM action needs a `provider`",
+        ),
+        AuthorizationAction::Audit => ctx.warn(
+            Code::NotEnforced,
+            &spec.key("action"),
+            "the AUDIT action is parsed but not enforced: audit logging is not implemented",
+        ),
+        _ => {}
+    }
+    if ap.provider.is_some() && action != AuthorizationAction::Custom {
+        ctx.report(
+            Code::ExclusiveFields,
+            &spec.key("provider"),
+            "`provider` is only used with the CUSTOM action",
+        );
+    }
+    for (i, rule) in ap.rules.iter().enumerate() {
+        let p = spec.key("rules").index(i);
+        for (j, from) in rule.from.iter().enumerate() {
+            source(ctx, &p.key("from").index(j).key("source"), &from.source);
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            operation(ctx, &p.key("to").index(j).key("operation"), &to.operation);
+        }
+        for (j, cond) in rule.when.iter().enumerate() {
+            condition(ctx, &p.key("when").index(j), cond);
+        }
+    }
+}
+
+fn values(ctx: &mut Ctx<'_>, path: &FieldPath, list: &[String], check: &Check) {
+    for (i, v) in list.iter().enumerate() {
+        if v.is_empty() {
+            ctx.report(
+                Code::InvalidValue,
+                &path.index(i),
+                "values must not be empty",
+            );
+        } else if let Err(e) = check(v) {
+            ctx.report(Code::InvalidValue, &path.index(i), e);
+        }
+    }
+}
+
+pub(super) fn wildcard_value(v: &str) -> Result<(), String> {
+    let inner = v.strip_prefix('*').unwrap_or(v);
+    let inner = inner.strip_suffix('*').unwrap_or(inner);
+    if inner.contains('*') {
+        return Err(format!(
+            "`{v}`: `*` is only allowed at the start or the end"
+        ));
+    }
+    Ok(())
+}
+
+/// Istio's path templates: `{*}` matches one segment, `{**}` any number (last segment
+/// only); each is a whole segment; no other `*` with them.
+fn path_template(v: &str) -> Result<(), String> {
+    let segments: Vec<&str> = v.split('/').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "{*}" => {}
+            "{**}" if i + 1 == segments.len() => {}
+            "{**}" => return Err(format!("`{v}`: `{{**}}` must be the last segment")),
+            s if s.contains('{') || s.contains('}') || s.contains('*') => {
+                return Err(format!(
+                    "`{v}`: a path template segment must be exactly `{{*}}` or `{{**}}`, and no other `*` is allowed"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn ip_block(v: &str) -> Result<(), String> {
+    let (addr, prefix) = match v.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (v, None),
+    };
+    let ip: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("`{v}` is not an IP address or CIDR block"))?;
+    if let Some(p) = prefix {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match p.parse::<u8>() {
+            Ok(n) if n <= max => {}
+            _ => return Err(format!("`{v}`: prefix length must be 0-{max}")),
+        }
+    }
+    Ok(())
+}
+
+fn port_value(v: &str) -> Result<(), String> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(()),
+        _ => Err(format!("`{v}` is not a port number (1-65535)")),
+    }
+}
+
+fn source(ctx: &mut Ctx<'_>, path: &FieldPath, s: &Source) {
+    if (!s.service_accounts.is_empty() || !s.not_service_accounts.is_empty())
+        && (!s.principals.is_empty()
+            || !s.not_principals.is_empty()
+            || !s.namespaces.is_empty()
+            || !s.not_namespaces.is_empty())
+    {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("serviceAccounts"),
+            "`serviceAccounts` cannot be combined with `principals` or `namespaces`",
+        );
+    }
+    let lists: [(&str, &Vec<String>, &Check); 14] = [
+        ("principals", &s.principals, &wildcard_value),
+        ("notPrincipals", &s.not_principals, &wildcard_value),
+        ("requestPrincipals", &s.request_principals, &wildcard_value),
+        (
+            "notRequestPrincipals",
+            &s.not_request_principals,
+            &wildcard_value,
+        ),
+        ("namespaces", &s.namespaces, &wildcard_value),
+        ("notNamespaces", &s.not_namespaces, &wildcard_value),
+        ("ipBlocks", &s.ip_blocks, &ip_block),
+        ("notIpBlocks", &s.not_ip_blocks, &ip_block),
+        ("remoteIpBlocks", &s.remote_ip_blocks, &ip_block),
+        ("notRemoteIpBlocks", &s.not_remote_ip_blocks, &ip_block),
+        ("serviceAccounts", &s.service_accounts, &wildcard_value),
+        (
+            "notServiceAccounts",
+            &s.not_service_accounts,
+            &wildcard_value,
+        ),
+        ("trustDomains", &s.trust_domains, &wildcard_value),
+        ("notTrustDomains", &s.not_trust_domains, &wildcard_value),
+    ];
+    if lists.iter().all(|(_, l, _)| l.is_empty()) {
+        ctx.report(
+            Code::MissingField,
+            path,
+            "a `source` must set at least one field",
+        );
+    }
+    for (name, list, check) in lists {
+        values(ctx, &path.key(name), list, check);
+    }
+}
+
+fn operation(ctx: &mut Ctx<'_>, path: &FieldPath, o: &Operation) {
+    let path_value = |v: &str| -> Result<(), String> {
+        if v.contains('{') || v.contains('}') {
+            path_template(v)?;
+        } else {
+            wildcard_value(v)?;
+        }
+        if v.starts_with('/') || v.starts_with('*') {
+            Ok(())
+        } else {
+            Err(format!("path `{v}` must start with `/` (or `*`)"))
+        }
+    };
+    let lists: [(&str, &Vec<String>, &Check); 8] = [
+        ("hosts", &o.hosts, &wildcard_value),
+        ("notHosts", &o.not_hosts, &wildcard_value),
+        ("ports", &o.ports, &port_value),
+        ("notPorts", &o.not_ports, &port_value),
+        ("methods", &o.methods, &wildcard_value),
+        ("notMethods", &o.not_methods, &wildcard_value),
+        ("paths", &o.paths, &path_value),
+        ("notPaths", &o.not_paths, &path_value),
+    ];
+    if lists.iter().all(|(_, l, _)| l.is_empty()) {
+        ctx.report(
+            Code::MissingField,
+            path,
+            "an `operation` must set at least one field",
+        );
+    }
+    for (name, list, check) in lists {
+        values(ctx, &path.key(name), list, check);
+    }
+}
+
+/// Condition keys Istio supports in `when` (prefixes end with `[`).
+const CONDITION_KEYS: &[&str] = &[
+    "request.headers[",
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "source.serviceAccount",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "request.auth.claims[",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+    "experimental.envoy.filters.",
+];
+
+fn condition(ctx: &mut Ctx<'_>, path: &FieldPath, c: &Condition) {
+    if ctx.required_str(&path.key("key"), &c.key, "condition `key`") {
+        let known = CONDITION_KEYS.iter().any(|k| {
+            if k.ends_with('[') {
+                c.key.starts_with(k) && c.key.ends_with(']') && c.key.len() > k.len() + 1
+            } else if k.ends_with('.') {
+                c.key.starts_with(k)
+            } else {
+                c.key == *k
+            }
+        });
+        if known && c.key.starts_with("request.auth.") {
+            ctx.warn(
+                Code::NotEnforced,
+                &path.key("key"),
+                format!("`{}` is parsed but not enforced: JWT authentication is not implemented, so the condition never holds", c.key),
+            );
+        }
+        if !known {
+            ctx.report(
+                Code::InvalidValue,
+                &path.key("key"),
+                format!("`{}` is not a supported condition key (e.g. `request.headers[x-user]`, `source.ip`, `source.namespace`, `request.auth.claims[iss]`)", c.key),
+            );
+        }
+    }
+    if c.values.is_empty() && c.not_values.is_empty() {
+        ctx.report(
+            Code::MissingField,
+            &path.key("values"),
+            "a condition needs `values` or `notValues`",
+        );
+    }
+    let check: &Check = match c.key.as_str() {
+        "source.ip" | "remote.ip" | "destination.ip" => &ip_block,
+        "destination.port" => &port_value,
+        _ => &|_: &str| Ok(()),
+    };
+    values(ctx, &path.key("values"), &c.values, check);
+    values(ctx, &path.key("notValues"), &c.not_values, check);
+}
+
+pub(super) fn request_authentication(
+    ctx: &mut Ctx<'_>,
+    spec: &FieldPath,
+    ra: &RequestAuthentication,
+) {
+    ctx.selector(&spec.key("selector"), &ra.selector);
+    for (i, rule) in ra.jwt_rules.iter().enumerate() {
+        let p = spec.key("jwtRules").index(i);
+        ctx.required_str(&p.key("issuer"), &rule.issuer, "`issuer`");
+        if rule.jwks.is_some() && rule.jwks_uri.is_some() {
+            ctx.report(
+                Code::ExclusiveFields,
+                &p.key("jwks"),
+                "`jwks` and `jwksUri` cannot both be set",
+            );
+        }
+        if let Some(uri) = &rule.jwks_uri
+            && !(uri.starts_with("http://") || uri.starts_with("https://"))
+        {
+            ctx.report(
+                Code::InvalidValue,
+                &p.key("jwksUri"),
+                format!("`{uri}` is not an http(s) URL"),
+            );
+        }
+        for (j, h) in rule.from_headers.iter().enumerate() {
+            let hp = p.key("fromHeaders").index(j).key("name");
+            if ctx.required_str(&hp, &h.name, "header `name`") {
+                ctx.header_name(&hp, &h.name, false);
+            }
+        }
+        ctx.duration_ms(&p.key("timeout"), rule.timeout);
+    }
+}

@@ -1,0 +1,243 @@
+//! VirtualService checks, Istio's webhook rules: hosts (valid, listed once, no `*` when
+//! bound to the mesh; none only for a delegate, which has no gateways), gateway
+//! references, at least one of `http`, `tls` or `tcp`, JWT claim routes (gateways only),
+//! TLS and TCP routes, destinations, and the weights of several destinations (relative
+//! shares: none negative, not all 0). One HTTP rule is checked in `http_route`.
+
+use std::collections::HashSet;
+
+use super::Ctx;
+use super::http_route::{JWT_CLAIM_PREFIX, http_route};
+use crate::diag::{Code, Diagnostic};
+use crate::host;
+use crate::model::*;
+use crate::path::FieldPath;
+
+pub(super) fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualService) {
+    let delegate = vs.hosts.is_empty();
+    let bound_to_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+    if delegate && !vs.gateways.is_empty() {
+        ctx.report(
+            Code::MissingField,
+            &spec.key("hosts"),
+            "`hosts` is required (only a delegate VirtualService has no hosts, and a delegate cannot have gateways)",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, h) in vs.hosts.iter().enumerate() {
+        let p = spec.key("hosts").index(i);
+        ctx.host(&p, h);
+        if h == "*" && bound_to_mesh {
+            ctx.report(
+                Code::InvalidHost,
+                &p,
+                "wildcard host `*` is not allowed for VirtualServices bound to the mesh gateway",
+            );
+        }
+        if !seen.insert(h.to_ascii_lowercase()) {
+            ctx.report(
+                Code::DuplicateEntry,
+                &p,
+                format!("host `{h}` is listed twice"),
+            );
+        }
+    }
+    for (i, g) in vs.gateways.iter().enumerate() {
+        gateway_ref(ctx, &spec.key("gateways").index(i), g);
+    }
+    if vs.http.is_empty() && vs.tls.is_empty() && vs.tcp.is_empty() {
+        ctx.report(
+            Code::MissingField,
+            &spec.key("http"),
+            "a VirtualService needs at least one of `http`, `tls` or `tcp`",
+        );
+    }
+    for (i, rule) in vs.http.iter().enumerate() {
+        let p = spec.key("http").index(i);
+        http_route(ctx, &p, rule, delegate);
+        for (j, m) in rule.match_.iter().enumerate() {
+            for (field, map) in [
+                ("headers", &m.headers),
+                ("withoutHeaders", &m.without_headers),
+            ] {
+                for name in map.keys().filter(|n| n.starts_with(JWT_CLAIM_PREFIX)) {
+                    let hp = p.key("match").index(j).key(field).key(name.as_str());
+                    if bound_to_mesh {
+                        ctx.report_key(
+                            Code::InvalidValue,
+                            &hp,
+                            "JWT claim based routing is only supported for gateways, not for the mesh",
+                        );
+                    } else {
+                        ctx.warn(
+                            Code::NotEnforced,
+                            &hp,
+                            "JWT claim based routing is parsed but not enforced: JWT authentication is not implemented, so this match never matches",
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for (i, rule) in vs.tls.iter().enumerate() {
+        let p = spec.key("tls").index(i);
+        if rule.match_.is_empty() {
+            ctx.report(
+                Code::MissingField,
+                &p.key("match"),
+                "a TLS rule needs a `match` with `sniHosts`",
+            );
+        }
+        for (j, m) in rule.match_.iter().enumerate() {
+            if m.sni_hosts.is_empty() {
+                ctx.report(
+                    Code::MissingField,
+                    &p.key("match").index(j).key("sniHosts"),
+                    "a TLS match needs `sniHosts`",
+                );
+            }
+        }
+        l4_routes(
+            ctx,
+            &p.key("route"),
+            rule.route.iter().map(|r| (&r.destination, r.weight)),
+        );
+    }
+    for (i, rule) in vs.tcp.iter().enumerate() {
+        let p = spec.key("tcp").index(i);
+        l4_routes(
+            ctx,
+            &p.key("route"),
+            rule.route.iter().map(|r| (&r.destination, r.weight)),
+        );
+    }
+    ctx.export_to(&spec.key("exportTo"), &vs.export_to, false);
+}
+
+pub(super) fn gateway_ref(ctx: &mut Ctx<'_>, path: &FieldPath, g: &str) {
+    match host::GatewayRef::parse(g, &ctx.reference.namespace) {
+        host::GatewayRef::Mesh => {}
+        host::GatewayRef::Named {
+            namespace,
+            name,
+            legacy,
+        } => {
+            if host::check_dns1123_label(&namespace).is_err()
+                || host::check_dns1123_subdomain(&name).is_err()
+            {
+                ctx.report(
+                    Code::InvalidValue,
+                    path,
+                    format!("`{g}` is not a gateway reference: expected `mesh`, `<name>` or `<namespace>/<name>`"),
+                );
+            } else if legacy {
+                ctx.deprecated(
+                    path,
+                    format!(
+                        "the gateway reference form `{g}` is deprecated: write `{namespace}/{name}`"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn l4_routes<'a>(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    routes: impl Iterator<Item = (&'a Destination, Option<i32>)>,
+) {
+    let routes: Vec<_> = routes.collect();
+    if routes.is_empty() {
+        ctx.report(
+            Code::MissingField,
+            path,
+            "a TLS or TCP rule needs a `route`",
+        );
+    }
+    for (i, (d, _)) in routes.iter().enumerate() {
+        destination(ctx, &path.index(i).key("destination"), d);
+    }
+    weights(
+        ctx,
+        path,
+        &routes.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
+    );
+}
+
+/// Istio's rules for the weights of several destinations: none negative, and not all 0.
+/// Weights are relative shares (`weight / sum`); a sum other than 100 is legal and only
+/// noted, as older Istio versions required 100.
+pub(super) fn weights(ctx: &mut Ctx<'_>, path: &FieldPath, weights: &[Option<i32>]) {
+    for (i, w) in weights.iter().enumerate() {
+        if let Some(w) = w
+            && *w < 0
+        {
+            ctx.report(
+                Code::InvalidValue,
+                &path.index(i).key("weight"),
+                format!("weight {w} is negative"),
+            );
+            return;
+        }
+    }
+    if weights.len() < 2 {
+        return;
+    }
+    let total: i64 = weights.iter().map(|w| i64::from(w.unwrap_or(0))).sum();
+    let shown = weights
+        .iter()
+        .map(|w| w.map_or("unset".to_string(), |w| w.to_string()))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    // Point at the last weight written (or the route when none is).
+    let at = (0..weights.len())
+        .rev()
+        .find(|i| weights[*i].is_some())
+        .map(|i| path.index(i).key("weight"))
+        .unwrap_or_else(|| path.clone());
+    if total == 0 {
+        ctx.report(
+            Code::WeightSum,
+            &at,
+            format!("total destination weight is 0 ({shown}): no destination would get traffic"),
+        );
+    } else if total != 100 {
+        ctx.out.push(
+            Diagnostic::new(
+                Code::WeightsNotHundred,
+                format!(
+                    "route weights add up to {total} ({shown}); they are relative shares of {total}"
+                ),
+            )
+            .at(ctx.origin.locate(&at))
+            .resource(ctx.reference.clone())
+            .path(at),
+        );
+    }
+}
+
+pub(super) fn destination(ctx: &mut Ctx<'_>, path: &FieldPath, d: &Destination) {
+    if ctx.required_str(&path.key("host"), &d.host, "`destination.host`") {
+        ctx.host(&path.key("host"), &d.host);
+        if d.host == "*" {
+            ctx.report(
+                Code::InvalidHost,
+                &path.key("host"),
+                "destination host `*` is not allowed",
+            );
+        }
+    }
+    if let Some(s) = &d.subset
+        && let Err(e) = host::check_dns1123_label(s)
+    {
+        ctx.report(
+            Code::InvalidValue,
+            &path.key("subset"),
+            format!("invalid subset name: {e}"),
+        );
+    }
+    if let Some(p) = d.port {
+        ctx.port(&path.key("port").key("number"), p.number);
+    }
+}
