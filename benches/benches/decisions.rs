@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue};
 use mesh_config::ConfigSet;
 use mesh_config::model::Labels;
 use mesh_core::balance::{Balancer, EndpointLoad, LbPolicy, Pick};
-use mesh_core::{CompiledMesh, RequestHead, Source};
+use mesh_core::{Caller, CompiledMesh, RequestHead};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -36,7 +36,7 @@ fn mesh_with_rules(n: usize) -> CompiledMesh {
 fn route_decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_decision");
     let labels = Labels::new();
-    let src = Source {
+    let src = Caller {
         namespace: "default",
         labels: &labels,
         gateway: None,
@@ -99,7 +99,7 @@ fn balancer_pick(c: &mut Criterion) {
         let weights = vec![1u32; n];
         for (name, policy) in &policies {
             let lb = Balancer::new(policy, &ids, &weights);
-            let load = EndpointLoad::new(n);
+            let load: Vec<EndpointLoad> = (0..n).map(|_| EndpointLoad::new()).collect();
             let mut rng = SmallRng::seed_from_u64(2);
             let hashed = policy.is_hash();
             g.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
@@ -109,7 +109,7 @@ fn balancer_pick(c: &mut Criterion) {
                     } else {
                         Pick::new(&mut rng)
                     };
-                    black_box(lb.pick(&load, &mut p))
+                    black_box(lb.pick(load.as_slice(), &mut p))
                 })
             });
         }

@@ -54,6 +54,23 @@ fn stack(c: &mut Criterion) {
 #[derive(Clone)]
 struct Stub;
 
+impl tower::Service<mesh_tower::transport::pool::Outgoing> for Stub {
+    type Response = http::Response<mesh_tower::ResBody>;
+    type Error = mesh_tower::BoxError;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: mesh_tower::transport::pool::Outgoing) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(mesh_tower::ResBody::empty())))
+    }
+}
+
 impl tower::Service<http::Request<mesh_tower::ReqBody>> for Stub {
     type Response = http::Response<mesh_tower::ResBody>;
     type Error = mesh_tower::BoxError;
@@ -67,7 +84,7 @@ impl tower::Service<http::Request<mesh_tower::ReqBody>> for Stub {
     }
 
     fn call(&mut self, _: http::Request<mesh_tower::ReqBody>) -> Self::Future {
-        std::future::ready(Ok(http::Response::new(mesh_tower::body::full(""))))
+        std::future::ready(Ok(http::Response::new(mesh_tower::ResBody::empty())))
     }
 }
 

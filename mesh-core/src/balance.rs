@@ -9,23 +9,23 @@
 //! where a key goes, and adding or removing one of N endpoints moves about 1/N of keys.
 //!
 //! Balancers hold only what the algorithm needs (a counter, a ring, a table); the load of
-//! each endpoint lives in [`EndpointLoad`], shared by all requests to the destination.
+//! each endpoint lives in an [`EndpointLoad`] that the runtime keeps across
+//! configurations, and is read through [`Loads`].
 //! Randomness and time are passed in.
 //!
 //! ```
-//! use mesh_core::balance::{Balancer, EndpointLoad, LbPolicy, Pick};
+//! use mesh_core::balance::{Balancer, Idle, LbPolicy, Pick};
 //! use rand::SeedableRng;
 //!
 //! let ids = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
 //! let lb = Balancer::new(&LbPolicy::RoundRobin, &ids, &[1, 1, 1]);
-//! let load = EndpointLoad::new(ids.len());
+
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-//! let picks: Vec<_> = (0..6).map(|_| lb.pick(&load, &mut Pick::new(&mut rng)).unwrap()).collect();
+//! let picks: Vec<_> = (0..6).map(|_| lb.pick(&Idle, &mut Pick::new(&mut rng)).unwrap()).collect();
 //! assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
 //! ```
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use rand_core::Rng;
 use xxhash_rust::xxh64::xxh64;
@@ -94,94 +94,72 @@ impl LbPolicy {
     }
 }
 
-/// Load of each endpoint of a destination: outstanding requests and latency estimates.
-#[derive(Debug)]
+/// The load of one endpoint: its outstanding requests and its peak-EWMA latency estimate.
+///
+/// It is state, not configuration: the runtime keeps one per endpoint (by address and
+/// port) across configurations, so that a reload does not make the least-request
+/// balancers forget which endpoint is busy. Lock-free: concurrent observations may lose
+/// one another's update, which a moving average tolerates.
+#[derive(Debug, Default)]
 pub struct EndpointLoad {
-    outstanding: Box<[AtomicU32]>,
-    ewma: Box<[Mutex<Ewma>]>,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Ewma {
-    /// Estimated latency in nanoseconds; 0 = no measurement yet.
-    rtt_ns: f64,
+    outstanding: AtomicU32,
+    /// Estimated latency in nanoseconds (`f64` bits); 0 = no measurement yet.
+    rtt_ns: AtomicU64,
     /// When it was last updated (caller's clock, nanoseconds).
-    at_ns: u64,
+    at_ns: AtomicU64,
 }
 
 impl EndpointLoad {
-    /// Load of `n` endpoints, all idle.
-    pub fn new(n: usize) -> Self {
-        EndpointLoad {
-            outstanding: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            ewma: (0..n).map(|_| Mutex::new(Ewma::default())).collect(),
-        }
+    /// An idle endpoint without latency measurements.
+    pub fn new() -> Self {
+        EndpointLoad::default()
     }
 
-    /// Number of endpoints.
-    pub fn len(&self) -> usize {
-        self.outstanding.len()
+    /// Outstanding requests.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// True without endpoints.
-    pub fn is_empty(&self) -> bool {
-        self.outstanding.is_empty()
+    /// Marks a request as started; the guard ends it when dropped.
+    pub fn start(&self) -> InFlight<'_> {
+        self.begin();
+        InFlight { load: self }
     }
 
-    /// Outstanding requests of endpoint `i`.
-    pub fn outstanding(&self, i: usize) -> u32 {
-        self.outstanding
-            .get(i)
-            .map_or(0, |o| o.load(Ordering::Relaxed))
-    }
-
-    /// Marks a request to endpoint `i` as started; the guard ends it when dropped.
-    pub fn start(&self, i: usize) -> InFlight<'_> {
-        if let Some(o) = self.outstanding.get(i) {
-            o.fetch_add(1, Ordering::Relaxed);
-        }
-        InFlight { load: self, i }
-    }
-
-    /// Marks a request to endpoint `i` as started without a borrowing guard: the caller
-    /// must call [`finish`](Self::finish) once for it (a response body that outlives
-    /// the borrow of the cluster holds an `Arc` of it and finishes on drop).
-    pub fn begin(&self, i: usize) {
-        if let Some(o) = self.outstanding.get(i) {
-            o.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Marks a request as started without a borrowing guard: the caller must call
+    /// [`finish`](Self::finish) once for it.
+    pub fn begin(&self) {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Ends a request started with [`begin`](Self::begin).
-    pub fn finish(&self, i: usize) {
-        if let Some(o) = self.outstanding.get(i) {
-            o.fetch_sub(1, Ordering::Relaxed);
-        }
+    pub fn finish(&self) {
+        // Never below zero, whatever a caller does.
+        let _ = self
+            .outstanding
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// Records a response latency of endpoint `i` (peak-EWMA), at time `now_ns`.
-    pub fn observe(&self, i: usize, rtt_ns: u64, now_ns: u64, decay_ns: u64) {
-        let Some(cell) = self.ewma.get(i) else { return };
-        let Ok(mut e) = cell.lock() else { return };
+    /// Records a response latency (peak-EWMA) at time `now_ns`: a slower response is
+    /// believed at once, a faster one decays the estimate towards it over `decay_ns`.
+    pub fn observe(&self, rtt_ns: u64, now_ns: u64, decay_ns: u64) {
         let rtt = rtt_ns as f64;
-        if e.rtt_ns == 0.0 || rtt > e.rtt_ns {
-            // Peak: a slower response is believed at once.
-            e.rtt_ns = rtt;
+        let current = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        let next = if current == 0.0 || rtt > current {
+            rtt
         } else {
-            let elapsed = now_ns.saturating_sub(e.at_ns) as f64;
+            let elapsed = now_ns.saturating_sub(self.at_ns.load(Ordering::Relaxed)) as f64;
             let w = (-elapsed / decay_ns.max(1) as f64).exp();
-            e.rtt_ns = e.rtt_ns * w + rtt * (1.0 - w);
-        }
-        e.at_ns = now_ns;
+            current * w + rtt * (1.0 - w)
+        };
+        self.rtt_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.at_ns.store(now_ns, Ordering::Relaxed);
     }
 
-    fn rtt(&self, i: usize, default_rtt_ns: u64) -> f64 {
-        let v = self
-            .ewma
-            .get(i)
-            .and_then(|c| c.lock().ok().map(|e| e.rtt_ns))
-            .unwrap_or(0.0);
-        if v == 0.0 { default_rtt_ns as f64 } else { v }
+    /// The latency estimate in nanoseconds, `default_ns` before any measurement.
+    pub fn latency_ns(&self, default_ns: u64) -> f64 {
+        let v = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
+        if v == 0.0 { default_ns as f64 } else { v }
     }
 }
 
@@ -189,15 +167,58 @@ impl EndpointLoad {
 #[derive(Debug)]
 pub struct InFlight<'a> {
     load: &'a EndpointLoad,
-    i: usize,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(o) = self.load.outstanding.get(self.i) {
-            o.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.load.finish();
     }
+}
+
+/// The loads of the endpoints a balancer chooses among, by endpoint index: what the
+/// least-request and peak-EWMA balancers read. An endpoint without a load reads as idle.
+pub trait Loads {
+    /// The load of endpoint `i`.
+    fn load(&self, i: usize) -> Option<&EndpointLoad>;
+}
+
+/// Something that has an endpoint's load (the runtime's endpoint state, or the load
+/// itself).
+pub trait HasLoad {
+    /// The load.
+    fn endpoint_load(&self) -> &EndpointLoad;
+}
+
+impl HasLoad for EndpointLoad {
+    fn endpoint_load(&self) -> &EndpointLoad {
+        self
+    }
+}
+
+impl<T: HasLoad + ?Sized> HasLoad for std::sync::Arc<T> {
+    fn endpoint_load(&self) -> &EndpointLoad {
+        (**self).endpoint_load()
+    }
+}
+
+impl<T: HasLoad> Loads for [T] {
+    fn load(&self, i: usize) -> Option<&EndpointLoad> {
+        self.get(i).map(HasLoad::endpoint_load)
+    }
+}
+
+/// No load information: every endpoint reads as idle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Idle;
+
+impl Loads for Idle {
+    fn load(&self, _: usize) -> Option<&EndpointLoad> {
+        None
+    }
+}
+
+fn outstanding(loads: &(impl Loads + ?Sized), i: usize) -> u32 {
+    loads.load(i).map_or(0, EndpointLoad::outstanding)
 }
 
 /// What a pick may use: randomness and, for consistent hashing, the request's hash key.
@@ -326,7 +347,7 @@ impl Balancer {
     }
 
     /// Picks an endpoint index; `None` without endpoints.
-    pub fn pick(&self, load: &EndpointLoad, p: &mut Pick<'_>) -> Option<usize> {
+    pub fn pick(&self, loads: &(impl Loads + ?Sized), p: &mut Pick<'_>) -> Option<usize> {
         match self {
             Balancer::Empty => None,
             Balancer::RoundRobin { schedule, next } => {
@@ -337,7 +358,7 @@ impl Balancer {
             Balancer::LeastRequest(index) => {
                 let a = index.pick(p.rng.next_u64());
                 let b = index.pick(p.rng.next_u64());
-                Some(if load.outstanding(b) < load.outstanding(a) {
+                Some(if outstanding(loads, b) < outstanding(loads, a) {
                     b
                 } else {
                     a
@@ -349,8 +370,12 @@ impl Balancer {
             } => {
                 let a = index.pick(p.rng.next_u64());
                 let b = index.pick(p.rng.next_u64());
-                let cost =
-                    |i: usize| load.rtt(i, *default_rtt_ns) * f64::from(load.outstanding(i) + 1);
+                let cost = |i: usize| {
+                    let latency = loads
+                        .load(i)
+                        .map_or(*default_rtt_ns as f64, |l| l.latency_ns(*default_rtt_ns));
+                    latency * f64::from(outstanding(loads, i) + 1)
+                };
                 Some(if cost(b) < cost(a) { b } else { a })
             }
             Balancer::Ring(ring) => {
@@ -545,6 +570,10 @@ fn build_maglev<S: AsRef<str>>(ids: &[S], weights: &[u32], table_size: u64) -> B
 
 #[cfg(test)]
 mod tests {
+    fn loads(n: usize) -> Vec<EndpointLoad> {
+        (0..n).map(|_| EndpointLoad::new()).collect()
+    }
+
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
@@ -555,7 +584,13 @@ mod tests {
             .collect()
     }
 
-    fn counts(lb: &Balancer, load: &EndpointLoad, n: usize, picks: usize, seed: u64) -> Vec<usize> {
+    fn counts(
+        lb: &Balancer,
+        load: &[EndpointLoad],
+        n: usize,
+        picks: usize,
+        seed: u64,
+    ) -> Vec<usize> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut c = vec![0; n];
         for _ in 0..picks {
@@ -567,7 +602,7 @@ mod tests {
     #[test]
     fn round_robin_is_exact() {
         let lb = Balancer::new(&LbPolicy::RoundRobin, &ids(3), &[1, 1, 1]);
-        let load = EndpointLoad::new(3);
+        let load = loads(3);
         assert_eq!(counts(&lb, &load, 3, 3000, 1), [1000, 1000, 1000]);
         // weighted: exactly 5:1:1 per 7 picks, interleaved (smooth)
         let lb = Balancer::new(&LbPolicy::RoundRobin, &ids(3), &[5, 1, 1]);
@@ -582,7 +617,7 @@ mod tests {
     fn random_is_uniform_within_3_percent() {
         let n = 4;
         let lb = Balancer::new(&LbPolicy::Random, &ids(n), &[1; 4]);
-        let load = EndpointLoad::new(n);
+        let load = loads(n);
         let picks = 20_000;
         for c in counts(&lb, &load, n, picks, 42) {
             let share = c as f64 / picks as f64;
@@ -609,41 +644,44 @@ mod tests {
     #[test]
     fn least_request_favours_the_less_loaded() {
         let lb = Balancer::new(&LbPolicy::LeastRequest, &ids(2), &[1, 1]);
-        let load = EndpointLoad::new(2);
-        let _busy: Vec<_> = (0..10).map(|_| load.start(0)).collect();
+        let load = loads(2);
+        let _busy: Vec<_> = (0..10).map(|_| load[0].start()).collect();
         let c = counts(&lb, &load, 2, 10_000, 9);
         // P2C picks the idle endpoint unless both draws hit the busy one (p = 1/4).
         let busy_share = c[0] as f64 / 10_000.0;
         assert!((busy_share - 0.25).abs() < 0.02, "{busy_share}");
         drop(_busy);
-        assert_eq!(load.outstanding(0), 0);
+        assert_eq!(load[0].outstanding(), 0);
     }
 
     #[test]
     fn peak_ewma_avoids_the_slow_endpoint() {
         let policy = LbPolicy::peak_ewma();
         let lb = Balancer::new(&policy, &ids(2), &[1, 1]);
-        let load = EndpointLoad::new(2);
+        let load = loads(2);
         let decay = 10_000_000_000;
-        load.observe(0, 200_000_000, 1, decay); // 200 ms
-        load.observe(1, 5_000_000, 1, decay); // 5 ms
+        load[0].observe(200_000_000, 1, decay); // 200 ms
+        load[1].observe(5_000_000, 1, decay); // 5 ms
         let c = counts(&lb, &load, 2, 10_000, 5);
         assert!(c[1] > c[0] * 2, "{c:?}");
         // a peak is believed at once; recovery decays over time
-        load.observe(1, 400_000_000, 2, decay);
-        assert!(load.rtt(1, 0) >= 400_000_000.0);
-        load.observe(1, 1_000_000, 20_000_000_000, decay);
-        assert!(load.rtt(1, 0) < 100_000_000.0);
+        load[1].observe(400_000_000, 2, decay);
+        assert!(load[1].latency_ns(0) >= 400_000_000.0);
+        load[1].observe(1_000_000, 20_000_000_000, decay);
+        assert!(load[1].latency_ns(0) < 100_000_000.0);
     }
 
     fn owners(lb: &Balancer, ids: &[String], keys: usize) -> Vec<String> {
-        let load = EndpointLoad::new(ids.len());
+        let load = loads(ids.len());
         let mut rng = StdRng::seed_from_u64(0);
         (0..keys)
             .map(|k| {
                 let key = format!("user-{k}");
                 let i = lb
-                    .pick(&load, &mut Pick::with_key(&mut rng, key.as_bytes()))
+                    .pick(
+                        load.as_slice(),
+                        &mut Pick::with_key(&mut rng, key.as_bytes()),
+                    )
                     .unwrap();
                 ids[i].clone()
             })
@@ -783,7 +821,7 @@ mod tests {
 
     #[test]
     fn empty_sets_pick_nothing() {
-        let load = EndpointLoad::new(0);
+        let load = loads(0);
         let mut rng = StdRng::seed_from_u64(0);
         for policy in [
             LbPolicy::RoundRobin,
@@ -792,9 +830,12 @@ mod tests {
             LbPolicy::ring_hash(None),
         ] {
             let lb = Balancer::new(&policy, &Vec::<String>::new(), &[]);
-            assert!(lb.pick(&load, &mut Pick::new(&mut rng)).is_none());
+            assert!(lb.pick(load.as_slice(), &mut Pick::new(&mut rng)).is_none());
             let zero = Balancer::new(&policy, &ids(2), &[0, 0]);
-            assert!(zero.pick(&load, &mut Pick::new(&mut rng)).is_none());
+            assert!(
+                zero.pick(load.as_slice(), &mut Pick::new(&mut rng))
+                    .is_none()
+            );
         }
     }
 }

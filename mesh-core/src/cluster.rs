@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use http::HeaderName;
 use mesh_config::model::{
-    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings,
-    OutlierDetection, SimpleLb, Subset, TrafficPolicy,
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy,
+    LoadBalancerSettings, OutlierDetection, SimpleLb, Subset, TrafficPolicy,
 };
 use mesh_config::registry::{Service, ServicePort};
 
-use crate::balance::{Balancer, DEFAULT_MAGLEV_TABLE, EndpointLoad, LbPolicy, Pick};
+use crate::balance::{Balancer, DEFAULT_MAGLEV_TABLE, LbPolicy, Loads, Pick};
 
 /// Annotation on a DestinationRule that selects a load balancer Istio's API does not
 /// have: `mesh.rs/load-balancer: PEAK_EWMA` (Linkerd's peak-EWMA power of two choices).
@@ -50,9 +50,9 @@ impl fmt::Display for ClusterKey {
     }
 }
 
-/// One endpoint of a cluster, ready to connect to.
+/// One endpoint of a cluster: a concrete address to send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
+pub struct Endpoint {
     /// IP address or host name.
     pub address: Arc<str>,
     /// Port on the endpoint.
@@ -215,9 +215,52 @@ pub type RuleUse<'a> = (
     Arc<str>,
 );
 
+/// The HTTP version to speak to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 (h2c, or over TLS).
+    Http2,
+    /// The version the caller spoke.
+    FromClient,
+}
+
+impl Codec {
+    /// As Istio configures Envoy's cluster: HTTP/2 for `HTTP2`/`GRPC`/`GRPC-WEB` ports and
+    /// for `HTTP` ports whose policy says `h2UpgradePolicy: UPGRADE`; HTTP/1.1 for other
+    /// `HTTP` ports; the caller's version when the policy says `useClientProtocol`, and
+    /// for ports of other protocols.
+    pub fn of(port_protocol: &str, policy: &ClusterPolicy) -> Codec {
+        let http = policy
+            .connection_pool
+            .as_ref()
+            .and_then(|p| p.http.as_ref());
+        if http.and_then(|h| h.use_client_protocol) == Some(true) {
+            return Codec::FromClient;
+        }
+        let is = |p: &str| port_protocol.eq_ignore_ascii_case(p);
+        if is("HTTP2") || is("GRPC") || is("GRPC-WEB") {
+            Codec::Http2
+        } else if is("HTTP") {
+            if http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade) {
+                Codec::Http2
+            } else {
+                Codec::Http1
+            }
+        } else {
+            Codec::FromClient
+        }
+    }
+}
+
 /// A cluster: endpoints, balancer and policy.
 #[derive(Debug)]
 pub struct Cluster {
+    /// Its index among the clusters of its compiled mesh
+    /// ([`CompiledMesh::clusters`](crate::CompiledMesh::clusters)): the runtime keeps
+    /// per-cluster state in a table indexed by it.
+    pub id: u32,
     /// Its key.
     pub key: ClusterKey,
     /// The service.
@@ -227,7 +270,7 @@ pub struct Cluster {
     /// The service port.
     pub port: ServicePort,
     /// Endpoints.
-    pub endpoints: Arc<[Upstream]>,
+    pub endpoints: Arc<[Endpoint]>,
     /// Merged policy.
     pub policy: ClusterPolicy,
     /// The algorithm.
@@ -236,14 +279,15 @@ pub struct Cluster {
     pub hash_on: Option<HashOn>,
     /// Balancer over `endpoints`.
     pub balancer: Balancer,
-    /// Load of each endpoint.
-    pub load: EndpointLoad,
+    /// The HTTP version to speak to the endpoints.
+    pub codec: Codec,
 }
 
 impl Cluster {
     /// Builds the cluster for `service` port `port`, subset `subset` (its labels select
     /// the endpoints), with the DestinationRule that applies.
     pub fn build(
+        id: u32,
         service: &Arc<Service>,
         port: &ServicePort,
         subset: Option<&Subset>,
@@ -257,13 +301,13 @@ impl Cluster {
         );
         let peak_ewma = dr.as_ref().is_some_and(|(_, p, _)| *p);
         let (lb, hash_on) = policy.lb(peak_ewma);
-        let endpoints: Arc<[Upstream]> = service
+        let endpoints: Arc<[Endpoint]> = service
             .endpoints
             .iter()
             .filter(|e| subset.is_none_or(|s| e.selected_by(&s.labels)))
             .map(|e| {
                 let p = u16::try_from(e.port_for(port)).unwrap_or(0);
-                Upstream {
+                Endpoint {
                     id: host_port(&e.address, p).into(),
                     address: e.address.as_str().into(),
                     port: p,
@@ -276,6 +320,8 @@ impl Cluster {
         let ids: Vec<&str> = endpoints.iter().map(|u| &*u.id).collect();
         let weights: Vec<u32> = endpoints.iter().map(|u| u.weight).collect();
         Cluster {
+            id,
+            codec: Codec::of(&port.protocol, &policy),
             key: ClusterKey {
                 host: service.host.as_str().into(),
                 subset: subset.map(|s| s.name.as_str().into()),
@@ -286,7 +332,6 @@ impl Cluster {
             rule: dr.map(|(d, _, _)| d.clone()),
             port: port.clone(),
             balancer: Balancer::new(&lb, &ids, &weights),
-            load: EndpointLoad::new(endpoints.len()),
             endpoints,
             policy,
             lb,
@@ -294,9 +339,14 @@ impl Cluster {
         }
     }
 
-    /// Picks an endpoint; `None` when the cluster has none ("no healthy upstream").
-    pub fn pick(&self, p: &mut Pick<'_>) -> Option<(usize, &Upstream)> {
-        let i = self.balancer.pick(&self.load, p)?;
+    /// Picks an endpoint, with the load of each endpoint (by index) as `loads` says;
+    /// `None` when the cluster has none ("no healthy upstream").
+    pub fn pick(
+        &self,
+        loads: &(impl Loads + ?Sized),
+        p: &mut Pick<'_>,
+    ) -> Option<(usize, &Endpoint)> {
+        let i = self.balancer.pick(loads, p)?;
         self.endpoints.get(i).map(|u| (i, u))
     }
 }

@@ -1,7 +1,8 @@
 //! Explaining a routing decision without a network, like Envoy's router check tool.
 //!
-//! [`explain`] runs the same [`CompiledMesh::route`] the runtime runs and describes its
-//! result as plain data: the VirtualService and rule (with `file:line`), the full
+//! [`explain`] runs the same routing the runtime runs — [`WorkloadView::route`] for
+//! workload traffic, [`WorkloadView::route_at_gateway`] for a request arriving through a
+//! gateway — and describes its result as plain data: the VirtualService and rule (with `file:line`), the full
 //! weighted set of destinations of the matched rule (hosts qualified, ports resolved
 //! from the caller's namespace, as the runtime resolves them), and the rule's timeout,
 //! retries, fault, redirect or direct response.
@@ -9,10 +10,12 @@
 use mesh_config::registry::Service;
 use rand_core::Rng;
 
-use crate::matcher::{RequestHead, Source};
-use crate::mesh::{CompiledMesh, Outcome, RouteError};
-use crate::policy::AbortWith;
+use crate::fault::AbortWith;
+use crate::gateway::Chain;
+use crate::matcher::RequestHead;
+use crate::mesh::{Outcome, RouteError};
 use crate::route::{Action, Rule};
+use crate::workload::WorkloadView;
 
 /// One destination of the matched rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +59,12 @@ pub struct ExplainedFault {
 /// What the mesh does with a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
-    /// The host the authority resolved to.
+    /// The host the authority resolved to; at a gateway, the domain of the virtual host
+    /// that answered.
     pub host: String,
+    /// At a gateway: the Gateway (`namespace/name`) whose server the matched rule was
+    /// reached through.
+    pub gateway: Option<String>,
     /// `namespace/name` of the VirtualService, if one applied.
     pub virtual_service: Option<String>,
     /// `file:line` of the matched rule, if any.
@@ -80,14 +87,26 @@ pub struct Explanation {
     pub error: Option<String>,
 }
 
-/// Explains how `mesh` routes `head` from `src`.
+/// How a request reaches the workload whose routing is explained.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// An outbound request of the workload (workload traffic).
+    Mesh,
+    /// A request arriving at the workload as a gateway, over the TLS filter chain, or in
+    /// plaintext (`None`).
+    Gateway(Option<&'a Chain>),
+}
+
+/// Explains how `view`'s workload routes `head`, arriving `via`.
 pub fn explain(
-    mesh: &CompiledMesh,
+    view: &WorkloadView,
     head: &RequestHead<'_>,
-    src: &Source<'_>,
+    via: Via<'_>,
     rng: &mut dyn Rng,
 ) -> Explanation {
-    let retry = |p: &crate::policy::RetryPolicy| ExplainedRetries {
+    let mesh = view.mesh();
+    let from = &view.workload().namespace;
+    let retry = |p: &crate::retry::RetryPolicy| ExplainedRetries {
         attempts: p.attempts,
         per_try_timeout_ms: p.per_try_timeout.map(|d| d.as_millis() as u64),
         retry_on: p
@@ -100,6 +119,7 @@ pub fn explain(
     };
     let mut e = Explanation {
         host: String::new(),
+        gateway: None,
         virtual_service: None,
         rule: None,
         rule_index: None,
@@ -111,21 +131,29 @@ pub fn explain(
         direct_response: None,
         error: None,
     };
-    let d = match mesh.route(head, src, rng) {
+    let routed = match via {
+        Via::Mesh => view.route(head, rng),
+        Via::Gateway(chain) => view.route_at_gateway(chain, head, rng),
+    };
+    let d = match routed {
         Ok(d) => d,
         Err(err) => {
             e.error = Some(match err {
                 RouteError::NoRouteMatched => "no rule matched: 404 (route not found)".into(),
+                RouteError::NoVirtualHost => {
+                    "no virtual host of the gateway serves the host: 404".into()
+                }
                 other => other.to_string(),
             });
             return e;
         }
     };
     e.host = d.host.to_string();
-    e.virtual_service = d.virtual_host.map(|v| v.name.to_string());
+    e.gateway = d.gateway.map(|g| g.to_string());
+    e.virtual_service = d.virtual_service.map(|v| v.name.to_string());
     // The service is the one the runtime resolves, from the caller's namespace.
     let resolve_port = |host: &str, dest_port: Option<u16>| -> u16 {
-        match mesh.service(host, src.namespace) {
+        match mesh.service(host, from) {
             Some(svc) => port_of(svc, dest_port, head.port),
             None => dest_port.unwrap_or(head.port),
         }
@@ -151,6 +179,10 @@ pub fn explain(
         Outcome::Redirect(r) => e.redirect = Some((r.status, r.location(head))),
         Outcome::Direct(dr) => {
             e.direct_response = Some((dr.status, String::from_utf8_lossy(&dr.body).into_owned()))
+        }
+        Outcome::RequireTls => {
+            e.destinations.clear();
+            e.redirect = Some((301, crate::gateway::require_tls_location(head)));
         }
         Outcome::Forward { .. } => {}
     }

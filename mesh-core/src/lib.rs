@@ -1,20 +1,29 @@
 //! What the mesh decides, per request.
 //!
 //! `mesh-core` compiles a [`mesh_config::Snapshot`] into the decisions the mesh makes for
-//! each request: route tables, matchers, weighted splits, subsets resolved to endpoint
-//! sets, load balancers, retry/timeout/fault decisions. It stays pure and deterministic —
+//! each request: compiled VirtualServices and matchers, the virtual hosts of gateways,
+//! weighted splits, subsets resolved to endpoint sets, load balancers, retry, timeout and
+//! fault decisions, and each workload's view of it all. It stays pure and deterministic —
 //! no tokio, no hyper, no sockets; time and randomness are passed in — so that its
 //! correctness is proven by unit and property tests and its speed by micro benchmarks.
+//!
+//! One routing engine: workload traffic ([`WorkloadView::route`]), requests through a
+//! gateway ([`WorkloadView::route_at_gateway`]) and `meshctl route` ([`explain`]) all
+//! run the same rule matching.
 
 pub mod balance;
 pub mod cluster;
 pub mod explain;
+pub mod fault;
+pub mod gateway;
 pub mod index;
 pub mod matcher;
 pub mod mesh;
-pub mod policy;
+pub mod retry;
 pub mod route;
+pub mod workload;
 
-pub use matcher::{RequestHead, Source};
+pub use matcher::{Caller, RequestHead};
 pub use mesh::{CompiledMesh, Decision, Outcome, RouteError, Upstream};
 pub use mesh_config::Snapshot;
+pub use workload::{Workload, WorkloadView};

@@ -260,7 +260,7 @@ impl QueryMatcher {
 
 /// Who is calling: the workload the request comes from and how it arrives.
 #[derive(Debug, Clone, Copy)]
-pub struct Source<'a> {
+pub struct Caller<'a> {
     /// Namespace of the calling workload.
     pub namespace: &'a str,
     /// Labels of the calling workload.
@@ -335,6 +335,9 @@ pub struct MatchBlock {
     source_namespace: Option<Box<str>>,
     /// Gateways this block applies to (`mesh` for workload traffic); empty = the rule's.
     gateways: Vec<Box<str>>,
+    /// Istio translates the block into a catch-all Envoy route (see
+    /// [`MatchBlock::is_catch_all`]).
+    catch_all: bool,
 }
 
 /// A condition rules can be indexed by (see [`MatchBlock::index_key`]).
@@ -401,7 +404,17 @@ impl MatchBlock {
                 .iter()
                 .map(|g| qualify_gateway(g, namespace).into())
                 .collect(),
+            catch_all: is_catch_all(m),
         })
+    }
+
+    /// True when Istio translates the block into a catch-all Envoy route: prefix `/` (or no
+    /// uri condition) and no scheme, method, authority, header or query condition (`port`,
+    /// `gateways` and the source conditions are decided when routes are built, not in the
+    /// route's match). At a gateway, Istio's `SortVHostRoutes` moves those after every
+    /// other route of the virtual host.
+    pub fn is_catch_all(&self) -> bool {
+        self.catch_all
     }
 
     /// The uri condition, if any (prefix rewrites replace what it matched).
@@ -433,7 +446,7 @@ impl MatchBlock {
     pub fn matches(
         &self,
         req: &RequestHead<'_>,
-        src: &Source<'_>,
+        caller: &Caller<'_>,
         rule_gateways: &[Box<str>],
     ) -> bool {
         let gateways = if self.gateways.is_empty() {
@@ -441,7 +454,7 @@ impl MatchBlock {
         } else {
             &self.gateways
         };
-        if !gateway_applies(gateways, src.gateway) {
+        if !gateway_applies(gateways, caller.gateway) {
             return false;
         }
         // Istio's sourceMatchHTTP: a block naming gateways ignores its source conditions.
@@ -449,11 +462,11 @@ impl MatchBlock {
             || (self
                 .source_namespace
                 .as_deref()
-                .is_none_or(|ns| ns == src.namespace)
+                .is_none_or(|ns| ns == caller.namespace)
                 && self
                     .source_labels
                     .iter()
-                    .all(|(k, v)| src.labels.get(k) == Some(v)));
+                    .all(|(k, v)| caller.labels.get(k) == Some(v)));
         let opt = |m: &Option<StrMatcher>, v: &str| m.as_ref().is_none_or(|m| m.matches(v));
         opt(&self.uri, req.path)
             && opt(&self.method, req.method)
@@ -464,6 +477,21 @@ impl MatchBlock {
             && self.headers.iter().all(|h| h.matches_request(req))
             && self.query.iter().all(|q| q.matches(req.query))
     }
+}
+
+/// See [`MatchBlock::is_catch_all`].
+fn is_catch_all(m: &HttpMatchRequest) -> bool {
+    let uri_all = m
+        .uri
+        .as_ref()
+        .is_none_or(|u| u.prefix.as_deref() == Some("/") && u.exact.is_none() && u.regex.is_none());
+    uri_all
+        && m.scheme.is_none()
+        && m.method.is_none()
+        && m.authority.is_none()
+        && m.headers.is_empty()
+        && m.without_headers.is_empty()
+        && m.query_params.is_empty()
 }
 
 /// A gateway reference in its canonical form: `mesh` or `namespace/name` (the legacy
@@ -818,7 +846,7 @@ mod tests {
         };
         let pp: Labels = [("app".to_string(), "productpage".to_string())].into();
         let other = Labels::new();
-        let src = |ns, labels, gateway| Source {
+        let src = |ns, labels, gateway| Caller {
             namespace: ns,
             labels,
             gateway,

@@ -18,8 +18,10 @@ use rand_core::Rng;
 use regex::Regex;
 
 use crate::balance::WeightedIndex;
-use crate::matcher::{MatchBlock, MatchError, RequestHead, Source, StrMatcher};
-use crate::policy::{FaultPolicy, Fraction, RetryPolicy};
+use crate::fault::{FaultPolicy, Fraction};
+use crate::matcher::{Caller, MatchBlock, MatchError, RequestHead, StrMatcher};
+use crate::mesh::Pass;
+use crate::retry::RetryPolicy;
 
 /// Where a rule was written: `file:line`, and which VirtualService.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,8 +359,8 @@ pub enum PathRewrite {
 pub struct Rewrite {
     /// Path rewrite.
     pub path: Option<PathRewrite>,
-    /// New authority.
-    pub authority: Option<String>,
+    /// New authority, ready to be the `Host` header.
+    pub authority: Option<HeaderValue>,
 }
 
 impl Rewrite {
@@ -561,7 +563,10 @@ impl Rule {
                 };
                 Some(Rewrite {
                     path,
-                    authority: rw.authority.clone(),
+                    authority: rw
+                        .authority
+                        .as_deref()
+                        .and_then(|a| HeaderValue::from_str(a).ok()),
                 })
             }
             None => None,
@@ -582,28 +587,52 @@ impl Rule {
     }
 
     /// The block that matches the request and its index, if the rule applies
-    /// (`Some(None)` for a rule without blocks).
+    /// (`Some(None)` for a rule without blocks). `gateways` are the VirtualService's.
     pub fn matching_block(
         &self,
         head: &RequestHead<'_>,
-        src: &Source<'_>,
+        caller: &Caller<'_>,
         gateways: &[Box<str>],
     ) -> Option<Option<(usize, &MatchBlock)>> {
-        if !self.parent_matches.is_empty()
+        self.matching_block_in(head, caller, gateways, Pass::All)
+    }
+
+    /// [`Rule::matching_block`] among the blocks `pass` considers: a
+    /// block is catch-all when [`MatchBlock::is_catch_all`] says so, a rule without blocks
+    /// is catch-all, and a rule inlined from a delegate never is (its conditions merge with
+    /// the root's).
+    pub(crate) fn matching_block_in(
+        &self,
+        head: &RequestHead<'_>,
+        caller: &Caller<'_>,
+        gateways: &[Box<str>],
+        pass: Pass,
+    ) -> Option<Option<(usize, &MatchBlock)>> {
+        let delegated = !self.parent_matches.is_empty();
+        let considered = |catch_all: bool| match pass {
+            Pass::All => true,
+            Pass::Specific => !catch_all,
+            Pass::CatchAll => catch_all,
+        };
+        if delegated
             && !self
                 .parent_matches
                 .iter()
-                .any(|b| b.matches(head, src, gateways))
+                .any(|b| b.matches(head, caller, gateways))
         {
             return None;
         }
         if self.matches.is_empty() {
-            return crate::matcher::gateway_applies(gateways, src.gateway).then_some(None);
+            return (considered(!delegated)
+                && crate::matcher::gateway_applies(gateways, caller.gateway))
+            .then_some(None);
         }
         self.matches
             .iter()
             .enumerate()
-            .find(|(_, b)| b.matches(head, src, gateways))
+            .find(|(_, b)| {
+                considered(!delegated && b.is_catch_all()) && b.matches(head, caller, gateways)
+            })
             .map(Some)
     }
 }

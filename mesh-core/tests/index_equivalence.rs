@@ -6,7 +6,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mesh_config::ConfigSet;
 use mesh_config::model::Labels;
-use mesh_core::{CompiledMesh, RequestHead, RouteError, Source};
+use mesh_core::{Caller, CompiledMesh, RequestHead, RouteError};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -134,9 +134,9 @@ proptest! {
         ),
     ) {
         let m = mesh(&rules);
-        let vh = m.virtual_host("reviews.default.svc.cluster.local", &Source { namespace: "default", labels: &Labels::new(), gateway: None }).unwrap().clone();
+        let vh = m.visible_hosts("default").find("reviews.default.svc.cluster.local").unwrap().clone();
         let labels = Labels::new();
-        let src = Source { namespace: "default", labels: &labels, gateway: None };
+        let src = Caller { namespace: "default", labels: &labels, gateway: None };
         let mut rng = StdRng::seed_from_u64(1);
         for (p, h0, h1) in requests {
             let mut headers = HeaderMap::new();

@@ -9,7 +9,14 @@ use std::path::Path;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mesh_config::ConfigSet;
 use mesh_config::model::Labels;
-use mesh_core::{CompiledMesh, Outcome, RequestHead, RouteError, Source, Upstream};
+use std::sync::Arc;
+
+use mesh_core::explain::Via;
+use mesh_core::gateway::GatewayRoutes;
+use mesh_core::{
+    Caller as Source, CompiledMesh, Outcome, RequestHead, RouteError, Upstream, Workload,
+    WorkloadView,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -25,7 +32,7 @@ fn sample(name: &str) -> ConfigSet {
     ConfigSet::load(&[p]).unwrap()
 }
 
-fn compile(mut set: ConfigSet, extra: &[ConfigSet]) -> CompiledMesh {
+fn compile(mut set: ConfigSet, extra: &[ConfigSet]) -> Arc<CompiledMesh> {
     for e in extra {
         set.apply(e.clone());
     }
@@ -42,7 +49,24 @@ fn compile(mut set: ConfigSet, extra: &[ConfigSet]) -> CompiledMesh {
     });
     let mesh = CompiledMesh::compile(&snap);
     assert!(mesh.errors.is_empty(), "{:?}", mesh.errors);
-    mesh
+    Arc::new(mesh)
+}
+
+/// The view of a workload in `ns` with `labels` (for `explain`).
+fn view(mesh: &Arc<CompiledMesh>, ns: &str, labels: &Labels) -> WorkloadView {
+    WorkloadView::compile(
+        mesh.clone(),
+        Arc::new(Workload::new("test", ns).labels(labels.clone())),
+    )
+}
+
+fn ingress_labels() -> Labels {
+    labels(&[("istio", "ingressgateway")])
+}
+
+/// The routes of an ingress gateway workload in `ns` (labels `istio: ingressgateway`).
+fn gateway_routes(mesh: &CompiledMesh, ns: &str) -> GatewayRoutes {
+    GatewayRoutes::build(mesh, ns, &ingress_labels()).expect("a Gateway selects the workload")
 }
 
 fn yaml(text: &str) -> ConfigSet {
@@ -120,7 +144,9 @@ fn land(
             ..
         } => {
             let mut p = mesh_core::balance::Pick::new(rng);
-            let ep = c.pick(&mut p).map(|(_, u)| u.port);
+            let ep = c
+                .pick(&mesh_core::balance::Idle, &mut p)
+                .map(|(_, u)| u.port);
             Ok((c.key.subset.as_deref().map(String::from), ep))
         }
         Outcome::Forward {
@@ -380,8 +406,11 @@ fn weight_zero_takes_nothing_and_a_missing_subset_has_no_endpoints() {
     assert_eq!(c.key.subset.as_deref(), Some("v2"));
     assert!(c.endpoints.is_empty());
     assert!(
-        c.pick(&mut mesh_core::balance::Pick::new(&mut rng))
-            .is_none()
+        c.pick(
+            &mesh_core::balance::Idle,
+            &mut mesh_core::balance::Pick::new(&mut rng)
+        )
+        .is_none()
     );
 }
 
@@ -400,13 +429,18 @@ fn source_labels_namespace_and_gateways() {
     let r = req("reviews.default:9080", "/");
     let pp = labels(&[("app", "productpage")]);
     let other = labels(&[("app", "ratings")]);
+    let ingress_routes = gateway_routes(&mesh, "istio-system");
     let route = |ns: &str, l: &Labels, gw: Option<&str>, r: &Req, rng: &mut StdRng| {
         let src = Source {
             namespace: ns,
             labels: l,
-            gateway: gw,
+            gateway: None,
         };
-        mesh.route(&r.head(), &src, rng)
+        match gw {
+            None => mesh.route(&r.head(), &src, rng),
+            // Through a gateway workload the Gateway selects.
+            Some(_) => ingress_routes.route(&mesh, None, &r.head(), ns, &ingress_labels(), rng),
+        }
     };
     let subset = |d: mesh_core::Decision<'_>| match d.outcome {
         Outcome::Forward {
@@ -437,7 +471,7 @@ fn source_labels_namespace_and_gateways() {
         &mut rng,
     )
     .unwrap();
-    assert_eq!(d.virtual_host.unwrap().name.as_ref(), "default/bookinfo");
+    assert_eq!(d.virtual_service.unwrap().name.as_ref(), "default/bookinfo");
     match d.outcome {
         Outcome::Forward {
             upstream: Upstream::Cluster(c),
@@ -706,7 +740,12 @@ fn destinations_resolve_from_the_callers_namespace() {
             assert_eq!(&*c.endpoints[0].address, want_ep);
         }
         // explain resolves from the caller's namespace too
-        let e = mesh_core::explain::explain(mesh, &r.head(), &src, &mut rng);
+        let e = mesh_core::explain::explain(
+            &view(mesh, src.namespace, src.labels),
+            &r.head(),
+            Via::Mesh,
+            &mut rng,
+        );
         assert_eq!(e.error, None);
         assert!(e.destinations.iter().all(|d| d.port == 9080), "{e:?}");
     }
@@ -796,24 +835,26 @@ fn virtual_service_precedence_follows_the_callers_namespace() {
             "third/private",
         ),
     ];
-    let l = Labels::new();
     for (vss, gw_ns, want) in cases {
         let mut text = gateway.to_string();
         for (name, ns, export) in *vss {
             text += &vs(name, ns, export);
         }
         let mesh = compile(yaml(REVIEWS_IN_TWO_NAMESPACES), &[yaml(&text)]);
-        let src = Source {
-            namespace: gw_ns,
-            labels: &l,
-            gateway: Some("istio-system/gw"),
-        };
         let mut rng = StdRng::seed_from_u64(15);
-        let d = mesh
-            .route(&req("shop.example.com", "/").head(), &src, &mut rng)
+        let routes = gateway_routes(&mesh, gw_ns);
+        let d = routes
+            .route(
+                &mesh,
+                None,
+                &req("shop.example.com", "/").head(),
+                gw_ns,
+                &ingress_labels(),
+                &mut rng,
+            )
             .unwrap();
         assert_eq!(
-            d.virtual_host.map(|v| v.name.to_string()).as_deref(),
+            d.virtual_service.map(|v| v.name.to_string()).as_deref(),
             Some(*want),
             "{vss:?} from {gw_ns}"
         );
@@ -876,7 +917,12 @@ fn undefined_subsets_and_ports_are_missing_clusters() {
         }
         // explain names the port the runtime uses
         let head = req(authority, "/");
-        let e = mesh_core::explain::explain(&mesh, &head.head(), &src, &mut rng);
+        let e = mesh_core::explain::explain(
+            &view(&mesh, src.namespace, src.labels),
+            &head.head(),
+            Via::Mesh,
+            &mut rng,
+        );
         let port: u16 = authority.rsplit_once(':').unwrap().1.parse().unwrap();
         let want_port = if authority.starts_with("ratings") {
             9080
@@ -890,7 +936,7 @@ fn undefined_subsets_and_ports_are_missing_clusters() {
         Ok(Upstream::Missing { subset: Some(s), .. }) if &*s == "v9"
     ));
     // no cluster was added for them
-    assert!(mesh.clusters().all(|c| c.key.port != 7000));
+    assert!(mesh.clusters().iter().all(|c| c.key.port != 7000));
 }
 
 /// M4 and L1 through the router: a redirect to https keeps a non-default port, and

@@ -1,23 +1,25 @@
-//! Where the mesh meets the wire: tower layers, the `Mesh` handle and connection pools.
+//! Where the mesh meets the wire: the runtime of a process, the outbound stack as tower
+//! layers, the inbound side, the ingress gateway, and the transport they share.
 //!
-//! Each concern is one tower `Layer` + `Service` in a module of its own: [`route`]
-//! decides, [`cors`] answers preflights, [`fault`] injects delays and aborts,
-//! [`headers`] rewrites and edits headers, [`mirror`] sends copies, [`timeout`] bounds
-//! the request, [`retry`] tries again, [`balance`] picks the endpoint of each attempt,
-//! and [`upstream`] sends it over pooled HTTP/1.1 or HTTP/2 connections (hyper-util).
-//! [`telemetry`] wraps it all in one `tracing` span per request. [`Mesh::client`]
-//! composes them into one `Clone` tower `Service`, usable wherever a hyper-util client
-//! or a tonic channel is.
+//! - [`MeshRuntime`] holds the configuration in force for the whole process, compiled
+//!   once and swapped atomically; [`Mesh`] is one workload's handle on it.
+//! - [`outbound`]: what `mesh.client()` does — route, CORS, faults, headers, mirrors,
+//!   timeout, retries, balancing — one tower layer per concern, over
+//!   [`transport::pool`].
+//! - [`inbound`]: serving the workload's application.
+//! - [`gateway`]: listeners for Istio Gateways, routing with mesh-core's engine.
+//! - [`transport`]: TLS material, the accept loop, the connection pools.
+//! - [`state`]: what outlives a configuration (endpoint load, connections).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use mesh_config::ConfigSet;
-//! use mesh_tower::{MeshConfig, Workload};
+//! use mesh_tower::{MeshRuntime, Workload};
 //! use tower::ServiceExt;
 //!
 //! let snapshot = ConfigSet::load(&["examples/bookinfo/config"])?.check().snapshot.expect("valid");
-//! let config = MeshConfig::from_snapshot(&snapshot);
-//! let mesh = config.workload(
+//! let runtime = MeshRuntime::from_snapshot(&snapshot);
+//! let mesh = runtime.workload(
 //!     Workload::new("productpage-v1", "default")
 //!         .labels([("app", "productpage"), ("version", "v1")])
 //!         .service_account("bookinfo-productpage"),
@@ -27,84 +29,28 @@
 //! println!("{}", resp.status());
 //! # Ok(()) }
 //! ```
-//!
-//! Services box their response futures: one small allocation per layer per request,
-//! measured in the benchmarks, in exchange for readable middleware.
 
-pub mod balance;
 pub mod body;
-pub mod cors;
 pub mod error;
-pub mod fault;
 pub mod gateway;
-pub mod headers;
-pub mod mirror;
-pub mod retry;
-pub mod route;
-pub mod server;
-pub mod telemetry;
-pub mod timeout;
-pub mod upstream;
-
-mod mesh;
+pub mod inbound;
+pub mod outbound;
+mod runtime;
+pub mod state;
+pub mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use http::{Request, Response};
-use tower::Service;
-
 pub use body::{ReqBody, ResBody};
 pub use error::{MeshFailure, ResetReason, UnsupportedScheme};
-pub use gateway::{GatewayError, GatewaySource, IngressGateway};
-pub use mesh::{Mesh, MeshClient, MeshConfig, OutboundStack, Workload};
+pub use gateway::{GatewayError, IngressGateway};
+pub use mesh_core::Workload;
+pub use outbound::MeshClient;
+pub use runtime::{Mesh, MeshRuntime};
 
 /// The error type of the mesh's services.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A boxed, `Send` response future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// A service of the mesh's outbound stack.
-pub trait MeshService:
-    Service<Request<ReqBody>, Response = Response<ResBody>, Error = BoxError, Future: Send>
-    + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> MeshService for S where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = BoxError, Future: Send>
-        + Clone
-        + Send
-        + 'static
-{
-}
-
-/// The associated types and `poll_ready` every layer of the stack shares: it answers
-/// `Response<ResBody>`, fails with `BoxError`, boxes its future and is ready when its
-/// inner service is.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! mesh_service_types {
-    () => {
-        type Response = ::http::Response<$crate::ResBody>;
-        type Error = $crate::BoxError;
-        type Future =
-            $crate::BoxFuture<Result<::http::Response<$crate::ResBody>, $crate::BoxError>>;
-
-        fn poll_ready(
-            &mut self,
-            cx: &mut ::std::task::Context<'_>,
-        ) -> ::std::task::Poll<Result<(), $crate::BoxError>> {
-            self.inner.poll_ready(cx)
-        }
-    };
-}
-
-/// Takes the ready service out of `slot`, leaving a clone (tower's usual pattern).
-pub(crate) fn take<S: Clone>(slot: &mut S) -> S {
-    let clone = slot.clone();
-    std::mem::replace(slot, clone)
-}

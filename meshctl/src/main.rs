@@ -86,13 +86,18 @@ struct RouteArgs {
     /// ones by kind/namespace/name).
     #[arg(long = "config", value_name = "DIR", required = true)]
     config: Vec<PathBuf>,
-    /// Namespace of the calling workload.
-    #[arg(long, default_value = "default")]
-    source_namespace: String,
-    /// Labels of the calling workload: `k=v,k2=v2`.
+    /// Namespace of the calling workload (with `--gateway`: of the gateway workload;
+    /// by default the Gateway's namespace, else `default`).
+    #[arg(long)]
+    source_namespace: Option<String>,
+    /// Labels of the calling workload: `k=v,k2=v2` (with `--gateway`: of the gateway
+    /// workload; by default the Gateway's selector).
     #[arg(long, value_name = "K=V,...")]
     source_labels: Option<String>,
-    /// The gateway the request arrives through (`namespace/name`); the mesh otherwise.
+    /// The Gateway the request arrives through (`namespace/name`): the request is routed
+    /// as the ingress gateway routes it, by a gateway workload the Gateway selects, with
+    /// the URL's port as the Gateway server port (an `https://` URL takes the TLS server
+    /// its host chooses by SNI). Without it, the request is workload traffic.
     #[arg(long)]
     gateway: Option<String>,
     /// A request header, `name: value` (repeatable).
@@ -194,8 +199,9 @@ fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         eprintln!("meshctl: the configuration has errors");
         return Ok(ExitCode::from(EXIT_ERRORS));
     };
-    let mesh = mesh_core::CompiledMesh::compile(&snapshot);
+    let mesh = std::sync::Arc::new(mesh_core::CompiledMesh::compile(&snapshot));
     let uri: http::Uri = args.url.parse()?;
+    let https = uri.scheme_str() == Some("https");
     let mut builder = http::Request::builder()
         .method(args.method.as_str())
         .uri(uri);
@@ -206,7 +212,7 @@ fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         builder = builder.header(k.trim(), v.trim());
     }
     let req = builder.body(())?;
-    let labels: mesh_config::model::Labels = args
+    let mut labels: mesh_config::model::Labels = args
         .source_labels
         .iter()
         .flat_map(|s| s.split(','))
@@ -217,13 +223,43 @@ fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .ok_or_else(|| format!("label `{kv}` is not `key=value`"))
         })
         .collect::<Result<_, _>>()?;
-    let head = mesh_core::RequestHead::from_request(&req, 80);
-    let src = mesh_core::Source {
-        namespace: &args.source_namespace,
-        labels: &labels,
-        gateway: args.gateway.as_deref(),
+    let mut namespace = args.source_namespace.clone();
+    if let Some(name) = &args.gateway {
+        // The gateway workload: one the Gateway selects, unless told otherwise.
+        let (ns, gw_name) = name.split_once('/').unwrap_or(("default", name));
+        let Some(gw) = snapshot
+            .gateways()
+            .iter()
+            .find(|g| g.namespace() == ns && g.name() == gw_name)
+        else {
+            eprintln!("meshctl: no Gateway {ns}/{gw_name} in the configuration");
+            return Ok(ExitCode::from(EXIT_ERRORS));
+        };
+        if args.source_labels.is_none() {
+            labels = gw.spec.selector.clone();
+        }
+        namespace.get_or_insert_with(|| ns.to_string());
+    }
+    let workload =
+        mesh_core::Workload::new("meshctl", namespace.unwrap_or_else(|| "default".into()))
+            .labels(labels);
+    let view = mesh_core::WorkloadView::compile(mesh, std::sync::Arc::new(workload));
+    let head = mesh_core::RequestHead::from_request(&req, if https { 443 } else { 80 });
+    let chain = if https && args.gateway.is_some() {
+        let host = mesh_core::route::split_authority(head.authority)
+            .0
+            .to_ascii_lowercase();
+        view.gateway()
+            .and_then(|g| g.find_sni(u32::from(head.port), Some(&host), |_| true))
+            .and_then(mesh_core::gateway::Chain::of)
+    } else {
+        None
     };
-    let e = mesh_core::explain::explain(&mesh, &head, &src, &mut rand::rng());
+    let via = match &args.gateway {
+        Some(_) => mesh_core::explain::Via::Gateway(chain.as_ref()),
+        None => mesh_core::explain::Via::Mesh,
+    };
+    let e = mesh_core::explain::explain(&view, &head, via, &mut rand::rng());
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&explanation_json(&e))?),
         Output::Human => print!("{}", explanation_text(&e)),
@@ -238,6 +274,7 @@ fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
 fn explanation_json(e: &mesh_core::explain::Explanation) -> serde_json::Value {
     serde_json::json!({
         "host": e.host,
+        "gateway": e.gateway,
         "virtual_service": e.virtual_service,
         "rule": e.rule,
         "rule_index": e.rule_index,
@@ -268,6 +305,9 @@ fn explanation_text(e: &mesh_core::explain::Explanation) -> String {
         return out;
     }
     let _ = writeln!(out, "host:        {}", e.host);
+    if let Some(g) = &e.gateway {
+        let _ = writeln!(out, "gateway:     {g}");
+    }
     match (&e.virtual_service, &e.rule) {
         (Some(vs), Some(rule)) => {
             let _ = writeln!(

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_config::ConfigSet;
-use mesh_tower::{Mesh, MeshConfig, Workload};
+use mesh_tower::{Mesh, MeshRuntime, Workload};
 use tokio::net::TcpListener;
 
 /// What a test server saw of one request.
@@ -185,7 +185,7 @@ pub fn snapshot(yaml: &str) -> mesh_config::Snapshot {
 
 /// A mesh for workload `productpage-v1` in `default` on configuration `yaml`.
 pub fn mesh(yaml: &str) -> Mesh {
-    MeshConfig::from_snapshot(&snapshot(yaml)).workload(
+    MeshRuntime::from_snapshot(&snapshot(yaml)).workload(
         Workload::new("productpage-v1", "default")
             .labels([("app", "productpage"), ("version", "v1")])
             .service_account("bookinfo-productpage"),

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_config::{ConfigSet, Snapshot};
 use mesh_tests::{get, named, serve, service, snapshot};
-use mesh_tower::{GatewayError, IngressGateway, MeshConfig, Workload};
+use mesh_tower::{GatewayError, IngressGateway, MeshRuntime, Workload};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -70,12 +70,12 @@ fn gateway_workload() -> Workload {
 
 /// Binds a gateway for `snap` with every server port in `ports` on 127.0.0.1:0 and
 /// serves it until the test ends.
-fn start(config: &MeshConfig, snap: &Snapshot, ports: &[u32]) -> (IngressGateway, Addrs) {
+fn start(config: &MeshRuntime, _snap: &Snapshot, ports: &[u32]) -> (IngressGateway, Addrs) {
     let map: BTreeMap<u32, SocketAddr> = ports
         .iter()
         .map(|p| (*p, "127.0.0.1:0".parse().unwrap()))
         .collect();
-    let gw = IngressGateway::bind(config.clone(), snap, gateway_workload(), &map)
+    let gw = IngressGateway::bind(config, gateway_workload(), &map)
         .unwrap_or_else(|e| panic!("bind: {e}"));
     let addrs = Addrs(gw.local_addrs().into_iter().collect());
     tokio::spawn(gw.clone().serve(std::future::pending::<()>()));
@@ -288,7 +288,7 @@ async fn bookinfo_gateway_routes_productpage_and_404s_unmatched_paths() {
             "  - match:\n    - uri: {exact: /productpage}\n    - uri: {prefix: /static}\n    - uri: {exact: /login}\n    - uri: {exact: /logout}\n    - uri: {prefix: /api/v1/products}\n    route:\n    - destination: {host: productpage, port: {number: 9080}}\n",
         );
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let gw = addrs.of(80);
     let host = format!("localhost:{}", gw.port());
@@ -332,7 +332,7 @@ async fn a_virtual_service_not_bound_to_the_gateway_does_not_apply_there() {
         + &gateway("elsewhere", &http_server(80, "\"*\"")).replace("ingressgateway", "egressgateway")
         + &vs("other", "other.example.com", "elsewhere", &to("internal"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let gw = addrs.of(80);
 
@@ -351,7 +351,7 @@ async fn a_gateway_with_no_bound_virtual_service_answers_404() {
         + &gateway("lonely", &http_server(80, "\"*\""))
         + &vs("mesh-only", "\"*.example.com\"", "", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let (status, body, _) = http_get(addrs.of(80), "a.example.com", "/").await;
     assert_eq!((status, body.as_str()), (404, ""));
@@ -368,7 +368,7 @@ async fn server_hosts_decide_which_requests_are_served() {
         )
         + &vs("all", "\"*\"", "hosts", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let gw = addrs.of(80);
     let status = |host: &'static str| async move { http_get(gw, host, "/").await.0 };
@@ -400,7 +400,7 @@ async fn the_most_specific_server_host_picks_the_gateway() {
         + &vs("wild", "\"*\"", "b-wild", &to("exact"))
         + &vs("exact", "\"*\"", "c-exact", &to("exact"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let gw = addrs.of(80);
     assert_eq!(http_get(gw, "a.example.com", "/").await.1, "exact");
@@ -427,7 +427,7 @@ async fn virtual_service_port_matches_see_the_gateway_server_port() {
             ) + &to("b")),
         );
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     // Both listen on ephemeral ports: what counts is the Gateway's port number.
     let (_, addrs) = start(&config, &snap, &[80, 8080]);
     assert_eq!(
@@ -453,7 +453,7 @@ async fn namespaced_server_hosts_admit_only_their_namespace() {
         )
         + &vs("all", "\"*\"", "scoped", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let gw = addrs.of(80);
     // `./` is the Gateway's namespace (`default`), where the VirtualService is.
@@ -472,7 +472,7 @@ async fn https_redirect_answers_301_to_https() {
         )
         + &vs("all", "\"*\"", "redirect", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     // Envoy's `require_tls`: `https://` + the Host as received (port kept) + the path.
     let host = format!("Shop.example.com:{}", addrs.of(80).port());
@@ -498,7 +498,7 @@ async fn unmapped_ports_and_unsupported_servers_are_skipped() {
         )
         + &vs("all", "\"*\"", "mixed", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     // 81 is not mapped; 443 and 8443 are, but their servers are not supported.
     let (_, addrs) = start(&config, &snap, &[80, 443, 8443]);
     assert_eq!(addrs.0.keys().copied().collect::<Vec<_>>(), vec![80]);
@@ -526,7 +526,7 @@ async fn after_update_the_gateway_routes_by_the_new_rules_and_hosts() {
             + &gateway("bookinfo-gateway", &http_server(80, "a.example.com"))
             + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v1"))),
     );
-    let config = MeshConfig::from_snapshot(&before);
+    let config = MeshRuntime::from_snapshot(&before);
     let (handle, addrs) = start(&config, &before, &[80]);
     let gw = addrs.of(80);
     assert_eq!(http_get(gw, "a.example.com", "/productpage").await.1, "v1");
@@ -539,7 +539,6 @@ async fn after_update_the_gateway_routes_by_the_new_rules_and_hosts() {
             + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v2"))),
     );
     config.update(&after);
-    handle.update(&after);
     assert_eq!(handle.version(), after.version());
     assert_eq!(http_get(gw, "b.example.com", "/productpage").await.1, "v2");
     assert_eq!(http_get(gw, "a.example.com", "/productpage").await.0, 404);
@@ -588,7 +587,7 @@ async fn simple_tls_terminates_with_files_next_to_the_yaml() {
     let dir = TempDir::new();
     let ca = tls_setup(&dir, "SIMPLE", backend.port());
     let snap = load_dir(dir.path());
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[443]);
     let gw = addrs.of(443);
 
@@ -617,7 +616,7 @@ async fn http2_over_tls_is_routed_by_its_authority() {
     let dir = TempDir::new();
     let ca = tls_setup(&dir, "SIMPLE", backend.port());
     let snap = load_dir(dir.path());
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[443]);
 
     let tls = tls_connect(addrs.of(443), "secure.example.com", &ca.pem, None, true)
@@ -669,7 +668,7 @@ async fn several_tls_servers_on_one_port_are_chosen_by_sni() {
             + &vs("b", "b.example.com", "two", &to("svc-b"))),
     );
     let snap = load_dir(dir.path());
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[443]);
     let gw = addrs.of(443);
     // Each name gets its own certificate (the client verifies it against the name).
@@ -686,7 +685,7 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     let dir = TempDir::new();
     let ca = tls_setup(&dir, "MUTUAL", backend.port());
     let snap = load_dir(dir.path());
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[443]);
     let gw = addrs.of(443);
     let host = "secure.example.com";
@@ -715,9 +714,9 @@ async fn a_missing_certificate_file_is_an_error_naming_it() {
     tls_setup(&dir, "SIMPLE", 1);
     std::fs::remove_file(dir.path().join("server.pem")).unwrap();
     let snap = load_dir(dir.path());
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let ports = BTreeMap::from([(443, "127.0.0.1:0".parse().unwrap())]);
-    let err = IngressGateway::bind(config, &snap, gateway_workload(), &ports).unwrap_err();
+    let err = IngressGateway::bind(&config, gateway_workload(), &ports).unwrap_err();
     match &err {
         GatewayError::ReadFile {
             server,
@@ -743,9 +742,9 @@ async fn a_file_that_is_not_pem_is_an_error_naming_it() {
     tls_setup(&dir, "SIMPLE", 1);
     dir.write("server-key.pem", "not a key\n");
     let snap = load_dir(dir.path());
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let ports = BTreeMap::from([(443, "127.0.0.1:0".parse().unwrap())]);
-    let err = IngressGateway::bind(config, &snap, gateway_workload(), &ports).unwrap_err();
+    let err = IngressGateway::bind(&config, gateway_workload(), &ports).unwrap_err();
     assert!(
         matches!(&err, GatewayError::Pem { field: "privateKey", path, .. } if path.ends_with("server-key.pem")),
         "{err}"
@@ -781,7 +780,7 @@ async fn the_most_specific_virtual_service_host_wins_across_gateways_of_a_port()
         + &vs("shop", "shop.example.com", "catch-all", &to("shop"))
         + &vs("wild", "\"*.example.com\"", "wild", &to("other"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let gw = addrs.of(80);
     let resp = raw(
@@ -807,7 +806,7 @@ async fn a_less_specific_server_answers_when_the_more_specific_ones_has_no_virtu
         + &vs("all", "\"*\"", "catch-all", &to("shop"))
         + &vs("elsewhere", "other.org", "wild", &to("shop"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let (status, body, _) = http_get(addrs.of(80), "shop.example.com", "/").await;
     assert_eq!((status, body.as_str()), (200, "shop"));
@@ -840,7 +839,7 @@ async fn merged_routes_are_tried_in_order_with_catch_all_routes_last() {
             "  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: second, port: {number: 9080}}}]\n",
         );
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let gw = addrs.of(80);
     assert_eq!(http_get(gw, "x.example.com", "/api/v1").await.1, "second");
@@ -848,7 +847,7 @@ async fn merged_routes_are_tried_in_order_with_catch_all_routes_last() {
     assert_eq!(http_get(gw, "x.example.com", "/other").await.1, "first");
 }
 
-/// VirtualService rule changes apply with `MeshConfig::update` alone: the gateway's
+/// VirtualService rule changes apply with `MeshRuntime::update`: the gateway's
 /// virtual hosts are rebuilt for the new configuration.
 #[tokio::test]
 async fn virtual_service_rules_follow_the_mesh_configuration_at_once() {
@@ -865,7 +864,7 @@ async fn virtual_service_rules_follow_the_mesh_configuration_at_once() {
     };
     let before =
         snapshot(&(base.clone() + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v1"))));
-    let config = MeshConfig::from_snapshot(&before);
+    let config = MeshRuntime::from_snapshot(&before);
     let (_, addrs) = start(&config, &before, &[80]);
     assert_eq!(http_get(addrs.of(80), "a.example.com", "/").await.1, "v1");
     let after = snapshot(&(base + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v2"))));
@@ -886,7 +885,7 @@ async fn an_absolute_form_request_reaches_the_upstream_with_the_routed_authority
         + &gateway("public", &http_server(80, "public.example.com"))
         + &vs("public", "public.example.com", "public", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let resp = raw(
         addrs.of(80),
@@ -917,7 +916,7 @@ async fn client_supplied_trust_headers_are_sanitized() {
         + &gateway("public", &http_server(80, "\"*\""))
         + &vs("public", "\"*\"", "public", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let resp = raw(
         addrs.of(80),
@@ -963,7 +962,7 @@ async fn hop_by_hop_headers_are_not_forwarded_either_way() {
         + &gateway("public", &http_server(80, "\"*\""))
         + &vs("public", "\"*\"", "public", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let resp = raw(
         addrs.of(80),
@@ -1039,7 +1038,7 @@ async fn a_websocket_upgrade_is_proxied() {
         + &gateway("public", &http_server(80, "\"*\""))
         + &vs("public", "\"*\"", "public", &to("ws"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let mut s = TcpStream::connect(addrs.of(80)).await.unwrap();
     s.write_all(b"GET /chat HTTP/1.1\r\nHost: a.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
@@ -1085,7 +1084,7 @@ async fn other_upgrades_are_refused_and_h2c_is_dropped() {
         + &gateway("public", &http_server(80, "\"*\""))
         + &vs("public", "\"*\"", "public", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[80]);
     let resp = raw(
         addrs.of(80),
@@ -1137,7 +1136,7 @@ async fn requests_on_a_tls_connection_are_answered_by_the_server_its_sni_chose()
             + &vs("b", "b.example.com", "two", &to("svc-b"))),
     );
     let snap = load_dir(dir.path());
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[443]);
     let gw = addrs.of(443);
     let on = |sni: &'static str, host: &'static str| {
@@ -1163,7 +1162,7 @@ async fn mutual_tls_forwards_the_verified_client_certificate() {
     let dir = TempDir::new();
     let ca = tls_setup(&dir, "MUTUAL", backend.port());
     let snap = load_dir(dir.path());
-    let config = MeshConfig::from_snapshot(&snap);
+    let config = MeshRuntime::from_snapshot(&snap);
     let (_, addrs) = start(&config, &snap, &[443]);
 
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -244,14 +244,15 @@ async fn retry_once(vs_rules: Option<&str>) -> (u16, Option<mesh_tower::MeshFail
     // Record what each attempt sends (the upstream dispatch under the balancer).
     let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let lg = log.clone();
-    let up = mesh_tower::upstream::UpstreamService::new();
-    let logged = tower::service_fn(move |req: Request<mesh_tower::ReqBody>| {
-        let (lg, mut up) = (lg.clone(), up.clone());
+    let up = mesh_tower::transport::pool::Pools;
+    let logged = tower::service_fn(move |out: mesh_tower::transport::pool::Outgoing| {
+        let (lg, mut up) = (lg.clone(), up);
         async move {
+            let req = &out.request;
             lg.lock()
                 .unwrap()
                 .push(format!("{} {} {:?}", req.method(), req.uri(), req.body()));
-            let r = tower::Service::call(&mut up, req).await;
+            let r = tower::Service::call(&mut up, out).await;
             lg.lock().unwrap().push(format!(
                 "  -> {:?}",
                 r.as_ref().map(|r| r.status()).map_err(|e| e.to_string())

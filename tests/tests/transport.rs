@@ -521,7 +521,7 @@ async fn a_subset_the_callers_destination_rule_lacks_is_a_missing_cluster() {
             "  - route: [{destination: {host: reviews, subset: v1}}]\n",
         )
         + "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: client}\nspec:\n  host: reviews.default.svc.cluster.local\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n";
-    let config = mesh_tower::MeshConfig::from_snapshot(&mesh_tests::snapshot(&cfg));
+    let config = mesh_tower::MeshRuntime::from_snapshot(&mesh_tests::snapshot(&cfg));
     let client = config.workload(mesh_tower::Workload::new("caller", "client"));
     let req = Request::get("http://reviews.default:9080/")
         .body(Empty::<Bytes>::new())

@@ -15,8 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use mesh_config::diag::{Diagnostic, RenderOptions, render};
 use mesh_config::{ConfigSet, Snapshot};
-use mesh_tower::MeshConfig;
-use mesh_tower::gateway::IngressGateway;
+use mesh_tower::MeshRuntime;
 use notify::{RecursiveMode, Watcher as _};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -45,8 +44,7 @@ pub struct Live {
     dir: PathBuf,
     /// The directory's files as they were before the first load.
     fingerprint: Fingerprint,
-    config: MeshConfig,
-    gateway: IngressGateway,
+    runtime: MeshRuntime,
     state: RwLock<State_>,
 }
 
@@ -70,16 +68,14 @@ impl Live {
     /// the directory as `fingerprint` (taken before loading) describes it.
     pub fn new(
         dir: PathBuf,
-        config: MeshConfig,
-        gateway: IngressGateway,
+        runtime: MeshRuntime,
         snapshot: Snapshot,
         fingerprint: Fingerprint,
     ) -> Self {
         Live {
             fingerprint,
             dir,
-            config,
-            gateway,
+            runtime,
             state: RwLock::new(State_ {
                 current: snapshot,
                 applied_at: SystemTime::now(),
@@ -139,8 +135,8 @@ impl Live {
         let checked = set.check();
         match checked.snapshot {
             Some(snapshot) => {
-                self.config.update(&snapshot);
-                self.gateway.update(&snapshot);
+                // One swap: the workloads' routes and the ingress gateway's alike.
+                self.runtime.update(&snapshot);
                 let version = snapshot.version();
                 eprintln!(
                     "bookinfo: configuration applied ({} resources)",

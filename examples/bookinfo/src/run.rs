@@ -15,7 +15,7 @@ use std::sync::Arc;
 use mesh_config::model::AnyResource;
 use mesh_config::{ConfigSet, Snapshot};
 use mesh_tower::gateway::IngressGateway;
-use mesh_tower::{MeshConfig, Workload};
+use mesh_tower::{MeshRuntime, Workload};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -333,7 +333,7 @@ pub fn gateway_workload() -> Workload {
 pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let fingerprint = crate::live::Fingerprint::of(&opts.config_dir);
     let snapshot = load(&opts.config_dir)?;
-    let config = MeshConfig::from_snapshot(&snapshot);
+    let runtime = MeshRuntime::from_snapshot(&snapshot);
     let (shutdown, _) = watch::channel(false);
     let stop = |tx: &watch::Sender<bool>| {
         let mut rx = tx.subscribe();
@@ -350,7 +350,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
             what: w.name.clone(),
             source,
         })?;
-        let mesh = config.workload(
+        let mesh = runtime.workload(
             Workload::new(w.name.clone(), w.namespace.clone())
                 .labels(w.labels.clone())
                 .service_account(w.service_account.clone()),
@@ -375,7 +375,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
         };
         let stopped = stop(&shutdown);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = mesh_tower::server::serve(listener, app, stopped).await {
+            if let Err(e) = mesh_tower::inbound::serve(listener, app, stopped).await {
                 tracing::error!(error = %e, "workload server failed");
             }
         }));
@@ -384,7 +384,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
 
     let mut ports = BTreeMap::new();
     ports.insert(80u32, opts.ingress);
-    let gateway = IngressGateway::bind(config.clone(), &snapshot, gateway_workload(), &ports)?;
+    let gateway = IngressGateway::bind(&runtime, gateway_workload(), &ports)?;
     let ingress = gateway
         .local_addrs()
         .into_iter()
@@ -398,8 +398,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
 
     let live = Arc::new(Live::new(
         opts.config_dir.clone(),
-        config,
-        gateway.clone(),
+        runtime,
         snapshot,
         fingerprint,
     ));
@@ -426,7 +425,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let router = crate::live::admin(live.clone());
     let stopped = stop(&shutdown);
     tasks.push(tokio::spawn(async move {
-        let _ = mesh_tower::server::serve(admin_listener, router, stopped).await;
+        let _ = mesh_tower::inbound::serve(admin_listener, router, stopped).await;
     }));
 
     if opts.watch {

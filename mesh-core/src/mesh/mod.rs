@@ -1,9 +1,10 @@
 //! The compiled mesh: one immutable value per configuration, asked per request.
 //!
-//! [`CompiledMesh::compile`] turns a Snapshot into route tables (per host, for the mesh
-//! and per gateway), compiled rules and clusters with their balancers. It is compiled once
-//! per configuration and per process — never per workload or per request — and is
-//! shared by every workload of the process; each asks it with its own [`Source`].
+//! [`CompiledMesh::compile`] turns a Snapshot into compiled VirtualServices, the hosts
+//! each caller namespace sees, the servers of every Gateway, and clusters with their
+//! balancers. It is compiled once per configuration and per process — never per
+//! workload or per request — and is shared by every workload of the process; each asks
+//! it as its own [`Caller`], usually through its [`WorkloadView`](crate::WorkloadView).
 //!
 //! Per request, [`CompiledMesh::route`] resolves the authority the way Kubernetes DNS
 //! would from the caller's namespace (`reviews` → `reviews.<ns>.svc.cluster.local`), finds
@@ -13,125 +14,35 @@
 //! first rule that matches, and for a route draws a weighted destination and finds its
 //! cluster. The destination is resolved from the caller's namespace too: which service a
 //! host names, which DestinationRule applies (the caller's namespace, then the
-//! service's, then the root namespace) — not from the VirtualService's namespace.
-//!
-//! Clusters are built at compile time, one per (service, DestinationRule, subset, port);
-//! a request picks one without scanning DestinationRules: per service host, the answer
-//! for every caller namespace that could see the host differently is precomputed, with
-//! one shared answer for all other namespaces. A destination whose subset no
-//! DestinationRule defines, or a port the service lacks, is [`Upstream::Missing`].
+//! service's, then the root namespace) — not from the VirtualService's namespace. A
+//! destination whose subset no DestinationRule defines, or a port the service lacks, is
+//! [`Upstream::Missing`]. Requests arriving through a Gateway are routed by the same
+//! rule matching, within the virtual hosts Istio builds for the gateway (see
+//! [`crate::gateway`]).
 
-use std::collections::HashMap;
+mod by_namespace;
+mod resolve;
+mod services;
+mod virtual_service;
+
 use std::sync::Arc;
 
 use mesh_config::Snapshot;
-use mesh_config::host::{self, SERVICE_DOMAIN, qualify};
-use mesh_config::model::{
-    DestinationRule, MeshSettings, OutboundTrafficPolicyMode, Resource, VirtualService,
-};
+use mesh_config::model::{MeshSettings, OutboundTrafficPolicyMode};
 use mesh_config::registry::Registry;
 use rand_core::Rng;
 
-use crate::cluster::{Cluster, ClusterKey, LB_ANNOTATION};
-use crate::matcher::{MatchBlock, MatchError, RequestHead, Source, qualify_gateway};
-use crate::route::{Action, Rule, RuleOrigin, Target, split_authority};
+pub(crate) use by_namespace::ByNamespace;
+pub use virtual_service::{VirtualServiceRules, VisibleHosts, export_rank};
 
-/// The rules of one VirtualService for one host.
-#[derive(Debug)]
-pub struct VirtualHost {
-    /// `namespace/name`.
-    pub name: Arc<str>,
-    /// Namespace of the VirtualService.
-    pub namespace: Arc<str>,
-    /// Gateways it is bound to, qualified (`mesh` or `ns/name`); empty means `mesh`.
-    pub gateways: Vec<Box<str>>,
-    /// Namespaces it is visible to.
-    pub export_to: Vec<String>,
-    /// Rules in order.
-    pub rules: Vec<Rule>,
-    /// Index over the rules.
-    pub index: crate::index::RuleIndex,
-}
-
-/// Hosts to virtual hosts: exact names, then wildcards from the most specific.
-#[derive(Debug, Default)]
-struct HostTable {
-    exact: HashMap<String, Vec<Arc<VirtualHost>>>,
-    wildcard: Vec<(String, Arc<VirtualHost>)>,
-}
-
-impl HostTable {
-    fn insert(&mut self, host: String, vh: Arc<VirtualHost>) {
-        if host::is_wildcard(&host) {
-            self.wildcard.push((host, vh));
-        } else {
-            self.exact.entry(host).or_default().push(vh);
-        }
-    }
-
-    fn finish(&mut self) {
-        // Longest suffix first; the sort is stable, so load order breaks ties.
-        self.wildcard
-            .sort_by_key(|(h, _)| std::cmp::Reverse(h.len()));
-    }
-
-    /// The VirtualService for `host` seen from namespace `from`: an exact host before
-    /// wildcards (the longest first); among VirtualServices for the same host, Istio's
-    /// order for the caller's namespace ([`export_rank`]), then load order.
-    fn find(&self, host: &str, from: &str) -> Option<&Arc<VirtualHost>> {
-        if let Some(list) = self.exact.get(host) {
-            let mut best: Option<(u8, &Arc<VirtualHost>)> = None;
-            for vh in list {
-                match export_rank(vh, from) {
-                    Some(0) => return Some(vh),
-                    Some(r) if best.is_none_or(|(b, _)| r < b) => best = Some((r, vh)),
-                    _ => {}
-                }
-            }
-            if let Some((_, vh)) = best {
-                return Some(vh);
-            }
-        }
-        // Sorted by length, longest first, then in load order.
-        let mut best: Option<(usize, u8, &Arc<VirtualHost>)> = None;
-        for (p, vh) in &self.wildcard {
-            if best.is_some_and(|(len, _, _)| p.len() < len) {
-                break;
-            }
-            if !host::matches(p, host) {
-                continue;
-            }
-            if let Some(r) = export_rank(vh, from)
-                && best.is_none_or(|(_, b, _)| r < b)
-            {
-                best = Some((p.len(), r, vh));
-            }
-        }
-        best.map(|(_, _, vh)| vh)
-    }
-}
-
-/// How a VirtualService ranks for callers in `from`, as Istio's PushContext indexes
-/// VirtualServices (`privateByNamespaceAndGateway`, `exportedToNamespaceByGateway`,
-/// `publicByGateway`): 0 when private to `from` (defined there, exported to `.` or to
-/// its own namespace), 1 when exported to `from` by name, 2 when public (`*`); `None`
-/// when not visible (`~` hides it from everyone unless `*` is also given).
-pub fn export_rank(vh: &VirtualHost, from: &str) -> Option<u8> {
-    let export = &vh.export_to;
-    if export.iter().any(|e| e == "*") {
-        return Some(2);
-    }
-    if export.iter().any(|e| e == "~") {
-        return None;
-    }
-    if &*vh.namespace == from && export.iter().any(|e| e == "." || e == from) {
-        return Some(0);
-    }
-    if export.iter().any(|e| e == from) {
-        return Some(1);
-    }
-    None
-}
+use crate::cluster::{Cluster, ClusterKey};
+use crate::gateway::CompiledGateway;
+use crate::matcher::{Caller, MatchBlock, RequestHead};
+use crate::retry::RetryPolicy;
+use crate::route::{Action, Rule, Target, split_authority};
+use resolve::Resolver;
+use services::Services;
+use virtual_service::HostTable;
 
 /// Why a request could not be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +50,9 @@ pub enum RouteError {
     /// A VirtualService exists for the host but no rule matched (Envoy: 404 `NR`).
     #[error("no route matched the request")]
     NoRouteMatched,
+    /// At a gateway, no virtual host serves the request's host (Envoy: 404 `NR`).
+    #[error("no virtual host of the gateway serves the host")]
+    NoVirtualHost,
     /// The host is not in the registry and the outbound policy is REGISTRY_ONLY
     /// (Envoy: 502 from the BlackHole cluster).
     #[error("host {0} is not in the registry and outbound traffic is REGISTRY_ONLY")]
@@ -150,11 +64,10 @@ pub enum RouteError {
 
 /// Where a forwarded request goes.
 #[derive(Debug, Clone)]
-pub enum Upstream {
+pub enum Upstream<'m> {
     /// A cluster of the registry.
-    Cluster(Arc<Cluster>),
-    /// A host the registry does not know, forwarded as it is (ALLOW_ANY), or a
-    /// PASSTHROUGH/NONE service.
+    Cluster(&'m Arc<Cluster>),
+    /// A host the registry does not know, forwarded as it is (ALLOW_ANY).
     Passthrough {
         /// Host to connect to.
         host: Arc<str>,
@@ -175,13 +88,17 @@ pub enum Upstream {
 /// The routing decision for one request.
 #[derive(Debug, Clone)]
 pub struct Decision<'m> {
-    /// The fully qualified host the authority resolved to.
+    /// The fully qualified host the authority resolved to; at a gateway, the domain of the
+    /// virtual host that answered.
     pub host: Arc<str>,
-    /// The request's port.
+    /// The request's port (at a gateway, the Gateway server's port).
     pub port: u16,
+    /// The Gateway (`namespace/name`) whose server the matched rule was reached through,
+    /// for requests arriving at a gateway.
+    pub gateway: Option<&'m Arc<str>>,
     /// The VirtualService that applied, if any.
-    pub virtual_host: Option<&'m Arc<VirtualHost>>,
-    /// The rule that matched and its index in the virtual host, if any (None: the
+    pub virtual_service: Option<&'m Arc<VirtualServiceRules>>,
+    /// The rule that matched and its index in the VirtualService, if any (None: the
     /// default route to the host itself).
     pub rule: Option<(usize, &'m Rule)>,
     /// The match block that matched and its index (for prefix rewrites).
@@ -199,12 +116,27 @@ pub enum Outcome<'m> {
         /// default route).
         target: Option<(usize, &'m Target)>,
         /// Where it goes.
-        upstream: Upstream,
+        upstream: Upstream<'m>,
     },
     /// Answer with a redirect.
     Redirect(&'m crate::route::Redirect),
     /// Answer directly.
     Direct(&'m crate::route::DirectResponse),
+    /// A plaintext request to a virtual host of an `httpsRedirect` Gateway server:
+    /// answer 301 to the same URL over `https` (Envoy's `require_tls`).
+    RequireTls,
+}
+
+/// Which rules a pass over a VirtualService's rules considers: at a gateway, Istio moves
+/// catch-all routes after every other route of the virtual host (`SortVHostRoutes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Every rule, in order.
+    All,
+    /// Only the blocks that are not catch-all.
+    Specific,
+    /// Only the catch-all blocks.
+    CatchAll,
 }
 
 /// A configuration, compiled.
@@ -213,14 +145,15 @@ pub struct CompiledMesh {
     version: u64,
     settings: MeshSettings,
     registry: Registry,
-    mesh_hosts: HostTable,
-    gateway_hosts: HashMap<String, HostTable>,
-    /// Per service host: its services, the DestinationRules that cover it, its clusters.
-    services: HashMap<Box<str>, HostServices>,
-    /// Services with a wildcard host, the most specific first.
-    wildcard_services: Vec<Arc<mesh_config::Service>>,
+    /// Every VirtualService, in load order.
+    virtual_services: Vec<Arc<VirtualServiceRules>>,
+    /// The VirtualServices of workload traffic each caller namespace sees, by host.
+    visible: ByNamespace<Arc<VisibleHosts>>,
+    services: Services,
     resolver: Resolver,
-    default_retry: crate::policy::RetryPolicy,
+    default_retry: RetryPolicy,
+    /// Every Gateway's servers, in Istio's order.
+    pub(crate) gateways: Vec<CompiledGateway>,
     /// Problems found while compiling (rules that could not be compiled are skipped).
     pub errors: Vec<String>,
 }
@@ -231,55 +164,39 @@ impl CompiledMesh {
         let settings = snapshot.mesh().clone();
         let registry = snapshot.registry().clone();
         let mut errors = Vec::new();
-        let mut mesh_hosts = HostTable::default();
-        let mut gateway_hosts: HashMap<String, HostTable> = HashMap::new();
         let mut known: Vec<String> = registry.services().iter().map(|s| s.host.clone()).collect();
         let vss = snapshot.virtual_services();
+        let mut virtual_services = Vec::new();
         for vs in vss.iter().filter(|v| !v.spec.hosts.is_empty()) {
-            let vh = match compile_virtual_host(vs, vss, &settings) {
-                Ok(vh) => Arc::new(vh),
-                Err(e) => {
-                    errors.push(format!(
-                        "VirtualService {}/{}: {e}",
-                        vs.namespace(),
-                        vs.name()
-                    ));
-                    continue;
+            let position = u32::try_from(virtual_services.len()).unwrap_or(u32::MAX);
+            match virtual_service::compile(position, vs, vss, &settings) {
+                Ok(rules) => {
+                    known.extend(rules.hosts.iter().map(|h| h.to_string()));
+                    virtual_services.push(Arc::new(rules));
                 }
-            };
-            let to_mesh = vh.gateways.is_empty() || vh.gateways.iter().any(|g| &**g == "mesh");
-            for h in &vs.spec.hosts {
-                let q = qualify(h, vs.namespace());
-                known.push(q.clone());
-                if to_mesh {
-                    mesh_hosts.insert(q.clone(), vh.clone());
-                }
-                for g in vh.gateways.iter().filter(|g| &***g != "mesh") {
-                    gateway_hosts
-                        .entry(g.to_string())
-                        .or_default()
-                        .insert(q.clone(), vh.clone());
-                }
+                Err(e) => errors.push(format!(
+                    "VirtualService {}/{}: {e}",
+                    vs.namespace(),
+                    vs.name()
+                )),
             }
         }
-        mesh_hosts.finish();
-        for t in gateway_hosts.values_mut() {
-            t.finish();
-        }
-        let (services, wildcard_services) = compile_services(snapshot, &settings);
-        let resolver = Resolver::new(&known, !wildcard_services.is_empty());
-        let default_retry =
-            crate::policy::RetryPolicy::compile(None, &settings.default_http_retry_policy);
+        let table = HostTable::new(&virtual_services);
+        let visible = ByNamespace::build(&table.namespaces(), |ns| Arc::new(table.visible_to(ns)));
+        let services = Services::compile(snapshot, &settings);
+        let resolver = Resolver::new(&known, !services.wildcard.is_empty());
+        let default_retry = RetryPolicy::compile(None, &settings.default_http_retry_policy);
+        let gateways = crate::gateway::compile(snapshot);
         CompiledMesh {
             default_retry,
             version: snapshot.version(),
             settings,
             registry,
-            mesh_hosts,
-            gateway_hosts,
+            virtual_services,
+            visible,
             services,
-            wildcard_services,
             resolver,
+            gateways,
             errors,
         }
     }
@@ -295,7 +212,7 @@ impl CompiledMesh {
     }
 
     /// The retry policy of requests no rule sets one for (the mesh's default).
-    pub fn default_retry(&self) -> &crate::policy::RetryPolicy {
+    pub fn default_retry(&self) -> &RetryPolicy {
         &self.default_retry
     }
 
@@ -304,14 +221,19 @@ impl CompiledMesh {
         &self.registry
     }
 
-    /// A cluster by key.
-    pub fn cluster(&self, key: &ClusterKey) -> Option<&Arc<Cluster>> {
-        self.clusters().find(|c| &c.key == key)
+    /// Every VirtualService, compiled, in load order.
+    pub fn virtual_services(&self) -> &[Arc<VirtualServiceRules>] {
+        &self.virtual_services
     }
 
-    /// Every cluster.
-    pub fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
-        self.services.values().flat_map(|h| h.clusters.iter())
+    /// A cluster by key.
+    pub fn cluster(&self, key: &ClusterKey) -> Option<&Arc<Cluster>> {
+        self.clusters().iter().find(|c| &c.key == key)
+    }
+
+    /// Every cluster, by id ([`Cluster::id`] is its index here).
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.services.clusters
     }
 
     /// Resolves a host name the way Kubernetes DNS does for a pod in `namespace`
@@ -320,9 +242,10 @@ impl CompiledMesh {
     /// without allocating.
     pub fn resolve_host(&self, name: &str, namespace: &str) -> Arc<str> {
         self.resolver.resolve(name, namespace, |h| {
-            self.wildcard_services
+            self.services
+                .wildcard
                 .iter()
-                .any(|s| host::matches(&s.host, h))
+                .any(|s| mesh_config::host::matches(&s.host, h))
         })
     }
 
@@ -330,77 +253,48 @@ impl CompiledMesh {
     /// exact host before wildcards (the longest first), the caller's namespace before
     /// others, then the first loaded — as [`Registry::lookup`] decides.
     pub fn service(&self, host: &str, from: &str) -> Option<&Arc<mesh_config::Service>> {
-        if let Some(h) = self.services.get(host) {
-            if let Some(v) = h.views.get(from) {
-                return h.services.get(v.service);
-            }
-            if let Some(s) = h.choose_service(from) {
-                return Some(s);
-            }
-        }
-        let mut best: Option<&Arc<mesh_config::Service>> = None;
-        for s in self
-            .wildcard_services
-            .iter()
-            .filter(|s| s.visible_to(from) && host::matches(&s.host, host))
-        {
-            match best {
-                None => best = Some(s),
-                Some(b)
-                    if b.host.len() == s.host.len()
-                        && b.namespace != from
-                        && s.namespace == from =>
-                {
-                    best = Some(s)
-                }
-                _ => {}
-            }
-        }
-        best
+        self.services.service(host, from)
     }
 
-    /// The VirtualService for `host` (qualified), seen by `src`.
-    pub fn virtual_host(&self, host: &str, src: &Source<'_>) -> Option<&Arc<VirtualHost>> {
-        match src.gateway {
-            None => self.mesh_hosts.find(host, src.namespace),
-            Some(g) => {
-                let table = self.gateway_hosts.get(g)?;
-                table.find(host, src.namespace).or_else(|| {
-                    // Gateway VirtualServices often name external hosts; `*` catches all.
-                    table
-                        .wildcard
-                        .iter()
-                        .find(|(p, _)| p == "*")
-                        .map(|(_, v)| v)
-                })
-            }
-        }
+    /// The VirtualServices of workload traffic callers in namespace `from` see.
+    pub fn visible_hosts(&self, from: &str) -> &Arc<VisibleHosts> {
+        self.visible.get(from)
     }
 
-    /// Routes one request (see the module documentation).
+    /// Routes one request of workload traffic (see the module documentation).
     pub fn route<'m>(
         &'m self,
         head: &RequestHead<'_>,
-        src: &Source<'_>,
+        caller: &Caller<'_>,
+        rng: &mut dyn Rng,
+    ) -> Result<Decision<'m>, RouteError> {
+        self.route_in(self.visible.get(caller.namespace), head, caller, rng)
+    }
+
+    /// Routes one request of workload traffic with the hosts its caller sees (what
+    /// [`CompiledMesh::visible_hosts`] answers for the caller's namespace, kept by a
+    /// workload's view so that a request does not look it up).
+    pub fn route_in<'m>(
+        &'m self,
+        hosts: &'m VisibleHosts,
+        head: &RequestHead<'_>,
+        caller: &Caller<'_>,
         rng: &mut dyn Rng,
     ) -> Result<Decision<'m>, RouteError> {
         let (name, _) = split_authority(head.authority);
         if name.is_empty() {
             return Err(RouteError::NoAuthority);
         }
-        let host: Arc<str> = match src.gateway {
-            // At a gateway, hosts are matched as the client wrote them.
-            Some(_) => name.to_ascii_lowercase().into(),
-            None => self.resolve_host(name, src.namespace),
-        };
+        let host = self.resolve_host(name, caller.namespace);
         let port = head.port;
-        let Some(vh) = self.virtual_host(&host, src) else {
+        let Some(vs) = hosts.find(&host) else {
             // No VirtualService: the default route to the host itself.
-            let upstream = self.upstream(&host, None, port, port, src.namespace)?;
+            let upstream = self.upstream(&host, None, port, port, caller.namespace)?;
             return Ok(Decision {
                 host,
                 port,
-                virtual_host: None,
+                gateway: None,
+                virtual_service: None,
                 rule: None,
                 block: None,
                 outcome: Outcome::Forward {
@@ -409,51 +303,50 @@ impl CompiledMesh {
                 },
             });
         };
-        let gateways = &vh.gateways;
-        let mut found = None;
-        vh.index.for_candidates(head, vh.rules.len(), |ri| {
-            let Some(rule) = vh.rules.get(ri) else {
-                return false;
-            };
-            match rule.matching_block(head, src, gateways) {
-                Some(block) => {
-                    found = Some((ri, rule, block));
-                    true
+        let Some((ri, rule, block)) = first_match(vs, head, caller, Pass::All) else {
+            return Err(RouteError::NoRouteMatched);
+        };
+        Ok(Decision {
+            host,
+            port,
+            gateway: None,
+            virtual_service: Some(vs),
+            rule: Some((ri, rule)),
+            block,
+            outcome: self.outcome(rule, head.port, caller.namespace, rng)?,
+        })
+    }
+
+    /// What a matched rule does with a request to `port` from namespace `from`.
+    pub(crate) fn outcome<'m>(
+        &'m self,
+        rule: &'m Rule,
+        port: u16,
+        from: &str,
+        rng: &mut dyn Rng,
+    ) -> Result<Outcome<'m>, RouteError> {
+        Ok(match &rule.action {
+            Action::Redirect(r) => Outcome::Redirect(r),
+            Action::Direct(d) => Outcome::Direct(d),
+            Action::Route(split) => {
+                let Some((i, t)) = split.pick(rng) else {
+                    return Err(RouteError::NoRouteMatched);
+                };
+                // The caller's namespace decides, not the VirtualService's.
+                let upstream = self.upstream_of(
+                    &t.host,
+                    t.subset.as_deref(),
+                    t.subset.as_ref(),
+                    t.port.unwrap_or(0),
+                    port,
+                    from,
+                )?;
+                Outcome::Forward {
+                    target: Some((i, t)),
+                    upstream,
                 }
-                None => false,
             }
-        });
-        if let Some((ri, rule, block)) = found {
-            let outcome = match &rule.action {
-                Action::Redirect(r) => Outcome::Redirect(r),
-                Action::Direct(d) => Outcome::Direct(d),
-                Action::Route(split) => {
-                    let target = split.pick(rng);
-                    let upstream = match target {
-                        // The caller's namespace decides, not the VirtualService's.
-                        Some((_, t)) => self.upstream_of(
-                            &t.host,
-                            t.subset.as_deref(),
-                            t.subset.as_ref(),
-                            t.port.unwrap_or(0),
-                            port,
-                            src.namespace,
-                        )?,
-                        None => return Err(RouteError::NoRouteMatched),
-                    };
-                    Outcome::Forward { target, upstream }
-                }
-            };
-            return Ok(Decision {
-                host,
-                port,
-                virtual_host: Some(vh),
-                rule: Some((ri, rule)),
-                block,
-                outcome,
-            });
-        }
-        Err(RouteError::NoRouteMatched)
+        })
     }
 
     /// The upstream for `host` (qualified), `subset`, destination port `dest_port` (0 when
@@ -466,7 +359,7 @@ impl CompiledMesh {
         dest_port: u16,
         req_port: u16,
         from: &str,
-    ) -> Result<Upstream, RouteError> {
+    ) -> Result<Upstream<'_>, RouteError> {
         self.upstream_of(host, subset, None, dest_port, req_port, from)
     }
 
@@ -480,541 +373,53 @@ impl CompiledMesh {
         dest_port: u16,
         req_port: u16,
         from: &str,
-    ) -> Result<Upstream, RouteError> {
-        // The destination's port; else the service's only port; else the request's.
-        let port_of = |svc: &mesh_config::Service| {
-            if dest_port != 0 {
-                dest_port
-            } else if svc.ports.len() == 1 {
-                svc.ports[0].number as u16
-            } else {
-                req_port
-            }
-        };
-        // Fast path: an exact service host, answered per caller namespace at compile time.
-        if let Some(e) = self.services.get(host)
-            && let Some(v) = e.views.get(from)
-            && let (Some(svc), Some(group)) = (e.services.get(v.service), e.groups.get(v.group))
+    ) -> Result<Upstream<'_>, RouteError> {
+        if let Some(u) = self
+            .services
+            .upstream(host, subset, subset_arc, dest_port, req_port, from)
         {
-            return Ok(group.upstream(&e.host, subset, subset_arc, port_of(svc)));
+            return Ok(u);
         }
-        let Some(svc) = self.service(host, from) else {
-            return match self.settings.outbound_traffic_policy {
-                OutboundTrafficPolicyMode::AllowAny => Ok(Upstream::Passthrough {
-                    host: host.into(),
-                    port: if dest_port == 0 { req_port } else { dest_port },
-                }),
-                OutboundTrafficPolicyMode::RegistryOnly => {
-                    Err(RouteError::RegistryOnly(host.to_string()))
-                }
-            };
-        };
-        let port = port_of(svc);
-        let Some(e) = self.services.get(svc.host.as_str()) else {
-            return Ok(Upstream::Missing {
-                host: svc.host.as_str().into(),
-                subset: subset_arc.cloned().or_else(|| subset.map(Into::into)),
-            });
-        };
-        // A wildcard service: the DestinationRule depends on the host asked for.
-        let rule = e.rule_for(&self.settings, host, from, svc);
-        match e.group(svc, rule) {
-            Some(g) => Ok(g.upstream(&e.host, subset, subset_arc, port)),
-            None => Ok(Upstream::Missing {
-                host: e.host.clone(),
-                subset: subset_arc.cloned().or_else(|| subset.map(Into::into)),
+        match self.settings.outbound_traffic_policy {
+            OutboundTrafficPolicyMode::AllowAny => Ok(Upstream::Passthrough {
+                host: host.into(),
+                port: if dest_port == 0 { req_port } else { dest_port },
             }),
-        }
-    }
-}
-
-fn compile_virtual_host(
-    vs: &Resource<VirtualService>,
-    all: &[Arc<Resource<VirtualService>>],
-    settings: &MeshSettings,
-) -> Result<VirtualHost, MatchError> {
-    let ns = vs.namespace();
-    let name: Arc<str> = format!("{ns}/{}", vs.name()).into();
-    let mut rules = Vec::new();
-    for (i, r) in vs.spec.http.iter().enumerate() {
-        let origin = rule_origin(vs, &name, i);
-        if let Some(d) = &r.delegate {
-            // Inline the delegate's rules, each also requiring one of this rule's blocks.
-            let dns = d.namespace.as_deref().unwrap_or(ns);
-            let Some(dvs) = all
-                .iter()
-                .find(|o| o.namespace() == dns && o.name() == d.name)
-            else {
-                continue;
-            };
-            let parent: Vec<MatchBlock> = r
-                .match_
-                .iter()
-                .map(|m| MatchBlock::compile(m, ns))
-                .collect::<Result<_, _>>()?;
-            let dname: Arc<str> = format!("{dns}/{}", dvs.name()).into();
-            for (j, dr) in dvs.spec.http.iter().enumerate() {
-                let mut rule = Rule::compile(
-                    dr,
-                    dvs.namespace(),
-                    rule_origin(dvs, &dname, j),
-                    &settings.default_http_retry_policy,
-                )?;
-                rule.parent_matches.clone_from(&parent);
-                rules.push(rule);
-            }
-            continue;
-        }
-        rules.push(Rule::compile(
-            r,
-            ns,
-            origin,
-            &settings.default_http_retry_policy,
-        )?);
-    }
-    Ok(VirtualHost {
-        name,
-        namespace: ns.into(),
-        gateways: vs
-            .spec
-            .gateways
-            .iter()
-            .map(|g| qualify_gateway(g, ns).into())
-            .collect(),
-        export_to: if vs.spec.export_to.is_empty() {
-            settings.default_virtual_service_export_to.clone()
-        } else {
-            vs.spec.export_to.clone()
-        },
-        index: crate::index::RuleIndex::new(&rules),
-        rules,
-    })
-}
-
-fn rule_origin(vs: &Resource<VirtualService>, name: &Arc<str>, i: usize) -> RuleOrigin {
-    let path = mesh_config::FieldPath::root()
-        .key("spec")
-        .key("http")
-        .index(i);
-    let loc = vs.origin.locate(&path);
-    RuleOrigin {
-        virtual_service: name.clone(),
-        index: i,
-        location: format!("{}:{}", loc.source.name(), loc.span.start.line).into(),
-        name: vs.spec.http[i].name.as_deref().map(Into::into),
-    }
-}
-
-fn rule_id(r: &Resource<DestinationRule>) -> Arc<str> {
-    format!("{}/{}", r.namespace(), r.name()).into()
-}
-
-/// What the mesh knows of one service host.
-#[derive(Debug)]
-struct HostServices {
-    /// The host.
-    host: Arc<str>,
-    /// Services with this host (one per namespace), in load order.
-    services: Vec<Arc<mesh_config::Service>>,
-    /// DestinationRules covering the host, with their qualified hosts.
-    rules: Vec<(Arc<Resource<DestinationRule>>, Box<str>)>,
-    /// Clusters: per service and port, one without a DestinationRule, and for every
-    /// covering DestinationRule one with its policy plus one per subset (the rule that
-    /// applies depends on the caller's namespace).
-    clusters: Vec<Arc<Cluster>>,
-    /// The same clusters grouped by (service, DestinationRule): what one caller reaches.
-    groups: Vec<ClusterGroup>,
-    /// For requests to exactly this host: the service and group per caller namespace.
-    views: NamespaceViews,
-}
-
-/// The clusters of one service shaped by one DestinationRule (or none): per port, one
-/// without a subset and one per subset. A short list.
-#[derive(Debug)]
-struct ClusterGroup {
-    /// Index in [`HostServices::services`].
-    service: usize,
-    /// Index in [`HostServices::rules`].
-    rule: Option<usize>,
-    clusters: Box<[Arc<Cluster>]>,
-}
-
-impl ClusterGroup {
-    /// The cluster for `subset` and `port`, else [`Upstream::Missing`].
-    fn upstream(
-        &self,
-        host: &Arc<str>,
-        subset: Option<&str>,
-        subset_arc: Option<&Arc<str>>,
-        port: u16,
-    ) -> Upstream {
-        match self
-            .clusters
-            .iter()
-            .find(|c| c.key.port == port && c.key.subset.as_deref() == subset)
-        {
-            Some(c) => Upstream::Cluster(c.clone()),
-            None => Upstream::Missing {
-                host: host.clone(),
-                subset: subset_arc.cloned().or_else(|| subset.map(Into::into)),
-            },
-        }
-    }
-}
-
-/// Which service and cluster group a caller namespace reaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct View {
-    service: usize,
-    group: usize,
-}
-
-/// Per caller namespace, the [`View`] of one host (`None`: no service of the host is
-/// visible). Only namespaces that can see the host differently are listed — those of its
-/// services and DestinationRules and those their `exportTo` names —; every other
-/// namespace sees `other`.
-#[derive(Debug, Default)]
-struct NamespaceViews {
-    /// A few namespaces: scanned.
-    few: Box<[(Box<str>, Option<View>)]>,
-    /// Many namespaces: hashed.
-    many: HashMap<Box<str>, Option<View>>,
-    other: Option<View>,
-}
-
-/// Above this many namespaces, views are hashed rather than scanned.
-const MAX_SCANNED_VIEWS: usize = 8;
-
-impl NamespaceViews {
-    fn get(&self, from: &str) -> Option<View> {
-        if self.many.is_empty() {
-            match self.few.iter().find(|(ns, _)| &**ns == from) {
-                Some((_, v)) => *v,
-                None => self.other,
-            }
-        } else {
-            self.many.get(from).copied().unwrap_or(self.other)
-        }
-    }
-}
-
-impl HostServices {
-    /// The service `from` sees: visible, in its own namespace first, else the first
-    /// loaded.
-    fn choose_service(&self, from: &str) -> Option<&Arc<mesh_config::Service>> {
-        let visible = || self.services.iter().filter(|s| s.visible_to(from));
-        visible()
-            .find(|s| s.namespace == from)
-            .or_else(|| visible().next())
-    }
-
-    /// Index of the DestinationRule that applies to a request for `host` from `from` to
-    /// `svc` (Istio's precedence, see `destination_rule_among`).
-    fn rule_for(
-        &self,
-        settings: &MeshSettings,
-        host: &str,
-        from: &str,
-        svc: &mesh_config::Service,
-    ) -> Option<usize> {
-        let rule = mesh_config::snapshot::destination_rule_among(
-            self.rules.iter().map(|(d, p)| (d, &**p)),
-            settings,
-            host,
-            from,
-            &svc.namespace,
-        )?;
-        self.rules.iter().position(|(d, _)| Arc::ptr_eq(d, rule))
-    }
-
-    /// The cluster group of `svc` shaped by rule `rule`.
-    fn group(&self, svc: &Arc<mesh_config::Service>, rule: Option<usize>) -> Option<&ClusterGroup> {
-        let si = self.services.iter().position(|s| Arc::ptr_eq(s, svc))?;
-        self.groups
-            .iter()
-            .find(|g| g.service == si && g.rule == rule)
-    }
-
-    /// The view of a caller in `from`, computed the slow way.
-    fn view(&self, settings: &MeshSettings, from: &str) -> Option<View> {
-        let svc = self.choose_service(from)?;
-        let service = self.services.iter().position(|s| Arc::ptr_eq(s, svc))?;
-        let rule = self.rule_for(settings, &svc.host, from, svc);
-        let group = self
-            .groups
-            .iter()
-            .position(|g| g.service == service && g.rule == rule)?;
-        Some(View { service, group })
-    }
-
-    /// Precomputes [`HostServices::views`].
-    fn build_views(&mut self, settings: &MeshSettings) {
-        fn add<'a>(n: &'a str, names: &mut Vec<&'a str>) {
-            if !matches!(n, "*" | "." | "~") && !names.contains(&n) {
-                names.push(n);
+            OutboundTrafficPolicyMode::RegistryOnly => {
+                Err(RouteError::RegistryOnly(host.to_string()))
             }
         }
-        let mut names: Vec<&str> = Vec::new();
-        for s in &self.services {
-            add(&s.namespace, &mut names);
-            for e in &s.export_to {
-                add(e, &mut names);
-            }
-        }
-        for (d, _) in &self.rules {
-            add(d.namespace(), &mut names);
-            let export = if d.spec.export_to.is_empty() {
-                &settings.default_destination_rule_export_to
-            } else {
-                &d.spec.export_to
-            };
-            for e in export {
-                add(e, &mut names);
-            }
-        }
-        add(&settings.root_namespace, &mut names);
-        // A namespace no name above is: it sees what every unlisted namespace sees.
-        let mut other_ns = String::from("\0");
-        while names.contains(&other_ns.as_str()) {
-            other_ns.push('\0');
-        }
-        let other = self.view(settings, &other_ns);
-        let listed: Vec<(Box<str>, Option<View>)> = names
-            .iter()
-            .map(|n| (Box::from(*n), self.view(settings, n)))
-            .collect();
-        self.views = if listed.len() > MAX_SCANNED_VIEWS {
-            NamespaceViews {
-                few: Box::default(),
-                many: listed.into_iter().collect(),
-                other,
-            }
-        } else {
-            NamespaceViews {
-                few: listed.into_boxed_slice(),
-                many: HashMap::new(),
-                other,
-            }
-        };
     }
 }
 
+/// The first rule of `vs` (in order, through its index) with a block that matches the
+/// request among the blocks `pass` considers: the rule, its index and the block.
 #[allow(clippy::type_complexity)]
-fn compile_services(
-    snapshot: &Snapshot,
-    settings: &MeshSettings,
-) -> (
-    HashMap<Box<str>, HostServices>,
-    Vec<Arc<mesh_config::Service>>,
-) {
-    let mut out: HashMap<Box<str>, HostServices> = HashMap::new();
-    let mut wildcards = Vec::new();
-    for svc in snapshot.registry().services() {
-        if host::is_wildcard(&svc.host) {
-            wildcards.push(svc.clone());
-        }
-        let covering: Vec<Arc<Resource<DestinationRule>>> = snapshot
-            .destination_rules()
-            .iter()
-            .filter(|dr| {
-                dr.spec.workload_selector.is_none()
-                    && host::matches(&qualify(&dr.spec.host, dr.namespace()), &svc.host)
-            })
-            .cloned()
-            .collect();
-        let entry = out
-            .entry(svc.host.as_str().into())
-            .or_insert_with(|| HostServices {
-                host: svc.host.as_str().into(),
-                services: Vec::new(),
-                rules: Vec::new(),
-                clusters: Vec::new(),
-                groups: Vec::new(),
-                views: NamespaceViews::default(),
-            });
-        let si = entry.services.len();
-        entry.services.push(svc.clone());
-        for dr in &covering {
-            if !entry.rules.iter().any(|(r, _)| Arc::ptr_eq(r, dr)) {
-                let pattern = qualify(&dr.spec.host, dr.namespace()).into_boxed_str();
-                entry.rules.push((dr.clone(), pattern));
-            }
-        }
-        // One group without a DestinationRule, one per covering rule.
-        let mut groups: Vec<(Option<usize>, Vec<Arc<Cluster>>)> = std::iter::once(None)
-            .chain(
-                covering
-                    .iter()
-                    .map(|dr| entry.rules.iter().position(|(r, _)| Arc::ptr_eq(r, dr))),
-            )
-            .map(|r| (r, Vec::new()))
-            .collect();
-        for port in &svc.ports {
-            let c = Arc::new(Cluster::build(
-                svc,
-                port,
-                None,
-                None,
-                &settings.trust_domain,
-            ));
-            entry.clusters.push(c.clone());
-            groups[0].1.push(c);
-            for (gi, dr) in covering.iter().enumerate() {
-                let peak = dr
-                    .meta
-                    .annotations
-                    .get(LB_ANNOTATION)
-                    .is_some_and(|v| v.eq_ignore_ascii_case("PEAK_EWMA"));
-                let id = rule_id(dr);
-                let c = Arc::new(Cluster::build(
-                    svc,
-                    port,
-                    None,
-                    Some((dr, peak, id.clone())),
-                    &settings.trust_domain,
-                ));
-                entry.clusters.push(c.clone());
-                groups[gi + 1].1.push(c);
-                for s in &dr.spec.subsets {
-                    let c = Arc::new(Cluster::build(
-                        svc,
-                        port,
-                        Some(s),
-                        Some((dr, peak, id.clone())),
-                        &settings.trust_domain,
-                    ));
-                    entry.clusters.push(c.clone());
-                    groups[gi + 1].1.push(c);
-                }
-            }
-        }
-        entry
-            .groups
-            .extend(groups.into_iter().map(|(rule, clusters)| ClusterGroup {
-                service: si,
-                rule,
-                clusters: clusters.into_boxed_slice(),
-            }));
-    }
-    for entry in out.values_mut() {
-        entry.build_views(settings);
-    }
-    wildcards.sort_by_key(|s| std::cmp::Reverse(s.host.len()));
-    (out, wildcards)
-}
-
-/// A namespace and the host `name.namespace.svc.cluster.local` in it.
-type NamespacedHost = (Box<str>, Arc<str>);
-
-/// Kubernetes DNS search, precomputed over the hosts the mesh knows.
-#[derive(Debug, Default)]
-struct Resolver {
-    /// Every known host.
-    known: HashMap<Box<str>, Arc<str>>,
-    /// `name` → (namespace, host) for hosts `name.namespace.svc.cluster.local`.
-    in_namespace: HashMap<Box<str>, Vec<NamespacedHost>>,
-    /// `name` → host for hosts `name.svc.cluster.local`.
-    in_svc: HashMap<Box<str>, Arc<str>>,
-    /// `name` → host for hosts `name.cluster.local`.
-    in_cluster: HashMap<Box<str>, Arc<str>>,
-    /// Some services have wildcard hosts: candidates must also be tried against them.
-    wildcards: bool,
-}
-
-impl Resolver {
-    fn new(known: &[String], wildcards: bool) -> Self {
-        let mut r = Resolver {
-            wildcards,
-            ..Resolver::default()
+pub(crate) fn first_match<'m>(
+    vs: &'m VirtualServiceRules,
+    head: &RequestHead<'_>,
+    caller: &Caller<'_>,
+    pass: Pass,
+) -> Option<(usize, &'m Rule, Option<(usize, &'m MatchBlock)>)> {
+    let mut found = None;
+    vs.index.for_candidates(head, vs.rules.len(), |ri| {
+        let Some(rule) = vs.rules.get(ri) else {
+            return false;
         };
-        for h in known {
-            let arc: Arc<str> = h.as_str().into();
-            r.known.insert(h.as_str().into(), arc.clone());
-            if let Some(rest) = h.strip_suffix(&format!(".{SERVICE_DOMAIN}")) {
-                r.in_svc.entry(rest.into()).or_insert_with(|| arc.clone());
-                if let Some((name, ns)) = rest.rsplit_once('.') {
-                    r.in_namespace
-                        .entry(name.into())
-                        .or_default()
-                        .push((ns.into(), arc.clone()));
-                }
+        match rule.matching_block_in(head, caller, &vs.gateways, pass) {
+            Some(block) => {
+                found = Some((ri, rule, block));
+                true
             }
-            if let Some(rest) = h.strip_suffix(".cluster.local") {
-                r.in_cluster
-                    .entry(rest.into())
-                    .or_insert_with(|| arc.clone());
-            }
+            None => false,
         }
-        r
-    }
-
-    fn resolve(
-        &self,
-        name: &str,
-        namespace: &str,
-        wildcard_known: impl Fn(&str) -> bool,
-    ) -> Arc<str> {
-        let lowered;
-        let mut name = name.trim_end_matches('.');
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = name.to_ascii_lowercase();
-            name = &lowered;
-        }
-        if name.bytes().filter(|b| *b == b'.').count() < 5 {
-            if let Some(h) = self
-                .in_namespace
-                .get(name)
-                .and_then(|v| v.iter().find(|(ns, _)| &**ns == namespace))
-            {
-                return h.1.clone();
-            }
-            let known = |c: &str| wildcard_known(c).then(|| Arc::from(c));
-            if self.wildcards
-                && let Some(h) = joined(&[name, ".", namespace, ".", SERVICE_DOMAIN], known)
-            {
-                return h;
-            }
-            if let Some(h) = self.in_svc.get(name) {
-                return h.clone();
-            }
-            if let Some(h) = self.in_cluster.get(name) {
-                return h.clone();
-            }
-            if self.wildcards {
-                for suffix in [SERVICE_DOMAIN, "cluster.local"] {
-                    if let Some(h) = joined(&[name, ".", suffix], known) {
-                        return h;
-                    }
-                }
-            }
-        }
-        match self.known.get(name) {
-            Some(h) => h.clone(),
-            None => name.into(),
-        }
-    }
-}
-
-/// Calls `f` with `parts` joined, in a stack buffer (a heap one only for names longer
-/// than any DNS name).
-fn joined<R>(parts: &[&str], f: impl FnOnce(&str) -> R) -> R {
-    let mut buf = [0u8; 256];
-    let mut n = 0;
-    for p in parts {
-        match buf.get_mut(n..n + p.len()) {
-            Some(dst) => dst.copy_from_slice(p.as_bytes()),
-            None => return f(&parts.concat()),
-        }
-        n += p.len();
-    }
-    match std::str::from_utf8(&buf[..n]) {
-        Ok(s) => f(s),
-        Err(_) => f(&parts.concat()),
-    }
+    });
+    found
 }
 
 #[cfg(test)]
 mod tests {
+    use super::resolve::joined;
     use super::*;
     use mesh_config::ConfigSet;
 
@@ -1079,11 +484,11 @@ mod tests {
             "",
         ];
         let mut checked = 0;
-        for e in mesh.services.values() {
+        for e in mesh.services.by_host.values() {
             assert!(!e.groups.is_empty());
             for ns in namespaces {
                 assert_eq!(
-                    e.views.get(ns),
+                    *e.views.get(ns),
                     e.view(&mesh.settings, ns),
                     "{} {ns}",
                     e.host

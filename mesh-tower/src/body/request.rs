@@ -1,4 +1,4 @@
-//! Request and response bodies inside the mesh.
+//! Request bodies: streamed at once, kept for replay when retries or mirrors need them.
 //!
 //! A request is routed and sent as soon as its headers are known: its body streams to
 //! the upstream frame by frame, so client-streaming and bidirectional gRPC calls, long
@@ -18,12 +18,7 @@
 //! once no attempt is left. The end of the body is its last frame, its trailers, or as
 //! many bytes as its exact size says — whichever comes first — and [`ReqBody::end_signal`]
 //! reports it (the route timeout starts there, as Envoy's does).
-//!
-//! The response-body wrappers carry what must last as long as the response does: the
-//! route timeout (Envoy's covers the whole response, not only its headers) and the
-//! endpoint's in-flight count used by the least-request balancers.
 
-use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -32,23 +27,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use tokio::sync::watch;
 
 use crate::BoxError;
 
 /// Request bodies up to this size can be retried or mirrored.
 pub const DEFAULT_BUFFER_LIMIT: usize = 64 * 1024;
-
-/// Response bodies of the mesh.
-pub type ResBody = BoxBody<Bytes, BoxError>;
-
-/// A response body holding `bytes`.
-pub fn full(bytes: impl Into<Bytes>) -> ResBody {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
 
 type Stream = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send + 'static>>;
 
@@ -594,72 +578,6 @@ impl Drop for Replay {
             }
             st.wake_all();
         }
-    }
-}
-
-/// A response body that holds `guard` until the body is dropped (the end of the
-/// response, for whoever reads it).
-pub(crate) struct Guarded<G> {
-    pub(crate) inner: ResBody,
-    pub(crate) _guard: G,
-}
-
-impl<G: Send + Sync + Unpin + 'static> Body for Guarded<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The route timeout expired while the response body was being received; the response
-/// is cut, as Envoy resets the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("upstream request timeout (response body)")]
-pub struct BodyTimeout;
-
-/// A response body that fails with [`BodyTimeout`] at a deadline.
-pub(crate) struct Deadline {
-    pub(crate) inner: ResBody,
-    pub(crate) sleep: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Body for Deadline {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
-        match this.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

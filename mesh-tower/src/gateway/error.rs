@@ -2,37 +2,12 @@
 //! certificate that cannot be read or parsed. Each error names the Gateway, the server
 //! and the file, so that the fix is obvious without a debugger.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-/// One server of one Gateway, as error and log messages name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerRef {
-    /// The Gateway, `namespace/name`.
-    pub gateway: Arc<str>,
-    /// Index of the server in `spec.servers`.
-    pub index: usize,
-    /// The server's `name`, when it has one.
-    pub name: Option<Arc<str>>,
-    /// The server's port number.
-    pub port: u32,
-}
+pub use mesh_core::gateway::ServerRef;
 
-impl fmt::Display for ServerRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Gateway {}, server servers[{}]",
-            self.gateway, self.index
-        )?;
-        if let Some(name) = &self.name {
-            write!(f, " `{name}`")?;
-        }
-        write!(f, " (port {})", self.port)
-    }
-}
+use crate::transport::tls::TlsFileError;
 
 /// Why an [`IngressGateway`](super::IngressGateway) could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,4 +59,34 @@ pub enum GatewayError {
         /// rustls' explanation.
         message: String,
     },
+}
+
+impl GatewayError {
+    /// The error of `server`'s TLS files.
+    pub(crate) fn tls(server: &ServerRef, e: TlsFileError) -> Self {
+        let server = server.clone();
+        match e {
+            TlsFileError::Read {
+                field,
+                path,
+                source,
+            } => GatewayError::ReadFile {
+                server,
+                field,
+                path,
+                source,
+            },
+            TlsFileError::Pem {
+                field,
+                path,
+                message,
+            } => GatewayError::Pem {
+                server,
+                field,
+                path,
+                message,
+            },
+            TlsFileError::Config { message } => GatewayError::Tls { server, message },
+        }
+    }
 }

@@ -13,50 +13,37 @@
 //! use std::collections::BTreeMap;
 //! use mesh_config::ConfigSet;
 //! use mesh_tower::gateway::IngressGateway;
-//! use mesh_tower::{MeshConfig, Workload};
+//! use mesh_tower::{MeshRuntime, Workload};
 //!
 //! let snapshot = ConfigSet::load(&["examples/bookinfo/config"])?.check().snapshot.ok_or("invalid")?;
-//! let config = MeshConfig::from_snapshot(&snapshot);
+//! let runtime = MeshRuntime::from_snapshot(&snapshot);
 //! let workload = Workload::new("istio-ingressgateway", "istio-system")
 //!     .labels([("istio", "ingressgateway")]);
 //! // Gateway server port 80 listens on 127.0.0.1:8080 (80 is privileged).
 //! let ports = BTreeMap::from([(80, "127.0.0.1:8080".parse()?)]);
-//! let gateway = IngressGateway::bind(config.clone(), &snapshot, workload, &ports)?;
-//! tokio::spawn(gateway.clone().serve(std::future::pending::<()>()));
-//! // On a new configuration: routes, then the Gateways' hosts.
+//! let gateway = IngressGateway::bind(&runtime, workload, &ports)?;
+//! tokio::spawn(gateway.serve(std::future::pending::<()>()));
+//! // A new configuration: one update, for the routes and the Gateways alike.
 //! # let new_snapshot = snapshot.clone();
-//! config.update(&new_snapshot);
-//! gateway.update(&new_snapshot);
+//! runtime.update(&new_snapshot);
 //! # Ok(()) }
 //! ```
 //!
 //! What it does, per request (as Istio configures Envoy for a gateway):
 //!
-//! * **Virtual hosts.** The VirtualServices bound to the Gateways of a port make its
-//!   virtual hosts, as Istio's `buildGatewayHTTPRouteConfig` builds them: for each
-//!   server of the port in order (Gateways by name, then namespace — Istio orders them
-//!   by creation time, then name, then namespace; files have no creation time — then
-//!   the servers of each), each VirtualService bound to its Gateway (visible to the
-//!   gateway workload's namespace; private, then exported by name, then public, then in
-//!   load order) gives one virtual host per name of `VirtualService hosts ∩ server
-//!   hosts` (only the server hosts whose `namespace/` admits the VirtualService's
-//!   namespace); a name already there gets the routes appended. On a TLS port each
-//!   server (filter chain) has virtual hosts of its own, and the requests of a
+//! * **Virtual hosts and routes** are built as Istio's `buildGatewayHTTPRouteConfig`
+//!   builds them and chosen as Envoy chooses them (see [`mesh_core::gateway`]). On a TLS
+//!   port each server (filter chain) has virtual hosts of its own, and the requests of a
 //!   connection are answered by the server its SNI chose only.
 //! * **Host.** The authority (the URI's for an absolute-form or HTTP/2 request, else
-//!   `Host`; port removed, lower case) picks a virtual host as Envoy does: an exact
-//!   name, else the longest `*.suffix`, else `*`. None → 404 with an empty body. A
-//!   virtual host of a plaintext server with `tls.httpsRedirect` answers 301 to
+//!   `Host`; port removed, lower case) picks the virtual host. None → 404 with an empty
+//!   body. A virtual host of a plaintext server with `tls.httpsRedirect` answers 301 to
 //!   `https://` + the authority as received (port included) + the path, as Envoy's
 //!   `require_tls` does.
-//! * **Routes.** The route layer then tries the virtual host's routes in order, each
-//!   VirtualService's rules seeing the request as arriving through its server's
-//!   Gateway, catch-all routes (no condition but a `/` prefix) last as Istio sorts
-//!   them; no match → 404. The request goes to the mesh client as
-//!   `http://host[:server port]/path` (the port of the Gateway server, not the local
-//!   one, so that VirtualService `port` matches see the Gateway's), with the
-//!   configuration the gateway chose the virtual host with: one request never sees two
-//!   configurations.
+//! * **Rules** see the request as `http://host[:server port]/path` (the port of the
+//!   Gateway server, not the local one, so that VirtualService `port` matches see the
+//!   Gateway's); no match → 404. One request is decided and forwarded with one
+//!   configuration.
 //! * **Headers** (Envoy with `use_remote_address: true` and
 //!   `forward_client_cert_details: SANITIZE_SET`): the upstream gets the authority the
 //!   gateway matched on as `Host`; hop-by-hop headers (`Connection` and the headers it
@@ -79,34 +66,27 @@
 //! before a shorter one, `*` last, the first server in order among equals; a client
 //! without SNI gets a server with a `*` host, or no handshake). `MUTUAL` requires a
 //! client certificate signed by the CA. A connection keeps its server (filter chain)
-//! across [`IngressGateway::update`]s while that server keeps its TLS settings; once
-//! it is gone or changed, the connection's requests get 404.
+//! across updates while that server keeps its TLS settings; once it is gone or changed,
+//! the connection's requests get 404.
 //!
-//! Live configuration: which VirtualServices answer, with which rules, follows
-//! [`MeshConfig::update`] (the virtual hosts are rebuilt for the new configuration on
-//! its first request). Which servers answer which hosts, and which VirtualServices are
-//! bound to them, follow [`IngressGateway::update`], which the caller invokes with the
-//! same snapshot after `MeshConfig::update`. Listeners and certificates are fixed when
-//! the gateway binds: a new or changed port, or changed TLS settings, need a new
-//! gateway (a restart); such servers are skipped with a warning until then.
+//! Live configuration: the Gateways' servers and hosts, the VirtualServices bound to
+//! them and their rules all follow [`MeshRuntime::update`](crate::MeshRuntime::update),
+//! which compiles the gateway workload's virtual hosts with everything else, before the
+//! swap. Listeners and certificates are fixed when the gateway binds: a new or changed
+//! port, or changed TLS settings, need a new gateway (a restart); such servers are
+//! reported with a warning at each update until then.
 //!
 //! Not supported in-process (each such server is skipped with a `tracing` warning):
 //! `credentialName` and other Kubernetes secrets, TLS modes `PASSTHROUGH`,
 //! `AUTO_PASSTHROUGH`, `ISTIO_MUTUAL` and `OPTIONAL_MUTUAL`, `tlsCertificates`, the TCP,
 //! TLS and MONGO protocols, and — on `MUTUAL` servers, rather than let in clients they
 //! should refuse — `subjectAltNames`, certificate pinning and `insecureSkipVerify`.
-//! Also: VirtualService `scheme` matches see `http` on TLS ports; of several
-//! VirtualServices bound to one Gateway that claim exactly the same hosts, only the
-//! first (mesh-core's choice) contributes routes, where Istio appends them all;
-//! WebSocket over HTTP/2 (extended CONNECT) is not supported; `x-request-id` is not
-//! generated.
+//! Also: VirtualService `scheme` matches see `http` on TLS ports; WebSocket over HTTP/2
+//! (extended CONNECT) is not supported; `x-request-id` is not generated.
 
 mod error;
 mod headers;
 mod service;
-mod table;
-mod tls;
-mod vhost;
 mod xfcc;
 
 use std::collections::{BTreeMap, HashMap};
@@ -114,42 +94,24 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
-use mesh_config::Snapshot;
+use mesh_core::Workload;
+use mesh_core::gateway::{Chain, GatewayRoutes, TlsSettings};
 
 pub use error::{GatewayError, ServerRef};
 
-use crate::{MeshClient, MeshConfig, Workload};
-use service::GatewayService;
-use table::{Table, TlsKey};
-use tls::Loaded;
-pub(crate) use vhost::GatewayRoute;
-use vhost::{Chain, Routes};
+use crate::outbound::Forward;
+use crate::transport::tls::{ServerTls, server_config};
+use crate::{Mesh, MeshRuntime};
+use service::{GatewayService, TlsConn};
 
-/// The Gateway (`namespace/name`) a request arrived through, as a request extension.
-///
-/// The ingress gateway sets it (the Gateway of the first server whose VirtualServices
-/// answer the request's host) together with the virtual host it chose, which the route
-/// layer routes with. Set alone, the route layer passes it to mesh-core, so that only
-/// VirtualServices bound to that Gateway apply and hosts are matched as the client wrote
-/// them. Without it a request is workload traffic (Istio's `mesh` gateway).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct GatewaySource(pub Arc<str>);
-
-/// State shared by the listeners of a gateway and its clones.
+/// State shared by the listeners of a gateway.
 pub(crate) struct Shared {
-    config: MeshConfig,
-    workload: Workload,
-    client: MeshClient,
-    /// The servers of the current snapshot.
-    table: ArcSwap<Table>,
-    /// The virtual hosts of `table` with the VirtualServices of a configuration of
-    /// `config` (rebuilt when either changes).
-    routes: ArcSwap<Routes>,
-    /// Held while `routes` is rebuilt.
-    compiling: Mutex<()>,
+    /// The gateway workload.
+    mesh: Mesh,
+    /// Its layers below the route stage.
+    forward: Forward,
     /// TLS configurations loaded at start.
-    tls: HashMap<TlsKey, Loaded>,
+    tls: HashMap<TlsSettings, ServerTls>,
     /// Port → TLS, for every listener.
     listening: HashMap<u32, bool>,
     /// Port → the address its listener is bound to.
@@ -157,44 +119,62 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The filter chain and TLS configuration a client asking for `sni` on `port` gets.
-    pub(crate) fn tls_for(&self, port: u32, sni: Option<&str>) -> Option<(Chain, Loaded)> {
-        let table = self.table.load();
-        let chain = Chain::of(table.find_sni(port, sni)?)?;
+    /// The filter chain and TLS configuration a client asking for `sni` on `port` gets,
+    /// among the servers whose TLS settings were loaded at start.
+    pub(crate) fn tls_for(&self, port: u32, sni: Option<&str>) -> Option<(Chain, ServerTls)> {
+        let view = self.mesh.view();
+        let server = view
+            .gateway()?
+            .find_sni(port, sni, |t| self.tls.contains_key(t))?;
+        let chain = Chain::of(server)?;
         let loaded = self.tls.get(&*chain.tls)?.clone();
         Some((chain, loaded))
     }
 
-    /// The virtual hosts of the current servers with the current configuration's
-    /// VirtualServices, rebuilt when either has changed since they were built.
-    pub(crate) fn routes(&self) -> Arc<Routes> {
-        let fresh = |r: &Routes, table: &Arc<Table>, mesh: &Arc<mesh_core::CompiledMesh>| {
-            Arc::ptr_eq(&r.table, table) && Arc::ptr_eq(&r.mesh, mesh)
+    /// Reports the servers of the gateway workload's Gateways it does not serve: those
+    /// an in-process gateway cannot serve, those on ports without a listener of their
+    /// kind, and TLS servers whose settings changed after start.
+    fn report_unserved(&self) {
+        let view = self.mesh.view();
+        let Some(routes) = view.gateway() else {
+            tracing::warn!(
+                workload = %self.mesh.workload().name,
+                "ingress gateway: no Gateway selects the gateway workload"
+            );
+            return;
         };
-        let routes = self.routes.load_full();
-        if fresh(&routes, &self.table.load(), &self.config.current()) {
-            return routes;
+        for s in routes.skipped() {
+            tracing::warn!(server = %s.at, "{}: server skipped", s.reason);
         }
-        let _compiling = self
-            .compiling
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (table, mesh) = (self.table.load_full(), self.config.current());
-        let routes = self.routes.load_full();
-        if fresh(&routes, &table, &mesh) {
-            return routes;
+        for s in routes.servers() {
+            match self.listening.get(&s.at.port) {
+                None => tracing::warn!(
+                    server = %s.at,
+                    "no listener for port {} (it is not in the port map, or was added after \
+                     the gateway started: listeners are fixed at start): server skipped",
+                    s.at.port
+                ),
+                Some(&tls) if tls != s.tls.is_some() => tracing::warn!(
+                    server = %s.at,
+                    "port {} already serves {}: a port is either plaintext or TLS, server skipped",
+                    s.at.port,
+                    if tls { "TLS" } else { "plaintext" }
+                ),
+                Some(_) if s.tls.as_deref().is_some_and(|k| !self.tls.contains_key(k)) => {
+                    tracing::warn!(
+                        server = %s.at,
+                        "its TLS settings changed after the gateway started (certificates are \
+                         loaded at start; restart to use them): server skipped"
+                    );
+                }
+                Some(_) => {}
+            }
         }
-        let routes = Arc::new(Routes::compile(table, mesh, &self.workload));
-        self.routes.store(routes.clone());
-        routes
     }
 }
 
 /// An ingress gateway: listeners for the servers of the Gateways that select a gateway
-/// workload, in front of that workload's mesh client (see the module documentation).
-///
-/// Clones share the gateway: keep one to [`update`](Self::update) it while another
-/// [`serve`](Self::serve)s.
+/// workload (see the module documentation). Cheap to clone.
 #[derive(Clone)]
 pub struct IngressGateway {
     shared: Arc<Shared>,
@@ -205,22 +185,19 @@ pub struct IngressGateway {
 impl std::fmt::Debug for IngressGateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IngressGateway")
-            .field("workload", &self.shared.workload.name)
-            .field("version", &self.version())
+            .field("workload", &self.shared.mesh.workload().name)
             .field("addrs", &self.shared.addrs)
             .finish()
     }
 }
 
 impl IngressGateway {
-    /// Loads the certificates and binds one listener per server port of the Gateways of
-    /// `snapshot` that select `workload` (by labels, in any namespace), at the address
-    /// `ports` maps the port to (port 0 picks a free one: see
+    /// Registers `workload` with `runtime`, loads the certificates and binds one listener
+    /// per server port of the Gateways that select it (by labels, in any namespace), at
+    /// the address `ports` maps the port to (port 0 picks a free one: see
     /// [`local_addrs`](Self::local_addrs)). Servers on unmapped ports and servers the
     /// in-process gateway does not support are skipped with a warning. On one port
     /// servers are all plaintext or all TLS, as the first server says.
-    ///
-    /// Requests go through `config.workload(workload).client()`.
     ///
     /// # Errors
     ///
@@ -228,15 +205,16 @@ impl IngressGateway {
     /// or parsed, or TLS settings rustls refuses; each names the Gateway, the server and
     /// the file.
     pub fn bind(
-        config: MeshConfig,
-        snapshot: &Snapshot,
+        runtime: &MeshRuntime,
         workload: Workload,
         ports: &BTreeMap<u32, SocketAddr>,
     ) -> Result<IngressGateway, GatewayError> {
-        let servers = table::servers(snapshot, &workload);
+        let mesh = runtime.workload(workload);
+        let view = mesh.view();
+        let servers = view.gateway().map_or(&[][..], GatewayRoutes::servers);
         // The kind of each port: the first server's.
         let mut kinds: BTreeMap<u32, bool> = BTreeMap::new();
-        for s in &servers {
+        for s in servers {
             kinds.entry(s.at.port).or_insert(s.tls.is_some());
         }
         for port in ports.keys().filter(|p| !kinds.contains_key(p)) {
@@ -246,14 +224,14 @@ impl IngressGateway {
             );
         }
         let mut tls = HashMap::new();
-        for s in &servers {
-            if let Some(key) = &s.tls
+        for s in servers {
+            if let Some(settings) = &s.tls
                 && ports.contains_key(&s.at.port)
                 && kinds.get(&s.at.port) == Some(&true)
-                && !tls.contains_key(&**key)
+                && !tls.contains_key(&**settings)
             {
-                let loaded = tls::load(&s.at, key)?;
-                tls.insert((**key).clone(), loaded);
+                let loaded = server_config(settings).map_err(|e| GatewayError::tls(&s.at, e))?;
+                tls.insert((**settings).clone(), loaded);
             }
         }
         let mut listeners = Vec::new();
@@ -272,23 +250,16 @@ impl IngressGateway {
             listening.insert(port, is_tls);
             addrs.push((port, local));
         }
-        let table = Arc::new(Table::compile(snapshot, servers, &listening, &|k| {
-            tls.contains_key(k)
-        }));
-        let routes = Routes::compile(table.clone(), config.current(), &workload);
-        let client = config.workload(workload.clone()).client();
+        let shared = Shared {
+            forward: crate::outbound::forward(&mesh, crate::transport::pool::Pools),
+            mesh,
+            tls,
+            listening,
+            addrs,
+        };
+        shared.report_unserved();
         Ok(IngressGateway {
-            shared: Arc::new(Shared {
-                config,
-                workload,
-                client,
-                table: ArcSwap::new(table),
-                routes: ArcSwap::from_pointee(routes),
-                compiling: Mutex::new(()),
-                tls,
-                listening,
-                addrs,
-            }),
+            shared: Arc::new(shared),
             listeners: Arc::new(Mutex::new(listeners)),
         })
     }
@@ -307,34 +278,14 @@ impl IngressGateway {
             .map(|(_, a)| *a)
     }
 
-    /// Compiles the Gateways of `snapshot` that select the gateway workload, and the
-    /// VirtualServices bound to them, and swaps them in: requests that start afterwards
-    /// are answered by their virtual hosts. Call it after [`MeshConfig::update`] with
-    /// the same snapshot (the VirtualServices' rules are that configuration's). Servers
-    /// on ports without a listener, or with TLS settings other than those loaded at
-    /// start, are skipped with a warning: listeners and certificates are fixed at start.
-    /// A snapshot already in place is not compiled again.
-    pub fn update(&self, snapshot: &Snapshot) {
-        if self.shared.table.load().version == snapshot.version() {
-            return;
-        }
-        let servers = table::servers(snapshot, &self.shared.workload);
-        let table = Table::compile(snapshot, servers, &self.shared.listening, &|k| {
-            self.shared.tls.contains_key(k)
-        });
-        self.shared.table.store(Arc::new(table));
-        // Build the virtual hosts now rather than on the first request.
-        self.shared.routes();
-    }
-
-    /// The version of the snapshot whose Gateways are in place.
+    /// The version of the configuration in force.
     pub fn version(&self) -> u64 {
-        self.shared.table.load().version
+        self.shared.mesh.runtime().version()
     }
 
     /// Serves every listener until `shutdown` completes, then lets the connections in
-    /// progress finish their requests. Plaintext ports use [`crate::server::serve`];
-    /// TLS ports the same over rustls. Dropping the future stops the listeners.
+    /// progress finish their requests. At each configuration update it reports the
+    /// servers it does not serve. Dropping the future stops the listeners.
     ///
     /// The listeners are served once: on a second call (through a clone) this only
     /// waits for `shutdown`. A listener the tokio runtime refuses is logged as an error
@@ -365,13 +316,24 @@ impl IngressGateway {
             };
             let shared = self.shared.clone();
             if is_tls {
-                tasks.spawn(tls::serve_tls(listener, shared, port, until));
+                tasks.spawn(serve_tls(listener, shared, port, until));
             } else {
                 let app = GatewayService::new(shared, port, None);
-                tasks.spawn(crate::server::serve(listener, app, until));
+                tasks.spawn(crate::inbound::serve(listener, app, until));
             }
         }
-        shutdown.await;
+        // Report what an update leaves unserved, until shutdown.
+        let shared = self.shared.clone();
+        let mut versions = shared.mesh.runtime().subscribe();
+        let reports = async move {
+            while versions.changed().await.is_ok() {
+                shared.report_unserved();
+            }
+        };
+        tokio::select! {
+            () = shutdown => {}
+            () = reports => {}
+        }
         let _ = stop.send(true);
         while let Some(done) = tasks.join_next().await {
             match done {
@@ -381,4 +343,47 @@ impl IngressGateway {
             }
         }
     }
+}
+
+/// Serves the TLS servers of gateway port `port` on `listener` until `shutdown`
+/// completes, then lets the connections in progress finish their requests.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    port: u32,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use crate::transport::accept::{WithPeer, accept_each, serve_connection};
+    accept_each(listener, shutdown, move |stream, peer, builder, watcher| {
+        let shared = shared.clone();
+        async move {
+            let chosen = crate::transport::tls::handshake(stream, peer, |sni| {
+                let (chain, loaded) = shared.tls_for(port, sni)?;
+                Some((loaded.config.clone(), (chain, loaded)))
+            })
+            .await;
+            let Some((stream, (chain, loaded))) = chosen else {
+                return;
+            };
+            // MUTUAL: the verified client certificate, for `x-forwarded-client-cert`.
+            let xfcc = if chain.tls.mutual {
+                let peer_cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first());
+                let v = peer_cert.and_then(|c| xfcc::value(c, &loaded.local_uris));
+                if v.is_none() {
+                    tracing::debug!(%peer, port, "no x-forwarded-client-cert for this client");
+                }
+                v
+            } else {
+                None
+            };
+            let conn = Arc::new(TlsConn { chain, xfcc });
+            let svc = WithPeer::new(GatewayService::new(shared, port, Some(conn)), peer);
+            serve_connection(stream, svc, builder, watcher).await;
+        }
+    })
+    .await
 }

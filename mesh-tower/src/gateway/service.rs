@@ -1,7 +1,7 @@
-//! The gateway's request service: which virtual host answers the host, the headers an
-//! edge proxy sets, then the gateway workload's mesh client with the Gateway and the
-//! virtual host recorded in the request; upgrades (WebSocket) are bridged once the
-//! upstream accepts them.
+//! The gateway's request service: the routing decision (mesh-core's, on the gateway
+//! workload's view), the headers an edge proxy sets, then the workload's outbound layers
+//! with the decided route; upgrades (WebSocket) are bridged once the upstream accepts
+//! them.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -14,17 +14,20 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use mesh_core::gateway::Chain;
 use mesh_core::route::split_authority;
+use mesh_core::{Outcome, RequestHead};
 use tower::{Service, ServiceExt};
 
+use super::Shared;
 use super::headers::{
     Upgrade, is_upgrade_response, sanitize_request, strip_hop_by_hop, upgrade_of,
 };
-use super::vhost::{Chain, GatewayRoute};
-use super::{GatewaySource, Shared};
-use crate::body::full;
-use crate::server::PeerAddr;
-use crate::{BoxError, BoxFuture, MeshFailure, ResBody};
+use crate::body::DEFAULT_BUFFER_LIMIT;
+use crate::inbound::PeerAddr;
+use crate::outbound::route::{answer, failure};
+use crate::outbound::{Route, Routed};
+use crate::{BoxError, BoxFuture, MeshFailure, ReqBody, ResBody};
 
 /// What the gateway knows of a TLS connection.
 #[derive(Debug)]
@@ -49,8 +52,7 @@ impl GatewayService {
         GatewayService { shared, port, tls }
     }
 
-    /// Decides what to do with `req`: answer it here, or forward it (rewritten for the
-    /// mesh client).
+    /// Decides what to do with `req`: answer it here, or forward it with its route.
     fn prepare<B>(&self, mut req: Request<B>) -> Prepared<B> {
         let tls = self.tls.is_some();
         // An absolute URI is `http` (or `https` over TLS), as Envoy requires.
@@ -75,35 +77,60 @@ impl GatewayService {
         if name.is_empty() {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
         }
-        let routes = self.shared.routes();
-        let chain = self.tls.as_ref().map(|t| &t.chain);
-        // Envoy answers 404 with an empty body when no virtual host matches.
-        let Some(host) = routes
-            .virtual_hosts(self.port, chain)
-            .and_then(|v| v.find(&name))
-        else {
-            return Prepared::Answer(status(StatusCode::NOT_FOUND));
-        };
         let pq = req
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if host.require_tls && !tls {
-            // Envoy's `require_tls` redirect: the host as received, port included.
-            let mut resp = status(StatusCode::MOVED_PERMANENTLY);
-            match HeaderValue::from_str(&format!("https://{written}{pq}")) {
-                Ok(location) => {
-                    resp.headers_mut().insert(LOCATION, location);
-                }
-                Err(_) => return Prepared::Answer(status(StatusCode::BAD_REQUEST)),
-            }
-            return Prepared::Answer(resp);
-        }
-        let Some(first) = host.routes.first() else {
-            // A virtual host without routes (only an httpsRedirect server's, reached
-            // over TLS): Envoy's 404.
+        // Rules see `http://host[:server port]/path`: the port is the server's, so that
+        // VirtualService `port` matches see the Gateway's port, not the local one.
+        let authority = if self.port == 80 {
+            name
+        } else {
+            format!("{name}:{}", self.port)
+        };
+        let Ok(uri) = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(pq.clone())
+            .build()
+        else {
+            return Prepared::Answer(status(StatusCode::BAD_REQUEST));
+        };
+        *req.uri_mut() = uri;
+        let mesh = &self.shared.mesh;
+        let generation = mesh.runtime().generation();
+        let Some(view) = generation.view(mesh.slot()) else {
             return Prepared::Answer(status(StatusCode::NOT_FOUND));
+        };
+        let head = RequestHead::from_request(&req, 80);
+        let chain = self.tls.as_ref().map(|t| &t.chain);
+        // Envoy answers 404 with an empty body when no virtual host matches.
+        let decision = match view.route_at_gateway(chain, &head, &mut rand::rng()) {
+            Ok(d) => d,
+            Err(e) => return Prepared::Answer(failure(&e).into_response()),
+        };
+        let route = match &decision.outcome {
+            // Envoy's `require_tls` redirect: the host as received, port included.
+            Outcome::RequireTls => {
+                let mut resp = status(StatusCode::MOVED_PERMANENTLY);
+                match HeaderValue::from_str(&format!("https://{written}{pq}")) {
+                    Ok(location) => {
+                        resp.headers_mut().insert(LOCATION, location);
+                    }
+                    Err(_) => return Prepared::Answer(status(StatusCode::BAD_REQUEST)),
+                }
+                return Prepared::Answer(resp);
+            }
+            Outcome::Redirect(_) | Outcome::Direct(_) => {
+                return Prepared::Answer(answer(&decision, &head));
+            }
+            Outcome::Forward { .. } => {
+                match Route::forward(generation.clone(), mesh.slot(), &decision) {
+                    Some(route) => route,
+                    None => return Prepared::Answer(status(StatusCode::NOT_FOUND)),
+                }
+            }
         };
         // Upgrades: Istio's gateways proxy WebSocket; Envoy's HTTP/1 codec drops `h2c`
         // and refuses upgrade types (and CONNECT) it is not configured for.
@@ -116,22 +143,6 @@ impl GatewayService {
             return Prepared::Answer(status(StatusCode::FORBIDDEN));
         }
         let websocket = upgrade == Upgrade::WebSocket;
-        // The mesh client routes absolute `http://` URIs; the port is the server's, so
-        // that VirtualService `port` matches see the Gateway's port, not the local one.
-        let authority = if self.port == 80 {
-            name
-        } else {
-            format!("{name}:{}", self.port)
-        };
-        let Ok(uri) = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(pq)
-            .build()
-        else {
-            return Prepared::Answer(status(StatusCode::BAD_REQUEST));
-        };
-        *req.uri_mut() = uri;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let headers = req.headers_mut();
         strip_hop_by_hop(headers, websocket);
@@ -143,14 +154,8 @@ impl GatewayService {
         );
         // The upstream sees the authority the gateway matched on, as behind Envoy.
         headers.insert(HOST, host_value);
-        req.extensions_mut()
-            .insert(GatewaySource(first.gateway.clone()));
-        req.extensions_mut().insert(GatewayRoute {
-            mesh: routes.mesh.clone(),
-            host: host.clone(),
-        });
         let downstream = websocket.then(|| hyper::upgrade::on(&mut req));
-        Prepared::Forward(req, downstream)
+        Prepared::Forward(req, route, downstream)
     }
 }
 
@@ -168,14 +173,30 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.prepare(req) {
+        let span = crate::outbound::telemetry::span_of(&req);
+        let prepared = {
+            let _entered = span.enter();
+            self.prepare(req)
+        };
+        match prepared {
             Prepared::Answer(resp) => Box::pin(async move { Ok(resp) }),
-            Prepared::Forward(req, downstream) => {
-                let client = self.shared.client.clone();
+            Prepared::Forward(req, route, downstream) => {
+                {
+                    let _entered = span.enter();
+                    crate::outbound::telemetry::record_route(&route);
+                }
+                let (parts, body) = req.into_parts();
+                let request =
+                    Request::from_parts(parts, ReqBody::streaming(body, DEFAULT_BUFFER_LIMIT));
+                let forward = self.shared.forward.clone();
+                let fut = crate::outbound::telemetry::TelemetryFuture::new(
+                    forward.oneshot(Routed { request, route }),
+                    span,
+                );
                 Box::pin(async move {
-                    Ok(match client.oneshot(req).await {
+                    Ok(match fut.await {
                         Ok(resp) => respond(resp, downstream),
-                        Err(e) => failure(e),
+                        Err(e) => failed(e),
                     })
                 })
             }
@@ -185,8 +206,9 @@ where
 
 /// What to do with a request.
 enum Prepared<B> {
-    /// Send it through the mesh client; with the client's side of a WebSocket upgrade.
-    Forward(Request<B>, Option<OnUpgrade>),
+    /// Send it through the workload's outbound layers; with the client's side of a
+    /// WebSocket upgrade.
+    Forward(Request<B>, Route, Option<OnUpgrade>),
     /// Answer it here.
     Answer(Response<ResBody>),
 }
@@ -238,13 +260,13 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
 
 /// A response with `status` and an empty body.
 fn status(status: StatusCode) -> Response<ResBody> {
-    let mut resp = Response::new(full(""));
+    let mut resp = Response::new(ResBody::empty());
     *resp.status_mut() = status;
     resp
 }
 
-/// The answer to a request the mesh client failed.
-fn failure(e: BoxError) -> Response<ResBody> {
+/// The answer to a request the outbound layers failed.
+fn failed(e: BoxError) -> Response<ResBody> {
     if let Some(f) = e.downcast_ref::<MeshFailure>() {
         return f.clone().into_response();
     }

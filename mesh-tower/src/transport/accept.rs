@@ -1,21 +1,10 @@
-//! Serving: an application (any tower service — axum, tonic, a hyper `service_fn`) on a
-//! listener, HTTP/1.1 and HTTP/2, with graceful shutdown.
-//!
-//! This is the inbound side of a workload. Plaintext today; mutual TLS (decided by
-//! PeerAuthentication) and the inbound policies (authorization, rate limits) are the next
-//! pieces to wrap around it.
+//! The accept loop every listener shares (the ingress gateway's ports, a workload's
+//! inbound port): accept, hand each connection to a task of its own, serve HTTP/1.1 and
+//! HTTP/2 on it (plaintext or over TLS) with upgrades, stop accepting on shutdown and let
+//! the connections in progress finish their requests.
 //!
 //! Each request carries the address of the peer of its connection as a [`PeerAddr`]
-//! extension. HTTP/1.1 upgrades (`101 Switching Protocols`) are served: the application
-//! takes the upgraded connection with `hyper::upgrade::on`.
-//!
-//! ```no_run
-//! # type App = tower::util::BoxCloneService<http::Request<hyper::body::Incoming>, http::Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible>;
-//! # async fn demo(app: App) -> std::io::Result<()> {
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9080").await?;
-//! mesh_tower::server::serve(listener, app, std::future::pending::<()>()).await
-//! # }
-//! ```
+//! extension.
 
 use std::future::Future;
 use std::task::{Context, Poll};
@@ -35,7 +24,7 @@ use tower::Service;
 use crate::BoxError;
 
 /// The address of the peer of the connection a request arrived on: a request extension
-/// set by [`serve`] (and by the ingress gateway's listeners).
+/// set by every listener of the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -88,17 +77,31 @@ where
 {
     accept_each(listener, shutdown, move |stream, peer, builder, watcher| {
         let app = WithPeer::new(app.clone(), peer);
-        async move {
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(app),
-            );
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }
+        serve_connection(stream, app, builder, watcher)
     })
     .await
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (with upgrades) on one connection with `app`, until the
+/// connection ends or the graceful shutdown `watcher` belongs to is done.
+pub(crate) async fn serve_connection<IO, S, B>(
+    io: IO,
+    app: S,
+    builder: Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, running

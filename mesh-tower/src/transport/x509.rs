@@ -1,36 +1,7 @@
-//! `x-forwarded-client-cert` for MUTUAL connections, as Envoy sets it with
-//! `forward_client_cert_details: SANITIZE_SET` and Istio's gateway choice of details
-//! (`subject`, `cert`, `uri`, `dns`):
-//!
-//! ```text
-//! By=<URI SAN of the gateway's certificate>;Hash=<SHA-256 of the client certificate, hex>;
-//! Cert="<client certificate, URL-encoded PEM>";Subject="<subject, RFC 2253>";
-//! URI=<URI SAN>;DNS=<DNS SAN>
-//! ```
-//!
-//! (one line; `By`, `URI` and `DNS` once per name, `URI=` empty when the certificate has
-//! no URI name). Certificates are read with a small DER reader: only the subject and the
-//! subject alternative names are needed.
-
-use http::HeaderValue;
-
-/// The value of `x-forwarded-client-cert` for a connection whose verified client
-/// certificate is `peer` (DER), on a server whose own certificate has the URI names
-/// `local_uris`; `None` when it cannot be built (a certificate that does not parse).
-pub(crate) fn value(peer: &[u8], local_uris: &[String]) -> Option<HeaderValue> {
-    let cert = parse(peer)?;
-    let mut parts: Vec<String> = local_uris.iter().map(|u| format!("By={u}")).collect();
-    parts.push(format!("Hash={}", hex(&sha256(peer)?)));
-    parts.push(format!("Cert=\"{}\"", url_encode_pem(&pem(peer))));
-    parts.push(format!("Subject=\"{}\"", subject_rfc2253(cert.subject)));
-    let uris = cert.names(URI);
-    if uris.is_empty() {
-        parts.push("URI=".into());
-    }
-    parts.extend(uris.iter().map(|u| format!("URI={u}")));
-    parts.extend(cert.names(DNS).iter().map(|d| format!("DNS={d}")));
-    HeaderValue::from_str(&parts.join(";")).ok()
-}
+//! Reading X.509 certificates: the subject and the subject alternative names, which is
+//! all the mesh needs of a peer's certificate (its SPIFFE identity is a URI name; Envoy's
+//! `x-forwarded-client-cert` shows the subject and the names), with a small DER reader
+//! rather than a full X.509 stack. Also the certificate's SHA-256 digest and PEM text.
 
 /// The URI subject alternative names of the certificate `der`.
 pub(crate) fn uri_sans(der: &[u8]) -> Vec<String> {
@@ -39,18 +10,18 @@ pub(crate) fn uri_sans(der: &[u8]) -> Vec<String> {
 
 /// `GeneralName` tags: `[2] dNSName`, `[6] uniformResourceIdentifier` (primitive,
 /// context-specific).
-const DNS: u8 = 0x82;
-const URI: u8 = 0x86;
+pub(crate) const DNS: u8 = 0x82;
+pub(crate) const URI: u8 = 0x86;
 
 /// The SHA-256 digest of `data`, with rustls' *ring* provider.
-fn sha256(data: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn sha256(data: &[u8]) -> Option<Vec<u8>> {
     let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13()?;
     let hash = suite.common.hash_provider;
     (hash.algorithm() == rustls::crypto::hash::HashAlgorithm::SHA256)
         .then(|| hash.hash(data).as_ref().to_vec())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -60,7 +31,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// `der` as a PEM `CERTIFICATE` (64 base64 characters a line), as OpenSSL writes it.
-fn pem(der: &[u8]) -> String {
+pub(crate) fn pem(der: &[u8]) -> String {
     const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {
@@ -86,22 +57,6 @@ fn pem(der: &[u8]) -> String {
         rest = tail;
     }
     out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
-/// Envoy's URL encoding of a PEM text.
-fn url_encode_pem(pem: &str) -> String {
-    let mut out = String::with_capacity(pem.len() + pem.len() / 8);
-    for c in pem.chars() {
-        match c {
-            '\n' => out.push_str("%0A"),
-            ' ' => out.push_str("%20"),
-            '+' => out.push_str("%2B"),
-            '/' => out.push_str("%2F"),
-            '=' => out.push_str("%3D"),
-            c => out.push(c),
-        }
-    }
     out
 }
 
@@ -142,17 +97,17 @@ fn next<'a>(input: &mut &'a [u8]) -> Option<Tlv<'a>> {
     Some(Tlv { tag, value, raw })
 }
 
-/// The parts of a certificate the header needs.
-struct Cert<'a> {
+/// The parts of a certificate the mesh reads.
+pub(crate) struct Cert<'a> {
     /// The contents of the subject `Name`.
-    subject: &'a [u8],
+    pub(crate) subject: &'a [u8],
     /// The contents of the `GeneralNames` of the subject alternative names, if any.
     sans: Option<&'a [u8]>,
 }
 
 impl Cert<'_> {
     /// The subject alternative names with `GeneralName` tag `tag`, as text.
-    fn names(&self, tag: u8) -> Vec<String> {
+    pub(crate) fn names(&self, tag: u8) -> Vec<String> {
         let mut out = Vec::new();
         let mut sans = self.sans.unwrap_or_default();
         while let Some(n) = next(&mut sans) {
@@ -171,7 +126,7 @@ const SEQUENCE: u8 = 0x30;
 const SAN_OID: [u8; 3] = [0x55, 0x1d, 0x11];
 
 /// Reads the subject and subject alternative names of an X.509 certificate.
-fn parse(der: &[u8]) -> Option<Cert<'_>> {
+pub(crate) fn parse(der: &[u8]) -> Option<Cert<'_>> {
     let mut input = der;
     let cert = next(&mut input).filter(|t| t.tag == SEQUENCE)?;
     let mut c = cert.value;
@@ -226,7 +181,7 @@ fn parse(der: &[u8]) -> Option<Cert<'_>> {
 /// `Subject`): the last RDN first, `,` between RDNs, `+` inside one, short attribute
 /// names, RFC 2253 escapes, bytes outside printable ASCII as `\XX`, unknown attributes
 /// as `OID=#hex`.
-fn subject_rfc2253(name: &[u8]) -> String {
+pub(crate) fn subject_rfc2253(name: &[u8]) -> String {
     let mut rdns: Vec<String> = Vec::new();
     let mut n = name;
     while let Some(set) = next(&mut n) {
@@ -340,7 +295,7 @@ fn escape_2253(v: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A DER TLV.
@@ -361,7 +316,7 @@ mod tests {
 
     /// A minimal certificate: subject `CN=client,O=Acme, Inc.` (O first in DER) and
     /// SANs `spiffe://cluster.local/ns/a/sa/b` and `client.example.com`.
-    fn cert() -> Vec<u8> {
+    pub(crate) fn cert() -> Vec<u8> {
         let atv = |oid: &[u8], tag: u8, v: &str| {
             tlv(
                 0x31,
@@ -413,31 +368,6 @@ mod tests {
     }
 
     #[test]
-    fn the_header_has_envoys_fields_in_envoys_order() {
-        let der = cert();
-        let v = value(
-            &der,
-            &["spiffe://cluster.local/ns/istio-system/sa/gw".into()],
-        )
-        .unwrap();
-        let v = v.to_str().unwrap();
-        let fields: Vec<&str> = v.split(';').collect();
-        assert_eq!(fields[0], "By=spiffe://cluster.local/ns/istio-system/sa/gw");
-        assert!(
-            fields[1].starts_with("Hash=") && fields[1].len() == 5 + 64,
-            "{v}"
-        );
-        assert!(
-            fields[2].starts_with("Cert=\"-----BEGIN%20CERTIFICATE-----%0A"),
-            "{v}"
-        );
-        assert_eq!(fields[3], "Subject=\"CN=client,O=Acme\\, Inc.\"");
-        assert_eq!(fields[4], "URI=spiffe://cluster.local/ns/a/sa/b");
-        assert_eq!(fields[5], "DNS=client.example.com");
-        assert_eq!(fields.len(), 6);
-    }
-
-    #[test]
     fn sha256_and_base64_are_right() {
         // FIPS 180-2 test vector.
         assert_eq!(
@@ -471,11 +401,13 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_without_panicking() {
-        assert!(value(&[], &[]).is_none());
-        assert!(value(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff], &[]).is_none());
+        assert!(parse(&[]).is_none());
+        assert!(parse(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
         let der = cert();
         for cut in 0..der.len() {
-            let _ = value(&der[..cut], &[]);
+            if let Some(c) = parse(&der[..cut]) {
+                let _ = (subject_rfc2253(c.subject), c.names(URI), c.names(DNS));
+            }
         }
     }
 }

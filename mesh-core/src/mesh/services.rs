@@ -1,0 +1,375 @@
+//! The services of the mesh by host, with their clusters, and which service and
+//! DestinationRule each caller namespace reaches.
+//!
+//! Clusters are built at compile time, one per (service, DestinationRule, subset, port);
+//! a request picks one without scanning DestinationRules: per service host, the answer
+//! for every caller namespace that could see the host differently is precomputed, with
+//! one shared answer for all other namespaces ([`ByNamespace`]). The DestinationRule is
+//! Istio's choice for the caller: its own namespace's, then the service's, then the root
+//! namespace's, the most specific host first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mesh_config::Snapshot;
+use mesh_config::host::{self, qualify};
+use mesh_config::model::{DestinationRule, MeshSettings, Resource};
+
+use super::Upstream;
+use super::by_namespace::{ByNamespace, add_name};
+use crate::cluster::{Cluster, LB_ANNOTATION};
+
+fn rule_id(r: &Resource<DestinationRule>) -> Arc<str> {
+    format!("{}/{}", r.namespace(), r.name()).into()
+}
+
+/// What the mesh knows of one service host.
+#[derive(Debug)]
+pub(super) struct HostServices {
+    /// The host.
+    pub(super) host: Arc<str>,
+    /// Services with this host (one per namespace), in load order.
+    pub(super) services: Vec<Arc<mesh_config::Service>>,
+    /// DestinationRules covering the host, with their qualified hosts.
+    pub(super) rules: Vec<(Arc<Resource<DestinationRule>>, Box<str>)>,
+    /// Clusters: per service and port, one without a DestinationRule, and for every
+    /// covering DestinationRule one with its policy plus one per subset (the rule that
+    /// applies depends on the caller's namespace).
+    pub(super) clusters: Vec<Arc<Cluster>>,
+    /// The same clusters grouped by (service, DestinationRule): what one caller reaches.
+    pub(super) groups: Vec<ClusterGroup>,
+    /// For requests to exactly this host: the service and group per caller namespace.
+    pub(super) views: ByNamespace<Option<View>>,
+}
+
+/// The clusters of one service shaped by one DestinationRule (or none): per port, one
+/// without a subset and one per subset. A short list.
+#[derive(Debug)]
+pub(super) struct ClusterGroup {
+    /// Index in [`HostServices::services`].
+    service: usize,
+    /// Index in [`HostServices::rules`].
+    rule: Option<usize>,
+    clusters: Box<[Arc<Cluster>]>,
+}
+
+impl ClusterGroup {
+    /// The cluster for `subset` and `port`, else [`Upstream::Missing`].
+    fn upstream(
+        &self,
+        host: &Arc<str>,
+        subset: Option<&str>,
+        subset_arc: Option<&Arc<str>>,
+        port: u16,
+    ) -> Upstream<'_> {
+        match self
+            .clusters
+            .iter()
+            .find(|c| c.key.port == port && c.key.subset.as_deref() == subset)
+        {
+            Some(c) => Upstream::Cluster(c),
+            None => Upstream::Missing {
+                host: host.clone(),
+                subset: subset_arc.cloned().or_else(|| subset.map(Into::into)),
+            },
+        }
+    }
+}
+
+/// Which service and cluster group a caller namespace reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct View {
+    service: usize,
+    group: usize,
+}
+
+impl HostServices {
+    /// The service `from` sees: visible, in its own namespace first, else the first
+    /// loaded.
+    fn choose_service(&self, from: &str) -> Option<&Arc<mesh_config::Service>> {
+        let visible = || self.services.iter().filter(|s| s.visible_to(from));
+        visible()
+            .find(|s| s.namespace == from)
+            .or_else(|| visible().next())
+    }
+
+    /// Index of the DestinationRule that applies to a request for `host` from `from` to
+    /// `svc` (Istio's precedence, see `destination_rule_among`).
+    fn rule_for(
+        &self,
+        settings: &MeshSettings,
+        host: &str,
+        from: &str,
+        svc: &mesh_config::Service,
+    ) -> Option<usize> {
+        let rule = mesh_config::snapshot::destination_rule_among(
+            self.rules.iter().map(|(d, p)| (d, &**p)),
+            settings,
+            host,
+            from,
+            &svc.namespace,
+        )?;
+        self.rules.iter().position(|(d, _)| Arc::ptr_eq(d, rule))
+    }
+
+    /// The cluster group of `svc` shaped by rule `rule`.
+    fn group(&self, svc: &Arc<mesh_config::Service>, rule: Option<usize>) -> Option<&ClusterGroup> {
+        let si = self.services.iter().position(|s| Arc::ptr_eq(s, svc))?;
+        self.groups
+            .iter()
+            .find(|g| g.service == si && g.rule == rule)
+    }
+
+    /// The view of a caller in `from`, computed the slow way.
+    pub(super) fn view(&self, settings: &MeshSettings, from: &str) -> Option<View> {
+        let svc = self.choose_service(from)?;
+        let service = self.services.iter().position(|s| Arc::ptr_eq(s, svc))?;
+        let rule = self.rule_for(settings, &svc.host, from, svc);
+        let group = self
+            .groups
+            .iter()
+            .position(|g| g.service == service && g.rule == rule)?;
+        Some(View { service, group })
+    }
+
+    /// Precomputes [`HostServices::views`].
+    fn build_views(&mut self, settings: &MeshSettings) {
+        let mut names: Vec<&str> = Vec::new();
+        for s in &self.services {
+            add_name(&s.namespace, &mut names);
+            for e in &s.export_to {
+                add_name(e, &mut names);
+            }
+        }
+        for (d, _) in &self.rules {
+            add_name(d.namespace(), &mut names);
+            let export = if d.spec.export_to.is_empty() {
+                &settings.default_destination_rule_export_to
+            } else {
+                &d.spec.export_to
+            };
+            for e in export {
+                add_name(e, &mut names);
+            }
+        }
+        add_name(&settings.root_namespace, &mut names);
+        let views = ByNamespace::build(&names, |ns| self.view(settings, ns));
+        self.views = views;
+    }
+}
+
+/// The next cluster id.
+fn next(id: &mut u32) -> u32 {
+    let this = *id;
+    *id += 1;
+    this
+}
+
+/// The services of the mesh: by exact host, and those with a wildcard host.
+#[derive(Debug, Default)]
+pub(super) struct Services {
+    /// Per service host: its services, the DestinationRules that cover it, its clusters.
+    pub(super) by_host: HashMap<Box<str>, HostServices>,
+    /// Services with a wildcard host, the most specific first.
+    pub(super) wildcard: Vec<Arc<mesh_config::Service>>,
+    /// Every cluster, by id.
+    pub(super) clusters: Vec<Arc<Cluster>>,
+    /// The mesh settings (root namespace and export defaults decide DestinationRules).
+    settings: MeshSettings,
+}
+
+impl Services {
+    /// The service a request for `host` (qualified) resolves to, seen from `from`: an
+    /// exact host before wildcards (the longest first), the caller's namespace before
+    /// others, then the first loaded — as `Registry::lookup` decides.
+    pub(super) fn service(&self, host: &str, from: &str) -> Option<&Arc<mesh_config::Service>> {
+        if let Some(h) = self.by_host.get(host) {
+            if let Some(v) = *h.views.get(from) {
+                return h.services.get(v.service);
+            }
+            if let Some(s) = h.choose_service(from) {
+                return Some(s);
+            }
+        }
+        let mut best: Option<&Arc<mesh_config::Service>> = None;
+        for s in self
+            .wildcard
+            .iter()
+            .filter(|s| s.visible_to(from) && host::matches(&s.host, host))
+        {
+            match best {
+                None => best = Some(s),
+                Some(b)
+                    if b.host.len() == s.host.len()
+                        && b.namespace != from
+                        && s.namespace == from =>
+                {
+                    best = Some(s)
+                }
+                _ => {}
+            }
+        }
+        best
+    }
+
+    /// The upstream for `host` (qualified), `subset` (also as an `Arc` when the caller has
+    /// one, so that [`Upstream::Missing`] needs no allocation), destination port
+    /// `dest_port` (0 when the rule names none) of a request to `req_port`, seen from
+    /// `from`; `None` when no service of the mesh has the host.
+    pub(super) fn upstream(
+        &self,
+        host: &str,
+        subset: Option<&str>,
+        subset_arc: Option<&Arc<str>>,
+        dest_port: u16,
+        req_port: u16,
+        from: &str,
+    ) -> Option<Upstream<'_>> {
+        // The destination's port; else the service's only port; else the request's.
+        let port_of = |svc: &mesh_config::Service| {
+            if dest_port != 0 {
+                dest_port
+            } else if svc.ports.len() == 1 {
+                svc.ports[0].number as u16
+            } else {
+                req_port
+            }
+        };
+        // Fast path: an exact service host, answered per caller namespace at compile time.
+        if let Some(e) = self.by_host.get(host)
+            && let Some(v) = *e.views.get(from)
+            && let (Some(svc), Some(group)) = (e.services.get(v.service), e.groups.get(v.group))
+        {
+            return Some(group.upstream(&e.host, subset, subset_arc, port_of(svc)));
+        }
+        let svc = self.service(host, from)?;
+        let port = port_of(svc);
+        let missing = |host: Arc<str>| Upstream::Missing {
+            host,
+            subset: subset_arc.cloned().or_else(|| subset.map(Into::into)),
+        };
+        let Some(e) = self.by_host.get(svc.host.as_str()) else {
+            return Some(missing(svc.host.as_str().into()));
+        };
+        // A wildcard service: the DestinationRule depends on the host asked for.
+        let rule = e.rule_for(&self.settings, host, from, svc);
+        Some(match e.group(svc, rule) {
+            Some(g) => g.upstream(&e.host, subset, subset_arc, port),
+            None => missing(e.host.clone()),
+        })
+    }
+}
+
+impl Services {
+    /// Compiles the registry's services and the DestinationRules that cover them.
+    pub(super) fn compile(snapshot: &Snapshot, settings: &MeshSettings) -> Self {
+        let mut out: HashMap<Box<str>, HostServices> = HashMap::new();
+        let mut next_id = 0u32;
+        let mut wildcards = Vec::new();
+        for svc in snapshot.registry().services() {
+            if host::is_wildcard(&svc.host) {
+                wildcards.push(svc.clone());
+            }
+            let covering: Vec<Arc<Resource<DestinationRule>>> = snapshot
+                .destination_rules()
+                .iter()
+                .filter(|dr| {
+                    dr.spec.workload_selector.is_none()
+                        && host::matches(&qualify(&dr.spec.host, dr.namespace()), &svc.host)
+                })
+                .cloned()
+                .collect();
+            let entry = out
+                .entry(svc.host.as_str().into())
+                .or_insert_with(|| HostServices {
+                    host: svc.host.as_str().into(),
+                    services: Vec::new(),
+                    rules: Vec::new(),
+                    clusters: Vec::new(),
+                    groups: Vec::new(),
+                    views: ByNamespace::default(),
+                });
+            let si = entry.services.len();
+            entry.services.push(svc.clone());
+            for dr in &covering {
+                if !entry.rules.iter().any(|(r, _)| Arc::ptr_eq(r, dr)) {
+                    let pattern = qualify(&dr.spec.host, dr.namespace()).into_boxed_str();
+                    entry.rules.push((dr.clone(), pattern));
+                }
+            }
+            // One group without a DestinationRule, one per covering rule.
+            let mut groups: Vec<(Option<usize>, Vec<Arc<Cluster>>)> = std::iter::once(None)
+                .chain(
+                    covering
+                        .iter()
+                        .map(|dr| entry.rules.iter().position(|(r, _)| Arc::ptr_eq(r, dr))),
+                )
+                .map(|r| (r, Vec::new()))
+                .collect();
+            for port in &svc.ports {
+                let c = Arc::new(Cluster::build(
+                    next(&mut next_id),
+                    svc,
+                    port,
+                    None,
+                    None,
+                    &settings.trust_domain,
+                ));
+                entry.clusters.push(c.clone());
+                groups[0].1.push(c);
+                for (gi, dr) in covering.iter().enumerate() {
+                    let peak = dr
+                        .meta
+                        .annotations
+                        .get(LB_ANNOTATION)
+                        .is_some_and(|v| v.eq_ignore_ascii_case("PEAK_EWMA"));
+                    let id = rule_id(dr);
+                    let c = Arc::new(Cluster::build(
+                        next(&mut next_id),
+                        svc,
+                        port,
+                        None,
+                        Some((dr, peak, id.clone())),
+                        &settings.trust_domain,
+                    ));
+                    entry.clusters.push(c.clone());
+                    groups[gi + 1].1.push(c);
+                    for s in &dr.spec.subsets {
+                        let c = Arc::new(Cluster::build(
+                            next(&mut next_id),
+                            svc,
+                            port,
+                            Some(s),
+                            Some((dr, peak, id.clone())),
+                            &settings.trust_domain,
+                        ));
+                        entry.clusters.push(c.clone());
+                        groups[gi + 1].1.push(c);
+                    }
+                }
+            }
+            entry
+                .groups
+                .extend(groups.into_iter().map(|(rule, clusters)| ClusterGroup {
+                    service: si,
+                    rule,
+                    clusters: clusters.into_boxed_slice(),
+                }));
+        }
+        for entry in out.values_mut() {
+            entry.build_views(settings);
+        }
+        wildcards.sort_by_key(|s| std::cmp::Reverse(s.host.len()));
+        let mut all: Vec<Arc<Cluster>> = out
+            .values()
+            .flat_map(|h| h.clusters.iter().cloned())
+            .collect();
+        all.sort_by_key(|c| c.id);
+        Services {
+            by_host: out,
+            wildcard: wildcards,
+            clusters: all,
+            settings: settings.clone(),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Workloads and their views of a compiled mesh.
+//!
+//! A process hosts one or more workloads (Bookinfo runs six): each is an instance of a
+//! service with the identity and labels Istio gives a pod. What applies to one workload
+//! — the VirtualServices its namespace sees, the Gateways that select it, and (next) the
+//! PeerAuthentication, AuthorizationPolicies, rate limits and telemetry settings that
+//! select it — is picked once per configuration into a [`WorkloadView`], so that a
+//! request only looks its own host up.
+
+use std::sync::Arc;
+
+use mesh_config::model::Labels;
+use rand_core::Rng;
+
+use crate::gateway::{Chain, GatewayRoutes};
+use crate::matcher::{Caller, RequestHead};
+use crate::mesh::{CompiledMesh, Decision, RouteError, VisibleHosts};
+
+/// A workload: one instance of a service, with the identity and labels Istio gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Name (`reviews-v2`).
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Labels (`app`, `version`, ...): VirtualService `sourceLabels` and Gateway
+    /// selectors match on them.
+    pub labels: Labels,
+    /// Service account: the workload's identity.
+    pub service_account: String,
+}
+
+impl Workload {
+    /// A workload `name` in `namespace`, without labels, with the `default` account.
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Workload {
+            name: name.into(),
+            namespace: namespace.into(),
+            labels: Labels::new(),
+            service_account: "default".into(),
+        }
+    }
+
+    /// Sets its labels.
+    pub fn labels<K: Into<String>, V: Into<String>>(
+        mut self,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.labels = labels
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
+    /// Sets its service account.
+    pub fn service_account(mut self, sa: impl Into<String>) -> Self {
+        self.service_account = sa.into();
+        self
+    }
+
+    /// Its SPIFFE identity in `trust_domain`:
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub fn spiffe_id(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// What one workload sees of one compiled mesh (see the module documentation).
+#[derive(Debug)]
+pub struct WorkloadView {
+    mesh: Arc<CompiledMesh>,
+    workload: Arc<Workload>,
+    identity: Arc<str>,
+    hosts: Arc<VisibleHosts>,
+    gateway: Option<GatewayRoutes>,
+}
+
+impl WorkloadView {
+    /// Picks what applies to `workload` in `mesh`.
+    pub fn compile(mesh: Arc<CompiledMesh>, workload: Arc<Workload>) -> Self {
+        let hosts = mesh.visible_hosts(&workload.namespace).clone();
+        let gateway = GatewayRoutes::build(&mesh, &workload.namespace, &workload.labels);
+        let identity = workload.spiffe_id(&mesh.settings().trust_domain).into();
+        WorkloadView {
+            mesh,
+            workload,
+            identity,
+            hosts,
+            gateway,
+        }
+    }
+
+    /// The compiled mesh it is a view of.
+    pub fn mesh(&self) -> &Arc<CompiledMesh> {
+        &self.mesh
+    }
+
+    /// The workload.
+    pub fn workload(&self) -> &Arc<Workload> {
+        &self.workload
+    }
+
+    /// Its SPIFFE identity in the mesh's trust domain.
+    pub fn identity(&self) -> &Arc<str> {
+        &self.identity
+    }
+
+    /// The workload as the caller of its outbound requests.
+    pub fn caller(&self) -> Caller<'_> {
+        Caller {
+            namespace: &self.workload.namespace,
+            labels: &self.workload.labels,
+            gateway: None,
+        }
+    }
+
+    /// Its routes as a gateway workload, when Gateways select it.
+    pub fn gateway(&self) -> Option<&GatewayRoutes> {
+        self.gateway.as_ref()
+    }
+
+    /// Routes an outbound request of the workload (workload traffic, Istio's `mesh`
+    /// gateway).
+    pub fn route(
+        &self,
+        head: &RequestHead<'_>,
+        rng: &mut dyn Rng,
+    ) -> Result<Decision<'_>, RouteError> {
+        self.mesh.route_in(&self.hosts, head, &self.caller(), rng)
+    }
+
+    /// Routes a request that arrived at the workload as a gateway, on Gateway server port
+    /// `head.port`, over the TLS filter chain `chain` or in plaintext (see
+    /// [`GatewayRoutes::route`]). A workload no Gateway selects serves no virtual host.
+    pub fn route_at_gateway(
+        &self,
+        chain: Option<&Chain>,
+        head: &RequestHead<'_>,
+        rng: &mut dyn Rng,
+    ) -> Result<Decision<'_>, RouteError> {
+        let gateway = self.gateway.as_ref().ok_or(RouteError::NoVirtualHost)?;
+        gateway.route(
+            &self.mesh,
+            chain,
+            head,
+            &self.workload.namespace,
+            &self.workload.labels,
+            rng,
+        )
+    }
+}

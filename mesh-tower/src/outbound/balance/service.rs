@@ -1,0 +1,360 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::{COOKIE, HOST, SET_COOKIE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use mesh_config::model::Resolution;
+use mesh_core::Upstream;
+use mesh_core::balance::{LbPolicy, Pick};
+use mesh_core::cluster::{Cluster, Codec, HashOn, host_port};
+use pin_project_lite::pin_project;
+use rand::RngExt;
+use tower::{Layer, Service};
+
+use super::super::retry::TriedEndpoint;
+use super::super::{ResponseFuture, Route, Routed};
+use crate::state::{EndpointState, InFlight};
+use crate::transport::pool::{Outgoing, Protocol};
+use crate::{BoxError, MeshFailure, ReqBody, ResBody, ResetReason};
+
+/// Picks the endpoint of each attempt (see the module documentation).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BalanceLayer;
+
+impl<U> Layer<U> for BalanceLayer {
+    type Service = Balance<U>;
+
+    fn layer(&self, inner: U) -> Balance<U> {
+        Balance { inner }
+    }
+}
+
+/// See [`BalanceLayer`].
+#[derive(Clone, Debug)]
+pub struct Balance<U> {
+    inner: U,
+}
+
+/// How many picks may be spent looking for an endpoint not tried yet (Envoy's default
+/// `host_selection_retry_max_attempts` in Istio's retry policy).
+const HOST_SELECTION_ATTEMPTS: usize = 5;
+
+/// What was picked.
+struct Picked {
+    endpoint: Arc<EndpointState>,
+    /// Its index in the cluster (for retries to avoid it), when it is a cluster's.
+    index: Option<u32>,
+    /// The cluster's balancing, when it is a cluster's.
+    lb: Option<LbPolicy>,
+    codec: Codec,
+}
+
+impl<U> Service<Routed> for Balance<U>
+where
+    U: Service<Outgoing, Response = Response<ResBody>, Error = BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<BalanceFuture<U::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, routed: Routed) -> Self::Future {
+        let Routed { mut request, route } = routed;
+        let mut set_cookie = None;
+        let picked = match pick(&route, &request, &mut set_cookie) {
+            Ok(p) => p,
+            Err(failure) => {
+                tracing::Span::current().record("endpoint", "none");
+                return ResponseFuture::ready(failure.into_response());
+            }
+        };
+        tracing::Span::current().record("endpoint", &**picked.endpoint.id());
+        let protocol = match picked.codec {
+            Codec::Http1 => Protocol::Http1,
+            Codec::Http2 => Protocol::Http2,
+            Codec::FromClient if request.version() == Version::HTTP_2 => Protocol::Http2,
+            Codec::FromClient => Protocol::Http1,
+        };
+        if let Err(e) = point_at(&mut request, protocol) {
+            return ResponseFuture::ready(e.into_response());
+        }
+        // The least-request balancers count a request as outstanding until its response
+        // body is done, not only until its headers arrive.
+        let tracks_load = matches!(
+            picked.lb,
+            Some(LbPolicy::LeastRequest | LbPolicy::PeakEwma { .. })
+        );
+        let in_flight = tracks_load.then(|| InFlight::start(picked.endpoint.clone()));
+        let ewma = match picked.lb {
+            Some(LbPolicy::PeakEwma { decay_ns, .. }) => {
+                Some((picked.endpoint.clone(), Instant::now(), decay_ns))
+            }
+            _ => None,
+        };
+        let fut = self.inner.call(Outgoing {
+            request,
+            endpoint: picked.endpoint,
+            protocol,
+        });
+        ResponseFuture::inner(BalanceFuture {
+            fut,
+            in_flight,
+            ewma,
+            set_cookie,
+            tried: picked.index,
+            route,
+        })
+    }
+}
+
+/// The endpoint of a request, or the failure answered instead.
+fn pick(
+    route: &Route,
+    request: &Request<ReqBody>,
+    set_cookie: &mut Option<HeaderValue>,
+) -> Result<Picked, MeshFailure> {
+    let c = match route.upstream() {
+        Upstream::Missing { .. } => return Err(MeshFailure::ClusterNotFound),
+        Upstream::Passthrough { host, port } => {
+            return Ok(Picked {
+                endpoint: route.passthrough(&host_port(&host, port)),
+                index: None,
+                lb: None,
+                codec: Codec::FromClient,
+            });
+        }
+        Upstream::Cluster(c) => c,
+    };
+    // PASSTHROUGH balancing and resolution NONE: the address the caller asked for.
+    if c.lb == LbPolicy::Passthrough || c.service.resolution == Resolution::None {
+        let authority = request
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let (host, port) = mesh_core::route::split_authority(authority);
+        return Ok(Picked {
+            endpoint: route.passthrough(&host_port(host, port.unwrap_or(route.port()))),
+            index: None,
+            lb: None,
+            codec: c.codec,
+        });
+    }
+    let mut rng = rand::rng();
+    let key = hash_key(c, request, route, set_cookie, &mut rng);
+    let avoid = route.retry_policy().ignore_previous_hosts && !c.lb.is_hash();
+    let loads = route.endpoints();
+    let mut picked = None;
+    for _ in 0..HOST_SELECTION_ATTEMPTS {
+        let mut p = match &key {
+            Some(k) => Pick::with_key(&mut rng, k),
+            None => Pick::new(&mut rng),
+        };
+        let Some((i, _)) = c.pick(loads, &mut p) else {
+            break;
+        };
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        picked = Some(i);
+        // Consistent hashing always picks the same endpoint: keep it.
+        if !avoid || !route.tried.contains(i) {
+            break;
+        }
+    }
+    let Some(i) = picked else {
+        return Err(MeshFailure::NoHealthyUpstream);
+    };
+    let endpoint = loads
+        .get(i as usize)
+        .cloned()
+        .ok_or(MeshFailure::NoHealthyUpstream)?;
+    Ok(Picked {
+        endpoint,
+        index: Some(i),
+        lb: Some(c.lb.clone()),
+        codec: c.codec,
+    })
+}
+
+/// Makes the URI absolute with the authority the upstream should see — the caller's,
+/// or a rewrite's (`Host`) — and the `http` scheme (https requests never reach the
+/// balancer: the client refuses them, see [`crate::error::UnsupportedScheme`]). HTTP/1.1
+/// carries it in `Host`; HTTP/2 in `:authority`, so a `Host` header is removed
+/// (RFC 9113 §8.3.1). The URI is rebuilt only when it does not already say it.
+fn point_at(req: &mut Request<ReqBody>, protocol: Protocol) -> Result<(), MeshFailure> {
+    let host = req.headers().get(HOST);
+    let current = req.uri().authority().map(|a| a.as_str().as_bytes());
+    let fits = req.uri().scheme() == Some(&Scheme::HTTP)
+        && match host {
+            Some(h) => current == Some(h.as_bytes()),
+            None => current.is_some(),
+        };
+    if !fits {
+        let authority = match host {
+            Some(h) => Authority::try_from(h.as_bytes()).map_err(|_| MeshFailure::NoAuthority)?,
+            None => req
+                .uri()
+                .authority()
+                .cloned()
+                .ok_or(MeshFailure::NoAuthority)?,
+        };
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| MeshFailure::NoAuthority)?;
+        *req.uri_mut() = uri;
+    }
+    if protocol == Protocol::Http2 {
+        req.headers_mut().remove(HOST);
+    }
+    Ok(())
+}
+
+/// The consistent-hashing key of a request, generating the cookie when it is absent
+/// and has a ttl.
+fn hash_key(
+    c: &Cluster,
+    req: &Request<ReqBody>,
+    route: &Route,
+    set_cookie: &mut Option<HeaderValue>,
+    rng: &mut rand::rngs::ThreadRng,
+) -> Option<Vec<u8>> {
+    match c.hash_on.as_ref()? {
+        HashOn::Header(name) => req.headers().get(name).map(|v| v.as_bytes().to_vec()),
+        HashOn::QueryParam(name) => req.uri().query().and_then(|q| {
+            q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == name).then(|| v.as_bytes().to_vec())
+            })
+        }),
+        // In-process, the caller is the workload itself: all its requests share a key.
+        HashOn::SourceIp => route.view().map(|v| {
+            let w = v.workload();
+            format!("{}.{}", w.name, w.namespace).into_bytes()
+        }),
+        HashOn::Cookie { name, path, ttl } => {
+            if let Some(v) = cookie(req, name) {
+                return Some(v.into_bytes());
+            }
+            let ttl = (*ttl)?;
+            let value = format!("{:016x}", rng.random::<u64>());
+            // A zero ttl makes a session cookie (no Max-Age), as Envoy does.
+            let mut header = format!("{name}=\"{value}\"");
+            if !ttl.is_zero() {
+                header.push_str(&format!("; Max-Age={}", ttl.as_secs().max(1)));
+            }
+            if let Some(p) = path {
+                header.push_str(&format!("; Path={p}"));
+            }
+            header.push_str("; HttpOnly");
+            *set_cookie = HeaderValue::from_str(&header).ok();
+            Some(value.into_bytes())
+        }
+    }
+}
+
+fn cookie(req: &Request<ReqBody>, name: &str) -> Option<String> {
+    req.headers().get_all(COOKIE).iter().find_map(|h| {
+        h.to_str().ok()?.split(';').find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"').to_string())
+        })
+    })
+}
+
+/// Nanoseconds on a monotonic clock shared by the process.
+fn clock_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+pin_project! {
+    /// The response future of [`Balance`]: the endpoint's in-flight count goes with the
+    /// response body; peak-EWMA observes the latency; a failure to connect is answered
+    /// as Envoy does.
+    pub struct BalanceFuture<F> {
+        #[pin]
+        fut: F,
+        in_flight: Option<InFlight>,
+        ewma: Option<(Arc<EndpointState>, Instant, u64)>,
+        set_cookie: Option<HeaderValue>,
+        tried: Option<u32>,
+        route: Route,
+    }
+}
+
+impl<F> Future for BalanceFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, BoxError>>,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.fut.poll(cx));
+        if let Some((endpoint, started, decay_ns)) = this.ewma.take() {
+            let rtt = started.elapsed().as_nanos() as u64;
+            endpoint.load().observe(rtt, clock_ns(), decay_ns);
+        }
+        let mut resp = match result {
+            Ok(mut resp) => {
+                if let Some(v) = this.set_cookie.take() {
+                    resp.headers_mut().append(SET_COOKIE, v);
+                }
+                if let Some(guard) = this.in_flight.take() {
+                    resp.body_mut().hold(guard);
+                }
+                resp
+            }
+            Err(e) => MeshFailure::ConnectOrReset(reset_reason(&*e)).into_response(),
+        };
+        // An attempt the retry policy may retry says where it went, so that the next
+        // attempt can avoid that endpoint.
+        if let Some(i) = this.tried.take() {
+            let policy = this.route.retry_policy();
+            if policy.attempts > 0
+                && policy.ignore_previous_hosts
+                && super::super::retry::outcome(&resp).is_some_and(|a| policy.should_retry(&a))
+            {
+                resp.extensions_mut().insert(TriedEndpoint(i));
+            }
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+/// Envoy's reset reason for a failed upstream call, from the error's type: a failed
+/// connect is a connection failure; an HTTP/2 `REFUSED_STREAM` is a refused stream
+/// (the request was not processed); anything else happened after the request was sent
+/// and is a connection termination, which Istio's default retry policy does not retry.
+pub fn reset_reason(e: &(dyn std::error::Error + 'static)) -> ResetReason {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(he) = err.downcast_ref::<hyper_util::client::legacy::Error>()
+            && he.is_connect()
+        {
+            return ResetReason::ConnectionFailure;
+        }
+        if let Some(h2e) = err.downcast_ref::<h2::Error>()
+            && h2e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return ResetReason::RefusedStream;
+        }
+        cur = err.source();
+    }
+    ResetReason::ConnectionTermination
+}

@@ -1,0 +1,273 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use mesh_core::retry::{Attempt, RetryPolicy};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::{Layer, Service, ServiceExt};
+
+use super::super::Routed;
+use crate::{BoxError, BoxFuture, MeshFailure, ResBody, ResetReason};
+
+/// Retries requests as their route's retry policy says (see the module documentation).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetryLayer;
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry { inner }
+    }
+}
+
+/// See [`RetryLayer`].
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+}
+
+/// The index of the endpoint an attempt went to, which the balancer records in the
+/// response of an attempt the policy may retry, so that the next attempt avoids it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TriedEndpoint(pub(crate) u32);
+
+/// A copy of a request for one more attempt, when its body can be replayed.
+fn copy(routed: &Routed) -> Option<Routed> {
+    let req = &routed.request;
+    let body = req.body().try_clone()?;
+    let mut r = Request::new(body);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    *r.extensions_mut() = req.extensions().clone();
+    Some(Routed {
+        request: r,
+        route: routed.route.clone(),
+    })
+}
+
+/// How an attempt ended, for the retry policy (`None`: retrying cannot help).
+pub(crate) fn outcome(resp: &Response<ResBody>) -> Option<Attempt> {
+    match resp.extensions().get::<MeshFailure>() {
+        // No endpoint, or no cluster at all: retrying cannot help (Envoy does not retry
+        // them either).
+        Some(MeshFailure::NoHealthyUpstream | MeshFailure::ClusterNotFound) => None,
+        Some(MeshFailure::ConnectOrReset(ResetReason::ConnectionFailure)) => {
+            Some(Attempt::ConnectFailure)
+        }
+        Some(MeshFailure::ConnectOrReset(ResetReason::RefusedStream)) => {
+            Some(Attempt::RefusedStream)
+        }
+        Some(MeshFailure::ConnectOrReset(ResetReason::ConnectionTermination)) => {
+            Some(Attempt::Reset)
+        }
+        _ => {
+            let grpc = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Some(Attempt::Status(resp.status().as_u16(), grpc))
+        }
+    }
+}
+
+/// True when the policy retries an attempt that ended with `resp` (`None`: its per-try
+/// timeout expired).
+fn retries(policy: &RetryPolicy, resp: Option<&Response<ResBody>>) -> bool {
+    let ended = match resp {
+        Some(r) => outcome(r),
+        None => Some(Attempt::PerTryTimeout),
+    };
+    ended.is_some_and(|a| policy.should_retry(&a))
+}
+
+impl<S> Service<Routed> for Retry<S>
+where
+    S: Service<Routed, Response = Response<ResBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = RetryFuture<S, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut routed: Routed) -> Self::Future {
+        if routed.route.retry_policy().attempts == 0 {
+            return RetryFuture::from(RetryFutureState::Once {
+                fut: self.inner.call(routed),
+            });
+        }
+        // Keep the body's frames as they are sent, so that another attempt can send them
+        // again (up to the replay bound). Each attempt reads its own copy; the request
+        // itself keeps the original, from which the next copy is made.
+        routed.request.body_mut().make_replayable();
+        let Some(first) = copy(&routed) else {
+            return RetryFuture::from(RetryFutureState::Once {
+                fut: self.inner.call(routed),
+            });
+        };
+        let per_try = routed
+            .route
+            .retry_policy()
+            .per_try_timeout
+            .map(|t| Box::pin(tokio::time::sleep(t)));
+        let later = self.inner.clone();
+        RetryFuture::from(RetryFutureState::First {
+            fut: self.inner.call(first),
+            per_try,
+            rest: Some((later, routed)),
+        })
+    }
+}
+
+pin_project! {
+    /// The response future of [`Retry`]: the first attempt without a box; later ones (the
+    /// rare case) in a boxed loop.
+    #[project = RetryFutureStateProj]
+    enum RetryFutureState<S, F> {
+        /// A request the policy never retries.
+        Once {
+            #[pin]
+            fut: F,
+        },
+        /// The first attempt, with what further attempts need.
+        First {
+            #[pin]
+            fut: F,
+            per_try: Option<Pin<Box<Sleep>>>,
+            rest: Option<(S, Routed)>,
+        },
+        /// Further attempts.
+        Retrying {
+            fut: BoxFuture<Result<Response<ResBody>, BoxError>>,
+        },
+    }
+}
+
+pin_project! {
+    /// The response future of [`Retry`]: the first attempt without a box; later ones (the rare case) in a boxed loop.
+    pub struct RetryFuture<S, F> {
+        #[pin]
+        state: RetryFutureState<S, F>,
+    }
+}
+
+impl<S, F> From<RetryFutureState<S, F>> for RetryFuture<S, F> {
+    fn from(state: RetryFutureState<S, F>) -> Self {
+        RetryFuture { state }
+    }
+}
+
+impl<S> Future for RetryFuture<S, S::Future>
+where
+    S: Service<Routed, Response = Response<ResBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (result, rest) = match self.as_mut().project().state.project() {
+            RetryFutureStateProj::Once { fut } => return fut.poll(cx),
+            RetryFutureStateProj::Retrying { fut } => return fut.as_mut().poll(cx),
+            RetryFutureStateProj::First { fut, per_try, rest } => {
+                let result = match fut.poll(cx) {
+                    Poll::Ready(r) => r.map(Some),
+                    Poll::Pending => {
+                        let expired = per_try
+                            .as_mut()
+                            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                        if !expired {
+                            return Poll::Pending;
+                        }
+                        Ok(None)
+                    }
+                };
+                (result, rest.take())
+            }
+        };
+        let Some((inner, routed)) = rest else {
+            return Poll::Ready(Err("retry future polled after completion".into()));
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let policy = routed.route.retry_policy();
+        if policy.attempts == 0
+            || !retries(policy, resp.as_ref())
+            || !routed.request.body().is_replayable()
+        {
+            return Poll::Ready(Ok(
+                resp.unwrap_or_else(|| MeshFailure::Timeout.into_response())
+            ));
+        }
+        let fut = Box::pin(retry_more(inner, routed, resp));
+        self.as_mut()
+            .project()
+            .state
+            .set(RetryFutureState::Retrying { fut });
+        self.poll(cx)
+    }
+}
+
+/// The attempts after a first one the policy retries (`last`: its response, `None` when
+/// its per-try timeout expired).
+async fn retry_more<S>(
+    inner: S,
+    mut routed: Routed,
+    mut last: Option<Response<ResBody>>,
+) -> Result<Response<ResBody>, BoxError>
+where
+    S: Service<Routed, Response = Response<ResBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut retry = 1u32;
+    let span = tracing::Span::current();
+    loop {
+        // Envoy resets the upstream request it retries: the attempt's copy of the body
+        // fails, so its connection stops sending (and pulling) it.
+        routed.request.body().abandon_copies();
+        if let Some(t) = last
+            .as_ref()
+            .and_then(|r| r.extensions().get::<TriedEndpoint>())
+        {
+            routed.route.tried.push(t.0);
+        }
+        let policy = routed.route.retry_policy();
+        let wait = policy.backoff(retry, &mut rand::rng());
+        let per_try_timeout = policy.per_try_timeout;
+        tokio::time::sleep(wait).await;
+        // The body outgrew the replay bound during the backoff (a mirror read on): no
+        // further attempt can send it.
+        let Some(this) = copy(&routed) else {
+            return Ok(last.unwrap_or_else(|| MeshFailure::Timeout.into_response()));
+        };
+        let attempt = inner.clone().oneshot(this);
+        let result = match per_try_timeout {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
+                Ok(r) => r.map(Some),
+                Err(_) => Ok(None),
+            },
+            None => attempt.await.map(Some),
+        };
+        span.record("attempts", retry + 1);
+        let resp = result?;
+        let policy = routed.route.retry_policy();
+        let again = retry < policy.attempts
+            && retries(policy, resp.as_ref())
+            && routed.request.body().is_replayable();
+        if !again {
+            return Ok(resp.unwrap_or_else(|| MeshFailure::Timeout.into_response()));
+        }
+        last = resp;
+        retry += 1;
+    }
+}

@@ -1,0 +1,129 @@
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use mesh_core::{Decision, Outcome, RequestHead, RouteError};
+use tower::{Layer, Service};
+
+use super::super::{ResponseFuture, Route, Routed};
+use crate::{BoxError, Mesh, MeshFailure, ReqBody, ResBody};
+
+/// Routes the requests of one workload with the configuration in force (see the module
+/// documentation).
+#[derive(Clone, Debug)]
+pub struct RouteLayer {
+    mesh: Mesh,
+}
+
+impl RouteLayer {
+    /// Routes the requests of `mesh`'s workload.
+    pub fn new(mesh: Mesh) -> Self {
+        RouteLayer { mesh }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+
+    fn layer(&self, inner: S) -> RouteService<S> {
+        RouteService {
+            inner,
+            mesh: self.mesh.clone(),
+        }
+    }
+}
+
+/// See [`RouteLayer`].
+#[derive(Clone, Debug)]
+pub struct RouteService<S> {
+    inner: S,
+    mesh: Mesh,
+}
+
+impl<S> Service<Request<ReqBody>> for RouteService<S>
+where
+    S: Service<Routed, Response = Response<ResBody>, Error = BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let generation = self.mesh.runtime().generation();
+        let slot = self.mesh.slot();
+        let Some(view) = generation.view(slot) else {
+            return ResponseFuture::ready(MeshFailure::NoRoute.into_response());
+        };
+        let default_port = if request.uri().scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let head = RequestHead::from_request(&request, default_port);
+        let decision = view.route(&head, &mut rand::rng());
+        let route = match decision {
+            Ok(d) => match Route::forward(generation.clone(), slot, &d) {
+                Some(route) => {
+                    crate::outbound::telemetry::record_route(&route);
+                    route
+                }
+                None => return ResponseFuture::ready(answer(&d, &head)),
+            },
+            Err(e) => return ResponseFuture::ready(failure(&e).into_response()),
+        };
+        ResponseFuture::inner(self.inner.call(Routed { request, route }))
+    }
+}
+
+/// The failure answered for a request that could not be routed.
+pub(crate) fn failure(e: &RouteError) -> MeshFailure {
+    match e {
+        RouteError::NoRouteMatched | RouteError::NoVirtualHost => MeshFailure::NoRoute,
+        RouteError::RegistryOnly(_) => MeshFailure::RegistryOnly,
+        RouteError::NoAuthority => MeshFailure::NoAuthority,
+    }
+}
+
+/// The answer to a request whose decision answers rather than forwards: a redirect, a
+/// direct response, or (at a gateway) Envoy's `require_tls` redirect.
+pub(crate) fn answer(d: &Decision<'_>, head: &RequestHead<'_>) -> Response<ResBody> {
+    let mut resp = match &d.outcome {
+        Outcome::Redirect(r) => {
+            let mut resp = Response::new(ResBody::empty());
+            *resp.status_mut() =
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&r.location(head)) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+        Outcome::Direct(dr) => {
+            let mut resp = Response::new(ResBody::full(bytes::Bytes::copy_from_slice(&dr.body)));
+            *resp.status_mut() = StatusCode::from_u16(dr.status).unwrap_or(StatusCode::OK);
+            if !dr.body.is_empty() {
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            resp
+        }
+        Outcome::RequireTls => {
+            let mut resp = Response::new(ResBody::empty());
+            *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            match HeaderValue::from_str(&mesh_core::gateway::require_tls_location(head)) {
+                Ok(location) => {
+                    resp.headers_mut().insert(header::LOCATION, location);
+                }
+                Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+            }
+            return resp;
+        }
+        Outcome::Forward { .. } => return MeshFailure::NoRoute.into_response(),
+    };
+    if let Some((_, rule)) = d.rule {
+        rule.headers.response.apply(resp.headers_mut());
+    }
+    resp
+}

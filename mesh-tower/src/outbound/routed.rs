@@ -1,0 +1,271 @@
+//! What the route stage hands down: the request and its route, typed.
+//!
+//! A [`Route`] is the decision the route stage (or the ingress gateway) made for one
+//! request, kept as indices into the configuration it was made with, which the route
+//! holds alive: every layer below reads its parameters — timeout, retry policy, fault,
+//! mirrors, rewrites, header operations, CORS, the cluster and its endpoints — from it
+//! without looking anything up again, and a configuration swapped in meanwhile does not
+//! affect the request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use mesh_core::cluster::Cluster;
+use mesh_core::fault::FaultPolicy;
+use mesh_core::matcher::MatchBlock;
+use mesh_core::mesh::VirtualServiceRules;
+use mesh_core::retry::RetryPolicy;
+use mesh_core::route::{Cors, Mirror, Rule, Target};
+use mesh_core::{CompiledMesh, Decision, Outcome, Upstream, WorkloadView};
+
+use crate::ReqBody;
+use crate::runtime::Generation;
+use crate::state::EndpointState;
+
+/// A request and its route: what the layers below the route stage take.
+#[derive(Debug)]
+pub struct Routed {
+    /// The request.
+    pub request: Request<ReqBody>,
+    /// Where it goes and how.
+    pub route: Route,
+}
+
+/// The matched rule, by position.
+#[derive(Debug, Clone, Copy)]
+struct RuleAt {
+    virtual_service: u32,
+    rule: u32,
+    block: Option<u32>,
+    target: Option<u32>,
+}
+
+/// Where a routed request goes.
+#[derive(Debug, Clone)]
+enum Dest {
+    Cluster(u32),
+    Passthrough {
+        host: Arc<str>,
+        port: u16,
+    },
+    Missing {
+        host: Arc<str>,
+        subset: Option<Arc<str>>,
+    },
+}
+
+/// Endpoints tried by earlier attempts of a request, which the balancer avoids when the
+/// retry policy asks for it (Istio's `retryIgnorePreviousHosts`). A few, inline.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tried {
+    ids: [u32; 5],
+    len: u8,
+}
+
+impl Tried {
+    pub(crate) fn push(&mut self, i: u32) {
+        if let Some(slot) = self.ids.get_mut(usize::from(self.len)) {
+            *slot = i;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn contains(&self, i: u32) -> bool {
+        self.ids[..usize::from(self.len)].contains(&i)
+    }
+}
+
+/// One request's route (see the module documentation). Cheap to clone: one reference
+/// count.
+#[derive(Debug, Clone)]
+pub struct Route {
+    generation: Arc<Generation>,
+    slot: u32,
+    rule: Option<RuleAt>,
+    dest: Dest,
+    port: u16,
+    pub(crate) tried: Tried,
+}
+
+fn index(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+impl Route {
+    /// The route of a request forwarded as `decision` says, made for the workload in
+    /// `slot` with `generation`; `None` for decisions that answer rather than forward.
+    pub(crate) fn forward(
+        generation: Arc<Generation>,
+        slot: u32,
+        decision: &Decision<'_>,
+    ) -> Option<Route> {
+        let Outcome::Forward { target, upstream } = &decision.outcome else {
+            return None;
+        };
+        let rule = match (decision.virtual_service, decision.rule) {
+            (Some(vs), Some((ri, _))) => Some(RuleAt {
+                virtual_service: vs.position,
+                rule: index(ri),
+                block: decision.block.map(|(b, _)| index(b)),
+                target: target.map(|(t, _)| index(t)),
+            }),
+            _ => None,
+        };
+        Some(Route {
+            dest: Dest::of(upstream),
+            generation,
+            slot,
+            rule,
+            port: decision.port,
+            tried: Tried::default(),
+        })
+    }
+
+    /// The same route to another upstream (a mirror's).
+    pub(crate) fn to(&self, upstream: &Upstream<'_>) -> Route {
+        Route {
+            dest: Dest::of(upstream),
+            ..self.clone()
+        }
+    }
+
+    /// The configuration the request was routed with.
+    pub fn mesh(&self) -> &Arc<CompiledMesh> {
+        &self.generation.mesh
+    }
+
+    /// The view of the workload that sends the request.
+    pub fn view(&self) -> Option<&Arc<WorkloadView>> {
+        self.generation.view(self.slot)
+    }
+
+    /// The namespace of the workload that sends the request.
+    pub fn namespace(&self) -> &str {
+        self.view().map_or("", |v| &v.workload().namespace)
+    }
+
+    /// The port the request was addressed to (at a gateway, the Gateway server's).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The VirtualService that applied, if any.
+    pub fn virtual_service(&self) -> Option<&Arc<VirtualServiceRules>> {
+        let at = self.rule?;
+        self.mesh()
+            .virtual_services()
+            .get(at.virtual_service as usize)
+    }
+
+    /// The rule that matched, if any.
+    pub fn rule(&self) -> Option<&Rule> {
+        let at = self.rule?;
+        self.virtual_service()?.rules.get(at.rule as usize)
+    }
+
+    /// The match block that matched, if any.
+    pub fn block(&self) -> Option<&MatchBlock> {
+        self.rule()?.matches.get(self.rule?.block? as usize)
+    }
+
+    /// The destination drawn from the rule's split, if any.
+    pub fn target(&self) -> Option<&Target> {
+        match &self.rule()?.action {
+            mesh_core::route::Action::Route(split) => {
+                split.targets.get(self.rule?.target? as usize)
+            }
+            _ => None,
+        }
+    }
+
+    /// The route timeout (None: none, Istio's default).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.rule().and_then(|r| r.timeout)
+    }
+
+    /// The retry policy: the rule's, else the mesh's default.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        match self.rule() {
+            Some(r) => &r.retry,
+            None => self.mesh().default_retry(),
+        }
+    }
+
+    /// The rule's fault injection, if any.
+    pub fn fault(&self) -> Option<&FaultPolicy> {
+        self.rule()?.fault.as_ref()
+    }
+
+    /// The rule's CORS policy, if any.
+    pub fn cors(&self) -> Option<&Cors> {
+        self.rule()?.cors.as_ref()
+    }
+
+    /// The rule's mirrors.
+    pub fn mirrors(&self) -> &[Mirror] {
+        self.rule().map_or(&[], |r| &r.mirrors)
+    }
+
+    /// Where the request goes.
+    pub fn upstream(&self) -> Upstream<'_> {
+        match &self.dest {
+            Dest::Cluster(id) => match self.mesh().clusters().get(*id as usize) {
+                Some(c) => Upstream::Cluster(c),
+                None => Upstream::Missing {
+                    host: "".into(),
+                    subset: None,
+                },
+            },
+            Dest::Passthrough { host, port } => Upstream::Passthrough {
+                host: host.clone(),
+                port: *port,
+            },
+            Dest::Missing { host, subset } => Upstream::Missing {
+                host: host.clone(),
+                subset: subset.clone(),
+            },
+        }
+    }
+
+    /// The cluster the request goes to, if it goes to one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match self.dest {
+            Dest::Cluster(id) => self.mesh().clusters().get(id as usize),
+            _ => None,
+        }
+    }
+
+    /// The state of the cluster's endpoints, by endpoint index.
+    pub(crate) fn endpoints(&self) -> &[Arc<EndpointState>] {
+        match self.dest {
+            Dest::Cluster(id) => self
+                .generation
+                .endpoints
+                .get(id as usize)
+                .map_or(&[], |e| &e[..]),
+            _ => &[],
+        }
+    }
+
+    /// The state of the passthrough destination `id` (`host:port`).
+    pub(crate) fn passthrough(&self, id: &str) -> Arc<EndpointState> {
+        self.generation.states.passthrough(id)
+    }
+}
+
+impl Dest {
+    fn of(upstream: &Upstream<'_>) -> Dest {
+        match upstream {
+            Upstream::Cluster(c) => Dest::Cluster(c.id),
+            Upstream::Passthrough { host, port } => Dest::Passthrough {
+                host: host.clone(),
+                port: *port,
+            },
+            Upstream::Missing { host, subset } => Dest::Missing {
+                host: host.clone(),
+                subset: subset.clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The runtime of a process: the configuration in force, compiled once and swapped
+//! atomically, each workload's view of it, and the state that outlives it.
+//!
+//! [`MeshRuntime::update`] compiles a snapshot once for the whole process
+//! ([`CompiledMesh`]), picks what applies to each workload of the process
+//! ([`WorkloadView`]: the hosts its namespace sees, the Gateways that select it),
+//! hands the endpoints' state over ([`crate::state`]), and swaps the result in with one
+//! atomic pointer store. Requests read the generation in force without a lock and keep
+//! the one they started with; nothing is compiled on the request path.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use mesh_config::Snapshot;
+use mesh_core::{CompiledMesh, Workload, WorkloadView};
+use tokio::sync::{Semaphore, watch};
+
+use crate::outbound::mirror::DEFAULT_MAX_MIRRORS_IN_FLIGHT;
+use crate::outbound::{MeshClient, Stack};
+use crate::state::{ClusterEndpoints, EndpointStates};
+use crate::transport::pool::Pools;
+
+/// One configuration in force: the compiled mesh, every workload's view of it, and the
+/// endpoints' state by cluster.
+#[derive(Debug)]
+pub(crate) struct Generation {
+    pub(crate) mesh: Arc<CompiledMesh>,
+    /// By workload slot.
+    pub(crate) views: Vec<Arc<WorkloadView>>,
+    /// By cluster id.
+    pub(crate) endpoints: Vec<ClusterEndpoints>,
+    /// Every endpoint's state (passthrough destinations are looked up here).
+    pub(crate) states: Arc<EndpointStates>,
+}
+
+impl Generation {
+    /// The view of the workload in `slot`.
+    pub(crate) fn view(&self, slot: u32) -> Option<&Arc<WorkloadView>> {
+        self.views.get(slot as usize)
+    }
+}
+
+struct Inner {
+    current: ArcSwap<Generation>,
+    /// The workloads of the process, by slot. Held while a generation is built, so that
+    /// an update and a new workload never lose one another.
+    workloads: Mutex<Vec<Arc<Workload>>>,
+    states: Arc<EndpointStates>,
+    /// Mirror copies in flight, for the whole process.
+    pub(crate) mirror_slots: Arc<Semaphore>,
+    /// The version in force, for those who wait for changes.
+    version: watch::Sender<u64>,
+}
+
+/// The mesh of a process: the configuration in force, shared by the workloads of the
+/// process, swapped atomically (see the module documentation). Cheap to clone.
+#[derive(Clone)]
+pub struct MeshRuntime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MeshRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshRuntime")
+            .field("version", &self.version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshRuntime {
+    /// Compiles `snapshot` (once for the whole process).
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        let mesh = Arc::new(CompiledMesh::compile(snapshot));
+        let states = Arc::new(EndpointStates::default());
+        let generation = Generation {
+            endpoints: states.for_mesh(&mesh),
+            mesh,
+            views: Vec::new(),
+            states: states.clone(),
+        };
+        MeshRuntime {
+            inner: Arc::new(Inner {
+                version: watch::Sender::new(snapshot.version()),
+                current: ArcSwap::from_pointee(generation),
+                workloads: Mutex::new(Vec::new()),
+                states,
+                mirror_slots: Arc::new(Semaphore::new(DEFAULT_MAX_MIRRORS_IN_FLIGHT)),
+            }),
+        }
+    }
+
+    /// Compiles `snapshot` and swaps it in for every workload of the process, the
+    /// ingress gateways included: requests that start afterwards use it, those in flight
+    /// finish on the configuration they started with. The endpoints' load and
+    /// connections carry over. No lock is taken on the request path.
+    pub fn update(&self, snapshot: &Snapshot) {
+        let workloads = self.workloads();
+        let mesh = Arc::new(CompiledMesh::compile(snapshot));
+        let views = workloads
+            .iter()
+            .map(|w| Arc::new(WorkloadView::compile(mesh.clone(), w.clone())))
+            .collect();
+        let generation = Generation {
+            endpoints: self.inner.states.for_mesh(&mesh),
+            mesh,
+            views,
+            states: self.inner.states.clone(),
+        };
+        self.inner.current.store(Arc::new(generation));
+        drop(workloads);
+        self.inner.version.send_replace(snapshot.version());
+    }
+
+    /// The compiled configuration in force.
+    pub fn current(&self) -> Arc<CompiledMesh> {
+        self.inner.current.load().mesh.clone()
+    }
+
+    /// The version of the snapshot in force.
+    pub fn version(&self) -> u64 {
+        self.inner.current.load().mesh.version()
+    }
+
+    /// A receiver of the version in force, which changes at every
+    /// [`update`](Self::update).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.version.subscribe()
+    }
+
+    /// The handle of one workload of the process; its view of the configuration is
+    /// compiled now and at every update.
+    pub fn workload(&self, workload: Workload) -> Mesh {
+        let workload = Arc::new(workload);
+        let mut workloads = self.workloads();
+        let slot = u32::try_from(workloads.len()).unwrap_or(u32::MAX);
+        workloads.push(workload.clone());
+        self.inner.current.rcu(|g| {
+            let mut views = g.views.clone();
+            views.push(Arc::new(WorkloadView::compile(
+                g.mesh.clone(),
+                workload.clone(),
+            )));
+            Generation {
+                mesh: g.mesh.clone(),
+                views,
+                endpoints: g.endpoints.clone(),
+                states: g.states.clone(),
+            }
+        });
+        drop(workloads);
+        Mesh {
+            runtime: self.clone(),
+            workload,
+            slot,
+        }
+    }
+
+    fn workloads(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Workload>>> {
+        self.inner
+            .workloads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The generation in force.
+    pub(crate) fn generation(&self) -> Arc<Generation> {
+        self.inner.current.load_full()
+    }
+
+    pub(crate) fn mirror_slots(&self) -> &Arc<Semaphore> {
+        &self.inner.mirror_slots
+    }
+}
+
+/// One workload's handle on the mesh: its outbound client, its view of the
+/// configuration. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    runtime: MeshRuntime,
+    workload: Arc<Workload>,
+    slot: u32,
+}
+
+impl Mesh {
+    /// The workload.
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
+    /// The runtime of the process.
+    pub fn runtime(&self) -> &MeshRuntime {
+        &self.runtime
+    }
+
+    /// Swaps in a new configuration for every workload of the process (see
+    /// [`MeshRuntime::update`]).
+    pub fn update(&self, snapshot: &Snapshot) {
+        self.runtime.update(snapshot);
+    }
+
+    /// The workload's view of the configuration in force.
+    pub fn view(&self) -> Arc<WorkloadView> {
+        let generation = self.runtime.generation();
+        match generation.view(self.slot) {
+            Some(v) => v.clone(),
+            // Unreachable: a slot is in every generation built after it was given.
+            None => Arc::new(WorkloadView::compile(
+                generation.mesh.clone(),
+                self.workload.clone(),
+            )),
+        }
+    }
+
+    /// Its slot in the runtime's generations.
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// The outbound client: a `Clone` tower `Service<http::Request<B>>` that routes,
+    /// balances, retries, times out, injects faults and mirrors as the configuration
+    /// says. Cheap to call repeatedly (it shares the process's pools).
+    pub fn client(&self) -> MeshClient {
+        self.client_over(Pools)
+    }
+
+    /// The outbound client over another transport than the process's connection pools
+    /// (a stub in tests and benchmarks, or a custom transport): `upstream` receives each
+    /// request with the endpoint the balancer chose.
+    pub fn client_over<U>(&self, upstream: U) -> MeshClient<U>
+    where
+        U: crate::outbound::Upstream,
+    {
+        MeshClient::new(Stack::new(self, upstream))
+    }
+}
