@@ -54,6 +54,60 @@ enum Command {
     /// Load benchmark: a bare client, the mesh and two nginx sidecars to one local
     /// backend, in closed and open loops, interleaved; prints Markdown tables.
     Load(LoadArgs),
+    /// Sends a fixed number of requests one after the other along one path and prints
+    /// the time per request: a steady, repeatable workload to profile (`perf record`,
+    /// `valgrind --tool=callgrind`) and to compare paths by instructions per request.
+    Profile(ProfileArgs),
+}
+
+/// Options of `profile`.
+#[derive(Args)]
+struct ProfileArgs {
+    /// The path (not `nginx-sidecars`).
+    #[arg(long, value_enum, default_value = "mesh-vs")]
+    path: PathName,
+    /// Requests to send after the warm-up.
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Worker threads of the runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// Runs `profile`.
+fn profile_main(args: &ProfileArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        let backend = Backend::start().await?;
+        let path = match args.path {
+            PathName::Bare => paths::bare(&backend)?,
+            PathName::MeshDefaults | PathName::MeshVs => paths::mesh(args.path, &backend)?,
+            PathName::NginxSidecars => bail!("profile runs in-process paths only"),
+        };
+        for _ in 0..WARM_UP {
+            path.sender.send().await?;
+        }
+        let allocs = GLOBAL.stats();
+        let started = std::time::Instant::now();
+        for _ in 0..args.requests {
+            path.sender.send().await?;
+        }
+        let elapsed = started.elapsed();
+        let allocated = GLOBAL.stats() - allocs;
+        let n = args.requests.max(1) as f64;
+        println!(
+            "{}: {} requests, {:.2} µs/request, {:.1} allocations/request",
+            args.path.as_str(),
+            args.requests,
+            elapsed.as_secs_f64() * 1e6 / n,
+            allocated.allocations as f64 / n,
+        );
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Options of `load`.
@@ -213,8 +267,11 @@ impl Machine {
 /// when the benchmark itself could not run.
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Load(args) = cli.command;
-    match load_main(&args) {
+    let result = match &cli.command {
+        Command::Load(args) => load_main(args),
+        Command::Profile(args) => profile_main(args),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mesh-bench: {e:#}");

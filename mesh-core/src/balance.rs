@@ -120,14 +120,8 @@ impl EndpointLoad {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// Marks a request as started; the guard ends it when dropped.
-    pub fn start(&self) -> InFlight<'_> {
-        self.begin();
-        InFlight { load: self }
-    }
-
-    /// Marks a request as started without a borrowing guard: the caller must call
-    /// [`finish`](Self::finish) once for it.
+    /// Marks a request as started: the caller calls [`finish`](Self::finish) once for it
+    /// (the runtime holds a guard that does, for as long as the response lasts).
     pub fn begin(&self) {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
     }
@@ -160,18 +154,6 @@ impl EndpointLoad {
     pub fn latency_ns(&self, default_ns: u64) -> f64 {
         let v = f64::from_bits(self.rtt_ns.load(Ordering::Relaxed));
         if v == 0.0 { default_ns as f64 } else { v }
-    }
-}
-
-/// An outstanding request; dropping it ends it.
-#[derive(Debug)]
-pub struct InFlight<'a> {
-    load: &'a EndpointLoad,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.load.finish();
     }
 }
 
@@ -645,13 +627,19 @@ mod tests {
     fn least_request_favours_the_less_loaded() {
         let lb = Balancer::new(&LbPolicy::LeastRequest, &ids(2), &[1, 1]);
         let load = loads(2);
-        let _busy: Vec<_> = (0..10).map(|_| load[0].start()).collect();
+        for _ in 0..10 {
+            load[0].begin();
+        }
         let c = counts(&lb, &load, 2, 10_000, 9);
         // P2C picks the idle endpoint unless both draws hit the busy one (p = 1/4).
         let busy_share = c[0] as f64 / 10_000.0;
         assert!((busy_share - 0.25).abs() < 0.02, "{busy_share}");
-        drop(_busy);
+        for _ in 0..10 {
+            load[0].finish();
+        }
         assert_eq!(load[0].outstanding(), 0);
+        load[0].finish();
+        assert_eq!(load[0].outstanding(), 0, "never below zero");
     }
 
     #[test]

@@ -92,9 +92,13 @@ pub struct Explanation {
 pub enum Via<'a> {
     /// An outbound request of the workload (workload traffic).
     Mesh,
-    /// A request arriving at the workload as a gateway, over the TLS filter chain, or in
-    /// plaintext (`None`).
-    Gateway(Option<&'a Chain>),
+    /// A request arriving at the workload as a gateway.
+    Gateway {
+        /// The TLS filter chain of its connection, or `None` in plaintext.
+        chain: Option<&'a Chain>,
+        /// The authority as the client sent it (`require_tls` redirects to it).
+        authority: &'a str,
+    },
 }
 
 /// Explains how `view`'s workload routes `head`, arriving `via`.
@@ -133,7 +137,7 @@ pub fn explain(
     };
     let routed = match via {
         Via::Mesh => view.route(head, rng),
-        Via::Gateway(chain) => view.route_at_gateway(chain, head, rng),
+        Via::Gateway { chain, .. } => view.route_at_gateway(chain, head, rng),
     };
     let d = match routed {
         Ok(d) => d,
@@ -182,7 +186,14 @@ pub fn explain(
         }
         Outcome::RequireTls => {
             e.destinations.clear();
-            e.redirect = Some((301, crate::gateway::require_tls_location(head)));
+            let authority = match via {
+                Via::Gateway { authority, .. } => authority,
+                Via::Mesh => head.authority,
+            };
+            e.redirect = Some((
+                301,
+                crate::gateway::require_tls_location(authority, head.path, head.query),
+            ));
         }
         Outcome::Forward { .. } => {}
     }

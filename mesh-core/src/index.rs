@@ -8,7 +8,7 @@
 //! under the keys it has, visited in rule order (a k-way merge of sorted lists, without
 //! allocating); each is then matched fully. The answer is the one a linear scan gives.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use http::HeaderName;
 

@@ -7,6 +7,9 @@
 //! no tokio, no hyper, no sockets; time and randomness are passed in — so that its
 //! correctness is proven by unit and property tests and its speed by micro benchmarks.
 //!
+//! Maps looked up per request use foldhash rather than SipHash: they are built from
+//! configuration and only probed with request data, so a seeded fast hash is enough.
+//!
 //! One routing engine: workload traffic ([`WorkloadView::route`]), requests through a
 //! gateway ([`WorkloadView::route_at_gateway`]) and `meshctl route` ([`explain`]) all
 //! run the same rule matching.
@@ -26,4 +29,4 @@ pub mod workload;
 pub use matcher::{Caller, RequestHead};
 pub use mesh::{CompiledMesh, Decision, Outcome, RouteError, Upstream};
 pub use mesh_config::Snapshot;
-pub use workload::{Workload, WorkloadView};
+pub use workload::{Role, Workload, WorkloadView};

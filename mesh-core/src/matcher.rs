@@ -266,7 +266,10 @@ pub struct Caller<'a> {
     /// Labels of the calling workload.
     pub labels: &'a Labels,
     /// The gateway the request arrived through (`namespace/name`), or `None` for
-    /// workload-to-workload traffic (Istio's `mesh` gateway).
+    /// workload-to-workload traffic (Istio's `mesh` gateway). Matching reads it; which
+    /// VirtualServices apply is decided before: workload traffic is routed with
+    /// [`CompiledMesh::route`](crate::CompiledMesh::route) (`None` here), traffic through
+    /// a gateway with [`GatewayRoutes`](crate::gateway::GatewayRoutes), which sets it.
     pub gateway: Option<&'a str>,
 }
 

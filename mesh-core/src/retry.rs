@@ -192,6 +192,21 @@ impl RetryPolicy {
         }
     }
 
+    /// True when some condition looks at the `grpc-status` of a response (so that it must
+    /// be read).
+    pub fn reads_grpc_status(&self) -> bool {
+        let on = self.retry_on;
+        [
+            RetryOn::GRPC_CANCELLED,
+            RetryOn::GRPC_DEADLINE_EXCEEDED,
+            RetryOn::GRPC_RESOURCE_EXHAUSTED,
+            RetryOn::GRPC_INTERNAL,
+            RetryOn::GRPC_UNAVAILABLE,
+        ]
+        .iter()
+        .any(|c| on.contains(*c))
+    }
+
     /// True when an attempt that ended like `a` may be retried.
     pub fn should_retry(&self, a: &Attempt) -> bool {
         let on = self.retry_on;

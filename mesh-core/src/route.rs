@@ -404,19 +404,19 @@ pub struct Mirror {
     pub share: Fraction,
 }
 
-/// A compiled CORS policy.
+/// A compiled CORS policy; its header values are ready to be sent.
 #[derive(Debug, Clone)]
 pub struct Cors {
     /// Allowed origins.
     pub origins: Vec<StrMatcher>,
     /// `Access-Control-Allow-Methods`.
-    pub methods: Option<String>,
+    pub methods: Option<HeaderValue>,
     /// `Access-Control-Allow-Headers`.
-    pub allow_headers: Option<String>,
+    pub allow_headers: Option<HeaderValue>,
     /// `Access-Control-Expose-Headers`.
-    pub expose_headers: Option<String>,
-    /// `Access-Control-Max-Age` in seconds.
-    pub max_age: Option<u64>,
+    pub expose_headers: Option<HeaderValue>,
+    /// `Access-Control-Max-Age` (seconds).
+    pub max_age: Option<HeaderValue>,
     /// `Access-Control-Allow-Credentials: true`.
     pub credentials: bool,
     /// Answer unmatched preflights without forwarding them.
@@ -432,13 +432,17 @@ impl Cors {
         for o in &c.allow_origins {
             origins.push(StrMatcher::compile(o, false)?);
         }
-        let join = |v: &[String]| (!v.is_empty()).then(|| v.join(","));
+        let join = |v: &[String]| {
+            (!v.is_empty())
+                .then(|| HeaderValue::from_str(&v.join(",")).ok())
+                .flatten()
+        };
         Ok(Cors {
             origins,
             methods: join(&c.allow_methods),
             allow_headers: join(&c.allow_headers),
             expose_headers: join(&c.expose_headers),
-            max_age: c.max_age.map(|d| d.get().as_secs()),
+            max_age: c.max_age.map(|d| HeaderValue::from(d.get().as_secs())),
             credentials: c.allow_credentials == Some(true),
             ignore_unmatched_preflights: c.unmatched_preflights
                 == Some(mesh_config::model::UnmatchedPreflights::Ignore),
@@ -597,10 +601,11 @@ impl Rule {
         self.matching_block_in(head, caller, gateways, Pass::All)
     }
 
-    /// [`Rule::matching_block`] among the blocks `pass` considers: a
-    /// block is catch-all when [`MatchBlock::is_catch_all`] says so, a rule without blocks
-    /// is catch-all, and a rule inlined from a delegate never is (its conditions merge with
-    /// the root's).
+    /// [`Rule::matching_block`] among the blocks `pass` considers: a block is catch-all
+    /// when [`MatchBlock::is_catch_all`] says so and a rule without blocks is catch-all;
+    /// a rule inlined from a delegate whose root rule has conditions never is (Istio
+    /// merges the root's conditions into it), one whose root rule has none is judged by
+    /// its own blocks.
     pub(crate) fn matching_block_in(
         &self,
         head: &RequestHead<'_>,

@@ -69,26 +69,45 @@ impl Workload {
     }
 }
 
+/// What a workload is to the mesh, as Istio distinguishes a sidecar from a router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Role {
+    /// An application workload: its outbound requests are routed (the `mesh` gateway).
+    #[default]
+    Sidecar,
+    /// A gateway workload: it also serves the Gateways that select it.
+    Gateway,
+}
+
 /// What one workload sees of one compiled mesh (see the module documentation).
 #[derive(Debug)]
 pub struct WorkloadView {
     mesh: Arc<CompiledMesh>,
     workload: Arc<Workload>,
     identity: Arc<str>,
+    source_key: Box<[u8]>,
     hosts: Arc<VisibleHosts>,
     gateway: Option<GatewayRoutes>,
 }
 
 impl WorkloadView {
-    /// Picks what applies to `workload` in `mesh`.
-    pub fn compile(mesh: Arc<CompiledMesh>, workload: Arc<Workload>) -> Self {
+    /// Picks what applies to `workload` in `mesh`; a gateway workload also gets the
+    /// virtual hosts of the Gateways that select it.
+    pub fn compile(mesh: Arc<CompiledMesh>, workload: Arc<Workload>, role: Role) -> Self {
         let hosts = mesh.visible_hosts(&workload.namespace).clone();
-        let gateway = GatewayRoutes::build(&mesh, &workload.namespace, &workload.labels);
+        let gateway = match role {
+            Role::Gateway => GatewayRoutes::build(&mesh, &workload.namespace, &workload.labels),
+            Role::Sidecar => None,
+        };
         let identity = workload.spiffe_id(&mesh.settings().trust_domain).into();
+        let source_key = format!("{}.{}", workload.name, workload.namespace)
+            .into_bytes()
+            .into_boxed_slice();
         WorkloadView {
             mesh,
             workload,
             identity,
+            source_key,
             hosts,
             gateway,
         }
@@ -109,6 +128,13 @@ impl WorkloadView {
         &self.identity
     }
 
+    /// What `consistentHash.useSourceIp` hashes for the workload's requests: in-process
+    /// there is no client address, so all requests of one workload share a key
+    /// (`name.namespace`).
+    pub fn source_key(&self) -> &[u8] {
+        &self.source_key
+    }
+
     /// The workload as the caller of its outbound requests.
     pub fn caller(&self) -> Caller<'_> {
         Caller {
@@ -118,7 +144,7 @@ impl WorkloadView {
         }
     }
 
-    /// Its routes as a gateway workload, when Gateways select it.
+    /// Its routes as a gateway workload, when it is one and Gateways select it.
     pub fn gateway(&self) -> Option<&GatewayRoutes> {
         self.gateway.as_ref()
     }

@@ -57,6 +57,7 @@ fn view(mesh: &Arc<CompiledMesh>, ns: &str, labels: &Labels) -> WorkloadView {
     WorkloadView::compile(
         mesh.clone(),
         Arc::new(Workload::new("test", ns).labels(labels.clone())),
+        mesh_core::Role::Sidecar,
     )
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use mesh_config::Snapshot;
-use mesh_core::{CompiledMesh, Workload, WorkloadView};
+use mesh_core::{CompiledMesh, Role, Workload, WorkloadView};
 use tokio::sync::{Semaphore, watch};
 
 use crate::outbound::mirror::DEFAULT_MAX_MIRRORS_IN_FLIGHT;
@@ -40,11 +40,25 @@ impl Generation {
     }
 }
 
+/// A workload of the process and what it is to the mesh.
+type Registered = (Arc<Workload>, Role);
+
+/// What updates and registrations share.
+#[derive(Default)]
+struct Registry {
+    /// The workloads of the process, by slot.
+    workloads: Vec<Registered>,
+    /// The ticket of the update in force.
+    ticket: u64,
+}
+
 struct Inner {
     current: ArcSwap<Generation>,
-    /// The workloads of the process, by slot. Held while a generation is built, so that
-    /// an update and a new workload never lose one another.
-    workloads: Mutex<Vec<Arc<Workload>>>,
+    /// Held while a generation is swapped in, so that an update and a new workload never
+    /// lose one another.
+    registry: Mutex<Registry>,
+    /// Tickets of updates, in the order they were called.
+    tickets: std::sync::atomic::AtomicU64,
     states: Arc<EndpointStates>,
     /// Mirror copies in flight, for the whole process.
     pub(crate) mirror_slots: Arc<Semaphore>,
@@ -82,7 +96,8 @@ impl MeshRuntime {
             inner: Arc::new(Inner {
                 version: watch::Sender::new(snapshot.version()),
                 current: ArcSwap::from_pointee(generation),
-                workloads: Mutex::new(Vec::new()),
+                registry: Mutex::new(Registry::default()),
+                tickets: std::sync::atomic::AtomicU64::new(0),
                 states,
                 mirror_slots: Arc::new(Semaphore::new(DEFAULT_MAX_MIRRORS_IN_FLIGHT)),
             }),
@@ -92,23 +107,37 @@ impl MeshRuntime {
     /// Compiles `snapshot` and swaps it in for every workload of the process, the
     /// ingress gateways included: requests that start afterwards use it, those in flight
     /// finish on the configuration they started with. The endpoints' load and
-    /// connections carry over. No lock is taken on the request path.
+    /// connections carry over. No lock is taken on the request path; the compilation
+    /// itself holds no lock either (only handing over the state and picking the
+    /// workloads' views does). Of two updates racing, the one called last stays in force
+    /// whatever the order they finish in.
     pub fn update(&self, snapshot: &Snapshot) {
-        let workloads = self.workloads();
+        let ticket = self
+            .inner
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let mesh = Arc::new(CompiledMesh::compile(snapshot));
-        let views = workloads
+        let mut registry = self.registry();
+        // Of two updates racing, the one called last stays in force.
+        if registry.ticket > ticket {
+            return;
+        }
+        registry.ticket = ticket;
+        let endpoints = self.inner.states.for_mesh(&mesh);
+        let views = registry
+            .workloads
             .iter()
-            .map(|w| Arc::new(WorkloadView::compile(mesh.clone(), w.clone())))
+            .map(|(w, role)| Arc::new(WorkloadView::compile(mesh.clone(), w.clone(), *role)))
             .collect();
-        let generation = Generation {
-            endpoints: self.inner.states.for_mesh(&mesh),
+        self.inner.current.store(Arc::new(Generation {
+            endpoints,
             mesh,
             views,
             states: self.inner.states.clone(),
-        };
-        self.inner.current.store(Arc::new(generation));
-        drop(workloads);
+        }));
         self.inner.version.send_replace(snapshot.version());
+        drop(registry);
     }
 
     /// The compiled configuration in force.
@@ -127,18 +156,37 @@ impl MeshRuntime {
         self.inner.version.subscribe()
     }
 
-    /// The handle of one workload of the process; its view of the configuration is
-    /// compiled now and at every update.
+    /// The handle of one (application) workload of the process. Its view of the
+    /// configuration is compiled now and at every update; registering an equal workload
+    /// again gives the same view.
     pub fn workload(&self, workload: Workload) -> Mesh {
+        self.register(workload, Role::Sidecar)
+    }
+
+    /// The handle of a workload in `role` (see [`workload`](Self::workload)).
+    pub(crate) fn register(&self, workload: Workload, role: Role) -> Mesh {
+        let mut registry = self.registry();
+        let workloads = &mut registry.workloads;
+        if let Some(slot) = workloads
+            .iter()
+            .position(|(w, r)| **w == workload && *r == role)
+        {
+            let workload = workloads[slot].0.clone();
+            return Mesh {
+                runtime: self.clone(),
+                workload,
+                slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            };
+        }
         let workload = Arc::new(workload);
-        let mut workloads = self.workloads();
         let slot = u32::try_from(workloads.len()).unwrap_or(u32::MAX);
-        workloads.push(workload.clone());
+        workloads.push((workload.clone(), role));
         self.inner.current.rcu(|g| {
             let mut views = g.views.clone();
             views.push(Arc::new(WorkloadView::compile(
                 g.mesh.clone(),
                 workload.clone(),
+                role,
             )));
             Generation {
                 mesh: g.mesh.clone(),
@@ -147,7 +195,7 @@ impl MeshRuntime {
                 states: g.states.clone(),
             }
         });
-        drop(workloads);
+        drop(registry);
         Mesh {
             runtime: self.clone(),
             workload,
@@ -155,9 +203,9 @@ impl MeshRuntime {
         }
     }
 
-    fn workloads(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Workload>>> {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.inner
-            .workloads
+            .registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -198,17 +246,10 @@ impl Mesh {
         self.runtime.update(snapshot);
     }
 
-    /// The workload's view of the configuration in force.
-    pub fn view(&self) -> Arc<WorkloadView> {
-        let generation = self.runtime.generation();
-        match generation.view(self.slot) {
-            Some(v) => v.clone(),
-            // Unreachable: a slot is in every generation built after it was given.
-            None => Arc::new(WorkloadView::compile(
-                generation.mesh.clone(),
-                self.workload.clone(),
-            )),
-        }
+    /// The workload's view of the configuration in force (a slot is in every generation
+    /// built after it was given).
+    pub fn view(&self) -> Option<Arc<WorkloadView>> {
+        self.runtime.generation().view(self.slot).cloned()
     }
 
     /// Its slot in the runtime's generations.
@@ -228,7 +269,7 @@ impl Mesh {
     /// request with the endpoint the balancer chose.
     pub fn client_over<U>(&self, upstream: U) -> MeshClient<U>
     where
-        U: crate::outbound::Upstream,
+        U: crate::outbound::Transport,
     {
         MeshClient::new(Stack::new(self, upstream))
     }

@@ -86,8 +86,8 @@ struct RouteArgs {
     /// ones by kind/namespace/name).
     #[arg(long = "config", value_name = "DIR", required = true)]
     config: Vec<PathBuf>,
-    /// Namespace of the calling workload (with `--gateway`: of the gateway workload;
-    /// by default the Gateway's namespace, else `default`).
+    /// Namespace of the calling workload [default: `default`; with `--gateway`, the
+    /// gateway workload's: `istio-system`, where Istio's ingress gateway runs].
     #[arg(long)]
     source_namespace: Option<String>,
     /// Labels of the calling workload: `k=v,k2=v2` (with `--gateway`: of the gateway
@@ -238,25 +238,58 @@ fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         if args.source_labels.is_none() {
             labels = gw.spec.selector.clone();
         }
-        namespace.get_or_insert_with(|| ns.to_string());
+        namespace.get_or_insert_with(|| "istio-system".to_string());
     }
     let workload =
         mesh_core::Workload::new("meshctl", namespace.unwrap_or_else(|| "default".into()))
             .labels(labels);
-    let view = mesh_core::WorkloadView::compile(mesh, std::sync::Arc::new(workload));
-    let head = mesh_core::RequestHead::from_request(&req, if https { 443 } else { 80 });
+    let role = match args.gateway {
+        Some(_) => mesh_core::Role::Gateway,
+        None => mesh_core::Role::Sidecar,
+    };
+    let view = mesh_core::WorkloadView::compile(mesh, std::sync::Arc::new(workload), role);
+    let default_port = if https { 443 } else { 80 };
+    let written = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    let port = req.uri().port_u16().unwrap_or(default_port);
+    // Through a gateway the request is routed as the gateway routes it: `http`, the host
+    // in lower case and the Gateway server's port.
+    let req = match &args.gateway {
+        Some(_) => {
+            let (parts, body) = req.into_parts();
+            let mut req = http::Request::from_parts(parts, body);
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.to_string());
+            *req.uri_mut() = format!(
+                "http://{}{pq}",
+                mesh_core::gateway::route_authority(&written, port)
+            )
+            .parse()?;
+            req
+        }
+        None => req,
+    };
+    let head = mesh_core::RequestHead::from_request(&req, port);
     let chain = if https && args.gateway.is_some() {
-        let host = mesh_core::route::split_authority(head.authority)
+        let host = mesh_core::route::split_authority(&written)
             .0
             .to_ascii_lowercase();
         view.gateway()
-            .and_then(|g| g.find_sni(u32::from(head.port), Some(&host), |_| true))
+            .and_then(|g| g.find_sni(u32::from(port), Some(&host), |_| true))
             .and_then(mesh_core::gateway::Chain::of)
     } else {
         None
     };
     let via = match &args.gateway {
-        Some(_) => mesh_core::explain::Via::Gateway(chain.as_ref()),
+        Some(_) => mesh_core::explain::Via::Gateway {
+            chain: chain.as_ref(),
+            authority: &written,
+        },
         None => mesh_core::explain::Via::Mesh,
     };
     let e = mesh_core::explain::explain(&view, &head, via, &mut rand::rng());

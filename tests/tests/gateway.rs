@@ -1239,3 +1239,79 @@ async fn mutual_tls_forwards_the_verified_client_certificate() {
     assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
     assert_eq!(seen[0].headers["x-forwarded-for"], "127.0.0.1");
 }
+
+/// Rules see the headers an edge proxy forwards, not what the client claimed: a
+/// plaintext client's `x-forwarded-proto: https` (or `x-envoy-*`) is replaced before the
+/// rules are matched, as Envoy sanitizes before routing.
+#[tokio::test]
+async fn rules_match_the_sanitized_headers() {
+    let (secure, plain) = (named("secure").await, named("plain").await);
+    let cfg = service("secure", "HTTP", &[("v1", secure.port())])
+        + &service("plain", "HTTP", &[("v1", plain.port())])
+        + &gateway("gw", &http_server(80, "\"*\""))
+        + &vs(
+            "v",
+            "\"*\"",
+            "gw",
+            "  - match: [{headers: {x-forwarded-proto: {exact: https}}}]\n    route: [{destination: {host: secure, port: {number: 9080}}}]\n  - match: [{headers: {x-envoy-internal: {exact: \"true\"}}}]\n    route: [{destination: {host: secure, port: {number: 9080}}}]\n  - route: [{destination: {host: plain, port: {number: 9080}}}]\n",
+        );
+    let snap = snapshot(&cfg);
+    let config = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let gw = addrs.of(80);
+    let spoofed = raw(
+        gw,
+        "GET / HTTP/1.1\r\nhost: a.example.com\r\nx-forwarded-proto: https\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(spoofed.ends_with("plain"), "{spoofed}");
+    let spoofed = raw(
+        gw,
+        "GET / HTTP/1.1\r\nhost: a.example.com\r\nx-envoy-internal: true\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(spoofed.ends_with("plain"), "{spoofed}");
+    assert_eq!(secure.hits(), 0);
+}
+
+/// Upgrades the gateway does not proxy (and CONNECT) are refused with 403 before rules
+/// are matched, as Envoy's codec refuses them before its router runs: a rule that would
+/// redirect does not answer them.
+#[tokio::test]
+async fn refused_upgrades_are_refused_before_rules_answer() {
+    let cfg = gateway("gw", &http_server(80, "\"*\""))
+        + &vs(
+            "v",
+            "\"*\"",
+            "gw",
+            "  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new}\n",
+        );
+    let snap = snapshot(&cfg);
+    let config = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let gw = addrs.of(80);
+    let upgrade = raw(
+        gw,
+        "GET /old HTTP/1.1\r\nhost: a.example.com\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n",
+    )
+    .await;
+    assert!(upgrade.starts_with("HTTP/1.1 403"), "{upgrade}");
+    let plain = raw(
+        gw,
+        "GET /old HTTP/1.1\r\nhost: a.example.com\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(plain.starts_with("HTTP/1.1 301"), "{plain}");
+    // No virtual host at all is still a 404, whatever the upgrade.
+    let cfg = gateway("gw", &http_server(80, "only.example.com"))
+        + &vs("v", "only.example.com", "gw", "  - redirect: {uri: /new}\n");
+    let snap = snapshot(&cfg);
+    let config = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&config, &snap, &[80]);
+    let missing = raw(
+        addrs.of(80),
+        "GET / HTTP/1.1\r\nhost: other.example.com\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n",
+    )
+    .await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}

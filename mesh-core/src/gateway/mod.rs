@@ -25,7 +25,7 @@
 
 mod servers;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use mesh_config::host;
@@ -181,20 +181,17 @@ impl GatewayRoutes {
         }
     }
 
-    /// Routes a request that arrived on Gateway server port `head.port` (on the TLS
-    /// connection of filter chain `chain`, or in plaintext), from the gateway workload in
-    /// `namespace` with `labels` (see the module documentation). `head.authority` is the
-    /// authority the client sent.
-    pub fn route<'m>(
-        &'m self,
-        mesh: &'m CompiledMesh,
+    /// The virtual host that answers a request for `authority` (as the client sent it:
+    /// its port is ignored, its case too) arriving on Gateway server port `port`, over the
+    /// TLS filter chain `chain` or in plaintext: Envoy's domain rules (an exact name, else
+    /// the longest `*.suffix`, else `*`).
+    pub fn virtual_host(
+        &self,
+        port: u16,
         chain: Option<&Chain>,
-        head: &RequestHead<'_>,
-        namespace: &str,
-        labels: &Labels,
-        rng: &mut dyn Rng,
-    ) -> Result<Decision<'m>, RouteError> {
-        let (name, _) = split_authority(head.authority);
+        authority: &str,
+    ) -> Result<&VirtualHost, RouteError> {
+        let (name, _) = split_authority(authority);
         if name.is_empty() {
             return Err(RouteError::NoAuthority);
         }
@@ -205,22 +202,22 @@ impl GatewayRoutes {
         } else {
             name
         };
-        let vhost = self
-            .virtual_hosts(u32::from(head.port), chain)
+        self.virtual_hosts(u32::from(port), chain)
             .and_then(|v| v.find(name))
-            .ok_or(RouteError::NoVirtualHost)?;
-        let decision = |gateway, vs, rule, block, outcome| Decision {
-            host: vhost.domain.clone(),
-            port: head.port,
-            gateway,
-            virtual_service: vs,
-            rule,
-            block,
-            outcome,
-        };
-        if vhost.require_tls && chain.is_none() {
-            return Ok(decision(None, None, None, None, Outcome::RequireTls));
-        }
+            .ok_or(RouteError::NoVirtualHost)
+    }
+
+    /// Routes a request within `vhost`: each VirtualService's rules seeing the request as
+    /// arriving through its server's Gateway, catch-all routes after every other route of
+    /// the virtual host; the gateway workload is in `namespace` with `labels`.
+    pub fn route_in<'m>(
+        mesh: &'m CompiledMesh,
+        vhost: &'m VirtualHost,
+        head: &RequestHead<'_>,
+        namespace: &str,
+        labels: &Labels,
+        rng: &mut dyn Rng,
+    ) -> Result<Decision<'m>, RouteError> {
         for pass in [Pass::Specific, Pass::CatchAll] {
             for r in &vhost.routes {
                 let caller = Caller {
@@ -231,31 +228,72 @@ impl GatewayRoutes {
                 if let Some((ri, rule, block)) =
                     first_match(&r.virtual_service, head, &caller, pass)
                 {
-                    let outcome = mesh.outcome(rule, head.port, namespace, rng)?;
-                    return Ok(decision(
-                        Some(&r.gateway),
-                        Some(&r.virtual_service),
-                        Some((ri, rule)),
+                    return Ok(Decision {
+                        host: vhost.domain.clone(),
+                        port: head.port,
+                        gateway: Some(&r.gateway),
+                        virtual_service: Some(&r.virtual_service),
+                        rule: Some((ri, rule)),
                         block,
-                        outcome,
-                    ));
+                        outcome: mesh.outcome(rule, head.port, namespace, rng)?,
+                    });
                 }
             }
         }
         Err(RouteError::NoRouteMatched)
     }
+
+    /// Routes a request that arrived on Gateway server port `head.port` (on the TLS
+    /// connection of filter chain `chain`, or in plaintext), from the gateway workload in
+    /// `namespace` with `labels`: [`virtual_host`](Self::virtual_host), Envoy's
+    /// `require_tls` for a plaintext request to an `httpsRedirect` server's host
+    /// ([`Outcome::RequireTls`]), then [`route_in`](Self::route_in).
+    pub fn route<'m>(
+        &'m self,
+        mesh: &'m CompiledMesh,
+        chain: Option<&Chain>,
+        head: &RequestHead<'_>,
+        namespace: &str,
+        labels: &Labels,
+        rng: &mut dyn Rng,
+    ) -> Result<Decision<'m>, RouteError> {
+        let vhost = self.virtual_host(head.port, chain, head.authority)?;
+        if vhost.require_tls && chain.is_none() {
+            return Ok(Decision {
+                host: vhost.domain.clone(),
+                port: head.port,
+                gateway: None,
+                virtual_service: None,
+                rule: None,
+                block: None,
+                outcome: Outcome::RequireTls,
+            });
+        }
+        Self::route_in(mesh, vhost, head, namespace, labels, rng)
+    }
+}
+
+/// The authority a request through a gateway is routed with: the host the client sent,
+/// in lower case, with the Gateway server's port (omitted for 80), so that VirtualService
+/// `authority` and `port` matches see the Gateway's port, not a local listener's.
+pub fn route_authority(authority: &str, server_port: u16) -> String {
+    let name = split_authority(authority).0.to_ascii_lowercase();
+    if server_port == 80 {
+        name
+    } else {
+        format!("{name}:{server_port}")
+    }
 }
 
 /// The `Location` of Envoy's `require_tls` redirect: `https://`, the authority as the
 /// client sent it (port included), the path and query.
-pub fn require_tls_location(head: &RequestHead<'_>) -> String {
-    let mut out = String::with_capacity(
-        8 + head.authority.len() + head.path.len() + head.query.map_or(0, |q| q.len() + 1),
-    );
+pub fn require_tls_location(authority: &str, path: &str, query: Option<&str>) -> String {
+    let mut out =
+        String::with_capacity(8 + authority.len() + path.len() + query.map_or(0, |q| q.len() + 1));
     out.push_str("https://");
-    out.push_str(head.authority);
-    out.push_str(head.path);
-    if let Some(q) = head.query {
+    out.push_str(authority);
+    out.push_str(path);
+    if let Some(q) = query {
         out.push('?');
         out.push_str(q);
     }

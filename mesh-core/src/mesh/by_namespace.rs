@@ -7,7 +7,7 @@
 //! and one for all the others, so that a request looks its namespace up instead of
 //! ranking resources.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 /// One answer per namespace the configuration names, and one for every other namespace.
 #[derive(Debug, Default)]

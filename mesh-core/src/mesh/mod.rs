@@ -182,7 +182,10 @@ impl CompiledMesh {
             }
         }
         let table = HostTable::new(&virtual_services);
-        let visible = ByNamespace::build(&table.namespaces(), |ns| Arc::new(table.visible_to(ns)));
+        let shared = table.shared();
+        let visible = ByNamespace::build(&table.namespaces(), |ns| {
+            Arc::new(table.visible_to(ns, &shared))
+        });
         let services = Services::compile(snapshot, &settings);
         let resolver = Resolver::new(&known, !services.wildcard.is_empty());
         let default_retry = RetryPolicy::compile(None, &settings.default_http_retry_policy);

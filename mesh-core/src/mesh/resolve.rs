@@ -3,7 +3,7 @@
 //! (`ndots: 5`, search path `<ns>.svc.cluster.local svc.cluster.local cluster.local`).
 //! Known names resolve without allocating.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use mesh_config::host::SERVICE_DOMAIN;

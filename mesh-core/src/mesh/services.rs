@@ -8,7 +8,7 @@
 //! Istio's choice for the caller: its own namespace's, then the service's, then the root
 //! namespace's, the most specific host first.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use mesh_config::Snapshot;

@@ -2,11 +2,13 @@
 //!
 //! In Istio an ingress gateway is an Envoy deployment whose listeners come from the
 //! Gateways that select it and whose routes come from the VirtualServices bound to those
-//! Gateways. Here it is a set of listeners in your process in front of the gateway
-//! workload's own [`Mesh::client`](crate::Mesh::client): the gateway only decides which
-//! Gateway server answers (ports, hosts, TLS); routing, splitting, retries and the rest
-//! are the outbound stack's, with the request marked by a [`GatewaySource`] so that only
-//! VirtualServices bound to that Gateway (`gateways:`) apply.
+//! Gateways. Here it is a set of listeners in your process for a gateway workload: they
+//! accept connections, terminate TLS and sanitize headers as an edge proxy does; the
+//! routing decision — which virtual host, which VirtualService rule, which destination —
+//! is mesh-core's ([`mesh_core::gateway::GatewayRoutes`], the code `meshctl route
+//! --gateway` runs too), made on the gateway workload's view of the configuration in
+//! force; the request then goes through the workload's outbound layers (CORS, faults,
+//! headers, mirrors, timeout, retries, balancing).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -122,7 +124,7 @@ impl Shared {
     /// The filter chain and TLS configuration a client asking for `sni` on `port` gets,
     /// among the servers whose TLS settings were loaded at start.
     pub(crate) fn tls_for(&self, port: u32, sni: Option<&str>) -> Option<(Chain, ServerTls)> {
-        let view = self.mesh.view();
+        let view = self.mesh.view()?;
         let server = view
             .gateway()?
             .find_sni(port, sni, |t| self.tls.contains_key(t))?;
@@ -136,7 +138,7 @@ impl Shared {
     /// kind, and TLS servers whose settings changed after start.
     fn report_unserved(&self) {
         let view = self.mesh.view();
-        let Some(routes) = view.gateway() else {
+        let Some(routes) = view.as_deref().and_then(|v| v.gateway()) else {
             tracing::warn!(
                 workload = %self.mesh.workload().name,
                 "ingress gateway: no Gateway selects the gateway workload"
@@ -209,9 +211,12 @@ impl IngressGateway {
         workload: Workload,
         ports: &BTreeMap<u32, SocketAddr>,
     ) -> Result<IngressGateway, GatewayError> {
-        let mesh = runtime.workload(workload);
+        let mesh = runtime.register(workload, mesh_core::Role::Gateway);
         let view = mesh.view();
-        let servers = view.gateway().map_or(&[][..], GatewayRoutes::servers);
+        let servers = view
+            .as_deref()
+            .and_then(|v| v.gateway())
+            .map_or(&[][..], GatewayRoutes::servers);
         // The kind of each port: the first server's.
         let mut kinds: BTreeMap<u32, bool> = BTreeMap::new();
         for s in servers {

@@ -14,9 +14,9 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use mesh_core::gateway::Chain;
+use mesh_core::RequestHead;
+use mesh_core::gateway::{Chain, GatewayRoutes, require_tls_location, route_authority};
 use mesh_core::route::split_authority;
-use mesh_core::{Outcome, RequestHead};
 use tower::{Service, ServiceExt};
 
 use super::Shared;
@@ -52,7 +52,11 @@ impl GatewayService {
         GatewayService { shared, port, tls }
     }
 
-    /// Decides what to do with `req`: answer it here, or forward it with its route.
+    /// Decides what to do with `req`: answer it here, or forward it with its route. In
+    /// Envoy's order: the request is validated and its headers sanitized first (so that
+    /// rules never see what an edge proxy would have removed or replaced), then the
+    /// virtual host is chosen (404), `require_tls` answered (301), upgrades other than
+    /// WebSocket refused (403), and only then the rules matched.
     fn prepare<B>(&self, mut req: Request<B>) -> Prepared<B> {
         let tls = self.tls.is_some();
         // An absolute URI is `http` (or `https` over TLS), as Envoy requires.
@@ -73,8 +77,7 @@ impl GatewayService {
         let Ok(host_value) = HeaderValue::from_str(&written) else {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
         };
-        let name = split_authority(&written).0.to_ascii_lowercase();
-        if name.is_empty() {
+        if split_authority(&written).0.is_empty() {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
         }
         let pq = req
@@ -82,56 +85,18 @@ impl GatewayService {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // Rules see `http://host[:server port]/path`: the port is the server's, so that
-        // VirtualService `port` matches see the Gateway's port, not the local one.
-        let authority = if self.port == 80 {
-            name
-        } else {
-            format!("{name}:{}", self.port)
+        let Ok(server_port) = u16::try_from(self.port) else {
+            return Prepared::Answer(status(StatusCode::NOT_FOUND));
         };
         let Ok(uri) = Uri::builder()
             .scheme(Scheme::HTTP)
-            .authority(authority)
+            .authority(route_authority(&written, server_port))
             .path_and_query(pq.clone())
             .build()
         else {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
         };
         *req.uri_mut() = uri;
-        let mesh = &self.shared.mesh;
-        let generation = mesh.runtime().generation();
-        let Some(view) = generation.view(mesh.slot()) else {
-            return Prepared::Answer(status(StatusCode::NOT_FOUND));
-        };
-        let head = RequestHead::from_request(&req, 80);
-        let chain = self.tls.as_ref().map(|t| &t.chain);
-        // Envoy answers 404 with an empty body when no virtual host matches.
-        let decision = match view.route_at_gateway(chain, &head, &mut rand::rng()) {
-            Ok(d) => d,
-            Err(e) => return Prepared::Answer(failure(&e).into_response()),
-        };
-        let route = match &decision.outcome {
-            // Envoy's `require_tls` redirect: the host as received, port included.
-            Outcome::RequireTls => {
-                let mut resp = status(StatusCode::MOVED_PERMANENTLY);
-                match HeaderValue::from_str(&format!("https://{written}{pq}")) {
-                    Ok(location) => {
-                        resp.headers_mut().insert(LOCATION, location);
-                    }
-                    Err(_) => return Prepared::Answer(status(StatusCode::BAD_REQUEST)),
-                }
-                return Prepared::Answer(resp);
-            }
-            Outcome::Redirect(_) | Outcome::Direct(_) => {
-                return Prepared::Answer(answer(&decision, &head));
-            }
-            Outcome::Forward { .. } => {
-                match Route::forward(generation.clone(), mesh.slot(), &decision) {
-                    Some(route) => route,
-                    None => return Prepared::Answer(status(StatusCode::NOT_FOUND)),
-                }
-            }
-        };
         // Upgrades: Istio's gateways proxy WebSocket; Envoy's HTTP/1 codec drops `h2c`
         // and refuses upgrade types (and CONNECT) it is not configured for.
         let upgrade = if req.version() == Version::HTTP_11 {
@@ -139,9 +104,6 @@ impl GatewayService {
         } else {
             Upgrade::None
         };
-        if upgrade == Upgrade::Other || req.method() == Method::CONNECT {
-            return Prepared::Answer(status(StatusCode::FORBIDDEN));
-        }
         let websocket = upgrade == Upgrade::WebSocket;
         let peer: Option<IpAddr> = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let headers = req.headers_mut();
@@ -154,6 +116,54 @@ impl GatewayService {
         );
         // The upstream sees the authority the gateway matched on, as behind Envoy.
         headers.insert(HOST, host_value);
+
+        let mesh = &self.shared.mesh;
+        let generation = mesh.runtime().generation();
+        let Some(routes) = generation.view(mesh.slot()).and_then(|v| v.gateway()) else {
+            return Prepared::Answer(status(StatusCode::NOT_FOUND));
+        };
+        let head = RequestHead::from_request(&req, server_port);
+        let chain = self.tls.as_ref().map(|t| &t.chain);
+        // Envoy answers 404 with an empty body when no virtual host matches.
+        let vhost = match routes.virtual_host(server_port, chain, &written) {
+            Ok(v) => v,
+            Err(e) => return Prepared::Answer(failure(&e).into_response()),
+        };
+        if vhost.require_tls && !tls {
+            // Envoy's `require_tls` redirect: the host as received, port included.
+            let location = require_tls_location(&written, pq.path(), pq.query());
+            return Prepared::Answer(match HeaderValue::from_str(&location) {
+                Ok(location) => {
+                    let mut resp = status(StatusCode::MOVED_PERMANENTLY);
+                    resp.headers_mut().insert(LOCATION, location);
+                    resp
+                }
+                Err(_) => status(StatusCode::BAD_REQUEST),
+            });
+        }
+        if upgrade == Upgrade::Other || req.method() == Method::CONNECT {
+            return Prepared::Answer(status(StatusCode::FORBIDDEN));
+        }
+        let workload = mesh.workload();
+        let decision = match GatewayRoutes::route_in(
+            &generation.mesh,
+            vhost,
+            &head,
+            &workload.namespace,
+            &workload.labels,
+            &mut rand::rng(),
+        ) {
+            Ok(d) => d,
+            Err(e) => return Prepared::Answer(failure(&e).into_response()),
+        };
+        if let Some(resp) = answer(&decision, &head) {
+            return Prepared::Answer(resp);
+        }
+        let Some(route) =
+            Route::forward(generation.clone(), mesh.slot(), &decision, head.authority)
+        else {
+            return Prepared::Answer(status(StatusCode::NOT_FOUND));
+        };
         let downstream = websocket.then(|| hyper::upgrade::on(&mut req));
         Prepared::Forward(req, route, downstream)
     }
@@ -173,14 +183,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let span = crate::outbound::telemetry::span_of(&req);
-        let prepared = {
-            let _entered = span.enter();
-            self.prepare(req)
-        };
-        match prepared {
+        match self.prepare(req) {
             Prepared::Answer(resp) => Box::pin(async move { Ok(resp) }),
             Prepared::Forward(req, route, downstream) => {
+                let span = crate::outbound::telemetry::span_of(&req);
                 {
                     let _entered = span.enter();
                     crate::outbound::telemetry::record_route(&route);

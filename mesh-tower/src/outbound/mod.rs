@@ -9,7 +9,8 @@
 //! Below the route stage every layer is a `Service<`[`Routed`]`>`: the request travels
 //! with its typed [`Route`], from which each layer reads its parameters. A layer that
 //! calls its inner service right away wraps the inner future in a future of its own;
-//! only a delayed fault and the attempts after the first one box theirs. The layers are
+//! boxes are left for the rare cases: a delayed fault, the attempts after the first one,
+//! a route timeout waiting for a request body still streaming, and a per-try timer. The layers are
 //! public: a stack can be composed differently with `tower::ServiceBuilder` (see each
 //! module's example).
 
@@ -50,7 +51,7 @@ use crate::{BoxError, Mesh, ReqBody, ResBody, UnsupportedScheme};
 
 /// A transport the outbound stack can end in: the connection pools ([`Pools`]), or a
 /// stub or custom transport given to [`Mesh::client_over`].
-pub trait Upstream:
+pub trait Transport:
     Service<Outgoing, Response = Response<ResBody>, Error = BoxError, Future: Send>
     + Clone
     + Send
@@ -58,7 +59,7 @@ pub trait Upstream:
 {
 }
 
-impl<U> Upstream for U where
+impl<U> Transport for U where
     U: Service<Outgoing, Response = Response<ResBody>, Error = BoxError, Future: Send>
         + Clone
         + Send
@@ -73,7 +74,7 @@ pub type Forward<U = Pools> = Cors<Fault<Headers<Mirror<Timeout<Retry<Balance<U>
 pub type Stack<U = Pools> = Telemetry<RouteService<Forward<U>>>;
 
 /// The layers below the route stage for `mesh`'s workload, over `upstream`.
-pub(crate) fn forward<U: Upstream>(mesh: &Mesh, upstream: U) -> Forward<U> {
+pub(crate) fn forward<U: Transport>(mesh: &Mesh, upstream: U) -> Forward<U> {
     let dispatch = BalanceLayer.layer(upstream);
     let mirror = MirrorLayer::with_slots(dispatch.clone(), mesh.runtime().mirror_slots().clone());
     CorsLayer.layer(
@@ -83,7 +84,7 @@ pub(crate) fn forward<U: Upstream>(mesh: &Mesh, upstream: U) -> Forward<U> {
     )
 }
 
-impl<U: Upstream> Stack<U> {
+impl<U: Transport> Stack<U> {
     /// The stack of `mesh`'s workload over `upstream`.
     pub(crate) fn new(mesh: &Mesh, upstream: U) -> Self {
         TelemetryLayer.layer(RouteLayer::new(mesh.clone()).layer(forward(mesh, upstream)))
@@ -124,7 +125,7 @@ impl<B, U> Service<Request<B>> for MeshClient<U>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    U: Upstream,
+    U: Transport,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;

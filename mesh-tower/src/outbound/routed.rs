@@ -8,9 +8,12 @@
 //! affect the request.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use http::Request;
+use mesh_config::model::Resolution;
+use mesh_core::balance::LbPolicy;
 use mesh_core::cluster::Cluster;
 use mesh_core::fault::FaultPolicy;
 use mesh_core::matcher::MatchBlock;
@@ -45,6 +48,14 @@ struct RuleAt {
 #[derive(Debug, Clone)]
 enum Dest {
     Cluster(u32),
+    /// A cluster whose endpoint is the address the caller asked for (PASSTHROUGH
+    /// balancing, resolution NONE: Envoy's original destination), as it was routed,
+    /// before any rewrite.
+    OriginalDst {
+        cluster: u32,
+        host: Arc<str>,
+        port: u16,
+    },
     Passthrough {
         host: Arc<str>,
         port: u16,
@@ -56,19 +67,25 @@ enum Dest {
 }
 
 /// Endpoints tried by earlier attempts of a request, which the balancer avoids when the
-/// retry policy asks for it (Istio's `retryIgnorePreviousHosts`). A few, inline.
+/// retry policy asks for it (Istio's `retryIgnorePreviousHosts`). Inline: the last
+/// [`Tried::MAX`] are remembered.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Tried {
-    ids: [u32; 5],
+    ids: [u32; Tried::MAX],
     len: u8,
+    next: u8,
 }
 
 impl Tried {
+    /// How many endpoints are remembered.
+    pub(crate) const MAX: usize = 8;
+
     pub(crate) fn push(&mut self, i: u32) {
-        if let Some(slot) = self.ids.get_mut(usize::from(self.len)) {
+        if let Some(slot) = self.ids.get_mut(usize::from(self.next)) {
             *slot = i;
-            self.len += 1;
         }
+        self.next = (self.next + 1) % Self::MAX as u8;
+        self.len = (self.len + 1).min(Self::MAX as u8);
     }
 
     pub(crate) fn contains(&self, i: u32) -> bool {
@@ -86,6 +103,9 @@ pub struct Route {
     dest: Dest,
     port: u16,
     pub(crate) tried: Tried,
+    /// Where the balancer records the endpoint an attempt went to, when the retry policy
+    /// needs to know it without a response (an attempt its per-try timeout cut).
+    pub(crate) picked: Option<Arc<AtomicU32>>,
 }
 
 fn index(i: usize) -> u32 {
@@ -93,12 +113,14 @@ fn index(i: usize) -> u32 {
 }
 
 impl Route {
-    /// The route of a request forwarded as `decision` says, made for the workload in
-    /// `slot` with `generation`; `None` for decisions that answer rather than forward.
+    /// The route of a request for `authority` (as routed) forwarded as `decision` says,
+    /// made for the workload in `slot` with `generation`; `None` for decisions that
+    /// answer rather than forward.
     pub(crate) fn forward(
         generation: Arc<Generation>,
         slot: u32,
         decision: &Decision<'_>,
+        authority: &str,
     ) -> Option<Route> {
         let Outcome::Forward { target, upstream } = &decision.outcome else {
             return None;
@@ -112,13 +134,27 @@ impl Route {
             }),
             _ => None,
         };
+        let dest = match upstream {
+            Upstream::Cluster(c)
+                if c.lb == LbPolicy::Passthrough || c.service.resolution == Resolution::None =>
+            {
+                let (host, port) = mesh_core::route::split_authority(authority);
+                Dest::OriginalDst {
+                    cluster: c.id,
+                    host: host.into(),
+                    port: port.unwrap_or(decision.port),
+                }
+            }
+            other => Dest::of(other),
+        };
         Some(Route {
-            dest: Dest::of(upstream),
+            dest,
             generation,
             slot,
             rule,
             port: decision.port,
             tried: Tried::default(),
+            picked: None,
         })
     }
 
@@ -210,13 +246,17 @@ impl Route {
     /// Where the request goes.
     pub fn upstream(&self) -> Upstream<'_> {
         match &self.dest {
-            Dest::Cluster(id) => match self.mesh().clusters().get(*id as usize) {
-                Some(c) => Upstream::Cluster(c),
-                None => Upstream::Missing {
-                    host: "".into(),
-                    subset: None,
-                },
-            },
+            Dest::Cluster(id) | Dest::OriginalDst { cluster: id, .. } => {
+                match self.mesh().clusters().get(*id as usize) {
+                    Some(c) => Upstream::Cluster(c),
+                    None => Upstream::Missing {
+                        host: self
+                            .view()
+                            .map_or_else(|| Arc::from(""), |v| v.identity().clone()),
+                        subset: None,
+                    },
+                }
+            }
             Dest::Passthrough { host, port } => Upstream::Passthrough {
                 host: host.clone(),
                 port: *port,
@@ -231,7 +271,18 @@ impl Route {
     /// The cluster the request goes to, if it goes to one.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         match self.dest {
-            Dest::Cluster(id) => self.mesh().clusters().get(id as usize),
+            Dest::Cluster(id) | Dest::OriginalDst { cluster: id, .. } => {
+                self.mesh().clusters().get(id as usize)
+            }
+            _ => None,
+        }
+    }
+
+    /// For a cluster whose endpoint is the address the caller asked for (PASSTHROUGH
+    /// balancing, resolution NONE), that address as routed.
+    pub(crate) fn original_dst(&self) -> Option<(&Arc<str>, u16)> {
+        match &self.dest {
+            Dest::OriginalDst { host, port, .. } => Some((host, *port)),
             _ => None,
         }
     }

@@ -7,7 +7,6 @@ use std::time::Instant;
 use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
-use mesh_config::model::Resolution;
 use mesh_core::Upstream;
 use mesh_core::balance::{LbPolicy, Pick};
 use mesh_core::cluster::{Cluster, Codec, HashOn, host_port};
@@ -132,17 +131,11 @@ fn pick(
         }
         Upstream::Cluster(c) => c,
     };
-    // PASSTHROUGH balancing and resolution NONE: the address the caller asked for.
-    if c.lb == LbPolicy::Passthrough || c.service.resolution == Resolution::None {
-        let authority = request
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let (host, port) = mesh_core::route::split_authority(authority);
+    // PASSTHROUGH balancing and resolution NONE: the address the caller asked for (as
+    // routed, before rewrites), spoken to with the cluster's codec as Istio configures it.
+    if let Some((host, port)) = route.original_dst() {
         return Ok(Picked {
-            endpoint: route.passthrough(&host_port(host, port.unwrap_or(route.port()))),
+            endpoint: route.passthrough(&host_port(host, port)),
             index: None,
             lb: None,
             codec: c.codec,
@@ -171,6 +164,9 @@ fn pick(
     let Some(i) = picked else {
         return Err(MeshFailure::NoHealthyUpstream);
     };
+    if let Some(slot) = &route.picked {
+        slot.store(i, std::sync::atomic::Ordering::Relaxed);
+    }
     let endpoint = loads
         .get(i as usize)
         .cloned()
@@ -186,8 +182,8 @@ fn pick(
 /// Makes the URI absolute with the authority the upstream should see — the caller's,
 /// or a rewrite's (`Host`) — and the `http` scheme (https requests never reach the
 /// balancer: the client refuses them, see [`crate::error::UnsupportedScheme`]). HTTP/1.1
-/// carries it in `Host`; HTTP/2 in `:authority`, so a `Host` header is removed
-/// (RFC 9113 §8.3.1). The URI is rebuilt only when it does not already say it.
+/// carries it in `Host` (set when missing); HTTP/2 in `:authority`, so a `Host` header is
+/// removed (RFC 9113 §8.3.1). The URI is rebuilt only when it does not already say it.
 fn point_at(req: &mut Request<ReqBody>, protocol: Protocol) -> Result<(), MeshFailure> {
     let host = req.headers().get(HOST);
     let current = req.uri().authority().map(|a| a.as_str().as_bytes());
@@ -218,8 +214,20 @@ fn point_at(req: &mut Request<ReqBody>, protocol: Protocol) -> Result<(), MeshFa
             .map_err(|_| MeshFailure::NoAuthority)?;
         *req.uri_mut() = uri;
     }
-    if protocol == Protocol::Http2 {
-        req.headers_mut().remove(HOST);
+    match protocol {
+        Protocol::Http2 => {
+            req.headers_mut().remove(HOST);
+        }
+        Protocol::Http1 if !req.headers().contains_key(HOST) => {
+            if let Some(a) = req.uri().authority() {
+                let v = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(
+                    a.as_str().as_bytes(),
+                ))
+                .map_err(|_| MeshFailure::NoAuthority)?;
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+        Protocol::Http1 => {}
     }
     Ok(())
 }
@@ -242,10 +250,7 @@ fn hash_key(
             })
         }),
         // In-process, the caller is the workload itself: all its requests share a key.
-        HashOn::SourceIp => route.view().map(|v| {
-            let w = v.workload();
-            format!("{}.{}", w.name, w.namespace).into_bytes()
-        }),
+        HashOn::SourceIp => route.view().map(|v| v.source_key().to_vec()),
         HashOn::Cookie { name, path, ttl } => {
             if let Some(v) = cookie(req, name) {
                 return Some(v.into_bytes());
@@ -328,7 +333,7 @@ where
             let policy = this.route.retry_policy();
             if policy.attempts > 0
                 && policy.ignore_previous_hosts
-                && super::super::retry::outcome(&resp).is_some_and(|a| policy.should_retry(&a))
+                && super::super::retry::retries(policy, Some(&resp))
             {
                 resp.extensions_mut().insert(TriedEndpoint(i));
             }

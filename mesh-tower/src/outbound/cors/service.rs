@@ -32,9 +32,9 @@ pub struct Cors<S> {
     inner: S,
 }
 
-fn set(h: &mut HeaderMap, name: http::HeaderName, v: Option<&str>) {
-    if let Some(v) = v.and_then(|v| HeaderValue::from_str(v).ok()) {
-        h.insert(name, v);
+fn set(h: &mut HeaderMap, name: http::HeaderName, v: Option<&HeaderValue>) {
+    if let Some(v) = v {
+        h.insert(name, v.clone());
     }
 }
 
@@ -69,17 +69,9 @@ where
             if allowed {
                 let h = resp.headers_mut();
                 h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-                set(h, ACCESS_CONTROL_ALLOW_METHODS, cors.methods.as_deref());
-                set(
-                    h,
-                    ACCESS_CONTROL_ALLOW_HEADERS,
-                    cors.allow_headers.as_deref(),
-                );
-                set(
-                    h,
-                    ACCESS_CONTROL_MAX_AGE,
-                    cors.max_age.map(|s| s.to_string()).as_deref(),
-                );
+                set(h, ACCESS_CONTROL_ALLOW_METHODS, cors.methods.as_ref());
+                set(h, ACCESS_CONTROL_ALLOW_HEADERS, cors.allow_headers.as_ref());
+                set(h, ACCESS_CONTROL_MAX_AGE, cors.max_age.as_ref());
                 if cors.credentials {
                     h.insert(
                         ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -133,7 +125,7 @@ where
             set(
                 h,
                 ACCESS_CONTROL_EXPOSE_HEADERS,
-                cors.expose_headers.as_deref(),
+                cors.expose_headers.as_ref(),
             );
             if cors.credentials {
                 h.insert(

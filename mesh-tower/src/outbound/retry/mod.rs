@@ -45,4 +45,4 @@
 mod service;
 
 pub use service::{Retry, RetryFuture, RetryLayer};
-pub(crate) use service::{TriedEndpoint, outcome};
+pub(crate) use service::{TriedEndpoint, retries};

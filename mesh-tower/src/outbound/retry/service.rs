@@ -1,8 +1,10 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use mesh_core::retry::{Attempt, RetryPolicy};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -50,8 +52,12 @@ fn copy(routed: &Routed) -> Option<Routed> {
     })
 }
 
-/// How an attempt ended, for the retry policy (`None`: retrying cannot help).
-pub(crate) fn outcome(resp: &Response<ResBody>) -> Option<Attempt> {
+/// gRPC's status header.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// How an attempt ended, for `policy` (`None`: retrying cannot help). The `grpc-status`
+/// header is read only when the policy has gRPC conditions.
+pub(crate) fn outcome(resp: &Response<ResBody>, policy: &RetryPolicy) -> Option<Attempt> {
     match resp.extensions().get::<MeshFailure>() {
         // No endpoint, or no cluster at all: retrying cannot help (Envoy does not retry
         // them either).
@@ -66,11 +72,14 @@ pub(crate) fn outcome(resp: &Response<ResBody>) -> Option<Attempt> {
             Some(Attempt::Reset)
         }
         _ => {
-            let grpc = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
+            let grpc = if policy.reads_grpc_status() {
+                resp.headers()
+                    .get(&GRPC_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+            } else {
+                None
+            };
             Some(Attempt::Status(resp.status().as_u16(), grpc))
         }
     }
@@ -78,9 +87,9 @@ pub(crate) fn outcome(resp: &Response<ResBody>) -> Option<Attempt> {
 
 /// True when the policy retries an attempt that ended with `resp` (`None`: its per-try
 /// timeout expired).
-fn retries(policy: &RetryPolicy, resp: Option<&Response<ResBody>>) -> bool {
+pub(crate) fn retries(policy: &RetryPolicy, resp: Option<&Response<ResBody>>) -> bool {
     let ended = match resp {
-        Some(r) => outcome(r),
+        Some(r) => outcome(r, policy),
         None => Some(Attempt::PerTryTimeout),
     };
     ended.is_some_and(|a| policy.should_retry(&a))
@@ -109,6 +118,12 @@ where
         // again (up to the replay bound). Each attempt reads its own copy; the request
         // itself keeps the original, from which the next copy is made.
         routed.request.body_mut().make_replayable();
+        let policy = routed.route.retry_policy();
+        if policy.per_try_timeout.is_some() && policy.ignore_previous_hosts {
+            // An attempt its per-try timeout cuts answers nothing: the balancer says where
+            // it went here instead, for the next attempt to avoid it.
+            routed.route.picked = Some(Arc::new(AtomicU32::new(u32::MAX)));
+        }
         let Some(first) = copy(&routed) else {
             return RetryFuture::from(RetryFutureState::Once {
                 fut: self.inner.call(routed),
@@ -205,9 +220,11 @@ where
             || !retries(policy, resp.as_ref())
             || !routed.request.body().is_replayable()
         {
-            return Poll::Ready(Ok(
-                resp.unwrap_or_else(|| MeshFailure::Timeout.into_response())
-            ));
+            let span = tracing::Span::current();
+            if !span.is_disabled() {
+                span.record("attempts", 1);
+            }
+            return Poll::Ready(Ok(finish(resp)));
         }
         let fut = Box::pin(retry_more(inner, routed, resp));
         self.as_mut()
@@ -215,6 +232,18 @@ where
             .state
             .set(RetryFutureState::Retrying { fut });
         self.poll(cx)
+    }
+}
+
+/// The answer of the last attempt (`None`: its per-try timeout expired, Envoy's 504),
+/// without the mesh's own bookkeeping.
+fn finish(resp: Option<Response<ResBody>>) -> Response<ResBody> {
+    match resp {
+        Some(mut r) => {
+            r.extensions_mut().remove::<TriedEndpoint>();
+            r
+        }
+        None => MeshFailure::Timeout.into_response(),
     }
 }
 
@@ -235,11 +264,20 @@ where
         // Envoy resets the upstream request it retries: the attempt's copy of the body
         // fails, so its connection stops sending (and pulling) it.
         routed.request.body().abandon_copies();
-        if let Some(t) = last
+        // The endpoint the last attempt went to: its response says so, or (cut by its
+        // per-try timeout) the balancer left it in `picked`.
+        let picked = routed
+            .route
+            .picked
+            .as_ref()
+            .map(|p| p.swap(u32::MAX, Ordering::Relaxed))
+            .filter(|i| *i != u32::MAX);
+        let tagged = last
             .as_ref()
             .and_then(|r| r.extensions().get::<TriedEndpoint>())
-        {
-            routed.route.tried.push(t.0);
+            .map(|t| t.0);
+        if let Some(i) = tagged.or(picked) {
+            routed.route.tried.push(i);
         }
         let policy = routed.route.retry_policy();
         let wait = policy.backoff(retry, &mut rand::rng());
@@ -248,7 +286,7 @@ where
         // The body outgrew the replay bound during the backoff (a mirror read on): no
         // further attempt can send it.
         let Some(this) = copy(&routed) else {
-            return Ok(last.unwrap_or_else(|| MeshFailure::Timeout.into_response()));
+            return Ok(finish(last));
         };
         let attempt = inner.clone().oneshot(this);
         let result = match per_try_timeout {
@@ -265,7 +303,7 @@ where
             && retries(policy, resp.as_ref())
             && routed.request.body().is_replayable();
         if !again {
-            return Ok(resp.unwrap_or_else(|| MeshFailure::Timeout.into_response()));
+            return Ok(finish(resp));
         }
         last = resp;
         retry += 1;

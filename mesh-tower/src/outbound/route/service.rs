@@ -65,13 +65,19 @@ where
         let head = RequestHead::from_request(&request, default_port);
         let decision = view.route(&head, &mut rand::rng());
         let route = match decision {
-            Ok(d) => match Route::forward(generation.clone(), slot, &d) {
-                Some(route) => {
-                    crate::outbound::telemetry::record_route(&route);
-                    route
+            Ok(d) => {
+                if let Some(resp) = answer(&d, &head) {
+                    return ResponseFuture::ready(resp);
                 }
-                None => return ResponseFuture::ready(answer(&d, &head)),
-            },
+                match Route::forward(generation.clone(), slot, &d, head.authority) {
+                    Some(route) => {
+                        crate::outbound::telemetry::record_route(&route);
+                        route
+                    }
+                    // Workload traffic is never redirected to https.
+                    None => return ResponseFuture::ready(MeshFailure::NoRoute.into_response()),
+                }
+            }
             Err(e) => return ResponseFuture::ready(failure(&e).into_response()),
         };
         ResponseFuture::inner(self.inner.call(Routed { request, route }))
@@ -87,9 +93,9 @@ pub(crate) fn failure(e: &RouteError) -> MeshFailure {
     }
 }
 
-/// The answer to a request whose decision answers rather than forwards: a redirect, a
-/// direct response, or (at a gateway) Envoy's `require_tls` redirect.
-pub(crate) fn answer(d: &Decision<'_>, head: &RequestHead<'_>) -> Response<ResBody> {
+/// The answer to a request whose rule answers rather than forwards: a redirect or a
+/// direct response, with the rule's response header operations; `None` for the others.
+pub(crate) fn answer(d: &Decision<'_>, head: &RequestHead<'_>) -> Option<Response<ResBody>> {
     let mut resp = match &d.outcome {
         Outcome::Redirect(r) => {
             let mut resp = Response::new(ResBody::empty());
@@ -101,7 +107,7 @@ pub(crate) fn answer(d: &Decision<'_>, head: &RequestHead<'_>) -> Response<ResBo
             resp
         }
         Outcome::Direct(dr) => {
-            let mut resp = Response::new(ResBody::full(bytes::Bytes::copy_from_slice(&dr.body)));
+            let mut resp = Response::new(ResBody::full(bytes::Bytes::from_owner(dr.body.clone())));
             *resp.status_mut() = StatusCode::from_u16(dr.status).unwrap_or(StatusCode::OK);
             if !dr.body.is_empty() {
                 resp.headers_mut()
@@ -109,21 +115,10 @@ pub(crate) fn answer(d: &Decision<'_>, head: &RequestHead<'_>) -> Response<ResBo
             }
             resp
         }
-        Outcome::RequireTls => {
-            let mut resp = Response::new(ResBody::empty());
-            *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
-            match HeaderValue::from_str(&mesh_core::gateway::require_tls_location(head)) {
-                Ok(location) => {
-                    resp.headers_mut().insert(header::LOCATION, location);
-                }
-                Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
-            }
-            return resp;
-        }
-        Outcome::Forward { .. } => return MeshFailure::NoRoute.into_response(),
+        Outcome::RequireTls | Outcome::Forward { .. } => return None,
     };
     if let Some((_, rule)) = d.rule {
         rule.headers.response.apply(resp.headers_mut());
     }
-    resp
+    Some(resp)
 }
