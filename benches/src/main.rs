@@ -88,16 +88,21 @@ fn profile_main(args: &ProfileArgs) -> Result<ExitCode> {
             PathName::MeshDefaults | PathName::MeshVs => paths::mesh(args.path, &backend)?,
             PathName::NginxSidecars => bail!("profile runs in-process paths only"),
         };
-        for _ in 0..WARM_UP {
-            path.sender.send().await?;
-        }
-        let allocs = GLOBAL.stats();
-        let started = std::time::Instant::now();
-        for _ in 0..args.requests {
-            path.sender.send().await?;
-        }
-        let elapsed = started.elapsed();
-        let allocated = GLOBAL.stats() - allocs;
+        // On a worker thread, as the load benchmark's clients are.
+        let sender = path.sender.clone();
+        let requests = args.requests;
+        let (elapsed, allocated) = tokio::spawn(async move {
+            for _ in 0..WARM_UP {
+                sender.send().await?;
+            }
+            let allocs = GLOBAL.stats();
+            let started = std::time::Instant::now();
+            for _ in 0..requests {
+                sender.send().await?;
+            }
+            Ok::<_, anyhow::Error>((started.elapsed(), GLOBAL.stats() - allocs))
+        })
+        .await??;
         let n = args.requests.max(1) as f64;
         println!(
             "{}: {} requests, {:.2} µs/request, {:.1} allocations/request",

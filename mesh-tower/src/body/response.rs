@@ -33,6 +33,9 @@ pub struct ResBody {
     in_flight: Option<InFlight>,
     /// The route timeout.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The index of the endpoint (in its cluster) that answered, for the retry layer to
+    /// avoid it on the next attempt.
+    pub(crate) endpoint: Option<u32>,
 }
 
 enum Kind {
@@ -72,6 +75,7 @@ impl ResBody {
             kind,
             in_flight: None,
             deadline: None,
+            endpoint: None,
         }
     }
 

@@ -196,7 +196,7 @@ where
                     Request::from_parts(parts, ReqBody::streaming(body, DEFAULT_BUFFER_LIMIT));
                 let forward = self.shared.forward.clone();
                 let fut = crate::outbound::telemetry::TelemetryFuture::new(
-                    forward.oneshot(Routed { request, route }),
+                    forward.oneshot(Routed::new(request, route)),
                     span,
                 );
                 Box::pin(async move {

@@ -42,7 +42,7 @@ pub use headers::{Headers, HeadersLayer};
 pub use mirror::{Mirror, MirrorLayer};
 pub use retry::{Retry, RetryLayer};
 pub use route::{RouteLayer, RouteService};
-pub use routed::{Route, Routed};
+pub use routed::{Route, Routed, RoutedParts};
 pub use telemetry::{Telemetry, TelemetryLayer};
 pub use timeout::{Timeout, TimeoutLayer};
 

@@ -46,7 +46,9 @@ impl Protocol {
 /// given to [`Mesh::client_over`](crate::Mesh::client_over)) receive.
 #[derive(Debug)]
 pub struct Outgoing {
-    /// The request, its URI absolute with the logical authority.
+    /// The request, its URI absolute with the logical authority. Over HTTP/1.1 its
+    /// `Host` header is set only when a rewrite set it: otherwise the URI's authority is
+    /// the `Host` to send (the pools add it, as hyper's client does).
     pub request: Request<ReqBody>,
     /// The endpoint to send it to.
     pub endpoint: Arc<EndpointState>,

@@ -14,8 +14,7 @@ use pin_project_lite::pin_project;
 use rand::RngExt;
 use tower::{Layer, Service};
 
-use super::super::retry::TriedEndpoint;
-use super::super::{ResponseFuture, Route, Routed};
+use super::super::{ResponseFuture, Route, Routed, RoutedParts};
 use crate::state::{EndpointState, InFlight};
 use crate::transport::pool::{Outgoing, Protocol};
 use crate::{BoxError, MeshFailure, ReqBody, ResBody, ResetReason};
@@ -65,7 +64,7 @@ where
     }
 
     fn call(&mut self, routed: Routed) -> Self::Future {
-        let Routed { mut request, route } = routed;
+        let RoutedParts { mut request, route } = routed.into_parts();
         let mut set_cookie = None;
         let picked = match pick(&route, &request, &mut set_cookie) {
             Ok(p) => p,
@@ -108,7 +107,6 @@ where
             ewma,
             set_cookie,
             tried: picked.index,
-            route,
         })
     }
 }
@@ -182,8 +180,9 @@ fn pick(
 /// Makes the URI absolute with the authority the upstream should see — the caller's,
 /// or a rewrite's (`Host`) — and the `http` scheme (https requests never reach the
 /// balancer: the client refuses them, see [`crate::error::UnsupportedScheme`]). HTTP/1.1
-/// carries it in `Host` (set when missing); HTTP/2 in `:authority`, so a `Host` header is
-/// removed (RFC 9113 §8.3.1). The URI is rebuilt only when it does not already say it.
+/// carries it in `Host` (a rewrite's, or the one the connection pools add from the URI,
+/// as hyper does); HTTP/2 in `:authority`, so a `Host` header is removed (RFC 9113
+/// §8.3.1). The URI is rebuilt only when it does not already say it.
 fn point_at(req: &mut Request<ReqBody>, protocol: Protocol) -> Result<(), MeshFailure> {
     let host = req.headers().get(HOST);
     let current = req.uri().authority().map(|a| a.as_str().as_bytes());
@@ -214,20 +213,8 @@ fn point_at(req: &mut Request<ReqBody>, protocol: Protocol) -> Result<(), MeshFa
             .map_err(|_| MeshFailure::NoAuthority)?;
         *req.uri_mut() = uri;
     }
-    match protocol {
-        Protocol::Http2 => {
-            req.headers_mut().remove(HOST);
-        }
-        Protocol::Http1 if !req.headers().contains_key(HOST) => {
-            if let Some(a) = req.uri().authority() {
-                let v = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(
-                    a.as_str().as_bytes(),
-                ))
-                .map_err(|_| MeshFailure::NoAuthority)?;
-                req.headers_mut().insert(HOST, v);
-            }
-        }
-        Protocol::Http1 => {}
+    if protocol == Protocol::Http2 {
+        req.headers_mut().remove(HOST);
     }
     Ok(())
 }
@@ -298,7 +285,6 @@ pin_project! {
         ewma: Option<(Arc<EndpointState>, Instant, u64)>,
         set_cookie: Option<HeaderValue>,
         tried: Option<u32>,
-        route: Route,
     }
 }
 
@@ -327,17 +313,8 @@ where
             }
             Err(e) => MeshFailure::ConnectOrReset(reset_reason(&*e)).into_response(),
         };
-        // An attempt the retry policy may retry says where it went, so that the next
-        // attempt can avoid that endpoint.
-        if let Some(i) = this.tried.take() {
-            let policy = this.route.retry_policy();
-            if policy.attempts > 0
-                && policy.ignore_previous_hosts
-                && super::super::retry::retries(policy, Some(&resp))
-            {
-                resp.extensions_mut().insert(TriedEndpoint(i));
-            }
-        }
+        // Where the attempt went, for a retry to avoid it.
+        resp.body_mut().endpoint = this.tried.take();
         Poll::Ready(Ok(resp))
     }
 }

@@ -79,13 +79,17 @@ where
     }
 
     fn call(&mut self, mut routed: Routed) -> Self::Future {
-        let Some(rule) = routed.route.rule() else {
+        if routed.route.rule().is_none() {
+            return HeadersFuture::plain(self.inner.call(routed));
+        }
+        let parts = &mut *routed;
+        let Some(rule) = parts.route.rule() else {
             return HeadersFuture::plain(self.inner.call(routed));
         };
-        let target = routed.route.target();
-        let req = &mut routed.request;
+        let target = parts.route.target();
+        let req = &mut parts.request;
         if let Some(rw) = &rule.rewrite {
-            let uri_matcher = routed.route.block().and_then(|b| b.uri_matcher());
+            let uri_matcher = parts.route.block().and_then(|b| b.uri_matcher());
             if let Some(new) = rw.path(req.uri().path(), req.uri().query(), uri_matcher)
                 && let Ok(pq) = PathAndQuery::try_from(new.as_str())
             {
@@ -105,7 +109,7 @@ where
         }
         let response_ops = !rule.headers.response.is_empty()
             || target.is_some_and(|t| !t.headers.response.is_empty());
-        let route = response_ops.then(|| routed.route.clone());
+        let route = response_ops.then(|| parts.route.clone());
         HeadersFuture {
             fut: self.inner.call(routed),
             route,

@@ -87,11 +87,12 @@ where
     }
 
     fn call(&mut self, mut routed: Routed) -> S::Future {
-        let mirrors = routed.route.mirrors();
-        if mirrors.is_empty() {
+        if routed.route.mirrors().is_empty() {
             return self.inner.call(routed);
         }
-        let timeout = routed
+        let parts = &mut *routed;
+        let mirrors = parts.route.mirrors();
+        let timeout = parts
             .route
             .timeout()
             .unwrap_or(MIRROR_TIMEOUT_WITHOUT_ROUTE_TIMEOUT);
@@ -106,18 +107,18 @@ where
                 tracing::debug!(mirror = %m.target.host, "mirror dropped: too many copies in flight");
                 continue;
             };
-            let req = &mut routed.request;
+            let req = &mut parts.request;
             req.body_mut().make_replayable();
             let Some(body) = req.body().try_clone_follower() else {
                 break;
             };
             let t = &m.target;
-            let Ok(upstream) = routed.route.mesh().upstream(
+            let Ok(upstream) = parts.route.mesh().upstream(
                 &t.host,
                 t.subset.as_deref(),
                 t.port.unwrap_or(0),
-                routed.route.port(),
-                routed.route.namespace(),
+                parts.route.port(),
+                parts.route.namespace(),
             ) else {
                 continue;
             };
@@ -136,14 +137,8 @@ where
             *copy.version_mut() = req.version();
             *copy.headers_mut() = req.headers().clone();
             copy.headers_mut().insert(HOST, shadow);
-            let route = routed.route.to(&upstream);
-            copies.push((
-                Routed {
-                    request: copy,
-                    route,
-                },
-                permit,
-            ));
+            let route = parts.route.to(&upstream);
+            copies.push((Routed::new(copy, route), permit));
         }
         for (copy, permit) in copies {
             let dispatch = self.dispatch.clone();

@@ -45,4 +45,3 @@
 mod service;
 
 pub use service::{Retry, RetryFuture, RetryLayer};
-pub(crate) use service::{TriedEndpoint, retries};

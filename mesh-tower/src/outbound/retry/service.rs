@@ -31,11 +31,6 @@ pub struct Retry<S> {
     inner: S,
 }
 
-/// The index of the endpoint an attempt went to, which the balancer records in the
-/// response of an attempt the policy may retry, so that the next attempt avoids it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TriedEndpoint(pub(crate) u32);
-
 /// A copy of a request for one more attempt, when its body can be replayed.
 fn copy(routed: &Routed) -> Option<Routed> {
     let req = &routed.request;
@@ -46,10 +41,7 @@ fn copy(routed: &Routed) -> Option<Routed> {
     *r.version_mut() = req.version();
     *r.headers_mut() = req.headers().clone();
     *r.extensions_mut() = req.extensions().clone();
-    Some(Routed {
-        request: r,
-        route: routed.route.clone(),
-    })
+    Some(Routed::new(r, routed.route.clone()))
 }
 
 /// gRPC's status header.
@@ -57,7 +49,7 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// How an attempt ended, for `policy` (`None`: retrying cannot help). The `grpc-status`
 /// header is read only when the policy has gRPC conditions.
-pub(crate) fn outcome(resp: &Response<ResBody>, policy: &RetryPolicy) -> Option<Attempt> {
+fn outcome(resp: &Response<ResBody>, policy: &RetryPolicy) -> Option<Attempt> {
     match resp.extensions().get::<MeshFailure>() {
         // No endpoint, or no cluster at all: retrying cannot help (Envoy does not retry
         // them either).
@@ -87,7 +79,7 @@ pub(crate) fn outcome(resp: &Response<ResBody>, policy: &RetryPolicy) -> Option<
 
 /// True when the policy retries an attempt that ended with `resp` (`None`: its per-try
 /// timeout expired).
-pub(crate) fn retries(policy: &RetryPolicy, resp: Option<&Response<ResBody>>) -> bool {
+fn retries(policy: &RetryPolicy, resp: Option<&Response<ResBody>>) -> bool {
     let ended = match resp {
         Some(r) => outcome(r, policy),
         None => Some(Attempt::PerTryTimeout),
@@ -235,14 +227,10 @@ where
     }
 }
 
-/// The answer of the last attempt (`None`: its per-try timeout expired, Envoy's 504),
-/// without the mesh's own bookkeeping.
+/// The answer of the last attempt (`None`: its per-try timeout expired, Envoy's 504).
 fn finish(resp: Option<Response<ResBody>>) -> Response<ResBody> {
     match resp {
-        Some(mut r) => {
-            r.extensions_mut().remove::<TriedEndpoint>();
-            r
-        }
+        Some(r) => r,
         None => MeshFailure::Timeout.into_response(),
     }
 }
@@ -272,10 +260,7 @@ where
             .as_ref()
             .map(|p| p.swap(u32::MAX, Ordering::Relaxed))
             .filter(|i| *i != u32::MAX);
-        let tagged = last
-            .as_ref()
-            .and_then(|r| r.extensions().get::<TriedEndpoint>())
-            .map(|t| t.0);
+        let tagged = last.as_ref().and_then(|r| r.body().endpoint);
         if let Some(i) = tagged.or(picked) {
             routed.route.tried.push(i);
         }

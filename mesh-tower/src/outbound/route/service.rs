@@ -80,7 +80,7 @@ where
             }
             Err(e) => return ResponseFuture::ready(failure(&e).into_response()),
         };
-        ResponseFuture::inner(self.inner.call(Routed { request, route }))
+        ResponseFuture::inner(self.inner.call(Routed::new(request, route)))
     }
 }
 
