@@ -1,16 +1,13 @@
-//! The backend every path ends at: one HTTP/1.1 hyper server in this process, listening
-//! on the same ephemeral port on 127.0.0.1 and 127.0.0.2 (Linux routes all of 127/8 to
-//! loopback), so the mesh can treat the two addresses as two endpoints (subsets v1 and
-//! v2) of one service. It answers `GET /reviews/0` with `200` and a fixed 32-byte body,
-//! anything else with `404` (so a misrouted request shows up as an error), and counts the
-//! connections it accepts so the benchmark can report connection churn.
+//! The backend every path ends at: one HTTP/1.1 hyper server in this process on an
+//! ephemeral port of 127.0.0.1. It answers `GET /reviews/0` with `200` and a fixed 32-byte
+//! body, anything else with `404` (so a misrouted request shows up as an error), and
+//! counts the connections it accepts so the benchmark can report connection churn.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -28,7 +25,7 @@ pub(crate) const PATH: &str = "/reviews/0";
 
 /// A running backend; its accept loops stop when it is dropped.
 pub(crate) struct Backend {
-    /// The port, the same on 127.0.0.1 and 127.0.0.2.
+    /// The port on 127.0.0.1.
     pub(crate) port: u16,
     accepted: Arc<AtomicU64>,
     tasks: Vec<JoinHandle<()>>,
@@ -43,39 +40,22 @@ impl Drop for Backend {
 }
 
 impl Backend {
-    /// Binds 127.0.0.1:0, then the same port on 127.0.0.2 (trying a few ports in case
-    /// that one is taken there), and starts serving on both.
+    /// Binds 127.0.0.1:0 and starts serving.
     pub(crate) async fn start() -> Result<Self> {
-        let second = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-        let mut last_err = None;
-        for _ in 0..20 {
-            let first = TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("binding the backend on 127.0.0.1")?;
-            let port = first.local_addr()?.port();
-            match TcpListener::bind(SocketAddr::new(second, port)).await {
-                Ok(other) => {
-                    let accepted = Arc::new(AtomicU64::new(0));
-                    let tasks = vec![
-                        tokio::spawn(accept_loop(first, accepted.clone())),
-                        tokio::spawn(accept_loop(other, accepted.clone())),
-                    ];
-                    return Ok(Backend {
-                        port,
-                        accepted,
-                        tasks,
-                    });
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        match last_err {
-            Some(e) => Err(e).context("binding the backend's port on 127.0.0.2"),
-            None => bail!("could not bind the backend"),
-        }
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the backend on 127.0.0.1")?;
+        let port = listener.local_addr()?.port();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let tasks = vec![tokio::spawn(accept_loop(listener, accepted.clone()))];
+        Ok(Backend {
+            port,
+            accepted,
+            tasks,
+        })
     }
 
-    /// Connections accepted so far, on both addresses.
+    /// Connections accepted so far.
     pub(crate) fn connections(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }

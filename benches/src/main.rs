@@ -497,6 +497,6 @@ fn print_report(
         "- new conns: connections the backend accepted during the phase (0: pooled connections were reused); for nginx-sidecars only the server sidecar's connections to the backend are seen."
     );
     println!(
-        "- mesh-vs requests carry no end-user header: they miss the header rule and take the 90/10 split (v1 on 127.0.0.1, v2 on 127.0.0.2)."
+        "- mesh-vs requests carry no end-user header: they miss the header rule and take the 90/10 split (v1 and v2 are two registry endpoints at the one backend's address)."
     );
 }

@@ -5,10 +5,15 @@
 //!
 //! - `bare`: a hyper-util legacy pooled client straight to the backend.
 //! - `mesh-defaults`: `mesh.client()` with only a ServiceEntry (Istio's defaults).
-//! - `mesh-vs`: `mesh.client()` with a DestinationRule (subsets v1, v2 on two endpoints)
-//!   and a VirtualService (a header rule, then a 90/10 split with a timeout and retries).
+//! - `mesh-vs`: `mesh.client()` with a DestinationRule (subsets v1, v2) and a
+//!   VirtualService (a header rule, then a 90/10 split with a timeout and retries).
 //!   Requests carry no `end-user` header: each evaluates the header rule, misses, and
-//!   takes the weighted split.
+//!   takes the weighted split. Both subsets' endpoints are the one backend (two
+//!   registry endpoints, labelled v1 and v2, at the same address), so that every path
+//!   has the same physical topology — one backend, one set of pooled connections — and
+//!   the ratios measure the mesh, not a second backend: with two backend addresses the
+//!   runtime's two worker threads end up waking each other for the second connection
+//!   set, which costs every path through it alike (see docs/benchmarks.md).
 //! - `nginx-sidecars`: a bare client through two nginx proxies (see [`crate::nginx`]).
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -170,7 +175,7 @@ pub(crate) fn mesh(name: PathName, backend: &Backend) -> Result<Path> {
     let yaml = match name {
         PathName::MeshDefaults => service_entry(backend.port, &["127.0.0.1"]),
         PathName::MeshVs => {
-            service_entry(backend.port, &["127.0.0.1", "127.0.0.2"])
+            service_entry(backend.port, &["127.0.0.1", "127.0.0.1"])
                 + DESTINATION_RULE
                 + VIRTUAL_SERVICE
         }

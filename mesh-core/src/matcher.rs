@@ -316,9 +316,8 @@ impl<'a> RequestHead<'a> {
             },
             query: uri.query(),
             headers: req.headers(),
-            port: uri
-                .port_u16()
-                .or_else(|| authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+            port: crate::route::split_authority(authority)
+                .1
                 .unwrap_or(default_port),
         }
     }

@@ -309,6 +309,26 @@ impl Redirect {
 
 /// `host[:port]` → (host, port).
 pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    // The common case, `host:digits`, without searching the string twice.
+    let b = authority.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    if (1..=5).contains(&digits) && b.len() > digits {
+        let colon = b.len() - digits - 1;
+        if b[colon] == b':' && b.first() != Some(&b'[') && !b[..colon].contains(&b':') {
+            let port = b[colon + 1..]
+                .iter()
+                .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+            if let Ok(port) = u16::try_from(port) {
+                return (&authority[..colon], Some(port));
+            }
+        }
+    }
+    split_authority_slow(authority)
+}
+
+/// [`split_authority`] for every other shape (IPv6, no port, a port that is not a
+/// `u16`).
+fn split_authority_slow(authority: &str) -> (&str, Option<u16>) {
     if authority.starts_with('[') {
         // [v6]:port
         if let Some(end) = authority.find(']') {
@@ -916,6 +936,61 @@ mod tests {
         }
         assert_eq!(split_authority("[::1]:80"), ("[::1]", Some(80)));
         assert_eq!(split_authority("reviews"), ("reviews", None));
+    }
+
+    /// The reference: what `split_authority` computed before its fast path.
+    fn split_reference(authority: &str) -> (&str, Option<u16>) {
+        if authority.starts_with('[')
+            && let Some(end) = authority.find(']')
+        {
+            let port = authority[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
+            return (&authority[..=end], port);
+        }
+        match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => match p.parse() {
+                Ok(p) => (h, Some(p)),
+                Err(_) => (authority, None),
+            },
+            _ => (authority, None),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5a17),
+            failure_persistence: None,
+            cases: 2000,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// The fast path agrees with the reference on any authority-like string.
+        #[test]
+        fn split_authority_agrees_with_the_reference(a in "[a-z0-9:\\[\\]+.]{0,12}") {
+            proptest::prop_assert_eq!(split_authority(&a), split_reference(&a));
+        }
+    }
+
+    #[test]
+    fn split_authority_cases() {
+        for a in [
+            "reviews:9080",
+            "reviews",
+            "a.b:0",
+            "a:65535",
+            "a:65536",
+            "a:",
+            ":80",
+            "::1",
+            "[::1]:80",
+            "[::1]",
+            "a:+80",
+            "a:0080",
+            "1.2.3.4:9",
+        ] {
+            assert_eq!(split_authority(a), split_reference(a), "{a}");
+        }
     }
 
     #[test]

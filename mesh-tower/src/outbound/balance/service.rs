@@ -69,11 +69,15 @@ where
         let picked = match pick(&route, &request, &mut set_cookie) {
             Ok(p) => p,
             Err(failure) => {
-                tracing::Span::current().record("endpoint", "none");
+                if let Some(span) = super::super::telemetry::current() {
+                    span.record("endpoint", "none");
+                }
                 return ResponseFuture::ready(failure.into_response());
             }
         };
-        tracing::Span::current().record("endpoint", &**picked.endpoint.id());
+        if let Some(span) = super::super::telemetry::current() {
+            span.record("endpoint", &**picked.endpoint.id());
+        }
         let protocol = match picked.codec {
             Codec::Http1 => Protocol::Http1,
             Codec::Http2 => Protocol::Http2,

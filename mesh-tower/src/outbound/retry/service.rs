@@ -212,8 +212,7 @@ where
             || !retries(policy, resp.as_ref())
             || !routed.request.body().is_replayable()
         {
-            let span = tracing::Span::current();
-            if !span.is_disabled() {
+            if let Some(span) = super::super::telemetry::current() {
                 span.record("attempts", 1);
             }
             return Poll::Ready(Ok(finish(resp)));

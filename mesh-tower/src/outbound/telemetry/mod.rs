@@ -19,4 +19,4 @@
 mod service;
 
 pub use service::{Telemetry, TelemetryFuture, TelemetryLayer};
-pub(crate) use service::{record_route, span_of};
+pub(crate) use service::{current, record_route, span_of};
