@@ -9,7 +9,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use mesh_config::ConfigSet;
 use mesh_config::model::Labels;
-use mesh_core::balance::{Balancer, EndpointLoad, LbPolicy, Pick};
+use mesh_core::balance::{Balancer, EndpointLoad, LbAlgorithm, Pick};
 use mesh_core::{Caller, CompiledMesh, RequestHead};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -84,24 +84,24 @@ fn route_decision(c: &mut Criterion) {
 
 fn balancer_pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("balancer_pick");
-    let policies = [
-        ("round_robin", LbPolicy::RoundRobin),
-        ("random", LbPolicy::Random),
-        ("least_request", LbPolicy::LeastRequest),
-        ("peak_ewma", LbPolicy::peak_ewma()),
-        ("ring_hash", LbPolicy::ring_hash(None)),
-        ("maglev", LbPolicy::Maglev { table_size: 65537 }),
+    let algorithms = [
+        ("round_robin", LbAlgorithm::RoundRobin),
+        ("random", LbAlgorithm::Random),
+        ("least_request", LbAlgorithm::LeastRequest),
+        ("peak_ewma", LbAlgorithm::peak_ewma()),
+        ("ring_hash", LbAlgorithm::ring_hash(None)),
+        ("maglev", LbAlgorithm::Maglev { table_size: 65537 }),
     ];
     for n in [3usize, 100, 1000] {
         let ids: Vec<String> = (0..n)
             .map(|i| format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256))
             .collect();
         let weights = vec![1u32; n];
-        for (name, policy) in &policies {
-            let lb = Balancer::new(policy, &ids, &weights);
+        for (name, algorithm) in &algorithms {
+            let lb = Balancer::new(algorithm, &ids, &weights);
             let load: Vec<EndpointLoad> = (0..n).map(|_| EndpointLoad::new()).collect();
             let mut rng = SmallRng::seed_from_u64(2);
-            let hashed = policy.is_hash();
+            let hashed = algorithm.is_hash();
             g.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
                 b.iter(|| {
                     let mut p = if hashed {

@@ -1,5 +1,5 @@
 //! The cost of the mesh on the wire: the same GET to the same local server through
-//! `mesh.client()` (route, retry policy, balancer, pooled connection) and through a bare
+//! `mesh.client()` (route, retries, balancer, pooled connection) and through a bare
 //! hyper-util pooled client. The difference is the stack's overhead per request.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]

@@ -14,11 +14,11 @@
 //! Randomness and time are passed in.
 //!
 //! ```
-//! use mesh_core::balance::{Balancer, Idle, LbPolicy, Pick};
+//! use mesh_core::balance::{Balancer, Idle, LbAlgorithm, Pick};
 //! use rand::SeedableRng;
 //!
 //! let ids = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
-//! let lb = Balancer::new(&LbPolicy::RoundRobin, &ids, &[1, 1, 1]);
+//! let lb = Balancer::new(&LbAlgorithm::RoundRobin, &ids, &[1, 1, 1]);
 
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 //! let picks: Vec<_> = (0..6).map(|_| lb.pick(&Idle, &mut Pick::new(&mut rng)).unwrap()).collect();
@@ -40,7 +40,7 @@ const MAX_SCHEDULE: u64 = 1 << 16;
 
 /// The load balancing algorithm of a destination.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LbPolicy {
+pub enum LbAlgorithm {
     /// Smooth weighted round robin.
     RoundRobin,
     /// Weighted random.
@@ -68,10 +68,10 @@ pub enum LbPolicy {
     Passthrough,
 }
 
-impl LbPolicy {
+impl LbAlgorithm {
     /// Linkerd's defaults: 10 s decay, 30 ms default latency.
     pub fn peak_ewma() -> Self {
-        LbPolicy::PeakEwma {
+        LbAlgorithm::PeakEwma {
             decay_ns: 10_000_000_000,
             default_rtt_ns: 30_000_000,
         }
@@ -80,7 +80,7 @@ impl LbPolicy {
     /// Ring hash with `minimum_ring_size` entries at least (Envoy's default 1024 when
     /// unset or 0; at most Envoy's maximum ring size, 8M).
     pub fn ring_hash(minimum_ring_size: Option<u64>) -> Self {
-        LbPolicy::RingHash {
+        LbAlgorithm::RingHash {
             minimum_ring_size: minimum_ring_size
                 .filter(|n| *n > 0)
                 .unwrap_or(DEFAULT_MIN_RING)
@@ -88,9 +88,12 @@ impl LbPolicy {
         }
     }
 
-    /// True for the consistent hashing policies.
+    /// True for the consistent hashing algorithms.
     pub fn is_hash(&self) -> bool {
-        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+        matches!(
+            self,
+            LbAlgorithm::RingHash { .. } | LbAlgorithm::Maglev { .. }
+        )
     }
 }
 
@@ -301,28 +304,28 @@ pub enum Balancer {
 impl Balancer {
     /// Builds the balancer for endpoints identified by `ids` (`address:port`, used by
     /// consistent hashing) with `weights`.
-    pub fn new<S: AsRef<str>>(policy: &LbPolicy, ids: &[S], weights: &[u32]) -> Self {
+    pub fn new<S: AsRef<str>>(algorithm: &LbAlgorithm, ids: &[S], weights: &[u32]) -> Self {
         let weights: Vec<u32> = (0..ids.len())
             .map(|i| weights.get(i).copied().unwrap_or(1))
             .collect();
         let Some(index) = WeightedIndex::new(&weights) else {
             return Balancer::Empty;
         };
-        match policy {
-            LbPolicy::RoundRobin | LbPolicy::Passthrough => Balancer::RoundRobin {
+        match algorithm {
+            LbAlgorithm::RoundRobin | LbAlgorithm::Passthrough => Balancer::RoundRobin {
                 schedule: smooth_schedule(&weights),
                 next: AtomicUsize::new(0),
             },
-            LbPolicy::Random => Balancer::Random(index),
-            LbPolicy::LeastRequest => Balancer::LeastRequest(index),
-            LbPolicy::PeakEwma { default_rtt_ns, .. } => Balancer::PeakEwma {
+            LbAlgorithm::Random => Balancer::Random(index),
+            LbAlgorithm::LeastRequest => Balancer::LeastRequest(index),
+            LbAlgorithm::PeakEwma { default_rtt_ns, .. } => Balancer::PeakEwma {
                 index,
                 default_rtt_ns: *default_rtt_ns,
             },
-            LbPolicy::RingHash { minimum_ring_size } => {
+            LbAlgorithm::RingHash { minimum_ring_size } => {
                 Balancer::Ring(build_ring(ids, &weights, *minimum_ring_size))
             }
-            LbPolicy::Maglev { table_size } => {
+            LbAlgorithm::Maglev { table_size } => {
                 Balancer::Maglev(build_maglev(ids, &weights, *table_size))
             }
         }
@@ -583,11 +586,11 @@ mod tests {
 
     #[test]
     fn round_robin_is_exact() {
-        let lb = Balancer::new(&LbPolicy::RoundRobin, &ids(3), &[1, 1, 1]);
+        let lb = Balancer::new(&LbAlgorithm::RoundRobin, &ids(3), &[1, 1, 1]);
         let load = loads(3);
         assert_eq!(counts(&lb, &load, 3, 3000, 1), [1000, 1000, 1000]);
         // weighted: exactly 5:1:1 per 7 picks, interleaved (smooth)
-        let lb = Balancer::new(&LbPolicy::RoundRobin, &ids(3), &[5, 1, 1]);
+        let lb = Balancer::new(&LbAlgorithm::RoundRobin, &ids(3), &[5, 1, 1]);
         let Balancer::RoundRobin { schedule, .. } = &lb else {
             panic!()
         };
@@ -598,7 +601,7 @@ mod tests {
     #[test]
     fn random_is_uniform_within_3_percent() {
         let n = 4;
-        let lb = Balancer::new(&LbPolicy::Random, &ids(n), &[1; 4]);
+        let lb = Balancer::new(&LbAlgorithm::Random, &ids(n), &[1; 4]);
         let load = loads(n);
         let picks = 20_000;
         for c in counts(&lb, &load, n, picks, 42) {
@@ -625,7 +628,7 @@ mod tests {
 
     #[test]
     fn least_request_favours_the_less_loaded() {
-        let lb = Balancer::new(&LbPolicy::LeastRequest, &ids(2), &[1, 1]);
+        let lb = Balancer::new(&LbAlgorithm::LeastRequest, &ids(2), &[1, 1]);
         let load = loads(2);
         for _ in 0..10 {
             load[0].begin();
@@ -644,8 +647,8 @@ mod tests {
 
     #[test]
     fn peak_ewma_avoids_the_slow_endpoint() {
-        let policy = LbPolicy::peak_ewma();
-        let lb = Balancer::new(&policy, &ids(2), &[1, 1]);
+        let algorithm = LbAlgorithm::peak_ewma();
+        let lb = Balancer::new(&algorithm, &ids(2), &[1, 1]);
         let load = loads(2);
         let decay = 10_000_000_000;
         load[0].observe(200_000_000, 1, decay); // 200 ms
@@ -676,23 +679,23 @@ mod tests {
             .collect()
     }
 
-    fn moved_share(policy: &LbPolicy, n: usize) -> (f64, f64) {
+    fn moved_share(algorithm: &LbAlgorithm, n: usize) -> (f64, f64) {
         let keys = 20_000;
         let before_ids = ids(n);
         let before = owners(
-            &Balancer::new(policy, &before_ids, &vec![1; n]),
+            &Balancer::new(algorithm, &before_ids, &vec![1; n]),
             &before_ids,
             keys,
         );
         let added_ids = ids(n + 1);
         let added = owners(
-            &Balancer::new(policy, &added_ids, &vec![1; n + 1]),
+            &Balancer::new(algorithm, &added_ids, &vec![1; n + 1]),
             &added_ids,
             keys,
         );
         let removed_ids: Vec<String> = before_ids[1..].to_vec();
         let removed = owners(
-            &Balancer::new(policy, &removed_ids, &vec![1; n - 1]),
+            &Balancer::new(algorithm, &removed_ids, &vec![1; n - 1]),
             &removed_ids,
             keys,
         );
@@ -705,7 +708,7 @@ mod tests {
     #[test]
     fn ring_hash_moves_about_one_nth_of_keys() {
         for n in [5, 10] {
-            let (added, removed) = moved_share(&LbPolicy::ring_hash(None), n);
+            let (added, removed) = moved_share(&LbAlgorithm::ring_hash(None), n);
             let ideal_add = 1.0 / (n + 1) as f64;
             let ideal_rm = 1.0 / n as f64;
             // Tolerance: the ring's variance at 1024 entries; well under "rehash everything".
@@ -723,7 +726,7 @@ mod tests {
     #[test]
     fn maglev_moves_about_one_nth_of_keys() {
         for n in [5, 10] {
-            let (added, removed) = moved_share(&LbPolicy::Maglev { table_size: 65537 }, n);
+            let (added, removed) = moved_share(&LbAlgorithm::Maglev { table_size: 65537 }, n);
             let ideal_add = 1.0 / (n + 1) as f64;
             let ideal_rm = 1.0 / n as f64;
             assert!(
@@ -739,17 +742,17 @@ mod tests {
 
     #[test]
     fn consistent_hashes_are_stable_and_balanced() {
-        for policy in [
-            LbPolicy::ring_hash(Some(1024)),
-            LbPolicy::Maglev { table_size: 65537 },
+        for algorithm in [
+            LbAlgorithm::ring_hash(Some(1024)),
+            LbAlgorithm::Maglev { table_size: 65537 },
         ] {
             let n = 4;
-            let a = owners(&Balancer::new(&policy, &ids(n), &[1; 4]), &ids(n), 8000);
-            let b = owners(&Balancer::new(&policy, &ids(n), &[1; 4]), &ids(n), 8000);
+            let a = owners(&Balancer::new(&algorithm, &ids(n), &[1; 4]), &ids(n), 8000);
+            let b = owners(&Balancer::new(&algorithm, &ids(n), &[1; 4]), &ids(n), 8000);
             assert_eq!(a, b, "same key, same endpoint, every time");
             for id in ids(n) {
                 let share = a.iter().filter(|x| **x == id).count() as f64 / 8000.0;
-                assert!((share - 0.25).abs() < 0.08, "{policy:?} {id} {share}");
+                assert!((share - 0.25).abs() < 0.08, "{algorithm:?} {id} {share}");
             }
         }
         // A known key lands on a known endpoint in every process (fixed-seed xxHash64).
@@ -759,13 +762,13 @@ mod tests {
     #[test]
     fn weights_shape_consistent_hashing() {
         let idv = ids(2);
-        for policy in [
-            LbPolicy::ring_hash(None),
-            LbPolicy::Maglev { table_size: 65537 },
+        for algorithm in [
+            LbAlgorithm::ring_hash(None),
+            LbAlgorithm::Maglev { table_size: 65537 },
         ] {
-            let o = owners(&Balancer::new(&policy, &idv, &[3, 1]), &idv, 8000);
+            let o = owners(&Balancer::new(&algorithm, &idv, &[3, 1]), &idv, 8000);
             let share = o.iter().filter(|x| **x == idv[0]).count() as f64 / 8000.0;
-            assert!((share - 0.75).abs() < 0.08, "{policy:?} {share}");
+            assert!((share - 0.75).abs() < 0.08, "{algorithm:?} {share}");
         }
     }
 
@@ -774,14 +777,14 @@ mod tests {
     #[test]
     fn huge_minimum_ring_sizes_are_clamped() {
         assert_eq!(
-            LbPolicy::ring_hash(Some(u64::MAX)),
-            LbPolicy::RingHash {
+            LbAlgorithm::ring_hash(Some(u64::MAX)),
+            LbAlgorithm::RingHash {
                 minimum_ring_size: MAX_RING
             }
         );
         assert_eq!(
-            LbPolicy::ring_hash(Some(0)),
-            LbPolicy::RingHash {
+            LbAlgorithm::ring_hash(Some(0)),
+            LbAlgorithm::RingHash {
                 minimum_ring_size: DEFAULT_MIN_RING
             }
         );
@@ -811,15 +814,15 @@ mod tests {
     fn empty_sets_pick_nothing() {
         let load = loads(0);
         let mut rng = StdRng::seed_from_u64(0);
-        for policy in [
-            LbPolicy::RoundRobin,
-            LbPolicy::Random,
-            LbPolicy::LeastRequest,
-            LbPolicy::ring_hash(None),
+        for algorithm in [
+            LbAlgorithm::RoundRobin,
+            LbAlgorithm::Random,
+            LbAlgorithm::LeastRequest,
+            LbAlgorithm::ring_hash(None),
         ] {
-            let lb = Balancer::new(&policy, &Vec::<String>::new(), &[]);
+            let lb = Balancer::new(&algorithm, &Vec::<String>::new(), &[]);
             assert!(lb.pick(load.as_slice(), &mut Pick::new(&mut rng)).is_none());
-            let zero = Balancer::new(&policy, &ids(2), &[0, 0]);
+            let zero = Balancer::new(&algorithm, &ids(2), &[0, 0]);
             assert!(
                 zero.pick(load.as_slice(), &mut Pick::new(&mut rng))
                     .is_none()

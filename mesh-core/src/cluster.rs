@@ -1,7 +1,7 @@
-//! Clusters: a destination (host, subset, port) resolved to endpoints and a traffic policy.
+//! Clusters: a destination (host, subset, port) resolved to endpoints and traffic settings.
 //!
 //! A cluster is what Envoy calls the set of upstream endpoints a route sends to. The
-//! DestinationRule's traffic policy is merged the way Istio merges it: a subset's
+//! DestinationRule's `trafficPolicy` is merged the way Istio merges it: a subset's
 //! components (loadBalancer, connectionPool, outlierDetection, tls) override the host's;
 //! `portLevelSettings` for the cluster's port replace all four components, without
 //! inheriting (fields they leave out take the defaults), first at the host level, then at
@@ -18,7 +18,7 @@ use mesh_config::model::{
 };
 use mesh_config::registry::{Service, ServicePort};
 
-use crate::balance::{Balancer, DEFAULT_MAGLEV_TABLE, LbPolicy, Loads, Pick};
+use crate::balance::{Balancer, DEFAULT_MAGLEV_TABLE, LbAlgorithm, Loads, Pick};
 
 /// Annotation on a DestinationRule that selects a load balancer Istio's API does not
 /// have: `mesh.rs/load-balancer: PEAK_EWMA` (Linkerd's peak-EWMA power of two choices).
@@ -33,7 +33,8 @@ pub struct ClusterKey {
     pub subset: Option<Arc<str>>,
     /// Service port.
     pub port: u16,
-    /// The DestinationRule (`namespace/name`) whose policy and subset shaped the cluster.
+    /// The DestinationRule (`namespace/name`) whose `trafficPolicy` and subset shaped the
+    /// cluster.
     pub rule: Option<Arc<str>>,
 }
 
@@ -90,9 +91,10 @@ pub enum HashOn {
     QueryParam(String),
 }
 
-/// The merged traffic policy of a cluster.
+/// The traffic settings of a cluster: its DestinationRule's `trafficPolicy`, merged (see
+/// the module documentation).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ClusterPolicy {
+pub struct TrafficSettings {
     /// Load balancer settings (None: Istio's default, LEAST_REQUEST).
     pub load_balancer: Option<LoadBalancerSettings>,
     /// Connection pool.
@@ -103,10 +105,10 @@ pub struct ClusterPolicy {
     pub tls: Option<ClientTlsSettings>,
 }
 
-impl ClusterPolicy {
+impl TrafficSettings {
     /// Merges Istio's way (see the module documentation).
     pub fn merge(dr: Option<&DestinationRule>, subset: Option<&Subset>, port: u16) -> Self {
-        let mut p = ClusterPolicy::default();
+        let mut p = TrafficSettings::default();
         if let Some(top) = dr.and_then(|d| d.traffic_policy.as_ref()) {
             p.apply(top, port);
         }
@@ -142,13 +144,13 @@ impl ClusterPolicy {
     }
 
     /// The balancing algorithm, and what consistent hashing hashes on.
-    pub fn lb(&self, peak_ewma: bool) -> (LbPolicy, Option<HashOn>) {
+    pub fn lb(&self, peak_ewma: bool) -> (LbAlgorithm, Option<HashOn>) {
         let Some(lb) = &self.load_balancer else {
             return (
                 if peak_ewma {
-                    LbPolicy::peak_ewma()
+                    LbAlgorithm::peak_ewma()
                 } else {
-                    LbPolicy::LeastRequest
+                    LbAlgorithm::LeastRequest
                 },
                 None,
             );
@@ -169,31 +171,31 @@ impl ClusterPolicy {
             } else {
                 ch.http_query_parameter_name.clone().map(HashOn::QueryParam)
             };
-            let policy = match (&ch.maglev, &ch.ring_hash) {
-                (Some(m), _) => LbPolicy::Maglev {
+            let algorithm = match (&ch.maglev, &ch.ring_hash) {
+                (Some(m), _) => LbAlgorithm::Maglev {
                     table_size: m
                         .table_size
                         .filter(|t| *t > 1)
                         .unwrap_or(DEFAULT_MAGLEV_TABLE),
                 },
-                (None, Some(r)) => LbPolicy::ring_hash(r.minimum_ring_size),
-                (None, None) => LbPolicy::ring_hash(ch.minimum_ring_size),
+                (None, Some(r)) => LbAlgorithm::ring_hash(r.minimum_ring_size),
+                (None, None) => LbAlgorithm::ring_hash(ch.minimum_ring_size),
             };
-            return (policy, hash);
+            return (algorithm, hash);
         }
-        let policy = match lb.simple.unwrap_or_default() {
-            SimpleLb::RoundRobin => LbPolicy::RoundRobin,
-            SimpleLb::Random => LbPolicy::Random,
-            SimpleLb::Passthrough => LbPolicy::Passthrough,
+        let algorithm = match lb.simple.unwrap_or_default() {
+            SimpleLb::RoundRobin => LbAlgorithm::RoundRobin,
+            SimpleLb::Random => LbAlgorithm::Random,
+            SimpleLb::Passthrough => LbAlgorithm::Passthrough,
             SimpleLb::Unspecified | SimpleLb::LeastConn | SimpleLb::LeastRequest => {
                 if peak_ewma {
-                    LbPolicy::peak_ewma()
+                    LbAlgorithm::peak_ewma()
                 } else {
-                    LbPolicy::LeastRequest
+                    LbAlgorithm::LeastRequest
                 }
             }
         };
-        (policy, None)
+        (algorithm, None)
     }
 
     /// The connect timeout (Istio's default: 10 s).
@@ -228,11 +230,11 @@ pub enum Codec {
 
 impl Codec {
     /// As Istio configures Envoy's cluster: HTTP/2 for `HTTP2`/`GRPC`/`GRPC-WEB` ports and
-    /// for `HTTP` ports whose policy says `h2UpgradePolicy: UPGRADE`; HTTP/1.1 for other
-    /// `HTTP` ports; the caller's version when the policy says `useClientProtocol`, and
+    /// for `HTTP` ports whose traffic settings say `h2UpgradePolicy: UPGRADE`; HTTP/1.1 for
+    /// other `HTTP` ports; the caller's version when they say `useClientProtocol`, and
     /// for ports of other protocols.
-    pub fn of(port_protocol: &str, policy: &ClusterPolicy) -> Codec {
-        let http = policy
+    pub fn of(port_protocol: &str, traffic: &TrafficSettings) -> Codec {
+        let http = traffic
             .connection_pool
             .as_ref()
             .and_then(|p| p.http.as_ref());
@@ -254,7 +256,7 @@ impl Codec {
     }
 }
 
-/// A cluster: endpoints, balancer and policy.
+/// A cluster: endpoints, balancer and traffic settings.
 #[derive(Debug)]
 pub struct Cluster {
     /// Its index among the clusters of its compiled mesh
@@ -265,16 +267,16 @@ pub struct Cluster {
     pub key: ClusterKey,
     /// The service.
     pub service: Arc<Service>,
-    /// The DestinationRule whose policy and subset shaped it.
+    /// The DestinationRule whose `trafficPolicy` and subset shaped it.
     pub rule: Option<Arc<mesh_config::model::Resource<DestinationRule>>>,
     /// The service port.
     pub port: ServicePort,
     /// Endpoints.
     pub endpoints: Arc<[Endpoint]>,
-    /// Merged policy.
-    pub policy: ClusterPolicy,
+    /// Merged traffic settings.
+    pub traffic: TrafficSettings,
     /// The algorithm.
-    pub lb: LbPolicy,
+    pub lb: LbAlgorithm,
     /// Consistent hashing key.
     pub hash_on: Option<HashOn>,
     /// Balancer over `endpoints`.
@@ -294,13 +296,13 @@ impl Cluster {
         dr: Option<RuleUse<'_>>,
         trust_domain: &str,
     ) -> Self {
-        let policy = ClusterPolicy::merge(
+        let traffic = TrafficSettings::merge(
             dr.as_ref().map(|(d, _, _)| &d.spec),
             subset,
             port.number as u16,
         );
         let peak_ewma = dr.as_ref().is_some_and(|(_, p, _)| *p);
-        let (lb, hash_on) = policy.lb(peak_ewma);
+        let (lb, hash_on) = traffic.lb(peak_ewma);
         let endpoints: Arc<[Endpoint]> = service
             .endpoints
             .iter()
@@ -321,7 +323,7 @@ impl Cluster {
         let weights: Vec<u32> = endpoints.iter().map(|u| u.weight).collect();
         Cluster {
             id,
-            codec: Codec::of(&port.protocol, &policy),
+            codec: Codec::of(&port.protocol, &traffic),
             key: ClusterKey {
                 host: service.host.as_str().into(),
                 subset: subset.map(|s| s.name.as_str().into()),
@@ -333,7 +335,7 @@ impl Cluster {
             port: port.clone(),
             balancer: Balancer::new(&lb, &ids, &weights),
             endpoints,
-            policy,
+            traffic,
             lb,
             hash_on,
         }
@@ -435,7 +437,7 @@ mod tests {
             (Some(&v3), 9080, Some(SimpleLb::Random), Some(IstioMutual)),
         ];
         for (subset, port, want_lb, want_tls) in table {
-            let p = ClusterPolicy::merge(Some(&dr), subset, port);
+            let p = TrafficSettings::merge(Some(&dr), subset, port);
             assert_eq!(
                 p.load_balancer.and_then(|l| l.simple),
                 want_lb,
@@ -455,7 +457,7 @@ mod tests {
     #[test]
     fn cookie_ttl_zero_is_a_session_cookie() {
         use mesh_config::model::{ConsistentHashLb, HttpCookie};
-        let policy = |ttl: Option<Duration>| ClusterPolicy {
+        let traffic = |ttl: Option<Duration>| TrafficSettings {
             load_balancer: Some(LoadBalancerSettings {
                 consistent_hash: Some(ConsistentHashLb {
                     http_cookie: Some(HttpCookie {
@@ -467,7 +469,7 @@ mod tests {
                 }),
                 ..LoadBalancerSettings::default()
             }),
-            ..ClusterPolicy::default()
+            ..TrafficSettings::default()
         };
         // (ttl written, ttl compiled)
         let table = [
@@ -476,7 +478,7 @@ mod tests {
             (Some(Duration::from_secs(60)), Some(Duration::from_secs(60))),
         ];
         for (ttl, want) in table {
-            match policy(ttl).lb(false).1 {
+            match traffic(ttl).lb(false).1 {
                 Some(HashOn::Cookie { ttl: got, .. }) => assert_eq!(got, want, "{ttl:?}"),
                 other => panic!("{other:?}"),
             }
@@ -485,14 +487,14 @@ mod tests {
 
     #[test]
     fn lb_defaults_and_options() {
-        let none = ClusterPolicy::default();
-        assert_eq!(none.lb(false).0, LbPolicy::LeastRequest);
-        assert_eq!(none.lb(true).0, LbPolicy::peak_ewma());
-        let rr = ClusterPolicy {
+        let none = TrafficSettings::default();
+        assert_eq!(none.lb(false).0, LbAlgorithm::LeastRequest);
+        assert_eq!(none.lb(true).0, LbAlgorithm::peak_ewma());
+        let rr = TrafficSettings {
             load_balancer: lb(SimpleLb::RoundRobin),
-            ..ClusterPolicy::default()
+            ..TrafficSettings::default()
         };
-        assert_eq!(rr.lb(true).0, LbPolicy::RoundRobin);
+        assert_eq!(rr.lb(true).0, LbAlgorithm::RoundRobin);
         assert_eq!(none.connect_timeout(), Duration::from_secs(10));
         let key = ClusterKey {
             host: "reviews.default.svc.cluster.local".into(),

@@ -32,7 +32,7 @@ pub struct ExplainedDestination {
     pub weight: u32,
 }
 
-/// Retry policy in effect.
+/// Retries in effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExplainedRetries {
     /// Retries after the first attempt.
@@ -110,7 +110,7 @@ pub fn explain(
 ) -> Explanation {
     let mesh = view.mesh();
     let from = &view.workload().namespace;
-    let retry = |p: &crate::retry::RetryPolicy| ExplainedRetries {
+    let retry = |p: &crate::retry::Retries| ExplainedRetries {
         attempts: p.attempts,
         per_try_timeout_ms: p.per_try_timeout.map(|d| d.as_millis() as u64),
         retry_on: p

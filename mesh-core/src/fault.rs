@@ -62,7 +62,7 @@ pub enum AbortWith {
 
 /// A compiled fault.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FaultPolicy {
+pub struct FaultInjection {
     /// Delay and its share.
     pub delay: Option<(Duration, Fraction)>,
     /// Abort and its share.
@@ -78,7 +78,7 @@ pub struct FaultDecision {
     pub abort: Option<AbortWith>,
 }
 
-impl FaultPolicy {
+impl FaultInjection {
     /// Compiles a route's `fault`.
     pub fn compile(f: &HttpFaultInjection) -> Self {
         let delay = f.delay.as_ref().and_then(|d: &FaultDelay| {
@@ -93,7 +93,7 @@ impl FaultPolicy {
             };
             Some((with, fault_share(a.percentage, a.percent)))
         });
-        FaultPolicy { delay, abort }
+        FaultInjection { delay, abort }
     }
 
     /// Draws the fault for one request (delay and abort independently, as Envoy does).
@@ -134,7 +134,7 @@ mod tests {
                 ..FaultAbort::default()
             }),
         };
-        let p = FaultPolicy::compile(&f);
+        let p = FaultInjection::compile(&f);
         let mut rng = StdRng::seed_from_u64(5);
         let mut aborts = 0;
         for _ in 0..20_000 {
@@ -148,7 +148,7 @@ mod tests {
         let share = f64::from(aborts) / 20_000.0;
         assert!((share - 0.10).abs() < 0.01, "{share}");
         // no percentage: no request (Istio's documented default)
-        let none = FaultPolicy::compile(&HttpFaultInjection {
+        let none = FaultInjection::compile(&HttpFaultInjection {
             abort: Some(FaultAbort {
                 grpc_status: Some("UNAVAILABLE".into()),
                 ..FaultAbort::default()

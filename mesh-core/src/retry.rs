@@ -1,7 +1,7 @@
 //! Retries, compiled: Envoy's `x-envoy-retry-on` conditions as Istio configures them.
 //!
-//! Istio's `retry.ConvertPolicy`: a route without `retries` gets the mesh's default policy
-//! (Istio's: 2 attempts on
+//! Istio's `retry.ConvertPolicy`: a route without `retries` gets the mesh's default
+//! (`defaultHttpRetryPolicy`; Istio's: 2 attempts on
 //! `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503
 //! retriable). A `retries` block starts from Istio's hard-coded default conditions (not
 //! the mesh's) and its `retryOn`, when set, replaces both the conditions and the status
@@ -11,10 +11,10 @@
 //! ten times the base (25 ms by default).
 //!
 //! ```
-//! use mesh_core::retry::{Attempt, RetryPolicy};
+//! use mesh_core::retry::{Attempt, Retries};
 //! use mesh_config::model::HttpRetry;
 //!
-//! let p = RetryPolicy::compile(Some(&HttpRetry { attempts: 3, retry_on: Some("5xx".into()), ..Default::default() }), &HttpRetry::default());
+//! let p = Retries::compile(Some(&HttpRetry { attempts: 3, retry_on: Some("5xx".into()), ..Default::default() }), &HttpRetry::default());
 //! assert_eq!(p.attempts, 3);
 //! assert!(p.should_retry(&Attempt::Status(503, None)));
 //! assert!(!p.should_retry(&Attempt::Status(404, None)));
@@ -110,9 +110,9 @@ pub enum Attempt {
     PerTryTimeout,
 }
 
-/// A compiled retry policy.
+/// A route's retries, compiled (Istio's `HTTPRetry`, Envoy's retry policy).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
+pub struct Retries {
     /// Retries after the first attempt (0 = none).
     pub attempts: u32,
     /// Timeout of each attempt.
@@ -127,10 +127,10 @@ pub struct RetryPolicy {
     pub ignore_previous_hosts: bool,
 }
 
-impl RetryPolicy {
+impl Retries {
     /// No retries.
     pub fn none() -> Self {
-        RetryPolicy {
+        Retries {
             attempts: 0,
             per_try_timeout: None,
             retry_on: RetryOn::default(),
@@ -140,8 +140,8 @@ impl RetryPolicy {
         }
     }
 
-    /// The policy of a route: its `retries`, or `default` (the mesh's default retry
-    /// policy) when it has none, as Istio's `ConvertPolicy` does:
+    /// The retries of a route: its `retries`, or `default` (the mesh's
+    /// `defaultHttpRetryPolicy`) when it has none, as Istio's `ConvertPolicy` does:
     ///
     /// - a `retries` block starts from Istio's hard-coded default conditions
     ///   ([`DEFAULT_RETRY_ON`] with 503 retriable), whatever the mesh's default says;
@@ -178,7 +178,7 @@ impl RetryPolicy {
                 },
             ),
         };
-        RetryPolicy {
+        Retries {
             attempts: u32::try_from(r.attempts).unwrap_or(0),
             per_try_timeout: r.per_try_timeout.map(|d| d.get()).filter(|d| !d.is_zero()),
             retry_on,
@@ -309,7 +309,7 @@ mod tests {
 
     #[test]
     fn istio_default_policy() {
-        let p = RetryPolicy::compile(None, &default_retry());
+        let p = Retries::compile(None, &default_retry());
         assert_eq!(p.attempts, 2);
         assert_eq!(p.retriable_status_codes, [503]);
         assert_eq!(
@@ -341,7 +341,7 @@ mod tests {
             retry_on: Some("retriable-status-codes".into()),
             ..HttpRetry::default()
         };
-        let p2 = RetryPolicy::compile(None, &mesh_default);
+        let p2 = Retries::compile(None, &mesh_default);
         assert_eq!((p2.attempts, &*p2.retriable_status_codes), (1, &[503][..]));
         for (a, want) in table {
             assert_eq!(p.should_retry(&a), want, "{a:?}");
@@ -412,7 +412,7 @@ mod tests {
                 retry_on: Some((*on).into()),
                 ..HttpRetry::default()
             };
-            let p = RetryPolicy::compile(Some(&r), &default_retry());
+            let p = Retries::compile(Some(&r), &default_retry());
             assert_eq!(p.should_retry(a), *want, "retryOn={on} {a:?}");
         }
     }
@@ -426,7 +426,7 @@ mod tests {
             retry_on: Some("5xx,418".into()),
             ..HttpRetry::default()
         };
-        let istio = RetryPolicy::compile(None, &default_retry());
+        let istio = Retries::compile(None, &default_retry());
         let retries = |attempts, on: Option<&str>| HttpRetry {
             attempts,
             retry_on: on.map(Into::into),
@@ -490,7 +490,7 @@ mod tests {
             ),
         ];
         for (r, mesh, attempts, on, codes) in table {
-            let p = RetryPolicy::compile(r.as_ref(), &mesh);
+            let p = Retries::compile(r.as_ref(), &mesh);
             assert_eq!(
                 (p.attempts, p.retry_on, &p.retriable_status_codes),
                 (attempts, on, &codes),
@@ -503,7 +503,7 @@ mod tests {
             retry_on: Some("gateway-error".into()),
             ..HttpRetry::default()
         };
-        let p = RetryPolicy::compile(Some(&r), &default_retry());
+        let p = Retries::compile(Some(&r), &default_retry());
         assert_eq!(
             (p.attempts, p.per_try_timeout),
             (3, Some(Duration::from_millis(200)))
@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn backoff_is_jittered_exponential_and_capped() {
-        let p = RetryPolicy::compile(None, &default_retry());
+        let p = Retries::compile(None, &default_retry());
         let mut rng = StdRng::seed_from_u64(11);
         for (retry, ceiling_ms) in [(1, 25), (2, 75), (3, 175), (4, 250), (10, 250)] {
             let mut max = Duration::ZERO;

@@ -20,6 +20,8 @@ use mesh_config::ConfigSet;
 use mesh_tower::{Mesh, MeshRuntime, Workload};
 use tokio::net::TcpListener;
 
+pub mod gateway;
+
 /// What a test server saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {

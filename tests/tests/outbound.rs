@@ -472,7 +472,7 @@ async fn request_bodies_are_replayed_within_the_bound_and_never_corrupted() {
 }
 
 #[tokio::test]
-async fn istio_default_retry_policy_applies_without_retries() {
+async fn mesh_default_retries_apply_without_retries() {
     let flaky = serve(|n, _| async move {
         let mut r = Response::new(Full::new(Bytes::from(format!("attempt {n}"))));
         if n < 2 {

@@ -180,7 +180,7 @@ async fn a_mirror_gets_the_body_even_when_the_primary_does_not_read_it() {
 /// request it retries and sends the next attempt the buffered bytes and the rest.
 #[tokio::test]
 async fn a_retry_is_not_starved_by_the_attempt_it_replaces() {
-    // Istio's default policy (2 retries on 503), then an explicit `5xx` policy.
+    // Istio's default retries (2 on 503), then explicit `5xx` retries.
     for vs_rules in [
         None,
         Some("  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: up}}]\n"),

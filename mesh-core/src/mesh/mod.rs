@@ -38,7 +38,7 @@ pub use virtual_service::{VirtualServiceRules, VisibleHosts, export_rank};
 use crate::cluster::{Cluster, ClusterKey};
 use crate::gateway::CompiledGateway;
 use crate::matcher::{Caller, MatchBlock, RequestHead};
-use crate::retry::RetryPolicy;
+use crate::retry::Retries;
 use crate::route::{Action, Rule, Target, split_authority};
 use resolve::Resolver;
 use services::Services;
@@ -151,7 +151,7 @@ pub struct CompiledMesh {
     visible: ByNamespace<Arc<VisibleHosts>>,
     services: Services,
     resolver: Resolver,
-    default_retry: RetryPolicy,
+    default_retry: Retries,
     /// Every Gateway's servers, in Istio's order.
     pub(crate) gateways: Vec<CompiledGateway>,
     /// Problems found while compiling (rules that could not be compiled are skipped).
@@ -188,7 +188,7 @@ impl CompiledMesh {
         });
         let services = Services::compile(snapshot, &settings);
         let resolver = Resolver::new(&known, !services.wildcard.is_empty());
-        let default_retry = RetryPolicy::compile(None, &settings.default_http_retry_policy);
+        let default_retry = Retries::compile(None, &settings.default_http_retry_policy);
         let gateways = crate::gateway::compile(snapshot);
         CompiledMesh {
             default_retry,
@@ -214,8 +214,8 @@ impl CompiledMesh {
         &self.settings
     }
 
-    /// The retry policy of requests no rule sets one for (the mesh's default).
-    pub fn default_retry(&self) -> &RetryPolicy {
+    /// The retries of requests whose rule sets none (the mesh's default).
+    pub fn default_retry(&self) -> &Retries {
         &self.default_retry
     }
 

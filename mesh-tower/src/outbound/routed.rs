@@ -2,7 +2,7 @@
 //!
 //! A [`Route`] is the decision the route stage (or the ingress gateway) made for one
 //! request, kept as indices into the configuration it was made with, which the route
-//! holds alive: every layer below reads its parameters — timeout, retry policy, fault,
+//! holds alive: every layer below reads its parameters — timeout, retries, fault,
 //! mirrors, rewrites, header operations, CORS, the cluster and its endpoints — from it
 //! without looking anything up again, and a configuration swapped in meanwhile does not
 //! affect the request.
@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use http::Request;
 use mesh_config::model::Resolution;
-use mesh_core::balance::LbPolicy;
+use mesh_core::balance::LbAlgorithm;
 use mesh_core::cluster::Cluster;
-use mesh_core::fault::FaultPolicy;
+use mesh_core::fault::FaultInjection;
 use mesh_core::matcher::MatchBlock;
 use mesh_core::mesh::VirtualServiceRules;
-use mesh_core::retry::RetryPolicy;
+use mesh_core::retry::Retries;
 use mesh_core::route::{Cors, Mirror, Rule, Target};
 use mesh_core::{CompiledMesh, Decision, Outcome, Upstream, WorkloadView};
 
@@ -99,7 +99,7 @@ enum Dest {
 }
 
 /// Endpoints tried by earlier attempts of a request, which the balancer avoids when the
-/// retry policy asks for it (Istio's `retryIgnorePreviousHosts`). Inline: the last
+/// route's retries ask for it (Istio's `retryIgnorePreviousHosts`). Inline: the last
 /// [`Tried::MAX`] are remembered.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Tried {
@@ -135,8 +135,8 @@ pub struct Route {
     dest: Dest,
     port: u16,
     pub(crate) tried: Tried,
-    /// Where the balancer records the endpoint an attempt went to, when the retry policy
-    /// needs to know it without a response (an attempt its per-try timeout cut).
+    /// Where the balancer records the endpoint an attempt went to, when the retries need
+    /// to know it without a response (an attempt its per-try timeout cut).
     pub(crate) picked: Option<Arc<AtomicU32>>,
 }
 
@@ -168,7 +168,7 @@ impl Route {
         };
         let dest = match upstream {
             Upstream::Cluster(c)
-                if c.lb == LbPolicy::Passthrough || c.service.resolution == Resolution::None =>
+                if c.lb == LbAlgorithm::Passthrough || c.service.resolution == Resolution::None =>
             {
                 let (host, port) = mesh_core::route::split_authority(authority);
                 Dest::OriginalDst {
@@ -252,8 +252,8 @@ impl Route {
         self.rule().and_then(|r| r.timeout)
     }
 
-    /// The retry policy: the rule's, else the mesh's default.
-    pub fn retry_policy(&self) -> &RetryPolicy {
+    /// The retries: the rule's, else the mesh's default.
+    pub fn retries(&self) -> &Retries {
         match self.rule() {
             Some(r) => &r.retry,
             None => self.mesh().default_retry(),
@@ -261,7 +261,7 @@ impl Route {
     }
 
     /// The rule's fault injection, if any.
-    pub fn fault(&self) -> Option<&FaultPolicy> {
+    pub fn fault(&self) -> Option<&FaultInjection> {
         self.rule()?.fault.as_ref()
     }
 

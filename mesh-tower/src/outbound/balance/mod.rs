@@ -4,7 +4,7 @@
 //! on a header, cookie, query parameter or the caller's identity, peak-EWMA), reading the
 //! endpoints' load from the runtime's state, which outlives configurations: a reload does
 //! not make LEAST_REQUEST forget which endpoint is busy. Endpoints earlier attempts tried
-//! are avoided when the retry policy says so (up to 5 picks, Envoy's
+//! are avoided when the route's retries say so (up to 5 picks, Envoy's
 //! `host_selection_retry_max_attempts`). A request counts as outstanding on its endpoint
 //! until its response body ends. PASSTHROUGH balancing, resolution NONE and hosts outside
 //! the registry go to the address the caller asked for. The codec is the cluster's

@@ -8,7 +8,7 @@ use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use mesh_core::Upstream;
-use mesh_core::balance::{LbPolicy, Pick};
+use mesh_core::balance::{LbAlgorithm, Pick};
 use mesh_core::cluster::{Cluster, Codec, HashOn, host_port};
 use pin_project_lite::pin_project;
 use rand::RngExt;
@@ -47,7 +47,7 @@ struct Picked {
     /// Its index in the cluster (for retries to avoid it), when it is a cluster's.
     index: Option<u32>,
     /// The cluster's balancing, when it is a cluster's.
-    lb: Option<LbPolicy>,
+    lb: Option<LbAlgorithm>,
     codec: Codec,
 }
 
@@ -91,11 +91,11 @@ where
         // body is done, not only until its headers arrive.
         let tracks_load = matches!(
             picked.lb,
-            Some(LbPolicy::LeastRequest | LbPolicy::PeakEwma { .. })
+            Some(LbAlgorithm::LeastRequest | LbAlgorithm::PeakEwma { .. })
         );
         let in_flight = tracks_load.then(|| InFlight::start(picked.endpoint.clone()));
         let ewma = match picked.lb {
-            Some(LbPolicy::PeakEwma { decay_ns, .. }) => {
+            Some(LbAlgorithm::PeakEwma { decay_ns, .. }) => {
                 Some((picked.endpoint.clone(), Instant::now(), decay_ns))
             }
             _ => None,
@@ -145,7 +145,7 @@ fn pick(
     }
     let mut rng = rand::rng();
     let key = hash_key(c, request, route, set_cookie, &mut rng);
-    let avoid = route.retry_policy().ignore_previous_hosts && !c.lb.is_hash();
+    let avoid = route.retries().ignore_previous_hosts && !c.lb.is_hash();
     let loads = route.endpoints();
     let mut picked = None;
     for _ in 0..HOST_SELECTION_ATTEMPTS {

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Response};
-use mesh_core::route::{Action, HeaderOps, HeaderPolicy, Rule, Target};
+use mesh_core::route::{Action, HeaderOps, Rule, RuleHeaders, Target};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -41,7 +41,7 @@ fn single(rule: &Rule) -> bool {
 fn apply_ops(
     rule: &Rule,
     target: Option<&Target>,
-    pick: impl Fn(&HeaderPolicy) -> &HeaderOps,
+    pick: impl Fn(&RuleHeaders) -> &HeaderOps,
     headers: &mut HeaderMap,
 ) {
     match target.map(|t| pick(&t.headers)) {

@@ -1,10 +1,10 @@
-//! Retries: the rule's `retries` (or the mesh's default policy), as Envoy's router
+//! Retries: the rule's `retries` (or the mesh's default), as Envoy's router
 //! retries.
 //!
-//! An attempt whose outcome the policy names (`retryOn` conditions, retriable status
+//! An attempt whose outcome they name (`retryOn` conditions, retriable status
 //! codes, connect failures, resets, per-try timeouts) is tried again after Envoy's
 //! jittered exponential backoff, up to `attempts` retries; endpoints already tried are
-//! avoided when the policy says so (Istio's default). The request body is kept for replay
+//! avoided when they say so (Istio's default). The request body is kept for replay
 //! up to its bound ([`crate::body`]): a body that outgrew it is sent once, never retried.
 //! An attempt a retry replaces is reset, as Envoy resets it. The first attempt costs no
 //! allocation beyond the copy of the request's head that a retry would need.

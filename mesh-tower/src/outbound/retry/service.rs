@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use http::{HeaderName, Request, Response};
-use mesh_core::retry::{Attempt, RetryPolicy};
+use mesh_core::retry::{Attempt, Retries};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service, ServiceExt};
@@ -13,7 +13,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::super::Routed;
 use crate::{BoxError, BoxFuture, MeshFailure, ResBody, ResetReason};
 
-/// Retries requests as their route's retry policy says (see the module documentation).
+/// Retries requests as their route's `retries` say (see the module documentation).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetryLayer;
 
@@ -47,9 +47,9 @@ fn copy(routed: &Routed) -> Option<Routed> {
 /// gRPC's status header.
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
-/// How an attempt ended, for `policy` (`None`: retrying cannot help). The `grpc-status`
-/// header is read only when the policy has gRPC conditions.
-fn outcome(resp: &Response<ResBody>, policy: &RetryPolicy) -> Option<Attempt> {
+/// How an attempt ended, for `retries` (`None`: retrying cannot help). The `grpc-status`
+/// header is read only when `retries` has gRPC conditions.
+fn outcome(resp: &Response<ResBody>, retries: &Retries) -> Option<Attempt> {
     match resp.extensions().get::<MeshFailure>() {
         // No endpoint, or no cluster at all: retrying cannot help (Envoy does not retry
         // them either).
@@ -64,7 +64,7 @@ fn outcome(resp: &Response<ResBody>, policy: &RetryPolicy) -> Option<Attempt> {
             Some(Attempt::Reset)
         }
         _ => {
-            let grpc = if policy.reads_grpc_status() {
+            let grpc = if retries.reads_grpc_status() {
                 resp.headers()
                     .get(&GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
@@ -77,14 +77,14 @@ fn outcome(resp: &Response<ResBody>, policy: &RetryPolicy) -> Option<Attempt> {
     }
 }
 
-/// True when the policy retries an attempt that ended with `resp` (`None`: its per-try
-/// timeout expired).
-fn retries(policy: &RetryPolicy, resp: Option<&Response<ResBody>>) -> bool {
+/// True when `retries` calls for another attempt after one that ended with `resp` (`None`:
+/// its per-try timeout expired).
+fn should_retry(retries: &Retries, resp: Option<&Response<ResBody>>) -> bool {
     let ended = match resp {
-        Some(r) => outcome(r, policy),
+        Some(r) => outcome(r, retries),
         None => Some(Attempt::PerTryTimeout),
     };
-    ended.is_some_and(|a| policy.should_retry(&a))
+    ended.is_some_and(|a| retries.should_retry(&a))
 }
 
 impl<S> Service<Routed> for Retry<S>
@@ -101,7 +101,7 @@ where
     }
 
     fn call(&mut self, mut routed: Routed) -> Self::Future {
-        if routed.route.retry_policy().attempts == 0 {
+        if routed.route.retries().attempts == 0 {
             return RetryFuture::from(RetryFutureState::Once {
                 fut: self.inner.call(routed),
             });
@@ -110,8 +110,8 @@ where
         // again (up to the replay bound). Each attempt reads its own copy; the request
         // itself keeps the original, from which the next copy is made.
         routed.request.body_mut().make_replayable();
-        let policy = routed.route.retry_policy();
-        if policy.per_try_timeout.is_some() && policy.ignore_previous_hosts {
+        let retries = routed.route.retries();
+        if retries.per_try_timeout.is_some() && retries.ignore_previous_hosts {
             // An attempt its per-try timeout cuts answers nothing: the balancer says where
             // it went here instead, for the next attempt to avoid it.
             routed.route.picked = Some(Arc::new(AtomicU32::new(u32::MAX)));
@@ -123,7 +123,7 @@ where
         };
         let per_try = routed
             .route
-            .retry_policy()
+            .retries()
             .per_try_timeout
             .map(|t| Box::pin(tokio::time::sleep(t)));
         let later = self.inner.clone();
@@ -140,7 +140,7 @@ pin_project! {
     /// rare case) in a boxed loop.
     #[project = RetryFutureStateProj]
     enum RetryFutureState<S, F> {
-        /// A request the policy never retries.
+        /// A request that is never retried.
         Once {
             #[pin]
             fut: F,
@@ -207,9 +207,9 @@ where
             Ok(r) => r,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        let policy = routed.route.retry_policy();
-        if policy.attempts == 0
-            || !retries(policy, resp.as_ref())
+        let retries = routed.route.retries();
+        if retries.attempts == 0
+            || !should_retry(retries, resp.as_ref())
             || !routed.request.body().is_replayable()
         {
             if let Some(span) = super::super::telemetry::current() {
@@ -234,7 +234,7 @@ fn finish(resp: Option<Response<ResBody>>) -> Response<ResBody> {
     }
 }
 
-/// The attempts after a first one the policy retries (`last`: its response, `None` when
+/// The attempts after a first one that is retried (`last`: its response, `None` when
 /// its per-try timeout expired).
 async fn retry_more<S>(
     inner: S,
@@ -263,9 +263,9 @@ where
         if let Some(i) = tagged.or(picked) {
             routed.route.tried.push(i);
         }
-        let policy = routed.route.retry_policy();
-        let wait = policy.backoff(retry, &mut rand::rng());
-        let per_try_timeout = policy.per_try_timeout;
+        let retries = routed.route.retries();
+        let wait = retries.backoff(retry, &mut rand::rng());
+        let per_try_timeout = retries.per_try_timeout;
         tokio::time::sleep(wait).await;
         // The body outgrew the replay bound during the backoff (a mirror read on): no
         // further attempt can send it.
@@ -282,9 +282,9 @@ where
         };
         span.record("attempts", retry + 1);
         let resp = result?;
-        let policy = routed.route.retry_policy();
-        let again = retry < policy.attempts
-            && retries(policy, resp.as_ref())
+        let retries = routed.route.retries();
+        let again = retry < retries.attempts
+            && should_retry(retries, resp.as_ref())
             && routed.request.body().is_replayable();
         if !again {
             return Ok(finish(resp));

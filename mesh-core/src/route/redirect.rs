@@ -1,0 +1,368 @@
+//! What a rule answers without forwarding: a redirect (its `Location` built as Envoy
+//! builds it) or a direct response; and [`split_authority`], which reads `host[:port]`
+//! for them and for routing.
+
+use mesh_config::model::{HttpRedirect, RedirectPortSelection};
+
+use crate::matcher::RequestHead;
+
+/// A compiled redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// Status (301 by default).
+    pub status: u16,
+    /// Replacement path.
+    pub uri: Option<String>,
+    /// Replacement host.
+    pub authority: Option<String>,
+    /// Replacement port, or keep the request's.
+    pub port: Option<RedirectPort>,
+    /// Replacement scheme.
+    pub scheme: Option<String>,
+}
+
+/// The port of a redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectPort {
+    /// This port.
+    Port(u16),
+    /// The request's port.
+    FromRequest,
+}
+
+impl Redirect {
+    pub(super) fn compile(r: &HttpRedirect) -> Self {
+        let port = match (r.port, r.derive_port) {
+            // Port 0 is no port redirect, as in Envoy.
+            (Some(p), _) if p != 0 => u16::try_from(p).ok().map(RedirectPort::Port),
+            (_, Some(RedirectPortSelection::FromRequestPort)) => Some(RedirectPort::FromRequest),
+            _ => None,
+        };
+        Redirect {
+            status: r
+                .redirect_code
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(301),
+            uri: r.uri.clone(),
+            authority: r.authority.clone(),
+            port,
+            scheme: r.scheme.clone(),
+        }
+    }
+
+    /// The `Location` for a request, as Envoy builds it (`newUri`, `processRequestHost`):
+    ///
+    /// - scheme: the redirect's, else the request's;
+    /// - host: the redirect's `authority` when set (the request's port is then dropped);
+    ///   else the request's `host[:port]`, whose port is dropped when a port redirect is
+    ///   set, or when the scheme changes and the port is the default one of the request's
+    ///   scheme (`:80` for http, `:443` for https);
+    /// - port: a port redirect is appended as written (`derivePort: FROM_REQUEST_PORT` is
+    ///   the port the request was addressed to, as Istio compiles it);
+    /// - path: the redirect's `uri` (with the request's query string unless it has one),
+    ///   else the request's path and query.
+    pub fn location(&self, head: &RequestHead<'_>) -> String {
+        use std::fmt::Write as _;
+        let scheme = self.scheme.as_deref().unwrap_or(head.scheme);
+        let new_port = match self.port {
+            Some(RedirectPort::Port(p)) => Some(p),
+            Some(RedirectPort::FromRequest) => Some(head.port),
+            None => None,
+        };
+        let host = match &self.authority {
+            Some(a) => a.as_str(),
+            None => {
+                let (host, port) = split_authority(head.authority);
+                let strip = port.is_some()
+                    && (new_port.is_some()
+                        || (scheme != head.scheme
+                            && match head.scheme {
+                                "http" => port == Some(80),
+                                "https" => port == Some(443),
+                                _ => false,
+                            }));
+                if strip { host } else { head.authority }
+            }
+        };
+        let path = self.uri.as_deref().unwrap_or(head.path);
+        let mut out = String::with_capacity(
+            scheme.len() + host.len() + path.len() + head.query.map_or(0, str::len) + 16,
+        );
+        out.push_str(scheme);
+        out.push_str("://");
+        out.push_str(host);
+        if let Some(p) = new_port {
+            let _ = write!(out, ":{p}");
+        }
+        if !path.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(path);
+        // A new path with a query string replaces the request's.
+        if !(self.uri.is_some() && path.contains('?'))
+            && let Some(q) = head.query
+        {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// `host[:port]` → (host, port).
+pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    // The common case, `host:digits`, without searching the string twice.
+    let b = authority.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    if (1..=5).contains(&digits) && b.len() > digits {
+        let colon = b.len() - digits - 1;
+        if b[colon] == b':' && b.first() != Some(&b'[') && !b[..colon].contains(&b':') {
+            let port = b[colon + 1..]
+                .iter()
+                .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+            if let Ok(port) = u16::try_from(port) {
+                return (&authority[..colon], Some(port));
+            }
+        }
+    }
+    split_authority_slow(authority)
+}
+
+/// [`split_authority`] for every other shape (IPv6, no port, a port that is not a
+/// `u16`).
+fn split_authority_slow(authority: &str) -> (&str, Option<u16>) {
+    if authority.starts_with('[') {
+        // [v6]:port
+        if let Some(end) = authority.find(']') {
+            let port = authority[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
+            return (&authority[..=end], port);
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(p) => (h, Some(p)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// A compiled direct response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    /// Status.
+    pub status: u16,
+    /// Body.
+    pub body: bytes_like::Body,
+}
+
+/// A tiny owned body type, so that mesh-core needs no bytes crate.
+pub mod bytes_like {
+    /// A shared, immutable body.
+    pub type Body = std::sync::Arc<[u8]>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn head<'a>(
+        h: &'a HeaderMap,
+        authority: &'a str,
+        path: &'a str,
+        query: Option<&'a str>,
+    ) -> RequestHead<'a> {
+        RequestHead {
+            method: "GET",
+            scheme: "http",
+            authority,
+            path,
+            query,
+            headers: h,
+            port: 9080,
+        }
+    }
+
+    #[test]
+    fn redirects_follow_envoys_process_request_host() {
+        let h = HeaderMap::new();
+        let r = |uri: Option<&str>, authority: Option<&str>, port, scheme: Option<&str>| Redirect {
+            status: 301,
+            uri: uri.map(Into::into),
+            authority: authority.map(Into::into),
+            port,
+            scheme: scheme.map(Into::into),
+        };
+        let at = |scheme: &'static str, authority: &'static str, port: u16| RequestHead {
+            scheme,
+            port,
+            ..head(&h, authority, "/old", Some("q=1"))
+        };
+        use RedirectPort::{FromRequest, Port};
+        // (redirect, request (scheme, authority, port), Location)
+        let table = [
+            // the request's host:port is kept
+            (
+                r(Some("/new"), None, None, None),
+                at("http", "reviews:9080", 9080),
+                "http://reviews:9080/new?q=1",
+            ),
+            (
+                r(Some("/n?x=2"), None, None, None),
+                at("http", "reviews:9080", 9080),
+                "http://reviews:9080/n?x=2",
+            ),
+            (
+                r(Some("relative"), None, None, None),
+                at("http", "reviews", 80),
+                "http://reviews/relative?q=1",
+            ),
+            // a new scheme keeps a port that is not the old scheme's default
+            (
+                r(None, None, None, Some("https")),
+                at("http", "reviews:9080", 9080),
+                "https://reviews:9080/old?q=1",
+            ),
+            // ... and drops the old scheme's default port
+            (
+                r(None, None, None, Some("https")),
+                at("http", "reviews:80", 80),
+                "https://reviews/old?q=1",
+            ),
+            (
+                r(None, None, None, Some("http")),
+                at("https", "reviews:443", 443),
+                "http://reviews/old?q=1",
+            ),
+            // 443 is not http's default: kept
+            (
+                r(None, None, None, Some("https")),
+                at("http", "reviews:443", 443),
+                "https://reviews:443/old?q=1",
+            ),
+            // the same scheme keeps even a default port
+            (
+                r(None, None, None, Some("http")),
+                at("http", "reviews:80", 80),
+                "http://reviews:80/old?q=1",
+            ),
+            (
+                r(None, None, None, Some("https")),
+                at("http", "reviews", 80),
+                "https://reviews/old?q=1",
+            ),
+            // a port redirect replaces the request's port, written as given
+            (
+                r(None, None, Some(Port(8443)), Some("https")),
+                at("http", "reviews:9080", 9080),
+                "https://reviews:8443/old?q=1",
+            ),
+            (
+                r(None, None, Some(Port(443)), Some("https")),
+                at("http", "reviews:9080", 9080),
+                "https://reviews:443/old?q=1",
+            ),
+            (
+                r(None, None, Some(FromRequest), None),
+                at("http", "reviews", 80),
+                "http://reviews:80/old?q=1",
+            ),
+            // a new authority replaces host and port
+            (
+                r(None, Some("example.com"), None, None),
+                at("http", "reviews:9080", 9080),
+                "http://example.com/old?q=1",
+            ),
+            (
+                r(None, Some("a.b"), Some(FromRequest), None),
+                at("http", "reviews:9080", 9080),
+                "http://a.b:9080/old?q=1",
+            ),
+            (
+                r(None, Some("a.b"), None, Some("https")),
+                at("http", "reviews:9080", 9080),
+                "https://a.b/old?q=1",
+            ),
+            // IPv6
+            (
+                r(None, None, None, Some("https")),
+                at("http", "[::1]:80", 80),
+                "https://[::1]/old?q=1",
+            ),
+            (
+                r(None, None, None, Some("https")),
+                at("http", "[::1]:9080", 9080),
+                "https://[::1]:9080/old?q=1",
+            ),
+        ];
+        for (redirect, req, want) in table {
+            assert_eq!(
+                redirect.location(&req),
+                want,
+                "{redirect:?} on {}://{}",
+                req.scheme,
+                req.authority
+            );
+        }
+        assert_eq!(split_authority("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(split_authority("reviews"), ("reviews", None));
+    }
+
+    /// The reference: what `split_authority` computed before its fast path.
+    fn split_reference(authority: &str) -> (&str, Option<u16>) {
+        if authority.starts_with('[')
+            && let Some(end) = authority.find(']')
+        {
+            let port = authority[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
+            return (&authority[..=end], port);
+        }
+        match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => match p.parse() {
+                Ok(p) => (h, Some(p)),
+                Err(_) => (authority, None),
+            },
+            _ => (authority, None),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5a17),
+            failure_persistence: None,
+            cases: 2000,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// The fast path agrees with the reference on any authority-like string.
+        #[test]
+        fn split_authority_agrees_with_the_reference(a in "[a-z0-9:\\[\\]+.]{0,12}") {
+            proptest::prop_assert_eq!(split_authority(&a), split_reference(&a));
+        }
+    }
+
+    #[test]
+    fn split_authority_cases() {
+        for a in [
+            "reviews:9080",
+            "reviews",
+            "a.b:0",
+            "a:65535",
+            "a:65536",
+            "a:",
+            ":80",
+            "::1",
+            "[::1]:80",
+            "[::1]",
+            "a:+80",
+            "a:0080",
+            "1.2.3.4:9",
+        ] {
+            assert_eq!(split_authority(a), split_reference(a), "{a}");
+        }
+    }
+}
