@@ -1,6 +1,6 @@
 //! The paths under test, from a client in this process to the backend, and the only
-//! module that touches the mesh's API: the mesh's types are being renamed, and keeping
-//! every use here makes such a rename a few-line change. The rest of the benchmark sees
+//! module that touches the mesh's API: keeping every use here makes a change of that
+//! API a few-line change to the benchmark. The rest of the benchmark sees
 //! a [`Path`] with a [`Sender`] that sends one GET and checks its answer.
 //!
 //! - `bare`: a hyper-util legacy pooled client straight to the backend.

@@ -32,7 +32,10 @@ pub struct ResBody {
     /// Released when the body ends or is dropped.
     in_flight: Option<InFlight>,
     /// The route timeout.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Option<tokio::time::Instant>,
+    /// The timer for `deadline`, armed the first time the body has to wait (most
+    /// responses are complete before anyone waits, and never pay for a timer).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The index of the endpoint (in its cluster) that answered, for the retry layer to
     /// avoid it on the next attempt.
     pub(crate) endpoint: Option<u32>,
@@ -75,6 +78,7 @@ impl ResBody {
             kind,
             in_flight: None,
             deadline: None,
+            timer: None,
             endpoint: None,
         }
     }
@@ -117,9 +121,14 @@ impl ResBody {
         if self.is_end_stream() {
             return;
         }
-        match &mut self.deadline {
-            Some(d) if d.deadline() <= deadline => {}
-            slot => *slot = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        match self.deadline {
+            Some(d) if d <= deadline => {}
+            _ => {
+                self.deadline = Some(deadline);
+                if let Some(timer) = &mut self.timer {
+                    timer.as_mut().reset(deadline);
+                }
+            }
         }
     }
 }
@@ -144,19 +153,23 @@ impl Body for ResBody {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 this.in_flight = None;
                 this.deadline = None;
+                this.timer = None;
                 polled
             }
             Poll::Ready(Some(Ok(_))) => polled,
             Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
-                if !expired {
+                let Some(deadline) = this.deadline else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 this.in_flight = None;
                 this.deadline = None;
+                this.timer = None;
                 this.kind = Kind::Bytes(None);
                 Poll::Ready(Some(Err(Box::new(BodyTimeout))))
             }
@@ -210,6 +223,24 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
         let err = err.and_then(Result::err).map(|e| e.is::<BodyTimeout>());
         assert_eq!(err, Some(true));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn an_earlier_deadline_moves_an_armed_timer() {
+        let (tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        let mut body = ResBody::new(body);
+        body.cut_at(tokio::time::Instant::now() + Duration::from_secs(3600));
+        // The body waits once: the timer is armed for the late deadline.
+        let waited = tokio::time::timeout(Duration::from_millis(20), body.frame()).await;
+        assert!(waited.is_err());
+        body.cut_at(tokio::time::Instant::now() + Duration::from_millis(30));
+        // A later deadline does not push the earlier one back.
+        body.cut_at(tokio::time::Instant::now() + Duration::from_secs(7200));
+        let started = std::time::Instant::now();
+        let err = body.frame().await.and_then(Result::err);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(err.map(|e| e.is::<BodyTimeout>()), Some(true));
         drop(tx);
     }
 
