@@ -14,8 +14,7 @@ use std::sync::Arc;
 use mesh_core::explain::Via;
 use mesh_core::gateway::GatewayRoutes;
 use mesh_core::{
-    Caller as Source, CompiledMesh, Outcome, RequestHead, RouteError, Upstream, Workload,
-    WorkloadView,
+    Caller, CompiledMesh, Outcome, RequestHead, RouteError, Upstream, Workload, WorkloadView,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -133,7 +132,7 @@ fn land(
     rng: &mut StdRng,
 ) -> Result<(Option<String>, Option<u16>), RouteError> {
     let l = labels(&[("app", "productpage"), ("version", "v1")]);
-    let src = Source {
+    let src = Caller {
         namespace: "default",
         labels: &l,
         gateway: None,
@@ -389,7 +388,7 @@ fn weight_zero_takes_nothing_and_a_missing_subset_has_no_endpoints() {
     // ratings subset v2 exists in destination-rule-all but selects no workload
     let mut rng = StdRng::seed_from_u64(6);
     let l = Labels::new();
-    let src = Source {
+    let src = Caller {
         namespace: "default",
         labels: &l,
         gateway: None,
@@ -432,7 +431,7 @@ fn source_labels_namespace_and_gateways() {
     let other = labels(&[("app", "ratings")]);
     let ingress_routes = gateway_routes(&mesh, "istio-system");
     let route = |ns: &str, l: &Labels, gw: Option<&str>, r: &Req, rng: &mut StdRng| {
-        let src = Source {
+        let src = Caller {
             namespace: ns,
             labels: l,
             gateway: None,
@@ -502,7 +501,7 @@ fn rule_locations_point_at_the_file() {
     );
     let mut rng = StdRng::seed_from_u64(8);
     let l = Labels::new();
-    let src = Source {
+    let src = Caller {
         namespace: "default",
         labels: &l,
         gateway: None,
@@ -716,7 +715,7 @@ fn destinations_resolve_from_the_callers_namespace() {
         ),
     ];
     for (mesh, ns, path, want) in table {
-        let src = Source {
+        let src = Caller {
             namespace: ns,
             labels: &l,
             gateway: None,
@@ -905,7 +904,7 @@ fn undefined_subsets_and_ports_are_missing_clusters() {
         ),
     ];
     for (ns, authority, want) in table {
-        let src = Source {
+        let src = Caller {
             namespace: ns,
             labels: &l,
             gateway: None,
@@ -951,7 +950,7 @@ fn redirect_and_without_headers_through_the_router() {
         )],
     );
     let l = Labels::new();
-    let src = Source {
+    let src = Caller {
         namespace: "default",
         labels: &l,
         gateway: None,

@@ -265,12 +265,12 @@ impl Mesh {
     }
 
     /// The outbound client over another transport than the process's connection pools
-    /// (a stub in tests and benchmarks, or a custom transport): `upstream` receives each
+    /// (a stub in tests and benchmarks, or a custom transport): `transport` receives each
     /// request with the endpoint the balancer chose.
-    pub fn client_over<U>(&self, upstream: U) -> MeshClient<U>
+    pub fn client_over<U>(&self, transport: U) -> MeshClient<U>
     where
         U: crate::outbound::Transport,
     {
-        MeshClient::new(Stack::new(self, upstream))
+        MeshClient::new(Stack::new(self, transport))
     }
 }

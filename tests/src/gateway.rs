@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use mesh_config::Snapshot;
 use mesh_tower::{IngressGateway, MeshRuntime, Workload};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -56,14 +55,14 @@ pub fn gateway_workload() -> Workload {
     Workload::new("istio-ingressgateway", "istio-system").labels([("istio", "ingressgateway")])
 }
 
-/// Binds a gateway for `snap` with every server port in `ports` on 127.0.0.1:0 and
-/// serves it until the test ends.
-pub fn start(config: &MeshRuntime, _snap: &Snapshot, ports: &[u32]) -> (IngressGateway, Addrs) {
+/// Binds a gateway of `runtime`'s configuration with every server port in `ports` on
+/// 127.0.0.1:0 and serves it until the test ends.
+pub fn start(runtime: &MeshRuntime, ports: &[u32]) -> (IngressGateway, Addrs) {
     let map: BTreeMap<u32, SocketAddr> = ports
         .iter()
         .map(|p| (*p, SocketAddr::from(([127, 0, 0, 1], 0))))
         .collect();
-    let gw = IngressGateway::bind(config, gateway_workload(), &map)
+    let gw = IngressGateway::bind(runtime, gateway_workload(), &map)
         .unwrap_or_else(|e| panic!("bind: {e}"));
     let addrs = Addrs(gw.local_addrs().into_iter().collect());
     tokio::spawn(gw.clone().serve(std::future::pending::<()>()));

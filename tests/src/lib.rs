@@ -170,6 +170,11 @@ pub fn service_with(
 pub fn snapshot(yaml: &str) -> mesh_config::Snapshot {
     let mut set = ConfigSet::new();
     set.add_str("test.yaml", yaml);
+    checked(&set)
+}
+
+/// Checks `set`, panicking with the diagnostics when it has errors.
+pub fn checked(set: &ConfigSet) -> mesh_config::Snapshot {
     let checked = set.check();
     match checked.snapshot {
         Some(s) => s,

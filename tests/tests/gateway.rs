@@ -30,8 +30,8 @@ async fn bookinfo_gateway_routes_productpage_and_404s_unmatched_paths() {
             "  - match:\n    - uri: {exact: /productpage}\n    - uri: {prefix: /static}\n    - uri: {exact: /login}\n    - uri: {exact: /logout}\n    - uri: {prefix: /api/v1/products}\n    route:\n    - destination: {host: productpage, port: {number: 9080}}\n",
         );
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     let host = format!("localhost:{}", gw.port());
 
@@ -74,15 +74,15 @@ async fn a_virtual_service_not_bound_to_the_gateway_does_not_apply_there() {
         + &gateway("elsewhere", &http_server(80, "\"*\"")).replace("ingressgateway", "egressgateway")
         + &vs("other", "other.example.com", "elsewhere", &to("internal"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
 
     assert_eq!(http_get(gw, "shop.example.com", "/").await.1, "gateway");
     assert_eq!(http_get(gw, "other.example.com", "/").await.1, "gateway");
     assert_eq!(mesh_backend.hits(), 0);
     // Workload traffic still uses the mesh VirtualService.
-    let m = config.workload(Workload::new("client", "default"));
+    let m = runtime.workload(Workload::new("client", "default"));
     assert_eq!(get(&m, "http://shop.example.com/", &[]).await.1, "mesh");
 }
 
@@ -93,8 +93,8 @@ async fn a_gateway_with_no_bound_virtual_service_answers_404() {
         + &gateway("lonely", &http_server(80, "\"*\""))
         + &vs("mesh-only", "\"*.example.com\"", "", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let (status, body, _) = http_get(addrs.of(80), "a.example.com", "/").await;
     assert_eq!((status, body.as_str()), (404, ""));
     assert_eq!(backend.hits(), 0);
@@ -110,8 +110,8 @@ async fn server_hosts_decide_which_requests_are_served() {
         )
         + &vs("all", "\"*\"", "hosts", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     let status = |host: &'static str| async move { http_get(gw, host, "/").await.0 };
 
@@ -142,8 +142,8 @@ async fn the_most_specific_server_host_picks_the_gateway() {
         + &vs("wild", "\"*\"", "b-wild", &to("exact"))
         + &vs("exact", "\"*\"", "c-exact", &to("exact"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     assert_eq!(http_get(gw, "a.example.com", "/").await.1, "exact");
     assert_eq!(http_get(gw, "b.example.com", "/").await.1, "exact");
@@ -169,9 +169,9 @@ async fn virtual_service_port_matches_see_the_gateway_server_port() {
             ) + &to("b")),
         );
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
+    let runtime = MeshRuntime::from_snapshot(&snap);
     // Both listen on ephemeral ports: what counts is the Gateway's port number.
-    let (_, addrs) = start(&config, &snap, &[80, 8080]);
+    let (_, addrs) = start(&runtime, &[80, 8080]);
     assert_eq!(
         http_get(addrs.of(8080), "x.example.com", "/").await.1,
         "port-8080"
@@ -195,8 +195,8 @@ async fn namespaced_server_hosts_admit_only_their_namespace() {
         )
         + &vs("all", "\"*\"", "scoped", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     // `./` is the Gateway's namespace (`default`), where the VirtualService is.
     assert_eq!(http_get(gw, "open.example.com", "/").await.0, 200);
@@ -214,8 +214,8 @@ async fn https_redirect_answers_301_to_https() {
         )
         + &vs("all", "\"*\"", "redirect", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     // Envoy's `require_tls`: `https://` + the Host as received (port kept) + the path.
     let host = format!("Shop.example.com:{}", addrs.of(80).port());
     let (status, body, headers) = http_get(addrs.of(80), &host, "/cart?item=7").await;
@@ -240,9 +240,9 @@ async fn unmapped_ports_and_unsupported_servers_are_skipped() {
         )
         + &vs("all", "\"*\"", "mixed", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
+    let runtime = MeshRuntime::from_snapshot(&snap);
     // 81 is not mapped; 443 and 8443 are, but their servers are not supported.
-    let (_, addrs) = start(&config, &snap, &[80, 443, 8443]);
+    let (_, addrs) = start(&runtime, &[80, 443, 8443]);
     assert_eq!(addrs.0.keys().copied().collect::<Vec<_>>(), vec![80]);
     assert_eq!(http_get(addrs.of(80), "x", "/").await.0, 200);
 }
@@ -268,8 +268,8 @@ async fn after_update_the_gateway_routes_by_the_new_rules_and_hosts() {
             + &gateway("bookinfo-gateway", &http_server(80, "a.example.com"))
             + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v1"))),
     );
-    let config = MeshRuntime::from_snapshot(&before);
-    let (handle, addrs) = start(&config, &before, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&before);
+    let (handle, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     assert_eq!(http_get(gw, "a.example.com", "/productpage").await.1, "v1");
     assert_eq!(http_get(gw, "b.example.com", "/productpage").await.0, 404);
@@ -280,7 +280,7 @@ async fn after_update_the_gateway_routes_by_the_new_rules_and_hosts() {
             + &gateway("bookinfo-gateway", &http_server(80, "b.example.com"))
             + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v2"))),
     );
-    config.update(&after);
+    runtime.update(&after);
     assert_eq!(handle.version(), after.version());
     assert_eq!(http_get(gw, "b.example.com", "/productpage").await.1, "v2");
     assert_eq!(http_get(gw, "a.example.com", "/productpage").await.0, 404);
@@ -316,8 +316,8 @@ async fn the_most_specific_virtual_service_host_wins_across_gateways_of_a_port()
         + &vs("shop", "shop.example.com", "catch-all", &to("shop"))
         + &vs("wild", "\"*.example.com\"", "wild", &to("other"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     let resp = raw(
         gw,
@@ -342,8 +342,8 @@ async fn a_less_specific_server_answers_when_the_more_specific_ones_has_no_virtu
         + &vs("all", "\"*\"", "catch-all", &to("shop"))
         + &vs("elsewhere", "other.org", "wild", &to("shop"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let (status, body, _) = http_get(addrs.of(80), "shop.example.com", "/").await;
     assert_eq!((status, body.as_str()), (200, "shop"));
     // `other.org` is outside `wild`'s hosts: only `catch-all`'s `*` answers it.
@@ -375,8 +375,8 @@ async fn merged_routes_are_tried_in_order_with_catch_all_routes_last() {
             "  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: second, port: {number: 9080}}}]\n",
         );
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     assert_eq!(http_get(gw, "x.example.com", "/api/v1").await.1, "second");
     assert_eq!(http_get(gw, "x.example.com", "/first").await.1, "first");
@@ -400,11 +400,11 @@ async fn virtual_service_rules_follow_the_mesh_configuration_at_once() {
     };
     let before =
         snapshot(&(base.clone() + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v1"))));
-    let config = MeshRuntime::from_snapshot(&before);
-    let (_, addrs) = start(&config, &before, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&before);
+    let (_, addrs) = start(&runtime, &[80]);
     assert_eq!(http_get(addrs.of(80), "a.example.com", "/").await.1, "v1");
     let after = snapshot(&(base + &vs("bookinfo", "\"*\"", "bookinfo-gateway", &rule("v2"))));
-    config.update(&after);
+    runtime.update(&after);
     assert_eq!(http_get(addrs.of(80), "a.example.com", "/").await.1, "v2");
 }
 
@@ -421,8 +421,8 @@ async fn an_absolute_form_request_reaches_the_upstream_with_the_routed_authority
         + &gateway("public", &http_server(80, "public.example.com"))
         + &vs("public", "public.example.com", "public", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let resp = raw(
         addrs.of(80),
         "GET http://public.example.com/ HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
@@ -452,8 +452,8 @@ async fn client_supplied_trust_headers_are_sanitized() {
         + &gateway("public", &http_server(80, "\"*\""))
         + &vs("public", "\"*\"", "public", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let resp = raw(
         addrs.of(80),
         "GET / HTTP/1.1\r\nHost: a.example.com\r\n\
@@ -498,8 +498,8 @@ async fn hop_by_hop_headers_are_not_forwarded_either_way() {
         + &gateway("public", &http_server(80, "\"*\""))
         + &vs("public", "\"*\"", "public", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let resp = raw(
         addrs.of(80),
         "GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
@@ -548,8 +548,8 @@ async fn rules_match_the_sanitized_headers() {
             "  - match: [{headers: {x-forwarded-proto: {exact: https}}}]\n    route: [{destination: {host: secure, port: {number: 9080}}}]\n  - match: [{headers: {x-envoy-internal: {exact: \"true\"}}}]\n    route: [{destination: {host: secure, port: {number: 9080}}}]\n  - route: [{destination: {host: plain, port: {number: 9080}}}]\n",
         );
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     let spoofed = raw(
         gw,
@@ -608,8 +608,8 @@ async fn a_websocket_upgrade_is_proxied() {
         + &gateway("public", &http_server(80, "\"*\""))
         + &vs("public", "\"*\"", "public", &to("ws"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let mut s = TcpStream::connect(addrs.of(80)).await.unwrap();
     s.write_all(b"GET /chat HTTP/1.1\r\nHost: a.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
@@ -654,8 +654,8 @@ async fn other_upgrades_are_refused_and_h2c_is_dropped() {
         + &gateway("public", &http_server(80, "\"*\""))
         + &vs("public", "\"*\"", "public", &to("frontend"));
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let resp = raw(
         addrs.of(80),
         "GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: Upgrade, close\r\nUpgrade: foo/2\r\n\r\n",
@@ -688,8 +688,8 @@ async fn refused_upgrades_are_refused_before_rules_answer() {
             "  - match: [{uri: {prefix: /old}}]\n    redirect: {uri: /new}\n",
         );
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let gw = addrs.of(80);
     let upgrade = raw(
         gw,
@@ -707,8 +707,8 @@ async fn refused_upgrades_are_refused_before_rules_answer() {
     let cfg = gateway("gw", &http_server(80, "only.example.com"))
         + &vs("v", "only.example.com", "gw", "  - redirect: {uri: /new}\n");
     let snap = snapshot(&cfg);
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[80]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[80]);
     let missing = raw(
         addrs.of(80),
         "GET / HTTP/1.1\r\nhost: other.example.com\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n",

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request};
@@ -17,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_config::{ConfigSet, Snapshot};
 use mesh_tests::gateway::{gateway, gateway_workload, send, start, to, vs};
-use mesh_tests::{named, service};
+use mesh_tests::{checked, named, service};
 use mesh_tower::{GatewayError, IngressGateway, MeshRuntime};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -91,35 +90,22 @@ async fn tls_connect(
 // ---------------------------------------------------------------------------------------
 // Certificates
 
-/// A directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
+/// A temporary directory (removed on drop) to write certificates and configuration in.
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-gateway-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
+        TempDir(tempfile::tempdir().unwrap())
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
+        let p = self.0.path().join(name);
         std::fs::write(&p, text).unwrap();
         p
     }
 
     fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
@@ -164,19 +150,7 @@ impl Ca {
 
 /// Loads every YAML file of `dir` (so that relative certificate paths resolve there).
 fn load_dir(dir: &Path) -> Snapshot {
-    let checked = ConfigSet::load(&[dir]).unwrap().check();
-    match checked.snapshot {
-        Some(s) => s,
-        None => panic!(
-            "invalid configuration:\n{}",
-            checked
-                .diagnostics
-                .iter()
-                .map(|d| d.short())
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
-    }
+    checked(&ConfigSet::load(&[dir]).unwrap())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -221,8 +195,8 @@ async fn simple_tls_terminates_with_files_next_to_the_yaml() {
     let dir = TempDir::new();
     let ca = tls_setup(&dir, "SIMPLE", backend.port());
     let snap = load_dir(dir.path());
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[443]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[443]);
     let gw = addrs.of(443);
 
     let (status, body, _) = https_get(gw, "secure.example.com", "/account", &ca.pem, None)
@@ -250,8 +224,8 @@ async fn http2_over_tls_is_routed_by_its_authority() {
     let dir = TempDir::new();
     let ca = tls_setup(&dir, "SIMPLE", backend.port());
     let snap = load_dir(dir.path());
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[443]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[443]);
 
     let tls = tls_connect(addrs.of(443), "secure.example.com", &ca.pem, None, true)
         .await
@@ -302,8 +276,8 @@ async fn several_tls_servers_on_one_port_are_chosen_by_sni() {
             + &vs("b", "b.example.com", "two", &to("svc-b"))),
     );
     let snap = load_dir(dir.path());
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[443]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[443]);
     let gw = addrs.of(443);
     // Each name gets its own certificate (the client verifies it against the name).
     for name in ["a", "b"] {
@@ -319,8 +293,8 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     let dir = TempDir::new();
     let ca = tls_setup(&dir, "MUTUAL", backend.port());
     let snap = load_dir(dir.path());
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[443]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[443]);
     let gw = addrs.of(443);
     let host = "secure.example.com";
 
@@ -348,9 +322,9 @@ async fn a_missing_certificate_file_is_an_error_naming_it() {
     tls_setup(&dir, "SIMPLE", 1);
     std::fs::remove_file(dir.path().join("server.pem")).unwrap();
     let snap = load_dir(dir.path());
-    let config = MeshRuntime::from_snapshot(&snap);
+    let runtime = MeshRuntime::from_snapshot(&snap);
     let ports = BTreeMap::from([(443, "127.0.0.1:0".parse().unwrap())]);
-    let err = IngressGateway::bind(&config, gateway_workload(), &ports).unwrap_err();
+    let err = IngressGateway::bind(&runtime, gateway_workload(), &ports).unwrap_err();
     match &err {
         GatewayError::ReadFile {
             server,
@@ -376,9 +350,9 @@ async fn a_file_that_is_not_pem_is_an_error_naming_it() {
     tls_setup(&dir, "SIMPLE", 1);
     dir.write("server-key.pem", "not a key\n");
     let snap = load_dir(dir.path());
-    let config = MeshRuntime::from_snapshot(&snap);
+    let runtime = MeshRuntime::from_snapshot(&snap);
     let ports = BTreeMap::from([(443, "127.0.0.1:0".parse().unwrap())]);
-    let err = IngressGateway::bind(&config, gateway_workload(), &ports).unwrap_err();
+    let err = IngressGateway::bind(&runtime, gateway_workload(), &ports).unwrap_err();
     assert!(
         matches!(&err, GatewayError::Pem { field: "privateKey", path, .. } if path.ends_with("server-key.pem")),
         "{err}"
@@ -416,8 +390,8 @@ async fn requests_on_a_tls_connection_are_answered_by_the_server_its_sni_chose()
             + &vs("b", "b.example.com", "two", &to("svc-b"))),
     );
     let snap = load_dir(dir.path());
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[443]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[443]);
     let gw = addrs.of(443);
     let on = |sni: &'static str, host: &'static str| {
         let pem = ca.pem.clone();
@@ -442,8 +416,8 @@ async fn mutual_tls_forwards_the_verified_client_certificate() {
     let dir = TempDir::new();
     let ca = tls_setup(&dir, "MUTUAL", backend.port());
     let snap = load_dir(dir.path());
-    let config = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&config, &snap, &[443]);
+    let runtime = MeshRuntime::from_snapshot(&snap);
+    let (_, addrs) = start(&runtime, &[443]);
 
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params

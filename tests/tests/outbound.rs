@@ -644,6 +644,60 @@ async fn retries_avoid_endpoints_already_tried_even_after_a_per_try_timeout() {
     );
 }
 
+/// The same avoidance after an attempt that answered: of two endpoints (random
+/// balancing), one answers 503 and `retryOn: 5xx` retries. The endpoint that answered is
+/// noted in the response for the retry to avoid; a request reaches the failing endpoint
+/// twice only when the balancer drew it 5 times in a row (1 in 32 of the ~100 retried
+/// requests: about 3 expected, where without avoidance half of them, about 50, would).
+/// The bound, 15, is missed by chance with probability below 10⁻⁶ (Poisson tail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_avoid_the_endpoint_that_answered_a_retriable_status() {
+    let failing = serve(|_, _| async {
+        Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::from("unavailable")))
+            .unwrap()
+    })
+    .await;
+    let fine = named("fine").await;
+    let cfg = mesh_tests::service_with(
+        "reviews",
+        "HTTP",
+        &[("v1", failing.port()), ("v1", fine.port())],
+        "  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
+    ) + &vs(
+        "  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: reviews}}]\n",
+    );
+    let m = mesh(&cfg);
+    let mut ok = 0;
+    for i in 0..200 {
+        let (status, body, _) =
+            get(&m, "http://reviews:9080/", &[("x-request", &i.to_string())]).await;
+        if (status, body.as_str()) == (200, "fine") {
+            ok += 1;
+        }
+    }
+    // A request fails only when all four attempts land on the failing endpoint.
+    assert!(ok >= 199, "{ok} of 200 requests succeeded");
+    let mut seen: Vec<String> = failing
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-request"].to_str().unwrap().to_string())
+        .collect();
+    let attempts = seen.len();
+    seen.sort();
+    seen.dedup();
+    let twice = attempts - seen.len();
+    assert!(
+        twice <= 15,
+        "{twice} requests went to the failing endpoint again"
+    );
+    assert!(
+        attempts > 50,
+        "the failing endpoint was rarely tried: {attempts}"
+    );
+}
+
 /// Runtime state outlives a configuration: a reload in the middle of load keeps
 /// LEAST_REQUEST steering away from the endpoint that is busy, and loses no request.
 ///

@@ -1,5 +1,5 @@
-//! Helpers shared by the store's test files: temporary directories, files and small
-//! resources.
+//! Helpers shared by the store's test files: writing and reading files, snapshots of a
+//! directory, small resources.
 
 #![allow(dead_code, clippy::unwrap_used)]
 

@@ -8,10 +8,11 @@
 //!
 //! Below the route stage every layer is a `Service<`[`Routed`]`>`: the request travels
 //! with its typed [`Route`], from which each layer reads its parameters. A layer that
-//! calls its inner service right away wraps the inner future in a future of its own;
-//! boxes are left for the rare cases: a delayed fault, the attempts after the first one,
-//! a route timeout waiting for a request body still streaming, and a per-try timer. The layers are
-//! public: a stack can be composed differently with `tower::ServiceBuilder` (see each
+//! calls its inner service right away wraps the inner future in a future of its own.
+//! What is boxed: the routed request itself (one allocation per request, so that the
+//! layers move a pointer, not the request), a per-try timer, and the rare cases — a
+//! delayed fault, the attempts after the first one, a route timeout waiting for a
+//! request body still streaming. The layers are public: a stack can be composed differently with `tower::ServiceBuilder` (see each
 //! module's example).
 
 pub mod balance;
@@ -73,9 +74,9 @@ pub type Forward<U = Pools> = Cors<Fault<Headers<Mirror<Timeout<Retry<Balance<U>
 /// The whole outbound stack of a workload over transport `U`, outermost first.
 pub type Stack<U = Pools> = Telemetry<RouteService<Forward<U>>>;
 
-/// The layers below the route stage for `mesh`'s workload, over `upstream`.
-pub(crate) fn forward<U: Transport>(mesh: &Mesh, upstream: U) -> Forward<U> {
-    let dispatch = BalanceLayer.layer(upstream);
+/// The layers below the route stage for `mesh`'s workload, over `transport`.
+pub(crate) fn forward<U: Transport>(mesh: &Mesh, transport: U) -> Forward<U> {
+    let dispatch = BalanceLayer.layer(transport);
     let mirror = MirrorLayer::with_slots(dispatch.clone(), mesh.runtime().mirror_slots().clone());
     CorsLayer.layer(
         FaultLayer.layer(
@@ -85,9 +86,9 @@ pub(crate) fn forward<U: Transport>(mesh: &Mesh, upstream: U) -> Forward<U> {
 }
 
 impl<U: Transport> Stack<U> {
-    /// The stack of `mesh`'s workload over `upstream`.
-    pub(crate) fn new(mesh: &Mesh, upstream: U) -> Self {
-        TelemetryLayer.layer(RouteLayer::new(mesh.clone()).layer(forward(mesh, upstream)))
+    /// The stack of `mesh`'s workload over `transport`.
+    pub(crate) fn new(mesh: &Mesh, transport: U) -> Self {
+        TelemetryLayer.layer(RouteLayer::new(mesh.clone()).layer(forward(mesh, transport)))
     }
 }
 

@@ -3,7 +3,7 @@
 //! The request keeps its logical authority (`reviews:9080`) in its URI, so HTTP/2's
 //! `:authority` and HTTP/1.1's `Host` say what the caller (or a rewrite) asked for; the
 //! endpoint to dial travels beside it in [`Outgoing`]. Each endpoint keeps, in its
-//! [`EndpointState`](crate::state::EndpointState), one client per protocol whose connector
+//! [`EndpointState`], one client per protocol whose connector
 //! always dials that endpoint, so its connection pool is the endpoint's pool — and a
 //! request reaches it without a lookup. The codec is the one the balancer chose
 //! ([`Protocol`]): the request's version is set to match it, as Envoy translates between

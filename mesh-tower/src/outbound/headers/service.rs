@@ -79,9 +79,6 @@ where
     }
 
     fn call(&mut self, mut routed: Routed) -> Self::Future {
-        if routed.route.rule().is_none() {
-            return HeadersFuture::plain(self.inner.call(routed));
-        }
         let parts = &mut *routed;
         let Some(rule) = parts.route.rule() else {
             return HeadersFuture::plain(self.inner.call(routed));

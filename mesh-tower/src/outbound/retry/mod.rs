@@ -4,10 +4,14 @@
 //! An attempt whose outcome they name (`retryOn` conditions, retriable status
 //! codes, connect failures, resets, per-try timeouts) is tried again after Envoy's
 //! jittered exponential backoff, up to `attempts` retries; endpoints already tried are
-//! avoided when they say so (Istio's default). The request body is kept for replay
+//! avoided when they say so (Istio's default): the balancer below notes in each response
+//! body which endpoint answered, so keep [`BalanceLayer`](super::BalanceLayer) under
+//! this layer with nothing between them that replaces the response body. The request body is kept for replay
 //! up to its bound ([`crate::body`]): a body that outgrew it is sent once, never retried.
-//! An attempt a retry replaces is reset, as Envoy resets it. The first attempt costs no
-//! allocation beyond the copy of the request's head that a retry would need.
+//! An attempt a retry replaces is reset, as Envoy resets it. The first attempt's future is
+//! not boxed; it costs a copy of the request's head (for a retry that may come), and,
+//! when the route has a per-try timeout, a boxed timer and — to avoid previous hosts
+//! after a timeout — a shared slot in which the balancer notes the endpoint it picked.
 //!
 //! ```
 //! # fn main() -> Result<(), mesh_tower::BoxError> {

@@ -246,7 +246,7 @@ where
     S::Future: Send + 'static,
 {
     let mut retry = 1u32;
-    let span = tracing::Span::current();
+    let span = super::super::telemetry::current();
     loop {
         // Envoy resets the upstream request it retries: the attempt's copy of the body
         // fails, so its connection stops sending (and pulling) it.
@@ -280,7 +280,9 @@ where
             },
             None => attempt.await.map(Some),
         };
-        span.record("attempts", retry + 1);
+        if let Some(span) = &span {
+            span.record("attempts", retry + 1);
+        }
         let resp = result?;
         let retries = routed.route.retries();
         let again = retry < retries.attempts

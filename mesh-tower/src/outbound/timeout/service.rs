@@ -53,7 +53,6 @@ where
             return TimeoutFuture::from(TimeoutFutureState::Timed {
                 fut: self.inner.call(routed),
                 sleep: tokio::time::sleep_until(deadline),
-                deadline,
             });
         };
         let fut = self.inner.call(routed);
@@ -100,7 +99,6 @@ pin_project! {
             fut: F,
             #[pin]
             sleep: Sleep,
-            deadline: Instant,
         },
         /// The request body is still streaming: the timer starts at its end (boxed).
         Streaming {
@@ -132,14 +130,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             TimeoutFutureStateProj::Plain { fut } => fut.poll(cx),
-            TimeoutFutureStateProj::Timed {
-                fut,
-                sleep,
-                deadline,
-            } => {
+            TimeoutFutureStateProj::Timed { fut, sleep } => {
                 if let Poll::Ready(r) = fut.poll(cx) {
+                    let deadline = sleep.deadline();
                     return Poll::Ready(r.map(|mut resp| {
-                        resp.body_mut().cut_at(*deadline);
+                        resp.body_mut().cut_at(deadline);
                         resp
                     }));
                 }
