@@ -596,6 +596,20 @@ async fn resolution_none_forwards_to_the_address_the_caller_asked_for() {
     assert_eq!(last.headers["host"], "elsewhere.example.org");
 }
 
+/// How many requests `server` received, and how many of them repeated a request it had
+/// already seen (by their `x-request` header).
+fn attempts_and_repeats(server: &mesh_tests::TestServer) -> (usize, usize) {
+    let mut seen: Vec<String> = server
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-request"].to_str().unwrap().to_string())
+        .collect();
+    let attempts = seen.len();
+    seen.sort();
+    seen.dedup();
+    (attempts, attempts - seen.len())
+}
+
 /// Endpoints earlier attempts tried are avoided (Istio's default `previous_hosts`
 /// predicate), also when an attempt answered nothing because its per-try timeout cut it:
 /// of two endpoints (random balancing), one hangs; every request succeeds, and a request
@@ -625,15 +639,7 @@ async fn retries_avoid_endpoints_already_tried_even_after_a_per_try_timeout() {
             get(&m, "http://reviews:9080/", &[("x-request", &i.to_string())]).await;
         assert_eq!((status, body.as_str()), (200, "fine"), "request {i}");
     }
-    let mut seen: Vec<String> = hang
-        .seen()
-        .iter()
-        .map(|s| s.headers["x-request"].to_str().unwrap().to_string())
-        .collect();
-    let attempts = seen.len();
-    seen.sort();
-    seen.dedup();
-    let twice = attempts - seen.len();
+    let (attempts, twice) = attempts_and_repeats(&hang);
     assert!(
         twice <= 3,
         "{twice} requests went to the hanging endpoint again"
@@ -679,15 +685,7 @@ async fn retries_avoid_the_endpoint_that_answered_a_retriable_status() {
     }
     // A request fails only when all four attempts land on the failing endpoint.
     assert!(ok >= 199, "{ok} of 200 requests succeeded");
-    let mut seen: Vec<String> = failing
-        .seen()
-        .iter()
-        .map(|s| s.headers["x-request"].to_str().unwrap().to_string())
-        .collect();
-    let attempts = seen.len();
-    seen.sort();
-    seen.dedup();
-    let twice = attempts - seen.len();
+    let (attempts, twice) = attempts_and_repeats(&failing);
     assert!(
         twice <= 15,
         "{twice} requests went to the failing endpoint again"
