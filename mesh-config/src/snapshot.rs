@@ -57,6 +57,12 @@ impl Checked {
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
+
+    /// Every diagnostic in its one-line form ([`Diagnostic::short`]), one per line.
+    pub fn summary(&self) -> String {
+        let lines: Vec<String> = self.diagnostics.iter().map(Diagnostic::short).collect();
+        lines.join("\n")
+    }
 }
 
 macro_rules! accessors {

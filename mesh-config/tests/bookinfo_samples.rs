@@ -32,15 +32,7 @@ fn snapshot_with(rel: &str) -> Snapshot {
     let checked = set.check();
     match checked.snapshot {
         Some(s) => s,
-        None => panic!(
-            "{rel} has errors:\n{}",
-            checked
-                .diagnostics
-                .iter()
-                .map(|d| d.short())
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
+        None => panic!("{rel} has errors:\n{}", checked.summary()),
     }
 }
 

@@ -36,16 +36,10 @@ fn compile(mut set: ConfigSet, extra: &[ConfigSet]) -> Arc<CompiledMesh> {
         set.apply(e.clone());
     }
     let checked = set.check();
-    let snap = checked.snapshot.unwrap_or_else(|| {
-        panic!(
-            "{:#?}",
-            checked
-                .diagnostics
-                .iter()
-                .map(|d| d.short())
-                .collect::<Vec<_>>()
-        )
-    });
+    let snap = checked
+        .snapshot
+        .clone()
+        .unwrap_or_else(|| panic!("{}", checked.summary()));
     let mesh = CompiledMesh::compile(&snap);
     assert!(mesh.errors.is_empty(), "{:?}", mesh.errors);
     Arc::new(mesh)

@@ -178,15 +178,7 @@ pub fn checked(set: &ConfigSet) -> mesh_config::Snapshot {
     let checked = set.check();
     match checked.snapshot {
         Some(s) => s,
-        None => panic!(
-            "invalid test configuration:\n{}",
-            checked
-                .diagnostics
-                .iter()
-                .map(|d| d.short())
-                .collect::<Vec<_>>()
-                .join("\n")
-        ),
+        None => panic!("invalid test configuration:\n{}", checked.summary()),
     }
 }
 

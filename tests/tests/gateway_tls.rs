@@ -249,6 +249,30 @@ async fn http2_over_tls_is_routed_by_its_authority() {
     assert_eq!(seen[0].path, "/h2");
 }
 
+/// Serves, from `dir`, a Gateway with two SIMPLE TLS servers on port 443 —
+/// `a.example.com` and `b.example.com`, each with the certificate `{cert(name)}.pem` and
+/// key `{cert(name)}-key.pem` — routing to the backends on ports `a` and `b`; returns
+/// the listener's address.
+fn serve_a_and_b(dir: &TempDir, cert: impl Fn(&str) -> String, a: u16, b: u16) -> SocketAddr {
+    let server = |name: &str| {
+        let file = cert(name);
+        format!(
+            "  - port: {{number: 443, name: https-{name}, protocol: HTTPS}}\n    hosts: [{name}.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: {file}.pem, privateKey: {file}-key.pem}}\n"
+        )
+    };
+    dir.write(
+        "gateway.yaml",
+        &(gateway("two", &(server("a") + &server("b")))
+            + &service("svc-a", "HTTP", &[("v1", a)])
+            + &service("svc-b", "HTTP", &[("v1", b)])
+            + &vs("a", "a.example.com", "two", &to("svc-a"))
+            + &vs("b", "b.example.com", "two", &to("svc-b"))),
+    );
+    let runtime = MeshRuntime::from_snapshot(&load_dir(dir.path()));
+    let (_, addrs) = start(&runtime, &[443]);
+    addrs.of(443)
+}
+
 #[tokio::test]
 async fn several_tls_servers_on_one_port_are_chosen_by_sni() {
     let (a, b) = (named("a").await, named("b").await);
@@ -262,23 +286,7 @@ async fn several_tls_servers_on_one_port_are_chosen_by_sni() {
         dir.write(&format!("{name}.pem"), &cert);
         dir.write(&format!("{name}-key.pem"), &key);
     }
-    let server = |name: &str| {
-        format!(
-            "  - port: {{number: 443, name: https-{name}, protocol: HTTPS}}\n    hosts: [{name}.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: {name}.pem, privateKey: {name}-key.pem}}\n"
-        )
-    };
-    dir.write(
-        "gateway.yaml",
-        &(gateway("two", &(server("a") + &server("b")))
-            + &service("svc-a", "HTTP", &[("v1", a.port())])
-            + &service("svc-b", "HTTP", &[("v1", b.port())])
-            + &vs("a", "a.example.com", "two", &to("svc-a"))
-            + &vs("b", "b.example.com", "two", &to("svc-b"))),
-    );
-    let snap = load_dir(dir.path());
-    let runtime = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&runtime, &[443]);
-    let gw = addrs.of(443);
+    let gw = serve_a_and_b(&dir, str::to_string, a.port(), b.port());
     // Each name gets its own certificate (the client verifies it against the name).
     for name in ["a", "b"] {
         let host = format!("{name}.example.com");
@@ -376,23 +384,7 @@ async fn requests_on_a_tls_connection_are_answered_by_the_server_its_sni_chose()
     );
     dir.write("ab.pem", &cert);
     dir.write("ab-key.pem", &key);
-    let server = |name: &str| {
-        format!(
-            "  - port: {{number: 443, name: https-{name}, protocol: HTTPS}}\n    hosts: [{name}.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: ab.pem, privateKey: ab-key.pem}}\n"
-        )
-    };
-    dir.write(
-        "gateway.yaml",
-        &(gateway("two", &(server("a") + &server("b")))
-            + &service("svc-a", "HTTP", &[("v1", a.port())])
-            + &service("svc-b", "HTTP", &[("v1", b.port())])
-            + &vs("a", "a.example.com", "two", &to("svc-a"))
-            + &vs("b", "b.example.com", "two", &to("svc-b"))),
-    );
-    let snap = load_dir(dir.path());
-    let runtime = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&runtime, &[443]);
-    let gw = addrs.of(443);
+    let gw = serve_a_and_b(&dir, |_| "ab".to_string(), a.port(), b.port());
     let on = |sni: &'static str, host: &'static str| {
         let pem = ca.pem.clone();
         async move {

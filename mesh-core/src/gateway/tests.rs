@@ -6,17 +6,10 @@ fn mesh(yaml: &str) -> CompiledMesh {
     let backends = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: backends}\nspec:\n  hosts: [backend.example.com, first.example.com, second.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n";
     set.add_str("t.yaml", &format!("{yaml}{backends}"));
     let checked = set.check();
-    let snap = checked.snapshot.unwrap_or_else(|| {
-        panic!(
-            "{}",
-            checked
-                .diagnostics
-                .iter()
-                .map(|d| d.short())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let snap = checked
+        .snapshot
+        .clone()
+        .unwrap_or_else(|| panic!("{}", checked.summary()));
     CompiledMesh::compile(&snap)
 }
 

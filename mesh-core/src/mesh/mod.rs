@@ -430,16 +430,10 @@ mod tests {
         let mut set = ConfigSet::new();
         set.add_str("test.yaml", yaml);
         let checked = set.check();
-        let snap = checked.snapshot.unwrap_or_else(|| {
-            panic!(
-                "{:#?}",
-                checked
-                    .diagnostics
-                    .iter()
-                    .map(|d| d.short())
-                    .collect::<Vec<_>>()
-            )
-        });
+        let snap = checked
+            .snapshot
+            .clone()
+            .unwrap_or_else(|| panic!("{}", checked.summary()));
         CompiledMesh::compile(&snap)
     }
 
