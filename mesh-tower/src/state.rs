@@ -34,8 +34,12 @@ pub struct EndpointState {
 
 impl EndpointState {
     fn new(id: Arc<str>) -> Self {
+        Self::with_pools(EndpointPools::new(&id), id)
+    }
+
+    pub(crate) fn with_pools(pools: EndpointPools, id: Arc<str>) -> Self {
         EndpointState {
-            pools: EndpointPools::new(&id),
+            pools,
             id,
             load: EndpointLoad::new(),
             used: AtomicU64::new(0),

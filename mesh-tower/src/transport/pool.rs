@@ -1,27 +1,46 @@
-//! Connection pools: one hyper-util client per endpoint and protocol.
+//! Connection pools: each endpoint's own, kept in its [`EndpointState`].
+//!
+//! The balancer has already chosen the endpoint, so its pool is reached without a lookup:
+//! an HTTP/1.1 pool is a stack of idle connections (the most recently used first, so a
+//! light load keeps few connections warm), an HTTP/2 pool one multiplexed connection. A
+//! general-purpose keyed pool (hyper-util's legacy client) would hash the request's
+//! scheme and authority three times per request to find a pool the mesh already holds,
+//! and race a new connect against every checkout; here a checkout is a mutex held for a
+//! `Vec::pop`. The connections themselves are hyper's (`hyper::client::conn`), dialled
+//! by hyper-util's `HttpConnector` (DNS, `TCP_NODELAY`, Envoy's 10 s connect timeout);
+//! idle ones close after 90 s.
 //!
 //! The request keeps its logical authority (`reviews:9080`) in its URI, so HTTP/2's
 //! `:authority` and HTTP/1.1's `Host` say what the caller (or a rewrite) asked for; the
-//! endpoint to dial travels beside it in [`Outgoing`]. Each endpoint keeps, in its
-//! [`EndpointState`], one client per protocol whose connector
-//! always dials that endpoint, so its connection pool is the endpoint's pool — and a
-//! request reaches it without a lookup. The codec is the one the balancer chose
-//! ([`Protocol`]): the request's version is set to match it, as Envoy translates between
-//! downstream and upstream codecs.
+//! endpoint to dial travels beside it in [`Outgoing`]. The codec is the one the balancer
+//! chose ([`Protocol`]): the request's version is set to match it, as Envoy translates
+//! between downstream and upstream codecs. A request that a reused connection refused
+//! before sending it (the server closed it while it sat idle) is sent again on another.
 
-use std::sync::{Arc, OnceLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri, Version};
+use http::header::HOST;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower::Service;
 
 use crate::state::EndpointState;
-use crate::{BoxError, BoxFuture, ReqBody, ResBody};
+use crate::{BoxError, ReqBody, ResBody};
+
+/// Envoy's default connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The protocol to speak to an endpoint, chosen by the balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,47 +75,279 @@ pub struct Outgoing {
     pub protocol: Protocol,
 }
 
-type EndpointClient = Client<FixedConnector, ReqBody>;
+/// A connection to the endpoint could not be made: Envoy's "connection failure", which
+/// Istio's default retry policy retries.
+#[derive(Debug, thiserror::Error)]
+#[error("connection to {endpoint} failed: {source}")]
+pub struct ConnectError {
+    endpoint: Arc<str>,
+    #[source]
+    source: BoxError,
+}
 
-/// The clients of one endpoint, made on first use.
-#[derive(Debug)]
+impl ConnectError {
+    fn new(endpoint: &Arc<str>, source: impl Into<BoxError>) -> Self {
+        ConnectError {
+            endpoint: endpoint.clone(),
+            source: source.into(),
+        }
+    }
+}
+
+/// An idle HTTP/1.1 connection.
+struct IdleHttp1 {
+    conn: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// The connection pools of one endpoint, made empty and filled on use.
 pub(crate) struct EndpointPools {
+    /// What the connector dials (`http://address:port/`), `None` for an id that is not
+    /// an authority.
     target: Option<Uri>,
-    http1: OnceLock<EndpointClient>,
-    http2: OnceLock<EndpointClient>,
+    connector: HttpConnector,
+    idle_timeout: Duration,
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    http1: Mutex<Vec<IdleHttp1>>,
+    /// True while a task closes the expired idle HTTP/1.1 connections.
+    reaping: AtomicBool,
+    /// The HTTP/2 connection, once made.
+    http2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+    /// Held while an HTTP/2 connection is being made, so that concurrent requests share
+    /// one connection instead of each dialling its own.
+    http2_dialling: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for EndpointPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPools")
+            .field("target", &self.target)
+            .field("idle_http1", &self.http1.lock().map_or(0, |v| v.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl EndpointPools {
     /// The pools of the endpoint `address:port`.
     pub(crate) fn new(id: &str) -> Self {
+        Self::with_idle_timeout(id, IDLE_TIMEOUT)
+    }
+
+    pub(crate) fn with_idle_timeout(id: &str, idle_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         EndpointPools {
             target: format!("http://{id}/").parse().ok(),
-            http1: OnceLock::new(),
-            http2: OnceLock::new(),
+            connector,
+            idle_timeout,
+            http1: Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
+            http2: Mutex::new(None),
+            http2_dialling: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn client(&self, protocol: Protocol) -> Option<&EndpointClient> {
-        let target = self.target.as_ref()?;
-        let cell = match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::Http2 => &self.http2,
+    /// Number of idle HTTP/1.1 connections.
+    #[cfg(test)]
+    fn idle_http1(&self) -> usize {
+        self.http1.lock().map_or(0, |v| v.len())
+    }
+
+    async fn dial(&self, id: &Arc<str>) -> Result<TokioIo<TcpStream>, ConnectError> {
+        let Some(target) = &self.target else {
+            return Err(ConnectError::new(id, "invalid endpoint address"));
         };
-        Some(cell.get_or_init(|| {
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(Duration::from_secs(10)));
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(Duration::from_secs(90))
-                .pool_timer(TokioTimer::new());
-            if protocol == Protocol::Http2 {
-                b.http2_only(true);
+        self.connector
+            .clone()
+            .call(target.clone())
+            .await
+            .map_err(|e| ConnectError::new(id, e))
+    }
+
+    /// An idle HTTP/1.1 connection ready for a request, if one is.
+    fn take_idle_http1(&self) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired ones are left to the reaper (a clock read per request saved): one may
+        // serve a request up to one more idle timeout late.
+        while let Some(IdleHttp1 { conn, .. }) = idle.pop() {
+            if conn.is_ready() {
+                return Some(conn);
             }
-            b.build(FixedConnector {
-                http,
-                target: target.clone(),
-            })
-        }))
+        }
+        None
+    }
+
+    async fn new_http1(&self, id: &Arc<str>) -> Result<http1::SendRequest<ReqBody>, BoxError> {
+        let io = self.dial(id).await?;
+        let (conn, connection) = http1::handshake(io)
+            .await
+            .map_err(|e| ConnectError::new(id, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(conn)
+    }
+
+    /// Puts `conn` back among the idle connections once it can take another request:
+    /// now, or when the response body it is still receiving ends.
+    fn release_http1(endpoint: &Arc<EndpointState>, mut conn: http1::SendRequest<ReqBody>) {
+        if conn.is_ready() {
+            endpoint.pools.put_idle_http1(endpoint, conn);
+        } else if !conn.is_closed() {
+            let endpoint = Arc::downgrade(endpoint);
+            tokio::spawn(async move {
+                if conn.ready().await.is_ok()
+                    && let Some(endpoint) = endpoint.upgrade()
+                {
+                    endpoint.pools.put_idle_http1(&endpoint, conn);
+                }
+            });
+        }
+    }
+
+    fn put_idle_http1(&self, endpoint: &Arc<EndpointState>, conn: http1::SendRequest<ReqBody>) {
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        idle.push(IdleHttp1 {
+            conn,
+            since: Instant::now(),
+        });
+        if !self.reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(endpoint), self.idle_timeout));
+        }
+    }
+
+    /// The endpoint's HTTP/2 connection, made if there is none (or it closed).
+    async fn http2(&self, id: &Arc<str>) -> Result<http2::SendRequest<ReqBody>, BoxError> {
+        if let Some(conn) = self.open_http2() {
+            return Ok(conn);
+        }
+        let _dialling = self.http2_dialling.lock().await;
+        if let Some(conn) = self.open_http2() {
+            return Ok(conn);
+        }
+        let io = self.dial(id).await?;
+        let (conn, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| ConnectError::new(id, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn open_http2(&self) -> Option<http2::SendRequest<ReqBody>> {
+        let conn = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        conn.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+}
+
+/// Closes the endpoint's expired idle HTTP/1.1 connections every `idle_timeout` until
+/// none is left.
+async fn reap(endpoint: Weak<EndpointState>, idle_timeout: Duration) {
+    loop {
+        tokio::time::sleep(idle_timeout).await;
+        let Some(endpoint) = endpoint.upgrade() else {
+            return;
+        };
+        let pools = &endpoint.pools;
+        let mut idle = pools.http1.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|c| !c.conn.is_closed() && c.since.elapsed() < idle_timeout);
+        if idle.is_empty() {
+            // Under the lock: the next connection put back starts a new reaper.
+            pools.reaping.store(false, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+/// HTTP/1.1 sends the target in origin form and the authority in `Host` (hyper's client
+/// does the same; a port that is the scheme's default is left out).
+fn to_http1(request: &mut Request<ReqBody>) {
+    if !request.headers().contains_key(HOST)
+        && let Some(host) = host_header(request.uri())
+    {
+        request.headers_mut().insert(HOST, host);
+    }
+    if request.method() != Method::CONNECT && request.uri().authority().is_some() {
+        let origin = match request.uri().path_and_query() {
+            Some(p) if p.as_str() != "/" => Uri::from(p.clone()),
+            _ => Uri::from(PathAndQuery::from_static("/")),
+        };
+        *request.uri_mut() = origin;
+    }
+}
+
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    let default_port = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTPS => Some(443),
+        Some(s) if *s == Scheme::HTTP => Some(80),
+        _ => None,
+    };
+    let value = if authority.as_str().contains('@') || authority.port_u16() == default_port {
+        match authority.port_u16().filter(|p| Some(*p) != default_port) {
+            Some(port) => HeaderValue::try_from(format!("{}:{port}", authority.host())),
+            None => HeaderValue::from_str(authority.host()),
+        }
+    } else {
+        HeaderValue::from_str(authority.as_str())
+    };
+    value.ok()
+}
+
+/// Sends `request` to `endpoint` over one of its pooled connections.
+async fn send(
+    endpoint: Arc<EndpointState>,
+    protocol: Protocol,
+    mut request: Request<ReqBody>,
+) -> Result<Response<Incoming>, BoxError> {
+    *request.version_mut() = protocol.version();
+    let id = endpoint.id();
+    let pools = &endpoint.pools;
+    match protocol {
+        Protocol::Http1 => {
+            to_http1(&mut request);
+            loop {
+                let (mut conn, reused) = match pools.take_idle_http1() {
+                    Some(conn) => (conn, true),
+                    None => (pools.new_http1(id).await?, false),
+                };
+                match conn.try_send_request(request).await {
+                    Ok(response) => {
+                        EndpointPools::release_http1(&endpoint, conn);
+                        return Ok(response);
+                    }
+                    Err(e) => request = unsent(e, reused)?,
+                }
+            }
+        }
+        Protocol::Http2 => loop {
+            let mut conn = pools.http2(id).await?;
+            match conn.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(e) => request = unsent(e, true)?,
+            }
+        },
+    }
+}
+
+/// The request back from a connection that closed before sending it, to be sent on
+/// another — unless the connection was new (then the endpoint itself refuses it).
+fn unsent(
+    mut e: TrySendError<Request<ReqBody>>,
+    reused: bool,
+) -> Result<Request<ReqBody>, BoxError> {
+    match e.take_message() {
+        Some(request) if reused => Ok(request),
+        _ => Err(Box::new(e.into_error())),
     }
 }
 
@@ -115,64 +366,278 @@ impl Service<Outgoing> for Pools {
     }
 
     fn call(&mut self, out: Outgoing) -> PoolFuture {
-        let Outgoing {
-            mut request,
-            endpoint,
-            protocol,
-        } = out;
-        *request.version_mut() = protocol.version();
-        match endpoint.pools.client(protocol) {
-            Some(client) => PoolFuture::Sending(client.request(request)),
-            None => {
-                let id = endpoint.id().clone();
-                PoolFuture::Failed(Some(format!("invalid endpoint address {id}").into()))
-            }
-        }
+        PoolFuture(Box::pin(send(out.endpoint, out.protocol, out.request)))
     }
 }
 
 /// The response future of [`Pools`].
-pub enum PoolFuture {
-    /// Waiting for the response.
-    Sending(ResponseFuture),
-    /// The endpoint could not be dialled.
-    Failed(Option<BoxError>),
-}
+pub struct PoolFuture(Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>);
 
-impl std::future::Future for PoolFuture {
+impl Future for PoolFuture {
     type Output = Result<Response<ResBody>, BoxError>;
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            PoolFuture::Sending(f) => std::pin::Pin::new(f).poll(cx).map(|r| match r {
-                Ok(resp) => Ok(resp.map(ResBody::incoming)),
-                Err(e) => Err(Box::new(e) as BoxError),
-            }),
-            PoolFuture::Failed(e) => Poll::Ready(Err(e
-                .take()
-                .unwrap_or_else(|| "polled after completion".into()))),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0
+            .as_mut()
+            .poll(cx)
+            .map_ok(|resp| resp.map(ResBody::incoming))
+    }
+}
+
+impl std::fmt::Debug for PoolFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolFuture")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::server::conn::auto;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A backend on 127.0.0.1 answering `host target` (its `Host` header and request
+    /// target); with `close`, every response says `Connection: close`. Counts the
+    /// connections it accepted and those that ended.
+    struct Backend {
+        id: Arc<str>,
+        accepted: Arc<AtomicUsize>,
+        ended: Arc<AtomicUsize>,
+    }
+
+    async fn backend(close: bool) -> Backend {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let id: Arc<str> = l.local_addr().unwrap().to_string().into();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (a, e) = (accepted.clone(), ended.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let e = e.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| async move {
+                        let host = req.headers().get(HOST).map_or("-", |h| h.to_str().unwrap());
+                        let body = format!("{host} {}", req.uri());
+                        let mut resp = Response::new(Full::new(Bytes::from(body)));
+                        if close {
+                            resp.headers_mut()
+                                .insert("connection", HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, Infallible>(resp)
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Backend {
+            id,
+            accepted,
+            ended,
         }
     }
-}
 
-/// A connector that dials one endpoint whatever the request's authority says.
-#[derive(Clone)]
-struct FixedConnector {
-    http: HttpConnector,
-    target: Uri,
-}
-
-impl Service<Uri> for FixedConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<TokioIo<TcpStream>, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.http.poll_ready(cx).map_err(Into::into)
+    fn endpoint(id: &Arc<str>, idle_timeout: Duration) -> Arc<EndpointState> {
+        Arc::new(EndpointState::with_pools(
+            EndpointPools::with_idle_timeout(id, idle_timeout),
+            id.clone(),
+        ))
     }
 
-    fn call(&mut self, _logical: Uri) -> Self::Future {
-        let connecting = self.http.call(self.target.clone());
-        Box::pin(async move { connecting.await.map_err(Into::into) })
+    async fn get(endpoint: Arc<EndpointState>, protocol: Protocol, uri: &str) -> String {
+        let request = Request::get(uri).body(ReqBody::empty()).unwrap();
+        let resp = Pools
+            .call(Outgoing {
+                request,
+                endpoint,
+                protocol,
+            })
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http1_requests_one_after_the_other_reuse_one_connection() {
+        let b = backend(false).await;
+        let ep = endpoint(&b.id, IDLE_TIMEOUT);
+        for i in 0..20 {
+            let said = get(
+                ep.clone(),
+                Protocol::Http1,
+                &format!("http://reviews:9080/r?i={i}"),
+            )
+            .await;
+            assert_eq!(said, format!("reviews:9080 /r?i={i}"));
+        }
+        assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(ep.pools.idle_http1(), 1);
+    }
+
+    #[tokio::test]
+    async fn http1_concurrent_requests_open_connections_that_are_kept() {
+        let b = backend(false).await;
+        let ep = endpoint(&b.id, IDLE_TIMEOUT);
+        let all = (0..8).map(|_| get(ep.clone(), Protocol::Http1, "http://reviews:9080/"));
+        let said = futures_join_all(all).await;
+        assert!(said.iter().all(|s| s == "reviews:9080 /"), "{said:?}");
+        let opened = b.accepted.load(Ordering::SeqCst);
+        assert!((1..=8).contains(&opened), "{opened} connections");
+        assert_eq!(ep.pools.idle_http1(), opened);
+        // Reused afterwards: no new connection.
+        get(ep.clone(), Protocol::Http1, "http://reviews:9080/").await;
+        assert_eq!(b.accepted.load(Ordering::SeqCst), opened);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closes_is_not_reused() {
+        let b = backend(true).await;
+        let ep = endpoint(&b.id, IDLE_TIMEOUT);
+        for _ in 0..5 {
+            assert_eq!(get(ep.clone(), Protocol::Http1, "http://a/x").await, "a /x");
+        }
+        assert_eq!(b.accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced() {
+        // A server that answers one request per connection with keep-alive, then
+        // closes the socket: the pool learns it only from the connection.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let id: Arc<str> = l.local_addr().unwrap().to_string().into();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = accepted.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                });
+            }
+        });
+        let ep = endpoint(&id, IDLE_TIMEOUT);
+        for _ in 0..3 {
+            assert_eq!(get(ep.clone(), Protocol::Http1, "http://a/").await, "ok");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn http2_requests_share_one_connection() {
+        let b = backend(false).await;
+        let ep = endpoint(&b.id, IDLE_TIMEOUT);
+        let all = (0..16).map(|_| get(ep.clone(), Protocol::Http2, "http://ratings:9080/p"));
+        let said = futures_join_all(all).await;
+        // HTTP/2 carries the authority in `:authority`; the server maps it to the URI.
+        assert!(
+            said.iter().all(|s| s == "- http://ratings:9080/p"),
+            "{said:?}"
+        );
+        assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_timeout() {
+        let b = backend(false).await;
+        let ep = endpoint(&b.id, Duration::from_millis(100));
+        get(ep.clone(), Protocol::Http1, "http://a/").await;
+        assert_eq!(ep.pools.idle_http1(), 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.ended.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the idle connection stayed open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ep.pools.idle_http1(), 0);
+        assert!(!ep.pools.reaping.load(Ordering::SeqCst), "the reaper ended");
+        // The pool works on: a new connection, and a new reaper.
+        get(ep.clone(), Protocol::Http1, "http://a/").await;
+        assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
+        assert!(ep.pools.reaping.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let id: Arc<str> = l.local_addr().unwrap().to_string().into();
+        drop(l);
+        let ep = endpoint(&id, IDLE_TIMEOUT);
+        let request = Request::get("http://a/").body(ReqBody::empty()).unwrap();
+        let err = Pools
+            .call(Outgoing {
+                request,
+                endpoint: ep,
+                protocol: Protocol::Http1,
+            })
+            .await
+            .unwrap_err();
+        assert!(err.is::<ConnectError>(), "{err}");
+        assert!(err.to_string().contains(&*id), "{err}");
+    }
+
+    #[test]
+    fn the_host_header_leaves_out_the_default_port_and_user_info() {
+        let cases = [
+            ("http://reviews:9080/", Some("reviews:9080")),
+            ("http://reviews/", Some("reviews")),
+            ("http://reviews:80/", Some("reviews")),
+            ("https://reviews:443/", Some("reviews")),
+            ("https://reviews:80/", Some("reviews:80")),
+            ("http://user@reviews:9080/", Some("reviews:9080")),
+            ("http://user@reviews/", Some("reviews")),
+            ("http://[::1]:8080/", Some("[::1]:8080")),
+            ("/relative", None),
+        ];
+        for (uri, want) in cases {
+            let got = host_header(&uri.parse().unwrap());
+            assert_eq!(got.as_ref().map(|h| h.to_str().unwrap()), want, "{uri}");
+        }
+    }
+
+    #[test]
+    fn http1_requests_go_in_origin_form_with_their_host() {
+        let cases = [
+            ("http://a:81/p/q?x=1", None, "/p/q?x=1", "a:81"),
+            ("http://a:81", None, "/", "a:81"),
+            ("http://a:81/", Some("rewritten"), "/", "rewritten"),
+        ];
+        for (uri, host, target, want_host) in cases {
+            let mut b = Request::get(uri);
+            if let Some(h) = host {
+                b = b.header(HOST, h);
+            }
+            let mut req = b.body(ReqBody::empty()).unwrap();
+            to_http1(&mut req);
+            assert_eq!(req.uri().to_string(), target, "{uri}");
+            assert_eq!(req.headers()[HOST], want_host, "{uri}");
+        }
+    }
+
+    async fn futures_join_all<F: Future<Output = String> + Send + 'static>(
+        all: impl Iterator<Item = F>,
+    ) -> Vec<String> {
+        let handles: Vec<_> = all.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
     }
 }

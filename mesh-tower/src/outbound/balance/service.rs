@@ -330,8 +330,10 @@ where
 pub fn reset_reason(e: &(dyn std::error::Error + 'static)) -> ResetReason {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(he) = err.downcast_ref::<hyper_util::client::legacy::Error>()
-            && he.is_connect()
+        if err.is::<crate::transport::pool::ConnectError>()
+            || err
+                .downcast_ref::<hyper_util::client::legacy::Error>()
+                .is_some_and(|e| e.is_connect())
         {
             return ResetReason::ConnectionFailure;
         }
