@@ -4,6 +4,8 @@
 //! a [`Path`] with a [`Sender`] that sends one GET and checks its answer.
 //!
 //! - `bare`: a hyper-util legacy pooled client straight to the backend.
+//! - `mesh-pool`: the mesh's transport alone — its per-endpoint connection pool
+//!   (`Pools`), no routing: what the mesh's layers add is `mesh-defaults` minus this.
 //! - `mesh-defaults`: `mesh.client()` with only a ServiceEntry (Istio's defaults).
 //! - `mesh-vs`: `mesh.client()` with a DestinationRule (subsets v1, v2) and a
 //!   VirtualService (a header rule, then a 90/10 split with a timeout and retries).
@@ -16,6 +18,8 @@
 //!   set, which costs every path through it alike (see docs/benchmarks.md).
 //! - `nginx-sidecars`: a bare client through two nginx proxies (see [`crate::nginx`]).
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use clap::ValueEnum;
@@ -24,7 +28,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mesh_tower::{Mesh, MeshClient};
+use mesh_tower::state::EndpointState;
+use mesh_tower::transport::pool::{Outgoing, Pools, Protocol};
+use mesh_tower::{Mesh, MeshClient, ReqBody};
 use serde::Serialize;
 use tower::ServiceExt;
 
@@ -37,6 +43,8 @@ use crate::nginx::Sidecars;
 pub(crate) enum PathName {
     /// A bare hyper-util pooled client to the backend.
     Bare,
+    /// The mesh's connection pool alone, without routing.
+    MeshPool,
     /// `mesh.client()` with only a ServiceEntry.
     MeshDefaults,
     /// `mesh.client()` with a DestinationRule and a VirtualService.
@@ -47,8 +55,9 @@ pub(crate) enum PathName {
 
 impl PathName {
     /// Every path, in the order they are run and printed.
-    pub(crate) const ALL: [PathName; 4] = [
+    pub(crate) const ALL: [PathName; 5] = [
         PathName::Bare,
+        PathName::MeshPool,
         PathName::MeshDefaults,
         PathName::MeshVs,
         PathName::NginxSidecars,
@@ -58,6 +67,7 @@ impl PathName {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             PathName::Bare => "bare",
+            PathName::MeshPool => "mesh-pool",
             PathName::MeshDefaults => "mesh-defaults",
             PathName::MeshVs => "mesh-vs",
             PathName::NginxSidecars => "nginx-sidecars",
@@ -89,8 +99,18 @@ type BareClient = Client<HttpConnector, Empty<Bytes>>;
     reason = "a few senders, cloned once per task; boxing would add a pointer chase per request"
 )]
 enum Inner {
-    Bare { client: BareClient, uri: Uri },
-    Mesh { client: MeshClient, uri: Uri },
+    Bare {
+        client: BareClient,
+        uri: Uri,
+    },
+    Mesh {
+        client: MeshClient,
+        uri: Uri,
+    },
+    Pool {
+        endpoint: Arc<EndpointState>,
+        uri: Uri,
+    },
 }
 
 impl Sender {
@@ -106,6 +126,16 @@ impl Sender {
             Inner::Mesh { client, uri } => {
                 let req = Request::get(uri.clone()).body(Empty::<Bytes>::new())?;
                 let resp = client.clone().oneshot(req).await.map_err(|e| anyhow!(e))?;
+                check(resp).await
+            }
+            Inner::Pool { endpoint, uri } => {
+                let request = Request::get(uri.clone()).body(ReqBody::empty())?;
+                let out = Outgoing {
+                    request,
+                    endpoint: endpoint.clone(),
+                    protocol: Protocol::Http1,
+                };
+                let resp = Pools.oneshot(out).await.map_err(|e| anyhow!(e))?;
                 check(resp).await
             }
         }
@@ -150,6 +180,20 @@ pub(crate) fn bare(backend: &Backend) -> Result<Path> {
         sender: Sender(Inner::Bare {
             client: bare_client(),
             uri,
+        }),
+        sidecars: None,
+        _mesh: None,
+    })
+}
+
+/// The mesh's connection pool to the backend, without routing: the request carries the
+/// logical authority the mesh paths use.
+pub(crate) fn pool(backend: &Backend) -> Result<Path> {
+    Ok(Path {
+        name: PathName::MeshPool,
+        sender: Sender(Inner::Pool {
+            endpoint: EndpointState::standalone(&format!("127.0.0.1:{}", backend.port)),
+            uri: uri(&format!("http://reviews:9080{PATH}"))?,
         }),
         sidecars: None,
         _mesh: None,

@@ -46,6 +46,13 @@ impl EndpointState {
         }
     }
 
+    /// The state of the endpoint `address:port` outside any mesh: for sending straight
+    /// to it through [`Pools`](crate::transport::pool::Pools), the mesh's transport
+    /// without its routing (a benchmark's floor, or a test's).
+    pub fn standalone(id: &str) -> Arc<Self> {
+        Arc::new(Self::new(id.into()))
+    }
+
     /// `address:port` (an IPv6 address in brackets).
     pub fn id(&self) -> &Arc<str> {
         &self.id

@@ -3,12 +3,14 @@
 //! The balancer has already chosen the endpoint, so its pool is reached without a lookup:
 //! an HTTP/1.1 pool is a stack of idle connections (the most recently used first, so a
 //! light load keeps few connections warm), an HTTP/2 pool one multiplexed connection. A
-//! general-purpose keyed pool (hyper-util's legacy client) would hash the request's
-//! scheme and authority three times per request to find a pool the mesh already holds,
-//! and race a new connect against every checkout; here a checkout is a mutex held for a
-//! `Vec::pop`. The connections themselves are hyper's (`hyper::client::conn`), dialled
-//! by hyper-util's `HttpConnector` (DNS, `TCP_NODELAY`, Envoy's 10 s connect timeout);
-//! idle ones close after 90 s.
+//! general-purpose keyed pool (hyper-util's legacy client) hashes the request's scheme
+//! and authority three times per request to find a pool the mesh already holds, and
+//! races a new connect against every checkout: 8.6k instructions per request more than
+//! this pool (docs/benchmarks.md). Here a checkout is a mutex held for a `Vec::pop`.
+//! (hyper-util's newer composable pools, `client::pool`, keep no idle timeout yet.) The
+//! connections are hyper's own (`hyper::client::conn`), dialled by hyper-util's
+//! `HttpConnector` (DNS, `TCP_NODELAY`, Envoy's 10 s connect timeout); idle ones close
+//! after 90 s.
 //!
 //! The request keeps its logical authority (`reviews:9080`) in its URI, so HTTP/2's
 //! `:authority` and HTTP/1.1's `Host` say what the caller (or a rewrite) asked for; the
@@ -219,14 +221,16 @@ impl EndpointPools {
         }
     }
 
-    /// The endpoint's HTTP/2 connection, made if there is none (or it closed).
-    async fn http2(&self, id: &Arc<str>) -> Result<http2::SendRequest<ReqBody>, BoxError> {
+    /// The endpoint's HTTP/2 connection, made if there is none (or it closed), and
+    /// whether it was made before this request.
+    async fn http2(&self, id: &Arc<str>) -> Result<(http2::SendRequest<ReqBody>, bool), BoxError> {
         if let Some(conn) = self.open_http2() {
-            return Ok(conn);
+            return Ok((conn, true));
         }
         let _dialling = self.http2_dialling.lock().await;
         if let Some(conn) = self.open_http2() {
-            return Ok(conn);
+            // Made by a concurrent request while this one waited.
+            return Ok((conn, false));
         }
         let io = self.dial(id).await?;
         let (conn, connection) = http2::Builder::new(TokioExecutor::new())
@@ -240,7 +244,7 @@ impl EndpointPools {
             }
         });
         *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        Ok(conn)
+        Ok((conn, false))
     }
 
     fn open_http2(&self) -> Option<http2::SendRequest<ReqBody>> {
@@ -312,6 +316,7 @@ async fn send(
     *request.version_mut() = protocol.version();
     let id = endpoint.id();
     let pools = &endpoint.pools;
+    let mut resent = 0;
     match protocol {
         Protocol::Http1 => {
             to_http1(&mut request);
@@ -325,28 +330,36 @@ async fn send(
                         EndpointPools::release_http1(&endpoint, conn);
                         return Ok(response);
                     }
-                    Err(e) => request = unsent(e, reused)?,
+                    Err(e) => request = unsent(e, reused, &mut resent)?,
                 }
             }
         }
         Protocol::Http2 => loop {
-            let mut conn = pools.http2(id).await?;
+            let (mut conn, reused) = pools.http2(id).await?;
             match conn.try_send_request(request).await {
                 Ok(response) => return Ok(response),
-                Err(e) => request = unsent(e, true)?,
+                Err(e) => request = unsent(e, reused, &mut resent)?,
             }
         },
     }
 }
 
+/// How many times a request is sent again after connections closed before sending it.
+const MAX_RESENDS: u32 = 3;
+
 /// The request back from a connection that closed before sending it, to be sent on
-/// another — unless the connection was new (then the endpoint itself refuses it).
+/// another — unless the connection was new (then the endpoint itself refuses it) or the
+/// request was already sent again [`MAX_RESENDS`] times.
 fn unsent(
     mut e: TrySendError<Request<ReqBody>>,
     reused: bool,
+    resent: &mut u32,
 ) -> Result<Request<ReqBody>, BoxError> {
     match e.take_message() {
-        Some(request) if reused => Ok(request),
+        Some(request) if reused && *resent < MAX_RESENDS => {
+            *resent += 1;
+            Ok(request)
+        }
         _ => Err(Box::new(e.into_error())),
     }
 }
