@@ -14,6 +14,7 @@
 //! gateway ([`WorkloadView::route_at_gateway`]) and `meshctl route` ([`explain`]) all
 //! run the same rule matching.
 
+pub mod authz;
 pub mod balance;
 pub mod cluster;
 pub mod explain;
@@ -30,3 +31,21 @@ pub use matcher::{Caller, RequestHead};
 pub use mesh::{CompiledMesh, Decision, Outcome, RouteError, Upstream};
 pub use mesh_config::Snapshot;
 pub use workload::{Role, Workload, WorkloadView};
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use mesh_config::{ConfigSet, Snapshot};
+
+    /// The snapshot of the YAML documents `yaml` (as file `test.yaml`); panics with the
+    /// diagnostics when they are invalid.
+    pub(crate) fn snapshot(yaml: &str) -> Snapshot {
+        let mut set = ConfigSet::new();
+        set.add_str("test.yaml", yaml);
+        let checked = set.check();
+        checked
+            .snapshot
+            .clone()
+            .unwrap_or_else(|| panic!("{}", checked.summary()))
+    }
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use mesh_config::model::Labels;
 use rand_core::Rng;
 
+use crate::authz::Authorizer;
 use crate::gateway::{Chain, GatewayRoutes};
 use crate::matcher::{Caller, RequestHead};
 use crate::mesh::{CompiledMesh, Decision, RouteError, VisibleHosts};
@@ -88,6 +89,7 @@ pub struct WorkloadView {
     source_key: Box<[u8]>,
     hosts: Arc<VisibleHosts>,
     gateway: Option<GatewayRoutes>,
+    authz: Authorizer,
 }
 
 impl WorkloadView {
@@ -103,7 +105,14 @@ impl WorkloadView {
         let source_key = format!("{}.{}", workload.name, workload.namespace)
             .into_bytes()
             .into_boxed_slice();
+        let authz = Authorizer::for_workload(
+            mesh.authorization_policies(),
+            &mesh.settings().root_namespace,
+            &workload.namespace,
+            &workload.labels,
+        );
         WorkloadView {
+            authz,
             mesh,
             workload,
             identity,
@@ -142,6 +151,11 @@ impl WorkloadView {
             labels: &self.workload.labels,
             gateway: None,
         }
+    }
+
+    /// The AuthorizationPolicies that apply to requests arriving at the workload.
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authz
     }
 
     /// Its routes as a gateway workload, when it is one and Gateways select it.

@@ -1,16 +1,8 @@
 use super::*;
-use mesh_config::ConfigSet;
 
 fn mesh(yaml: &str) -> CompiledMesh {
-    let mut set = ConfigSet::new();
     let backends = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: backends}\nspec:\n  hosts: [backend.example.com, first.example.com, second.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n";
-    set.add_str("t.yaml", &format!("{yaml}{backends}"));
-    let checked = set.check();
-    let snap = checked
-        .snapshot
-        .clone()
-        .unwrap_or_else(|| panic!("{}", checked.summary()));
-    CompiledMesh::compile(&snap)
+    CompiledMesh::compile(&crate::test_support::snapshot(&format!("{yaml}{backends}")))
 }
 
 fn labels() -> Labels {

@@ -154,6 +154,8 @@ pub struct CompiledMesh {
     default_retry: Retries,
     /// Every Gateway's servers, in Istio's order.
     pub(crate) gateways: Vec<CompiledGateway>,
+    /// Every AuthorizationPolicy, compiled, in load order.
+    authorization: Vec<Arc<crate::authz::Policy>>,
     /// Problems found while compiling (rules that could not be compiled are skipped).
     pub errors: Vec<String>,
 }
@@ -190,7 +192,13 @@ impl CompiledMesh {
         let resolver = Resolver::new(&known, !services.wildcard.is_empty());
         let default_retry = Retries::compile(None, &settings.default_http_retry_policy);
         let gateways = crate::gateway::compile(snapshot);
+        let authorization = snapshot
+            .authorization_policies()
+            .iter()
+            .map(|p| Arc::new(crate::authz::Policy::compile(p)))
+            .collect();
         CompiledMesh {
+            authorization,
             default_retry,
             version: snapshot.version(),
             settings,
@@ -202,6 +210,11 @@ impl CompiledMesh {
             gateways,
             errors,
         }
+    }
+
+    /// Every AuthorizationPolicy, compiled, in load order.
+    pub fn authorization_policies(&self) -> &[Arc<crate::authz::Policy>] {
+        &self.authorization
     }
 
     /// The version of the snapshot it was compiled from.
@@ -424,17 +437,9 @@ pub(crate) fn first_match<'m>(
 mod tests {
     use super::resolve::joined;
     use super::*;
-    use mesh_config::ConfigSet;
 
     fn compile(yaml: &str) -> CompiledMesh {
-        let mut set = ConfigSet::new();
-        set.add_str("test.yaml", yaml);
-        let checked = set.check();
-        let snap = checked
-            .snapshot
-            .clone()
-            .unwrap_or_else(|| panic!("{}", checked.summary()));
-        CompiledMesh::compile(&snap)
+        CompiledMesh::compile(&crate::test_support::snapshot(yaml))
     }
 
     fn service_entry(name: &str, ns: &str, host: &str, export_to: &str) -> String {

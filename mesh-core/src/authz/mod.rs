@@ -1,0 +1,828 @@
+//! AuthorizationPolicy, decided as Istio's sidecar decides it.
+//!
+//! Istio compiles each policy rule into Envoy RBAC: a rule matches when one of its
+//! `from` sources and one of its `to` operations match, and all of its `when`
+//! conditions (each `when` is added to every source or operation, by the attribute's
+//! side). Within a source or operation every field given must match: one of `values`,
+//! none of `notValues`. The filters run in order CUSTOM (an external authorizer) → DENY
+//! → ALLOW; AUDIT only marks; a policy annotated `istio.io/dry-run: "true"` is evaluated
+//! but enforces nothing. With no ALLOW policy a request is allowed; with some, one must
+//! match. A policy without rules matches nothing (so `spec: {}` allows nothing).
+//!
+//! Which policies apply to a workload: those of the root namespace (all workloads, or
+//! those their selector picks in any namespace) and those of its own namespace (all, or
+//! the selected ones). Policies with `targetRef(s)` attach to gateways and services of
+//! the Gateway API and do not apply to workloads by selector.
+//!
+//! Where Istio cannot translate a value (an IP block that does not parse, a port out of
+//! range, an unsupported attribute), it fails closed: an ALLOW rule with such a value
+//! is dropped (it can only allow less), while in a DENY or AUDIT rule only that value is
+//! dropped (the rule can only deny more). The same holds here, and the compiled policy
+//! keeps what was dropped and why, for the debug log and `meshctl`.
+
+mod pattern;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use mesh_config::model::common::Labels;
+use mesh_config::model::security::{AuthorizationAction, AuthorizationPolicy, Operation, Source};
+use mesh_config::model::{Origin, Resource};
+
+use pattern::{IpBlock, PathPattern, StrPattern};
+
+/// The annotation that makes a policy dry-run.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// What a policy does with the requests it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Allows them (and, once any ALLOW policy applies, only them).
+    Allow,
+    /// Denies them.
+    Deny,
+    /// Marks them for audit; no effect on the decision.
+    Audit,
+    /// Asks an external authorizer.
+    Custom,
+}
+
+impl Action {
+    /// Istio's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+            Action::Custom => "CUSTOM",
+        }
+    }
+}
+
+impl From<AuthorizationAction> for Action {
+    fn from(a: AuthorizationAction) -> Self {
+        match a {
+            AuthorizationAction::Allow => Action::Allow,
+            AuthorizationAction::Deny => Action::Deny,
+            AuthorizationAction::Audit => Action::Audit,
+            AuthorizationAction::Custom => Action::Custom,
+        }
+    }
+}
+
+/// A JWT claim value, as far as authorization reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// A string.
+    Str(String),
+    /// A list (its string elements are matched).
+    List(Vec<Claim>),
+    /// A nested object.
+    Object(BTreeMap<String, Claim>),
+    /// A number, boolean or null: never matches a string value.
+    Other,
+}
+
+/// What RequestAuthentication established from a valid JWT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestAuth {
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`.
+    pub subject: String,
+    /// Every claim of the token (`aud`, `azp`, `groups`, ...).
+    pub claims: BTreeMap<String, Claim>,
+}
+
+impl RequestAuth {
+    fn claim(&self, path: &[String]) -> Option<&Claim> {
+        let (first, rest) = path.split_first()?;
+        let mut cur = self.claims.get(first)?;
+        for key in rest {
+            match cur {
+                Claim::Object(m) => cur = m.get(key)?,
+                _ => return None,
+            }
+        }
+        Some(cur)
+    }
+}
+
+/// What authorization knows of one request arriving at a workload.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthzRequest<'a> {
+    /// The peer's verified identity from mutual TLS (`spiffe://td/ns/NS/sa/SA`); `None`
+    /// in plaintext.
+    pub peer: Option<&'a str>,
+    /// The peer's address.
+    pub source_ip: IpAddr,
+    /// The original client's address (from `X-Forwarded-For` at a gateway); the peer's
+    /// when `None`.
+    pub remote_ip: Option<IpAddr>,
+    /// The address the request arrived at.
+    pub destination_ip: IpAddr,
+    /// The port it arrived at.
+    pub destination_port: u16,
+    /// The TLS server name, when TLS carried it.
+    pub sni: Option<&'a str>,
+    /// The method.
+    pub method: &'a str,
+    /// The `:authority` (or `Host`).
+    pub host: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The JWT's identity and claims, when a RequestAuthentication validated one.
+    pub auth: Option<&'a RequestAuth>,
+}
+
+/// One condition: the attribute, the values of which one must match and those of which
+/// none may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Check {
+    attr: Attr,
+    values: Vec<Value>,
+    not_values: Vec<Value>,
+}
+
+/// An attribute of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Attr {
+    SourceIp,
+    RemoteIp,
+    SourceNamespace,
+    SourceTrustDomain,
+    SourceServiceAccount,
+    SourcePrincipal,
+    RequestPrincipal,
+    RequestAudiences,
+    RequestPresenter,
+    RequestClaim(Vec<String>),
+    RequestHeader(String),
+    Host,
+    Method,
+    Path,
+    DestinationIp,
+    DestinationPort,
+    Sni,
+}
+
+/// One compiled value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Str(StrPattern),
+    Ip(IpBlock),
+    Path(PathPattern),
+    Port(u16),
+    /// A namespace glob (`*` anywhere).
+    Glob(String),
+    /// A trust domain: any (`*`), or a glob within the domain.
+    TrustDomain(String),
+    /// `ns/sa`.
+    ServiceAccount(String, String),
+    /// `iss/sub` patterns.
+    RequestPrincipal(StrPattern, StrPattern),
+}
+
+/// A compiled rule: one of `principals` (sources) and one of `permissions` (operations)
+/// must match, each an AND of checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CompiledRule {
+    principals: Vec<Vec<Check>>,
+    permissions: Vec<Vec<Check>>,
+}
+
+/// A compiled AuthorizationPolicy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    namespace: String,
+    name: String,
+    action: Action,
+    provider: Option<String>,
+    dry_run: bool,
+    selector: Option<Labels>,
+    attached: bool,
+    rules: Vec<CompiledRule>,
+    dropped: Vec<String>,
+    origin: Option<Origin>,
+}
+
+impl Policy {
+    /// Compiles one policy.
+    pub fn compile(resource: &Resource<AuthorizationPolicy>) -> Self {
+        let spec = &resource.spec;
+        let namespace = resource.namespace().to_string();
+        let action: Action = spec.action.unwrap_or_default().into();
+        let dry_run = resource
+            .meta
+            .annotations
+            .get(DRY_RUN_ANNOTATION)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let mut dropped = Vec::new();
+        let mut rules = Vec::new();
+        for (i, rule) in spec.rules.iter().enumerate() {
+            let mut cx = Compiler {
+                action,
+                namespace: &namespace,
+                errors: Vec::new(),
+            };
+            let compiled = cx.rule(rule);
+            for e in cx.errors.drain(..) {
+                dropped.push(format!("rules[{i}]: {e}"));
+            }
+            match compiled {
+                Some(r) => rules.push(r),
+                None => dropped.push(format!(
+                    "rules[{i}]: the rule is dropped (it matches no request)"
+                )),
+            }
+        }
+        Policy {
+            name: resource.name().to_string(),
+            namespace,
+            action,
+            provider: spec.provider.as_ref().map(|p| p.name.clone()),
+            dry_run,
+            selector: spec.selector.as_ref().map(|s| s.match_labels.clone()),
+            attached: spec.target_ref.is_some() || !spec.target_refs.is_empty(),
+            rules,
+            dropped,
+            origin: Some(resource.origin.clone()),
+        }
+    }
+
+    /// Its namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its action.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The external authorizer of a CUSTOM policy.
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
+    }
+
+    /// True when it is annotated dry-run.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Where it was written.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
+    }
+
+    /// What was dropped when compiling it, and why (fail-closed translation).
+    pub fn dropped(&self) -> &[String] {
+        &self.dropped
+    }
+
+    /// True when it applies to a workload with `labels` in `namespace`, the mesh's root
+    /// namespace being `root`.
+    pub fn applies_to(&self, root: &str, namespace: &str, labels: &Labels) -> bool {
+        if self.attached || (self.namespace != root && self.namespace != namespace) {
+            return false;
+        }
+        match &self.selector {
+            None => true,
+            Some(sel) => mesh_config::registry::selects(sel, labels),
+        }
+    }
+
+    /// True when one of its rules matches `req`.
+    pub fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        self.rules.iter().any(|r| r.matches(req))
+    }
+}
+
+struct Compiler<'a> {
+    action: Action,
+    namespace: &'a str,
+    errors: Vec<String>,
+}
+
+impl Compiler<'_> {
+    /// Compiles a rule, or `None` when an ALLOW rule must be dropped.
+    fn rule(&mut self, rule: &mesh_config::model::security::Rule) -> Option<CompiledRule> {
+        let mut base_principal = Vec::new();
+        let mut base_permission = Vec::new();
+        for (i, c) in rule.when.iter().enumerate() {
+            let (attr, side) = match when_attr(&c.key) {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    // Known to Istio, not translatable here: fail closed.
+                    self.errors.push(format!(
+                        "when[{i}]: {:?} (Envoy metadata) is not supported in-process",
+                        c.key
+                    ));
+                    if self.action == Action::Allow {
+                        return None;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // Istio drops a rule with an unknown attribute whatever the action.
+                    self.errors.push(format!("when[{i}]: {e}"));
+                    return None;
+                }
+            };
+            let check = self.check(attr, &c.values, &c.not_values)?;
+            match side {
+                Side::Principal => base_principal.extend(check),
+                Side::Permission => base_permission.extend(check),
+            }
+        }
+        let mut principals = Vec::new();
+        for from in &rule.from {
+            let mut merged = self.source(&from.source)?;
+            merged.extend(base_principal.iter().cloned());
+            principals.push(merged);
+        }
+        if rule.from.is_empty() {
+            principals.push(base_principal);
+        }
+        let mut permissions = Vec::new();
+        for to in &rule.to {
+            let mut merged = self.operation(&to.operation)?;
+            merged.extend(base_permission.iter().cloned());
+            permissions.push(merged);
+        }
+        if rule.to.is_empty() {
+            permissions.push(base_permission);
+        }
+        Some(CompiledRule {
+            principals,
+            permissions,
+        })
+    }
+
+    fn source(&mut self, s: &Source) -> Option<Vec<Check>> {
+        let fields: [(Attr, &[String], &[String]); 7] = [
+            (Attr::SourcePrincipal, &s.principals, &s.not_principals),
+            (
+                Attr::RequestPrincipal,
+                &s.request_principals,
+                &s.not_request_principals,
+            ),
+            (
+                Attr::SourceServiceAccount,
+                &s.service_accounts,
+                &s.not_service_accounts,
+            ),
+            (
+                Attr::SourceTrustDomain,
+                &s.trust_domains,
+                &s.not_trust_domains,
+            ),
+            (Attr::SourceNamespace, &s.namespaces, &s.not_namespaces),
+            (Attr::RemoteIp, &s.remote_ip_blocks, &s.not_remote_ip_blocks),
+            (Attr::SourceIp, &s.ip_blocks, &s.not_ip_blocks),
+        ];
+        self.checks(fields)
+    }
+
+    fn operation(&mut self, o: &Operation) -> Option<Vec<Check>> {
+        let fields: [(Attr, &[String], &[String]); 4] = [
+            (Attr::Host, &o.hosts, &o.not_hosts),
+            (Attr::Method, &o.methods, &o.not_methods),
+            (Attr::Path, &o.paths, &o.not_paths),
+            (Attr::DestinationPort, &o.ports, &o.not_ports),
+        ];
+        self.checks(fields)
+    }
+
+    fn checks<const N: usize>(
+        &mut self,
+        fields: [(Attr, &[String], &[String]); N],
+    ) -> Option<Vec<Check>> {
+        let mut out = Vec::new();
+        for (attr, values, not_values) in fields {
+            out.extend(self.check(attr, values, not_values)?);
+        }
+        Some(out)
+    }
+
+    /// Compiles one attribute's values; `Some(None)` when nothing is left to check.
+    fn check(
+        &mut self,
+        attr: Attr,
+        values: &[String],
+        not_values: &[String],
+    ) -> Option<Option<Check>> {
+        if values.is_empty() && not_values.is_empty() {
+            return Some(None);
+        }
+        let mut compile = |vs: &[String]| -> Option<Vec<Value>> {
+            let mut out = Vec::with_capacity(vs.len());
+            for v in vs {
+                match value(&attr, v, self.namespace) {
+                    Ok(x) => out.push(x),
+                    Err(e) => {
+                        self.errors.push(e);
+                        if self.action == Action::Allow {
+                            return None;
+                        }
+                    }
+                }
+            }
+            Some(out)
+        };
+        let vals = compile(values)?;
+        let nots = compile(not_values)?;
+        if vals.is_empty() && nots.is_empty() {
+            // Every value was dropped (DENY, AUDIT): no condition left.
+            return Some(None);
+        }
+        Some(Some(Check {
+            attr,
+            values: vals,
+            not_values: nots,
+        }))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Principal,
+    Permission,
+}
+
+/// The attribute of a `when` key, and the side of the RBAC policy Istio puts it on;
+/// `None` for the experimental Envoy metadata keys, which have no in-process meaning.
+fn when_attr(key: &str) -> Result<Option<(Attr, Side)>, String> {
+    let bracketed = |prefix: &str| -> Result<Vec<String>, String> {
+        let rest = &key[prefix.len()..];
+        let mut names = Vec::new();
+        let mut s = rest;
+        while !s.is_empty() {
+            let inner = s
+                .strip_prefix('[')
+                .and_then(|t| t.split_once(']'))
+                .filter(|(name, _)| !name.is_empty())
+                .ok_or_else(|| format!("{key:?}: expected {prefix}[name]"))?;
+            names.push(inner.0.to_string());
+            s = inner.1;
+        }
+        if names.is_empty() {
+            return Err(format!("{key:?}: expected {prefix}[name]"));
+        }
+        Ok(names)
+    };
+    Ok(Some(match key {
+        "source.ip" => (Attr::SourceIp, Side::Principal),
+        "remote.ip" => (Attr::RemoteIp, Side::Principal),
+        "source.namespace" => (Attr::SourceNamespace, Side::Principal),
+        "source.trustDomain" => (Attr::SourceTrustDomain, Side::Principal),
+        "source.serviceAccount" => (Attr::SourceServiceAccount, Side::Principal),
+        "source.principal" => (Attr::SourcePrincipal, Side::Principal),
+        "request.auth.principal" => (Attr::RequestPrincipal, Side::Principal),
+        "request.auth.audiences" => (Attr::RequestAudiences, Side::Principal),
+        "request.auth.presenter" => (Attr::RequestPresenter, Side::Principal),
+        "destination.ip" => (Attr::DestinationIp, Side::Permission),
+        "destination.port" => (Attr::DestinationPort, Side::Permission),
+        "connection.sni" => (Attr::Sni, Side::Permission),
+        k if k.starts_with("request.headers") => {
+            let names = bracketed("request.headers")?;
+            if names.len() != 1 {
+                return Err(format!("{key:?}: expected request.headers[name]"));
+            }
+            let name = names[0].to_ascii_lowercase();
+            (Attr::RequestHeader(name), Side::Principal)
+        }
+        k if k.starts_with("request.auth.claims") => (
+            Attr::RequestClaim(bracketed("request.auth.claims")?),
+            Side::Principal,
+        ),
+        k if k.starts_with("experimental.envoy.filters.") => return Ok(None),
+        _ => return Err(format!("unknown attribute {key:?}")),
+    }))
+}
+
+/// Compiles one value of `attr` (`namespace`: the policy's, for short service accounts).
+fn value(attr: &Attr, v: &str, namespace: &str) -> Result<Value, String> {
+    Ok(match attr {
+        Attr::SourceIp | Attr::RemoteIp | Attr::DestinationIp => Value::Ip(IpBlock::parse(v)?),
+        Attr::DestinationPort => Value::Port(
+            v.parse::<u16>()
+                .map_err(|_| format!("port {v:?} is not a number in [0, 65535]"))?,
+        ),
+        Attr::Path => Value::Path(PathPattern::parse(v)?),
+        Attr::Host => Value::Str(StrPattern::parse(v, true)),
+        Attr::SourceNamespace => Value::Glob(v.to_string()),
+        Attr::SourceTrustDomain => Value::TrustDomain(v.to_string()),
+        Attr::SourceServiceAccount => match v.split_once('/') {
+            Some((ns, sa)) => Value::ServiceAccount(ns.to_string(), sa.to_string()),
+            None => Value::ServiceAccount(namespace.to_string(), v.to_string()),
+        },
+        Attr::RequestPrincipal => {
+            let (iss, sub) = request_principal(v);
+            Value::RequestPrincipal(iss, sub)
+        }
+        Attr::SourcePrincipal
+        | Attr::RequestAudiences
+        | Attr::RequestPresenter
+        | Attr::RequestClaim(_)
+        | Attr::RequestHeader(_)
+        | Attr::Method
+        | Attr::Sni => Value::Str(StrPattern::parse(v, false)),
+    })
+}
+
+/// Istio's split of a request principal pattern into issuer and subject patterns
+/// (split at the last `/`; `*` alone, a leading `*` or a trailing `*` as Istio reads
+/// them).
+fn request_principal(v: &str) -> (StrPattern, StrPattern) {
+    let split = v.rfind('/').map(|i| (&v[..i], &v[i + 1..]));
+    let exact = |s: &str| StrPattern::Exact(s.to_string());
+    if v == "*" {
+        return (StrPattern::Present, StrPattern::Present);
+    }
+    if let Some(rest) = v.strip_prefix('*') {
+        return match split {
+            Some((iss, sub)) => {
+                let iss = if iss == "*" {
+                    StrPattern::Present
+                } else {
+                    StrPattern::Suffix(iss[1..].to_string())
+                };
+                (iss, exact(sub))
+            }
+            None => (StrPattern::Present, StrPattern::Suffix(rest.to_string())),
+        };
+    }
+    if let Some(rest) = v.strip_suffix('*') {
+        return match split {
+            Some((iss, sub)) => {
+                let sub = if sub == "*" {
+                    StrPattern::Present
+                } else {
+                    StrPattern::Prefix(sub.trim_end_matches('*').to_string())
+                };
+                (exact(iss), sub)
+            }
+            None => (StrPattern::Prefix(rest.to_string()), StrPattern::Present),
+        };
+    }
+    match split {
+        Some((iss, sub)) => (exact(iss), exact(sub)),
+        None => (exact(v), exact("")),
+    }
+}
+
+impl CompiledRule {
+    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        let all = |checks: &Vec<Check>| checks.iter().all(|c| c.matches(req));
+        self.principals.iter().any(all) && self.permissions.iter().any(all)
+    }
+}
+
+impl Check {
+    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
+        (self.values.is_empty() || self.values.iter().any(|v| matches(&self.attr, v, req)))
+            && !self.not_values.iter().any(|v| matches(&self.attr, v, req))
+    }
+}
+
+/// The parts of a SPIFFE ID `spiffe://TD/ns/NS/sa/SA`.
+struct Spiffe<'a> {
+    trust_domain: &'a str,
+    namespace: Option<&'a str>,
+    service_account: Option<&'a str>,
+}
+
+fn spiffe(id: &str) -> Option<Spiffe<'_>> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let parts: Vec<&str> = path.split('/').collect();
+    let after = |key: &str| {
+        parts
+            .iter()
+            .position(|p| *p == key)
+            .and_then(|i| parts.get(i + 1).copied())
+    };
+    Some(Spiffe {
+        trust_domain: td,
+        namespace: after("ns"),
+        service_account: after("sa"),
+    })
+}
+
+/// `*` anywhere in `pattern` stands for any characters.
+fn glob(pattern: &str, value: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = value.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?.to_str().ok()?;
+    let mut joined: Option<String> = None;
+    for v in all {
+        let j = joined.get_or_insert_with(|| first.to_string());
+        j.push(',');
+        j.push_str(v.to_str().ok()?);
+    }
+    Some(match joined {
+        Some(j) => std::borrow::Cow::Owned(j),
+        None => std::borrow::Cow::Borrowed(first),
+    })
+}
+
+fn claim_matches(claim: Option<&Claim>, p: &StrPattern) -> bool {
+    match claim {
+        Some(Claim::Str(s)) => p.matches(s),
+        Some(Claim::List(items)) => items
+            .iter()
+            .any(|c| matches!(c, Claim::Str(s) if p.matches(s))),
+        _ => false,
+    }
+}
+
+fn matches(attr: &Attr, value: &Value, req: &AuthzRequest<'_>) -> bool {
+    let peer = || req.peer.and_then(spiffe);
+    match (attr, value) {
+        (Attr::SourceIp, Value::Ip(b)) => b.contains(req.source_ip),
+        (Attr::RemoteIp, Value::Ip(b)) => b.contains(req.remote_ip.unwrap_or(req.source_ip)),
+        (Attr::DestinationIp, Value::Ip(b)) => b.contains(req.destination_ip),
+        (Attr::DestinationPort, Value::Port(p)) => req.destination_port == *p,
+        (Attr::SourcePrincipal, Value::Str(p)) => req.peer.is_some_and(|id| {
+            let id = id.strip_prefix("spiffe://").unwrap_or(id);
+            p.matches(id)
+        }),
+        (Attr::SourceNamespace, Value::Glob(g)) => peer()
+            .and_then(|s| s.namespace)
+            .is_some_and(|ns| glob(g, ns)),
+        (Attr::SourceTrustDomain, Value::TrustDomain(td)) => peer()
+            .is_some_and(|s| td == "*" || (!s.trust_domain.is_empty() && glob(td, s.trust_domain))),
+        (Attr::SourceServiceAccount, Value::ServiceAccount(ns, sa)) => peer().is_some_and(|s| {
+            s.namespace == Some(ns.as_str()) && s.service_account == Some(sa.as_str())
+        }),
+        (Attr::RequestPrincipal, Value::RequestPrincipal(iss, sub)) => req
+            .auth
+            .is_some_and(|a| iss.matches(&a.issuer) && sub.matches(&a.subject)),
+        (Attr::RequestAudiences, Value::Str(p)) => req
+            .auth
+            .is_some_and(|a| claim_matches(a.claims.get("aud"), p)),
+        (Attr::RequestPresenter, Value::Str(p)) => req
+            .auth
+            .is_some_and(|a| claim_matches(a.claims.get("azp"), p)),
+        (Attr::RequestClaim(path), Value::Str(p)) => {
+            req.auth.is_some_and(|a| claim_matches(a.claim(path), p))
+        }
+        (Attr::RequestHeader(name), Value::Str(p)) => match header_value(req.headers, name) {
+            // Envoy's present match: the header is there, whatever its value.
+            Some(v) => *p == StrPattern::Present || p.matches(&v),
+            None => false,
+        },
+        (Attr::Host, Value::Str(p)) => {
+            !req.host.is_empty() && p.matches(&req.host.to_ascii_lowercase())
+        }
+        (Attr::Method, Value::Str(p)) => p.matches(req.method),
+        (Attr::Path, Value::Path(p)) => p.matches(req.path),
+        (Attr::Sni, Value::Str(p)) => req.sni.is_some_and(|s| p.matches(s)),
+        _ => false,
+    }
+}
+
+/// The outcome of authorization.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'a> {
+    /// True when the request may proceed.
+    pub allowed: bool,
+    /// The policy whose rule decided: the DENY policy that matched, or the ALLOW policy
+    /// that matched; `None` when allowed because no ALLOW policy applies, or denied
+    /// because none of the ALLOW policies matched.
+    pub policy: Option<&'a Policy>,
+}
+
+impl Verdict<'_> {
+    /// The deciding policy's action.
+    pub fn action(&self) -> Option<Action> {
+        self.policy.map(Policy::action)
+    }
+}
+
+/// The AuthorizationPolicies that apply to one workload, by action.
+#[derive(Debug, Clone, Default)]
+pub struct Authorizer {
+    custom: Vec<Arc<Policy>>,
+    deny: Vec<Arc<Policy>>,
+    allow: Vec<Arc<Policy>>,
+    audit: Vec<Arc<Policy>>,
+    dry_deny: Vec<Arc<Policy>>,
+    dry_allow: Vec<Arc<Policy>>,
+}
+
+impl Authorizer {
+    /// The policies of `all` that apply to a workload with `labels` in `namespace`.
+    pub fn for_workload(all: &[Arc<Policy>], root: &str, namespace: &str, labels: &Labels) -> Self {
+        let mut a = Authorizer::default();
+        for p in all.iter().filter(|p| p.applies_to(root, namespace, labels)) {
+            let list = match (p.dry_run, p.action) {
+                // A dry-run CUSTOM or AUDIT policy has nothing to report.
+                (true, Action::Custom | Action::Audit) => continue,
+                (true, Action::Deny) => &mut a.dry_deny,
+                (true, Action::Allow) => &mut a.dry_allow,
+                (false, Action::Custom) => &mut a.custom,
+                (false, Action::Deny) => &mut a.deny,
+                (false, Action::Allow) => &mut a.allow,
+                (false, Action::Audit) => &mut a.audit,
+            };
+            list.push(p.clone());
+        }
+        a
+    }
+
+    /// True when no policy applies (every request is allowed, nothing to evaluate).
+    pub fn is_empty(&self) -> bool {
+        self.custom.is_empty()
+            && self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.audit.is_empty()
+            && self.dry_deny.is_empty()
+            && self.dry_allow.is_empty()
+    }
+
+    /// The CUSTOM policy whose rule matches `req`: its provider must be asked first,
+    /// and its answer stands (a denial ends the request).
+    pub fn custom(&self, req: &AuthzRequest<'_>) -> Option<&Policy> {
+        self.custom.iter().map(|p| &**p).find(|p| p.matches(req))
+    }
+
+    /// DENY, then ALLOW (after CUSTOM, see [`Authorizer::custom`]).
+    pub fn decide(&self, req: &AuthzRequest<'_>) -> Verdict<'_> {
+        decide(&self.deny, &self.allow, req)
+    }
+
+    /// The AUDIT policy that matches `req`, if any.
+    pub fn audit(&self, req: &AuthzRequest<'_>) -> Option<&Policy> {
+        self.audit.iter().map(|p| &**p).find(|p| p.matches(req))
+    }
+
+    /// What the dry-run policies would decide, when there are any: Istio's shadow
+    /// result, for the log only.
+    pub fn dry_run(&self, req: &AuthzRequest<'_>) -> Option<Verdict<'_>> {
+        if self.dry_deny.is_empty() && self.dry_allow.is_empty() {
+            return None;
+        }
+        Some(decide(&self.dry_deny, &self.dry_allow, req))
+    }
+}
+
+fn decide<'a>(
+    deny: &'a [Arc<Policy>],
+    allow: &'a [Arc<Policy>],
+    req: &AuthzRequest<'_>,
+) -> Verdict<'a> {
+    if let Some(p) = deny.iter().find(|p| p.matches(req)) {
+        return Verdict {
+            allowed: false,
+            policy: Some(p),
+        };
+    }
+    if allow.is_empty() {
+        return Verdict {
+            allowed: true,
+            policy: None,
+        };
+    }
+    match allow.iter().find(|p| p.matches(req)) {
+        Some(p) => Verdict {
+            allowed: true,
+            policy: Some(p),
+        },
+        None => Verdict {
+            allowed: false,
+            policy: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1176 @@
+//! Table-driven: each case is a set of policies, a workload, a request and Istio's
+//! decision for it (allowed or not, and the policy that decided).
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue};
+
+use super::*;
+
+fn policies(yaml: &str) -> Vec<Arc<Policy>> {
+    crate::test_support::snapshot(yaml)
+        .authorization_policies()
+        .iter()
+        .map(|r| Arc::new(Policy::compile(r)))
+        .collect()
+}
+
+fn ap(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n"
+    )
+}
+
+/// A request to the `httpbin` workload (labels app=httpbin, version=v1) in `foo`.
+#[derive(Clone)]
+struct Req {
+    ns: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    peer: Option<&'static str>,
+    source_ip: &'static str,
+    remote_ip: Option<&'static str>,
+    destination_ip: &'static str,
+    port: u16,
+    sni: Option<&'static str>,
+    method: &'static str,
+    host: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    jwt: Option<(&'static str, &'static str)>,
+    claims: &'static [(&'static str, Claim)],
+}
+
+const SLEEP: &str = "spiffe://cluster.local/ns/foo/sa/sleep";
+const BAR: &str = "spiffe://cluster.local/ns/bar/sa/client";
+const OTHER_TD: &str = "spiffe://other.domain/ns/foo/sa/sleep";
+
+fn req() -> Req {
+    Req {
+        ns: "foo",
+        labels: &[("app", "httpbin"), ("version", "v1")],
+        peer: Some(SLEEP),
+        source_ip: "10.0.0.5",
+        remote_ip: None,
+        destination_ip: "10.0.1.1",
+        port: 8000,
+        sni: None,
+        method: "GET",
+        host: "httpbin.foo:8000",
+        path: "/get",
+        headers: &[],
+        jwt: None,
+        claims: &[],
+    }
+}
+
+/// Decides `r` under `all` (root namespace `istio-system`): (allowed, deciding policy).
+fn decide_with(all: &[Arc<Policy>], r: &Req) -> (bool, Option<String>) {
+    let labels: Labels = r
+        .labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let authz = Authorizer::for_workload(all, "istio-system", r.ns, &labels);
+    let mut headers = HeaderMap::new();
+    for (k, v) in r.headers {
+        headers.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_static(v),
+        );
+    }
+    let auth = r.jwt.map(|(iss, sub)| RequestAuth {
+        issuer: iss.into(),
+        subject: sub.into(),
+        claims: r
+            .claims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    });
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let q = AuthzRequest {
+        peer: r.peer,
+        source_ip: ip(r.source_ip),
+        remote_ip: r.remote_ip.map(ip),
+        destination_ip: ip(r.destination_ip),
+        destination_port: r.port,
+        sni: r.sni,
+        method: r.method,
+        host: r.host,
+        path: r.path,
+        headers: &headers,
+        auth: auth.as_ref(),
+    };
+    if let Some(p) = authz.custom(&q) {
+        return (false, Some(format!("custom:{}", p.name())));
+    }
+    let v = authz.decide(&q);
+    (v.allowed, v.policy.map(|p| p.name().to_string()))
+}
+
+fn s(v: &str) -> Claim {
+    Claim::Str(v.into())
+}
+
+type Case = (&'static str, Req, bool, Option<&'static str>);
+
+fn run(yaml: &str, cases: Vec<Case>) {
+    let all = policies(yaml);
+    for (what, r, allowed, policy) in cases {
+        let got = decide_with(&all, &r);
+        assert_eq!(
+            got,
+            (allowed, policy.map(String::from)),
+            "{what}: (allowed, policy)"
+        );
+    }
+}
+
+#[test]
+fn scoping_and_actions() {
+    let yaml = [
+        // Root namespace, no selector: every workload.
+        ap(
+            "istio-system",
+            "deny-evil",
+            "  action: DENY\n  rules: [{to: [{operation: {paths: [/evil]}}]}]",
+        ),
+        // Root namespace with a selector: selected workloads in every namespace.
+        ap(
+            "istio-system",
+            "deny-admin-on-httpbin",
+            "  selector: {matchLabels: {app: httpbin}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]",
+        ),
+        // Namespace-wide ALLOW in foo.
+        ap(
+            "foo",
+            "allow-get",
+            "  rules: [{to: [{operation: {methods: [GET]}}]}]",
+        ),
+        // Workload policy in foo.
+        ap(
+            "foo",
+            "allow-post-v2",
+            "  selector: {matchLabels: {version: v2}}\n  rules: [{to: [{operation: {methods: [POST]}}]}]",
+        ),
+        // Another namespace's policy never applies to foo.
+        ap(
+            "bar",
+            "deny-all-bar",
+            "  action: DENY\n  rules: [{}]",
+        ),
+        // AUDIT has no effect on the decision.
+        ap(
+            "foo",
+            "audit-everything",
+            "  action: AUDIT\n  rules: [{}]",
+        ),
+        // A policy attached by targetRef does not apply by namespace.
+        ap(
+            "foo",
+            "attached",
+            "  targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: gw}\n  action: DENY\n  rules: [{}]",
+        ),
+    ]
+    .concat();
+    let v2 = Req {
+        labels: &[("app", "httpbin"), ("version", "v2")],
+        ..req()
+    };
+    let in_bar = Req { ns: "bar", ..req() };
+    let other_app = Req {
+        labels: &[("app", "reviews")],
+        ..req()
+    };
+    run(
+        &yaml,
+        vec![
+            (
+                "GET matches the namespace ALLOW",
+                req(),
+                true,
+                Some("allow-get"),
+            ),
+            (
+                "POST on v1: ALLOW policies apply, none matches",
+                Req {
+                    method: "POST",
+                    ..req()
+                },
+                false,
+                None,
+            ),
+            (
+                "POST on v2: the workload policy allows",
+                Req {
+                    method: "POST",
+                    ..v2.clone()
+                },
+                true,
+                Some("allow-post-v2"),
+            ),
+            (
+                "root DENY applies in foo",
+                Req {
+                    path: "/evil",
+                    ..req()
+                },
+                false,
+                Some("deny-evil"),
+            ),
+            (
+                "root DENY applies in bar too",
+                Req {
+                    path: "/evil",
+                    ..in_bar.clone()
+                },
+                false,
+                Some("deny-evil"),
+            ),
+            (
+                "root selector picks httpbin in foo",
+                Req {
+                    path: "/admin",
+                    ..req()
+                },
+                false,
+                Some("deny-admin-on-httpbin"),
+            ),
+            (
+                "root selector skips reviews",
+                Req {
+                    path: "/admin",
+                    ..other_app
+                },
+                true,
+                Some("allow-get"),
+            ),
+            (
+                "bar's deny-all applies in bar (DENY before the absent ALLOW)",
+                in_bar,
+                false,
+                Some("deny-all-bar"),
+            ),
+            (
+                "DENY wins over a matching ALLOW",
+                Req {
+                    path: "/evil",
+                    method: "GET",
+                    ..v2
+                },
+                false,
+                Some("deny-evil"),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn no_policy_allows_and_allow_nothing_denies() {
+    run(
+        &ap("bar", "unrelated", "  rules: [{}]"),
+        vec![("no policy applies to foo", req(), true, None)],
+    );
+    let yaml = ap("foo", "allow-nothing", "  {}");
+    run(
+        &yaml,
+        vec![
+            ("spec {} allows nothing", req(), false, None),
+            (
+                "not even plaintext",
+                Req {
+                    peer: None,
+                    ..req()
+                },
+                false,
+                None,
+            ),
+        ],
+    );
+    let yaml = ap("foo", "allow-all", "  rules: [{}]");
+    run(
+        &yaml,
+        vec![(
+            "an empty rule matches everything",
+            Req {
+                peer: None,
+                ..req()
+            },
+            true,
+            Some("allow-all"),
+        )],
+    );
+    let yaml = ap("foo", "deny-no-rules", "  action: DENY");
+    run(
+        &yaml,
+        vec![(
+            "a DENY policy without rules denies nothing",
+            req(),
+            true,
+            None,
+        )],
+    );
+}
+
+#[test]
+fn dry_run_enforces_nothing() {
+    let yaml = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: dry-deny\n  namespace: foo\n  annotations: {istio.io/dry-run: \"true\"}\nspec:\n  action: DENY\n  rules: [{}]\n";
+    let all = policies(yaml);
+    let labels: Labels = [("app".to_string(), "httpbin".to_string())].into();
+    let authz = Authorizer::for_workload(&all, "istio-system", "foo", &labels);
+    let headers = HeaderMap::new();
+    let q = AuthzRequest {
+        peer: None,
+        source_ip: "10.0.0.1".parse().unwrap(),
+        remote_ip: None,
+        destination_ip: "10.0.0.2".parse().unwrap(),
+        destination_port: 80,
+        sni: None,
+        method: "GET",
+        host: "h",
+        path: "/",
+        headers: &headers,
+        auth: None,
+    };
+    let v = authz.decide(&q);
+    assert!(v.allowed && v.policy.is_none(), "enforced: {v:?}");
+    let shadow = authz.dry_run(&q).expect("a shadow result");
+    assert!(!shadow.allowed);
+    assert_eq!(shadow.policy.map(Policy::name), Some("dry-deny"));
+}
+
+#[test]
+fn source_fields() {
+    let yaml = [
+        ap(
+            "foo",
+            "principals",
+            "  rules:\n  - from: [{source: {principals: [cluster.local/ns/foo/sa/sleep, \"cluster.local/ns/qa/*\", \"*/sa/admin\"]}}]\n    to: [{operation: {paths: [/principals]}}]",
+        ),
+        ap(
+            "foo",
+            "any-principal",
+            "  rules:\n  - from: [{source: {principals: [\"*\"]}}]\n    to: [{operation: {paths: [/authenticated]}}]",
+        ),
+        ap(
+            "foo",
+            "namespaces",
+            "  rules:\n  - from: [{source: {namespaces: [bar, \"te*\"], notNamespaces: [temp]}}]\n    to: [{operation: {paths: [/namespaces]}}]",
+        ),
+        ap(
+            "foo",
+            "not-principals",
+            "  rules:\n  - from: [{source: {notPrincipals: [cluster.local/ns/foo/sa/sleep]}}]\n    to: [{operation: {paths: [/not-sleep]}}]",
+        ),
+        ap(
+            "foo",
+            "ip-blocks",
+            "  rules:\n  - from: [{source: {ipBlocks: [10.0.0.0/16], notIpBlocks: [10.0.9.0/24]}}]\n    to: [{operation: {paths: [/ips]}}]",
+        ),
+        ap(
+            "foo",
+            "remote-ip-blocks",
+            "  rules:\n  - from: [{source: {remoteIpBlocks: [192.0.2.0/24]}}]\n    to: [{operation: {paths: [/remote]}}]",
+        ),
+        ap(
+            "foo",
+            "request-principals",
+            "  rules:\n  - from: [{source: {requestPrincipals: [\"testing@secure.istio.io/testing@secure.istio.io\", \"*/admin\", \"https://acme/*\"]}}]\n    to: [{operation: {paths: [/jwt]}}]",
+        ),
+        ap(
+            "foo",
+            "any-request-principal",
+            "  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n    to: [{operation: {paths: [/any-jwt]}}]",
+        ),
+        ap(
+            "foo",
+            "no-request-principal",
+            "  rules:\n  - from: [{source: {notRequestPrincipals: [\"*\"]}}]\n    to: [{operation: {paths: [/anonymous]}}]",
+        ),
+        ap(
+            "foo",
+            "service-accounts",
+            "  rules:\n  - from: [{source: {serviceAccounts: [sleep, bar/client]}}]\n    to: [{operation: {paths: [/sa]}}]",
+        ),
+        ap(
+            "foo",
+            "trust-domains",
+            "  rules:\n  - from: [{source: {trustDomains: [cluster.local]}}]\n    to: [{operation: {paths: [/td]}}]",
+        ),
+        ap(
+            "foo",
+            "not-trust-domains",
+            "  rules:\n  - from: [{source: {notTrustDomains: [\"other.*\"]}}]\n    to: [{operation: {paths: [/not-td]}}]",
+        ),
+    ]
+    .concat();
+    let p = |path: &'static str| Req { path, ..req() };
+    run(
+        &yaml,
+        vec![
+            (
+                "exact principal",
+                p("/principals"),
+                true,
+                Some("principals"),
+            ),
+            (
+                "prefix principal",
+                Req {
+                    peer: Some("spiffe://cluster.local/ns/qa/sa/x"),
+                    ..p("/principals")
+                },
+                true,
+                Some("principals"),
+            ),
+            (
+                "suffix principal",
+                Req {
+                    peer: Some("spiffe://any.td/ns/x/sa/admin"),
+                    ..p("/principals")
+                },
+                true,
+                Some("principals"),
+            ),
+            (
+                "another principal",
+                Req {
+                    peer: Some(BAR),
+                    ..p("/principals")
+                },
+                false,
+                None,
+            ),
+            (
+                "plaintext has no principal",
+                Req {
+                    peer: None,
+                    ..p("/principals")
+                },
+                false,
+                None,
+            ),
+            (
+                "* needs an authenticated peer",
+                p("/authenticated"),
+                true,
+                Some("any-principal"),
+            ),
+            (
+                "* refuses plaintext",
+                Req {
+                    peer: None,
+                    ..p("/authenticated")
+                },
+                false,
+                None,
+            ),
+            (
+                "namespace bar",
+                Req {
+                    peer: Some(BAR),
+                    ..p("/namespaces")
+                },
+                true,
+                Some("namespaces"),
+            ),
+            (
+                "namespace glob te*",
+                Req {
+                    peer: Some("spiffe://cluster.local/ns/test/sa/a"),
+                    ..p("/namespaces")
+                },
+                true,
+                Some("namespaces"),
+            ),
+            (
+                "notNamespaces wins over the glob",
+                Req {
+                    peer: Some("spiffe://cluster.local/ns/temp/sa/a"),
+                    ..p("/namespaces")
+                },
+                false,
+                None,
+            ),
+            ("namespace foo is not listed", p("/namespaces"), false, None),
+            ("notPrincipals excludes sleep", p("/not-sleep"), false, None),
+            (
+                "notPrincipals lets bar in",
+                Req {
+                    peer: Some(BAR),
+                    ..p("/not-sleep")
+                },
+                true,
+                Some("not-principals"),
+            ),
+            (
+                "notPrincipals lets plaintext in",
+                Req {
+                    peer: None,
+                    ..p("/not-sleep")
+                },
+                true,
+                Some("not-principals"),
+            ),
+            ("ipBlocks contains", p("/ips"), true, Some("ip-blocks")),
+            (
+                "notIpBlocks excludes",
+                Req {
+                    source_ip: "10.0.9.7",
+                    ..p("/ips")
+                },
+                false,
+                None,
+            ),
+            (
+                "ipBlocks outside",
+                Req {
+                    source_ip: "10.1.0.1",
+                    ..p("/ips")
+                },
+                false,
+                None,
+            ),
+            (
+                "remoteIpBlocks read the original client",
+                Req {
+                    remote_ip: Some("192.0.2.9"),
+                    ..p("/remote")
+                },
+                true,
+                Some("remote-ip-blocks"),
+            ),
+            (
+                "remoteIpBlocks default to the peer",
+                p("/remote"),
+                false,
+                None,
+            ),
+            (
+                "exact request principal",
+                Req {
+                    jwt: Some(("testing@secure.istio.io", "testing@secure.istio.io")),
+                    ..p("/jwt")
+                },
+                true,
+                Some("request-principals"),
+            ),
+            (
+                "*/admin: any issuer, subject admin",
+                Req {
+                    jwt: Some(("https://idp", "admin")),
+                    ..p("/jwt")
+                },
+                true,
+                Some("request-principals"),
+            ),
+            (
+                "https://acme/*: issuer https://acme, any subject",
+                Req {
+                    jwt: Some(("https://acme", "alice")),
+                    ..p("/jwt")
+                },
+                true,
+                Some("request-principals"),
+            ),
+            (
+                "issuer https://acme/x is not https://acme",
+                Req {
+                    jwt: Some(("https://acme/x", "alice")),
+                    ..p("/jwt")
+                },
+                false,
+                None,
+            ),
+            ("no token, no request principal", p("/jwt"), false, None),
+            (
+                "requestPrincipals * needs a token",
+                Req {
+                    jwt: Some(("a", "b")),
+                    ..p("/any-jwt")
+                },
+                true,
+                Some("any-request-principal"),
+            ),
+            (
+                "requestPrincipals * without a token",
+                p("/any-jwt"),
+                false,
+                None,
+            ),
+            (
+                "notRequestPrincipals * admits anonymous",
+                p("/anonymous"),
+                true,
+                Some("no-request-principal"),
+            ),
+            (
+                "notRequestPrincipals * refuses a token",
+                Req {
+                    jwt: Some(("a", "b")),
+                    ..p("/anonymous")
+                },
+                false,
+                None,
+            ),
+            (
+                "short service account in the policy's namespace",
+                p("/sa"),
+                true,
+                Some("service-accounts"),
+            ),
+            (
+                "ns/sa service account",
+                Req {
+                    peer: Some(BAR),
+                    ..p("/sa")
+                },
+                true,
+                Some("service-accounts"),
+            ),
+            (
+                "sleep in another namespace is another account",
+                Req {
+                    peer: Some("spiffe://cluster.local/ns/bar/sa/sleep"),
+                    ..p("/sa")
+                },
+                false,
+                None,
+            ),
+            (
+                "trust domain cluster.local",
+                p("/td"),
+                true,
+                Some("trust-domains"),
+            ),
+            (
+                "another trust domain",
+                Req {
+                    peer: Some(OTHER_TD),
+                    ..p("/td")
+                },
+                false,
+                None,
+            ),
+            (
+                "notTrustDomains glob",
+                Req {
+                    peer: Some(OTHER_TD),
+                    ..p("/not-td")
+                },
+                false,
+                None,
+            ),
+            (
+                "notTrustDomains lets cluster.local in",
+                p("/not-td"),
+                true,
+                Some("not-trust-domains"),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn operation_fields() {
+    let yaml = [
+        ap(
+            "foo",
+            "hosts",
+            "  rules: [{to: [{operation: {hosts: [httpbin.foo, \"*.example.com\", \"api.*\"], paths: [/hosts]}}]}]",
+        ),
+        ap(
+            "foo",
+            "not-hosts",
+            "  rules: [{to: [{operation: {notHosts: [\"*.internal\"], paths: [/not-hosts]}}]}]",
+        ),
+        ap(
+            "foo",
+            "methods",
+            "  rules: [{to: [{operation: {methods: [GET, HEAD], notPaths: [\"/private*\"]}}]}]",
+        ),
+        ap(
+            "foo",
+            "ports",
+            "  rules: [{to: [{operation: {ports: [\"9000\"], methods: [POST]}}]}]",
+        ),
+        ap(
+            "foo",
+            "not-ports",
+            "  rules: [{to: [{operation: {notPorts: [\"9000\"], methods: [PUT]}}]}]",
+        ),
+        ap(
+            "foo",
+            "paths",
+            "  rules: [{to: [{operation: {methods: [DELETE], paths: [/exact, \"/prefix/*\", \"*/suffix\", \"/tmpl/{*}/x\", \"/deep/{**}\"]}}]}]",
+        ),
+        ap(
+            "foo",
+            "not-methods",
+            "  rules: [{to: [{operation: {notMethods: [GET, HEAD, POST, PUT, DELETE], paths: [/nm]}}]}]",
+        ),
+    ]
+    .concat();
+    let p = |path: &'static str| Req { path, ..req() };
+    let del = |path: &'static str| Req {
+        method: "DELETE",
+        path,
+        ..req()
+    };
+    run(
+        &yaml,
+        vec![
+            // GET requests are allowed by `methods` unless the path is private; the cases
+            // below use /hosts etc. with other methods to reach the other policies.
+            ("GET on a public path", p("/get"), true, Some("methods")),
+            ("GET on a private path", p("/private/x"), false, None),
+            (
+                "host exact, case-insensitive",
+                Req {
+                    method: "OPTIONS",
+                    host: "HTTPBIN.foo",
+                    ..p("/hosts")
+                },
+                true,
+                Some("hosts"),
+            ),
+            (
+                "host with a port is another host",
+                Req {
+                    method: "OPTIONS",
+                    host: "httpbin.foo:8000",
+                    ..p("/hosts")
+                },
+                false,
+                None,
+            ),
+            (
+                "host suffix",
+                Req {
+                    method: "OPTIONS",
+                    host: "www.example.com",
+                    ..p("/hosts")
+                },
+                true,
+                Some("hosts"),
+            ),
+            (
+                "host prefix",
+                Req {
+                    method: "OPTIONS",
+                    host: "api.acme",
+                    ..p("/hosts")
+                },
+                true,
+                Some("hosts"),
+            ),
+            (
+                "notHosts excludes",
+                Req {
+                    method: "OPTIONS",
+                    host: "db.internal",
+                    ..p("/not-hosts")
+                },
+                false,
+                None,
+            ),
+            (
+                "notHosts admits",
+                Req {
+                    method: "OPTIONS",
+                    host: "db.external",
+                    ..p("/not-hosts")
+                },
+                true,
+                Some("not-hosts"),
+            ),
+            (
+                "method HEAD",
+                Req {
+                    method: "HEAD",
+                    ..p("/x")
+                },
+                true,
+                Some("methods"),
+            ),
+            (
+                "methods are case-sensitive",
+                Req {
+                    method: "get",
+                    ..p("/nm")
+                },
+                true,
+                Some("not-methods"),
+            ),
+            (
+                "port 9000 POST",
+                Req {
+                    method: "POST",
+                    port: 9000,
+                    ..p("/x")
+                },
+                true,
+                Some("ports"),
+            ),
+            (
+                "port 8000 POST",
+                Req {
+                    method: "POST",
+                    ..p("/x")
+                },
+                false,
+                None,
+            ),
+            (
+                "notPorts PUT on 8000",
+                Req {
+                    method: "PUT",
+                    ..p("/x")
+                },
+                true,
+                Some("not-ports"),
+            ),
+            (
+                "notPorts PUT on 9000",
+                Req {
+                    method: "PUT",
+                    port: 9000,
+                    ..p("/x")
+                },
+                false,
+                None,
+            ),
+            ("path exact", del("/exact"), true, Some("paths")),
+            ("path exact, not a prefix", del("/exact/more"), false, None),
+            ("path prefix", del("/prefix/a/b"), true, Some("paths")),
+            ("path suffix", del("/a/b/suffix"), true, Some("paths")),
+            (
+                "template one segment",
+                del("/tmpl/abc/x"),
+                true,
+                Some("paths"),
+            ),
+            ("template one segment only", del("/tmpl/a/b/x"), false, None),
+            (
+                "template any segments",
+                del("/deep/a/b/c"),
+                true,
+                Some("paths"),
+            ),
+            ("paths are case-sensitive", del("/EXACT"), false, None),
+            (
+                "notMethods admits PATCH",
+                Req {
+                    method: "PATCH",
+                    ..p("/nm")
+                },
+                true,
+                Some("not-methods"),
+            ),
+            (
+                "notMethods refuses DELETE",
+                Req {
+                    method: "DELETE",
+                    ..p("/nm")
+                },
+                false,
+                None,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn when_conditions() {
+    let yaml = [
+        ap(
+            "foo",
+            "header",
+            "  rules:\n  - to: [{operation: {paths: [/header]}}]\n    when: [{key: \"request.headers[X-Token]\", values: [secret, \"pre*\"], notValues: [prefix-banned]}]",
+        ),
+        ap(
+            "foo",
+            "header-present",
+            "  rules:\n  - to: [{operation: {paths: [/present]}}]\n    when: [{key: \"request.headers[x-flag]\", values: [\"*\"]}]",
+        ),
+        ap(
+            "foo",
+            "source-ns",
+            "  rules:\n  - to: [{operation: {paths: [/when-ns]}}]\n    when: [{key: source.namespace, values: [bar]}]",
+        ),
+        ap(
+            "foo",
+            "source-principal",
+            "  rules:\n  - to: [{operation: {paths: [/when-principal]}}]\n    when: [{key: source.principal, notValues: [cluster.local/ns/foo/sa/sleep]}]",
+        ),
+        ap(
+            "foo",
+            "ips",
+            "  rules:\n  - to: [{operation: {paths: [/when-ip]}}]\n    when: [{key: source.ip, values: [10.0.0.0/8]}, {key: destination.ip, values: [10.0.1.1]}, {key: remote.ip, notValues: [10.0.0.6]}]",
+        ),
+        ap(
+            "foo",
+            "port-sni",
+            "  rules:\n  - to: [{operation: {paths: [/when-port]}}]\n    when: [{key: destination.port, values: [\"8000\"]}, {key: connection.sni, values: [\"*.foo.svc.cluster.local\"]}]",
+        ),
+        ap(
+            "foo",
+            "claims",
+            "  rules:\n  - to: [{operation: {paths: [/claims]}}]\n    when:\n    - {key: \"request.auth.claims[groups]\", values: [group1]}\n    - {key: \"request.auth.claims[nested][role]\", values: [\"adm*\"]}\n    - {key: request.auth.audiences, values: [bookinfo]}\n    - {key: request.auth.presenter, values: [\"*\"]}\n    - {key: request.auth.principal, values: [\"issuer/*\"]}",
+        ),
+        ap(
+            "foo",
+            "dropped-deny",
+            "  action: DENY\n  rules:\n  - to: [{operation: {paths: [/experimental]}}]\n    when: [{key: \"experimental.envoy.filters.http.foo[bar]\", values: [x]}]",
+        ),
+    ]
+    .concat();
+    let p = |path: &'static str| Req { path, ..req() };
+    let with_claims = Req {
+        jwt: Some(("issuer", "alice")),
+        claims: &[],
+        ..p("/claims")
+    };
+    run(
+        &yaml,
+        vec![
+            (
+                "header exact",
+                Req {
+                    headers: &[("x-token", "secret")],
+                    ..p("/header")
+                },
+                true,
+                Some("header"),
+            ),
+            (
+                "header prefix",
+                Req {
+                    headers: &[("x-token", "preview")],
+                    ..p("/header")
+                },
+                true,
+                Some("header"),
+            ),
+            (
+                "header notValues",
+                Req {
+                    headers: &[("x-token", "prefix-banned")],
+                    ..p("/header")
+                },
+                false,
+                None,
+            ),
+            ("header absent", p("/header"), false, None),
+            (
+                "header present with an empty value",
+                Req {
+                    headers: &[("x-flag", "")],
+                    ..p("/present")
+                },
+                true,
+                Some("header-present"),
+            ),
+            (
+                "source.namespace bar",
+                Req {
+                    peer: Some(BAR),
+                    ..p("/when-ns")
+                },
+                true,
+                Some("source-ns"),
+            ),
+            ("source.namespace foo", p("/when-ns"), false, None),
+            (
+                "source.principal notValues",
+                p("/when-principal"),
+                false,
+                None,
+            ),
+            (
+                "source.principal notValues admits bar",
+                Req {
+                    peer: Some(BAR),
+                    ..p("/when-principal")
+                },
+                true,
+                Some("source-principal"),
+            ),
+            ("ip conditions all hold", p("/when-ip"), true, Some("ips")),
+            (
+                "remote.ip notValues",
+                Req {
+                    remote_ip: Some("10.0.0.6"),
+                    ..p("/when-ip")
+                },
+                false,
+                None,
+            ),
+            (
+                "destination.ip differs",
+                Req {
+                    destination_ip: "10.0.1.2",
+                    ..p("/when-ip")
+                },
+                false,
+                None,
+            ),
+            (
+                "port and SNI",
+                Req {
+                    sni: Some("outbound_.8000_._.httpbin.foo.svc.cluster.local"),
+                    ..p("/when-port")
+                },
+                true,
+                Some("port-sni"),
+            ),
+            ("SNI absent in plaintext", p("/when-port"), false, None),
+            ("claims without a token", p("/claims"), false, None),
+            (
+                "a token without the claims",
+                with_claims.clone(),
+                false,
+                None,
+            ),
+            (
+                "a DENY with an unsupported condition drops only the condition (denies more)",
+                Req {
+                    method: "GET",
+                    ..p("/experimental")
+                },
+                false,
+                Some("dropped-deny"),
+            ),
+        ],
+    );
+    // Claims need owned values: checked separately.
+    let all = policies(&yaml);
+    let claims = [
+        ("groups", Claim::List(vec![s("group0"), s("group1")])),
+        (
+            "nested",
+            Claim::Object([("role".to_string(), s("admin"))].into()),
+        ),
+        ("aud", s("bookinfo")),
+        ("azp", s("frontend")),
+    ];
+    let leaked: &'static [(&'static str, Claim)] = Box::leak(Box::new(claims));
+    let ok = Req {
+        claims: leaked,
+        ..with_claims.clone()
+    };
+    assert_eq!(
+        decide_with(&all, &ok),
+        (true, Some("claims".into())),
+        "claims all match"
+    );
+    let wrong_issuer = Req {
+        jwt: Some(("other", "alice")),
+        ..ok.clone()
+    };
+    assert_eq!(decide_with(&all, &wrong_issuer), (false, None), "issuer/*");
+    let missing_group: &'static [(&'static str, Claim)] = Box::leak(Box::new([
+        ("groups", s("group0")),
+        ("aud", s("bookinfo")),
+        ("azp", s("x")),
+    ]));
+    let no_group = Req {
+        claims: missing_group,
+        ..ok
+    };
+    assert_eq!(
+        decide_with(&all, &no_group),
+        (false, None),
+        "groups lacks group1"
+    );
+}
+
+#[test]
+fn custom_comes_first() {
+    let yaml = [
+        ap(
+            "foo",
+            "ext-authz",
+            "  action: CUSTOM\n  provider: {name: my-authz}\n  rules: [{to: [{operation: {paths: [\"/ext/*\"]}}]}]",
+        ),
+        ap("foo", "allow-all", "  rules: [{}]"),
+    ]
+    .concat();
+    let all = policies(&yaml);
+    assert_eq!(
+        decide_with(
+            &all,
+            &Req {
+                path: "/ext/a",
+                ..req()
+            }
+        ),
+        (false, Some("custom:ext-authz".into()))
+    );
+    assert_eq!(decide_with(&all, &req()), (true, Some("allow-all".into())));
+    assert_eq!(all[0].provider(), Some("my-authz"));
+}
+
+#[test]
+fn request_principal_forms_follow_istio() {
+    let cases = [
+        ("*", ("a", "b"), true),
+        ("iss/sub", ("iss", "sub"), true),
+        ("iss/sub", ("iss", "other"), false),
+        ("*/sub", ("anything", "sub"), true),
+        ("*suffix/sub", ("my-suffix", "sub"), true),
+        ("*suffix/sub", ("my-suffix", "x"), false),
+        ("iss/*", ("iss", "x"), true),
+        ("iss/pre*", ("iss", "prefix"), true),
+        ("iss/pre*", ("iss", "other"), false),
+        ("*tail", ("x", "my-tail"), true),
+        ("head*", ("header-issuer", "anything"), true),
+        ("plain", ("plain", ""), true),
+        ("plain", ("plain", "sub"), false),
+        ("https://a.b/c/sub", ("https://a.b/c", "sub"), true),
+    ];
+    for (pattern, (iss, sub), want) in cases {
+        let (i, s) = request_principal(pattern);
+        assert_eq!(
+            i.matches(iss) && s.matches(sub),
+            want,
+            "{pattern} ~ {iss}/{sub}"
+        );
+    }
+}
+
+#[test]
+fn each_workload_view_holds_the_policies_that_select_it() {
+    let yaml = [
+        ap(
+            "foo",
+            "deny-httpbin",
+            "  selector: {matchLabels: {app: httpbin}}\n  action: DENY\n  rules: [{}]",
+        ),
+        ap(
+            "istio-system",
+            "root-audit",
+            "  action: AUDIT\n  rules: [{}]",
+        ),
+    ]
+    .concat();
+    let mesh = Arc::new(crate::CompiledMesh::compile(
+        &crate::test_support::snapshot(&yaml),
+    ));
+    assert_eq!(mesh.authorization_policies().len(), 2);
+    let view = |name: &str, app: &str| {
+        let w = crate::Workload::new(name, "foo").labels([("app", app)]);
+        crate::WorkloadView::compile(mesh.clone(), Arc::new(w), crate::Role::Sidecar)
+    };
+    let httpbin = view("httpbin-v1", "httpbin");
+    let reviews = view("reviews-v1", "reviews");
+    assert_eq!(httpbin.authorizer().deny.len(), 1);
+    assert_eq!(httpbin.authorizer().audit.len(), 1);
+    assert!(reviews.authorizer().deny.is_empty());
+    assert_eq!(
+        reviews.authorizer().audit.len(),
+        1,
+        "root policies apply everywhere"
+    );
+    assert!(!reviews.authorizer().is_empty());
+}
