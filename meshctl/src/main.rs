@@ -3,9 +3,11 @@
 //! `meshctl validate` checks Istio configuration the way `istioctl validate` and
 //! `istioctl analyze` do, without a cluster: per-resource validation and cross-resource
 //! analysis, rendered like rustc's errors or as JSON. `meshctl route` explains a routing
-//! decision. `meshctl apply`, `delete` and `get` edit and list a configuration directory
+//! decision, `meshctl authz` an authorization decision. `meshctl apply`, `delete` and
+//! `get` edit and list a configuration directory
 //! (the one a running mesh watches) the way `kubectl` does a cluster's.
 
+mod authz;
 mod edit;
 mod get;
 
@@ -52,6 +54,15 @@ enum Command {
     /// response. Exit status: 0 when the request is routed, 1 when it is not (or the
     /// configuration has errors), 2 on usage or I/O errors.
     Route(RouteArgs),
+    /// Explain an authorization decision, without a network.
+    ///
+    /// Loads --config, picks the AuthorizationPolicies that select the WorkloadEntry
+    /// --workload, and decides one request as the workload's sidecar would: CUSTOM,
+    /// DENY, then ALLOW. Prints the decision and the policy (and rule, file:line) that
+    /// made it; no policy when allowed because no ALLOW policy applies, or denied because
+    /// none of them matched. Exit status: 0 when a decision was made, 1 on configuration
+    /// errors (or an unknown workload), 2 on usage or I/O errors.
+    Authz(authz::AuthzArgs),
     /// Apply resources to a configuration directory, like `kubectl apply`.
     ///
     /// Each resource of the FILEs replaces the YAML document that holds its kind,
@@ -100,6 +111,13 @@ struct RouteArgs {
     /// its host chooses by SNI). Without it, the request is workload traffic.
     #[arg(long)]
     gateway: Option<String>,
+    #[command(flatten)]
+    request: RequestArgs,
+}
+
+/// What `route` and `authz` take of the request beyond its URL, and their output format.
+#[derive(clap::Args)]
+struct RequestArgs {
     /// A request header, `name: value` (repeatable).
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
@@ -109,6 +127,20 @@ struct RouteArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Human)]
     output: Output,
+}
+
+impl RequestArgs {
+    /// The headers as (name, value) pairs.
+    fn header_pairs(&self) -> Result<Vec<(&str, &str)>, String> {
+        self.headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(k, v)| (k.trim(), v.trim()))
+                    .ok_or_else(|| format!("header `{h}` is not `name: value`"))
+            })
+            .collect()
+    }
 }
 
 #[derive(clap::Args)]
@@ -162,6 +194,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::Authz(args) => usage_errors(authz::authz(&args)),
         Command::Apply(args) => usage_errors(edit::apply(&args)),
         Command::Delete(args) => usage_errors(edit::delete(&args)),
         Command::Get(args) => usage_errors(get::get(&args)),
@@ -179,14 +212,15 @@ fn usage_errors(result: Result<ExitCode, Box<dyn std::error::Error>>) -> ExitCod
     }
 }
 
-fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    // Later --config paths are applied over earlier ones, as `kubectl apply` would.
+/// The configuration of `config` (later paths applied over earlier ones, as `kubectl
+/// apply` would), or `None` after printing its errors.
+fn load_snapshot(config: &[PathBuf]) -> Result<Option<mesh_config::Snapshot>, LoadError> {
     let mut set = ConfigSet::new();
-    for path in &args.config {
+    for path in config {
         set.apply(ConfigSet::load(&[path])?);
     }
     let checked = set.check();
-    let Some(snapshot) = checked.snapshot else {
+    if checked.snapshot.is_none() {
         eprint!(
             "{}",
             render(
@@ -197,19 +231,22 @@ fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             )
         );
         eprintln!("meshctl: the configuration has errors");
+    }
+    Ok(checked.snapshot)
+}
+
+fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let Some(snapshot) = load_snapshot(&args.config)? else {
         return Ok(ExitCode::from(EXIT_ERRORS));
     };
     let mesh = std::sync::Arc::new(mesh_core::CompiledMesh::compile(&snapshot));
     let uri: http::Uri = args.url.parse()?;
     let https = uri.scheme_str() == Some("https");
     let mut builder = http::Request::builder()
-        .method(args.method.as_str())
+        .method(args.request.method.as_str())
         .uri(uri);
-    for h in &args.headers {
-        let (k, v) = h
-            .split_once(':')
-            .ok_or_else(|| format!("header `{h}` is not `name: value`"))?;
-        builder = builder.header(k.trim(), v.trim());
+    for (k, v) in args.request.header_pairs()? {
+        builder = builder.header(k, v);
     }
     let req = builder.body(())?;
     let mut labels: mesh_config::model::Labels = args
@@ -293,7 +330,7 @@ fn route(args: &RouteArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         None => mesh_core::explain::Via::Mesh,
     };
     let e = mesh_core::explain::explain(&view, &head, via, &mut rand::rng());
-    match args.output {
+    match args.request.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&explanation_json(&e))?),
         Output::Human => print!("{}", explanation_text(&e)),
     }

@@ -191,6 +191,8 @@ enum Value {
 /// must match, each an AND of checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CompiledRule {
+    /// Its index in the policy's `rules`.
+    index: usize,
     principals: Vec<Vec<Check>>,
     permissions: Vec<Vec<Check>>,
 }
@@ -229,7 +231,10 @@ impl Policy {
                 namespace: &namespace,
                 errors: Vec::new(),
             };
-            let compiled = cx.rule(rule);
+            let compiled = cx.rule(rule).map(|mut r| {
+                r.index = i;
+                r
+            });
             for e in cx.errors.drain(..) {
                 dropped.push(format!("rules[{i}]: {e}"));
             }
@@ -303,7 +308,12 @@ impl Policy {
 
     /// True when one of its rules matches `req`.
     pub fn matches(&self, req: &AuthzRequest<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(req))
+        self.matching_rule(req).is_some()
+    }
+
+    /// The index (in `rules`) of its first rule that matches `req`.
+    pub fn matching_rule(&self, req: &AuthzRequest<'_>) -> Option<usize> {
+        self.rules.iter().find(|r| r.matches(req)).map(|r| r.index)
     }
 }
 
@@ -363,6 +373,7 @@ impl Compiler<'_> {
             permissions.push(base_permission);
         }
         Some(CompiledRule {
+            index: 0,
             principals,
             permissions,
         })
@@ -719,6 +730,8 @@ pub struct Verdict<'a> {
     /// that matched; `None` when allowed because no ALLOW policy applies, or denied
     /// because none of the ALLOW policies matched.
     pub policy: Option<&'a Policy>,
+    /// The index of the deciding policy's rule that matched.
+    pub rule: Option<usize>,
 }
 
 impl Verdict<'_> {
@@ -800,26 +813,34 @@ fn decide<'a>(
     allow: &'a [Arc<Policy>],
     req: &AuthzRequest<'_>,
 ) -> Verdict<'a> {
-    if let Some(p) = deny.iter().find(|p| p.matches(req)) {
+    let first = |list: &'a [Arc<Policy>]| {
+        list.iter()
+            .find_map(|p| p.matching_rule(req).map(|i| (&**p, i)))
+    };
+    if let Some((p, i)) = first(deny) {
         return Verdict {
             allowed: false,
             policy: Some(p),
+            rule: Some(i),
         };
     }
     if allow.is_empty() {
         return Verdict {
             allowed: true,
             policy: None,
+            rule: None,
         };
     }
-    match allow.iter().find(|p| p.matches(req)) {
-        Some(p) => Verdict {
+    match first(allow) {
+        Some((p, i)) => Verdict {
             allowed: true,
             policy: Some(p),
+            rule: Some(i),
         },
         None => Verdict {
             allowed: false,
             policy: None,
+            rule: None,
         },
     }
 }
