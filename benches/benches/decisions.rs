@@ -1,5 +1,6 @@
 //! Per-request decisions in `mesh-core`: choosing a route among 10, 100 and 1,000 rules,
-//! and picking an endpoint among 3, 100 and 1,000 with each balancer.
+//! picking an endpoint among 3, 100 and 1,000 with each balancer, and authorizing a
+//! request under 1, 10 and 100 AuthorizationPolicies.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -9,6 +10,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use mesh_config::ConfigSet;
 use mesh_config::model::Labels;
+use mesh_core::authz::{Authorizer, AuthzRequest};
 use mesh_core::balance::{Balancer, EndpointLoad, LbAlgorithm, Pick};
 use mesh_core::{Caller, CompiledMesh, RequestHead};
 use rand::SeedableRng;
@@ -117,5 +119,69 @@ fn balancer_pick(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_decision, balancer_pick);
+/// `n` ALLOW policies selecting `app: httpbin` in `foo`; policy i allows GET and HEAD on
+/// `/api/i/*` from `cluster.local/ns/ns-i/sa/client` and requires header `x-tenant: t-i`;
+/// plus one DENY policy (a path the request does not take).
+fn authorizer_with_policies(n: usize) -> Authorizer {
+    let mut yaml = String::from(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n",
+    );
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i}, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/ns-{i}/sa/client]}}}}]\n    to: [{{operation: {{methods: [GET, HEAD], paths: [\"/api/{i}/*\"]}}}}]\n    when: [{{key: \"request.headers[x-tenant]\", values: [t-{i}]}}]\n"
+        ));
+    }
+    let mut set = ConfigSet::new();
+    set.add_str("bench.yaml", &yaml);
+    let snapshot = set.check().snapshot.expect("valid bench configuration");
+    let mesh = CompiledMesh::compile(&snapshot);
+    let labels: Labels = [("app".to_string(), "httpbin".to_string())].into();
+    Authorizer::for_workload(
+        mesh.authorization_policies(),
+        "istio-system",
+        "foo",
+        &labels,
+    )
+}
+
+fn authorization_decision(c: &mut Criterion) {
+    let mut g = c.benchmark_group("authorization_decision");
+    for n in [1, 10, 100] {
+        let authz = authorizer_with_policies(n);
+        // The worst case: the last policy allows, after every other was evaluated.
+        let last = n - 1;
+        let peer = format!("spiffe://cluster.local/ns/ns-{last}/sa/client");
+        let path = format!("/api/{last}/items");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-tenant",
+            HeaderValue::from_str(&format!("t-{last}")).unwrap(),
+        );
+        let req = AuthzRequest {
+            peer: Some(&peer),
+            source_ip: "10.0.0.5".parse().unwrap(),
+            remote_ip: None,
+            destination_ip: "10.0.1.1".parse().unwrap(),
+            destination_port: 8000,
+            sni: None,
+            method: "GET",
+            host: "httpbin.foo:8000",
+            path: &path,
+            headers: &headers,
+            auth: None,
+        };
+        assert!(authz.decide(&req).allowed, "the bench request is allowed");
+        g.bench_with_input(BenchmarkId::new("last_policy_allows", n), &n, |b, _| {
+            b.iter(|| black_box(authz.decide(black_box(&req)).allowed));
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    route_decision,
+    balancer_pick,
+    authorization_decision
+);
 criterion_main!(benches);

@@ -217,16 +217,6 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         "JWT authentication is not implemented, so every request lacks a request principal",
     ),
     (
-        Kind::AuthorizationPolicy,
-        "spec.rules[].from[].source.trustDomains",
-        "trust domain conditions are not implemented",
-    ),
-    (
-        Kind::AuthorizationPolicy,
-        "spec.rules[].from[].source.notTrustDomains",
-        "trust domain conditions are not implemented",
-    ),
-    (
         Kind::RequestAuthentication,
         "spec.jwtRules",
         "JWT authentication is not implemented",
@@ -244,7 +234,7 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     (
         Kind::MeshConfig,
         "spec.trustDomainAliases",
-        "trust domain aliases are not implemented",
+        "trust domain aliases apply to AuthorizationPolicy principals only: workload identities (mutual TLS) are not implemented",
     ),
 ];
 

@@ -101,15 +101,18 @@ pub(super) fn wildcard_value(v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Istio's path templates: `{*}` matches one segment, `{**}` any number (last segment
-/// only); each is a whole segment; no other `*` with them.
+/// Istio's path templates (`CheckValidPathTemplate`): `{*}` matches one segment, `{**}`
+/// any number; each is a whole segment, and no operator follows `{**}` (literal segments
+/// may); no other `{`, `}` or `*`.
 fn path_template(v: &str) -> Result<(), String> {
-    let segments: Vec<&str> = v.split('/').collect();
-    for (i, seg) in segments.iter().enumerate() {
-        match *seg {
+    let mut any_seen = false;
+    for seg in v.trim_matches('/').split('/') {
+        match seg {
+            "{*}" | "{**}" if any_seen => {
+                return Err(format!("`{v}`: `{{**}}` must be the last operator"));
+            }
             "{*}" => {}
-            "{**}" if i + 1 == segments.len() => {}
-            "{**}" => return Err(format!("`{v}`: `{{**}}` must be the last segment")),
+            "{**}" => any_seen = true,
             s if s.contains('{') || s.contains('}') || s.contains('*') => {
                 return Err(format!(
                     "`{v}`: a path template segment must be exactly `{{*}}` or `{{**}}`, and no other `*` is allowed"
@@ -238,6 +241,7 @@ const CONDITION_KEYS: &[&str] = &[
     "source.namespace",
     "source.principal",
     "source.serviceAccount",
+    "source.trustDomain",
     "request.auth.principal",
     "request.auth.audiences",
     "request.auth.presenter",

@@ -31,7 +31,7 @@ use mesh_config::model::common::Labels;
 use mesh_config::model::security::{AuthorizationAction, AuthorizationPolicy, Operation, Source};
 use mesh_config::model::{Origin, Resource};
 
-use pattern::{IpBlock, PathPattern, StrPattern};
+use pattern::{IpBlock, PathPattern, StrPattern, normalize_path};
 
 /// The annotation that makes a policy dry-run.
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
@@ -131,7 +131,9 @@ pub struct AuthzRequest<'a> {
     pub method: &'a str,
     /// The `:authority` (or `Host`).
     pub host: &'a str,
-    /// The path, without the query.
+    /// The request target as received: the path and the query. Paths are matched
+    /// normalized as Envoy normalizes them (the query cut off, dot segments resolved);
+    /// `request.headers[:path]` sees it as received.
     pub path: &'a str,
     /// The headers.
     pub headers: &'a HeaderMap,
@@ -168,6 +170,8 @@ enum Attr {
     DestinationIp,
     DestinationPort,
     Sni,
+    /// Envoy filter metadata (`experimental.envoy.filters.*`): never present in-process.
+    Absent,
 }
 
 /// One compiled value.
@@ -185,6 +189,8 @@ enum Value {
     ServiceAccount(String, String),
     /// `iss/sub` patterns.
     RequestPrincipal(StrPattern, StrPattern),
+    /// Never matches.
+    Never,
 }
 
 /// A compiled rule: one of `principals` (sources) and one of `permissions` (operations)
@@ -213,22 +219,42 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Compiles one policy.
+    /// Compiles one policy in a mesh whose trust domain is `cluster.local`, without
+    /// aliases.
     pub fn compile(resource: &Resource<AuthorizationPolicy>) -> Self {
+        Self::compile_in(resource, &TrustDomains::default())
+    }
+
+    /// Compiles one policy in a mesh of trust domains `trust`.
+    pub fn compile_in(resource: &Resource<AuthorizationPolicy>, trust: &TrustDomains) -> Self {
         let spec = &resource.spec;
         let namespace = resource.namespace().to_string();
         let action: Action = spec.action.unwrap_or_default().into();
-        let dry_run = resource
+        let mut dropped = Vec::new();
+        // Go's strconv.ParseBool, as Istio reads it; anything else is an error and the
+        // policy is enforced.
+        let dry_run = match resource
             .meta
             .annotations
             .get(DRY_RUN_ANNOTATION)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        let mut dropped = Vec::new();
+            .map(String::as_str)
+        {
+            None => false,
+            Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
+            Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
+            Some(other) => {
+                dropped.push(format!(
+                    "annotation {DRY_RUN_ANNOTATION}: {other:?} is not a boolean; the policy is enforced"
+                ));
+                false
+            }
+        };
         let mut rules = Vec::new();
         for (i, rule) in spec.rules.iter().enumerate() {
             let mut cx = Compiler {
                 action,
                 namespace: &namespace,
+                trust,
                 errors: Vec::new(),
             };
             let compiled = cx.rule(rule).map(|mut r| {
@@ -320,7 +346,96 @@ impl Policy {
 struct Compiler<'a> {
     action: Action,
     namespace: &'a str,
+    trust: &'a TrustDomains,
     errors: Vec<String>,
+}
+
+/// The mesh's trust domain and its aliases (`trustDomain`, `trustDomainAliases`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomains(Vec<String>);
+
+impl Default for TrustDomains {
+    fn default() -> Self {
+        TrustDomains(vec![CLUSTER_LOCAL.to_string()])
+    }
+}
+
+/// The trust domain Istio reads as "the local one, whatever its name".
+const CLUSTER_LOCAL: &str = "cluster.local";
+
+impl TrustDomains {
+    /// The trust domain `domain` with `aliases`.
+    pub fn new(domain: &str, aliases: &[String]) -> Self {
+        let mut all = vec![domain.to_string()];
+        all.extend(aliases.iter().cloned());
+        TrustDomains(all)
+    }
+
+    /// Istio's `ReplaceTrustDomainAliases`: a principal `TD/ns/N/sa/S` whose trust
+    /// domain is one of the mesh's (or `cluster.local`) stands for the same account in
+    /// every trust domain of the mesh.
+    fn principals(&self, values: &[String]) -> Vec<String> {
+        let mut out = Vec::with_capacity(values.len());
+        for v in values {
+            let parts: Vec<&str> = v.split('/').collect();
+            let td = parts[0];
+            let enforced = parts.len() == 5 && td != "*";
+            if !enforced || !(td == CLUSTER_LOCAL || self.0.iter().any(|d| td_match(td, d))) {
+                out.push(v.clone());
+                continue;
+            }
+            let mut these: Vec<String> = Vec::new();
+            for d in &self.0 {
+                let replaced = if suffix_match(d, td) {
+                    v.clone()
+                } else {
+                    format!("{d}/{}", parts[1..].join("/"))
+                };
+                if !these.contains(&replaced) {
+                    these.push(replaced);
+                }
+            }
+            out.extend(these);
+        }
+        out
+    }
+
+    /// Istio's `ExpandTrustDomainAliases`: a trust domain of the mesh stands for all of
+    /// them.
+    fn trust_domains(&self, values: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for v in values {
+            let expanded: &[String] = if self.0.contains(v) {
+                &self.0
+            } else {
+                std::slice::from_ref(v)
+            };
+            for e in expanded {
+                if !out.contains(e) {
+                    out.push(e.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Istio's `stringMatch` of one trust domain against one of the list.
+fn td_match(a: &str, s: &str) -> bool {
+    a == s
+        || s == "*"
+        || prefix_match(a, s)
+        || prefix_match(s, a)
+        || suffix_match(a, s)
+        || suffix_match(s, a)
+}
+
+fn prefix_match(a: &str, pattern: &str) -> bool {
+    pattern.strip_suffix('*').is_some_and(|p| a.starts_with(p))
+}
+
+fn suffix_match(a: &str, pattern: &str) -> bool {
+    pattern.strip_prefix('*').is_some_and(|p| a.ends_with(p))
 }
 
 impl Compiler<'_> {
@@ -330,18 +445,7 @@ impl Compiler<'_> {
         let mut base_permission = Vec::new();
         for (i, c) in rule.when.iter().enumerate() {
             let (attr, side) = match when_attr(&c.key) {
-                Ok(Some(x)) => x,
-                Ok(None) => {
-                    // Known to Istio, not translatable here: fail closed.
-                    self.errors.push(format!(
-                        "when[{i}]: {:?} (Envoy metadata) is not supported in-process",
-                        c.key
-                    ));
-                    if self.action == Action::Allow {
-                        return None;
-                    }
-                    continue;
-                }
+                Ok(x) => x,
                 Err(e) => {
                     // Istio drops a rule with an unknown attribute whatever the action.
                     self.errors.push(format!("when[{i}]: {e}"));
@@ -435,6 +539,26 @@ impl Compiler<'_> {
         if values.is_empty() && not_values.is_empty() {
             return Some(None);
         }
+        if attr == Attr::Absent {
+            // Envoy matches metadata that is never there: values never hold, notValues
+            // always do.
+            return Some(Some(Check {
+                attr,
+                values: values.iter().map(|_| Value::Never).collect(),
+                not_values: not_values.iter().map(|_| Value::Never).collect(),
+            }));
+        }
+        let (values, not_values) = match attr {
+            Attr::SourcePrincipal => (
+                self.trust.principals(values),
+                self.trust.principals(not_values),
+            ),
+            Attr::SourceTrustDomain => (
+                self.trust.trust_domains(values),
+                self.trust.trust_domains(not_values),
+            ),
+            _ => (values.to_vec(), not_values.to_vec()),
+        };
         let mut compile = |vs: &[String]| -> Option<Vec<Value>> {
             let mut out = Vec::with_capacity(vs.len());
             for v in vs {
@@ -450,8 +574,8 @@ impl Compiler<'_> {
             }
             Some(out)
         };
-        let vals = compile(values)?;
-        let nots = compile(not_values)?;
+        let vals = compile(&values)?;
+        let nots = compile(&not_values)?;
         if vals.is_empty() && nots.is_empty() {
             // Every value was dropped (DENY, AUDIT): no condition left.
             return Some(None);
@@ -470,9 +594,8 @@ enum Side {
     Permission,
 }
 
-/// The attribute of a `when` key, and the side of the RBAC policy Istio puts it on;
-/// `None` for the experimental Envoy metadata keys, which have no in-process meaning.
-fn when_attr(key: &str) -> Result<Option<(Attr, Side)>, String> {
+/// The attribute of a `when` key, and the side of the RBAC policy Istio puts it on.
+fn when_attr(key: &str) -> Result<(Attr, Side), String> {
     let bracketed = |prefix: &str| -> Result<Vec<String>, String> {
         let rest = &key[prefix.len()..];
         let mut names = Vec::new();
@@ -491,7 +614,7 @@ fn when_attr(key: &str) -> Result<Option<(Attr, Side)>, String> {
         }
         Ok(names)
     };
-    Ok(Some(match key {
+    Ok(match key {
         "source.ip" => (Attr::SourceIp, Side::Principal),
         "remote.ip" => (Attr::RemoteIp, Side::Principal),
         "source.namespace" => (Attr::SourceNamespace, Side::Principal),
@@ -516,9 +639,15 @@ fn when_attr(key: &str) -> Result<Option<(Attr, Side)>, String> {
             Attr::RequestClaim(bracketed("request.auth.claims")?),
             Side::Principal,
         ),
-        k if k.starts_with("experimental.envoy.filters.") => return Ok(None),
+        // Well-formed (`a.b[c]`): Envoy filter metadata, never present in-process.
+        k if k.starts_with("experimental.envoy.filters.")
+            && k.contains('[')
+            && k.ends_with(']') =>
+        {
+            (Attr::Absent, Side::Permission)
+        }
         _ => return Err(format!("unknown attribute {key:?}")),
-    }))
+    })
 }
 
 /// Compiles one value of `attr` (`namespace`: the policy's, for short service accounts).
@@ -541,6 +670,7 @@ fn value(attr: &Attr, v: &str, namespace: &str) -> Result<Value, String> {
             let (iss, sub) = request_principal(v);
             Value::RequestPrincipal(iss, sub)
         }
+        Attr::Absent => Value::Never,
         Attr::SourcePrincipal
         | Attr::RequestAudiences
         | Attr::RequestPresenter
@@ -606,27 +736,39 @@ impl Check {
     }
 }
 
-/// The parts of a SPIFFE ID `spiffe://TD/ns/NS/sa/SA`.
+/// The parts of a SPIFFE ID `spiffe://TD/ns/NS/sa/SA` Istio's matchers read.
 struct Spiffe<'a> {
     trust_domain: &'a str,
-    namespace: Option<&'a str>,
-    service_account: Option<&'a str>,
+    /// The path's segments (`ns`, `NS`, `sa`, `SA`, ...).
+    segments: Vec<&'a str>,
+}
+
+impl Spiffe<'_> {
+    /// The namespace: the segment after a leading `ns`.
+    fn namespace(&self) -> Option<&str> {
+        match self.segments.as_slice() {
+            ["ns", ns, ..] => Some(ns),
+            _ => None,
+        }
+    }
+
+    /// Istio's `spiffe://.+/ns/NS/(.+/|)sa/SA(/.+)?`.
+    fn has_account(&self, ns: &str, sa: &str) -> bool {
+        self.namespace() == Some(ns)
+            && self
+                .segments
+                .windows(2)
+                .skip(2)
+                .any(|w| w[0] == "sa" && w[1] == sa)
+    }
 }
 
 fn spiffe(id: &str) -> Option<Spiffe<'_>> {
     let rest = id.strip_prefix("spiffe://")?;
     let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let parts: Vec<&str> = path.split('/').collect();
-    let after = |key: &str| {
-        parts
-            .iter()
-            .position(|p| *p == key)
-            .and_then(|i| parts.get(i + 1).copied())
-    };
     Some(Spiffe {
         trust_domain: td,
-        namespace: after("ns"),
-        service_account: after("sa"),
+        segments: path.split('/').collect(),
     })
 }
 
@@ -665,6 +807,18 @@ fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::C
     })
 }
 
+/// A header's value; the pseudo-headers Envoy's header map holds (`:authority`,
+/// `:method`, `:path`) are read from the request.
+fn pseudo_or_header<'a>(req: &AuthzRequest<'a>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    use std::borrow::Cow;
+    match name {
+        ":authority" => Some(Cow::Borrowed(req.host)),
+        ":method" => Some(Cow::Borrowed(req.method)),
+        ":path" => Some(Cow::Borrowed(req.path)),
+        _ => header_value(req.headers, name),
+    }
+}
+
 fn claim_matches(claim: Option<&Claim>, p: &StrPattern) -> bool {
     match claim {
         Some(Claim::Str(s)) => p.matches(s),
@@ -682,18 +836,22 @@ fn matches(attr: &Attr, value: &Value, req: &AuthzRequest<'_>) -> bool {
         (Attr::RemoteIp, Value::Ip(b)) => b.contains(req.remote_ip.unwrap_or(req.source_ip)),
         (Attr::DestinationIp, Value::Ip(b)) => b.contains(req.destination_ip),
         (Attr::DestinationPort, Value::Port(p)) => req.destination_port == *p,
-        (Attr::SourcePrincipal, Value::Str(p)) => req.peer.is_some_and(|id| {
-            let id = id.strip_prefix("spiffe://").unwrap_or(id);
-            p.matches(id)
-        }),
-        (Attr::SourceNamespace, Value::Glob(g)) => peer()
-            .and_then(|s| s.namespace)
-            .is_some_and(|ns| glob(g, ns)),
+        // Istio matches `spiffe://` + the value (`*`: any non-empty principal).
+        (Attr::SourcePrincipal, Value::Str(p)) => {
+            req.peer
+                .is_some_and(|id| match id.strip_prefix("spiffe://") {
+                    Some(rest) => p.matches(rest),
+                    None => *p == StrPattern::Present && !id.is_empty(),
+                })
+        }
+        (Attr::SourceNamespace, Value::Glob(g)) => {
+            peer().is_some_and(|s| s.namespace().is_some_and(|ns| glob(g, ns)))
+        }
         (Attr::SourceTrustDomain, Value::TrustDomain(td)) => peer()
             .is_some_and(|s| td == "*" || (!s.trust_domain.is_empty() && glob(td, s.trust_domain))),
-        (Attr::SourceServiceAccount, Value::ServiceAccount(ns, sa)) => peer().is_some_and(|s| {
-            s.namespace == Some(ns.as_str()) && s.service_account == Some(sa.as_str())
-        }),
+        (Attr::SourceServiceAccount, Value::ServiceAccount(ns, sa)) => {
+            peer().is_some_and(|s| s.has_account(ns, sa))
+        }
         (Attr::RequestPrincipal, Value::RequestPrincipal(iss, sub)) => req
             .auth
             .is_some_and(|a| iss.matches(&a.issuer) && sub.matches(&a.subject)),
@@ -706,7 +864,7 @@ fn matches(attr: &Attr, value: &Value, req: &AuthzRequest<'_>) -> bool {
         (Attr::RequestClaim(path), Value::Str(p)) => {
             req.auth.is_some_and(|a| claim_matches(a.claim(path), p))
         }
-        (Attr::RequestHeader(name), Value::Str(p)) => match header_value(req.headers, name) {
+        (Attr::RequestHeader(name), Value::Str(p)) => match pseudo_or_header(req, name) {
             // Envoy's present match: the header is there, whatever its value.
             Some(v) => *p == StrPattern::Present || p.matches(&v),
             None => false,
@@ -715,7 +873,7 @@ fn matches(attr: &Attr, value: &Value, req: &AuthzRequest<'_>) -> bool {
             !req.host.is_empty() && p.matches(&req.host.to_ascii_lowercase())
         }
         (Attr::Method, Value::Str(p)) => p.matches(req.method),
-        (Attr::Path, Value::Path(p)) => p.matches(req.path),
+        (Attr::Path, Value::Path(p)) => p.matches(&normalize_path(req.path)),
         (Attr::Sni, Value::Str(p)) => req.sni.is_some_and(|s| p.matches(s)),
         _ => false,
     }

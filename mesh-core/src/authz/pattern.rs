@@ -113,87 +113,120 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u32) -> bool {
 }
 
 /// A path pattern: Istio's `*` forms, or a template with `{*}` (one segment) and `{**}`
-/// (any number of segments, at the end).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (zero or more characters, `/` included), matched as Envoy's `uri_template` matches
+/// it: `{*}` is `[pchar]+`, `{**}` is `[pchar/]*`, the rest literal.
+#[derive(Debug, Clone)]
 pub(crate) enum PathPattern {
     /// `*`, `*suffix`, `prefix*` or exact.
     Plain(StrPattern),
-    /// The template's segments.
-    Template(Vec<Segment>),
+    /// The template, as an anchored regular expression.
+    Template(regex::Regex),
 }
 
-/// A segment of a path template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Segment {
-    /// A literal segment.
-    Literal(String),
-    /// `{*}`: exactly one non-empty segment.
-    One,
-    /// `{**}`: the rest of the path, any number of segments.
-    Any,
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PathPattern::Plain(a), PathPattern::Plain(b)) => a == b,
+            (PathPattern::Template(a), PathPattern::Template(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
 }
+
+impl Eq for PathPattern {}
+
+/// RFC 3986 `pchar` without percent-encoded octets' structure (Envoy accepts `%`).
+const PCHAR: &str = r"a-zA-Z0-9\-._~%!$&'()+,;:@=";
 
 impl PathPattern {
-    /// Parses `v`, or says why a template is invalid (Istio's rules: `{**}` only last,
-    /// no other `{`/`}` use).
+    /// Parses `v`, or says why a template is invalid (Istio's rules: no operator after
+    /// `{**}`, no other `{`, `}` or `*`).
     pub(crate) fn parse(v: &str) -> Result<Self, String> {
         if !v.contains("{*}") && !v.contains("{**}") {
             return Ok(PathPattern::Plain(StrPattern::parse(v, false)));
         }
-        let Some(rest) = v.strip_prefix('/') else {
+        if !v.starts_with('/') {
             return Err(format!("path template {v:?} must start with '/'"));
-        };
-        let parts: Vec<&str> = rest.split('/').collect();
-        let mut segments = Vec::with_capacity(parts.len());
-        for (i, p) in parts.iter().enumerate() {
-            let seg = match *p {
-                "{*}" => Segment::One,
-                "{**}" if i + 1 == parts.len() => Segment::Any,
-                "{**}" => {
+        }
+        let mut re = String::from("^");
+        let mut any_seen = false;
+        for (i, seg) in v.split('/').enumerate() {
+            if i > 0 {
+                re.push('/');
+            }
+            match seg {
+                "{*}" | "{**}" if any_seen => {
                     return Err(format!(
-                        "path template {v:?}: {{**}} must be the last segment"
+                        "path template {v:?}: {{**}} must be the last operator"
                     ));
+                }
+                "{*}" => re.push_str(&format!("[{PCHAR}]+")),
+                "{**}" => {
+                    any_seen = true;
+                    re.push_str(&format!("[{PCHAR}/]*"));
                 }
                 lit if lit.contains('{') || lit.contains('}') || lit.contains('*') => {
                     return Err(format!(
                         "path template {v:?}: {lit:?} must be {{*}}, {{**}} or a literal segment"
                     ));
                 }
-                lit => Segment::Literal(lit.to_string()),
-            };
-            segments.push(seg);
+                lit => re.push_str(&regex::escape(lit)),
+            }
         }
-        Ok(PathPattern::Template(segments))
+        re.push('$');
+        regex::Regex::new(&re)
+            .map(PathPattern::Template)
+            .map_err(|e| format!("path template {v:?}: {e}"))
     }
 
-    /// True when `path` (without its query) matches.
+    /// True when `path` (normalized, without its query) matches.
     pub(crate) fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Plain(p) => p.matches(path),
-            PathPattern::Template(segments) => {
-                let Some(rest) = path.strip_prefix('/') else {
-                    return false;
-                };
-                let mut parts = rest.split('/');
-                for seg in segments {
-                    match seg {
-                        // Zero or more characters after the separator before it.
-                        Segment::Any => return parts.next().is_some(),
-                        Segment::One => match parts.next() {
-                            Some(p) if !p.is_empty() => {}
-                            _ => return false,
-                        },
-                        Segment::Literal(l) => {
-                            if parts.next() != Some(l.as_str()) {
-                                return false;
-                            }
-                        }
-                    }
-                }
-                parts.next().is_none()
-            }
+            PathPattern::Template(re) => re.is_match(path),
         }
     }
+}
+
+/// The path as Envoy's `normalize_path` (Istio's default BASE normalization) hands it to
+/// authorization: the query and fragment cut off, `.` and `..` segments (also written
+/// `%2e`) resolved per RFC 3986; slashes are not merged and `%2F` is kept.
+pub(crate) fn normalize_path(target: &str) -> std::borrow::Cow<'_, str> {
+    let path = target.split_once(['?', '#']).map_or(target, |(p, _)| p);
+    let has_dot_segment = path
+        .split('/')
+        .any(|s| s == "." || s == ".." || s.eq_ignore_ascii_case("%2e") || is_dotdot(s));
+    if !has_dot_segment {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        let dot = *seg == "." || seg.eq_ignore_ascii_case("%2e");
+        let dotdot = *seg == ".." || is_dotdot(seg);
+        if dot || dotdot {
+            if dotdot && out.len() > 1 {
+                out.pop();
+            }
+            // A trailing dot segment leaves the directory's slash.
+            if i == last {
+                out.push("");
+            }
+            continue;
+        }
+        out.push(seg);
+    }
+    let mut joined = out.join("/");
+    if !joined.starts_with('/') {
+        joined.insert(0, '/');
+    }
+    std::borrow::Cow::Owned(joined)
+}
+
+fn is_dotdot(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase();
+    matches!(lower.as_str(), ".." | "%2e." | ".%2e" | "%2e%2e")
 }
 
 #[cfg(test)]
@@ -254,10 +287,15 @@ mod tests {
             ("/foo/{**}", "/foo/bar/baz", true),
             ("/foo/{**}", "/foo/", true),
             ("/foo/{**}", "/foo", false),
+            ("/{**}/edit", "/a/b/edit", true),
+            ("/{**}/edit", "//edit", true),
+            ("/{**}/edit", "/edit", false),
+            ("/api/{*}", "/api/a\"b", false),
             ("/foo/{*}/bar", "/foo/x/bar", true),
             ("/foo/{*}/bar", "/foo/x/baz", false),
             ("/{*}/{**}", "/a/b/c", true),
             ("/{*}/{**}", "/a", false),
+            ("/foo/{**}/bar", "/foo/x/y/bar", true),
             ("/api/*", "/api/v1", true),
             ("*/info", "/v1/info", true),
         ];
@@ -265,8 +303,35 @@ mod tests {
             let p = PathPattern::parse(pattern).unwrap();
             assert_eq!(p.matches(path), want, "{pattern} ~ {path}");
         }
-        for bad in ["/foo/{**}/bar", "/foo/a{*}", "foo/{*}"] {
+        for bad in ["/foo/{**}/{*}", "/foo/a{*}", "foo/{*}", "/a/{**}/{**}"] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::normalize_path;
+
+    #[test]
+    fn dot_segments_are_resolved_as_envoy_does() {
+        let cases = [
+            ("/a/b", "/a/b"),
+            ("/a/b?x=1", "/a/b"),
+            ("/a/b#frag", "/a/b"),
+            ("/public/../admin", "/admin"),
+            ("/public/%2e%2e/admin", "/admin"),
+            ("/public/%2E./admin", "/admin"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/../../x", "/x"),
+            ("/a//b", "/a//b"),
+            ("/a%2Fb/..", "/"),
+            ("/..a/b", "/..a/b"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize_path(input), want, "{input}");
         }
     }
 }

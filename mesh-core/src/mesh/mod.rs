@@ -192,10 +192,12 @@ impl CompiledMesh {
         let resolver = Resolver::new(&known, !services.wildcard.is_empty());
         let default_retry = Retries::compile(None, &settings.default_http_retry_policy);
         let gateways = crate::gateway::compile(snapshot);
+        let trust =
+            crate::authz::TrustDomains::new(&settings.trust_domain, &settings.trust_domain_aliases);
         let authorization = snapshot
             .authorization_policies()
             .iter()
-            .map(|p| Arc::new(crate::authz::Policy::compile(p)))
+            .map(|p| Arc::new(crate::authz::Policy::compile_in(p, &trust)))
             .collect();
         CompiledMesh {
             authorization,
