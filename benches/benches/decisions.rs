@@ -120,15 +120,21 @@ fn balancer_pick(c: &mut Criterion) {
 }
 
 /// `n` ALLOW policies selecting `app: httpbin` in `foo`; policy i allows GET and HEAD on
-/// `/api/i/*` from `cluster.local/ns/ns-i/sa/client` and requires header `x-tenant: t-i`;
-/// plus one DENY policy (a path the request does not take).
-fn authorizer_with_policies(n: usize) -> Authorizer {
+/// `/api/i/*` from `cluster.local/ns/ns-i/sa/client` (from anyone unless `by_principal`)
+/// and requires header `x-tenant: t-i`; plus one DENY policy (a path the request does not
+/// take).
+fn authorizer_with_policies(n: usize, by_principal: bool) -> Authorizer {
     let mut yaml = String::from(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n",
     );
     for i in 0..n {
         yaml.push_str(&format!(
-            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i}, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  rules:\n  - from: [{{source: {{principals: [cluster.local/ns/ns-{i}/sa/client]}}}}]\n    to: [{{operation: {{methods: [GET, HEAD], paths: [\"/api/{i}/*\"]}}}}]\n    when: [{{key: \"request.headers[x-tenant]\", values: [t-{i}]}}]\n"
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i}, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  rules:\n  - {from}to: [{{operation: {{methods: [GET, HEAD], paths: [\"/api/{i}/*\"]}}}}]\n    when: [{{key: \"request.headers[x-tenant]\", values: [t-{i}]}}]\n",
+            from = if by_principal {
+                format!("from: [{{source: {{principals: [cluster.local/ns/ns-{i}/sa/client]}}}}]\n    ")
+            } else {
+                String::new()
+            }
         ));
     }
     let mut set = ConfigSet::new();
@@ -146,8 +152,11 @@ fn authorizer_with_policies(n: usize) -> Authorizer {
 
 fn authorization_decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("authorization_decision");
-    for n in [1, 10, 100] {
-        let authz = authorizer_with_policies(n);
+    for (n, by_principal) in [1, 10, 100]
+        .into_iter()
+        .flat_map(|n| [(n, true), (n, false)])
+    {
+        let authz = authorizer_with_policies(n, by_principal);
         // The worst case: the last policy allows, after every other was evaluated.
         let last = n - 1;
         let peer = format!("spiffe://cluster.local/ns/ns-{last}/sa/client");
@@ -171,7 +180,12 @@ fn authorization_decision(c: &mut Criterion) {
             auth: None,
         };
         assert!(authz.decide(&req).allowed, "the bench request is allowed");
-        g.bench_with_input(BenchmarkId::new("last_policy_allows", n), &n, |b, _| {
+        let name = if by_principal {
+            "last_policy_allows_by_principal"
+        } else {
+            "last_policy_allows_anyone"
+        };
+        g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
             b.iter(|| black_box(authz.decide(black_box(&req)).allowed));
         });
     }

@@ -94,7 +94,7 @@ pub(crate) fn authz(args: &AuthzArgs) -> Result<ExitCode, Box<dyn std::error::Er
         sni: None,
         method: &args.request.method,
         host: uri.authority().map_or("", |a| a.as_str()),
-        path: uri.path(),
+        path: uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &headers,
         auth: None,
     };

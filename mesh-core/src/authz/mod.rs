@@ -20,7 +20,9 @@
 //! dropped (the rule can only deny more). The same holds here, and the compiled policy
 //! keeps what was dropped and why, for the debug log and `meshctl`.
 
+mod index;
 mod pattern;
+mod trust;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -31,7 +33,9 @@ use mesh_config::model::common::Labels;
 use mesh_config::model::security::{AuthorizationAction, AuthorizationPolicy, Operation, Source};
 use mesh_config::model::{Origin, Resource};
 
-use pattern::{IpBlock, PathPattern, StrPattern, normalize_path};
+use index::PolicySet;
+use pattern::{IpBlock, PathPattern, Re, StrPattern, normalize_path};
+pub use trust::TrustDomains;
 
 /// The annotation that makes a policy dry-run.
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
@@ -163,7 +167,7 @@ enum Attr {
     RequestAudiences,
     RequestPresenter,
     RequestClaim(Vec<String>),
-    RequestHeader(String),
+    RequestHeader(HeaderKey),
     Host,
     Method,
     Path,
@@ -181,12 +185,16 @@ enum Value {
     Ip(IpBlock),
     Path(PathPattern),
     Port(u16),
-    /// A namespace glob (`*` anywhere).
-    Glob(String),
+    /// An exact namespace, as `/ns/NAME/` somewhere in the peer's identity (Istio's
+    /// `.*/ns/NAME/.*`).
+    Namespace(String),
+    /// A namespace with `*`: Istio's regular expression `.*/ns/A.*B/.*` on the identity
+    /// (a `*` may run across `/`).
+    NamespaceRe(Re),
     /// A trust domain: any (`*`), or a glob within the domain.
     TrustDomain(String),
-    /// `ns/sa`.
-    ServiceAccount(String, String),
+    /// Istio's `spiffe://.+/ns/NS/(.+/|)sa/SA(/.+)?`.
+    ServiceAccount(Re),
     /// `iss/sub` patterns.
     RequestPrincipal(StrPattern, StrPattern),
     /// Never matches.
@@ -339,7 +347,11 @@ impl Policy {
 
     /// The index (in `rules`) of its first rule that matches `req`.
     pub fn matching_rule(&self, req: &AuthzRequest<'_>) -> Option<usize> {
-        self.rules.iter().find(|r| r.matches(req)).map(|r| r.index)
+        self.matching_rule_in(&Ctx::new(req))
+    }
+
+    fn matching_rule_in(&self, cx: &Ctx<'_, '_>) -> Option<usize> {
+        self.rules.iter().find(|r| r.matches(cx)).map(|r| r.index)
     }
 }
 
@@ -348,94 +360,6 @@ struct Compiler<'a> {
     namespace: &'a str,
     trust: &'a TrustDomains,
     errors: Vec<String>,
-}
-
-/// The mesh's trust domain and its aliases (`trustDomain`, `trustDomainAliases`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustDomains(Vec<String>);
-
-impl Default for TrustDomains {
-    fn default() -> Self {
-        TrustDomains(vec![CLUSTER_LOCAL.to_string()])
-    }
-}
-
-/// The trust domain Istio reads as "the local one, whatever its name".
-const CLUSTER_LOCAL: &str = "cluster.local";
-
-impl TrustDomains {
-    /// The trust domain `domain` with `aliases`.
-    pub fn new(domain: &str, aliases: &[String]) -> Self {
-        let mut all = vec![domain.to_string()];
-        all.extend(aliases.iter().cloned());
-        TrustDomains(all)
-    }
-
-    /// Istio's `ReplaceTrustDomainAliases`: a principal `TD/ns/N/sa/S` whose trust
-    /// domain is one of the mesh's (or `cluster.local`) stands for the same account in
-    /// every trust domain of the mesh.
-    fn principals(&self, values: &[String]) -> Vec<String> {
-        let mut out = Vec::with_capacity(values.len());
-        for v in values {
-            let parts: Vec<&str> = v.split('/').collect();
-            let td = parts[0];
-            let enforced = parts.len() == 5 && td != "*";
-            if !enforced || !(td == CLUSTER_LOCAL || self.0.iter().any(|d| td_match(td, d))) {
-                out.push(v.clone());
-                continue;
-            }
-            let mut these: Vec<String> = Vec::new();
-            for d in &self.0 {
-                let replaced = if suffix_match(d, td) {
-                    v.clone()
-                } else {
-                    format!("{d}/{}", parts[1..].join("/"))
-                };
-                if !these.contains(&replaced) {
-                    these.push(replaced);
-                }
-            }
-            out.extend(these);
-        }
-        out
-    }
-
-    /// Istio's `ExpandTrustDomainAliases`: a trust domain of the mesh stands for all of
-    /// them.
-    fn trust_domains(&self, values: &[String]) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for v in values {
-            let expanded: &[String] = if self.0.contains(v) {
-                &self.0
-            } else {
-                std::slice::from_ref(v)
-            };
-            for e in expanded {
-                if !out.contains(e) {
-                    out.push(e.clone());
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Istio's `stringMatch` of one trust domain against one of the list.
-fn td_match(a: &str, s: &str) -> bool {
-    a == s
-        || s == "*"
-        || prefix_match(a, s)
-        || prefix_match(s, a)
-        || suffix_match(a, s)
-        || suffix_match(s, a)
-}
-
-fn prefix_match(a: &str, pattern: &str) -> bool {
-    pattern.strip_suffix('*').is_some_and(|p| a.starts_with(p))
-}
-
-fn suffix_match(a: &str, pattern: &str) -> bool {
-    pattern.strip_prefix('*').is_some_and(|p| a.ends_with(p))
 }
 
 impl Compiler<'_> {
@@ -632,8 +556,14 @@ fn when_attr(key: &str) -> Result<(Attr, Side), String> {
             if names.len() != 1 {
                 return Err(format!("{key:?}: expected request.headers[name]"));
             }
-            let name = names[0].to_ascii_lowercase();
-            (Attr::RequestHeader(name), Side::Principal)
+            let key = match names[0].to_ascii_lowercase().as_str() {
+                ":authority" => HeaderKey::Authority,
+                ":method" => HeaderKey::Method,
+                ":path" => HeaderKey::Path,
+                other => http::HeaderName::from_bytes(other.as_bytes())
+                    .map_or(HeaderKey::Absent, HeaderKey::Name),
+            };
+            (Attr::RequestHeader(key), Side::Principal)
         }
         k if k.starts_with("request.auth.claims") => (
             Attr::RequestClaim(bracketed("request.auth.claims")?),
@@ -660,12 +590,20 @@ fn value(attr: &Attr, v: &str, namespace: &str) -> Result<Value, String> {
         ),
         Attr::Path => Value::Path(PathPattern::parse(v)?),
         Attr::Host => Value::Str(StrPattern::parse(v, true)),
-        Attr::SourceNamespace => Value::Glob(v.to_string()),
+        Attr::SourceNamespace if v.contains('*') => {
+            let parts: Vec<String> = v.split('*').map(regex::escape).collect();
+            Value::NamespaceRe(Re::new(&format!("^.*/ns/{}/.*$", parts.join(".*")))?)
+        }
+        Attr::SourceNamespace => Value::Namespace(format!("/ns/{v}/")),
         Attr::SourceTrustDomain => Value::TrustDomain(v.to_string()),
-        Attr::SourceServiceAccount => match v.split_once('/') {
-            Some((ns, sa)) => Value::ServiceAccount(ns.to_string(), sa.to_string()),
-            None => Value::ServiceAccount(namespace.to_string(), v.to_string()),
-        },
+        Attr::SourceServiceAccount => {
+            let (ns, sa) = v.split_once('/').unwrap_or((namespace, v));
+            Value::ServiceAccount(Re::new(&format!(
+                "^spiffe://.+/ns/{}/(.+/|)sa/{}(/.+)?$",
+                regex::escape(ns),
+                regex::escape(sa)
+            ))?)
+        }
         Attr::RequestPrincipal => {
             let (iss, sub) = request_principal(v);
             Value::RequestPrincipal(iss, sub)
@@ -723,53 +661,24 @@ fn request_principal(v: &str) -> (StrPattern, StrPattern) {
 }
 
 impl CompiledRule {
-    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
-        let all = |checks: &Vec<Check>| checks.iter().all(|c| c.matches(req));
-        self.principals.iter().any(all) && self.permissions.iter().any(all)
+    fn matches(&self, cx: &Ctx<'_, '_>) -> bool {
+        let all = |checks: &Vec<Check>| checks.iter().all(|c| c.matches(cx));
+        // Operations first: methods and paths are cheap and tell most rules apart.
+        self.permissions.iter().any(all) && self.principals.iter().any(all)
     }
 }
 
 impl Check {
-    fn matches(&self, req: &AuthzRequest<'_>) -> bool {
-        (self.values.is_empty() || self.values.iter().any(|v| matches(&self.attr, v, req)))
-            && !self.not_values.iter().any(|v| matches(&self.attr, v, req))
+    fn matches(&self, cx: &Ctx<'_, '_>) -> bool {
+        (self.values.is_empty() || self.values.iter().any(|v| matches(&self.attr, v, cx)))
+            && !self.not_values.iter().any(|v| matches(&self.attr, v, cx))
     }
 }
 
-/// The parts of a SPIFFE ID `spiffe://TD/ns/NS/sa/SA` Istio's matchers read.
-struct Spiffe<'a> {
-    trust_domain: &'a str,
-    /// The path's segments (`ns`, `NS`, `sa`, `SA`, ...).
-    segments: Vec<&'a str>,
-}
-
-impl Spiffe<'_> {
-    /// The namespace: the segment after a leading `ns`.
-    fn namespace(&self) -> Option<&str> {
-        match self.segments.as_slice() {
-            ["ns", ns, ..] => Some(ns),
-            _ => None,
-        }
-    }
-
-    /// Istio's `spiffe://.+/ns/NS/(.+/|)sa/SA(/.+)?`.
-    fn has_account(&self, ns: &str, sa: &str) -> bool {
-        self.namespace() == Some(ns)
-            && self
-                .segments
-                .windows(2)
-                .skip(2)
-                .any(|w| w[0] == "sa" && w[1] == sa)
-    }
-}
-
-fn spiffe(id: &str) -> Option<Spiffe<'_>> {
+/// The trust domain of a SPIFFE ID `spiffe://TD/...`.
+fn trust_domain(id: &str) -> Option<&str> {
     let rest = id.strip_prefix("spiffe://")?;
-    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
-    Some(Spiffe {
-        trust_domain: td,
-        segments: path.split('/').collect(),
-    })
+    Some(rest.split_once('/').map_or(rest, |(td, _)| td))
 }
 
 /// `*` anywhere in `pattern` stands for any characters.
@@ -792,7 +701,10 @@ fn glob(pattern: &str, value: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+fn header_value<'a>(
+    headers: &'a HeaderMap,
+    name: &http::HeaderName,
+) -> Option<std::borrow::Cow<'a, str>> {
     let mut all = headers.get_all(name).iter();
     let first = all.next()?.to_str().ok()?;
     let mut joined: Option<String> = None;
@@ -807,15 +719,34 @@ fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<std::borrow::C
     })
 }
 
-/// A header's value; the pseudo-headers Envoy's header map holds (`:authority`,
-/// `:method`, `:path`) are read from the request.
-fn pseudo_or_header<'a>(req: &AuthzRequest<'a>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+/// The header a `request.headers[...]` condition reads, resolved when compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HeaderKey {
+    /// `:authority`, read from the request's host.
+    Authority,
+    /// `:method`.
+    Method,
+    /// `:path`, the request target as received.
+    Path,
+    /// A header of the request.
+    Name(http::HeaderName),
+    /// A name no request header can have (`:scheme`, invalid characters): absent.
+    Absent,
+}
+
+/// A header's value; the pseudo-headers Envoy's header map holds are read from the
+/// request.
+fn pseudo_or_header<'a>(
+    req: &AuthzRequest<'a>,
+    key: &HeaderKey,
+) -> Option<std::borrow::Cow<'a, str>> {
     use std::borrow::Cow;
-    match name {
-        ":authority" => Some(Cow::Borrowed(req.host)),
-        ":method" => Some(Cow::Borrowed(req.method)),
-        ":path" => Some(Cow::Borrowed(req.path)),
-        _ => header_value(req.headers, name),
+    match key {
+        HeaderKey::Authority => Some(Cow::Borrowed(req.host)),
+        HeaderKey::Method => Some(Cow::Borrowed(req.method)),
+        HeaderKey::Path => Some(Cow::Borrowed(req.path)),
+        HeaderKey::Name(name) => header_value(req.headers, name),
+        HeaderKey::Absent => None,
     }
 }
 
@@ -829,8 +760,40 @@ fn claim_matches(claim: Option<&Claim>, p: &StrPattern) -> bool {
     }
 }
 
-fn matches(attr: &Attr, value: &Value, req: &AuthzRequest<'_>) -> bool {
-    let peer = || req.peer.and_then(spiffe);
+/// Istio's trust domain matchers: `*` is any SPIFFE ID, a name the prefix
+/// `spiffe://NAME/`, a pattern with `*` the expression `spiffe://A[^/]*B/.*`.
+fn trust_domain_matches(td: &str, peer: Option<&str>) -> bool {
+    let Some(id) = peer else {
+        return false;
+    };
+    if td == "*" {
+        return id.starts_with("spiffe://");
+    }
+    let Some(domain) = trust_domain(id) else {
+        return false;
+    };
+    // The prefix needs the `/` after the domain.
+    let has_path = id.len() > "spiffe://".len() + domain.len();
+    has_path && glob(td, domain)
+}
+
+/// A request being decided, with its path normalized once.
+pub(crate) struct Ctx<'r, 'a> {
+    req: &'r AuthzRequest<'a>,
+    path: std::borrow::Cow<'a, str>,
+}
+
+impl<'r, 'a> Ctx<'r, 'a> {
+    pub(crate) fn new(req: &'r AuthzRequest<'a>) -> Self {
+        Ctx {
+            req,
+            path: normalize_path(req.path),
+        }
+    }
+}
+
+fn matches(attr: &Attr, value: &Value, cx: &Ctx<'_, '_>) -> bool {
+    let req = cx.req;
     match (attr, value) {
         (Attr::SourceIp, Value::Ip(b)) => b.contains(req.source_ip),
         (Attr::RemoteIp, Value::Ip(b)) => b.contains(req.remote_ip.unwrap_or(req.source_ip)),
@@ -844,13 +807,15 @@ fn matches(attr: &Attr, value: &Value, req: &AuthzRequest<'_>) -> bool {
                     None => *p == StrPattern::Present && !id.is_empty(),
                 })
         }
-        (Attr::SourceNamespace, Value::Glob(g)) => {
-            peer().is_some_and(|s| s.namespace().is_some_and(|ns| glob(g, ns)))
+        (Attr::SourceNamespace, Value::Namespace(n)) => {
+            req.peer.is_some_and(|id| id.contains(n.as_str()))
         }
-        (Attr::SourceTrustDomain, Value::TrustDomain(td)) => peer()
-            .is_some_and(|s| td == "*" || (!s.trust_domain.is_empty() && glob(td, s.trust_domain))),
-        (Attr::SourceServiceAccount, Value::ServiceAccount(ns, sa)) => {
-            peer().is_some_and(|s| s.has_account(ns, sa))
+        (Attr::SourceNamespace, Value::NamespaceRe(re)) => {
+            req.peer.is_some_and(|id| re.0.is_match(id))
+        }
+        (Attr::SourceTrustDomain, Value::TrustDomain(td)) => trust_domain_matches(td, req.peer),
+        (Attr::SourceServiceAccount, Value::ServiceAccount(re)) => {
+            req.peer.is_some_and(|id| re.0.is_match(id))
         }
         (Attr::RequestPrincipal, Value::RequestPrincipal(iss, sub)) => req
             .auth
@@ -873,7 +838,7 @@ fn matches(attr: &Attr, value: &Value, req: &AuthzRequest<'_>) -> bool {
             !req.host.is_empty() && p.matches(&req.host.to_ascii_lowercase())
         }
         (Attr::Method, Value::Str(p)) => p.matches(req.method),
-        (Attr::Path, Value::Path(p)) => p.matches(&normalize_path(req.path)),
+        (Attr::Path, Value::Path(p)) => p.matches(&cx.path),
         (Attr::Sni, Value::Str(p)) => req.sni.is_some_and(|s| p.matches(s)),
         _ => false,
     }
@@ -899,15 +864,16 @@ impl Verdict<'_> {
     }
 }
 
-/// The AuthorizationPolicies that apply to one workload, by action.
+/// The AuthorizationPolicies that apply to one workload, by action (each set indexed by
+/// the callers its policies name, see `index.rs`).
 #[derive(Debug, Clone, Default)]
 pub struct Authorizer {
-    custom: Vec<Arc<Policy>>,
-    deny: Vec<Arc<Policy>>,
-    allow: Vec<Arc<Policy>>,
-    audit: Vec<Arc<Policy>>,
-    dry_deny: Vec<Arc<Policy>>,
-    dry_allow: Vec<Arc<Policy>>,
+    custom: PolicySet,
+    deny: PolicySet,
+    allow: PolicySet,
+    audit: PolicySet,
+    dry_deny: PolicySet,
+    dry_allow: PolicySet,
 }
 
 impl Authorizer {
@@ -915,7 +881,7 @@ impl Authorizer {
     pub fn for_workload(all: &[Arc<Policy>], root: &str, namespace: &str, labels: &Labels) -> Self {
         let mut a = Authorizer::default();
         for p in all.iter().filter(|p| p.applies_to(root, namespace, labels)) {
-            let list = match (p.dry_run, p.action) {
+            let set = match (p.dry_run, p.action) {
                 // A dry-run CUSTOM or AUDIT policy has nothing to report.
                 (true, Action::Custom | Action::Audit) => continue,
                 (true, Action::Deny) => &mut a.dry_deny,
@@ -925,25 +891,29 @@ impl Authorizer {
                 (false, Action::Allow) => &mut a.allow,
                 (false, Action::Audit) => &mut a.audit,
             };
-            list.push(p.clone());
+            set.push(p.clone());
         }
         a
     }
 
     /// True when no policy applies (every request is allowed, nothing to evaluate).
     pub fn is_empty(&self) -> bool {
-        self.custom.is_empty()
-            && self.deny.is_empty()
-            && self.allow.is_empty()
-            && self.audit.is_empty()
-            && self.dry_deny.is_empty()
-            && self.dry_allow.is_empty()
+        [
+            &self.custom,
+            &self.deny,
+            &self.allow,
+            &self.audit,
+            &self.dry_deny,
+            &self.dry_allow,
+        ]
+        .iter()
+        .all(|s| s.is_empty())
     }
 
     /// The CUSTOM policy whose rule matches `req`: its provider must be asked first,
     /// and its answer stands (a denial ends the request).
     pub fn custom(&self, req: &AuthzRequest<'_>) -> Option<&Policy> {
-        self.custom.iter().map(|p| &**p).find(|p| p.matches(req))
+        self.custom.first_match(req).map(|(p, _)| p)
     }
 
     /// DENY, then ALLOW (after CUSTOM, see [`Authorizer::custom`]).
@@ -953,7 +923,7 @@ impl Authorizer {
 
     /// The AUDIT policy that matches `req`, if any.
     pub fn audit(&self, req: &AuthzRequest<'_>) -> Option<&Policy> {
-        self.audit.iter().map(|p| &**p).find(|p| p.matches(req))
+        self.audit.first_match(req).map(|(p, _)| p)
     }
 
     /// What the dry-run policies would decide, when there are any: Istio's shadow
@@ -966,16 +936,8 @@ impl Authorizer {
     }
 }
 
-fn decide<'a>(
-    deny: &'a [Arc<Policy>],
-    allow: &'a [Arc<Policy>],
-    req: &AuthzRequest<'_>,
-) -> Verdict<'a> {
-    let first = |list: &'a [Arc<Policy>]| {
-        list.iter()
-            .find_map(|p| p.matching_rule(req).map(|i| (&**p, i)))
-    };
-    if let Some((p, i)) = first(deny) {
+fn decide<'a>(deny: &'a PolicySet, allow: &'a PolicySet, req: &AuthzRequest<'_>) -> Verdict<'a> {
+    if let Some((p, i)) = deny.first_match(req) {
         return Verdict {
             allowed: false,
             policy: Some(p),
@@ -989,7 +951,7 @@ fn decide<'a>(
             rule: None,
         };
     }
-    match first(allow) {
+    match allow.first_match(req) {
         Some((p, i)) => Verdict {
             allowed: true,
             policy: Some(p),

@@ -49,6 +49,26 @@ impl StrPattern {
     }
 }
 
+/// A regular expression compared by its source (Istio generates some matchers as
+/// regular expressions; these are matched as written).
+#[derive(Debug, Clone)]
+pub(crate) struct Re(pub(crate) regex::Regex);
+
+impl PartialEq for Re {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Re {}
+
+impl Re {
+    /// Compiles `re` (anchored by the caller).
+    pub(crate) fn new(re: &str) -> Result<Self, String> {
+        regex::Regex::new(re).map(Re).map_err(|e| e.to_string())
+    }
+}
+
 /// An IP address or CIDR block (`10.1.2.3`, `10.1.0.0/16`, `::1`, `fd00::/8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IpBlock {
@@ -192,7 +212,16 @@ impl PathPattern {
 /// authorization: the query and fragment cut off, `.` and `..` segments (also written
 /// `%2e`) resolved per RFC 3986; slashes are not merged and `%2F` is kept.
 pub(crate) fn normalize_path(target: &str) -> std::borrow::Cow<'_, str> {
-    let path = target.split_once(['?', '#']).map_or(target, |(p, _)| p);
+    let bytes = target.as_bytes();
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(bytes.len());
+    let path = &target[..end];
+    // Most paths have no `.` or `%` at all: nothing to resolve.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
     let has_dot_segment = path
         .split('/')
         .any(|s| s == "." || s == ".." || s.eq_ignore_ascii_case("%2e") || is_dotdot(s));
@@ -225,8 +254,10 @@ pub(crate) fn normalize_path(target: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn is_dotdot(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase();
-    matches!(lower.as_str(), ".." | "%2e." | ".%2e" | "%2e%2e")
+    s == ".."
+        || ["%2e.", ".%2e", "%2e%2e"]
+            .iter()
+            .any(|d| s.eq_ignore_ascii_case(d))
 }
 
 #[cfg(test)]
