@@ -119,21 +119,37 @@ fn balancer_pick(c: &mut Criterion) {
     g.finish();
 }
 
-/// `n` ALLOW policies selecting `app: httpbin` in `foo`; policy i allows GET and HEAD on
-/// `/api/i/*` from `cluster.local/ns/ns-i/sa/client` (from anyone unless `by_principal`)
-/// and requires header `x-tenant: t-i`; plus one DENY policy (a path the request does not
-/// take).
-fn authorizer_with_policies(n: usize, by_principal: bool) -> Authorizer {
+/// How the benchmark's ALLOW policies name what they allow.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// `from` an exact principal (the policies are indexed by principal).
+    Principal,
+    /// `to` a path prefix only (indexed by path).
+    Path,
+    /// Only a header condition (not indexed: every policy is evaluated).
+    Header,
+}
+
+/// `n` ALLOW policies selecting `app: httpbin` in `foo`; policy i allows GET and HEAD
+/// with header `x-tenant: t-i`, from `cluster.local/ns/ns-i/sa/client` (`Principal`), on
+/// `/api/i/*` (`Path`), or with nothing more (`Header`); plus one DENY policy (a path the
+/// request does not take).
+fn authorizer_with_policies(n: usize, shape: Shape) -> Authorizer {
     let mut yaml = String::from(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: foo}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n",
     );
     for i in 0..n {
         yaml.push_str(&format!(
-            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i}, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  rules:\n  - {from}to: [{{operation: {{methods: [GET, HEAD], paths: [\"/api/{i}/*\"]}}}}]\n    when: [{{key: \"request.headers[x-tenant]\", values: [t-{i}]}}]\n",
-            from = if by_principal {
-                format!("from: [{{source: {{principals: [cluster.local/ns/ns-{i}/sa/client]}}}}]\n    ")
-            } else {
-                String::new()
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{i}, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: httpbin}}}}\n  rules:\n  - {from}to: [{{operation: {{methods: [GET, HEAD]{paths}}}}}]\n    when: [{{key: \"request.headers[x-tenant]\", values: [t-{i}]}}]\n",
+            from = match shape {
+                Shape::Principal => {
+                    format!("from: [{{source: {{principals: [cluster.local/ns/ns-{i}/sa/client]}}}}]\n    ")
+                }
+                _ => String::new(),
+            },
+            paths = match shape {
+                Shape::Path => format!(", paths: [\"/api/{i}/*\"]"),
+                _ => String::new(),
             }
         ));
     }
@@ -152,11 +168,16 @@ fn authorizer_with_policies(n: usize, by_principal: bool) -> Authorizer {
 
 fn authorization_decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("authorization_decision");
-    for (n, by_principal) in [1, 10, 100]
+    let shapes = [
+        (Shape::Principal, "by_principal"),
+        (Shape::Path, "by_path"),
+        (Shape::Header, "unindexed"),
+    ];
+    for (n, (shape, name)) in [1, 10, 100]
         .into_iter()
-        .flat_map(|n| [(n, true), (n, false)])
+        .flat_map(|n| shapes.map(|s| (n, s)))
     {
-        let authz = authorizer_with_policies(n, by_principal);
+        let authz = authorizer_with_policies(n, shape);
         // The worst case: the last policy allows, after every other was evaluated.
         let last = n - 1;
         let peer = format!("spiffe://cluster.local/ns/ns-{last}/sa/client");
@@ -180,11 +201,6 @@ fn authorization_decision(c: &mut Criterion) {
             auth: None,
         };
         assert!(authz.decide(&req).allowed, "the bench request is allowed");
-        let name = if by_principal {
-            "last_policy_allows_by_principal"
-        } else {
-            "last_policy_allows_anyone"
-        };
         g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
             b.iter(|| black_box(authz.decide(black_box(&req)).allowed));
         });
