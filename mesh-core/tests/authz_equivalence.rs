@@ -320,6 +320,10 @@ fn policy() -> impl Strategy<Value = GenPolicy> {
         prop::sample::select(SCOPES),
         prop::collection::vec(rule(), 0..=3),
     )
+        // Istio refuses a DENY policy without rules (it could never be triggered).
+        .prop_filter("DENY needs a rule", |(_, action, _, rules)| {
+            *action != "DENY" || !rules.is_empty()
+        })
         .prop_map(|(namespace, action, scope, rules)| GenPolicy {
             namespace,
             action,

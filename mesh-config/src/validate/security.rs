@@ -55,6 +55,21 @@ pub(super) fn authorization_policy(ctx: &mut Ctx<'_>, spec: &FieldPath, ap: &Aut
         ),
         _ => {}
     }
+    if ap.rules.is_empty()
+        && matches!(
+            action,
+            AuthorizationAction::Deny | AuthorizationAction::Custom
+        )
+    {
+        ctx.report(
+            Code::MissingField,
+            &spec.key("action"),
+            "a DENY or CUSTOM policy needs `rules`: without them it would never be triggered (add an empty rule `{}` to apply it to every request)",
+        );
+    }
+    if action == AuthorizationAction::Custom {
+        custom_restrictions(ctx, spec, ap);
+    }
     if ap.provider.is_some() && action != AuthorizationAction::Custom {
         ctx.report(
             Code::ExclusiveFields,
@@ -76,6 +91,56 @@ pub(super) fn authorization_policy(ctx: &mut Ctx<'_>, spec: &FieldPath, ap: &Aut
     }
 }
 
+/// Istio's CUSTOM restrictions: the external authorizer decides before the peer's
+/// identity and the JWT are known to it, so sources by identity and conditions on them
+/// are refused.
+fn custom_restrictions(ctx: &mut Ctx<'_>, spec: &FieldPath, ap: &AuthorizationPolicy) {
+    for (i, rule) in ap.rules.iter().enumerate() {
+        let p = spec.key("rules").index(i);
+        for (j, from) in rule.from.iter().enumerate() {
+            let s = &from.source;
+            let fields: [(&str, &Vec<String>); 10] = [
+                ("namespaces", &s.namespaces),
+                ("notNamespaces", &s.not_namespaces),
+                ("serviceAccounts", &s.service_accounts),
+                ("notServiceAccounts", &s.not_service_accounts),
+                ("trustDomains", &s.trust_domains),
+                ("notTrustDomains", &s.not_trust_domains),
+                ("principals", &s.principals),
+                ("notPrincipals", &s.not_principals),
+                ("requestPrincipals", &s.request_principals),
+                ("notRequestPrincipals", &s.not_request_principals),
+            ];
+            for (name, list) in fields {
+                if !list.is_empty() {
+                    ctx.report(
+                        Code::InvalidValue,
+                        &p.key("from").index(j).key("source").key(name),
+                        format!("`{name}` is not supported with the CUSTOM action"),
+                    );
+                }
+            }
+        }
+        for (j, cond) in rule.when.iter().enumerate() {
+            let k = cond.key.as_str();
+            if matches!(
+                k,
+                "source.namespace"
+                    | "source.serviceAccount"
+                    | "source.trustDomain"
+                    | "source.principal"
+            ) || k.starts_with("request.auth.")
+            {
+                ctx.report(
+                    Code::InvalidValue,
+                    &p.key("when").index(j).key("key"),
+                    format!("`{k}` is not supported with the CUSTOM action"),
+                );
+            }
+        }
+    }
+}
+
 fn values(ctx: &mut Ctx<'_>, path: &FieldPath, list: &[String], check: &Check) {
     for (i, v) in list.iter().enumerate() {
         if v.is_empty() {
@@ -87,6 +152,46 @@ fn values(ctx: &mut Ctx<'_>, path: &FieldPath, list: &[String], check: &Check) {
         } else if let Err(e) = check(v) {
             ctx.report(Code::InvalidValue, &path.index(i), e);
         }
+    }
+}
+
+/// Istio's `CheckEmptyValues`: any non-empty value (the emptiness is checked by
+/// `values`); a `*` elsewhere than at an end is matched literally.
+fn any_value(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+/// Istio's `CheckTrustDomainValues`: one `*` at most, at an end; no `/`.
+fn trust_domain_value(v: &str) -> Result<(), String> {
+    if v.matches('*').count() > 1 {
+        return Err(format!("`{v}`: at most one `*` is allowed"));
+    }
+    wildcard_value(v)?;
+    if v.contains('/') {
+        return Err(format!("trust domain `{v}` must not contain `/`"));
+    }
+    Ok(())
+}
+
+/// Istio's `CheckServiceAccount`: `serviceAccount` or `namespace/serviceAccount`, no
+/// `*`, at most 320 characters.
+fn service_account_value(v: &str) -> Result<(), String> {
+    if v.contains('*') {
+        return Err(format!(
+            "`{v}`: wildcards are not allowed in service accounts"
+        ));
+    }
+    if v.len() > 320 {
+        return Err(format!(
+            "`{v}`: a service account cannot exceed 320 characters"
+        ));
+    }
+    match v.split_once('/') {
+        None => Ok(()),
+        Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => Ok(()),
+        Some(_) => Err(format!(
+            "`{v}`: expected `serviceAccount` or `namespace/serviceAccount`"
+        )),
     }
 }
 
@@ -142,10 +247,11 @@ pub(super) fn ip_block(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Istio's `ValidatePorts`: a decimal number up to 65535 (digits only).
 fn port_value(v: &str) -> Result<(), String> {
     match v.parse::<u32>() {
-        Ok(n) if (1..=65535).contains(&n) => Ok(()),
-        _ => Err(format!("`{v}` is not a port number (1-65535)")),
+        Ok(n) if n <= 65535 && v.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(format!("`{v}` is not a port number (0-65535)")),
     }
 }
 
@@ -163,28 +269,32 @@ fn source(ctx: &mut Ctx<'_>, path: &FieldPath, s: &Source) {
         );
     }
     let lists: [(&str, &Vec<String>, &Check); 14] = [
-        ("principals", &s.principals, &wildcard_value),
-        ("notPrincipals", &s.not_principals, &wildcard_value),
-        ("requestPrincipals", &s.request_principals, &wildcard_value),
+        ("principals", &s.principals, &any_value),
+        ("notPrincipals", &s.not_principals, &any_value),
+        ("requestPrincipals", &s.request_principals, &any_value),
         (
             "notRequestPrincipals",
             &s.not_request_principals,
-            &wildcard_value,
+            &any_value,
         ),
-        ("namespaces", &s.namespaces, &wildcard_value),
-        ("notNamespaces", &s.not_namespaces, &wildcard_value),
+        ("namespaces", &s.namespaces, &any_value),
+        ("notNamespaces", &s.not_namespaces, &any_value),
         ("ipBlocks", &s.ip_blocks, &ip_block),
         ("notIpBlocks", &s.not_ip_blocks, &ip_block),
         ("remoteIpBlocks", &s.remote_ip_blocks, &ip_block),
         ("notRemoteIpBlocks", &s.not_remote_ip_blocks, &ip_block),
-        ("serviceAccounts", &s.service_accounts, &wildcard_value),
+        (
+            "serviceAccounts",
+            &s.service_accounts,
+            &service_account_value,
+        ),
         (
             "notServiceAccounts",
             &s.not_service_accounts,
-            &wildcard_value,
+            &service_account_value,
         ),
-        ("trustDomains", &s.trust_domains, &wildcard_value),
-        ("notTrustDomains", &s.not_trust_domains, &wildcard_value),
+        ("trustDomains", &s.trust_domains, &trust_domain_value),
+        ("notTrustDomains", &s.not_trust_domains, &trust_domain_value),
     ];
     if lists.iter().all(|(_, l, _)| l.is_empty()) {
         ctx.report(
@@ -196,28 +306,36 @@ fn source(ctx: &mut Ctx<'_>, path: &FieldPath, s: &Source) {
     for (name, list, check) in lists {
         values(ctx, &path.key(name), list, check);
     }
+    for (name, list) in [
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ] {
+        if list.len() > 16 {
+            ctx.report(
+                Code::InvalidValue,
+                &path.key(name),
+                format!("`{name}` may not have more than 16 values"),
+            );
+        }
+    }
 }
 
 fn operation(ctx: &mut Ctx<'_>, path: &FieldPath, o: &Operation) {
+    // Istio checks only templates; any other non-empty path is accepted (one not
+    // starting with `/` or `*` can never match, and is warned about below).
     let path_value = |v: &str| -> Result<(), String> {
         if v.contains('{') || v.contains('}') {
             path_template(v)?;
-        } else {
-            wildcard_value(v)?;
         }
-        if v.starts_with('/') || v.starts_with('*') {
-            Ok(())
-        } else {
-            Err(format!("path `{v}` must start with `/` (or `*`)"))
-        }
+        Ok(())
     };
     let lists: [(&str, &Vec<String>, &Check); 8] = [
-        ("hosts", &o.hosts, &wildcard_value),
-        ("notHosts", &o.not_hosts, &wildcard_value),
+        ("hosts", &o.hosts, &any_value),
+        ("notHosts", &o.not_hosts, &any_value),
         ("ports", &o.ports, &port_value),
         ("notPorts", &o.not_ports, &port_value),
-        ("methods", &o.methods, &wildcard_value),
-        ("notMethods", &o.not_methods, &wildcard_value),
+        ("methods", &o.methods, &any_value),
+        ("notMethods", &o.not_methods, &any_value),
         ("paths", &o.paths, &path_value),
         ("notPaths", &o.not_paths, &path_value),
     ];
@@ -230,6 +348,19 @@ fn operation(ctx: &mut Ctx<'_>, path: &FieldPath, o: &Operation) {
     }
     for (name, list, check) in lists {
         values(ctx, &path.key(name), list, check);
+    }
+    for (name, list) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
+        for (i, v) in list.iter().enumerate() {
+            if !v.is_empty() && !v.starts_with('/') && !v.starts_with('*') {
+                ctx.warn(
+                    Code::InvalidValue,
+                    &path.key(name).index(i),
+                    format!(
+                        "path `{v}` does not start with `/` or `*`: no request path can match it"
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -302,16 +302,6 @@ fn no_policy_allows_and_allow_nothing_denies() {
             Some("allow-all"),
         )],
     );
-    let yaml = ap("foo", "deny-no-rules", "  action: DENY");
-    run(
-        &yaml,
-        vec![(
-            "a DENY policy without rules denies nothing",
-            req(),
-            true,
-            None,
-        )],
-    );
 }
 
 #[test]
