@@ -1,12 +1,13 @@
 //! Policies indexed by what they require, so that a decision among many policies
 //! evaluates only the few that could apply.
 //!
-//! Most policies name their callers by exact `principals` (Istio's "who may call"), or
-//! the paths they cover by exact or prefix `paths`. A policy every rule of which requires
-//! one of a set of exact principals can only match a request from one of them, and is
-//! filed under each; failing that, a policy every rule of which requires one of a set of
-//! exact or prefix paths is filed under those (exact paths in a map, prefixes in a byte
-//! trie walked along the request's normalized path). Every other policy is a candidate
+//! Most policies name their callers by exact `principals` (Istio's "who may call") or
+//! `namespaces`, or the paths they cover by exact or prefix `paths`. A policy every rule
+//! of which requires one of a set of exact principals can only match a request from one
+//! of them, and is filed under each; failing that, likewise under exact namespaces (Istio
+//! matches `.*/ns/NAME/.*`, so a request is looked up under every `NAME` that follows a
+//! `/ns/` in its identity); failing that, under exact or prefix paths (exact paths in a
+//! map, prefixes in a byte trie walked along the request's normalized path). Every other policy is a candidate
 //! for every request. A decision evaluates the candidates in configuration order, so the
 //! first policy that matches is the one a linear scan would find (the property test in
 //! `tests/authz_equivalence.rs` checks the decisions).
@@ -23,6 +24,7 @@ use super::{Attr, AuthzRequest, Check, Ctx, Policy, Value};
 pub(crate) struct PolicySet {
     policies: Vec<Arc<Policy>>,
     by_principal: HashMap<Box<str>, Vec<u32>>,
+    by_namespace: HashMap<Box<str>, Vec<u32>>,
     by_exact_path: HashMap<Box<str>, Vec<u32>>,
     by_path_prefix: Trie,
     /// Policies that may match any request.
@@ -32,6 +34,7 @@ pub(crate) struct PolicySet {
 /// What a policy can be filed under.
 enum Key {
     Principals(Vec<String>),
+    Namespaces(Vec<String>),
     Paths(Vec<PathKey>),
     /// It matches no request (no rules left): never a candidate.
     Never,
@@ -52,6 +55,11 @@ impl PolicySet {
             Key::Principals(keys) => {
                 for k in keys {
                     self.by_principal.entry(k.into()).or_default().push(i);
+                }
+            }
+            Key::Namespaces(keys) => {
+                for k in keys {
+                    self.by_namespace.entry(k.into()).or_default().push(i);
                 }
             }
             Key::Paths(keys) => {
@@ -99,6 +107,15 @@ impl PolicySet {
             .map_or(&[][..], Vec::as_slice);
         let mut candidates: Vec<u32> = Vec::new();
         self.by_path_prefix.prefixes_of(&cx.path, &mut candidates);
+        if !self.by_namespace.is_empty()
+            && let Some(id) = req.peer
+        {
+            for ns in namespaces_in(id) {
+                if let Some(ids) = self.by_namespace.get(ns) {
+                    candidates.extend_from_slice(ids);
+                }
+            }
+        }
         let lists: [&[u32]; 3] = [principal, exact, &self.always];
         if candidates.is_empty() && lists.iter().filter(|l| !l.is_empty()).count() <= 1 {
             // One sorted list: no merge needed.
@@ -201,6 +218,34 @@ fn exact_principals(checks: &[Check]) -> Option<Vec<String>> {
     })
 }
 
+/// Every `NAME` that follows a `/ns/` and precedes a `/` in `id`: the namespaces an
+/// exact `namespaces` value (`.*/ns/NAME/.*`) can match.
+fn namespaces_in(id: &str) -> impl Iterator<Item = &str> {
+    id.match_indices("/ns/").filter_map(move |(i, _)| {
+        let rest = &id[i + 4..];
+        rest.find('/').map(|end| &rest[..end])
+    })
+}
+
+/// The exact namespaces a source requires, if it requires one of them.
+fn exact_namespaces(checks: &[Check]) -> Option<Vec<String>> {
+    checks.iter().find_map(|c| {
+        if c.attr != Attr::SourceNamespace || c.values.is_empty() {
+            return None;
+        }
+        c.values
+            .iter()
+            .map(|v| match v {
+                Value::Namespace(pattern) => pattern
+                    .strip_prefix("/ns/")
+                    .and_then(|p| p.strip_suffix('/'))
+                    .map(String::from),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
 /// The exact or prefix paths an operation requires, if it requires one of them.
 fn path_keys(checks: &[Check]) -> Option<Vec<PathKey>> {
     checks.iter().find_map(|c| {
@@ -236,6 +281,16 @@ fn key(p: &Policy) -> Key {
         keys.sort();
         keys.dedup();
         return Key::Principals(keys);
+    }
+    let sources = p.rules.iter().flat_map(|r| r.principals.iter());
+    if let Some(keys) = sources
+        .map(|s| exact_namespaces(s))
+        .collect::<Option<Vec<_>>>()
+    {
+        let mut keys: Vec<String> = keys.into_iter().flatten().collect();
+        keys.sort();
+        keys.dedup();
+        return Key::Namespaces(keys);
     }
     let operations = p.rules.iter().flat_map(|r| r.permissions.iter());
     if let Some(keys) = operations.map(|o| path_keys(o)).collect::<Option<Vec<_>>>() {

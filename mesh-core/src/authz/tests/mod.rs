@@ -689,8 +689,9 @@ fn pseudo_headers_normalized_paths_and_odd_identities() {
 
 #[test]
 fn the_index_keeps_configuration_order() {
-    // Three ALLOW policies that all match; each filed differently (by principal, by
-    // exact path, by path prefix, not at all). The first in configuration order decides.
+    // Five ALLOW policies that all match, each filed differently (by principal, exact
+    // path, path prefix, namespace, not at all). The first in configuration order
+    // decides.
     let by_principal = ap(
         "foo",
         "by-principal",
@@ -711,12 +712,29 @@ fn the_index_keeps_configuration_order() {
         "unindexed",
         "  rules: [{to: [{operation: {methods: [GET]}}]}]",
     );
-    let all = [&by_principal, &by_exact, &by_prefix, &unindexed];
+    let by_namespace = ap(
+        "foo",
+        "by-namespace",
+        "  rules: [{from: [{source: {namespaces: [foo]}}]}]",
+    );
+    let all = [
+        &by_principal,
+        &by_exact,
+        &by_prefix,
+        &by_namespace,
+        &unindexed,
+    ];
     for first in 0..all.len() {
         let mut order: Vec<&String> = all.to_vec();
         order.rotate_left(first);
         let yaml: String = order.iter().map(|s| s.as_str()).collect();
-        let want = ["by-principal", "by-exact-path", "by-prefix", "unindexed"][first];
+        let want = [
+            "by-principal",
+            "by-exact-path",
+            "by-prefix",
+            "by-namespace",
+            "unindexed",
+        ][first];
         run(&yaml, vec![("first in order", req(), true, Some(want))]);
         // A request only the unindexed one matches still finds it.
         run(
