@@ -834,9 +834,7 @@ fn matches(attr: &Attr, value: &Value, cx: &Ctx<'_, '_>) -> bool {
             Some(v) => *p == StrPattern::Present || p.matches(&v),
             None => false,
         },
-        (Attr::Host, Value::Str(p)) => {
-            !req.host.is_empty() && p.matches(&req.host.to_ascii_lowercase())
-        }
+        (Attr::Host, Value::Str(p)) => !req.host.is_empty() && p.matches_ignore_case(req.host),
         (Attr::Method, Value::Str(p)) => p.matches(req.method),
         (Attr::Path, Value::Path(p)) => p.matches(&cx.path),
         (Attr::Sni, Value::Str(p)) => req.sni.is_some_and(|s| p.matches(s)),

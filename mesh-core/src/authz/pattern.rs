@@ -47,6 +47,22 @@ impl StrPattern {
             StrPattern::Exact(e) => value == e,
         }
     }
+
+    /// True when `value` matches, ignoring ASCII case (the pattern was parsed with
+    /// `ignore_case`), without lowercasing `value`.
+    pub(crate) fn matches_ignore_case(&self, value: &str) -> bool {
+        let v = value.as_bytes();
+        match self {
+            StrPattern::Present => !value.is_empty(),
+            StrPattern::Suffix(s) => {
+                v.len() >= s.len() && v[v.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+            StrPattern::Prefix(p) => {
+                v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            }
+            StrPattern::Exact(e) => value.eq_ignore_ascii_case(e),
+        }
+    }
 }
 
 /// A regular expression compared by its source (Istio generates some matchers as
@@ -281,6 +297,13 @@ mod tests {
                 StrPattern::parse(pattern, false).matches(value),
                 want,
                 "{pattern} ~ {value}"
+            );
+            // Case-insensitive: the same on any case of the value.
+            let upper = value.to_ascii_uppercase();
+            assert_eq!(
+                StrPattern::parse(pattern, true).matches_ignore_case(&upper),
+                want,
+                "{pattern} ~ {upper} (ignoring case)"
             );
         }
     }
