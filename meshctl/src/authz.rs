@@ -203,7 +203,7 @@ impl<'a> Explained<'a> {
                     qualified(p),
                     p.action().as_str()
                 );
-                if p.action() == Action::Custom {
+                if p.action() == Action::Custom && self.allowed {
                     let _ = writeln!(
                         out,
                         "           allowed only if provider {:?} allows it",

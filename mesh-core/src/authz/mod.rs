@@ -872,6 +872,9 @@ pub struct Authorizer {
     audit: PolicySet,
     dry_deny: PolicySet,
     dry_allow: PolicySet,
+    /// CUSTOM policies of more than one provider select the workload: as Istio does by
+    /// default, their rules deny instead of asking any provider.
+    custom_conflict: bool,
 }
 
 impl Authorizer {
@@ -891,6 +894,15 @@ impl Authorizer {
             };
             set.push(p.clone());
         }
+        let mut providers: Vec<&str> = all
+            .iter()
+            .filter(|p| p.action == Action::Custom && !p.dry_run)
+            .filter(|p| p.applies_to(root, namespace, labels))
+            .filter_map(|p| p.provider())
+            .collect();
+        providers.sort_unstable();
+        providers.dedup();
+        a.custom_conflict = providers.len() > 1;
         a
     }
 
@@ -909,13 +921,30 @@ impl Authorizer {
     }
 
     /// The CUSTOM policy whose rule matches `req`: its provider must be asked first,
-    /// and its answer stands (a denial ends the request).
+    /// and its answer stands (a denial ends the request). `None` also when CUSTOM
+    /// policies of several providers select the workload (their rules deny, see
+    /// [`Authorizer::decide`]).
     pub fn custom(&self, req: &AuthzRequest<'_>) -> Option<&Policy> {
+        if self.custom_conflict {
+            return None;
+        }
         self.custom.first_match(req).map(|(p, _)| p)
     }
 
-    /// DENY, then ALLOW (after CUSTOM, see [`Authorizer::custom`]).
+    /// DENY, then ALLOW (after CUSTOM, see [`Authorizer::custom`]). When CUSTOM
+    /// policies of more than one provider select the workload, a request their rules
+    /// match is denied by the CUSTOM policy (Istio's behaviour unless multiple providers
+    /// are enabled).
     pub fn decide(&self, req: &AuthzRequest<'_>) -> Verdict<'_> {
+        if self.custom_conflict
+            && let Some((p, i)) = self.custom.first_match(req)
+        {
+            return Verdict {
+                allowed: false,
+                policy: Some(p),
+                rule: Some(i),
+            };
+        }
         decide(&self.deny, &self.allow, req)
     }
 

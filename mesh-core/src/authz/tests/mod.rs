@@ -752,3 +752,70 @@ fn the_index_keeps_configuration_order() {
         );
     }
 }
+
+#[test]
+fn custom_policies_of_two_providers_deny_what_they_match() {
+    let yaml = [
+        ap(
+            "foo",
+            "ext-a",
+            "  action: CUSTOM\n  provider: {name: authz-a}\n  rules: [{to: [{operation: {paths: [\"/a/*\"]}}]}]",
+        ),
+        ap(
+            "foo",
+            "ext-b",
+            "  action: CUSTOM\n  provider: {name: authz-b}\n  rules: [{to: [{operation: {paths: [\"/b/*\"]}}]}]",
+        ),
+    ]
+    .concat();
+    run(
+        &yaml,
+        vec![
+            (
+                "a CUSTOM rule denies",
+                Req {
+                    path: "/a/x",
+                    ..req()
+                },
+                false,
+                Some("ext-a"),
+            ),
+            (
+                "the other too",
+                Req {
+                    path: "/b/x",
+                    ..req()
+                },
+                false,
+                Some("ext-b"),
+            ),
+            (
+                "other requests pass",
+                Req {
+                    path: "/c",
+                    ..req()
+                },
+                true,
+                None,
+            ),
+        ],
+    );
+    // One provider: its policies ask it (`custom` names the policy).
+    let one = ap(
+        "foo",
+        "ext-a",
+        "  action: CUSTOM\n  provider: {name: authz-a}\n  rules: [{to: [{operation: {paths: [\"/a/*\"]}}]}]",
+    );
+    run(
+        &one,
+        vec![(
+            "asks the provider",
+            Req {
+                path: "/a/x",
+                ..req()
+            },
+            false,
+            Some("custom:ext-a"),
+        )],
+    );
+}
