@@ -41,26 +41,7 @@ spec:
 
 /// Istio's samples/bookinfo/gateway-api/bookinfo-gateway.yaml (abridged): a Kubernetes
 /// Gateway API `Gateway` with the same name as the Istio Gateway.
-const GATEWAY_API: &str = "\
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: bookinfo-gateway
-spec:
-  gatewayClassName: istio
-  listeners:
-  - name: http
-    port: 80
-    protocol: HTTP
-    allowedRoutes: {namespaces: {from: Same}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: bookinfo
-spec:
-  parentRefs: [{name: bookinfo-gateway}]
-";
+const GATEWAY_API: &str = include_str!("fixtures/gateway-api-bookinfo-gateway.yaml");
 
 /// `kubectl delete -f gateway-api/bookinfo-gateway.yaml` never touches
 /// `gateways.networking.istio.io`: the file names no resource of the mesh, and says which

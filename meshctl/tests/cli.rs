@@ -698,26 +698,8 @@ fn get_unknown_kind_exits_2_listing_the_kinds() {
 
 /// Istio's samples/bookinfo/gateway-api/bookinfo-gateway.yaml (abridged): a Kubernetes
 /// Gateway API `Gateway` named like the Istio Gateway of the Bookinfo configuration.
-const GATEWAY_API: &str = "\
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: bookinfo-gateway
-spec:
-  gatewayClassName: istio
-  listeners:
-  - name: http
-    port: 80
-    protocol: HTTP
-    allowedRoutes: {namespaces: {from: Same}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: bookinfo
-spec:
-  parentRefs: [{name: bookinfo-gateway}]
-";
+const GATEWAY_API: &str =
+    include_str!("../../mesh-config/tests/fixtures/gateway-api-bookinfo-gateway.yaml");
 
 /// `kubectl delete -f` of a Gateway API `Gateway` never deletes
 /// `gateways.networking.istio.io/bookinfo-gateway`: the configuration has no type for it

@@ -171,6 +171,31 @@ fn tls_server(mode: &str, hosts: &str) -> String {
 
 /// Writes the certificates of `secure.example.com` and the configuration into `dir`;
 /// returns the CA.
+/// A gateway serving `secure.example.com` on port 443 over TLS `mode` (see
+/// [`tls_setup`]), routing to a backend named `name`; its files are in `dir`.
+struct TlsGateway {
+    backend: mesh_tests::TestServer,
+    dir: TempDir,
+    ca: Ca,
+    runtime: MeshRuntime,
+    addrs: mesh_tests::gateway::Addrs,
+}
+
+async fn tls_gateway(mode: &str, name: &'static str) -> TlsGateway {
+    let backend = named(name).await;
+    let dir = TempDir::new();
+    let ca = tls_setup(&dir, mode, backend.port());
+    let runtime = MeshRuntime::from_snapshot(&load_dir(dir.path()));
+    let (_, addrs) = start(&runtime, &[443]);
+    TlsGateway {
+        backend,
+        dir,
+        ca,
+        runtime,
+        addrs,
+    }
+}
+
 fn tls_setup(dir: &TempDir, mode: &str, backend_port: u16) -> Ca {
     let ca = Ca::new("mesh-rs test CA");
     let (cert, key) = ca.issue(&["secure.example.com"], ExtendedKeyUsagePurpose::ServerAuth);
@@ -191,12 +216,13 @@ fn tls_setup(dir: &TempDir, mode: &str, backend_port: u16) -> Ca {
 
 #[tokio::test]
 async fn simple_tls_terminates_with_files_next_to_the_yaml() {
-    let backend = named("secret").await;
-    let dir = TempDir::new();
-    let ca = tls_setup(&dir, "SIMPLE", backend.port());
-    let snap = load_dir(dir.path());
-    let runtime = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&runtime, &[443]);
+    let TlsGateway {
+        backend,
+        dir: _dir,
+        ca,
+        runtime: _runtime,
+        addrs,
+    } = tls_gateway("SIMPLE", "secret").await;
     let gw = addrs.of(443);
 
     let (status, body, _) = https_get(gw, "secure.example.com", "/account", &ca.pem, None)
@@ -220,12 +246,13 @@ async fn simple_tls_terminates_with_files_next_to_the_yaml() {
 
 #[tokio::test]
 async fn http2_over_tls_is_routed_by_its_authority() {
-    let backend = named("h2").await;
-    let dir = TempDir::new();
-    let ca = tls_setup(&dir, "SIMPLE", backend.port());
-    let snap = load_dir(dir.path());
-    let runtime = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&runtime, &[443]);
+    let TlsGateway {
+        backend,
+        dir: _dir,
+        ca,
+        runtime: _runtime,
+        addrs,
+    } = tls_gateway("SIMPLE", "h2").await;
 
     let tls = tls_connect(addrs.of(443), "secure.example.com", &ca.pem, None, true)
         .await
@@ -297,12 +324,13 @@ async fn several_tls_servers_on_one_port_are_chosen_by_sni() {
 
 #[tokio::test]
 async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
-    let backend = named("mutual").await;
-    let dir = TempDir::new();
-    let ca = tls_setup(&dir, "MUTUAL", backend.port());
-    let snap = load_dir(dir.path());
-    let runtime = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&runtime, &[443]);
+    let TlsGateway {
+        backend,
+        dir: _dir,
+        ca,
+        runtime: _runtime,
+        addrs,
+    } = tls_gateway("MUTUAL", "mutual").await;
     let gw = addrs.of(443);
     let host = "secure.example.com";
 
@@ -404,12 +432,13 @@ async fn requests_on_a_tls_connection_are_answered_by_the_server_its_sni_chose()
 /// (`Hash`, `Cert`, `Subject`, `URI`, `DNS`), whatever the client sent in that header.
 #[tokio::test]
 async fn mutual_tls_forwards_the_verified_client_certificate() {
-    let backend = named("mutual").await;
-    let dir = TempDir::new();
-    let ca = tls_setup(&dir, "MUTUAL", backend.port());
-    let snap = load_dir(dir.path());
-    let runtime = MeshRuntime::from_snapshot(&snap);
-    let (_, addrs) = start(&runtime, &[443]);
+    let TlsGateway {
+        backend,
+        dir: _dir,
+        ca,
+        runtime: _runtime,
+        addrs,
+    } = tls_gateway("MUTUAL", "mutual").await;
 
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params
