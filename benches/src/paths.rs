@@ -134,6 +134,7 @@ impl Sender {
                     request,
                     endpoint: endpoint.clone(),
                     protocol: Protocol::Http1,
+                    tls: None,
                 };
                 let resp = Pools.oneshot(out).await.map_err(|e| anyhow!(e))?;
                 check(resp).await

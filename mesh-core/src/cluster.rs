@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use mesh_config::model::{
-    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy,
     LoadBalancerSettings, OutlierDetection, SimpleLb, Subset, TrafficPolicy,
 };
 use mesh_config::registry::{Service, ServicePort};
@@ -66,6 +66,47 @@ pub struct Endpoint {
     pub identity: Arc<str>,
     /// Labels.
     pub labels: mesh_config::model::Labels,
+    /// True when auto mTLS speaks mutual TLS to it: it is a workload of the mesh (from
+    /// a WorkloadEntry, or labelled `security.istio.io/tlsMode: istio`; not labelled
+    /// `disabled`) and its PeerAuthentication does not DISABLE mutual TLS on its port.
+    pub mtls: bool,
+}
+
+/// The label Istio puts on workloads whose proxy accepts mutual TLS.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+/// How the connections of a cluster are secured: its DestinationRule's `tls`, or Istio's
+/// auto mTLS when it sets none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Auto mTLS: mutual TLS with the mesh's certificates to endpoints that accept it
+    /// ([`Endpoint::mtls`]), plaintext to the others.
+    Auto,
+    /// Plaintext (`mode: DISABLE`, or no `tls` with auto mTLS turned off).
+    Disable,
+    /// `ISTIO_MUTUAL`: mutual TLS with the mesh's certificates to every endpoint.
+    IstioMutual {
+        /// The SNI to send (Istio's `outbound_.PORT_.SUBSET_.HOST` unless `sni` is set).
+        sni: Arc<str>,
+        /// The identities the server may prove (`subjectAltNames`); empty: the picked
+        /// endpoint's own.
+        subject_alt_names: Arc<[Arc<str>]>,
+    },
+    /// `SIMPLE` or `MUTUAL`: TLS origination with the DestinationRule's files.
+    Origination(Box<ClientTlsSettings>),
+}
+
+/// What the security of a cluster's connections depends on besides its DestinationRule.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsContext<'a> {
+    /// The mesh's trust domain.
+    pub trust_domain: &'a str,
+    /// The mesh's root namespace.
+    pub root_namespace: &'a str,
+    /// `enableAutoMtls`.
+    pub auto_mtls: bool,
+    /// Every PeerAuthentication (auto mTLS follows the server's).
+    pub peer_authentications: &'a [Arc<crate::peer_auth::CompiledPeerAuthentication>],
 }
 
 /// What consistent hashing hashes on.
@@ -283,6 +324,49 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// The HTTP version to speak to the endpoints.
     pub codec: Codec,
+    /// How its connections are secured.
+    pub tls: UpstreamTls,
+}
+
+/// The security of a cluster's connections from its merged `tls` settings.
+fn upstream_tls(
+    tls: Option<&ClientTlsSettings>,
+    auto_mtls: bool,
+    service: &Service,
+    subset: Option<&str>,
+    port: u32,
+) -> UpstreamTls {
+    let Some(tls) = tls else {
+        return if auto_mtls {
+            UpstreamTls::Auto
+        } else {
+            UpstreamTls::Disable
+        };
+    };
+    match tls.mode.unwrap_or_default() {
+        ClientTlsMode::Disable => UpstreamTls::Disable,
+        ClientTlsMode::IstioMutual => UpstreamTls::IstioMutual {
+            sni: tls.sni.as_deref().map_or_else(
+                || {
+                    format!(
+                        "outbound_.{port}_.{}_.{}",
+                        subset.unwrap_or(""),
+                        service.host
+                    )
+                    .into()
+                },
+                Arc::from,
+            ),
+            subject_alt_names: tls
+                .subject_alt_names
+                .iter()
+                .map(|s| Arc::from(s.as_str()))
+                .collect(),
+        },
+        ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+            UpstreamTls::Origination(Box::new(tls.clone()))
+        }
+    }
 }
 
 impl Cluster {
@@ -294,7 +378,7 @@ impl Cluster {
         port: &ServicePort,
         subset: Option<&Subset>,
         dr: Option<RuleUse<'_>>,
-        trust_domain: &str,
+        ctx: &TlsContext<'_>,
     ) -> Self {
         let traffic = TrafficSettings::merge(
             dr.as_ref().map(|(d, _, _)| &d.spec),
@@ -309,20 +393,42 @@ impl Cluster {
             .filter(|e| subset.is_none_or(|s| e.selected_by(&s.labels)))
             .map(|e| {
                 let p = u16::try_from(e.port_for(port)).unwrap_or(0);
+                let in_mesh = match e.labels.get(TLS_MODE_LABEL).map(String::as_str) {
+                    Some("istio") => true,
+                    Some(_) => false,
+                    None => e.workload.is_some(),
+                };
+                let mtls = in_mesh
+                    && crate::peer_auth::server_mode(
+                        ctx.peer_authentications,
+                        ctx.root_namespace,
+                        &e.namespace,
+                        &e.labels,
+                        p,
+                    ) != crate::peer_auth::MtlsMode::Disable;
                 Endpoint {
                     id: host_port(&e.address, p).into(),
                     address: e.address.as_str().into(),
                     port: p,
                     weight: e.weight,
-                    identity: e.spiffe_id(trust_domain).into(),
+                    identity: e.spiffe_id(ctx.trust_domain).into(),
                     labels: e.labels.clone(),
+                    mtls,
                 }
             })
             .collect();
         let ids: Vec<&str> = endpoints.iter().map(|u| &*u.id).collect();
         let weights: Vec<u32> = endpoints.iter().map(|u| u.weight).collect();
+        let tls = upstream_tls(
+            traffic.tls.as_ref(),
+            ctx.auto_mtls,
+            service,
+            subset.map(|s| s.name.as_str()),
+            port.number,
+        );
         Cluster {
             id,
+            tls,
             codec: Codec::of(&port.protocol, &traffic),
             key: ClusterKey {
                 host: service.host.as_str().into(),

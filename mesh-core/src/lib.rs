@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod index;
 pub mod matcher;
 pub mod mesh;
+pub mod peer_auth;
 pub mod retry;
 pub mod route;
 pub mod workload;
@@ -30,6 +31,7 @@ pub mod workload;
 pub use matcher::{Caller, RequestHead};
 pub use mesh::{CompiledMesh, Decision, Outcome, RouteError, Upstream};
 pub use mesh_config::Snapshot;
+pub use peer_auth::PeerAuthn;
 pub use workload::{Role, Workload, WorkloadView};
 
 /// Helpers of the unit tests.

@@ -2,10 +2,10 @@
 //!
 //! A process hosts one or more workloads (Bookinfo runs six): each is an instance of a
 //! service with the identity and labels Istio gives a pod. What applies to one workload
-//! — the VirtualServices its namespace sees, the Gateways that select it, and (next) the
-//! PeerAuthentication, AuthorizationPolicies, rate limits and telemetry settings that
-//! select it — is picked once per configuration into a [`WorkloadView`], so that a
-//! request only looks its own host up.
+//! — the VirtualServices its namespace sees, the Gateways that select it, the mutual TLS
+//! modes its PeerAuthentications set, the AuthorizationPolicies that apply to it, and
+//! (next) rate limits and telemetry settings — is picked once per configuration into a
+//! [`WorkloadView`], so that a request only looks its own host up.
 
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use crate::authz::Authorizer;
 use crate::gateway::{Chain, GatewayRoutes};
 use crate::matcher::{Caller, RequestHead};
 use crate::mesh::{CompiledMesh, Decision, RouteError, VisibleHosts};
+use crate::peer_auth::PeerAuthn;
 
 /// A workload: one instance of a service, with the identity and labels Istio gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +91,7 @@ pub struct WorkloadView {
     hosts: Arc<VisibleHosts>,
     gateway: Option<GatewayRoutes>,
     authz: Authorizer,
+    peer_authn: PeerAuthn,
 }
 
 impl WorkloadView {
@@ -111,8 +113,10 @@ impl WorkloadView {
             &workload.namespace,
             &workload.labels,
         );
+        let peer_authn = mesh.peer_authn(&workload.namespace, &workload.labels);
         WorkloadView {
             authz,
+            peer_authn,
             mesh,
             workload,
             identity,
@@ -156,6 +160,12 @@ impl WorkloadView {
     /// The AuthorizationPolicies that apply to requests arriving at the workload.
     pub fn authorizer(&self) -> &Authorizer {
         &self.authz
+    }
+
+    /// The mutual TLS modes its server side enforces, per port (its PeerAuthentications,
+    /// composed as Istio composes them).
+    pub fn peer_authn(&self) -> &PeerAuthn {
+        &self.peer_authn
     }
 
     /// Its routes as a gateway workload, when it is one and Gateways select it.

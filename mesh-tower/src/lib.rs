@@ -33,6 +33,7 @@
 pub mod body;
 pub mod error;
 pub mod gateway;
+pub mod identity;
 pub mod inbound;
 pub mod outbound;
 mod runtime;

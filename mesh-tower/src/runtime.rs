@@ -8,13 +8,23 @@
 //! atomic pointer store. Requests read the generation in force without a lock and keep
 //! the one they started with; nothing is compiled on the request path.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tower::Service;
 
 use arc_swap::ArcSwap;
 use mesh_config::Snapshot;
 use mesh_core::{CompiledMesh, Role, Workload, WorkloadView};
 use tokio::sync::{Semaphore, watch};
 
+use crate::BoxError;
+use crate::identity::{Identities, SpiffeId, WorkloadIdentity};
+use crate::inbound::InboundLayer;
 use crate::outbound::mirror::DEFAULT_MAX_MIRRORS_IN_FLIGHT;
 use crate::outbound::{MeshClient, Stack};
 use crate::state::{ClusterEndpoints, EndpointStates};
@@ -40,8 +50,8 @@ impl Generation {
     }
 }
 
-/// A workload of the process and what it is to the mesh.
-type Registered = (Arc<Workload>, Role);
+/// A workload of the process, what it is to the mesh, and its identity.
+type Registered = (Arc<Workload>, Role, Option<Arc<WorkloadIdentity>>);
 
 /// What updates and registrations share.
 #[derive(Default)]
@@ -50,6 +60,8 @@ struct Registry {
     workloads: Vec<Registered>,
     /// The ticket of the update in force.
     ticket: u64,
+    /// Where workloads registered from now on get their certificates.
+    identities: Option<Identities>,
 }
 
 struct Inner {
@@ -128,7 +140,7 @@ impl MeshRuntime {
         let views = registry
             .workloads
             .iter()
-            .map(|(w, role)| Arc::new(WorkloadView::compile(mesh.clone(), w.clone(), *role)))
+            .map(|(w, role, _)| Arc::new(WorkloadView::compile(mesh.clone(), w.clone(), *role)))
             .collect();
         self.inner.current.store(Arc::new(Generation {
             endpoints,
@@ -163,24 +175,47 @@ impl MeshRuntime {
         self.register(workload, Role::Sidecar)
     }
 
+    /// Gives the workloads registered from now on an identity from `identities`: their
+    /// SPIFFE ID in the mesh's trust domain, a certificate proving it, and mutual TLS
+    /// with the workloads of the mesh (see [`identity`](crate::identity)). Workloads of a
+    /// runtime without identities speak plaintext.
+    pub fn set_identities(&self, identities: Identities) {
+        self.registry().identities = Some(identities);
+    }
+
     /// The handle of a workload in `role` (see [`workload`](Self::workload)).
     pub(crate) fn register(&self, workload: Workload, role: Role) -> Mesh {
         let mut registry = self.registry();
-        let workloads = &mut registry.workloads;
-        if let Some(slot) = workloads
+        if let Some(slot) = registry
+            .workloads
             .iter()
-            .position(|(w, r)| **w == workload && *r == role)
+            .position(|(w, r, _)| **w == workload && *r == role)
         {
-            let workload = workloads[slot].0.clone();
+            let (workload, _, identity) = registry.workloads[slot].clone();
             return Mesh {
                 runtime: self.clone(),
                 workload,
+                identity,
                 slot: u32::try_from(slot).unwrap_or(u32::MAX),
             };
         }
+        let identity = registry.identities.as_ref().and_then(|ids| {
+            let mesh = self.current();
+            let td = &mesh.settings().trust_domain;
+            let issued = SpiffeId::new(td, &workload.namespace, &workload.service_account)
+                .and_then(|id| ids.identity(&id));
+            match issued {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    tracing::error!(workload = %workload.name, namespace = %workload.namespace, error = %e, "the workload has no identity: it cannot speak mutual TLS");
+                    None
+                }
+            }
+        });
         let workload = Arc::new(workload);
+        let workloads = &mut registry.workloads;
         let slot = u32::try_from(workloads.len()).unwrap_or(u32::MAX);
-        workloads.push((workload.clone(), role));
+        workloads.push((workload.clone(), role, identity.clone()));
         self.inner.current.rcu(|g| {
             let mut views = g.views.clone();
             views.push(Arc::new(WorkloadView::compile(
@@ -199,6 +234,7 @@ impl MeshRuntime {
         Mesh {
             runtime: self.clone(),
             workload,
+            identity,
             slot,
         }
     }
@@ -226,6 +262,7 @@ impl MeshRuntime {
 pub struct Mesh {
     runtime: MeshRuntime,
     workload: Arc<Workload>,
+    identity: Option<Arc<WorkloadIdentity>>,
     slot: u32,
 }
 
@@ -233,6 +270,11 @@ impl Mesh {
     /// The workload.
     pub fn workload(&self) -> &Workload {
         &self.workload
+    }
+
+    /// The workload's identity, when its runtime has [`Identities`].
+    pub fn identity(&self) -> Option<&Arc<WorkloadIdentity>> {
+        self.identity.as_ref()
     }
 
     /// The runtime of the process.
@@ -262,6 +304,45 @@ impl Mesh {
     /// says. Cheap to call repeatedly (it shares the process's pools).
     pub fn client(&self) -> MeshClient {
         self.client_over(Pools)
+    }
+
+    /// The layer of the workload's inbound policies (authorization), around its
+    /// application: see [`inbound`](crate::inbound).
+    pub fn inbound(&self) -> InboundLayer {
+        InboundLayer::new(self.clone())
+    }
+
+    /// Serves `app` on `listener` as the workload: plaintext or mutual TLS as its
+    /// PeerAuthentication says (see [`inbound`](crate::inbound)). Runs until the listener
+    /// fails; see [`serve_with_shutdown`](Self::serve_with_shutdown).
+    pub async fn serve<S, B>(&self, listener: TcpListener, app: S) -> std::io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.serve_with_shutdown(listener, app, std::future::pending())
+            .await
+    }
+
+    /// [`serve`](Self::serve) until `shutdown` completes; then the connections in
+    /// progress finish their requests.
+    pub async fn serve_with_shutdown<S, B>(
+        &self,
+        listener: TcpListener,
+        app: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        crate::inbound::serve::serve(self.clone(), listener, app, shutdown).await
     }
 
     /// The outbound client over another transport than the process's connection pools

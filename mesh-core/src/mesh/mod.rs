@@ -28,7 +28,7 @@ mod virtual_service;
 use std::sync::Arc;
 
 use mesh_config::Snapshot;
-use mesh_config::model::{MeshSettings, OutboundTrafficPolicyMode};
+use mesh_config::model::{Labels, MeshSettings, OutboundTrafficPolicyMode};
 use mesh_config::registry::Registry;
 use rand_core::Rng;
 
@@ -38,6 +38,7 @@ pub use virtual_service::{VirtualServiceRules, VisibleHosts, export_rank};
 use crate::cluster::{Cluster, ClusterKey};
 use crate::gateway::CompiledGateway;
 use crate::matcher::{Caller, MatchBlock, RequestHead};
+use crate::peer_auth::{CompiledPeerAuthentication, MtlsMode, PeerAuthn};
 use crate::retry::Retries;
 use crate::route::{Action, Rule, Target, split_authority};
 use resolve::Resolver;
@@ -156,6 +157,8 @@ pub struct CompiledMesh {
     pub(crate) gateways: Vec<CompiledGateway>,
     /// Every AuthorizationPolicy, compiled, in load order.
     authorization: Vec<Arc<crate::authz::Policy>>,
+    /// Every PeerAuthentication, compiled, in load order.
+    peer_authentication: Vec<Arc<CompiledPeerAuthentication>>,
     /// Problems found while compiling (rules that could not be compiled are skipped).
     pub errors: Vec<String>,
 }
@@ -188,7 +191,12 @@ impl CompiledMesh {
         let visible = ByNamespace::build(&table.namespaces(), |ns| {
             Arc::new(table.visible_to(ns, &shared))
         });
-        let services = Services::compile(snapshot, &settings);
+        let peer_authentication = snapshot
+            .peer_authentications()
+            .iter()
+            .map(|p| Arc::new(CompiledPeerAuthentication::compile(p)))
+            .collect::<Vec<_>>();
+        let services = Services::compile(snapshot, &settings, &peer_authentication);
         let resolver = Resolver::new(&known, !services.wildcard.is_empty());
         let default_retry = Retries::compile(None, &settings.default_http_retry_policy);
         let gateways = crate::gateway::compile(snapshot);
@@ -201,6 +209,7 @@ impl CompiledMesh {
             .collect();
         CompiledMesh {
             authorization,
+            peer_authentication,
             default_retry,
             version: snapshot.version(),
             settings,
@@ -217,6 +226,36 @@ impl CompiledMesh {
     /// Every AuthorizationPolicy, compiled, in load order.
     pub fn authorization_policies(&self) -> &[Arc<crate::authz::Policy>] {
         &self.authorization
+    }
+
+    /// Every PeerAuthentication, compiled, in load order (the order that breaks ties
+    /// between policies of one level).
+    pub fn peer_authentications(&self) -> &[Arc<CompiledPeerAuthentication>] {
+        &self.peer_authentication
+    }
+
+    /// The mutual TLS modes a workload with `labels` in `namespace` enforces (what its
+    /// [`WorkloadView::peer_authn`](crate::WorkloadView::peer_authn) holds).
+    pub fn peer_authn(&self, namespace: &str, labels: &Labels) -> PeerAuthn {
+        PeerAuthn::for_workload(
+            &self.peer_authentication,
+            &self.settings.root_namespace,
+            namespace,
+            labels,
+        )
+    }
+
+    /// The mutual TLS mode a destination workload with `labels` in `namespace` enforces
+    /// on `port` (the port its server listens on), without allocating: a client with
+    /// auto mTLS sends mutual TLS unless it is DISABLE (see [`crate::peer_auth`]).
+    pub fn server_mtls_mode(&self, namespace: &str, labels: &Labels, port: u16) -> MtlsMode {
+        crate::peer_auth::server_mode(
+            &self.peer_authentication,
+            &self.settings.root_namespace,
+            namespace,
+            labels,
+            port,
+        )
     }
 
     /// The version of the snapshot it was compiled from.

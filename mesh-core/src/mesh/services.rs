@@ -262,7 +262,17 @@ impl Services {
 
 impl Services {
     /// Compiles the registry's services and the DestinationRules that cover them.
-    pub(super) fn compile(snapshot: &Snapshot, settings: &MeshSettings) -> Self {
+    pub(super) fn compile(
+        snapshot: &Snapshot,
+        settings: &MeshSettings,
+        peer_authentications: &[Arc<crate::peer_auth::CompiledPeerAuthentication>],
+    ) -> Self {
+        let ctx = crate::cluster::TlsContext {
+            trust_domain: &settings.trust_domain,
+            root_namespace: &settings.root_namespace,
+            auto_mtls: settings.enable_auto_mtls,
+            peer_authentications,
+        };
         let mut out: HashMap<Box<str>, HostServices> = HashMap::new();
         let mut next_id = 0u32;
         let mut wildcards = Vec::new();
@@ -313,7 +323,7 @@ impl Services {
                     port,
                     None,
                     None,
-                    &settings.trust_domain,
+                    &ctx,
                 ));
                 entry.clusters.push(c.clone());
                 groups[0].1.push(c);
@@ -330,7 +340,7 @@ impl Services {
                         port,
                         None,
                         Some((dr, peak, id.clone())),
-                        &settings.trust_domain,
+                        &ctx,
                     ));
                     entry.clusters.push(c.clone());
                     groups[gi + 1].1.push(c);
@@ -341,7 +351,7 @@ impl Services {
                             port,
                             Some(s),
                             Some((dr, peak, id.clone())),
-                            &settings.trust_domain,
+                            &ctx,
                         ));
                         entry.clusters.push(c.clone());
                         groups[gi + 1].1.push(c);

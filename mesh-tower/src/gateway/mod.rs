@@ -358,7 +358,7 @@ async fn serve_tls(
     port: u32,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use crate::transport::accept::{WithPeer, accept_each, serve_connection};
+    use crate::transport::accept::{ConnectionInfo, WithConnection, accept_each, serve_connection};
     accept_each(listener, shutdown, move |stream, peer, builder, watcher| {
         let shared = shared.clone();
         async move {
@@ -386,7 +386,8 @@ async fn serve_tls(
                 None
             };
             let conn = Arc::new(TlsConn { chain, xfcc });
-            let svc = WithPeer::new(GatewayService::new(shared, port, Some(conn)), peer);
+            let info = ConnectionInfo::plain(stream.get_ref().0, peer);
+            let svc = WithConnection::new(GatewayService::new(shared, port, Some(conn)), info);
             serve_connection(stream, svc, builder, watcher).await;
         }
     })

@@ -1,19 +1,30 @@
 //! The inbound side of a workload: its application (any tower service — axum, tonic, a
 //! hyper `service_fn`) served on a listener, HTTP/1.1 and HTTP/2, with graceful shutdown.
 //!
-//! Plaintext today. This is where mutual TLS (decided by PeerAuthentication, on the
-//! transport's TLS handshake) and the inbound policies (authorization, rate limits,
-//! telemetry, selected for the workload in its [`WorkloadView`](mesh_core::WorkloadView))
-//! wrap the application. Each request carries its connection's
-//! [`PeerAddr`] extension. HTTP/1.1 upgrades (`101 Switching Protocols`) are served: the
-//! application takes the upgraded connection with `hyper::upgrade::on`.
+//! Two pieces, as Istio's sidecar puts them in front of a pod:
+//!
+//! - [`Mesh::serve`](crate::Mesh::serve): the transport. Each connection is plaintext or
+//!   mutual TLS as the workload's PeerAuthentication says for its port (PERMISSIVE tells
+//!   them apart from the first byte); requests carry [`PeerAddr`], [`LocalAddr`] and, over
+//!   mutual TLS, the peer's verified [`PeerIdentity`](crate::identity::PeerIdentity).
+//! - [`Mesh::inbound`](crate::Mesh::inbound): the policies, a tower layer around the
+//!   application — authorization (CUSTOM → DENY → ALLOW, Envoy's `403 RBAC: access
+//!   denied`), with the workload's policies of the configuration in force.
 //!
 //! ```no_run
-//! # type App = tower::util::BoxCloneService<http::Request<hyper::body::Incoming>, http::Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible>;
-//! # async fn demo(app: App) -> std::io::Result<()> {
+//! # async fn demo(mesh: mesh_tower::Mesh, app: tower::util::BoxCloneService<http::Request<hyper::body::Incoming>, http::Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible>) -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:9080").await?;
-//! mesh_tower::inbound::serve(listener, app, std::future::pending::<()>()).await
+//! let app = tower::ServiceBuilder::new().layer(mesh.inbound()).service(app);
+//! mesh.serve(listener, app).await
 //! # }
 //! ```
+//!
+//! [`serve`] alone serves an application in plaintext, outside any policy. HTTP/1.1
+//! upgrades (`101 Switching Protocols`) are served: the application takes the upgraded
+//! connection with `hyper::upgrade::on`.
 
-pub use crate::transport::accept::{PeerAddr, serve};
+mod authz;
+pub(crate) mod serve;
+
+pub use crate::transport::accept::{LocalAddr, PeerAddr, serve};
+pub use authz::{Inbound, InboundBody, InboundLayer, RBAC_DENIED};

@@ -76,7 +76,7 @@ pub type Stack<U = Pools> = Telemetry<RouteService<Forward<U>>>;
 
 /// The layers below the route stage for `mesh`'s workload, over `transport`.
 pub(crate) fn forward<U: Transport>(mesh: &Mesh, transport: U) -> Forward<U> {
-    let dispatch = BalanceLayer.layer(transport);
+    let dispatch = BalanceLayer::new(mesh.identity().cloned()).layer(transport);
     let mirror = MirrorLayer::with_slots(dispatch.clone(), mesh.runtime().mirror_slots().clone());
     CorsLayer.layer(
         FaultLayer.layer(

@@ -3,8 +3,8 @@
 //! HTTP/2 on it (plaintext or over TLS) with upgrades, stop accepting on shutdown and let
 //! the connections in progress finish their requests.
 //!
-//! Each request carries the address of the peer of its connection as a [`PeerAddr`]
-//! extension.
+//! Each request carries the addresses of its connection as [`PeerAddr`] and [`LocalAddr`]
+//! extensions (and, over mutual TLS, the peer's verified identity).
 
 use std::future::Future;
 use std::task::{Context, Poll};
@@ -22,28 +22,53 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::Service;
 
 use crate::BoxError;
+use crate::identity::PeerIdentity;
 
 /// The address of the peer of the connection a request arrived on: a request extension
 /// set by every listener of the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// A service that records the connection's [`PeerAddr`] in each request before calling
-/// `inner`.
+/// The local address a request arrived at (AuthorizationPolicy's `destination.ip` and
+/// `destination.port`): a request extension set by every listener of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalAddr(pub SocketAddr);
+
+/// What a listener knows of one connection.
 #[derive(Debug, Clone)]
-pub(crate) struct WithPeer<S> {
-    inner: S,
-    peer: SocketAddr,
+pub(crate) struct ConnectionInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: Option<SocketAddr>,
+    /// The peer's verified identity, over mutual TLS.
+    pub(crate) identity: Option<PeerIdentity>,
 }
 
-impl<S> WithPeer<S> {
-    /// `inner`, for the requests of a connection from `peer`.
-    pub(crate) fn new(inner: S, peer: SocketAddr) -> Self {
-        WithPeer { inner, peer }
+impl ConnectionInfo {
+    /// A plaintext connection from `peer` on `stream`.
+    pub(crate) fn plain(stream: &TcpStream, peer: SocketAddr) -> Self {
+        ConnectionInfo {
+            peer,
+            local: stream.local_addr().ok(),
+            identity: None,
+        }
     }
 }
 
-impl<S, B> Service<Request<B>> for WithPeer<S>
+/// A service that records its connection's [`ConnectionInfo`] in each request (as
+/// [`PeerAddr`], [`LocalAddr`] and [`PeerIdentity`] extensions) before calling `inner`.
+#[derive(Debug, Clone)]
+pub(crate) struct WithConnection<S> {
+    inner: S,
+    info: ConnectionInfo,
+}
+
+impl<S> WithConnection<S> {
+    pub(crate) fn new(inner: S, info: ConnectionInfo) -> Self {
+        WithConnection { inner, info }
+    }
+}
+
+impl<S, B> Service<Request<B>> for WithConnection<S>
 where
     S: Service<Request<B>>,
 {
@@ -56,7 +81,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        req.extensions_mut().insert(PeerAddr(self.peer));
+        let ext = req.extensions_mut();
+        ext.insert(PeerAddr(self.info.peer));
+        if let Some(local) = self.info.local {
+            ext.insert(LocalAddr(local));
+        }
+        if let Some(id) = &self.info.identity {
+            ext.insert(id.clone());
+        }
         self.inner.call(req)
     }
 }
@@ -76,7 +108,7 @@ where
     B::Error: Into<BoxError>,
 {
     accept_each(listener, shutdown, move |stream, peer, builder, watcher| {
-        let app = WithPeer::new(app.clone(), peer);
+        let app = WithConnection::new(app.clone(), ConnectionInfo::plain(&stream, peer));
         serve_connection(stream, app, builder, watcher)
     })
     .await

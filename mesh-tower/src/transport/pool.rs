@@ -33,9 +33,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tower::Service;
 
+use crate::identity::{WorkloadIdentity, peer_spiffe_id};
 use crate::state::EndpointState;
 use crate::{BoxError, ReqBody, ResBody};
 
@@ -75,6 +77,8 @@ pub struct Outgoing {
     pub endpoint: Arc<EndpointState>,
     /// The codec to speak.
     pub protocol: Protocol,
+    /// Mutual TLS to speak, `None` for plaintext.
+    pub tls: Option<MutualTls>,
 }
 
 /// A connection to the endpoint could not be made: Envoy's "connection failure", which
@@ -102,12 +106,31 @@ struct IdleHttp1 {
     since: Instant,
 }
 
-/// The connection pools of one endpoint, made empty and filled on use.
-pub(crate) struct EndpointPools {
-    /// What the connector dials (`http://address:port/`), `None` for an id that is not
-    /// an authority.
-    target: Option<Uri>,
-    connector: HttpConnector,
+/// Mutual TLS to an endpoint: the caller's identity, and who the server must prove to
+/// be. Part of the pool key: connections made with one identity are never lent to
+/// another workload, nor to a request expecting another server.
+#[derive(Debug, Clone)]
+pub struct MutualTls {
+    /// The caller's identity (its certificate, the trust bundle).
+    pub client: Arc<WorkloadIdentity>,
+    /// The SPIFFE IDs the server may prove (the endpoint's own, or the
+    /// DestinationRule's `subjectAltNames`).
+    pub server: Arc<[Arc<str>]>,
+    /// The SNI to send.
+    pub sni: Option<Arc<str>>,
+}
+
+impl MutualTls {
+    /// True when connections made for `other` may carry requests for `self`.
+    fn same_key(&self, other: &MutualTls) -> bool {
+        Arc::ptr_eq(&self.client, &other.client)
+            && (Arc::ptr_eq(&self.server, &other.server) || self.server == other.server)
+            && self.sni == other.sni
+    }
+}
+
+/// The connections of one endpoint made one way (plaintext, or mutual TLS with one key).
+struct ConnPool {
     idle_timeout: Duration,
     /// Idle HTTP/1.1 connections, the most recently used last.
     http1: Mutex<Vec<IdleHttp1>>,
@@ -120,11 +143,86 @@ pub(crate) struct EndpointPools {
     http2_dialling: tokio::sync::Mutex<()>,
 }
 
+impl ConnPool {
+    fn new(idle_timeout: Duration) -> Self {
+        ConnPool {
+            idle_timeout,
+            http1: Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
+            http2: Mutex::new(None),
+            http2_dialling: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// An idle HTTP/1.1 connection ready for a request, if one is.
+    fn take_idle_http1(&self) -> Option<http1::SendRequest<ReqBody>> {
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired ones are left to the reaper (a clock read per request saved): one may
+        // serve a request up to one more idle timeout late.
+        while let Some(IdleHttp1 { conn, .. }) = idle.pop() {
+            if conn.is_ready() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Puts `conn` back among the idle connections once it can take another request:
+    /// now, or when the response body it is still receiving ends.
+    fn release_http1(pool: &Arc<ConnPool>, mut conn: http1::SendRequest<ReqBody>) {
+        if conn.is_ready() {
+            pool.put_idle_http1(pool, conn);
+        } else if !conn.is_closed() {
+            let pool = Arc::downgrade(pool);
+            tokio::spawn(async move {
+                if conn.ready().await.is_ok()
+                    && let Some(pool) = pool.upgrade()
+                {
+                    pool.put_idle_http1(&pool, conn);
+                }
+            });
+        }
+    }
+
+    fn put_idle_http1(&self, me: &Arc<ConnPool>, conn: http1::SendRequest<ReqBody>) {
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        idle.push(IdleHttp1 {
+            conn,
+            since: Instant::now(),
+        });
+        if !self.reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(me), self.idle_timeout));
+        }
+    }
+
+    fn open_http2(&self) -> Option<http2::SendRequest<ReqBody>> {
+        let conn = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        conn.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+}
+
+/// The connection pools of one endpoint, made empty and filled on use: one for
+/// plaintext, one per mutual TLS key.
+pub(crate) struct EndpointPools {
+    /// What the connector dials (`http://address:port/`), `None` for an id that is not
+    /// an authority.
+    target: Option<Uri>,
+    connector: HttpConnector,
+    idle_timeout: Duration,
+    plain: Arc<ConnPool>,
+    /// The mutual TLS pools, by key (a workload calls an endpoint with one key; a few
+    /// workloads of one process share the endpoint's state).
+    mutual: Mutex<Vec<(MutualTls, Arc<ConnPool>)>>,
+}
+
 impl std::fmt::Debug for EndpointPools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointPools")
             .field("target", &self.target)
-            .field("idle_http1", &self.http1.lock().map_or(0, |v| v.len()))
+            .field(
+                "idle_http1",
+                &self.plain.http1.lock().map_or(0, |v| v.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -143,46 +241,62 @@ impl EndpointPools {
             target: format!("http://{id}/").parse().ok(),
             connector,
             idle_timeout,
-            http1: Mutex::new(Vec::new()),
-            reaping: AtomicBool::new(false),
-            http2: Mutex::new(None),
-            http2_dialling: tokio::sync::Mutex::new(()),
+            plain: Arc::new(ConnPool::new(idle_timeout)),
+            mutual: Mutex::new(Vec::new()),
         }
     }
 
-    /// Number of idle HTTP/1.1 connections.
+    /// Number of idle plaintext HTTP/1.1 connections.
     #[cfg(test)]
     fn idle_http1(&self) -> usize {
-        self.http1.lock().map_or(0, |v| v.len())
+        self.plain.http1.lock().map_or(0, |v| v.len())
     }
 
-    async fn dial(&self, id: &Arc<str>) -> Result<TokioIo<TcpStream>, ConnectError> {
+    /// The pool of connections made `tls`'s way.
+    fn pool(&self, tls: Option<&MutualTls>) -> Arc<ConnPool> {
+        let Some(tls) = tls else {
+            return self.plain.clone();
+        };
+        let mut mutual = self.mutual.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, pool)) = mutual.iter().find(|(k, _)| k.same_key(tls)) {
+            return pool.clone();
+        }
+        // A key whose identity is gone (its workload was dropped) is forgotten.
+        mutual.retain(|(k, _)| Arc::strong_count(&k.client) > 1);
+        let pool = Arc::new(ConnPool::new(self.idle_timeout));
+        mutual.push((tls.clone(), pool.clone()));
+        pool
+    }
+
+    async fn dial(
+        &self,
+        id: &Arc<str>,
+        tls: Option<&MutualTls>,
+        http2: bool,
+    ) -> Result<Box<dyn IoBox>, ConnectError> {
         let Some(target) = &self.target else {
             return Err(ConnectError::new(id, "invalid endpoint address"));
         };
-        self.connector
+        let tcp = self
+            .connector
             .clone()
             .call(target.clone())
             .await
-            .map_err(|e| ConnectError::new(id, e))
+            .map_err(|e| ConnectError::new(id, e))?;
+        let Some(tls) = tls else {
+            return Ok(Box::new(tcp.into_inner()));
+        };
+        let stream = handshake(id, tcp.into_inner(), tls, http2).await?;
+        Ok(Box::new(stream))
     }
 
-    /// An idle HTTP/1.1 connection ready for a request, if one is.
-    fn take_idle_http1(&self) -> Option<http1::SendRequest<ReqBody>> {
-        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-        // Expired ones are left to the reaper (a clock read per request saved): one may
-        // serve a request up to one more idle timeout late.
-        while let Some(IdleHttp1 { conn, .. }) = idle.pop() {
-            if conn.is_ready() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    async fn new_http1(&self, id: &Arc<str>) -> Result<http1::SendRequest<ReqBody>, BoxError> {
-        let io = self.dial(id).await?;
-        let (conn, connection) = http1::handshake(io)
+    async fn new_http1(
+        &self,
+        id: &Arc<str>,
+        tls: Option<&MutualTls>,
+    ) -> Result<http1::SendRequest<ReqBody>, BoxError> {
+        let io = self.dial(id, tls, false).await?;
+        let (conn, connection) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError::new(id, e))?;
         tokio::spawn(async move {
@@ -193,49 +307,26 @@ impl EndpointPools {
         Ok(conn)
     }
 
-    /// Puts `conn` back among the idle connections once it can take another request:
-    /// now, or when the response body it is still receiving ends.
-    fn release_http1(endpoint: &Arc<EndpointState>, mut conn: http1::SendRequest<ReqBody>) {
-        if conn.is_ready() {
-            endpoint.pools.put_idle_http1(endpoint, conn);
-        } else if !conn.is_closed() {
-            let endpoint = Arc::downgrade(endpoint);
-            tokio::spawn(async move {
-                if conn.ready().await.is_ok()
-                    && let Some(endpoint) = endpoint.upgrade()
-                {
-                    endpoint.pools.put_idle_http1(&endpoint, conn);
-                }
-            });
-        }
-    }
-
-    fn put_idle_http1(&self, endpoint: &Arc<EndpointState>, conn: http1::SendRequest<ReqBody>) {
-        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-        idle.push(IdleHttp1 {
-            conn,
-            since: Instant::now(),
-        });
-        if !self.reaping.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(endpoint), self.idle_timeout));
-        }
-    }
-
-    /// The endpoint's HTTP/2 connection, made if there is none (or it closed), and
+    /// The HTTP/2 connection of `pool`, made if there is none (or it closed), and
     /// whether it was made before this request.
-    async fn http2(&self, id: &Arc<str>) -> Result<(http2::SendRequest<ReqBody>, bool), BoxError> {
-        if let Some(conn) = self.open_http2() {
+    async fn http2(
+        &self,
+        pool: &ConnPool,
+        id: &Arc<str>,
+        tls: Option<&MutualTls>,
+    ) -> Result<(http2::SendRequest<ReqBody>, bool), BoxError> {
+        if let Some(conn) = pool.open_http2() {
             return Ok((conn, true));
         }
-        let _dialling = self.http2_dialling.lock().await;
-        if let Some(conn) = self.open_http2() {
+        let _dialling = pool.http2_dialling.lock().await;
+        if let Some(conn) = pool.open_http2() {
             // Made by a concurrent request while this one waited.
             return Ok((conn, false));
         }
-        let io = self.dial(id).await?;
+        let io = self.dial(id, tls, true).await?;
         let (conn, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError::new(id, e))?;
         tokio::spawn(async move {
@@ -243,30 +334,74 @@ impl EndpointPools {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        *self.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        *pool.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok((conn, false))
-    }
-
-    fn open_http2(&self) -> Option<http2::SendRequest<ReqBody>> {
-        let conn = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-        conn.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 }
 
-/// Closes the endpoint's expired idle HTTP/1.1 connections every `idle_timeout` until
-/// none is left.
-async fn reap(endpoint: Weak<EndpointState>, idle_timeout: Duration) {
+/// A stream to an endpoint: plaintext or TLS.
+trait IoBox: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> IoBox for T {}
+
+/// The client side of mutual TLS on `tcp`: the caller's certificate in force, the
+/// server's chain verified against the trust bundle, then its SPIFFE ID against those
+/// `tls` accepts — before a byte of a request is sent. A refusal is a connect failure,
+/// logged with its reason.
+async fn handshake(
+    id: &Arc<str>,
+    tcp: TcpStream,
+    tls: &MutualTls,
+    http2: bool,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let material = tls.client.current();
+    let config = material.client_config(http2).clone();
+    let name = tls
+        .sni
+        .as_deref()
+        .and_then(|s| ServerName::try_from(s.to_string()).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()));
+    let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %id, error = %e, "mutual TLS handshake with the endpoint failed");
+            return Err(ConnectError::new(id, format!("TLS handshake failed: {e}")));
+        }
+        Err(_) => return Err(ConnectError::new(id, "TLS handshake timed out")),
+    };
+    let peer = peer_spiffe_id(stream.get_ref().1.peer_certificates());
+    match peer {
+        Some(p) if tls.server.iter().any(|s| **s == *p.as_str()) => Ok(stream),
+        other => {
+            let found = other.map_or_else(|| "no SPIFFE ID".to_string(), |p| p.to_string());
+            let expected = tls
+                .server
+                .iter()
+                .map(|s| &**s)
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::debug!(endpoint = %id, %found, %expected, "the endpoint's identity is not the one expected; connection closed");
+            Err(ConnectError::new(
+                id,
+                format!("the server proved {found}, expected {expected}"),
+            ))
+        }
+    }
+}
+
+/// Closes the pool's expired idle HTTP/1.1 connections every `idle_timeout` until none
+/// is left.
+async fn reap(pool: Weak<ConnPool>, idle_timeout: Duration) {
     loop {
         tokio::time::sleep(idle_timeout).await;
-        let Some(endpoint) = endpoint.upgrade() else {
+        let Some(pool) = pool.upgrade() else {
             return;
         };
-        let pools = &endpoint.pools;
-        let mut idle = pools.http1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = pool.http1.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|c| !c.conn.is_closed() && c.since.elapsed() < idle_timeout);
         if idle.is_empty() {
             // Under the lock: the next connection put back starts a new reaper.
-            pools.reaping.store(false, Ordering::Relaxed);
+            pool.reaping.store(false, Ordering::Relaxed);
             return;
         }
     }
@@ -307,27 +442,29 @@ fn host_header(uri: &Uri) -> Option<HeaderValue> {
     value.ok()
 }
 
-/// Sends `request` to `endpoint` over one of its pooled connections.
+/// Sends `request` to `endpoint` over one of its pooled connections (made `tls`'s way).
 async fn send(
     endpoint: Arc<EndpointState>,
     protocol: Protocol,
+    tls: Option<MutualTls>,
     mut request: Request<ReqBody>,
 ) -> Result<Response<Incoming>, BoxError> {
     *request.version_mut() = protocol.version();
     let id = endpoint.id();
     let pools = &endpoint.pools;
+    let pool = pools.pool(tls.as_ref());
     let mut resent = 0;
     match protocol {
         Protocol::Http1 => {
             to_http1(&mut request);
             loop {
-                let (mut conn, reused) = match pools.take_idle_http1() {
+                let (mut conn, reused) = match pool.take_idle_http1() {
                     Some(conn) => (conn, true),
-                    None => (pools.new_http1(id).await?, false),
+                    None => (pools.new_http1(id, tls.as_ref()).await?, false),
                 };
                 match conn.try_send_request(request).await {
                     Ok(response) => {
-                        EndpointPools::release_http1(&endpoint, conn);
+                        ConnPool::release_http1(&pool, conn);
                         return Ok(response);
                     }
                     Err(e) => request = unsent(e, reused, &mut resent)?,
@@ -335,7 +472,7 @@ async fn send(
             }
         }
         Protocol::Http2 => loop {
-            let (mut conn, reused) = pools.http2(id).await?;
+            let (mut conn, reused) = pools.http2(&pool, id, tls.as_ref()).await?;
             match conn.try_send_request(request).await {
                 Ok(response) => return Ok(response),
                 Err(e) => request = unsent(e, reused, &mut resent)?,
@@ -379,7 +516,12 @@ impl Service<Outgoing> for Pools {
     }
 
     fn call(&mut self, out: Outgoing) -> PoolFuture {
-        PoolFuture(Box::pin(send(out.endpoint, out.protocol, out.request)))
+        PoolFuture(Box::pin(send(
+            out.endpoint,
+            out.protocol,
+            out.tls,
+            out.request,
+        )))
     }
 }
 
@@ -474,6 +616,7 @@ mod tests {
                 request,
                 endpoint,
                 protocol,
+                tls: None,
             })
             .await
             .unwrap();
@@ -579,11 +722,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(ep.pools.idle_http1(), 0);
-        assert!(!ep.pools.reaping.load(Ordering::SeqCst), "the reaper ended");
+        assert!(
+            !ep.pools.plain.reaping.load(Ordering::SeqCst),
+            "the reaper ended"
+        );
         // The pool works on: a new connection, and a new reaper.
         get(ep.clone(), Protocol::Http1, "http://a/").await;
         assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
-        assert!(ep.pools.reaping.load(Ordering::SeqCst));
+        assert!(ep.pools.plain.reaping.load(Ordering::SeqCst));
     }
 
     #[tokio::test]
@@ -598,6 +744,7 @@ mod tests {
                 request,
                 endpoint: ep,
                 protocol: Protocol::Http1,
+                tls: None,
             })
             .await
             .unwrap_err();

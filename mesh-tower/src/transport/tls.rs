@@ -133,7 +133,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerTls, TlsFileError> 
     })
 }
 
-fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
+pub(crate) fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
     std::fs::read(path).map_err(|source| TlsFileError::Read {
         field,
         path: path.to_path_buf(),
@@ -142,7 +142,7 @@ fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
 }
 
 /// Every PEM section of type `T` (`label` for messages) in the file; at least one.
-fn read_all<T: PemObject>(
+pub(crate) fn read_all<T: PemObject>(
     field: &'static str,
     path: &Path,
     label: &str,

@@ -3,6 +3,8 @@
 //! `x-forwarded-client-cert` shows the subject and the names), with a small DER reader
 //! rather than a full X.509 stack. Also the certificate's SHA-256 digest and PEM text.
 
+use std::time::{Duration, SystemTime};
+
 /// The URI subject alternative names of the certificate `der`.
 pub(crate) fn uri_sans(der: &[u8]) -> Vec<String> {
     parse(der).map(|c| c.names(URI)).unwrap_or_default()
@@ -32,6 +34,11 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// `der` as a PEM `CERTIFICATE` (64 base64 characters a line), as OpenSSL writes it.
 pub(crate) fn pem(der: &[u8]) -> String {
+    pem_section("CERTIFICATE", der)
+}
+
+/// `der` as a PEM section labelled `label`.
+pub(crate) fn pem_section(label: &str, der: &[u8]) -> String {
     const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {
@@ -48,7 +55,7 @@ pub(crate) fn pem(der: &[u8]) -> String {
             }
         }
     }
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    let mut out = format!("-----BEGIN {label}-----\n");
     let mut rest = b64.as_str();
     while !rest.is_empty() {
         let (line, tail) = rest.split_at(rest.len().min(64));
@@ -56,7 +63,7 @@ pub(crate) fn pem(der: &[u8]) -> String {
         out.push('\n');
         rest = tail;
     }
-    out.push_str("-----END CERTIFICATE-----\n");
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 
@@ -103,6 +110,8 @@ pub(crate) struct Cert<'a> {
     pub(crate) subject: &'a [u8],
     /// The contents of the `GeneralNames` of the subject alternative names, if any.
     sans: Option<&'a [u8]>,
+    /// Its validity period (`notBefore`, `notAfter`), when the times could be read.
+    pub(crate) validity: Option<(SystemTime, SystemTime)>,
 }
 
 impl Cert<'_> {
@@ -140,7 +149,14 @@ pub(crate) fn parse(der: &[u8]) -> Option<Cert<'_>> {
     let _serial = el;
     let _signature = next(&mut t)?;
     let _issuer = next(&mut t)?;
-    let _validity = next(&mut t)?;
+    let validity = next(&mut t)?;
+    let validity = {
+        let mut v = validity.value;
+        match (next(&mut v), next(&mut v)) {
+            (Some(a), Some(b)) => time(&a).zip(time(&b)),
+            _ => None,
+        }
+    };
     let subject = next(&mut t).filter(|x| x.tag == SEQUENCE)?;
     let _spki = next(&mut t)?;
     let mut sans = None;
@@ -174,7 +190,59 @@ pub(crate) fn parse(der: &[u8]) -> Option<Cert<'_>> {
     Some(Cert {
         subject: subject.value,
         sans,
+        validity,
     })
+}
+
+/// The validity period of the certificate `der`.
+pub(crate) fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
+    parse(der)?.validity
+}
+
+/// A `UTCTime` (`YYMMDDHHMMSSZ`, years 1950–2049) or `GeneralizedTime`
+/// (`YYYYMMDDHHMMSSZ`), the two forms RFC 5280 allows in a validity period.
+fn time(t: &Tlv<'_>) -> Option<SystemTime> {
+    let s = std::str::from_utf8(t.value).ok()?;
+    let digits = s.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (year, rest) = match (t.tag, digits.len()) {
+        (0x17, 12) => {
+            let yy: i64 = digits[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
+        }
+        (0x18, 14) => (digits[..4].parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| rest[i..i + 2].parse::<i64>().ok();
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    if secs >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+    }
+}
+
+/// Days from 1970-01-01 to the proleptic Gregorian date `y-m-d`.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// A distinguished name as OpenSSL prints it with `XN_FLAG_RFC2253` (what Envoy puts in

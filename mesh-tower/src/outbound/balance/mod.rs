@@ -11,8 +11,11 @@
 //! next attempt: a layer placed between the two that replaces the response body drops
 //! that note, and with it the avoidance of previous hosts. PASSTHROUGH balancing, resolution NONE and hosts outside
 //! the registry go to the address the caller asked for. The codec is the cluster's
-//! ([`Codec`](mesh_core::cluster::Codec)); the request is then handed to the transport as
-//! an [`Outgoing`](crate::transport::pool::Outgoing).
+//! ([`Codec`](mesh_core::cluster::Codec)), and so is how its connections are secured
+//! ([`UpstreamTls`](mesh_core::cluster::UpstreamTls)): with a workload identity, mutual
+//! TLS under `ISTIO_MUTUAL`, and under auto mTLS to endpoints of the mesh that accept it,
+//! the server's SPIFFE ID checked against the picked endpoint's. The request is then
+//! handed to the transport as an [`Outgoing`](crate::transport::pool::Outgoing).
 //!
 //! ```
 //! # fn main() -> Result<(), mesh_tower::BoxError> {
@@ -30,7 +33,7 @@
 //! let transport = tower::service_fn(|out: Outgoing| async move {
 //!     Ok::<_, mesh_tower::BoxError>(Response::new(ResBody::full(out.endpoint.id().to_string())))
 //! });
-//! let service = ServiceBuilder::new().layer(RouteLayer::new(mesh)).layer(BalanceLayer).service(transport);
+//! let service = ServiceBuilder::new().layer(RouteLayer::new(mesh)).layer(BalanceLayer::default()).service(transport);
 //! let req = Request::get("http://api.example.com/").body(ReqBody::empty())?;
 //! let rt = tokio::runtime::Builder::new_current_thread().build()?;
 //! let body = rt.block_on(async { http_body_util::BodyExt::collect(service.oneshot(req).await?.into_body()).await })?;

@@ -9,25 +9,40 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use mesh_core::Upstream;
 use mesh_core::balance::{LbAlgorithm, Pick};
-use mesh_core::cluster::{Cluster, Codec, HashOn, host_port};
+use mesh_core::cluster::{Cluster, Codec, HashOn, UpstreamTls, host_port};
 use pin_project_lite::pin_project;
 use rand::RngExt;
 use tower::{Layer, Service};
 
 use super::super::{ResponseFuture, Route, Routed, RoutedParts};
+use crate::identity::WorkloadIdentity;
 use crate::state::{EndpointState, InFlight};
-use crate::transport::pool::{Outgoing, Protocol};
+use crate::transport::pool::{MutualTls, Outgoing, Protocol};
 use crate::{BoxError, MeshFailure, ReqBody, ResBody, ResetReason};
 
-/// Picks the endpoint of each attempt (see the module documentation).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BalanceLayer;
+/// Picks the endpoint of each attempt and how to speak to it (see the module
+/// documentation).
+#[derive(Clone, Debug, Default)]
+pub struct BalanceLayer {
+    identity: Option<Arc<WorkloadIdentity>>,
+}
+
+impl BalanceLayer {
+    /// The layer of a workload with `identity` (mutual TLS to the endpoints that take
+    /// it), or without one (plaintext).
+    pub fn new(identity: Option<Arc<WorkloadIdentity>>) -> Self {
+        BalanceLayer { identity }
+    }
+}
 
 impl<U> Layer<U> for BalanceLayer {
     type Service = Balance<U>;
 
     fn layer(&self, inner: U) -> Balance<U> {
-        Balance { inner }
+        Balance {
+            inner,
+            identity: self.identity.clone(),
+        }
     }
 }
 
@@ -35,6 +50,7 @@ impl<U> Layer<U> for BalanceLayer {
 #[derive(Clone, Debug)]
 pub struct Balance<U> {
     inner: U,
+    identity: Option<Arc<WorkloadIdentity>>,
 }
 
 /// How many picks may be spent looking for an endpoint not tried yet (Envoy's default
@@ -49,6 +65,9 @@ struct Picked {
     /// The cluster's balancing, when it is a cluster's.
     lb: Option<LbAlgorithm>,
     codec: Codec,
+    /// How the cluster's connections are secured and the endpoint's side of it, when it
+    /// is a cluster's.
+    tls: Option<(UpstreamTls, bool, Arc<str>)>,
 }
 
 impl<U> Service<Routed> for Balance<U>
@@ -100,10 +119,18 @@ where
             }
             _ => None,
         };
+        let tls = match mutual_tls(self.identity.as_ref(), picked.tls) {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::debug!(endpoint = %picked.endpoint.id(), error = %e, "no connection to the endpoint");
+                return ResponseFuture::ready(e.into_response());
+            }
+        };
         let fut = self.inner.call(Outgoing {
             request,
             endpoint: picked.endpoint,
             protocol,
+            tls,
         });
         ResponseFuture::inner(BalanceFuture {
             fut,
@@ -129,6 +156,7 @@ fn pick(
                 index: None,
                 lb: None,
                 codec: Codec::FromClient,
+                tls: None,
             });
         }
         Upstream::Cluster(c) => c,
@@ -141,6 +169,7 @@ fn pick(
             index: None,
             lb: None,
             codec: c.codec,
+            tls: None,
         });
     }
     let mut rng = rand::rng();
@@ -173,12 +202,59 @@ fn pick(
         .get(i as usize)
         .cloned()
         .ok_or(MeshFailure::NoHealthyUpstream)?;
+    let tls = c
+        .endpoints
+        .get(i as usize)
+        .map(|e| (c.tls.clone(), e.mtls, e.identity.clone()));
     Ok(Picked {
         endpoint,
         index: Some(i),
         lb: Some(c.lb.clone()),
         codec: c.codec,
+        tls,
     })
+}
+
+/// The mutual TLS of a request to an endpoint of a cluster secured `tls` (`mtls`: the
+/// endpoint takes auto mTLS; `identity`: its SPIFFE ID), by a workload with `client`'s
+/// identity. A workload without an identity speaks plaintext under auto mTLS and cannot
+/// reach an `ISTIO_MUTUAL` destination.
+fn mutual_tls(
+    client: Option<&Arc<WorkloadIdentity>>,
+    tls: Option<(UpstreamTls, bool, Arc<str>)>,
+) -> Result<Option<MutualTls>, MeshFailure> {
+    let Some((tls, mtls, identity)) = tls else {
+        return Ok(None);
+    };
+    match tls {
+        UpstreamTls::Disable | UpstreamTls::Origination(_) => Ok(None),
+        UpstreamTls::Auto => Ok(match client {
+            Some(client) if mtls => Some(MutualTls {
+                client: client.clone(),
+                server: Arc::from([identity]),
+                sni: None,
+            }),
+            _ => None,
+        }),
+        UpstreamTls::IstioMutual {
+            sni,
+            subject_alt_names,
+        } => {
+            let Some(client) = client else {
+                return Err(MeshFailure::ConnectOrReset(ResetReason::ConnectionFailure));
+            };
+            let server = if subject_alt_names.is_empty() {
+                Arc::from([identity])
+            } else {
+                subject_alt_names
+            };
+            Ok(Some(MutualTls {
+                client: client.clone(),
+                server,
+                sni: Some(sni),
+            }))
+        }
+    }
 }
 
 /// Makes the URI absolute with the authority the upstream should see — the caller's,
