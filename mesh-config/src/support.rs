@@ -3,7 +3,11 @@
 //! Istio's API is larger than what an in-process HTTP mesh does. Rather than dropping a
 //! field silently (the user would believe it works) or rejecting valid Istio YAML, such a
 //! field is read and reported with a `MESH0120` "parsed, not enforced" warning. This table
-//! is the one place that lists them; it shrinks as the mesh grows.
+//! is the one place that lists the fields that are never enforced; it shrinks as the mesh
+//! grows. A field whose effect depends on another's value (a DestinationRule's `tls.mode`:
+//! ISTIO_MUTUAL and DISABLE are enforced, SIMPLE and MUTUAL are not; its `credentialName`
+//! and `caCrl`, which only SIMPLE and MUTUAL use) is warned about by its validation
+//! instead (`validate::destination_rule`).
 
 use crate::diag::{Code, Diagnostic};
 use crate::model::{Kind, Origin};
@@ -90,26 +94,6 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         Kind::DestinationRule,
         "*.proxyProtocol",
         "the PROXY protocol is not implemented",
-    ),
-    (
-        Kind::DestinationRule,
-        "*.tls.mode",
-        "TLS origination and mutual TLS to upstreams are not implemented yet: traffic to this destination is plaintext HTTP",
-    ),
-    (
-        Kind::DestinationRule,
-        "*.tls.credentialName",
-        "Kubernetes secrets are not read (there is no cluster; use certificate files)",
-    ),
-    (
-        Kind::DestinationRule,
-        "*.tls.caCertCredentialName",
-        "Kubernetes secrets are not read (there is no cluster; use certificate files)",
-    ),
-    (
-        Kind::DestinationRule,
-        "*.tls.caCrl",
-        "certificate revocation lists are not implemented",
     ),
     (
         Kind::DestinationRule,
@@ -204,7 +188,7 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     (
         Kind::AuthorizationPolicy,
         "spec.provider",
-        "external authorization (CUSTOM) is not implemented",
+        "external authorization providers are not implemented: requests a CUSTOM policy matches are denied",
     ),
     (
         Kind::AuthorizationPolicy,
@@ -230,11 +214,6 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         Kind::RequestAuthentication,
         "spec.targetRefs",
         "Gateway API attachment is not implemented",
-    ),
-    (
-        Kind::MeshConfig,
-        "spec.trustDomainAliases",
-        "trust domain aliases apply to AuthorizationPolicy principals only: workload identities (mutual TLS) are not implemented",
     ),
 ];
 
@@ -312,5 +291,28 @@ mod tests {
         ));
         assert!(pattern_matches("spec.tcp", "spec.tcp"));
         assert!(!pattern_matches("spec.tcp", "spec.tcp[].route"));
+    }
+
+    /// What the runtime enforces has no row: PeerAuthentication, a DestinationRule's TLS
+    /// (warned about by mode in its validation), trust domain aliases, AUDIT.
+    #[test]
+    fn enforced_fields_have_no_row() {
+        for (kind, pattern, _) in NOT_ENFORCED {
+            assert_ne!(*kind, Kind::PeerAuthentication, "{pattern}");
+            assert!(
+                !(*kind == Kind::DestinationRule && pattern.starts_with("*.tls.")),
+                "{pattern}"
+            );
+            assert_ne!(*pattern, "spec.trustDomainAliases");
+            assert_ne!(*pattern, "spec.action");
+        }
+        let custom = NOT_ENFORCED
+            .iter()
+            .find(|(k, p, _)| *k == Kind::AuthorizationPolicy && *p == "spec.provider")
+            .expect("a row for CUSTOM providers");
+        assert_eq!(
+            custom.2,
+            "external authorization providers are not implemented: requests a CUSTOM policy matches are denied"
+        );
     }
 }

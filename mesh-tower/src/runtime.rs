@@ -183,6 +183,16 @@ impl MeshRuntime {
         self.registry().identities = Some(identities);
     }
 
+    /// The workloads of the process (the ingress gateways included) with their
+    /// identities, in the order they were registered.
+    pub fn workloads(&self) -> Vec<(Arc<Workload>, Option<Arc<WorkloadIdentity>>)> {
+        self.registry()
+            .workloads
+            .iter()
+            .map(|(w, _, id)| (w.clone(), id.clone()))
+            .collect()
+    }
+
     /// The handle of a workload in `role` (see [`workload`](Self::workload)).
     pub(crate) fn register(&self, workload: Workload, role: Role) -> Mesh {
         let mut registry = self.registry();

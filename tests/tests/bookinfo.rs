@@ -11,171 +11,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bookinfo::run::{Options, Running, copy_with_ephemeral_ports, start};
-use bookinfo::services::{RATINGS_UNAVAILABLE, REVIEWS_UNAVAILABLE};
+use bookinfo::run::{Options, start};
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 
-const TIME_SCALE: f64 = 0.1;
+mod support;
 
-fn example_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bookinfo"))
-}
-
-fn sample(name: &str) -> PathBuf {
-    example_dir().join("istio/networking").join(name)
-}
-
-/// A Bookinfo of our own: a copy of the example configuration whose WorkloadEntries point
-/// at listeners bound on ephemeral ports.
-struct Demo {
-    running: Option<Running>,
-    dir: tempfile::TempDir,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Demo {
-    async fn start() -> Demo {
-        let dir = tempfile::tempdir().unwrap();
-        let listeners =
-            copy_with_ephemeral_ports(&example_dir().join("config"), dir.path()).unwrap();
-        let mut opts = Options::new(dir.path());
-        opts.ingress = "127.0.0.1:0".parse().unwrap();
-        opts.admin = "127.0.0.1:0".parse().unwrap();
-        opts.time_scale = TIME_SCALE;
-        opts.listeners = listeners;
-        let running = start(opts).await.unwrap();
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Demo {
-            running: Some(running),
-            dir,
-            client,
-        }
-    }
-
-    fn running(&self) -> &Running {
-        self.running.as_ref().unwrap()
-    }
-
-    fn version(&self) -> u64 {
-        self.running().live.snapshot().version()
-    }
-
-    /// `meshctl apply -f file`, then waits (at most 5 s) until the demo runs it.
-    async fn apply_text(&self, name: &str, yaml: &str) {
-        let before = self.version();
-        let dir = mesh_config::store::ConfigDir::open(self.dir.path()).unwrap();
-        let source = mesh_config::source::SourceFile::new(name, yaml);
-        let plan = dir.plan_apply(&[source]).unwrap();
-        let checked = plan.check();
-        assert!(
-            !checked.has_errors(),
-            "{name} is rejected:\n{}",
-            mesh_config::diag::render(&checked.diagnostics, Default::default())
-        );
-        plan.write().unwrap();
-        self.wait_for_change(before).await;
-    }
-
-    async fn apply(&self, file: &Path) {
-        let text = std::fs::read_to_string(file).unwrap();
-        self.apply_text(&file.display().to_string(), &text).await;
-    }
-
-    async fn wait_for_change(&self, before: u64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.version() == before {
-            assert!(
-                Instant::now() < deadline,
-                "the change was not applied within 5 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn send(&self, req: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, String) {
-        let resp = self.client.request(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
-    }
-
-    /// GET `path` on the ingress, as `user` when given.
-    async fn get(&self, path: &str, user: Option<&str>) -> (StatusCode, String) {
-        let mut b = Request::get(format!("http://{}{path}", self.running().ingress));
-        if let Some(u) = user {
-            b = b.header("cookie", format!("session={u}"));
-        }
-        let (status, _, body) = self.send(b.body(Full::new(Bytes::new())).unwrap()).await;
-        (status, body)
-    }
-
-    /// The product page as `user`: which reviews served it, and how.
-    async fn page(&self, user: Option<&str>) -> Page {
-        let (status, html) = self.get("/productpage", user).await;
-        assert_eq!(status, 200, "{html}");
-        Page::parse(&html)
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            // Stop the servers in the background; the runtime ends with the test.
-            tokio::spawn(r.shutdown());
-        }
-    }
-}
-
-/// What the product page shows about reviews.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Page {
-    /// `reviews-v1` .. `reviews-v3`, or None when reviews were unavailable.
-    podname: Option<String>,
-    /// Star colours shown (`black`, `red`), one per review with ratings.
-    stars: Vec<String>,
-    reviews_unavailable: bool,
-    ratings_unavailable: bool,
-    user: Option<String>,
-    details: bool,
-}
-
-fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    let i = s.find(start)? + start.len();
-    let j = s[i..].find(end)? + i;
-    Some(&s[i..j])
-}
-
-impl Page {
-    fn parse(html: &str) -> Page {
-        let stars = html
-            .match_indices("<font color=\"")
-            .filter_map(|(i, _)| between(&html[i..], "<font color=\"", "\""))
-            .map(str::to_string)
-            .collect();
-        Page {
-            podname: between(html, "<u id=\"podname\">", "</u>").map(str::to_string),
-            stars,
-            reviews_unavailable: html.contains(REVIEWS_UNAVAILABLE),
-            ratings_unavailable: html.contains(RATINGS_UNAVAILABLE),
-            user: between(html, "<b id=\"user\">", "</b>").map(str::to_string),
-            details: html.contains("<dt>ISBN-10:</dt>"),
-        }
-    }
-}
+use support::{Demo, Page, TIME_SCALE, example_dir, sample};
 
 /// The reviews version that served each of `n` product pages (via the JSON API, which
 /// takes the same path through the mesh).

@@ -134,10 +134,30 @@ impl Fixture {
     /// A runtime with identities from a new CA, the greeter served (with its inbound
     /// policies) as service account `greeter_sa`, and a `frontend` workload.
     async fn start(greeter_sa: &str, extra: &str) -> Fixture {
+        Self::start_with(greeter_sa, extra, Duration::from_secs(24 * 3600), greet).await
+    }
+
+    /// [`start`](Self::start) with certificates of `lifetime` and the application `app`.
+    async fn start_with<F, Fut>(
+        greeter_sa: &str,
+        extra: &str,
+        lifetime: Duration,
+        app: F,
+    ) -> Fixture
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>>
+            + Send
+            + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let runtime = MeshRuntime::from_snapshot(&config(port, extra));
-        let ca = Arc::new(CertificateAuthority::new("cluster.local").unwrap());
+        let ca = Arc::new(
+            CertificateAuthority::new("cluster.local")
+                .unwrap()
+                .with_workload_lifetime(lifetime),
+        );
         runtime.set_identities(Identities::Ca(ca.clone()));
         let greeter = runtime.workload(
             Workload::new("greeter-v1", "default")
@@ -146,7 +166,7 @@ impl Fixture {
         );
         let app = tower::ServiceBuilder::new()
             .layer(greeter.inbound())
-            .service(tower::service_fn(greet));
+            .service(tower::service_fn(app));
         tokio::spawn(async move { greeter.serve(listener, app).await });
         let frontend = runtime.workload(
             Workload::new("frontend", "default")
@@ -159,6 +179,14 @@ impl Fixture {
             port,
             frontend,
         }
+    }
+
+    fn greeter(&self) -> Mesh {
+        self.runtime.workload(
+            Workload::new("greeter-v1", "default")
+                .labels([("app", "greeter")])
+                .service_account("greeter"),
+        )
     }
 
     fn update(&self, extra: &str) {
@@ -360,6 +388,78 @@ spec:
         plaintext(f.port).await.unwrap(),
         (403, "RBAC: access denied".into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renewed_every_second_for_30_s_fail_no_request() {
+    // Two-second certificates, renewed at half their lifetime: every second, on both
+    // sides. Every fourth response closes its connection, so new handshakes keep
+    // meeting new certificates while older connections finish on theirs.
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = served.clone();
+    let app = move |req: Request<Incoming>| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let principal = req
+                .extensions()
+                .get::<PeerIdentity>()
+                .map_or("none".to_string(), |i| i.principal().to_string());
+            let mut resp = Response::new(Full::new(Bytes::from(principal)));
+            if n.is_multiple_of(4) {
+                resp.headers_mut()
+                    .insert("connection", http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    };
+    let f = Fixture::start_with("greeter", STRICT, Duration::from_secs(2), app).await;
+    let client_identity = f.frontend.identity().unwrap().clone();
+    let server_identity = f.greeter().identity().unwrap().clone();
+    let (ok, failed) = (
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        Arc::new(Mutex::new(Vec::<String>::new())),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        let (mesh, ok, failed) = (f.frontend.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            // Bounded: 30 s or 100 000 requests per client.
+            for _ in 0..100_000 {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                let (status, body) = via_mesh(&mesh).await;
+                if status == 200 && body == "cluster.local/ns/default/sa/frontend" {
+                    ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    failed.lock().unwrap().push(format!("{status} {body}"));
+                }
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failed = failed.lock().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(
+        ok.load(std::sync::atomic::Ordering::Relaxed) > 1000,
+        "requests flowed"
+    );
+    // About one renewal a second on each side (X.509 times have one-second precision).
+    for (side, id) in [("client", client_identity), ("server", server_identity)] {
+        assert!(
+            (20..=70).contains(&id.renewals()),
+            "{side} renewed {} times in 30 s",
+            id.renewals()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use mesh_config::model::AnyResource;
 use mesh_config::{ConfigSet, Snapshot};
 use mesh_tower::gateway::IngressGateway;
+use mesh_tower::identity::{CertificateAuthority, Identities};
 use mesh_tower::{MeshRuntime, Workload};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -39,6 +40,9 @@ pub struct Options {
     pub listeners: HashMap<String, std::net::TcpListener>,
     /// Watch the configuration directory and apply changes.
     pub watch: bool,
+    /// The lifetime of the workload certificates the in-process CA issues (Istio's
+    /// default, 24 h, for the demo; renewed at half of it).
+    pub cert_lifetime: std::time::Duration,
 }
 
 impl Options {
@@ -51,6 +55,7 @@ impl Options {
             time_scale: 1.0,
             listeners: HashMap::new(),
             watch: true,
+            cert_lifetime: mesh_tower::identity::DEFAULT_WORKLOAD_LIFETIME,
         }
     }
 }
@@ -90,6 +95,9 @@ pub enum StartError {
     /// The ingress gateway could not start.
     #[error("ingress gateway: {0}")]
     Gateway(#[from] mesh_tower::gateway::GatewayError),
+    /// The in-process CA could not be made.
+    #[error("certificate authority: {0}")]
+    Identity(#[from] mesh_tower::identity::IdentityError),
     /// The configuration watcher could not start.
     #[error("cannot watch {dir}: {reason}")]
     Watch {
@@ -334,6 +342,12 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let fingerprint = crate::live::Fingerprint::of(&opts.config_dir);
     let snapshot = load(&opts.config_dir)?;
     let runtime = MeshRuntime::from_snapshot(&snapshot);
+    // Secure by default, as Istio: every workload (and the ingress gateway) gets its
+    // SPIFFE identity from the in-process CA, and auto mTLS secures the traffic between
+    // them; PERMISSIVE (the default) still serves plaintext from outside the mesh.
+    let ca = CertificateAuthority::new(&snapshot.mesh().trust_domain)?
+        .with_workload_lifetime(opts.cert_lifetime);
+    runtime.set_identities(Identities::Ca(Arc::new(ca)));
     let (shutdown, _) = watch::channel(false);
     let stop = |tx: &watch::Sender<bool>| {
         let mut rx = tx.subscribe();
@@ -356,7 +370,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
                 .service_account(w.service_account.clone()),
         );
         let caller = Caller {
-            mesh,
+            mesh: mesh.clone(),
             time_scale: opts.time_scale,
         };
         let app = match (w.app.as_str(), w.version.as_str()) {
@@ -374,8 +388,12 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
             }
         };
         let stopped = stop(&shutdown);
+        // Transport per PeerAuthentication, then the workload's AuthorizationPolicies.
+        let app = tower::ServiceBuilder::new()
+            .layer(mesh.inbound())
+            .service(app);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = mesh_tower::inbound::serve(listener, app, stopped).await {
+            if let Err(e) = mesh.serve_with_shutdown(listener, app, stopped).await {
                 tracing::error!(error = %e, "workload server failed");
             }
         }));

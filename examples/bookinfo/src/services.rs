@@ -64,6 +64,10 @@ fn forwarded(incoming: &HeaderMap, keep: impl Fn(&str) -> bool) -> HeaderMap {
     out
 }
 
+/// The heading productpage shows when details cannot be fetched (Istio's template).
+pub const DETAILS_ERROR: &str = "Error fetching product details";
+/// The heading productpage shows when reviews cannot be fetched (Istio's template).
+pub const REVIEWS_ERROR: &str = "Error fetching product reviews";
 /// The message productpage shows when reviews cannot be fetched.
 pub const REVIEWS_UNAVAILABLE: &str =
     "Sorry, product reviews are currently unavailable for this book.";
@@ -539,7 +543,9 @@ async fn page(State(c): State<Caller>, headers: HeaderMap) -> Html<String> {
             }
             html.push_str("</dl>");
         }
-        Err(_) => html.push_str(&format!("<p><i>{DETAILS_UNAVAILABLE}</i></p>")),
+        Err(_) => html.push_str(&format!(
+            "<p class=\"error\">{DETAILS_ERROR}</p><p><i>{DETAILS_UNAVAILABLE}</i></p>"
+        )),
     }
     html.push_str("</div><div class=\"col\" id=\"reviews\"><h4>Book Reviews</h4>");
     match reviews {
@@ -569,7 +575,9 @@ async fn page(State(c): State<Caller>, headers: HeaderMap) -> Html<String> {
                 escape(r["podname"].as_str().unwrap_or(""))
             ));
         }
-        Err(_) => html.push_str(&format!("<p><i>{REVIEWS_UNAVAILABLE}</i></p>")),
+        Err(_) => html.push_str(&format!(
+            "<p class=\"error\">{REVIEWS_ERROR}</p><p><i>{REVIEWS_UNAVAILABLE}</i></p>"
+        )),
     }
     html.push_str("</div></div></body></html>");
     Html(html)

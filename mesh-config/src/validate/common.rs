@@ -138,9 +138,18 @@ impl Ctx<'_> {
         }
     }
 
+    /// Istio's `validateWorkloadSelector`: valid labels (no empty key, no `*`), and a
+    /// warning for a selector without labels.
     pub(super) fn selector(&mut self, path: &FieldPath, s: &Option<WorkloadSelector>) {
         if let Some(s) = s {
             self.labels(&path.key("matchLabels"), &s.match_labels);
+            if s.match_labels.is_empty() {
+                self.warn(
+                    Code::InvalidValue,
+                    path,
+                    "workload selector specified without labels: it selects every workload",
+                );
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
 //! once, valid labels) and every traffic policy (the rule's, a subset's, a port's): load
 //! balancer settings (one hash key, a prime Maglev table no larger than Envoy's), connection
 //! pool limits, outlier detection, and client TLS (MUTUAL needs a certificate and a key
-//! unless a credential name provides them).
+//! unless a credential name provides them; `insecureSkipVerify` excludes a CA). TLS modes
+//! the mesh does not enforce (SIMPLE and MUTUAL origination) are warned about here, since
+//! whether `tls` is enforced depends on its mode.
 
 use std::collections::BTreeMap;
 
@@ -317,35 +319,177 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &OutlierDetection)
     }
 }
 
-/// Istio's `validateTLS`: MUTUAL needs a client certificate and key (unless a credential
-/// name provides them); a credential name and file paths do not mix.
+/// Istio's `ValidateTLS`, and what the mesh does with each mode.
+///
+/// Istio's rules: with `insecureSkipVerify`, SIMPLE takes no `caCertificates`,
+/// `credentialName` or `subjectAltNames`, MUTUAL no `caCertificates` or `subjectAltNames`;
+/// with SIMPLE or MUTUAL a `credentialName` replaces the files (and the CRL), and MUTUAL
+/// needs a client certificate and key unless a credential name provides them; a
+/// `configmap://` credential names a config map of the rule's own namespace. A field is
+/// empty when Istio reads it as unset (`""`).
+///
+/// The mesh enforces DISABLE and ISTIO_MUTUAL (the mesh's certificates; `sni` and
+/// `subjectAltNames` honoured); the files, secrets and CRL ISTIO_MUTUAL ignores (as Istio
+/// does) are warned about. SIMPLE and MUTUAL (TLS origination) are not implemented: their
+/// traffic is plaintext HTTP, which is a `MESH0120` warning, as are the secrets and the CRL
+/// they would use.
 fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
     let mode = tls.mode.unwrap_or_default();
-    if tls.credential_name.is_some()
-        && (tls.client_certificate.is_some()
-            || tls.private_key.is_some()
-            || tls.ca_certificates.is_some())
+    let credential = set(&tls.credential_name);
+    if let Some(name) = &tls.credential_name
+        && let Some(rest) = name.strip_prefix(CONFIGMAP_PREFIX)
     {
-        ctx.report(
-            Code::ExclusiveFields,
-            &path.key("credentialName"),
-            "`credentialName` cannot be combined with `clientCertificate`, `privateKey` or `caCertificates`",
-        );
+        configmap_credential(ctx, &path.key("credentialName"), name, rest);
     }
-    if mode == ClientTlsMode::Mutual && tls.credential_name.is_none() {
-        if tls.client_certificate.is_none() {
+    if tls.insecure_skip_verify == Some(true) {
+        let clash = match mode {
+            ClientTlsMode::Simple => {
+                (set(&tls.ca_certificates) || credential || !tls.subject_alt_names.is_empty())
+                    .then_some("`caCertificates`, `credentialName` or `subjectAltNames`")
+            }
+            ClientTlsMode::Mutual => (set(&tls.ca_certificates)
+                || !tls.subject_alt_names.is_empty())
+            .then_some("`caCertificates` or `subjectAltNames`"),
+            _ => None,
+        };
+        if let Some(fields) = clash {
             ctx.report(
-                Code::MissingField,
-                &path.key("clientCertificate"),
-                "MUTUAL TLS needs `clientCertificate` (or `credentialName`)",
+                Code::ExclusiveFields,
+                &path.key("insecureSkipVerify"),
+                format!(
+                    "`insecureSkipVerify: true` cannot be combined with {fields} in {} mode",
+                    mode_name(mode)
+                ),
             );
         }
-        if tls.private_key.is_none() {
-            ctx.report(
-                Code::MissingField,
-                &path.key("privateKey"),
-                "MUTUAL TLS needs `privateKey` (or `credentialName`)",
+    }
+    match mode {
+        ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+            if credential {
+                if set(&tls.client_certificate)
+                    || set(&tls.private_key)
+                    || set(&tls.ca_certificates)
+                    || set(&tls.ca_crl)
+                {
+                    ctx.report(
+                        Code::ExclusiveFields,
+                        &path.key("credentialName"),
+                        "`credentialName` cannot be combined with `clientCertificate`, `privateKey`, `caCertificates` or `caCrl`",
+                    );
+                }
+            } else if mode == ClientTlsMode::Mutual {
+                if !set(&tls.client_certificate) {
+                    ctx.report(
+                        Code::MissingField,
+                        &path.key("clientCertificate"),
+                        "MUTUAL TLS needs `clientCertificate` (or `credentialName`)",
+                    );
+                }
+                if !set(&tls.private_key) {
+                    ctx.report(
+                        Code::MissingField,
+                        &path.key("privateKey"),
+                        "MUTUAL TLS needs `privateKey` (or `credentialName`)",
+                    );
+                }
+            }
+            ctx.warn(
+                Code::NotEnforced,
+                &path.key("mode"),
+                format!(
+                    "TLS mode {} is parsed but not enforced: {TLS_ORIGINATION}",
+                    mode_name(mode)
+                ),
             );
+            for (field, value, why) in [
+                ("credentialName", &tls.credential_name, SECRETS_NOT_READ),
+                (
+                    "caCertCredentialName",
+                    &tls.ca_cert_credential_name,
+                    SECRETS_NOT_READ,
+                ),
+                (
+                    "caCrl",
+                    &tls.ca_crl,
+                    "certificate revocation lists are not implemented",
+                ),
+            ] {
+                if value.is_some() {
+                    let p = path.key(field);
+                    ctx.warn(
+                        Code::NotEnforced,
+                        &p,
+                        format!("`{p}` is parsed but not enforced: {why}"),
+                    );
+                }
+            }
         }
+        ClientTlsMode::IstioMutual => {
+            for (field, written) in [
+                ("clientCertificate", tls.client_certificate.is_some()),
+                ("privateKey", tls.private_key.is_some()),
+                ("caCertificates", tls.ca_certificates.is_some()),
+                ("credentialName", tls.credential_name.is_some()),
+                (
+                    "caCertCredentialName",
+                    tls.ca_cert_credential_name.is_some(),
+                ),
+                ("caCrl", tls.ca_crl.is_some()),
+                ("insecureSkipVerify", tls.insecure_skip_verify == Some(true)),
+            ] {
+                if written {
+                    ctx.warn(
+                        Code::InvalidValue,
+                        &path.key(field),
+                        format!("`{field}` is ignored with ISTIO_MUTUAL, as in Istio: the mesh's workload certificates and root certificate are used (only `sni` and `subjectAltNames` apply)"),
+                    );
+                }
+            }
+        }
+        ClientTlsMode::Disable => {}
+    }
+}
+
+/// Why SIMPLE and MUTUAL are not enforced.
+const TLS_ORIGINATION: &str = "TLS origination (SIMPLE/MUTUAL) is not implemented yet: traffic to this destination is sent as plaintext HTTP; ISTIO_MUTUAL and DISABLE are enforced";
+
+/// Why a Kubernetes secret name is not enforced.
+const SECRETS_NOT_READ: &str =
+    "Kubernetes secrets are not read (there is no cluster; use certificate files)";
+
+/// Istio's prefix of a credential held by a config map (`configmap://namespace/name`).
+const CONFIGMAP_PREFIX: &str = "configmap://";
+
+fn mode_name(mode: ClientTlsMode) -> &'static str {
+    match mode {
+        ClientTlsMode::Disable => "DISABLE",
+        ClientTlsMode::Simple => "SIMPLE",
+        ClientTlsMode::Mutual => "MUTUAL",
+        ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
+    }
+}
+
+/// Istio's check of a `configmap://namespace/name` credential (`ParseResourceName`): a
+/// namespace and a name, the namespace the rule's own.
+fn configmap_credential(ctx: &mut Ctx<'_>, path: &FieldPath, name: &str, rest: &str) {
+    let mut parts = rest.split('/');
+    let (ns, cm) = (parts.next().unwrap_or(""), parts.next());
+    let problem = match cm {
+        None => Some("expected `configmap://<namespace>/<name>`".to_string()),
+        Some(_) if ns.is_empty() => Some("the namespace is empty".to_string()),
+        Some("") => Some("the name is empty".to_string()),
+        Some(_) if ns != ctx.reference.namespace => Some(format!(
+            "the namespace must be the rule's own, `{}`",
+            ctx.reference.namespace
+        )),
+        Some(_) => None,
+    };
+    if let Some(p) = problem {
+        ctx.report(
+            Code::InvalidValue,
+            path,
+            format!("invalid `configmap://` credential `{name}`: {p}"),
+        );
     }
 }

@@ -1,13 +1,15 @@
 //! Security resources, Istio's webhook rules: PeerAuthentication (per-port modes need a
-//! selector), AuthorizationPolicy (a selector or target references, not both; CUSTOM
-//! needs a provider; the values of `from`, `to` and `when`: `*` only at either end, Istio's
-//! path templates, IP blocks, ports, the condition keys Istio supports) and
+//! selector with labels, ports 1-65535, and `portLevelMtls` is not written empty),
+//! AuthorizationPolicy (a selector or target references, not both; CUSTOM needs a
+//! provider; the values of `from`, `to` and `when`: `*` only at either end, Istio's path
+//! templates, IP blocks, ports, the condition keys Istio supports) and
 //! RequestAuthentication (JWT rules: an issuer, `jwks` or `jwksUri`, header names).
 
 use super::Ctx;
 use crate::diag::Code;
 use crate::model::*;
 use crate::path::FieldPath;
+use crate::yaml::Value;
 
 /// A check of one value of a list.
 type Check = dyn Fn(&str) -> Result<(), String>;
@@ -26,6 +28,20 @@ pub(super) fn peer_authentication(ctx: &mut Ctx<'_>, spec: &FieldPath, pa: &Peer
             "`portLevelMtls` needs a `selector` with labels: per-port modes apply to selected workloads",
         );
     }
+    // Written as `{}` (not absent, not null): Istio reads an empty map, which it refuses.
+    let written_empty = ctx
+        .origin
+        .node()
+        .get("spec")
+        .and_then(|s| s.get("portLevelMtls"))
+        .is_some_and(|n| matches!(&n.value, Value::Map(entries) if entries.is_empty()));
+    if written_empty {
+        ctx.report(
+            Code::InvalidValue,
+            &spec.key("portLevelMtls"),
+            "`portLevelMtls`, if written, needs at least one port (remove it or add a port)",
+        );
+    }
     for port in pa.port_level_mtls.keys() {
         ctx.port(&spec.key("portLevelMtls").key(port.to_string()), *port);
     }
@@ -42,18 +58,12 @@ pub(super) fn authorization_policy(ctx: &mut Ctx<'_>, spec: &FieldPath, ap: &Aut
         );
     }
     let action = ap.action.unwrap_or_default();
-    match action {
-        AuthorizationAction::Custom if ap.provider.is_none() => ctx.report(
+    if action == AuthorizationAction::Custom && ap.provider.is_none() {
+        ctx.report(
             Code::MissingField,
             &spec.key("provider"),
             "the CUSTOM action needs a `provider`",
-        ),
-        AuthorizationAction::Audit => ctx.warn(
-            Code::NotEnforced,
-            &spec.key("action"),
-            "the AUDIT action is parsed but not enforced: audit logging is not implemented",
-        ),
-        _ => {}
+        );
     }
     if ap.rules.is_empty()
         && matches!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HOST, LOCATION};
+use http::header::{CONTENT_TYPE, HOST, LOCATION};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
@@ -24,7 +24,7 @@ use super::headers::{
     Upgrade, is_upgrade_response, sanitize_request, strip_hop_by_hop, upgrade_of,
 };
 use crate::body::DEFAULT_BUFFER_LIMIT;
-use crate::inbound::PeerAddr;
+use crate::inbound::{PeerAddr, RBAC_DENIED};
 use crate::outbound::route::{answer, failure};
 use crate::outbound::{Route, Routed};
 use crate::{BoxError, BoxFuture, MeshFailure, ReqBody, ResBody};
@@ -79,6 +79,15 @@ impl GatewayService {
         };
         if split_authority(&written).0.is_empty() {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
+        }
+        // The gateway is a workload: the AuthorizationPolicies that select it apply
+        // before routing, as Envoy's RBAC filter runs before its router.
+        if !crate::inbound::authorize(&self.shared.mesh, &req) {
+            let mut resp = Response::new(ResBody::full(RBAC_DENIED));
+            *resp.status_mut() = StatusCode::FORBIDDEN;
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return Prepared::Answer(resp);
         }
         let pq = req
             .uri()

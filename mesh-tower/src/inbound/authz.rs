@@ -70,8 +70,9 @@ fn denied<B>() -> Response<InboundBody<B>> {
     resp
 }
 
-/// Whether the workload's policies let `req` through.
-fn authorize<B>(mesh: &Mesh, req: &Request<B>) -> bool {
+/// Whether the workload's policies let `req` through (the inbound layer's and the
+/// ingress gateway's check).
+pub(crate) fn authorize<B>(mesh: &Mesh, req: &Request<B>) -> bool {
     let Some(view) = mesh.view() else {
         return true;
     };

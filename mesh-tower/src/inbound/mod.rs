@@ -27,4 +27,5 @@ mod authz;
 pub(crate) mod serve;
 
 pub use crate::transport::accept::{LocalAddr, PeerAddr, serve};
+pub(crate) use authz::authorize;
 pub use authz::{Inbound, InboundBody, InboundLayer, RBAC_DENIED};
