@@ -4,10 +4,9 @@
 //! field silently (the user would believe it works) or rejecting valid Istio YAML, such a
 //! field is read and reported with a `MESH0120` "parsed, not enforced" warning. This table
 //! is the one place that lists the fields that are never enforced; it shrinks as the mesh
-//! grows. A field whose effect depends on another's value (a DestinationRule's `tls.mode`:
-//! ISTIO_MUTUAL and DISABLE are enforced, SIMPLE and MUTUAL are not; its `credentialName`
-//! and `caCrl`, which only SIMPLE and MUTUAL use) is warned about by its validation
-//! instead (`validate::destination_rule`).
+//! grows. A field whose effect depends on another's value (a DestinationRule's
+//! `credentialName` and `caCrl`, which only SIMPLE and MUTUAL use) is warned about by its
+//! validation instead (`validate::destination_rule`).
 
 use crate::diag::{Code, Diagnostic};
 use crate::model::{Kind, Origin};
@@ -186,26 +185,6 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         "Gateway API attachment is not implemented",
     ),
     (
-        Kind::AuthorizationPolicy,
-        "spec.provider",
-        "external authorization providers are not implemented: requests a CUSTOM policy matches are denied",
-    ),
-    (
-        Kind::AuthorizationPolicy,
-        "spec.rules[].from[].source.requestPrincipals",
-        "JWT authentication is not implemented, so request principals never match",
-    ),
-    (
-        Kind::AuthorizationPolicy,
-        "spec.rules[].from[].source.notRequestPrincipals",
-        "JWT authentication is not implemented, so every request lacks a request principal",
-    ),
-    (
-        Kind::RequestAuthentication,
-        "spec.jwtRules",
-        "JWT authentication is not implemented",
-    ),
-    (
         Kind::RequestAuthentication,
         "spec.targetRef",
         "Gateway API attachment is not implemented",
@@ -294,7 +273,8 @@ mod tests {
     }
 
     /// What the runtime enforces has no row: PeerAuthentication, a DestinationRule's TLS
-    /// (warned about by mode in its validation), trust domain aliases, AUDIT.
+    /// (warned about by mode in its validation), trust domain aliases, AUDIT, CUSTOM
+    /// providers, JWT.
     #[test]
     fn enforced_fields_have_no_row() {
         for (kind, pattern, _) in NOT_ENFORCED {
@@ -306,13 +286,18 @@ mod tests {
             assert_ne!(*pattern, "spec.trustDomainAliases");
             assert_ne!(*pattern, "spec.action");
         }
-        let custom = NOT_ENFORCED
-            .iter()
-            .find(|(k, p, _)| *k == Kind::AuthorizationPolicy && *p == "spec.provider")
-            .expect("a row for CUSTOM providers");
-        assert_eq!(
-            custom.2,
-            "external authorization providers are not implemented: requests a CUSTOM policy matches are denied"
-        );
+        // CUSTOM providers (registered tower services), JWT (RequestAuthentication) and
+        // request principals are enforced too.
+        for pattern in [
+            "spec.provider",
+            "spec.jwtRules",
+            "spec.rules[].from[].source.requestPrincipals",
+            "spec.rules[].from[].source.notRequestPrincipals",
+        ] {
+            assert!(
+                !NOT_ENFORCED.iter().any(|(_, p, _)| *p == pattern),
+                "{pattern}"
+            );
+        }
     }
 }

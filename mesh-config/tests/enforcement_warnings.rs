@@ -1,15 +1,13 @@
 //! The `MESH0120` "parsed, not enforced" warnings follow what the mesh enforces: a
-//! DestinationRule's TLS is warned about only in the modes the mesh does not implement
-//! (SIMPLE and MUTUAL origination), PeerAuthentication, AUDIT policies and trust domain
-//! aliases not at all; and Istio's client TLS rules decide what is an error. Each case is
-//! a small configuration and the diagnostics (code, field path, severity, message) it
-//! must — and must not — produce.
+//! DestinationRule's TLS modes not at all (every mode is enforced, SIMPLE and MUTUAL
+//! origination included), only the secrets and CRLs origination would read;
+//! PeerAuthentication, AUDIT policies and trust domain aliases not at all; and Istio's
+//! client TLS rules decide what is an error. Each case is a small configuration and the
+//! diagnostics (code, field path, severity, message) it must — and must not — produce.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use mesh_config::{Checked, Code, ConfigSet, Diagnostic, Severity};
-
-const ORIGINATION: &str = "TLS origination (SIMPLE/MUTUAL) is not implemented yet: traffic to this destination is sent as plaintext HTTP; ISTIO_MUTUAL and DISABLE are enforced";
 
 fn check(docs: &str) -> Checked {
     let mut set = ConfigSet::new();
@@ -57,6 +55,10 @@ fn enforced_tls_modes_are_not_warned_about() {
         "{mode: ISTIO_MUTUAL}",
         "{mode: ISTIO_MUTUAL, sni: reviews.example.com, subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]}",
         "{sni: reviews.example.com}",
+        "{mode: SIMPLE}",
+        "{mode: SIMPLE, caCertificates: /etc/ca.pem, sni: api.example.com, subjectAltNames: [api.example.com]}",
+        "{mode: SIMPLE, insecureSkipVerify: true}",
+        "{mode: MUTUAL, clientCertificate: /etc/c.pem, privateKey: /etc/k.pem, caCertificates: /etc/ca.pem}",
     ] {
         let c = check(&dr_tls(tls));
         assert!(!c.has_errors(), "{tls}:\n{}", show(&c));
@@ -70,7 +72,7 @@ fn enforced_tls_modes_are_not_warned_about() {
 }
 
 #[test]
-fn tls_origination_is_warned_about_at_every_level() {
+fn tls_origination_is_enforced_at_every_level() {
     let c = check(
         "apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -92,36 +94,19 @@ spec:
 ",
     );
     assert!(!c.has_errors(), "{}", show(&c));
-    assert_eq!(
-        not_enforced(&c),
-        [
-            "spec.trafficPolicy.tls.mode",
-            "spec.trafficPolicy.portLevelSettings[0].tls.mode",
-            "spec.subsets[0].trafficPolicy.tls.mode",
-        ],
+    assert!(not_enforced(&c).is_empty(), "{}", show(&c));
+    assert!(
+        !c.diagnostics
+            .iter()
+            .any(|d| d.message.contains("not implemented")),
         "{}",
         show(&c)
     );
-    let d = find(&c, Code::NotEnforced, "spec.trafficPolicy.tls.mode").unwrap();
-    assert_eq!(d.severity, Severity::Warning);
-    assert_eq!(d.line(), Some(7));
-    assert_eq!(
-        d.message,
-        format!("TLS mode SIMPLE is parsed but not enforced: {ORIGINATION}")
-    );
-    let d = find(
-        &c,
-        Code::NotEnforced,
-        "spec.trafficPolicy.portLevelSettings[0].tls.mode",
-    )
-    .unwrap();
-    assert!(d.message.starts_with("TLS mode MUTUAL "), "{}", d.message);
-    assert_eq!(d.line(), Some(10));
 }
 
 #[test]
 fn secrets_and_crls_are_warned_about_only_where_they_would_be_used() {
-    // SIMPLE and MUTUAL would read them: not enforced.
+    // SIMPLE and MUTUAL would read them: not enforced (the mode is).
     let c = check(&dr_tls(
         "{mode: SIMPLE, credentialName: api-ca, caCertCredentialName: api-ca-cert}",
     ));
@@ -129,7 +114,6 @@ fn secrets_and_crls_are_warned_about_only_where_they_would_be_used() {
     assert_eq!(
         not_enforced(&c),
         [
-            "spec.trafficPolicy.tls.mode",
             "spec.trafficPolicy.tls.credentialName",
             "spec.trafficPolicy.tls.caCertCredentialName",
         ],
@@ -350,7 +334,7 @@ spec:
 }
 
 #[test]
-fn custom_policies_say_they_deny() {
+fn custom_policies_and_jwt_are_enforced_without_warnings() {
     let c = check(
         "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -363,10 +347,32 @@ spec:
 ",
     );
     assert!(!c.has_errors(), "{}", show(&c));
-    let d = find(&c, Code::NotEnforced, "spec.provider").unwrap();
-    assert_eq!(
-        d.message,
-        "`spec.provider` is parsed but not enforced: external authorization providers are not implemented: requests a CUSTOM policy matches are denied"
+    assert!(
+        find(&c, Code::NotEnforced, "spec.provider").is_none(),
+        "{}",
+        show(&c)
+    );
+    let c = check(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  jwtRules: [{issuer: issuer.example.com, jwksUri: https://issuer.example.com/jwks}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: [\"*\"]}}]
+    when: [{key: \"request.auth.claims[groups]\", values: [group1]}]
+",
+    );
+    assert!(!c.has_errors(), "{}", show(&c));
+    assert!(
+        c.diagnostics.iter().all(|d| d.code != Code::NotEnforced),
+        "{}",
+        show(&c)
     );
 }
 

@@ -8,6 +8,7 @@
 //! the subset level.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,8 +93,92 @@ pub enum UpstreamTls {
         /// endpoint's own.
         subject_alt_names: Arc<[Arc<str>]>,
     },
-    /// `SIMPLE` or `MUTUAL`: TLS origination with the DestinationRule's files.
-    Origination(Box<ClientTlsSettings>),
+    /// `SIMPLE` or `MUTUAL`: TLS origination with the DestinationRule's files. One value
+    /// per cluster and configuration: the runtime builds its TLS configuration once per
+    /// value.
+    Origination(Arc<Origination>),
+}
+
+/// TLS origination (`SIMPLE` or `MUTUAL`) as Istio configures Envoy for it, its files
+/// resolved (a relative path is taken from the directory of the DestinationRule's YAML
+/// file, as the ingress gateway's certificates are). Empty strings are unset, as Istio
+/// reads them.
+///
+/// * The server's chain is verified against `ca_certificates`, or the system's roots
+///   when it is unset (Istio's `system` root), unless `insecure_skip_verify`.
+/// * SNI: `sni`, else the host of the request's authority (Envoy's `auto_sni`; none for
+///   an IP address).
+/// * The server's certificate must name one of `subject_alt_names` (a DNS, URI or IP
+///   name); when they are empty and `sni` is unset, the host of the request's authority
+///   (Envoy's `auto_san_validation`). With `sni` set and no `subjectAltNames`, only the
+///   chain is verified, as in Istio.
+/// * `MUTUAL` presents `client_certificate` and `private_key`.
+///
+/// `credentialName` (a Kubernetes secret) and `caCrl` are not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Origination {
+    /// `MUTUAL`: a client certificate is presented.
+    pub mutual: bool,
+    /// CA certificates (PEM) that verify the server; `None`: the system's roots.
+    pub ca_certificates: Option<PathBuf>,
+    /// The client certificate chain (PEM), for `MUTUAL`.
+    pub client_certificate: Option<PathBuf>,
+    /// The client's private key (PEM), for `MUTUAL`.
+    pub private_key: Option<PathBuf>,
+    /// The SNI to send; `None`: the host of the request's authority.
+    pub sni: Option<Arc<str>>,
+    /// The names the server's certificate must have one of.
+    pub subject_alt_names: Arc<[Arc<str>]>,
+    /// The server's certificate is not verified.
+    pub insecure_skip_verify: bool,
+}
+
+impl Origination {
+    /// `SIMPLE` with the system's roots, the SNI and the name verified taken from the
+    /// request's authority: what a request the application sends as `https://` gets
+    /// when its destination configures no TLS.
+    pub fn simple() -> Self {
+        Origination::default()
+    }
+
+    /// `settings` (SIMPLE or MUTUAL) with their paths resolved against `base`, the
+    /// directory of the DestinationRule's file (`None`: as written).
+    pub fn of(settings: &ClientTlsSettings, base: Option<&Path>) -> Self {
+        fn set(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|s| !s.is_empty())
+        }
+        let file = |v: &Option<String>| set(v).map(|p| resolve(base, p));
+        Origination {
+            mutual: settings.mode == Some(ClientTlsMode::Mutual),
+            ca_certificates: file(&settings.ca_certificates),
+            client_certificate: file(&settings.client_certificate),
+            private_key: file(&settings.private_key),
+            sni: set(&settings.sni).map(Arc::from),
+            subject_alt_names: settings
+                .subject_alt_names
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| Arc::from(s.as_str()))
+                .collect(),
+            insecure_skip_verify: settings.insecure_skip_verify == Some(true),
+        }
+    }
+
+    /// True when the server's certificate is verified against the host of the request's
+    /// authority (Envoy's `auto_san_validation`, which Istio sets when neither `sni` nor
+    /// `subjectAltNames` is, and verification is not skipped).
+    pub fn auto_san_validation(&self) -> bool {
+        self.sni.is_none() && self.subject_alt_names.is_empty() && !self.insecure_skip_verify
+    }
+}
+
+/// `path` as written in a file of directory `base`: a relative path is taken from it.
+fn resolve(base: Option<&Path>, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    match base {
+        Some(dir) if !p.is_absolute() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
 }
 
 /// What the security of a cluster's connections depends on besides its DestinationRule.
@@ -328,13 +413,15 @@ pub struct Cluster {
     pub tls: UpstreamTls,
 }
 
-/// The security of a cluster's connections from its merged `tls` settings.
+/// The security of a cluster's connections from its merged `tls` settings, written in a
+/// file of directory `base`.
 fn upstream_tls(
     tls: Option<&ClientTlsSettings>,
     auto_mtls: bool,
     service: &Service,
     subset: Option<&str>,
     port: u32,
+    base: Option<&Path>,
 ) -> UpstreamTls {
     let Some(tls) = tls else {
         return if auto_mtls {
@@ -364,7 +451,7 @@ fn upstream_tls(
                 .collect(),
         },
         ClientTlsMode::Simple | ClientTlsMode::Mutual => {
-            UpstreamTls::Origination(Box::new(tls.clone()))
+            UpstreamTls::Origination(Arc::new(Origination::of(tls, base)))
         }
     }
 }
@@ -425,6 +512,8 @@ impl Cluster {
             service,
             subset.map(|s| s.name.as_str()),
             port.number,
+            dr.as_ref()
+                .and_then(|(d, _, _)| Path::new(d.origin.source.name()).parent()),
         );
         Cluster {
             id,
@@ -589,6 +678,48 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn origination_paths_resolve_against_the_rule_file() {
+        use mesh_config::model::ClientTlsMode::*;
+        let written = ClientTlsSettings {
+            mode: Some(Mutual),
+            ca_certificates: Some("certs/ca.pem".into()),
+            client_certificate: Some("/etc/client.pem".into()),
+            private_key: Some("key.pem".into()),
+            sni: Some(String::new()),
+            subject_alt_names: vec!["api.example.com".into()],
+            ..ClientTlsSettings::default()
+        };
+        let o = Origination::of(&written, Some(Path::new("/config")));
+        assert!(o.mutual);
+        assert_eq!(
+            o.ca_certificates.as_deref(),
+            Some(Path::new("/config/certs/ca.pem"))
+        );
+        assert_eq!(
+            o.client_certificate.as_deref(),
+            Some(Path::new("/etc/client.pem"))
+        );
+        assert_eq!(o.private_key.as_deref(), Some(Path::new("/config/key.pem")));
+        // An empty `sni` is unset: the request's host is sent.
+        assert_eq!(o.sni, None);
+        assert!(!o.auto_san_validation(), "subjectAltNames are verified");
+        let simple = ClientTlsSettings {
+            mode: Some(Simple),
+            ..ClientTlsSettings::default()
+        };
+        let o = Origination::of(&simple, None);
+        assert_eq!(o, Origination::simple());
+        assert!(o.auto_san_validation());
+        assert!(
+            !Origination {
+                sni: Some("api.example.com".into()),
+                ..Origination::simple()
+            }
+            .auto_san_validation()
+        );
     }
 
     #[test]

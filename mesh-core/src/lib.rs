@@ -14,6 +14,7 @@
 //! gateway ([`WorkloadView::route_at_gateway`]) and `meshctl route` ([`explain`]) all
 //! run the same rule matching.
 
+pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod cluster;

@@ -92,6 +92,7 @@ pub struct WorkloadView {
     gateway: Option<GatewayRoutes>,
     authz: Authorizer,
     peer_authn: PeerAuthn,
+    request_authn: crate::authn::RequestAuthn,
 }
 
 impl WorkloadView {
@@ -114,9 +115,16 @@ impl WorkloadView {
             &workload.labels,
         );
         let peer_authn = mesh.peer_authn(&workload.namespace, &workload.labels);
+        let request_authn = crate::authn::RequestAuthn::for_workload(
+            mesh.request_authentications(),
+            &mesh.settings().root_namespace,
+            &workload.namespace,
+            &workload.labels,
+        );
         WorkloadView {
             authz,
             peer_authn,
+            request_authn,
             mesh,
             workload,
             identity,
@@ -160,6 +168,11 @@ impl WorkloadView {
     /// The AuthorizationPolicies that apply to requests arriving at the workload.
     pub fn authorizer(&self) -> &Authorizer {
         &self.authz
+    }
+
+    /// The JWT rules of the RequestAuthentications that select it.
+    pub fn request_authn(&self) -> &crate::authn::RequestAuthn {
+        &self.request_authn
     }
 
     /// The mutual TLS modes its server side enforces, per port (its PeerAuthentications,

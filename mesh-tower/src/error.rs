@@ -68,6 +68,20 @@ pub enum MeshFailure {
     ClusterNotFound,
 }
 
+/// Envoy's mapping of an HTTP status to a gRPC status (`httpToGrpcStatus`): 400 →
+/// INTERNAL, 401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED, 404 → UNIMPLEMENTED, 429,
+/// 502, 503 and 504 → UNAVAILABLE, anything else → UNKNOWN.
+pub fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
 impl MeshFailure {
     /// The status Envoy answers with.
     pub fn status(&self) -> StatusCode {
@@ -96,6 +110,28 @@ impl MeshFailure {
         }
     }
 
+    /// The answer to a gRPC request, as Envoy's local replies answer one: HTTP 200,
+    /// trailers-only, the status mapped to `grpc-status` ([`grpc_status`]) and the text
+    /// as `grpc-message`; `self` in its extensions.
+    pub fn into_grpc_response(self) -> Response<ResBody> {
+        let mut resp = Response::new(ResBody::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(grpc_status(self.status())));
+        let message = match self.body() {
+            m if m.is_empty() => self.to_string(),
+            m => m,
+        };
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert("grpc-message", v);
+        }
+        resp.extensions_mut().insert(self);
+        resp
+    }
+
     /// The response: status, `text/plain` body, and `self` in its extensions.
     pub fn into_response(self) -> Response<ResBody> {
         let body = self.body();
@@ -110,12 +146,13 @@ impl MeshFailure {
     }
 }
 
-/// The client was asked for a URI scheme the mesh does not originate. An `https://`
-/// request is refused rather than sent as cleartext: TLS origination to upstreams is not
-/// implemented yet. Send `http://` requests and let the mesh route them.
+/// The client was asked for a URI scheme the mesh does not originate: anything but
+/// `http` and `https`. (An `https://` request is sent over TLS: the TLS origination its
+/// destination's DestinationRule configures, mutual TLS within the mesh, or else `SIMPLE`
+/// TLS verified with the system's roots against the host it names — never in cleartext.)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the mesh client does not originate `{scheme}` requests (only `http`); the request was not sent"
+    "the mesh client does not originate `{scheme}` requests (only `http` and `https`); the request was not sent"
 )]
 pub struct UnsupportedScheme {
     /// The scheme asked for.

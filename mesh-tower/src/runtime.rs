@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::BoxError;
 use crate::identity::{Identities, SpiffeId, WorkloadIdentity};
 use crate::inbound::InboundLayer;
+use crate::inbound::ext_authz::{AuthzProvider, CheckRequest, CheckResponse};
 use crate::outbound::mirror::DEFAULT_MAX_MIRRORS_IN_FLIGHT;
 use crate::outbound::{MeshClient, Stack};
 use crate::state::{ClusterEndpoints, EndpointStates};
@@ -76,6 +77,10 @@ struct Inner {
     pub(crate) mirror_slots: Arc<Semaphore>,
     /// The version in force, for those who wait for changes.
     version: watch::Sender<u64>,
+    /// JWT keys, by source (RequestAuthentication).
+    jwks: crate::inbound::jwt::JwksCache,
+    /// CUSTOM authorization providers, by name.
+    providers: std::sync::RwLock<std::collections::HashMap<String, AuthzProvider>>,
 }
 
 /// The mesh of a process: the configuration in force, shared by the workloads of the
@@ -112,6 +117,8 @@ impl MeshRuntime {
                 tickets: std::sync::atomic::AtomicU64::new(0),
                 states,
                 mirror_slots: Arc::new(Semaphore::new(DEFAULT_MAX_MIRRORS_IN_FLIGHT)),
+                jwks: Default::default(),
+                providers: Default::default(),
             }),
         }
     }
@@ -259,6 +266,40 @@ impl MeshRuntime {
     /// The generation in force.
     pub(crate) fn generation(&self) -> Arc<Generation> {
         self.inner.current.load_full()
+    }
+
+    /// Registers `service` as the CUSTOM authorization provider `name` (the
+    /// `provider.name` of CUSTOM AuthorizationPolicies) for every workload of the
+    /// process, replacing one of that name (see [`ext_authz`](crate::inbound::ext_authz)).
+    /// Until a provider is registered, requests its policies match are denied.
+    pub fn register_authz_provider<S>(&self, name: impl Into<String>, service: S)
+    where
+        S: tower::Service<CheckRequest, Response = CheckResponse, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.inner
+            .providers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.into(), AuthzProvider::new(service));
+    }
+
+    /// The CUSTOM authorization provider `name`, if registered.
+    pub(crate) fn authz_provider(&self, name: &str) -> Option<AuthzProvider> {
+        self.inner
+            .providers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub(crate) fn jwks(&self) -> &crate::inbound::jwt::JwksCache {
+        &self.inner.jwks
     }
 
     pub(crate) fn mirror_slots(&self) -> &Arc<Semaphore> {

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 
 mod support;
 
@@ -44,33 +43,7 @@ fn workload_addr(demo: &Demo, name: &str) -> SocketAddr {
 /// A plaintext request straight to a workload's port, from outside the mesh: the status
 /// and body, or why it failed.
 async fn plaintext(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String), String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "bookinfo")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-    ))
+    mesh_tests::plaintext(addr, method, path, &[("host", "bookinfo")]).await
 }
 
 /// The documents of a multi-document YAML file, each as its own text.
@@ -329,4 +302,58 @@ async fn the_admin_endpoint_shows_each_workloads_identity_and_expiry() {
     ));
     expected.sort();
     assert_eq!(ids, expected);
+}
+
+fn jwt_fixture(name: &str) -> String {
+    let path =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/jwt")).join(name);
+    std::fs::read_to_string(path).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_at_the_ingress_gateway() {
+    let demo = Demo::start().await;
+    let jwks = jwt_fixture("jwks.json").replace('\n', " ");
+    demo.apply_text(
+        "ingress-jwt.yaml",
+        &format!(
+            r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ingress-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: require-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ["testing@secure.istio.io/testing@secure.istio.io"]}}}}]
+"#
+        ),
+    )
+    .await;
+    let url = format!("http://{}/productpage", demo.running().ingress);
+    let send = |auth: Option<String>| {
+        let mut b = Request::get(url.clone());
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        demo.send(b.body(Full::new(Bytes::new())).unwrap())
+    };
+    let (status, _, body) = send(None).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::FORBIDDEN, "RBAC: access denied")
+    );
+    let (status, _, body) = send(Some("Bearer a.b.c".into())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _, body) = send(Some(format!("Bearer {}", jwt_fixture("demo.jwt")))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(support::Page::parse(&body).details, "the page loads");
 }

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use mesh_config::ConfigSet;
 use mesh_tests::checked;
 use mesh_tower::identity::{CertificateAuthority, Identities, PeerIdentity, SpiffeId};
@@ -24,60 +23,14 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
 
 // ---------------------------------------------------------------------------------------
 // Logs
 
-/// Every event logged while it is installed, as `message key=value...`.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<String>>>);
+#[path = "support/logs.rs"]
+mod logs;
 
-struct Line<'a>(&'a mut String);
-
-impl Visit for Line<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0.insert_str(0, &format!("{value:?} "));
-        } else {
-            self.0.push_str(&format!("{}={value:?} ", field.name()));
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logs {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        let mut line = String::new();
-        event.record(&mut Line(&mut line));
-        self.0.lock().unwrap().push(line);
-    }
-}
-
-impl Logs {
-    /// Installs the capture for this thread (tests run on a current-thread runtime, so
-    /// every task of the test logs here).
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
-    }
-
-    /// Waits up to 5 s for a line containing `text`.
-    async fn wait_for(&self, text: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            if self.0.lock().unwrap().iter().any(|l| l.contains(text)) {
-                return;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "no log line contains {text:?}; lines:\n{}",
-                    self.0.lock().unwrap().join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
+use logs::Logs;
 
 // ---------------------------------------------------------------------------------------
 // A mesh of two workloads
@@ -213,28 +166,13 @@ async fn via_mesh(mesh: &Mesh) -> (u16, String) {
 /// A plaintext GET straight to the greeter's port, from outside the mesh: status and
 /// body, or the error.
 async fn plaintext(port: u16) -> Result<(u16, String), String> {
-    let stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = Request::get("/hello")
-        .header("host", "greeter:9080")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((
-        status,
-        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-    ))
+    mesh_tests::plaintext(
+        ([127, 0, 0, 1], port).into(),
+        "GET",
+        "/hello",
+        &[("host", "greeter:9080")],
+    )
+    .await
 }
 
 const STRICT: &str = "---
@@ -383,6 +321,15 @@ spec:
         (403, "RBAC: access denied".into())
     );
     logs.wait_for("RBAC: access denied").await;
+    // A gRPC call is denied as Envoy denies it: trailers-only, grpc-status 7.
+    let req = Request::post("http://greeter:9080/helloworld.Greeter/SayHello")
+        .header("content-type", "application/grpc")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = f.workload("intruder").client().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "7");
+    assert_eq!(resp.headers()["grpc-message"], "RBAC: access denied");
     // Plaintext has no principal.
     assert_eq!(
         plaintext(f.port).await.unwrap(),

@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_tests::{get, mesh, named, serve, service};
 use mesh_tower::body::BodyTimeout;
-use mesh_tower::{MeshFailure, ResetReason, UnsupportedScheme};
+use mesh_tower::{MeshFailure, ResetReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -50,28 +50,6 @@ where
             });
         }
     });
-}
-
-#[tokio::test]
-async fn https_requests_are_refused_never_sent_in_cleartext() {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let m = mesh(&service("reviews", "HTTP", &[("v1", 1)]));
-    let req = Request::get(format!("https://127.0.0.1:{port}/secret"))
-        .header("authorization", "Bearer s3cr3t")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let err = m.client().oneshot(req).await.unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<UnsupportedScheme>(),
-        Some(&UnsupportedScheme {
-            scheme: "https".into()
-        }),
-        "{err}"
-    );
-    // Nothing reached the listener.
-    let accepted = tokio::time::timeout(Duration::from_millis(200), l.accept()).await;
-    assert!(accepted.is_err(), "a connection was made");
 }
 
 #[tokio::test]
@@ -588,4 +566,36 @@ async fn an_ipv6_endpoint_is_reachable() {
         (status.as_u16(), String::from_utf8_lossy(&body).into_owned()),
         (200, "v6".to_string())
     );
+}
+
+#[tokio::test]
+async fn the_meshs_own_failures_reach_grpc_callers_as_grpc_statuses() {
+    // Nothing listens there: a connect failure, after Istio's default retries.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let m = mesh(&service("reviews", "GRPC", &[("v1", port)]));
+    let req = Request::post("http://reviews:9080/helloworld.Greeter/SayHello")
+        .header("content-type", "application/grpc")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = m.client().oneshot(req).await.unwrap();
+    // As Envoy answers: 200, trailers-only, 503 mapped to UNAVAILABLE.
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    assert_eq!(resp.headers()["grpc-status"], "14");
+    assert!(
+        resp.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .starts_with("upstream connect error"),
+        "{:?}",
+        resp.headers()
+    );
+    assert!(resp.extensions().get::<MeshFailure>().is_some());
+    // The same failure to a plain HTTP request keeps Envoy's 503.
+    let req = Request::get("http://reviews:9080/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(m.client().oneshot(req).await.unwrap().status(), 503);
 }

@@ -219,6 +219,9 @@ pub struct JwtRule {
     pub output_claim_to_headers: Vec<ClaimToHeader>,
     /// Timeout of the JWKS fetch.
     pub timeout: Option<Duration>,
+    /// Claims whose string value is a space-separated list, besides `scope` and
+    /// `permission`.
+    pub space_delimited_claims: Vec<String>,
 }
 
 /// A header holding a JWT.

@@ -2,9 +2,10 @@
 //! once, valid labels) and every traffic policy (the rule's, a subset's, a port's): load
 //! balancer settings (one hash key, a prime Maglev table no larger than Envoy's), connection
 //! pool limits, outlier detection, and client TLS (MUTUAL needs a certificate and a key
-//! unless a credential name provides them; `insecureSkipVerify` excludes a CA). TLS modes
-//! the mesh does not enforce (SIMPLE and MUTUAL origination) are warned about here, since
-//! whether `tls` is enforced depends on its mode.
+//! unless a credential name provides them; `insecureSkipVerify` excludes a CA). The parts
+//! of `tls` the mesh does not enforce (the secrets and the CRL SIMPLE and MUTUAL
+//! origination would read) are warned about here, since whether they are used depends on
+//! the mode.
 
 use std::collections::BTreeMap;
 
@@ -328,11 +329,12 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &OutlierDetection)
 /// `configmap://` credential names a config map of the rule's own namespace. A field is
 /// empty when Istio reads it as unset (`""`).
 ///
-/// The mesh enforces DISABLE and ISTIO_MUTUAL (the mesh's certificates; `sni` and
-/// `subjectAltNames` honoured); the files, secrets and CRL ISTIO_MUTUAL ignores (as Istio
-/// does) are warned about. SIMPLE and MUTUAL (TLS origination) are not implemented: their
-/// traffic is plaintext HTTP, which is a `MESH0120` warning, as are the secrets and the CRL
-/// they would use.
+/// The mesh enforces every mode: DISABLE, ISTIO_MUTUAL (the mesh's certificates; `sni`
+/// and `subjectAltNames` honoured; the files, secrets and CRL it ignores, as Istio does,
+/// are warned about) and SIMPLE and MUTUAL (TLS origination with the certificate files,
+/// the system's roots without `caCertificates`, `sni`, `subjectAltNames` and
+/// `insecureSkipVerify`). The secrets and the CRL SIMPLE and MUTUAL would use are not
+/// read: a `MESH0120` warning.
 fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
     let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
     let mode = tls.mode.unwrap_or_default();
@@ -394,14 +396,6 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
                     );
                 }
             }
-            ctx.warn(
-                Code::NotEnforced,
-                &path.key("mode"),
-                format!(
-                    "TLS mode {} is parsed but not enforced: {TLS_ORIGINATION}",
-                    mode_name(mode)
-                ),
-            );
             for (field, value, why) in [
                 ("credentialName", &tls.credential_name, SECRETS_NOT_READ),
                 (
@@ -450,9 +444,6 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
         ClientTlsMode::Disable => {}
     }
 }
-
-/// Why SIMPLE and MUTUAL are not enforced.
-const TLS_ORIGINATION: &str = "TLS origination (SIMPLE/MUTUAL) is not implemented yet: traffic to this destination is sent as plaintext HTTP; ISTIO_MUTUAL and DISABLE are enforced";
 
 /// Why a Kubernetes secret name is not enforced.
 const SECRETS_NOT_READ: &str =

@@ -404,13 +404,6 @@ fn condition(ctx: &mut Ctx<'_>, path: &FieldPath, c: &Condition) {
                 c.key == *k
             }
         });
-        if known && c.key.starts_with("request.auth.") {
-            ctx.warn(
-                Code::NotEnforced,
-                &path.key("key"),
-                format!("`{}` is parsed but not enforced: JWT authentication is not implemented, so the condition never holds", c.key),
-            );
-        }
         if !known {
             ctx.report(
                 Code::InvalidValue,

@@ -72,7 +72,7 @@ pub(super) fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualS
                         ctx.warn(
                             Code::NotEnforced,
                             &hp,
-                            "JWT claim based routing is parsed but not enforced: JWT authentication is not implemented, so this match never matches",
+                            "JWT claim based routing is parsed but not enforced: routes do not see the request's JWT claims yet, so this match never matches",
                         );
                     }
                 }

@@ -817,9 +817,14 @@ fn matches(attr: &Attr, value: &Value, cx: &Ctx<'_, '_>) -> bool {
         (Attr::SourceServiceAccount, Value::ServiceAccount(re)) => {
             req.peer.is_some_and(|id| re.0.is_match(id))
         }
-        (Attr::RequestPrincipal, Value::RequestPrincipal(iss, sub)) => req
-            .auth
-            .is_some_and(|a| iss.matches(&a.issuer) && sub.matches(&a.subject)),
+        // A token without `sub` has no request principal (Istio builds it as
+        // `iss/sub` only when both are there).
+        (Attr::RequestPrincipal, Value::RequestPrincipal(iss, sub)) => req.auth.is_some_and(|a| {
+            !a.issuer.is_empty()
+                && !a.subject.is_empty()
+                && iss.matches(&a.issuer)
+                && sub.matches(&a.subject)
+        }),
         (Attr::RequestAudiences, Value::Str(p)) => req
             .auth
             .is_some_and(|a| claim_matches(a.claims.get("aud"), p)),
@@ -918,6 +923,12 @@ impl Authorizer {
         ]
         .iter()
         .all(|s| s.is_empty())
+    }
+
+    /// True when CUSTOM policies of one provider select the workload: requests their
+    /// rules match must be put to the provider before anything else is decided.
+    pub fn has_custom(&self) -> bool {
+        !self.custom.is_empty() && !self.custom_conflict
     }
 
     /// The CUSTOM policy whose rule matches `req`: its provider must be asked first,

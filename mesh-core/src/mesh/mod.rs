@@ -157,6 +157,8 @@ pub struct CompiledMesh {
     pub(crate) gateways: Vec<CompiledGateway>,
     /// Every AuthorizationPolicy, compiled, in load order.
     authorization: Vec<Arc<crate::authz::Policy>>,
+    /// Every RequestAuthentication, compiled, in load order.
+    request_authentication: Vec<Arc<crate::authn::CompiledRequestAuthentication>>,
     /// Every PeerAuthentication, compiled, in load order.
     peer_authentication: Vec<Arc<CompiledPeerAuthentication>>,
     /// Problems found while compiling (rules that could not be compiled are skipped).
@@ -207,7 +209,13 @@ impl CompiledMesh {
             .iter()
             .map(|p| Arc::new(crate::authz::Policy::compile_in(p, &trust)))
             .collect();
+        let request_authentication = snapshot
+            .request_authentications()
+            .iter()
+            .map(|r| Arc::new(crate::authn::CompiledRequestAuthentication::compile(r)))
+            .collect();
         CompiledMesh {
+            request_authentication,
             authorization,
             peer_authentication,
             default_retry,
@@ -221,6 +229,11 @@ impl CompiledMesh {
             gateways,
             errors,
         }
+    }
+
+    /// Every RequestAuthentication, compiled, in load order.
+    pub fn request_authentications(&self) -> &[Arc<crate::authn::CompiledRequestAuthentication>] {
+        &self.request_authentication
     }
 
     /// Every AuthorizationPolicy, compiled, in load order.

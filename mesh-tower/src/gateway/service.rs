@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, LOCATION};
+use http::header::{HOST, LOCATION};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
@@ -57,7 +57,7 @@ impl GatewayService {
     /// rules never see what an edge proxy would have removed or replaced), then the
     /// virtual host is chosen (404), `require_tls` answered (301), upgrades other than
     /// WebSocket refused (403), and only then the rules matched.
-    fn prepare<B>(&self, mut req: Request<B>) -> Prepared<B> {
+    fn prepare<B>(&self, mut req: Request<B>, admitted: bool) -> Prepared<B> {
         let tls = self.tls.is_some();
         // An absolute URI is `http` (or `https` over TLS), as Envoy requires.
         match req.uri().scheme_str() {
@@ -81,13 +81,14 @@ impl GatewayService {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
         }
         // The gateway is a workload: the AuthorizationPolicies that select it apply
-        // before routing, as Envoy's RBAC filter runs before its router.
-        if !crate::inbound::authorize(&self.shared.mesh, &req) {
-            let mut resp = Response::new(ResBody::full(RBAC_DENIED));
-            *resp.status_mut() = StatusCode::FORBIDDEN;
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            return Prepared::Answer(resp);
+        // before routing, as Envoy's RBAC filter runs before its router (requests that
+        // needed waiting for were admitted before).
+        if !admitted && !crate::inbound::authorize(&self.shared.mesh, &req) {
+            let grpc = crate::inbound::is_grpc(req.headers());
+            return Prepared::Answer(
+                crate::inbound::local_reply(grpc, StatusCode::FORBIDDEN, RBAC_DENIED)
+                    .map(ResBody::full),
+            );
         }
         let pq = req
             .uri()
@@ -192,7 +193,59 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.prepare(req) {
+        // The gateway's RequestAuthentications run first (their keys may have to be
+        // fetched), as Envoy's jwt_authn filter runs before its RBAC filter and router.
+        let waits = self
+            .shared
+            .mesh
+            .view()
+            .is_some_and(|v| !v.request_authn().is_empty() || v.authorizer().has_custom());
+        if waits {
+            let mut this = self.clone();
+            return Box::pin(async move {
+                let mut req = req;
+                if let Err(refusal) = crate::inbound::admit(&this.shared.mesh, &mut req).await {
+                    return Ok(refusal.map(ResBody::full));
+                }
+                this.dispatch_admitted(req).await
+            });
+        }
+        self.dispatch(req)
+    }
+}
+
+impl GatewayService {
+    /// Routes `req` (or answers it here).
+    fn dispatch<B>(&mut self, req: Request<B>) -> BoxFuture<Result<Response<ResBody>, Infallible>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.route(req, false)
+    }
+
+    /// Routes `req`, which its JWT and CUSTOM provider let through.
+    fn dispatch_admitted<B>(
+        &mut self,
+        req: Request<B>,
+    ) -> BoxFuture<Result<Response<ResBody>, Infallible>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.route(req, true)
+    }
+
+    fn route<B>(
+        &mut self,
+        req: Request<B>,
+        admitted: bool,
+    ) -> BoxFuture<Result<Response<ResBody>, Infallible>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match self.prepare(req, admitted) {
             Prepared::Answer(resp) => Box::pin(async move { Ok(resp) }),
             Prepared::Forward(req, route, downstream) => {
                 let span = crate::outbound::telemetry::span_of(&req);

@@ -9,11 +9,9 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::{IdentityError, SpiffeId};
 use crate::transport::x509;
@@ -47,10 +45,10 @@ pub(super) fn configs(
         .with_single_cert(chain.to_vec(), key.clone_key())
         .map_err(material_error)?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: roots.clone(),
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = Arc::new(crate::transport::origination::Verifier::chain_only(
+        roots.clone(),
+        provider.signature_verification_algorithms,
+    ));
     let client = |alpn: &[u8]| -> Result<Arc<ClientConfig>, IdentityError> {
         let mut c = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(VERSIONS)
@@ -63,57 +61,6 @@ pub(super) fn configs(
         Ok(Arc::new(c))
     };
     Ok((Arc::new(server), client(b"http/1.1")?, client(b"h2")?))
-}
-
-/// Verifies a server's chain against the trust bundle, leaving its name to the caller
-/// (see the module documentation).
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// The SPIFFE ID of a verified peer: the first `spiffe://` URI name of its certificate.

@@ -1,6 +1,9 @@
-//! Authorization of inbound requests: the workload's AuthorizationPolicies of the
-//! configuration in force, in Istio's order (CUSTOM → DENY → ALLOW), decided by
-//! `mesh_core::authz` before the application sees the request.
+//! Authentication and authorization of inbound requests: the JWT rules of the workload's
+//! RequestAuthentications (see [`jwt`](super::jwt): `401` for a present but invalid
+//! token), then its AuthorizationPolicies of the configuration in force, in Istio's
+//! order (CUSTOM → DENY → ALLOW), decided by `mesh_core::authz` before the application
+//! sees the request. The token's claims reach the application as a
+//! [`RequestAuth`](mesh_core::authz::RequestAuth) extension.
 //!
 //! A denied request gets Envoy's answer, `403` with the body `RBAC: access denied`; the
 //! deciding policy goes to the debug log. AUDIT policies that match are logged (target
@@ -17,7 +20,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use mesh_core::authz::AuthzRequest;
+use mesh_core::authz::{AuthzRequest, RequestAuth};
 use tower::{Layer, Service};
 
 use super::{LocalAddr, PeerAddr};
@@ -60,25 +63,67 @@ pub struct Inbound<S> {
     mesh: Mesh,
 }
 
-fn denied<B>() -> Response<InboundBody<B>> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
-        RBAC_DENIED.as_bytes(),
-    ))));
-    *resp.status_mut() = StatusCode::FORBIDDEN;
+fn denied<B>(grpc: bool) -> Response<InboundBody<B>> {
+    local_reply(grpc, StatusCode::FORBIDDEN, RBAC_DENIED)
+        .map(|b| Either::Right(Full::new(Bytes::from_static(b.as_bytes()))))
+}
+
+/// True for a gRPC request (`content-type: application/grpc...`).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Envoy's local reply: `status` with the text `body`; to a gRPC request, HTTP 200 with
+/// the status mapped to `grpc-status` (403 → 7 PERMISSION_DENIED, 401 → 16
+/// UNAUTHENTICATED) and the text as `grpc-message`, trailers-only.
+pub(crate) fn local_reply(
+    grpc: bool,
+    status: StatusCode,
+    body: &'static str,
+) -> Response<&'static str> {
+    if grpc {
+        let code = crate::error::grpc_status(status);
+        let mut resp = Response::new("");
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(code));
+        h.insert("grpc-message", HeaderValue::from_static(body));
+        return resp;
+    }
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp
 }
 
-/// Whether the workload's policies let `req` through (the inbound layer's and the
-/// ingress gateway's check).
-pub(crate) fn authorize<B>(mesh: &Mesh, req: &Request<B>) -> bool {
+/// What the workload's policies say of a request.
+#[derive(Debug)]
+pub(crate) enum Check {
+    /// It may proceed.
+    Allow,
+    /// It is refused (`403 RBAC: access denied`).
+    Deny,
+    /// A CUSTOM policy matched: its provider decides first.
+    Ask {
+        /// The provider's name.
+        provider: String,
+        /// The policy (`namespace/name`).
+        policy: String,
+    },
+}
+
+/// The workload's policies on `req`; with `custom_done`, after its CUSTOM provider
+/// allowed it (DENY and ALLOW policies still apply).
+pub(crate) fn check<B>(mesh: &Mesh, req: &Request<B>, custom_done: bool) -> Check {
     let Some(view) = mesh.view() else {
-        return true;
+        return Check::Allow;
     };
     let authorizer = view.authorizer();
     if authorizer.is_empty() {
-        return true;
+        return Check::Allow;
     }
     let ext = req.extensions();
     let unknown = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -101,19 +146,14 @@ pub(crate) fn authorize<B>(mesh: &Mesh, req: &Request<B>) -> bool {
         host,
         path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
         headers: req.headers(),
-        auth: None,
+        auth: ext.get::<RequestAuth>(),
     };
     let workload = mesh.workload();
-    if let Some(policy) = authorizer.custom(&request) {
-        tracing::debug!(
-            workload = %workload.name,
-            policy = %format_args!("{}/{}", policy.namespace(), policy.name()),
-            provider = policy.provider().unwrap_or(""),
-            method = request.method,
-            path = request.path,
-            "RBAC: access denied: CUSTOM policy matched and its provider is not registered"
-        );
-        return false;
+    if !custom_done && let Some(policy) = authorizer.custom(&request) {
+        return Check::Ask {
+            provider: policy.provider().unwrap_or("").to_string(),
+            policy: format!("{}/{}", policy.namespace(), policy.name()),
+        };
     }
     if let Some(policy) = authorizer.audit(&request) {
         tracing::info!(
@@ -146,38 +186,120 @@ pub(crate) fn authorize<B>(mesh: &Mesh, req: &Request<B>) -> bool {
             "RBAC: access denied"
         );
     }
-    verdict.allowed
+    if verdict.allowed {
+        Check::Allow
+    } else {
+        Check::Deny
+    }
+}
+
+/// Whether the workload's policies let `req` through, for a workload whose CUSTOM
+/// policies need no provider (see [`Authorizer::has_custom`]): a CUSTOM match without
+/// one denies.
+///
+/// [`Authorizer::has_custom`]: mesh_core::authz::Authorizer::has_custom
+pub(crate) fn authorize<B>(mesh: &Mesh, req: &Request<B>) -> bool {
+    match check(mesh, req, false) {
+        Check::Allow => true,
+        Check::Deny => false,
+        Check::Ask { provider, policy } => {
+            tracing::debug!(workload = %mesh.workload().name, %policy, %provider, "RBAC: access denied: CUSTOM policy matched and its provider is not registered");
+            false
+        }
+    }
+}
+
+/// The whole inbound check, for requests that need waiting for (a JWT whose keys are
+/// fetched, a CUSTOM provider): JWT, then CUSTOM, then DENY and ALLOW. `Err` is the
+/// answer to refuse the request with.
+pub(crate) async fn admit<B>(mesh: &Mesh, req: &mut Request<B>) -> Result<(), Response<Bytes>> {
+    let grpc = is_grpc(req.headers());
+    let refuse = |status, text: &'static str| {
+        local_reply(grpc, status, text).map(|b| Bytes::from_static(b.as_bytes()))
+    };
+    if let Some(view) = mesh.view().filter(|v| !v.request_authn().is_empty()) {
+        match super::jwt::authenticate(mesh, view.request_authn(), req).await {
+            Err(reason) => return Err(refuse(StatusCode::UNAUTHORIZED, reason)),
+            Ok(Some(auth)) => {
+                req.extensions_mut().insert(auth);
+            }
+            Ok(None) => {}
+        }
+    }
+    let mut custom_done = false;
+    loop {
+        match check(mesh, req, custom_done) {
+            Check::Allow => return Ok(()),
+            Check::Deny => return Err(refuse(StatusCode::FORBIDDEN, RBAC_DENIED)),
+            Check::Ask { provider, policy } => {
+                let Some(service) = mesh.runtime().authz_provider(&provider) else {
+                    tracing::debug!(workload = %mesh.workload().name, %policy, %provider, "RBAC: access denied: CUSTOM policy matched and its provider is not registered");
+                    return Err(refuse(StatusCode::FORBIDDEN, RBAC_DENIED));
+                };
+                super::ext_authz::ask(service, &policy, req).await?;
+                custom_done = true;
+            }
+        }
+    }
 }
 
 impl<S, B, ResB> Service<Request<B>> for Inbound<S>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResB: Send + 'static,
 {
     type Response = Response<InboundBody<ResB>>;
     type Error = S::Error;
-    type Future = InboundFuture<S::Future, ResB>;
+    type Future = InboundFuture<S::Future, ResB, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let waits = self
+            .mesh
+            .view()
+            .is_some_and(|v| !v.request_authn().is_empty() || v.authorizer().has_custom());
+        if waits {
+            // JWT keys may have to be fetched, a CUSTOM provider asked: the inner
+            // service is called after an await, so the ready one goes with the request
+            // and a clone stays.
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let mesh = self.mesh.clone();
+            return InboundFuture::Authn {
+                fut: Box::pin(async move {
+                    if let Err(refusal) = admit(&mesh, &mut req).await {
+                        return Ok(refusal.map(|b| Either::Right(Full::new(b))));
+                    }
+                    inner.call(req).await.map(|r| r.map(Either::Left))
+                }),
+            };
+        }
         if authorize(&self.mesh, &req) {
             InboundFuture::App {
                 inner: self.inner.call(req),
             }
         } else {
             InboundFuture::Denied {
-                response: Some(denied()),
+                response: Some(denied(is_grpc(req.headers()))),
             }
         }
     }
 }
 
+/// The future of a request that is authenticated first.
+type AuthnFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<InboundBody<B>>, E>> + Send + 'static>>;
+
 pin_project_lite::pin_project! {
     /// The response future of [`Inbound`].
     #[project = Proj]
-    pub enum InboundFuture<F, B> {
+    pub enum InboundFuture<F, B, E> {
         /// The application answers.
         App {
             #[pin]
@@ -187,10 +309,14 @@ pin_project_lite::pin_project! {
         Denied {
             response: Option<Response<InboundBody<B>>>,
         },
+        /// The request's JWT is checked first.
+        Authn {
+            fut: AuthnFuture<B, E>,
+        },
     }
 }
 
-impl<F, B, E> Future for InboundFuture<F, B>
+impl<F, B, E> Future for InboundFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
@@ -203,6 +329,7 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 None => Poll::Pending,
             },
+            Proj::Authn { fut } => fut.as_mut().poll(cx),
         }
     }
 }

@@ -24,8 +24,10 @@
 //! connection with `hyper::upgrade::on`.
 
 mod authz;
+pub mod ext_authz;
+pub(crate) mod jwt;
 pub(crate) mod serve;
 
 pub use crate::transport::accept::{LocalAddr, PeerAddr, serve};
-pub(crate) use authz::authorize;
 pub use authz::{Inbound, InboundBody, InboundLayer, RBAC_DENIED};
+pub(crate) use authz::{admit, authorize, is_grpc, local_reply};

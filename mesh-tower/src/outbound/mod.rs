@@ -137,8 +137,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // `https://` asks for TLS: the balancer originates it (never plaintext).
         if let Some(scheme) = req.uri().scheme()
             && *scheme != Scheme::HTTP
+            && *scheme != Scheme::HTTPS
         {
             let e = UnsupportedScheme {
                 scheme: scheme.as_str().into(),
@@ -148,10 +150,12 @@ where
             });
         }
         // The request goes out at once; its body streams (see `crate::body`).
+        let grpc = crate::inbound::is_grpc(req.headers());
         let (parts, body) = req.into_parts();
         let body = ReqBody::streaming(body, self.buffer_limit);
         ClientFuture::from(ClientFutureState::Sent {
             fut: self.stack.call(Request::from_parts(parts, body)),
+            grpc,
         })
     }
 }
@@ -160,10 +164,11 @@ pin_project! {
     /// The response future of [`MeshClient`].
     #[project = ClientFutureStateProj]
     enum ClientFutureState<F> {
-        /// On its way.
+        /// On its way; a gRPC request gets the mesh's own failures as gRPC statuses.
         Sent {
             #[pin]
             fut: F,
+            grpc: bool,
         },
         /// Refused before anything was sent.
         Refused {
@@ -186,6 +191,18 @@ impl<F> From<ClientFutureState<F>> for ClientFuture<F> {
     }
 }
 
+/// A failure the mesh answered itself, as Envoy answers a gRPC request: trailers-only
+/// with a `grpc-status` (see [`MeshFailure::into_grpc_response`]); other responses as
+/// they are.
+fn grpc_local_reply(resp: Response<ResBody>) -> Response<ResBody> {
+    match resp.extensions().get::<crate::MeshFailure>() {
+        Some(failure) if !resp.headers().contains_key("grpc-status") => {
+            failure.clone().into_grpc_response()
+        }
+        _ => resp,
+    }
+}
+
 impl<F> std::future::Future for ClientFuture<F>
 where
     F: std::future::Future<Output = Result<Response<ResBody>, BoxError>>,
@@ -194,7 +211,10 @@ where
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            ClientFutureStateProj::Sent { fut } => fut.poll(cx),
+            ClientFutureStateProj::Sent { fut, grpc } => match fut.poll(cx) {
+                Poll::Ready(Ok(resp)) if *grpc => Poll::Ready(Ok(grpc_local_reply(resp))),
+                other => other,
+            },
             ClientFutureStateProj::Refused { error } => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| "polled after completion".into()))),

@@ -18,6 +18,14 @@
 //! chose ([`Protocol`]): the request's version is set to match it, as Envoy translates
 //! between downstream and upstream codecs. A request that a reused connection refused
 //! before sending it (the server closed it while it sat idle) is sent again on another.
+//!
+//! How a connection is secured ([`UpstreamTransport`]) is part of the pool key: an
+//! endpoint has one plaintext pool, one per mutual TLS key, and one per TLS origination
+//! (its settings, and the name sent as SNI and verified when the settings take it from
+//! the request's authority, as Envoy's `auto_sni` does). A connection is never lent to a
+//! request expecting another transport, server or name. Every kind shares the dial (TCP,
+//! `TCP_NODELAY`, the connect timeout) and hyper's handshakes; TLS is a handshake
+//! between the two, bounded by the connect timeout too.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +45,9 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tower::Service;
 
+use mesh_core::cluster::Origination;
+
+use super::origination;
 use crate::identity::{WorkloadIdentity, peer_spiffe_id};
 use crate::state::EndpointState;
 use crate::{BoxError, ReqBody, ResBody};
@@ -77,8 +88,24 @@ pub struct Outgoing {
     pub endpoint: Arc<EndpointState>,
     /// The codec to speak.
     pub protocol: Protocol,
-    /// Mutual TLS to speak, `None` for plaintext.
-    pub tls: Option<MutualTls>,
+    /// How the connection is secured, `None` for plaintext.
+    pub tls: Option<UpstreamTransport>,
+}
+
+/// How a connection to an endpoint is secured beyond TCP: part of the pool key.
+#[derive(Debug, Clone)]
+pub enum UpstreamTransport {
+    /// Mutual TLS between workloads of the mesh.
+    Mesh(MutualTls),
+    /// TLS origination: a DestinationRule's `SIMPLE` or `MUTUAL` TLS, or an `https://`
+    /// request (see [`origination`]).
+    Origination(Arc<Origination>),
+}
+
+impl From<MutualTls> for UpstreamTransport {
+    fn from(tls: MutualTls) -> Self {
+        UpstreamTransport::Mesh(tls)
+    }
 }
 
 /// A connection to the endpoint could not be made: Envoy's "connection failure", which
@@ -129,9 +156,12 @@ impl MutualTls {
     }
 }
 
-/// The connections of one endpoint made one way (plaintext, or mutual TLS with one key).
+/// The connections of one endpoint made one way (plaintext, mutual TLS with one key, or
+/// one TLS origination).
 struct ConnPool {
     idle_timeout: Duration,
+    /// The name a TLS origination sends and verifies.
+    server_name: Option<ServerName<'static>>,
     /// Idle HTTP/1.1 connections, the most recently used last.
     http1: Mutex<Vec<IdleHttp1>>,
     /// True while a task closes the expired idle HTTP/1.1 connections.
@@ -145,8 +175,13 @@ struct ConnPool {
 
 impl ConnPool {
     fn new(idle_timeout: Duration) -> Self {
+        Self::named(idle_timeout, None)
+    }
+
+    fn named(idle_timeout: Duration, server_name: Option<ServerName<'static>>) -> Self {
         ConnPool {
             idle_timeout,
+            server_name,
             http1: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
             http2: Mutex::new(None),
@@ -201,8 +236,15 @@ impl ConnPool {
     }
 }
 
+/// The TLS origination settings and name of a pool.
+struct OriginationKey {
+    settings: Arc<Origination>,
+    /// The host the name comes from, when the settings have no `sni`.
+    host: Option<Box<str>>,
+}
+
 /// The connection pools of one endpoint, made empty and filled on use: one for
-/// plaintext, one per mutual TLS key.
+/// plaintext, one per mutual TLS key, one per TLS origination key.
 pub(crate) struct EndpointPools {
     /// What the connector dials (`http://address:port/`), `None` for an id that is not
     /// an authority.
@@ -213,6 +255,9 @@ pub(crate) struct EndpointPools {
     /// The mutual TLS pools, by key (a workload calls an endpoint with one key; a few
     /// workloads of one process share the endpoint's state).
     mutual: Mutex<Vec<(MutualTls, Arc<ConnPool>)>>,
+    /// The TLS origination pools, by settings (the same allocation, or equal values:
+    /// after an update, connections made with the same settings stay in use) and name.
+    originated: Mutex<Vec<(OriginationKey, Arc<ConnPool>)>>,
 }
 
 impl std::fmt::Debug for EndpointPools {
@@ -243,6 +288,7 @@ impl EndpointPools {
             idle_timeout,
             plain: Arc::new(ConnPool::new(idle_timeout)),
             mutual: Mutex::new(Vec::new()),
+            originated: Mutex::new(Vec::new()),
         }
     }
 
@@ -252,11 +298,25 @@ impl EndpointPools {
         self.plain.http1.lock().map_or(0, |v| v.len())
     }
 
-    /// The pool of connections made `tls`'s way.
-    fn pool(&self, tls: Option<&MutualTls>) -> Arc<ConnPool> {
-        let Some(tls) = tls else {
-            return self.plain.clone();
-        };
+    /// The pool of connections made `tls`'s way for a request to `uri` (whose host a
+    /// TLS origination may name).
+    fn pool(
+        &self,
+        id: &Arc<str>,
+        tls: Option<&UpstreamTransport>,
+        uri: &Uri,
+    ) -> Result<Arc<ConnPool>, ConnectError> {
+        match tls {
+            None => Ok(self.plain.clone()),
+            Some(UpstreamTransport::Mesh(tls)) => Ok(self.mutual(tls)),
+            Some(UpstreamTransport::Origination(settings)) => {
+                self.originated(id, settings, uri.host())
+            }
+        }
+    }
+
+    /// The pool of mutual TLS connections with `tls`'s key.
+    fn mutual(&self, tls: &MutualTls) -> Arc<ConnPool> {
         let mut mutual = self.mutual.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, pool)) = mutual.iter().find(|(k, _)| k.same_key(tls)) {
             return pool.clone();
@@ -268,34 +328,91 @@ impl EndpointPools {
         pool
     }
 
+    /// The pool of connections originating TLS with `settings` to `host`.
+    fn originated(
+        &self,
+        id: &Arc<str>,
+        settings: &Arc<Origination>,
+        host: Option<&str>,
+    ) -> Result<Arc<ConnPool>, ConnectError> {
+        // With an `sni`, the host names neither the SNI nor what is verified.
+        let host = if settings.sni.is_some() { None } else { host };
+        let mut pools = self.originated.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, pool)) = pools.iter_mut().find(|(k, _)| {
+            k.host.as_deref() == host
+                && (Arc::ptr_eq(&k.settings, settings) || *k.settings == **settings)
+        }) {
+            if !Arc::ptr_eq(&key.settings, settings) {
+                // Equal settings of a newer configuration: the older ones may go.
+                key.settings = settings.clone();
+            }
+            return Ok(pool.clone());
+        }
+        let Some(name) = settings
+            .sni
+            .as_deref()
+            .or(host)
+            .and_then(origination::server_name)
+        else {
+            let name = settings.sni.as_deref().or(host).unwrap_or("");
+            return Err(ConnectError::new(
+                id,
+                format!("TLS origination: `{name}` is not a server name"),
+            ));
+        };
+        // Settings no configuration holds any more are forgotten.
+        pools.retain(|(k, _)| Arc::strong_count(&k.settings) > 1);
+        let pool = Arc::new(ConnPool::named(self.idle_timeout, Some(name)));
+        let key = OriginationKey {
+            settings: settings.clone(),
+            host: host.map(Box::from),
+        };
+        pools.push((key, pool.clone()));
+        Ok(pool)
+    }
+
     async fn dial(
         &self,
         id: &Arc<str>,
-        tls: Option<&MutualTls>,
+        tls: Option<&UpstreamTransport>,
+        pool: &ConnPool,
         http2: bool,
     ) -> Result<Box<dyn IoBox>, ConnectError> {
         let Some(target) = &self.target else {
             return Err(ConnectError::new(id, "invalid endpoint address"));
+        };
+        // A TLS origination that cannot be configured makes no connection at all.
+        let origination = match tls {
+            Some(UpstreamTransport::Origination(settings)) => {
+                Some(originate(id, settings, pool, http2)?)
+            }
+            _ => None,
         };
         let tcp = self
             .connector
             .clone()
             .call(target.clone())
             .await
-            .map_err(|e| ConnectError::new(id, e))?;
-        let Some(tls) = tls else {
-            return Ok(Box::new(tcp.into_inner()));
-        };
-        let stream = handshake(id, tcp.into_inner(), tls, http2).await?;
-        Ok(Box::new(stream))
+            .map_err(|e| ConnectError::new(id, e))?
+            .into_inner();
+        match (tls, origination) {
+            (Some(UpstreamTransport::Mesh(tls)), _) => {
+                Ok(Box::new(handshake(id, tcp, tls, http2).await?))
+            }
+            (_, Some((config, name))) => Ok(Box::new(
+                tls_connect(id, tcp, config, name, "TLS origination").await?,
+            )),
+            _ => Ok(Box::new(tcp)),
+        }
     }
 
     async fn new_http1(
         &self,
         id: &Arc<str>,
-        tls: Option<&MutualTls>,
+        tls: Option<&UpstreamTransport>,
+        pool: &ConnPool,
     ) -> Result<http1::SendRequest<ReqBody>, BoxError> {
-        let io = self.dial(id, tls, false).await?;
+        let io = self.dial(id, tls, pool, false).await?;
         let (conn, connection) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError::new(id, e))?;
@@ -313,7 +430,7 @@ impl EndpointPools {
         &self,
         pool: &ConnPool,
         id: &Arc<str>,
-        tls: Option<&MutualTls>,
+        tls: Option<&UpstreamTransport>,
     ) -> Result<(http2::SendRequest<ReqBody>, bool), BoxError> {
         if let Some(conn) = pool.open_http2() {
             return Ok((conn, true));
@@ -323,7 +440,7 @@ impl EndpointPools {
             // Made by a concurrent request while this one waited.
             return Ok((conn, false));
         }
-        let io = self.dial(id, tls, true).await?;
+        let io = self.dial(id, tls, pool, true).await?;
         let (conn, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(io))
@@ -343,6 +460,52 @@ impl EndpointPools {
 trait IoBox: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> IoBox for T {}
 
+/// The configuration and name of a TLS origination with `settings` over a connection of
+/// `pool` speaking HTTP/2 (`http2`) or HTTP/1.1.
+fn originate(
+    id: &Arc<str>,
+    settings: &Arc<Origination>,
+    pool: &ConnPool,
+    http2: bool,
+) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), ConnectError> {
+    let config = match origination::built(settings, id) {
+        Ok(built) => built.client_config(http2).clone(),
+        Err(e) => {
+            tracing::debug!(endpoint = %id, error = %e, "no connection made: TLS origination cannot be configured");
+            return Err(ConnectError::new(id, format!("TLS origination: {e}")));
+        }
+    };
+    let name = pool
+        .server_name
+        .clone()
+        .ok_or_else(|| ConnectError::new(id, "TLS origination without a server name"))?;
+    Ok((config, name))
+}
+
+/// The client side of a TLS handshake (`kind`, for the log) on `tcp` with `config`,
+/// sending and verifying `name` (as the configuration's verifier does), within the
+/// connect timeout. A failure is a connect failure, logged with its reason.
+async fn tls_connect(
+    id: &Arc<str>,
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    kind: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %id, error = %e, "{kind} handshake with the endpoint failed");
+            Err(ConnectError::new(id, format!("TLS handshake failed: {e}")))
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %id, "{kind} handshake with the endpoint timed out");
+            Err(ConnectError::new(id, "TLS handshake timed out"))
+        }
+    }
+}
+
 /// The client side of mutual TLS on `tcp`: the caller's certificate in force, the
 /// server's chain verified against the trust bundle, then its SPIFFE ID against those
 /// `tls` accepts — before a byte of a request is sent. A refusal is a connect failure,
@@ -360,15 +523,7 @@ async fn handshake(
         .as_deref()
         .and_then(|s| ServerName::try_from(s.to_string()).ok())
         .unwrap_or_else(|| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()));
-    let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(endpoint = %id, error = %e, "mutual TLS handshake with the endpoint failed");
-            return Err(ConnectError::new(id, format!("TLS handshake failed: {e}")));
-        }
-        Err(_) => return Err(ConnectError::new(id, "TLS handshake timed out")),
-    };
+    let stream = tls_connect(id, tcp, config, name, "mutual TLS").await?;
     let peer = peer_spiffe_id(stream.get_ref().1.peer_certificates());
     match peer {
         Some(p) if tls.server.iter().any(|s| **s == *p.as_str()) => Ok(stream),
@@ -446,13 +601,13 @@ fn host_header(uri: &Uri) -> Option<HeaderValue> {
 async fn send(
     endpoint: Arc<EndpointState>,
     protocol: Protocol,
-    tls: Option<MutualTls>,
+    tls: Option<UpstreamTransport>,
     mut request: Request<ReqBody>,
 ) -> Result<Response<Incoming>, BoxError> {
     *request.version_mut() = protocol.version();
     let id = endpoint.id();
     let pools = &endpoint.pools;
-    let pool = pools.pool(tls.as_ref());
+    let pool = pools.pool(id, tls.as_ref(), request.uri())?;
     let mut resent = 0;
     match protocol {
         Protocol::Http1 => {
@@ -460,7 +615,7 @@ async fn send(
             loop {
                 let (mut conn, reused) = match pool.take_idle_http1() {
                     Some(conn) => (conn, true),
-                    None => (pools.new_http1(id, tls.as_ref()).await?, false),
+                    None => (pools.new_http1(id, tls.as_ref(), &pool).await?, false),
                 };
                 match conn.try_send_request(request).await {
                     Ok(response) => {
@@ -750,6 +905,49 @@ mod tests {
             .unwrap_err();
         assert!(err.is::<ConnectError>(), "{err}");
         assert!(err.to_string().contains(&*id), "{err}");
+    }
+
+    #[test]
+    fn origination_pools_are_keyed_by_settings_and_name() {
+        let pools = EndpointPools::new("127.0.0.1:443");
+        let id: Arc<str> = "127.0.0.1:443".into();
+        let a = Arc::new(Origination::simple());
+        let same = |x: &Arc<ConnPool>, y: &Arc<ConnPool>| Arc::ptr_eq(x, y);
+        let p1 = pools.originated(&id, &a, Some("api.example.com")).unwrap();
+        // Equal settings (a new configuration's), the same name: the same pool.
+        let equal = Arc::new(Origination::simple());
+        let p2 = pools
+            .originated(&id, &equal, Some("api.example.com"))
+            .unwrap();
+        assert!(same(&p1, &p2));
+        // Another host: another SNI, another pool.
+        let p3 = pools.originated(&id, &a, Some("web.example.com")).unwrap();
+        assert!(!same(&p1, &p3));
+        // Other settings: another pool.
+        let insecure = Arc::new(Origination {
+            insecure_skip_verify: true,
+            ..Origination::simple()
+        });
+        let p4 = pools
+            .originated(&id, &insecure, Some("api.example.com"))
+            .unwrap();
+        assert!(!same(&p1, &p4));
+        // A fixed SNI: the host does not matter.
+        let sni = Arc::new(Origination {
+            sni: Some("edge.example.com".into()),
+            ..Origination::simple()
+        });
+        let p5 = pools.originated(&id, &sni, Some("a.example.com")).unwrap();
+        let p6 = pools.originated(&id, &sni, Some("b.example.com")).unwrap();
+        assert!(same(&p5, &p6));
+        assert!(
+            matches!(&p5.server_name, Some(ServerName::DnsName(n)) if n.as_ref() == "edge.example.com")
+        );
+        // Not a name: a connect error, no pool.
+        let err = pools.originated(&id, &a, Some("bad name")).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("not a server name")));
+        // Plaintext is another pool still.
+        assert!(!same(&pools.plain, &p1));
     }
 
     #[test]

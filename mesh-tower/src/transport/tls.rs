@@ -1,5 +1,6 @@
 //! TLS material and configuration: certificates, keys, CAs and CRLs read from PEM files,
-//! turned into rustls server configurations, and the server side of a handshake (the
+//! turned into rustls server configurations (and client ones, by
+//! [`origination`](super::origination)), and the server side of a handshake (the
 //! client's SNI chooses the configuration, within a time bound).
 //!
 //! A handshake that fails (a client without a certificate on a MUTUAL server, an SNI no
@@ -27,7 +28,8 @@ pub enum TlsFileError {
     /// A certificate, key or CA file could not be read.
     #[error("cannot read {field} `{}`: {source}", path.display())]
     Read {
-        /// The field that names it (`serverCertificate`, `privateKey`, `caCertificates`).
+        /// The field that names it (`serverCertificate`, `clientCertificate`,
+        /// `privateKey`, `caCertificates`).
         field: &'static str,
         /// The file.
         path: PathBuf,
@@ -157,7 +159,12 @@ pub(crate) fn read_all<T: PemObject>(
     Ok(items)
 }
 
-fn pem_error(field: &'static str, path: &Path, e: pem::Error, label: &str) -> TlsFileError {
+pub(crate) fn pem_error(
+    field: &'static str,
+    path: &Path,
+    e: pem::Error,
+    label: &str,
+) -> TlsFileError {
     let message = match e {
         pem::Error::NoItemsFound => format!("no PEM `{label}` section found"),
         other => format!("invalid PEM: {other}"),

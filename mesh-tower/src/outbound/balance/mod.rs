@@ -14,7 +14,8 @@
 //! ([`Codec`](mesh_core::cluster::Codec)), and so is how its connections are secured
 //! ([`UpstreamTls`](mesh_core::cluster::UpstreamTls)): with a workload identity, mutual
 //! TLS under `ISTIO_MUTUAL`, and under auto mTLS to endpoints of the mesh that accept it,
-//! the server's SPIFFE ID checked against the picked endpoint's. The request is then
+//! the server's SPIFFE ID checked against the picked endpoint's; TLS origination under
+//! `SIMPLE` and `MUTUAL`, and for `https://` requests (never cleartext). The request is then
 //! handed to the transport as an [`Outgoing`](crate::transport::pool::Outgoing).
 //!
 //! ```

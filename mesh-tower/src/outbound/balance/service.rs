@@ -17,7 +17,8 @@ use tower::{Layer, Service};
 use super::super::{ResponseFuture, Route, Routed, RoutedParts};
 use crate::identity::WorkloadIdentity;
 use crate::state::{EndpointState, InFlight};
-use crate::transport::pool::{MutualTls, Outgoing, Protocol};
+use crate::transport::origination;
+use crate::transport::pool::{MutualTls, Outgoing, Protocol, UpstreamTransport};
 use crate::{BoxError, MeshFailure, ReqBody, ResBody, ResetReason};
 
 /// Picks the endpoint of each attempt and how to speak to it (see the module
@@ -103,7 +104,9 @@ where
             Codec::FromClient if request.version() == Version::HTTP_2 => Protocol::Http2,
             Codec::FromClient => Protocol::Http1,
         };
-        if let Err(e) = point_at(&mut request, protocol) {
+        // The application asked for TLS: it is never sent in plaintext.
+        let https = request.uri().scheme() == Some(&Scheme::HTTPS);
+        if let Err(e) = point_at(&mut request, protocol, https) {
             return ResponseFuture::ready(e.into_response());
         }
         // The least-request balancers count a request as outstanding until its response
@@ -119,7 +122,7 @@ where
             }
             _ => None,
         };
-        let tls = match mutual_tls(self.identity.as_ref(), picked.tls) {
+        let tls = match transport(self.identity.as_ref(), picked.tls, https) {
             Ok(tls) => tls,
             Err(e) => {
                 tracing::debug!(endpoint = %picked.endpoint.id(), error = %e, "no connection to the endpoint");
@@ -162,14 +165,16 @@ fn pick(
         Upstream::Cluster(c) => c,
     };
     // PASSTHROUGH balancing and resolution NONE: the address the caller asked for (as
-    // routed, before rewrites), spoken to with the cluster's codec as Istio configures it.
+    // routed, before rewrites), spoken to with the cluster's codec and TLS origination as
+    // Istio configures them (not auto mTLS, which Istio leaves out of such clusters).
     if let Some((host, port)) = route.original_dst() {
         return Ok(Picked {
             endpoint: route.passthrough(&host_port(host, port)),
             index: None,
             lb: None,
             codec: c.codec,
-            tls: None,
+            tls: matches!(c.tls, UpstreamTls::Origination(_))
+                .then(|| (c.tls.clone(), false, Arc::from(""))),
         });
     }
     let mut rng = rand::rng();
@@ -215,17 +220,43 @@ fn pick(
     })
 }
 
-/// The mutual TLS of a request to an endpoint of a cluster secured `tls` (`mtls`: the
-/// endpoint takes auto mTLS; `identity`: its SPIFFE ID), by a workload with `client`'s
-/// identity. A workload without an identity speaks plaintext under auto mTLS and cannot
-/// reach an `ISTIO_MUTUAL` destination.
-fn mutual_tls(
+/// How a request (`https`: sent as `https://`) to an endpoint of a cluster secured
+/// `tls` (`mtls`: the endpoint takes auto mTLS; `identity`: its SPIFFE ID) is secured,
+/// by a workload with `client`'s identity: the cluster's TLS origination (`SIMPLE` or
+/// `MUTUAL`), mutual TLS, or plaintext. A workload without an identity speaks plaintext
+/// under auto mTLS and cannot reach an `ISTIO_MUTUAL` destination. An `https://` request
+/// that would go in plaintext originates `SIMPLE` TLS instead, verified with the system's
+/// roots against the host it names.
+fn transport(
     client: Option<&Arc<WorkloadIdentity>>,
     tls: Option<(UpstreamTls, bool, Arc<str>)>,
-) -> Result<Option<MutualTls>, MeshFailure> {
-    let Some((tls, mtls, identity)) = tls else {
-        return Ok(None);
+    https: bool,
+) -> Result<Option<UpstreamTransport>, MeshFailure> {
+    let secured = match tls {
+        Some((UpstreamTls::Origination(settings), _, _)) => {
+            Some(UpstreamTransport::Origination(settings))
+        }
+        Some((tls, mtls, identity)) => {
+            mutual_tls(client, tls, mtls, identity)?.map(UpstreamTransport::Mesh)
+        }
+        None => None,
     };
+    Ok(match secured {
+        None if https => Some(UpstreamTransport::Origination(
+            origination::simple().clone(),
+        )),
+        secured => secured,
+    })
+}
+
+/// The mutual TLS of a request to an endpoint of a cluster secured `tls` (see
+/// [`transport`]).
+fn mutual_tls(
+    client: Option<&Arc<WorkloadIdentity>>,
+    tls: UpstreamTls,
+    mtls: bool,
+    identity: Arc<str>,
+) -> Result<Option<MutualTls>, MeshFailure> {
     match tls {
         UpstreamTls::Disable | UpstreamTls::Origination(_) => Ok(None),
         UpstreamTls::Auto => Ok(match client {
@@ -258,15 +289,21 @@ fn mutual_tls(
 }
 
 /// Makes the URI absolute with the authority the upstream should see — the caller's,
-/// or a rewrite's (`Host`) — and the `http` scheme (https requests never reach the
-/// balancer: the client refuses them, see [`crate::error::UnsupportedScheme`]). HTTP/1.1
-/// carries it in `Host` (a rewrite's, or the one the connection pools add from the URI,
-/// as hyper does); HTTP/2 in `:authority`, so a `Host` header is removed (RFC 9113
-/// §8.3.1). The URI is rebuilt only when it does not already say it.
-fn point_at(req: &mut Request<ReqBody>, protocol: Protocol) -> Result<(), MeshFailure> {
+/// or a rewrite's (`Host`) — and the caller's scheme: `https` for an `https://` request
+/// (it goes over TLS), else `http` (HTTP/2's `:scheme`: Envoy keeps the downstream one,
+/// also over a TLS origination). HTTP/1.1 carries the authority in `Host` (a rewrite's,
+/// or the one the connection pools add from the URI, as hyper does); HTTP/2 in
+/// `:authority`, so a `Host` header is removed (RFC 9113 §8.3.1). The URI is rebuilt
+/// only when it does not already say it.
+fn point_at(
+    req: &mut Request<ReqBody>,
+    protocol: Protocol,
+    https: bool,
+) -> Result<(), MeshFailure> {
+    let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
     let host = req.headers().get(HOST);
     let current = req.uri().authority().map(|a| a.as_str().as_bytes());
-    let fits = req.uri().scheme() == Some(&Scheme::HTTP)
+    let fits = req.uri().scheme() == Some(&scheme)
         && match host {
             Some(h) => current == Some(h.as_bytes()),
             None => current.is_some(),
@@ -286,7 +323,7 @@ fn point_at(req: &mut Request<ReqBody>, protocol: Protocol) -> Result<(), MeshFa
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(scheme)
             .authority(authority)
             .path_and_query(pq)
             .build()

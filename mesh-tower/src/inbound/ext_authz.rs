@@ -1,0 +1,78 @@
+//! External authorization: the providers of CUSTOM AuthorizationPolicies, registered by
+//! the application as tower services under the names the policies give
+//! (`provider.name`), as Istio's `extensionProviders` name an ext_authz service.
+//!
+//! A provider is asked, as Envoy's ext_authz HTTP filter asks its service, with the
+//! request's head — method, URI, headers, and the extensions the mesh set (the peer's
+//! [`PeerIdentity`](crate::identity::PeerIdentity), its addresses, the JWT's claims) —
+//! and without the body. It allows (adding headers to the request, Envoy's
+//! `headersToUpstreamOnAllow`) or denies with its own response. A provider that fails
+//! denies: Envoy's default (`failOpen: false`) is `403`.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+use crate::BoxError;
+
+/// What a provider is asked: the request's head (see the module documentation).
+pub type CheckRequest = Request<()>;
+
+/// A provider's answer.
+#[derive(Debug, Clone)]
+pub enum CheckResponse {
+    /// The request may proceed (DENY and ALLOW policies still apply), with these
+    /// headers set on it.
+    Allow(HeaderMap),
+    /// The request is refused with this response.
+    Deny(Response<Bytes>),
+}
+
+/// A registered provider.
+pub type AuthzProvider = BoxCloneSyncService<CheckRequest, CheckResponse, BoxError>;
+
+/// Asks `provider` about `req` for `policy`; applies its headers when it allows.
+pub(crate) async fn ask<B>(
+    provider: AuthzProvider,
+    policy: &str,
+    req: &mut Request<B>,
+) -> Result<(), Response<Bytes>> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    let ext = req.extensions();
+    let out = head.extensions_mut();
+    if let Some(v) = ext.get::<crate::identity::PeerIdentity>() {
+        out.insert(v.clone());
+    }
+    if let Some(v) = ext.get::<super::PeerAddr>() {
+        out.insert(*v);
+    }
+    if let Some(v) = ext.get::<super::LocalAddr>() {
+        out.insert(*v);
+    }
+    if let Some(v) = ext.get::<mesh_core::authz::RequestAuth>() {
+        out.insert(v.clone());
+    }
+    match provider.oneshot(head).await {
+        Ok(CheckResponse::Allow(headers)) => {
+            for (name, value) in &headers {
+                req.headers_mut().insert(name.clone(), value.clone());
+            }
+            Ok(())
+        }
+        Ok(CheckResponse::Deny(resp)) => {
+            tracing::debug!(%policy, status = %resp.status(), "denied by the CUSTOM provider");
+            Err(resp)
+        }
+        Err(e) => {
+            tracing::warn!(%policy, error = %e, "the CUSTOM provider failed; request denied");
+            let mut resp = Response::new(Bytes::new());
+            *resp.status_mut() = StatusCode::FORBIDDEN;
+            Err(resp)
+        }
+    }
+}
