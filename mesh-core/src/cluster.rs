@@ -82,7 +82,10 @@ pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 pub enum UpstreamTls {
     /// Auto mTLS: mutual TLS with the mesh's certificates to endpoints that accept it
     /// ([`Endpoint::mtls`]), plaintext to the others.
-    Auto,
+    Auto {
+        /// The SNI to send: Istio's `outbound_.PORT_.SUBSET_.HOST`.
+        sni: Arc<str>,
+    },
     /// Plaintext (`mode: DISABLE`, or no `tls` with auto mTLS turned off).
     Disable,
     /// `ISTIO_MUTUAL`: mutual TLS with the mesh's certificates to every endpoint.
@@ -423,9 +426,18 @@ fn upstream_tls(
     port: u32,
     base: Option<&Path>,
 ) -> UpstreamTls {
+    // Istio's SNI of the cluster, sent under ISTIO_MUTUAL and auto mTLS.
+    let cluster_sni = || -> Arc<str> {
+        format!(
+            "outbound_.{port}_.{}_.{}",
+            subset.unwrap_or(""),
+            service.host
+        )
+        .into()
+    };
     let Some(tls) = tls else {
         return if auto_mtls {
-            UpstreamTls::Auto
+            UpstreamTls::Auto { sni: cluster_sni() }
         } else {
             UpstreamTls::Disable
         };
@@ -433,17 +445,7 @@ fn upstream_tls(
     match tls.mode.unwrap_or_default() {
         ClientTlsMode::Disable => UpstreamTls::Disable,
         ClientTlsMode::IstioMutual => UpstreamTls::IstioMutual {
-            sni: tls.sni.as_deref().map_or_else(
-                || {
-                    format!(
-                        "outbound_.{port}_.{}_.{}",
-                        subset.unwrap_or(""),
-                        service.host
-                    )
-                    .into()
-                },
-                Arc::from,
-            ),
+            sni: tls.sni.as_deref().map_or_else(cluster_sni, Arc::from),
             subject_alt_names: tls
                 .subject_alt_names
                 .iter()

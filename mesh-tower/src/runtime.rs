@@ -366,6 +366,11 @@ impl Mesh {
     /// Serves `app` on `listener` as the workload: plaintext or mutual TLS as its
     /// PeerAuthentication says (see [`inbound`](crate::inbound)). Runs until the listener
     /// fails; see [`serve_with_shutdown`](Self::serve_with_shutdown).
+    ///
+    /// This is the transport only: RequestAuthentication and AuthorizationPolicy are
+    /// enforced by the [`inbound`](Self::inbound) layer, which `app` must be wrapped in
+    /// (`ServiceBuilder::new().layer(mesh.inbound()).service(app)`); without it, every
+    /// request the transport admits reaches the application.
     pub async fn serve<S, B>(&self, listener: TcpListener, app: S) -> std::io::Result<()>
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,

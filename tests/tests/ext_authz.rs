@@ -171,3 +171,86 @@ async fn a_failing_provider_denies() {
     );
     assert_eq!(get(port, "/public", &[]).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_grpc_caller_gets_the_providers_denial_as_a_grpc_status() {
+    let (runtime, port) = start("sample-ext-authz-http").await;
+    runtime.register_authz_provider(
+        "sample-ext-authz-http",
+        provider(Arc::new(AtomicUsize::new(0))),
+    );
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/admin/x")
+        .header("host", "httpbin")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    // Envoy's ext_authz denial to a gRPC caller: 200, trailers-only, 403 → 7.
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "7");
+    assert_eq!(resp.headers()["grpc-message"], "denied by ext_authz");
+}
+
+#[tokio::test]
+async fn authorization_sees_the_host_the_application_gets() {
+    // A DENY on a host: an absolute-form request naming another host in `Host` cannot
+    // slip past it, because `Host` becomes the URI's authority, as behind Envoy.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut set = ConfigSet::new();
+    set.add_str(
+        "mesh.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: httpbin, namespace: foo}}
+spec: {{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{app: httpbin}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-admin-host, namespace: foo}}
+spec:
+  action: DENY
+  rules: [{{to: [{{operation: {{hosts: [admin.svc]}}}}]}}]
+"
+        ),
+    );
+    let runtime = MeshRuntime::from_snapshot(&checked(&set));
+    let mesh = runtime.workload(Workload::new("httpbin", "foo").labels([("app", "httpbin")]));
+    let svc = tower::ServiceBuilder::new()
+        .layer(mesh.inbound())
+        .service(tower::service_fn(|req: Request<Incoming>| async move {
+            let host = req.headers()["host"].to_str().unwrap().to_string();
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(host))))
+        }));
+    tokio::spawn(async move { mesh.serve(listener, svc).await });
+    let addr = ([127, 0, 0, 1], port).into();
+    assert_eq!(
+        mesh_tests::plaintext(addr, "GET", "/", &[("host", "admin.svc")])
+            .await
+            .unwrap(),
+        (403, "RBAC: access denied".into())
+    );
+    // The URI names public.svc, Host says admin.svc: the application gets public.svc,
+    // which is what was authorized.
+    assert_eq!(
+        mesh_tests::plaintext(addr, "GET", "http://public.svc/", &[("host", "admin.svc")])
+            .await
+            .unwrap(),
+        (200, "public.svc".into())
+    );
+    assert_eq!(
+        mesh_tests::plaintext(addr, "GET", "http://admin.svc/", &[("host", "public.svc")])
+            .await
+            .unwrap(),
+        (403, "RBAC: access denied".into())
+    );
+}

@@ -407,3 +407,68 @@ async fn token_locations_and_outputs() {
     assert_eq!(status, 200);
     assert!(body.starts_with("principal=- "), "{body}");
 }
+
+#[tokio::test]
+async fn claim_headers_cannot_be_forged_by_the_client() {
+    let (jwks_port, _) = jwks_server().await;
+    let rule = "    outputPayloadToHeader: x-payload\n    outputClaimToHeaders: [{header: x-jwt-sub, claim: sub}, {header: x-jwt-missing, claim: nope}]\n";
+    let httpbin = Httpbin::start(&request_authentication(jwks_port, rule)).await;
+    // Without a token, what the client wrote under those names is removed.
+    let (status, body) = httpbin
+        .get("/", &[("x-jwt-sub", "admin"), ("x-payload", "forged")])
+        .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("x-jwt-sub=- x-payload=absent"), "{body}");
+    // With a token, the claim's value replaces the client's.
+    let (_, body) = httpbin
+        .get(
+            "/",
+            &[
+                ("authorization", &bearer(&fixture("demo.jwt"))),
+                ("x-jwt-sub", "admin"),
+            ],
+        )
+        .await;
+    assert!(body.contains("x-jwt-sub=testing@secure.istio.io"), "{body}");
+}
+
+#[tokio::test]
+async fn a_token_whose_kid_is_not_in_the_jwks_is_refused() {
+    let (jwks_port, _) = jwks_server().await;
+    let httpbin = Httpbin::start(&request_authentication(jwks_port, "")).await;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("not-a-key-of-the-jwks".into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(fixture("key.pem").as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"iss": ISSUER, "sub": "a"}),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(
+        httpbin
+            .get("/", &[("authorization", &bearer(&token))])
+            .await,
+        (
+            401,
+            "Jwks doesn't have key to match kid or alg from Jwt".into()
+        )
+    );
+    // HS256 "signed" with the public key's bytes: an RSA key never verifies an HMAC.
+    let jwks: serde_json::Value = serde_json::from_str(&fixture("jwks.json")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = jwks["keys"][0]["kid"].as_str().map(str::to_string);
+    let token = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"iss": ISSUER, "sub": "admin"}),
+        &jsonwebtoken::EncodingKey::from_secret(jwks["keys"][0]["n"].as_str().unwrap().as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        httpbin
+            .get("/", &[("authorization", &bearer(&token))])
+            .await
+            .0,
+        401
+    );
+}

@@ -430,7 +430,6 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
                     tls.ca_cert_credential_name.is_some(),
                 ),
                 ("caCrl", tls.ca_crl.is_some()),
-                ("insecureSkipVerify", tls.insecure_skip_verify == Some(true)),
             ] {
                 if written {
                     ctx.warn(
@@ -439,6 +438,15 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
                         format!("`{field}` is ignored with ISTIO_MUTUAL, as in Istio: the mesh's workload certificates and root certificate are used (only `sni` and `subjectAltNames` apply)"),
                     );
                 }
+            }
+            if tls.insecure_skip_verify == Some(true) {
+                // Istio keeps it (the server is then not verified); the mesh always
+                // verifies the server's SPIFFE identity under ISTIO_MUTUAL.
+                ctx.warn(
+                    Code::InvalidValue,
+                    &path.key("insecureSkipVerify"),
+                    "`insecureSkipVerify` is ignored with ISTIO_MUTUAL here (Istio would skip verifying the server): the mesh always verifies the server's identity".to_string(),
+                );
             }
         }
         ClientTlsMode::Disable => {}

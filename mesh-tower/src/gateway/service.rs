@@ -80,16 +80,6 @@ impl GatewayService {
         if split_authority(&written).0.is_empty() {
             return Prepared::Answer(status(StatusCode::BAD_REQUEST));
         }
-        // The gateway is a workload: the AuthorizationPolicies that select it apply
-        // before routing, as Envoy's RBAC filter runs before its router (requests that
-        // needed waiting for were admitted before).
-        if !admitted && !crate::inbound::authorize(&self.shared.mesh, &req) {
-            let grpc = crate::inbound::is_grpc(req.headers());
-            return Prepared::Answer(
-                crate::inbound::local_reply(grpc, StatusCode::FORBIDDEN, RBAC_DENIED)
-                    .map(ResBody::full),
-            );
-        }
         let pq = req
             .uri()
             .path_and_query()
@@ -126,6 +116,17 @@ impl GatewayService {
         );
         // The upstream sees the authority the gateway matched on, as behind Envoy.
         headers.insert(HOST, host_value);
+        // The gateway is a workload: the AuthorizationPolicies that select it apply
+        // after the edge's header sanitizing and before routing, as Envoy's RBAC
+        // filter runs between the two (requests that
+        // needed waiting for were admitted before).
+        if !admitted && !crate::inbound::authorize(&self.shared.mesh, &req) {
+            let grpc = crate::inbound::is_grpc(req.headers());
+            return Prepared::Answer(
+                crate::inbound::local_reply(grpc, StatusCode::FORBIDDEN, RBAC_DENIED)
+                    .map(ResBody::full),
+            );
+        }
 
         let mesh = &self.shared.mesh;
         let generation = mesh.runtime().generation();

@@ -122,7 +122,14 @@ fn watch(
             let Some(identity) = weak.upgrade() else {
                 return;
             };
-            match load(&dir) {
+            let read = {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || load(&dir)).await
+            };
+            let Ok(read) = read else {
+                return;
+            };
+            match read {
                 Ok(material) => {
                     tracing::info!(
                         dir = %dir.display(),

@@ -8,8 +8,13 @@
 //! A denied request gets Envoy's answer, `403` with the body `RBAC: access denied`; the
 //! deciding policy goes to the debug log. AUDIT policies that match are logged (target
 //! `mesh::audit`) and change nothing; `istio.io/dry-run` policies are logged with what
-//! they would have decided. A CUSTOM policy that matches needs its provider: none is
-//! registered in-process yet, so the request is denied (Envoy's ext_authz fails closed).
+//! they would have decided. A CUSTOM policy that matches asks its provider (see
+//! [`ext_authz`](super::ext_authz)); without a registered provider the request is
+//! denied (Envoy's ext_authz fails closed).
+//!
+//! An HTTP/1.1 request in absolute form whose `Host` differs from its URI's authority
+//! has its `Host` set to the authority, as Envoy does, so that the host authorization
+//! saw is the host the application sees.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -129,11 +134,13 @@ pub(crate) fn check<B>(mesh: &Mesh, req: &Request<B>, custom_done: bool) -> Chec
     let unknown = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let identity = ext.get::<PeerIdentity>();
     let local = ext.get::<LocalAddr>().map(|l| l.0);
+    // `Host` (which the inbound layer and the gateway make the authority as received),
+    // else the URI's authority (HTTP/2).
     let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
     let request = AuthzRequest {
         peer: identity.map(|i| i.spiffe_id().as_str()),
@@ -260,6 +267,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(authority) = req.uri().authority()
+            && req
+                .headers()
+                .get(HOST)
+                .is_some_and(|h| h.as_bytes() != authority.as_str().as_bytes())
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(HOST, v);
+        }
         let waits = self
             .mesh
             .view()

@@ -6,11 +6,15 @@
 //! request's head — method, URI, headers, and the extensions the mesh set (the peer's
 //! [`PeerIdentity`](crate::identity::PeerIdentity), its addresses, the JWT's claims) —
 //! and without the body. It allows (adding headers to the request, Envoy's
-//! `headersToUpstreamOnAllow`) or denies with its own response. A provider that fails
-//! denies: Envoy's default (`failOpen: false`) is `403`.
+//! `headersToUpstreamOnAllow`) or denies with its own response (to a gRPC caller, as a
+//! `grpc-status`). A provider that fails, or does not answer within 600 s (Istio's
+//! default timeout), denies: Envoy's default (`failOpen: false`) is `403`.
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use std::time::Duration;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
@@ -57,7 +61,11 @@ pub(crate) async fn ask<B>(
     if let Some(v) = ext.get::<mesh_core::authz::RequestAuth>() {
         out.insert(v.clone());
     }
-    match provider.oneshot(head).await {
+    let grpc = super::is_grpc(req.headers());
+    match tokio::time::timeout(PROVIDER_TIMEOUT, provider.oneshot(head))
+        .await
+        .unwrap_or_else(|_| Err("the provider did not answer within 600 s".into()))
+    {
         Ok(CheckResponse::Allow(headers)) => {
             for (name, value) in &headers {
                 req.headers_mut().insert(name.clone(), value.clone());
@@ -66,13 +74,34 @@ pub(crate) async fn ask<B>(
         }
         Ok(CheckResponse::Deny(resp)) => {
             tracing::debug!(%policy, status = %resp.status(), "denied by the CUSTOM provider");
-            Err(resp)
+            Err(if grpc { to_grpc(resp) } else { resp })
         }
         Err(e) => {
             tracing::warn!(%policy, error = %e, "the CUSTOM provider failed; request denied");
             let mut resp = Response::new(Bytes::new());
             *resp.status_mut() = StatusCode::FORBIDDEN;
-            Err(resp)
+            Err(if grpc { to_grpc(resp) } else { resp })
         }
     }
+}
+
+/// Envoy's ext_authz timeout as Istio configures it by default.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A denial as a gRPC caller gets it from Envoy: trailers-only, the HTTP status mapped to
+/// `grpc-status`, the body as `grpc-message`; the provider's headers kept.
+fn to_grpc(resp: Response<Bytes>) -> Response<Bytes> {
+    let (mut parts, body) = resp.into_parts();
+    let code = crate::error::grpc_status(parts.status);
+    parts.status = StatusCode::OK;
+    let h = &mut parts.headers;
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(text) = std::str::from_utf8(&body)
+        && !text.is_empty()
+        && let Ok(v) = HeaderValue::from_str(text)
+    {
+        h.insert("grpc-message", v);
+    }
+    Response::from_parts(parts, Bytes::new())
 }

@@ -12,9 +12,12 @@
 //!
 //! Keys come inline (`jwks`), from `jwksUri`, or from the issuer's OpenID discovery
 //! document; remote ones are fetched through the workload's own mesh client (its routes,
-//! retries and TLS origination apply), cached for 20 minutes as istiod refreshes them,
-//! and a fetch that fails never opens the door: tokens of that issuer are refused until
-//! a fetch succeeds (retried at most once a second).
+//! retries and TLS origination apply) and cached for 20 minutes as istiod refreshes them.
+//! A fetch that fails never opens the door: before any succeeded, tokens of that issuer
+//! are refused (a fetch retried at most once a second); when a refresh fails, the keys
+//! fetched before stay in use for up to 40 minutes. Headers the rules write
+//! (`outputPayloadToHeader`, `outputClaimToHeaders`) are removed from every request
+//! first, so that a client cannot forge them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -59,6 +62,8 @@ pub(crate) mod reason {
     pub(crate) const JWKS_FETCH: &str = "Jwks remote fetch is failed";
     /// The keys are not a JWKS.
     pub(crate) const JWKS_PARSE: &str = "Jwks doesn't have valid keys";
+    /// No key of the JWKS has the token's `kid` (or fits its `alg`).
+    pub(crate) const NO_KEY: &str = "Jwks doesn't have key to match kid or alg from Jwt";
 }
 
 /// Keys by source, for the whole process.
@@ -118,10 +123,22 @@ impl JwksCache {
     }
 }
 
+/// The keys of a JWKS document: each key this crate can use (one it cannot, of an
+/// unsupported type or curve, is skipped, as Envoy skips it); none is an error.
 fn parse(bytes: &[u8]) -> Result<Arc<JwkSet>, &'static str> {
-    serde_json::from_slice::<JwkSet>(bytes)
-        .map(Arc::new)
-        .map_err(|_| reason::JWKS_PARSE)
+    let doc: Value = serde_json::from_slice(bytes).map_err(|_| reason::JWKS_PARSE)?;
+    let keys: Vec<jsonwebtoken::jwk::Jwk> = doc["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| serde_json::from_value(k.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if keys.is_empty() {
+        return Err(reason::JWKS_PARSE);
+    }
+    Ok(Arc::new(JwkSet { keys }))
 }
 
 /// GETs `uri` through the workload's mesh client within `timeout`: the body of a 200.
@@ -196,7 +213,11 @@ struct Found {
 fn tokens<B>(authn: &RequestAuthn, req: &Request<B>) -> Vec<Found> {
     let mut found: Vec<Found> = Vec::new();
     let mut push = |token: &str, location: &TokenLocation| {
-        if !token.is_empty() && !found.iter().any(|f| f.token == token) {
+        if !token.is_empty()
+            && !found
+                .iter()
+                .any(|f| f.token == token && f.location == *location)
+        {
             found.push(Found {
                 token: token.to_string(),
                 location: location.clone(),
@@ -284,6 +305,18 @@ async fn verify(
         Some(kid) => keys.find(kid).into_iter().collect(),
         None => keys.keys.iter().collect(),
     };
+    // A key that names its algorithm is only used with that algorithm.
+    let candidates: Vec<_> = candidates
+        .into_iter()
+        .filter(|k| {
+            k.common
+                .key_algorithm
+                .is_none_or(|a| a.to_string() == format!("{:?}", header.alg))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Err(reason::NO_KEY);
+    }
     let mut outcome = Err(reason::VERIFICATION_FAILS);
     for jwk in candidates {
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
@@ -349,9 +382,24 @@ pub(crate) async fn authenticate<B>(
     authn: &RequestAuthn,
     req: &mut Request<B>,
 ) -> Result<Option<RequestAuth>, &'static str> {
+    // Headers the rules write are the mesh's to write: whatever the client sent under
+    // those names goes, token or not (a client must not forge a claim header).
+    for rule in authn.rules() {
+        if let Some(h) = &rule.output_payload_to_header {
+            req.headers_mut().remove(h);
+        }
+        for (h, _) in &rule.output_claim_to_headers {
+            req.headers_mut().remove(h);
+        }
+    }
     let found = tokens(authn, req);
     let mut first: Option<RequestAuth> = None;
+    let mut verified: Vec<String> = Vec::new();
     for Found { token, location } in found {
+        if verified.contains(&token) {
+            // The same token at another location: checked once.
+            continue;
+        }
         let unverified = unverified_claims(&token)?;
         let issuer = unverified["iss"].as_str().unwrap_or("");
         let Some(rule) = authn
@@ -364,6 +412,7 @@ pub(crate) async fn authenticate<B>(
         let claims = verify(mesh, rule, &token).await.inspect_err(|e| {
             tracing::debug!(policy = %rule.policy, issuer, reason = e, "JWT refused");
         })?;
+        verified.push(token.clone());
         let headers = req.headers_mut();
         if let (false, TokenLocation::Header { name, .. }) =
             (rule.forward_original_token, &location)

@@ -17,7 +17,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -67,6 +69,11 @@ where
             let identity = mesh.identity();
             match admit(stream, peer, local, mode, identity, &view).await {
                 Some(Admitted::Plain(stream, info)) => {
+                    let app = PlaintextGuard {
+                        inner: app,
+                        mesh,
+                        port: local.port(),
+                    };
                     serve_connection(stream, WithConnection::new(app, info), builder, watcher)
                         .await;
                 }
@@ -178,5 +185,76 @@ async fn first_byte(stream: &TcpStream) -> Result<Option<u8>, &'static str> {
         Ok(Ok(_)) => Ok(Some(buf[0])),
         Ok(Err(_)) => Err("read error"),
         Err(_) => Err("nothing received within the handshake timeout"),
+    }
+}
+
+/// The application behind a plaintext connection admitted when its port took plaintext:
+/// once the port's PeerAuthentication turns STRICT, the connection's next request is
+/// refused and the connection closed (Envoy drains the connections of a filter chain
+/// that went away), so that a connection opened under PERMISSIVE cannot outlive it.
+#[derive(Clone)]
+struct PlaintextGuard<S> {
+    inner: S,
+    mesh: Mesh,
+    port: u16,
+}
+
+impl<S, B> Service<Request<B>> for PlaintextGuard<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let strict = self
+            .mesh
+            .view()
+            .is_some_and(|v| v.peer_authn().mode(self.port) == MtlsMode::Strict);
+        if strict {
+            tracing::debug!(
+                port = self.port,
+                "plaintext connection closed: PeerAuthentication turned STRICT on this port"
+            );
+            return GuardFuture::Refused;
+        }
+        GuardFuture::Inner {
+            fut: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`PlaintextGuard`].
+    #[project = GuardProj]
+    enum GuardFuture<F> {
+        Inner {
+            #[pin]
+            fut: F,
+        },
+        Refused,
+    }
+}
+
+impl<F, T, E> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardProj::Inner { fut } => fut.poll(cx).map_err(Into::into),
+            GuardProj::Refused => Poll::Ready(Err(
+                "plaintext refused: PeerAuthentication is STRICT on this port".into(),
+            )),
+        }
     }
 }

@@ -133,20 +133,41 @@ pub(crate) type Built = Result<Arc<OriginationTls>, Arc<TlsFileError>>;
 /// entry whose settings are gone is dropped at the next insertion.
 static BUILT: Mutex<Vec<(Weak<Origination>, Built)>> = Mutex::new(Vec::new());
 
+fn find(all: &[(Weak<Origination>, Built)], settings: &Arc<Origination>) -> Option<Built> {
+    all.iter()
+        .find(|(k, _)| std::ptr::eq(k.as_ptr(), Arc::as_ptr(settings)))
+        .map(|(_, b)| b.clone())
+}
+
+/// The configurations of `settings`, if they were built.
+pub(crate) fn cached(settings: &Arc<Origination>) -> Option<Built> {
+    find(&BUILT.lock().unwrap_or_else(|p| p.into_inner()), settings)
+}
+
 /// The configurations of `settings` (see [`Built`]), first needed to connect to
-/// `endpoint`.
+/// `endpoint`: built now if they were not (files are read: call it off the async
+/// workers).
+#[cfg(test)]
 pub(crate) fn built(settings: &Arc<Origination>, endpoint: &str) -> Built {
-    let find = |all: &[(Weak<Origination>, Built)]| {
-        all.iter()
-            .find(|(k, _)| std::ptr::eq(k.as_ptr(), Arc::as_ptr(settings)))
-            .map(|(_, b)| b.clone())
-    };
-    if let Some(b) = find(&BUILT.lock().unwrap_or_else(|p| p.into_inner())) {
+    if let Some(b) = cached(settings) {
         return b;
     }
-    // Built without the lock (files are read): a concurrent first use may build too;
-    // the first one stored wins.
-    let built = OriginationTls::new(settings).map(Arc::new).map_err(|e| {
+    store(settings, endpoint, OriginationTls::new(settings))
+}
+
+/// Keeps `fresh`, the configurations just built from `settings` (without the lock: a
+/// concurrent first use may have built them too, and the first one stored wins), and
+/// logs why they could not be built, once.
+pub(crate) fn store(
+    settings: &Arc<Origination>,
+    endpoint: &str,
+    fresh: Result<OriginationTls, TlsFileError>,
+) -> Built {
+    let mut all = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = find(&all, settings) {
+        return b;
+    }
+    let built = fresh.map(Arc::new).map_err(|e| {
         tracing::warn!(
             %endpoint,
             error = %e,
@@ -154,10 +175,6 @@ pub(crate) fn built(settings: &Arc<Origination>, endpoint: &str) -> Built {
         );
         Arc::new(e)
     });
-    let mut all = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(b) = find(&all) {
-        return b;
-    }
     all.retain(|(k, _)| k.strong_count() > 0);
     all.push((Arc::downgrade(settings), built.clone()));
     built

@@ -47,13 +47,15 @@ use tower::Service;
 
 use mesh_core::cluster::Origination;
 
-use super::origination;
+use super::origination::{self, OriginationTls};
 use crate::identity::{WorkloadIdentity, peer_spiffe_id};
 use crate::state::EndpointState;
 use crate::{BoxError, ReqBody, ResBody};
 
 /// Envoy's default connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many TLS origination pools (settings × server name) one endpoint keeps.
+const MAX_ORIGINATION_POOLS: usize = 64;
 /// How long an idle connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -362,6 +364,13 @@ impl EndpointPools {
         };
         // Settings no configuration holds any more are forgotten.
         pools.retain(|(k, _)| Arc::strong_count(&k.settings) > 1);
+        // Hosts come from requests: beyond a bound, the oldest pools are forgotten
+        // (their connections finish what they carry), so that ever new names cannot
+        // grow an endpoint's pools without limit.
+        if pools.len() >= MAX_ORIGINATION_POOLS {
+            let excess = pools.len() + 1 - MAX_ORIGINATION_POOLS;
+            pools.drain(..excess);
+        }
         let pool = Arc::new(ConnPool::named(self.idle_timeout, Some(name)));
         let key = OriginationKey {
             settings: settings.clone(),
@@ -384,7 +393,7 @@ impl EndpointPools {
         // A TLS origination that cannot be configured makes no connection at all.
         let origination = match tls {
             Some(UpstreamTransport::Origination(settings)) => {
-                Some(originate(id, settings, pool, http2)?)
+                Some(originate(id, settings, pool, http2).await?)
             }
             _ => None,
         };
@@ -462,13 +471,25 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> IoBox for T
 
 /// The configuration and name of a TLS origination with `settings` over a connection of
 /// `pool` speaking HTTP/2 (`http2`) or HTTP/1.1.
-fn originate(
+async fn originate(
     id: &Arc<str>,
     settings: &Arc<Origination>,
     pool: &ConnPool,
     http2: bool,
 ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), ConnectError> {
-    let config = match origination::built(settings, id) {
+    // Built once per settings; the first build reads files (and maybe the system's
+    // roots), off the async workers.
+    let built = match origination::cached(settings) {
+        Some(b) => b,
+        None => {
+            let owned = settings.clone();
+            let fresh = tokio::task::spawn_blocking(move || OriginationTls::new(&owned))
+                .await
+                .map_err(|e| ConnectError::new(id, format!("TLS origination: {e}")))?;
+            origination::store(settings, id, fresh)
+        }
+    };
+    let config = match built {
         Ok(built) => built.client_config(http2).clone(),
         Err(e) => {
             tracing::debug!(endpoint = %id, error = %e, "no connection made: TLS origination cannot be configured");
@@ -948,6 +969,13 @@ mod tests {
         assert!(err.is_some_and(|e| e.to_string().contains("not a server name")));
         // Plaintext is another pool still.
         assert!(!same(&pools.plain, &p1));
+        // Ever new names from requests: the pools stay bounded.
+        for i in 0..(3 * MAX_ORIGINATION_POOLS) {
+            pools
+                .originated(&id, &a, Some(&format!("h{i}.example.com")))
+                .unwrap();
+        }
+        assert!(pools.originated.lock().unwrap().len() <= MAX_ORIGINATION_POOLS);
     }
 
     #[test]

@@ -173,8 +173,14 @@ fn pick(
             index: None,
             lb: None,
             codec: c.codec,
-            tls: matches!(c.tls, UpstreamTls::Origination(_))
-                .then(|| (c.tls.clone(), false, Arc::from(""))),
+            // An explicit ISTIO_MUTUAL applies too (verified against its
+            // `subjectAltNames`; without any, no server can be verified and the request
+            // fails rather than go in plaintext).
+            tls: matches!(
+                c.tls,
+                UpstreamTls::Origination(_) | UpstreamTls::IstioMutual { .. }
+            )
+            .then(|| (c.tls.clone(), false, Arc::from(""))),
         });
     }
     let mut rng = rand::rng();
@@ -210,13 +216,14 @@ fn pick(
     let tls = c
         .endpoints
         .get(i as usize)
-        .map(|e| (c.tls.clone(), e.mtls, e.identity.clone()));
+        .map(|e| (c.tls.clone(), e.mtls, e.identity.clone()))
+        .ok_or(MeshFailure::NoHealthyUpstream)?;
     Ok(Picked {
         endpoint,
         index: Some(i),
         lb: Some(c.lb.clone()),
         codec: c.codec,
-        tls,
+        tls: Some(tls),
     })
 }
 
@@ -259,11 +266,11 @@ fn mutual_tls(
 ) -> Result<Option<MutualTls>, MeshFailure> {
     match tls {
         UpstreamTls::Disable | UpstreamTls::Origination(_) => Ok(None),
-        UpstreamTls::Auto => Ok(match client {
+        UpstreamTls::Auto { sni } => Ok(match client {
             Some(client) if mtls => Some(MutualTls {
                 client: client.clone(),
                 server: Arc::from([identity]),
-                sni: None,
+                sni: Some(sni),
             }),
             _ => None,
         }),
