@@ -6,4 +6,5 @@
 //!
 //! The `mesh-bench` binary (`src/main.rs`) is a load benchmark over real loopback
 //! connections: `cargo run --release -p mesh-bench -- load` compares a bare client, the
-//! mesh and two nginx sidecars in closed and open loops (`--quick` for a few seconds).
+//! mesh, both over mutual TLS, and two nginx sidecars in closed and open loops (`--quick`
+//! for a few seconds).

@@ -1,5 +1,7 @@
 //! `mesh-bench load`: what the mesh costs per request over real loopback connections,
-//! next to a bare client and to Istio's two-sidecar data path (two nginx proxies).
+//! next to a bare client, to a bare rustls client and server over mutual TLS (against the
+//! mesh's own mutual TLS, `mesh.client()` to `mesh.serve()`), and to Istio's two-sidecar
+//! data path (two nginx proxies).
 //! Microbenchmarks (the criterion benches) show the stack's own nanoseconds; this shows
 //! what a service sees: latency under closed and open loads, throughput, CPU,
 //! allocations and memory, with every path measured in one run, interleaved.
@@ -14,6 +16,7 @@ mod measure;
 mod nginx;
 mod paths;
 mod report;
+mod tls;
 
 use std::alloc::System;
 use std::path::PathBuf;
@@ -51,8 +54,9 @@ struct Cli {
 /// What to run.
 #[derive(Subcommand)]
 enum Command {
-    /// Load benchmark: a bare client, the mesh and two nginx sidecars to one local
-    /// backend, in closed and open loops, interleaved; prints Markdown tables.
+    /// Load benchmark: a bare client, the mesh, both over mutual TLS, and two nginx
+    /// sidecars to one local backend, in closed and open loops, interleaved; prints
+    /// Markdown tables.
     Load(LoadArgs),
     /// Sends a fixed number of requests one after the other along one path and prints
     /// the time per request: a steady, repeatable workload to profile (`perf record`,
@@ -83,12 +87,10 @@ fn profile_main(args: &ProfileArgs) -> Result<ExitCode> {
         .context("starting the tokio runtime")?;
     rt.block_on(async {
         let backend = Backend::start().await?;
-        let path = match args.path {
-            PathName::Bare => paths::bare(&backend)?,
-            PathName::MeshPool => paths::pool(&backend)?,
-            PathName::MeshDefaults | PathName::MeshVs => paths::mesh(args.path, &backend)?,
-            PathName::NginxSidecars => bail!("profile runs in-process paths only"),
-        };
+        if args.path == PathName::NginxSidecars {
+            bail!("profile runs in-process paths only");
+        }
+        let path = paths::start(args.path, &backend).await?;
         // On a worker thread, as the load benchmark's clients are.
         let sender = path.sender.clone();
         let requests = args.requests;
@@ -331,9 +333,6 @@ async fn run(settings: &Settings, json: Option<&std::path::Path>) -> Result<Exit
     let mut paths: Vec<Path> = Vec::new();
     for &name in &settings.paths {
         match name {
-            PathName::Bare => paths.push(paths::bare(&backend)?),
-            PathName::MeshPool => paths.push(paths::pool(&backend)?),
-            PathName::MeshDefaults | PathName::MeshVs => paths.push(paths::mesh(name, &backend)?),
             PathName::NginxSidecars => match nginx::find() {
                 Err(why) => {
                     let line = format!(
@@ -351,6 +350,7 @@ async fn run(settings: &Settings, json: Option<&std::path::Path>) -> Result<Exit
                     }
                 },
             },
+            _ => paths.push(paths::start(name, &backend).await?),
         }
     }
     for p in &paths {
@@ -566,5 +566,8 @@ fn print_report(
     );
     println!(
         "- mesh-vs requests carry no end-user header: they miss the header rule and take the 90/10 split (v1 and v2 are two registry endpoints at the one backend's address)."
+    );
+    println!(
+        "- bare-tls and mesh-mtls: mutual TLS (rustls with ring; certificates from the mesh's in-process CA) to the backend's application on a listener of their own. bare-tls: the bare client over a rustls connector, to the backend's HTTP/1.1 server behind a rustls acceptor; mesh-mtls: mesh.client() (auto mTLS to a WorkloadEntry, Istio's defaults otherwise) to mesh.serve() with mesh.inbound() around the application. Their new conns are the connections these TLS listeners accepted. The mutual TLS table compares mesh-mtls with bare-tls (rps ÷ bare-tls for closed loops only: an open loop's throughput is its rate)."
     );
 }

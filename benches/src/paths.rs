@@ -16,26 +16,43 @@
 //!   the ratios measure the mesh, not a second backend: with two backend addresses the
 //!   runtime's two worker threads end up waking each other for the second connection
 //!   set, which costs every path through it alike (see docs/benchmarks.md).
+//! - `bare-tls`: the floor of mutual TLS: the `bare` path's client over rustls, with a
+//!   client certificate, to the backend's application served over rustls by the same
+//!   HTTP/1.1 server, requiring a client certificate (see [`crate::tls`]). Certificates
+//!   from the mesh's in-process CA, so both TLS paths use the same key types.
+//! - `mesh-mtls`: `mesh.client()` → mutual TLS → `mesh.serve()` around the backend's
+//!   application (with `mesh.inbound()`): a ServiceEntry selecting a WorkloadEntry with a
+//!   service account, so auto mTLS applies; otherwise Istio's defaults, as
+//!   `mesh-defaults`. Its setup checks that the server saw the client's identity.
 //! - `nginx-sidecars`: a bare client through two nginx proxies (see [`crate::nginx`]).
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use clap::ValueEnum;
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use mesh_tower::identity::{CertificateAuthority, Identities, PeerIdentity, SpiffeId};
 use mesh_tower::state::EndpointState;
 use mesh_tower::transport::pool::{Outgoing, Pools, Protocol};
-use mesh_tower::{Mesh, MeshClient, ReqBody};
+use mesh_tower::{Mesh, MeshClient, MeshRuntime, ReqBody, Workload};
 use serde::Serialize;
-use tower::ServiceExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower::{Service, ServiceExt};
 
-use crate::backend::{BODY, Backend, PATH};
+use crate::backend::{self, BODY, Backend, PATH, TlsListener};
 use crate::nginx::Sidecars;
+use crate::tls::{self, Material, TlsHttpConnector};
 
 /// The name of a path under test, as given to `--paths` and printed in the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -49,17 +66,23 @@ pub(crate) enum PathName {
     MeshDefaults,
     /// `mesh.client()` with a DestinationRule and a VirtualService.
     MeshVs,
+    /// The bare client over mutual TLS (rustls) to the backend served over rustls.
+    BareTls,
+    /// `mesh.client()` → mutual TLS → `mesh.serve()` around the backend's application.
+    MeshMtls,
     /// A bare client through an nginx client sidecar and an nginx server sidecar.
     NginxSidecars,
 }
 
 impl PathName {
     /// Every path, in the order they are run and printed.
-    pub(crate) const ALL: [PathName; 5] = [
+    pub(crate) const ALL: [PathName; 7] = [
         PathName::Bare,
         PathName::MeshPool,
         PathName::MeshDefaults,
         PathName::MeshVs,
+        PathName::BareTls,
+        PathName::MeshMtls,
         PathName::NginxSidecars,
     ];
 
@@ -70,6 +93,8 @@ impl PathName {
             PathName::MeshPool => "mesh-pool",
             PathName::MeshDefaults => "mesh-defaults",
             PathName::MeshVs => "mesh-vs",
+            PathName::BareTls => "bare-tls",
+            PathName::MeshMtls => "mesh-mtls",
             PathName::NginxSidecars => "nginx-sidecars",
         }
     }
@@ -85,6 +110,25 @@ pub(crate) struct Path {
     pub(crate) sidecars: Option<Sidecars>,
     /// Keeps the workload's mesh alive as long as its client.
     _mesh: Option<Mesh>,
+    /// The path's own server, if the backend's plaintext listener is not it; stopped
+    /// when dropped.
+    _server: Option<Server>,
+}
+
+/// A server of the backend's application other than its plaintext listener.
+enum Server {
+    /// The backend's rustls listener (`bare-tls`).
+    Tls(#[allow(dead_code, reason = "held for its Drop")] TlsListener),
+    /// The task running `mesh.serve()` (`mesh-mtls`).
+    Mesh(JoinHandle<()>),
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Server::Mesh(task) = self {
+            task.abort();
+        }
+    }
 }
 
 /// Sends one GET along a path; cheap to clone, one clone per task.
@@ -92,6 +136,8 @@ pub(crate) struct Path {
 pub(crate) struct Sender(Inner);
 
 type BareClient = Client<HttpConnector, Empty<Bytes>>;
+
+type TlsClient = Client<TlsHttpConnector, Empty<Bytes>>;
 
 #[derive(Clone)]
 #[allow(
@@ -101,6 +147,10 @@ type BareClient = Client<HttpConnector, Empty<Bytes>>;
 enum Inner {
     Bare {
         client: BareClient,
+        uri: Uri,
+    },
+    BareTls {
+        client: TlsClient,
         uri: Uri,
     },
     Mesh {
@@ -119,6 +169,11 @@ impl Sender {
     pub(crate) async fn send(&self) -> Result<()> {
         match &self.0 {
             Inner::Bare { client, uri } => {
+                let req = Request::get(uri.clone()).body(Empty::new())?;
+                let resp = client.request(req).await?;
+                check(resp).await
+            }
+            Inner::BareTls { client, uri } => {
                 let req = Request::get(uri.clone()).body(Empty::new())?;
                 let resp = client.request(req).await?;
                 check(resp).await
@@ -184,6 +239,7 @@ pub(crate) fn bare(backend: &Backend) -> Result<Path> {
         }),
         sidecars: None,
         _mesh: None,
+        _server: None,
     })
 }
 
@@ -198,6 +254,7 @@ pub(crate) fn pool(backend: &Backend) -> Result<Path> {
         }),
         sidecars: None,
         _mesh: None,
+        _server: None,
     })
 }
 
@@ -212,6 +269,7 @@ pub(crate) fn nginx(sidecars: Sidecars) -> Result<Path> {
         }),
         sidecars: Some(sidecars),
         _mesh: None,
+        _server: None,
     })
 }
 
@@ -239,7 +297,224 @@ pub(crate) fn mesh(name: PathName, backend: &Backend) -> Result<Path> {
         }),
         sidecars: None,
         _mesh: Some(mesh),
+        _server: None,
     })
+}
+
+/// Sets up the in-process path `name` (every path but `nginx-sidecars`) to `backend`.
+pub(crate) async fn start(name: PathName, backend: &Backend) -> Result<Path> {
+    match name {
+        PathName::Bare => bare(backend),
+        PathName::MeshPool => pool(backend),
+        PathName::MeshDefaults | PathName::MeshVs => mesh(name, backend),
+        PathName::BareTls => bare_tls(backend).await,
+        PathName::MeshMtls => mesh_mtls(backend).await,
+        PathName::NginxSidecars => bail!("nginx-sidecars is not an in-process path"),
+    }
+}
+
+/// The trust domain of both TLS paths.
+const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The service account of the server of both TLS paths.
+const SERVER_SA: &str = "bookinfo-reviews";
+
+/// The service account of the client of both TLS paths (`mesh_tests::mesh`'s workload).
+const CLIENT_SA: &str = "bookinfo-productpage";
+
+/// The bare client over mutual TLS to the backend's application served over rustls, with
+/// certificates for the two service accounts from the mesh's in-process CA.
+pub(crate) async fn bare_tls(backend: &Backend) -> Result<Path> {
+    let ca = CertificateAuthority::new(TRUST_DOMAIN)?;
+    let material = |sa: &str| -> Result<Material> {
+        let now = SystemTime::now();
+        let id = SpiffeId::new(TRUST_DOMAIN, "default", sa)?;
+        let (chain, key) = ca.issue_der(
+            &id,
+            now - Duration::from_secs(3600),
+            now + Duration::from_secs(24 * 3600),
+        )?;
+        Ok(Material {
+            chain,
+            key,
+            root: ca.root().clone(),
+        })
+    };
+    let listener = backend
+        .serve_tls(tls::server_config(&material(SERVER_SA)?)?)
+        .await?;
+    let connector = TlsHttpConnector::new(tls::client_config(&material(CLIENT_SA)?)?);
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    Ok(Path {
+        name: PathName::BareTls,
+        sender: Sender(Inner::BareTls {
+            client,
+            uri: uri(&format!("https://127.0.0.1:{}{PATH}", listener.port))?,
+        }),
+        sidecars: None,
+        _mesh: None,
+        _server: Some(Server::Tls(listener)),
+    })
+}
+
+/// The path the `mesh-mtls` server answers with the principal of the caller, as the
+/// mesh's `PeerIdentity` says (`none` without one).
+const PEER_PATH: &str = "/peer";
+
+/// `mesh-mtls`: a runtime with identities from an in-process CA; the workload
+/// `reviews-v1` (service account `bookinfo-reviews`) serving the backend's application
+/// with `mesh.serve()` behind `mesh.inbound()`, reached through the WorkloadEntry of the
+/// ServiceEntry `reviews` (auto mTLS: the endpoint is a workload of the mesh); and the
+/// client workload `productpage-v1`, whose `mesh.client()` sends. Before it is measured,
+/// the server must have seen the client's identity over mutual TLS, and the client must
+/// have sent several requests over one pooled connection.
+pub(crate) async fn mesh_mtls(backend: &Backend) -> Result<Path> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the mesh-mtls server on 127.0.0.1")?;
+    let port = listener.local_addr()?.port();
+    let runtime = MeshRuntime::from_snapshot(&mesh_tests::snapshot(&workload_entry(port)));
+    // Before the workloads are registered: they get their identities when registered.
+    runtime.set_identities(Identities::Ca(Arc::new(CertificateAuthority::new(
+        TRUST_DOMAIN,
+    )?)));
+    let server = runtime.workload(
+        Workload::new("reviews-v1", "default")
+            .labels([("app", "reviews"), ("version", "v1")])
+            .service_account(SERVER_SA),
+    );
+    let client = runtime.workload(
+        Workload::new("productpage-v1", "default")
+            .labels([("app", "productpage"), ("version", "v1")])
+            .service_account(CLIENT_SA),
+    );
+    if server.identity().is_none() || client.identity().is_none() {
+        bail!("mesh-mtls: a workload has no identity from the in-process CA");
+    }
+    let app = tower::ServiceBuilder::new()
+        .layer(server.inbound())
+        .service(tower::service_fn(mtls_app));
+    let app = Counted {
+        inner: app,
+        accepted: Some(backend.connection_counter()),
+    };
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.serve(listener, app).await {
+            eprintln!("mesh-bench: the mesh-mtls server stopped: {e}");
+        }
+    });
+    let path = Path {
+        name: PathName::MeshMtls,
+        sender: Sender(Inner::Mesh {
+            client: client.client(),
+            uri: uri(&format!("http://reviews:9080{PATH}"))?,
+        }),
+        sidecars: None,
+        _mesh: Some(client.clone()),
+        _server: Some(Server::Mesh(task)),
+    };
+
+    // The request went over mutual TLS: the server saw the client's SPIFFE ID.
+    let connections = backend.connections();
+    let req = Request::get(format!("http://reviews:9080{PEER_PATH}")).body(Empty::<Bytes>::new())?;
+    let resp = client
+        .client()
+        .oneshot(req)
+        .await
+        .map_err(|e| anyhow!(e))
+        .context("mesh-mtls: the identity check request failed")?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow!(e))?
+        .to_bytes();
+    let expected = SpiffeId::new(TRUST_DOMAIN, "default", CLIENT_SA)?;
+    if status != StatusCode::OK || body.as_ref() != expected.principal().as_bytes() {
+        bail!(
+            "mesh-mtls: the server did not see the client's identity over mutual TLS (status {status}, peer principal {:?}, expected {})",
+            String::from_utf8_lossy(&body),
+            expected.principal()
+        );
+    }
+    // The client reuses its connections, and the server's connections are counted: one,
+    // or two when a request was sent before the pool had its first connection back (it
+    // takes a connection back once a task of its own sees the response end; hyper-util's
+    // legacy client, the `bare` path's, does the same).
+    for _ in 0..10 {
+        path.sender
+            .send()
+            .await
+            .context("mesh-mtls: setup request")?;
+    }
+    let made = backend.connections() - connections;
+    if !(1..=2).contains(&made) {
+        bail!(
+            "mesh-mtls: the server counted {made} connections for 11 requests sent one after the other, expected 1 or 2 (a pool not reused, or `mesh.serve()` no longer clones its application once per connection: see `Counted`)"
+        );
+    }
+    Ok(path)
+}
+
+/// The `mesh-mtls` server's application: the backend's, and the caller's principal at
+/// [`PEER_PATH`] (one comparison more per request than the backend's own).
+async fn mtls_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() != PEER_PATH {
+        return backend::answer(req).await;
+    }
+    let principal = req
+        .extensions()
+        .get::<PeerIdentity>()
+        .map_or("none", |id| id.principal())
+        .to_string();
+    Ok(Response::new(Full::new(Bytes::from(principal))))
+}
+
+/// The application given to `mesh.serve()`, counting the connections the server
+/// accepts in the backend's counter (so `new conns` means the same on every path):
+/// `mesh.serve()` clones the service it was given once per accepted connection, and
+/// hyper clones that copy once per request. Only clones of the original count; the
+/// copies carry no counter, so a request costs nothing more. `mesh_mtls` checks the
+/// count in its setup.
+struct Counted<S> {
+    inner: S,
+    /// The backend's counter in the original; `None` in its copies.
+    accepted: Option<Arc<AtomicU64>>,
+}
+
+impl<S: Clone> Clone for Counted<S> {
+    fn clone(&self) -> Self {
+        if let Some(accepted) = &self.accepted {
+            accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Counted {
+            inner: self.inner.clone(),
+            accepted: None,
+        }
+    }
+}
+
+impl<S: Service<R>, R> Service<R> for Counted<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+/// The ServiceEntry `reviews` (port 9080, HTTP) selecting workloads `app: reviews`, and
+/// the WorkloadEntry of the one on 127.0.0.1:`port`, service account `bookinfo-reviews`.
+fn workload_entry(port: u16) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  workloadSelector: {{labels: {{app: reviews}}}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v1, namespace: default}}\nspec:\n  address: 127.0.0.1\n  ports: {{http: {port}}}\n  labels: {{app: reviews, version: v1}}\n  serviceAccount: {SERVER_SA}\n"
+    )
 }
 
 /// A ServiceEntry for `reviews` (port 9080, HTTP) with one endpoint per address, all on

@@ -1,8 +1,9 @@
 //! Turning samples into the report: each metric is the median over rounds (paths run
 //! interleaved, so a noisy moment on the machine hits one round of every path rather
 //! than every round of one), errors are summed, and each phase gets a Markdown table
-//! with one row per path and its difference to `bare`. The same numbers, with every
-//! round's, go to JSON for later tooling.
+//! with one row per path and its difference to `bare`; then `mesh-mtls` against
+//! `bare-tls`, phase by phase, when both ran. The same numbers, with every round's, go
+//! to JSON for later tooling.
 
 use std::fmt::Write as _;
 
@@ -234,7 +235,60 @@ impl Results {
                 );
             }
         }
+        self.tls_table(phases, &mut out);
         out
+    }
+
+    /// `mesh-mtls` against `bare-tls` in each phase, when both ran: what the mesh costs
+    /// over mutual TLS against bare rustls (the aim: at least 0.85 of its throughput).
+    fn tls_table(&self, phases: &[Phase], out: &mut String) {
+        let median = |path: PathName, phase: Phase| {
+            self.rows
+                .iter()
+                .find(|r| r.path == path && r.phase == phase)
+                .map(|r| &r.median)
+        };
+        let pairs: Vec<(Phase, &Metrics, &Metrics)> = phases
+            .iter()
+            .filter_map(|&phase| {
+                Some((
+                    phase,
+                    median(PathName::BareTls, phase)?,
+                    median(PathName::MeshMtls, phase)?,
+                ))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "\n### mutual TLS: mesh-mtls against bare-tls\n");
+        let _ = writeln!(
+            out,
+            "| phase | bare-tls rps | mesh-mtls rps | rps ÷ bare-tls | bare-tls p50 µs | mesh-mtls p50 µs | +p50 µs | bare-tls p99 µs | mesh-mtls p99 µs | +p99 µs | +CPU µs/req | +allocs/req |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for (phase, b, m) in pairs {
+            // An open loop's throughput is its rate, whatever the path.
+            let ratio = match phase {
+                Phase::Closed { .. } if b.rps > 0.0 => format!("{:.2}", m.rps / b.rps),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {ratio} | {:.1} | {:.1} | {:+.1} | {:.1} | {:.1} | {:+.1} | {:+.1} | {:+.1} |",
+                phase.short(),
+                b.rps,
+                m.rps,
+                b.p50_us,
+                m.p50_us,
+                m.p50_us - b.p50_us,
+                b.p99_us,
+                m.p99_us,
+                m.p99_us - b.p99_us,
+                m.cpu_us_per_req - b.cpu_us_per_req,
+                m.allocs_per_req - b.allocs_per_req,
+            );
+        }
     }
 
     /// The median and the highest share of the machine's CPU that other processes
