@@ -438,20 +438,24 @@ pub(crate) async fn mesh_mtls(backend: &Backend) -> Result<Path> {
             expected.principal()
         );
     }
-    // The client reuses its connections, and the server's connections are counted: one,
-    // or two when a request was sent before the pool had its first connection back (it
-    // takes a connection back once a task of its own sees the response end; hyper-util's
-    // legacy client, the `bare` path's, does the same).
-    for _ in 0..10 {
+    // The client reuses its connections, and the server's connections are counted: a
+    // few, not one per request. Sequential requests may take more than one: the pool
+    // takes a connection back once a task of its own sees the response end, and a
+    // request sent before that dials another (hyper-util's legacy client, the `bare`
+    // path's, does the same; under valgrind, 3 for 11 requests).
+    const CHECKS: u64 = 40;
+    for _ in 0..CHECKS {
         path.sender
             .send()
             .await
             .context("mesh-mtls: setup request")?;
     }
     let made = backend.connections() - connections;
-    if !(1..=2).contains(&made) {
+    if !(1..=CHECKS / 5).contains(&made) {
         bail!(
-            "mesh-mtls: the server counted {made} connections for 11 requests sent one after the other, expected 1 or 2 (a pool not reused, or `mesh.serve()` no longer clones its application once per connection: see `Counted`)"
+            "mesh-mtls: the server counted {made} connections for {} requests sent one after the other, expected 1 to {} (a pool not reused, or `mesh.serve()` no longer clones its application once per connection: see `Counted`)",
+            CHECKS + 1,
+            CHECKS / 5
         );
     }
     Ok(path)
