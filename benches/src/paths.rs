@@ -190,6 +190,7 @@ impl Sender {
                     endpoint: endpoint.clone(),
                     protocol: Protocol::Http1,
                     tls: None,
+                    limits: None,
                 };
                 let resp = Pools.oneshot(out).await.map_err(|e| anyhow!(e))?;
                 check(resp).await

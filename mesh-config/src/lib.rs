@@ -48,6 +48,7 @@ pub mod model;
 pub mod path;
 pub mod re2;
 pub mod registry;
+pub mod rls;
 pub mod snapshot;
 pub mod source;
 pub mod store;

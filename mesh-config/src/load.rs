@@ -97,31 +97,7 @@ impl ConfigSet {
     pub fn add_source(&mut self, source: Arc<SourceFile>) {
         let stream = parse_stream(&source);
         for e in &stream.errors {
-            let code = match e.kind {
-                YamlErrorKind::Syntax => Code::YamlSyntax,
-                YamlErrorKind::DuplicateKey => Code::DuplicateKey,
-                YamlErrorKind::ComplexKey | YamlErrorKind::Tag | YamlErrorKind::Limit => {
-                    Code::YamlUnsupported
-                }
-            };
-            let mut d = Diagnostic::new(code, e.message.clone()).at(Location {
-                source: source.clone(),
-                span: e.span,
-            });
-            if let Some(rel) = e.related {
-                let what = match e.kind {
-                    YamlErrorKind::DuplicateKey => "first defined here",
-                    _ => "the parser stopped here",
-                };
-                d = d.related(
-                    Location {
-                        source: source.clone(),
-                        span: rel,
-                    },
-                    what,
-                );
-            }
-            self.diagnostics.push(d);
+            self.diagnostics.push(yaml_error(&source, e));
         }
         let broken: std::collections::HashSet<usize> = stream
             .errors
@@ -253,11 +229,39 @@ pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(files)
 }
 
+/// The diagnostic of a YAML error in `source`.
+pub(crate) fn yaml_error(source: &Arc<SourceFile>, e: &crate::yaml::YamlError) -> Diagnostic {
+    let code = match e.kind {
+        YamlErrorKind::Syntax => Code::YamlSyntax,
+        YamlErrorKind::DuplicateKey => Code::DuplicateKey,
+        YamlErrorKind::ComplexKey | YamlErrorKind::Tag | YamlErrorKind::Limit => {
+            Code::YamlUnsupported
+        }
+    };
+    let mut d = Diagnostic::new(code, e.message.clone()).at(Location {
+        source: source.clone(),
+        span: e.span,
+    });
+    if let Some(rel) = e.related {
+        let what = match e.kind {
+            YamlErrorKind::DuplicateKey => "first defined here",
+            _ => "the parser stopped here",
+        };
+        d = d.related(
+            Location {
+                source: source.clone(),
+                span: rel,
+            },
+            what,
+        );
+    }
+    d
+}
+
 /// Istio kinds the mesh does not read: documents of these kinds are ignored with a
 /// warning, while an unknown kind in an Istio group is an error (most likely a typo).
 const OTHER_ISTIO_KINDS: &[&str] = &[
     "Sidecar",
-    "EnvoyFilter",
     "WorkloadGroup",
     "ProxyConfig",
     "Telemetry",
@@ -529,6 +533,8 @@ fn decode_resource(origin: &Origin, node: &Node, out: &mut Decoded) {
         Kind::AuthorizationPolicy => typed!(AuthorizationPolicy),
         Kind::RequestAuthentication => typed!(RequestAuthentication),
         Kind::MeshConfig => typed!(MeshConfig),
+        Kind::EnvoyFilter => typed!(EnvoyFilter),
+        Kind::LocalRateLimitPolicy => typed!(LocalRateLimitPolicy),
     };
     if ok {
         out.resources.push(resource);

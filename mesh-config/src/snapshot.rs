@@ -30,6 +30,8 @@ struct Inner {
     peer_authentications: Vec<Arc<Resource<PeerAuthentication>>>,
     authorization_policies: Vec<Arc<Resource<AuthorizationPolicy>>>,
     request_authentications: Vec<Arc<Resource<RequestAuthentication>>>,
+    envoy_filters: Vec<Arc<Resource<EnvoyFilter>>>,
+    local_rate_limit_policies: Vec<Arc<Resource<LocalRateLimitPolicy>>>,
     mesh: MeshSettings,
     registry: Registry,
     diagnostics: Vec<Diagnostic>,
@@ -101,6 +103,10 @@ impl Snapshot {
         authorization_policies: AuthorizationPolicy;
         /// RequestAuthentications.
         request_authentications: RequestAuthentication;
+        /// EnvoyFilters.
+        envoy_filters: EnvoyFilter;
+        /// LocalRateLimitPolicies.
+        local_rate_limit_policies: LocalRateLimitPolicy;
     }
 
     /// Mesh-wide settings (Istio's defaults unless a MeshConfig sets them).
@@ -169,6 +175,10 @@ impl ConfigSet {
                     inner.request_authentications.push(x.clone())
                 }
                 AnyResource::MeshConfig(x) => mesh_configs.push(x.clone()),
+                AnyResource::EnvoyFilter(x) => inner.envoy_filters.push(x.clone()),
+                AnyResource::LocalRateLimitPolicy(x) => {
+                    inner.local_rate_limit_policies.push(x.clone())
+                }
             }
         }
         if let Some(first) = mesh_configs.first() {

@@ -86,6 +86,16 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     ),
     (
         Kind::DestinationRule,
+        "*.retryBudget.budgetInterval",
+        "the retry budget counts requests in flight; a budget interval is not implemented",
+    ),
+    (
+        Kind::DestinationRule,
+        "*.outlierDetection.failurePercentageThreshold",
+        "failure-percentage outlier detection is not implemented (Istio does not translate it either)",
+    ),
+    (
+        Kind::DestinationRule,
         "*.tunnel",
         "tunnelling is not implemented",
     ),

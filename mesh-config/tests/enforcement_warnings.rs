@@ -451,3 +451,80 @@ fn peer_authentication_rules_follow_istio() {
         d.message
     );
 }
+
+/// A DestinationRule for `reviews` with `policy` (a flow mapping) as its traffic policy
+/// and `annotations` (a flow mapping) as its annotations.
+fn dr_policy(policy: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, annotations: {annotations}}}\nspec:\n  host: reviews\n  trafficPolicy: {policy}\n"
+    )
+}
+
+#[test]
+fn connection_pool_limits_and_retry_budgets_are_enforced() {
+    // Enforced: no warning.
+    let c = check(&dr_policy(
+        "{connectionPool: {tcp: {maxConnections: 1, connectTimeout: 1s, idleTimeout: 5s, maxConnectionDuration: 1h}, http: {http1MaxPendingRequests: 1, http2MaxRequests: 10, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 1s, maxConcurrentStreams: 10}}, retryBudget: {percent: 25, minRetryConcurrency: 2}}",
+        "{mesh.rs/retry-budget: 'retryRatio=0.2,minRetriesPerSecond=10,ttl=10s'}",
+    ));
+    assert!(c.snapshot.is_some(), "{}", show(&c));
+    assert_eq!(not_enforced(&c), Vec::<String>::new(), "{}", show(&c));
+    // Still not enforced: keepalives and the budget's interval.
+    let c = check(&dr_policy(
+        "{connectionPool: {tcp: {tcpKeepalive: {time: 10s}}, http: {http2KeepAlive: {interval: 10s}}}, retryBudget: {budgetInterval: 10s}}",
+        "{}",
+    ));
+    assert_eq!(
+        not_enforced(&c),
+        vec![
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+            "spec.trafficPolicy.connectionPool.http.http2KeepAlive",
+            "spec.trafficPolicy.retryBudget.budgetInterval",
+        ],
+        "{}",
+        show(&c)
+    );
+    // A retry budget annotation that does not read is an error at its place.
+    let c = check(&dr_policy(
+        "{}",
+        "{mesh.rs/retry-budget: 'retryRatio=2000'}",
+    ));
+    assert!(c.snapshot.is_none());
+    let d = find(
+        &c,
+        Code::InvalidValue,
+        "metadata.annotations[\"mesh.rs/retry-budget\"]",
+    )
+    .unwrap_or_else(|| panic!("{}", show(&c)));
+    assert_eq!(d.severity, Severity::Error);
+    assert!(d.message.contains("retryRatio `2000`"), "{}", d.message);
+    let at = d.location.as_ref().map(|l| l.display()).unwrap_or_default();
+    assert!(at.starts_with("case.yaml:3:"), "{at}");
+}
+
+#[test]
+fn local_origin_failures_need_split_errors_as_istio_requires() {
+    for (od, error) in [
+        ("{consecutiveLocalOriginFailures: 3}", true),
+        (
+            "{consecutiveLocalOriginFailures: 3, splitExternalLocalOriginErrors: false}",
+            true,
+        ),
+        (
+            "{consecutiveLocalOriginFailures: 3, splitExternalLocalOriginErrors: true}",
+            false,
+        ),
+        ("{consecutiveLocalOriginFailures: 0}", false),
+    ] {
+        let c = check(&dr_policy(&format!("{{outlierDetection: {od}}}"), "{}"));
+        let d = find(
+            &c,
+            Code::InvalidValue,
+            "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
+        );
+        assert_eq!(d.is_some(), error, "{od}: {}", show(&c));
+        if let Some(d) = d {
+            assert!(d.message.contains("split external local origin errors"));
+        }
+    }
+}

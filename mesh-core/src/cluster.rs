@@ -15,7 +15,8 @@ use std::time::Duration;
 use http::HeaderName;
 use mesh_config::model::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRule, H2UpgradePolicy,
-    LoadBalancerSettings, OutlierDetection, SimpleLb, Subset, TrafficPolicy,
+    LoadBalancerSettings, OutlierDetection, RETRY_BUDGET_ANNOTATION, RequestRetryBudget,
+    RetryBudget, SimpleLb, Subset, TrafficPolicy,
 };
 use mesh_config::registry::{Service, ServicePort};
 
@@ -232,6 +233,8 @@ pub struct TrafficSettings {
     pub outlier_detection: Option<OutlierDetection>,
     /// TLS.
     pub tls: Option<ClientTlsSettings>,
+    /// Istio's retry budget (Envoy's: a share of the active requests).
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl TrafficSettings {
@@ -259,6 +262,9 @@ impl TrafficSettings {
         }
         if tp.tls.is_some() {
             self.tls.clone_from(&tp.tls);
+        }
+        if tp.retry_budget.is_some() {
+            self.retry_budget.clone_from(&tp.retry_budget);
         }
         if let Some(pl) = tp
             .port_level_settings
@@ -327,6 +333,40 @@ impl TrafficSettings {
         (algorithm, None)
     }
 
+    /// The circuit breakers and connection settings of the cluster, as Istio's
+    /// `applyConnectionPool` configures Envoy's.
+    pub fn limits(&self) -> ConnectionLimits {
+        let pool = self.connection_pool.as_ref();
+        let tcp = pool.and_then(|p| p.tcp.as_ref());
+        let http = pool.and_then(|p| p.http.as_ref());
+        // Istio sets a threshold only for a positive value: 0 (or unset) keeps Envoy's
+        // default, which Istio raises to "no limit".
+        let positive = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0);
+        let idle_timeout = http
+            .and_then(|h| h.idle_timeout)
+            .or_else(|| tcp.and_then(|t| t.idle_timeout))
+            .map(|d| d.get());
+        ConnectionLimits {
+            max_connections: positive(tcp.and_then(|t| t.max_connections)),
+            max_pending_requests: positive(http.and_then(|h| h.http1_max_pending_requests)),
+            max_requests: positive(http.and_then(|h| h.http2_max_requests)),
+            max_retries: positive(http.and_then(|h| h.max_retries)),
+            max_requests_per_connection: positive(http.and_then(|h| h.max_requests_per_connection)),
+            max_concurrent_streams: positive(http.and_then(|h| h.max_concurrent_streams)),
+            connect_timeout: self.connect_timeout(),
+            idle_timeout,
+            max_connection_duration: tcp
+                .and_then(|t| t.max_connection_duration)
+                .map(|d| d.get())
+                .filter(|d| !d.is_zero()),
+            retry_budget: self.retry_budget.as_ref().map(|b| RetryBudgetLimit {
+                percent: b.percent.unwrap_or(20.0).clamp(0.0, 100.0),
+                min_retry_concurrency: b.min_retry_concurrency.filter(|c| *c > 0).unwrap_or(3),
+            }),
+            request_budget: None,
+        }
+    }
+
     /// The connect timeout (Istio's default: 10 s).
     pub fn connect_timeout(&self) -> Duration {
         self.connection_pool
@@ -335,6 +375,74 @@ impl TrafficSettings {
             .and_then(|t| t.connect_timeout)
             .map(|d| d.get())
             .unwrap_or(Duration::from_secs(10))
+    }
+}
+
+/// A cluster's circuit breakers and connection settings (see
+/// [`TrafficSettings::limits`]): `None` is no limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionLimits {
+    /// `tcp.maxConnections`: connections to all the cluster's endpoints.
+    pub max_connections: Option<u32>,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    pub max_pending_requests: Option<u32>,
+    /// `http.http2MaxRequests`: requests in flight to the cluster.
+    pub max_requests: Option<u32>,
+    /// `http.maxRetries`: retries in flight to the cluster.
+    pub max_retries: Option<u32>,
+    /// `http.maxRequestsPerConnection`: requests a connection carries before it closes.
+    pub max_requests_per_connection: Option<u32>,
+    /// `http.maxConcurrentStreams`: streams one HTTP/2 connection carries at once.
+    pub max_concurrent_streams: Option<u32>,
+    /// `tcp.connectTimeout` (10 s by default).
+    pub connect_timeout: Duration,
+    /// `http.idleTimeout`, else `tcp.idleTimeout`: how long a connection stays idle.
+    pub idle_timeout: Option<Duration>,
+    /// `tcp.maxConnectionDuration`: how long a connection lives.
+    pub max_connection_duration: Option<Duration>,
+    /// `retryBudget`: Envoy's retry budget, replacing `maxRetries`.
+    pub retry_budget: Option<RetryBudgetLimit>,
+    /// The `mesh.rs/retry-budget` annotation: Linkerd's budget of retries per request.
+    pub request_budget: Option<RequestRetryBudget>,
+}
+
+impl ConnectionLimits {
+    /// True when anything differs from Istio's defaults (no limit, a 10 s connect
+    /// timeout): the transport then reads the settings.
+    pub fn configured(&self) -> bool {
+        self.has_breakers()
+            || self.retry_budget.is_some()
+            || self.max_requests_per_connection.is_some()
+            || self.max_concurrent_streams.is_some()
+            || self.idle_timeout.is_some()
+            || self.max_connection_duration.is_some()
+            || self.connect_timeout != Duration::from_secs(10)
+    }
+
+    /// True when a circuit breaker counts requests, connections or retries.
+    pub fn has_breakers(&self) -> bool {
+        self.max_connections.is_some()
+            || self.max_pending_requests.is_some()
+            || self.max_requests.is_some()
+    }
+}
+
+/// Envoy's retry budget (Istio's `trafficPolicy.retryBudget`): retries in flight may be
+/// `percent` of the requests in flight (active and pending), and at least
+/// `min_retry_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetLimit {
+    /// Share of the requests in flight, 0–100 (Istio's default 20).
+    pub percent: f64,
+    /// Retries always allowed (Istio's default 3).
+    pub min_retry_concurrency: u32,
+}
+
+impl RetryBudgetLimit {
+    /// How many retries may be in flight with `requests` requests in flight.
+    pub fn allowed(&self, requests: u32) -> u32 {
+        let share = (f64::from(requests) * self.percent / 100.0) as u32;
+        share.max(self.min_retry_concurrency)
     }
 }
 
@@ -414,6 +522,10 @@ pub struct Cluster {
     pub codec: Codec,
     /// How its connections are secured.
     pub tls: UpstreamTls,
+    /// Its circuit breakers and connection settings.
+    pub limits: ConnectionLimits,
+    /// Its outlier detection, when its traffic settings have an `outlierDetection`.
+    pub outlier: Option<crate::outlier::OutlierSettings>,
 }
 
 /// The security of a cluster's connections from its merged `tls` settings, written in a
@@ -517,9 +629,19 @@ impl Cluster {
             dr.as_ref()
                 .and_then(|(d, _, _)| Path::new(d.origin.source.name()).parent()),
         );
+        let mut limits = traffic.limits();
+        limits.request_budget = dr
+            .as_ref()
+            .and_then(|(d, _, _)| d.meta.annotations.get(RETRY_BUDGET_ANNOTATION))
+            .and_then(|v| RequestRetryBudget::parse(v).ok());
         Cluster {
             id,
             tls,
+            limits,
+            outlier: traffic
+                .outlier_detection
+                .as_ref()
+                .map(crate::outlier::OutlierSettings::of),
             codec: Codec::of(&port.protocol, &traffic),
             key: ClusterKey {
                 host: service.host.as_str().into(),
@@ -722,6 +844,103 @@ mod tests {
             }
             .auto_san_validation()
         );
+    }
+
+    #[test]
+    fn connection_pool_limits_as_istio_sets_them() {
+        use mesh_config::duration::parse_duration as d;
+        use mesh_config::model::{HttpSettings, TcpSettings};
+        let pool = |tcp: TcpSettings, http: HttpSettings| TrafficSettings {
+            connection_pool: Some(ConnectionPoolSettings {
+                tcp: Some(tcp),
+                http: Some(http),
+            }),
+            ..TrafficSettings::default()
+        };
+        // Unset: no limit, Envoy's 10 s connect timeout, nothing for the transport.
+        let none = TrafficSettings::default().limits();
+        assert!(!none.configured() && !none.has_breakers());
+        assert_eq!(none.connect_timeout, Duration::from_secs(10));
+        // Istio's task.
+        let task = pool(
+            TcpSettings {
+                max_connections: Some(1),
+                ..TcpSettings::default()
+            },
+            HttpSettings {
+                http1_max_pending_requests: Some(1),
+                max_requests_per_connection: Some(1),
+                ..HttpSettings::default()
+            },
+        )
+        .limits();
+        assert_eq!(task.max_connections, Some(1));
+        assert_eq!(task.max_pending_requests, Some(1));
+        assert_eq!(task.max_requests_per_connection, Some(1));
+        assert_eq!(task.max_requests, None);
+        assert!(task.has_breakers());
+        // Zero (and negative) values leave Envoy's default: no limit; tcp.idleTimeout
+        // stands in for http.idleTimeout; the connect timeout is taken.
+        let zero = pool(
+            TcpSettings {
+                max_connections: Some(0),
+                connect_timeout: Some(d("250ms").unwrap()),
+                idle_timeout: Some(d("5s").unwrap()),
+                ..TcpSettings::default()
+            },
+            HttpSettings {
+                http2_max_requests: Some(0),
+                max_retries: Some(-1),
+                max_concurrent_streams: Some(0),
+                ..HttpSettings::default()
+            },
+        )
+        .limits();
+        assert_eq!(zero.max_connections, None);
+        assert_eq!(zero.max_requests, None);
+        assert_eq!(zero.max_retries, None);
+        assert_eq!(zero.max_concurrent_streams, None);
+        assert_eq!(zero.connect_timeout, Duration::from_millis(250));
+        assert_eq!(zero.idle_timeout, Some(Duration::from_secs(5)));
+        assert!(zero.configured() && !zero.has_breakers());
+        let both = pool(
+            TcpSettings {
+                idle_timeout: Some(d("5s").unwrap()),
+                ..TcpSettings::default()
+            },
+            HttpSettings {
+                idle_timeout: Some(d("1s").unwrap()),
+                ..HttpSettings::default()
+            },
+        )
+        .limits();
+        assert_eq!(
+            both.idle_timeout,
+            Some(Duration::from_secs(1)),
+            "http's first"
+        );
+    }
+
+    #[test]
+    fn envoy_retry_budget() {
+        let with = |percent, min| TrafficSettings {
+            retry_budget: Some(RetryBudget {
+                percent,
+                min_retry_concurrency: min,
+                budget_interval: None,
+            }),
+            ..TrafficSettings::default()
+        };
+        // Istio's defaults: 20 %, at least 3.
+        let b = with(None, None).limits().retry_budget.unwrap();
+        assert_eq!((b.percent, b.min_retry_concurrency), (20.0, 3));
+        for (requests, allowed) in [(0, 3), (10, 3), (15, 3), (20, 4), (100, 20)] {
+            assert_eq!(b.allowed(requests), allowed, "{requests} requests");
+        }
+        let b = with(Some(50.0), Some(1)).limits().retry_budget.unwrap();
+        for (requests, allowed) in [(0, 1), (1, 1), (4, 2), (9, 4)] {
+            assert_eq!(b.allowed(requests), allowed, "{requests} requests");
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! A process hosts one or more workloads (Bookinfo runs six): each is an instance of a
 //! service with the identity and labels Istio gives a pod. What applies to one workload
 //! — the VirtualServices its namespace sees, the Gateways that select it, the mutual TLS
-//! modes its PeerAuthentications set, the AuthorizationPolicies that apply to it, and
-//! (next) rate limits and telemetry settings — is picked once per configuration into a
+//! modes its PeerAuthentications set, the AuthorizationPolicies that apply to it, its
+//! rate limits, and (next) telemetry settings — is picked once per configuration into a
 //! [`WorkloadView`], so that a request only looks its own host up.
 
 use std::sync::Arc;
@@ -93,6 +93,7 @@ pub struct WorkloadView {
     authz: Authorizer,
     peer_authn: PeerAuthn,
     request_authn: crate::authn::RequestAuthn,
+    rate_limits: crate::ratelimit::RateLimits,
 }
 
 impl WorkloadView {
@@ -121,7 +122,14 @@ impl WorkloadView {
             &workload.namespace,
             &workload.labels,
         );
+        let rate_limits = crate::ratelimit::RateLimits::for_workload(
+            mesh.rate_limit_sources(),
+            mesh.registry(),
+            &workload,
+            role,
+        );
         WorkloadView {
+            rate_limits,
             authz,
             peer_authn,
             request_authn,
@@ -179,6 +187,12 @@ impl WorkloadView {
     /// composed as Istio composes them).
     pub fn peer_authn(&self) -> &PeerAuthn {
         &self.peer_authn
+    }
+
+    /// The rate limits of requests arriving at it (its EnvoyFilters' rate limit filters
+    /// and its LocalRateLimitPolicies).
+    pub fn rate_limits(&self) -> &crate::ratelimit::RateLimits {
+        &self.rate_limits
     }
 
     /// Its routes as a gateway workload, when it is one and Gateways select it.

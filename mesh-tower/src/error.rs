@@ -12,6 +12,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{ResBody, full};
+use crate::flags::ResponseFlags;
 
 /// Why the connection to an upstream failed, in Envoy's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub enum ResetReason {
     ConnectionTermination,
     /// The upstream refused the HTTP/2 stream.
     RefusedStream,
+    /// A circuit breaker of the cluster was open (response flag `UO`).
+    Overflow,
 }
 
 impl ResetReason {
@@ -31,6 +34,7 @@ impl ResetReason {
             ResetReason::ConnectionFailure => "connection failure",
             ResetReason::ConnectionTermination => "connection termination",
             ResetReason::RefusedStream => "remote refused stream reset",
+            ResetReason::Overflow => "overflow",
         }
     }
 }
@@ -128,6 +132,8 @@ impl MeshFailure {
         if let Ok(v) = HeaderValue::from_str(&message) {
             h.insert("grpc-message", v);
         }
+        resp.extensions_mut()
+            .insert(ResponseFlags::of_failure(&self));
         resp.extensions_mut().insert(self);
         resp
     }
@@ -141,6 +147,8 @@ impl MeshFailure {
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
+        resp.extensions_mut()
+            .insert(ResponseFlags::of_failure(&self));
         resp.extensions_mut().insert(self);
         resp
     }

@@ -10,6 +10,7 @@
 //! - [`gateway`]: listeners for Istio Gateways, routing with mesh-core's engine.
 //! - [`transport`]: TLS material, the accept loop, the connection pools.
 //! - [`state`]: what outlives a configuration (endpoint load, connections).
+//! - [`admin`]: the clusters as Envoy's admin `/clusters` shows them.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -30,12 +31,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod body;
 pub mod error;
+pub mod flags;
 pub mod gateway;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
+pub mod ratelimit;
 mod runtime;
 pub mod state;
 pub mod transport;
@@ -45,6 +49,7 @@ use std::pin::Pin;
 
 pub use body::{ReqBody, ResBody};
 pub use error::{MeshFailure, ResetReason, UnsupportedScheme};
+pub use flags::ResponseFlags;
 pub use gateway::{GatewayError, IngressGateway};
 pub use mesh_core::Workload;
 pub use outbound::MeshClient;

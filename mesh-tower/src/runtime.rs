@@ -28,7 +28,7 @@ use crate::inbound::InboundLayer;
 use crate::inbound::ext_authz::{AuthzProvider, CheckRequest, CheckResponse};
 use crate::outbound::mirror::DEFAULT_MAX_MIRRORS_IN_FLIGHT;
 use crate::outbound::{MeshClient, Stack};
-use crate::state::{ClusterEndpoints, EndpointStates};
+use crate::state::{ClusterEndpoints, ClusterState, EndpointStates};
 use crate::transport::pool::Pools;
 
 /// One configuration in force: the compiled mesh, every workload's view of it, and the
@@ -40,6 +40,8 @@ pub(crate) struct Generation {
     pub(crate) views: Vec<Arc<WorkloadView>>,
     /// By cluster id.
     pub(crate) endpoints: Vec<ClusterEndpoints>,
+    /// By cluster id.
+    pub(crate) clusters: Vec<Arc<ClusterState>>,
     /// Every endpoint's state (passthrough destinations are looked up here).
     pub(crate) states: Arc<EndpointStates>,
 }
@@ -81,6 +83,8 @@ struct Inner {
     jwks: crate::inbound::jwt::JwksCache,
     /// CUSTOM authorization providers, by name.
     providers: std::sync::RwLock<std::collections::HashMap<String, AuthzProvider>>,
+    /// Local rate limit buckets, by stable key (they outlive configurations).
+    local_rate_limits: crate::ratelimit::local::LocalRateLimiters,
 }
 
 /// The mesh of a process: the configuration in force, shared by the workloads of the
@@ -105,6 +109,7 @@ impl MeshRuntime {
         let states = Arc::new(EndpointStates::default());
         let generation = Generation {
             endpoints: states.for_mesh(&mesh),
+            clusters: states.clusters_for_mesh(&mesh),
             mesh,
             views: Vec::new(),
             states: states.clone(),
@@ -119,6 +124,7 @@ impl MeshRuntime {
                 mirror_slots: Arc::new(Semaphore::new(DEFAULT_MAX_MIRRORS_IN_FLIGHT)),
                 jwks: Default::default(),
                 providers: Default::default(),
+                local_rate_limits: Default::default(),
             }),
         }
     }
@@ -144,6 +150,7 @@ impl MeshRuntime {
         }
         registry.ticket = ticket;
         let endpoints = self.inner.states.for_mesh(&mesh);
+        let clusters = self.inner.states.clusters_for_mesh(&mesh);
         let views = registry
             .workloads
             .iter()
@@ -151,6 +158,7 @@ impl MeshRuntime {
             .collect();
         self.inner.current.store(Arc::new(Generation {
             endpoints,
+            clusters,
             mesh,
             views,
             states: self.inner.states.clone(),
@@ -244,6 +252,7 @@ impl MeshRuntime {
                 mesh: g.mesh.clone(),
                 views,
                 endpoints: g.endpoints.clone(),
+                clusters: g.clusters.clone(),
                 states: g.states.clone(),
             }
         });
@@ -261,6 +270,13 @@ impl MeshRuntime {
             .registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A snapshot of every cluster of the configuration in force, per endpoint: requests
+    /// in flight, connections, outlier detection's state (Envoy's `/clusters`; see
+    /// [`admin`](crate::admin)).
+    pub fn clusters(&self) -> crate::admin::Clusters {
+        crate::admin::Clusters::of(&self.generation())
     }
 
     /// The generation in force.
@@ -296,6 +312,12 @@ impl MeshRuntime {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// The local rate limit buckets of the process's workloads and gateways, with their
+    /// counters (see [`ratelimit::local`](crate::ratelimit::local)).
+    pub fn local_rate_limits(&self) -> &crate::ratelimit::local::LocalRateLimiters {
+        &self.inner.local_rate_limits
     }
 
     pub(crate) fn jwks(&self) -> &crate::inbound::jwt::JwksCache {

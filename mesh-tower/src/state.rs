@@ -5,19 +5,27 @@
 //! [`EndpointState`] for as long as some cluster of the configuration in force has it:
 //! its load (outstanding requests and latency, what LEAST_REQUEST and peak-EWMA read) and
 //! its connection pools. A reload hands the same states to the new clusters, so the
-//! balancers keep steering away from a busy endpoint and connections stay warm. (Outlier
-//! ejections, circuit-breaker counters and rate-limit buckets will live here too.)
+//! balancers keep steering away from a busy endpoint and connections stay warm.
+//!
+//! Each cluster (by its Envoy name, `outbound|port|subset|host`) likewise keeps one
+//! [`ClusterState`]: its circuit breakers' counters (requests, pending requests,
+//! connections and retries in flight, and how often each overflowed) and what outlier
+//! detection learnt of its endpoints. Envoy keeps these per cluster, so subsets of one
+//! service count apart even where they share endpoints.
 //!
 //! The tables are built when a configuration is swapped in, never on the request path:
 //! a request reaches its endpoint's state by the cluster's id and the endpoint's index.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
+use mesh_config::model::RequestRetryBudget;
 use mesh_core::CompiledMesh;
 use mesh_core::balance::{EndpointLoad, HasLoad};
+use tower::retry::budget::TpsBudget;
 
 use crate::transport::pool::EndpointPools;
 
@@ -26,6 +34,8 @@ use crate::transport::pool::EndpointPools;
 pub struct EndpointState {
     id: Arc<str>,
     load: EndpointLoad,
+    /// Its open connections (every transport).
+    connections: AtomicU32,
     pub(crate) pools: EndpointPools,
     /// When it was last used, in milliseconds since its table was made (passthrough
     /// endpoints only).
@@ -42,6 +52,7 @@ impl EndpointState {
             pools,
             id,
             load: EndpointLoad::new(),
+            connections: AtomicU32::new(0),
             used: AtomicU64::new(0),
         }
     }
@@ -61,6 +72,194 @@ impl EndpointState {
     /// Its load.
     pub fn load(&self) -> &EndpointLoad {
         &self.load
+    }
+
+    /// Its open connections.
+    pub fn connections(&self) -> u32 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        let _ = self
+            .connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+/// What the runtime keeps of one cluster (see the module documentation).
+#[derive(Debug)]
+pub struct ClusterState {
+    name: Arc<str>,
+    /// Its circuit breakers' counters.
+    pub(crate) breakers: BreakerCounters,
+    /// Linkerd's retry budget (the `mesh.rs/retry-budget` annotation), with the settings
+    /// it was made with: kept across configurations while they are unchanged.
+    budget: ArcSwapOption<RequestBudget>,
+    /// Its outlier detection's counters and ejections.
+    pub(crate) outlier: crate::outbound::outlier::OutlierState,
+}
+
+/// A retry budget of requests (see [`ClusterState`]).
+pub(crate) struct RequestBudget {
+    settings: RequestRetryBudget,
+    pub(crate) budget: TpsBudget,
+}
+
+impl std::fmt::Debug for RequestBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBudget")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterState {
+    fn new(name: Arc<str>) -> Self {
+        ClusterState {
+            name,
+            breakers: BreakerCounters::default(),
+            budget: ArcSwapOption::empty(),
+            outlier: Default::default(),
+        }
+    }
+
+    /// Makes its retry budget the one `settings` describe (a budget with the same
+    /// settings is kept, with what it has counted).
+    fn set_budget(&self, settings: Option<RequestRetryBudget>) {
+        let current = self.budget.load();
+        if current.as_ref().map(|b| b.settings) == settings {
+            return;
+        }
+        self.budget.store(settings.map(|s| {
+            Arc::new(RequestBudget {
+                settings: s,
+                budget: TpsBudget::new(s.ttl, s.min_retries_per_second, s.retry_ratio),
+            })
+        }));
+    }
+
+    /// Its retry budget of requests, if it has one.
+    pub(crate) fn request_budget(&self) -> Option<Arc<RequestBudget>> {
+        self.budget.load_full()
+    }
+
+    /// Envoy's name of the cluster, `outbound|port|subset|host`.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Its circuit breakers' counters.
+    pub fn breakers(&self) -> &BreakerCounters {
+        &self.breakers
+    }
+}
+
+/// A circuit breaker's gauges and overflow counters: what is in flight now, and how often
+/// a limit turned a request away (Envoy's `upstream_rq_pending_overflow`,
+/// `upstream_cx_overflow`, `upstream_rq_retry_overflow`).
+#[derive(Debug, Default)]
+pub struct BreakerCounters {
+    /// Requests in flight (counted when the cluster has a circuit breaker or a retry
+    /// budget).
+    pub(crate) requests: AtomicU32,
+    /// Requests waiting for a connection.
+    pub(crate) pending: AtomicU32,
+    /// Open connections, counted when the cluster limits them.
+    pub(crate) connections: AtomicU32,
+    /// Retries in flight.
+    pub(crate) retries: AtomicU32,
+    /// Requests refused because too many were in flight or pending.
+    pub(crate) request_overflow: AtomicU64,
+    /// Connections not made because the cluster had its maximum.
+    pub(crate) connection_overflow: AtomicU64,
+    /// Retries not made because the retry limit or budget was reached.
+    pub(crate) retry_overflow: AtomicU64,
+}
+
+impl BreakerCounters {
+    /// Requests in flight.
+    pub fn requests(&self) -> u32 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a connection.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Connections counted against `maxConnections`.
+    pub fn connections(&self) -> u32 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Retries in flight.
+    pub fn retries(&self) -> u32 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused with `UO` (too many in flight or pending).
+    pub fn request_overflow(&self) -> u64 {
+        self.request_overflow.load(Ordering::Relaxed)
+    }
+
+    /// Connections not made because the cluster had `maxConnections`.
+    pub fn connection_overflow(&self) -> u64 {
+        self.connection_overflow.load(Ordering::Relaxed)
+    }
+
+    /// Retries not made (`maxRetries` or the retry budget).
+    pub fn retry_overflow(&self) -> u64 {
+        self.retry_overflow.load(Ordering::Relaxed)
+    }
+}
+
+/// Takes one unit of `gauge` if it is below `max` (`None`: no limit, always taken).
+pub(crate) fn take_below(gauge: &AtomicU32, max: Option<u32>) -> bool {
+    match max {
+        None => {
+            gauge.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Some(max) => gauge
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok(),
+    }
+}
+
+/// Gives back one unit of `gauge`.
+pub(crate) fn give_back(gauge: &AtomicU32) {
+    let _ = gauge.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+}
+
+/// A request counted in flight against its cluster's `http2MaxRequests`; dropping it
+/// ends it.
+#[derive(Debug)]
+pub(crate) struct ActiveRequest(Arc<ClusterState>);
+
+impl ActiveRequest {
+    /// Counts one more request in flight, unless `max` are already.
+    pub(crate) fn start(cluster: &Arc<ClusterState>, max: Option<u32>) -> Option<Self> {
+        if take_below(&cluster.breakers.requests, max) {
+            Some(ActiveRequest(cluster.clone()))
+        } else {
+            cluster
+                .breakers
+                .request_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        give_back(&self.0.breakers.requests);
     }
 }
 
@@ -100,6 +299,8 @@ const MAX_PASSTHROUGH: usize = 4096;
 pub(crate) struct EndpointStates {
     /// Endpoints of the registry's clusters.
     clusters: Mutex<HashMap<Arc<str>, Arc<EndpointState>>>,
+    /// The registry's clusters, by Envoy name and DestinationRule.
+    cluster_states: Mutex<HashMap<Arc<str>, Arc<ClusterState>>>,
     /// Destinations outside the registry (ALLOW_ANY, PASSTHROUGH, resolution NONE).
     passthrough: RwLock<HashMap<Arc<str>, Arc<EndpointState>>>,
     epoch: Instant,
@@ -109,6 +310,7 @@ impl Default for EndpointStates {
     fn default() -> Self {
         EndpointStates {
             clusters: Mutex::new(HashMap::new()),
+            cluster_states: Mutex::new(HashMap::new()),
             passthrough: RwLock::new(HashMap::new()),
             epoch: Instant::now(),
         }
@@ -142,6 +344,41 @@ impl EndpointStates {
                         s
                     })
                     .collect()
+            })
+            .collect();
+        *known = next;
+        tables
+    }
+
+    /// The state of every cluster of `mesh`, by cluster id: clusters already known keep
+    /// theirs, new ones start afresh, and those `mesh` has no more are forgotten
+    /// (requests in flight keep theirs alive).
+    pub(crate) fn clusters_for_mesh(&self, mesh: &CompiledMesh) -> Vec<Arc<ClusterState>> {
+        let mut known = self
+            .cluster_states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next: HashMap<Arc<str>, Arc<ClusterState>> = HashMap::with_capacity(known.len());
+        let tables = mesh
+            .clusters()
+            .iter()
+            .map(|c| {
+                // One service port may have several clusters of one name, shaped by the
+                // DestinationRules different namespaces see: each keeps its own state.
+                let name: Arc<str> = c.key.to_string().into();
+                let key: Arc<str> = match &c.key.rule {
+                    Some(rule) => format!("{name} {rule}").into(),
+                    None => name.clone(),
+                };
+                if let Some(s) = next.get(&key) {
+                    return s.clone();
+                }
+                let s = known
+                    .remove(&key)
+                    .unwrap_or_else(|| Arc::new(ClusterState::new(name)));
+                s.set_budget(c.limits.request_budget);
+                next.insert(key, s.clone());
+                s
             })
             .collect();
         *known = next;

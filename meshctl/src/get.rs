@@ -154,6 +154,8 @@ fn kind_columns(kind: Kind) -> &'static [&'static str] {
         Kind::Gateway => &["SERVERS", "SELECTOR"],
         Kind::ServiceEntry => &["HOSTS", "LOCATION", "RESOLUTION"],
         Kind::WorkloadEntry => &["ADDRESS", "LABELS"],
+        Kind::EnvoyFilter => &["SELECTOR", "PATCHES"],
+        Kind::LocalRateLimitPolicy => &["SELECTOR", "TOTAL", "IDENTITY", "OVERRIDES"],
         _ => &[],
     }
 }
@@ -180,6 +182,36 @@ fn kind_values(r: &AnyResource) -> Vec<String> {
         ],
         AnyResource::WorkloadEntry(we) => {
             vec![we.spec.address.clone(), labels(&we.spec.labels)]
+        }
+        AnyResource::EnvoyFilter(ef) => vec![
+            ef.spec
+                .workload_selector
+                .as_ref()
+                .map_or_else(|| "<none>".to_string(), |s| labels(&s.labels)),
+            ef.spec.config_patches.len().to_string(),
+        ],
+        AnyResource::LocalRateLimitPolicy(p) => {
+            let rate =
+                |r: Option<&mesh_config::model::RateLimitSpec>| match r.and_then(|r| r.rate()) {
+                    None => "<none>".to_string(),
+                    Some((n, unit)) => {
+                        let unit = match unit.as_secs() {
+                            1 => "s",
+                            60 => "min",
+                            _ => "h",
+                        };
+                        format!("{n}/{unit}")
+                    }
+                };
+            vec![
+                p.spec
+                    .workload_selector
+                    .as_ref()
+                    .map_or_else(|| "<none>".to_string(), |s| labels(&s.labels)),
+                rate(p.spec.total.as_ref()),
+                rate(p.spec.identity.as_ref()),
+                p.spec.overrides.len().to_string(),
+            ]
         }
         _ => Vec::new(),
     }

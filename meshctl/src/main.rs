@@ -83,7 +83,8 @@ enum Command {
     /// List resources of a configuration directory, like `kubectl get`.
     ///
     /// KIND is a singular, plural or short name (vs, dr, gw, se, we, pa, ap, ra,
-    /// meshconfig). SOURCE is where each resource is written. Exit status: 0 (also when
+    /// meshconfig, envoyfilter, localratelimitpolicy). SOURCE is where each resource is
+    /// written. Exit status: 0 (also when
     /// nothing matches), 1 when the named resource does not exist, 2 for an unknown KIND
     /// or an I/O error.
     Get(get::GetArgs),

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use mesh_config::diag::{Diagnostic, RenderOptions, render};
@@ -87,6 +87,11 @@ impl Live {
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The runtime the demo's workloads and gateway run on.
+    pub fn runtime(&self) -> &MeshRuntime {
+        &self.runtime
     }
 
     /// The configuration in force.
@@ -264,6 +269,7 @@ pub fn admin(live: Arc<Live>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/config_dump", get(config_dump))
         .route("/certs", get(certs))
+        .route("/clusters", get(clusters))
         .with_state(live)
 }
 
@@ -274,6 +280,20 @@ async fn config_dump(State(live): State<Arc<Live>>) -> Response {
 /// Each workload's identity and certificate, as Envoy's admin `/certs` shows them.
 async fn certs(State(live): State<Arc<Live>>) -> Response {
     Json(live.certs()).into_response()
+}
+
+/// Every cluster's endpoints — requests in flight, connections, outlier detection — as
+/// Envoy's admin `/clusters` shows them: text lines, or JSON with `?format=json`.
+async fn clusters(State(live): State<Arc<Live>>, RawQuery(query): RawQuery) -> Response {
+    let clusters = live.runtime.clusters();
+    let json = query
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "format=json"));
+    if json {
+        Json(clusters.json()).into_response()
+    } else {
+        clusters.text().into_response()
+    }
 }
 
 /// `t` as an RFC 3339 UTC timestamp, to the second.

@@ -444,3 +444,133 @@ pub struct RetryBudget {
     /// Window over which requests are counted.
     pub budget_interval: Option<Duration>,
 }
+
+/// The annotation of a DestinationRule that gives its clusters Linkerd's retry budget:
+/// `mesh.rs/retry-budget: "retryRatio=0.2,minRetriesPerSecond=10,ttl=10s"`.
+pub const RETRY_BUDGET_ANNOTATION: &str = "mesh.rs/retry-budget";
+
+/// Linkerd's retry budget: retries may add at most `retry_ratio` of the requests sent
+/// over the last `ttl`, plus `min_retries_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestRetryBudget {
+    /// Retries per original request (Linkerd's default 0.2).
+    pub retry_ratio: f32,
+    /// Retries always allowed per second (Linkerd's default 10).
+    pub min_retries_per_second: u32,
+    /// The window requests are counted over, 1 to 60 s (Linkerd's default 10 s).
+    pub ttl: std::time::Duration,
+}
+
+impl Default for RequestRetryBudget {
+    fn default() -> Self {
+        RequestRetryBudget {
+            retry_ratio: 0.2,
+            min_retries_per_second: 10,
+            ttl: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+impl RequestRetryBudget {
+    /// Reads the annotation's value: comma-separated `key=value` pairs among
+    /// `retryRatio` (0 to 1000), `minRetriesPerSecond` and `ttl` (1 s to 60 s); a key
+    /// left out keeps Linkerd's default.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut b = RequestRetryBudget::default();
+        let mut seen = Vec::new();
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(format!("`{part}` is not `key=value`"));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if seen.contains(&k) {
+                return Err(format!("`{k}` is given twice"));
+            }
+            seen.push(k);
+            match k {
+                "retryRatio" => {
+                    b.retry_ratio = v
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|r| r.is_finite() && (0.0..=1000.0).contains(r))
+                        .ok_or_else(|| {
+                            format!("retryRatio `{v}` is not a number from 0 to 1000")
+                        })?;
+                }
+                "minRetriesPerSecond" => {
+                    b.min_retries_per_second = v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n < i32::MAX as u32)
+                        .ok_or_else(|| {
+                            format!(
+                                "minRetriesPerSecond `{v}` is not an integer from 0 to 2147483646"
+                            )
+                        })?;
+                }
+                "ttl" => {
+                    let d = crate::duration::parse_duration(v)
+                        .map_err(|e| format!("ttl `{v}`: {e}"))?
+                        .get();
+                    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(60))
+                        .contains(&d)
+                    {
+                        return Err(format!("ttl `{v}` is outside 1s to 60s"));
+                    }
+                    b.ttl = d;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown key `{other}` (expected retryRatio, minRetriesPerSecond or ttl)"
+                    ));
+                }
+            }
+        }
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod retry_budget_tests {
+    use super::*;
+
+    #[test]
+    fn annotation_values() {
+        let ok = [
+            ("", RequestRetryBudget::default()),
+            (
+                "retryRatio=0.5, minRetriesPerSecond=2, ttl=5s",
+                RequestRetryBudget {
+                    retry_ratio: 0.5,
+                    min_retries_per_second: 2,
+                    ttl: std::time::Duration::from_secs(5),
+                },
+            ),
+            (
+                "minRetriesPerSecond=0",
+                RequestRetryBudget {
+                    min_retries_per_second: 0,
+                    ..RequestRetryBudget::default()
+                },
+            ),
+        ];
+        for (text, want) in ok {
+            assert_eq!(RequestRetryBudget::parse(text), Ok(want), "{text}");
+        }
+        let bad = [
+            ("retryRatio", "not `key=value`"),
+            ("retryRatio=-1", "from 0 to 1000"),
+            ("retryRatio=x", "from 0 to 1000"),
+            ("minRetriesPerSecond=1.5", "integer from 0"),
+            ("minRetriesPerSecond=2147483647", "integer from 0"),
+            ("ttl=90s", "outside 1s to 60s"),
+            ("ttl=500ms", "outside 1s to 60s"),
+            ("ratio=1", "unknown key `ratio`"),
+            ("ttl=2s,ttl=3s", "given twice"),
+        ];
+        for (text, want) in bad {
+            let err = RequestRetryBudget::parse(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}

@@ -7,8 +7,11 @@
 
 pub mod common;
 pub mod destination_rule;
+pub mod envoy_filter;
+pub mod envoy_ratelimit;
 pub mod gateway;
 pub mod mesh;
+pub mod ratelimit;
 pub mod security;
 pub mod service_entry;
 pub mod virtual_service;
@@ -22,8 +25,10 @@ use serde::de::IgnoredAny;
 
 pub use common::*;
 pub use destination_rule::*;
+pub use envoy_filter::EnvoyFilter;
 pub use gateway::*;
 pub use mesh::*;
+pub use ratelimit::*;
 pub use security::*;
 pub use service_entry::*;
 pub use virtual_service::*;
@@ -54,6 +59,10 @@ pub enum Kind {
     RequestAuthentication,
     /// `mesh.rs` MeshConfig: mesh-wide settings.
     MeshConfig,
+    /// `networking.istio.io` EnvoyFilter (served as `v1alpha3` only).
+    EnvoyFilter,
+    /// `mesh.rs` LocalRateLimitPolicy: local rate limits of workloads.
+    LocalRateLimitPolicy,
 }
 
 /// API group of mesh-wide settings.
@@ -61,7 +70,7 @@ pub const MESH_GROUP: &str = "mesh.rs";
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -71,6 +80,8 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
         Kind::MeshConfig,
+        Kind::EnvoyFilter,
+        Kind::LocalRateLimitPolicy,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -85,6 +96,8 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::MeshConfig => "MeshConfig",
+            Kind::EnvoyFilter => "EnvoyFilter",
+            Kind::LocalRateLimitPolicy => "LocalRateLimitPolicy",
         }
     }
 
@@ -109,6 +122,8 @@ impl Kind {
                 Kind::RequestAuthentication
             }
             "meshconfig" | "meshconfigs" => Kind::MeshConfig,
+            "envoyfilter" | "envoyfilters" => Kind::EnvoyFilter,
+            "localratelimitpolicy" | "localratelimitpolicies" => Kind::LocalRateLimitPolicy,
             _ => return None,
         };
         Some(k)
@@ -121,16 +136,20 @@ impl Kind {
             | Kind::DestinationRule
             | Kind::Gateway
             | Kind::ServiceEntry
-            | Kind::WorkloadEntry => "networking.istio.io",
+            | Kind::WorkloadEntry
+            | Kind::EnvoyFilter => "networking.istio.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
             }
-            Kind::MeshConfig => MESH_GROUP,
+            Kind::MeshConfig | Kind::LocalRateLimitPolicy => MESH_GROUP,
         }
     }
 
     /// The versions Istio serves the kind under.
     pub fn versions(self) -> &'static [&'static str] {
+        if self == Kind::EnvoyFilter {
+            return &["v1alpha3"];
+        }
         match self.group() {
             "networking.istio.io" => &["v1alpha3", "v1beta1", "v1"],
             "security.istio.io" => &["v1beta1", "v1"],
@@ -311,6 +330,8 @@ pub enum AnyResource {
     AuthorizationPolicy(Arc<Resource<AuthorizationPolicy>>),
     RequestAuthentication(Arc<Resource<RequestAuthentication>>),
     MeshConfig(Arc<Resource<MeshConfigSpec>>),
+    EnvoyFilter(Arc<Resource<EnvoyFilter>>),
+    LocalRateLimitPolicy(Arc<Resource<LocalRateLimitPolicy>>),
 }
 
 macro_rules! each {
@@ -325,6 +346,8 @@ macro_rules! each {
             AnyResource::AuthorizationPolicy($r) => $e,
             AnyResource::RequestAuthentication($r) => $e,
             AnyResource::MeshConfig($r) => $e,
+            AnyResource::EnvoyFilter($r) => $e,
+            AnyResource::LocalRateLimitPolicy($r) => $e,
         }
     };
 }
@@ -342,6 +365,8 @@ impl AnyResource {
             AnyResource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             AnyResource::RequestAuthentication(_) => Kind::RequestAuthentication,
             AnyResource::MeshConfig(_) => Kind::MeshConfig,
+            AnyResource::EnvoyFilter(_) => Kind::EnvoyFilter,
+            AnyResource::LocalRateLimitPolicy(_) => Kind::LocalRateLimitPolicy,
         }
     }
 

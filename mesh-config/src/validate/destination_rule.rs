@@ -53,6 +53,19 @@ pub(super) fn destination_rule(ctx: &mut Ctx<'_>, spec: &FieldPath, dr: &Destina
     ctx.selector(&spec.key("workloadSelector"), &dr.workload_selector);
 }
 
+/// The `mesh.rs/retry-budget` annotation, when present, must read as a retry budget.
+pub(super) fn retry_budget_annotation(ctx: &mut Ctx<'_>, meta_path: &FieldPath, meta: &ObjectMeta) {
+    if let Some(v) = meta.annotations.get(RETRY_BUDGET_ANNOTATION)
+        && let Err(e) = RequestRetryBudget::parse(v)
+    {
+        ctx.report(
+            Code::InvalidValue,
+            &meta_path.key("annotations").key(RETRY_BUDGET_ANNOTATION),
+            format!("invalid retry budget: {e}"),
+        );
+    }
+}
+
 fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &TrafficPolicy) {
     policy_parts(
         ctx,
@@ -296,6 +309,15 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &OutlierDetection)
         );
     }
     non_negative(ctx, &path.key("consecutiveErrors"), od.consecutive_errors);
+    if od.consecutive_local_origin_failures.is_some_and(|n| n > 0)
+        && od.split_external_local_origin_errors != Some(true)
+    {
+        ctx.report(
+            Code::InvalidValue,
+            &path.key("consecutiveLocalOriginFailures"),
+            "outlier detection consecutive local origin failures is specified, but split external local origin errors is set to false",
+        );
+    }
     ctx.duration_ms(&path.key("interval"), od.interval);
     ctx.duration_ms(&path.key("baseEjectionTime"), od.base_ejection_time);
     for (name, v) in [

@@ -17,9 +17,11 @@
 
 mod common;
 mod destination_rule;
+mod envoy_filter;
 mod gateway;
 mod http_route;
 mod mesh;
+mod ratelimit;
 mod security;
 mod service_entry;
 mod virtual_service;
@@ -31,9 +33,11 @@ use crate::host;
 use crate::model::*;
 use crate::path::FieldPath;
 
-use destination_rule::destination_rule;
+use destination_rule::{destination_rule, retry_budget_annotation};
+use envoy_filter::envoy_filter;
 use gateway::gateway;
 use mesh::mesh_config;
+use ratelimit::local_rate_limit_policy;
 use security::{authorization_policy, peer_authentication, request_authentication};
 use service_entry::{service_entry, workload_entry};
 use virtual_service::virtual_service;
@@ -200,7 +204,10 @@ pub fn validate(r: &AnyResource, out: &mut Vec<Diagnostic>) {
     let spec = FieldPath::root().key("spec");
     match r {
         AnyResource::VirtualService(vs) => virtual_service(&mut ctx, &spec, &vs.spec),
-        AnyResource::DestinationRule(dr) => destination_rule(&mut ctx, &spec, &dr.spec),
+        AnyResource::DestinationRule(dr) => {
+            destination_rule(&mut ctx, &spec, &dr.spec);
+            retry_budget_annotation(&mut ctx, &meta, &dr.meta);
+        }
         AnyResource::Gateway(gw) => gateway(&mut ctx, &spec, &gw.spec),
         AnyResource::ServiceEntry(se) => service_entry(&mut ctx, &spec, &se.spec),
         AnyResource::WorkloadEntry(we) => workload_entry(&mut ctx, &spec, &we.spec, None),
@@ -208,6 +215,10 @@ pub fn validate(r: &AnyResource, out: &mut Vec<Diagnostic>) {
         AnyResource::AuthorizationPolicy(ap) => authorization_policy(&mut ctx, &spec, &ap.spec),
         AnyResource::RequestAuthentication(ra) => request_authentication(&mut ctx, &spec, &ra.spec),
         AnyResource::MeshConfig(mc) => mesh_config(&mut ctx, &spec, &mc.spec),
+        AnyResource::EnvoyFilter(ef) => envoy_filter(&mut ctx, &spec, &ef.spec),
+        AnyResource::LocalRateLimitPolicy(p) => {
+            local_rate_limit_policy(&mut ctx, &spec, p.namespace(), &p.spec)
+        }
     }
     crate::support::not_enforced(r.kind(), r.origin(), r.origin().node(), out);
 }

@@ -161,6 +161,8 @@ pub struct CompiledMesh {
     request_authentication: Vec<Arc<crate::authn::CompiledRequestAuthentication>>,
     /// Every PeerAuthentication, compiled, in load order.
     peer_authentication: Vec<Arc<CompiledPeerAuthentication>>,
+    /// EnvoyFilters and LocalRateLimitPolicies, interpreted.
+    rate_limits: crate::ratelimit::Sources,
     /// Problems found while compiling (rules that could not be compiled are skipped).
     pub errors: Vec<String>,
 }
@@ -214,7 +216,10 @@ impl CompiledMesh {
             .iter()
             .map(|r| Arc::new(crate::authn::CompiledRequestAuthentication::compile(r)))
             .collect();
+        let rate_limits = crate::ratelimit::Sources::compile(snapshot);
+        errors.extend(rate_limits.errors.iter().cloned());
         CompiledMesh {
+            rate_limits,
             request_authentication,
             authorization,
             peer_authentication,
@@ -234,6 +239,11 @@ impl CompiledMesh {
     /// Every RequestAuthentication, compiled, in load order.
     pub fn request_authentications(&self) -> &[Arc<crate::authn::CompiledRequestAuthentication>] {
         &self.request_authentication
+    }
+
+    /// The rate limit resources (EnvoyFilters, LocalRateLimitPolicies), interpreted.
+    pub fn rate_limit_sources(&self) -> &crate::ratelimit::Sources {
+        &self.rate_limits
     }
 
     /// Every AuthorizationPolicy, compiled, in load order.

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::BoxError;
 use crate::state::InFlight;
+use crate::transport::pool::Attached;
 
 /// The route timeout expired while the response body was being received; the response
 /// is cut, as Envoy resets the stream.
@@ -31,6 +32,9 @@ pub struct ResBody {
     kind: Kind,
     /// Released when the body ends or is dropped.
     in_flight: Option<InFlight>,
+    /// The request's place among its cluster's requests in flight (its circuit
+    /// breaker), released when the body ends or is dropped.
+    active: Option<Attached>,
     /// The route timeout.
     deadline: Option<tokio::time::Instant>,
     /// The timer for `deadline`, armed the first time the body has to wait (most
@@ -77,6 +81,7 @@ impl ResBody {
         ResBody {
             kind,
             in_flight: None,
+            active: None,
             deadline: None,
             timer: None,
             endpoint: None,
@@ -112,6 +117,13 @@ impl ResBody {
     pub(crate) fn hold(&mut self, in_flight: InFlight) {
         if !self.is_end_stream() {
             self.in_flight = Some(in_flight);
+        }
+    }
+
+    /// Holds `active` until the body ends.
+    pub(crate) fn hold_attached(&mut self, active: Attached) {
+        if !self.is_end_stream() {
+            self.active = Some(active);
         }
     }
 
@@ -152,6 +164,7 @@ impl Body for ResBody {
         match polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 this.in_flight = None;
+                this.active = None;
                 this.deadline = None;
                 this.timer = None;
                 polled
@@ -168,6 +181,7 @@ impl Body for ResBody {
                     return Poll::Pending;
                 }
                 this.in_flight = None;
+                this.active = None;
                 this.deadline = None;
                 this.timer = None;
                 this.kind = Kind::Bytes(None);

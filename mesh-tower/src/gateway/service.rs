@@ -1,7 +1,9 @@
-//! The gateway's request service: the routing decision (mesh-core's, on the gateway
-//! workload's view), the headers an edge proxy sets, then the workload's outbound layers
-//! with the decided route; upgrades (WebSocket) are bridged once the upstream accepts
-//! them.
+//! The gateway's request service: the headers an edge proxy sets, the gateway
+//! workload's local rate limits (GATEWAY-context filters, with their per-route settings
+//! for the virtual host and rule the request takes), its JWT rules and authorization,
+//! the routing decision (mesh-core's, on the gateway workload's view), then the
+//! workload's outbound layers with the decided route; upgrades (WebSocket) are bridged
+//! once the upstream accepts them.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -14,9 +16,11 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use mesh_core::RequestHead;
+use mesh_config::model::envoy_filter::RouteAction;
 use mesh_core::gateway::{Chain, GatewayRoutes, require_tls_location, route_authority};
+use mesh_core::ratelimit::RouteContext;
 use mesh_core::route::split_authority;
+use mesh_core::{Outcome, RequestHead, Upstream};
 use tower::{Service, ServiceExt};
 
 use super::Shared;
@@ -27,6 +31,7 @@ use crate::body::DEFAULT_BUFFER_LIMIT;
 use crate::inbound::{PeerAddr, RBAC_DENIED};
 use crate::outbound::route::{answer, failure};
 use crate::outbound::{Route, Routed};
+use crate::ratelimit::local::{self, RequestInfo, RouteCluster, Verdict, XRateLimit};
 use crate::{BoxError, BoxFuture, MeshFailure, ReqBody, ResBody};
 
 /// What the gateway knows of a TLS connection.
@@ -52,18 +57,18 @@ impl GatewayService {
         GatewayService { shared, port, tls }
     }
 
-    /// Decides what to do with `req`: answer it here, or forward it with its route. In
-    /// Envoy's order: the request is validated and its headers sanitized first (so that
-    /// rules never see what an edge proxy would have removed or replaced), then the
-    /// virtual host is chosen (404), `require_tls` answered (301), upgrades other than
-    /// WebSocket refused (403), and only then the rules matched.
-    fn prepare<B>(&self, mut req: Request<B>, admitted: bool) -> Prepared<B> {
+    /// What Envoy's HTTP connection manager does before any filter: the request is
+    /// validated (an absolute URI's scheme, an authority), its URI made the authority
+    /// and path routed on, its hop-by-hop headers removed and the headers an edge proxy
+    /// vouches for set (so that no filter and no rule sees what an edge proxy would have
+    /// removed or replaced). `Err` is the answer.
+    fn edge<B>(&self, mut req: Request<B>) -> Result<(Request<B>, Edge), Box<Response<ResBody>>> {
         let tls = self.tls.is_some();
         // An absolute URI is `http` (or `https` over TLS), as Envoy requires.
         match req.uri().scheme_str() {
             None | Some("http") => {}
             Some("https") if tls => {}
-            Some(_) => return Prepared::Answer(status(StatusCode::BAD_REQUEST)),
+            Some(_) => return Err(Box::new(status(StatusCode::BAD_REQUEST))),
         }
         // The authority Envoy routes on and sends upstream: the URI's (absolute form,
         // HTTP/2 `:authority`), else `Host`.
@@ -71,14 +76,14 @@ impl GatewayService {
             Some(a) => a.as_str().to_owned(),
             None => match req.headers().get(HOST).and_then(|h| h.to_str().ok()) {
                 Some(h) => h.trim().to_owned(),
-                None => return Prepared::Answer(status(StatusCode::BAD_REQUEST)),
+                None => return Err(Box::new(status(StatusCode::BAD_REQUEST))),
             },
         };
         let Ok(host_value) = HeaderValue::from_str(&written) else {
-            return Prepared::Answer(status(StatusCode::BAD_REQUEST));
+            return Err(Box::new(status(StatusCode::BAD_REQUEST)));
         };
         if split_authority(&written).0.is_empty() {
-            return Prepared::Answer(status(StatusCode::BAD_REQUEST));
+            return Err(Box::new(status(StatusCode::BAD_REQUEST)));
         }
         let pq = req
             .uri()
@@ -86,7 +91,7 @@ impl GatewayService {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let Ok(server_port) = u16::try_from(self.port) else {
-            return Prepared::Answer(status(StatusCode::NOT_FOUND));
+            return Err(Box::new(status(StatusCode::NOT_FOUND)));
         };
         let Ok(uri) = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -94,7 +99,7 @@ impl GatewayService {
             .path_and_query(pq.clone())
             .build()
         else {
-            return Prepared::Answer(status(StatusCode::BAD_REQUEST));
+            return Err(Box::new(status(StatusCode::BAD_REQUEST)));
         };
         *req.uri_mut() = uri;
         // Upgrades: Istio's gateways proxy WebSocket; Envoy's HTTP/1 codec drops `h2c`
@@ -116,6 +121,118 @@ impl GatewayService {
         );
         // The upstream sees the authority the gateway matched on, as behind Envoy.
         headers.insert(HOST, host_value);
+        Ok((
+            req,
+            Edge {
+                written,
+                pq,
+                server_port,
+                upgrade,
+            },
+        ))
+    }
+
+    /// The gateway's local rate limits on `req` (after the edge, before JWT and
+    /// authorization, as Envoy's local_ratelimit filter runs first in Istio's task):
+    /// `Err` is the refusal; `Ok` carries the `x-ratelimit-*` headers of the response.
+    fn limit_locally<B>(
+        &self,
+        req: &mut Request<B>,
+        edge: &Edge,
+    ) -> Result<Option<XRateLimit>, Box<Response<ResBody>>> {
+        let mesh = &self.shared.mesh;
+        let generation = mesh.runtime().generation();
+        let Some(view) = generation.view(mesh.slot()) else {
+            return Ok(None);
+        };
+        let limits = view.rate_limits();
+        if limits.local().is_empty() {
+            return Ok(None);
+        }
+        let port = edge.server_port;
+        let needs_route = limits.route_dependent();
+        // The route Envoy's filter sees: the virtual host and rule the request would
+        // take now (routing proper happens after authentication, which may add claim
+        // headers to match on).
+        let head = RequestHead::from_request(req, port);
+        let workload = mesh.workload();
+        let chain = self.tls.as_ref().map(|t| &t.chain);
+        let routed = if needs_route {
+            view.gateway().and_then(|routes| {
+                let vhost = routes.virtual_host(port, chain, &edge.written).ok()?;
+                let decision = GatewayRoutes::route_in(
+                    &generation.mesh,
+                    vhost,
+                    &head,
+                    &workload.namespace,
+                    &workload.labels,
+                    &mut rand::rng(),
+                )
+                .ok()?;
+                Some((vhost, decision))
+            })
+        } else {
+            None
+        };
+        let cluster_name;
+        let (route, cluster) = match &routed {
+            Some((vhost, d)) => {
+                let action = match &d.outcome {
+                    Outcome::Forward { .. } => RouteAction::Route,
+                    Outcome::Redirect(_) | Outcome::RequireTls => RouteAction::Redirect,
+                    Outcome::Direct(_) => RouteAction::DirectResponse,
+                };
+                let cluster = match &d.outcome {
+                    Outcome::Forward {
+                        upstream: Upstream::Cluster(c),
+                        ..
+                    } => {
+                        cluster_name = c.key.to_string();
+                        RouteCluster::Named(&cluster_name)
+                    }
+                    _ => RouteCluster::None,
+                };
+                let name = d
+                    .rule
+                    .and_then(|(_, r)| r.origin.name.as_deref())
+                    .unwrap_or("");
+                (
+                    RouteContext::gateway(
+                        port,
+                        &vhost.domain,
+                        d.gateway.map(|g| &**g),
+                        name,
+                        action,
+                    ),
+                    cluster,
+                )
+            }
+            None => (RouteContext::unrouted(port), RouteCluster::None),
+        };
+        let info = RequestInfo {
+            route,
+            port,
+            cluster,
+        };
+        match local::check(mesh.runtime().local_rate_limits(), limits, &info, req) {
+            Verdict::Pass(x) => Ok(x),
+            Verdict::Refuse(refusal) => Err(Box::new(refusal.map(ResBody::full))),
+        }
+    }
+
+    /// Routes a request that passed the edge (or answers it here). In Envoy's order:
+    /// authorization, then the virtual host is chosen (404), `require_tls` answered
+    /// (301), upgrades other than WebSocket refused (403), and only then the rules
+    /// matched.
+    fn prepare<B>(&self, mut req: Request<B>, edge: Edge, admitted: bool) -> Prepared<B> {
+        let Edge {
+            written,
+            pq,
+            server_port,
+            upgrade,
+        } = edge;
+        let websocket = upgrade == Upgrade::WebSocket;
+        let tls = self.tls.is_some();
         // The gateway is a workload: the AuthorizationPolicies that select it apply
         // after the edge's header sanitizing and before routing, as Envoy's RBAC
         // filter runs between the two (requests that
@@ -194,7 +311,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        // The gateway's RequestAuthentications run first (their keys may have to be
+        let (mut req, edge) = match self.edge(req) {
+            Ok(x) => x,
+            Err(resp) => return Box::pin(async move { Ok(*resp) }),
+        };
+        let x = match self.limit_locally(&mut req, &edge) {
+            Ok(x) => x,
+            Err(refusal) => return Box::pin(async move { Ok(*refusal) }),
+        };
+        // The gateway's RequestAuthentications run next (their keys may have to be
         // fetched), as Envoy's jwt_authn filter runs before its RBAC filter and router.
         let waits = self
             .shared
@@ -206,48 +331,51 @@ where
             return Box::pin(async move {
                 let mut req = req;
                 if let Err(refusal) = crate::inbound::admit(&this.shared.mesh, &mut req).await {
-                    return Ok(refusal.map(ResBody::full));
+                    return Ok(with_x(refusal.map(ResBody::full), x));
                 }
-                this.dispatch_admitted(req).await
+                this.route(req, edge, true, x).await
             });
         }
-        self.dispatch(req)
+        self.route(req, edge, false, x)
     }
 }
 
+/// The `x-ratelimit-*` headers of the local rate limits, if any, on `resp`.
+fn with_x(mut resp: Response<ResBody>, x: Option<XRateLimit>) -> Response<ResBody> {
+    if let Some(x) = x {
+        x.apply(resp.headers_mut());
+    }
+    resp
+}
+
+/// What the edge learnt of a request, for routing.
+struct Edge {
+    /// The authority as the client wrote it.
+    written: String,
+    /// Path and query.
+    pq: PathAndQuery,
+    /// The server's port.
+    server_port: u16,
+    /// The upgrade asked for.
+    upgrade: Upgrade,
+}
+
 impl GatewayService {
-    /// Routes `req` (or answers it here).
-    fn dispatch<B>(&mut self, req: Request<B>) -> BoxFuture<Result<Response<ResBody>, Infallible>>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        self.route(req, false)
-    }
-
-    /// Routes `req`, which its JWT and CUSTOM provider let through.
-    fn dispatch_admitted<B>(
-        &mut self,
-        req: Request<B>,
-    ) -> BoxFuture<Result<Response<ResBody>, Infallible>>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        self.route(req, true)
-    }
-
+    /// Routes `req`, which passed the edge (and, `admitted`, its JWT and CUSTOM
+    /// provider), or answers it here; `x` goes on the response.
     fn route<B>(
         &mut self,
         req: Request<B>,
+        edge: Edge,
         admitted: bool,
+        x: Option<XRateLimit>,
     ) -> BoxFuture<Result<Response<ResBody>, Infallible>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        match self.prepare(req, admitted) {
-            Prepared::Answer(resp) => Box::pin(async move { Ok(resp) }),
+        match self.prepare(req, edge, admitted) {
+            Prepared::Answer(resp) => Box::pin(async move { Ok(with_x(resp, x)) }),
             Prepared::Forward(req, route, downstream) => {
                 let span = crate::outbound::telemetry::span_of(&req);
                 {
@@ -263,10 +391,13 @@ impl GatewayService {
                     span,
                 );
                 Box::pin(async move {
-                    Ok(match fut.await {
-                        Ok(resp) => respond(resp, downstream),
-                        Err(e) => failed(e),
-                    })
+                    Ok(with_x(
+                        match fut.await {
+                            Ok(resp) => respond(resp, downstream),
+                            Err(e) => failed(e),
+                        },
+                        x,
+                    ))
                 })
             }
         }

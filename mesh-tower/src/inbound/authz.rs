@@ -1,4 +1,6 @@
-//! Authentication and authorization of inbound requests: the JWT rules of the workload's
+//! Local rate limits, authentication and authorization of inbound requests: the
+//! workload's local rate limits first (see [`ratelimit::local`](crate::ratelimit::local):
+//! `429 local_rate_limited`), then the JWT rules of the workload's
 //! RequestAuthentications (see [`jwt`](super::jwt): `401` for a present but invalid
 //! token), then its AuthorizationPolicies of the configuration in force, in Istio's
 //! order (CUSTOM → DENY → ALLOW), decided by `mesh_core::authz` before the application
@@ -28,9 +30,12 @@ use http_body_util::{Either, Full};
 use mesh_core::authz::{AuthzRequest, RequestAuth};
 use tower::{Layer, Service};
 
+use mesh_core::ratelimit::RouteContext;
+
 use super::{LocalAddr, PeerAddr};
 use crate::Mesh;
 use crate::identity::PeerIdentity;
+use crate::ratelimit::local::{self, RequestInfo, RouteCluster, Verdict, XRateLimit};
 
 /// Envoy's body of a request its RBAC filter denied.
 pub const RBAC_DENIED: &str = "RBAC: access denied";
@@ -276,10 +281,44 @@ where
         {
             req.headers_mut().insert(HOST, v);
         }
-        let waits = self
-            .mesh
-            .view()
+        let view = self.mesh.view();
+        // Local rate limits first, as Envoy's local_ratelimit filter runs before
+        // jwt_authn and RBAC in the chain Istio's task builds.
+        let mut x_ratelimit = None;
+        if let Some(v) = view
+            .as_ref()
+            .filter(|v| !v.rate_limits().local().is_empty())
+        {
+            let port = if v.rate_limits().route_dependent() {
+                req.extensions()
+                    .get::<LocalAddr>()
+                    .map_or(0, |l| l.0.port())
+            } else {
+                0
+            };
+            let info = RequestInfo {
+                route: RouteContext::inbound(port),
+                port,
+                cluster: RouteCluster::Inbound(port),
+            };
+            match local::check(
+                self.mesh.runtime().local_rate_limits(),
+                v.rate_limits(),
+                &info,
+                &mut req,
+            ) {
+                Verdict::Refuse(refusal) => {
+                    return InboundFuture::Denied {
+                        response: Some(refusal.map(|b| Either::Right(Full::new(b)))),
+                    };
+                }
+                Verdict::Pass(x) => x_ratelimit = x,
+            }
+        }
+        let waits = view
+            .as_ref()
             .is_some_and(|v| !v.request_authn().is_empty() || v.authorizer().has_custom());
+        drop(view);
         if waits {
             // JWT keys may have to be fetched, a CUSTOM provider asked: the inner
             // service is called after an await, so the ready one goes with the request
@@ -290,19 +329,34 @@ where
             return InboundFuture::Authn {
                 fut: Box::pin(async move {
                     if let Err(refusal) = admit(&mesh, &mut req).await {
-                        return Ok(refusal.map(|b| Either::Right(Full::new(b))));
+                        let mut refusal = refusal.map(|b| Either::Right(Full::new(b)));
+                        if let Some(x) = x_ratelimit {
+                            x.apply(refusal.headers_mut());
+                        }
+                        return Ok(refusal);
                     }
-                    inner.call(req).await.map(|r| r.map(Either::Left))
+                    inner.call(req).await.map(|r| {
+                        let mut r = r.map(Either::Left);
+                        if let Some(x) = x_ratelimit {
+                            x.apply(r.headers_mut());
+                        }
+                        r
+                    })
                 }),
             };
         }
         if authorize(&self.mesh, &req) {
             InboundFuture::App {
                 inner: self.inner.call(req),
+                x_ratelimit,
             }
         } else {
+            let mut response = denied(is_grpc(req.headers()));
+            if let Some(x) = x_ratelimit {
+                x.apply(response.headers_mut());
+            }
             InboundFuture::Denied {
-                response: Some(denied(is_grpc(req.headers()))),
+                response: Some(response),
             }
         }
     }
@@ -320,6 +374,7 @@ pin_project_lite::pin_project! {
         App {
             #[pin]
             inner: F,
+            x_ratelimit: Option<XRateLimit>,
         },
         /// The request was refused.
         Denied {
@@ -340,7 +395,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            Proj::App { inner } => inner.poll(cx).map(|r| r.map(|resp| resp.map(Either::Left))),
+            Proj::App { inner, x_ratelimit } => inner.poll(cx).map(|r| {
+                r.map(|resp| {
+                    let mut resp = resp.map(Either::Left);
+                    if let Some(x) = x_ratelimit {
+                        x.apply(resp.headers_mut());
+                    }
+                    resp
+                })
+            }),
             Proj::Denied { response } => match response.take() {
                 Some(r) => Poll::Ready(Ok(r)),
                 None => Poll::Pending,

@@ -21,6 +21,7 @@ pub mod fault;
 mod future;
 pub mod headers;
 pub mod mirror;
+pub(crate) mod outlier;
 pub mod retry;
 pub mod route;
 mod routed;

@@ -24,7 +24,7 @@ use mesh_core::{CompiledMesh, Decision, Outcome, Upstream, WorkloadView};
 
 use crate::ReqBody;
 use crate::runtime::Generation;
-use crate::state::EndpointState;
+use crate::state::{ClusterState, EndpointState};
 
 /// A request and its route: what the layers below the route stage take. One allocation
 /// per request, so that each layer passes a pointer instead of moving a few hundred bytes
@@ -328,6 +328,16 @@ impl Route {
                 .get(id as usize)
                 .map_or(&[], |e| &e[..]),
             _ => &[],
+        }
+    }
+
+    /// The state of the cluster the route goes to, when it is one of the registry's.
+    pub(crate) fn cluster_state(&self) -> Option<&Arc<ClusterState>> {
+        match self.dest {
+            Dest::Cluster(id) | Dest::OriginalDst { cluster: id, .. } => {
+                self.generation.clusters.get(id as usize)
+            }
+            _ => None,
         }
     }
 

@@ -29,7 +29,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -43,13 +43,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tower::Service;
 
-use mesh_core::cluster::Origination;
+use mesh_core::cluster::{Cluster, ConnectionLimits, Origination};
 
 use super::origination::{self, OriginationTls};
 use crate::identity::{WorkloadIdentity, peer_spiffe_id};
-use crate::state::EndpointState;
+use crate::state::{ActiveRequest, ClusterState, EndpointState, give_back, take_below};
 use crate::{BoxError, ReqBody, ResBody};
 
 /// Envoy's default connect timeout.
@@ -92,7 +93,33 @@ pub struct Outgoing {
     pub protocol: Protocol,
     /// How the connection is secured, `None` for plaintext.
     pub tls: Option<UpstreamTransport>,
+    /// The circuit breakers and connection settings of the endpoint's cluster, when it
+    /// has any (`None`: no limit, Envoy's connect timeout and idle timeout).
+    pub limits: Option<ClusterLimits>,
 }
+
+/// A cluster's circuit breakers and connection settings, with the counters they read:
+/// what a request to one of its endpoints passes through (see the module
+/// documentation).
+#[derive(Debug, Clone)]
+pub struct ClusterLimits {
+    /// The cluster (its [`ConnectionLimits`]).
+    pub cluster: Arc<Cluster>,
+    /// Its counters, kept across configurations.
+    pub state: Arc<ClusterState>,
+}
+
+impl ClusterLimits {
+    fn limits(&self) -> &ConnectionLimits {
+        &self.cluster.limits
+    }
+}
+
+/// A circuit breaker of the endpoint's cluster turned the request away: Envoy's
+/// overflow (`UO`), answered 503 and never retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} overflow: the cluster's circuit breaker is open")]
+pub struct Overflow(&'static str);
 
 /// How a connection to an endpoint is secured beyond TCP: part of the pool key.
 #[derive(Debug, Clone)]
@@ -131,8 +158,46 @@ impl ConnectError {
 
 /// An idle HTTP/1.1 connection.
 struct IdleHttp1 {
-    conn: http1::SendRequest<ReqBody>,
+    conn: Http1Conn,
     since: Instant,
+}
+
+/// What a connection may still do: its cluster's per-connection settings when it was
+/// made, and how many requests it carried.
+#[derive(Debug, Clone, Copy)]
+struct ConnLife {
+    born: Instant,
+    requests: u32,
+    max_requests: Option<u32>,
+    max_duration: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl ConnLife {
+    fn new(limits: Option<&ClusterLimits>) -> Self {
+        let l = limits.map(ClusterLimits::limits);
+        ConnLife {
+            born: Instant::now(),
+            requests: 0,
+            max_requests: l.and_then(|l| l.max_requests_per_connection),
+            max_duration: l.and_then(|l| l.max_connection_duration),
+            idle_timeout: l.and_then(|l| l.idle_timeout),
+        }
+    }
+
+    /// True when it may carry one more request (`maxRequestsPerConnection`,
+    /// `maxConnectionDuration`).
+    fn may_carry(&self) -> bool {
+        self.max_requests.is_none_or(|m| self.requests < m)
+            && self.max_duration.is_none_or(|d| self.born.elapsed() < d)
+    }
+}
+
+/// An HTTP/1.1 connection, its life and its place among the connections.
+struct Http1Conn {
+    send: http1::SendRequest<ReqBody>,
+    life: ConnLife,
+    slot: Arc<ConnSlot>,
 }
 
 /// Mutual TLS to an endpoint: the caller's identity, and who the server must prove to
@@ -169,10 +234,26 @@ struct ConnPool {
     /// True while a task closes the expired idle HTTP/1.1 connections.
     reaping: AtomicBool,
     /// The HTTP/2 connection, once made.
-    http2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+    http2: Mutex<Option<Http2Conn>>,
     /// Held while an HTTP/2 connection is being made, so that concurrent requests share
     /// one connection instead of each dialling its own.
     http2_dialling: tokio::sync::Mutex<()>,
+    /// Its connections, open or being made.
+    open: Arc<AtomicU32>,
+    /// Woken when a connection is put back idle or closes, or an HTTP/2 stream ends: a
+    /// request waiting for a connection (a circuit breaker's pending request) looks
+    /// again.
+    freed: Arc<Notify>,
+}
+
+/// The HTTP/2 connection of a pool: its handle, its life, and its streams in flight.
+#[derive(Clone)]
+struct Http2Conn {
+    send: http2::SendRequest<ReqBody>,
+    /// Its life, when its cluster limits it (`maxRequestsPerConnection`,
+    /// `maxConnectionDuration`).
+    life: Option<Arc<Mutex<ConnLife>>>,
+    streams: Arc<AtomicU32>,
 }
 
 impl ConnPool {
@@ -188,16 +269,20 @@ impl ConnPool {
             reaping: AtomicBool::new(false),
             http2: Mutex::new(None),
             http2_dialling: tokio::sync::Mutex::new(()),
+            open: Arc::new(AtomicU32::new(0)),
+            freed: Arc::new(Notify::new()),
         }
     }
 
     /// An idle HTTP/1.1 connection ready for a request, if one is.
-    fn take_idle_http1(&self) -> Option<http1::SendRequest<ReqBody>> {
+    fn take_idle_http1(&self) -> Option<Http1Conn> {
         let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
         // Expired ones are left to the reaper (a clock read per request saved): one may
-        // serve a request up to one more idle timeout late.
-        while let Some(IdleHttp1 { conn, .. }) = idle.pop() {
-            if conn.is_ready() {
+        // serve a request up to one more idle timeout late — unless its cluster set an
+        // idle timeout of its own, which is checked here.
+        while let Some(IdleHttp1 { conn, since }) = idle.pop() {
+            let expired = conn.life.idle_timeout.is_some_and(|t| since.elapsed() >= t);
+            if conn.send.is_ready() && !expired && conn.life.may_carry() {
                 return Some(conn);
             }
         }
@@ -205,14 +290,19 @@ impl ConnPool {
     }
 
     /// Puts `conn` back among the idle connections once it can take another request:
-    /// now, or when the response body it is still receiving ends.
-    fn release_http1(pool: &Arc<ConnPool>, mut conn: http1::SendRequest<ReqBody>) {
-        if conn.is_ready() {
+    /// now, or when the response body it is still receiving ends. A connection that has
+    /// carried its cluster's `maxRequestsPerConnection` (or lived its
+    /// `maxConnectionDuration`) is dropped instead: it closes once its response ends.
+    fn release_http1(pool: &Arc<ConnPool>, mut conn: Http1Conn) {
+        if !conn.life.may_carry() {
+            return;
+        }
+        if conn.send.is_ready() {
             pool.put_idle_http1(pool, conn);
-        } else if !conn.is_closed() {
+        } else if !conn.send.is_closed() {
             let pool = Arc::downgrade(pool);
             tokio::spawn(async move {
-                if conn.ready().await.is_ok()
+                if conn.send.ready().await.is_ok()
                     && let Some(pool) = pool.upgrade()
                 {
                     pool.put_idle_http1(&pool, conn);
@@ -221,20 +311,128 @@ impl ConnPool {
         }
     }
 
-    fn put_idle_http1(&self, me: &Arc<ConnPool>, conn: http1::SendRequest<ReqBody>) {
+    fn put_idle_http1(&self, me: &Arc<ConnPool>, conn: Http1Conn) {
+        let reap_every = conn
+            .life
+            .idle_timeout
+            .map_or(self.idle_timeout, |t| t.min(self.idle_timeout));
         let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(IdleHttp1 {
             conn,
             since: Instant::now(),
         });
         if !self.reaping.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(me), self.idle_timeout));
+            tokio::spawn(reap(Arc::downgrade(me), reap_every));
         }
+        drop(idle);
+        self.freed.notify_one();
     }
 
-    fn open_http2(&self) -> Option<http2::SendRequest<ReqBody>> {
-        let conn = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-        conn.as_ref().filter(|c| !c.is_closed()).cloned()
+    /// The HTTP/2 connection, if it is open and may carry another request.
+    fn open_http2(&self) -> Option<Http2Conn> {
+        let mut slot = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        let usable = slot.as_ref().is_some_and(|c| {
+            !c.send.is_closed()
+                && c.life
+                    .as_ref()
+                    .is_none_or(|l| l.lock().is_ok_and(|l| l.may_carry()))
+        });
+        if !usable {
+            // Closed, or retired (its streams in flight finish on it).
+            *slot = None;
+        }
+        slot.clone()
+    }
+}
+
+/// A connection counted against its endpoint's connections, its pool's and (when the
+/// cluster limits them) its cluster's `maxConnections`, until the connection ends — or,
+/// for a connection retired by `maxRequestsPerConnection`, until its last response ends
+/// (Envoy closes it then): released once, waking a request waiting for a connection.
+struct ConnSlot {
+    endpoint: Arc<EndpointState>,
+    open: Arc<AtomicU32>,
+    freed: Arc<Notify>,
+    cluster: Option<Arc<ClusterState>>,
+    released: AtomicBool,
+}
+
+impl ConnSlot {
+    /// A slot for one more connection of `pool` to `endpoint`, unless the cluster has
+    /// its `maxConnections` — Envoy's rule: a pool without any connection may always
+    /// make one, so that its pending requests are never stranded.
+    fn take(
+        endpoint: &Arc<EndpointState>,
+        pool: &ConnPool,
+        limits: Option<&ClusterLimits>,
+    ) -> Option<Arc<ConnSlot>> {
+        let cluster = match limits {
+            Some(l) if l.limits().max_connections.is_some() => {
+                let gauge = &l.state.breakers.connections;
+                let first = pool.open.load(Ordering::Acquire) == 0;
+                if !take_below(gauge, l.limits().max_connections) {
+                    if !first {
+                        l.state
+                            .breakers
+                            .connection_overflow
+                            .fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                    gauge.fetch_add(1, Ordering::AcqRel);
+                }
+                Some(l.state.clone())
+            }
+            _ => None,
+        };
+        pool.open.fetch_add(1, Ordering::AcqRel);
+        endpoint.connection_opened();
+        Some(Arc::new(ConnSlot {
+            endpoint: endpoint.clone(),
+            open: pool.open.clone(),
+            freed: pool.freed.clone(),
+            cluster,
+            released: AtomicBool::new(false),
+        }))
+    }
+
+    fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(c) = &self.cluster {
+            give_back(&c.breakers.connections);
+        }
+        give_back(&self.open);
+        self.endpoint.connection_closed();
+        self.freed.notify_one();
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A request waiting for a connection, counted against its cluster's
+/// `http1MaxPendingRequests`.
+struct PendingRequest(Arc<ClusterState>);
+
+impl PendingRequest {
+    fn enter(limits: &ClusterLimits) -> Result<Self, Overflow> {
+        let b = &limits.state.breakers;
+        if take_below(&b.pending, limits.limits().max_pending_requests) {
+            Ok(PendingRequest(limits.state.clone()))
+        } else {
+            b.request_overflow.fetch_add(1, Ordering::Relaxed);
+            Err(Overflow("pending requests"))
+        }
+    }
+}
+
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        give_back(&self.0.breakers.pending);
     }
 }
 
@@ -386,6 +584,7 @@ impl EndpointPools {
         tls: Option<&UpstreamTransport>,
         pool: &ConnPool,
         http2: bool,
+        connect_timeout: Option<Duration>,
     ) -> Result<Box<dyn IoBox>, ConnectError> {
         let Some(target) = &self.target else {
             return Err(ConnectError::new(id, "invalid endpoint address"));
@@ -397,9 +596,11 @@ impl EndpointPools {
             }
             _ => None,
         };
-        let tcp = self
-            .connector
-            .clone()
+        let mut connector = self.connector.clone();
+        if let Some(t) = connect_timeout {
+            connector.set_connect_timeout(Some(t));
+        }
+        let tcp = connector
             .call(target.clone())
             .await
             .map_err(|e| ConnectError::new(id, e))?
@@ -415,42 +616,136 @@ impl EndpointPools {
         }
     }
 
+    /// A new HTTP/1.1 connection, counted by `slot` for as long as it lives.
     async fn new_http1(
         &self,
         id: &Arc<str>,
         tls: Option<&UpstreamTransport>,
         pool: &ConnPool,
-    ) -> Result<http1::SendRequest<ReqBody>, BoxError> {
-        let io = self.dial(id, tls, pool, false).await?;
-        let (conn, connection) = http1::handshake(TokioIo::new(io))
+        slot: Arc<ConnSlot>,
+        limits: Option<&ClusterLimits>,
+    ) -> Result<Http1Conn, BoxError> {
+        let io = self
+            .dial(id, tls, pool, false, connect_timeout(limits))
+            .await?;
+        let (send, connection) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError::new(id, e))?;
+        let held = slot.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
             }
+            drop(held);
         });
-        Ok(conn)
+        Ok(Http1Conn {
+            send,
+            life: ConnLife::new(limits),
+            slot,
+        })
     }
 
-    /// The HTTP/2 connection of `pool`, made if there is none (or it closed), and
-    /// whether it was made before this request.
+    /// A connection for an HTTP/1.1 request: an idle one, or a new one. With circuit
+    /// breakers, as Envoy's pool: without an idle connection the request is pending
+    /// (refused past `http1MaxPendingRequests`) until a connection is put back or one
+    /// may be made (`maxConnections`).
+    async fn http1(
+        &self,
+        endpoint: &Arc<EndpointState>,
+        tls: Option<&UpstreamTransport>,
+        pool: &ConnPool,
+        limits: Option<&ClusterLimits>,
+    ) -> Result<(Http1Conn, bool), BoxError> {
+        let id = endpoint.id();
+        if let Some(conn) = pool.take_idle_http1() {
+            return Ok((conn, true));
+        }
+        let Some(l) = limits.filter(|l| l.limits().has_breakers()) else {
+            let slot = ConnSlot::take(endpoint, pool, None).ok_or(Overflow("connections"))?;
+            return Ok((self.new_http1(id, tls, pool, slot, limits).await?, false));
+        };
+        let _pending = PendingRequest::enter(l)?;
+        loop {
+            let freed = pool.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(conn) = pool.take_idle_http1() {
+                return Ok((conn, true));
+            }
+            if let Some(slot) = ConnSlot::take(endpoint, pool, Some(l)) {
+                return Ok((self.new_http1(id, tls, pool, slot, limits).await?, false));
+            }
+            freed.await;
+        }
+    }
+
+    /// The HTTP/2 connection of `pool` with room for one more stream, made if there is
+    /// none (or it closed, or was retired), and whether it was made before this
+    /// request. A request that finds no room (the connection has `maxConcurrentStreams`
+    /// streams, or another may not be made under `maxConnections`) is pending — refused
+    /// past `http1MaxPendingRequests` — until a stream ends or a connection is made.
     async fn http2(
         &self,
         pool: &ConnPool,
-        id: &Arc<str>,
+        endpoint: &Arc<EndpointState>,
         tls: Option<&UpstreamTransport>,
-    ) -> Result<(http2::SendRequest<ReqBody>, bool), BoxError> {
-        if let Some(conn) = pool.open_http2() {
+        limits: Option<&ClusterLimits>,
+    ) -> Result<(Http2Conn, bool), BoxError> {
+        let max_streams = limits.and_then(|l| l.limits().max_concurrent_streams);
+        let has_room =
+            |c: &Http2Conn| max_streams.is_none_or(|m| c.streams.load(Ordering::Acquire) < m);
+        if let Some(conn) = pool.open_http2()
+            && has_room(&conn)
+        {
             return Ok((conn, true));
         }
-        let _dialling = pool.http2_dialling.lock().await;
-        if let Some(conn) = pool.open_http2() {
-            // Made by a concurrent request while this one waited.
-            return Ok((conn, false));
+        let mut pending = None;
+        loop {
+            let freed = pool.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match pool.open_http2() {
+                Some(conn) if has_room(&conn) => return Ok((conn, true)),
+                Some(_) => {}
+                None => {
+                    if let Some(slot) = ConnSlot::take(endpoint, pool, limits) {
+                        match self.new_http2(pool, endpoint, tls, limits, slot).await? {
+                            Some(conn) => return Ok((conn, false)),
+                            // Made by a concurrent request meanwhile: look again.
+                            None => continue,
+                        }
+                    }
+                }
+            }
+            if pending.is_none()
+                && let Some(l) = limits
+            {
+                pending = Some(PendingRequest::enter(l)?);
+            }
+            freed.await;
         }
-        let io = self.dial(id, tls, pool, true).await?;
-        let (conn, connection) = http2::Builder::new(TokioExecutor::new())
+    }
+
+    /// Makes the HTTP/2 connection of `pool`, counted by `slot` — unless a concurrent
+    /// request made one while this one waited its turn to dial (`None`): one dial at a
+    /// time, so that concurrent requests share a connection.
+    async fn new_http2(
+        &self,
+        pool: &ConnPool,
+        endpoint: &Arc<EndpointState>,
+        tls: Option<&UpstreamTransport>,
+        limits: Option<&ClusterLimits>,
+        slot: Arc<ConnSlot>,
+    ) -> Result<Option<Http2Conn>, BoxError> {
+        let id = endpoint.id();
+        let _dialling = pool.http2_dialling.lock().await;
+        if pool.open_http2().is_some() {
+            return Ok(None);
+        }
+        let io = self
+            .dial(id, tls, pool, true, connect_timeout(limits))
+            .await?;
+        let (send, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(io))
             .await
@@ -459,10 +754,27 @@ impl EndpointPools {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
+            drop(slot);
         });
+        let conn = Http2Conn {
+            send,
+            life: Some(ConnLife::new(limits))
+                .filter(|l| l.max_requests.is_some() || l.max_duration.is_some())
+                .map(|l| Arc::new(Mutex::new(l))),
+            streams: Arc::new(AtomicU32::new(0)),
+        };
         *pool.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        Ok((conn, false))
+        // Every request waiting for a connection may share this one.
+        pool.freed.notify_waiters();
+        Ok(Some(conn))
     }
+}
+
+/// The cluster's connect timeout, when it is not the connector's own.
+fn connect_timeout(limits: Option<&ClusterLimits>) -> Option<Duration> {
+    limits
+        .map(|l| l.limits().connect_timeout)
+        .filter(|t| *t != CONNECT_TIMEOUT)
 }
 
 /// A stream to an endpoint: plaintext or TLS.
@@ -574,7 +886,10 @@ async fn reap(pool: Weak<ConnPool>, idle_timeout: Duration) {
             return;
         };
         let mut idle = pool.http1.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|c| !c.conn.is_closed() && c.since.elapsed() < idle_timeout);
+        idle.retain(|c| {
+            !c.conn.send.is_closed()
+                && c.since.elapsed() < c.conn.life.idle_timeout.unwrap_or(idle_timeout)
+        });
         if idle.is_empty() {
             // Under the lock: the next connection put back starts a new reaper.
             pool.reaping.store(false, Ordering::Relaxed);
@@ -618,42 +933,115 @@ fn host_header(uri: &Uri) -> Option<HeaderValue> {
     value.ok()
 }
 
-/// Sends `request` to `endpoint` over one of its pooled connections (made `tls`'s way).
+/// Sends `request` to `endpoint` over one of its pooled connections (made `tls`'s way),
+/// through its cluster's circuit breakers (`limits`). The response comes with the
+/// request's place among the cluster's requests in flight, to be held until its body
+/// ends.
 async fn send(
     endpoint: Arc<EndpointState>,
     protocol: Protocol,
     tls: Option<UpstreamTransport>,
+    limits: Option<ClusterLimits>,
     mut request: Request<ReqBody>,
-) -> Result<Response<Incoming>, BoxError> {
+) -> Result<(Response<Incoming>, Option<Attached>), BoxError> {
     *request.version_mut() = protocol.version();
     let id = endpoint.id();
     let pools = &endpoint.pools;
     let pool = pools.pool(id, tls.as_ref(), request.uri())?;
+    let limits = limits.as_ref();
     let mut resent = 0;
     match protocol {
         Protocol::Http1 => {
             to_http1(&mut request);
             loop {
-                let (mut conn, reused) = match pool.take_idle_http1() {
-                    Some(conn) => (conn, true),
-                    None => (pools.new_http1(id, tls.as_ref(), &pool).await?, false),
-                };
-                match conn.try_send_request(request).await {
+                let (mut conn, reused) =
+                    pools.http1(&endpoint, tls.as_ref(), &pool, limits).await?;
+                let mut attached = attach(limits, None)?;
+                conn.life.requests += 1;
+                match conn.send.try_send_request(request).await {
                     Ok(response) => {
+                        if let Some(a) = attached.as_mut()
+                            && !conn.life.may_carry()
+                        {
+                            a.retiring = Some(conn.slot.clone());
+                        }
                         ConnPool::release_http1(&pool, conn);
-                        return Ok(response);
+                        return Ok((response, attached));
                     }
                     Err(e) => request = unsent(e, reused, &mut resent)?,
                 }
             }
         }
         Protocol::Http2 => loop {
-            let (mut conn, reused) = pools.http2(&pool, id, tls.as_ref()).await?;
-            match conn.try_send_request(request).await {
-                Ok(response) => return Ok(response),
+            let (mut conn, reused) = pools.http2(&pool, &endpoint, tls.as_ref(), limits).await?;
+            let stream = limits
+                .and_then(|l| l.limits().max_concurrent_streams)
+                .map(|_| (conn.streams.clone(), pool.freed.clone()));
+            let attached = attach(limits, stream)?;
+            if let Some(mut life) = conn.life.as_ref().and_then(|l| l.lock().ok()) {
+                life.requests += 1;
+            }
+            match conn.send.try_send_request(request).await {
+                Ok(response) => return Ok((response, attached)),
                 Err(e) => request = unsent(e, reused, &mut resent)?,
             }
         },
+    }
+}
+
+/// A request on a connection: counted among its cluster's requests in flight (refused
+/// past `http2MaxRequests`, as Envoy's pool does when it attaches a request to a
+/// connection) and, on HTTP/2 under `maxConcurrentStreams`, among its connection's
+/// streams. `None` when nothing counts it.
+fn attach(
+    limits: Option<&ClusterLimits>,
+    stream: Option<(Arc<AtomicU32>, Arc<Notify>)>,
+) -> Result<Option<Attached>, Overflow> {
+    let counted = |l: &&ClusterLimits| {
+        l.limits().has_breakers() || l.limits().retry_budget.is_some() || stream.is_some()
+    };
+    let Some(l) = limits.filter(counted) else {
+        return Ok(None);
+    };
+    let active =
+        ActiveRequest::start(&l.state, l.limits().max_requests).ok_or(Overflow("requests"))?;
+    if let Some((streams, _)) = &stream {
+        streams.fetch_add(1, Ordering::AcqRel);
+    }
+    Ok(Some(Attached {
+        _active: active,
+        stream,
+        retiring: None,
+    }))
+}
+
+/// A request in flight on a connection (see [`attach`]); dropping it ends it.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    _active: ActiveRequest,
+    stream: Option<(Arc<AtomicU32>, Arc<Notify>)>,
+    /// The connection, when this request was its last: it counts no more once the
+    /// response ends.
+    retiring: Option<Arc<ConnSlot>>,
+}
+
+impl std::fmt::Debug for ConnSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnSlot")
+            .field("endpoint", self.endpoint.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Some(slot) = self.retiring.take() {
+            slot.release();
+        }
+        if let Some((streams, freed)) = &self.stream {
+            give_back(streams);
+            freed.notify_one();
+        }
     }
 }
 
@@ -696,22 +1084,28 @@ impl Service<Outgoing> for Pools {
             out.endpoint,
             out.protocol,
             out.tls,
+            out.limits,
             out.request,
         )))
     }
 }
 
+type Sent = Result<(Response<Incoming>, Option<Attached>), BoxError>;
+
 /// The response future of [`Pools`].
-pub struct PoolFuture(Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>);
+pub struct PoolFuture(Pin<Box<dyn Future<Output = Sent> + Send>>);
 
 impl Future for PoolFuture {
     type Output = Result<Response<ResBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0
-            .as_mut()
-            .poll(cx)
-            .map_ok(|resp| resp.map(ResBody::incoming))
+        self.0.as_mut().poll(cx).map_ok(|(resp, attached)| {
+            let mut resp = resp.map(ResBody::incoming);
+            if let Some(a) = attached {
+                resp.body_mut().hold_attached(a);
+            }
+            resp
+        })
     }
 }
 
@@ -793,6 +1187,7 @@ mod tests {
                 endpoint,
                 protocol,
                 tls: None,
+                limits: None,
             })
             .await
             .unwrap();
@@ -921,6 +1316,7 @@ mod tests {
                 endpoint: ep,
                 protocol: Protocol::Http1,
                 tls: None,
+                limits: None,
             })
             .await
             .unwrap_err();

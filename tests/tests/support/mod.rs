@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

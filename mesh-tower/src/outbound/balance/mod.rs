@@ -6,7 +6,10 @@
 //! not make LEAST_REQUEST forget which endpoint is busy. Endpoints earlier attempts tried
 //! are avoided when the route's retries say so (up to 5 picks, Envoy's
 //! `host_selection_retry_max_attempts`). A request counts as outstanding on its endpoint
-//! until its response body ends. The endpoint that answered travels in the response
+//! until its response body ends. With a DestinationRule's `outlierDetection`, the
+//! endpoints it ejected are left out (a balancer over the others picks) unless the
+//! cluster is in panic, and each attempt's outcome is counted (see
+//! [`mesh_core::outlier`]). The endpoint that answered travels in the response
 //! body ([`ResBody`](crate::ResBody)) to the retry layer above, which avoids it on the
 //! next attempt: a layer placed between the two that replaces the response body drops
 //! that note, and with it the avoidance of previous hosts. PASSTHROUGH balancing, resolution NONE and hosts outside

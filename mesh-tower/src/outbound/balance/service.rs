@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{COOKIE, HOST, SET_COOKIE};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -10,15 +10,17 @@ use http::{HeaderValue, Request, Response, Uri, Version};
 use mesh_core::Upstream;
 use mesh_core::balance::{LbAlgorithm, Pick};
 use mesh_core::cluster::{Cluster, Codec, HashOn, UpstreamTls, host_port};
+use mesh_core::outlier::{Outcome, grpc_to_http};
 use pin_project_lite::pin_project;
 use rand::RngExt;
 use tower::{Layer, Service};
 
+use super::super::outlier::{OutlierReport, OutlierState};
 use super::super::{ResponseFuture, Route, Routed, RoutedParts};
 use crate::identity::WorkloadIdentity;
 use crate::state::{EndpointState, InFlight};
 use crate::transport::origination;
-use crate::transport::pool::{MutualTls, Outgoing, Protocol, UpstreamTransport};
+use crate::transport::pool::{ClusterLimits, MutualTls, Outgoing, Protocol, UpstreamTransport};
 use crate::{BoxError, MeshFailure, ReqBody, ResBody, ResetReason};
 
 /// Picks the endpoint of each attempt and how to speak to it (see the module
@@ -69,6 +71,8 @@ struct Picked {
     /// How the cluster's connections are secured and the endpoint's side of it, when it
     /// is a cluster's.
     tls: Option<(UpstreamTls, bool, Arc<str>)>,
+    /// Where the attempt's outcome goes, when the cluster has outlier detection.
+    outlier: Option<OutlierReport>,
 }
 
 impl<U> Service<Routed> for Balance<U>
@@ -109,13 +113,10 @@ where
         if let Err(e) = point_at(&mut request, protocol, https) {
             return ResponseFuture::ready(e.into_response());
         }
-        // The least-request balancers count a request as outstanding until its response
-        // body is done, not only until its headers arrive.
-        let tracks_load = matches!(
-            picked.lb,
-            Some(LbAlgorithm::LeastRequest | LbAlgorithm::PeakEwma { .. })
-        );
-        let in_flight = tracks_load.then(|| InFlight::start(picked.endpoint.clone()));
+        // A request is outstanding on its endpoint until its response body is done, not
+        // only until its headers arrive: what the least-request balancers read, and the
+        // admin view's active requests.
+        let in_flight = Some(InFlight::start(picked.endpoint.clone()));
         let ewma = match picked.lb {
             Some(LbAlgorithm::PeakEwma { decay_ns, .. }) => {
                 Some((picked.endpoint.clone(), Instant::now(), decay_ns))
@@ -134,6 +135,7 @@ where
             endpoint: picked.endpoint,
             protocol,
             tls,
+            limits: limits(&route),
         });
         ResponseFuture::inner(BalanceFuture {
             fut,
@@ -141,8 +143,22 @@ where
             ewma,
             set_cookie,
             tried: picked.index,
+            outlier: picked.outlier,
         })
     }
+}
+
+/// The circuit breakers and connection settings of the route's cluster, when it has
+/// some.
+fn limits(route: &Route) -> Option<ClusterLimits> {
+    let id = match route.upstream() {
+        Upstream::Cluster(c) if c.limits.configured() => c.id,
+        _ => return None,
+    };
+    Some(ClusterLimits {
+        cluster: route.mesh().clusters().get(id as usize)?.clone(),
+        state: route.cluster_state()?.clone(),
+    })
 }
 
 /// The endpoint of a request, or the failure answered instead.
@@ -160,6 +176,7 @@ fn pick(
                 lb: None,
                 codec: Codec::FromClient,
                 tls: None,
+                outlier: None,
             });
         }
         Upstream::Cluster(c) => c,
@@ -181,19 +198,33 @@ fn pick(
                 UpstreamTls::Origination(_) | UpstreamTls::IstioMutual { .. }
             )
             .then(|| (c.tls.clone(), false, Arc::from(""))),
+            outlier: None,
         });
     }
     let mut rng = rand::rng();
     let key = hash_key(c, request, route, set_cookie, &mut rng);
     let avoid = route.retries().ignore_previous_hosts && !c.lb.is_hash();
     let loads = route.endpoints();
+    // Outlier detection: the balancer over the endpoints not ejected, while some are
+    // (and the cluster is not in panic).
+    let outlier = match &c.outlier {
+        None => None,
+        Some(settings) => route.cluster_state().and_then(|state| {
+            let table = OutlierState::table_for(state, c, settings, route.mesh().version())?;
+            Some((state, table))
+        }),
+    };
+    let healthy = outlier
+        .as_ref()
+        .and_then(|(state, table)| table.healthy(&state.outlier));
+    let balancer = healthy.as_deref().unwrap_or(&c.balancer);
     let mut picked = None;
     for _ in 0..HOST_SELECTION_ATTEMPTS {
         let mut p = match &key {
             Some(k) => Pick::with_key(&mut rng, k),
             None => Pick::new(&mut rng),
         };
-        let Some((i, _)) = c.pick(loads, &mut p) else {
+        let Some(i) = balancer.pick(loads, &mut p) else {
             break;
         };
         let i = u32::try_from(i).unwrap_or(u32::MAX);
@@ -218,13 +249,33 @@ fn pick(
         .get(i as usize)
         .map(|e| (c.tls.clone(), e.mtls, e.identity.clone()))
         .ok_or(MeshFailure::NoHealthyUpstream)?;
+    let outlier = outlier.map(|(_, table)| {
+        OutlierReport::new(
+            table,
+            i as usize,
+            crate::inbound::is_grpc(request.headers()),
+            attempt_timeout(route),
+        )
+    });
     Ok(Picked {
         endpoint,
         index: Some(i),
         lb: Some(c.lb.clone()),
         codec: c.codec,
         tls: Some(tls),
+        outlier,
     })
+}
+
+/// The timeout that cuts an attempt: its per-try timeout (when the route retries) or
+/// the route's, the shorter of the two.
+fn attempt_timeout(route: &Route) -> Option<Duration> {
+    let retries = route.retries();
+    let per_try = retries.per_try_timeout.filter(|_| retries.attempts > 0);
+    match (per_try, route.timeout()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// How a request (`https`: sent as `https://`) to an endpoint of a cluster secured
@@ -401,7 +452,8 @@ fn clock_ns() -> u64 {
 pin_project! {
     /// The response future of [`Balance`]: the endpoint's in-flight count goes with the
     /// response body; peak-EWMA observes the latency; a failure to connect is answered
-    /// as Envoy does.
+    /// as Envoy does; outlier detection counts the outcome (a timeout when the attempt is
+    /// dropped by the timeout that governs it).
     pub struct BalanceFuture<F> {
         #[pin]
         fut: F,
@@ -409,6 +461,15 @@ pin_project! {
         ewma: Option<(Arc<EndpointState>, Instant, u64)>,
         set_cookie: Option<HeaderValue>,
         tried: Option<u32>,
+        outlier: Option<OutlierReport>,
+    }
+
+    impl<F> PinnedDrop for BalanceFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(report) = this.project().outlier.take() {
+                report.abandoned();
+            }
+        }
     }
 }
 
@@ -437,9 +498,39 @@ where
             }
             Err(e) => MeshFailure::ConnectOrReset(reset_reason(&*e)).into_response(),
         };
+        if let Some(report) = this.outlier.take()
+            && let Some(outcome) = outlier_outcome(&resp, report.grpc)
+        {
+            report.record(outcome);
+        }
         // Where the attempt went, for a retry to avoid it.
         resp.body_mut().endpoint = this.tried.take();
         Poll::Ready(Ok(resp))
+    }
+}
+
+/// What outlier detection counts of an attempt answered `resp` (a gRPC request's
+/// `grpc-status` header, when the response has one, as Envoy's router maps it). A
+/// circuit breaker's overflow is the cluster's, not the endpoint's: not counted (as in
+/// Envoy); nor are the mesh's other local answers.
+fn outlier_outcome(resp: &Response<ResBody>, grpc: bool) -> Option<Outcome> {
+    match resp.extensions().get::<MeshFailure>() {
+        Some(MeshFailure::ConnectOrReset(ResetReason::Overflow)) => None,
+        Some(MeshFailure::ConnectOrReset(_) | MeshFailure::Protocol) => {
+            Some(Outcome::ConnectFailed)
+        }
+        Some(MeshFailure::Timeout) => Some(Outcome::Timeout),
+        Some(_) => None,
+        None => {
+            let grpc_status = grpc
+                .then(|| resp.headers().get("grpc-status"))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            Some(Outcome::Response(
+                grpc_status.map_or(resp.status().as_u16(), grpc_to_http),
+            ))
+        }
     }
 }
 
@@ -456,6 +547,9 @@ pub fn reset_reason(e: &(dyn std::error::Error + 'static)) -> ResetReason {
                 .is_some_and(|e| e.is_connect())
         {
             return ResetReason::ConnectionFailure;
+        }
+        if err.is::<crate::transport::pool::Overflow>() {
+            return ResetReason::Overflow;
         }
         if let Some(h2e) = err.downcast_ref::<h2::Error>()
             && h2e.reason() == Some(h2::Reason::REFUSED_STREAM)

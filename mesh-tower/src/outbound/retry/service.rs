@@ -10,8 +10,12 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::{Layer, Service, ServiceExt};
 
-use super::super::Routed;
-use crate::{BoxError, BoxFuture, MeshFailure, ResBody, ResetReason};
+use mesh_core::Upstream;
+use tower::retry::budget::Budget;
+
+use super::super::{Route, Routed};
+use crate::state::{ClusterState, give_back, take_below};
+use crate::{BoxError, BoxFuture, MeshFailure, ResBody, ResetReason, ResponseFlags};
 
 /// Retries requests as their route's `retries` say (see the module documentation).
 #[derive(Clone, Copy, Debug, Default)]
@@ -52,8 +56,12 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 fn outcome(resp: &Response<ResBody>, retries: &Retries) -> Option<Attempt> {
     match resp.extensions().get::<MeshFailure>() {
         // No endpoint, or no cluster at all: retrying cannot help (Envoy does not retry
-        // them either).
-        Some(MeshFailure::NoHealthyUpstream | MeshFailure::ClusterNotFound) => None,
+        // them either); nor is a request a circuit breaker turned away retried.
+        Some(
+            MeshFailure::NoHealthyUpstream
+            | MeshFailure::ClusterNotFound
+            | MeshFailure::ConnectOrReset(ResetReason::Overflow),
+        ) => None,
         Some(MeshFailure::ConnectOrReset(ResetReason::ConnectionFailure)) => {
             Some(Attempt::ConnectFailure)
         }
@@ -101,6 +109,16 @@ where
     }
 
     fn call(&mut self, mut routed: Routed) -> Self::Future {
+        // Each request the route sends is a deposit in its cluster's retry budget.
+        if let Upstream::Cluster(c) = routed.route.upstream()
+            && c.limits.request_budget.is_some()
+            && let Some(b) = routed
+                .route
+                .cluster_state()
+                .and_then(|s| s.request_budget())
+        {
+            b.budget.deposit();
+        }
         if routed.route.retries().attempts == 0 {
             return RetryFuture::from(RetryFutureState::Once {
                 fut: self.inner.call(routed),
@@ -234,6 +252,56 @@ fn finish(resp: Option<Response<ResBody>>) -> Response<ResBody> {
     }
 }
 
+/// `resp`, flagged `URX`.
+fn exceeded(mut resp: Response<ResBody>) -> Response<ResBody> {
+    ResponseFlags::record(&mut resp, ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+    resp
+}
+
+/// A retry counted among its cluster's retries in flight, from its backoff to its end.
+struct RetryInFlight(Option<Arc<ClusterState>>);
+
+impl RetryInFlight {
+    /// Admits one more retry to the route's cluster, or refuses it (counted as a retry
+    /// overflow): Linkerd's budget (`mesh.rs/retry-budget`) must have a token; Envoy's
+    /// retry budget (`retryBudget`) allows its share of the requests in flight, else
+    /// `maxRetries` caps the retries in flight.
+    fn admit(route: &Route) -> Result<Self, ()> {
+        let (Upstream::Cluster(c), Some(state)) = (route.upstream(), route.cluster_state()) else {
+            return Ok(RetryInFlight(None));
+        };
+        let b = &state.breakers;
+        let refuse = || {
+            b.retry_overflow.fetch_add(1, Ordering::Relaxed);
+            Err(())
+        };
+        if let Some(budget) = state.request_budget()
+            && !budget.budget.withdraw()
+        {
+            return refuse();
+        }
+        let max = match c.limits.retry_budget {
+            Some(rb) => Some(rb.allowed(b.requests().saturating_add(b.pending()))),
+            None => c.limits.max_retries,
+        };
+        if max.is_none() {
+            return Ok(RetryInFlight(None));
+        }
+        if !take_below(&b.retries, max) {
+            return refuse();
+        }
+        Ok(RetryInFlight(Some(state.clone())))
+    }
+}
+
+impl Drop for RetryInFlight {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            give_back(&s.breakers.retries);
+        }
+    }
+}
+
 /// The attempts after a first one that is retried (`last`: its response, `None` when
 /// its per-try timeout expired).
 async fn retry_more<S>(
@@ -263,6 +331,12 @@ where
         if let Some(i) = tagged.or(picked) {
             routed.route.tried.push(i);
         }
+        // The cluster's retry limits: `maxRetries` retries in flight, Envoy's retry budget
+        // (`retryBudget`) or Linkerd's (`mesh.rs/retry-budget`). Past them, the last
+        // answer stands, flagged `URX` as Envoy's retry overflow is.
+        let Ok(_retrying) = RetryInFlight::admit(&routed.route) else {
+            return Ok(exceeded(finish(last)));
+        };
         let retries = routed.route.retries();
         let wait = retries.backoff(retry, &mut rand::rng());
         let per_try_timeout = retries.per_try_timeout;
@@ -285,10 +359,12 @@ where
         }
         let resp = result?;
         let retries = routed.route.retries();
-        let again = retry < retries.attempts
-            && should_retry(retries, resp.as_ref())
-            && routed.request.body().is_replayable();
-        if !again {
+        let wanted = should_retry(retries, resp.as_ref());
+        if wanted && retry >= retries.attempts {
+            // Envoy's `URX`: the retry limit was reached on an answer worth retrying.
+            return Ok(exceeded(finish(resp)));
+        }
+        if !wanted || !routed.request.body().is_replayable() {
             return Ok(finish(resp));
         }
         last = resp;
