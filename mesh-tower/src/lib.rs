@@ -53,7 +53,7 @@ pub use flags::ResponseFlags;
 pub use gateway::{GatewayError, IngressGateway};
 pub use mesh_core::Workload;
 pub use outbound::MeshClient;
-pub use runtime::{Mesh, MeshRuntime};
+pub use runtime::{Mesh, MeshRuntime, RuntimeOptions};
 
 /// The error type of the mesh's services.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -85,6 +85,10 @@ struct Inner {
     providers: std::sync::RwLock<std::collections::HashMap<String, AuthzProvider>>,
     /// Local rate limit buckets, by stable key (they outlive configurations).
     local_rate_limits: crate::ratelimit::local::LocalRateLimiters,
+    /// The global rate limiter the `ratelimit` filters ask, when one is set.
+    rate_limit_service: arc_swap::ArcSwapOption<crate::ratelimit::global::GlobalRateLimiter>,
+    /// Set once a request met a global rate limit filter with no limiter (logged once).
+    rate_limit_service_missing: std::sync::atomic::AtomicBool,
 }
 
 /// The mesh of a process: the configuration in force, shared by the workloads of the
@@ -102,11 +106,49 @@ impl std::fmt::Debug for MeshRuntime {
     }
 }
 
+/// How a [`MeshRuntime`] is built (see [`MeshRuntime::from_snapshot_with`]).
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    worker_pools: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { worker_pools: 1 }
+    }
+}
+
+impl RuntimeOptions {
+    /// Connection pools per endpoint, one per worker thread, as Envoy keeps them (default
+    /// 1: one pool per endpoint for the whole process).
+    ///
+    /// Envoy's workers each have their own pools (an Istio sidecar runs 2 workers by
+    /// default); the circuit breakers' counters are shared by the workers, but a pool
+    /// without any connection may always make one, so that its pending requests are
+    /// never stranded. A cluster with `maxConnections: 1` may thus have a connection per
+    /// worker, and callers served by different workers seldom wait for each other —
+    /// the "leeway" Istio's circuit-breaking task shows. With `n` pools, each endpoint
+    /// has `n` and a thread sends through pool `i % n`, threads numbered `i` in the
+    /// order of their first request through the mesh: an application running one
+    /// current-thread runtime per core gets Envoy's behaviour exactly. On tokio's
+    /// multi-thread runtime a task may move between threads, so a caller does not keep
+    /// one pool. With one pool, the limits hold strictly for the whole process.
+    pub fn worker_pools(mut self, n: usize) -> Self {
+        self.worker_pools = n.max(1);
+        self
+    }
+}
+
 impl MeshRuntime {
     /// Compiles `snapshot` (once for the whole process).
     pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        Self::from_snapshot_with(snapshot, RuntimeOptions::default())
+    }
+
+    /// Compiles `snapshot`, with `options`.
+    pub fn from_snapshot_with(snapshot: &Snapshot, options: RuntimeOptions) -> Self {
         let mesh = Arc::new(CompiledMesh::compile(snapshot));
-        let states = Arc::new(EndpointStates::default());
+        let states = Arc::new(EndpointStates::with_worker_pools(options.worker_pools));
         let generation = Generation {
             endpoints: states.for_mesh(&mesh),
             clusters: states.clusters_for_mesh(&mesh),
@@ -125,6 +167,8 @@ impl MeshRuntime {
                 jwks: Default::default(),
                 providers: Default::default(),
                 local_rate_limits: Default::default(),
+                rate_limit_service: Default::default(),
+                rate_limit_service_missing: Default::default(),
             }),
         }
     }
@@ -318,6 +362,35 @@ impl MeshRuntime {
     /// counters (see [`ratelimit::local`](crate::ratelimit::local)).
     pub fn local_rate_limits(&self) -> &crate::ratelimit::local::LocalRateLimiters {
         &self.inner.local_rate_limits
+    }
+
+    /// Sets the global rate limiter that the workloads' and gateways' global rate limit
+    /// filters (`envoy.filters.http.ratelimit`) ask — Envoy's rate-limit service, here
+    /// counting in Redis directly (see [`ratelimit::global`](crate::ratelimit::global)) —
+    /// or removes it. Without one, a request a global filter applies to is treated as
+    /// if the service failed: let through, or refused with the filter's
+    /// `status_on_error` under `failure_mode_deny`.
+    pub fn set_rate_limit_service(
+        &self,
+        limiter: Option<crate::ratelimit::global::GlobalRateLimiter>,
+    ) {
+        self.inner.rate_limit_service.store(limiter.map(Arc::new));
+    }
+
+    /// The global rate limiter, when one is set.
+    pub fn rate_limit_service(&self) -> Option<Arc<crate::ratelimit::global::GlobalRateLimiter>> {
+        let limiter = self.inner.rate_limit_service.load_full();
+        if limiter.is_none()
+            && !self
+                .inner
+                .rate_limit_service_missing
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "a global rate limit filter applies to a request but no rate limit service is set (MeshRuntime::set_rate_limit_service): treated as a failed service"
+            );
+        }
+        limiter
     }
 
     pub(crate) fn jwks(&self) -> &crate::inbound::jwt::JwksCache {

@@ -17,7 +17,7 @@
 //! a request reaches its endpoint's state by the cluster's id and the endpoint's index.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -29,6 +29,16 @@ use tower::retry::budget::TpsBudget;
 
 use crate::transport::pool::EndpointPools;
 
+/// The index of the calling thread among those that sent through a mesh, numbered in
+/// the order of their first request: with pools per worker, the pool it uses.
+fn worker_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
+}
+
 /// What the runtime knows of one endpoint (see the module documentation).
 #[derive(Debug)]
 pub struct EndpointState {
@@ -36,18 +46,23 @@ pub struct EndpointState {
     load: EndpointLoad,
     /// Its open connections (every transport).
     connections: AtomicU32,
-    pub(crate) pools: EndpointPools,
+    /// Its connection pools: one, or one per worker thread (see
+    /// [`RuntimeOptions::worker_pools`](crate::RuntimeOptions::worker_pools)).
+    pools: Box<[EndpointPools]>,
     /// When it was last used, in milliseconds since its table was made (passthrough
     /// endpoints only).
     used: AtomicU64,
 }
 
 impl EndpointState {
-    fn new(id: Arc<str>) -> Self {
-        Self::with_pools(EndpointPools::new(&id), id)
+    fn new(id: Arc<str>, worker_pools: usize) -> Self {
+        let pools = (0..worker_pools.max(1))
+            .map(|_| EndpointPools::new(&id))
+            .collect();
+        Self::with_pools(pools, id)
     }
 
-    pub(crate) fn with_pools(pools: EndpointPools, id: Arc<str>) -> Self {
+    pub(crate) fn with_pools(pools: Box<[EndpointPools]>, id: Arc<str>) -> Self {
         EndpointState {
             pools,
             id,
@@ -61,7 +76,16 @@ impl EndpointState {
     /// to it through [`Pools`](crate::transport::pool::Pools), the mesh's transport
     /// without its routing (a benchmark's floor, or a test's).
     pub fn standalone(id: &str) -> Arc<Self> {
-        Arc::new(Self::new(id.into()))
+        Arc::new(Self::new(id.into(), 1))
+    }
+
+    /// The connection pools requests of this thread use: the endpoint's one, or with
+    /// pools per worker, this worker's.
+    pub(crate) fn pools(&self) -> &EndpointPools {
+        match &*self.pools {
+            [one] => one,
+            shards => &shards[worker_index() % shards.len()],
+        }
     }
 
     /// `address:port` (an IPv6 address in brackets).
@@ -304,20 +328,28 @@ pub(crate) struct EndpointStates {
     /// Destinations outside the registry (ALLOW_ANY, PASSTHROUGH, resolution NONE).
     passthrough: RwLock<HashMap<Arc<str>, Arc<EndpointState>>>,
     epoch: Instant,
+    /// Connection pools per endpoint (one per worker thread, or one).
+    worker_pools: usize,
 }
 
 impl Default for EndpointStates {
     fn default() -> Self {
+        Self::with_worker_pools(1)
+    }
+}
+
+impl EndpointStates {
+    /// States whose endpoints have `worker_pools` connection pools each.
+    pub(crate) fn with_worker_pools(worker_pools: usize) -> Self {
         EndpointStates {
             clusters: Mutex::new(HashMap::new()),
             cluster_states: Mutex::new(HashMap::new()),
             passthrough: RwLock::new(HashMap::new()),
             epoch: Instant::now(),
+            worker_pools: worker_pools.max(1),
         }
     }
-}
 
-impl EndpointStates {
     /// The endpoint states of every cluster of `mesh`, by cluster id: the states of
     /// endpoints already known are kept, new ones start idle, and those no cluster of
     /// `mesh` has any more are forgotten (requests still in flight keep theirs alive).
@@ -337,9 +369,9 @@ impl EndpointStates {
                         if let Some(s) = next.get(&e.id) {
                             return s.clone();
                         }
-                        let s = known
-                            .remove(&e.id)
-                            .unwrap_or_else(|| Arc::new(EndpointState::new(e.id.clone())));
+                        let s = known.remove(&e.id).unwrap_or_else(|| {
+                            Arc::new(EndpointState::new(e.id.clone(), self.worker_pools))
+                        });
                         next.insert(e.id.clone(), s.clone());
                         s
                     })
@@ -410,7 +442,7 @@ impl EndpointStates {
         }
         let state = map
             .entry(id.into())
-            .or_insert_with(|| Arc::new(EndpointState::new(id.into())));
+            .or_insert_with(|| Arc::new(EndpointState::new(id.into(), self.worker_pools)));
         state.used.store(now, Ordering::Relaxed);
         state.clone()
     }
@@ -425,6 +457,33 @@ impl EndpointStates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_keeps_its_worker_pool_and_two_threads_in_turn_get_two() {
+        let state = EndpointState::new("127.0.0.1:1".into(), 2);
+        let mine = state.pools() as *const EndpointPools as usize;
+        assert_eq!(state.pools() as *const EndpointPools as usize, mine);
+        assert_eq!(worker_index(), worker_index());
+        // Threads are numbered in turn: two threads started one after the other, each
+        // numbered before the next starts, use the two pools.
+        let state = Arc::new(state);
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let s = state.clone();
+            let (index, pool) = std::thread::spawn(move || {
+                (worker_index(), s.pools() as *const EndpointPools as usize)
+            })
+            .join()
+            .unwrap();
+            seen.push((index, pool));
+        }
+        assert_ne!(seen[0].0, seen[1].0, "each thread has its own index");
+        if seen[1].0 == seen[0].0 + 1 {
+            assert_ne!(seen[0].1, seen[1].1, "consecutive indices, different pools");
+        }
+        let one = EndpointState::new("127.0.0.1:1".into(), 1);
+        assert_eq!(one.pools.len(), 1);
+    }
 
     #[tokio::test]
     async fn past_the_limit_the_least_recently_used_passthrough_quarter_is_forgotten() {

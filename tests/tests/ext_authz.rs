@@ -16,8 +16,9 @@ use hyper::body::Incoming;
 use mesh_config::ConfigSet;
 use mesh_tests::checked;
 use mesh_tower::inbound::ext_authz::{CheckRequest, CheckResponse};
-use mesh_tower::{BoxError, MeshRuntime, Workload};
+use mesh_tower::{BoxError, MeshRuntime, ResponseFlags, Workload};
 use tokio::net::TcpListener;
+use tower::{Layer, ServiceExt};
 
 fn config(port: u16, provider: &str) -> mesh_config::Snapshot {
     let yaml = format!(
@@ -252,5 +253,55 @@ spec:
             .await
             .unwrap(),
         (403, "RBAC: access denied".into())
+    );
+}
+
+/// The provider's denials and failures are flagged `UAEX` (Envoy's
+/// UnauthorizedExternalService) on the response the workload's inbound layer answers;
+/// an admitted request carries no flag.
+#[tokio::test]
+async fn provider_refusals_are_flagged_uaex() {
+    let runtime = MeshRuntime::from_snapshot(&config(8000, "sample-ext-authz-http"));
+    runtime.register_authz_provider(
+        "sample-ext-authz-http",
+        provider(Arc::new(AtomicUsize::new(0))),
+    );
+    let app = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    });
+    let flags = |runtime: &MeshRuntime, headers: &'static [(&'static str, &'static str)]| {
+        let mesh = runtime.workload(
+            Workload::new("httpbin", "foo")
+                .labels([("app", "httpbin")])
+                .service_account("httpbin"),
+        );
+        let svc = mesh.inbound().layer(app);
+        async move {
+            let mut req = Request::get("/admin/x").header("host", "httpbin");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = svc
+                .oneshot(req.body(Full::new(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            (resp.status().as_u16(), ResponseFlags::of(&resp).to_string())
+        }
+    };
+    assert_eq!(flags(&runtime, &[]).await, (403, "UAEX".to_string()));
+    assert_eq!(
+        flags(&runtime, &[("x-ext-authz", "allow")]).await,
+        (200, "-".to_string())
+    );
+    let broken = MeshRuntime::from_snapshot(&config(8000, "broken"));
+    broken.register_authz_provider(
+        "broken",
+        tower::service_fn(|_: CheckRequest| async {
+            Err::<CheckResponse, BoxError>("provider down".into())
+        }),
+    );
+    assert_eq!(
+        flags(&broken, &[("x-ext-authz", "allow")]).await,
+        (403, "UAEX".to_string())
     );
 }

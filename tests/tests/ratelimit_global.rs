@@ -522,3 +522,309 @@ descriptors:
     assert_eq!(v.statuses()[0].limit_remaining, u32::MAX);
     assert!(redis.keys("messaging_ldap*").is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Istio's global rate limit task on Bookinfo: the filter at the ingress gateway, through a
+// real Redis shared by two mesh instances (two Bookinfo processes' worth of runtimes, each
+// with its own ingress gateway and its own limiter).
+
+/// A file of `tests/fixtures/ratelimit` (Istio's task, see its NOTICE).
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/ratelimit")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// The task's advanced-case EnvoyFilter for this Bookinfo: Istio's current Bookinfo
+/// gateway listens on 8080, the copy the example runs on port 80, so the virtual host is
+/// `*:80`.
+fn api_filter() -> String {
+    fixture("global-ratelimit-api.yaml").replace("\"*:8080\"", "\"*:80\"")
+}
+
+/// A Bookinfo whose runtime asks a limiter of `limits` (the rate-limit service's
+/// configuration) in `redis`, with `filters` applied (file name, YAML).
+async fn bookinfo_with_limits(
+    redis: &RedisServer,
+    clock: &Arc<ManualClock>,
+    limits: &str,
+    filters: &[(&str, String)],
+) -> (support::Demo, GlobalRateLimiter) {
+    let demo = support::Demo::start().await;
+    let parsed = RlsConfig::parse_str("ratelimit-config.yaml", limits);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    let l = GlobalRateLimiter::new(parsed.config.unwrap(), settings(redis, clock)).unwrap();
+    assert!(l.ready(Duration::from_secs(10)).await, "connected to Redis");
+    demo.running()
+        .live
+        .runtime()
+        .set_rate_limit_service(Some(l.clone()));
+    for (name, yaml) in filters {
+        demo.apply_settled(name, yaml).await;
+    }
+    (demo, l)
+}
+
+/// A Bookinfo with the task's ConfigMap and its gateway EnvoyFilter (after `edit`).
+async fn bookinfo_with_limiter(
+    redis: &RedisServer,
+    clock: &Arc<ManualClock>,
+    edit: impl Fn(String) -> String,
+) -> (support::Demo, GlobalRateLimiter) {
+    bookinfo_with_limits(
+        redis,
+        clock,
+        &fixture("ratelimit-config.yaml"),
+        &[(
+            "global-ratelimit.yaml",
+            edit(fixture("global-ratelimit.yaml")),
+        )],
+    )
+    .await
+}
+
+/// GETs `path` `n` times, alternating between the two gateways; the statuses.
+async fn alternate(a: &support::Demo, b: &support::Demo, path: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let demo = if i % 2 == 0 { a } else { b };
+        let answer = demo.ingress(path).await;
+        if answer.status == 429 {
+            // The global filter's refusal, as Envoy sends it.
+            assert_eq!(answer.headers["x-envoy-ratelimited"], "true", "{answer:?}");
+            assert_eq!(answer.body, "", "{answer:?}");
+        }
+        out.push(answer.status);
+    }
+    out
+}
+
+fn admitted(statuses: &[u16]) -> usize {
+    statuses.iter().filter(|s| **s == 200).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_task_global_limit_shared_by_two_bookinfo_gateways() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, la) = bookinfo_with_limiter(&redis, &clock, |y| y).await;
+    let (b, lb) = bookinfo_with_limiter(&redis, &clock, |y| y).await;
+
+    // `/productpage`: 1 request per minute, whichever gateway it goes through.
+    let page = alternate(&a, &b, "/productpage", 6).await;
+    assert_eq!(page, [200, 429, 429, 429, 429, 429]);
+    // Any other path: 100 per minute each (the `PATH` default).
+    let api = alternate(&a, &b, "/api/v1/products", 4).await;
+    assert_eq!(api, [200; 4]);
+    // The counters are shared: one key per path and window in the one Redis.
+    let window = clock.now();
+    assert_eq!(
+        redis.get(&format!("ratelimit_PATH_/api/v1/products_{window}")),
+        Some(4)
+    );
+    assert!(
+        redis
+            .get(&format!("ratelimit_PATH_/productpage_{window}"))
+            .is_some_and(|n| n >= 2),
+        "both gateways counted /productpage"
+    );
+    // A new window admits one more.
+    clock.advance(60);
+    assert_eq!(admitted(&alternate(&a, &b, "/productpage", 4).await), 1);
+
+    // The task's advanced case: `/api/v1/products/<id>` on the route `api`, 2 per
+    // minute. The route's own `rate_limits` replace the virtual host's: a path the
+    // route's regex does not match makes no descriptor, and nothing limits it.
+    for demo in [&a, &b] {
+        demo.apply_settled(
+            "bookinfo-api-route.yaml",
+            &fixture("bookinfo-api-route.yaml"),
+        )
+        .await;
+        demo.apply_settled("global-ratelimit-api.yaml", &api_filter())
+            .await;
+    }
+    clock.advance(60);
+    let products = alternate(&a, &b, "/api/v1/products/1", 5).await;
+    assert_eq!(products, [200, 200, 429, 429, 429]);
+    // Another id is the same descriptor (`PATH=api`): over the limit too.
+    assert_eq!(alternate(&a, &b, "/api/v1/products/2", 2).await, [429, 429]);
+    assert_eq!(alternate(&a, &b, "/api/v1/products", 5).await, [200; 5]);
+    assert_eq!(admitted(&alternate(&a, &b, "/productpage", 3).await), 1);
+    clock.advance(60);
+    assert_eq!(
+        alternate(&a, &b, "/api/v1/products/3", 3).await,
+        [200, 200, 429]
+    );
+    // Each limiter asked Redis for its own requests; none failed.
+    for l in [&la, &lb] {
+        let s = l.stats();
+        assert!(s.checks > 0 && s.over_limit > 0, "{s:?}");
+        assert_eq!(s.redis_errors, 0, "{s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_under_bookinfo_fails_open_or_closed_as_configured() {
+    let mut redis = RedisServer::start();
+    let clock = ManualClock::new();
+    // Gateway A fails open (Envoy's default) and sends the x-ratelimit headers; gateway
+    // B keeps the task's `failure_mode_deny: true`.
+    let (a, la) = bookinfo_with_limiter(&redis, &clock, |y| {
+        y.replace(
+            "failure_mode_deny: true",
+            "failure_mode_deny: false\n            enable_x_ratelimit_headers: DRAFT_VERSION_03",
+        )
+    })
+    .await;
+    let (b, lb) = bookinfo_with_limiter(&redis, &clock, |y| y).await;
+
+    let first = a.ingress("/api/v1/products").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["x-ratelimit-limit"], "100, 100;w=60");
+    assert_eq!(first.headers["x-ratelimit-remaining"], "99");
+    assert_eq!(first.headers["x-ratelimit-reset"], "60");
+    assert_eq!(admitted(&alternate(&a, &b, "/productpage", 4).await), 1);
+    let limited = a.ingress("/productpage").await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
+
+    redis.stop();
+    // A lets every request through; B refuses them with its `status_on_error`.
+    for _ in 0..4 {
+        assert_eq!(a.ingress("/productpage").await.status, 200);
+        let refused = b.ingress("/productpage").await;
+        assert_eq!(refused.status, 500, "{refused:?}");
+        assert!(refused.headers.get("x-envoy-ratelimited").is_none());
+    }
+    assert!(la.stats().redis_errors >= 4, "{:?}", la.stats());
+    assert!(lb.stats().redis_errors >= 4, "{:?}", lb.stats());
+
+    // Redis back (empty: the counts of the window are gone): the limits resume once the
+    // limiters have reconnected.
+    redis.restart();
+    for l in [&la, &lb] {
+        assert!(l.ready(Duration::from_secs(10)).await, "reconnected");
+        assert!(l.stats().reconnects >= 1, "{:?}", l.stats());
+    }
+    clock.advance(60);
+    assert_eq!(
+        alternate(&a, &b, "/productpage", 4).await,
+        [200, 429, 429, 429]
+    );
+}
+
+/// A global limit on a workload (context SIDECAR_INBOUND): the filter on details, its
+/// inbound virtual host's `generic_key` action, 2 requests per minute. It runs after
+/// authorization, as Istio's task places the filter before the router: a request an
+/// AuthorizationPolicy denies is answered `403` and does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_global_limit_counts_what_authorization_admits() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let filter = r#"apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: details-ratelimit, namespace: default}
+spec:
+  workloadSelector: {labels: {app: details}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {name: envoy.filters.http.router}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+          domain: details-limits
+          timeout: 2s
+          enable_x_ratelimit_headers: DRAFT_VERSION_03
+          rate_limit_service:
+            grpc_service:
+              envoy_grpc: {cluster_name: outbound|8081||ratelimit.default.svc.cluster.local}
+            transport_api_version: V3
+  - applyTo: VIRTUAL_HOST
+    match:
+      context: SIDECAR_INBOUND
+      routeConfiguration:
+        vhost: {name: "inbound|http|9080"}
+    patch:
+      operation: MERGE
+      value:
+        rate_limits:
+        - actions:
+          - generic_key: {descriptor_value: details}
+"#;
+    let deny = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: details-deny-secret, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: [/details/secret]}
+";
+    let limits = "
+domain: details-limits
+descriptors:
+  - key: generic_key
+    value: details
+    rate_limit: {unit: minute, requests_per_unit: 2}
+";
+    let (demo, limiter) = bookinfo_with_limits(
+        &redis,
+        &clock,
+        limits,
+        &[
+            ("details-ratelimit.yaml", filter.to_string()),
+            ("details-deny.yaml", deny.to_string()),
+        ],
+    )
+    .await;
+    let ratings = support::workload(&demo, "ratings-v1");
+    let mut statuses = Vec::new();
+    for path in [
+        "/details/0",
+        "/details/secret",
+        "/details/secret",
+        "/details/1",
+    ] {
+        statuses.push(support::get(&ratings, &format!("http://details:9080{path}")).await);
+    }
+    assert_eq!(
+        statuses.iter().map(|a| a.status).collect::<Vec<_>>(),
+        [200, 403, 403, 200]
+    );
+    assert_eq!(statuses[0].headers["x-ratelimit-limit"], "2, 2;w=60");
+    assert_eq!(statuses[0].headers["x-ratelimit-remaining"], "1");
+    assert_eq!(statuses[3].headers["x-ratelimit-remaining"], "0");
+    let refused = support::get(&ratings, "http://details:9080/details/2").await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.headers["x-envoy-ratelimited"], "true");
+    assert_eq!(
+        redis.get(&format!(
+            "details-limits_generic_key_details_{}",
+            clock.now()
+        )),
+        Some(3)
+    );
+    assert_eq!(limiter.stats().checks, 3);
+    // The next window.
+    clock.advance(60);
+    assert_eq!(
+        support::get(&ratings, "http://details:9080/details/0")
+            .await
+            .status,
+        200
+    );
+}

@@ -19,72 +19,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Request};
-use http_body_util::{BodyExt, Empty};
-use mesh_config::model::AnyResource;
-use mesh_tower::{Mesh, Workload};
-use tower::ServiceExt;
-
 mod support;
 
-use support::Demo;
-
-/// `meshctl apply` of `yaml` (as file `name`), then waits (at most 5 s) until the running
-/// configuration holds every resource of it as written: a reload still pending from an
-/// earlier change may bump the version first.
-async fn apply(demo: &Demo, name: &str, yaml: &str) {
-    demo.apply_text(name, yaml).await;
-    let mut wanted = mesh_config::ConfigSet::new();
-    wanted.add_str(name, yaml);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let snapshot = demo.running().live.snapshot();
-        let settled = wanted.resources().iter().all(|r| {
-            snapshot
-                .get(&r.key())
-                .is_some_and(|have| spec(have) == spec(r))
-        });
-        if settled {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} was not applied within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A resource's spec, to compare.
-fn spec(r: &AnyResource) -> String {
-    match r {
-        AnyResource::EnvoyFilter(x) => format!("{:?}", x.spec),
-        AnyResource::LocalRateLimitPolicy(x) => format!("{:?}", x.spec),
-        AnyResource::VirtualService(x) => format!("{:?}", x.spec),
-        AnyResource::DestinationRule(x) => format!("{:?}", x.spec),
-        other => format!("{}", other.key()),
-    }
-}
+use support::{Answer, Demo, get, workload};
 
 fn fixture(name: &str) -> String {
     let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ratelimit")).join(name);
     std::fs::read_to_string(path).unwrap()
-}
-
-/// The mesh handle of a running Bookinfo workload (the same identity it serves with).
-fn workload(demo: &Demo, name: &str) -> Mesh {
-    let (spec, _) = demo
-        .running()
-        .workloads
-        .iter()
-        .find(|(w, _)| w.name == name)
-        .unwrap();
-    demo.running().live.runtime().workload(
-        Workload::new(spec.name.clone(), spec.namespace.clone())
-            .labels(spec.labels.clone())
-            .service_account(spec.service_account.clone()),
-    )
 }
 
 /// The address a Bookinfo workload listens on.
@@ -95,40 +36,6 @@ fn workload_addr(demo: &Demo, name: &str) -> SocketAddr {
         .find(|(w, _)| w.name == name)
         .map(|(_, a)| *a)
         .unwrap()
-}
-
-/// A response's status, headers and body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
-}
-
-/// GET `url` through `mesh`'s client.
-async fn get(mesh: &Mesh, url: &str) -> Answer {
-    let req = Request::get(url).body(Empty::<Bytes>::new()).unwrap();
-    let resp = mesh.client().oneshot(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-/// GET `path` on the ingress gateway.
-async fn via_ingress(demo: &Demo, path: &str) -> Answer {
-    let req = Request::get(format!("http://{}{path}", demo.running().ingress))
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
-    let (status, headers, body) = demo.send(req).await;
-    Answer {
-        status: status.as_u16(),
-        headers,
-        body,
-    }
 }
 
 /// Asserts `a` is Envoy's local rate limit refusal, with the task's header.
@@ -159,12 +66,8 @@ fn count(answers: &[Answer], status: u16) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_task_local_limit_on_productpage_admits_four() {
     let demo = Demo::start().await;
-    apply(
-        &demo,
-        "local-ratelimit.yaml",
-        &fixture("local-ratelimit.yaml"),
-    )
-    .await;
+    demo.apply_settled("local-ratelimit.yaml", &fixture("local-ratelimit.yaml"))
+        .await;
     // As the task checks it: in-mesh requests to productpage:9080 from the ratings pod.
     let answers = productpage_from_ratings(&demo, 10).await;
     assert_eq!(count(&answers, 200), 4, "{answers:?}");
@@ -178,7 +81,7 @@ async fn istio_task_local_limit_on_productpage_admits_four() {
     }
     // The limit is productpage's: through the ingress gateway (which calls productpage)
     // the bucket is empty too; details is not limited.
-    assert_limited(&via_ingress(&demo, "/productpage").await, true);
+    assert_limited(&demo.ingress("/productpage").await, true);
     let reviews = workload(&demo, "reviews-v1");
     for _ in 0..6 {
         assert_eq!(
@@ -209,8 +112,7 @@ async fn istio_task_per_route_limit_applies_to_its_virtual_host_only() {
     let yaml = fixture("local-ratelimit-per-route.yaml");
     // Another port's virtual host: the filter is in the chain but disabled (no
     // `filter_enabled` at the filter level), and no route configuration applies.
-    apply(
-        &demo,
+    demo.apply_settled(
         "elsewhere.yaml",
         &yaml.replace("inbound|http|9080", "inbound|http|9999"),
     )
@@ -218,7 +120,8 @@ async fn istio_task_per_route_limit_applies_to_its_virtual_host_only() {
     let answers = productpage_from_ratings(&demo, 6).await;
     assert_eq!(count(&answers, 200), 6, "{answers:?}");
     // The task's: productpage's port 9080.
-    apply(&demo, "local-ratelimit-per-route.yaml", &yaml).await;
+    demo.apply_settled("local-ratelimit-per-route.yaml", &yaml)
+        .await;
     let answers = productpage_from_ratings(&demo, 10).await;
     assert_eq!(count(&answers, 200), 4, "{answers:?}");
     for a in &answers[4..] {
@@ -229,8 +132,7 @@ async fn istio_task_per_route_limit_applies_to_its_virtual_host_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_limit_as_a_local_rate_limit_policy() {
     let demo = Demo::start().await;
-    apply(
-        &demo,
+    demo.apply_settled(
         "productpage-limit.yaml",
         "apiVersion: mesh.rs/v1alpha1
 kind: LocalRateLimitPolicy
@@ -246,15 +148,13 @@ spec:
     for a in &answers[4..] {
         assert_limited(a, false);
     }
-    assert_limited(&via_ingress(&demo, "/productpage").await, false);
+    assert_limited(&demo.ingress("/productpage").await, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bucket_refills_continuously_never_above_burst_plus_fills() {
     let demo = Demo::start().await;
-    apply(
-        &demo,
-        "details-limit.yaml",
+    demo.apply_settled("details-limit.yaml",
         r#"apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter
 metadata: {name: details-limit, namespace: default}
@@ -340,7 +240,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_caller_identity_has_its_own_bucket_and_overrides_their_own() {
     let demo = Demo::start().await;
-    apply(&demo, "details-fairness.yaml", FAIRNESS).await;
+    demo.apply_settled("details-fairness.yaml", FAIRNESS).await;
     let url = "http://details:9080/details/0";
     let admitted = |answers: &[Answer]| {
         for a in answers.iter().filter(|a| a.status != 200) {
@@ -391,7 +291,7 @@ async fn each_caller_identity_has_its_own_bucket_and_overrides_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_callers_share_one_identity_bucket() {
     let demo = Demo::start().await;
-    apply(&demo, "details-fairness.yaml", FAIRNESS).await;
+    demo.apply_settled("details-fairness.yaml", FAIRNESS).await;
     let details = workload_addr(&demo, "details-v1");
     let mut statuses = Vec::new();
     // Two clients outside the mesh, on connections of their own.
@@ -462,8 +362,7 @@ spec:
               - append: false
                 header: {key: x-local-rate-limit, value: 'true'}
 "#;
-    apply(
-        &demo,
+    demo.apply_settled(
         "ingress-limit.yaml",
         &gateway_limit.replace("ROUTE_NAME", "\"\""),
     )
@@ -476,7 +375,7 @@ spec:
         "/api/v1/products",
         "/productpage",
     ] {
-        answers.push(via_ingress(&demo, path).await);
+        answers.push(demo.ingress(path).await);
     }
     assert_eq!(count(&answers, 200), 3, "{answers:?}");
     for a in &answers[3..] {
@@ -484,47 +383,12 @@ spec:
     }
     // The task's advanced case: the `/api/v1/products` prefix moved to a route named
     // `api`, and the limit on that route only.
-    apply(
-        &demo,
+    demo.apply_settled(
         "bookinfo-api-route.yaml",
-        "apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata:
-  name: bookinfo
-spec:
-  gateways:
-  - bookinfo-gateway
-  hosts:
-  - '*'
-  http:
-  - match:
-    - uri:
-        exact: /productpage
-    - uri:
-        prefix: /static
-    - uri:
-        exact: /login
-    - uri:
-        exact: /logout
-    route:
-    - destination:
-        host: productpage
-        port:
-          number: 9080
-  - match:
-    - uri:
-        prefix: /api/v1/products
-    route:
-    - destination:
-        host: productpage
-        port:
-          number: 9080
-    name: api
-",
+        &fixture("bookinfo-api-route.yaml"),
     )
     .await;
-    apply(
-        &demo,
+    demo.apply_settled(
         "ingress-limit.yaml",
         &gateway_limit.replace("ROUTE_NAME", "api"),
     )
@@ -532,8 +396,8 @@ spec:
     let mut api = Vec::new();
     let mut page = Vec::new();
     for _ in 0..5 {
-        api.push(via_ingress(&demo, "/api/v1/products").await);
-        page.push(via_ingress(&demo, "/productpage").await);
+        api.push(demo.ingress("/api/v1/products").await);
+        page.push(demo.ingress("/productpage").await);
     }
     assert_eq!(count(&api, 200), 3, "{api:?}");
     for a in &api[3..] {
@@ -546,11 +410,10 @@ spec:
 async fn buckets_survive_a_reload_that_leaves_the_limit_unchanged() {
     let demo = Demo::start().await;
     let limit = fixture("local-ratelimit.yaml");
-    apply(&demo, "local-ratelimit.yaml", &limit).await;
+    demo.apply_settled("local-ratelimit.yaml", &limit).await;
     assert_eq!(count(&productpage_from_ratings(&demo, 5).await, 200), 4);
     // An unrelated change: a new configuration, the same limit — the bucket stays empty.
-    apply(
-        &demo,
+    demo.apply_settled(
         "details-dr.yaml",
         "apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -563,8 +426,7 @@ spec:
     .await;
     assert_eq!(count(&productpage_from_ratings(&demo, 3).await, 200), 0);
     // A changed limit is a new bucket, full.
-    apply(
-        &demo,
+    demo.apply_settled(
         "local-ratelimit.yaml",
         &limit.replace("max_tokens: 4", "max_tokens: 6"),
     )

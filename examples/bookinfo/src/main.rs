@@ -23,9 +23,38 @@ struct Args {
     /// Address of the admin endpoint (`/healthz`, `/config_dump`).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// Redis of the global rate limits (`redis://127.0.0.1:6379`): the gateway's and
+    /// workloads' `envoy.filters.http.ratelimit` EnvoyFilters count there, with the
+    /// limits of `--rate-limit-config`.
+    #[arg(long, requires = "rate_limit_config")]
+    rate_limit_redis: Option<String>,
+    /// The rate-limit service's configuration (its `config.yaml`, or Istio's
+    /// `ratelimit-config` ConfigMap), a file or a directory of them.
+    #[arg(long, requires = "rate_limit_redis")]
+    rate_limit_config: Option<PathBuf>,
     /// Multiplies the services' own timeouts (productpage's 3 s, reviews' 10 s / 2.5 s).
     #[arg(long, default_value_t = 1.0, hide = true)]
     time_scale: f64,
+}
+
+/// The global rate limiter of `--rate-limit-redis` and `--rate-limit-config`.
+fn global_rate_limiter(
+    url: &str,
+    path: &std::path::Path,
+) -> Result<mesh_tower::ratelimit::global::GlobalRateLimiter, String> {
+    use mesh_tower::ratelimit::global::{GlobalRateLimiter, RedisSettings};
+    let parsed = mesh_config::rls::RlsConfig::read_path(path).map_err(|e| e.to_string())?;
+    let rendered = mesh_config::diag::render(&parsed.diagnostics, Default::default());
+    let Some(config) = parsed
+        .config
+        .filter(|_| !parsed.diagnostics.iter().any(|d| d.is_error()))
+    else {
+        return Err(format!("{} is not valid:\n{rendered}", path.display()));
+    };
+    if !parsed.diagnostics.is_empty() {
+        eprintln!("{rendered}");
+    }
+    GlobalRateLimiter::new(config, RedisSettings::new(url)).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -53,6 +82,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(url), Some(path)) = (&args.rate_limit_redis, &args.rate_limit_config) {
+        match global_rate_limiter(url, path) {
+            Ok(limiter) => running.live.runtime().set_rate_limit_service(Some(limiter)),
+            Err(e) => {
+                eprintln!("bookinfo: {e}");
+                running.shutdown().await;
+                return ExitCode::from(1);
+            }
+        }
+    }
     println!("Bookinfo is running.\n");
     println!("  Product page:  {}", running.product_page());
     println!("  Admin:         http://{}/config_dump", running.admin);

@@ -1473,31 +1473,11 @@ fn action(r: &mut EnvoyRead<'_>, v: &Value, path: &FieldPath) -> Option<Option<R
     if let Some((g, gp)) = o.take("generic_key") {
         let a = (|| {
             let mut go = r.object(g, &gp, "a generic_key action")?;
-            let descriptor_value = match go.take("descriptor_value") {
-                Some((x, xp)) => r.string(x, &xp)?,
-                None => {
-                    r.missing(&gp, "generic_key needs `descriptor_value`");
-                    return None;
-                }
-            };
-            if descriptor_value.is_empty() {
-                r.invalid(
-                    &gp.key("descriptor_value"),
-                    "descriptor_value must not be empty",
-                );
-                return None;
-            }
-            let descriptor_key = match go.take("descriptor_key") {
-                Some((k, kp)) => r.string(k, &kp)?,
-                None => String::new(),
-            };
+            let (descriptor_key, descriptor_value) =
+                descriptor_entry(r, &mut go, &gp, "generic_key")?;
             go.finish(r, &[]);
             Some(RateLimitAction::GenericKey {
-                descriptor_key: if descriptor_key.is_empty() {
-                    "generic_key".into()
-                } else {
-                    descriptor_key
-                },
+                descriptor_key,
                 descriptor_value,
             })
         })();
@@ -1506,24 +1486,8 @@ fn action(r: &mut EnvoyRead<'_>, v: &Value, path: &FieldPath) -> Option<Option<R
     if let Some((h, hp)) = o.take("header_value_match") {
         let a = (|| {
             let mut ho = r.object(h, &hp, "a header_value_match action")?;
-            let descriptor_value = match ho.take("descriptor_value") {
-                Some((x, xp)) => r.string(x, &xp)?,
-                None => {
-                    r.missing(&hp, "header_value_match needs `descriptor_value`");
-                    return None;
-                }
-            };
-            if descriptor_value.is_empty() {
-                r.invalid(
-                    &hp.key("descriptor_value"),
-                    "descriptor_value must not be empty",
-                );
-                return None;
-            }
-            let descriptor_key = match ho.take("descriptor_key") {
-                Some((k, kp)) => r.string(k, &kp)?,
-                None => String::new(),
-            };
+            let (descriptor_key, descriptor_value) =
+                descriptor_entry(r, &mut ho, &hp, "header_value_match")?;
             let expect_match = match ho.take("expect_match") {
                 Some((e, ep)) => r.bool(e, &ep)?,
                 None => true,
@@ -1549,11 +1513,7 @@ fn action(r: &mut EnvoyRead<'_>, v: &Value, path: &FieldPath) -> Option<Option<R
             };
             ho.finish(r, &[]);
             Some(RateLimitAction::HeaderValueMatch {
-                descriptor_key: if descriptor_key.is_empty() {
-                    "header_match".into()
-                } else {
-                    descriptor_key
-                },
+                descriptor_key,
                 descriptor_value,
                 expect_match,
                 headers,
@@ -1609,6 +1569,43 @@ fn action(r: &mut EnvoyRead<'_>, v: &Value, path: &FieldPath) -> Option<Option<R
             None
         }
     }
+}
+
+/// The entry a `generic_key` or `header_value_match` action (`action`) adds: its
+/// `descriptor_value`, required and not empty, and its `descriptor_key`, Envoy's default
+/// for the action (`generic_key`, `header_match`) when absent or empty.
+fn descriptor_entry(
+    r: &mut EnvoyRead<'_>,
+    o: &mut Obj<'_>,
+    path: &FieldPath,
+    action: &str,
+) -> Option<(String, String)> {
+    let value = match o.take("descriptor_value") {
+        Some((x, xp)) => r.string(x, &xp)?,
+        None => {
+            r.missing(path, format!("{action} needs `descriptor_value`"));
+            return None;
+        }
+    };
+    if value.is_empty() {
+        r.invalid(
+            &path.key("descriptor_value"),
+            "descriptor_value must not be empty",
+        );
+        return None;
+    }
+    let key = match o.take("descriptor_key") {
+        Some((k, kp)) => r.string(k, &kp)?,
+        None => String::new(),
+    };
+    let key = if !key.is_empty() {
+        key
+    } else if action == "generic_key" {
+        "generic_key".into()
+    } else {
+        "header_match".into()
+    };
+    Some((key, value))
 }
 
 fn header_matcher(r: &mut EnvoyRead<'_>, v: &Value, path: &FieldPath) -> Option<HeaderMatcher> {

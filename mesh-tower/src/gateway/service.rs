@@ -17,10 +17,12 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use mesh_config::model::envoy_filter::RouteAction;
-use mesh_core::gateway::{Chain, GatewayRoutes, require_tls_location, route_authority};
+use mesh_core::gateway::{
+    Chain, GatewayRoutes, VirtualHost, require_tls_location, route_authority,
+};
 use mesh_core::ratelimit::RouteContext;
 use mesh_core::route::split_authority;
-use mesh_core::{Outcome, RequestHead, Upstream};
+use mesh_core::{Decision, Outcome, RequestHead, Upstream};
 use tower::{Service, ServiceExt};
 
 use super::Shared;
@@ -31,6 +33,7 @@ use crate::body::DEFAULT_BUFFER_LIMIT;
 use crate::inbound::{PeerAddr, RBAC_DENIED};
 use crate::outbound::route::{answer, failure};
 use crate::outbound::{Route, Routed};
+use crate::ratelimit::filter::{GlobalChecks, QuotaHeaders};
 use crate::ratelimit::local::{self, RequestInfo, RouteCluster, Verdict, XRateLimit};
 use crate::{BoxError, BoxFuture, MeshFailure, ReqBody, ResBody};
 
@@ -177,35 +180,9 @@ impl GatewayService {
         let cluster_name;
         let (route, cluster) = match &routed {
             Some((vhost, d)) => {
-                let action = match &d.outcome {
-                    Outcome::Forward { .. } => RouteAction::Route,
-                    Outcome::Redirect(_) | Outcome::RequireTls => RouteAction::Redirect,
-                    Outcome::Direct(_) => RouteAction::DirectResponse,
-                };
-                let cluster = match &d.outcome {
-                    Outcome::Forward {
-                        upstream: Upstream::Cluster(c),
-                        ..
-                    } => {
-                        cluster_name = c.key.to_string();
-                        RouteCluster::Named(&cluster_name)
-                    }
-                    _ => RouteCluster::None,
-                };
-                let name = d
-                    .rule
-                    .and_then(|(_, r)| r.origin.name.as_deref())
-                    .unwrap_or("");
-                (
-                    RouteContext::gateway(
-                        port,
-                        &vhost.domain,
-                        d.gateway.map(|g| &**g),
-                        name,
-                        action,
-                    ),
-                    cluster,
-                )
+                let (route, cluster) = route_context(port, vhost, d);
+                cluster_name = cluster;
+                (route, route_cluster(&cluster_name))
             }
             None => (RouteContext::unrouted(port), RouteCluster::None),
         };
@@ -287,13 +264,26 @@ impl GatewayService {
         if let Some(resp) = answer(&decision, &head) {
             return Prepared::Answer(resp);
         }
+        // The global rate limit filters need the route the request takes.
+        let global = generation
+            .view(mesh.slot())
+            .filter(|v| !v.rate_limits().global().is_empty())
+            .and_then(|view| {
+                let (route, cluster) = route_context(server_port, vhost, &decision);
+                let info = RequestInfo {
+                    route,
+                    port: server_port,
+                    cluster: route_cluster(&cluster),
+                };
+                GlobalChecks::plan(view, &info, &req).map(Box::new)
+            });
         let Some(route) =
             Route::forward(generation.clone(), mesh.slot(), &decision, head.authority)
         else {
             return Prepared::Answer(status(StatusCode::NOT_FOUND));
         };
         let downstream = websocket.then(|| hyper::upgrade::on(&mut req));
-        Prepared::Forward(req, route, downstream)
+        Prepared::Forward(req, route, downstream, global)
     }
 }
 
@@ -340,6 +330,40 @@ where
     }
 }
 
+/// The route rate limits see of a request `vhost` and `decision` route at server
+/// `port`, and the Envoy name of the cluster it is forwarded to.
+fn route_context<'a>(
+    port: u16,
+    vhost: &'a VirtualHost,
+    d: &'a Decision<'a>,
+) -> (RouteContext<'a>, Option<String>) {
+    let action = match &d.outcome {
+        Outcome::Forward { .. } => RouteAction::Route,
+        Outcome::Redirect(_) | Outcome::RequireTls => RouteAction::Redirect,
+        Outcome::Direct(_) => RouteAction::DirectResponse,
+    };
+    let cluster = match &d.outcome {
+        Outcome::Forward {
+            upstream: Upstream::Cluster(c),
+            ..
+        } => Some(c.key.to_string()),
+        _ => None,
+    };
+    let name = d
+        .rule
+        .and_then(|(_, r)| r.origin.name.as_deref())
+        .unwrap_or("");
+    (
+        RouteContext::gateway(port, &vhost.domain, d.gateway.map(|g| &**g), name, action),
+        cluster,
+    )
+}
+
+fn route_cluster(name: &Option<String>) -> RouteCluster<'_> {
+    name.as_deref()
+        .map_or(RouteCluster::None, RouteCluster::Named)
+}
+
 /// The `x-ratelimit-*` headers of the local rate limits, if any, on `resp`.
 fn with_x(mut resp: Response<ResBody>, x: Option<XRateLimit>) -> Response<ResBody> {
     if let Some(x) = x {
@@ -376,7 +400,7 @@ impl GatewayService {
     {
         match self.prepare(req, edge, admitted) {
             Prepared::Answer(resp) => Box::pin(async move { Ok(with_x(resp, x)) }),
-            Prepared::Forward(req, route, downstream) => {
+            Prepared::Forward(req, route, downstream, global) => {
                 let span = crate::outbound::telemetry::span_of(&req);
                 {
                     let _entered = span.enter();
@@ -390,14 +414,24 @@ impl GatewayService {
                     forward.oneshot(Routed::new(request, route)),
                     span,
                 );
+                let runtime = global.as_ref().map(|_| self.shared.mesh.runtime().clone());
                 Box::pin(async move {
-                    Ok(with_x(
+                    let mut quota = QuotaHeaders::default();
+                    if let (Some(checks), Some(runtime)) = (global, runtime) {
+                        match checks.run(&runtime).await {
+                            Ok(q) => quota = q,
+                            Err(refusal) => return Ok(with_x(refusal.map(ResBody::full), x)),
+                        }
+                    }
+                    let mut resp = with_x(
                         match fut.await {
                             Ok(resp) => respond(resp, downstream),
                             Err(e) => failed(e),
                         },
                         x,
-                    ))
+                    );
+                    quota.apply(resp.headers_mut());
+                    Ok(resp)
                 })
             }
         }
@@ -406,9 +440,14 @@ impl GatewayService {
 
 /// What to do with a request.
 enum Prepared<B> {
-    /// Send it through the workload's outbound layers; with the client's side of a
-    /// WebSocket upgrade.
-    Forward(Request<B>, Route, Option<OnUpgrade>),
+    /// Send it through the workload's outbound layers — after the global rate limit
+    /// checks, if any; with the client's side of a WebSocket upgrade.
+    Forward(
+        Request<B>,
+        Route,
+        Option<OnUpgrade>,
+        Option<Box<GlobalChecks>>,
+    ),
     /// Answer it here.
     Answer(Response<ResBody>),
 }

@@ -35,6 +35,7 @@ use mesh_core::ratelimit::RouteContext;
 use super::{LocalAddr, PeerAddr};
 use crate::Mesh;
 use crate::identity::PeerIdentity;
+use crate::ratelimit::filter::{GlobalChecks, QuotaHeaders};
 use crate::ratelimit::local::{self, RequestInfo, RouteCluster, Verdict, XRateLimit};
 
 /// Envoy's body of a request its RBAC filter denied.
@@ -289,18 +290,7 @@ where
             .as_ref()
             .filter(|v| !v.rate_limits().local().is_empty())
         {
-            let port = if v.rate_limits().route_dependent() {
-                req.extensions()
-                    .get::<LocalAddr>()
-                    .map_or(0, |l| l.0.port())
-            } else {
-                0
-            };
-            let info = RequestInfo {
-                route: RouteContext::inbound(port),
-                port,
-                cluster: RouteCluster::Inbound(port),
-            };
+            let info = inbound_info(&req, v.rate_limits().route_dependent());
             match local::check(
                 self.mesh.runtime().local_rate_limits(),
                 v.rate_limits(),
@@ -315,33 +305,55 @@ where
                 Verdict::Pass(x) => x_ratelimit = x,
             }
         }
-        let waits = view
+        let global = view
             .as_ref()
-            .is_some_and(|v| !v.request_authn().is_empty() || v.authorizer().has_custom());
+            .is_some_and(|v| !v.rate_limits().global().is_empty());
+        let waits = global
+            || view
+                .as_ref()
+                .is_some_and(|v| !v.request_authn().is_empty() || v.authorizer().has_custom());
         drop(view);
         if waits {
-            // JWT keys may have to be fetched, a CUSTOM provider asked: the inner
-            // service is called after an await, so the ready one goes with the request
-            // and a clone stays.
+            // JWT keys may have to be fetched, a CUSTOM provider or the global rate
+            // limiter asked: the inner service is called after an await, so the ready
+            // one goes with the request and a clone stays.
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
             let mesh = self.mesh.clone();
             return InboundFuture::Authn {
                 fut: Box::pin(async move {
-                    if let Err(refusal) = admit(&mesh, &mut req).await {
-                        let mut refusal = refusal.map(|b| Either::Right(Full::new(b)));
-                        if let Some(x) = x_ratelimit {
-                            x.apply(refusal.headers_mut());
-                        }
-                        return Ok(refusal);
-                    }
-                    inner.call(req).await.map(|r| {
-                        let mut r = r.map(Either::Left);
+                    let with_x = |mut r: Response<InboundBody<ResB>>, quota: &QuotaHeaders| {
                         if let Some(x) = x_ratelimit {
                             x.apply(r.headers_mut());
                         }
+                        quota.apply(r.headers_mut());
                         r
-                    })
+                    };
+                    let mut quota = QuotaHeaders::default();
+                    if let Err(refusal) = admit(&mesh, &mut req).await {
+                        return Ok(with_x(refusal.map(|b| Either::Right(Full::new(b))), &quota));
+                    }
+                    // The global rate limit filters, last before the application (Istio's
+                    // task inserts Envoy's filter just before the router).
+                    if global && let Some(view) = mesh.view() {
+                        let info = inbound_info(&req, true);
+                        if let Some(checks) = GlobalChecks::plan(&view, &info, &req) {
+                            drop(view);
+                            match checks.run(mesh.runtime()).await {
+                                Ok(q) => quota = q,
+                                Err(refusal) => {
+                                    return Ok(with_x(
+                                        refusal.map(|b| Either::Right(Full::new(b))),
+                                        &quota,
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    inner
+                        .call(req)
+                        .await
+                        .map(|r| with_x(r.map(Either::Left), &quota))
                 }),
             };
         }
@@ -359,6 +371,23 @@ where
                 response: Some(response),
             }
         }
+    }
+}
+
+/// What rate limits read of an inbound request's route: its port (0 when nothing
+/// depends on it, sparing the lookup), Istio's inbound route and cluster of that port.
+fn inbound_info<B>(req: &Request<B>, route_dependent: bool) -> RequestInfo<'static> {
+    let port = if route_dependent {
+        req.extensions()
+            .get::<LocalAddr>()
+            .map_or(0, |l| l.0.port())
+    } else {
+        0
+    };
+    RequestInfo {
+        route: RouteContext::inbound(port),
+        port,
+        cluster: RouteCluster::Inbound(port),
     }
 }
 

@@ -74,15 +74,26 @@ pub(crate) async fn ask<B>(
         }
         Ok(CheckResponse::Deny(resp)) => {
             tracing::debug!(%policy, status = %resp.status(), "denied by the CUSTOM provider");
-            Err(if grpc { to_grpc(resp) } else { resp })
+            Err(external_denial(grpc, resp))
         }
         Err(e) => {
             tracing::warn!(%policy, error = %e, "the CUSTOM provider failed; request denied");
             let mut resp = Response::new(Bytes::new());
             *resp.status_mut() = StatusCode::FORBIDDEN;
-            Err(if grpc { to_grpc(resp) } else { resp })
+            Err(external_denial(grpc, resp))
         }
     }
+}
+
+/// A refusal of the provider's (a denial, or its failure: Envoy's ext_authz fails
+/// closed), as the caller gets it, flagged `UAEX` as Envoy flags both.
+fn external_denial(grpc: bool, resp: Response<Bytes>) -> Response<Bytes> {
+    let mut resp = if grpc { to_grpc(resp) } else { resp };
+    crate::flags::ResponseFlags::record(
+        &mut resp,
+        crate::flags::ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+    );
+    resp
 }
 
 /// Envoy's ext_authz timeout as Istio configures it by default.

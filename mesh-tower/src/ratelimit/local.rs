@@ -617,6 +617,34 @@ fn refusal(
     headers: &[mesh_core::ratelimit::HeaderAdd],
     x: Option<XRateLimit>,
 ) -> Response<Bytes> {
+    let mut resp = local_reply(
+        grpc,
+        status,
+        resource_exhausted,
+        LOCAL_RATE_LIMITED,
+        ResponseFlags::RATE_LIMITED,
+    );
+    let h = resp.headers_mut();
+    for add in headers {
+        add.apply(h);
+    }
+    if let Some(x) = x {
+        x.apply(h);
+    }
+    resp
+}
+
+/// A rate limit filter's local reply: `status` with `body` (as `text/plain` when not
+/// empty); to a gRPC request, HTTP 200 with the `grpc-status` Envoy maps `status` to
+/// (RESOURCE_EXHAUSTED when `resource_exhausted`) and `body` as `grpc-message`. `flag`
+/// is recorded.
+pub(crate) fn local_reply(
+    grpc: bool,
+    status: StatusCode,
+    resource_exhausted: bool,
+    body: &'static str,
+    flag: ResponseFlags,
+) -> Response<Bytes> {
     let mut resp = if grpc {
         let code = if resource_exhausted {
             8
@@ -627,23 +655,20 @@ fn refusal(
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from(code));
-        h.insert("grpc-message", HeaderValue::from_static(LOCAL_RATE_LIMITED));
+        if !body.is_empty() {
+            h.insert("grpc-message", HeaderValue::from_static(body));
+        }
         resp
     } else {
-        let mut resp = Response::new(Bytes::from_static(LOCAL_RATE_LIMITED.as_bytes()));
+        let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
         *resp.status_mut() = status;
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if !body.is_empty() {
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
         resp
     };
-    let h = resp.headers_mut();
-    for add in headers {
-        add.apply(h);
-    }
-    if let Some(x) = x {
-        x.apply(h);
-    }
-    ResponseFlags::record(&mut resp, ResponseFlags::RATE_LIMITED);
+    ResponseFlags::record(&mut resp, flag);
     resp
 }
 
@@ -667,6 +692,31 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) port: u16,
     /// The cluster the route sends to.
     pub(crate) cluster: RouteCluster<'a>,
+}
+
+/// Calls `f` with what rate limit actions read of `req` on `info`'s route.
+pub(crate) fn with_descriptor_request<B, R>(
+    limits: &RateLimits,
+    info: &RequestInfo<'_>,
+    req: &Request<B>,
+    f: impl FnOnce(&DescriptorRequest<'_>) -> R,
+) -> R {
+    let head = RequestHead::from_request(req, info.port);
+    let inbound;
+    let desc = DescriptorRequest {
+        head: &head,
+        remote_address: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
+        destination_cluster: match info.cluster {
+            RouteCluster::Inbound(port) => {
+                inbound = format!("inbound|{port}||");
+                Some(inbound.as_str())
+            }
+            RouteCluster::Named(name) => Some(name),
+            RouteCluster::None => None,
+        },
+        source_cluster: limits.source_cluster(),
+    };
+    f(&desc)
 }
 
 /// Runs the local rate limit filters of `limits` on `req` (see the module
@@ -707,22 +757,9 @@ fn envoy_filter<B>(
         .state
         .get_or_init(|| limiters.config_buckets(instance))?;
     let matched = if config.has_descriptors() {
-        let head = RequestHead::from_request(req, info.port);
-        let inbound;
-        let desc = DescriptorRequest {
-            head: &head,
-            remote_address: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
-            destination_cluster: match info.cluster {
-                RouteCluster::Inbound(port) => {
-                    inbound = format!("inbound|{port}||");
-                    Some(inbound.as_str())
-                }
-                RouteCluster::Named(name) => Some(name),
-                RouteCluster::None => None,
-            },
-            source_cluster: limits.source_cluster(),
-        };
-        f.matched_descriptors(config, &info.route, &desc)
+        with_descriptor_request(limits, info, req, |desc| {
+            f.matched_descriptors(config, &info.route, desc)
+        })
     } else {
         Vec::new()
     };

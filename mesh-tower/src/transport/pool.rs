@@ -946,7 +946,7 @@ async fn send(
 ) -> Result<(Response<Incoming>, Option<Attached>), BoxError> {
     *request.version_mut() = protocol.version();
     let id = endpoint.id();
-    let pools = &endpoint.pools;
+    let pools = endpoint.pools();
     let pool = pools.pool(id, tls.as_ref(), request.uri())?;
     let limits = limits.as_ref();
     let mut resent = 0;
@@ -1174,7 +1174,7 @@ mod tests {
 
     fn endpoint(id: &Arc<str>, idle_timeout: Duration) -> Arc<EndpointState> {
         Arc::new(EndpointState::with_pools(
-            EndpointPools::with_idle_timeout(id, idle_timeout),
+            Box::new([EndpointPools::with_idle_timeout(id, idle_timeout)]),
             id.clone(),
         ))
     }
@@ -1209,7 +1209,7 @@ mod tests {
             assert_eq!(said, format!("reviews:9080 /r?i={i}"));
         }
         assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(ep.pools.idle_http1(), 1);
+        assert_eq!(ep.pools().idle_http1(), 1);
     }
 
     #[tokio::test]
@@ -1221,7 +1221,7 @@ mod tests {
         assert!(said.iter().all(|s| s == "reviews:9080 /"), "{said:?}");
         let opened = b.accepted.load(Ordering::SeqCst);
         assert!((1..=8).contains(&opened), "{opened} connections");
-        assert_eq!(ep.pools.idle_http1(), opened);
+        assert_eq!(ep.pools().idle_http1(), opened);
         // Reused afterwards: no new connection.
         get(ep.clone(), Protocol::Http1, "http://reviews:9080/").await;
         assert_eq!(b.accepted.load(Ordering::SeqCst), opened);
@@ -1286,21 +1286,21 @@ mod tests {
         let b = backend(false).await;
         let ep = endpoint(&b.id, Duration::from_millis(100));
         get(ep.clone(), Protocol::Http1, "http://a/").await;
-        assert_eq!(ep.pools.idle_http1(), 1);
+        assert_eq!(ep.pools().idle_http1(), 1);
         let deadline = Instant::now() + Duration::from_secs(5);
         while b.ended.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < deadline, "the idle connection stayed open");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(ep.pools.idle_http1(), 0);
+        assert_eq!(ep.pools().idle_http1(), 0);
         assert!(
-            !ep.pools.plain.reaping.load(Ordering::SeqCst),
+            !ep.pools().plain.reaping.load(Ordering::SeqCst),
             "the reaper ended"
         );
         // The pool works on: a new connection, and a new reaper.
         get(ep.clone(), Protocol::Http1, "http://a/").await;
         assert_eq!(b.accepted.load(Ordering::SeqCst), 2);
-        assert!(ep.pools.plain.reaping.load(Ordering::SeqCst));
+        assert!(ep.pools().plain.reaping.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

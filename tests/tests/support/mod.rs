@@ -63,7 +63,7 @@ impl Demo {
         self.running().live.snapshot().version()
     }
 
-    /// `meshctl apply -f file`, then waits (at most 5 s) until the demo runs it.
+    /// `meshctl apply -f file`, then waits (at most 15 s) until the demo runs it.
     pub async fn apply_text(&self, name: &str, yaml: &str) {
         let before = self.version();
         let dir = mesh_config::store::ConfigDir::open(self.dir.path()).unwrap();
@@ -79,17 +79,58 @@ impl Demo {
         self.wait_for_change(before).await;
     }
 
+    /// `meshctl apply` of `yaml` (as file `name`), then waits (at most 15 s) until the
+    /// running configuration holds every resource of it as written: a reload still
+    /// pending from an earlier change may bump the version first.
+    pub async fn apply_settled(&self, name: &str, yaml: &str) {
+        self.apply_text(name, yaml).await;
+        let mut wanted = mesh_config::ConfigSet::new();
+        wanted.add_str(name, yaml);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let snapshot = self.running().live.snapshot();
+            let settled = wanted.resources().iter().all(|r| {
+                snapshot
+                    .get(&r.key())
+                    .is_some_and(|have| spec(have) == spec(r))
+            });
+            if settled {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} was not applied within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// GET `path` on the ingress gateway: status, headers and body.
+    pub async fn ingress(&self, path: &str) -> Answer {
+        let req = Request::get(format!("http://{}{path}", self.running().ingress))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, headers, body) = self.send(req).await;
+        Answer {
+            status: status.as_u16(),
+            headers,
+            body,
+        }
+    }
+
     pub async fn apply(&self, file: &Path) {
         let text = std::fs::read_to_string(file).unwrap();
         self.apply_text(&file.display().to_string(), &text).await;
     }
 
+    /// Waits until the running version is not `before` (at most 15 s: a ceiling for a
+    /// machine running the rest of the suite, not a measure).
     pub async fn wait_for_change(&self, before: u64) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(15);
         while self.version() == before {
             assert!(
                 Instant::now() < deadline,
-                "the change was not applied within 5 s"
+                "the change was not applied within 15 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -122,6 +163,57 @@ impl Demo {
         assert_eq!(status, 200, "{html}");
         Page::parse(&html)
     }
+}
+
+/// The mesh handle of a running Bookinfo workload (the same identity it serves with).
+pub fn workload(demo: &Demo, name: &str) -> mesh_tower::Mesh {
+    let (spec, _) = demo
+        .running()
+        .workloads
+        .iter()
+        .find(|(w, _)| w.name == name)
+        .unwrap();
+    demo.running().live.runtime().workload(
+        mesh_tower::Workload::new(spec.name.clone(), spec.namespace.clone())
+            .labels(spec.labels.clone())
+            .service_account(spec.service_account.clone()),
+    )
+}
+
+/// GET `url` through `mesh`'s client.
+pub async fn get(mesh: &mesh_tower::Mesh, url: &str) -> Answer {
+    use tower::ServiceExt;
+    let req = Request::get(url)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = mesh.client().oneshot(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A resource's spec, to compare.
+fn spec(r: &mesh_config::model::AnyResource) -> String {
+    use mesh_config::model::AnyResource;
+    match r {
+        AnyResource::EnvoyFilter(x) => format!("{:?}", x.spec),
+        AnyResource::LocalRateLimitPolicy(x) => format!("{:?}", x.spec),
+        AnyResource::VirtualService(x) => format!("{:?}", x.spec),
+        AnyResource::DestinationRule(x) => format!("{:?}", x.spec),
+        other => format!("{}", other.key()),
+    }
+}
+
+/// A response's status, headers and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
 }
 
 impl Drop for Demo {
