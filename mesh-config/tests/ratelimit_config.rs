@@ -672,3 +672,76 @@ proptest! {
         }
     }
 }
+
+/// Where a patch puts a rate limit filter in Istio's chain, against where the mesh runs
+/// it: the local filter before authentication and authorization, the global one after
+/// them (each where Istio's task inserts it). A patch placing either on the other side
+/// is reported `MESH0120` at its operation; Istio's own placements are not.
+#[test]
+fn a_rate_limit_filter_placed_across_authorization_is_reported() {
+    let global = "envoy.filters.http.ratelimit\n        typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit, domain: d, rate_limit_service: {grpc_service: {envoy_grpc: {cluster_name: rls}}, transport_api_version: V3}}";
+    let local = "envoy.filters.http.local_ratelimit\n        typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: s}";
+    // (filter, operation, sub-filter, reported)
+    let table: Vec<(&str, &str, Option<&str>, bool)> = vec![
+        (
+            global,
+            "INSERT_BEFORE",
+            Some("envoy.filters.http.router"),
+            false,
+        ),
+        (
+            global,
+            "INSERT_AFTER",
+            Some("envoy.filters.http.rbac"),
+            false,
+        ),
+        (global, "ADD", None, false),
+        (global, "INSERT_FIRST", None, true),
+        (global, "INSERT_BEFORE", None, true),
+        (
+            global,
+            "INSERT_BEFORE",
+            Some("envoy.filters.http.jwt_authn"),
+            true,
+        ),
+        (local, "INSERT_BEFORE", None, false),
+        (local, "INSERT_FIRST", None, false),
+        (
+            local,
+            "INSERT_BEFORE",
+            Some("envoy.filters.http.rbac"),
+            false,
+        ),
+        (
+            local,
+            "INSERT_BEFORE",
+            Some("envoy.filters.http.router"),
+            true,
+        ),
+        (local, "INSERT_AFTER", Some("envoy.filters.http.rbac"), true),
+        (local, "ADD", None, true),
+    ];
+    for (filter, operation, sub, reported) in table {
+        // The operation's line: after the sub-filter's, when there is one.
+        let line = 14 + u32::from(sub.is_some());
+        let sub = sub.map_or(String::new(), |s| {
+            format!("\n            subFilter: {{name: {s}}}")
+        });
+        let yaml = one_patch(&format!(
+            "applyTo: HTTP_FILTER\n    match:\n      context: SIDECAR_INBOUND\n      listener:\n        filterChain:\n          filter:\n            name: envoy.filters.network.http_connection_manager{sub}\n    patch:\n      operation: {operation}\n      value:\n        name: {filter}\n"
+        ));
+        // Nothing else is reported: the filter itself reads cleanly.
+        let found = diags(&yaml);
+        let want = if reported {
+            vec![(
+                "MESH0120".to_string(),
+                line,
+                "spec.configPatches[0].patch.operation".to_string(),
+                Severity::Warning,
+            )]
+        } else {
+            vec![]
+        };
+        assert_eq!(found, want, "{operation} {sub} {filter}");
+    }
+}

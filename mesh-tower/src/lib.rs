@@ -54,6 +54,7 @@ pub use gateway::{GatewayError, IngressGateway};
 pub use mesh_core::Workload;
 pub use outbound::MeshClient;
 pub use runtime::{Mesh, MeshRuntime, RuntimeOptions};
+pub use state::set_worker_index;
 
 /// The error type of the mesh's services.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

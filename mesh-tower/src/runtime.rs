@@ -128,11 +128,13 @@ impl RuntimeOptions {
     /// never stranded. A cluster with `maxConnections: 1` may thus have a connection per
     /// worker, and callers served by different workers seldom wait for each other —
     /// the "leeway" Istio's circuit-breaking task shows. With `n` pools, each endpoint
-    /// has `n` and a thread sends through pool `i % n`, threads numbered `i` in the
-    /// order of their first request through the mesh: an application running one
-    /// current-thread runtime per core gets Envoy's behaviour exactly. On tokio's
-    /// multi-thread runtime a task may move between threads, so a caller does not keep
-    /// one pool. With one pool, the limits hold strictly for the whole process.
+    /// has `n` and a thread sends through pool `i % n`, `i` its worker index: the one
+    /// given with [`set_worker_index`](crate::set_worker_index), or else threads are
+    /// numbered in the order of their first request through a mesh (any thread, the
+    /// main one too). An application running one current-thread runtime per core, each
+    /// thread calling `set_worker_index`, gets Envoy's behaviour; on tokio's multi-thread
+    /// runtime a task may move between threads, so a caller does not keep one pool.
+    /// With one pool, the limits hold strictly for the whole process.
     pub fn worker_pools(mut self, n: usize) -> Self {
         self.worker_pools = n.max(1);
         self
@@ -379,18 +381,16 @@ impl MeshRuntime {
 
     /// The global rate limiter, when one is set.
     pub fn rate_limit_service(&self) -> Option<Arc<crate::ratelimit::global::GlobalRateLimiter>> {
-        let limiter = self.inner.rate_limit_service.load_full();
-        if limiter.is_none()
-            && !self
-                .inner
-                .rate_limit_service_missing
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::warn!(
-                "a global rate limit filter applies to a request but no rate limit service is set (MeshRuntime::set_rate_limit_service): treated as a failed service"
-            );
-        }
-        limiter
+        self.inner.rate_limit_service.load_full()
+    }
+
+    /// True the first time it is called (once per runtime): the warning that a global
+    /// filter found no limiter is logged once.
+    pub(crate) fn first_missing_rate_limit_service(&self) -> bool {
+        !self
+            .inner
+            .rate_limit_service_missing
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn jwks(&self) -> &crate::inbound::jwt::JwksCache {

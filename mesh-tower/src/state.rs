@@ -29,14 +29,34 @@ use tower::retry::budget::TpsBudget;
 
 use crate::transport::pool::EndpointPools;
 
-/// The index of the calling thread among those that sent through a mesh, numbered in
-/// the order of their first request: with pools per worker, the pool it uses.
+thread_local! {
+    /// The calling thread's worker index, once known.
+    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The calling thread's worker index: with pools per worker, the pool it uses (modulo
+/// their number). Set by [`set_worker_index`], or else given on the thread's first
+/// request through a mesh, in the order of those first requests (process-wide).
 fn worker_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    INDEX.with(|i| *i)
+    WORKER_INDEX.with(|i| match i.get() {
+        Some(index) => index,
+        None => {
+            let index = NEXT.fetch_add(1, Ordering::Relaxed);
+            i.set(Some(index));
+            index
+        }
+    })
+}
+
+/// Makes the calling thread worker `index`: with
+/// [`RuntimeOptions::worker_pools`](crate::RuntimeOptions::worker_pools)`(n)`, its requests
+/// use the endpoints' pool `index % n`, as an Envoy worker uses its own. Call it at the
+/// start of each worker thread (a current-thread runtime per core, or tokio's
+/// `on_thread_start` with a counter of your own); threads that never call it are
+/// numbered in the order of their first request.
+pub fn set_worker_index(index: usize) {
+    WORKER_INDEX.with(|i| i.set(Some(index)));
 }
 
 /// What the runtime knows of one endpoint (see the module documentation).
@@ -63,6 +83,7 @@ impl EndpointState {
     }
 
     pub(crate) fn with_pools(pools: Box<[EndpointPools]>, id: Arc<str>) -> Self {
+        debug_assert!(!pools.is_empty(), "an endpoint has at least one pool");
         EndpointState {
             pools,
             id,
@@ -459,28 +480,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_keeps_its_worker_pool_and_two_threads_in_turn_get_two() {
-        let state = EndpointState::new("127.0.0.1:1".into(), 2);
+    fn a_worker_thread_uses_its_own_pool() {
+        let state = Arc::new(EndpointState::new("127.0.0.1:1".into(), 2));
         let mine = state.pools() as *const EndpointPools as usize;
         assert_eq!(state.pools() as *const EndpointPools as usize, mine);
         assert_eq!(worker_index(), worker_index());
-        // Threads are numbered in turn: two threads started one after the other, each
-        // numbered before the next starts, use the two pools.
-        let state = Arc::new(state);
-        let mut seen = Vec::new();
-        for _ in 0..2 {
+        let pool_of = |index: usize| {
             let s = state.clone();
-            let (index, pool) = std::thread::spawn(move || {
-                (worker_index(), s.pools() as *const EndpointPools as usize)
+            std::thread::spawn(move || {
+                set_worker_index(index);
+                s.pools() as *const EndpointPools as usize
             })
             .join()
-            .unwrap();
-            seen.push((index, pool));
-        }
-        assert_ne!(seen[0].0, seen[1].0, "each thread has its own index");
-        if seen[1].0 == seen[0].0 + 1 {
-            assert_ne!(seen[0].1, seen[1].1, "consecutive indices, different pools");
-        }
+            .unwrap()
+        };
+        let (zero, one, two) = (pool_of(0), pool_of(1), pool_of(2));
+        assert_ne!(zero, one, "workers 0 and 1 have a pool each");
+        assert_eq!(zero, two, "worker 2 of 2 pools shares worker 0's");
+        // Threads numbered by their first request get distinct indices.
+        let first = std::thread::spawn(worker_index).join().unwrap();
+        let second = std::thread::spawn(worker_index).join().unwrap();
+        assert_ne!(first, second);
         let one = EndpointState::new("127.0.0.1:1".into(), 1);
         assert_eq!(one.pools.len(), 1);
     }

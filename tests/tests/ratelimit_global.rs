@@ -828,3 +828,121 @@ descriptors:
         200
     );
 }
+
+/// The answers of a workload's global filter, in process (`mesh.inbound()` around an
+/// application): Envoy's over-limit answer (its status, `x-envoy-ratelimited`, the
+/// filter's `response_headers_to_add`, the `x-ratelimit-*` headers, the `RL` flag; a gRPC
+/// caller's `grpc-status`), and without a limiter the failure mode: let through with no
+/// flag, or under `failure_mode_deny` the filter's `status_on_error` flagged `RLSE`.
+#[tokio::test]
+async fn the_filter_answers_as_envoy_does() {
+    use http_body_util::BodyExt;
+    use mesh_tower::{MeshRuntime, ResponseFlags, Workload};
+    use tower::{Layer, ServiceExt};
+
+    let config = |deny: bool| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: details-ratelimit, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: details}}}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {{name: envoy.filters.http.router}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+          domain: answers
+          failure_mode_deny: {deny}
+          status_on_error: {{code: ServiceUnavailable}}
+          rate_limited_status: {{code: TooManyRequests}}
+          enable_x_ratelimit_headers: DRAFT_VERSION_03
+          response_headers_to_add:
+          - header: {{key: x-limited-by, value: mesh}}
+          rate_limits:
+          - actions:
+            - generic_key: {{descriptor_value: details}}
+          rate_limit_service:
+            grpc_service:
+              envoy_grpc: {{cluster_name: rls}}
+            transport_api_version: V3
+"#
+        )
+    };
+    let call = |runtime: &MeshRuntime, grpc: bool| {
+        let mesh =
+            runtime.workload(Workload::new("details", "default").labels([("app", "details")]));
+        let app = tower::service_fn(
+            |_: http::Request<http_body_util::Full<bytes::Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok"),
+                )))
+            },
+        );
+        let svc = mesh.inbound().layer(app);
+        async move {
+            let mut req = http::Request::post("/details/0").header("host", "details");
+            if grpc {
+                req = req.header("content-type", "application/grpc");
+            }
+            let resp = svc
+                .oneshot(
+                    req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let flags = ResponseFlags::of(&resp).to_string();
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (parts.status.as_u16(), parts.headers, flags, body)
+        }
+    };
+
+    // No limiter: fail open, or closed with status_on_error and RLSE.
+    let open = MeshRuntime::from_snapshot(&mesh_tests::snapshot(&config(false)));
+    let (status, _, flags, body) = call(&open, false).await;
+    assert_eq!((status, flags.as_str(), &body[..]), (200, "-", &b"ok"[..]));
+    let closed = MeshRuntime::from_snapshot(&mesh_tests::snapshot(&config(true)));
+    let (status, headers, flags, body) = call(&closed, false).await;
+    assert_eq!((status, flags.as_str(), body.len()), (503, "RLSE", 0));
+    assert!(headers.get("x-envoy-ratelimited").is_none());
+    assert!(
+        headers.get("x-limited-by").is_none(),
+        "only on over-limit answers"
+    );
+
+    // With a limiter: 1 per minute.
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let l = limiter(
+        "domain: answers\ndescriptors:\n  - key: generic_key\n    value: details\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
+        settings(&redis, &clock),
+    )
+    .await;
+    closed.set_rate_limit_service(Some(l));
+    let (status, headers, flags, _) = call(&closed, false).await;
+    assert_eq!((status, flags.as_str()), (200, "-"));
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    let (status, headers, flags, body) = call(&closed, false).await;
+    assert_eq!((status, flags.as_str(), body.len()), (429, "RL", 0));
+    assert_eq!(headers["x-envoy-ratelimited"], "true");
+    assert_eq!(headers["x-limited-by"], "mesh");
+    assert_eq!(headers["x-ratelimit-limit"], "1, 1;w=60");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    assert_eq!(headers["x-ratelimit-reset"], "60");
+    // A gRPC caller: HTTP 200, grpc-status UNAVAILABLE (14), as Envoy maps 429.
+    let (status, headers, flags, _) = call(&closed, true).await;
+    assert_eq!((status, flags.as_str()), (200, "RL"));
+    assert_eq!(headers["grpc-status"], "14");
+}

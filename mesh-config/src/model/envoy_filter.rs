@@ -401,6 +401,41 @@ pub struct FilterAt {
     pub port: u32,
     /// The operation (INSERT_BEFORE, INSERT_FIRST, INSERT_AFTER, ADD).
     pub operation: Operation,
+    /// Where the patch puts the filter in Istio's chain: before its authentication and
+    /// authorization filters (`jwt_authn`, `ext_authz`, `rbac`) or after them.
+    pub before_authz: bool,
+}
+
+/// HTTP filters Istio's chains place after authentication and authorization.
+const AFTER_AUTHZ: &[&str] = &[
+    "envoy.filters.http.router",
+    "envoy.router",
+    "istio.stats",
+    "envoy.filters.http.grpc_stats",
+    "envoy.filters.http.fault",
+    "envoy.filters.http.cors",
+];
+
+/// Istio's authentication and authorization HTTP filters.
+const AUTHZ: &[&str] = &[
+    "envoy.filters.http.jwt_authn",
+    "istio_authn",
+    "istio.authn",
+    "envoy.filters.http.ext_authz",
+    "envoy.filters.http.rbac",
+];
+
+/// Whether an HTTP filter inserted by `operation` relative to `sub_filter` runs before
+/// Istio's authentication and authorization filters: Istio inserts at the front for
+/// INSERT_FIRST and for INSERT_BEFORE without a sub-filter, and at the end (after them)
+/// for ADD and for INSERT_AFTER without one.
+fn runs_before_authz(operation: Operation, sub_filter: Option<&str>) -> bool {
+    match (operation, sub_filter) {
+        (Operation::InsertFirst, _) | (Operation::InsertBefore, None) => true,
+        (Operation::InsertBefore, Some(s)) => !AFTER_AUTHZ.contains(&s),
+        (Operation::InsertAfter, Some(s)) => !AFTER_AUTHZ.contains(&s) && !AUTHZ.contains(&s),
+        _ => false,
+    }
 }
 
 /// Where a route configuration patch applies.
@@ -530,17 +565,25 @@ fn interpret_patch(
                 return None;
             };
             let port = listener_port(r, m, path)?;
+            let sub_filter = m
+                .listener
+                .as_ref()
+                .and_then(|l| l.filter_chain.as_ref())
+                .and_then(|c| c.filter.as_ref())
+                .and_then(|f| f.sub_filter.as_ref())
+                .map(|s| s.name.as_str());
             let at = FilterAt {
                 patch: index,
                 context: m.context,
                 port,
                 operation: patch.operation,
+                before_authz: runs_before_authz(patch.operation, sub_filter),
             };
             if patch.filter_class != FilterClass::Unspecified {
                 not_enforced(
                     r,
                     &path.key("patch").key("filterClass"),
-                    "filterClass is not used: the rate limit filters run before authentication and authorization".into(),
+                    "filterClass is not used: the local rate limit filter runs before authentication and authorization, the global one after them".into(),
                 );
             }
             http_filter(r, at, value, &value_path, &what, path)
@@ -677,12 +720,31 @@ fn http_filter(
     path: &FieldPath,
 ) -> Option<Interpreted> {
     let name = value.get("name").and_then(|n| n.as_str()).unwrap_or("");
+    let operation = path.key("patch").key("operation");
     if name == LOCAL_RATELIMIT_FILTER {
         let config = envoy_ratelimit::read_local_filter(r, value, value_path)?;
+        if !at.before_authz {
+            not_enforced(
+                r,
+                &operation,
+                format!(
+                    "{what} puts `{name}` after authentication and authorization: the mesh runs it before them, where Istio's task inserts it (first in the chain), so requests they refuse are counted too"
+                ),
+            );
+        }
         return Some(Interpreted::LocalRateLimitFilter { at, config });
     }
     if RATELIMIT_FILTER.contains(&name) {
         let config = envoy_ratelimit::read_global_filter(r, value, value_path)?;
+        if at.before_authz {
+            not_enforced(
+                r,
+                &operation,
+                format!(
+                    "{what} puts `{name}` before authentication and authorization: the mesh runs it after them, where Istio's task inserts it (before the router), so requests they refuse are not counted"
+                ),
+            );
+        }
         return Some(Interpreted::GlobalRateLimitFilter { at, config });
     }
     let shown = if name.is_empty() { "<unnamed>" } else { name };

@@ -264,10 +264,18 @@ impl GatewayService {
         if let Some(resp) = answer(&decision, &head) {
             return Prepared::Answer(resp);
         }
-        // The global rate limit filters need the route the request takes.
+        // The global rate limit filters need the route the request takes; Envoy's
+        // filter skips a route whose cluster does not exist (answered 503 `NC`).
+        let cluster_exists = !matches!(
+            decision.outcome,
+            Outcome::Forward {
+                upstream: Upstream::Missing { .. },
+                ..
+            }
+        );
         let global = generation
             .view(mesh.slot())
-            .filter(|v| !v.rate_limits().global().is_empty())
+            .filter(|v| cluster_exists && !v.rate_limits().global().is_empty())
             .and_then(|view| {
                 let (route, cluster) = route_context(server_port, vhost, &decision);
                 let info = RequestInfo {

@@ -83,6 +83,11 @@ impl GlobalChecks {
     /// headers for the response (when a filter asks for them), `Err` with the refusal.
     pub(crate) async fn run(self, runtime: &MeshRuntime) -> Result<QuotaHeaders, Response<Bytes>> {
         let limiter = runtime.rate_limit_service();
+        if limiter.is_none() && runtime.first_missing_rate_limit_service() {
+            tracing::warn!(
+                "a global rate limit filter applies to a request but no rate limit service is set (MeshRuntime::set_rate_limit_service): treated as a failed service"
+            );
+        }
         let globals = self.view.rate_limits().global();
         let mut headers = QuotaHeaders::default();
         for (i, descriptors) in &self.checks {
