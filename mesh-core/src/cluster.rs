@@ -502,6 +502,9 @@ pub struct Cluster {
     pub id: u32,
     /// Its key.
     pub key: ClusterKey,
+    /// Its Envoy name (`outbound|9080|v1|reviews.default.svc.cluster.local`), the key
+    /// written once.
+    pub name: Arc<str>,
     /// The service.
     pub service: Arc<Service>,
     /// The DestinationRule whose `trafficPolicy` and subset shaped it.
@@ -634,21 +637,23 @@ impl Cluster {
             .as_ref()
             .and_then(|(d, _, _)| d.meta.annotations.get(RETRY_BUDGET_ANNOTATION))
             .and_then(|v| RequestRetryBudget::parse(v).ok());
+        let key = ClusterKey {
+            host: service.host.as_str().into(),
+            subset: subset.map(|s| s.name.as_str().into()),
+            port: port.number as u16,
+            rule: dr.as_ref().map(|(_, _, id)| id.clone()),
+        };
         Cluster {
             id,
             tls,
             limits,
+            name: key.to_string().into(),
+            key,
             outlier: traffic
                 .outlier_detection
                 .as_ref()
                 .map(crate::outlier::OutlierSettings::of),
             codec: Codec::of(&port.protocol, &traffic),
-            key: ClusterKey {
-                host: service.host.as_str().into(),
-                subset: subset.map(|s| s.name.as_str().into()),
-                port: port.number as u16,
-                rule: dr.as_ref().map(|(_, _, id)| id.clone()),
-            },
             service: service.clone(),
             rule: dr.map(|(d, _, _)| d.clone()),
             port: port.clone(),

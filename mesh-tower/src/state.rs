@@ -418,7 +418,7 @@ impl EndpointStates {
             .map(|c| {
                 // One service port may have several clusters of one name, shaped by the
                 // DestinationRules different namespaces see: each keeps its own state.
-                let name: Arc<str> = c.key.to_string().into();
+                let name = c.name.clone();
                 let key: Arc<str> = match &c.key.rule {
                     Some(rule) => format!("{name} {rule}").into(),
                     None => name.clone(),

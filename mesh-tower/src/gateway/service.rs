@@ -177,13 +177,8 @@ impl GatewayService {
         } else {
             None
         };
-        let cluster_name;
         let (route, cluster) = match &routed {
-            Some((vhost, d)) => {
-                let (route, cluster) = route_context(port, vhost, d);
-                cluster_name = cluster;
-                (route, route_cluster(&cluster_name))
-            }
+            Some((vhost, d)) => route_context(port, vhost, d),
             None => (RouteContext::unrouted(port), RouteCluster::None),
         };
         let info = RequestInfo {
@@ -281,7 +276,7 @@ impl GatewayService {
                 let info = RequestInfo {
                     route,
                     port: server_port,
-                    cluster: route_cluster(&cluster),
+                    cluster,
                 };
                 GlobalChecks::plan(view, &info, &req).map(Box::new)
             });
@@ -339,12 +334,12 @@ where
 }
 
 /// The route rate limits see of a request `vhost` and `decision` route at server
-/// `port`, and the Envoy name of the cluster it is forwarded to.
+/// `port`, and the cluster it is forwarded to.
 fn route_context<'a>(
     port: u16,
     vhost: &'a VirtualHost,
     d: &'a Decision<'a>,
-) -> (RouteContext<'a>, Option<String>) {
+) -> (RouteContext<'a>, RouteCluster<'a>) {
     let action = match &d.outcome {
         Outcome::Forward { .. } => RouteAction::Route,
         Outcome::Redirect(_) | Outcome::RequireTls => RouteAction::Redirect,
@@ -354,8 +349,8 @@ fn route_context<'a>(
         Outcome::Forward {
             upstream: Upstream::Cluster(c),
             ..
-        } => Some(c.key.to_string()),
-        _ => None,
+        } => RouteCluster::Named(&c.name),
+        _ => RouteCluster::None,
     };
     let name = d
         .rule
@@ -365,11 +360,6 @@ fn route_context<'a>(
         RouteContext::gateway(port, &vhost.domain, d.gateway.map(|g| &**g), name, action),
         cluster,
     )
-}
-
-fn route_cluster(name: &Option<String>) -> RouteCluster<'_> {
-    name.as_deref()
-        .map_or(RouteCluster::None, RouteCluster::Named)
 }
 
 /// The `x-ratelimit-*` headers of the local rate limits, if any, on `resp`.

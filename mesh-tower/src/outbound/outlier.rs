@@ -233,7 +233,7 @@ impl OutlierState {
             None => Ejections::new(c.endpoints.len(), now()),
         };
         let table = Arc::new(OutlierTable {
-            name: c.key.to_string().into(),
+            name: c.name.clone(),
             cluster: Arc::downgrade(cluster),
             endpoints: c.endpoints.clone(),
             version,

@@ -76,6 +76,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -701,22 +702,32 @@ pub(crate) fn with_descriptor_request<B, R>(
     req: &Request<B>,
     f: impl FnOnce(&DescriptorRequest<'_>) -> R,
 ) -> R {
+    thread_local! {
+        /// Istio's inbound cluster name, written per request without allocating.
+        static INBOUND: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
     let head = RequestHead::from_request(req, info.port);
-    let inbound;
-    let desc = DescriptorRequest {
-        head: &head,
-        remote_address: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
-        destination_cluster: match info.cluster {
-            RouteCluster::Inbound(port) => {
-                inbound = format!("inbound|{port}||");
-                Some(inbound.as_str())
-            }
-            RouteCluster::Named(name) => Some(name),
-            RouteCluster::None => None,
-        },
-        source_cluster: limits.source_cluster(),
+    let with = |destination_cluster: Option<&str>| {
+        f(&DescriptorRequest {
+            head: &head,
+            remote_address: req.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
+            destination_cluster,
+            source_cluster: limits.source_cluster(),
+        })
     };
-    f(&desc)
+    match info.cluster {
+        RouteCluster::Inbound(port) => {
+            // Taken out of the thread's slot while `f` runs, put back after.
+            let mut name = INBOUND.with_borrow_mut(std::mem::take);
+            name.clear();
+            let _ = write!(name, "inbound|{port}||");
+            let result = with(Some(&name));
+            INBOUND.with_borrow_mut(|slot| *slot = name);
+            result
+        }
+        RouteCluster::Named(name) => with(Some(name)),
+        RouteCluster::None => with(None),
+    }
 }
 
 /// Runs the local rate limit filters of `limits` on `req` (see the module
