@@ -25,6 +25,9 @@ pub enum ResetReason {
     RefusedStream,
     /// A circuit breaker of the cluster was open (response flag `UO`).
     Overflow,
+    /// The mesh reset the upstream request itself: the caller's request body failed
+    /// while it was being sent (response flag `LR`).
+    LocalReset,
 }
 
 impl ResetReason {
@@ -35,6 +38,7 @@ impl ResetReason {
             ResetReason::ConnectionTermination => "connection termination",
             ResetReason::RefusedStream => "remote refused stream reset",
             ResetReason::Overflow => "overflow",
+            ResetReason::LocalReset => "local reset",
         }
     }
 }

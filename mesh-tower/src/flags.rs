@@ -4,7 +4,9 @@
 //! failed connect (`UF`) or the upstream's own answer: operators tell them apart by
 //! these flags in Envoy's access logs and metrics. The mesh records them as a typed
 //! value in the response's extensions ([`ResponseFlags`]), which telemetry and access
-//! logs read; [`ResponseFlags::of`] reads them from any response.
+//! logs read; [`ResponseFlags::of`] reads them from any response. A request the caller
+//! gave up on has no response: `DC` is recorded on its telemetry span instead (the
+//! `response_flags` field of `mesh.request`, which carries every answer's flags too).
 
 use std::fmt;
 
@@ -43,9 +45,12 @@ flags! {
     UPSTREAM_REQUEST_TIMEOUT = 5, "UT";
     /// `UC`: the upstream connection was terminated.
     UPSTREAM_CONNECTION_TERMINATION = 6, "UC";
-    /// `LR`: the connection was reset locally.
+    /// `LR`: the mesh reset the upstream request itself (the caller's request body
+    /// failed while it was sent).
     LOCAL_RESET = 7, "LR";
-    /// `DC`: the downstream connection was terminated.
+    /// `DC`: the downstream connection was terminated: the caller gave up on the
+    /// request (dropped its future, or the client of a served connection went away)
+    /// before the answer (recorded on the telemetry span).
     DOWNSTREAM_CONNECTION_TERMINATION = 8, "DC";
     /// `RL`: the request was rate limited (local or global).
     RATE_LIMITED = 9, "RL";
@@ -108,6 +113,7 @@ impl ResponseFlags {
                 ResponseFlags::UPSTREAM_CONNECTION_FAILURE
             }
             MeshFailure::ConnectOrReset(ResetReason::Overflow) => ResponseFlags::UPSTREAM_OVERFLOW,
+            MeshFailure::ConnectOrReset(ResetReason::LocalReset) => ResponseFlags::LOCAL_RESET,
             MeshFailure::ConnectOrReset(
                 ResetReason::ConnectionTermination | ResetReason::RefusedStream,
             ) => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
 use mesh_tests::{get, mesh, named, serve, service, snapshot};
 use mesh_tower::{MeshFailure, MeshRuntime, Workload};
 use tower::ServiceExt;
@@ -231,6 +231,15 @@ async fn fault_delay_and_abort() {
     let took = t.elapsed();
     assert!(took >= Duration::from_millis(300), "{took:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
+    // Envoy's response flags: `FI` for the abort, `DI` for the delay.
+    for (user, want) in [("jason", "FI"), ("", "DI")] {
+        let req = Request::get("http://reviews:9080/")
+            .header("end-user", user)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = m.client().oneshot(req).await.unwrap();
+        assert_eq!(mesh_tower::ResponseFlags::of(&resp).to_string(), want);
+    }
 }
 
 #[tokio::test]

@@ -85,3 +85,52 @@ async fn one_span_per_request_with_its_decisions() {
     assert_eq!(s["status"], "200");
     assert!(!s.contains_key("failure"));
 }
+
+/// The span carries the answer's response flags (`UF,URX` for a refused connection,
+/// retried by Istio's default policy until the attempts ran out), and
+/// `DC` when the caller gave up on the request before an answer came (Envoy's downstream
+/// connection termination).
+#[tokio::test]
+async fn the_span_records_response_flags_and_a_caller_giving_up() {
+    let spans: Spans = Arc::default();
+    let subscriber = tracing_subscriber::registry().with(Capture(spans.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let slow = serve(|_, _| async move {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        Response::new(Full::new(Bytes::from("late")))
+    })
+    .await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let m = mesh(
+        &(service("slow", "HTTP", &[("v1", slow.port())])
+            + &service("gone", "HTTP", &[("v1", closed)])),
+    );
+    assert_eq!(get(&m, "http://gone:9080/x", &[]).await.0, 503);
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        get(&m, "http://slow:9080/x", &[]),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the slow server did not answer");
+
+    let spans = spans.lock().unwrap();
+    let flags: BTreeMap<&str, &str> = spans
+        .values()
+        .map(|s| {
+            (
+                s["authority"].as_str(),
+                s.get("response_flags").map_or("-", |f| f.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        BTreeMap::from([("gone:9080", "UF,URX"), ("slow:9080", "DC")])
+    );
+}

@@ -599,3 +599,68 @@ async fn the_meshs_own_failures_reach_grpc_callers_as_grpc_statuses() {
         .unwrap();
     assert_eq!(m.client().oneshot(req).await.unwrap().status(), 503);
 }
+
+/// The caller's request body failing while it is sent: the mesh resets the upstream
+/// request itself — Envoy's `503 … reset reason: local reset`, flagged `LR` — and does
+/// not retry it (the body is gone), whatever the route's retry policy says.
+#[tokio::test]
+async fn a_failing_request_body_is_a_local_reset() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    serve_with(l, move |req: Request<Incoming>| {
+        let s = s.clone();
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            // Reads the whole body before answering.
+            let _ = req.into_body().collect().await;
+            Response::new(Full::new(Bytes::from("read")))
+        }
+    });
+    for protocol in ["HTTP", "HTTP2"] {
+        seen.store(0, Ordering::SeqCst);
+        let cfg = service("up", protocol, &[("v1", port)])
+            + &vs(
+                "up",
+                "  - route: [{destination: {host: up}}]\n    retries: {attempts: 3, retryOn: reset,connect-failure,5xx}\n",
+            );
+        let m = mesh(&cfg);
+        let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+        tx.send_data(Bytes::from("first part")).await.unwrap();
+        let req = Request::post("http://up:9080/upload").body(body).unwrap();
+        let call = tokio::spawn(async move { m.client().oneshot(req).await.unwrap() });
+        // The first part reached the server; then the caller's body fails.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{protocol}: the request never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.abort(std::io::Error::other("the caller's stream broke"));
+        let resp = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{protocol}");
+        assert_eq!(
+            resp.extensions().get::<MeshFailure>(),
+            Some(&MeshFailure::ConnectOrReset(ResetReason::LocalReset)),
+            "{protocol}"
+        );
+        assert_eq!(
+            mesh_tower::ResponseFlags::of(&resp).to_string(),
+            "LR",
+            "{protocol}"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            "upstream connect error or disconnect/reset before headers. reset reason: local reset",
+            "{protocol}"
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "{protocol}: not retried");
+    }
+}

@@ -408,10 +408,6 @@ impl GatewayService {
                 let request =
                     Request::from_parts(parts, ReqBody::streaming(body, DEFAULT_BUFFER_LIMIT));
                 let forward = self.shared.forward.clone();
-                let fut = crate::outbound::telemetry::TelemetryFuture::new(
-                    forward.oneshot(Routed::new(request, route)),
-                    span,
-                );
                 let runtime = global.as_ref().map(|_| self.shared.mesh.runtime().clone());
                 Box::pin(async move {
                     let mut quota = QuotaHeaders::default();
@@ -421,6 +417,12 @@ impl GatewayService {
                             Err(refusal) => return Ok(with_x(refusal.map(ResBody::full), x)),
                         }
                     }
+                    // Made once the request is forwarded: dropped unanswered, it records
+                    // that the client went away.
+                    let fut = crate::outbound::telemetry::TelemetryFuture::new(
+                        forward.oneshot(Routed::new(request, route)),
+                        span,
+                    );
                     let mut resp = with_x(
                         match fut.await {
                             Ok(resp) => respond(resp, downstream),

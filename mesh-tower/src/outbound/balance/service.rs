@@ -515,7 +515,7 @@ where
 /// Envoy); nor are the mesh's other local answers.
 fn outlier_outcome(resp: &Response<ResBody>, grpc: bool) -> Option<Outcome> {
     match resp.extensions().get::<MeshFailure>() {
-        Some(MeshFailure::ConnectOrReset(ResetReason::Overflow)) => None,
+        Some(MeshFailure::ConnectOrReset(ResetReason::Overflow | ResetReason::LocalReset)) => None,
         Some(MeshFailure::ConnectOrReset(_) | MeshFailure::Protocol) => {
             Some(Outcome::ConnectFailed)
         }
@@ -536,8 +536,10 @@ fn outlier_outcome(resp: &Response<ResBody>, grpc: bool) -> Option<Outcome> {
 
 /// Envoy's reset reason for a failed upstream call, from the error's type: a failed
 /// connect is a connection failure; an HTTP/2 `REFUSED_STREAM` is a refused stream
-/// (the request was not processed); anything else happened after the request was sent
-/// and is a connection termination, which Istio's default retry policy does not retry.
+/// (the request was not processed); the caller's own request body failing while it was
+/// sent is a local reset (the mesh reset the upstream request); anything else happened
+/// after the request was sent and is a connection termination, which Istio's default
+/// retry policy does not retry.
 pub fn reset_reason(e: &(dyn std::error::Error + 'static)) -> ResetReason {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
@@ -551,10 +553,20 @@ pub fn reset_reason(e: &(dyn std::error::Error + 'static)) -> ResetReason {
         if err.is::<crate::transport::pool::Overflow>() {
             return ResetReason::Overflow;
         }
-        if let Some(h2e) = err.downcast_ref::<h2::Error>()
-            && h2e.reason() == Some(h2::Reason::REFUSED_STREAM)
+        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
+            if h2e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return ResetReason::RefusedStream;
+            }
+            // A stream the client reset itself (its request body failed).
+            if h2e.is_reset() && !h2e.is_remote() && !h2e.is_library() {
+                return ResetReason::LocalReset;
+            }
+        }
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_user())
         {
-            return ResetReason::RefusedStream;
+            return ResetReason::LocalReset;
         }
         cur = err.source();
     }

@@ -6,6 +6,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service, ServiceExt};
 
 use super::super::{ResponseFuture, Routed};
+use crate::flags::ResponseFlags;
 use crate::{BoxError, BoxFuture, MeshFailure, ResBody};
 
 /// Injects the rule's faults (see the module documentation).
@@ -79,10 +80,13 @@ where
                 ResponseFuture::inner(FaultFuture::from(FaultFutureState::Delayed {
                     fut: Box::pin(async move {
                         tokio::time::sleep(delay).await;
-                        match abort_with {
-                            Some(with) => Ok(abort(with)),
-                            None => inner.oneshot(routed).await,
-                        }
+                        let mut resp = match abort_with {
+                            Some(with) => abort(with),
+                            None => inner.oneshot(routed).await?,
+                        };
+                        // Envoy's `DI`: the request was delayed by fault injection.
+                        ResponseFlags::record(&mut resp, ResponseFlags::DELAY_INJECTED);
+                        Ok(resp)
                     }),
                 }))
             }

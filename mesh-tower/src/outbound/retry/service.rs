@@ -56,11 +56,12 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 fn outcome(resp: &Response<ResBody>, retries: &Retries) -> Option<Attempt> {
     match resp.extensions().get::<MeshFailure>() {
         // No endpoint, or no cluster at all: retrying cannot help (Envoy does not retry
-        // them either); nor is a request a circuit breaker turned away retried.
+        // them either); nor is a request a circuit breaker turned away retried, nor one
+        // whose own body failed.
         Some(
             MeshFailure::NoHealthyUpstream
             | MeshFailure::ClusterNotFound
-            | MeshFailure::ConnectOrReset(ResetReason::Overflow),
+            | MeshFailure::ConnectOrReset(ResetReason::Overflow | ResetReason::LocalReset),
         ) => None,
         Some(MeshFailure::ConnectOrReset(ResetReason::ConnectionFailure)) => {
             Some(Attempt::ConnectFailure)

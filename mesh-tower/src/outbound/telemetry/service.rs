@@ -8,6 +8,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::super::Route;
+use crate::flags::ResponseFlags;
 use crate::{BoxError, MeshFailure, ReqBody, ResBody};
 
 /// Wraps each request in a `mesh.request` span (see the module documentation).
@@ -46,7 +47,7 @@ where
             let _entered = span.enter();
             self.inner.call(req)
         };
-        TelemetryFuture { fut, span }
+        TelemetryFuture::new(fut, span)
     }
 }
 
@@ -64,23 +65,42 @@ pub(crate) fn span_of<B>(req: &Request<B>) -> tracing::Span {
         attempts = tracing::field::Empty,
         status = tracing::field::Empty,
         failure = tracing::field::Empty,
+        response_flags = tracing::field::Empty,
     )
 }
 
 pin_project! {
     /// The response future of [`Telemetry`]: polled inside the span, which records the
-    /// status.
+    /// status and the response flags — `DC` (Envoy's downstream connection
+    /// termination) when the caller gave up on the request before its answer.
     pub struct TelemetryFuture<F> {
         #[pin]
         fut: F,
         span: tracing::Span,
+        answered: bool,
+    }
+
+    impl<F> PinnedDrop for TelemetryFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.answered && !this.span.is_disabled() {
+                this.span.record(
+                    "response_flags",
+                    tracing::field::display(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION),
+                );
+            }
+        }
     }
 }
 
 impl<F> TelemetryFuture<F> {
     /// `fut`, polled within `span`.
     pub(crate) fn new(fut: F, span: tracing::Span) -> Self {
-        TelemetryFuture { fut, span }
+        TelemetryFuture {
+            fut,
+            span,
+            answered: false,
+        }
     }
 }
 
@@ -94,12 +114,18 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         let result = std::task::ready!(this.fut.poll(cx));
+        *this.answered = true;
         if !this.span.is_disabled()
             && let Ok(resp) = &result
         {
             this.span.record("status", resp.status().as_u16());
             if let Some(f) = resp.extensions().get::<MeshFailure>() {
                 this.span.record("failure", tracing::field::display(f));
+            }
+            let flags = ResponseFlags::of(resp);
+            if !flags.is_empty() {
+                this.span
+                    .record("response_flags", tracing::field::display(flags));
             }
         }
         Poll::Ready(result)
