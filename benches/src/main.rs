@@ -1,7 +1,8 @@
 //! `mesh-bench load`: what the mesh costs per request over real loopback connections,
 //! next to a bare client, to a bare rustls client and server over mutual TLS (against the
 //! mesh's own mutual TLS, `mesh.client()` to `mesh.serve()`), and to Istio's two-sidecar
-//! data path (two nginx proxies).
+//! data path (two nginx proxies); and what a local rate limit costs, `mesh.client()` to
+//! `mesh.serve()` in plaintext with and without one.
 //! Microbenchmarks (the criterion benches) show the stack's own nanoseconds; this shows
 //! what a service sees: latency under closed and open loads, throughput, CPU,
 //! allocations and memory, with every path measured in one run, interleaved.
@@ -54,9 +55,9 @@ struct Cli {
 /// What to run.
 #[derive(Subcommand)]
 enum Command {
-    /// Load benchmark: a bare client, the mesh, both over mutual TLS, and two nginx
-    /// sidecars to one local backend, in closed and open loops, interleaved; prints
-    /// Markdown tables.
+    /// Load benchmark: a bare client, the mesh (client alone, and client to server with
+    /// and without a local rate limit), both over mutual TLS, and two nginx sidecars to
+    /// one local backend, in closed and open loops, interleaved; prints Markdown tables.
     Load(LoadArgs),
     /// Sends a fixed number of requests one after the other along one path and prints
     /// the time per request: a steady, repeatable workload to profile (`perf record`,
@@ -362,6 +363,7 @@ async fn run(settings: &Settings, json: Option<&std::path::Path>) -> Result<Exit
     let mut results = Results::default();
     let mut rss_reset = true;
     let mut busy = Busy::default();
+    let mut limits = Vec::new();
     for round in 1..=settings.rounds {
         for p in &paths {
             let t = load::warm_up(&p.sender, REWARM, 0).await?;
@@ -409,11 +411,26 @@ async fn run(settings: &Settings, json: Option<&std::path::Path>) -> Result<Exit
             }
         }
     }
+    // The local rate limit never refused and saw every request measured.
+    for p in &paths {
+        match p.check_rate_limit(results.requests(p.name)) {
+            None => {}
+            Some(Ok(line)) => limits.push(line),
+            Some(Err(e)) => {
+                let line = format!("FAILED {e:#}");
+                eprintln!("{line}");
+                failures.push(line);
+            }
+        }
+    }
     drop(paths);
 
-    print_report(
-        settings, &machine, &results, &skipped, &failures, rss_reset, busy,
-    );
+    let observed = Observed {
+        rss_reset,
+        busy,
+        limits,
+    };
+    print_report(settings, &machine, &results, &skipped, &failures, &observed);
     if let Some(file) = json {
         let report = JsonReport {
             machine: &machine,
@@ -459,6 +476,18 @@ struct Busy {
     kept_busy: u32,
 }
 
+/// What the run observed besides the tables.
+#[derive(Debug)]
+struct Observed {
+    /// Whether the kernel reset the peak RSS before each phase.
+    rss_reset: bool,
+    /// Phases run again because the machine was busy.
+    busy: Busy,
+    /// What the local rate limits of the paths with one counted (see
+    /// [`Path::check_rate_limit`]).
+    limits: Vec<String>,
+}
+
 /// True when other processes or the hypervisor took enough of the machine during a
 /// phase to disturb it.
 fn is_busy(m: &report::Metrics) -> bool {
@@ -492,9 +521,9 @@ fn print_report(
     results: &Results,
     skipped: &[String],
     failures: &[String],
-    rss_reset: bool,
-    busy: Busy,
+    observed: &Observed,
 ) {
+    let busy = observed.busy;
     println!("## mesh-bench load\n");
     println!(
         "Machine: nproc {}, {}, Linux {}; nginx {}.",
@@ -548,7 +577,7 @@ fn print_report(
     println!(
         "- allocs/req: every allocation in this process during the phase (backend and load generator included), per request; nginx's own are not counted."
     );
-    if rss_reset {
+    if observed.rss_reset {
         println!(
             "- peak RSS: VmHWM, reset before each phase (/proc/<pid>/clear_refs); nginx-sidecars adds the nginx processes' VmHWM."
         );
@@ -570,4 +599,10 @@ fn print_report(
     println!(
         "- bare-tls and mesh-mtls: mutual TLS (rustls with ring; certificates from the mesh's in-process CA) to the backend's application on a listener of their own. bare-tls: the bare client over a rustls connector, to the backend's HTTP/1.1 server behind a rustls acceptor; mesh-mtls: mesh.client() (auto mTLS to a WorkloadEntry, Istio's defaults otherwise) to mesh.serve() with mesh.inbound() around the application. Their new conns are the connections these TLS listeners accepted. The mutual TLS table compares mesh-mtls with bare-tls (rps ÷ bare-tls for closed loops only: an open loop's throughput is its rate)."
     );
+    println!(
+        "- mesh-inbound and mesh-ratelimit: mesh.client() (a plain ServiceEntry endpoint, no identities: plaintext; Istio's defaults otherwise) to mesh.serve() with mesh.inbound() around the backend's application on a listener of its own (new conns: the connections mesh.serve() accepted); mesh-ratelimit adds a LocalRateLimitPolicy on the server (total 100,000,000 requests/s, burst 100,000,000: it never refuses). The rate limit table compares mesh-ratelimit with mesh-inbound: what a local limit costs per request."
+    );
+    for line in &observed.limits {
+        println!("- {line}");
+    }
 }

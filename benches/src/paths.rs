@@ -16,6 +16,16 @@
 //!   the ratios measure the mesh, not a second backend: with two backend addresses the
 //!   runtime's two worker threads end up waking each other for the second connection
 //!   set, which costs every path through it alike (see docs/benchmarks.md).
+//! - `mesh-inbound`: `mesh.client()` → plaintext → `mesh.serve()` with `mesh.inbound()`
+//!   around the backend's application: a ServiceEntry with a plain endpoint (no
+//!   WorkloadEntry) and a runtime without identities, so no auto mTLS; Istio's defaults
+//!   otherwise, as `mesh-defaults`. The mesh on both sides, in plaintext.
+//! - `mesh-ratelimit`: `mesh-inbound` with a `LocalRateLimitPolicy` on the serving
+//!   workload whose total limit (100,000,000 requests/s, an equal burst) never refuses
+//!   during a run: `mesh-ratelimit` minus `mesh-inbound` is what a local limit costs.
+//!   Its setup checks that a tiny limit of the same runtime refuses with Envoy's
+//!   `429 local_rate_limited`, and that the serving workload's limit counted every setup
+//!   request; after the run, [`Path::check_rate_limit`] checks that it refused none.
 //! - `bare-tls`: the floor of mutual TLS: the `bare` path's client over rustls, with a
 //!   client certificate, to the backend's application served over rustls by the same
 //!   HTTP/1.1 server, requiring a client certificate (see [`crate::tls`]). Certificates
@@ -42,6 +52,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mesh_tower::identity::{CertificateAuthority, Identities, PeerIdentity, SpiffeId};
+use mesh_tower::ratelimit::local::{self, CounterSnapshot};
 use mesh_tower::state::EndpointState;
 use mesh_tower::transport::pool::{Outgoing, Pools, Protocol};
 use mesh_tower::{Mesh, MeshClient, MeshRuntime, ReqBody, Workload};
@@ -66,6 +77,10 @@ pub(crate) enum PathName {
     MeshDefaults,
     /// `mesh.client()` with a DestinationRule and a VirtualService.
     MeshVs,
+    /// `mesh.client()` → plaintext → `mesh.serve()` around the backend's application.
+    MeshInbound,
+    /// `mesh-inbound` with a local rate limit on the serving workload that never refuses.
+    MeshRatelimit,
     /// The bare client over mutual TLS (rustls) to the backend served over rustls.
     BareTls,
     /// `mesh.client()` → mutual TLS → `mesh.serve()` around the backend's application.
@@ -76,11 +91,13 @@ pub(crate) enum PathName {
 
 impl PathName {
     /// Every path, in the order they are run and printed.
-    pub(crate) const ALL: [PathName; 7] = [
+    pub(crate) const ALL: [PathName; 9] = [
         PathName::Bare,
         PathName::MeshPool,
         PathName::MeshDefaults,
         PathName::MeshVs,
+        PathName::MeshInbound,
+        PathName::MeshRatelimit,
         PathName::BareTls,
         PathName::MeshMtls,
         PathName::NginxSidecars,
@@ -93,6 +110,8 @@ impl PathName {
             PathName::MeshPool => "mesh-pool",
             PathName::MeshDefaults => "mesh-defaults",
             PathName::MeshVs => "mesh-vs",
+            PathName::MeshInbound => "mesh-inbound",
+            PathName::MeshRatelimit => "mesh-ratelimit",
             PathName::BareTls => "bare-tls",
             PathName::MeshMtls => "mesh-mtls",
             PathName::NginxSidecars => "nginx-sidecars",
@@ -113,13 +132,53 @@ pub(crate) struct Path {
     /// The path's own server, if the backend's plaintext listener is not it; stopped
     /// when dropped.
     _server: Option<Server>,
+    /// The local rate limit of the path's server (`mesh-ratelimit`).
+    limit: Option<Limit>,
+}
+
+/// The local rate limit of a path's server, to read its counters.
+struct Limit {
+    /// The runtime holding its buckets.
+    runtime: MeshRuntime,
+    /// Requests it had admitted when the path's setup ended.
+    admitted_at_setup: u64,
+}
+
+impl Path {
+    /// For a path with a local rate limit (`mesh-ratelimit`): what the limit counted since
+    /// the path's setup, an error unless it refused none and admitted at least the
+    /// `measured` requests (the requests of the phases kept; warm-ups and phases run
+    /// again add more). `None` for the other paths.
+    pub(crate) fn check_rate_limit(&self, measured: u64) -> Option<Result<String>> {
+        let limit = self.limit.as_ref()?;
+        let name = self.name.as_str();
+        let Some(c) = served_limit(&limit.runtime) else {
+            return Some(Err(anyhow!("{name}: the local rate limit has no counters")));
+        };
+        let admitted = c.ok - limit.admitted_at_setup;
+        Some(if c.rate_limited > 0 || c.enforced > 0 {
+            Err(anyhow!(
+                "{name}: the local rate limit found {} requests over it and refused {} (it must never refuse: a 429 measures the refusal, not the limit)",
+                c.rate_limited,
+                c.enforced
+            ))
+        } else if admitted < measured {
+            Err(anyhow!(
+                "{name}: the local rate limit admitted {admitted} requests after the setup, fewer than the {measured} measured (not on the path measured)"
+            ))
+        } else {
+            Ok(format!(
+                "{name}: the local rate limit checked and admitted {admitted} requests after the setup ({measured} in the phases kept), none over the limit, none refused."
+            ))
+        })
+    }
 }
 
 /// A server of the backend's application other than its plaintext listener.
 enum Server {
     /// The backend's rustls listener (`bare-tls`).
     Tls(#[allow(dead_code, reason = "held for its Drop")] TlsListener),
-    /// The task running `mesh.serve()` (`mesh-mtls`).
+    /// The task running `mesh.serve()` (`mesh-inbound`, `mesh-ratelimit`, `mesh-mtls`).
     Mesh(JoinHandle<()>),
 }
 
@@ -241,6 +300,7 @@ pub(crate) fn bare(backend: &Backend) -> Result<Path> {
         sidecars: None,
         _mesh: None,
         _server: None,
+        limit: None,
     })
 }
 
@@ -256,6 +316,7 @@ pub(crate) fn pool(backend: &Backend) -> Result<Path> {
         sidecars: None,
         _mesh: None,
         _server: None,
+        limit: None,
     })
 }
 
@@ -271,6 +332,7 @@ pub(crate) fn nginx(sidecars: Sidecars) -> Result<Path> {
         sidecars: Some(sidecars),
         _mesh: None,
         _server: None,
+        limit: None,
     })
 }
 
@@ -299,6 +361,7 @@ pub(crate) fn mesh(name: PathName, backend: &Backend) -> Result<Path> {
         sidecars: None,
         _mesh: Some(mesh),
         _server: None,
+        limit: None,
     })
 }
 
@@ -308,6 +371,7 @@ pub(crate) async fn start(name: PathName, backend: &Backend) -> Result<Path> {
         PathName::Bare => bare(backend),
         PathName::MeshPool => pool(backend),
         PathName::MeshDefaults | PathName::MeshVs => mesh(name, backend),
+        PathName::MeshInbound | PathName::MeshRatelimit => mesh_inbound(name, backend).await,
         PathName::BareTls => bare_tls(backend).await,
         PathName::MeshMtls => mesh_mtls(backend).await,
         PathName::NginxSidecars => bail!("nginx-sidecars is not an in-process path"),
@@ -355,12 +419,20 @@ pub(crate) async fn bare_tls(backend: &Backend) -> Result<Path> {
         sidecars: None,
         _mesh: None,
         _server: Some(Server::Tls(listener)),
+        limit: None,
     })
 }
 
-/// The path the `mesh-mtls` server answers with the principal of the caller, as the
-/// mesh's `PeerIdentity` says (`none` without one).
+/// The path the servers of `mesh.serve()` answer with the principal of the caller, as
+/// the mesh's `PeerIdentity` says (`none` without one).
 const PEER_PATH: &str = "/peer";
+
+/// The principal [`PEER_PATH`] answers for a caller without a verified identity.
+const NO_PEER: &str = "none";
+
+/// Requests each `mesh.serve()` path's setup sends: one to [`PEER_PATH`], then these
+/// one after the other to the backend's path.
+const SETUP_SEQUENTIAL: u64 = 40;
 
 /// `mesh-mtls`: a runtime with identities from an in-process CA; the workload
 /// `reviews-v1` (service account `bookinfo-reviews`) serving the backend's application
@@ -370,15 +442,177 @@ const PEER_PATH: &str = "/peer";
 /// the server must have seen the client's identity over mutual TLS, and the client must
 /// have sent several requests over one pooled connection.
 pub(crate) async fn mesh_mtls(backend: &Backend) -> Result<Path> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding the mesh-mtls server on 127.0.0.1")?;
+    let listener = bind(PathName::MeshMtls).await?;
     let port = listener.local_addr()?.port();
     let runtime = MeshRuntime::from_snapshot(&mesh_tests::snapshot(&workload_entry(port)));
     // Before the workloads are registered: they get their identities when registered.
     runtime.set_identities(Identities::Ca(Arc::new(CertificateAuthority::new(
         TRUST_DOMAIN,
     )?)));
+    let (server, client) = server_and_client(&runtime);
+    if server.identity().is_none() || client.identity().is_none() {
+        bail!("mesh-mtls: a workload has no identity from the in-process CA");
+    }
+    // The requests go over mutual TLS: the server sees the client's SPIFFE ID.
+    let expected = SpiffeId::new(TRUST_DOMAIN, "default", CLIENT_SA)?;
+    served(
+        PathName::MeshMtls,
+        server,
+        client,
+        listener,
+        backend,
+        expected.principal(),
+    )
+    .await
+}
+
+/// `mesh-inbound` and `mesh-ratelimit`: one runtime without identities; the workload
+/// `reviews-v1` serving the backend's application with `mesh.serve()` behind
+/// `mesh.inbound()`, reached through a plain endpoint of the ServiceEntry `reviews` (not
+/// a workload of the mesh: no auto mTLS); and the client workload `productpage-v1`,
+/// whose `mesh.client()` sends, in plaintext (checked: the server sees no identity).
+///
+/// `mesh-ratelimit` adds [`RATE_LIMITS`]: a limit on `reviews-v1` that never refuses
+/// during a run, and a tiny one on a check workload. Its setup fails unless the tiny
+/// limit refuses its second request with Envoy's `429 local_rate_limited` (limits of
+/// this runtime are enforced), and unless the limit of `reviews-v1` counted every setup
+/// request as admitted and none as limited (it is on the path measured).
+pub(crate) async fn mesh_inbound(name: PathName, backend: &Backend) -> Result<Path> {
+    let limited = match name {
+        PathName::MeshInbound => false,
+        PathName::MeshRatelimit => true,
+        other => bail!("{} is not a plaintext mesh.serve() path", other.as_str()),
+    };
+    let listener = bind(name).await?;
+    let port = listener.local_addr()?.port();
+    let mut yaml = service_entry(port, &["127.0.0.1"]);
+    if limited {
+        yaml.push_str(RATE_LIMITS);
+    }
+    let runtime = MeshRuntime::from_snapshot(&mesh_tests::snapshot(&yaml));
+    let (server, client) = server_and_client(&runtime);
+    if limited {
+        check_limit_refuses(&runtime).await?;
+    }
+    let mut path = served(name, server, client, listener, backend, NO_PEER).await?;
+    let counters = served_limit(&runtime);
+    let setup = SETUP_SEQUENTIAL + 1;
+    match counters {
+        None if !limited => {}
+        Some(c) if limited && c.ok == setup && c.rate_limited == 0 => {
+            path.limit = Some(Limit {
+                runtime,
+                admitted_at_setup: c.ok,
+            });
+        }
+        other => bail!(
+            "{}: the local rate limit of the server counted {other:?} for the {setup} setup requests; expected {}",
+            name.as_str(),
+            if limited {
+                format!("{setup} admitted and none limited")
+            } else {
+                "no limit".to_string()
+            }
+        ),
+    }
+    Ok(path)
+}
+
+/// Two LocalRateLimitPolicies: on the server `reviews-v1`, a total limit no run can reach
+/// (the benchmark sends well under a million requests per second; a check takes a token
+/// of it and never refuses); on the check workload `ratelimit-check`, one request per
+/// minute.
+const RATE_LIMITS: &str = "---
+apiVersion: mesh.rs/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: reviews, namespace: default}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  total: {requestsPerSecond: 100000000, burst: 100000000}
+---
+apiVersion: mesh.rs/v1alpha1
+kind: LocalRateLimitPolicy
+metadata: {name: ratelimit-check, namespace: default}
+spec:
+  workloadSelector: {labels: {app: ratelimit-check}}
+  total: {requestsPerMinute: 1}
+";
+
+/// Sends `req` through `svc`: the answer's status and whole body.
+async fn answer_of<S, Req, B>(svc: S, req: Req) -> Result<(StatusCode, Bytes)>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let resp = svc.oneshot(req).await.map_err(|e| anyhow!(e.into()))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow!(e.into()))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// The key prefix of the local rate limits of the server `reviews-v1`.
+const SERVER_LIMITS: &str = "reviews-v1.default|";
+
+/// The counters of the local rate limit of the server `reviews-v1` in `runtime`, if it
+/// has one that has seen a request.
+fn served_limit(runtime: &MeshRuntime) -> Option<CounterSnapshot> {
+    runtime
+        .local_rate_limits()
+        .counters()
+        .into_iter()
+        .find(|(key, _)| key.starts_with(SERVER_LIMITS))
+        .map(|(_, c)| c)
+}
+
+/// Sends two requests through `mesh.inbound()` of the check workload `ratelimit-check`
+/// of `runtime` (one request per minute): the first must be admitted, the second
+/// refused with Envoy's `429 local_rate_limited`.
+async fn check_limit_refuses(runtime: &MeshRuntime) -> Result<()> {
+    let check = runtime
+        .workload(Workload::new("ratelimit-check", "default").labels([("app", "ratelimit-check")]));
+    let app = tower::ServiceBuilder::new()
+        .layer(check.inbound())
+        .service(tower::service_fn(backend::answer::<Empty<Bytes>>));
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let req = Request::get(PATH).body(Empty::<Bytes>::new())?;
+        let (status, body) = answer_of(app.clone(), req)
+            .await
+            .context("mesh-ratelimit: the limit check request failed")?;
+        answers.push((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    let expected = [
+        (StatusCode::OK, String::from_utf8_lossy(BODY).into_owned()),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            local::LOCAL_RATE_LIMITED.to_string(),
+        ),
+    ];
+    if answers != expected {
+        bail!(
+            "mesh-ratelimit: a limit of one request per minute answered {answers:?} to two requests; expected {expected:?} (local rate limits not enforced)"
+        );
+    }
+    Ok(())
+}
+
+/// Binds the server of path `name` on an ephemeral port of 127.0.0.1.
+async fn bind(name: PathName) -> Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .with_context(|| format!("binding the {} server on 127.0.0.1", name.as_str()))
+}
+
+/// The server workload `reviews-v1` (service account `bookinfo-reviews`) and the client
+/// workload `productpage-v1` (service account `bookinfo-productpage`) of `runtime`.
+fn server_and_client(runtime: &MeshRuntime) -> (Mesh, Mesh) {
     let server = runtime.workload(
         Workload::new("reviews-v1", "default")
             .labels([("app", "reviews"), ("version", "v1")])
@@ -389,23 +623,36 @@ pub(crate) async fn mesh_mtls(backend: &Backend) -> Result<Path> {
             .labels([("app", "productpage"), ("version", "v1")])
             .service_account(CLIENT_SA),
     );
-    if server.identity().is_none() || client.identity().is_none() {
-        bail!("mesh-mtls: a workload has no identity from the in-process CA");
-    }
+    (server, client)
+}
+
+/// The path `name`: `server` serving [`served_app`] on `listener` with `mesh.serve()`
+/// behind `mesh.inbound()`, its connections counted in the backend's counter, and
+/// `client`'s `mesh.client()` sending to `reviews:9080`. Before it is measured, the
+/// server must have seen the caller's principal `peer` ([`NO_PEER`] in plaintext), and
+/// the client must have sent several requests over one pooled connection.
+async fn served(
+    name: PathName,
+    server: Mesh,
+    client: Mesh,
+    listener: TcpListener,
+    backend: &Backend,
+    peer: &str,
+) -> Result<Path> {
     let app = tower::ServiceBuilder::new()
         .layer(server.inbound())
-        .service(tower::service_fn(mtls_app));
+        .service(tower::service_fn(served_app));
     let app = Counted {
         inner: app,
         accepted: Some(backend.connection_counter()),
     };
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(listener, app).await {
-            eprintln!("mesh-bench: the mesh-mtls server stopped: {e}");
+            eprintln!("mesh-bench: the {} server stopped: {e}", name.as_str());
         }
     });
     let path = Path {
-        name: PathName::MeshMtls,
+        name,
         sender: Sender(Inner::Mesh {
             client: client.client(),
             uri: uri(&format!("http://reviews:9080{PATH}"))?,
@@ -413,30 +660,19 @@ pub(crate) async fn mesh_mtls(backend: &Backend) -> Result<Path> {
         sidecars: None,
         _mesh: Some(client.clone()),
         _server: Some(Server::Mesh(task)),
+        limit: None,
     };
 
-    // The request went over mutual TLS: the server saw the client's SPIFFE ID.
     let connections = backend.connections();
     let req = Request::get(format!("http://reviews:9080{PEER_PATH}")).body(Empty::<Bytes>::new())?;
-    let resp = client
-        .client()
-        .oneshot(req)
+    let (status, body) = answer_of(client.client(), req)
         .await
-        .map_err(|e| anyhow!(e))
-        .context("mesh-mtls: the identity check request failed")?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| anyhow!(e))?
-        .to_bytes();
-    let expected = SpiffeId::new(TRUST_DOMAIN, "default", CLIENT_SA)?;
-    if status != StatusCode::OK || body.as_ref() != expected.principal().as_bytes() {
+        .with_context(|| format!("{}: the peer check request failed", name.as_str()))?;
+    if status != StatusCode::OK || body.as_ref() != peer.as_bytes() {
         bail!(
-            "mesh-mtls: the server did not see the client's identity over mutual TLS (status {status}, peer principal {:?}, expected {})",
+            "{}: the server saw the caller as {:?} (status {status}), expected {peer:?}",
+            name.as_str(),
             String::from_utf8_lossy(&body),
-            expected.principal()
         );
     }
     // The client reuses its connections, and the server's connections are counted: a
@@ -444,34 +680,34 @@ pub(crate) async fn mesh_mtls(backend: &Backend) -> Result<Path> {
     // takes a connection back once a task of its own sees the response end, and a
     // request sent before that dials another (hyper-util's legacy client, the `bare`
     // path's, does the same; under valgrind, 3 for 11 requests).
-    const CHECKS: u64 = 40;
-    for _ in 0..CHECKS {
+    for _ in 0..SETUP_SEQUENTIAL {
         path.sender
             .send()
             .await
-            .context("mesh-mtls: setup request")?;
+            .with_context(|| format!("{}: setup request", name.as_str()))?;
     }
     let made = backend.connections() - connections;
-    if !(1..=CHECKS / 5).contains(&made) {
+    let most = SETUP_SEQUENTIAL / 5;
+    if !(1..=most).contains(&made) {
         bail!(
-            "mesh-mtls: the server counted {made} connections for {} requests sent one after the other, expected 1 to {} (a pool not reused, or `mesh.serve()` no longer clones its application once per connection: see `Counted`)",
-            CHECKS + 1,
-            CHECKS / 5
+            "{}: the server counted {made} connections for {} requests sent one after the other, expected 1 to {most} (a pool not reused, or `mesh.serve()` no longer clones its application once per connection: see `Counted`)",
+            name.as_str(),
+            SETUP_SEQUENTIAL + 1,
         );
     }
     Ok(path)
 }
 
-/// The `mesh-mtls` server's application: the backend's, and the caller's principal at
-/// [`PEER_PATH`] (one comparison more per request than the backend's own).
-async fn mtls_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// The application of the `mesh.serve()` paths: the backend's, and the caller's
+/// principal at [`PEER_PATH`] (one comparison more per request than the backend's own).
+async fn served_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() != PEER_PATH {
         return backend::answer(req).await;
     }
     let principal = req
         .extensions()
         .get::<PeerIdentity>()
-        .map_or("none", |id| id.principal())
+        .map_or(NO_PEER, |id| id.principal())
         .to_string();
     Ok(Response::new(Full::new(Bytes::from(principal))))
 }
@@ -480,8 +716,8 @@ async fn mtls_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
 /// accepts in the backend's counter (so `new conns` means the same on every path):
 /// `mesh.serve()` clones the service it was given once per accepted connection, and
 /// hyper clones that copy once per request. Only clones of the original count; the
-/// copies carry no counter, so a request costs nothing more. `mesh_mtls` checks the
-/// count in its setup.
+/// copies carry no counter, so a request costs nothing more. [`served`] checks the
+/// count in the path's setup.
 struct Counted<S> {
     inner: S,
     /// The backend's counter in the original; `None` in its copies.

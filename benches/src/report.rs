@@ -1,9 +1,10 @@
 //! Turning samples into the report: each metric is the median over rounds (paths run
 //! interleaved, so a noisy moment on the machine hits one round of every path rather
 //! than every round of one), errors are summed, and each phase gets a Markdown table
-//! with one row per path and its difference to `bare`; then `mesh-mtls` against
-//! `bare-tls`, phase by phase, when both ran. The same numbers, with every round's, go
-//! to JSON for later tooling.
+//! with one row per path and its difference to `bare`; then pairs of paths that differ
+//! by one feature, phase by phase, when both ran ([`COMPARISONS`]: `mesh-mtls` against
+//! `bare-tls`, `mesh-ratelimit` against `mesh-inbound`). The same numbers, with every
+//! round's, go to JSON for later tooling.
 
 use std::fmt::Write as _;
 
@@ -117,6 +118,33 @@ fn median(mut v: Vec<f64>) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
+
+/// Two paths that differ by one feature, compared phase by phase: what the feature costs.
+struct Comparison {
+    /// The table's title: the feature.
+    title: &'static str,
+    /// The path without it.
+    base: PathName,
+    /// The path with it.
+    path: PathName,
+}
+
+/// The comparisons printed after the phases' tables.
+const COMPARISONS: [Comparison; 2] = [
+    // What the mesh costs over mutual TLS against bare rustls (the aim: at least 0.85 of
+    // its throughput).
+    Comparison {
+        title: "mutual TLS",
+        base: PathName::BareTls,
+        path: PathName::MeshMtls,
+    },
+    // What a local rate limit that never refuses costs the inbound side.
+    Comparison {
+        title: "rate limit",
+        base: PathName::MeshInbound,
+        path: PathName::MeshRatelimit,
+    },
+];
 
 /// One path in one phase over all rounds.
 #[derive(Debug, Serialize)]
@@ -235,13 +263,23 @@ impl Results {
                 );
             }
         }
-        self.tls_table(phases, &mut out);
+        for c in &COMPARISONS {
+            self.comparison_table(c, phases, &mut out);
+        }
         out
     }
 
-    /// `mesh-mtls` against `bare-tls` in each phase, when both ran: what the mesh costs
-    /// over mutual TLS against bare rustls (the aim: at least 0.85 of its throughput).
-    fn tls_table(&self, phases: &[Phase], out: &mut String) {
+    /// Requests `path` completed in the phases kept, over every phase and round.
+    pub(crate) fn requests(&self, path: PathName) -> u64 {
+        self.rows
+            .iter()
+            .filter(|r| r.path == path)
+            .flat_map(|r| r.rounds.iter().map(|m| m.requests))
+            .sum::<f64>() as u64
+    }
+
+    /// `c.path` against `c.base` in each phase, when both ran.
+    fn comparison_table(&self, c: &Comparison, phases: &[Phase], out: &mut String) {
         let median = |path: PathName, phase: Phase| {
             self.rows
                 .iter()
@@ -250,21 +288,16 @@ impl Results {
         };
         let pairs: Vec<(Phase, &Metrics, &Metrics)> = phases
             .iter()
-            .filter_map(|&phase| {
-                Some((
-                    phase,
-                    median(PathName::BareTls, phase)?,
-                    median(PathName::MeshMtls, phase)?,
-                ))
-            })
+            .filter_map(|&phase| Some((phase, median(c.base, phase)?, median(c.path, phase)?)))
             .collect();
         if pairs.is_empty() {
             return;
         }
-        let _ = writeln!(out, "\n### mutual TLS: mesh-mtls against bare-tls\n");
+        let (base, path) = (c.base.as_str(), c.path.as_str());
+        let _ = writeln!(out, "\n### {}: {path} against {base}\n", c.title);
         let _ = writeln!(
             out,
-            "| phase | bare-tls rps | mesh-mtls rps | rps ÷ bare-tls | bare-tls p50 µs | mesh-mtls p50 µs | +p50 µs | bare-tls p99 µs | mesh-mtls p99 µs | +p99 µs | +CPU µs/req | +allocs/req |"
+            "| phase | {base} rps | {path} rps | rps ÷ {base} | {base} p50 µs | {path} p50 µs | +p50 µs | {base} p99 µs | {path} p99 µs | +p99 µs | +CPU µs/req | +allocs/req |"
         );
         let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for (phase, b, m) in pairs {
