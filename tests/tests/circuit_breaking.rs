@@ -520,15 +520,39 @@ async fn idle_connections_close_after_the_cluster_idle_timeout() {
     }
 }
 
-/// HTTP/2: `maxConcurrentStreams: 1` makes requests take turns on the one connection
-/// (none refused: pending requests are not limited here); `maxRequestsPerConnection: 2`
-/// retires a connection after two streams.
+/// HTTP/2: with `maxConcurrentStreams: 1`, a connection carries one stream at a time;
+/// as Envoy's pool does, a request finding every connection full makes another — three
+/// requests at once, three connections — unless `maxConnections` forbids it, and then
+/// the requests take turns on the one connection (none refused: pending requests are
+/// not limited here). `maxRequestsPerConnection: 2` retires a connection after two
+/// streams.
 #[tokio::test]
 async fn http2_streams_per_connection() {
     let c = counting(Duration::from_millis(100)).await;
     let m = mesh(
         &(httpbin_speaking("HTTP2", c.port)
             + &rule("{connectionPool: {http: {maxConcurrentStreams: 1}}}", "")),
+    );
+    let run = at_once(&m, 3).await;
+    assert_eq!(run.count(200, "-"), 3, "{run:?}");
+    assert_eq!(
+        c.accepted.load(Ordering::SeqCst),
+        3,
+        "a connection per stream"
+    );
+    assert_eq!(c.most.load(Ordering::SeqCst), 3, "the three at once");
+    // The connections stay: three more at once reuse them.
+    let run = at_once(&m, 3).await;
+    assert_eq!(run.count(200, "-"), 3, "{run:?}");
+    assert_eq!(c.accepted.load(Ordering::SeqCst), 3, "no new connection");
+
+    let c = counting(Duration::from_millis(100)).await;
+    let m = mesh(
+        &(httpbin_speaking("HTTP2", c.port)
+            + &rule(
+                "{connectionPool: {tcp: {maxConnections: 1}, http: {maxConcurrentStreams: 1}}}",
+                "",
+            )),
     );
     let run = at_once(&m, 3).await;
     assert_eq!(run.count(200, "-"), 3, "{run:?}");

@@ -233,8 +233,9 @@ struct ConnPool {
     http1: Mutex<Vec<IdleHttp1>>,
     /// True while a task closes the expired idle HTTP/1.1 connections.
     reaping: AtomicBool,
-    /// The HTTP/2 connection, once made.
-    http2: Mutex<Option<Http2Conn>>,
+    /// The HTTP/2 connections: one, unless `maxConcurrentStreams` filled it and another
+    /// was made (as Envoy's pool does).
+    http2: Mutex<Vec<Http2Conn>>,
     /// Held while an HTTP/2 connection is being made, so that concurrent requests share
     /// one connection instead of each dialling its own.
     http2_dialling: tokio::sync::Mutex<()>,
@@ -267,7 +268,7 @@ impl ConnPool {
             server_name,
             http1: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
-            http2: Mutex::new(None),
+            http2: Mutex::new(Vec::new()),
             http2_dialling: tokio::sync::Mutex::new(()),
             open: Arc::new(AtomicU32::new(0)),
             freed: Arc::new(Notify::new()),
@@ -328,20 +329,30 @@ impl ConnPool {
         self.freed.notify_one();
     }
 
-    /// The HTTP/2 connection, if it is open and may carry another request.
-    fn open_http2(&self) -> Option<Http2Conn> {
-        let mut slot = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-        let usable = slot.as_ref().is_some_and(|c| {
+    /// An HTTP/2 connection that is open, may carry another request and, under
+    /// `max_streams`, has a stream free — reserved for the caller. Closed and retired
+    /// connections are forgotten (their streams in flight finish on them).
+    fn open_http2(&self, max_streams: Option<u32>) -> Option<(Http2Conn, Option<StreamSlot>)> {
+        let mut conns = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|c| {
             !c.send.is_closed()
                 && c.life
                     .as_ref()
                     .is_none_or(|l| l.lock().is_ok_and(|l| l.may_carry()))
         });
-        if !usable {
-            // Closed, or retired (its streams in flight finish on it).
-            *slot = None;
-        }
-        slot.clone()
+        let Some(max) = max_streams else {
+            return conns.first().map(|c| (c.clone(), None));
+        };
+        conns
+            .iter()
+            .find(|c| take_below(&c.streams, Some(max)))
+            .map(|c| {
+                let slot = StreamSlot {
+                    streams: c.streams.clone(),
+                    freed: self.freed.clone(),
+                };
+                (c.clone(), Some(slot))
+            })
     }
 }
 
@@ -690,31 +701,29 @@ impl EndpointPools {
         endpoint: &Arc<EndpointState>,
         tls: Option<&UpstreamTransport>,
         limits: Option<&ClusterLimits>,
-    ) -> Result<(Http2Conn, bool), BoxError> {
+    ) -> Result<(Http2Conn, Option<StreamSlot>, bool), BoxError> {
         let max_streams = limits.and_then(|l| l.limits().max_concurrent_streams);
-        let has_room =
-            |c: &Http2Conn| max_streams.is_none_or(|m| c.streams.load(Ordering::Acquire) < m);
-        if let Some(conn) = pool.open_http2()
-            && has_room(&conn)
-        {
-            return Ok((conn, true));
+        if let Some((conn, stream)) = pool.open_http2(max_streams) {
+            return Ok((conn, stream, true));
         }
         let mut pending = None;
         loop {
             let freed = pool.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match pool.open_http2() {
-                Some(conn) if has_room(&conn) => return Ok((conn, true)),
-                Some(_) => {}
-                None => {
-                    if let Some(slot) = ConnSlot::take(endpoint, pool, limits) {
-                        match self.new_http2(pool, endpoint, tls, limits, slot).await? {
-                            Some(conn) => return Ok((conn, false)),
-                            // Made by a concurrent request meanwhile: look again.
-                            None => continue,
-                        }
-                    }
+            if let Some((conn, stream)) = pool.open_http2(max_streams) {
+                return Ok((conn, stream, true));
+            }
+            // No connection, or every one at `maxConcurrentStreams`: another one, if
+            // `maxConnections` allows.
+            if let Some(slot) = ConnSlot::take(endpoint, pool, limits) {
+                match self
+                    .new_http2(pool, endpoint, tls, limits, slot, max_streams)
+                    .await?
+                {
+                    Some((conn, stream)) => return Ok((conn, stream, false)),
+                    // One was made by a concurrent request meanwhile: look again.
+                    None => continue,
                 }
             }
             if pending.is_none()
@@ -726,9 +735,10 @@ impl EndpointPools {
         }
     }
 
-    /// Makes the HTTP/2 connection of `pool`, counted by `slot` — unless a concurrent
-    /// request made one while this one waited its turn to dial (`None`): one dial at a
-    /// time, so that concurrent requests share a connection.
+    /// Makes an HTTP/2 connection of `pool`, counted by `slot`, and reserves a stream on
+    /// it — unless a concurrent request made one with room while this one waited its
+    /// turn to dial (`None`): one dial at a time, so that concurrent requests share a
+    /// connection.
     async fn new_http2(
         &self,
         pool: &ConnPool,
@@ -736,10 +746,13 @@ impl EndpointPools {
         tls: Option<&UpstreamTransport>,
         limits: Option<&ClusterLimits>,
         slot: Arc<ConnSlot>,
-    ) -> Result<Option<Http2Conn>, BoxError> {
+        max_streams: Option<u32>,
+    ) -> Result<Option<(Http2Conn, Option<StreamSlot>)>, BoxError> {
         let id = endpoint.id();
         let _dialling = pool.http2_dialling.lock().await;
-        if pool.open_http2().is_some() {
+        if let Some(found) = pool.open_http2(max_streams) {
+            // Not taken after all: the reservation is given back at once.
+            drop(found);
             return Ok(None);
         }
         let io = self
@@ -763,10 +776,20 @@ impl EndpointPools {
                 .map(|l| Arc::new(Mutex::new(l))),
             streams: Arc::new(AtomicU32::new(0)),
         };
-        *pool.http2.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        let stream = max_streams.map(|_| {
+            conn.streams.fetch_add(1, Ordering::AcqRel);
+            StreamSlot {
+                streams: conn.streams.clone(),
+                freed: pool.freed.clone(),
+            }
+        });
+        pool.http2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn.clone());
         // Every request waiting for a connection may share this one.
         pool.freed.notify_waiters();
-        Ok(Some(conn))
+        Ok(Some((conn, stream)))
     }
 }
 
@@ -973,10 +996,8 @@ async fn send(
             }
         }
         Protocol::Http2 => loop {
-            let (mut conn, reused) = pools.http2(&pool, &endpoint, tls.as_ref(), limits).await?;
-            let stream = limits
-                .and_then(|l| l.limits().max_concurrent_streams)
-                .map(|_| (conn.streams.clone(), pool.freed.clone()));
+            let (mut conn, stream, reused) =
+                pools.http2(&pool, &endpoint, tls.as_ref(), limits).await?;
             let attached = attach(limits, stream)?;
             if let Some(mut life) = conn.life.as_ref().and_then(|l| l.lock().ok()) {
                 life.requests += 1;
@@ -995,7 +1016,7 @@ async fn send(
 /// streams. `None` when nothing counts it.
 fn attach(
     limits: Option<&ClusterLimits>,
-    stream: Option<(Arc<AtomicU32>, Arc<Notify>)>,
+    stream: Option<StreamSlot>,
 ) -> Result<Option<Attached>, Overflow> {
     let counted = |l: &&ClusterLimits| {
         l.limits().has_breakers() || l.limits().retry_budget.is_some() || stream.is_some()
@@ -1005,12 +1026,9 @@ fn attach(
     };
     let active =
         ActiveRequest::start(&l.state, l.limits().max_requests).ok_or(Overflow("requests"))?;
-    if let Some((streams, _)) = &stream {
-        streams.fetch_add(1, Ordering::AcqRel);
-    }
     Ok(Some(Attached {
         _active: active,
-        stream,
+        _stream: stream,
         retiring: None,
     }))
 }
@@ -1019,7 +1037,8 @@ fn attach(
 #[derive(Debug)]
 pub(crate) struct Attached {
     _active: ActiveRequest,
-    stream: Option<(Arc<AtomicU32>, Arc<Notify>)>,
+    /// Its stream, reserved under `maxConcurrentStreams` (given back when dropped).
+    _stream: Option<StreamSlot>,
     /// The connection, when this request was its last: it counts no more once the
     /// response ends.
     retiring: Option<Arc<ConnSlot>>,
@@ -1038,10 +1057,21 @@ impl Drop for Attached {
         if let Some(slot) = self.retiring.take() {
             slot.release();
         }
-        if let Some((streams, freed)) = &self.stream {
-            give_back(streams);
-            freed.notify_one();
-        }
+    }
+}
+
+/// A stream reserved on an HTTP/2 connection under `maxConcurrentStreams`: given back,
+/// waking a request waiting for one, when the request ends (or is not sent).
+#[derive(Debug)]
+pub(crate) struct StreamSlot {
+    streams: Arc<AtomicU32>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        give_back(&self.streams);
+        self.freed.notify_one();
     }
 }
 
