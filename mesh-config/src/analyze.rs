@@ -35,6 +35,8 @@ pub struct Input<'a> {
     pub authorization_policies: &'a [Arc<Resource<AuthorizationPolicy>>],
     /// RequestAuthentications.
     pub request_authentications: &'a [Arc<Resource<RequestAuthentication>>],
+    /// Telemetries.
+    pub telemetries: &'a [Arc<Resource<Telemetry>>],
     /// The registry built from the ServiceEntries and WorkloadEntries.
     pub registry: &'a Registry,
     /// Mesh-wide settings.
@@ -62,6 +64,7 @@ pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
         virtual_service(input, vs, out);
     }
     conflicting_mesh_hosts(input, out);
+    crate::validate::analyze_telemetries(input, out);
     for dr in input.destination_rules {
         destination_rule(input, dr, out);
     }

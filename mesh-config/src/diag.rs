@@ -167,6 +167,14 @@ codes! {
     /// A VirtualService host that its gateway does not serve.
     VirtualServiceHostNotFoundInGateway =
         ("IST0132", Warning, "VirtualServiceHostNotFoundInGateway"),
+    /// A Telemetry's access logging without a provider, and no default provider.
+    InvalidTelemetryProvider = ("IST0157", Warning, "InvalidTelemetryProvider"),
+    /// Several Telemetries select one workload.
+    ConflictingTelemetryWorkloadSelectors =
+        ("IST0159", Error, "ConflictingTelemetryWorkloadSelectors"),
+    /// Several Telemetries of one namespace without a selector.
+    MultipleTelemetriesWithoutWorkloadSelectors =
+        ("IST0160", Error, "MultipleTelemetriesWithoutWorkloadSelectors"),
     /// A subset that selects no endpoint.
     DestinationRuleSubsetNotSelectPods =
         ("IST0173", Warning, "DestinationRuleSubsetNotSelectPods"),

@@ -264,7 +264,6 @@ const OTHER_ISTIO_KINDS: &[&str] = &[
     "Sidecar",
     "WorkloadGroup",
     "ProxyConfig",
-    "Telemetry",
     "WasmPlugin",
     "IstioOperator",
 ];
@@ -535,6 +534,7 @@ fn decode_resource(origin: &Origin, node: &Node, out: &mut Decoded) {
         Kind::MeshConfig => typed!(MeshConfig),
         Kind::EnvoyFilter => typed!(EnvoyFilter),
         Kind::LocalRateLimitPolicy => typed!(LocalRateLimitPolicy),
+        Kind::Telemetry => typed!(Telemetry),
     };
     if ok {
         out.resources.push(resource);

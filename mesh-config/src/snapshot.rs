@@ -32,6 +32,7 @@ struct Inner {
     request_authentications: Vec<Arc<Resource<RequestAuthentication>>>,
     envoy_filters: Vec<Arc<Resource<EnvoyFilter>>>,
     local_rate_limit_policies: Vec<Arc<Resource<LocalRateLimitPolicy>>>,
+    telemetries: Vec<Arc<Resource<Telemetry>>>,
     mesh: MeshSettings,
     registry: Registry,
     diagnostics: Vec<Diagnostic>,
@@ -107,6 +108,8 @@ impl Snapshot {
         envoy_filters: EnvoyFilter;
         /// LocalRateLimitPolicies.
         local_rate_limit_policies: LocalRateLimitPolicy;
+        /// Telemetries.
+        telemetries: Telemetry;
     }
 
     /// Mesh-wide settings (Istio's defaults unless a MeshConfig sets them).
@@ -179,6 +182,7 @@ impl ConfigSet {
                 AnyResource::LocalRateLimitPolicy(x) => {
                     inner.local_rate_limit_policies.push(x.clone())
                 }
+                AnyResource::Telemetry(x) => inner.telemetries.push(x.clone()),
             }
         }
         if let Some(first) = mesh_configs.first() {
@@ -215,6 +219,7 @@ impl ConfigSet {
                 peer_authentications: &inner.peer_authentications,
                 authorization_policies: &inner.authorization_policies,
                 request_authentications: &inner.request_authentications,
+                telemetries: &inner.telemetries,
                 registry: &inner.registry,
                 mesh: &inner.mesh,
             },

@@ -204,7 +204,24 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         "spec.targetRefs",
         "Gateway API attachment is not implemented",
     ),
+    (Kind::Telemetry, "spec.tracing", TELEMETRY_NOT_APPLIED),
+    (Kind::Telemetry, "spec.metrics", TELEMETRY_NOT_APPLIED),
+    (Kind::Telemetry, "spec.accessLogging", TELEMETRY_NOT_APPLIED),
+    (
+        Kind::Telemetry,
+        "spec.targetRef",
+        "Gateway API attachment is not implemented",
+    ),
+    (
+        Kind::Telemetry,
+        "spec.targetRefs",
+        "Gateway API attachment is not implemented",
+    ),
 ];
+
+/// Why the Telemetry API's settings are not enforced.
+const TELEMETRY_NOT_APPLIED: &str =
+    "the Telemetry API is validated and its scopes merged, but the runtime does not apply it yet";
 
 fn pattern_matches(pattern: &str, generic: &str) -> bool {
     match pattern.strip_prefix("*.") {

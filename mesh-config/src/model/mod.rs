@@ -14,6 +14,7 @@ pub mod mesh;
 pub mod ratelimit;
 pub mod security;
 pub mod service_entry;
+pub mod telemetry;
 pub mod virtual_service;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ pub use mesh::*;
 pub use ratelimit::*;
 pub use security::*;
 pub use service_entry::*;
+pub use telemetry::Telemetry;
 pub use virtual_service::*;
 
 use crate::diag::{Location, ResourceRef};
@@ -63,6 +65,8 @@ pub enum Kind {
     EnvoyFilter,
     /// `mesh.rs` LocalRateLimitPolicy: local rate limits of workloads.
     LocalRateLimitPolicy,
+    /// `telemetry.istio.io` Telemetry.
+    Telemetry,
 }
 
 /// API group of mesh-wide settings.
@@ -70,7 +74,7 @@ pub const MESH_GROUP: &str = "mesh.rs";
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -82,6 +86,7 @@ impl Kind {
         Kind::MeshConfig,
         Kind::EnvoyFilter,
         Kind::LocalRateLimitPolicy,
+        Kind::Telemetry,
     ];
 
     /// The kind's name as written in `kind:`.
@@ -98,6 +103,7 @@ impl Kind {
             Kind::MeshConfig => "MeshConfig",
             Kind::EnvoyFilter => "EnvoyFilter",
             Kind::LocalRateLimitPolicy => "LocalRateLimitPolicy",
+            Kind::Telemetry => "Telemetry",
         }
     }
 
@@ -124,6 +130,7 @@ impl Kind {
             "meshconfig" | "meshconfigs" => Kind::MeshConfig,
             "envoyfilter" | "envoyfilters" => Kind::EnvoyFilter,
             "localratelimitpolicy" | "localratelimitpolicies" => Kind::LocalRateLimitPolicy,
+            "telemetry" | "telemetries" => Kind::Telemetry,
             _ => return None,
         };
         Some(k)
@@ -142,6 +149,7 @@ impl Kind {
                 "security.istio.io"
             }
             Kind::MeshConfig | Kind::LocalRateLimitPolicy => MESH_GROUP,
+            Kind::Telemetry => "telemetry.istio.io",
         }
     }
 
@@ -153,6 +161,7 @@ impl Kind {
         match self.group() {
             "networking.istio.io" => &["v1alpha3", "v1beta1", "v1"],
             "security.istio.io" => &["v1beta1", "v1"],
+            "telemetry.istio.io" => &["v1alpha1", "v1"],
             _ => &["v1alpha1"],
         }
     }
@@ -332,6 +341,7 @@ pub enum AnyResource {
     MeshConfig(Arc<Resource<MeshConfigSpec>>),
     EnvoyFilter(Arc<Resource<EnvoyFilter>>),
     LocalRateLimitPolicy(Arc<Resource<LocalRateLimitPolicy>>),
+    Telemetry(Arc<Resource<Telemetry>>),
 }
 
 macro_rules! each {
@@ -348,6 +358,7 @@ macro_rules! each {
             AnyResource::MeshConfig($r) => $e,
             AnyResource::EnvoyFilter($r) => $e,
             AnyResource::LocalRateLimitPolicy($r) => $e,
+            AnyResource::Telemetry($r) => $e,
         }
     };
 }
@@ -367,6 +378,7 @@ impl AnyResource {
             AnyResource::MeshConfig(_) => Kind::MeshConfig,
             AnyResource::EnvoyFilter(_) => Kind::EnvoyFilter,
             AnyResource::LocalRateLimitPolicy(_) => Kind::LocalRateLimitPolicy,
+            AnyResource::Telemetry(_) => Kind::Telemetry,
         }
     }
 

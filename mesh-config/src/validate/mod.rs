@@ -10,10 +10,10 @@
 //! The checks are laid out as [`crate::model`] is, one file per resource:
 //! `virtual_service` (with `http_route` for one HTTP rule), `destination_rule`, `gateway`,
 //! `service_entry` (ServiceEntry and WorkloadEntry), `security` (PeerAuthentication,
-//! AuthorizationPolicy, RequestAuthentication) and `mesh` (the mesh settings); `common`
-//! checks the values several resources share. This file holds the entry point
-//! [`validate`], the context `Ctx` that collects the diagnostics of one resource, and the
-//! label and header-name checks that every kind uses.
+//! AuthorizationPolicy, RequestAuthentication), `telemetry` (Telemetry) and `mesh` (the
+//! mesh settings); `common` checks the values several resources share. This file holds the
+//! entry point [`validate`], the context `Ctx` that collects the diagnostics of one
+//! resource, and the label and header-name checks that every kind uses.
 
 mod common;
 mod destination_rule;
@@ -24,9 +24,11 @@ mod mesh;
 mod ratelimit;
 mod security;
 mod service_entry;
+mod telemetry;
 mod virtual_service;
 
 pub use http_route::{GRPC_STATUS, RETRY_ON_CONDITIONS};
+pub(crate) use telemetry::analyze as analyze_telemetries;
 
 use crate::diag::{Code, Diagnostic, ResourceRef, Severity};
 use crate::host;
@@ -40,6 +42,7 @@ use mesh::mesh_config;
 use ratelimit::local_rate_limit_policy;
 use security::{authorization_policy, peer_authentication, request_authentication};
 use service_entry::{service_entry, workload_entry};
+use telemetry::telemetry;
 use virtual_service::virtual_service;
 
 const PROTOCOLS: &[&str] = &[
@@ -219,6 +222,7 @@ pub fn validate(r: &AnyResource, out: &mut Vec<Diagnostic>) {
         AnyResource::LocalRateLimitPolicy(p) => {
             local_rate_limit_policy(&mut ctx, &spec, p.namespace(), &p.spec)
         }
+        AnyResource::Telemetry(t) => telemetry(&mut ctx, &spec, &t.spec),
     }
     crate::support::not_enforced(r.kind(), r.origin(), r.origin().node(), out);
 }
