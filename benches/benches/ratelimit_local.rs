@@ -1,5 +1,6 @@
 //! Local rate limiting: one token bucket check (the clock passed in, and read from the
-//! mesh's monotonic clock; a token taken, and refused), and the inbound layer around an
+//! mesh's monotonic clock; a token taken, alone and with another thread taking tokens
+//! from the same bucket, and refused), and the inbound layer around an
 //! application that answers at once, without a limit and with Istio's task limit on the
 //! workload (a bucket large enough never to refuse): the difference is one local limit
 //! check as a request pays it.
@@ -9,8 +10,9 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
@@ -39,6 +41,31 @@ fn bucket(c: &mut Criterion) {
     let b = TokenBucket::new(&big);
     g.bench_function("acquire_monotonic_clock", |bench| {
         bench.iter(|| black_box(b.acquire(now_nanos())))
+    });
+    // Contended: another thread takes tokens from the same bucket meanwhile, as two
+    // workers serving one workload do (the compare-and-swap's cache line moves between
+    // cores; a failed exchange is retried).
+    let shared = std::sync::Arc::new(TokenBucket::new(&big));
+    g.bench_function("acquire_monotonic_clock_contended", |bench| {
+        bench.iter_custom(|iters| {
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let other = {
+                let (b, stop) = (shared.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        black_box(b.acquire(now_nanos()));
+                    }
+                })
+            };
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(shared.acquire(now_nanos()));
+            }
+            let took = start.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            other.join().unwrap();
+            took
+        })
     });
     // An empty bucket: a load, no store.
     let empty = TokenBucket::new(&Spec {
