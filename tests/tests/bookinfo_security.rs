@@ -314,7 +314,9 @@ fn jwt_fixture(name: &str) -> String {
 async fn jwt_at_the_ingress_gateway() {
     let demo = Demo::start().await;
     let jwks = jwt_fixture("jwks.json").replace('\n', " ");
-    demo.apply_text(
+    // Waits for both resources to be in force: a reload started before this change may
+    // bump the version first.
+    demo.apply_settled(
         "ingress-jwt.yaml",
         &format!(
             r#"apiVersion: security.istio.io/v1

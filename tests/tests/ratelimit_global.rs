@@ -394,31 +394,13 @@ async fn slow_redis_times_out_then_recovers() {
 
 /// Istio's "Enabling Rate Limits using Envoy" task: the ConfigMap of the rate limit
 /// service, unchanged.
-const ISTIO_TASK_CONFIG: &str = r#"
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: ratelimit-config
-data:
-  config.yaml: |
-    domain: ratelimit
-    descriptors:
-      - key: PATH
-        value: "/productpage"
-        rate_limit:
-          unit: minute
-          requests_per_unit: 1
-      - key: PATH
-        rate_limit:
-          unit: minute
-          requests_per_unit: 100
-"#;
 
 #[tokio::test]
 async fn istio_task_config_and_nested_descriptors() {
     let redis = RedisServer::start();
     let clock = ManualClock::new();
-    let parsed = RlsConfig::parse_str("ratelimit-config.yaml", ISTIO_TASK_CONFIG);
+    // The task's ConfigMap (its `api` limit is not asked here).
+    let parsed = RlsConfig::parse_str("ratelimit-config.yaml", &fixture("ratelimit-config.yaml"));
     assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
     let l = GlobalRateLimiter::new(parsed.config.unwrap(), settings(&redis, &clock)).unwrap();
     assert!(l.ready(Duration::from_secs(10)).await);

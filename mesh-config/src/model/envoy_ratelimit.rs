@@ -768,29 +768,46 @@ pub fn read_local_filter(
     value: &Value,
     path: &FieldPath,
 ) -> Option<LocalRateLimit> {
+    read_filter(
+        r,
+        value,
+        path,
+        type_url::LOCAL_RATE_LIMIT,
+        "local rate limit filter",
+        |r, inner, ip| read_local(r, inner, ip, false),
+    )
+}
+
+/// Reads an HTTP filter (`name`, `typed_config` of type `url`, read by `read`) of an
+/// HTTP_FILTER patch adding the `what`.
+fn read_filter<T>(
+    r: &mut EnvoyRead<'_>,
+    value: &Value,
+    path: &FieldPath,
+    url: &str,
+    what: &str,
+    read: impl FnOnce(&mut EnvoyRead<'_>, &Value, &FieldPath) -> Option<T>,
+) -> Option<T> {
     let before = r.errors();
     let mut filter = r.object(value, path, "an HTTP filter")?;
     let _ = filter.take("name");
     let config = match filter.take("typed_config") {
         Some((tc, tp)) => {
             let (t, inner, ip) = typed(r, tc, &tp)?;
-            if t != type_url::LOCAL_RATE_LIMIT {
+            if t != url {
                 r.invalid(
                     &tp,
-                    format!(
-                        "the local rate limit filter's typed_config must be `{}`, found `{t}`",
-                        type_url::LOCAL_RATE_LIMIT
-                    ),
+                    format!("the {what}'s typed_config must be `{url}`, found `{t}`"),
                 );
                 None
             } else {
-                read_local(r, inner, &ip, false)
+                read(r, inner, &ip)
             }
         }
         None => {
             r.missing(
                 path,
-                "`typed_config` is required: Envoy finds the local rate limit filter by its type",
+                format!("`typed_config` is required: Envoy finds the {what} by its type"),
             );
             None
         }
@@ -1786,35 +1803,14 @@ pub fn read_global_filter(
     value: &Value,
     path: &FieldPath,
 ) -> Option<GlobalRateLimitFilter> {
-    let before = r.errors();
-    let mut filter = r.object(value, path, "an HTTP filter")?;
-    let _ = filter.take("name");
-    let config = match filter.take("typed_config") {
-        Some((tc, tp)) => {
-            let (t, inner, ip) = typed(r, tc, &tp)?;
-            if t != type_url::RATE_LIMIT {
-                r.invalid(
-                    &tp,
-                    format!(
-                        "the rate limit filter's typed_config must be `{}`, found `{t}`",
-                        type_url::RATE_LIMIT
-                    ),
-                );
-                None
-            } else {
-                read_global(r, inner, &ip)
-            }
-        }
-        None => {
-            r.missing(
-                path,
-                "`typed_config` is required: Envoy finds the rate limit filter by its type",
-            );
-            None
-        }
-    };
-    filter.finish(r, &[]);
-    config.filter(|_| r.errors() == before)
+    read_filter(
+        r,
+        value,
+        path,
+        type_url::RATE_LIMIT,
+        "rate limit filter",
+        read_global,
+    )
 }
 
 fn read_global(
