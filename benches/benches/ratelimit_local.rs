@@ -126,7 +126,9 @@ fn inbound(
             .service_account("bookinfo-productpage"),
     );
     mesh.inbound().layer(tower::service_fn(|_req: Request<()>| {
-        std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(())))
+        std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+            String::new(),
+        )))
     }))
 }
 

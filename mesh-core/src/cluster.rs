@@ -72,6 +72,8 @@ pub struct Endpoint {
     /// a WorkloadEntry, or labelled `security.istio.io/tlsMode: istio`; not labelled
     /// `disabled`) and its PeerAuthentication does not DISABLE mutual TLS on its port.
     pub mtls: bool,
+    /// What Istio's metrics call it (`destination_workload`, `destination_app`, ...).
+    pub peer: Arc<crate::telemetry::PeerLabels>,
 }
 
 /// The label Istio puts on workloads whose proxy accepts mutual TLS.
@@ -507,6 +509,8 @@ pub struct Cluster {
     pub name: Arc<str>,
     /// The service.
     pub service: Arc<Service>,
+    /// What Istio's metrics call the service (`destination_service`, ...).
+    pub service_labels: Arc<crate::telemetry::ServiceLabels>,
     /// The DestinationRule whose `trafficPolicy` and subset shaped it.
     pub rule: Option<Arc<mesh_config::model::Resource<DestinationRule>>>,
     /// The service port.
@@ -618,6 +622,10 @@ impl Cluster {
                     identity: e.spiffe_id(ctx.trust_domain).into(),
                     labels: e.labels.clone(),
                     mtls,
+                    peer: Arc::new(crate::telemetry::PeerLabels::of_endpoint(
+                        e,
+                        ctx.trust_domain,
+                    )),
                 }
             })
             .collect();
@@ -654,6 +662,10 @@ impl Cluster {
                 .as_ref()
                 .map(crate::outlier::OutlierSettings::of),
             codec: Codec::of(&port.protocol, &traffic),
+            service_labels: Arc::new(crate::telemetry::ServiceLabels::new(
+                &service.host,
+                &service.namespace,
+            )),
             service: service.clone(),
             rule: dr.map(|(d, _, _)| d.clone()),
             port: port.clone(),

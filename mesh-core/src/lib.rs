@@ -29,6 +29,7 @@ pub mod peer_auth;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
+pub mod telemetry;
 pub mod workload;
 
 pub use matcher::{Caller, RequestHead};

@@ -94,6 +94,7 @@ pub struct WorkloadView {
     peer_authn: PeerAuthn,
     request_authn: crate::authn::RequestAuthn,
     rate_limits: crate::ratelimit::RateLimits,
+    telemetry: crate::telemetry::WorkloadTelemetry,
 }
 
 impl WorkloadView {
@@ -128,7 +129,9 @@ impl WorkloadView {
             &workload,
             role,
         );
+        let telemetry = crate::telemetry::WorkloadTelemetry::of(&mesh, &workload);
         WorkloadView {
+            telemetry,
             rate_limits,
             authz,
             peer_authn,
@@ -171,6 +174,11 @@ impl WorkloadView {
             labels: &self.workload.labels,
             gateway: None,
         }
+    }
+
+    /// What its metrics say of it and the services it serves.
+    pub fn telemetry(&self) -> &crate::telemetry::WorkloadTelemetry {
+        &self.telemetry
     }
 
     /// The AuthorizationPolicies that apply to requests arriving at the workload.

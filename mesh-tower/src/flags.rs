@@ -72,6 +72,11 @@ impl ResponseFlags {
     /// No flag.
     pub const NONE: ResponseFlags = ResponseFlags(0);
 
+    /// The flags as bits (one per flag, in the order of the constants).
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
     /// True when no flag is set.
     pub fn is_empty(self) -> bool {
         self.0 == 0

@@ -42,6 +42,7 @@ pub mod outbound;
 pub mod ratelimit;
 mod runtime;
 pub mod state;
+pub mod telemetry;
 pub mod transport;
 
 use std::future::Future;

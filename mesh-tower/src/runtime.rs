@@ -89,6 +89,8 @@ struct Inner {
     rate_limit_service: arc_swap::ArcSwapOption<crate::ratelimit::global::GlobalRateLimiter>,
     /// Set once a request met a global rate limit filter with no limiter (logged once).
     rate_limit_service_missing: std::sync::atomic::AtomicBool,
+    /// Istio's standard metrics of the process's requests.
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// The mesh of a process: the configuration in force, shared by the workloads of the
@@ -171,6 +173,7 @@ impl MeshRuntime {
                 local_rate_limits: Default::default(),
                 rate_limit_service: Default::default(),
                 rate_limit_service_missing: Default::default(),
+                metrics: Default::default(),
             }),
         }
     }
@@ -391,6 +394,14 @@ impl MeshRuntime {
             .inner
             .rate_limit_service_missing
             .swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Istio's standard metrics of the requests of the process's workloads and
+    /// gateways (`/stats/prometheus`: [`Metrics::prometheus_text`]).
+    ///
+    /// [`Metrics::prometheus_text`]: crate::telemetry::Metrics::prometheus_text
+    pub fn metrics(&self) -> &Arc<crate::telemetry::Metrics> {
+        &self.inner.metrics
     }
 
     pub(crate) fn jwks(&self) -> &crate::inbound::jwt::JwksCache {

@@ -263,10 +263,12 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// The admin endpoint: `/healthz` and `/config_dump`.
+/// The admin endpoint: `/healthz`, `/config_dump`, `/certs`, `/clusters` and
+/// `/stats/prometheus`.
 pub fn admin(live: Arc<Live>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/stats/prometheus", get(prometheus))
         .route("/config_dump", get(config_dump))
         .route("/certs", get(certs))
         .route("/clusters", get(clusters))
@@ -275,6 +277,19 @@ pub fn admin(live: Arc<Live>) -> Router {
 
 async fn config_dump(State(live): State<Arc<Live>>) -> Response {
     Json(live.dump()).into_response()
+}
+
+/// Istio's standard metrics of every workload and the gateway, in Prometheus' text
+/// format, at the path Istio's proxies serve them on.
+async fn prometheus(State(live): State<Arc<Live>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        live.runtime.metrics().prometheus_text(),
+    )
+        .into_response()
 }
 
 /// Each workload's identity and certificate, as Envoy's admin `/certs` shows them.

@@ -163,6 +163,11 @@ pub struct CompiledMesh {
     peer_authentication: Vec<Arc<CompiledPeerAuthentication>>,
     /// EnvoyFilters and LocalRateLimitPolicies, interpreted.
     rate_limits: crate::ratelimit::Sources,
+    /// The workloads of the registry, for servers to name their callers in metrics.
+    peers: crate::telemetry::PeerIndex,
+    /// The labels of a request to a host outside the registry (Istio's
+    /// `PassthroughCluster`).
+    passthrough: Arc<crate::telemetry::ServiceLabels>,
     /// Problems found while compiling (rules that could not be compiled are skipped).
     pub errors: Vec<String>,
 }
@@ -218,7 +223,10 @@ impl CompiledMesh {
             .collect();
         let rate_limits = crate::ratelimit::Sources::compile(snapshot);
         errors.extend(rate_limits.errors.iter().cloned());
+        let peers = crate::telemetry::PeerIndex::build(&registry, &settings.trust_domain);
         CompiledMesh {
+            peers,
+            passthrough: Arc::new(crate::telemetry::ServiceLabels::passthrough()),
             rate_limits,
             request_authentication,
             authorization,
@@ -234,6 +242,18 @@ impl CompiledMesh {
             gateways,
             errors,
         }
+    }
+
+    /// The workloads of the registry (its WorkloadEntries), by name and namespace.
+    pub fn peers(&self) -> &crate::telemetry::PeerIndex {
+        &self.peers
+    }
+
+    /// What Istio's metrics call a host outside the registry, forwarded as it is
+    /// (`PassthroughCluster`; the host itself is not a label: any request could make a
+    /// new one).
+    pub fn passthrough_labels(&self) -> &Arc<crate::telemetry::ServiceLabels> {
+        &self.passthrough
     }
 
     /// Every RequestAuthentication, compiled, in load order.

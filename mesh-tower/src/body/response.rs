@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::BoxError;
 use crate::state::InFlight;
+use crate::telemetry::meter::Meter;
 use crate::transport::pool::Attached;
 
 /// The route timeout expired while the response body was being received; the response
@@ -43,6 +44,11 @@ pub struct ResBody {
     /// The index of the endpoint (in its cluster) that answered, for the retry layer to
     /// avoid it on the next attempt.
     pub(crate) endpoint: Option<u32>,
+    /// True when the answer came over the mesh's mutual TLS (for the metrics'
+    /// principals).
+    pub(crate) mtls: bool,
+    /// The request's metrics, recorded when the body ends.
+    meter: Option<Box<Meter>>,
 }
 
 enum Kind {
@@ -85,6 +91,8 @@ impl ResBody {
             deadline: None,
             timer: None,
             endpoint: None,
+            mtls: false,
+            meter: None,
         }
     }
 
@@ -117,6 +125,15 @@ impl ResBody {
     pub(crate) fn hold(&mut self, in_flight: InFlight) {
         if !self.is_end_stream() {
             self.in_flight = Some(in_flight);
+        }
+    }
+
+    /// Records `meter` when the body ends (at once when it already has).
+    pub(crate) fn meter(&mut self, mut meter: Meter) {
+        if self.is_end_stream() {
+            meter.end();
+        } else {
+            self.meter = Some(Box::new(meter));
         }
     }
 
@@ -167,9 +184,23 @@ impl Body for ResBody {
                 this.active = None;
                 this.deadline = None;
                 this.timer = None;
+                if let Some(mut m) = this.meter.take() {
+                    m.end();
+                }
                 polled
             }
-            Poll::Ready(Some(Ok(_))) => polled,
+            Poll::Ready(Some(Ok(ref frame))) => {
+                if let Some(m) = &mut this.meter {
+                    m.frame(frame);
+                }
+                if this.meter.is_some()
+                    && this.is_end_stream()
+                    && let Some(mut m) = this.meter.take()
+                {
+                    m.end();
+                }
+                polled
+            }
             Poll::Pending => {
                 let Some(deadline) = this.deadline else {
                     return Poll::Pending;

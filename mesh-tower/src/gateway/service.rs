@@ -35,6 +35,7 @@ use crate::outbound::route::{answer, failure};
 use crate::outbound::{Route, Routed};
 use crate::ratelimit::filter::{GlobalChecks, QuotaHeaders};
 use crate::ratelimit::local::{self, RequestInfo, RouteCluster, Verdict, XRateLimit};
+use crate::telemetry::meter::{Metered, Outbound, Target, unknown_service};
 use crate::{BoxError, BoxFuture, MeshFailure, ReqBody, ResBody};
 
 /// What the gateway knows of a TLS connection.
@@ -304,13 +305,26 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let mesh = &self.shared.mesh;
+        let meter = mesh.view().map(|v| {
+            Outbound::start(
+                mesh.runtime().metrics().clone(),
+                v.telemetry().me.clone(),
+                Target::Service(unknown_service().clone()),
+                &req,
+            )
+        });
+        let answer = move |resp: Response<ResBody>, meter: Option<Outbound>| match meter {
+            Some(m) => m.answer(resp),
+            None => resp,
+        };
         let (mut req, edge) = match self.edge(req) {
             Ok(x) => x,
-            Err(resp) => return Box::pin(async move { Ok(*resp) }),
+            Err(resp) => return Box::pin(async move { Ok(answer(*resp, meter)) }),
         };
         let x = match self.limit_locally(&mut req, &edge) {
             Ok(x) => x,
-            Err(refusal) => return Box::pin(async move { Ok(*refusal) }),
+            Err(refusal) => return Box::pin(async move { Ok(answer(*refusal, meter)) }),
         };
         // The gateway's RequestAuthentications run next (their keys may have to be
         // fetched), as Envoy's jwt_authn filter runs before its RBAC filter and router.
@@ -324,12 +338,12 @@ where
             return Box::pin(async move {
                 let mut req = req;
                 if let Err(refusal) = crate::inbound::admit(&this.shared.mesh, &mut req).await {
-                    return Ok(with_x(refusal.map(ResBody::full), x));
+                    return Ok(answer(with_x(refusal.map(ResBody::full), x), meter));
                 }
-                this.route(req, edge, true, x).await
+                this.route(req, edge, true, x, meter).await
             });
         }
-        self.route(req, edge, false, x)
+        self.route(req, edge, false, x, meter)
     }
 }
 
@@ -391,14 +405,31 @@ impl GatewayService {
         edge: Edge,
         admitted: bool,
         x: Option<XRateLimit>,
+        meter: Option<Outbound>,
     ) -> BoxFuture<Result<Response<ResBody>, Infallible>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         match self.prepare(req, edge, admitted) {
-            Prepared::Answer(resp) => Box::pin(async move { Ok(with_x(resp, x)) }),
-            Prepared::Forward(req, route, downstream, global) => {
+            Prepared::Answer(resp) => Box::pin(async move {
+                let resp = with_x(resp, x);
+                Ok(match meter {
+                    Some(m) => m.answer(resp),
+                    None => resp,
+                })
+            }),
+            Prepared::Forward(mut req, route, downstream, global) => {
+                let mut meter = meter;
+                if let Some(m) = &mut meter {
+                    m.retarget(crate::outbound::route::target_of(&route));
+                }
+                if let Some(view) = self.shared.mesh.view() {
+                    crate::outbound::route::add_baggage(
+                        req.headers_mut(),
+                        &view.telemetry().baggage,
+                    );
+                }
                 let span = crate::outbound::telemetry::span_of(&req);
                 {
                     let _entered = span.enter();
@@ -414,14 +445,23 @@ impl GatewayService {
                     if let (Some(checks), Some(runtime)) = (global, runtime) {
                         match checks.run(&runtime).await {
                             Ok(q) => quota = q,
-                            Err(refusal) => return Ok(with_x(refusal.map(ResBody::full), x)),
+                            Err(refusal) => {
+                                let resp = with_x(refusal.map(ResBody::full), x);
+                                return Ok(match meter {
+                                    Some(m) => m.answer(resp),
+                                    None => resp,
+                                });
+                            }
                         }
                     }
                     // Made once the request is forwarded: dropped unanswered, it records
                     // that the client went away.
-                    let fut = crate::outbound::telemetry::TelemetryFuture::new(
-                        forward.oneshot(Routed::new(request, route)),
-                        span,
+                    let fut = Metered::new(
+                        crate::outbound::telemetry::TelemetryFuture::new(
+                            forward.oneshot(Routed::new(request, route)),
+                            span,
+                        ),
+                        meter,
                     );
                     let mut resp = with_x(
                         match fut.await {

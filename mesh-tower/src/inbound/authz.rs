@@ -37,12 +37,121 @@ use crate::Mesh;
 use crate::identity::PeerIdentity;
 use crate::ratelimit::filter::{GlobalChecks, QuotaHeaders};
 use crate::ratelimit::local::{self, RequestInfo, RouteCluster, Verdict, XRateLimit};
+use crate::telemetry::meter::{Arrival, Meter};
 
 /// Envoy's body of a request its RBAC filter denied.
 pub const RBAC_DENIED: &str = "RBAC: access denied";
 
-/// The body of a response of [`Inbound`]: the application's, or the mesh's own refusal.
-pub type InboundBody<B> = Either<B, Full<Bytes>>;
+pin_project_lite::pin_project! {
+    /// The body of a response of [`Inbound`]: the application's, or the mesh's own
+    /// refusal; the request's metrics are recorded when it ends.
+    pub struct InboundBody<B> {
+        #[pin]
+        inner: Either<B, Full<Bytes>>,
+        meter: Option<Box<Meter>>,
+    }
+}
+
+impl<B> InboundBody<B> {
+    /// The application's body.
+    pub fn app(body: B) -> Self {
+        InboundBody {
+            inner: Either::Left(body),
+            meter: None,
+        }
+    }
+
+    /// The mesh's own answer.
+    pub fn mesh(body: Full<Bytes>) -> Self {
+        InboundBody {
+            inner: Either::Right(body),
+            meter: None,
+        }
+    }
+
+    /// The body inside: the application's (`Left`) or the mesh's (`Right`).
+    pub fn into_inner(self) -> Either<B, Full<Bytes>> {
+        self.inner
+    }
+}
+
+impl<B> std::fmt::Debug for InboundBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let which = match &self.inner {
+            Either::Left(_) => "app",
+            Either::Right(_) => "mesh",
+        };
+        f.debug_struct("InboundBody")
+            .field("body", &which)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> http_body::Body for InboundBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let polled = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(m) = this.meter.as_mut() {
+                    m.frame(frame);
+                }
+                if this.meter.is_some()
+                    && this.inner.is_end_stream()
+                    && let Some(mut m) = this.meter.take()
+                {
+                    m.end();
+                }
+            }
+            None | Some(Err(_)) => {
+                if let Some(mut m) = this.meter.take() {
+                    m.end();
+                }
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `resp`, its metrics recorded by `arrival`'s meter when its body ends.
+fn metered<B>(resp: Response<InboundBody<B>>, arrival: Option<Arrival>) -> Response<InboundBody<B>>
+where
+    B: http_body::Body,
+{
+    let Some(arrival) = arrival else {
+        return resp;
+    };
+    let mut meter = arrival.meter(&resp);
+    let (parts, mut body) = resp.into_parts();
+    let ended = match &body.inner {
+        Either::Left(b) => b.is_end_stream(),
+        Either::Right(b) => http_body::Body::is_end_stream(b),
+    };
+    if ended {
+        meter.end();
+    } else {
+        body.meter = Some(Box::new(meter));
+    }
+    Response::from_parts(parts, body)
+}
 
 /// The layer of a workload's inbound policies (see [`Mesh::inbound`]).
 #[derive(Debug, Clone)]
@@ -76,7 +185,7 @@ pub struct Inbound<S> {
 
 fn denied<B>(grpc: bool) -> Response<InboundBody<B>> {
     local_reply(grpc, StatusCode::FORBIDDEN, RBAC_DENIED)
-        .map(|b| Either::Right(Full::new(Bytes::from_static(b.as_bytes()))))
+        .map(|b| InboundBody::mesh(Full::new(Bytes::from_static(b.as_bytes()))))
 }
 
 /// True for a gRPC request (`content-type: application/grpc...`).
@@ -262,7 +371,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    ResB: Send + 'static,
+    ResB: http_body::Body + Send + 'static,
 {
     type Response = Response<InboundBody<ResB>>;
     type Error = S::Error;
@@ -282,6 +391,7 @@ where
         {
             req.headers_mut().insert(HOST, v);
         }
+        let arrival = Arrival::of(&self.mesh, &req);
         let view = self.mesh.view();
         // Local rate limits first, as Envoy's local_ratelimit filter runs before
         // jwt_authn and RBAC in the chain Istio's task builds.
@@ -299,7 +409,10 @@ where
             ) {
                 Verdict::Refuse(refusal) => {
                     return InboundFuture::Denied {
-                        response: Some(refusal.map(|b| Either::Right(Full::new(b)))),
+                        response: Some(metered(
+                            refusal.map(|b| InboundBody::mesh(Full::new(b))),
+                            arrival,
+                        )),
                     };
                 }
                 Verdict::Pass(x) => x_ratelimit = x,
@@ -331,7 +444,10 @@ where
                     };
                     let mut quota = QuotaHeaders::default();
                     if let Err(refusal) = admit(&mesh, &mut req).await {
-                        return Ok(with_x(refusal.map(|b| Either::Right(Full::new(b))), &quota));
+                        return Ok(metered(
+                            with_x(refusal.map(|b| InboundBody::mesh(Full::new(b))), &quota),
+                            arrival,
+                        ));
                     }
                     // The global rate limit filters, last before the application (Istio's
                     // task inserts Envoy's filter just before the router).
@@ -342,9 +458,12 @@ where
                             match checks.run(mesh.runtime()).await {
                                 Ok(q) => quota = q,
                                 Err(refusal) => {
-                                    return Ok(with_x(
-                                        refusal.map(|b| Either::Right(Full::new(b))),
-                                        &quota,
+                                    return Ok(metered(
+                                        with_x(
+                                            refusal.map(|b| InboundBody::mesh(Full::new(b))),
+                                            &quota,
+                                        ),
+                                        arrival,
                                     ));
                                 }
                             }
@@ -353,7 +472,7 @@ where
                     inner
                         .call(req)
                         .await
-                        .map(|r| with_x(r.map(Either::Left), &quota))
+                        .map(|r| metered(with_x(r.map(InboundBody::app), &quota), arrival))
                 }),
             };
         }
@@ -361,6 +480,7 @@ where
             InboundFuture::App {
                 inner: self.inner.call(req),
                 x_ratelimit,
+                arrival,
             }
         } else {
             let mut response = denied(is_grpc(req.headers()));
@@ -368,7 +488,7 @@ where
                 x.apply(response.headers_mut());
             }
             InboundFuture::Denied {
-                response: Some(response),
+                response: Some(metered(response, arrival)),
             }
         }
     }
@@ -404,6 +524,7 @@ pin_project_lite::pin_project! {
             #[pin]
             inner: F,
             x_ratelimit: Option<XRateLimit>,
+            arrival: Option<Arrival>,
         },
         /// The request was refused.
         Denied {
@@ -419,18 +540,23 @@ pin_project_lite::pin_project! {
 impl<F, B, E> Future for InboundFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body,
 {
     type Output = Result<Response<InboundBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            Proj::App { inner, x_ratelimit } => inner.poll(cx).map(|r| {
+            Proj::App {
+                inner,
+                x_ratelimit,
+                arrival,
+            } => inner.poll(cx).map(|r| {
                 r.map(|resp| {
-                    let mut resp = resp.map(Either::Left);
+                    let mut resp = resp.map(InboundBody::app);
                     if let Some(x) = x_ratelimit {
                         x.apply(resp.headers_mut());
                     }
-                    resp
+                    metered(resp, arrival.take())
                 })
             }),
             Proj::Denied { response } => match response.take() {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod prom;
+pub mod prometheus;
 pub mod redis;
 
 use std::path::{Path, PathBuf};
@@ -145,6 +147,37 @@ impl Demo {
             parts.headers,
             String::from_utf8_lossy(&body).into_owned(),
         )
+    }
+
+    /// The admin endpoint's `/stats/prometheus`, parsed (its content type checked).
+    pub async fn metrics(&self) -> Vec<prom::Sample> {
+        let url = format!("http://{}/stats/prometheus", self.running().admin);
+        let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        let (status, headers, body) = self.send(req).await;
+        assert_eq!(status, 200, "{body}");
+        let content_type = headers["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        prom::parse(&body)
+    }
+
+    /// Reads the metrics until `ready` holds of them (at most 15 s: the last hop of a
+    /// request records when its response body ends, a moment after the caller has it).
+    pub async fn metrics_when(&self, ready: impl Fn(&[prom::Sample]) -> bool) -> Vec<prom::Sample> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let samples = self.metrics().await;
+            if ready(&samples) {
+                return samples;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics did not settle within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// GET `path` on the ingress, as `user` when given.

@@ -130,6 +130,7 @@ where
                 return ResponseFuture::ready(e.into_response());
             }
         };
+        let mtls = matches!(tls, Some(UpstreamTransport::Mesh(_)));
         let fut = self.inner.call(Outgoing {
             request,
             endpoint: picked.endpoint,
@@ -144,6 +145,7 @@ where
             set_cookie,
             tried: picked.index,
             outlier: picked.outlier,
+            mtls,
         })
     }
 }
@@ -462,6 +464,7 @@ pin_project! {
         set_cookie: Option<HeaderValue>,
         tried: Option<u32>,
         outlier: Option<OutlierReport>,
+        mtls: bool,
     }
 
     impl<F> PinnedDrop for BalanceFuture<F> {
@@ -504,7 +507,9 @@ where
             report.record(outcome);
         }
         // Where the attempt went, for a retry to avoid it.
-        resp.body_mut().endpoint = this.tried.take();
+        let body = resp.body_mut();
+        body.endpoint = this.tried.take();
+        body.mtls = *this.mtls;
         Poll::Ready(Ok(resp))
     }
 }

@@ -33,4 +33,4 @@
 mod service;
 
 pub use service::{RouteLayer, RouteService};
-pub(crate) use service::{answer, failure};
+pub(crate) use service::{add_baggage, answer, failure, target_of};

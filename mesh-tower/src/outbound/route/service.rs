@@ -4,7 +4,13 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use mesh_core::{Decision, Outcome, RequestHead, RouteError};
 use tower::{Layer, Service};
 
+use std::sync::Arc;
+
+use mesh_core::Upstream;
+use mesh_core::telemetry::{ServiceLabels, UNKNOWN};
+
 use super::super::{ResponseFuture, Route, Routed};
+use crate::telemetry::meter::{Metered, Outbound, Target, unknown_service};
 use crate::{BoxError, Mesh, MeshFailure, ReqBody, ResBody};
 
 /// Routes the requests of one workload with the configuration in force (see the module
@@ -45,17 +51,31 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = Metered<ResponseFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let generation = self.mesh.runtime().generation();
         let slot = self.mesh.slot();
         let Some(view) = generation.view(slot) else {
-            return ResponseFuture::ready(MeshFailure::NoRoute.into_response());
+            return Metered::new(
+                ResponseFuture::ready(MeshFailure::NoRoute.into_response()),
+                None,
+            );
+        };
+        let telemetry = view.telemetry();
+        add_baggage(request.headers_mut(), &telemetry.baggage);
+        let metrics = self.mesh.runtime().metrics();
+        let meter = |target| {
+            Some(Outbound::start(
+                metrics.clone(),
+                telemetry.me.clone(),
+                target,
+                &request,
+            ))
         };
         let default_port = if request.uri().scheme_str() == Some("https") {
             443
@@ -64,23 +84,68 @@ where
         };
         let head = RequestHead::from_request(&request, default_port);
         let decision = view.route(&head, &mut rand::rng());
-        let route = match decision {
+        let unknown = || Target::Service(unknown_service().clone());
+        let (route, meter) = match decision {
             Ok(d) => {
                 if let Some(resp) = answer(&d, &head) {
-                    return ResponseFuture::ready(resp);
+                    return Metered::new(ResponseFuture::ready(resp), meter(unknown()));
                 }
                 match Route::forward(generation.clone(), slot, &d, head.authority) {
                     Some(route) => {
                         crate::outbound::telemetry::record_route(&route);
-                        route
+                        let meter = meter(target_of(&route));
+                        (route, meter)
                     }
                     // Workload traffic is never redirected to https.
-                    None => return ResponseFuture::ready(MeshFailure::NoRoute.into_response()),
+                    None => {
+                        return Metered::new(
+                            ResponseFuture::ready(MeshFailure::NoRoute.into_response()),
+                            meter(unknown()),
+                        );
+                    }
                 }
             }
-            Err(e) => return ResponseFuture::ready(failure(&e).into_response()),
+            Err(e) => {
+                return Metered::new(
+                    ResponseFuture::ready(failure(&e).into_response()),
+                    meter(unknown()),
+                );
+            }
         };
-        ResponseFuture::inner(self.inner.call(Routed::new(request, route)))
+        Metered::new(
+            ResponseFuture::inner(self.inner.call(Routed::new(request, route))),
+            meter,
+        )
+    }
+}
+
+/// Where a routed request goes, for its metrics.
+pub(crate) fn target_of(route: &Route) -> Target {
+    match route.upstream() {
+        Upstream::Cluster(c) => Target::Cluster(c.clone()),
+        Upstream::Passthrough { .. } => Target::Service(route.mesh().passthrough_labels().clone()),
+        Upstream::Missing { host, .. } => {
+            Target::Service(Arc::new(ServiceLabels::new(&host, UNKNOWN)))
+        }
+    }
+}
+
+/// Adds the workload's peer metadata to an outbound request's `baggage`: after the
+/// application's own members, if it set any.
+pub(crate) fn add_baggage(headers: &mut http::HeaderMap, ours: &HeaderValue) {
+    match headers.get_mut(header::HeaderName::from_static("baggage")) {
+        None => {
+            headers.insert(header::HeaderName::from_static("baggage"), ours.clone());
+        }
+        Some(theirs) => {
+            let mut joined = Vec::with_capacity(theirs.len() + 1 + ours.len());
+            joined.extend_from_slice(theirs.as_bytes());
+            joined.push(b',');
+            joined.extend_from_slice(ours.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                *theirs = v;
+            }
+        }
     }
 }
 

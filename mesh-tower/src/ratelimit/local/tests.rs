@@ -434,7 +434,7 @@ async fn send(
 }
 
 async fn body(resp: Response<crate::inbound::InboundBody<String>>) -> String {
-    match resp.into_body() {
+    match resp.into_body().into_inner() {
         http_body_util::Either::Left(s) => s,
         http_body_util::Either::Right(full) => {
             use http_body_util::BodyExt;

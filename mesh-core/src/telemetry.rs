@@ -1,0 +1,518 @@
+//! What Istio's standard metrics say of the two ends of a request, computed once per
+//! configuration: the labels of a workload ([`PeerLabels`]: its workload name, canonical
+//! service and revision, namespace, `app`, `version`, cluster) and of a service
+//! ([`ServiceLabels`]: its host, name and namespace), with Istio's rules and fallbacks
+//! (`unknown`, `latest`), and the peer metadata a client sends so that the server can
+//! name it: Istio's baggage (`k8s.deployment.name=…,k8s.namespace.name=…`).
+//!
+//! Every label value comes from configuration, never from a request: a server names its
+//! caller only when the caller's workload is known ([`PeerIndex`]), so the number of
+//! series stays bounded by the configuration.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use mesh_config::model::Labels;
+
+/// Istio's value for a label it cannot fill.
+pub const UNKNOWN: &str = "unknown";
+
+/// The cluster a workload runs in when none is configured (Istio's default cluster ID).
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+/// The label naming a workload (Istio's `service.istio.io/workload-name`).
+pub const WORKLOAD_NAME_LABEL: &str = "service.istio.io/workload-name";
+
+/// One end of a request as Istio's metrics label it (the principal aside: it depends on
+/// the connection, see the reporter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLabels {
+    /// `source_workload` / `destination_workload`: the workload's name.
+    pub workload: Box<str>,
+    /// `*_canonical_service`: `service.istio.io/canonical-name`, else
+    /// `app.kubernetes.io/name`, else `app`, else the workload's name.
+    pub canonical_service: Box<str>,
+    /// `*_canonical_revision`: `service.istio.io/canonical-revision`, else
+    /// `app.kubernetes.io/version`, else `version`, else `latest`.
+    pub canonical_revision: Box<str>,
+    /// `*_workload_namespace`.
+    pub namespace: Box<str>,
+    /// `*_app`: the `app` label, else `app.kubernetes.io/name`, else `unknown`.
+    pub app: Box<str>,
+    /// `*_version`: the `version` label, else `app.kubernetes.io/version`, else `unknown`.
+    pub version: Box<str>,
+    /// `*_cluster`.
+    pub cluster: Box<str>,
+    /// The workload's SPIFFE ID (`*_principal` when the connection is mutual TLS).
+    pub principal: Box<str>,
+    /// A digest of the fields above, for the metrics' series maps.
+    digest: u64,
+}
+
+impl Hash for PeerLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
+    }
+}
+
+/// The first of `keys` set in `labels`.
+fn first<'a>(labels: &'a Labels, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| labels.get(*k))
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// A digest of `parts` (stable within the process).
+fn digest(parts: &[&str]) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(0x6d65_7368).build_hasher();
+    for p in parts {
+        h.write(p.as_bytes());
+        h.write_u8(0xff);
+    }
+    h.finish()
+}
+
+impl PeerLabels {
+    /// The labels of a workload named `name` (`None`: not known) in `namespace`, with
+    /// `labels` and SPIFFE ID `principal`, in `cluster`.
+    pub fn new(
+        name: Option<&str>,
+        namespace: &str,
+        labels: &Labels,
+        principal: &str,
+        cluster: &str,
+    ) -> Self {
+        let workload = first(labels, &[WORKLOAD_NAME_LABEL])
+            .or(name.filter(|n| !n.is_empty()))
+            .unwrap_or(UNKNOWN);
+        let canonical_service = first(
+            labels,
+            &[
+                "service.istio.io/canonical-name",
+                "app.kubernetes.io/name",
+                "app",
+            ],
+        )
+        .unwrap_or(workload);
+        let canonical_revision = first(
+            labels,
+            &[
+                "service.istio.io/canonical-revision",
+                "app.kubernetes.io/version",
+                "version",
+            ],
+        )
+        .unwrap_or("latest");
+        let app = first(labels, &["app", "app.kubernetes.io/name"]).unwrap_or(UNKNOWN);
+        let version = first(labels, &["version", "app.kubernetes.io/version"]).unwrap_or(UNKNOWN);
+        let namespace = if namespace.is_empty() {
+            UNKNOWN
+        } else {
+            namespace
+        };
+        PeerLabels::from_parts([
+            workload,
+            canonical_service,
+            canonical_revision,
+            namespace,
+            app,
+            version,
+            cluster,
+            principal,
+        ])
+    }
+
+    /// The labels of a caller nothing is known of but its verified `principal`.
+    pub fn unknown_with_principal(principal: &str) -> Self {
+        let mut p = [UNKNOWN; 8];
+        p[7] = principal;
+        PeerLabels::from_parts(p)
+    }
+
+    fn from_parts(p: [&str; 8]) -> Self {
+        PeerLabels {
+            digest: digest(&p),
+            workload: p[0].into(),
+            canonical_service: p[1].into(),
+            canonical_revision: p[2].into(),
+            namespace: p[3].into(),
+            app: p[4].into(),
+            version: p[5].into(),
+            cluster: p[6].into(),
+            principal: p[7].into(),
+        }
+    }
+
+    /// A peer nothing is known of: every label `unknown`.
+    pub fn unknown() -> Self {
+        PeerLabels::from_parts([UNKNOWN; 8])
+    }
+
+    /// The labels of `workload`, whose SPIFFE ID in `trust_domain` is its principal.
+    pub fn of_workload(workload: &crate::Workload, trust_domain: &str) -> Self {
+        PeerLabels::new(
+            Some(&workload.name),
+            &workload.namespace,
+            &workload.labels,
+            &workload.spiffe_id(trust_domain),
+            DEFAULT_CLUSTER_ID,
+        )
+    }
+
+    /// The labels of a registry endpoint: a WorkloadEntry's are its name's, an inline
+    /// endpoint has no workload name.
+    pub fn of_endpoint(e: &mesh_config::registry::Endpoint, trust_domain: &str) -> Self {
+        PeerLabels::new(
+            e.workload.as_ref().map(|k| k.name.as_str()),
+            &e.namespace,
+            &e.labels,
+            &e.spiffe_id(trust_domain),
+            DEFAULT_CLUSTER_ID,
+        )
+    }
+
+    /// The peer metadata a client sends, in Istio's baggage format: the keys Istio's
+    /// peer metadata filter writes.
+    pub fn baggage(&self) -> String {
+        format!(
+            "k8s.deployment.name={},k8s.namespace.name={},service.name={},service.version={},app.name={},app.version={},k8s.cluster.name={}",
+            self.workload,
+            self.namespace,
+            self.canonical_service,
+            self.canonical_revision,
+            self.app,
+            self.version,
+            self.cluster
+        )
+    }
+}
+
+/// The workload a request's baggage names: `(name, namespace)` from Istio's keys
+/// `k8s.deployment.name` and `k8s.namespace.name` (the last of each wins, as the mesh
+/// appends its own members to an application's); `None` without both.
+pub fn baggage_peer(value: &str) -> Option<(&str, &str)> {
+    let mut name = None;
+    let mut namespace = None;
+    for member in value.split(',') {
+        // A member is `key=value` optionally followed by `;properties`.
+        let member = member.split(';').next().unwrap_or("");
+        let Some((k, v)) = member.split_once('=') else {
+            continue;
+        };
+        match k.trim() {
+            "k8s.deployment.name" => name = Some(v.trim()),
+            "k8s.namespace.name" => namespace = Some(v.trim()),
+            _ => {}
+        }
+    }
+    match (name, namespace) {
+        (Some(n), Some(ns)) if !n.is_empty() && !ns.is_empty() => Some((n, ns)),
+        _ => None,
+    }
+}
+
+/// The service a request is for, as Istio's metrics label it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLabels {
+    /// `destination_service`: the host (`reviews.default.svc.cluster.local`).
+    pub host: Box<str>,
+    /// `destination_service_name`: the Kubernetes service's name for a
+    /// `NAME.NAMESPACE.svc.…` host, else the host.
+    pub name: Box<str>,
+    /// `destination_service_namespace`: the namespace of such a host, else the
+    /// ServiceEntry's.
+    pub namespace: Box<str>,
+    digest: u64,
+}
+
+impl Hash for ServiceLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
+    }
+}
+
+impl ServiceLabels {
+    /// The labels of `host`, declared in `namespace` (a ServiceEntry's).
+    pub fn new(host: &str, namespace: &str) -> Self {
+        let mut parts = host.splitn(4, '.');
+        let (name, ns) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(n), Some(ns), Some("svc")) if !n.is_empty() && !ns.is_empty() => (n, ns),
+            _ => (host, namespace),
+        };
+        let ns = if ns.is_empty() { UNKNOWN } else { ns };
+        ServiceLabels::of_parts(host, name, ns)
+    }
+
+    /// A service nothing is known of.
+    pub fn unknown() -> Self {
+        ServiceLabels::of_parts(UNKNOWN, UNKNOWN, UNKNOWN)
+    }
+
+    /// A host outside the registry, forwarded as it is: Istio's `PassthroughCluster` as
+    /// the service's name (the host is not a label: any request could make a new one).
+    pub fn passthrough() -> Self {
+        ServiceLabels::of_parts(UNKNOWN, "PassthroughCluster", UNKNOWN)
+    }
+
+    fn of_parts(host: &str, name: &str, namespace: &str) -> Self {
+        ServiceLabels {
+            digest: digest(&[host, name, namespace]),
+            host: host.into(),
+            name: name.into(),
+            namespace: namespace.into(),
+        }
+    }
+}
+
+/// The workloads of one name, by namespace.
+type ByNamespace = Vec<(Box<str>, Arc<PeerLabels>)>;
+
+/// The workloads of the configuration (its WorkloadEntries), by name and namespace: the
+/// callers a server can name from their baggage.
+#[derive(Debug, Default)]
+pub struct PeerIndex {
+    /// By name, then namespace.
+    by_name: std::collections::HashMap<Box<str>, ByNamespace, foldhash::fast::RandomState>,
+    len: usize,
+}
+
+impl PeerIndex {
+    /// The index of the WorkloadEntries behind `registry`'s services.
+    pub fn build(registry: &mesh_config::registry::Registry, trust_domain: &str) -> Self {
+        let mut index = PeerIndex::default();
+        for service in registry.services() {
+            for e in service.endpoints.iter() {
+                let Some(key) = &e.workload else {
+                    continue;
+                };
+                let entries = index.by_name.entry(key.name.as_str().into()).or_default();
+                if !entries.iter().any(|(ns, _)| **ns == *key.namespace) {
+                    entries.push((
+                        key.namespace.as_str().into(),
+                        Arc::new(PeerLabels::of_endpoint(e, trust_domain)),
+                    ));
+                    index.len += 1;
+                }
+            }
+        }
+        index
+    }
+
+    /// The workload `name` in `namespace`, when the configuration has it.
+    pub fn get(&self, name: &str, namespace: &str) -> Option<&Arc<PeerLabels>> {
+        self.by_name
+            .get(name)?
+            .iter()
+            .find(|(ns, _)| &**ns == namespace)
+            .map(|(_, p)| p)
+    }
+
+    /// How many workloads it knows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when it knows none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// What a workload's telemetry needs, picked once per configuration: its own labels
+/// (as the source of its requests and the destination of those it serves), the baggage
+/// its requests carry, and the services it serves.
+#[derive(Debug, Clone)]
+pub struct WorkloadTelemetry {
+    /// Its labels.
+    pub me: Arc<PeerLabels>,
+    /// The `baggage` of its outbound requests.
+    pub baggage: http::HeaderValue,
+    /// The services it serves: those whose endpoints include its WorkloadEntry.
+    pub services: Vec<Arc<ServiceLabels>>,
+}
+
+impl WorkloadTelemetry {
+    /// The telemetry of `workload` in `mesh`.
+    pub fn of(mesh: &crate::CompiledMesh, workload: &crate::Workload) -> Self {
+        let trust_domain = &mesh.settings().trust_domain;
+        let me = PeerLabels::of_workload(workload, trust_domain);
+        let baggage = http::HeaderValue::from_str(&me.baggage())
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        let services = mesh
+            .registry()
+            .services()
+            .iter()
+            .filter(|s| {
+                s.endpoints.iter().any(|e| {
+                    e.workload.as_ref().is_some_and(|k| {
+                        k.name == workload.name && k.namespace == workload.namespace
+                    })
+                })
+            })
+            .map(|s| Arc::new(ServiceLabels::new(&s.host, &s.namespace)))
+            .collect();
+        WorkloadTelemetry {
+            me: Arc::new(me),
+            baggage,
+            services,
+        }
+    }
+
+    /// The service a request for `authority` (`Host`, `:authority`) arriving at the
+    /// workload is for: the only one it serves, else the one the authority names (its
+    /// host, or its short name as Kubernetes DNS resolves it), else the first; `None`
+    /// when it serves none the configuration knows.
+    pub fn service_for(&self, authority: &str) -> Option<&Arc<ServiceLabels>> {
+        if self.services.len() <= 1 {
+            return self.services.first();
+        }
+        let host = crate::route::split_authority(authority).0;
+        self.services
+            .iter()
+            .find(|s| {
+                &*s.host == host
+                    || s.host
+                        .strip_prefix(host)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+            .or_else(|| self.services.first())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn peer_labels_follow_istios_fallbacks() {
+        // (name, labels) → (workload, canonical service, canonical revision, app, version)
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], [&'a str; 5]);
+        let cases: &[Case<'_>] = &[
+            (
+                Some("reviews-v2"),
+                &[("app", "reviews"), ("version", "v2")],
+                ["reviews-v2", "reviews", "v2", "reviews", "v2"],
+            ),
+            (
+                Some("reviews-v2"),
+                &[],
+                ["reviews-v2", "reviews-v2", "latest", "unknown", "unknown"],
+            ),
+            (
+                None,
+                &[],
+                ["unknown", "unknown", "latest", "unknown", "unknown"],
+            ),
+            (
+                Some("x"),
+                &[
+                    ("app.kubernetes.io/name", "shop"),
+                    ("app.kubernetes.io/version", "1.2"),
+                ],
+                ["x", "shop", "1.2", "shop", "1.2"],
+            ),
+            (
+                Some("x"),
+                &[
+                    ("service.istio.io/canonical-name", "cart"),
+                    ("service.istio.io/canonical-revision", "r7"),
+                    ("app", "shop"),
+                    ("version", "v1"),
+                ],
+                ["x", "cart", "r7", "shop", "v1"],
+            ),
+            (
+                Some("entry-10-0-0-1"),
+                &[(WORKLOAD_NAME_LABEL, "vm-group"), ("app", "legacy")],
+                ["vm-group", "legacy", "latest", "legacy", "unknown"],
+            ),
+        ];
+        for (name, l, want) in cases {
+            let p = PeerLabels::new(*name, "default", &labels(l), "spiffe://x", "Kubernetes");
+            let got = [
+                &*p.workload,
+                &*p.canonical_service,
+                &*p.canonical_revision,
+                &*p.app,
+                &*p.version,
+            ];
+            assert_eq!(got, *want, "{name:?} {l:?}");
+            assert_eq!(&*p.namespace, "default");
+        }
+    }
+
+    #[test]
+    fn equal_labels_hash_alike_and_different_ones_differ() {
+        let l = labels(&[("app", "reviews"), ("version", "v1")]);
+        let a = PeerLabels::new(Some("reviews-v1"), "default", &l, "p", "c");
+        let b = PeerLabels::new(Some("reviews-v1"), "default", &l, "p", "c");
+        let c = PeerLabels::new(Some("reviews-v1"), "other", &l, "p", "c");
+        assert_eq!(a, b);
+        assert_eq!(a.digest, b.digest);
+        assert_ne!(a, c);
+        assert_ne!(a.digest, c.digest);
+    }
+
+    #[test]
+    fn service_labels_split_kubernetes_hosts_only() {
+        let cases = [
+            (
+                "reviews.default.svc.cluster.local",
+                "x",
+                "reviews",
+                "default",
+            ),
+            ("ratings.prod.svc", "x", "ratings", "prod"),
+            ("httpbin.org", "egress", "httpbin.org", "egress"),
+            ("a.b.c.d", "ns", "a.b.c.d", "ns"),
+            ("*.example.com", "ns", "*.example.com", "ns"),
+        ];
+        for (host, ns, name, want_ns) in cases {
+            let s = ServiceLabels::new(host, ns);
+            assert_eq!((&*s.host, &*s.name, &*s.namespace), (host, name, want_ns));
+        }
+    }
+
+    #[test]
+    fn baggage_round_trips_and_tolerates_other_members() {
+        let p = PeerLabels::new(
+            Some("productpage-v1"),
+            "default",
+            &labels(&[("app", "productpage"), ("version", "v1")]),
+            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+            DEFAULT_CLUSTER_ID,
+        );
+        let b = p.baggage();
+        assert_eq!(
+            b,
+            "k8s.deployment.name=productpage-v1,k8s.namespace.name=default,service.name=productpage,service.version=v1,app.name=productpage,app.version=v1,k8s.cluster.name=Kubernetes"
+        );
+        assert_eq!(baggage_peer(&b), Some(("productpage-v1", "default")));
+        let cases = [
+            (
+                "userId=alice, k8s.deployment.name=a;p=1 ,k8s.namespace.name=ns",
+                Some(("a", "ns")),
+            ),
+            ("k8s.deployment.name=a", None),
+            ("k8s.namespace.name=ns", None),
+            ("k8s.deployment.name=,k8s.namespace.name=ns", None),
+            (
+                "k8s.deployment.name=a,k8s.namespace.name=ns,k8s.deployment.name=b",
+                Some(("b", "ns")),
+            ),
+            ("garbage,,=,", None),
+            ("", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(baggage_peer(value), want, "{value}");
+        }
+    }
+}
