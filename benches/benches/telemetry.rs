@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mesh_config::model::Labels as WorkloadLabels;
-use mesh_core::telemetry::{PeerLabels, ServiceLabels};
+use mesh_core::telemetry::{MetricProfile, PeerLabels, ServiceLabels};
 use mesh_tower::ResponseFlags;
 use mesh_tower::telemetry::{Labels, Metrics, Reporter, Sample, Security};
 
@@ -37,7 +37,9 @@ fn record(c: &mut Criterion) {
         "reviews.default.svc.cluster.local",
         "default",
     ));
+    let profile = Arc::new(MetricProfile::standard());
     let labels = Labels {
+        profile: &profile,
         reporter: Reporter::Source,
         source: &source,
         source_principal: true,
@@ -116,15 +118,17 @@ fn record(c: &mut Criterion) {
 
 /// The fields of the benchmark's labels that are not borrowed.
 fn labels_like() -> Labels<'static> {
-    static SOURCE: std::sync::OnceLock<(Arc<PeerLabels>, Arc<ServiceLabels>)> =
-        std::sync::OnceLock::new();
-    let (p, s) = SOURCE.get_or_init(|| {
+    type Parts = (Arc<PeerLabels>, Arc<ServiceLabels>, Arc<MetricProfile>);
+    static SOURCE: std::sync::OnceLock<Parts> = std::sync::OnceLock::new();
+    let (p, s, profile) = SOURCE.get_or_init(|| {
         (
             Arc::new(PeerLabels::unknown()),
             Arc::new(ServiceLabels::unknown()),
+            Arc::new(MetricProfile::standard()),
         )
     });
     Labels {
+        profile,
         reporter: Reporter::Source,
         source: p,
         source_principal: true,

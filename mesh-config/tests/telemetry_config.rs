@@ -728,7 +728,6 @@ fn behaviour_changing_fields_are_reported_as_not_enforced() {
         ne,
         vec![
             (6, "spec.tracing".to_string(), 'W'),
-            (8, "spec.metrics".to_string(), 'W'),
             (10, "spec.accessLogging".to_string(), 'W'),
         ],
         "{}",
@@ -742,6 +741,25 @@ fn behaviour_changing_fields_are_reported_as_not_enforced() {
     assert_eq!(
         d.message,
         "`spec.tracing` is parsed but not enforced: the Telemetry API is validated and its scopes merged, but the runtime does not apply it yet"
+    );
+    // Metrics are applied for the Prometheus provider, with literal tag values; other
+    // providers, other expressions and a reporting interval are not.
+    let c = check(&tel(
+        "  metrics:\n  - providers: [{name: prometheus}, {name: stackdriver}]\n    reportingInterval: 10s\n    overrides:\n    - tagOverrides:\n        a: {value: \"'x'\"}\n        b: {value: request.host}\n        c: {operation: REMOVE}\n",
+    ));
+    assert_eq!(
+        with_code(&found(&c), "MESH0120"),
+        vec![
+            (6, "spec.metrics[0].providers[1].name".to_string(), 'W'),
+            (7, "spec.metrics[0].reportingInterval".to_string(), 'W'),
+            (
+                11,
+                "spec.metrics[0].overrides[0].tagOverrides.b.value".to_string(),
+                'W'
+            ),
+        ],
+        "{}",
+        show(&c)
     );
     // A selector alone changes nothing: no warning.
     let c = check(&tel("  selector: {matchLabels: {app: reviews}}\n"));

@@ -13,6 +13,10 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use mesh_config::model::Labels;
+use mesh_config::model::telemetry::scope::{
+    DefaultProviders, EffectiveTelemetry, MetricsConfig, TagChange,
+};
+use mesh_config::model::telemetry::{IstioMetric, WorkloadMode};
 
 /// Istio's value for a label it cannot fill.
 pub const UNKNOWN: &str = "unknown";
@@ -319,6 +323,154 @@ impl PeerIndex {
     }
 }
 
+/// Istio's labels of its request metrics, in the order its proxies write them.
+pub const ISTIO_LABELS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// The Telemetry API's metrics provider the mesh reports to (Prometheus' text on
+/// `/stats/prometheus`, Istio's default provider).
+pub const PROMETHEUS_PROVIDER: &str = "prometheus";
+
+/// The request metrics, as the Telemetry API names them, in the order of
+/// [`MetricProfile::shapes`].
+pub const REQUEST_METRICS: [IstioMetric; 4] = [
+    IstioMetric::RequestCount,
+    IstioMetric::RequestDuration,
+    IstioMetric::RequestSize,
+    IstioMetric::ResponseSize,
+];
+
+/// The shape of one metric for one side of a workload: reported or not, and its labels
+/// after the Telemetry API's `tagOverrides`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MetricShape {
+    /// The metric is reported.
+    pub enabled: bool,
+    /// Istio labels removed (bit `i`: [`ISTIO_LABELS`]`[i]`).
+    pub removed: u32,
+    /// Istio labels whose value is replaced, by index, with the value.
+    pub replaced: Vec<(usize, Box<str>)>,
+    /// Labels added after Istio's, with their values.
+    pub added: Vec<(Box<str>, Box<str>)>,
+}
+
+impl Default for MetricShape {
+    fn default() -> Self {
+        MetricShape {
+            enabled: true,
+            removed: 0,
+            replaced: Vec::new(),
+            added: Vec::new(),
+        }
+    }
+}
+
+/// How one side of a workload reports its request metrics (the Telemetry API's
+/// `metrics` for the Prometheus provider, merged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricProfile {
+    /// `istio_requests_total`, `istio_request_duration_milliseconds`,
+    /// `istio_request_bytes`, `istio_response_bytes`, in the order of [`REQUEST_METRICS`].
+    pub shapes: [MetricShape; 4],
+    digest: u64,
+}
+
+impl Hash for MetricProfile {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
+    }
+}
+
+impl Default for MetricProfile {
+    fn default() -> Self {
+        MetricProfile::new(Default::default())
+    }
+}
+
+impl MetricProfile {
+    fn new(shapes: [MetricShape; 4]) -> Self {
+        MetricProfile {
+            digest: foldhash::fast::FixedState::with_seed(0x7072_6f66).hash_one(&shapes),
+            shapes,
+        }
+    }
+
+    /// Every metric with Istio's labels (no Telemetry changes them).
+    pub fn standard() -> Self {
+        MetricProfile::default()
+    }
+
+    /// The profile of one side, `None` when it reports nothing: the Prometheus provider
+    /// is not configured, or the side's metrics are all disabled.
+    pub fn of(
+        metrics: &std::collections::BTreeMap<String, MetricsConfig>,
+        mode: WorkloadMode,
+    ) -> Option<Self> {
+        let side = metrics.get(PROMETHEUS_PROVIDER)?.side(mode);
+        if side.disabled {
+            return None;
+        }
+        let shapes = REQUEST_METRICS.map(|m| {
+            let Some(o) = side.override_for(m.as_str()) else {
+                return MetricShape::default();
+            };
+            let mut shape = MetricShape {
+                enabled: !o.disabled,
+                ..MetricShape::default()
+            };
+            for (tag, change) in &o.tags {
+                let index = ISTIO_LABELS.iter().position(|l| l == tag);
+                match (change, index) {
+                    (TagChange::Remove, Some(i)) => shape.removed |= 1 << i,
+                    (TagChange::Remove, None) => {}
+                    (TagChange::Upsert(e), Some(i)) => shape.replaced.push((
+                        i,
+                        mesh_config::model::telemetry::string_literal(e)
+                            .unwrap_or(UNKNOWN)
+                            .into(),
+                    )),
+                    (TagChange::Upsert(e), None) => shape.added.push((
+                        tag.as_str().into(),
+                        mesh_config::model::telemetry::string_literal(e)
+                            .unwrap_or(UNKNOWN)
+                            .into(),
+                    )),
+                }
+            }
+            shape
+        });
+        if shapes.iter().all(|s| !s.enabled) {
+            return None;
+        }
+        Some(MetricProfile::new(shapes))
+    }
+}
+
 /// What a workload's telemetry needs, picked once per configuration: its own labels
 /// (as the source of its requests and the destination of those it serves), the baggage
 /// its requests carry, and the services it serves.
@@ -326,6 +478,12 @@ impl PeerIndex {
 pub struct WorkloadTelemetry {
     /// Its labels.
     pub me: Arc<PeerLabels>,
+    /// How the requests it sends are reported (`None`: not at all).
+    pub client_metrics: Option<Arc<MetricProfile>>,
+    /// How the requests it serves are reported (`None`: not at all).
+    pub server_metrics: Option<Arc<MetricProfile>>,
+    /// Its Telemetry configuration, merged (tracing and access logging read it).
+    pub effective: EffectiveTelemetry,
     /// The `baggage` of its outbound requests.
     pub baggage: http::HeaderValue,
     /// The services it serves: those whose endpoints include its WorkloadEntry.
@@ -352,7 +510,18 @@ impl WorkloadTelemetry {
             })
             .map(|s| Arc::new(ServiceLabels::new(&s.host, &s.namespace)))
             .collect();
+        let effective = EffectiveTelemetry::resolve(
+            mesh.telemetries(),
+            &mesh.settings().root_namespace,
+            &workload.namespace,
+            &workload.labels,
+            &DefaultProviders::installed(),
+        );
+        let side = |mode| MetricProfile::of(&effective.metrics, mode).map(Arc::new);
         WorkloadTelemetry {
+            client_metrics: side(WorkloadMode::Client),
+            server_metrics: side(WorkloadMode::Server),
+            effective,
             me: Arc::new(me),
             baggage,
             services,
@@ -514,5 +683,99 @@ mod tests {
         for (value, want) in cases {
             assert_eq!(baggage_peer(value), want, "{value}");
         }
+    }
+
+    /// The metric profiles of `workload` under the Telemetries of `yaml`.
+    fn profiles(
+        yaml: &str,
+        workload: &crate::Workload,
+    ) -> (Option<Arc<MetricProfile>>, Option<Arc<MetricProfile>>) {
+        let snapshot = crate::test_support::snapshot(yaml);
+        let mesh = crate::CompiledMesh::compile(&snapshot);
+        let t = WorkloadTelemetry::of(&mesh, workload);
+        (t.client_metrics, t.server_metrics)
+    }
+
+    fn reviews() -> crate::Workload {
+        crate::Workload::new("reviews-v1", "default").labels([("app", "reviews")])
+    }
+
+    #[test]
+    fn the_telemetry_api_shapes_each_side_and_metric() {
+        let standard = Some(Arc::new(MetricProfile::standard()));
+        // No Telemetry: Istio's default provider reports everything on both sides.
+        assert_eq!(
+            profiles("", &reviews()),
+            (standard.clone(), standard.clone())
+        );
+
+        let mesh_wide = r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT_AND_SERVER}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+        response_code: {value: "'any'"}
+        mesh: {value: "'mesh-rs'"}
+        host: {value: request.host}
+    - match: {metric: REQUEST_DURATION, mode: SERVER}
+      disabled: true
+"#;
+        let (client, server) = profiles(mesh_wide, &reviews());
+        let (client, server) = (client.unwrap(), server.unwrap());
+        let count = &client.shapes[0];
+        let protocol = ISTIO_LABELS
+            .iter()
+            .position(|l| *l == "request_protocol")
+            .unwrap();
+        let code = ISTIO_LABELS
+            .iter()
+            .position(|l| *l == "response_code")
+            .unwrap();
+        assert!(count.enabled);
+        assert_eq!(count.removed, 1 << protocol);
+        assert_eq!(count.replaced, vec![(code, "any".into())]);
+        assert_eq!(
+            count.added,
+            vec![
+                ("host".into(), "unknown".into()),
+                ("mesh".into(), "mesh-rs".into())
+            ]
+        );
+        // The other metrics keep Istio's labels; the duration is off on the server side only.
+        assert_eq!(client.shapes[1], MetricShape::default());
+        assert_eq!(server.shapes[0], *count);
+        assert!(!server.shapes[1].enabled);
+        assert!(server.shapes[2].enabled && server.shapes[3].enabled);
+        assert_ne!(client, server);
+
+        // A workload's own Telemetry turns its server side off; another provider only
+        // reports nothing to Prometheus.
+        let details_off = r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: quiet, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  metrics:
+  - overrides:
+    - match: {mode: SERVER}
+      disabled: true
+"#;
+        let (client, server) = profiles(details_off, &reviews());
+        assert_eq!((client, server), (standard.clone(), None));
+        let other = crate::Workload::new("ratings-v1", "default").labels([("app", "ratings")]);
+        assert_eq!(profiles(details_off, &other), (standard.clone(), standard));
+        let elsewhere = r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: stackdriver}]
+"#;
+        assert_eq!(profiles(elsewhere, &reviews()), (None, None));
     }
 }

@@ -235,3 +235,88 @@ async fn a_request_the_gateway_cannot_route_is_counted_with_its_flag() {
         1.0
     );
 }
+
+/// The Telemetry API changes what is reported, live: a tag removed and two set by literal
+/// for one metric, a metric turned off on one side, and one workload's server side off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_resources_shape_the_metrics() {
+    let demo = Demo::start().await;
+    demo.apply_settled(
+        "telemetry.yaml",
+        r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT_AND_SERVER}
+      tagOverrides:
+        request_protocol: {operation: REMOVE}
+        mesh: {value: "'mesh-rs'"}
+    - match: {metric: REQUEST_DURATION, mode: SERVER}
+      disabled: true
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: details-quiet, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  metrics:
+  - overrides:
+    - match: {mode: SERVER}
+      disabled: true
+"#,
+    )
+    .await;
+    const N: f64 = 5.0;
+    for _ in 0..5 {
+        let (status, body) = demo.get("/productpage", None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let to_page = [
+        ("reporter", "destination"),
+        ("destination_workload", "productpage-v1"),
+    ];
+    let samples = demo
+        .metrics_when(|s| prom::sum(s, REQUESTS, &to_page) == N)
+        .await;
+
+    // The count lost `request_protocol` and gained `mesh`; the histograms kept Istio's
+    // labels.
+    for s in samples.iter().filter(|s| s.name == REQUESTS) {
+        assert!(!s.labels.contains_key("request_protocol"), "{s:?}");
+        assert_eq!(s.label("mesh"), "mesh-rs");
+        assert_eq!(s.order.last().map(String::as_str), Some("mesh"));
+    }
+    let sizes: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == "istio_response_bytes_count")
+        .collect();
+    assert!(!sizes.is_empty());
+    for s in sizes {
+        assert_eq!(s.label("request_protocol"), "http");
+        assert!(!s.labels.contains_key("mesh"));
+    }
+    // Durations: the source side only.
+    let durations: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.name == "istio_request_duration_milliseconds_count")
+        .map(|s| s.label("reporter"))
+        .collect();
+    assert!(!durations.is_empty());
+    assert!(durations.iter().all(|r| *r == "source"), "{durations:?}");
+    // details reports nothing of what it serves; productpage still reports its calls.
+    let details = |reporter| {
+        prom::sum(
+            &samples,
+            REQUESTS,
+            &[
+                ("reporter", reporter),
+                ("destination_workload", "details-v1"),
+            ],
+        )
+    };
+    assert_eq!(details("source"), N);
+    assert_eq!(details("destination"), 0.0);
+}

@@ -423,3 +423,14 @@ pub struct AccessLogFilter {
     /// is logged when it is true.
     pub expression: String,
 }
+
+/// The text of a CEL string literal without escapes (`'v'` or `"v"`): the tag override
+/// values the mesh evaluates; `None` for any other expression.
+pub fn string_literal(expression: &str) -> Option<&str> {
+    let e = expression.trim();
+    ['\'', '"'].into_iter().find_map(|q| {
+        e.strip_prefix(q)
+            .and_then(|rest| rest.strip_suffix(q))
+            .filter(|inner| !inner.contains(q) && !inner.contains('\\'))
+    })
+}

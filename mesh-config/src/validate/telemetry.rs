@@ -231,6 +231,22 @@ fn custom_tag(ctx: &mut Ctx<'_>, p: &FieldPath, name: &str, tag: &CustomTag) {
 
 fn metrics(ctx: &mut Ctx<'_>, path: &FieldPath, m: &Metrics) {
     providers(ctx, &path.key("providers"), &m.providers);
+    for (i, p) in m.providers.iter().enumerate() {
+        if !p.name.is_empty() && p.name != "prometheus" {
+            ctx.warn(
+                Code::NotEnforced,
+                &path.key("providers").index(i).key("name"),
+                format!("metrics provider `{}`: the mesh reports to `prometheus` only (its `/stats/prometheus`); this provider gets nothing", p.name),
+            );
+        }
+    }
+    if m.reporting_interval.is_some() {
+        ctx.warn(
+            Code::NotEnforced,
+            &path.key("reportingInterval"),
+            "`reportingInterval`: Prometheus pulls the metrics when it scrapes; there is no interval to set",
+        );
+    }
     if let Some(d) = m.reporting_interval
         && d.get() < std::time::Duration::from_millis(1)
     {
@@ -288,14 +304,20 @@ fn metrics_override(ctx: &mut Ctx<'_>, path: &FieldPath, o: &MetricsOverrides) {
                 );
             }
             TagOperation::Upsert => {
-                if let Some(v) = value
-                    && let Err(e) = cel::check(v)
-                {
-                    ctx.warn(
-                        Code::InvalidValue,
-                        &p.key("value"),
-                        format!("tag override `{name}`: `{v}` is not a valid CEL expression ({e}): the tag would get no value"),
-                    );
+                if let Some(v) = value {
+                    if let Err(e) = cel::check(v) {
+                        ctx.warn(
+                            Code::InvalidValue,
+                            &p.key("value"),
+                            format!("tag override `{name}`: `{v}` is not a valid CEL expression ({e}): the tag would get no value"),
+                        );
+                    } else if crate::model::telemetry::string_literal(v).is_none() {
+                        ctx.warn(
+                            Code::NotEnforced,
+                            &p.key("value"),
+                            format!("tag override `{name}`: the mesh evaluates string literals only (`'value'`); `{v}` is not evaluated and the tag's value is `unknown`"),
+                        );
+                    }
                 }
             }
             TagOperation::Remove if to.value.is_some() => ctx.report(

@@ -165,6 +165,8 @@ pub struct CompiledMesh {
     rate_limits: crate::ratelimit::Sources,
     /// The workloads of the registry, for servers to name their callers in metrics.
     peers: crate::telemetry::PeerIndex,
+    /// Every Telemetry, in load order.
+    telemetries: Vec<Arc<mesh_config::model::Resource<mesh_config::model::telemetry::Telemetry>>>,
     /// The labels of a request to a host outside the registry (Istio's
     /// `PassthroughCluster`).
     passthrough: Arc<crate::telemetry::ServiceLabels>,
@@ -225,6 +227,7 @@ impl CompiledMesh {
         errors.extend(rate_limits.errors.iter().cloned());
         let peers = crate::telemetry::PeerIndex::build(&registry, &settings.trust_domain);
         CompiledMesh {
+            telemetries: snapshot.telemetries().to_vec(),
             peers,
             passthrough: Arc::new(crate::telemetry::ServiceLabels::passthrough()),
             rate_limits,
@@ -242,6 +245,13 @@ impl CompiledMesh {
             gateways,
             errors,
         }
+    }
+
+    /// Every Telemetry (`telemetry.istio.io`), in load order.
+    pub fn telemetries(
+        &self,
+    ) -> &[Arc<mesh_config::model::Resource<mesh_config::model::telemetry::Telemetry>>] {
+        &self.telemetries
     }
 
     /// The workloads of the registry (its WorkloadEntries), by name and namespace.

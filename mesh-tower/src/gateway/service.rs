@@ -306,10 +306,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mesh = &self.shared.mesh;
-        let meter = mesh.view().map(|v| {
+        let meter = mesh.view().and_then(|v| {
             Outbound::start(
-                mesh.runtime().metrics().clone(),
-                v.telemetry().me.clone(),
+                mesh.runtime().metrics(),
+                v.telemetry(),
                 Target::Service(unknown_service().clone()),
                 &req,
             )

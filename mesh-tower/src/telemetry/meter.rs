@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::Frame;
-use mesh_core::telemetry::{PeerLabels, ServiceLabels};
+use mesh_core::telemetry::{MetricProfile, PeerLabels, ServiceLabels};
 
 use super::metrics::{Labels, Metrics, Reporter, Sample, Security};
 use crate::flags::ResponseFlags;
@@ -49,6 +49,7 @@ pub(crate) struct Ends {
     pub(crate) destination_principal: bool,
     pub(crate) service: Arc<ServiceLabels>,
     pub(crate) security: Security,
+    pub(crate) profile: Arc<MetricProfile>,
 }
 
 /// One request's measurements (see the module documentation).
@@ -128,6 +129,7 @@ impl Meter {
             grpc_status: self.grpc_status,
             flags: self.flags,
             security: e.security,
+            profile: &e.profile,
         };
         self.metrics.record(
             &labels,
@@ -176,6 +178,7 @@ pub(crate) enum Target {
 #[derive(Debug)]
 pub(crate) struct Outbound {
     metrics: Arc<Metrics>,
+    profile: Arc<MetricProfile>,
     source: Arc<PeerLabels>,
     target: Target,
     start: Instant,
@@ -184,21 +187,23 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    /// A request of the workload labelled `source`, on its way to `target`.
+    /// A request of the workload `telemetry` describes, on its way to `target`; `None`
+    /// when the workload reports nothing of the requests it sends.
     pub(crate) fn start<B: http_body::Body>(
-        metrics: Arc<Metrics>,
-        source: Arc<PeerLabels>,
+        metrics: &Arc<Metrics>,
+        telemetry: &mesh_core::telemetry::WorkloadTelemetry,
         target: Target,
         req: &http::Request<B>,
-    ) -> Self {
-        Outbound {
-            metrics,
-            source,
+    ) -> Option<Self> {
+        Some(Outbound {
+            profile: telemetry.client_metrics.clone()?,
+            metrics: metrics.clone(),
+            source: telemetry.me.clone(),
             target,
             start: Instant::now(),
             request_bytes: declared_bytes(req.headers(), req.body().size_hint().exact()),
             grpc: crate::inbound::is_grpc(req.headers()),
-        }
+        })
     }
 
     /// The ends of the request, once `endpoint` (its index in the cluster) answered,
@@ -221,6 +226,7 @@ impl Outbound {
             destination_principal: mtls,
             service,
             security: Security::Unknown,
+            profile: self.profile.clone(),
         }
     }
 
@@ -331,6 +337,7 @@ impl Arrival {
         let generation = mesh.runtime().generation();
         let view = generation.view(mesh.slot())?;
         let telemetry = view.telemetry();
+        let profile = telemetry.server_metrics.clone()?;
         let identity = req
             .extensions()
             .get::<crate::identity::PeerIdentity>()
@@ -360,6 +367,7 @@ impl Arrival {
                 } else {
                     Security::None
                 },
+                profile,
             },
             start: Instant::now(),
             request_bytes: declared_bytes(req.headers(), None),

@@ -22,7 +22,9 @@ use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use hashbrown::{Equivalent, HashMap};
-use mesh_core::telemetry::{PeerLabels, ServiceLabels, UNKNOWN};
+use mesh_core::telemetry::{
+    ISTIO_LABELS, MetricProfile, MetricShape, PeerLabels, ServiceLabels, UNKNOWN,
+};
 
 use crate::flags::ResponseFlags;
 
@@ -99,6 +101,8 @@ pub struct Labels<'a> {
     pub flags: ResponseFlags,
     /// `connection_security_policy`.
     pub security: Security,
+    /// Which metrics are reported, with which labels (the Telemetry API's).
+    pub profile: &'a Arc<MetricProfile>,
 }
 
 /// The owned key of a series.
@@ -115,6 +119,7 @@ struct SeriesKey {
     grpc_status: Option<u16>,
     flags: ResponseFlags,
     security: Security,
+    profile: Arc<MetricProfile>,
 }
 
 impl SeriesKey {
@@ -131,6 +136,7 @@ impl SeriesKey {
             grpc_status: self.grpc_status,
             flags: self.flags,
             security: self.security,
+            profile: &self.profile,
         }
     }
 }
@@ -155,6 +161,7 @@ impl Hash for Labels<'_> {
         self.source.hash(state);
         self.destination.hash(state);
         self.service.hash(state);
+        self.profile.hash(state);
         state.write_u64(
             u64::from(self.code)
                 | u64::from(self.grpc_status.map_or(0xffff, |s| s)) << 16
@@ -187,6 +194,7 @@ impl Labels<'_> {
             && same_labels(self.source, o.source)
             && same_labels(self.destination, o.destination)
             && same_labels(self.service, o.service)
+            && same_labels(self.profile, o.profile)
     }
 
     fn to_key(self) -> SeriesKey {
@@ -202,6 +210,7 @@ impl Labels<'_> {
             grpc_status: self.grpc_status,
             flags: self.flags,
             security: self.security,
+            profile: self.profile.clone(),
         }
     }
 }
@@ -335,35 +344,50 @@ impl Metrics {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        all.sort_by_cached_key(|(k, _)| label_text(&k.labels()));
+        all.sort_by_cached_key(|(k, _)| label_text(&k.labels(), &MetricShape::default()));
         all
     }
 
     /// The metrics in Prometheus' text exposition format, as Envoy's
-    /// `/stats/prometheus` writes Istio's.
+    /// `/stats/prometheus` writes Istio's: each metric's series with the labels its
+    /// Telemetry shape gives them.
     pub fn prometheus_text(&self) -> String {
         let series = self.snapshot();
-        let labels: Vec<String> = series
-            .iter()
-            .map(|(k, _)| label_text(&k.labels()))
-            .collect();
         let mut out = String::with_capacity(series.len() * 4096);
-        if series.is_empty() {
-            return out;
-        }
-        out.push_str("# TYPE istio_requests_total counter\n");
-        for ((_, s), l) in series.iter().zip(&labels) {
-            let _ = writeln!(out, "istio_requests_total{{{l}}} {}", s.requests());
-        }
         let histograms: [(&str, HistogramOf); 3] = [
-            ("istio_request_bytes", |c| &c.request_bytes),
             ("istio_request_duration_milliseconds", |c| &c.duration),
+            ("istio_request_bytes", |c| &c.request_bytes),
             ("istio_response_bytes", |c| &c.response_bytes),
         ];
-        for (name, of) in histograms {
-            let _ = writeln!(out, "# TYPE {name} histogram");
-            for ((_, s), l) in series.iter().zip(&labels) {
-                write_histogram(&mut out, name, l, s.stripes.iter().map(of));
+        // In the order of `REQUEST_METRICS`: the count, then the three histograms.
+        for (m, name) in [
+            "istio_requests_total",
+            "istio_request_duration_milliseconds",
+            "istio_request_bytes",
+            "istio_response_bytes",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut typed = false;
+            for (k, s) in &series {
+                let Some(shape) = k.profile.shapes.get(m).filter(|sh| sh.enabled) else {
+                    continue;
+                };
+                if !typed {
+                    let kind = if m == 0 { "counter" } else { "histogram" };
+                    let _ = writeln!(out, "# TYPE {name} {kind}");
+                    typed = true;
+                }
+                let l = label_text(&k.labels(), shape);
+                match histograms.get(m.wrapping_sub(1)) {
+                    None => {
+                        let _ = writeln!(out, "{name}{{{l}}} {}", s.requests());
+                    }
+                    Some((_, of)) => {
+                        write_histogram(&mut out, name, &l, s.stripes.iter().map(*of));
+                    }
+                }
             }
         }
         out
@@ -442,8 +466,9 @@ fn escape(v: &str, out: &mut String) {
     }
 }
 
-/// The labels of a series as Prometheus writes them, in Istio's order.
-fn label_text(l: &Labels<'_>) -> String {
+/// The labels of a series as Prometheus writes them: Istio's, in Istio's order, as
+/// `shape` changes them (removed, replaced, added after).
+fn label_text(l: &Labels<'_>, shape: &MetricShape) -> String {
     let principal = |p: &PeerLabels, shown: bool| -> String {
         if shown {
             p.principal.to_string()
@@ -453,56 +478,57 @@ fn label_text(l: &Labels<'_>) -> String {
     };
     let code = l.code.to_string();
     let grpc_status = l.grpc_status.map(|s| s.to_string()).unwrap_or_default();
-    let flags = if l.flags.is_empty() {
-        "-".to_string()
-    } else {
-        l.flags.to_string()
-    };
-    let pairs: [(&str, &str); 25] = [
-        ("reporter", l.reporter.as_str()),
-        ("source_workload", &l.source.workload),
-        ("source_canonical_service", &l.source.canonical_service),
-        ("source_canonical_revision", &l.source.canonical_revision),
-        ("source_workload_namespace", &l.source.namespace),
-        ("source_principal", &principal(l.source, l.source_principal)),
-        ("source_app", &l.source.app),
-        ("source_version", &l.source.version),
-        ("source_cluster", &l.source.cluster),
-        ("destination_workload", &l.destination.workload),
-        ("destination_workload_namespace", &l.destination.namespace),
-        (
-            "destination_principal",
-            &principal(l.destination, l.destination_principal),
-        ),
-        ("destination_app", &l.destination.app),
-        ("destination_version", &l.destination.version),
-        ("destination_service", &l.service.host),
-        (
-            "destination_canonical_service",
-            &l.destination.canonical_service,
-        ),
-        (
-            "destination_canonical_revision",
-            &l.destination.canonical_revision,
-        ),
-        ("destination_service_name", &l.service.name),
-        ("destination_service_namespace", &l.service.namespace),
-        ("destination_cluster", &l.destination.cluster),
-        ("request_protocol", if l.grpc { "grpc" } else { "http" }),
-        ("response_code", &code),
-        ("grpc_response_status", &grpc_status),
-        ("response_flags", &flags),
-        ("connection_security_policy", l.security.as_str()),
+    let flags = l.flags.to_string();
+    let values: [&str; 25] = [
+        l.reporter.as_str(),
+        &l.source.workload,
+        &l.source.canonical_service,
+        &l.source.canonical_revision,
+        &l.source.namespace,
+        &principal(l.source, l.source_principal),
+        &l.source.app,
+        &l.source.version,
+        &l.source.cluster,
+        &l.destination.workload,
+        &l.destination.namespace,
+        &principal(l.destination, l.destination_principal),
+        &l.destination.app,
+        &l.destination.version,
+        &l.service.host,
+        &l.destination.canonical_service,
+        &l.destination.canonical_revision,
+        &l.service.name,
+        &l.service.namespace,
+        &l.destination.cluster,
+        if l.grpc { "grpc" } else { "http" },
+        &code,
+        &grpc_status,
+        &flags,
+        l.security.as_str(),
     ];
     let mut out = String::with_capacity(1024);
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
+    let mut pair = |k: &str, v: &str| {
+        if !out.is_empty() {
             out.push(',');
         }
         out.push_str(k);
         out.push_str("=\"");
         escape(v, &mut out);
         out.push('"');
+    };
+    for (i, (k, v)) in ISTIO_LABELS.iter().zip(values).enumerate() {
+        if shape.removed & (1 << i) != 0 {
+            continue;
+        }
+        let v = shape
+            .replaced
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map_or(v, |(_, r)| &**r);
+        pair(k, v);
+    }
+    for (k, v) in &shape.added {
+        pair(k, v);
     }
     out
 }

@@ -69,14 +69,7 @@ where
         let telemetry = view.telemetry();
         add_baggage(request.headers_mut(), &telemetry.baggage);
         let metrics = self.mesh.runtime().metrics();
-        let meter = |target| {
-            Some(Outbound::start(
-                metrics.clone(),
-                telemetry.me.clone(),
-                target,
-                &request,
-            ))
-        };
+        let meter = |target| Outbound::start(metrics, telemetry, target, &request);
         let default_port = if request.uri().scheme_str() == Some("https") {
             443
         } else {
