@@ -39,6 +39,8 @@
 //! ```
 
 pub mod analyze;
+pub mod calendar;
+pub mod cel;
 pub mod de;
 pub mod diag;
 pub mod duration;

@@ -205,7 +205,6 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         "Gateway API attachment is not implemented",
     ),
     (Kind::Telemetry, "spec.tracing", TELEMETRY_NOT_APPLIED),
-    (Kind::Telemetry, "spec.accessLogging", TELEMETRY_NOT_APPLIED),
     (
         Kind::Telemetry,
         "spec.targetRef",

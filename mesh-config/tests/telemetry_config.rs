@@ -726,10 +726,7 @@ fn behaviour_changing_fields_are_reported_as_not_enforced() {
     let ne: Vec<(u32, String, char)> = with_code(&found(&c), "MESH0120");
     assert_eq!(
         ne,
-        vec![
-            (6, "spec.tracing".to_string(), 'W'),
-            (10, "spec.accessLogging".to_string(), 'W'),
-        ],
+        vec![(6, "spec.tracing".to_string(), 'W'),],
         "{}",
         show(&c)
     );
@@ -758,6 +755,36 @@ fn behaviour_changing_fields_are_reported_as_not_enforced() {
                 'W'
             ),
         ],
+        "{}",
+        show(&c)
+    );
+    // Access logs are written for the `envoy` provider, filtered; other providers get
+    // nothing.
+    let c = check(&tel(
+        "  accessLogging:\n  - providers: [{name: envoy}, {name: otel}]\n    filter: {expression: response.code >= 400}\n",
+    ));
+    assert_eq!(
+        with_code(&found(&c), "MESH0120"),
+        vec![(
+            6,
+            "spec.accessLogging[0].providers[1].name".to_string(),
+            'W'
+        ),],
+        "{}",
+        show(&c)
+    );
+    // A filter Envoy would not build (a comprehension) is a warning: nothing is logged.
+    let c = check(&tel(
+        "  accessLogging:\n  - providers: [{name: envoy}]\n    filter: {expression: \"[1].exists(x, x > 0)\"}\n",
+    ));
+    assert_eq!(
+        found(&c),
+        vec![(
+            "MESH0112".to_string(),
+            7,
+            "spec.accessLogging[0].filter.expression".to_string(),
+            'W'
+        )],
         "{}",
         show(&c)
     );

@@ -471,6 +471,58 @@ impl MetricProfile {
     }
 }
 
+/// The Telemetry API's access log provider the mesh writes: Istio's built-in `envoy`
+/// (Istio's default format, the MeshConfig's `accessLogEncoding`).
+pub const ENVOY_LOG_PROVIDER: &str = "envoy";
+
+/// How one side of a workload writes access logs.
+#[derive(Debug, Clone)]
+pub struct AccessLogSettings {
+    /// Text or JSON.
+    pub encoding: mesh_config::model::AccessLogEncoding,
+    /// Only requests it matches are logged (the Telemetry's `filter`, compiled once);
+    /// a filter Envoy's runtime would not build logs nothing (validation warns).
+    pub filter: Option<Filter>,
+}
+
+/// A side's access log filter.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// The compiled expression.
+    Cel(Arc<mesh_config::cel::Filter>),
+    /// An expression that does not compile: nothing is logged.
+    Invalid,
+}
+
+impl AccessLogSettings {
+    /// The access logs of side `mode`: on when a Telemetry turns the `envoy` provider on
+    /// for it, or — when no Telemetry configures access logging — when the MeshConfig
+    /// sets `accessLogFile`, as Istio's proxies do.
+    pub fn of(
+        effective: &EffectiveTelemetry,
+        settings: &mesh_config::model::MeshSettings,
+        mode: WorkloadMode,
+    ) -> Option<Self> {
+        let on = match &effective.access_logging {
+            Some(logging) => logging.logs(mode, ENVOY_LOG_PROVIDER),
+            None => !settings.access_log_file.is_empty(),
+        };
+        let filter = effective
+            .access_logging
+            .as_ref()
+            .and_then(|l| l.side(mode).get(ENVOY_LOG_PROVIDER))
+            .and_then(|spec| spec.filter.as_ref())
+            .map(|f| match mesh_config::cel::Filter::compile(&f.expression) {
+                Ok(compiled) => Filter::Cel(Arc::new(compiled)),
+                Err(_) => Filter::Invalid,
+            });
+        on.then_some(AccessLogSettings {
+            encoding: settings.access_log_encoding,
+            filter,
+        })
+    }
+}
+
 /// What a workload's telemetry needs, picked once per configuration: its own labels
 /// (as the source of its requests and the destination of those it serves), the baggage
 /// its requests carry, and the services it serves.
@@ -482,7 +534,11 @@ pub struct WorkloadTelemetry {
     pub client_metrics: Option<Arc<MetricProfile>>,
     /// How the requests it serves are reported (`None`: not at all).
     pub server_metrics: Option<Arc<MetricProfile>>,
-    /// Its Telemetry configuration, merged (tracing and access logging read it).
+    /// Whether and how the requests it sends are logged (`None`: not at all).
+    pub client_log: Option<Arc<AccessLogSettings>>,
+    /// Whether and how the requests it serves are logged (`None`: not at all).
+    pub server_log: Option<Arc<AccessLogSettings>>,
+    /// Its Telemetry configuration, merged (tracing reads it).
     pub effective: EffectiveTelemetry,
     /// The `baggage` of its outbound requests.
     pub baggage: http::HeaderValue,
@@ -518,7 +574,10 @@ impl WorkloadTelemetry {
             &DefaultProviders::installed(),
         );
         let side = |mode| MetricProfile::of(&effective.metrics, mode).map(Arc::new);
+        let log = |mode| AccessLogSettings::of(&effective, mesh.settings(), mode).map(Arc::new);
         WorkloadTelemetry {
+            client_log: log(WorkloadMode::Client),
+            server_log: log(WorkloadMode::Server),
             client_metrics: side(WorkloadMode::Client),
             server_metrics: side(WorkloadMode::Server),
             effective,

@@ -77,6 +77,36 @@ impl ResponseFlags {
         self.0
     }
 
+    /// The flags as Envoy's `response.flags` attribute (an int) numbers them (its `ResponseFlag`
+    /// bits: `UH` 0x2, `UT` 0x4, `LR` 0x8, `UF` 0x20, `UC` 0x40, `UO` 0x80, `NR` 0x100,
+    /// `DI` 0x200, `FI` 0x400, `RL` 0x800, `UAEX` 0x1000, `RLSE` 0x2000, `DC` 0x4000,
+    /// `URX` 0x8000, `UPE` 0x800000, `NC` 0x1000000), for access log filters.
+    pub fn envoy_bits(self) -> u64 {
+        const ENVOY: &[(ResponseFlags, u64)] = &[
+            (ResponseFlags::NO_HEALTHY_UPSTREAM, 0x2),
+            (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, 0x4),
+            (ResponseFlags::LOCAL_RESET, 0x8),
+            (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, 0x20),
+            (ResponseFlags::UPSTREAM_CONNECTION_TERMINATION, 0x40),
+            (ResponseFlags::UPSTREAM_OVERFLOW, 0x80),
+            (ResponseFlags::NO_ROUTE_FOUND, 0x100),
+            (ResponseFlags::DELAY_INJECTED, 0x200),
+            (ResponseFlags::FAULT_INJECTED, 0x400),
+            (ResponseFlags::RATE_LIMITED, 0x800),
+            (ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE, 0x1000),
+            (ResponseFlags::RATE_LIMIT_SERVICE_ERROR, 0x2000),
+            (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, 0x4000),
+            (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, 0x8000),
+            (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, 0x80_0000),
+            (ResponseFlags::NO_CLUSTER_FOUND, 0x100_0000),
+        ];
+        ENVOY
+            .iter()
+            .filter(|(f, _)| self.contains(*f))
+            .map(|(_, b)| b)
+            .sum()
+    }
+
     /// True when no flag is set.
     pub fn is_empty(self) -> bool {
         self.0 == 0

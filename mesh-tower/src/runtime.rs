@@ -91,6 +91,8 @@ struct Inner {
     rate_limit_service_missing: std::sync::atomic::AtomicBool,
     /// Istio's standard metrics of the process's requests.
     metrics: Arc<crate::telemetry::Metrics>,
+    /// Where access log entries go (standard output when unset).
+    access_log: arc_swap::ArcSwapOption<crate::telemetry::AccessLogSink>,
 }
 
 /// The mesh of a process: the configuration in force, shared by the workloads of the
@@ -174,6 +176,7 @@ impl MeshRuntime {
                 rate_limit_service: Default::default(),
                 rate_limit_service_missing: Default::default(),
                 metrics: Default::default(),
+                access_log: Default::default(),
             }),
         }
     }
@@ -402,6 +405,22 @@ impl MeshRuntime {
     /// [`Metrics::prometheus_text`]: crate::telemetry::Metrics::prometheus_text
     pub fn metrics(&self) -> &Arc<crate::telemetry::Metrics> {
         &self.inner.metrics
+    }
+
+    /// Sends the access log entries of the process's workloads and gateways to `sink`
+    /// (one call per entry, without a newline); `None` restores the default, standard
+    /// output through a writer thread. Which requests are logged is the Telemetry API's
+    /// and the MeshConfig's choice (see [`crate::telemetry::access_log`]).
+    pub fn set_access_log_sink(&self, sink: Option<crate::telemetry::AccessLogSink>) {
+        self.inner.access_log.store(sink.map(Arc::new));
+    }
+
+    /// Where access log entries go now.
+    pub(crate) fn access_log_sink(&self) -> crate::telemetry::AccessLogSink {
+        match &*self.inner.access_log.load() {
+            Some(sink) => crate::telemetry::AccessLogSink::clone(sink),
+            None => crate::telemetry::access_log::stdout_sink().clone(),
+        }
     }
 
     pub(crate) fn jwks(&self) -> &crate::inbound::jwt::JwksCache {

@@ -183,8 +183,8 @@ impl Live {
                     let c = id.current();
                     json!({
                         "spiffeId": c.spiffe_id().as_str(),
-                        "notBefore": rfc3339(c.not_before()),
-                        "notAfter": rfc3339(c.not_after()),
+                        "notBefore": mesh_config::calendar::rfc3339(c.not_before()),
+                        "notAfter": mesh_config::calendar::rfc3339(c.not_after()),
                         "expiresInSeconds": c.not_after().duration_since(now).map_or(0, |d| d.as_secs()),
                         "roots": c.roots(),
                         "renewals": id.renewals(),
@@ -309,29 +309,6 @@ async fn clusters(State(live): State<Arc<Live>>, RawQuery(query): RawQuery) -> R
     } else {
         clusters.text().into_response()
     }
-}
-
-/// `t` as an RFC 3339 UTC timestamp, to the second.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Watches the configuration directory (see [`watch`]).

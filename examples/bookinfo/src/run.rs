@@ -43,6 +43,9 @@ pub struct Options {
     /// The lifetime of the workload certificates the in-process CA issues (Istio's
     /// default, 24 h, for the demo; renewed at half of it).
     pub cert_lifetime: std::time::Duration,
+    /// Where access log entries go (`None`: standard output). Which requests are
+    /// logged is the configuration's choice (`config/telemetry.yaml`).
+    pub access_log: Option<mesh_tower::telemetry::AccessLogSink>,
 }
 
 impl Options {
@@ -56,6 +59,7 @@ impl Options {
             listeners: HashMap::new(),
             watch: true,
             cert_lifetime: mesh_tower::identity::DEFAULT_WORKLOAD_LIFETIME,
+            access_log: None,
         }
     }
 }
@@ -342,6 +346,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let fingerprint = crate::live::Fingerprint::of(&opts.config_dir);
     let snapshot = load(&opts.config_dir)?;
     let runtime = MeshRuntime::from_snapshot(&snapshot);
+    runtime.set_access_log_sink(opts.access_log.take());
     // Secure by default, as Istio: every workload (and the ingress gateway) gets its
     // SPIFFE identity from the in-process CA, and auto mTLS secures the traffic between
     // them; PERMISSIVE (the default) still serves plaintext from outside the mesh.

@@ -26,6 +26,17 @@ pub struct OutboundTrafficPolicy {
     pub mode: OutboundTrafficPolicyMode,
 }
 
+/// How access log entries are written (`accessLogEncoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessLogEncoding {
+    /// One line of text in Istio's default format.
+    #[default]
+    Text,
+    /// One JSON object per line, with Istio's default keys.
+    Json,
+}
+
 /// The spec of a `MeshConfig` resource, as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -48,6 +59,13 @@ pub struct MeshConfigSpec {
     pub default_destination_rule_export_to: Vec<String>,
     /// Use mTLS automatically toward workloads that accept it.
     pub enable_auto_mtls: Option<bool>,
+    /// Where every workload writes access logs (`/dev/stdout`); empty: none, unless
+    /// the Telemetry API turns them on.
+    pub access_log_file: Option<String>,
+    /// The access logs' encoding (TEXT).
+    pub access_log_encoding: Option<AccessLogEncoding>,
+    /// A custom access log format (not applied: Istio's default format is written).
+    pub access_log_format: Option<String>,
 }
 
 /// Mesh-wide settings with Istio's defaults filled in.
@@ -72,6 +90,10 @@ pub struct MeshSettings {
     pub default_destination_rule_export_to: Vec<String>,
     /// Automatic mTLS (true).
     pub enable_auto_mtls: bool,
+    /// Where access logs go when no Telemetry configures them (empty: nowhere).
+    pub access_log_file: String,
+    /// The access logs' encoding.
+    pub access_log_encoding: AccessLogEncoding,
 }
 
 /// Istio's default retry conditions.
@@ -94,6 +116,8 @@ impl Default for MeshSettings {
             default_virtual_service_export_to: vec!["*".into()],
             default_destination_rule_export_to: vec!["*".into()],
             enable_auto_mtls: true,
+            access_log_file: String::new(),
+            access_log_encoding: AccessLogEncoding::Text,
         }
     }
 }
@@ -128,6 +152,8 @@ impl MeshSettings {
                 d.default_destination_rule_export_to,
             ),
             enable_auto_mtls: spec.enable_auto_mtls.unwrap_or(d.enable_auto_mtls),
+            access_log_file: spec.access_log_file.clone().unwrap_or(d.access_log_file),
+            access_log_encoding: spec.access_log_encoding.unwrap_or(d.access_log_encoding),
         }
     }
 }

@@ -28,6 +28,28 @@ pub(super) fn mesh_config(ctx: &mut Ctx<'_>, spec: &FieldPath, mc: &MeshConfigSp
             format!("invalid namespace: {e}"),
         );
     }
+    if let Some(f) = mc
+        .access_log_file
+        .as_deref()
+        .filter(|f| !f.is_empty() && *f != "/dev/stdout")
+    {
+        ctx.warn(
+            Code::NotEnforced,
+            &spec.key("accessLogFile"),
+            format!("access logs are written to the runtime's access log sink (standard output by default), not to `{f}`"),
+        );
+    }
+    if mc
+        .access_log_format
+        .as_deref()
+        .is_some_and(|f| !f.is_empty())
+    {
+        ctx.warn(
+            Code::NotEnforced,
+            &spec.key("accessLogFormat"),
+            "custom access log formats are not applied: entries are written in Istio's default format (TEXT or JSON, `accessLogEncoding`)",
+        );
+    }
     if let Some(r) = &mc.default_http_retry_policy {
         retries(ctx, &spec.key("defaultHttpRetryPolicy"), r);
     }

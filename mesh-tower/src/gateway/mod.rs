@@ -84,7 +84,10 @@
 //! TLS and MONGO protocols, and — on `MUTUAL` servers, rather than let in clients they
 //! should refuse — `subjectAltNames`, certificate pinning and `insecureSkipVerify`.
 //! Also: VirtualService `scheme` matches see `http` on TLS ports; WebSocket over HTTP/2
-//! (extended CONNECT) is not supported; `x-request-id` is not generated.
+//! (extended CONNECT) is not supported.
+//!
+//! Every request gets a new `x-request-id` at the gateway (Envoy's edge treats each
+//! request as external and does not keep the client's).
 
 mod error;
 mod headers;

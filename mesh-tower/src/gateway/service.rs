@@ -35,7 +35,7 @@ use crate::outbound::route::{answer, failure};
 use crate::outbound::{Route, Routed};
 use crate::ratelimit::filter::{GlobalChecks, QuotaHeaders};
 use crate::ratelimit::local::{self, RequestInfo, RouteCluster, Verdict, XRateLimit};
-use crate::telemetry::meter::{Metered, Outbound, Target, unknown_service};
+use crate::telemetry::meter::{Metered, Outbound};
 use crate::{BoxError, BoxFuture, MeshFailure, ReqBody, ResBody};
 
 /// What the gateway knows of a TLS connection.
@@ -306,14 +306,15 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mesh = &self.shared.mesh;
-        let meter = mesh.view().and_then(|v| {
-            Outbound::start(
-                mesh.runtime().metrics(),
-                v.telemetry(),
-                Target::Service(unknown_service().clone()),
-                &req,
-            )
-        });
+        let mut req = req;
+        // At the edge every request is external: Envoy gives it a request ID of its own.
+        req.headers_mut().insert(
+            crate::telemetry::X_REQUEST_ID,
+            crate::telemetry::access_log::request_id(),
+        );
+        let meter = mesh
+            .view()
+            .and_then(|v| Outbound::start(mesh.runtime(), v.telemetry(), &req));
         let answer = move |resp: Response<ResBody>, meter: Option<Outbound>| match meter {
             Some(m) => m.answer(resp),
             None => resp,
@@ -422,7 +423,7 @@ impl GatewayService {
             Prepared::Forward(mut req, route, downstream, global) => {
                 let mut meter = meter;
                 if let Some(m) = &mut meter {
-                    m.retarget(crate::outbound::route::target_of(&route));
+                    m.routed(&route);
                 }
                 if let Some(view) = self.shared.mesh.view() {
                     crate::outbound::route::add_baggage(

@@ -139,7 +139,8 @@ where
     let Some(arrival) = arrival else {
         return resp;
     };
-    let mut meter = arrival.meter(&resp);
+    let by_app = matches!(resp.body().inner, Either::Left(_));
+    let mut meter = arrival.meter(&resp, by_app);
     let (parts, mut body) = resp.into_parts();
     let ended = match &body.inner {
         Either::Left(b) => b.is_end_stream(),
@@ -391,6 +392,8 @@ where
         {
             req.headers_mut().insert(HOST, v);
         }
+        // Envoy gives a request without an ID one, before anything else sees it.
+        crate::telemetry::access_log::ensure_request_id(req.headers_mut());
         let arrival = Arrival::of(&self.mesh, &req);
         let view = self.mesh.view();
         // Local rate limits first, as Envoy's local_ratelimit filter runs before

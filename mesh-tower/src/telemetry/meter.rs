@@ -1,7 +1,8 @@
-//! A request's measurements on their way to [`Metrics`]: started when the request
-//! arrives, completed by its response's head (status, flags) and body (bytes, a gRPC
-//! status in trailers), recorded once when the body ends — or when it is dropped before
-//! its end, flagged `DC` (the caller went away), as Envoy records a downstream reset.
+//! A request's measurements on their way to [`Metrics`] and the access log: started when
+//! the request arrives, completed by its response's head (status, flags) and body (bytes,
+//! a gRPC status in trailers), recorded once when the body ends — or when it is dropped
+//! before its end, flagged `DC` (the caller went away), as Envoy records a downstream
+//! reset.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,17 +25,13 @@ pub(crate) fn header_bytes(headers: &HeaderMap) -> u64 {
 
 /// The size of a request or response head and its declared body.
 pub(crate) fn declared_bytes(headers: &HeaderMap, body_hint: Option<u64>) -> u64 {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    header_bytes(headers) + declared.or(body_hint).unwrap_or(0)
+    header_bytes(headers) + declared_body(headers, body_hint)
 }
 
 /// The `grpc-status` of headers or trailers.
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers
-        .get("grpc-status")
+        .get(super::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }
@@ -49,7 +46,23 @@ pub(crate) struct Ends {
     pub(crate) destination_principal: bool,
     pub(crate) service: Arc<ServiceLabels>,
     pub(crate) security: Security,
-    pub(crate) profile: Arc<MetricProfile>,
+    /// The metrics' shape; `None`: the side reports no metrics.
+    pub(crate) profile: Option<Arc<MetricProfile>>,
+}
+
+/// What the access log needs beyond the metrics.
+#[derive(Debug)]
+pub(crate) struct LogEntry {
+    pub(crate) request: super::access_log::Request,
+    pub(crate) sink: super::access_log::AccessLogSink,
+    /// The upstream host that answered, when known.
+    pub(crate) upstream_host: Option<Arc<str>>,
+    /// True when the upstream (or the application) answered, not the mesh.
+    pub(crate) via_upstream: bool,
+    /// The request body's declared size.
+    pub(crate) body_received: u64,
+    /// The response's headers, when a filter may read them.
+    pub(crate) response_headers: Option<HeaderMap>,
 }
 
 /// One request's measurements (see the module documentation).
@@ -57,10 +70,12 @@ pub(crate) struct Ends {
 pub(crate) struct Meter {
     metrics: Arc<Metrics>,
     ends: Ends,
+    log: Option<Box<LogEntry>>,
     grpc: bool,
     start: Instant,
     request_bytes: u64,
     response_bytes: u64,
+    response_body_bytes: u64,
     code: u16,
     grpc_status: Option<u16>,
     flags: ResponseFlags,
@@ -72,6 +87,7 @@ impl Meter {
     pub(crate) fn new<B>(
         metrics: Arc<Metrics>,
         ends: Ends,
+        log: Option<Box<LogEntry>>,
         grpc: bool,
         start: Instant,
         request_bytes: u64,
@@ -82,13 +98,21 @@ impl Meter {
         } else {
             None
         };
+        let mut log = log;
+        if let Some(l) = &mut log
+            && l.request.filter.is_some()
+        {
+            l.response_headers = Some(resp.headers().clone());
+        }
         Meter {
             metrics,
             ends,
+            log,
             grpc,
             start,
             request_bytes,
             response_bytes: header_bytes(resp.headers()),
+            response_body_bytes: 0,
             code: resp.status().as_u16(),
             grpc_status,
             flags: ResponseFlags::of(resp),
@@ -100,6 +124,7 @@ impl Meter {
     pub(crate) fn frame(&mut self, frame: &Frame<Bytes>) {
         if let Some(data) = frame.data_ref() {
             self.response_bytes += data.len() as u64;
+            self.response_body_bytes += data.len() as u64;
         } else if let Some(trailers) = frame.trailers_ref() {
             self.response_bytes += header_bytes(trailers);
             if self.grpc
@@ -116,29 +141,50 @@ impl Meter {
             return;
         }
         self.recorded = true;
+        let duration = self.start.elapsed();
         let e = &self.ends;
-        let labels = Labels {
-            reporter: e.reporter,
-            source: &e.source,
-            source_principal: e.source_principal,
-            destination: &e.destination,
-            destination_principal: e.destination_principal,
-            service: &e.service,
-            grpc: self.grpc,
-            code: self.code,
-            grpc_status: self.grpc_status,
-            flags: self.flags,
-            security: e.security,
-            profile: &e.profile,
-        };
-        self.metrics.record(
-            &labels,
-            Sample {
-                duration: self.start.elapsed(),
-                request_bytes: self.request_bytes,
-                response_bytes: self.response_bytes,
-            },
-        );
+        if let Some(profile) = &e.profile {
+            let labels = Labels {
+                reporter: e.reporter,
+                source: &e.source,
+                source_principal: e.source_principal,
+                destination: &e.destination,
+                destination_principal: e.destination_principal,
+                service: &e.service,
+                grpc: self.grpc,
+                code: self.code,
+                grpc_status: self.grpc_status,
+                flags: self.flags,
+                security: e.security,
+                profile,
+            };
+            self.metrics.record(
+                &labels,
+                Sample {
+                    duration,
+                    request_bytes: self.request_bytes,
+                    response_bytes: self.response_bytes,
+                },
+            );
+        }
+        if let Some(log) = &self.log {
+            let outcome = super::access_log::Outcome {
+                code: self.code,
+                flags: self.flags,
+                via_upstream: log.via_upstream,
+                bytes_received: log.body_received,
+                bytes_sent: self.response_body_bytes,
+                duration,
+                upstream_host: log.upstream_host.as_deref(),
+                grpc_status: self.grpc_status,
+                response_headers: log.response_headers.as_ref(),
+                response_header_bytes: self.response_bytes - self.response_body_bytes,
+            };
+            if super::access_log::admitted(&log.request, &outcome) {
+                log.sink
+                    .write(&super::access_log::entry(&log.request, &outcome));
+            }
+        }
     }
 }
 
@@ -178,7 +224,8 @@ pub(crate) enum Target {
 #[derive(Debug)]
 pub(crate) struct Outbound {
     metrics: Arc<Metrics>,
-    profile: Arc<MetricProfile>,
+    profile: Option<Arc<MetricProfile>>,
+    log: Option<Box<LogEntry>>,
     source: Arc<PeerLabels>,
     target: Target,
     start: Instant,
@@ -187,23 +234,58 @@ pub(crate) struct Outbound {
 }
 
 impl Outbound {
-    /// A request of the workload `telemetry` describes, on its way to `target`; `None`
-    /// when the workload reports nothing of the requests it sends.
+    /// A request of the workload `telemetry` describes, not routed yet; `None` when the
+    /// workload neither reports nor logs the requests it sends.
     pub(crate) fn start<B: http_body::Body>(
-        metrics: &Arc<Metrics>,
+        runtime: &crate::MeshRuntime,
         telemetry: &mesh_core::telemetry::WorkloadTelemetry,
-        target: Target,
         req: &http::Request<B>,
     ) -> Option<Self> {
+        let profile = telemetry.client_metrics.clone();
+        let log = telemetry.client_log.as_ref().map(|settings| {
+            let mut request = super::access_log::Request::of(settings, req);
+            // A gateway's requests arrived on its listener.
+            let ext = req.extensions();
+            request.downstream_local = ext.get::<crate::inbound::LocalAddr>().map(|l| l.0);
+            request.downstream_remote = ext.get::<crate::inbound::PeerAddr>().map(|p| p.0);
+            Box::new(LogEntry {
+                request,
+                sink: runtime.access_log_sink(),
+                upstream_host: None,
+                via_upstream: false,
+                body_received: declared_body(req.headers(), req.body().size_hint().exact()),
+                response_headers: None,
+            })
+        });
+        if profile.is_none() && log.is_none() {
+            return None;
+        }
         Some(Outbound {
-            profile: telemetry.client_metrics.clone()?,
-            metrics: metrics.clone(),
+            profile,
+            log,
+            metrics: runtime.metrics().clone(),
             source: telemetry.me.clone(),
-            target,
+            target: Target::Service(unknown_service().clone()),
             start: Instant::now(),
             request_bytes: declared_bytes(req.headers(), req.body().size_hint().exact()),
             grpc: crate::inbound::is_grpc(req.headers()),
         })
+    }
+
+    /// The request was routed: where it goes, and the route and cluster its entry names.
+    pub(crate) fn routed(&mut self, route: &crate::outbound::Route) {
+        self.target = crate::outbound::route::target_of(route);
+        if let Some(log) = &mut self.log {
+            log.request.route_name = Some(match route.rule() {
+                Some(rule) => rule.origin.name.clone().unwrap_or_else(|| Arc::from("-")),
+                None => Arc::from("default"),
+            });
+            log.request.cluster = match route.upstream() {
+                mesh_core::Upstream::Cluster(c) => Some(c.name.clone()),
+                mesh_core::Upstream::Passthrough { .. } => Some(Arc::from("PassthroughCluster")),
+                mesh_core::Upstream::Missing { .. } => None,
+            };
+        }
     }
 
     /// The ends of the request, once `endpoint` (its index in the cluster) answered,
@@ -231,22 +313,28 @@ impl Outbound {
     }
 
     /// The answer arrived: its body records the request when it ends.
-    pub(crate) fn answered(self, resp: &mut Response<crate::ResBody>) {
-        let ends = self.ends(resp.body().endpoint, resp.body().mtls);
+    pub(crate) fn answered(mut self, resp: &mut Response<crate::ResBody>) {
+        let endpoint = resp.body().endpoint;
+        let ends = self.ends(endpoint, resp.body().mtls);
+        if let Some(log) = &mut self.log {
+            let answered_by = match (&self.target, endpoint) {
+                (Target::Cluster(c), Some(i)) => c.endpoints.get(i as usize).map(|e| e.id.clone()),
+                _ => None,
+            };
+            log.via_upstream =
+                answered_by.is_some() && resp.extensions().get::<crate::MeshFailure>().is_none();
+            log.upstream_host = answered_by;
+        }
         let meter = Meter::new(
             self.metrics,
             ends,
+            self.log,
             self.grpc,
             self.start,
             self.request_bytes,
             resp,
         );
         resp.body_mut().meter(meter);
-    }
-
-    /// Its target, once routed.
-    pub(crate) fn retarget(&mut self, target: Target) {
-        self.target = target;
     }
 
     /// `resp`, metered (see [`answered`](Self::answered)).
@@ -261,10 +349,12 @@ impl Outbound {
         let mut meter = Meter {
             metrics: self.metrics,
             ends,
+            log: self.log,
             grpc: self.grpc,
             start: self.start,
             request_bytes: self.request_bytes,
             response_bytes: 0,
+            response_body_bytes: 0,
             code: 0,
             grpc_status: None,
             flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
@@ -272,6 +362,16 @@ impl Outbound {
         };
         meter.end();
     }
+}
+
+/// The size of a request body as its head declares it.
+fn declared_body(headers: &HeaderMap, hint: Option<u64>) -> u64 {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or(hint)
+        .unwrap_or(0)
 }
 
 pin_project_lite::pin_project! {
@@ -325,23 +425,25 @@ where
 pub(crate) struct Arrival {
     metrics: Arc<Metrics>,
     ends: Ends,
+    log: Option<Box<LogEntry>>,
     start: Instant,
     request_bytes: u64,
     grpc: bool,
 }
 
 impl Arrival {
-    /// A request arriving at `mesh`'s workload; `None` when it has no view of the
-    /// configuration.
+    /// A request arriving at `mesh`'s workload; `None` when the workload neither
+    /// reports nor logs the requests it serves (or has no view of the configuration).
     pub(crate) fn of<B>(mesh: &crate::Mesh, req: &http::Request<B>) -> Option<Arrival> {
         let generation = mesh.runtime().generation();
         let view = generation.view(mesh.slot())?;
         let telemetry = view.telemetry();
-        let profile = telemetry.server_metrics.clone()?;
-        let identity = req
-            .extensions()
-            .get::<crate::identity::PeerIdentity>()
-            .map(|i| i.spiffe_id().as_str());
+        let profile = telemetry.server_metrics.clone();
+        if profile.is_none() && telemetry.server_log.is_none() {
+            return None;
+        }
+        let peer = req.extensions().get::<crate::identity::PeerIdentity>();
+        let identity = peer.map(|i| i.spiffe_id().as_str());
         let source = caller(&generation, req.headers(), identity);
         let authority = req
             .headers()
@@ -353,6 +455,31 @@ impl Arrival {
             .service_for(authority)
             .unwrap_or_else(|| unknown_service())
             .clone();
+        let log = telemetry.server_log.as_ref().map(|settings| {
+            let mut request = super::access_log::Request::of(settings, req);
+            request.mtls = peer.is_some();
+            let local = req
+                .extensions()
+                .get::<crate::inbound::LocalAddr>()
+                .map(|l| l.0);
+            request.downstream_local = local;
+            request.downstream_remote = req
+                .extensions()
+                .get::<crate::inbound::PeerAddr>()
+                .map(|p| p.0);
+            request.server_name = peer.and_then(|p| p.sni()).map(Arc::from);
+            request.route_name = Some(Arc::from("default"));
+            request.cluster = local.map(|l| Arc::from(format!("inbound|{}||", l.port())));
+            request.upstream_host = local.map(|l| Arc::from(l.to_string()));
+            Box::new(LogEntry {
+                request,
+                sink: mesh.runtime().access_log_sink(),
+                upstream_host: None,
+                via_upstream: false,
+                body_received: declared_body(req.headers(), None),
+                response_headers: None,
+            })
+        });
         Some(Arrival {
             metrics: mesh.runtime().metrics().clone(),
             ends: Ends {
@@ -369,17 +496,23 @@ impl Arrival {
                 },
                 profile,
             },
+            log,
             start: Instant::now(),
             request_bytes: declared_bytes(req.headers(), None),
             grpc: crate::inbound::is_grpc(req.headers()),
         })
     }
 
-    /// The meter of the request answered `resp`.
-    pub(crate) fn meter<B>(self, resp: &Response<B>) -> Meter {
+    /// The meter of the request answered `resp` — by the application (`by_app`) or by
+    /// the mesh.
+    pub(crate) fn meter<B>(mut self, resp: &Response<B>, by_app: bool) -> Meter {
+        if let Some(log) = &mut self.log {
+            log.via_upstream = by_app;
+        }
         Meter::new(
             self.metrics,
             self.ends,
+            self.log,
             self.grpc,
             self.start,
             self.request_bytes,
@@ -398,7 +531,7 @@ fn caller(
     identity: Option<&str>,
 ) -> Arc<PeerLabels> {
     let named = headers
-        .get_all("baggage")
+        .get_all(super::BAGGAGE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .filter_map(mesh_core::telemetry::baggage_peer)

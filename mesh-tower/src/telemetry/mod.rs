@@ -1,5 +1,6 @@
-//! Telemetry: Istio's standard metrics ([`metrics`]), measured per request by a meter
-//! that travels with the response body and records once the body ends.
+//! Telemetry: Istio's standard metrics ([`metrics`]) and access logs ([`access_log`]),
+//! measured per request by a meter that travels with the response body and records once
+//! the body ends.
 //!
 //! Both sides report, as Istio's proxies do: the caller's stack (`mesh.client()` and the
 //! ingress gateway) with `reporter="source"`, the server's inbound layer
@@ -8,7 +9,19 @@
 //! trusts only for a workload the configuration knows — and, over mutual TLS, only when
 //! the workload's identity is the connection's.
 
+use http::HeaderName;
+
+/// `baggage`: the peer metadata Istio's proxies exchange.
+pub(crate) const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+/// `x-request-id`.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `grpc-status`.
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+pub mod access_log;
 pub(crate) mod meter;
 pub mod metrics;
 
+pub use access_log::{AccessLogSink, dropped_entries};
+pub use meter::Metered;
 pub use metrics::{Labels, Metrics, Reporter, Sample, Security};

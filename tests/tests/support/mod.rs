@@ -34,6 +34,8 @@ pub fn sample(name: &str) -> PathBuf {
 /// at listeners bound on ephemeral ports.
 pub struct Demo {
     pub running: Option<Running>,
+    /// The access log entries the demo wrote, in order.
+    pub access_log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub dir: tempfile::TempDir,
     pub client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -48,9 +50,15 @@ impl Demo {
         opts.admin = "127.0.0.1:0".parse().unwrap();
         opts.time_scale = TIME_SCALE;
         opts.listeners = listeners;
+        let access_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = access_log.clone();
+        opts.access_log = Some(mesh_tower::telemetry::AccessLogSink::new(move |l| {
+            lines.lock().unwrap().push(l.to_owned());
+        }));
         let running = start(opts).await.unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http();
         Demo {
+            access_log,
             running: Some(running),
             dir,
             client,

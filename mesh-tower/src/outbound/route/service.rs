@@ -10,7 +10,7 @@ use mesh_core::Upstream;
 use mesh_core::telemetry::{ServiceLabels, UNKNOWN};
 
 use super::super::{ResponseFuture, Route, Routed};
-use crate::telemetry::meter::{Metered, Outbound, Target, unknown_service};
+use crate::telemetry::meter::{Metered, Outbound, Target};
 use crate::{BoxError, Mesh, MeshFailure, ReqBody, ResBody};
 
 /// Routes the requests of one workload with the configuration in force (see the module
@@ -68,8 +68,8 @@ where
         };
         let telemetry = view.telemetry();
         add_baggage(request.headers_mut(), &telemetry.baggage);
-        let metrics = self.mesh.runtime().metrics();
-        let meter = |target| Outbound::start(metrics, telemetry, target, &request);
+        crate::telemetry::access_log::ensure_request_id(request.headers_mut());
+        let outbound = Outbound::start(self.mesh.runtime(), telemetry, &request);
         let default_port = if request.uri().scheme_str() == Some("https") {
             443
         } else {
@@ -77,37 +77,36 @@ where
         };
         let head = RequestHead::from_request(&request, default_port);
         let decision = view.route(&head, &mut rand::rng());
-        let unknown = || Target::Service(unknown_service().clone());
-        let (route, meter) = match decision {
+        let route = match decision {
             Ok(d) => {
                 if let Some(resp) = answer(&d, &head) {
-                    return Metered::new(ResponseFuture::ready(resp), meter(unknown()));
+                    return Metered::new(ResponseFuture::ready(resp), outbound);
                 }
                 match Route::forward(generation.clone(), slot, &d, head.authority) {
                     Some(route) => {
                         crate::outbound::telemetry::record_route(&route);
-                        let meter = meter(target_of(&route));
-                        (route, meter)
+                        route
                     }
                     // Workload traffic is never redirected to https.
                     None => {
                         return Metered::new(
                             ResponseFuture::ready(MeshFailure::NoRoute.into_response()),
-                            meter(unknown()),
+                            outbound,
                         );
                     }
                 }
             }
             Err(e) => {
-                return Metered::new(
-                    ResponseFuture::ready(failure(&e).into_response()),
-                    meter(unknown()),
-                );
+                return Metered::new(ResponseFuture::ready(failure(&e).into_response()), outbound);
             }
         };
+        let mut outbound = outbound;
+        if let Some(o) = &mut outbound {
+            o.routed(&route);
+        }
         Metered::new(
             ResponseFuture::inner(self.inner.call(Routed::new(request, route))),
-            meter,
+            outbound,
         )
     }
 }
@@ -126,9 +125,9 @@ pub(crate) fn target_of(route: &Route) -> Target {
 /// Adds the workload's peer metadata to an outbound request's `baggage`: after the
 /// application's own members, if it set any.
 pub(crate) fn add_baggage(headers: &mut http::HeaderMap, ours: &HeaderValue) {
-    match headers.get_mut(header::HeaderName::from_static("baggage")) {
+    match headers.get_mut(crate::telemetry::BAGGAGE) {
         None => {
-            headers.insert(header::HeaderName::from_static("baggage"), ours.clone());
+            headers.insert(crate::telemetry::BAGGAGE, ours.clone());
         }
         Some(theirs) => {
             let mut joined = Vec::with_capacity(theirs.len() + 1 + ours.len());
