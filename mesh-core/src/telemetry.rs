@@ -199,14 +199,17 @@ pub fn baggage_peer(value: &str) -> Option<(&str, &str)> {
     let mut name = None;
     let mut namespace = None;
     for member in value.split(',') {
-        // A member is `key=value` optionally followed by `;properties`.
-        let member = member.split(';').next().unwrap_or("");
+        // A member is `key=value` optionally followed by `;properties`, with optional
+        // ASCII whitespace around each part.
+        let member = member
+            .find(';')
+            .map_or(member, |i| member.get(..i).unwrap_or(""));
         let Some((k, v)) = member.split_once('=') else {
             continue;
         };
-        match k.trim() {
-            "k8s.deployment.name" => name = Some(v.trim()),
-            "k8s.namespace.name" => namespace = Some(v.trim()),
+        match k.trim_ascii() {
+            "k8s.deployment.name" => name = Some(v.trim_ascii()),
+            "k8s.namespace.name" => namespace = Some(v.trim_ascii()),
             _ => {}
         }
     }
@@ -276,6 +279,8 @@ type ByNamespace = Vec<(Box<str>, Arc<PeerLabels>)>;
 /// callers a server can name from their baggage.
 #[derive(Debug, Default)]
 pub struct PeerIndex {
+    /// By the exact baggage the mesh's clients send (the common case: one lookup).
+    by_baggage: std::collections::HashMap<Box<[u8]>, Arc<PeerLabels>, foldhash::fast::RandomState>,
     /// By name, then namespace.
     by_name: std::collections::HashMap<Box<str>, ByNamespace, foldhash::fast::RandomState>,
     len: usize,
@@ -292,10 +297,11 @@ impl PeerIndex {
                 };
                 let entries = index.by_name.entry(key.name.as_str().into()).or_default();
                 if !entries.iter().any(|(ns, _)| **ns == *key.namespace) {
-                    entries.push((
-                        key.namespace.as_str().into(),
-                        Arc::new(PeerLabels::of_endpoint(e, trust_domain)),
-                    ));
+                    let peer = Arc::new(PeerLabels::of_endpoint(e, trust_domain));
+                    index
+                        .by_baggage
+                        .insert(peer.baggage().into_bytes().into(), peer.clone());
+                    entries.push((key.namespace.as_str().into(), peer));
                     index.len += 1;
                 }
             }
@@ -310,6 +316,11 @@ impl PeerIndex {
             .iter()
             .find(|(ns, _)| &**ns == namespace)
             .map(|(_, p)| p)
+    }
+
+    /// The workload whose baggage is exactly `value` (what the mesh's clients send).
+    pub fn by_baggage(&self, value: &[u8]) -> Option<&Arc<PeerLabels>> {
+        self.by_baggage.get(value)
     }
 
     /// How many workloads it knows.

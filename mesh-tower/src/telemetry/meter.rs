@@ -530,20 +530,36 @@ fn caller(
     headers: &HeaderMap,
     identity: Option<&str>,
 ) -> Arc<PeerLabels> {
-    let named = headers
-        .get_all(super::BAGGAGE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(mesh_core::telemetry::baggage_peer)
-        .next_back()
-        .and_then(|(name, namespace)| {
-            generation.mesh.peers().get(name, namespace).or_else(|| {
-                generation.views.iter().find_map(|v| {
-                    let w = v.workload();
-                    (w.name == name && w.namespace == namespace).then(|| &v.telemetry().me)
+    let mut values = headers.get_all(super::BAGGAGE).iter();
+    let first = values.next();
+    // The common case: one baggage header, exactly as a workload of the configuration
+    // sends it.
+    let exact = match (first, values.next()) {
+        (Some(v), None) => generation
+            .views
+            .iter()
+            .map(|view| view.telemetry())
+            .find(|t| t.baggage.as_bytes() == v.as_bytes())
+            .map(|t| &t.me)
+            .or_else(|| generation.mesh.peers().by_baggage(v.as_bytes())),
+        _ => None,
+    };
+    let named = exact.or_else(|| {
+        headers
+            .get_all(super::BAGGAGE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(mesh_core::telemetry::baggage_peer)
+            .next_back()
+            .and_then(|(name, namespace)| {
+                generation.mesh.peers().get(name, namespace).or_else(|| {
+                    generation.views.iter().find_map(|v| {
+                        let w = v.workload();
+                        (w.name == name && w.namespace == namespace).then(|| &v.telemetry().me)
+                    })
                 })
             })
-        });
+    });
     match (named, identity) {
         (Some(p), None) => p.clone(),
         (Some(p), Some(id)) if &*p.principal == id => p.clone(),
