@@ -10,6 +10,8 @@
 //! - [`gateway`]: listeners for Istio Gateways, routing with mesh-core's engine.
 //! - [`transport`]: TLS material, the accept loop, the connection pools.
 //! - [`state`]: what outlives a configuration (endpoint load, connections).
+//! - [`telemetry`]: Istio's standard metrics and Envoy's access logs, recorded once per
+//!   request and side when the response ends.
 //! - [`admin`]: the clusters as Envoy's admin `/clusters` shows them.
 //!
 //! ```no_run
