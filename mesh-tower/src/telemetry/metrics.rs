@@ -392,16 +392,6 @@ impl Metrics {
         }
         out
     }
-
-    /// The request count of every series whose labels satisfy `keep` (for tests and
-    /// the graph).
-    pub fn requests_where(&self, mut keep: impl FnMut(&Labels<'_>) -> bool) -> u64 {
-        self.snapshot()
-            .iter()
-            .filter(|(k, _)| keep(&k.labels()))
-            .map(|(_, s)| s.requests())
-            .sum()
-    }
 }
 
 impl Series {
