@@ -331,6 +331,36 @@ impl Metrics {
         series.add(sample);
     }
 
+    /// Every series with its values now, in a stable order: for exporters and views
+    /// that compute rates from successive readings.
+    pub fn read(&self) -> Vec<SeriesReading> {
+        self.snapshot()
+            .into_iter()
+            .map(|(k, s)| {
+                let values = label_values(&k.labels());
+                let reported = std::array::from_fn(|m| {
+                    let shape = k.profile.shapes.get(m).filter(|sh| sh.enabled)?;
+                    Some(
+                        shaped(&values, shape)
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    )
+                });
+                SeriesReading {
+                    requests: s.requests(),
+                    duration_ms: HistogramReading::of(s.stripes.iter().map(|c| &c.duration)),
+                    request_bytes: HistogramReading::of(s.stripes.iter().map(|c| &c.request_bytes)),
+                    response_bytes: HistogramReading::of(
+                        s.stripes.iter().map(|c| &c.response_bytes),
+                    ),
+                    values,
+                    reported,
+                }
+            })
+            .collect()
+    }
+
     /// How many series it holds.
     pub fn series_count(&self) -> usize {
         self.series.load().len()
@@ -394,6 +424,101 @@ impl Metrics {
     }
 }
 
+/// A histogram as read at one moment (its stripes added up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramReading {
+    /// Observations per bucket (not cumulative): `counts[i]` fell in
+    /// `(BUCKETS[i-1], BUCKETS[i]]`, the last one above every bound (`+Inf`).
+    pub counts: [u64; BUCKETS.len() + 1],
+    /// The sum of the observations, in the metric's unit.
+    pub sum: f64,
+}
+
+impl HistogramReading {
+    fn of<'h>(stripes: impl Iterator<Item = &'h Histogram>) -> Self {
+        let mut counts = [0u64; BUCKETS.len() + 1];
+        let mut sum_milli = 0u64;
+        for h in stripes {
+            for (total, b) in counts.iter_mut().zip(&h.buckets) {
+                *total += b.load(Relaxed);
+            }
+            sum_milli += h.sum_milli.load(Relaxed);
+        }
+        HistogramReading {
+            counts,
+            sum: sum_milli as f64 / 1000.0,
+        }
+    }
+
+    /// How many observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The observations since `earlier` (a reading of the same series), bucket by bucket.
+    pub fn since(&self, earlier: &HistogramReading) -> HistogramReading {
+        let mut counts = self.counts;
+        for (c, e) in counts.iter_mut().zip(&earlier.counts) {
+            *c = c.saturating_sub(*e);
+        }
+        HistogramReading {
+            counts,
+            sum: (self.sum - earlier.sum).max(0.0),
+        }
+    }
+
+    /// The `q` quantile (0 ≤ q ≤ 1) as Prometheus' `histogram_quantile` estimates it:
+    /// linear within the bucket, the highest finite bound for the `+Inf` bucket, `None`
+    /// without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, c) in self.counts.iter().enumerate() {
+            if *c > 0 && (below + c) as f64 >= rank {
+                let Some(upper) = BUCKETS.get(i) else {
+                    return BUCKETS.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+                let within = (rank - below as f64) / *c as f64;
+                return Some(lower + (upper - lower) * within);
+            }
+            below += c;
+        }
+        BUCKETS.last().copied()
+    }
+}
+
+/// One series as read at one moment (see [`Metrics::read`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesReading {
+    /// Istio's label values, in the order of [`ISTIO_LABELS`], before the Telemetry
+    /// API's tag overrides.
+    pub values: [String; 25],
+    /// Per metric, in the order of `REQUEST_METRICS`, its label pairs as reported
+    /// (after the Telemetry API's tag overrides), or `None` when the metric is disabled.
+    pub reported: [Option<Vec<(String, String)>>; 4],
+    /// `istio_requests_total`.
+    pub requests: u64,
+    /// `istio_request_duration_milliseconds`.
+    pub duration_ms: HistogramReading,
+    /// `istio_request_bytes`.
+    pub request_bytes: HistogramReading,
+    /// `istio_response_bytes`.
+    pub response_bytes: HistogramReading,
+}
+
+impl SeriesReading {
+    /// The value of Istio label `name` (before tag overrides), if it is one of Istio's.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        let i = ISTIO_LABELS.iter().position(|l| *l == name)?;
+        self.values.get(i).map(|v| &**v)
+    }
+}
+
 impl Series {
     fn add(&self, sample: Sample) {
         let Some(c) = self.stripes.get(stripe()) else {
@@ -424,23 +549,15 @@ fn write_histogram<'h>(
     labels: &str,
     stripes: impl Iterator<Item = &'h Histogram>,
 ) {
-    let mut buckets = [0u64; BUCKETS.len() + 1];
-    let mut sum_milli = 0u64;
-    for h in stripes {
-        for (total, b) in buckets.iter_mut().zip(&h.buckets) {
-            *total += b.load(Relaxed);
-        }
-        sum_milli += h.sum_milli.load(Relaxed);
-    }
+    let h = HistogramReading::of(stripes);
     let mut cumulative = 0u64;
-    for (count, bound) in buckets.iter().zip(BUCKETS) {
+    for (count, bound) in h.counts.iter().zip(BUCKETS) {
         cumulative += count;
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
     }
-    cumulative += buckets.last().copied().unwrap_or(0);
+    cumulative += h.counts.last().copied().unwrap_or(0);
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-    let sum = sum_milli as f64 / 1000.0;
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
     let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
 }
 
@@ -456,9 +573,9 @@ fn escape(v: &str, out: &mut String) {
     }
 }
 
-/// The labels of a series as Prometheus writes them: Istio's, in Istio's order, as
-/// `shape` changes them (removed, replaced, added after).
-fn label_text(l: &Labels<'_>, shape: &MetricShape) -> String {
+/// Istio's 25 label values of a series, in the order of [`ISTIO_LABELS`], before any
+/// Telemetry shape.
+fn label_values(l: &Labels<'_>) -> [String; 25] {
     let principal = |p: &PeerLabels, shown: bool| -> String {
         if shown {
             p.principal.to_string()
@@ -466,46 +583,39 @@ fn label_text(l: &Labels<'_>, shape: &MetricShape) -> String {
             UNKNOWN.to_string()
         }
     };
-    let code = l.code.to_string();
-    let grpc_status = l.grpc_status.map(|s| s.to_string()).unwrap_or_default();
-    let flags = l.flags.to_string();
-    let values: [&str; 25] = [
-        l.reporter.as_str(),
-        &l.source.workload,
-        &l.source.canonical_service,
-        &l.source.canonical_revision,
-        &l.source.namespace,
-        &principal(l.source, l.source_principal),
-        &l.source.app,
-        &l.source.version,
-        &l.source.cluster,
-        &l.destination.workload,
-        &l.destination.namespace,
-        &principal(l.destination, l.destination_principal),
-        &l.destination.app,
-        &l.destination.version,
-        &l.service.host,
-        &l.destination.canonical_service,
-        &l.destination.canonical_revision,
-        &l.service.name,
-        &l.service.namespace,
-        &l.destination.cluster,
-        if l.grpc { "grpc" } else { "http" },
-        &code,
-        &grpc_status,
-        &flags,
-        l.security.as_str(),
-    ];
-    let mut out = String::with_capacity(1024);
-    let mut pair = |k: &str, v: &str| {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(k);
-        out.push_str("=\"");
-        escape(v, &mut out);
-        out.push('"');
-    };
+    [
+        l.reporter.as_str().to_string(),
+        l.source.workload.to_string(),
+        l.source.canonical_service.to_string(),
+        l.source.canonical_revision.to_string(),
+        l.source.namespace.to_string(),
+        principal(l.source, l.source_principal),
+        l.source.app.to_string(),
+        l.source.version.to_string(),
+        l.source.cluster.to_string(),
+        l.destination.workload.to_string(),
+        l.destination.namespace.to_string(),
+        principal(l.destination, l.destination_principal),
+        l.destination.app.to_string(),
+        l.destination.version.to_string(),
+        l.service.host.to_string(),
+        l.destination.canonical_service.to_string(),
+        l.destination.canonical_revision.to_string(),
+        l.service.name.to_string(),
+        l.service.namespace.to_string(),
+        l.destination.cluster.to_string(),
+        (if l.grpc { "grpc" } else { "http" }).to_string(),
+        l.code.to_string(),
+        l.grpc_status.map(|s| s.to_string()).unwrap_or_default(),
+        l.flags.to_string(),
+        l.security.as_str().to_string(),
+    ]
+}
+
+/// The label pairs of a series as `shape` reports them: Istio's, in Istio's order,
+/// removed or replaced as the shape says, then the added ones.
+fn shaped<'v>(values: &'v [String; 25], shape: &'v MetricShape) -> Vec<(&'v str, &'v str)> {
+    let mut pairs = Vec::with_capacity(values.len() + shape.added.len());
     for (i, (k, v)) in ISTIO_LABELS.iter().zip(values).enumerate() {
         if shape.removed & (1 << i) != 0 {
             continue;
@@ -514,11 +624,84 @@ fn label_text(l: &Labels<'_>, shape: &MetricShape) -> String {
             .replaced
             .iter()
             .find(|(j, _)| *j == i)
-            .map_or(v, |(_, r)| &**r);
-        pair(k, v);
+            .map_or(&**v, |(_, r)| &**r);
+        pairs.push((*k, v));
     }
     for (k, v) in &shape.added {
-        pair(k, v);
+        pairs.push((&**k, &**v));
+    }
+    pairs
+}
+
+/// The labels of a series as Prometheus writes them: Istio's, in Istio's order, as
+/// `shape` changes them (removed, replaced, added after).
+fn label_text(l: &Labels<'_>, shape: &MetricShape) -> String {
+    let values = label_values(l);
+    let mut out = String::with_capacity(1024);
+    for (k, v) in shaped(&values, shape) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape(v, &mut out);
+        out.push('"');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(pairs: &[(usize, u64)], sum: f64) -> HistogramReading {
+        let mut counts = [0u64; BUCKETS.len() + 1];
+        for (i, c) in pairs {
+            counts[*i] = *c;
+        }
+        HistogramReading { counts, sum }
+    }
+
+    #[test]
+    fn quantiles_interpolate_as_prometheus_does() {
+        // Buckets (0, 0.5], (0.5, 1], (1, 5], (5, 10].
+        let h = reading(&[(0, 10), (2, 10), (3, 80)], 0.0);
+        let cases = [
+            (0.0, None), // rank 0 lands in the first non-empty bucket's lower edge
+            (0.05, Some(0.25)),
+            (0.10, Some(0.5)),
+            (0.15, Some(3.0)),
+            (0.20, Some(5.0)),
+            (0.60, Some(7.5)),
+            (1.00, Some(10.0)),
+        ];
+        for (q, want) in cases {
+            let got = h.quantile(q);
+            match want {
+                None => assert_eq!(got, Some(0.0), "q={q}"),
+                Some(w) => {
+                    let g = got.unwrap_or(f64::NAN);
+                    assert!((g - w).abs() < 1e-9, "q={q}: {g} != {w}");
+                }
+            }
+        }
+        assert_eq!(h.quantile(1.5), None);
+        assert_eq!(reading(&[], 0.0).quantile(0.5), None);
+        // Everything above the last bound: the last finite bound.
+        let over = reading(&[(BUCKETS.len(), 3)], 0.0);
+        assert_eq!(over.quantile(0.99), Some(3_600_000.0));
+    }
+
+    #[test]
+    fn since_subtracts_bucket_by_bucket() {
+        let later = reading(&[(1, 5), (4, 7)], 12.0);
+        let earlier = reading(&[(1, 2), (4, 7)], 5.0);
+        let d = later.since(&earlier);
+        assert_eq!(d.count(), 3);
+        assert_eq!(d.counts[1], 3);
+        assert_eq!(d.counts[4], 0);
+        assert_eq!(d.sum, 7.0);
+        // A registry never goes backwards, but a reading from another one may.
+        assert_eq!(earlier.since(&later).count(), 0);
+    }
 }

@@ -24,4 +24,4 @@ pub mod metrics;
 
 pub use access_log::{AccessLogSink, dropped_entries};
 pub use meter::Metered;
-pub use metrics::{Labels, Metrics, Reporter, Sample, Security};
+pub use metrics::{HistogramReading, Labels, Metrics, Reporter, Sample, Security, SeriesReading};
