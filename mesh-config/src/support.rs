@@ -204,7 +204,11 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         "spec.targetRefs",
         "Gateway API attachment is not implemented",
     ),
-    (Kind::Telemetry, "spec.tracing", TELEMETRY_NOT_APPLIED),
+    (
+        Kind::Telemetry,
+        "*.formatter",
+        "span tags from access log formatters are not applied",
+    ),
     (
         Kind::Telemetry,
         "spec.targetRef",
@@ -216,10 +220,6 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         "Gateway API attachment is not implemented",
     ),
 ];
-
-/// Why the Telemetry API's settings are not enforced.
-const TELEMETRY_NOT_APPLIED: &str =
-    "the Telemetry API is validated and its scopes merged, but the runtime does not apply it yet";
 
 fn pattern_matches(pattern: &str, generic: &str) -> bool {
     match pattern.strip_prefix("*.") {

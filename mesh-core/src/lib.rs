@@ -30,6 +30,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod telemetry;
+pub mod trace;
 pub mod workload;
 
 pub use matcher::{Caller, RequestHead};

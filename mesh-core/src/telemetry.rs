@@ -534,6 +534,103 @@ impl AccessLogSettings {
     }
 }
 
+/// Where a span tag's value comes from (the Telemetry API's `customTags`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpanTagValue {
+    /// The same value on every span (a literal, or an environment variable read when the
+    /// configuration was compiled).
+    Fixed(Arc<str>),
+    /// A request header, or `default` when the request does not carry it (no tag without
+    /// a default).
+    Header {
+        /// The header.
+        name: http::HeaderName,
+        /// The value without the header.
+        default: Option<Arc<str>>,
+    },
+}
+
+/// How one side of a workload traces the requests it handles (the Telemetry API's
+/// `tracing`, merged; the mesh's defaults when no Telemetry configures tracing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// Spans are reported (a provider is set and `disableSpanReporting` is not).
+    pub report: bool,
+    /// The sampling rule: `randomSamplingPercentage` (Istio's default 1 %) and
+    /// `useRequestIdForTraceSampling`.
+    pub sampler: crate::trace::Sampler,
+    /// Tags added to every span, sorted by name.
+    pub custom_tags: Vec<(Arc<str>, SpanTagValue)>,
+    /// Istio's own tags (`istio.canonical_service`, …) are added.
+    pub istio_tags: bool,
+    /// The trace context is written on forwarded requests.
+    pub propagate: bool,
+}
+
+impl Default for TraceSettings {
+    /// The mesh's own tracing, without a Telemetry: reported, 1 % sampled.
+    fn default() -> Self {
+        TraceSettings {
+            report: true,
+            sampler: crate::trace::Sampler::default(),
+            custom_tags: Vec::new(),
+            istio_tags: true,
+            propagate: true,
+        }
+    }
+}
+
+impl TraceSettings {
+    /// The tracing of side `mode`; environment variables of `customTags` are read through
+    /// `env`. Any provider name stands for the process's OTLP exporter (see the README);
+    /// a side without a provider reports nothing. `formatter` tags are not applied (the
+    /// validator reports them).
+    pub fn of(
+        effective: &EffectiveTelemetry,
+        mode: WorkloadMode,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Self {
+        let Some(config) = &effective.tracing else {
+            return TraceSettings::default();
+        };
+        let spec = config.side(mode);
+        let sampler = crate::trace::Sampler::new(
+            spec.random_sampling_percentage
+                .unwrap_or(crate::trace::DEFAULT_RANDOM_SAMPLING_PERCENTAGE),
+        )
+        .use_request_id(spec.use_request_id_for_trace_sampling);
+        let custom_tags = spec
+            .custom_tags
+            .iter()
+            .filter_map(|(name, tag)| {
+                let value = if let Some(l) = &tag.literal {
+                    SpanTagValue::Fixed(Arc::from(l.value.as_str()))
+                } else if let Some(e) = &tag.environment {
+                    SpanTagValue::Fixed(Arc::from(
+                        env(&e.name).or_else(|| e.default_value.clone())?.as_str(),
+                    ))
+                } else if let Some(h) = &tag.header {
+                    SpanTagValue::Header {
+                        name: http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+                            .ok()?,
+                        default: h.default_value.as_deref().map(Arc::from),
+                    }
+                } else {
+                    return None;
+                };
+                Some((Arc::from(name.as_str()), value))
+            })
+            .collect();
+        TraceSettings {
+            report: !spec.disabled,
+            sampler,
+            custom_tags,
+            istio_tags: spec.enable_istio_tags,
+            propagate: !spec.disable_context_propagation,
+        }
+    }
+}
+
 /// What a workload's telemetry needs, picked once per configuration: its own labels
 /// (as the source of its requests and the destination of those it serves), the baggage
 /// its requests carry, and the services it serves.
@@ -549,7 +646,11 @@ pub struct WorkloadTelemetry {
     pub client_log: Option<Arc<AccessLogSettings>>,
     /// Whether and how the requests it serves are logged (`None`: not at all).
     pub server_log: Option<Arc<AccessLogSettings>>,
-    /// Its Telemetry configuration, merged (tracing reads it).
+    /// How the requests it sends are traced.
+    pub client_trace: Arc<TraceSettings>,
+    /// How the requests it serves are traced.
+    pub server_trace: Arc<TraceSettings>,
+    /// Its Telemetry configuration, merged.
     pub effective: EffectiveTelemetry,
     /// The `baggage` of its outbound requests.
     pub baggage: http::HeaderValue,
@@ -557,13 +658,39 @@ pub struct WorkloadTelemetry {
     pub services: Vec<Arc<ServiceLabels>>,
 }
 
+/// `value` as a header value with a `'static` buffer, interned: cloning it per request
+/// then touches no shared reference count. The distinct values are bounded by the
+/// workloads a process has seen (one per name and namespace), so the interned set stays
+/// small across reloads. An invalid value gives an empty one.
+fn static_header_value(value: String) -> http::HeaderValue {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static INTERNED: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    if http::HeaderValue::from_str(&value).is_err() {
+        return http::HeaderValue::from_static("");
+    }
+    let mut set = INTERNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let interned: &'static str = match set.get(value.as_str()) {
+        Some(v) => v,
+        None => {
+            let leaked: &'static str = Box::leak(value.into_boxed_str());
+            set.insert(leaked);
+            leaked
+        }
+    };
+    // Checked above: visible ASCII only, so `from_static` cannot panic.
+    http::HeaderValue::from_static(interned)
+}
+
 impl WorkloadTelemetry {
     /// The telemetry of `workload` in `mesh`.
     pub fn of(mesh: &crate::CompiledMesh, workload: &crate::Workload) -> Self {
         let trust_domain = &mesh.settings().trust_domain;
         let me = PeerLabels::of_workload(workload, trust_domain);
-        let baggage = http::HeaderValue::from_str(&me.baggage())
-            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        let baggage = static_header_value(me.baggage());
         let services = mesh
             .registry()
             .services()
@@ -586,7 +713,11 @@ impl WorkloadTelemetry {
         );
         let side = |mode| MetricProfile::of(&effective.metrics, mode).map(Arc::new);
         let log = |mode| AccessLogSettings::of(&effective, mesh.settings(), mode).map(Arc::new);
+        let env = |name: &str| std::env::var(name).ok();
+        let trace = |mode| Arc::new(TraceSettings::of(&effective, mode, &env));
         WorkloadTelemetry {
+            client_trace: trace(WorkloadMode::Client),
+            server_trace: trace(WorkloadMode::Server),
             client_log: log(WorkloadMode::Client),
             server_log: log(WorkloadMode::Server),
             client_metrics: side(WorkloadMode::Client),

@@ -93,6 +93,7 @@ struct Inner {
     metrics: Arc<crate::telemetry::Metrics>,
     /// Where access log entries go (standard output when unset).
     access_log: arc_swap::ArcSwapOption<crate::telemetry::AccessLogSink>,
+    spans: arc_swap::ArcSwapOption<crate::telemetry::otlp::SpanExporter>,
 }
 
 /// The mesh of a process: the configuration in force, shared by the workloads of the
@@ -177,6 +178,7 @@ impl MeshRuntime {
                 rate_limit_service_missing: Default::default(),
                 metrics: Default::default(),
                 access_log: Default::default(),
+                spans: Default::default(),
             }),
         }
     }
@@ -416,6 +418,19 @@ impl MeshRuntime {
     }
 
     /// Where access log entries go now.
+    /// Where the workloads' spans go: an OTLP exporter (see
+    /// [`SpanExporter::start`](crate::telemetry::otlp::SpanExporter::start)), or `None`
+    /// (the default) for no tracing at all — no spans, and trace context headers left as
+    /// they are. The Telemetry API's tracing providers all stand for this exporter.
+    pub fn set_span_exporter(&self, exporter: Option<crate::telemetry::otlp::SpanExporter>) {
+        self.inner.spans.store(exporter.map(Arc::new));
+    }
+
+    /// The span exporter, when tracing is on.
+    pub(crate) fn span_exporter(&self) -> Option<Arc<crate::telemetry::otlp::SpanExporter>> {
+        self.inner.spans.load_full()
+    }
+
     pub(crate) fn access_log_sink(&self) -> crate::telemetry::AccessLogSink {
         match &*self.inner.access_log.load() {
             Some(sink) => crate::telemetry::AccessLogSink::clone(sink),

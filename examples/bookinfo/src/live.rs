@@ -16,6 +16,7 @@ use axum::routing::get;
 use mesh_config::diag::{Diagnostic, RenderOptions, render};
 use mesh_config::{ConfigSet, Snapshot};
 use mesh_tower::MeshRuntime;
+use mesh_tower::telemetry::graph::MeshGraph;
 use notify::{RecursiveMode, Watcher as _};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -263,12 +264,15 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// The admin endpoint: `/healthz`, `/config_dump`, `/certs`, `/clusters` and
-/// `/stats/prometheus`.
+/// The admin endpoint: `/healthz`, `/config_dump`, `/certs`, `/clusters`,
+/// `/stats/prometheus` and the mesh graph (`/graph`, its data at `/graph/data`).
 pub fn admin(live: Arc<Live>) -> Router {
+    let graph = Arc::new(MeshGraph::new(live.runtime.metrics().clone()));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/stats/prometheus", get(prometheus))
+        .route("/graph", get(graph_page))
+        .route("/graph/data", get(move || graph_data(graph.clone())))
         .route("/config_dump", get(config_dump))
         .route("/certs", get(certs))
         .route("/clusters", get(clusters))
@@ -290,6 +294,16 @@ async fn prometheus(State(live): State<Arc<Live>>) -> Response {
         live.runtime.metrics().prometheus_text(),
     )
         .into_response()
+}
+
+/// The live mesh graph: Kiali's versioned-app graph in spirit, drawn from the metrics.
+async fn graph_page() -> Response {
+    axum::response::Html(MeshGraph::PAGE).into_response()
+}
+
+/// The mesh graph's nodes and edges, with their numbers over the last minute.
+async fn graph_data(graph: Arc<MeshGraph>) -> Response {
+    Json(serde_json::to_value(graph.current()).unwrap_or_default()).into_response()
 }
 
 /// Each workload's identity and certificate, as Envoy's admin `/certs` shows them.

@@ -2,7 +2,8 @@
 //!
 //! Each service is an axum router; the ones that call others (productpage, reviews v2 and
 //! v3) call them by plain service name (`http://reviews:9080/...`) through their
-//! workload's `mesh.client()`, propagating Bookinfo's tracing headers and `end-user`.
+//! workload's `mesh.client()`, propagating `end-user` and the caller's credentials (the mesh
+//! carries the request ID and the trace context by itself).
 //! Timeouts are those of the originals — productpage gives reviews 3 s and tries twice,
 //! reviews v2 gives ratings 10 s, v3 2.5 s — multiplied by a time scale so that tests can
 //! run Istio's fault-injection tasks ten times faster with the same logic.
@@ -21,31 +22,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-/// Headers the reviews service propagates to ratings (the original's
-/// `headers_to_propagate`): tracing headers, the user agent, the caller's identity
-/// (`end-user`, set by productpage), cookies and credentials.
-pub const PROPAGATED: &[&str] = &[
-    "x-request-id",
-    "x-ot-span-context",
-    "x-datadog-trace-id",
-    "x-datadog-parent-id",
-    "x-datadog-sampling-priority",
-    "traceparent",
-    "tracestate",
-    "x-cloud-trace-context",
-    "grpc-trace-bin",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "sw8",
-    "user-agent",
-    "cookie",
-    "authorization",
-    "jwt",
-    "end-user",
-];
+/// Headers the reviews service propagates to ratings: those of the original's
+/// `headers_to_propagate` that are the application's business — the user agent, the
+/// caller's identity (`end-user`, set by productpage), cookies and credentials. Unlike
+/// Istio's Bookinfo, the services do not copy `x-request-id` or any tracing header: the
+/// mesh continues the request a handler serves in the requests it sends through
+/// `mesh.client()` by itself.
+pub const PROPAGATED: &[&str] = &["user-agent", "cookie", "authorization", "jwt", "end-user"];
 
 /// The headers productpage propagates: the same, except `end-user`, which productpage
 /// sets itself from its login session and never takes from its client.

@@ -312,9 +312,11 @@ where
             crate::telemetry::X_REQUEST_ID,
             crate::telemetry::access_log::request_id(),
         );
-        let meter = mesh
-            .view()
-            .and_then(|v| Outbound::start(mesh.runtime(), v.telemetry(), &req));
+        let meter = mesh.view().and_then(|v| {
+            let span =
+                crate::telemetry::spans::client(mesh.runtime(), v.telemetry(), &mut req, true);
+            Outbound::start(mesh.runtime(), v.telemetry(), &req, span)
+        });
         let answer = move |resp: Response<ResBody>, meter: Option<Outbound>| match meter {
             Some(m) => m.answer(resp),
             None => resp,
@@ -424,6 +426,7 @@ impl GatewayService {
                 let mut meter = meter;
                 if let Some(m) = &mut meter {
                     m.routed(&route);
+                    m.decorate(req.headers_mut());
                 }
                 if let Some(view) = self.shared.mesh.view() {
                     crate::outbound::route::add_baggage(

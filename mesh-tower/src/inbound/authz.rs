@@ -394,7 +394,7 @@ where
         }
         // Envoy gives a request without an ID one, before anything else sees it.
         crate::telemetry::access_log::ensure_request_id(req.headers_mut());
-        let arrival = Arrival::of(&self.mesh, &req);
+        let (arrival, current) = Arrival::of(&self.mesh, &mut req);
         let view = self.mesh.view();
         // Local rate limits first, as Envoy's local_ratelimit filter runs before
         // jwt_authn and RBAC in the chain Istio's task builds.
@@ -472,18 +472,20 @@ where
                             }
                         }
                     }
-                    inner
-                        .call(req)
+                    let answer = crate::telemetry::spans::in_scope(&current, || inner.call(req));
+                    crate::telemetry::spans::scoped(current, answer)
                         .await
                         .map(|r| metered(with_x(r.map(InboundBody::app), &quota), arrival))
                 }),
             };
         }
         if authorize(&self.mesh, &req) {
+            let inner = &mut self.inner;
             InboundFuture::App {
-                inner: self.inner.call(req),
+                inner: crate::telemetry::spans::in_scope(&current, || inner.call(req)),
                 x_ratelimit,
                 arrival,
+                current,
             }
         } else {
             let mut response = denied(is_grpc(req.headers()));
@@ -528,6 +530,8 @@ pin_project_lite::pin_project! {
             inner: F,
             x_ratelimit: Option<XRateLimit>,
             arrival: Option<Arrival>,
+            // The request the application serves, current while it is polled.
+            current: crate::telemetry::spans::Current,
         },
         /// The request was refused.
         Denied {
@@ -553,7 +557,8 @@ where
                 inner,
                 x_ratelimit,
                 arrival,
-            } => inner.poll(cx).map(|r| {
+                current,
+            } => crate::telemetry::spans::in_scope(current, || inner.poll(cx)).map(|r| {
                 r.map(|resp| {
                     let mut resp = resp.map(InboundBody::app);
                     if let Some(x) = x_ratelimit {

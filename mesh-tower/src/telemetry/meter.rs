@@ -13,6 +13,7 @@ use http_body::Frame;
 use mesh_core::telemetry::{MetricProfile, PeerLabels, ServiceLabels};
 
 use super::metrics::{Labels, Metrics, Reporter, Sample, Security};
+use super::spans::{Ending, Span};
 use crate::flags::ResponseFlags;
 
 /// The size of headers as Envoy approximates it: names and values.
@@ -80,6 +81,8 @@ pub(crate) struct Meter {
     grpc_status: Option<u16>,
     flags: ResponseFlags,
     recorded: bool,
+    /// The request's span, when sampled, and the cluster it went to.
+    span: Option<(Box<Span>, Option<Arc<str>>)>,
 }
 
 impl Meter {
@@ -117,6 +120,7 @@ impl Meter {
             grpc_status,
             flags: ResponseFlags::of(resp),
             recorded: false,
+            span: None,
         }
     }
 
@@ -166,6 +170,17 @@ impl Meter {
                     response_bytes: self.response_bytes,
                 },
             );
+        }
+        if let Some((span, cluster)) = self.span.take() {
+            span.finish(&Ending {
+                code: self.code,
+                flags: self.flags,
+                request_bytes: self.request_bytes,
+                response_bytes: self.response_bytes,
+                grpc_status: self.grpc_status,
+                upstream_cluster: cluster.as_deref(),
+                upstream_host: self.log.as_ref().and_then(|l| l.upstream_host.as_deref()),
+            });
         }
         if let Some(log) = &self.log {
             let outcome = super::access_log::Outcome {
@@ -231,15 +246,19 @@ pub(crate) struct Outbound {
     start: Instant,
     request_bytes: u64,
     grpc: bool,
+    span: Option<Box<Span>>,
+    cluster: Option<Arc<str>>,
 }
 
 impl Outbound {
-    /// A request of the workload `telemetry` describes, not routed yet; `None` when the
-    /// workload neither reports nor logs the requests it sends.
+    /// A request of the workload `telemetry` describes, not routed yet, with its span if
+    /// sampled; `None` when the workload neither reports, logs nor traces the requests it
+    /// sends.
     pub(crate) fn start<B: http_body::Body>(
         runtime: &crate::MeshRuntime,
         telemetry: &mesh_core::telemetry::WorkloadTelemetry,
         req: &http::Request<B>,
+        span: Option<Box<Span>>,
     ) -> Option<Self> {
         let profile = telemetry.client_metrics.clone();
         let log = telemetry.client_log.as_ref().map(|settings| {
@@ -257,10 +276,12 @@ impl Outbound {
                 response_headers: None,
             })
         });
-        if profile.is_none() && log.is_none() {
+        if profile.is_none() && log.is_none() && span.is_none() {
             return None;
         }
         Some(Outbound {
+            span,
+            cluster: None,
             profile,
             log,
             metrics: runtime.metrics().clone(),
@@ -275,6 +296,18 @@ impl Outbound {
     /// The request was routed: where it goes, and the route and cluster its entry names.
     pub(crate) fn routed(&mut self, route: &crate::outbound::Route) {
         self.target = crate::outbound::route::target_of(route);
+        if let Some(span) = &mut self.span {
+            match route.upstream() {
+                mesh_core::Upstream::Cluster(c) => {
+                    span.name(super::spans::cluster_operation(c));
+                    self.cluster = Some(c.name.clone());
+                }
+                mesh_core::Upstream::Passthrough { .. } => {
+                    self.cluster = Some(Arc::from("PassthroughCluster"));
+                }
+                mesh_core::Upstream::Missing { .. } => {}
+            }
+        }
         if let Some(log) = &mut self.log {
             log.request.route_name = Some(match route.rule() {
                 Some(rule) => rule.origin.name.clone().unwrap_or_else(|| Arc::from("-")),
@@ -285,6 +318,13 @@ impl Outbound {
                 mesh_core::Upstream::Passthrough { .. } => Some(Arc::from("PassthroughCluster")),
                 mesh_core::Upstream::Missing { .. } => None,
             };
+        }
+    }
+
+    /// Names the routed request's operation to the next hop, when it is traced.
+    pub(crate) fn decorate(&self, headers: &mut HeaderMap) {
+        if let Some(span) = &self.span {
+            span.decorate(headers);
         }
     }
 
@@ -325,7 +365,7 @@ impl Outbound {
                 answered_by.is_some() && resp.extensions().get::<crate::MeshFailure>().is_none();
             log.upstream_host = answered_by;
         }
-        let meter = Meter::new(
+        let mut meter = Meter::new(
             self.metrics,
             ends,
             self.log,
@@ -334,6 +374,7 @@ impl Outbound {
             self.request_bytes,
             resp,
         );
+        meter.span = self.span.map(|s| (s, self.cluster));
         resp.body_mut().meter(meter);
     }
 
@@ -359,6 +400,7 @@ impl Outbound {
             grpc_status: None,
             flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
             recorded: false,
+            span: self.span.map(|s| (s, self.cluster)),
         };
         meter.end();
     }
@@ -429,19 +471,33 @@ pub(crate) struct Arrival {
     start: Instant,
     request_bytes: u64,
     grpc: bool,
+    /// Its span, when sampled, and the inbound cluster.
+    span: Option<(Box<Span>, Option<Arc<str>>)>,
 }
 
 impl Arrival {
     /// A request arriving at `mesh`'s workload; `None` when the workload neither
     /// reports nor logs the requests it serves (or has no view of the configuration).
-    pub(crate) fn of<B>(mesh: &crate::Mesh, req: &http::Request<B>) -> Option<Arrival> {
+    ///
+    /// Also starts its span (writing the context the application sees) and gives the
+    /// request its handler serves, which the handler's own requests continue.
+    pub(crate) fn of<B>(
+        mesh: &crate::Mesh,
+        req: &mut http::Request<B>,
+    ) -> (Option<Arrival>, super::spans::Current) {
         let generation = mesh.runtime().generation();
-        let view = generation.view(mesh.slot())?;
+        let view = generation.view(mesh.slot());
+        let (mut span, current) =
+            super::spans::server(mesh.runtime(), view.map(|v| v.telemetry()), req);
+        let Some(view) = view else {
+            return (None, current);
+        };
         let telemetry = view.telemetry();
         let profile = telemetry.server_metrics.clone();
-        if profile.is_none() && telemetry.server_log.is_none() {
-            return None;
+        if profile.is_none() && telemetry.server_log.is_none() && span.is_none() {
+            return (None, current);
         }
+        let req = &*req;
         let peer = req.extensions().get::<crate::identity::PeerIdentity>();
         let identity = peer.map(|i| i.spiffe_id().as_str());
         let source = caller(&generation, req.headers(), identity);
@@ -480,7 +536,31 @@ impl Arrival {
                 response_headers: None,
             })
         });
-        Some(Arrival {
+        let local = req
+            .extensions()
+            .get::<crate::inbound::LocalAddr>()
+            .map(|l| l.0);
+        if let Some(span) = &mut span {
+            // The caller's operation (Envoy's `x-envoy-decorator-operation`), else the
+            // service's host with the port the request arrived on, else `ingress`.
+            let own = match local {
+                Some(l) if &*service.host != mesh_core::telemetry::UNKNOWN => Some(
+                    mesh_core::trace::default_route_operation(&service.host, l.port()),
+                ),
+                _ => None,
+            };
+            let name = mesh_core::trace::span_name(
+                mesh_core::trace::Direction::Inbound,
+                own.as_deref(),
+                req.headers()
+                    .get(&mesh_core::trace::header::X_ENVOY_DECORATOR_OPERATION),
+                authority,
+            );
+            span.name(name.into_owned());
+        }
+        let inbound_cluster = local.map(|l| Arc::from(format!("inbound|{}||", l.port())));
+        let arrival = Arrival {
+            span: span.map(|s| (s, inbound_cluster)),
             metrics: mesh.runtime().metrics().clone(),
             ends: Ends {
                 reporter: Reporter::Destination,
@@ -500,7 +580,8 @@ impl Arrival {
             start: Instant::now(),
             request_bytes: declared_bytes(req.headers(), None),
             grpc: crate::inbound::is_grpc(req.headers()),
-        })
+        };
+        (Some(arrival), current)
     }
 
     /// The meter of the request answered `resp` — by the application (`by_app`) or by
@@ -509,7 +590,7 @@ impl Arrival {
         if let Some(log) = &mut self.log {
             log.via_upstream = by_app;
         }
-        Meter::new(
+        let mut meter = Meter::new(
             self.metrics,
             self.ends,
             self.log,
@@ -517,7 +598,9 @@ impl Arrival {
             self.start,
             self.request_bytes,
             resp,
-        )
+        );
+        meter.span = self.span;
+        meter
     }
 }
 

@@ -19,8 +19,11 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 pub mod access_log;
+pub mod graph;
 pub(crate) mod meter;
 pub mod metrics;
+pub mod otlp;
+pub mod spans;
 
 pub use access_log::{AccessLogSink, dropped_entries};
 pub use meter::Metered;

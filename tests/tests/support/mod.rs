@@ -4,6 +4,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod browser;
+pub mod otlp;
 pub mod prom;
 pub mod prometheus;
 pub mod redis;

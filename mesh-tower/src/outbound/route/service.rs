@@ -68,8 +68,10 @@ where
         };
         let telemetry = view.telemetry();
         add_baggage(request.headers_mut(), &telemetry.baggage);
-        crate::telemetry::access_log::ensure_request_id(request.headers_mut());
-        let outbound = Outbound::start(self.mesh.runtime(), telemetry, &request);
+        // The request ID (the current request's, or a new one) and the trace context.
+        let span =
+            crate::telemetry::spans::client(self.mesh.runtime(), telemetry, &mut request, false);
+        let outbound = Outbound::start(self.mesh.runtime(), telemetry, &request, span);
         let default_port = if request.uri().scheme_str() == Some("https") {
             443
         } else {
@@ -103,6 +105,7 @@ where
         let mut outbound = outbound;
         if let Some(o) = &mut outbound {
             o.routed(&route);
+            o.decorate(request.headers_mut());
         }
         Metered::new(
             ResponseFuture::inner(self.inner.call(Routed::new(request, route))),
@@ -125,11 +128,12 @@ pub(crate) fn target_of(route: &Route) -> Target {
 /// Adds the workload's peer metadata to an outbound request's `baggage`: after the
 /// application's own members, if it set any.
 pub(crate) fn add_baggage(headers: &mut http::HeaderMap, ours: &HeaderValue) {
-    match headers.get_mut(crate::telemetry::BAGGAGE) {
-        None => {
-            headers.insert(crate::telemetry::BAGGAGE, ours.clone());
+    match headers.entry(crate::telemetry::BAGGAGE) {
+        http::header::Entry::Vacant(slot) => {
+            slot.insert(ours.clone());
         }
-        Some(theirs) => {
+        http::header::Entry::Occupied(mut theirs) => {
+            let theirs = theirs.get_mut();
             let mut joined = Vec::with_capacity(theirs.len() + 1 + ours.len());
             joined.extend_from_slice(theirs.as_bytes());
             joined.push(b',');
