@@ -368,6 +368,11 @@ pub fn first_segment(path: &str, prefix: bool) -> Option<&str> {
 const PSEUDO_HEADERS: [&str; 4] = ["uri", "scheme", "method", "authority"];
 
 impl MatchBlock {
+    /// The `uri` condition, if any (span names are made of it).
+    pub fn uri(&self) -> Option<&StrMatcher> {
+        self.uri.as_ref()
+    }
+
     /// Compiles one Istio `HTTPMatchRequest`. `namespace` is the VirtualService's, used to
     /// qualify gateway names.
     pub fn compile(m: &HttpMatchRequest, namespace: &str) -> Result<Self, MatchError> {

@@ -113,14 +113,16 @@ async fn one_page_is_one_trace_with_a_client_and_a_server_span_per_hop() {
         trace,
         "istio-ingressgateway.istio-system",
         SpanKind::Client,
-        "productpage.default.svc.cluster.local:9080/",
+        "productpage.default.svc.cluster.local:9080/productpage",
     );
     assert_eq!(gateway.parent, None, "the gateway starts the trace");
+    // The server side takes its caller's operation (Envoy's x-envoy-decorator-operation):
+    // the gateway's route, an exact match on /productpage.
     let pp = one(
         trace,
         "productpage.default",
         SpanKind::Server,
-        "productpage.default.svc.cluster.local:9080/*",
+        "productpage.default.svc.cluster.local:9080/productpage",
     );
     let pp_details = one(
         trace,

@@ -299,7 +299,9 @@ impl Outbound {
         if let Some(span) = &mut self.span {
             match route.upstream() {
                 mesh_core::Upstream::Cluster(c) => {
-                    span.name(super::spans::cluster_operation(c));
+                    if let Some(op) = super::spans::operation(route) {
+                        span.name(op);
+                    }
                     self.cluster = Some(c.name.clone());
                 }
                 mesh_core::Upstream::Passthrough { .. } => {

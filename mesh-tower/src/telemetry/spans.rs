@@ -236,7 +236,19 @@ fn start<B>(
             exporter,
             parent,
             kind,
-            name: String::new(),
+            // Until the route (or the served service) names it.
+            name: match kind {
+                SpanKind::Client => {
+                    let host = req
+                        .headers()
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .or_else(|| req.uri().host())
+                        .unwrap_or("");
+                    format!("{} {host}", trace::EGRESS_OPERATION)
+                }
+                SpanKind::Server => trace::INGRESS_OPERATION.to_string(),
+            },
             start: SystemTime::now(),
             attributes: attributes(settings, me, req),
             resource: resource(me),
@@ -425,8 +437,32 @@ pub(crate) fn server<B>(
     }
 }
 
-/// Envoy's operation for a request to `cluster` (Istio's `{host}:{port}/*`).
-pub(crate) fn cluster_operation(cluster: &mesh_core::cluster::Cluster) -> String {
+/// Envoy's operation of a routed request, as Istio sets its route decorators: the
+/// VirtualService route's (`{host}:{port}{path}` for one destination, the
+/// VirtualService's name and port otherwise), `{host}:{port}/*` for a service's default
+/// route, `None` for traffic to no cluster (named `egress {host}`).
+pub(crate) fn operation(route: &crate::outbound::Route) -> Option<String> {
+    use mesh_core::matcher::StrMatcher;
+    use mesh_core::trace::RoutePath;
+    let mesh_core::Upstream::Cluster(cluster) = route.upstream() else {
+        return None;
+    };
+    let host = &*cluster.service_labels.host;
     let port = u16::try_from(cluster.port.number).unwrap_or(0);
-    trace::default_route_operation(&cluster.service_labels.host, port)
+    let Some(rule) = route.rule() else {
+        return Some(trace::default_route_operation(host, port));
+    };
+    let path = route.block().and_then(|b| b.uri()).and_then(|m| match m {
+        StrMatcher::Exact(p) | StrMatcher::ExactIgnoreCase(p) => Some(RoutePath::Exact(p)),
+        StrMatcher::Prefix(p) | StrMatcher::PrefixIgnoreCase(p) => Some(RoutePath::Prefix(p)),
+        StrMatcher::Regex(r) => Some(RoutePath::Regex(r.as_str())),
+        StrMatcher::Any => None,
+    });
+    let single = match &rule.action {
+        mesh_core::route::Action::Route(split) if split.targets.len() == 1 => Some((host, port)),
+        _ => None,
+    };
+    // Istio names the VirtualService by its name alone.
+    let vs = rule.origin.virtual_service.rsplit('/').next().unwrap_or("");
+    Some(trace::route_operation(path, single, vs, route.port()))
 }
