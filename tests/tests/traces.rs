@@ -264,3 +264,46 @@ async fn a_workload_with_span_reporting_disabled_reports_none_and_the_trace_goes
         |s| service(s) == "istio-ingressgateway.istio-system" && s.trace_id == ratings.trace_id
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookinfo_exports_spans_and_metrics_where_the_otlp_variables_say() {
+    let receiver = OtlpReceiver::start().await;
+    let vars: HashMap<&str, String> = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_string()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let otlp = mesh_tower::telemetry::otlp::OtlpEnv::from_env(|k| vars.get(k).cloned()).unwrap();
+    // Bookinfo's own config/telemetry.yaml samples every request.
+    let demo = Demo::start_with(|o| o.otlp = Some(otlp)).await;
+    let page = demo.page(None).await;
+    // The gateway, then a client and a server span per hop: 6 without ratings, 8 with.
+    let want = if page.podname.as_deref() == Some("reviews-v1") {
+        6
+    } else {
+        8
+    };
+    let spans = receiver.wait_for_spans(want, Duration::from_secs(15)).await;
+    assert_eq!(spans.len(), want, "{spans:#?}");
+    assert!(spans.iter().all(|s| s.trace_id == spans[0].trace_id));
+    assert!(
+        receiver.exports().iter().any(|e| e.path == "/v1/traces"),
+        "spans over OTLP/HTTP"
+    );
+    // Istio's metrics, from the registry, with their labels.
+    let points = receiver
+        .wait_for_metric("istio_requests_total", Duration::from_secs(15))
+        .await;
+    let served = points
+        .iter()
+        .find(|p| {
+            p.attr("reporter") == Some("destination")
+                && p.attr("destination_workload") == Some("productpage-v1")
+                && p.attr("source_workload") == Some("istio-ingressgateway")
+        })
+        .unwrap_or_else(|| panic!("productpage's series: {points:#?}"));
+    assert_eq!(served.value, support::otlp::PointValue::Int(1));
+}

@@ -71,6 +71,14 @@ async fn main() -> ExitCode {
     opts.ingress = args.ingress;
     opts.admin = args.admin;
     opts.time_scale = args.time_scale;
+    // Traces and metrics go over OTLP when the standard variables say where.
+    match mesh_tower::telemetry::otlp::OtlpEnv::from_env(|n| std::env::var(n).ok()) {
+        Ok(otlp) => opts.otlp = Some(otlp),
+        Err(e) => {
+            eprintln!("bookinfo: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let running = match start(opts).await {
         Ok(r) => r,
         Err(e @ StartError::Invalid { .. }) => {

@@ -46,6 +46,9 @@ pub struct Options {
     /// Where access log entries go (`None`: standard output). Which requests are
     /// logged is the configuration's choice (`config/telemetry.yaml`).
     pub access_log: Option<mesh_tower::telemetry::AccessLogSink>,
+    /// Where spans and metrics are exported over OTLP (`None`: nowhere); the binary reads
+    /// it from the standard `OTEL_EXPORTER_OTLP_*` variables.
+    pub otlp: Option<mesh_tower::telemetry::otlp::OtlpEnv>,
 }
 
 impl Options {
@@ -60,6 +63,7 @@ impl Options {
             watch: true,
             cert_lifetime: mesh_tower::identity::DEFAULT_WORKLOAD_LIFETIME,
             access_log: None,
+            otlp: None,
         }
     }
 }
@@ -86,6 +90,9 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
+    /// An OTLP exporter could not start.
+    #[error("OTLP export: {0}")]
+    Otlp(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
@@ -213,6 +220,8 @@ pub struct Running {
     pub live: Arc<Live>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Exports the metrics over OTLP while Bookinfo runs, when configured.
+    _metrics_exporter: Option<mesh_tower::telemetry::otlp::MetricsExporter>,
 }
 
 impl std::fmt::Debug for Running {
@@ -347,6 +356,10 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let snapshot = load(&opts.config_dir)?;
     let runtime = MeshRuntime::from_snapshot(&snapshot);
     runtime.set_access_log_sink(opts.access_log.take());
+    let metrics_exporter = match opts.otlp.take() {
+        Some(otlp) => export(&runtime, otlp)?,
+        None => None,
+    };
     // Secure by default, as Istio: every workload (and the ingress gateway) gets its
     // SPIFFE identity from the in-process CA, and auto mTLS secures the traffic between
     // them; PERMISSIVE (the default) still serves plaintext from outside the mesh.
@@ -469,5 +482,33 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
         live,
         shutdown,
         tasks,
+        _metrics_exporter: metrics_exporter,
     })
+}
+
+/// Starts the OTLP exporters `otlp` configures: spans through the runtime's span
+/// exporter, the metrics registry through a periodic exporter (returned: it exports as
+/// long as it is kept).
+fn export(
+    runtime: &MeshRuntime,
+    otlp: mesh_tower::telemetry::otlp::OtlpEnv,
+) -> Result<Option<mesh_tower::telemetry::otlp::MetricsExporter>, StartError> {
+    use mesh_tower::telemetry::otlp::{MetricsExporter, Resource, SpanExporter};
+    if let Some(traces) = otlp.traces {
+        let spans =
+            SpanExporter::start(traces, otlp.batch).map_err(|e| StartError::Otlp(e.to_string()))?;
+        runtime.set_span_exporter(Some(spans));
+    }
+    otlp.metrics
+        .map(|config| {
+            let resource = Arc::new(Resource::new([("service.name", "bookinfo")]));
+            MetricsExporter::start(
+                runtime.metrics().clone(),
+                resource,
+                config,
+                otlp.metric_reader,
+            )
+            .map_err(|e| StartError::Otlp(e.to_string()))
+        })
+        .transpose()
 }

@@ -44,6 +44,11 @@ pub struct Demo {
 
 impl Demo {
     pub async fn start() -> Demo {
+        Demo::start_with(|_| {}).await
+    }
+
+    /// A demo whose options `configure` changes before it starts.
+    pub async fn start_with(configure: impl FnOnce(&mut Options)) -> Demo {
         let dir = tempfile::tempdir().unwrap();
         let listeners =
             copy_with_ephemeral_ports(&example_dir().join("config"), dir.path()).unwrap();
@@ -57,6 +62,7 @@ impl Demo {
         opts.access_log = Some(mesh_tower::telemetry::AccessLogSink::new(move |l| {
             lines.lock().unwrap().push(l.to_owned());
         }));
+        configure(&mut opts);
         let running = start(opts).await.unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http();
         Demo {
