@@ -77,10 +77,15 @@ struct ProfileArgs {
     /// Worker threads of the runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Trace: the mesh paths export spans to an in-process OTLP sink, at Istio's default
+    /// sampling (1 %).
+    #[arg(long)]
+    trace: bool,
 }
 
 /// Runs `profile`.
 fn profile_main(args: &ProfileArgs) -> Result<ExitCode> {
+    paths::TRACE.store(args.trace, std::sync::atomic::Ordering::Relaxed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -149,6 +154,10 @@ struct LoadArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Trace: the mesh paths export spans to an in-process OTLP sink, at Istio's default
+    /// sampling (1 %).
+    #[arg(long)]
+    trace: bool,
 }
 
 /// Other processes' share of the machine's CPU above which a phase was busy.
@@ -305,6 +314,7 @@ fn main() -> ExitCode {
 
 /// Starts the runtime and runs the benchmark, stopping cleanly on Ctrl-C.
 fn load_main(args: &LoadArgs) -> Result<ExitCode> {
+    paths::TRACE.store(args.trace, std::sync::atomic::Ordering::Relaxed);
     let settings = Settings::new(args)?;
     // Everything in-process (load generator, mesh, backend) shares two worker threads,
     // one per core of the machine this was written for.

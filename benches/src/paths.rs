@@ -352,6 +352,7 @@ pub(crate) fn mesh(name: PathName, backend: &Backend) -> Result<Path> {
     // mesh's API as it changes. Panics with the configuration's diagnostics if it is
     // invalid: a bug here.
     let mesh = mesh_tests::mesh(&yaml);
+    traced(mesh.runtime());
     Ok(Path {
         name,
         sender: Sender(Inner::Mesh {
@@ -445,6 +446,7 @@ pub(crate) async fn mesh_mtls(backend: &Backend) -> Result<Path> {
     let listener = bind(PathName::MeshMtls).await?;
     let port = listener.local_addr()?.port();
     let runtime = MeshRuntime::from_snapshot(&mesh_tests::snapshot(&workload_entry(port)));
+    traced(&runtime);
     // Before the workloads are registered: they get their identities when registered.
     runtime.set_identities(Identities::Ca(Arc::new(CertificateAuthority::new(
         TRUST_DOMAIN,
@@ -490,6 +492,7 @@ pub(crate) async fn mesh_inbound(name: PathName, backend: &Backend) -> Result<Pa
         yaml.push_str(RATE_LIMITS);
     }
     let runtime = MeshRuntime::from_snapshot(&mesh_tests::snapshot(&yaml));
+    traced(&runtime);
     let (server, client) = server_and_client(&runtime);
     if limited {
         check_limit_refuses(&runtime).await?;
@@ -799,3 +802,57 @@ spec:
     timeout: 10s
     retries: {attempts: 2, perTryTimeout: 2s, retryOn: \"5xx,connect-failure\"}
 ";
+
+/// Whether the mesh paths trace (`--trace`): set once, before the paths start.
+pub(crate) static TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// With `--trace`, gives `runtime` a span exporter to an in-process OTLP/HTTP sink, so
+/// that the mesh's default tracing applies: Istio's 1 % sampling (no Telemetry sets
+/// another), the context headers on every request, spans for the sampled ones.
+fn traced(runtime: &MeshRuntime) {
+    use mesh_tower::telemetry::otlp::{BatchConfig, OtlpConfig, Protocol, SpanExporter};
+    if !TRACE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    static EXPORTER: std::sync::OnceLock<Option<SpanExporter>> = std::sync::OnceLock::new();
+    let exporter = EXPORTER.get_or_init(|| {
+        let sink = span_sink().ok()?;
+        let config =
+            OtlpConfig::new(&format!("http://{sink}/v1/traces"), Protocol::HttpProtobuf).ok()?;
+        SpanExporter::start(config, BatchConfig::default()).ok()
+    });
+    match exporter {
+        Some(e) => runtime.set_span_exporter(Some(e.clone())),
+        None => eprintln!("mesh-bench: --trace: the span sink could not start"),
+    }
+}
+
+/// An OTLP/HTTP sink on 127.0.0.1: answers every export with an empty success.
+fn span_sink() -> Result<std::net::SocketAddr> {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        // Read the export whole, then answer.
+                        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/x-protobuf")
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .unwrap_or_default(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
