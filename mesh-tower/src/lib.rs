@@ -10,8 +10,8 @@
 //! - [`gateway`]: listeners for Istio Gateways, routing with mesh-core's engine.
 //! - [`transport`]: TLS material, the accept loop, the connection pools.
 //! - [`state`]: what outlives a configuration (endpoint load, connections).
-//! - [`telemetry`]: Istio's standard metrics and Envoy's access logs, recorded once per
-//!   request and side when the response ends.
+//! - [`telemetry`]: Istio's standard metrics, Envoy's access logs and spans, recorded once
+//!   per request and side when the response ends; OTLP export; the mesh graph.
 //! - [`admin`]: the clusters as Envoy's admin `/clusters` shows them.
 //!
 //! ```no_run

@@ -1,6 +1,7 @@
-//! Telemetry: Istio's standard metrics ([`metrics`]) and access logs ([`access_log`]),
-//! measured per request by a meter that travels with the response body and records once
-//! the body ends.
+//! Telemetry: Istio's standard metrics ([`metrics`]), access logs ([`access_log`]) and
+//! traces ([`spans`]), measured per request by a meter that travels with the response
+//! body and records once the body ends; OTLP export of spans and metrics ([`otlp`]); the
+//! live mesh graph drawn from the metrics ([`graph`]).
 //!
 //! Both sides report, as Istio's proxies do: the caller's stack (`mesh.client()` and the
 //! ingress gateway) with `reporter="source"`, the server's inbound layer
