@@ -367,7 +367,7 @@ pub const ISTIO_LABELS: [&str; 25] = [
 /// `/stats/prometheus`, Istio's default provider).
 pub const PROMETHEUS_PROVIDER: &str = "prometheus";
 
-/// The request metrics, as the Telemetry API names them, in the order of
+/// The request metrics, as the Telemetry API names them: the first four of
 /// [`MetricProfile::shapes`].
 pub const REQUEST_METRICS: [IstioMetric; 4] = [
     IstioMetric::RequestCount,
@@ -375,6 +375,31 @@ pub const REQUEST_METRICS: [IstioMetric; 4] = [
     IstioMetric::RequestSize,
     IstioMetric::ResponseSize,
 ];
+
+/// The gRPC message counts (`istio_request_messages_total`,
+/// `istio_response_messages_total`), as the Telemetry API names them: the last two of
+/// [`MetricProfile::shapes`].
+pub const GRPC_METRICS: [IstioMetric; 2] = [
+    IstioMetric::GrpcRequestMessages,
+    IstioMetric::GrpcResponseMessages,
+];
+
+/// Every metric a [`MetricProfile`] shapes, in the order of its shapes:
+/// [`REQUEST_METRICS`], then [`GRPC_METRICS`].
+pub const PROFILE_METRICS: [IstioMetric; 6] = [
+    IstioMetric::RequestCount,
+    IstioMetric::RequestDuration,
+    IstioMetric::RequestSize,
+    IstioMetric::ResponseSize,
+    IstioMetric::GrpcRequestMessages,
+    IstioMetric::GrpcResponseMessages,
+];
+
+/// How many of [`ISTIO_LABELS`] the gRPC message counts carry: the first 20, from
+/// `reporter` to `destination_cluster` — the two ends and the service, not the outcome.
+/// Istio's proxies report the counts while a stream is open, before its outcome is
+/// known, so a tag override of one of the other five changes nothing on them.
+pub const GRPC_LABELS: usize = 20;
 
 /// The shape of one metric for one side of a workload: reported or not, and its labels
 /// after the Telemetry API's `tagOverrides`.
@@ -406,8 +431,9 @@ impl Default for MetricShape {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricProfile {
     /// `istio_requests_total`, `istio_request_duration_milliseconds`,
-    /// `istio_request_bytes`, `istio_response_bytes`, in the order of [`REQUEST_METRICS`].
-    pub shapes: [MetricShape; 4],
+    /// `istio_request_bytes`, `istio_response_bytes`, `istio_request_messages_total`,
+    /// `istio_response_messages_total`, in the order of [`PROFILE_METRICS`].
+    pub shapes: [MetricShape; 6],
     digest: u64,
 }
 
@@ -424,7 +450,7 @@ impl Default for MetricProfile {
 }
 
 impl MetricProfile {
-    fn new(shapes: [MetricShape; 4]) -> Self {
+    fn new(shapes: [MetricShape; 6]) -> Self {
         MetricProfile {
             digest: foldhash::fast::FixedState::with_seed(0x7072_6f66).hash_one(&shapes),
             shapes,
@@ -434,6 +460,14 @@ impl MetricProfile {
     /// Every metric with Istio's labels (no Telemetry changes them).
     pub fn standard() -> Self {
         MetricProfile::default()
+    }
+
+    /// True when it reports a gRPC message count (either of [`GRPC_METRICS`]): only
+    /// then are a gRPC request's messages counted.
+    pub fn counts_messages(&self) -> bool {
+        self.shapes
+            .get(REQUEST_METRICS.len()..)
+            .is_some_and(|grpc| grpc.iter().any(|s| s.enabled))
     }
 
     /// The profile of one side, `None` when it reports nothing: the Prometheus provider
@@ -446,7 +480,7 @@ impl MetricProfile {
         if side.disabled {
             return None;
         }
-        let shapes = REQUEST_METRICS.map(|m| {
+        let shapes = PROFILE_METRICS.map(|m| {
             let Some(o) = side.override_for(m.as_str()) else {
                 return MetricShape::default();
             };
@@ -660,14 +694,19 @@ pub struct WorkloadTelemetry {
 
 /// `value` as a header value with a `'static` buffer, interned: cloning it per request
 /// then touches no shared reference count. The distinct values are bounded by the
-/// workloads a process has seen (one per name and namespace), so the interned set stays
-/// small across reloads. An invalid value gives an empty one.
+/// workloads (and label values) a process has seen; past [`MAX_INTERNED`] of them, or for a
+/// value `from_static` would refuse (anything but visible ASCII), the value is an ordinary
+/// shared one. A value no header can hold gives an empty one.
 fn static_header_value(value: String) -> http::HeaderValue {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
     static INTERNED: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    if http::HeaderValue::from_str(&value).is_err() {
-        return http::HeaderValue::from_static("");
+    let visible = value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+    if !visible {
+        return http::HeaderValue::from_str(&value)
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
     }
     let mut set = INTERNED
         .get_or_init(Default::default)
@@ -675,6 +714,11 @@ fn static_header_value(value: String) -> http::HeaderValue {
         .unwrap_or_else(|e| e.into_inner());
     let interned: &'static str = match set.get(value.as_str()) {
         Some(v) => v,
+        None if set.len() >= MAX_INTERNED => {
+            drop(set);
+            return http::HeaderValue::from_str(&value)
+                .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        }
         None => {
             let leaked: &'static str = Box::leak(value.into_boxed_str());
             set.insert(leaked);
@@ -684,6 +728,9 @@ fn static_header_value(value: String) -> http::HeaderValue {
     // Checked above: visible ASCII only, so `from_static` cannot panic.
     http::HeaderValue::from_static(interned)
 }
+
+/// How many distinct baggage values [`static_header_value`] keeps for the process's life.
+const MAX_INTERNED: usize = 4096;
 
 impl WorkloadTelemetry {
     /// The telemetry of `workload` in `mesh`.
@@ -852,6 +899,21 @@ mod tests {
     }
 
     #[test]
+    fn baggage_values_of_any_label_never_panic() {
+        for value in [
+            "app=caf\u{e9}",
+            "k8s.deployment.name=a,b",
+            "tab\there",
+            "\u{7f}",
+        ] {
+            let v = static_header_value(value.to_string());
+            if value.is_ascii() && !value.contains('\u{7f}') {
+                assert_eq!(v.as_bytes(), value.as_bytes());
+            }
+        }
+    }
+
+    #[test]
     fn baggage_round_trips_and_tolerates_other_members() {
         let p = PeerLabels::new(
             Some("productpage-v1"),
@@ -978,5 +1040,95 @@ spec:
   - providers: [{name: stackdriver}]
 "#;
         assert_eq!(profiles(elsewhere, &reviews()), (None, None));
+    }
+
+    #[test]
+    fn the_grpc_message_counts_are_shaped_and_disabled_like_the_others() {
+        let grpc = REQUEST_METRICS.len();
+        assert_eq!(PROFILE_METRICS[..grpc], REQUEST_METRICS);
+        assert_eq!(PROFILE_METRICS[grpc..], GRPC_METRICS);
+        assert_eq!(ISTIO_LABELS[GRPC_LABELS - 1], "destination_cluster");
+        assert!(MetricProfile::standard().counts_messages());
+
+        // (Telemetry, client side: request messages / response messages enabled,
+        // server side: the same; whether each side counts messages at all)
+        type Case<'a> = (&'a str, [bool; 2], [bool; 2], [Option<bool>; 2]);
+        let header = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: istio-system}\nspec:\n  metrics:\n  - overrides:\n";
+        let cases: &[Case<'_>] = &[
+            ("", [true, true], [true, true], [Some(true), Some(true)]),
+            (
+                "    - match: {metric: GRPC_REQUEST_MESSAGES, mode: CLIENT}\n      disabled: true\n",
+                [false, true],
+                [true, true],
+                [Some(true), Some(true)],
+            ),
+            (
+                "    - match: {metric: GRPC_RESPONSE_MESSAGES, mode: SERVER}\n      disabled: true\n    - match: {metric: GRPC_REQUEST_MESSAGES, mode: SERVER}\n      disabled: true\n",
+                [true, true],
+                [false, false],
+                [Some(true), Some(false)],
+            ),
+            // ALL_METRICS covers them.
+            (
+                "    - match: {metric: ALL_METRICS, mode: SERVER}\n      disabled: true\n",
+                [true, true],
+                [false, false],
+                [Some(true), None],
+            ),
+            // Only the request metrics off: the side still reports (its message counts).
+            (
+                "    - match: {metric: REQUEST_COUNT}\n      disabled: true\n    - match: {metric: REQUEST_DURATION}\n      disabled: true\n    - match: {metric: REQUEST_SIZE}\n      disabled: true\n    - match: {metric: RESPONSE_SIZE}\n      disabled: true\n",
+                [true, true],
+                [true, true],
+                [Some(true), Some(true)],
+            ),
+        ];
+        for (overrides, client_on, server_on, counts) in cases {
+            let yaml = if overrides.is_empty() {
+                String::new()
+            } else {
+                format!("{header}{overrides}")
+            };
+            let (client, server) = profiles(&yaml, &reviews());
+            for (side, on, count) in [
+                (&client, client_on, counts[0]),
+                (&server, server_on, counts[1]),
+            ] {
+                let enabled = side
+                    .as_ref()
+                    .map(|p| [p.shapes[grpc].enabled, p.shapes[grpc + 1].enabled]);
+                assert_eq!(enabled.unwrap_or([false, false]), *on, "{overrides}");
+                assert_eq!(
+                    side.as_ref().map(|p| p.counts_messages()),
+                    count,
+                    "{overrides}"
+                );
+            }
+        }
+
+        // Tags: removed, replaced and added per message metric, as for the others.
+        let tagged = r#"apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: t, namespace: istio-system}
+spec:
+  metrics:
+  - overrides:
+    - match: {metric: GRPC_RESPONSE_MESSAGES}
+      tagOverrides:
+        source_app: {operation: REMOVE}
+        destination_version: {value: "'any'"}
+        stream: {value: "'yes'"}
+"#;
+        let (client, _) = profiles(tagged, &reviews());
+        let client = client.unwrap();
+        let at = |name: &str| ISTIO_LABELS.iter().position(|l| *l == name).unwrap();
+        assert_eq!(client.shapes[grpc], MetricShape::default());
+        let response = &client.shapes[grpc + 1];
+        assert_eq!(response.removed, 1 << at("source_app"));
+        assert_eq!(
+            response.replaced,
+            vec![(at("destination_version"), "any".into())]
+        );
+        assert_eq!(response.added, vec![("stream".into(), "yes".into())]);
     }
 }

@@ -823,6 +823,29 @@ pub fn inject(span: &SpanContext, parent: Option<SpanId>, headers: &mut HeaderMa
     inject_formats(span, parent, true, headers);
 }
 
+/// Writes `span`'s context in W3C only: `traceparent` (version `00`) and `tracestate`
+/// (removed when the span has none), leaving every other header alone — for a request
+/// known to carry no B3 context.
+pub fn inject_w3c(span: &SpanContext, headers: &mut HeaderMap) {
+    let sampled = span.sampled || span.debug;
+    let mut tp = [0u8; 55];
+    tp[..3].copy_from_slice(b"00-");
+    tp[3..35].copy_from_slice(&span.trace_id.hex());
+    tp[35] = b'-';
+    tp[36..52].copy_from_slice(&span.span_id.hex());
+    tp[52] = b'-';
+    tp[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
+    put(headers, &TRACEPARENT, &tp);
+    match &span.tracestate {
+        Some(state) => {
+            headers.insert(TRACESTATE.clone(), state.clone());
+        }
+        None => {
+            headers.remove(&TRACESTATE);
+        }
+    }
+}
+
 /// Writes `span`'s context as [`inject`] does, in W3C always and in B3 (single and multi)
 /// only when `b3` — the hop's context arrived in B3, so that B3-only receivers keep it —
 /// removing any stale B3 headers otherwise, so that a request never carries two
@@ -837,24 +860,7 @@ pub fn inject_formats(
     let id = span.span_id.hex();
     let sampled = span.sampled || span.debug;
     let debug = span.debug;
-
-    let mut tp = [0u8; 55];
-    tp[..3].copy_from_slice(b"00-");
-    tp[3..35].copy_from_slice(&trace);
-    tp[35] = b'-';
-    tp[36..52].copy_from_slice(&id);
-    tp[52] = b'-';
-    tp[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
-    put(headers, &TRACEPARENT, &tp);
-    match &span.tracestate {
-        Some(state) => {
-            headers.insert(TRACESTATE.clone(), state.clone());
-        }
-        None => {
-            headers.remove(&TRACESTATE);
-        }
-    }
-
+    inject_w3c(span, headers);
     if !b3 {
         for name in [
             &X_B3_TRACEID,

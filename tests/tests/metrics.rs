@@ -320,3 +320,408 @@ spec:
     assert_eq!(details("source"), N);
     assert_eq!(details("destination"), 0.0);
 }
+
+// ---------------------------------------------------------------------------------------
+// gRPC message counts
+
+/// A body of the frames given, sent one by one.
+struct Frames(std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>);
+
+impl Frames {
+    fn new(frames: impl IntoIterator<Item = hyper::body::Frame<bytes::Bytes>>) -> Self {
+        Frames(frames.into_iter().collect())
+    }
+}
+
+impl hyper::body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `n` gRPC messages of a few bytes each, framed.
+fn grpc_messages(n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let message = format!("message {i}");
+        out.push(0);
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message.as_bytes());
+    }
+    out
+}
+
+/// How many gRPC messages `bytes` holds (complete ones).
+fn count_grpc(mut bytes: &[u8]) -> usize {
+    let mut n = 0;
+    while bytes.len() >= 5 {
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        bytes = &bytes[(5 + len).min(bytes.len())..];
+        n += 1;
+    }
+    n
+}
+
+/// `bytes` cut in pieces of `sizes` bytes (the rest in the last one).
+fn cut(bytes: &[u8], sizes: &[usize]) -> Vec<hyper::body::Frame<bytes::Bytes>> {
+    let mut frames = Vec::new();
+    let mut rest = bytes;
+    for size in sizes {
+        let (piece, after) = rest.split_at((*size).min(rest.len()));
+        frames.push(hyper::body::Frame::data(bytes::Bytes::copy_from_slice(
+            piece,
+        )));
+        rest = after;
+    }
+    frames.push(hyper::body::Frame::data(bytes::Bytes::copy_from_slice(
+        rest,
+    )));
+    frames
+}
+
+/// The streaming service. `Chat` reads every gRPC message of the request, then answers
+/// each with two, in frames that split a prefix, then `grpc-status: 0`; `Live` answers
+/// each frame of whole messages as it arrives; anything else is echoed in plain text.
+async fn streamer(
+    req: http::Request<mesh_tower::inbound::GrpcMessagesBody<hyper::body::Incoming>>,
+) -> Result<http::Response<http_body_util::Either<Frames, Channel>>, std::convert::Infallible> {
+    use http_body_util::{BodyExt, Either};
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let content_type = http::HeaderValue::from_static("application/grpc");
+    if grpc && req.uri().path() == "/streamer.Streamer/Live" {
+        let (answers, frames) = tokio::sync::mpsc::channel(4);
+        let mut body = req.into_body();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    let answer = grpc_messages(2 * count_grpc(data));
+                    let _ = answers.send(hyper::body::Frame::data(answer.into())).await;
+                }
+            }
+            let _ = answers.send(hyper::body::Frame::trailers(trailers)).await;
+        });
+        let mut resp = http::Response::new(Either::Right(Channel(frames)));
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, content_type);
+        return Ok(resp);
+    }
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    if !grpc {
+        let echo = Frames::new([hyper::body::Frame::data(body)]);
+        return Ok(http::Response::new(Either::Left(echo)));
+    }
+    let answer = grpc_messages(2 * count_grpc(&body));
+    let mut frames = cut(&answer, &[3, 14]);
+    frames.push(hyper::body::Frame::trailers(trailers));
+    let mut resp = http::Response::new(Either::Left(Frames::new(frames)));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, content_type);
+    Ok(resp)
+}
+
+/// Istio's labels of the gRPC message counts: its first 20, the outcome left out.
+const MESSAGE_LABELS: [&str; 20] = {
+    let mut l = [""; 20];
+    let mut i = 0;
+    while i < 20 {
+        l[i] = ISTIO_LABELS[i];
+        i += 1;
+    }
+    l
+};
+
+/// Both reporters count every gRPC message of a unary call and of client/server streams,
+/// each as its body streams: the caller (`mesh.client()`) its request's and its
+/// response's, the server (`mesh.inbound()` with `GrpcMessagesLayer`) likewise; an open
+/// stream's counts show before it ends; a request that is not gRPC is counted by
+/// neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_are_counted_by_both_reporters() {
+    use greeter::client::GreeterClient;
+    use greeter::pb::HelloRequest;
+    use greeter::server::GreeterServer;
+    use greeter::service::GreeterService;
+    use http_body_util::BodyExt;
+    use mesh_tower::identity::{CertificateAuthority, Identities};
+    use mesh_tower::inbound::GrpcMessagesLayer;
+    use mesh_tower::{MeshRuntime, Workload};
+    use tower::ServiceExt;
+
+    let greeter_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let streamer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
+    let mut yaml = String::new();
+    for (name, service_port, port) in [
+        ("greeter", 50051, port(&greeter_listener)),
+        ("streamer", 50052, port(&streamer_listener)),
+    ] {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: {service_port}, name: grpc, protocol: GRPC}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: {name}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}-v1, namespace: default}}
+spec:
+  address: 127.0.0.1
+  ports: {{grpc: {port}}}
+  labels: {{app: {name}, version: v1}}
+  serviceAccount: {name}
+"#
+        ));
+    }
+    let mut set = mesh_config::ConfigSet::new();
+    set.add_str("grpc.yaml", &yaml);
+    let runtime = MeshRuntime::from_snapshot(&mesh_tests::checked(&set));
+    runtime.set_identities(Identities::Ca(std::sync::Arc::new(
+        CertificateAuthority::new("cluster.local").unwrap(),
+    )));
+    let workload = |name: &str| {
+        runtime.workload(
+            Workload::new(format!("{name}-v1"), "default")
+                .labels([("app", name), ("version", "v1")])
+                .service_account(name),
+        )
+    };
+    let greeter = workload("greeter");
+    let app = tower::ServiceBuilder::new()
+        .layer(greeter.inbound())
+        .layer(GrpcMessagesLayer)
+        .service(GreeterServer::new(GreeterService::new("v1")));
+    tokio::spawn(async move { greeter.serve(greeter_listener, app).await });
+    let streaming = workload("streamer");
+    let app = tower::ServiceBuilder::new()
+        .layer(streaming.inbound())
+        .layer(GrpcMessagesLayer)
+        .service(tower::service_fn(streamer));
+    tokio::spawn(async move { streaming.serve(streamer_listener, app).await });
+    let frontend = runtime.workload(
+        Workload::new("frontend", "default")
+            .labels([("app", "frontend")])
+            .service_account("frontend"),
+    );
+    let samples = || prom::parse(&runtime.metrics().prometheus_text());
+    let stream = |body: Frames, grpc: bool| {
+        let mut req = http::Request::post(
+            "http://streamer.default.svc.cluster.local:50052/streamer.Streamer/Chat",
+        );
+        if grpc {
+            req = req
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header("te", "trailers");
+        }
+        frontend.client().oneshot(req.body(body).unwrap())
+    };
+
+    // Not gRPC, though its body looks like gRPC: counted as a request, no message series.
+    let resp = stream(Frames::new(cut(&grpc_messages(2), &[4])), false)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(count_grpc(&echoed), 2);
+    let first = samples();
+    for reporter in ["source", "destination"] {
+        let http = [("reporter", reporter), ("request_protocol", "http")];
+        assert_eq!(prom::sum(&first, REQUESTS, &http), 1.0, "{reporter}");
+    }
+    assert!(
+        !first.iter().any(|s| s.name.ends_with("_messages_total")),
+        "{first:#?}"
+    );
+    assert_eq!(runtime.metrics().message_series_count(), 0);
+
+    // Three unary calls of the greeter (tonic, over mutual TLS).
+    let mut client = GreeterClient::with_origin(
+        frontend.client(),
+        http::Uri::from_static("http://greeter.default.svc.cluster.local:50051"),
+    );
+    for name in ["a", "b", "c"] {
+        let reply = client
+            .say_hello(HelloRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            reply.message.starts_with(&format!("Hello, {name}!")),
+            "{reply:?}"
+        );
+    }
+    // Two client/server streams: 3 messages (a prefix split across frames) answered by
+    // 6, then 1 answered by 2.
+    for (n, sizes) in [(3usize, &[2usize, 9, 1][..]), (1, &[][..])] {
+        let resp = stream(Frames::new(cut(&grpc_messages(n), sizes)), true)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let answer = resp.into_body().collect().await.unwrap();
+        assert_eq!(
+            answer.trailers().and_then(|t| t.get("grpc-status")),
+            Some(&http::HeaderValue::from_static("0"))
+        );
+        assert_eq!(count_grpc(&answer.to_bytes()), 2 * n);
+    }
+
+    // (destination workload, request messages, response messages), from both reporters.
+    let samples_now =
+        message_counts_when(&runtime, &[("greeter-v1", 3, 3), ("streamer-v1", 4, 8)]).await;
+    // One series per hop and reporter, each with Istio's 20 labels in Istio's order:
+    // who and where, with the principals of the mutual TLS connection; no outcome.
+    let message_series: Vec<&prom::Sample> = samples_now
+        .iter()
+        .filter(|s| s.name == "istio_request_messages_total")
+        .collect();
+    assert_eq!(message_series.len(), 4, "{message_series:#?}");
+    assert_eq!(runtime.metrics().message_series_count(), 4);
+    for s in samples_now
+        .iter()
+        .filter(|s| s.name.ends_with("_messages_total"))
+    {
+        assert_eq!(s.order, MESSAGE_LABELS, "{s:?}");
+        assert_eq!(s.label("source_workload"), "frontend");
+        assert_eq!(
+            s.label("source_principal"),
+            "spiffe://cluster.local/ns/default/sa/frontend"
+        );
+        let app = s.label("destination_app");
+        assert_eq!(
+            s.label("destination_principal"),
+            format!("spiffe://cluster.local/ns/default/sa/{app}")
+        );
+        assert_eq!(
+            s.label("destination_service"),
+            format!("{app}.default.svc.cluster.local")
+        );
+    }
+    // The requests themselves: counted once each, as gRPC, with their status.
+    for reporter in ["source", "destination"] {
+        let grpc = [
+            ("reporter", reporter),
+            ("request_protocol", "grpc"),
+            ("grpc_response_status", "0"),
+        ];
+        assert_eq!(prom::sum(&samples_now, REQUESTS, &grpc), 5.0, "{reporter}");
+    }
+
+    // A bidirectional stream, held open: its messages are reported before it ends, as
+    // Istio's proxies report an open stream's.
+    let (sending, frames) = tokio::sync::mpsc::channel(4);
+    let live = http::Request::post(
+        "http://streamer.default.svc.cluster.local:50052/streamer.Streamer/Live",
+    )
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header("te", "trailers")
+    .body(Channel(frames))
+    .unwrap();
+    let mut resp = frontend.client().oneshot(live).await.unwrap();
+    for _ in 0..2 {
+        sending
+            .send(hyper::body::Frame::data(grpc_messages(1).into()))
+            .await
+            .unwrap();
+        let answer = resp.body_mut().frame().await.unwrap().unwrap();
+        assert_eq!(answer.data_ref().map(|d| count_grpc(d)), Some(2));
+    }
+    message_counts_when(&runtime, &[("greeter-v1", 3, 3), ("streamer-v1", 6, 12)]).await;
+    let before_end = prom::sum(&samples(), REQUESTS, &[("request_protocol", "grpc")]);
+    assert_eq!(
+        before_end, 10.0,
+        "the stream is not counted as a request yet"
+    );
+    drop(sending);
+    let rest = resp.into_body().collect().await.unwrap();
+    assert_eq!(
+        rest.trailers().and_then(|t| t.get("grpc-status")),
+        Some(&http::HeaderValue::from_static("0"))
+    );
+    let after =
+        message_counts_when(&runtime, &[("greeter-v1", 3, 3), ("streamer-v1", 6, 12)]).await;
+    assert_eq!(runtime.metrics().message_series_count(), 4);
+    for reporter in ["source", "destination"] {
+        let grpc = [("reporter", reporter), ("request_protocol", "grpc")];
+        assert_eq!(prom::sum(&after, REQUESTS, &grpc), 6.0, "{reporter}");
+    }
+}
+
+/// The metrics of `runtime` once the gRPC message counts of `want` — (destination
+/// workload, request messages, response messages) — hold from both reporters (waiting a
+/// second at most); panics with the counts otherwise.
+async fn message_counts_when(
+    runtime: &mesh_tower::MeshRuntime,
+    want: &[(&str, u64, u64)],
+) -> Vec<prom::Sample> {
+    let counts = |s: &[prom::Sample]| -> Vec<(String, f64, f64)> {
+        let mut out = Vec::new();
+        for (workload, _, _) in want {
+            for reporter in ["source", "destination"] {
+                let of = |metric: &str| {
+                    prom::sum(
+                        s,
+                        metric,
+                        &[("reporter", reporter), ("destination_workload", workload)],
+                    )
+                };
+                out.push((
+                    format!("{reporter} {workload}"),
+                    of("istio_request_messages_total"),
+                    of("istio_response_messages_total"),
+                ));
+            }
+        }
+        out
+    };
+    let expected: Vec<(String, f64, f64)> = want
+        .iter()
+        .flat_map(|(w, q, r)| {
+            ["source", "destination"].map(|rep| (format!("{rep} {w}"), *q as f64, *r as f64))
+        })
+        .collect();
+    let mut samples = prom::parse(&runtime.metrics().prometheus_text());
+    for _ in 0..50 {
+        if counts(&samples) == expected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        samples = prom::parse(&runtime.metrics().prometheus_text());
+    }
+    assert_eq!(counts(&samples), expected);
+    samples
+}
+
+/// A body of the frames a channel receives, ending when its sender is dropped.
+struct Channel(tokio::sync::mpsc::Receiver<hyper::body::Frame<bytes::Bytes>>);
+
+impl hyper::body::Body for Channel {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}

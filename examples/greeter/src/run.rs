@@ -332,9 +332,11 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
         );
         let greeter = Arc::new(GreeterService::new(spec.version.clone()));
         // The transport (mutual TLS, HTTP/2) is the mesh's; the workload's
-        // AuthorizationPolicies come before the gRPC service.
+        // AuthorizationPolicies come before the gRPC service, whose request messages
+        // are counted on their way (`istio_request_messages_total`).
         let app = tower::ServiceBuilder::new()
             .layer(mesh.inbound())
+            .layer(mesh_tower::inbound::GrpcMessagesLayer)
             .service(GreeterServer::from_arc(greeter.clone()));
         let mut stop = shutdown.subscribe();
         let stopped = async move {

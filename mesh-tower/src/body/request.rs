@@ -30,6 +30,7 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use crate::BoxError;
+use crate::telemetry::messages::{Counting, GrpcMessagesBody, Messages};
 
 /// Request bodies up to this size can be retried or mirrored.
 pub const DEFAULT_BUFFER_LIMIT: usize = 64 * 1024;
@@ -195,6 +196,34 @@ impl ReqBody {
                 let (tx, rx) = watch::channel(false);
                 st.source = Some(Box::pin(SignalOnEnd::new(source, tx)));
                 Some(rx)
+            }
+        }
+    }
+}
+
+impl ReqBody {
+    /// Counts the caller's gRPC messages into `messages` as the body is read from the
+    /// caller: once, however many attempts or mirrors send it (Envoy counts what its
+    /// downstream sends).
+    pub(crate) fn count_messages(&mut self, messages: Arc<Messages>) {
+        match &mut self.inner {
+            Inner::Full(b) => {
+                if let Some(b) = b {
+                    Counting::request(messages).data(b);
+                }
+            }
+            Inner::Stream { body, .. } => {
+                let inner = std::mem::replace(
+                    body,
+                    Box::pin(http_body_util::Empty::new().map_err(|never| match never {})),
+                );
+                *body = Box::pin(GrpcMessagesBody::new(inner, Some(messages)));
+            }
+            Inner::Replay(r) => {
+                let mut st = r.lock();
+                if let Some(source) = st.source.take() {
+                    st.source = Some(Box::pin(GrpcMessagesBody::new(source, Some(messages))));
+                }
             }
         }
     }
@@ -828,5 +857,60 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, Bytes::from_static(b"late"));
+    }
+
+    #[tokio::test]
+    async fn grpc_messages_are_counted_once_however_many_copies_send_them() {
+        use crate::telemetry::MessageSeries;
+        use crate::telemetry::messages::Messages;
+        // Three messages (a 5-byte prefix, 5 bytes each) in pieces of 3, then 10 bytes:
+        // most pieces hold the end of one message and the start of the next.
+        let stream: Vec<u8> = [0, 0, 0, 0, 5, 1, 2, 3, 4, 5].repeat(3);
+        let (mut tx, source) = Channel::<Bytes, BoxError>::new(8);
+        let (head, rest) = stream.split_at(3);
+        for piece in std::iter::once(head).chain(rest.chunks(10)) {
+            assert!(
+                tx.try_send(Frame::data(Bytes::copy_from_slice(piece)))
+                    .is_ok()
+            );
+        }
+        drop(tx);
+        let counted = |body: &mut ReqBody| {
+            let messages = Messages::new();
+            body.count_messages(messages.clone());
+            let series = Arc::new(MessageSeries::default());
+            messages.known(|| series.clone());
+            series
+        };
+
+        // Sent by an attempt, a retry and a mirror: counted as the caller sent it.
+        let mut body = ReqBody::streaming(source, 64 * 1024);
+        let series = counted(&mut body);
+        body.make_replayable();
+        let retry = body.try_clone().unwrap();
+        let mirror = body.try_clone_follower().unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 30);
+        assert_eq!(retry.collect().await.unwrap().to_bytes().len(), 30);
+        assert_eq!(mirror.collect().await.unwrap().to_bytes().len(), 30);
+        assert_eq!(series.counts(), (3, 0));
+
+        // Made replayable first: the same.
+        let (mut tx, source) = Channel::<Bytes, BoxError>::new(8);
+        assert!(
+            tx.try_send(Frame::data(Bytes::from(stream.clone())))
+                .is_ok()
+        );
+        drop(tx);
+        let mut body = ReqBody::streaming(source, 64 * 1024);
+        body.make_replayable();
+        let series = counted(&mut body);
+        let retry = body.try_clone().unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 30);
+        assert_eq!(retry.collect().await.unwrap().to_bytes().len(), 30);
+        assert_eq!(series.counts(), (3, 0));
+
+        // A body in memory is counted at once.
+        let series = counted(&mut ReqBody::full(Bytes::from(stream)));
+        assert_eq!(series.counts(), (3, 0));
     }
 }

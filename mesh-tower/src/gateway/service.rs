@@ -440,8 +440,11 @@ impl GatewayService {
                     crate::outbound::telemetry::record_route(&route);
                 }
                 let (parts, body) = req.into_parts();
-                let request =
+                let mut request =
                     Request::from_parts(parts, ReqBody::streaming(body, DEFAULT_BUFFER_LIMIT));
+                if let Some(m) = &meter {
+                    m.count_request(request.body_mut());
+                }
                 let forward = self.shared.forward.clone();
                 let runtime = global.as_ref().map(|_| self.shared.mesh.runtime().clone());
                 Box::pin(async move {

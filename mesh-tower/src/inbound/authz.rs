@@ -473,7 +473,7 @@ where
                         }
                     }
                     let answer = crate::telemetry::spans::in_scope(&current, || inner.call(req));
-                    crate::telemetry::spans::scoped(current, answer)
+                    crate::telemetry::spans::scope(current, answer)
                         .await
                         .map(|r| metered(with_x(r.map(InboundBody::app), &quota), arrival))
                 }),
@@ -481,11 +481,11 @@ where
         }
         if authorize(&self.mesh, &req) {
             let inner = &mut self.inner;
+            let answer = crate::telemetry::spans::in_scope(&current, || inner.call(req));
             InboundFuture::App {
-                inner: crate::telemetry::spans::in_scope(&current, || inner.call(req)),
+                inner: crate::telemetry::spans::scope(current, answer),
                 x_ratelimit,
                 arrival,
-                current,
             }
         } else {
             let mut response = denied(is_grpc(req.headers()));
@@ -526,12 +526,12 @@ pin_project_lite::pin_project! {
     pub enum InboundFuture<F, B, E> {
         /// The application answers.
         App {
+            // The application's answer, with the request it serves current while
+            // it is polled.
             #[pin]
-            inner: F,
+            inner: tokio::task::futures::TaskLocalFuture<crate::telemetry::spans::Current, F>,
             x_ratelimit: Option<XRateLimit>,
             arrival: Option<Arrival>,
-            // The request the application serves, current while it is polled.
-            current: crate::telemetry::spans::Current,
         },
         /// The request was refused.
         Denied {
@@ -557,8 +557,7 @@ where
                 inner,
                 x_ratelimit,
                 arrival,
-                current,
-            } => crate::telemetry::spans::in_scope(current, || inner.poll(cx)).map(|r| {
+            } => inner.poll(cx).map(|r| {
                 r.map(|resp| {
                     let mut resp = resp.map(InboundBody::app);
                     if let Some(x) = x_ratelimit {

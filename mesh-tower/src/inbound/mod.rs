@@ -28,6 +28,7 @@ pub mod ext_authz;
 pub(crate) mod jwt;
 pub(crate) mod serve;
 
+pub use crate::telemetry::messages::{GrpcMessages, GrpcMessagesBody, GrpcMessagesLayer};
 pub use crate::transport::accept::{LocalAddr, PeerAddr, serve};
 pub use authz::{Inbound, InboundBody, InboundLayer, RBAC_DENIED};
 pub(crate) use authz::{admit, authorize, is_grpc, local_reply};

@@ -3,6 +3,10 @@
 //! a gRPC status in trailers), recorded once when the body ends — or when it is dropped
 //! before its end, flagged `DC` (the caller went away), as Envoy records a downstream
 //! reset.
+//!
+//! A gRPC request's messages are counted on the way (see [`messages`](super::messages)):
+//! the response's by the meter, the request's by its body; both reach their series as
+//! soon as the request's two ends are known.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +16,7 @@ use http::{HeaderMap, Response};
 use http_body::Frame;
 use mesh_core::telemetry::{MetricProfile, PeerLabels, ServiceLabels};
 
+use super::messages::{Counting, Messages, RequestMessages};
 use super::metrics::{Labels, Metrics, Reporter, Sample, Security};
 use super::spans::{Ending, Span};
 use crate::flags::ResponseFlags;
@@ -51,6 +56,44 @@ pub(crate) struct Ends {
     pub(crate) profile: Option<Arc<MetricProfile>>,
 }
 
+impl Ends {
+    /// The labels of a request between these ends with the outcome given, when the
+    /// side reports metrics.
+    fn labels(
+        &self,
+        grpc: bool,
+        code: u16,
+        grpc_status: Option<u16>,
+        flags: ResponseFlags,
+    ) -> Option<Labels<'_>> {
+        Some(Labels {
+            reporter: self.reporter,
+            source: &self.source,
+            source_principal: self.source_principal,
+            destination: &self.destination,
+            destination_principal: self.destination_principal,
+            service: &self.service,
+            grpc,
+            code,
+            grpc_status,
+            flags,
+            security: self.security,
+            profile: self.profile.as_ref()?,
+        })
+    }
+
+    /// `messages` go to the series of these ends from now on.
+    fn attach(&self, metrics: &Metrics, messages: &Messages) {
+        if messages.is_known() {
+            messages.end();
+            return;
+        }
+        if let Some(labels) = self.labels(true, 0, None, ResponseFlags::NONE) {
+            messages.known(|| metrics.message_series(&labels));
+        }
+    }
+}
+
 /// What the access log needs beyond the metrics.
 #[derive(Debug)]
 pub(crate) struct LogEntry {
@@ -83,6 +126,8 @@ pub(crate) struct Meter {
     recorded: bool,
     /// The request's span, when sampled, and the cluster it went to.
     span: Option<(Box<Span>, Option<Arc<str>>)>,
+    /// A gRPC request's message counts: the response's are counted here.
+    messages: Option<Counting>,
 }
 
 impl Meter {
@@ -121,6 +166,16 @@ impl Meter {
             flags: ResponseFlags::of(resp),
             recorded: false,
             span: None,
+            messages: None,
+        }
+    }
+
+    /// Counts the response's gRPC messages into the request's `messages`, which go to
+    /// their series from now on (the request's ends are known).
+    fn count_messages(&mut self, messages: Option<Arc<Messages>>) {
+        if let Some(m) = messages {
+            self.ends.attach(&self.metrics, &m);
+            self.messages = Some(Counting::response(m));
         }
     }
 
@@ -129,6 +184,9 @@ impl Meter {
         if let Some(data) = frame.data_ref() {
             self.response_bytes += data.len() as u64;
             self.response_body_bytes += data.len() as u64;
+            if let Some(m) = &mut self.messages {
+                m.data(data);
+            }
         } else if let Some(trailers) = frame.trailers_ref() {
             self.response_bytes += header_bytes(trailers);
             if self.grpc
@@ -146,22 +204,11 @@ impl Meter {
         }
         self.recorded = true;
         let duration = self.start.elapsed();
+        if let Some(m) = &self.messages {
+            m.messages().end();
+        }
         let e = &self.ends;
-        if let Some(profile) = &e.profile {
-            let labels = Labels {
-                reporter: e.reporter,
-                source: &e.source,
-                source_principal: e.source_principal,
-                destination: &e.destination,
-                destination_principal: e.destination_principal,
-                service: &e.service,
-                grpc: self.grpc,
-                code: self.code,
-                grpc_status: self.grpc_status,
-                flags: self.flags,
-                security: e.security,
-                profile,
-            };
+        if let Some(labels) = e.labels(self.grpc, self.code, self.grpc_status, self.flags) {
             self.metrics.record(
                 &labels,
                 Sample {
@@ -248,6 +295,10 @@ pub(crate) struct Outbound {
     grpc: bool,
     span: Option<Box<Span>>,
     cluster: Option<Arc<str>>,
+    /// A gRPC request's message counts, when they are reported.
+    messages: Option<Arc<Messages>>,
+    /// The span is named by a route of a cluster (then sent to the next hop).
+    named: bool,
 }
 
 impl Outbound {
@@ -279,9 +330,14 @@ impl Outbound {
         if profile.is_none() && log.is_none() && span.is_none() {
             return None;
         }
+        let grpc = crate::inbound::is_grpc(req.headers());
+        let messages =
+            (grpc && profile.as_ref().is_some_and(|p| p.counts_messages())).then(Messages::new);
         Some(Outbound {
             span,
             cluster: None,
+            messages,
+            named: false,
             profile,
             log,
             metrics: runtime.metrics().clone(),
@@ -289,8 +345,16 @@ impl Outbound {
             target: Target::Service(unknown_service().clone()),
             start: Instant::now(),
             request_bytes: declared_bytes(req.headers(), req.body().size_hint().exact()),
-            grpc: crate::inbound::is_grpc(req.headers()),
+            grpc,
         })
+    }
+
+    /// Counts the gRPC messages of `body`, the request's body as the caller sends it,
+    /// when the request's message counts are reported (else leaves it as it is).
+    pub(crate) fn count_request(&self, body: &mut crate::ReqBody) {
+        if let Some(m) = &self.messages {
+            body.count_messages(m.clone());
+        }
     }
 
     /// The request was routed: where it goes, and the route and cluster its entry names.
@@ -301,6 +365,7 @@ impl Outbound {
                 mesh_core::Upstream::Cluster(c) => {
                     if let Some(op) = super::spans::operation(route) {
                         span.name(op);
+                        self.named = true;
                     }
                     self.cluster = Some(c.name.clone());
                 }
@@ -325,7 +390,8 @@ impl Outbound {
 
     /// Names the routed request's operation to the next hop, when it is traced.
     pub(crate) fn decorate(&self, headers: &mut HeaderMap) {
-        if let Some(span) = &self.span {
+        // Istio's passthrough and missing routes have no decorator.
+        if let Some(span) = self.span.as_ref().filter(|_| self.named) {
             span.decorate(headers);
         }
     }
@@ -377,6 +443,7 @@ impl Outbound {
             resp,
         );
         meter.span = self.span.map(|s| (s, self.cluster));
+        meter.count_messages(self.messages);
         resp.body_mut().meter(meter);
     }
 
@@ -403,7 +470,10 @@ impl Outbound {
             flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
             recorded: false,
             span: self.span.map(|s| (s, self.cluster)),
+            messages: None,
         };
+        // Istio reports the messages sent with what is known of the ends.
+        meter.count_messages(self.messages);
         meter.end();
     }
 }
@@ -474,7 +544,31 @@ pub(crate) struct Arrival {
     request_bytes: u64,
     grpc: bool,
     /// Its span, when sampled, and the inbound cluster.
-    span: Option<(Box<Span>, Option<Arc<str>>)>,
+    span: PendingSpan,
+    /// A gRPC request's message counts, when they are reported.
+    messages: Option<Arc<Messages>>,
+}
+
+/// A server span not handed to a meter yet: should its request be dropped first (the
+/// caller went away before the application answered), it ends with no response and
+/// `DC`, so that the spans of the calls the handler made keep their parent.
+#[derive(Debug)]
+struct PendingSpan(Option<(Box<Span>, Option<Arc<str>>)>);
+
+impl Drop for PendingSpan {
+    fn drop(&mut self) {
+        if let Some((span, cluster)) = self.0.take() {
+            span.finish(&Ending {
+                code: 0,
+                flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                request_bytes: 0,
+                response_bytes: 0,
+                grpc_status: None,
+                upstream_cluster: cluster.as_deref(),
+                upstream_host: None,
+            });
+        }
+    }
 }
 
 impl Arrival {
@@ -498,6 +592,22 @@ impl Arrival {
         let profile = telemetry.server_metrics.clone();
         if profile.is_none() && telemetry.server_log.is_none() && span.is_none() {
             return (None, current);
+        }
+        // The caller's operation names the span; Envoy does not pass it to the
+        // application.
+        let decorator = match span {
+            Some(_) => req
+                .headers_mut()
+                .remove(&mesh_core::trace::header::X_ENVOY_DECORATOR_OPERATION),
+            None => None,
+        };
+        // A gRPC request's counts: the request's messages are counted by the body the
+        // application reads, when it takes it through `GrpcMessagesLayer`.
+        let grpc = crate::inbound::is_grpc(req.headers());
+        let messages =
+            (grpc && profile.as_ref().is_some_and(|p| p.counts_messages())).then(Messages::new);
+        if let Some(m) = &messages {
+            req.extensions_mut().insert(RequestMessages(m.clone()));
         }
         let req = &*req;
         let peer = req.extensions().get::<crate::identity::PeerIdentity>();
@@ -554,15 +664,16 @@ impl Arrival {
             let name = mesh_core::trace::span_name(
                 mesh_core::trace::Direction::Inbound,
                 own.as_deref(),
-                req.headers()
-                    .get(&mesh_core::trace::header::X_ENVOY_DECORATOR_OPERATION),
+                decorator.as_ref(),
                 authority,
             );
             span.name(name.into_owned());
         }
-        let inbound_cluster = local.map(|l| Arc::from(format!("inbound|{}||", l.port())));
         let arrival = Arrival {
-            span: span.map(|s| (s, inbound_cluster)),
+            span: PendingSpan(span.map(|s| {
+                let cluster = local.map(|l| Arc::from(format!("inbound|{}||", l.port())));
+                (s, cluster)
+            })),
             metrics: mesh.runtime().metrics().clone(),
             ends: Ends {
                 reporter: Reporter::Destination,
@@ -581,8 +692,13 @@ impl Arrival {
             log,
             start: Instant::now(),
             request_bytes: declared_bytes(req.headers(), None),
-            grpc: crate::inbound::is_grpc(req.headers()),
+            grpc,
+            messages,
         };
+        // The server knows both ends on arrival: the counts go to their series at once.
+        if let Some(m) = &arrival.messages {
+            arrival.ends.attach(&arrival.metrics, m);
+        }
         (Some(arrival), current)
     }
 
@@ -601,7 +717,8 @@ impl Arrival {
             self.request_bytes,
             resp,
         );
-        meter.span = self.span;
+        meter.span = self.span.0.take();
+        meter.count_messages(self.messages.take());
         meter
     }
 }
@@ -650,5 +767,152 @@ fn caller(
         (Some(p), Some(id)) if &*p.principal == id => p.clone(),
         (_, Some(id)) => Arc::new(PeerLabels::unknown_with_principal(id)),
         (None, None) => unknown_peer().clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gRPC stream of messages of `lengths` bytes.
+    fn grpc(lengths: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for len in lengths {
+            out.push(0);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend(std::iter::repeat_n(7u8, *len as usize));
+        }
+        out
+    }
+
+    fn ends(reporter: Reporter, profile: Option<MetricProfile>) -> Ends {
+        Ends {
+            reporter,
+            source: unknown_peer().clone(),
+            source_principal: false,
+            destination: unknown_peer().clone(),
+            destination_principal: false,
+            service: unknown_service().clone(),
+            security: Security::Unknown,
+            profile: profile.map(Arc::new),
+        }
+    }
+
+    fn answer(grpc: bool) -> Response<()> {
+        let mut resp = Response::new(());
+        if grpc {
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+        }
+        resp
+    }
+
+    fn data(bytes: &[u8]) -> Frame<Bytes> {
+        Frame::data(Bytes::copy_from_slice(bytes))
+    }
+
+    /// The message counts of `metrics`' only series, if it reports one.
+    fn counts(metrics: &Metrics) -> Option<(u64, u64)> {
+        let readings = metrics.read_messages();
+        assert!(readings.len() <= 1, "{readings:?}");
+        readings
+            .first()
+            .map(|r| (r.request_messages, r.response_messages))
+    }
+
+    #[test]
+    fn a_grpc_requests_messages_reach_its_series_while_it_streams() {
+        let metrics = Arc::new(Metrics::new());
+        let ends = ends(Reporter::Source, Some(MetricProfile::standard()));
+        let messages = Messages::new();
+        // The caller sends two messages before the answer: they wait for the ends.
+        let mut request = Counting::request(messages.clone());
+        let sent = grpc(&[3, 0]);
+        request.data(&sent[..6]);
+        request.data(&sent[6..]);
+        assert_eq!(counts(&metrics), None);
+
+        let mut meter = Meter::new(
+            metrics.clone(),
+            ends,
+            None,
+            true,
+            Instant::now(),
+            0,
+            &answer(true),
+        );
+        meter.count_messages(Some(messages.clone()));
+        assert_eq!(counts(&metrics), Some((2, 0)));
+        // Three response messages, the first split across two frames; one more request
+        // message while the response streams.
+        let answered = grpc(&[10, 1, 2]);
+        meter.frame(&data(&answered[..3]));
+        meter.frame(&data(&answered[3..12]));
+        assert_eq!(counts(&metrics), Some((2, 1)));
+        request.data(&grpc(&[1]));
+        meter.frame(&data(&answered[12..]));
+        assert_eq!(counts(&metrics), Some((3, 3)));
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            super::super::GRPC_STATUS,
+            http::HeaderValue::from_static("0"),
+        );
+        meter.frame(&Frame::trailers(trailers));
+        meter.end();
+        assert_eq!(counts(&metrics), Some((3, 3)));
+        // The request itself is counted once, with its outcome.
+        let reading = metrics.read();
+        assert_eq!(reading.len(), 1);
+        assert_eq!(reading[0].requests, 1);
+        assert_eq!(reading[0].label("grpc_response_status"), Some("0"));
+        assert_eq!(reading[0].label("request_protocol"), Some("grpc"));
+    }
+
+    #[test]
+    fn only_a_grpc_request_that_sent_a_message_has_message_series() {
+        // (reports messages, gRPC, request messages, response body)
+        type Case<'a> = (bool, bool, &'a [u32], &'a [u32], Option<(u64, u64)>);
+        let cases: &[Case<'_>] = &[
+            // A trailers-only answer (a refusal) to a request that sent nothing.
+            (true, true, &[], &[], None),
+            // The request's message, no answer's: both counts, one of them zero.
+            (true, true, &[4], &[], Some((1, 0))),
+            (true, true, &[], &[0], Some((0, 1))),
+            // Not gRPC: no counting at all, whatever the body looks like.
+            (true, false, &[4], &[4], None),
+            // The side reports no message count.
+            (false, true, &[4], &[4], None),
+        ];
+        for (reports, is_grpc, sent, answered, want) in cases {
+            let metrics = Arc::new(Metrics::new());
+            let mut profile = MetricProfile::standard();
+            for s in profile.shapes.iter_mut().skip(4) {
+                s.enabled = *reports;
+            }
+            let ends = ends(Reporter::Destination, Some(profile));
+            let counted = *is_grpc && ends.profile.as_ref().is_some_and(|p| p.counts_messages());
+            let messages = counted.then(Messages::new);
+            if let Some(m) = &messages {
+                ends.attach(&metrics, m);
+                Counting::request(m.clone()).data(&grpc(sent));
+            }
+            let mut meter = Meter::new(
+                metrics.clone(),
+                ends,
+                None,
+                *is_grpc,
+                Instant::now(),
+                0,
+                &answer(*is_grpc),
+            );
+            meter.count_messages(messages);
+            meter.frame(&data(&grpc(answered)));
+            drop(meter);
+            let case = format!("{reports} {is_grpc} {sent:?} {answered:?}");
+            assert_eq!(counts(&metrics), *want, "{case}");
+            assert_eq!(metrics.series_count(), 1, "{case}");
+        }
     }
 }

@@ -21,6 +21,7 @@ pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status"
 
 pub mod access_log;
 pub mod graph;
+pub(crate) mod messages;
 pub(crate) mod meter;
 pub mod metrics;
 pub mod otlp;
@@ -28,4 +29,7 @@ pub mod spans;
 
 pub use access_log::{AccessLogSink, dropped_entries};
 pub use meter::Metered;
-pub use metrics::{HistogramReading, Labels, Metrics, Reporter, Sample, Security, SeriesReading};
+pub use metrics::{
+    HistogramReading, Labels, MessageReading, MessageSeries, Metrics, Reporter, Sample, Security,
+    SeriesReading,
+};

@@ -9,7 +9,8 @@
 //! (one per workload), encodes them with `opentelemetry-proto`'s messages and sends them.
 //! [`MetricsExporter`] reads the [`Metrics`] registry every 60 s and sends each series
 //! as cumulative OTLP points under Istio's Prometheus names (`istio_requests_total`,
-//! `istio_request_duration_milliseconds`, …), so that Istio's dashboards and queries keep
+//! `istio_request_duration_milliseconds`, …, `istio_request_messages_total` and
+//! `istio_response_messages_total` for gRPC), so that Istio's dashboards and queries keep
 //! working on a backend fed through a collector.
 //!
 //! [`OtlpEnv::from_env`] reads the standard variables (`OTEL_EXPORTER_OTLP_*`,
@@ -72,7 +73,7 @@ pub use config::{
 };
 use transport::Transport;
 
-use super::metrics::{BUCKETS, HistogramReading, Metrics, SeriesReading};
+use super::metrics::{BUCKETS, HistogramReading, MessageReading, Metrics, SeriesReading};
 
 use pb::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use pb::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -683,6 +684,21 @@ pub const METRICS: [(&str, &str, &str); 4] = [
     ),
 ];
 
+/// The gRPC message counts as exported, in the order of `MessageReading::reported`:
+/// name, unit, description (see [`METRICS`]).
+pub const MESSAGE_METRICS: [(&str, &str, &str); 2] = [
+    (
+        "istio_request_messages_total",
+        "",
+        "gRPC messages the callers sent, counted as they stream.",
+    ),
+    (
+        "istio_response_messages_total",
+        "",
+        "gRPC messages the servers answered, counted as they stream.",
+    ),
+];
+
 fn histogram_point(
     h: &HistogramReading,
     attributes: Vec<KeyValue>,
@@ -701,19 +717,48 @@ fn histogram_point(
     }
 }
 
-/// The export request of `readings`: one point per series and reported metric,
-/// cumulative since `start`; metrics without points are left out. Also the number of
-/// points.
+/// A cumulative, monotonic sum of `points`, `None` without points.
+fn sum(points: Vec<pb::metrics::v1::NumberDataPoint>) -> Option<pb::metrics::v1::metric::Data> {
+    use pb::metrics::v1::{AggregationTemporality, Sum, metric::Data};
+    (!points.is_empty()).then_some(Data::Sum(Sum {
+        data_points: points,
+        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+        is_monotonic: true,
+    }))
+}
+
+/// A counter's point, cumulative since `start`.
+fn count_point(
+    value: u64,
+    attributes: Vec<KeyValue>,
+    start: u64,
+    now: u64,
+) -> pb::metrics::v1::NumberDataPoint {
+    use pb::metrics::v1::{NumberDataPoint, number_data_point};
+    NumberDataPoint {
+        attributes,
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(number_data_point::Value::AsInt(
+            i64::try_from(value).unwrap_or(i64::MAX),
+        )),
+        ..NumberDataPoint::default()
+    }
+}
+
+/// The export request of `readings` and of the gRPC message counts `messages`: one
+/// point per series and reported metric, cumulative since `start`; metrics without
+/// points are left out. Also the number of points.
 fn encode_metrics(
     readings: &[SeriesReading],
+    messages: &[MessageReading],
     resource: &Resource,
     start: u64,
     now: u64,
 ) -> (ExportMetricsServiceRequest, u64) {
-    use pb::metrics::v1::{AggregationTemporality, Histogram, Metric, NumberDataPoint, Sum};
-    use pb::metrics::v1::{metric::Data, number_data_point};
+    use pb::metrics::v1::{AggregationTemporality, Histogram, Metric, metric::Data};
     let cumulative = AggregationTemporality::Cumulative as i32;
-    let mut metrics = Vec::with_capacity(METRICS.len());
+    let mut metrics = Vec::with_capacity(METRICS.len() + MESSAGE_METRICS.len());
     let mut points = 0u64;
     for (m, (name, unit, description)) in METRICS.iter().enumerate() {
         let reported = readings.iter().filter_map(|r| {
@@ -723,22 +768,10 @@ fn encode_metrics(
         });
         let data = if m == 0 {
             let data_points: Vec<_> = reported
-                .map(|(r, attributes)| NumberDataPoint {
-                    attributes,
-                    start_time_unix_nano: start,
-                    time_unix_nano: now,
-                    value: Some(number_data_point::Value::AsInt(
-                        i64::try_from(r.requests).unwrap_or(i64::MAX),
-                    )),
-                    ..NumberDataPoint::default()
-                })
+                .map(|(r, attributes)| count_point(r.requests, attributes, start, now))
                 .collect();
             points += data_points.len() as u64;
-            (!data_points.is_empty()).then_some(Data::Sum(Sum {
-                data_points,
-                aggregation_temporality: cumulative,
-                is_monotonic: true,
-            }))
+            sum(data_points)
         } else {
             let data_points: Vec<_> = reported
                 .map(|(r, attributes)| {
@@ -757,6 +790,31 @@ fn encode_metrics(
             }))
         };
         if let Some(data) = data {
+            metrics.push(Metric {
+                name: name.to_string(),
+                description: description.to_string(),
+                unit: unit.to_string(),
+                data: Some(data),
+                ..Metric::default()
+            });
+        }
+    }
+    for (m, (name, unit, description)) in MESSAGE_METRICS.iter().enumerate() {
+        let data_points: Vec<_> = messages
+            .iter()
+            .filter_map(|r| {
+                let pairs = r.reported.get(m)?.as_ref()?;
+                let attributes = pairs.iter().map(|(k, v)| string_attribute(k, v)).collect();
+                let value = if m == 0 {
+                    r.request_messages
+                } else {
+                    r.response_messages
+                };
+                Some(count_point(value, attributes, start, now))
+            })
+            .collect();
+        points += data_points.len() as u64;
+        if let Some(data) = sum(data_points) {
             metrics.push(Metric {
                 name: name.to_string(),
                 description: description.to_string(),
@@ -894,8 +952,10 @@ impl MetricsTask {
 
     async fn export(&mut self) -> Result<(), OtlpError> {
         let readings = self.metrics.read();
+        let messages = self.metrics.read_messages();
         let now = unix_nanos(SystemTime::now());
-        let (request, points) = encode_metrics(&readings, &self.resource, self.start, now);
+        let (request, points) =
+            encode_metrics(&readings, &messages, &self.resource, self.start, now);
         if points == 0 {
             return Ok(());
         }

@@ -9,7 +9,7 @@
 //! it serves (its server span and request ID) is the task's *current* request, and a
 //! request the handler sends through `mesh.client()` without trace headers of its own
 //! continues it. A handler that spawns a task of its own takes the context with it through
-//! the headers (or [`current`] and `scope`), as with OpenTelemetry's context.
+//! the headers (or [`current`] and [`scope`]), as with OpenTelemetry's context.
 //!
 //! Unsampled requests cost the context headers and no span: nothing is allocated for a
 //! span unless it is sampled and reported.
@@ -51,11 +51,13 @@ pub(crate) fn in_scope<R>(current: &Current, f: impl FnOnce() -> R) -> R {
     CURRENT.sync_scope(current.clone(), f)
 }
 
-/// `fut` with `current` as its current request, for futures polled elsewhere.
-pub(crate) fn scoped<F: std::future::Future>(
+/// `fut` with `current` as its current request: how a handler carries the request it
+/// serves into a task it spawns (`tokio::spawn(scope(current().unwrap_or_default(), fut))`),
+/// and how `mesh.inbound()` runs the application's future (moved in, not cloned per poll).
+pub fn scope<F: std::future::Future>(
     current: Current,
     fut: F,
-) -> impl std::future::Future<Output = F::Output> {
+) -> tokio::task::futures::TaskLocalFuture<Current, F> {
     CURRENT.scope(current, fut)
 }
 
@@ -130,7 +132,7 @@ impl Span {
         if let Some(h) = end.upstream_host {
             attributes.push((tag::UPSTREAM_ADDRESS, AttributeValue::Str(h.to_string())));
         }
-        // Envoy marks a span failed on a 5xx (or no response), and on a gRPC error.
+        // Envoy marks a span failed on a 5xx, or when no response was sent.
         let error = end.code >= 500 || end.code == 0;
         if error {
             attributes.push((tag::ERROR, AttributeValue::Static(tag::ERROR_TRUE)));
@@ -170,55 +172,77 @@ fn resource(me: &PeerLabels) -> Arc<Resource> {
     ]))
 }
 
-/// What a request's headers, or else the current request, say of its trace.
-fn incoming(headers: &HeaderMap, current: Option<&Current>) -> Option<Extracted> {
-    trace::extract(headers).or_else(|| {
-        let span = current?.span.as_ref()?;
-        Some(Extracted {
-            format: Format::TraceContext,
-            remote: Some(RemoteSpan {
-                trace_id: span.trace_id,
-                span_id: span.span_id,
-                parent_span_id: None,
-            }),
-            sampling: match (span.debug, span.sampled) {
-                (true, _) => Sampling::Debug,
-                (false, true) => Sampling::Accept,
-                (false, false) => Sampling::Deny,
-            },
-            tracestate: span.tracestate.clone(),
-        })
+/// What the current request says of the trace a request it sends continues.
+fn continued(current: Option<&Current>) -> Option<Extracted> {
+    let span = current?.span.as_ref()?;
+    Some(Extracted {
+        format: Format::TraceContext,
+        remote: Some(RemoteSpan {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: None,
+        }),
+        sampling: match (span.debug, span.sampled) {
+            (true, _) => Sampling::Debug,
+            (false, true) => Sampling::Accept,
+            (false, false) => Sampling::Deny,
+        },
+        tracestate: span.tracestate.clone(),
     })
 }
 
-/// Whether a context read from the wire came in B3.
-fn in_b3(e: Option<&Extracted>) -> bool {
-    e.is_some_and(|e| matches!(e.format, Format::B3Single | Format::B3Multi))
+/// Whether a hop writes B3 as well as W3C: when the request's own headers carry B3 (a B3
+/// caller, or an earlier hop that wrote both), or — continuing the current request — when
+/// that request's did.
+fn speaks_b3(headers: &HeaderMap, from_headers: bool, current: Option<&Current>) -> bool {
+    if from_headers {
+        headers.contains_key(&trace::header::B3)
+            || headers.contains_key(&trace::header::X_B3_TRACEID)
+    } else {
+        current.is_some_and(|c| c.b3)
+    }
+}
+
+/// The longest `http.url` path Envoy tags (its `max_path_tag_length` default), and the
+/// longest other string tag taken from a request.
+const MAX_PATH_TAG: usize = 256;
+const MAX_REQUEST_TAG: usize = 1024;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Starts the span of a request on one side: decides sampling, writes the context the next
 /// hop continues (when `settings` propagate: W3C, and B3 too when the context came in B3)
 /// and, when sampled and reported, the span to finish. Also says whether B3 is spoken.
 /// `None` when tracing is off (no exporter).
+#[allow(clippy::too_many_arguments)]
 fn start<B>(
     runtime: &crate::MeshRuntime,
     settings: &TraceSettings,
     me: &PeerLabels,
     kind: SpanKind,
     current: Option<&Current>,
+    edge: bool,
     req: &mut http::Request<B>,
 ) -> Option<(SpanContext, Option<Box<Span>>, bool)> {
     let exporter = runtime.span_exporter()?;
-    let extracted = incoming(req.headers(), current);
-    let b3 = match &extracted {
-        Some(e) if e.format != Format::TraceContext || current.is_none() => in_b3(Some(e)),
-        // Continuing the current request: in the formats it arrived in.
-        _ => current.is_some_and(|c| c.b3),
-    };
-    let decision = settings.sampler.decide(&SamplingInput::from_headers(
-        req.headers(),
-        extracted.as_ref(),
-    ));
+    let wire = trace::extract(req.headers());
+    let b3 = speaks_b3(req.headers(), wire.is_some(), current);
+    let extracted = wire.or_else(|| continued(current));
+    let mut input = SamplingInput::from_headers(req.headers(), extracted.as_ref());
+    // An outside client cannot force tracing: Envoy drops its `x-envoy-*` headers at the
+    // edge first (`x-client-trace-id` stays, as Envoy's client sampling allows).
+    input.force_trace &= !edge;
+    let decision = settings.sampler.decide(&input);
     if let Some(marked) = req
         .headers()
         .get(super::X_REQUEST_ID)
@@ -229,7 +253,13 @@ fn start<B>(
     let (context, parent) =
         trace::with_thread_ids(|ids| SpanContext::start(extracted.as_ref(), &decision, ids));
     if settings.propagate {
-        trace::inject_formats(&context, parent, b3, req.headers_mut());
+        if b3 {
+            trace::inject_formats(&context, parent, true, req.headers_mut());
+        } else {
+            // Not speaking B3, the request has no B3 trace id or single header (what
+            // `speaks_b3` looked for), so no B3 context to clear: W3C alone.
+            trace::inject_w3c(&context, req.headers_mut());
+        }
     }
     let span = (context.sampled && settings.report).then(|| {
         Box::new(Span {
@@ -267,17 +297,18 @@ fn attributes<B>(
 ) -> Vec<(&'static str, AttributeValue)> {
     let h = req.headers();
     let text = |name: http::HeaderName| {
-        h.get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string()
+        let v = h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
+        truncated(v, MAX_REQUEST_TAG).to_string()
     };
     let authority = h
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .unwrap_or("");
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let path = truncated(
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        MAX_PATH_TAG,
+    );
     let scheme = req.uri().scheme_str().unwrap_or("http");
     let protocol = match req.version() {
         http::Version::HTTP_2 => "HTTP/2",
@@ -335,7 +366,7 @@ fn attributes<B>(
             SpanTagValue::Header { name, default } => h
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+                .map(|v| truncated(v, MAX_REQUEST_TAG).to_string())
                 .or_else(|| default.as_deref().map(str::to_string)),
         };
         if let Some(v) = v {
@@ -386,6 +417,7 @@ pub(crate) fn client<B>(
         &telemetry.me,
         SpanKind::Client,
         current.as_ref(),
+        edge,
         req,
     )
     .and_then(|(_, span, _)| span)
@@ -415,6 +447,7 @@ pub(crate) fn server<B>(
         &telemetry.me,
         SpanKind::Server,
         None,
+        false,
         req,
     ) {
         Some((context, span, b3)) => (
@@ -465,4 +498,54 @@ pub(crate) fn operation(route: &crate::outbound::Route) -> Option<String> {
     // Istio names the VirtualService by its name alone.
     let vs = rule.origin.virtual_service.rsplit('/').next().unwrap_or("");
     Some(trace::route_operation(path, single, vs, route.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b3_is_spoken_when_the_request_or_the_current_request_carries_it() {
+        let mut w3c = HeaderMap::new();
+        w3c.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let mut both = w3c.clone();
+        both.insert(
+            "x-b3-traceid",
+            HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736"),
+        );
+        let mut single = HeaderMap::new();
+        single.insert("b3", HeaderValue::from_static("1"));
+        let b3_current = Current {
+            b3: true,
+            ..Current::default()
+        };
+        let cases = [
+            (&w3c, true, None, false),
+            // A hop that wrote both formats: the next one keeps both.
+            (&both, true, None, true),
+            (&single, true, None, true),
+            // No context in the headers: the current request's formats.
+            (&HeaderMap::new(), false, Some(&b3_current), true),
+            (&HeaderMap::new(), false, Some(&Current::default()), false),
+            (&HeaderMap::new(), false, None, false),
+            // The request's own headers win over the current request.
+            (&w3c, true, Some(&b3_current), false),
+        ];
+        for (i, (headers, from_headers, current, want)) in cases.into_iter().enumerate() {
+            assert_eq!(speaks_b3(headers, from_headers, current), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn tags_are_cut_at_a_character_boundary() {
+        assert_eq!(truncated("abc", 5), "abc");
+        assert_eq!(truncated("abcdef", 3), "abc");
+        // "é" is two bytes: never cut in the middle.
+        assert_eq!(truncated("aé", 2), "a");
+        let long = "/".repeat(1000);
+        assert_eq!(truncated(&long, MAX_PATH_TAG).len(), 256);
+    }
 }

@@ -72,6 +72,9 @@ where
         let span =
             crate::telemetry::spans::client(self.mesh.runtime(), telemetry, &mut request, false);
         let outbound = Outbound::start(self.mesh.runtime(), telemetry, &request, span);
+        if let Some(o) = &outbound {
+            o.count_request(request.body_mut());
+        }
         let default_port = if request.uri().scheme_str() == Some("https") {
             443
         } else {

@@ -621,7 +621,7 @@ fn metrics_are_cumulative_points_with_istios_names_and_labels() {
     metrics.record(&destination_side, sample(2, 50, 60));
 
     let resource = Resource::new([("service.name", "bookinfo")]);
-    let (req, points) = encode_metrics(&metrics.read(), &resource, 111, 222);
+    let (req, points) = encode_metrics(&metrics.read(), &[], &resource, 111, 222);
     // 2 series × 4 metrics, less the disabled one.
     assert_eq!(points, 7);
     assert_eq!(req.resource_metrics.len(), 1);
@@ -719,8 +719,114 @@ fn metrics_are_cumulative_points_with_istios_names_and_labels() {
     assert!(sums.contains(&(1, Some(50.0))), "{sums:?}");
 
     // An empty registry sends nothing.
-    let (empty, points) = encode_metrics(&Metrics::new().read(), &resource, 0, 0);
+    let (empty, points) = encode_metrics(&Metrics::new().read(), &[], &resource, 0, 0);
     assert_eq!((empty.resource_metrics.len(), points), (0, 0));
+}
+
+#[test]
+fn grpc_message_counts_are_cumulative_sums_with_istios_twenty_labels() {
+    use pb::metrics::v1::metric::Data;
+    use pb::metrics::v1::number_data_point::Value;
+    let metrics = Metrics::new();
+    let source = peer("productpage-v1", "productpage", "v1");
+    let destination = peer("reviews-v2", "reviews", "v2");
+    let service = Arc::new(ServiceLabels::new(
+        "reviews.default.svc.cluster.local",
+        "default",
+    ));
+    let standard = Arc::new(MetricProfile::standard());
+    // The destination side: no response messages; its request messages gain a label.
+    let grpc = mesh_core::telemetry::REQUEST_METRICS.len();
+    let mut shaped = MetricProfile::standard();
+    shaped.shapes[grpc + 1].enabled = false;
+    shaped.shapes[grpc].added = vec![("stream".into(), "yes".into())];
+    let shaped = Arc::new(shaped);
+    let labels = Labels {
+        reporter: Reporter::Source,
+        source: &source,
+        source_principal: true,
+        destination: &destination,
+        destination_principal: true,
+        service: &service,
+        grpc: true,
+        code: 200,
+        grpc_status: Some(0),
+        flags: ResponseFlags::NONE,
+        security: Security::Unknown,
+        profile: &standard,
+    };
+    metrics.message_series(&labels).add(3, 13);
+    // Another outcome, the same series: the counts carry no outcome.
+    metrics
+        .message_series(&Labels {
+            code: 503,
+            grpc_status: Some(14),
+            ..labels
+        })
+        .add(5, 0);
+    metrics
+        .message_series(&Labels {
+            reporter: Reporter::Destination,
+            security: Security::MutualTls,
+            profile: &shaped,
+            ..labels
+        })
+        .add(8, 27);
+    // A series that never counted a message is not exported.
+    let _ = metrics.message_series(&Labels {
+        service: &Arc::new(ServiceLabels::unknown()),
+        ..labels
+    });
+    assert_eq!(metrics.message_series_count(), 2);
+
+    let resource = Resource::new([("service.name", "bookinfo")]);
+    let messages = metrics.read_messages();
+    let (req, points) = encode_metrics(&[], &messages, &resource, 111, 222);
+    // 2 series × 2 metrics, less the disabled one.
+    assert_eq!(points, 3);
+    let sm = &req.resource_metrics[0].scope_metrics[0];
+    let names: Vec<&str> = sm.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "istio_request_messages_total",
+            "istio_response_messages_total"
+        ]
+    );
+    let point = |metric: usize, reporter: &str| {
+        let Some(Data::Sum(sum)) = &sm.metrics[metric].data else {
+            panic!("{:?}", sm.metrics[metric]);
+        };
+        assert!(sum.is_monotonic);
+        assert_eq!(
+            sum.aggregation_temporality,
+            pb::metrics::v1::AggregationTemporality::Cumulative as i32
+        );
+        sum.data_points
+            .iter()
+            .find(|p| {
+                p.attributes.iter().any(|kv| {
+                    kv.key == "reporter"
+                        && kv.value.as_ref().and_then(|v| v.value.clone())
+                            == Some(any_value::Value::StringValue(reporter.into()))
+                })
+            })
+            .cloned()
+    };
+    let src = point(0, "source").unwrap();
+    assert_eq!(src.value, Some(Value::AsInt(8)));
+    assert_eq!((src.start_time_unix_nano, src.time_unix_nano), (111, 222));
+    let keys: Vec<&str> = src.attributes.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, mesh_core::telemetry::ISTIO_LABELS[..20]);
+    assert_eq!(point(1, "source").unwrap().value, Some(Value::AsInt(13)));
+    let dst = point(0, "destination").unwrap();
+    assert_eq!(dst.value, Some(Value::AsInt(8)));
+    assert_eq!(
+        dst.attributes.last().map(|kv| kv.key.as_str()),
+        Some("stream")
+    );
+    assert_eq!(dst.attributes.len(), 21);
+    assert!(point(1, "destination").is_none());
 }
 
 #[test]
