@@ -720,13 +720,14 @@ fn unknown_fields_name_the_field_and_suggest_one() {
 
 #[test]
 fn behaviour_changing_fields_are_reported_as_not_enforced() {
+    // Tracing is applied, but for span tags taken from access log formatters.
     let c = check(&tel(
-        "  selector: {matchLabels: {app: reviews}}\n  tracing:\n  - randomSamplingPercentage: 10\n  metrics:\n  - providers: [{name: prometheus}]\n  accessLogging:\n  - providers: [{name: envoy}]\n",
+        "  selector: {matchLabels: {app: reviews}}\n  tracing:\n  - randomSamplingPercentage: 10\n    customTags:\n      a: {literal: {value: x}}\n      b: {formatter: {value: '%REQ(x-user)%'}}\n  metrics:\n  - providers: [{name: prometheus}]\n  accessLogging:\n  - providers: [{name: envoy}]\n",
     ));
     let ne: Vec<(u32, String, char)> = with_code(&found(&c), "MESH0120");
     assert_eq!(
         ne,
-        vec![(6, "spec.tracing".to_string(), 'W'),],
+        vec![(10, "spec.tracing[0].customTags.b.formatter".to_string(), 'W')],
         "{}",
         show(&c)
     );
@@ -737,7 +738,7 @@ fn behaviour_changing_fields_are_reported_as_not_enforced() {
         .unwrap();
     assert_eq!(
         d.message,
-        "`spec.tracing` is parsed but not enforced: the Telemetry API is validated and its scopes merged, but the runtime does not apply it yet"
+        "`spec.tracing[0].customTags.b.formatter` is parsed but not enforced: span tags from access log formatters are not applied"
     );
     // Metrics are applied for the Prometheus provider, with literal tag values; other
     // providers, other expressions and a reporting interval are not.
