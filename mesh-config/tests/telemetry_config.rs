@@ -727,7 +727,11 @@ fn behaviour_changing_fields_are_reported_as_not_enforced() {
     let ne: Vec<(u32, String, char)> = with_code(&found(&c), "MESH0120");
     assert_eq!(
         ne,
-        vec![(10, "spec.tracing[0].customTags.b.formatter".to_string(), 'W')],
+        vec![(
+            10,
+            "spec.tracing[0].customTags.b.formatter".to_string(),
+            'W'
+        )],
         "{}",
         show(&c)
     );
