@@ -3,7 +3,8 @@
 //! from the same bucket, and refused), and the inbound layer around an
 //! application that answers at once, without a limit and with Istio's task limit on the
 //! workload (a bucket large enough never to refuse): the difference is one local limit
-//! check as a request pays it.
+//! check as a request pays it. The layer without a limit is also measured with tracing on
+//! (a span exporter, Istio's default 1 % sampling): the server side's trace context.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -110,6 +111,7 @@ spec:
 /// that answers at once.
 fn inbound(
     yaml: &str,
+    traced: bool,
 ) -> impl Service<
     Request<()>,
     Response = Response<impl Sized>,
@@ -120,6 +122,9 @@ fn inbound(
     set.add_str("bench.yaml", yaml);
     let snapshot = set.check().snapshot.expect("valid bench configuration");
     let runtime = MeshRuntime::from_snapshot(&snapshot);
+    if traced {
+        runtime.set_span_exporter(Some(exporter()));
+    }
     let mesh = runtime.workload(
         Workload::new("productpage-v1", "default")
             .labels([("app", "productpage"), ("version", "v1")])
@@ -130,6 +135,23 @@ fn inbound(
             String::new(),
         )))
     }))
+}
+
+/// A span exporter, so that Istio's default 1 % sampling applies (the context read and
+/// written on every request, a span for one in a hundred). Its runtime is never driven:
+/// the spans wait in its bounded queue, then are dropped and counted, off the request path.
+fn exporter() -> mesh_tower::telemetry::otlp::SpanExporter {
+    use mesh_tower::telemetry::otlp::{BatchConfig, OtlpConfig, Protocol, SpanExporter};
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    });
+    let _entered = rt.enter();
+    let config = OtlpConfig::new("http://127.0.0.1:9/v1/traces", Protocol::HttpProtobuf).unwrap();
+    SpanExporter::start(config, BatchConfig::default()).unwrap()
 }
 
 /// Calls `svc` once, polling its future to completion without a runtime.
@@ -144,11 +166,15 @@ fn call<S: Service<Request<()>>>(svc: &mut S) -> S::Response {
 
 fn layer(c: &mut Criterion) {
     let mut g = c.benchmark_group("local_ratelimit_inbound");
-    let mut none = inbound(
-        "apiVersion: mesh.rs/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: istio-system}\nspec: {}\n",
-    );
+    let plain = "apiVersion: mesh.rs/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: istio-system}\nspec: {}\n";
+    let mut none = inbound(plain, false);
     g.bench_function("no_limit", |b| b.iter(|| black_box(call(&mut none))));
-    let mut limited = inbound(LIMIT);
+    // The same with tracing on: what the server side's trace context adds.
+    let mut traced = inbound(plain, true);
+    g.bench_function("no_limit_traced", |b| {
+        b.iter(|| black_box(call(&mut traced)))
+    });
+    let mut limited = inbound(LIMIT, false);
     g.bench_function("task_limit", |b| b.iter(|| black_box(call(&mut limited))));
     g.finish();
 }

@@ -89,7 +89,7 @@ impl tower::Service<http::Request<mesh_tower::ReqBody>> for Stub {
 }
 
 /// The stack's overhead without a network: the whole outbound stack over a stub
-/// upstream, against calling the stub directly.
+/// upstream, against calling the stub directly; and the same stack with tracing on.
 fn overhead(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -99,6 +99,19 @@ fn overhead(c: &mut Criterion) {
         + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n";
     let m = mesh(&cfg);
     let client = m.client_over(Stub);
+    // The same with tracing on: a span exporter, so Istio's default 1 % sampling applies
+    // (the context headers on every request, a span for one in a hundred). Its endpoint
+    // refuses connections: the batches it sends fail at once, off the request path.
+    let traced = mesh(&cfg);
+    {
+        use mesh_tower::telemetry::otlp::{BatchConfig, OtlpConfig, Protocol, SpanExporter};
+        let _runtime = rt.enter();
+        let config = OtlpConfig::new("http://127.0.0.1:9/v1/traces", Protocol::HttpProtobuf)
+            .expect("an OTLP endpoint");
+        let exporter = SpanExporter::start(config, BatchConfig::default()).expect("an exporter");
+        traced.runtime().set_span_exporter(Some(exporter));
+    }
+    let traced_client = traced.client_over(Stub);
     let mut g = c.benchmark_group("outbound_overhead");
     g.bench_function("stub_alone", |b| {
         b.to_async(&rt).iter(|| async {
@@ -114,6 +127,14 @@ fn overhead(c: &mut Criterion) {
                 .body(Empty::<Bytes>::new())
                 .unwrap();
             client.clone().oneshot(req).await.unwrap()
+        })
+    });
+    g.bench_function("mesh_stack_over_stub_traced", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req = http::Request::get("http://reviews:9080/reviews/0")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            traced_client.clone().oneshot(req).await.unwrap()
         })
     });
     g.finish();

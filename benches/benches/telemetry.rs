@@ -150,7 +150,7 @@ fn labels_like() -> Labels<'static> {
 /// headers; and the same for a request continuing a sampled W3C context.
 fn trace_context(c: &mut Criterion) {
     use http::{HeaderMap, HeaderValue};
-    use mesh_core::trace::{self, Sampler, SamplingInput, SpanContext};
+    use mesh_core::trace::{self, Sampler, SpanContext, TraceHeaders};
     let sampler = Sampler::default();
     let base = {
         let mut h = HeaderMap::new();
@@ -170,13 +170,16 @@ fn trace_context(c: &mut Criterion) {
             b.iter_batched_ref(
                 || headers.clone(),
                 |h| {
-                    let incoming = trace::extract(h);
-                    let decision =
-                        sampler.decide(&SamplingInput::from_headers(h, incoming.as_ref()));
+                    // What each side does per request: one scan of the headers, the
+                    // decision, the span context, the context written.
+                    let found = TraceHeaders::scan(h);
+                    let incoming = found.extract();
+                    let decision = sampler.decide(&found.sampling_input(incoming.as_ref()));
+                    let carried = found.carried();
                     let (span, parent) = trace::with_thread_ids(|ids| {
                         SpanContext::start(incoming.as_ref(), &decision, ids)
                     });
-                    trace::inject_formats(&span, parent, false, h);
+                    trace::inject_over(&span, parent, false, carried, h);
                     black_box(span.sampled)
                 },
                 criterion::BatchSize::SmallInput,

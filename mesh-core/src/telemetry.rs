@@ -594,7 +594,7 @@ pub struct TraceSettings {
     /// `useRequestIdForTraceSampling`.
     pub sampler: crate::trace::Sampler,
     /// Tags added to every span, sorted by name.
-    pub custom_tags: Vec<(Arc<str>, SpanTagValue)>,
+    pub custom_tags: Vec<(&'static str, SpanTagValue)>,
     /// Istio's own tags (`istio.canonical_service`, …) are added.
     pub istio_tags: bool,
     /// The trace context is written on forwarded requests.
@@ -652,7 +652,7 @@ impl TraceSettings {
                 } else {
                     return None;
                 };
-                Some((Arc::from(name.as_str()), value))
+                Some((intern(name), value))
             })
             .collect();
         TraceSettings {
@@ -698,35 +698,45 @@ pub struct WorkloadTelemetry {
 /// value `from_static` would refuse (anything but visible ASCII), the value is an ordinary
 /// shared one. A value no header can hold gives an empty one.
 fn static_header_value(value: String) -> http::HeaderValue {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static INTERNED: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
     let visible = value
         .bytes()
         .all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
-    if !visible {
-        return http::HeaderValue::from_str(&value)
-            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+    match visible
+        .then(|| interned(&value, Some(MAX_INTERNED)))
+        .flatten()
+    {
+        // Checked above: visible ASCII only, so `from_static` cannot panic.
+        Some(v) => http::HeaderValue::from_static(v),
+        None => http::HeaderValue::from_str(&value)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("")),
     }
+}
+
+/// `value` with the `'static` lifetime span attribute names take, interned once per
+/// process: for names from configuration (custom span tag names), which are few.
+pub fn intern(value: &str) -> &'static str {
+    interned(value, None).unwrap_or_default()
+}
+
+/// The process's interned copy of `value`, made on first sight unless `bound` strings are
+/// interned already (`None`: no bound).
+fn interned(value: &str, bound: Option<usize>) -> Option<&'static str> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static INTERNED: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
     let mut set = INTERNED
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let interned: &'static str = match set.get(value.as_str()) {
-        Some(v) => v,
-        None if set.len() >= MAX_INTERNED => {
-            drop(set);
-            return http::HeaderValue::from_str(&value)
-                .unwrap_or_else(|_| http::HeaderValue::from_static(""));
-        }
-        None => {
-            let leaked: &'static str = Box::leak(value.into_boxed_str());
-            set.insert(leaked);
-            leaked
-        }
-    };
-    // Checked above: visible ASCII only, so `from_static` cannot panic.
-    http::HeaderValue::from_static(interned)
+    if let Some(v) = set.get(value) {
+        return Some(v);
+    }
+    if bound.is_some_and(|b| set.len() >= b) {
+        return None;
+    }
+    let leaked: &'static str = Box::leak(value.to_string().into_boxed_str());
+    set.insert(leaked);
+    Some(leaked)
 }
 
 /// How many distinct baggage values [`static_header_value`] keeps for the process's life.

@@ -86,7 +86,7 @@ pub mod header {
 
 use header::{
     B3, TRACEPARENT, TRACESTATE, X_B3_FLAGS, X_B3_PARENTSPANID, X_B3_SAMPLED, X_B3_SPANID,
-    X_B3_TRACEID, X_CLIENT_TRACE_ID, X_ENVOY_FORCE_TRACE, X_REQUEST_ID,
+    X_B3_TRACEID,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -643,28 +643,213 @@ pub fn parse_tracestate<'a>(
     HeaderValue::from_bytes(&members.join(&b","[..])).ok()
 }
 
+/// The trace-related headers of a request, found in one pass over its headers.
+///
+/// Reading a request's trace context, its sampling inputs and whether it speaks B3 takes a
+/// dozen header names; looking each up hashes the name and probes the map, which on a
+/// request with a handful of headers costs more than walking them once and comparing
+/// names. The scan keeps the first value of each header (what [`HeaderMap::get`] gives),
+/// and counts repeated `traceparent` (invalid) and `tracestate` (one list) lines.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceHeaders<'a> {
+    headers: &'a HeaderMap,
+    traceparent: Option<&'a HeaderValue>,
+    traceparents: u8,
+    tracestate: Option<&'a HeaderValue>,
+    tracestates: u8,
+    b3: Option<&'a HeaderValue>,
+    x_b3_traceid: Option<&'a HeaderValue>,
+    x_b3_spanid: Option<&'a HeaderValue>,
+    x_b3_parentspanid: Option<&'a HeaderValue>,
+    x_b3_sampled: Option<&'a HeaderValue>,
+    x_b3_flags: Option<&'a HeaderValue>,
+    request_id: Option<&'a HeaderValue>,
+    request_ids: u8,
+    force_trace: bool,
+    client_trace_id: bool,
+}
+
+/// Keeps the first value seen.
+fn first<'a>(slot: &mut Option<&'a HeaderValue>, value: &'a HeaderValue) {
+    if slot.is_none() {
+        *slot = Some(value);
+    }
+}
+
+impl<'a> TraceHeaders<'a> {
+    /// Walks `headers` once.
+    pub fn scan(headers: &'a HeaderMap) -> Self {
+        let mut t = TraceHeaders {
+            headers,
+            traceparent: None,
+            traceparents: 0,
+            tracestate: None,
+            tracestates: 0,
+            b3: None,
+            x_b3_traceid: None,
+            x_b3_spanid: None,
+            x_b3_parentspanid: None,
+            x_b3_sampled: None,
+            x_b3_flags: None,
+            request_id: None,
+            request_ids: 0,
+            force_trace: false,
+            client_trace_id: false,
+        };
+        for (name, value) in headers {
+            let n = name.as_str().as_bytes();
+            // Every name looked for starts with `t`, `b` or `x-`: most headers stop here.
+            match n.first() {
+                Some(b't') => match n {
+                    b"traceparent" => {
+                        first(&mut t.traceparent, value);
+                        t.traceparents = t.traceparents.saturating_add(1);
+                    }
+                    b"tracestate" => {
+                        first(&mut t.tracestate, value);
+                        t.tracestates = t.tracestates.saturating_add(1);
+                    }
+                    _ => {}
+                },
+                Some(b'b') if n == b"b3" => first(&mut t.b3, value),
+                Some(b'x') if n.get(1) == Some(&b'-') => match &n[2..] {
+                    b"request-id" => {
+                        first(&mut t.request_id, value);
+                        t.request_ids = t.request_ids.saturating_add(1);
+                    }
+                    b"b3-traceid" => first(&mut t.x_b3_traceid, value),
+                    b"b3-spanid" => first(&mut t.x_b3_spanid, value),
+                    b"b3-parentspanid" => first(&mut t.x_b3_parentspanid, value),
+                    b"b3-sampled" => first(&mut t.x_b3_sampled, value),
+                    b"b3-flags" => first(&mut t.x_b3_flags, value),
+                    b"envoy-force-trace" => t.force_trace = true,
+                    b"client-trace-id" => t.client_trace_id = true,
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// The trace context, in [`extract`]'s precedence.
+    pub fn extract(&self) -> Option<Extracted> {
+        self.trace_context()
+            .or_else(|| self.b3_single())
+            .or_else(|| self.b3_multi())
+    }
+
+    /// The `x-request-id` (its first value).
+    pub fn request_id(&self) -> Option<&'a HeaderValue> {
+        self.request_id
+    }
+
+    /// Whether the request carries a B3 context or decision: the single `b3` header or
+    /// `x-b3-traceid` (the headers a hop that speaks B3 always writes).
+    pub fn has_b3(&self) -> bool {
+        self.b3.is_some() || self.x_b3_traceid.is_some()
+    }
+
+    /// Whether any `x-b3-*` or `b3` header is present.
+    pub fn has_any_b3(&self) -> bool {
+        self.b3.is_some()
+            || self.x_b3_traceid.is_some()
+            || self.x_b3_spanid.is_some()
+            || self.x_b3_parentspanid.is_some()
+            || self.x_b3_sampled.is_some()
+            || self.x_b3_flags.is_some()
+    }
+
+    /// The sampling input of the request, with the context extracted from it.
+    pub fn sampling_input(&self, incoming: Option<&Extracted>) -> SamplingInput<'a> {
+        SamplingInput {
+            incoming: incoming.map_or(Sampling::Deferred, |e| e.sampling),
+            request_id: self.request_id.map(HeaderValue::as_bytes),
+            force_trace: self.force_trace,
+            client_trace_id: self.client_trace_id,
+        }
+    }
+
+    /// The W3C context: a valid, unique `traceparent` and its `tracestate`.
+    fn trace_context(&self) -> Option<Extracted> {
+        if self.traceparents != 1 {
+            return None;
+        }
+        let tp = parse_traceparent(self.traceparent?.as_bytes()).ok()?;
+        let tracestate = match self.tracestates {
+            0 => None,
+            1 => self.tracestate.and_then(|v| parse_tracestate([v])),
+            _ => parse_tracestate(self.headers.get_all(&TRACESTATE)),
+        };
+        Some(Extracted {
+            format: Format::TraceContext,
+            remote: Some(RemoteSpan {
+                trace_id: tp.trace_id,
+                span_id: tp.parent_id,
+                parent_span_id: None,
+            }),
+            sampling: if tp.sampled() {
+                Sampling::Accept
+            } else {
+                Sampling::Deny
+            },
+            tracestate,
+        })
+    }
+
+    /// The context of a valid single `b3` header.
+    fn b3_single(&self) -> Option<Extracted> {
+        let b3 = parse_b3(self.b3?.as_bytes()).ok()?;
+        Some(Extracted {
+            format: Format::B3Single,
+            remote: b3.remote,
+            sampling: b3.sampling,
+            tracestate: None,
+        })
+    }
+
+    /// The context of the `x-b3-*` headers (see [`extract_b3_multi`]).
+    fn b3_multi(&self) -> Option<Extracted> {
+        fn value(v: Option<&HeaderValue>) -> Option<&[u8]> {
+            v.map(|v| trim_ows(v.as_bytes()))
+        }
+        let sampling = if value(self.x_b3_flags) == Some(&b"1"[..]) {
+            Sampling::Debug
+        } else {
+            match value(self.x_b3_sampled) {
+                Some(b"1" | b"true") => Sampling::Accept,
+                Some(b"0" | b"false") => Sampling::Deny,
+                _ => Sampling::Deferred,
+            }
+        };
+        let remote = (|| {
+            let trace_id = TraceId::from_b3_hex(value(self.x_b3_traceid)?).ok()?;
+            let span_id = SpanId::from_hex(value(self.x_b3_spanid)?).ok()?;
+            let parent_span_id = match value(self.x_b3_parentspanid) {
+                None | Some([]) => None,
+                Some(p) => b3_parent(p).ok()?,
+            };
+            Some(RemoteSpan {
+                trace_id,
+                span_id,
+                parent_span_id,
+            })
+        })();
+        if remote.is_none() && sampling == Sampling::Deferred {
+            return None;
+        }
+        Some(Extracted {
+            format: Format::B3Multi,
+            remote,
+            sampling,
+            tracestate: None,
+        })
+    }
+}
+
 /// The W3C context of `headers`: a valid, unique `traceparent` and its `tracestate`.
 pub fn extract_trace_context(headers: &HeaderMap) -> Option<Extracted> {
-    let mut all = headers.get_all(&TRACEPARENT).iter();
-    let value = all.next()?;
-    if all.next().is_some() {
-        return None;
-    }
-    let tp = parse_traceparent(value.as_bytes()).ok()?;
-    Some(Extracted {
-        format: Format::TraceContext,
-        remote: Some(RemoteSpan {
-            trace_id: tp.trace_id,
-            span_id: tp.parent_id,
-            parent_span_id: None,
-        }),
-        sampling: if tp.sampled() {
-            Sampling::Accept
-        } else {
-            Sampling::Deny
-        },
-        tracestate: parse_tracestate(headers.get_all(&TRACESTATE)),
-    })
+    TraceHeaders::scan(headers).trace_context()
 }
 
 /// A parsed single `b3` header.
@@ -741,13 +926,7 @@ pub fn parse_b3(value: &[u8]) -> Result<B3, InvalidContext> {
 
 /// The context of a valid single `b3` header (the first, when repeated).
 pub fn extract_b3_single(headers: &HeaderMap) -> Option<Extracted> {
-    let b3 = parse_b3(headers.get(&B3)?.as_bytes()).ok()?;
-    Some(Extracted {
-        format: Format::B3Single,
-        remote: b3.remote,
-        sampling: b3.sampling,
-        tracestate: None,
-    })
+    TraceHeaders::scan(headers).b3_single()
 }
 
 /// The context of the `x-b3-*` headers (the first value of each): the ids when
@@ -755,38 +934,7 @@ pub fn extract_b3_single(headers: &HeaderMap) -> Option<Extracted> {
 /// decision from `x-b3-flags: 1` (debug), else `x-b3-sampled` (`1`/`true`, `0`/`false`; any
 /// other value decides nothing). `None` when they carry neither ids nor a decision.
 pub fn extract_b3_multi(headers: &HeaderMap) -> Option<Extracted> {
-    let first = |name: &HeaderName| headers.get(name).map(|v| trim_ows(v.as_bytes()));
-    let sampling = if first(&X_B3_FLAGS) == Some(&b"1"[..]) {
-        Sampling::Debug
-    } else {
-        match first(&X_B3_SAMPLED) {
-            Some(b"1" | b"true") => Sampling::Accept,
-            Some(b"0" | b"false") => Sampling::Deny,
-            _ => Sampling::Deferred,
-        }
-    };
-    let remote = (|| {
-        let trace_id = TraceId::from_b3_hex(first(&X_B3_TRACEID)?).ok()?;
-        let span_id = SpanId::from_hex(first(&X_B3_SPANID)?).ok()?;
-        let parent_span_id = match first(&X_B3_PARENTSPANID) {
-            None | Some([]) => None,
-            Some(p) => b3_parent(p).ok()?,
-        };
-        Some(RemoteSpan {
-            trace_id,
-            span_id,
-            parent_span_id,
-        })
-    })();
-    if remote.is_none() && sampling == Sampling::Deferred {
-        return None;
-    }
-    Some(Extracted {
-        format: Format::B3Multi,
-        remote,
-        sampling,
-        tracestate: None,
-    })
+    TraceHeaders::scan(headers).b3_multi()
 }
 
 /// The trace context of a request's headers, in this precedence: a valid W3C `traceparent`
@@ -798,9 +946,7 @@ pub fn extract_b3_multi(headers: &HeaderMap) -> Option<Extracted> {
 /// W3C; B3 is read as Envoy's Zipkin tracer reads it (the single header before the multi
 /// headers), so that B3-only clients still join their traces.
 pub fn extract(headers: &HeaderMap) -> Option<Extracted> {
-    extract_trace_context(headers)
-        .or_else(|| extract_b3_single(headers))
-        .or_else(|| extract_b3_multi(headers))
+    TraceHeaders::scan(headers).extract()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -812,6 +958,21 @@ fn put(headers: &mut HeaderMap, name: &HeaderName, bytes: &[u8]) {
     if let Ok(v) = HeaderValue::from_bytes(bytes) {
         headers.insert(name.clone(), v);
     }
+}
+
+/// Sets `name` to the single `value`, where the request carries `carried` values of it.
+///
+/// With exactly one value there, it is overwritten in place: `HeaderMap::insert` first
+/// reserves room for a new entry, and regrows (rehashing every header) a map that is
+/// full — as hyper sizes the map of a request it parses — even to replace a value.
+pub fn replace_header(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue, carried: u8) {
+    if carried == 1
+        && let Some(slot) = headers.get_mut(name)
+    {
+        *slot = value;
+        return;
+    }
+    headers.insert(name.clone(), value);
 }
 
 /// Writes `span`'s context for the next hop in every format, replacing any previous value
@@ -827,6 +988,12 @@ pub fn inject(span: &SpanContext, parent: Option<SpanId>, headers: &mut HeaderMa
 /// (removed when the span has none), leaving every other header alone — for a request
 /// known to carry no B3 context.
 pub fn inject_w3c(span: &SpanContext, headers: &mut HeaderMap) {
+    write_w3c(span, Carried::UNKNOWN, headers);
+}
+
+/// Writes `traceparent` and `tracestate` over what the request `carried`; without a
+/// `tracestate` of its own, the span removes the request's only when it may carry one.
+fn write_w3c(span: &SpanContext, carried: Carried, headers: &mut HeaderMap) {
     let sampled = span.sampled || span.debug;
     let mut tp = [0u8; 55];
     tp[..3].copy_from_slice(b"00-");
@@ -835,13 +1002,52 @@ pub fn inject_w3c(span: &SpanContext, headers: &mut HeaderMap) {
     tp[36..52].copy_from_slice(&span.span_id.hex());
     tp[52] = b'-';
     tp[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
-    put(headers, &TRACEPARENT, &tp);
+    if let Ok(v) = HeaderValue::from_bytes(&tp) {
+        replace_header(headers, &TRACEPARENT, v, carried.traceparent);
+    }
     match &span.tracestate {
         Some(state) => {
-            headers.insert(TRACESTATE.clone(), state.clone());
+            replace_header(headers, &TRACESTATE, state.clone(), carried.tracestates);
         }
-        None => {
+        None if carried.tracestates > 0 => {
             headers.remove(&TRACESTATE);
+        }
+        None => {}
+    }
+}
+
+/// The trace headers a request carried, as a [`TraceHeaders`] scan found them: writing a
+/// context over them then removes only what is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    /// How many `traceparent` values (at most 2: more counts as 2).
+    pub traceparent: u8,
+    /// How many `tracestate` values (likewise).
+    pub tracestates: u8,
+    /// How many `x-request-id` values (likewise).
+    pub request_ids: u8,
+    /// Any B3 header (single or multi).
+    pub b3: bool,
+}
+
+impl Carried {
+    /// Nothing known: every header may be there, more than once.
+    pub const UNKNOWN: Carried = Carried {
+        traceparent: 2,
+        tracestates: 2,
+        request_ids: 2,
+        b3: true,
+    };
+}
+
+impl TraceHeaders<'_> {
+    /// The headers found, for [`inject_over`].
+    pub fn carried(&self) -> Carried {
+        Carried {
+            traceparent: self.traceparents.min(2),
+            tracestates: self.tracestates.min(2),
+            request_ids: self.request_ids.min(2),
+            b3: self.has_any_b3(),
         }
     }
 }
@@ -856,24 +1062,38 @@ pub fn inject_formats(
     b3: bool,
     headers: &mut HeaderMap,
 ) {
+    inject_over(span, parent, b3, Carried::UNKNOWN, headers);
+}
+
+/// [`inject_formats`] over a request whose trace headers are known to be `carried`: the
+/// headers it does not carry need no removing (each removal is a hashed lookup).
+pub fn inject_over(
+    span: &SpanContext,
+    parent: Option<SpanId>,
+    b3: bool,
+    carried: Carried,
+    headers: &mut HeaderMap,
+) {
+    write_w3c(span, carried, headers);
+    if !b3 {
+        if carried.b3 {
+            for name in [
+                &X_B3_TRACEID,
+                &X_B3_SPANID,
+                &X_B3_PARENTSPANID,
+                &X_B3_SAMPLED,
+                &X_B3_FLAGS,
+                &B3,
+            ] {
+                headers.remove(name);
+            }
+        }
+        return;
+    }
     let trace = span.trace_id.hex();
     let id = span.span_id.hex();
     let sampled = span.sampled || span.debug;
     let debug = span.debug;
-    inject_w3c(span, headers);
-    if !b3 {
-        for name in [
-            &X_B3_TRACEID,
-            &X_B3_SPANID,
-            &X_B3_PARENTSPANID,
-            &X_B3_SAMPLED,
-            &X_B3_FLAGS,
-            &B3,
-        ] {
-            headers.remove(name);
-        }
-        return;
-    }
     put(headers, &X_B3_TRACEID, &trace);
     put(headers, &X_B3_SPANID, &id);
     match parent {
@@ -996,12 +1216,7 @@ pub struct SamplingInput<'a> {
 impl<'a> SamplingInput<'a> {
     /// The input of a request with these headers and this extracted context.
     pub fn from_headers(headers: &'a HeaderMap, incoming: Option<&Extracted>) -> Self {
-        SamplingInput {
-            incoming: incoming.map_or(Sampling::Deferred, |e| e.sampling),
-            request_id: headers.get(&X_REQUEST_ID).map(HeaderValue::as_bytes),
-            force_trace: headers.contains_key(&X_ENVOY_FORCE_TRACE),
-            client_trace_id: headers.contains_key(&X_CLIENT_TRACE_ID),
-        }
+        TraceHeaders::scan(headers).sampling_input(incoming)
     }
 }
 

@@ -1399,3 +1399,172 @@ fn w3c_only_injection_drops_stale_b3_headers() {
         );
     }
 }
+
+/// Besides [`PROPAGATION`], the names the scan looks for, near misses of them, and other
+/// headers.
+const SCANNED_TOO: [&str; 8] = [
+    "x-request-id",
+    "x-envoy-force-trace",
+    "x-client-trace-id",
+    "host",
+    "baggage",
+    "x-b3",
+    "traceparentx",
+    "x-",
+];
+
+/// A map of `pairs` of an index into [`PROPAGATION`] then [`SCANNED_TOO`], and a value.
+fn scanned(pairs: &[(usize, String)]) -> HeaderMap {
+    let names: Vec<&str> = PROPAGATION.iter().chain(&SCANNED_TOO).copied().collect();
+    let mut h = HeaderMap::new();
+    for (i, v) in pairs {
+        h.append(names[*i], HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+const SCANNED_LEN: usize = PROPAGATION.len() + SCANNED_TOO.len();
+
+/// Values that parse in some format, and some that do not.
+fn arb_scanned_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(format!("00-{T}-{S}-01")),
+        Just(format!("00-{T}-{S}-00")),
+        Just(format!("{T}-{S}-1-{P}")),
+        Just(T.to_string()),
+        Just(S.to_string()),
+        Just("1".to_string()),
+        Just("0".to_string()),
+        Just("congo=t61rcWkgMzE".to_string()),
+        Just("84961386-6d84-429d-98bd-c5aee93b5c88".to_string()),
+        "[0-9a-z=,-]{0,40}",
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(ProptestConfig {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5ca9),
+        failure_persistence: None,
+        cases: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    /// One pass over the headers finds what a lookup of each name finds, and reads the
+    /// context as reading each format by its lookups does.
+    #[test]
+    fn the_scan_agrees_with_lookups(
+        pairs in proptest::collection::vec((0..SCANNED_LEN, arb_scanned_value()), 0..14),
+    ) {
+        let h = scanned(&pairs);
+        let found = TraceHeaders::scan(&h);
+        let get = |n: &str| h.get(n);
+        let count = |n: &str| u8::try_from(h.get_all(n).iter().count().min(2)).unwrap();
+        prop_assert_eq!(found.request_id(), get("x-request-id"));
+        prop_assert_eq!(found.has_b3(), h.contains_key("b3") || h.contains_key("x-b3-traceid"));
+        prop_assert_eq!(
+            found.has_any_b3(),
+            ["b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"]
+                .iter()
+                .any(|n| h.contains_key(*n))
+        );
+        let carried = found.carried();
+        prop_assert_eq!(
+            (carried.traceparent, carried.tracestates, carried.request_ids),
+            (count("traceparent"), count("tracestate"), count("x-request-id"))
+        );
+        let input = found.sampling_input(None);
+        prop_assert_eq!(input.request_id, get("x-request-id").map(HeaderValue::as_bytes));
+        prop_assert_eq!(input.force_trace, h.contains_key("x-envoy-force-trace"));
+        prop_assert_eq!(input.client_trace_id, h.contains_key("x-client-trace-id"));
+
+        // The reference: each format read through lookups, in the documented precedence.
+        let w3c = (h.get_all("traceparent").iter().count() == 1)
+            .then(|| parse_traceparent(h["traceparent"].as_bytes()).ok())
+            .flatten()
+            .map(|tp| Extracted {
+                format: Format::TraceContext,
+                remote: Some(RemoteSpan { trace_id: tp.trace_id, span_id: tp.parent_id, parent_span_id: None }),
+                sampling: if tp.sampled() { Sampling::Accept } else { Sampling::Deny },
+                tracestate: parse_tracestate(h.get_all("tracestate")),
+            });
+        let single = get("b3").and_then(|v| parse_b3(v.as_bytes()).ok()).map(|b| Extracted {
+            format: Format::B3Single,
+            remote: b.remote,
+            sampling: b.sampling,
+            tracestate: None,
+        });
+        let first = |n: &str| get(n).map(|v| trim_ows(v.as_bytes()));
+        let sampling = if first("x-b3-flags") == Some(&b"1"[..]) {
+            Sampling::Debug
+        } else {
+            match first("x-b3-sampled") {
+                Some(b"1" | b"true") => Sampling::Accept,
+                Some(b"0" | b"false") => Sampling::Deny,
+                _ => Sampling::Deferred,
+            }
+        };
+        let ids = (|| {
+            let trace_id = TraceId::from_b3_hex(first("x-b3-traceid")?).ok()?;
+            let span_id = SpanId::from_hex(first("x-b3-spanid")?).ok()?;
+            let parent_span_id = match first("x-b3-parentspanid") {
+                None | Some([]) => None,
+                Some(p) => b3_parent(p).ok()?,
+            };
+            Some(RemoteSpan { trace_id, span_id, parent_span_id })
+        })();
+        let multi = (ids.is_some() || sampling != Sampling::Deferred).then_some(Extracted {
+            format: Format::B3Multi,
+            remote: ids,
+            sampling,
+            tracestate: None,
+        });
+        prop_assert_eq!(found.extract(), w3c.or(single).or(multi));
+    }
+
+    /// Writing over the headers a scan found gives what writing over unknown headers
+    /// gives, in W3C alone and in every format.
+    #[test]
+    fn inject_over_what_was_found_is_inject(
+        (span, parent) in arb_span(),
+        b3 in any::<bool>(),
+        pairs in proptest::collection::vec((0..SCANNED_LEN, arb_scanned_value()), 0..14),
+    ) {
+        let mut h = scanned(&pairs);
+        let carried = TraceHeaders::scan(&h).carried();
+        let mut known = h.clone();
+        inject_over(&span, parent, b3, carried, &mut known);
+        inject_formats(&span, parent, b3, &mut h);
+        prop_assert_eq!(known, h);
+    }
+}
+
+#[test]
+fn replacing_a_header_in_a_full_map_keeps_its_other_headers() {
+    // hyper sizes a parsed request's map to its headers: three fill a map of capacity 3.
+    let mut h = HeaderMap::with_capacity(3);
+    h.append("host", HeaderValue::from_static("reviews:9080"));
+    h.append("traceparent", HeaderValue::from_static("old"));
+    h.append("x-request-id", HeaderValue::from_static("id"));
+    let capacity = h.capacity();
+    replace_header(&mut h, &TRACEPARENT, HeaderValue::from_static("new"), 1);
+    assert_eq!(h.capacity(), capacity, "replaced in place, no regrowth");
+    assert_eq!(h["traceparent"], "new");
+    assert_eq!(
+        (h.len(), &h["host"], &h["x-request-id"]),
+        (
+            3,
+            &HeaderValue::from_static("reviews:9080"),
+            &HeaderValue::from_static("id")
+        )
+    );
+    // Two values: both replaced by one.
+    h.append("traceparent", HeaderValue::from_static("second"));
+    replace_header(&mut h, &TRACEPARENT, HeaderValue::from_static("only"), 2);
+    assert_eq!(
+        h.get_all("traceparent").iter().collect::<Vec<_>>(),
+        ["only"]
+    );
+    // None: added.
+    replace_header(&mut h, &X_B3_FLAGS, HeaderValue::from_static("1"), 0);
+    assert_eq!(h["x-b3-flags"], "1");
+}

@@ -393,8 +393,8 @@ where
             req.headers_mut().insert(HOST, v);
         }
         // Envoy gives a request without an ID one, before anything else sees it.
-        crate::telemetry::access_log::ensure_request_id(req.headers_mut());
-        let (arrival, current) = Arrival::of(&self.mesh, &mut req);
+        let request_id = crate::telemetry::access_log::ensure_request_id(req.headers_mut(), None);
+        let (arrival, current) = Arrival::of(&self.mesh, &mut req, request_id);
         let view = self.mesh.view();
         // Local rate limits first, as Envoy's local_ratelimit filter runs before
         // jwt_authn and RBAC in the chain Istio's task builds.

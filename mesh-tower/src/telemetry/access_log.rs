@@ -471,11 +471,28 @@ pub(crate) fn request_id() -> HeaderValue {
     mesh_core::trace::random_request_id()
 }
 
-/// Gives a request an `x-request-id` when it has none, as Envoy does (one lookup).
-pub(crate) fn ensure_request_id(headers: &mut HeaderMap) {
-    if let http::header::Entry::Vacant(slot) = headers.entry(super::X_REQUEST_ID) {
-        slot.insert(request_id());
+/// Gives a request an `x-request-id` when it has none, as Envoy does, and
+/// returns the request's ID: its own, else `inherited` (when given), else a new one.
+pub(crate) fn ensure_request_id(
+    headers: &mut HeaderMap,
+    inherited: Option<&HeaderValue>,
+) -> HeaderValue {
+    let new = || inherited.cloned().unwrap_or_else(request_id);
+    // `entry` looks the name up once, but first reserves room for an insert: a full map
+    // (as hyper sizes the map of a request it parses) would be regrown, every header
+    // rehashed, even when the ID is there. A full map is looked up with `get` first.
+    if headers.keys_len() < headers.capacity() {
+        return match headers.entry(super::X_REQUEST_ID) {
+            http::header::Entry::Occupied(id) => id.get().clone(),
+            http::header::Entry::Vacant(slot) => slot.insert(new()).clone(),
+        };
     }
+    if let Some(id) = headers.get(super::X_REQUEST_ID) {
+        return id.clone();
+    }
+    let id = new();
+    headers.insert(super::X_REQUEST_ID, id.clone());
+    id
 }
 
 #[cfg(test)]
@@ -574,11 +591,37 @@ mod tests {
         assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'));
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("given"));
-        ensure_request_id(&mut h);
+        let inherited = HeaderValue::from_static("inherited");
+        assert_eq!(ensure_request_id(&mut h, Some(&inherited)), "given");
         assert_eq!(h["x-request-id"], "given");
         let mut h = HeaderMap::new();
-        ensure_request_id(&mut h);
-        assert_eq!(h["x-request-id"].len(), 36);
+        assert_eq!(ensure_request_id(&mut h, Some(&inherited)), "inherited");
+        assert_eq!(h["x-request-id"], "inherited");
+        let mut h = HeaderMap::new();
+        let new = ensure_request_id(&mut h, None);
+        assert_eq!(h["x-request-id"], new);
+        assert_eq!(new.len(), 36);
+        // A full map (three headers fill a map sized for three, as hyper sizes a parsed
+        // request's) keeps its ID without regrowing; without one, it gets one.
+        for given in [true, false] {
+            let mut h = HeaderMap::with_capacity(3);
+            h.insert("host", HeaderValue::from_static("reviews"));
+            h.insert("baggage", HeaderValue::from_static("k8s.pod.name=a"));
+            if given {
+                h.insert("x-request-id", HeaderValue::from_static("given"));
+            } else {
+                h.insert("accept", HeaderValue::from_static("*/*"));
+            }
+            assert_eq!(h.keys_len(), h.capacity(), "full");
+            let capacity = h.capacity();
+            let id = ensure_request_id(&mut h, None);
+            assert_eq!(h["x-request-id"], id);
+            if given {
+                assert_eq!((id.to_str().unwrap(), h.capacity()), ("given", capacity));
+            } else {
+                assert_eq!((id.len(), h.len()), (36, 4));
+            }
+        }
         // Unique over many, and every hex digit of the random part in use.
         let ids: std::collections::HashSet<_> = (0..10_000).map(|_| request_id()).collect();
         assert_eq!(ids.len(), 10_000);

@@ -576,15 +576,17 @@ impl Arrival {
     /// reports nor logs the requests it serves (or has no view of the configuration).
     ///
     /// Also starts its span (writing the context the application sees) and gives the
-    /// request its handler serves, which the handler's own requests continue.
+    /// request its handler serves, which the handler's own requests continue. `request_id`
+    /// is the request's `x-request-id`, already ensured.
     pub(crate) fn of<B>(
         mesh: &crate::Mesh,
         req: &mut http::Request<B>,
+        request_id: http::HeaderValue,
     ) -> (Option<Arrival>, super::spans::Current) {
         let generation = mesh.runtime().generation();
         let view = generation.view(mesh.slot());
         let (mut span, current) =
-            super::spans::server(mesh.runtime(), view.map(|v| v.telemetry()), req);
+            super::spans::server(mesh.runtime(), view.map(|v| v.telemetry()), req, request_id);
         let Some(view) = view else {
             return (None, current);
         };

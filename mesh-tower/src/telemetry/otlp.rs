@@ -5,7 +5,8 @@
 //! and hands it to [`SpanExporter::submit`], which only tries to push it on a bounded
 //! queue — the batch span processor's, 2048 spans by default, dropped and counted when
 //! full, so that a slow collector never slows a request. A background task batches the
-//! queue (512 spans, or whatever is there every 5 s), groups the spans by [`Resource`]
+//! queue (512 spans, or whatever is there every 5 s; it is woken only for a whole batch or
+//! by its timer, so that a submitted span wakes no other thread), groups the spans by [`Resource`]
 //! (one per workload), encodes them with `opentelemetry-proto`'s messages and sends them.
 //! [`MetricsExporter`] reads the [`Metrics`] registry every 60 s and sends each series
 //! as cumulative OTLP points under Istio's Prometheus names (`istio_requests_total`,
@@ -472,7 +473,12 @@ async fn flush_through(flushes: &mpsc::Sender<Flush>) -> Result<(), OtlpError> {
 #[derive(Debug, Clone)]
 pub struct SpanExporter {
     queue: mpsc::Sender<SpanRecord>,
+    /// Also how the task learns that every handle is gone: this channel closes.
     flushes: mpsc::Sender<Flush>,
+    /// Wakes the task when a whole batch is queued; otherwise it wakes on its timer
+    /// only, so that a submitted span does not wake another thread.
+    batch_queued: Arc<tokio::sync::Notify>,
+    batch_size: usize,
     stats: Arc<SpanStats>,
 }
 
@@ -495,9 +501,12 @@ impl SpanExporter {
         let (queue, spans) = mpsc::channel(queue_size);
         let (flushes, flush_rx) = mpsc::channel(16);
         let stats = Arc::new(SpanStats::default());
+        let batch_queued = Arc::new(tokio::sync::Notify::new());
+        let batch_size = batch.max_export_batch_size;
         let task = SpanTask {
             spans,
             flushes: flush_rx,
+            batch_queued: batch_queued.clone(),
             transport: Transport::new(
                 Signal::Traces,
                 &config,
@@ -511,15 +520,21 @@ impl SpanExporter {
         Ok(SpanExporter {
             queue,
             flushes,
+            batch_queued,
+            batch_size,
             stats,
         })
     }
 
     /// Queues `span` for export, or drops and counts it when the queue is full. Never
-    /// blocks.
+    /// blocks, and wakes the exporter's task only when a whole batch is queued.
     pub fn submit(&self, span: SpanRecord) {
         if self.queue.try_send(span).is_err() {
             self.stats.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        if self.queued_spans() >= self.batch_size {
+            self.batch_queued.notify_one();
         }
     }
 
@@ -563,6 +578,7 @@ impl SpanExporter {
 struct SpanTask {
     spans: mpsc::Receiver<SpanRecord>,
     flushes: mpsc::Receiver<Flush>,
+    batch_queued: Arc<tokio::sync::Notify>,
     transport: Transport,
     batch: BatchConfig,
     stats: Arc<SpanStats>,
@@ -571,36 +587,44 @@ struct SpanTask {
 
 impl SpanTask {
     async fn run(mut self) {
-        let max = self.batch.max_export_batch_size;
         let delay = self.batch.scheduled_delay;
-        let mut pending: Vec<SpanRecord> = Vec::with_capacity(max);
+        let mut pending: Vec<SpanRecord> = Vec::new();
         let mut deadline = Instant::now() + delay;
         loop {
-            let room = max.saturating_sub(pending.len()).max(1);
             tokio::select! {
                 biased;
-                Some(reply) = self.flushes.recv() => {
+                reply = self.flushes.recv() => {
                     let result = self.flush(&mut pending).await;
-                    let _ = reply.send(result);
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(result);
+                        }
+                        // Every handle is gone: what was left is exported; stop.
+                        None => return,
+                    }
                     deadline = Instant::now() + delay;
                 }
-                n = self.spans.recv_many(&mut pending, room) => {
-                    if n == 0 {
-                        // Every handle is gone: export what is left and stop.
-                        let _ = self.flush(&mut pending).await;
-                        return;
-                    }
-                    if pending.len() >= max {
+                () = self.batch_queued.notified() => {
+                    // Whole batches only; the rest waits for the timer.
+                    while self.spans.len() >= self.batch.max_export_batch_size {
+                        self.take(&mut pending, self.batch.max_export_batch_size);
                         let _ = self.export(std::mem::take(&mut pending)).await;
-                        deadline = Instant::now() + delay;
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    if !pending.is_empty() {
-                        let _ = self.export(std::mem::take(&mut pending)).await;
-                    }
+                    let _ = self.flush(&mut pending).await;
                     deadline = Instant::now() + delay;
                 }
+            }
+        }
+    }
+
+    /// Moves up to `n` queued spans to `pending`.
+    fn take(&mut self, pending: &mut Vec<SpanRecord>, n: usize) {
+        while pending.len() < n {
+            match self.spans.try_recv() {
+                Ok(span) => pending.push(span),
+                Err(_) => break,
             }
         }
     }

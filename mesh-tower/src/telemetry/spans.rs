@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, HeaderValue};
 use mesh_core::telemetry::{PeerLabels, SpanTagValue, TraceSettings};
 use mesh_core::trace::{
-    self, Extracted, Format, RemoteSpan, Sampling, SamplingInput, SpanContext, SpanId, tag,
+    self, Extracted, Format, RemoteSpan, Sampling, SpanContext, SpanId, TraceHeaders, tag,
 };
 
 use super::otlp::{AttributeValue, Resource, SpanExporter, SpanKind, SpanRecord};
@@ -194,10 +194,9 @@ fn continued(current: Option<&Current>) -> Option<Extracted> {
 /// Whether a hop writes B3 as well as W3C: when the request's own headers carry B3 (a B3
 /// caller, or an earlier hop that wrote both), or — continuing the current request — when
 /// that request's did.
-fn speaks_b3(headers: &HeaderMap, from_headers: bool, current: Option<&Current>) -> bool {
+fn speaks_b3(found: &TraceHeaders<'_>, from_headers: bool, current: Option<&Current>) -> bool {
     if from_headers {
-        headers.contains_key(&trace::header::B3)
-            || headers.contains_key(&trace::header::X_B3_TRACEID)
+        found.has_b3()
     } else {
         current.is_some_and(|c| c.b3)
     }
@@ -220,10 +219,22 @@ fn truncated(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// A request's trace context as a side started it.
+struct Started {
+    /// The side's span context, which the next hop continues.
+    context: SpanContext,
+    /// The span, when sampled and reported.
+    span: Option<Box<Span>>,
+    /// Whether the hop speaks B3.
+    b3: bool,
+    /// The `x-request-id` sampling marked, when it did.
+    marked: Option<HeaderValue>,
+}
+
 /// Starts the span of a request on one side: decides sampling, writes the context the next
 /// hop continues (when `settings` propagate: W3C, and B3 too when the context came in B3)
-/// and, when sampled and reported, the span to finish. Also says whether B3 is spoken.
-/// `None` when tracing is off (no exporter).
+/// and, when sampled and reported, the span to finish. `None` when tracing is off (no
+/// exporter).
 #[allow(clippy::too_many_arguments)]
 fn start<B>(
     runtime: &crate::MeshRuntime,
@@ -233,33 +244,34 @@ fn start<B>(
     current: Option<&Current>,
     edge: bool,
     req: &mut http::Request<B>,
-) -> Option<(SpanContext, Option<Box<Span>>, bool)> {
+) -> Option<Started> {
     let exporter = runtime.span_exporter()?;
-    let wire = trace::extract(req.headers());
-    let b3 = speaks_b3(req.headers(), wire.is_some(), current);
+    // One pass over the headers finds every trace header (a dozen names).
+    let found = TraceHeaders::scan(req.headers());
+    let wire = found.extract();
+    let b3 = speaks_b3(&found, wire.is_some(), current);
     let extracted = wire.or_else(|| continued(current));
-    let mut input = SamplingInput::from_headers(req.headers(), extracted.as_ref());
+    let mut input = found.sampling_input(extracted.as_ref());
     // An outside client cannot force tracing: Envoy drops its `x-envoy-*` headers at the
     // edge first (`x-client-trace-id` stays, as Envoy's client sampling allows).
     input.force_trace &= !edge;
     let decision = settings.sampler.decide(&input);
-    if let Some(marked) = req
-        .headers()
-        .get(super::X_REQUEST_ID)
-        .and_then(|id| decision.request_id(id.as_bytes()))
-    {
-        req.headers_mut().insert(super::X_REQUEST_ID, marked);
+    let marked = found
+        .request_id()
+        .and_then(|id| decision.request_id(id.as_bytes()));
+    let carried = found.carried();
+    if let Some(marked) = &marked {
+        trace::replace_header(
+            req.headers_mut(),
+            &super::X_REQUEST_ID,
+            marked.clone(),
+            carried.request_ids,
+        );
     }
     let (context, parent) =
         trace::with_thread_ids(|ids| SpanContext::start(extracted.as_ref(), &decision, ids));
     if settings.propagate {
-        if b3 {
-            trace::inject_formats(&context, parent, true, req.headers_mut());
-        } else {
-            // Not speaking B3, the request has no B3 trace id or single header (what
-            // `speaks_b3` looked for), so no B3 context to clear: W3C alone.
-            trace::inject_w3c(&context, req.headers_mut());
-        }
+        trace::inject_over(&context, parent, b3, carried, req.headers_mut());
     }
     let span = (context.sampled && settings.report).then(|| {
         Box::new(Span {
@@ -285,7 +297,12 @@ fn start<B>(
             context: context.clone(),
         })
     });
-    Some((context, span, b3))
+    Some(Started {
+        context,
+        span,
+        b3,
+        marked,
+    })
 }
 
 /// The tags known when a request starts: Envoy's request tags, Istio's and the
@@ -370,30 +387,10 @@ fn attributes<B>(
                 .or_else(|| default.as_deref().map(str::to_string)),
         };
         if let Some(v) = v {
-            a.push((custom_tag_name(name), AttributeValue::Str(v)));
+            a.push((*name, AttributeValue::Str(v)));
         }
     }
     a
-}
-
-/// A custom tag's name with the `'static` lifetime attributes take: interned (the names
-/// come from configuration, so they are few).
-fn custom_tag_name(name: &str) -> &'static str {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut set = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    match set.get(name) {
-        Some(n) => n,
-        None => {
-            let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
-            set.insert(leaked);
-            leaked
-        }
-    }
 }
 
 /// The client side of a request a workload sends (or the gateway forwards): its
@@ -405,12 +402,10 @@ pub(crate) fn client<B>(
     edge: bool,
 ) -> Option<Box<Span>> {
     let current = if edge { None } else { current() };
-    if let Some(id) = current.as_ref().and_then(|c| c.request_id.as_ref())
-        && let http::header::Entry::Vacant(slot) = req.headers_mut().entry(super::X_REQUEST_ID)
-    {
-        slot.insert(id.clone());
-    }
-    super::access_log::ensure_request_id(req.headers_mut());
+    super::access_log::ensure_request_id(
+        req.headers_mut(),
+        current.as_ref().and_then(|c| c.request_id.as_ref()),
+    );
     start(
         runtime,
         &telemetry.client_trace,
@@ -420,50 +415,43 @@ pub(crate) fn client<B>(
         edge,
         req,
     )
-    .and_then(|(_, span, _)| span)
+    .and_then(|s| s.span)
 }
 
-/// The server side of a request a workload serves: its span, and the current request its
-/// handler's requests continue.
+/// The server side of a request a workload serves, whose `x-request-id` is `request_id`:
+/// its span, and the current request its handler's requests continue.
 pub(crate) fn server<B>(
     runtime: &crate::MeshRuntime,
     telemetry: Option<&mesh_core::telemetry::WorkloadTelemetry>,
     req: &mut http::Request<B>,
+    request_id: HeaderValue,
 ) -> (Option<Box<Span>>, Current) {
-    let request_id = req.headers().get(super::X_REQUEST_ID).cloned();
-    let Some(telemetry) = telemetry else {
-        return (
+    let started = telemetry.and_then(|t| {
+        start(
+            runtime,
+            &t.server_trace,
+            &t.me,
+            SpanKind::Server,
             None,
+            false,
+            req,
+        )
+    });
+    match started {
+        Some(s) => (
+            s.span,
             Current {
-                span: None,
-                request_id,
-                b3: false,
-            },
-        );
-    };
-    match start(
-        runtime,
-        &telemetry.server_trace,
-        &telemetry.me,
-        SpanKind::Server,
-        None,
-        false,
-        req,
-    ) {
-        Some((context, span, b3)) => (
-            span,
-            Current {
-                span: Some(context),
+                span: Some(s.context),
                 // Sampling may have marked it.
-                request_id: req.headers().get(super::X_REQUEST_ID).cloned(),
-                b3,
+                request_id: Some(s.marked.unwrap_or(request_id)),
+                b3: s.b3,
             },
         ),
         None => (
             None,
             Current {
                 span: None,
-                request_id,
+                request_id: Some(request_id),
                 b3: false,
             },
         ),
@@ -535,7 +523,8 @@ mod tests {
             (&w3c, true, Some(&b3_current), false),
         ];
         for (i, (headers, from_headers, current, want)) in cases.into_iter().enumerate() {
-            assert_eq!(speaks_b3(headers, from_headers, current), want, "case {i}");
+            let found = TraceHeaders::scan(headers);
+            assert_eq!(speaks_b3(&found, from_headers, current), want, "case {i}");
         }
     }
 
