@@ -51,8 +51,9 @@ pub enum StrMatcher {
     ExactIgnoreCase(Box<str>),
     /// Starts with, ignoring ASCII case (the pattern is stored lower-cased).
     PrefixIgnoreCase(Box<str>),
-    /// The whole value matches the regex.
-    Regex(Regex),
+    /// The whole value matches the regex (compiled anchored, with RE2's classes), kept
+    /// with the pattern as configured (what Istio names a regex route's operation by).
+    Regex(Regex, Box<str>),
     /// Any value (presence).
     Any,
 }
@@ -73,7 +74,7 @@ impl StrMatcher {
             }
             (None, Some(p), _) => StrMatcher::Prefix(p.as_str().into()),
             (None, None, Some(r)) if r == "*" => StrMatcher::Any,
-            (None, None, Some(r)) => StrMatcher::Regex(full_match(r)?),
+            (None, None, Some(r)) => StrMatcher::Regex(full_match(r)?, r.as_str().into()),
             (None, None, None) => StrMatcher::Any,
         })
     }
@@ -88,7 +89,7 @@ impl StrMatcher {
             StrMatcher::PrefixIgnoreCase(p) => value
                 .get(..p.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(p)),
-            StrMatcher::Regex(r) => r.is_match(value),
+            StrMatcher::Regex(r, _) => r.is_match(value),
             StrMatcher::Any => true,
         }
     }
@@ -121,7 +122,7 @@ impl StrMatcher {
             StrMatcher::ExactIgnoreCase(e) => exact(e.as_bytes(), same_ic),
             StrMatcher::Prefix(p) => prefix(p.as_bytes(), same),
             StrMatcher::PrefixIgnoreCase(p) => prefix(p.as_bytes(), same_ic),
-            StrMatcher::Regex(r) => {
+            StrMatcher::Regex(r, _) => {
                 let mut joined = String::with_capacity(head.len() + 1 + tail.len());
                 joined.push_str(head);
                 joined.push(char::from(sep));

@@ -960,6 +960,13 @@ fn put(headers: &mut HeaderMap, name: &HeaderName, bytes: &[u8]) {
     }
 }
 
+/// A header value the mesh generates (hex digits and `-`), in one reference-counted
+/// allocation: `HeaderValue::from_bytes` copies into a buffer that its first clone (the
+/// retry layer's copy of the request head, for one) moves into a second allocation.
+fn generated<const N: usize>(bytes: [u8; N]) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(bytes)).ok()
+}
+
 /// Sets `name` to the single `value`, where the request carries `carried` values of it.
 ///
 /// With exactly one value there, it is overwritten in place: `HeaderMap::insert` first
@@ -1002,7 +1009,7 @@ fn write_w3c(span: &SpanContext, carried: Carried, headers: &mut HeaderMap) {
     tp[36..52].copy_from_slice(&span.span_id.hex());
     tp[52] = b'-';
     tp[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
-    if let Ok(v) = HeaderValue::from_bytes(&tp) {
+    if let Some(v) = generated(tp) {
         replace_header(headers, &TRACEPARENT, v, carried.traceparent);
     }
     match &span.tracestate {
@@ -1247,7 +1254,7 @@ impl SamplingDecision {
         let mut marked = [0u8; UUID_LEN];
         marked.copy_from_slice(id);
         marked[REQUEST_ID_TRACE_POSITION] = self.reason.nibble();
-        HeaderValue::from_bytes(&marked).ok()
+        generated(marked)
     }
 }
 
@@ -1411,11 +1418,9 @@ impl IdGenerator {
         text[14..18].copy_from_slice(&hex[12..16]);
         text[19..23].copy_from_slice(&hex[16..20]);
         text[24..].copy_from_slice(&hex[20..]);
-        match HeaderValue::from_bytes(&text) {
-            Ok(v) => v,
-            // Unreachable: hex digits and dashes are valid header bytes.
-            Err(_) => HeaderValue::from_static("00000000-0000-4000-8000-000000000000"),
-        }
+        // Hex digits and dashes are valid header bytes: the fallback is unreachable.
+        generated(text)
+            .unwrap_or_else(|| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
     }
 }
 

@@ -426,9 +426,12 @@ impl MeshRuntime {
         self.inner.spans.store(exporter.map(Arc::new));
     }
 
-    /// The span exporter, when tracing is on.
-    pub(crate) fn span_exporter(&self) -> Option<Arc<crate::telemetry::otlp::SpanExporter>> {
-        self.inner.spans.load_full()
+    /// The span exporter, when tracing is on: a guard, so that reading it touches no
+    /// reference count all requests share (the `Arc` is cloned for a sampled span only).
+    pub(crate) fn span_exporter(
+        &self,
+    ) -> arc_swap::Guard<Option<Arc<crate::telemetry::otlp::SpanExporter>>> {
+        self.inner.spans.load()
     }
 
     pub(crate) fn access_log_sink(&self) -> crate::telemetry::AccessLogSink {

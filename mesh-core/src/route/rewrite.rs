@@ -64,7 +64,7 @@ impl Rewrite {
                 }
                 // Envoy's prefix rewrite after a path or safe_regex match replaces it all.
                 Some(
-                    StrMatcher::Exact(_) | StrMatcher::ExactIgnoreCase(_) | StrMatcher::Regex(_),
+                    StrMatcher::Exact(_) | StrMatcher::ExactIgnoreCase(_) | StrMatcher::Regex(..),
                 ) => to.clone(),
                 // No uri match: Envoy's prefix rewrite of the implied "/" prefix.
                 Some(StrMatcher::Any) | None => {

@@ -615,12 +615,7 @@ impl Arrival {
         let peer = req.extensions().get::<crate::identity::PeerIdentity>();
         let identity = peer.map(|i| i.spiffe_id().as_str());
         let source = caller(&generation, req.headers(), identity);
-        let authority = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("");
+        let authority = super::authority(req);
         let service = telemetry
             .service_for(authority)
             .unwrap_or_else(|| unknown_service())

@@ -690,9 +690,14 @@ pub struct SeriesReading {
 impl SeriesReading {
     /// The value of Istio label `name` (before tag overrides), if it is one of Istio's.
     pub fn label(&self, name: &str) -> Option<&str> {
-        let i = ISTIO_LABELS.iter().position(|l| *l == name)?;
-        self.values.get(i).map(|v| &**v)
+        istio_label(&self.values, name)
     }
+}
+
+/// The value of Istio label `name` in `values`, which follow [`ISTIO_LABELS`]' order.
+fn istio_label<'a>(values: &'a [String], name: &str) -> Option<&'a str> {
+    let i = ISTIO_LABELS.iter().position(|l| *l == name)?;
+    values.get(i).map(|v| &**v)
 }
 
 /// The message counts of one gRPC series as read at one moment (see
@@ -715,8 +720,7 @@ pub struct MessageReading {
 impl MessageReading {
     /// The value of Istio label `name` (before tag overrides), if the series has it.
     pub fn label(&self, name: &str) -> Option<&str> {
-        let i = ISTIO_LABELS.iter().position(|l| *l == name)?;
-        self.values.get(i).map(|v| &**v)
+        istio_label(&self.values, name)
     }
 }
 

@@ -19,6 +19,16 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 /// `grpc-status`.
 pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
+/// A request's authority as Envoy reads it for telemetry: its `Host` header, else its
+/// URI's authority; empty without either.
+pub(crate) fn authority<B>(req: &http::Request<B>) -> &str {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
 pub mod access_log;
 pub mod graph;
 pub(crate) mod messages;

@@ -245,7 +245,8 @@ fn start<B>(
     edge: bool,
     req: &mut http::Request<B>,
 ) -> Option<Started> {
-    let exporter = runtime.span_exporter()?;
+    let exporter = runtime.span_exporter();
+    let exporter = exporter.as_ref()?;
     // One pass over the headers finds every trace header (a dozen names).
     let found = TraceHeaders::scan(req.headers());
     let wire = found.extract();
@@ -275,19 +276,13 @@ fn start<B>(
     }
     let span = (context.sampled && settings.report).then(|| {
         Box::new(Span {
-            exporter,
+            exporter: exporter.clone(),
             parent,
             kind,
             // Until the route (or the served service) names it.
             name: match kind {
                 SpanKind::Client => {
-                    let host = req
-                        .headers()
-                        .get(http::header::HOST)
-                        .and_then(|v| v.to_str().ok())
-                        .or_else(|| req.uri().host())
-                        .unwrap_or("");
-                    format!("{} {host}", trace::EGRESS_OPERATION)
+                    format!("{} {}", trace::EGRESS_OPERATION, super::authority(req))
                 }
                 SpanKind::Server => trace::INGRESS_OPERATION.to_string(),
             },
@@ -317,11 +312,7 @@ fn attributes<B>(
         let v = h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-");
         truncated(v, MAX_REQUEST_TAG).to_string()
     };
-    let authority = h
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
+    let authority = super::authority(req);
     let path = truncated(
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
         MAX_PATH_TAG,
@@ -476,7 +467,7 @@ pub(crate) fn operation(route: &crate::outbound::Route) -> Option<String> {
     let path = route.block().and_then(|b| b.uri()).and_then(|m| match m {
         StrMatcher::Exact(p) | StrMatcher::ExactIgnoreCase(p) => Some(RoutePath::Exact(p)),
         StrMatcher::Prefix(p) | StrMatcher::PrefixIgnoreCase(p) => Some(RoutePath::Prefix(p)),
-        StrMatcher::Regex(r) => Some(RoutePath::Regex(r.as_str())),
+        StrMatcher::Regex(_, pattern) => Some(RoutePath::Regex(pattern)),
         StrMatcher::Any => None,
     });
     let single = match &rule.action {
@@ -525,6 +516,66 @@ mod tests {
         for (i, (headers, from_headers, current, want)) in cases.into_iter().enumerate() {
             let found = TraceHeaders::scan(headers);
             assert_eq!(speaks_b3(&found, from_headers, current), want, "case {i}");
+        }
+    }
+
+    /// The operation of the route each request takes, as Istio's decorators name them.
+    #[test]
+    fn routes_are_named_by_their_match_as_configured() {
+        let yaml = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-route, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - match: [{uri: {regex: '/api/\\w+/v[0-9]'}}]
+    route: [{destination: {host: reviews.default.svc.cluster.local}}]
+  - match: [{uri: {prefix: /static}}]
+    route: [{destination: {host: reviews.default.svc.cluster.local}}]
+  - route:
+    - {destination: {host: reviews.default.svc.cluster.local}, weight: 50}
+    - {destination: {host: reviews.default.svc.cluster.local}, weight: 50}
+";
+        let mut set = mesh_config::ConfigSet::new();
+        set.add_str("routes.yaml", yaml);
+        let report = set.check();
+        let snapshot = report.snapshot.expect("valid configuration");
+        let runtime = crate::MeshRuntime::from_snapshot(&snapshot);
+        let mesh = runtime.workload(crate::Workload::new("productpage-v1", "default"));
+        let generation = mesh.runtime().generation();
+        let view = generation.view(mesh.slot()).expect("a view");
+        let host = "reviews.default.svc.cluster.local";
+        let cases = [
+            // The regex as configured, not as compiled (anchored, RE2 classes rewritten).
+            ("/api/books/v1", format!("{host}:9080/api/\\w+/v[0-9]")),
+            ("/static/app.js", format!("{host}:9080/static*")),
+            // Two destinations: the VirtualService's name and the port.
+            ("/other", "reviews-route:9080/*".to_string()),
+        ];
+        for (path, want) in cases {
+            let req = http::Request::get(format!("http://{host}:9080{path}"))
+                .body(())
+                .unwrap_or_default();
+            let head = mesh_core::RequestHead::from_request(&req, 80);
+            let decision = view.route(&head, &mut rand::rng()).expect("routed");
+            let route = crate::outbound::Route::forward(
+                generation.clone(),
+                mesh.slot(),
+                &decision,
+                head.authority,
+            )
+            .expect("forwarded");
+            assert_eq!(operation(&route), Some(want), "{path}");
         }
     }
 
