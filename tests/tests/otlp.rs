@@ -317,6 +317,31 @@ async fn batches_hold_at_most_the_batch_size() {
     assert_eq!(receiver.exports().len(), 3);
 }
 
+/// A whole batch is exported at once, without waiting for the timer; a partial one waits
+/// for the timer (or a flush): a span submitted alone wakes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_batch_goes_at_once_and_a_partial_one_waits_for_the_timer() {
+    let receiver = OtlpReceiver::start().await;
+    let batch = BatchConfig {
+        max_export_batch_size: 2,
+        scheduled_delay: Duration::from_secs(3600),
+        ..BatchConfig::default()
+    };
+    let exporter = SpanExporter::start(config(&receiver, Protocol::Grpc), batch).unwrap();
+    let r = resource("a.default");
+    exporter.submit(record(1, 1, None, "s", SpanKind::Client, &r));
+    exporter.submit(record(1, 2, None, "s", SpanKind::Client, &r));
+    let spans = receiver.wait_for_spans(2, Duration::from_secs(10)).await;
+    assert_eq!(spans.len(), 2);
+    exporter.submit(record(1, 3, None, "s", SpanKind::Client, &r));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sizes = || -> Vec<usize> { receiver.exports().iter().map(|e| e.items).collect() };
+    assert_eq!(sizes(), [2], "the third span waits");
+    assert_eq!(exporter.queued_spans(), 1);
+    exporter.force_flush().await.unwrap();
+    assert_eq!(sizes(), [2, 1]);
+}
+
 /// A current-thread runtime: the exporter's task cannot run while the test submits, so
 /// the queue fills exactly.
 #[tokio::test(flavor = "current_thread")]
