@@ -289,7 +289,8 @@ pub(crate) struct Outbound {
     profile: Option<Arc<MetricProfile>>,
     log: Option<Box<LogEntry>>,
     source: Arc<PeerLabels>,
-    target: Target,
+    /// `None` until routed (then an unknown service).
+    target: Option<Target>,
     start: Instant,
     request_bytes: u64,
     grpc: bool,
@@ -342,7 +343,7 @@ impl Outbound {
             log,
             metrics: runtime.metrics().clone(),
             source: telemetry.me.clone(),
-            target: Target::Service(unknown_service().clone()),
+            target: None,
             start: Instant::now(),
             request_bytes: declared_bytes(req.headers(), req.body().size_hint().exact()),
             grpc,
@@ -359,7 +360,7 @@ impl Outbound {
 
     /// The request was routed: where it goes, and the route and cluster its entry names.
     pub(crate) fn routed(&mut self, route: &crate::outbound::Route) {
-        self.target = crate::outbound::route::target_of(route);
+        self.target = Some(crate::outbound::route::target_of(route));
         if let Some(span) = &mut self.span {
             match route.upstream() {
                 mesh_core::Upstream::Cluster(c) => {
@@ -397,42 +398,58 @@ impl Outbound {
     }
 
     /// The ends of the request, once `endpoint` (its index in the cluster) answered,
-    /// over the mesh's mutual TLS or not.
-    fn ends(&self, endpoint: Option<u32>, mtls: bool) -> Ends {
-        let (destination, service) = match &self.target {
-            Target::Cluster(c) => (
+    /// over the mesh's mutual TLS or not: the caller's labels and profile moved in, not
+    /// cloned (each clone is a count every request on every worker shares).
+    fn ends(
+        source: Arc<PeerLabels>,
+        profile: Option<Arc<MetricProfile>>,
+        target: Option<Target>,
+        endpoint: Option<u32>,
+        mtls: bool,
+    ) -> Ends {
+        let (destination, service) = match target {
+            Some(Target::Cluster(c)) => (
                 endpoint
                     .and_then(|i| c.endpoints.get(i as usize))
                     .map_or_else(|| unknown_peer().clone(), |e| e.peer.clone()),
                 c.service_labels.clone(),
             ),
-            Target::Service(s) => (unknown_peer().clone(), s.clone()),
+            Some(Target::Service(s)) => (unknown_peer().clone(), s),
+            None => (unknown_peer().clone(), unknown_service().clone()),
         };
         Ends {
             reporter: Reporter::Source,
-            source: self.source.clone(),
+            source,
             source_principal: mtls,
             destination,
             destination_principal: mtls,
             service,
             security: Security::Unknown,
-            profile: self.profile.clone(),
+            profile,
         }
     }
 
     /// The answer arrived: its body records the request when it ends.
     pub(crate) fn answered(mut self, resp: &mut Response<crate::ResBody>) {
         let endpoint = resp.body().endpoint;
-        let ends = self.ends(endpoint, resp.body().mtls);
         if let Some(log) = &mut self.log {
             let answered_by = match (&self.target, endpoint) {
-                (Target::Cluster(c), Some(i)) => c.endpoints.get(i as usize).map(|e| e.id.clone()),
+                (Some(Target::Cluster(c)), Some(i)) => {
+                    c.endpoints.get(i as usize).map(|e| e.id.clone())
+                }
                 _ => None,
             };
             log.via_upstream =
                 answered_by.is_some() && resp.extensions().get::<crate::MeshFailure>().is_none();
             log.upstream_host = answered_by;
         }
+        let ends = Outbound::ends(
+            self.source,
+            self.profile,
+            self.target,
+            endpoint,
+            resp.body().mtls,
+        );
         let mut meter = Meter::new(
             self.metrics,
             ends,
@@ -455,7 +472,7 @@ impl Outbound {
 
     /// The caller gave up before the answer: recorded with no response (`0`) and `DC`.
     pub(crate) fn abandoned(self) {
-        let ends = self.ends(None, false);
+        let ends = Outbound::ends(self.source, self.profile, self.target, None, false);
         let mut meter = Meter {
             metrics: self.metrics,
             ends,
