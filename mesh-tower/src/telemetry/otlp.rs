@@ -742,6 +742,22 @@ fn histogram_point(
 }
 
 /// A cumulative, monotonic sum of `points`, `None` without points.
+/// One exported metric with its points.
+fn metric(
+    name: &str,
+    unit: &str,
+    description: &str,
+    data: pb::metrics::v1::metric::Data,
+) -> pb::metrics::v1::Metric {
+    pb::metrics::v1::Metric {
+        name: name.to_string(),
+        description: description.to_string(),
+        unit: unit.to_string(),
+        data: Some(data),
+        ..pb::metrics::v1::Metric::default()
+    }
+}
+
 fn sum(points: Vec<pb::metrics::v1::NumberDataPoint>) -> Option<pb::metrics::v1::metric::Data> {
     use pb::metrics::v1::{AggregationTemporality, Sum, metric::Data};
     (!points.is_empty()).then_some(Data::Sum(Sum {
@@ -780,7 +796,7 @@ fn encode_metrics(
     start: u64,
     now: u64,
 ) -> (ExportMetricsServiceRequest, u64) {
-    use pb::metrics::v1::{AggregationTemporality, Histogram, Metric, metric::Data};
+    use pb::metrics::v1::{AggregationTemporality, Histogram, metric::Data};
     let cumulative = AggregationTemporality::Cumulative as i32;
     let mut metrics = Vec::with_capacity(METRICS.len() + MESSAGE_METRICS.len());
     let mut points = 0u64;
@@ -814,13 +830,7 @@ fn encode_metrics(
             }))
         };
         if let Some(data) = data {
-            metrics.push(Metric {
-                name: name.to_string(),
-                description: description.to_string(),
-                unit: unit.to_string(),
-                data: Some(data),
-                ..Metric::default()
-            });
+            metrics.push(metric(name, unit, description, data));
         }
     }
     for (m, (name, unit, description)) in MESSAGE_METRICS.iter().enumerate() {
@@ -839,13 +849,7 @@ fn encode_metrics(
             .collect();
         points += data_points.len() as u64;
         if let Some(data) = sum(data_points) {
-            metrics.push(Metric {
-                name: name.to_string(),
-                description: description.to_string(),
-                unit: unit.to_string(),
-                data: Some(data),
-                ..Metric::default()
-            });
+            metrics.push(metric(name, unit, description, data));
         }
     }
     let request = ExportMetricsServiceRequest {
