@@ -760,6 +760,16 @@ impl<'a> TraceHeaders<'a> {
             || self.x_b3_flags.is_some()
     }
 
+    /// The headers found, for [`inject_over`].
+    pub fn carried(&self) -> Carried {
+        Carried {
+            traceparent: self.traceparents.min(2),
+            tracestates: self.tracestates.min(2),
+            request_ids: self.request_ids.min(2),
+            b3: self.has_any_b3(),
+        }
+    }
+
     /// The sampling input of the request, with the context extracted from it.
     pub fn sampling_input(&self, incoming: Option<&Extracted>) -> SamplingInput<'a> {
         SamplingInput {
@@ -991,13 +1001,6 @@ pub fn inject(span: &SpanContext, parent: Option<SpanId>, headers: &mut HeaderMa
     inject_formats(span, parent, true, headers);
 }
 
-/// Writes `span`'s context in W3C only: `traceparent` (version `00`) and `tracestate`
-/// (removed when the span has none), leaving every other header alone — for a request
-/// known to carry no B3 context.
-pub fn inject_w3c(span: &SpanContext, headers: &mut HeaderMap) {
-    write_w3c(span, Carried::UNKNOWN, headers);
-}
-
 /// Writes `traceparent` and `tracestate` over what the request `carried`; without a
 /// `tracestate` of its own, the span removes the request's only when it may carry one.
 fn write_w3c(span: &SpanContext, carried: Carried, headers: &mut HeaderMap) {
@@ -1045,18 +1048,6 @@ impl Carried {
         request_ids: 2,
         b3: true,
     };
-}
-
-impl TraceHeaders<'_> {
-    /// The headers found, for [`inject_over`].
-    pub fn carried(&self) -> Carried {
-        Carried {
-            traceparent: self.traceparents.min(2),
-            tracestates: self.tracestates.min(2),
-            request_ids: self.request_ids.min(2),
-            b3: self.has_any_b3(),
-        }
-    }
 }
 
 /// Writes `span`'s context as [`inject`] does, in W3C always and in B3 (single and multi)
