@@ -4,6 +4,12 @@
 //! a [`Path`] with a [`Sender`] that sends one GET and checks its answer.
 //!
 //! - `bare`: a hyper-util legacy pooled client straight to the backend.
+//! - `bare-headers`: the `bare` client, each request carrying the headers a meshed caller
+//!   adds with Istio's defaults and tracing on (`x-request-id`, `traceparent` and the peer
+//!   metadata `baggage` of `productpage-v1`), their values built once: what the headers
+//!   cost on the wire alone (written, sent, parsed by the backend), without the work of
+//!   making them. `bare-headers` ÷ `bare` is the floor of any implementation that
+//!   propagates them.
 //! - `mesh-pool`: the mesh's transport alone — its per-endpoint connection pool
 //!   (`Pools`), no routing: what the mesh's layers add is `mesh-defaults` minus this.
 //! - `mesh-defaults`: `mesh.client()` with only a ServiceEntry (Istio's defaults).
@@ -71,6 +77,8 @@ use crate::tls::{self, Material, TlsHttpConnector};
 pub(crate) enum PathName {
     /// A bare hyper-util pooled client to the backend.
     Bare,
+    /// The bare client sending the headers a meshed caller adds, their values built once.
+    BareHeaders,
     /// The mesh's connection pool alone, without routing.
     MeshPool,
     /// `mesh.client()` with only a ServiceEntry.
@@ -91,8 +99,9 @@ pub(crate) enum PathName {
 
 impl PathName {
     /// Every path, in the order they are run and printed.
-    pub(crate) const ALL: [PathName; 9] = [
+    pub(crate) const ALL: [PathName; 10] = [
         PathName::Bare,
+        PathName::BareHeaders,
         PathName::MeshPool,
         PathName::MeshDefaults,
         PathName::MeshVs,
@@ -107,6 +116,7 @@ impl PathName {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             PathName::Bare => "bare",
+            PathName::BareHeaders => "bare-headers",
             PathName::MeshPool => "mesh-pool",
             PathName::MeshDefaults => "mesh-defaults",
             PathName::MeshVs => "mesh-vs",
@@ -206,6 +216,8 @@ type TlsClient = Client<TlsHttpConnector, Empty<Bytes>>;
 enum Inner {
     Bare {
         client: BareClient,
+        /// The headers every request carries (none for `bare`).
+        headers: Arc<http::HeaderMap>,
         uri: Uri,
     },
     BareTls {
@@ -227,8 +239,19 @@ impl Sender {
     /// with the backend's body.
     pub(crate) async fn send(&self) -> Result<()> {
         match &self.0 {
-            Inner::Bare { client, uri } => {
-                let req = Request::get(uri.clone()).body(Empty::new())?;
+            Inner::Bare {
+                client,
+                uri,
+                headers,
+            } => {
+                let mut req = Request::get(uri.clone()).body(Empty::new())?;
+                if !headers.is_empty() {
+                    let h = req.headers_mut();
+                    h.reserve(headers.len());
+                    for (name, value) in headers.iter() {
+                        h.insert(name, value.clone());
+                    }
+                }
                 let resp = client.request(req).await?;
                 check(resp).await
             }
@@ -296,12 +319,61 @@ pub(crate) fn bare(backend: &Backend) -> Result<Path> {
         sender: Sender(Inner::Bare {
             client: bare_client(),
             uri,
+            headers: Arc::default(),
         }),
         sidecars: None,
         _mesh: None,
         _server: None,
         limit: None,
     })
+}
+
+/// The bare client to the backend, each request carrying the headers a meshed
+/// `productpage-v1` adds with Istio's defaults and tracing on, their values built once
+/// (see the module documentation).
+pub(crate) fn bare_headers(backend: &Backend) -> Result<Path> {
+    use mesh_core::telemetry::{DEFAULT_CLUSTER_ID, PeerLabels};
+    use mesh_core::trace::IdGenerator;
+    // Values that live as long as the process, as the mesh's own baggage value does:
+    // cloning them per request touches no shared count.
+    fn value(text: String) -> http::HeaderValue {
+        http::HeaderValue::from_static(Box::leak(text.into_boxed_str()))
+    }
+    let labels = [
+        ("app".to_string(), "productpage".to_string()),
+        ("version".to_string(), "v1".to_string()),
+    ]
+    .into();
+    let me = PeerLabels::new(
+        Some("productpage-v1"),
+        "default",
+        &labels,
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        DEFAULT_CLUSTER_ID,
+    );
+    let mut ids = IdGenerator::from_seed(7);
+    let request_id = ids.request_id();
+    // An unsampled context, as 99 requests in 100 carry.
+    let traceparent = format!("00-{}-{}-00", ids.trace_id(), ids.span_id());
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::HeaderName::from_static("x-request-id"),
+        value(request_id.to_str()?.to_string()),
+    );
+    headers.insert(
+        http::HeaderName::from_static("traceparent"),
+        value(traceparent),
+    );
+    headers.insert(
+        http::HeaderName::from_static("baggage"),
+        value(me.baggage()),
+    );
+    let mut path = bare(backend)?;
+    path.name = PathName::BareHeaders;
+    if let Inner::Bare { headers: h, .. } = &mut path.sender.0 {
+        *h = Arc::new(headers);
+    }
+    Ok(path)
 }
 
 /// The mesh's connection pool to the backend, without routing: the request carries the
@@ -328,6 +400,7 @@ pub(crate) fn nginx(sidecars: Sidecars) -> Result<Path> {
         sender: Sender(Inner::Bare {
             client: bare_client(),
             uri,
+            headers: Arc::default(),
         }),
         sidecars: Some(sidecars),
         _mesh: None,
@@ -370,6 +443,7 @@ pub(crate) fn mesh(name: PathName, backend: &Backend) -> Result<Path> {
 pub(crate) async fn start(name: PathName, backend: &Backend) -> Result<Path> {
     match name {
         PathName::Bare => bare(backend),
+        PathName::BareHeaders => bare_headers(backend),
         PathName::MeshPool => pool(backend),
         PathName::MeshDefaults | PathName::MeshVs => mesh(name, backend),
         PathName::MeshInbound | PathName::MeshRatelimit => mesh_inbound(name, backend).await,

@@ -130,7 +130,15 @@ struct Comparison {
 }
 
 /// The comparisons printed after the phases' tables.
-const COMPARISONS: [Comparison; 2] = [
+const COMPARISONS: [Comparison; 3] = [
+    // What the headers a meshed caller adds (request ID, trace context, peer metadata)
+    // cost on the wire alone, between a bare client and server: the floor of any
+    // implementation of Istio's telemetry.
+    Comparison {
+        title: "Istio's request headers on the wire",
+        base: PathName::Bare,
+        path: PathName::BareHeaders,
+    },
     // What the mesh costs over mutual TLS against bare rustls (the aim: at least 0.85 of
     // its throughput).
     Comparison {

@@ -94,6 +94,9 @@ struct Inner {
     /// Where access log entries go (standard output when unset).
     access_log: arc_swap::ArcSwapOption<crate::telemetry::AccessLogSink>,
     spans: arc_swap::ArcSwapOption<crate::telemetry::otlp::SpanExporter>,
+    /// Whether `spans` holds an exporter: read per request, where loading the guard would
+    /// cost a hundred instructions for the one request in a hundred that is sampled.
+    tracing: std::sync::atomic::AtomicBool,
 }
 
 /// The mesh of a process: the configuration in force, shared by the workloads of the
@@ -179,6 +182,7 @@ impl MeshRuntime {
                 metrics: Default::default(),
                 access_log: Default::default(),
                 spans: Default::default(),
+                tracing: Default::default(),
             }),
         }
     }
@@ -423,7 +427,19 @@ impl MeshRuntime {
     /// (the default) for no tracing at all — no spans, and trace context headers left as
     /// they are. The Telemetry API's tracing providers all stand for this exporter.
     pub fn set_span_exporter(&self, exporter: Option<crate::telemetry::otlp::SpanExporter>) {
+        let on = exporter.is_some();
         self.inner.spans.store(exporter.map(Arc::new));
+        self.inner
+            .tracing
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the workloads trace (an exporter is set): their requests' trace context is
+    /// read and written, and sampled spans are made.
+    pub(crate) fn tracing(&self) -> bool {
+        self.inner
+            .tracing
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The span exporter, when tracing is on: a guard, so that reading it touches no

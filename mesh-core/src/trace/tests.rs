@@ -1449,6 +1449,29 @@ proptest::proptest! {
         ..ProptestConfig::default()
     })]
 
+    /// Ids are written as `format!` writes them, and a generated request ID is a UUID v4
+    /// in lowercase text.
+    #[test]
+    fn ids_are_written_as_format_writes_them(v in proptest::num::u128::ANY, seed in proptest::num::u64::ANY) {
+        let mut out32 = [0u8; 32];
+        super::write_hex(&mut out32, v);
+        prop_assert_eq!(std::str::from_utf8(&out32).unwrap(), format!("{v:032x}"));
+        let mut out16 = [0u8; 16];
+        super::write_hex(&mut out16, v);
+        prop_assert_eq!(std::str::from_utf8(&out16).unwrap(), format!("{:016x}", v as u64));
+        let id = IdGenerator::from_seed(seed).request_id();
+        let text = id.to_str().unwrap();
+        prop_assert_eq!(text.len(), 36);
+        for (i, c) in text.char_indices() {
+            match i {
+                8 | 13 | 18 | 23 => prop_assert_eq!(c, '-'),
+                14 => prop_assert_eq!(c, '4'),
+                19 => prop_assert!(matches!(c, '8' | '9' | 'a' | 'b'), "variant {}", c),
+                _ => prop_assert!(matches!(c, '0'..='9' | 'a'..='f'), "digit {}", c),
+            }
+        }
+    }
+
     /// One pass over the headers finds what a lookup of each name finds, and reads the
     /// context as reading each format by its lookups does.
     #[test]

@@ -245,8 +245,9 @@ fn start<B>(
     edge: bool,
     req: &mut http::Request<B>,
 ) -> Option<Started> {
-    let exporter = runtime.span_exporter();
-    let exporter = exporter.as_ref()?;
+    if !runtime.tracing() {
+        return None;
+    }
     // One pass over the headers finds every trace header (a dozen names).
     let found = TraceHeaders::scan(req.headers());
     let wire = found.extract();
@@ -274,9 +275,12 @@ fn start<B>(
     if settings.propagate {
         trace::inject_over(&context, parent, b3, carried, req.headers_mut());
     }
-    let span = (context.sampled && settings.report).then(|| {
+    let exporter = (context.sampled && settings.report)
+        .then(|| runtime.span_exporter().as_ref().map(Arc::clone))
+        .flatten();
+    let span = exporter.map(|exporter| {
         Box::new(Span {
-            exporter: exporter.clone(),
+            exporter,
             parent,
             kind,
             // Until the route (or the served service) names it.
