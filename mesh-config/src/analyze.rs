@@ -452,12 +452,81 @@ fn is_empty_match(m: &HttpMatchRequest) -> bool {
     unnamed == HttpMatchRequest::default()
 }
 
-/// IST0130 (a rule after a catch-all rule) and IST0131 (a match that repeats an earlier one).
+fn match_name(m: &HttpMatchRequest, j: usize) -> String {
+    match &m.name {
+        Some(n) if !n.is_empty() => format!("{n:?}"),
+        _ => format!("#{j}"),
+    }
+}
+
+/// A match on a URI prefix, as Istio's webhook compares two of them for IST0131
+/// (`genMatchHTTPRoutes`, `coveredValidation`): each string match reduced to `exact:…` or
+/// `prefix:…` (a regex to nothing), an unset method taken as `exact:GET`.
+struct PrefixMatch {
+    prefix: String,
+    port: u32,
+    method: String,
+    authority: String,
+    headers: BTreeMap<String, String>,
+    query_params: BTreeMap<String, String>,
+    without_headers: BTreeMap<String, String>,
+}
+
+impl PrefixMatch {
+    fn of(m: &HttpMatchRequest) -> Option<Self> {
+        let prefix = m.uri.as_ref()?.prefix.clone().filter(|p| !p.is_empty())?;
+        let reduce = |s: &StringMatch| match (&s.exact, &s.prefix) {
+            (Some(e), _) if !e.is_empty() => format!("exact:{e}"),
+            (_, Some(p)) if !p.is_empty() => format!("prefix:{p}"),
+            _ => String::new(),
+        };
+        let map = |m: &BTreeMap<String, StringMatch>| {
+            m.iter().map(|(k, v)| (k.clone(), reduce(v))).collect()
+        };
+        let method = m.method.as_ref().map(reduce).unwrap_or_default();
+        Some(PrefixMatch {
+            prefix,
+            port: m.port.unwrap_or(0),
+            method: if method.is_empty() {
+                "exact:GET".into()
+            } else {
+                method
+            },
+            authority: m.authority.as_ref().map(reduce).unwrap_or_default(),
+            headers: map(&m.headers),
+            query_params: map(&m.query_params),
+            without_headers: map(&m.without_headers),
+        })
+    }
+
+    /// Whether this earlier match covers `b`, by Istio's rule: `b`'s prefix extends this
+    /// one's, on the same port, every other value equal or (as Istio compares them) this
+    /// one's starting with `b`'s.
+    fn covers(&self, b: &PrefixMatch) -> bool {
+        let value = |a: &str, b: &str| a == b || a.starts_with(b);
+        let maps = |a: &BTreeMap<String, String>, b: &BTreeMap<String, String>| {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, v)| b.get(k).is_some_and(|bv| value(v, bv)))
+        };
+        b.prefix.starts_with(&self.prefix)
+            && self.port == b.port
+            && value(&self.method, &b.method)
+            && value(&self.authority, &b.authority)
+            && maps(&self.headers, &b.headers)
+            && maps(&self.query_params, &b.query_params)
+            && maps(&self.without_headers, &b.without_headers)
+    }
+}
+
+/// IST0130 (a rule after a catch-all rule) and IST0131 (a match that repeats an earlier one,
+/// or whose URI prefix an earlier match's covers).
 fn unreachable_rules(vs: &Arc<Resource<VirtualService>>, out: &mut Vec<Diagnostic>) {
     let spec = FieldPath::root().key("spec");
     let k = Kind::VirtualService;
     let mut catch_all: Option<usize> = None;
     let mut earlier: Vec<(usize, usize, HttpMatchRequest)> = Vec::new();
+    let mut prefixes: Vec<(usize, usize, PrefixMatch)> = Vec::new();
     for (i, r) in vs.spec.http.iter().enumerate() {
         let path = spec.key("http").index(i);
         let matches_all = r.match_.is_empty() || r.match_.iter().any(is_empty_match);
@@ -478,6 +547,33 @@ fn unreachable_rules(vs: &Arc<Resource<VirtualService>>, out: &mut Vec<Diagnosti
                 name: None,
                 ..m.clone()
             };
+            let duplicate = earlier.iter().any(|(_, _, e)| *e == unnamed);
+            if !duplicate && let Some(key) = PrefixMatch::of(m) {
+                if let Some((ri, rj, first)) =
+                    prefixes
+                        .iter()
+                        .find(|(_, _, a): &&(usize, usize, PrefixMatch)| {
+                            a.prefix != key.prefix && a.covers(&key)
+                        })
+                {
+                    out.push(diag(
+                        vs,
+                        k,
+                        Code::VirtualServiceIneffectiveMatch,
+                        path.key("match").index(j),
+                        format!(
+                            "VirtualService rule {} match {} of prefix {} is not used (duplicate/overlapping match in rule {} of prefix {} on {}).",
+                            rule_name(r, i),
+                            match_name(m, j),
+                            key.prefix,
+                            match_name(&vs.spec.http[*ri].match_[*rj], *rj),
+                            first.prefix,
+                            rule_name(&vs.spec.http[*ri], *ri),
+                        ),
+                    ));
+                }
+                prefixes.push((i, j, key));
+            }
             if let Some((ri, _, _)) = earlier.iter().find(|(_, _, e)| *e == unnamed) {
                 out.push(diag(
                     vs,

@@ -52,16 +52,15 @@ impl GatewayRef {
                 legacy: false,
             };
         }
-        let short = reference
-            .strip_suffix(&format!(".{SERVICE_DOMAIN}"))
-            .unwrap_or(reference);
-        match short.split_once('.') {
-            Some((name, ns)) if !ns.is_empty() && !ns.contains('.') => GatewayRef::Named {
-                namespace: ns.to_string(),
+        // Istio's `resolveGatewayName`: a name with a dot is `name.namespace[.anything]`
+        // (as `name.namespace.svc.cluster.local`).
+        match reference.split_once('.') {
+            Some((name, rest)) => GatewayRef::Named {
+                namespace: rest.split('.').next().unwrap_or("").to_string(),
                 name: name.to_string(),
                 legacy: true,
             },
-            _ => GatewayRef::Named {
+            None => GatewayRef::Named {
                 namespace: namespace.to_string(),
                 name: reference.to_string(),
                 legacy: false,
@@ -144,6 +143,25 @@ pub fn check_wildcard_domain(host: &str) -> Result<(), String> {
     }
     for label in rest.trim_end_matches('.').split('.') {
         check_dns_label(label).map_err(|e| format!("`{host}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks a host whose first label is a partial wildcard, as Istio's
+/// `IsWildcardDNS1123Label` allows it: `*` followed by a DNS label, or `*-` followed by
+/// one (`*x.example.com`, `*-api.example.com`). `Ok` for those only.
+pub fn check_partial_wildcard(host: &str) -> Result<(), String> {
+    let (first, rest) = host.split_once('.').unwrap_or((host, ""));
+    let label = first
+        .strip_prefix("*-")
+        .or_else(|| first.strip_prefix('*'))
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| format!("`{host}` has no partial wildcard"))?;
+    check_dns_label(label).map_err(|e| format!("`{host}`: {e}"))?;
+    if !rest.is_empty() {
+        for l in rest.trim_end_matches('.').split('.') {
+            check_dns_label(l).map_err(|e| format!("`{host}`: {e}"))?;
+        }
     }
     Ok(())
 }

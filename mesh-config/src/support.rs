@@ -20,6 +20,11 @@ use crate::yaml::{Node, Value};
 /// port-level traffic policies).
 pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     (
+        Kind::RequestAuthentication,
+        "spec.jwtRules[].presence",
+        "a token's required presence is not acted on (nor by Istio's control plane yet): a request without a token passes the rule, as with OPTIONAL; require one with an AuthorizationPolicy on `requestPrincipals`",
+    ),
+    (
         Kind::VirtualService,
         "spec.tls",
         "the mesh routes HTTP; TLS (SNI) routes are ignored",
@@ -177,12 +182,12 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     (
         Kind::ServiceEntry,
         "spec.endpoints[].network",
-        "multi-network meshes are not implemented",
+        "multi-network meshes are not implemented: an endpoint is reached at its address, and one without an address (which Istio reaches through its network's gateway) is skipped",
     ),
     (
         Kind::WorkloadEntry,
         "spec.network",
-        "multi-network meshes are not implemented",
+        "multi-network meshes are not implemented: an endpoint is reached at its address, and one without an address (which Istio reaches through its network's gateway) is skipped",
     ),
     (
         Kind::AuthorizationPolicy,

@@ -462,13 +462,15 @@ impl Builder<'_> {
                             span = self.span_line(first.key_span.start);
                         }
                         merge_keys(&mut entries, &mut keys, merges);
-                        (
-                            Node {
-                                value: Value::Map(entries),
-                                span,
-                            },
-                            anchor,
-                        )
+                        let node = Node {
+                            value: Value::Map(entries),
+                            span,
+                        };
+                        let in_seq = matches!(self.stack.last(), Some(Frame::Seq { .. }));
+                        match self.go_yaml_scalar(&node).filter(|_| in_seq && anchor == 0) {
+                            Some(scalar) => (scalar, anchor),
+                            None => (node, anchor),
+                        }
                     }
                 };
                 if anchor > 0 {
@@ -484,6 +486,41 @@ impl Builder<'_> {
             }
             _ => Ok(None),
         }
+    }
+
+    /// What Kubernetes' YAML reader (go-yaml) makes of a plain `a:b:` written right before
+    /// `,` or `]` in a flow sequence, as in `addresses: [1.2.3.4, 2001:db8::]`: one string,
+    /// `2001:db8::` (go-yaml ends a plain scalar only at a `:` followed by a space). YAML
+    /// 1.2 reads that `:` as a value indicator, giving the one-pair mapping
+    /// `{"2001:db8:": null}`. Istio's configuration is written for go-yaml, so `node`, such
+    /// a mapping, is read as go-yaml reads it; `None` for any other node.
+    fn go_yaml_scalar(&self, node: &Node) -> Option<Node> {
+        let Value::Map(entries) = &node.value else {
+            return None;
+        };
+        let [entry] = entries.as_slice() else {
+            return None;
+        };
+        let text = self.file.text().as_bytes();
+        let key = entry.key_span;
+        let implicit = text.get(node.span.start.offset) != Some(&b'{');
+        let plain = !matches!(text.get(key.start.offset), Some(b'"' | b'\''));
+        let colon_then_indicator = text.get(key.end.offset) == Some(&b':')
+            && matches!(text.get(key.end.offset + 1), Some(b',' | b']' | b'}'));
+        let key_whole = key.end.offset - key.start.offset == entry.key.len();
+        if !(implicit
+            && plain
+            && colon_then_indicator
+            && key_whole
+            && entry.value.value == Value::Null)
+        {
+            return None;
+        }
+        let end = self.span_chars(key.start, entry.key.chars().count() + 1);
+        Some(Node {
+            value: Value::Str(format!("{}:", entry.key)),
+            span: end,
+        })
     }
 
     fn open(&mut self, start: Pos, anchor: usize, tag: Option<&Tag>, map: bool) -> Result<(), ()> {

@@ -333,3 +333,52 @@ fn long_lines_render_in_the_short_form() {
     assert!(out.contains("field spec.bogus"), "{out}");
     assert!(!out.contains(&filler), "the 2 KB line is not quoted");
 }
+
+/// A plain `a:b:` right before `,` or `]` in a flow sequence is one string, as Kubernetes'
+/// YAML reader (go-yaml) and so Istio read it (an IPv6 address ending in `::`); every other
+/// `:` keeps its YAML 1.2 meaning.
+#[test]
+fn a_colon_before_a_flow_indicator_is_read_as_go_yaml_reads_it() {
+    use mesh_config::yaml::Value;
+    let cases: &[(&str, &str)] = &[
+        ("[1.2.3.4, 001:db8::]", r#"["1.2.3.4", "001:db8::"]"#),
+        ("[2001:db8::, a]", r#"["2001:db8::", "a"]"#),
+        ("[fe80::]", r#"["fe80::"]"#),
+        // A space after the colon: a mapping in both readers.
+        ("[a: b]", r#"[{"a": "b"}]"#),
+        ("[a: ]", r#"[{"a": null}]"#),
+        // Written as a flow mapping, or quoted: what YAML says.
+        ("[{a:}]", r#"[{"a": null}]"#),
+        (r#"["a":]"#, r#"[{"a": null}]"#),
+    ];
+    fn show(v: &Value) -> String {
+        match v {
+            Value::Null => "null".into(),
+            Value::Str(s) => format!("{s:?}"),
+            Value::Seq(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(|n| show(&n.value))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Value::Map(entries) => format!(
+                "{{{}}}",
+                entries
+                    .iter()
+                    .map(|e| format!("{:?}: {}", e.key, show(&e.value.value)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            other => format!("{other:?}"),
+        }
+    }
+    for (text, want) in cases {
+        let file = mesh_config::source::SourceFile::new("flow.yaml", format!("v: {text}\n"));
+        let stream = mesh_config::yaml::parse_stream(&file);
+        assert!(stream.errors.is_empty(), "{text}: {:?}", stream.errors);
+        let v = stream.documents[0].1.get("v").unwrap();
+        assert_eq!(show(&v.value), *want, "{text}");
+    }
+}

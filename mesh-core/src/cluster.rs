@@ -599,6 +599,9 @@ impl Cluster {
             .endpoints
             .iter()
             .filter(|e| subset.is_none_or(|s| e.selected_by(&s.labels)))
+            // An endpoint without an address (Istio reaches it through its network's
+            // gateway) has nothing to connect to: validation warns about it.
+            .filter(|e| !e.address.is_empty())
             .map(|e| {
                 let p = u16::try_from(e.port_for(port)).unwrap_or(0);
                 let in_mesh = match e.labels.get(TLS_MODE_LABEL).map(String::as_str) {

@@ -975,3 +975,43 @@ fn redirect_and_without_headers_through_the_router() {
         assert_eq!(dr.status, want, "{:?}", r.headers);
     }
 }
+
+/// An endpoint with a network and no address (Istio reaches it through its network's
+/// gateway; the mesh has none) is not in its cluster: nothing could connect to it.
+#[test]
+fn an_endpoint_without_an_address_is_skipped() {
+    let mesh = compile(
+        yaml(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: remote, namespace: default}
+spec:
+  hosts: [remote.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.7}
+  - {network: network-2}
+",
+        ),
+        &[],
+    );
+    let mut rng = StdRng::seed_from_u64(8);
+    let l = Labels::new();
+    let src = Caller {
+        namespace: "default",
+        labels: &l,
+        gateway: None,
+    };
+    let r = req("remote.example.com", "/");
+    let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
+    let Outcome::Forward {
+        upstream: Upstream::Cluster(c),
+        ..
+    } = d.outcome
+    else {
+        panic!("not forwarded")
+    };
+    let addresses: Vec<&str> = c.endpoints.iter().map(|e| &*e.address).collect();
+    assert_eq!(addresses, ["10.0.0.7"]);
+}

@@ -222,6 +222,19 @@ pub struct JwtRule {
     /// Claims whose string value is a space-separated list, besides `scope` and
     /// `permission`.
     pub space_delimited_claims: Vec<String>,
+    /// Whether the token must be present (`OPTIONAL` or `REQUIRED`). Istio's control plane
+    /// does not act on it yet; neither does the mesh (a "not enforced" warning).
+    pub presence: Option<JwtPresence>,
+}
+
+/// Whether a JWT must be present in the request (`JWTRule.presence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JwtPresence {
+    /// A request without the token passes this rule.
+    Optional,
+    /// A request without the token is refused.
+    Required,
 }
 
 /// A header holding a JWT.

@@ -1,8 +1,9 @@
 //! Checks of the values that several resources share (the types of [`crate::model::common`]
 //! and the like): string matches and their RE2 regular expressions, durations (Istio's
 //! floor: at least 1 ms, in whole milliseconds), percentages (0-100), ports (1-65535),
-//! host names, `exportTo` lists and workload selectors. Istio checks each of these the
-//! same way wherever it appears, so each is one method of `Ctx`, used by every kind.
+//! host names, `exportTo` lists, workload selectors and policy target references. Istio
+//! checks each of these the same way wherever it appears, so each is one method of `Ctx`,
+//! used by every kind.
 
 use std::collections::HashSet;
 
@@ -150,6 +151,114 @@ impl Ctx<'_> {
                     "workload selector specified without labels: it selects every workload",
                 );
             }
+        }
+    }
+}
+
+/// Target reference kinds Istio accepts (canonical group, kind).
+const TARGET_KINDS: &[(&str, &str)] = &[
+    ("core", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+];
+
+/// The CRDs' limit on `targetRefs`.
+const MAX_TARGET_REFS: usize = 16;
+
+impl Ctx<'_> {
+    /// What a policy applies to (AuthorizationPolicy, RequestAuthentication, Telemetry),
+    /// as Istio's `validateOneOfSelectorType`, `validateWorkloadSelector` and
+    /// `validatePolicyTargetReference(s)` check it: one of `selector`, `targetRef` and
+    /// `targetRefs`; references to a Service, ServiceEntry, Gateway or GatewayClass of the
+    /// policy's own namespace, at most 16.
+    pub(super) fn policy_targets(
+        &mut self,
+        spec: &FieldPath,
+        selector: &Option<WorkloadSelector>,
+        target_ref: &Option<PolicyTargetReference>,
+        target_refs: &[PolicyTargetReference],
+    ) {
+        let set = [
+            selector.is_some(),
+            target_ref.is_some(),
+            !target_refs.is_empty(),
+        ]
+        .into_iter()
+        .filter(|b| *b)
+        .count();
+        if set > 1 {
+            let field = if selector.is_some() {
+                "selector"
+            } else {
+                "targetRef"
+            };
+            self.report(
+                Code::ExclusiveFields,
+                &spec.key(field),
+                "only one of `selector`, `targetRef` and `targetRefs` can be set",
+            );
+        }
+        self.selector(&spec.key("selector"), selector);
+        if let Some(r) = target_ref {
+            self.target_ref(&spec.key("targetRef"), r);
+        }
+        for (i, r) in target_refs.iter().enumerate() {
+            self.target_ref(&spec.key("targetRefs").index(i), r);
+        }
+        if target_refs.len() > MAX_TARGET_REFS {
+            self.report(
+                Code::InvalidValue,
+                &spec.key("targetRefs"),
+                format!(
+                    "{} target references: at most {MAX_TARGET_REFS} are allowed",
+                    target_refs.len()
+                ),
+            );
+        }
+    }
+
+    /// One target reference (Istio's `validatePolicyTargetReference` and the CRD's rules).
+    fn target_ref(&mut self, path: &FieldPath, r: &PolicyTargetReference) {
+        if r.name.is_empty() {
+            self.report(
+                Code::MissingField,
+                &path.key("name"),
+                "a target reference needs a `name`",
+            );
+        }
+        if !r.namespace.is_empty() {
+            self.report(
+                Code::InvalidValue,
+                &path.key("namespace"),
+                format!(
+                    "`namespace: {}`: cross namespace referencing is not supported (leave `namespace` out: the policy's own namespace is used)",
+                    r.namespace
+                ),
+            );
+        }
+        if r.kind.is_empty() {
+            self.report(
+                Code::MissingField,
+                &path.key("kind"),
+                "a target reference needs a `kind`: Service, ServiceEntry, Gateway or GatewayClass",
+            );
+            return;
+        }
+        let group = if r.group.is_empty() {
+            "core"
+        } else {
+            r.group.as_str()
+        };
+        if !TARGET_KINDS.contains(&(group, r.kind.as_str())) {
+            self.report(
+                Code::InvalidValue,
+                &path.key("kind"),
+                format!(
+                    "a target reference must be to a Service (core group), a ServiceEntry (networking.istio.io), a Gateway or a GatewayClass (gateway.networking.k8s.io), not `{}/{}`",
+                    r.group, r.kind
+                ),
+            );
         }
     }
 }

@@ -226,6 +226,25 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &LoadBalancerSettings)
                 "`warmupDurationSecs` and `warmup` cannot both be set",
             );
         }
+        // Istio's schema (at least 0) and webhook (at most 100; aggression above 0).
+        if let Some(m) = w.minimum_percent
+            && !(0.0..=100.0).contains(&m)
+        {
+            ctx.report(
+                Code::PercentageRange,
+                &path.key("warmup").key("minimumPercent"),
+                format!("`minimumPercent` {m} must be between 0 and 100"),
+            );
+        }
+        if let Some(a) = w.aggression
+            && (a.is_nan() || a <= 0.0)
+        {
+            ctx.report(
+                Code::InvalidValue,
+                &path.key("warmup").key("aggression"),
+                format!("`aggression` {a} must be greater than 0"),
+            );
+        }
     }
     if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
         ctx.report(
@@ -271,6 +290,14 @@ pub(super) fn is_prime(n: u64) -> bool {
 }
 
 fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, pool: &ConnectionPoolSettings) {
+    // Istio's webhook and the CRD's `minProperties: 1`.
+    if pool.tcp.is_none() && pool.http.is_none() {
+        ctx.report(
+            Code::InvalidValue,
+            path,
+            "`connectionPool` needs at least one of `tcp` and `http` (remove it or set one)",
+        );
+    }
     if let Some(tcp) = &pool.tcp {
         let p = path.key("tcp");
         non_negative(ctx, &p.key("maxConnections"), tcp.max_connections);

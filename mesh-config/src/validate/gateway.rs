@@ -117,6 +117,13 @@ fn server_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings, prot
         }
         return;
     }
+    if tls.https_redirect {
+        ctx.warn(
+            Code::InvalidValue,
+            &path.key("httpsRedirect"),
+            format!("`tls.httpsRedirect` should only be used with HTTP servers, not {protocol}"),
+        );
+    }
     let mode = tls.mode.unwrap_or_default();
     let has_cred = tls.credential_name.is_some()
         || !tls.credential_names.is_empty()

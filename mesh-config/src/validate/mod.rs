@@ -41,7 +41,7 @@ use gateway::gateway;
 use mesh::mesh_config;
 use ratelimit::local_rate_limit_policy;
 use security::{authorization_policy, peer_authentication, request_authentication};
-use service_entry::{service_entry, workload_entry};
+use service_entry::{dynamic_dns_waypoint, service_entry, workload_entry};
 use telemetry::telemetry;
 use virtual_service::virtual_service;
 
@@ -185,6 +185,48 @@ fn check_label_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Istio's `checkDryRunAnnotation`: `istio.io/dry-run` belongs to AuthorizationPolicies
+/// only, to ALLOW and DENY ones, and holds a boolean as Go's `strconv.ParseBool` reads it.
+fn dry_run_annotation(ctx: &mut Ctx<'_>, meta: &FieldPath, r: &AnyResource) {
+    const DRY_RUN: &str = "istio.io/dry-run";
+    let Some(value) = r.meta().annotations.get(DRY_RUN) else {
+        return;
+    };
+    let path = meta.key("annotations").key(DRY_RUN);
+    let AnyResource::AuthorizationPolicy(ap) = r else {
+        ctx.report(
+            Code::InvalidValue,
+            &path,
+            format!(
+                "the annotation `{DRY_RUN}` is only supported on AuthorizationPolicies: remove it"
+            ),
+        );
+        return;
+    };
+    let action = ap.spec.action.unwrap_or_default();
+    if !matches!(
+        action,
+        AuthorizationAction::Allow | AuthorizationAction::Deny
+    ) {
+        ctx.report(
+            Code::InvalidValue,
+            &path,
+            format!("the annotation `{DRY_RUN}` is only supported with the ALLOW and DENY actions, not {action:?}"),
+        );
+    } else if !matches!(
+        value.as_str(),
+        "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False"
+    ) {
+        ctx.report(
+            Code::InvalidValue,
+            &path,
+            format!(
+                "the annotation `{DRY_RUN}` must be a boolean (`true` or `false`), not `{value}`"
+            ),
+        );
+    }
+}
+
 /// Validates one resource (metadata and spec) and warns about fields not enforced.
 pub fn validate(r: &AnyResource, out: &mut Vec<Diagnostic>) {
     let mut ctx = Ctx::new(r, out);
@@ -204,6 +246,7 @@ pub fn validate(r: &AnyResource, out: &mut Vec<Diagnostic>) {
         );
     }
     ctx.labels(&meta.key("labels"), &r.meta().labels);
+    dry_run_annotation(&mut ctx, &meta, r);
     let spec = FieldPath::root().key("spec");
     match r {
         AnyResource::VirtualService(vs) => virtual_service(&mut ctx, &spec, &vs.spec),
@@ -212,7 +255,16 @@ pub fn validate(r: &AnyResource, out: &mut Vec<Diagnostic>) {
             retry_budget_annotation(&mut ctx, &meta, &dr.meta);
         }
         AnyResource::Gateway(gw) => gateway(&mut ctx, &spec, &gw.spec),
-        AnyResource::ServiceEntry(se) => service_entry(&mut ctx, &spec, &se.spec),
+        AnyResource::ServiceEntry(se) => {
+            // Istio allocates an address unless this label turns it off.
+            let autoallocate = se
+                .meta
+                .labels
+                .get("networking.istio.io/enable-autoallocate-ip")
+                .is_none_or(|v| !v.eq_ignore_ascii_case("false"));
+            service_entry(&mut ctx, &spec, &se.spec, autoallocate);
+            dynamic_dns_waypoint(&mut ctx, &spec, &se.spec, &se.meta);
+        }
         AnyResource::WorkloadEntry(we) => workload_entry(&mut ctx, &spec, &we.spec, None),
         AnyResource::PeerAuthentication(pa) => peer_authentication(&mut ctx, &spec, &pa.spec),
         AnyResource::AuthorizationPolicy(ap) => authorization_policy(&mut ctx, &spec, &ap.spec),

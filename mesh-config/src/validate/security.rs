@@ -1,9 +1,11 @@
 //! Security resources, Istio's webhook rules: PeerAuthentication (per-port modes need a
 //! selector with labels, ports 1-65535, and `portLevelMtls` is not written empty),
-//! AuthorizationPolicy (a selector or target references, not both; CUSTOM needs a
-//! provider; the values of `from`, `to` and `when`: `*` only at either end, Istio's path
-//! templates, IP blocks, ports, the condition keys Istio supports) and
-//! RequestAuthentication (JWT rules: an issuer, `jwks` or `jwksUri`, header names).
+//! AuthorizationPolicy (one of a selector, a target reference or target references; CUSTOM
+//! needs a named provider; the values of `from`, `to` and `when`: `*` only at either end,
+//! Istio's path templates, IP blocks, ports, the condition keys Istio supports; Istio's
+//! warning for DENY rules with only HTTP attributes) and RequestAuthentication (the same
+//! targets; JWT rules: an issuer, `jwks` that parses (private keys warned) or an http(s)
+//! `jwksUri`, no empty audience, parameter, cookie or claim name, header names).
 
 use super::Ctx;
 use crate::diag::Code;
@@ -48,16 +50,18 @@ pub(super) fn peer_authentication(ctx: &mut Ctx<'_>, spec: &FieldPath, pa: &Peer
 }
 
 pub(super) fn authorization_policy(ctx: &mut Ctx<'_>, spec: &FieldPath, ap: &AuthorizationPolicy) {
-    ctx.selector(&spec.key("selector"), &ap.selector);
-    let targeted = ap.target_ref.is_some() || !ap.target_refs.is_empty();
-    if ap.selector.is_some() && targeted {
+    ctx.policy_targets(spec, &ap.selector, &ap.target_ref, &ap.target_refs);
+    let action = ap.action.unwrap_or_default();
+    if action == AuthorizationAction::Custom
+        && let Some(provider) = &ap.provider
+        && provider.name.is_empty()
+    {
         ctx.report(
-            Code::ExclusiveFields,
-            &spec.key("selector"),
-            "`selector` cannot be used with `targetRef` or `targetRefs`",
+            Code::MissingField,
+            &spec.key("provider").key("name"),
+            "the CUSTOM action's `provider` needs a `name`",
         );
     }
-    let action = ap.action.unwrap_or_default();
     if action == AuthorizationAction::Custom && ap.provider.is_none() {
         ctx.report(
             Code::MissingField,
@@ -89,6 +93,13 @@ pub(super) fn authorization_policy(ctx: &mut Ctx<'_>, spec: &FieldPath, ap: &Aut
     }
     for (i, rule) in ap.rules.iter().enumerate() {
         let p = spec.key("rules").index(i);
+        if action == AuthorizationAction::Deny && http_only_deny(rule) {
+            ctx.warn(
+                Code::InvalidValue,
+                &p,
+                "a DENY rule with only HTTP attributes denies all traffic to the TCP ports under its scope in Istio (the mesh serves HTTP only); name the port (`to.operation.ports`) to keep TCP open",
+            );
+        }
         for (j, from) in rule.from.iter().enumerate() {
             source(ctx, &p.key("from").index(j).key("source"), &from.source);
         }
@@ -433,7 +444,7 @@ pub(super) fn request_authentication(
     spec: &FieldPath,
     ra: &RequestAuthentication,
 ) {
-    ctx.selector(&spec.key("selector"), &ra.selector);
+    ctx.policy_targets(spec, &ra.selector, &ra.target_ref, &ra.target_refs);
     for (i, rule) in ra.jwt_rules.iter().enumerate() {
         let p = spec.key("jwtRules").index(i);
         ctx.required_str(&p.key("issuer"), &rule.issuer, "`issuer`");
@@ -445,13 +456,27 @@ pub(super) fn request_authentication(
             );
         }
         if let Some(uri) = &rule.jwks_uri
-            && !(uri.starts_with("http://") || uri.starts_with("https://"))
+            && let Err(e) = jwks_uri(uri)
         {
-            ctx.report(
-                Code::InvalidValue,
-                &p.key("jwksUri"),
-                format!("`{uri}` is not an http(s) URL"),
-            );
+            ctx.report(Code::InvalidValue, &p.key("jwksUri"), e);
+        }
+        if let Some(jwks) = &rule.jwks {
+            match jwks_keys(jwks) {
+                Err(e) => ctx.report(
+                    Code::InvalidValue,
+                    &p.key("jwks"),
+                    format!("`jwks` is not a JSON Web Key Set: {e}"),
+                ),
+                Ok(private) => {
+                    for k in private {
+                        ctx.warn(
+                            Code::InvalidValue,
+                            &p.key("jwks"),
+                            format!("jwks key at index {k} contains private key material; only public keys are used for verification"),
+                        );
+                    }
+                }
+            }
         }
         for (j, h) in rule.from_headers.iter().enumerate() {
             let hp = p.key("fromHeaders").index(j).key("name");
@@ -459,6 +484,135 @@ pub(super) fn request_authentication(
                 ctx.header_name(&hp, &h.name, false);
             }
         }
+        // Istio's webhook and CRD: no empty audience, query parameter, cookie or claim name.
+        for (field, list) in [
+            ("audiences", &rule.audiences),
+            ("fromParams", &rule.from_params),
+            ("fromCookies", &rule.from_cookies),
+            ("spaceDelimitedClaims", &rule.space_delimited_claims),
+        ] {
+            for (j, v) in list.iter().enumerate() {
+                if v.is_empty() {
+                    ctx.report(
+                        Code::InvalidValue,
+                        &p.key(field).index(j),
+                        format!("an entry of `{field}` cannot be empty"),
+                    );
+                }
+            }
+        }
+        for (j, c) in rule.output_claim_to_headers.iter().enumerate() {
+            let cp = p.key("outputClaimToHeaders").index(j);
+            ctx.required_str(&cp.key("claim"), &c.claim, "`claim`");
+            if ctx.required_str(&cp.key("header"), &c.header, "`header`")
+                && !is_token_header(&c.header)
+            {
+                ctx.report(
+                    Code::InvalidValue,
+                    &cp.key("header"),
+                    format!("`{}` is not a header a claim can be copied to: letters, digits, `-` and `_` only", c.header),
+                );
+            }
+        }
         ctx.duration_ms(&p.key("timeout"), rule.timeout);
     }
+}
+
+/// A header name the CRD lets a claim be copied to (`^[-_A-Za-z0-9]+$`).
+fn is_token_header(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Istio's `ParseJwksURI`: an http or https URL with a host, and a port, if any, that is
+/// a number.
+fn jwks_uri(uri: &str) -> Result<(), String> {
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{uri}` is not an http(s) URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = match host_port.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:8080`.
+        Some(v6) => match v6.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':')),
+            None => return Err(format!("`{uri}`: unclosed `[` in the host")),
+        },
+        None => match host_port.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("`{uri}` has no host"));
+    }
+    if let Some(p) = port
+        && p.parse::<u16>().is_err()
+    {
+        return Err(format!(
+            "`{uri}`: port `{p}` is not a number from 0 to 65535"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads an inline JWKS as Istio's `jwk.Parse` does: a JSON object with a `keys` array of
+/// objects each naming its `kty`, or one such key alone. Returns the indexes of the keys
+/// that hold private material (`d`, or a symmetric `oct` key's `k`).
+fn jwks_keys(jwks: &str) -> Result<Vec<usize>, String> {
+    let v: serde_json::Value = serde_json::from_str(jwks).map_err(|e| format!("not JSON ({e})"))?;
+    let keys: Vec<&serde_json::Value> = match v.get("keys") {
+        Some(serde_json::Value::Array(keys)) => keys.iter().collect(),
+        Some(_) => return Err("`keys` is not an array".into()),
+        None if v.get("kty").is_some() => vec![&v],
+        None => return Err("no `keys` array".into()),
+    };
+    let mut private = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let kty = k
+            .get("kty")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| format!("key {i} has no `kty`"))?;
+        let secret = match kty {
+            "oct" => k.get("k").is_some(),
+            "RSA" | "EC" | "OKP" => k.get("d").is_some(),
+            other => return Err(format!("key {i}: unknown key type `{other}`")),
+        };
+        if secret {
+            private.push(i);
+        }
+    }
+    Ok(private)
+}
+
+/// Istio's warning condition for a DENY rule: it has sources but no operation and no
+/// TCP-level source (principals, namespaces, IP blocks, service accounts), or operations
+/// without ports.
+fn http_only_deny(rule: &Rule) -> bool {
+    let tcp_from = rule.from.iter().any(|f| {
+        let s = &f.source;
+        [
+            &s.principals,
+            &s.not_principals,
+            &s.ip_blocks,
+            &s.not_ip_blocks,
+            &s.namespaces,
+            &s.not_namespaces,
+            &s.remote_ip_blocks,
+            &s.not_remote_ip_blocks,
+            &s.service_accounts,
+            &s.not_service_accounts,
+        ]
+        .iter()
+        .any(|v| !v.is_empty())
+    });
+    let tcp_to = rule
+        .to
+        .iter()
+        .any(|t| !t.operation.ports.is_empty() || !t.operation.not_ports.is_empty());
+    let from = !rule.from.is_empty();
+    let to = !rule.to.is_empty();
+    (from && !to && !tcp_from) || (to && !tcp_to)
 }

@@ -1,8 +1,11 @@
-//! ServiceEntry and WorkloadEntry checks, Istio's webhook rules (the endpoints of a
+//! ServiceEntry and WorkloadEntry checks, Istio's webhook and CRD rules (the endpoints of a
 //! ServiceEntry are WorkloadEntries): hosts (no `*`, no wildcard resolved by DNS without
-//! endpoints, a warning for short names), port numbers and names used once, what each
+//! endpoints, a partial wildcard and a short name warned), addresses (IPs or CIDR blocks,
+//! blocks only with NONE or STATIC), port numbers and names used once, what each
 //! resolution allows (NONE takes no endpoints, STATIC needs IP addresses, DNS_ROUND_ROBIN
-//! one endpoint), and endpoint addresses, ports, labels, service accounts and localities.
+//! one endpoint, DYNAMIC_DNS wildcard hosts and HTTP or TLS ports only), Istio's warnings
+//! (TCP ports without an address, selectors with NONE), and endpoint addresses (unix
+//! sockets included), ports, labels, service accounts and localities.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +15,12 @@ use crate::host;
 use crate::model::*;
 use crate::path::FieldPath;
 
-pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEntry) {
+pub(super) fn service_entry(
+    ctx: &mut Ctx<'_>,
+    spec: &FieldPath,
+    se: &ServiceEntry,
+    meta_autoallocate: bool,
+) {
     let resolution = se.resolution.unwrap_or_default();
     if se.hosts.is_empty() {
         ctx.report(
@@ -27,7 +35,19 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEnt
             ctx.report(Code::InvalidHost, &p, "a ServiceEntry host cannot be `*`");
             continue;
         }
-        ctx.host(&p, h);
+        if host::check_wildcard_domain(h).is_err() && host::check_partial_wildcard(h).is_ok() {
+            // Istio accepts a partial wildcard in a ServiceEntry with a warning.
+            ctx.warn(
+                Code::InvalidHost,
+                &p,
+                format!(
+                    "partial wildcard `{h}`: Istio accepts it with a warning; it matches any host ending in `{}`",
+                    &h[1..]
+                ),
+            );
+        } else {
+            ctx.host(&p, h);
+        }
         if host::is_wildcard(h)
             && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
             && se.endpoints.is_empty()
@@ -46,6 +66,31 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEnt
                     "ServiceEntry hosts are taken as written, but `{h}` in a VirtualService or DestinationRule means `{}`: write the fully qualified name",
                     host::qualify(h, ctx.reference.namespace.as_str())
                 ),
+            );
+        }
+    }
+    // Istio's webhook: addresses are IPs or CIDR blocks; a block only with NONE or STATIC
+    // resolution (the caller's address picks the entry, which DNS resolution cannot keep).
+    for (i, a) in se.addresses.iter().enumerate() {
+        let p = spec.key("addresses").index(i);
+        let valid = match a.split_once('/') {
+            Some((ip, bits)) => ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                bits.parse::<u8>().is_ok_and(|b| b <= max) && !bits.starts_with('+')
+            }),
+            None => a.parse::<std::net::IpAddr>().is_ok(),
+        };
+        if !valid {
+            ctx.report(
+                Code::InvalidValue,
+                &p,
+                format!("`{a}` is neither an IP address nor a CIDR block"),
+            );
+        } else if a.contains('/') && !matches!(resolution, Resolution::None | Resolution::Static) {
+            ctx.report(
+                Code::InvalidValue,
+                &p,
+                format!("CIDR block `{a}`: CIDR addresses are allowed only with resolution NONE or STATIC"),
             );
         }
     }
@@ -133,11 +178,38 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEnt
         ),
         _ => {}
     }
+    if resolution == Resolution::DynamicDns {
+        dynamic_dns(ctx, spec, se);
+    }
     let port_names: Vec<&str> = se.ports.iter().map(|p| p.name.as_str()).collect();
     for (i, ep) in se.endpoints.iter().enumerate() {
         let p = spec.key("endpoints").index(i);
         workload_entry(ctx, &p, ep, Some(&port_names));
+        if ep.address.starts_with("unix://") {
+            match resolution {
+                Resolution::Dns | Resolution::DnsRoundRobin => ctx.report(
+                    Code::InvalidValue,
+                    &p.key("address"),
+                    format!(
+                        "endpoint address `{}` is not an IP address or a host name, as {} resolution needs",
+                        ep.address,
+                        if resolution == Resolution::Dns { "DNS" } else { "DNS_ROUND_ROBIN" }
+                    ),
+                ),
+                _ if se.ports.len() != 1 => ctx.report(
+                    Code::InvalidValue,
+                    &p.key("address"),
+                    format!(
+                        "unix endpoint `{}`: a ServiceEntry with unix endpoints needs exactly one port ({} here)",
+                        ep.address,
+                        se.ports.len()
+                    ),
+                ),
+                _ => {}
+            }
+        }
         if resolution == Resolution::Static
+            && !ep.address.is_empty()
             && ep.address.parse::<std::net::IpAddr>().is_err()
             && !ep.address.starts_with("unix://")
         {
@@ -153,7 +225,22 @@ pub(super) fn service_entry(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEnt
     }
     if let Some(sel) = &se.workload_selector {
         ctx.labels(&spec.key("workloadSelector").key("labels"), &sel.labels);
+        if sel.labels.is_empty() {
+            ctx.warn(
+                Code::InvalidValue,
+                &spec.key("workloadSelector"),
+                "a `workloadSelector` without labels selects every workload of the namespace",
+            );
+        }
+        if resolution == Resolution::None {
+            ctx.warn(
+                Code::InvalidValue,
+                &spec.key("workloadSelector"),
+                "`workloadSelector` should not be set when resolution is NONE (the caller's address is used, not the selected workloads')",
+            );
+        }
     }
+    istio_port_warnings(ctx, spec, se, resolution, meta_autoallocate);
     ctx.export_to(&spec.key("exportTo"), &se.export_to, true);
 }
 
@@ -163,10 +250,32 @@ pub(super) fn workload_entry(
     we: &WorkloadEntry,
     ports: Option<&[&str]>,
 ) {
-    if ctx.required_str(&path.key("address"), &we.address, "`address`")
-        && we.address.parse::<std::net::IpAddr>().is_err()
-        && !we.address.starts_with("unix://")
-    {
+    let addr = path.key("address");
+    if we.address.is_empty() {
+        match we.network.as_deref().filter(|n| !n.is_empty()) {
+            // Istio warns, and reaches the endpoint through that network's gateway (the
+            // `network` field's own note says the mesh skips it).
+            Some(net) => ctx.warn(
+                Code::InvalidValue,
+                &path.key("network"),
+                format!("`address` is unset with network `{net}`"),
+            ),
+            None => {
+                ctx.required_str(&addr, &we.address, "`address`");
+            }
+        }
+    } else if let Some(socket) = we.address.strip_prefix("unix://") {
+        if let Err(e) = unix_address(socket) {
+            ctx.report(Code::InvalidValue, &addr, e);
+        }
+        if !we.ports.is_empty() {
+            ctx.report(
+                Code::InvalidValue,
+                &path.key("ports"),
+                format!("unix endpoint `{}` must not include ports", we.address),
+            );
+        }
+    } else if we.address.parse::<std::net::IpAddr>().is_err() {
         if let Err(e) = host::check_wildcard_domain(&we.address) {
             ctx.report(
                 Code::InvalidValue,
@@ -183,6 +292,13 @@ pub(super) fn workload_entry(
     }
     for (name, port) in &we.ports {
         let p = path.key("ports").key(name.as_str());
+        if let Err(e) = host::check_dns1123_label(name) {
+            ctx.report_key(
+                Code::InvalidName,
+                &p,
+                format!("invalid port name `{name}`: {e}"),
+            );
+        }
         ctx.port(&p, *port);
         if let Some(names) = ports
             && !names.contains(&name.as_str())
@@ -214,6 +330,133 @@ pub(super) fn workload_entry(
             Code::InvalidValue,
             &path.key("locality"),
             format!("locality `{loc}` must be `region[/zone[/subzone]]`"),
+        );
+    }
+}
+
+/// Istio's check of a unix domain socket address (what follows `unix://`): an abstract
+/// socket (`@name`), or an absolute path to a file (not a directory).
+fn unix_address(socket: &str) -> Result<(), String> {
+    if socket.is_empty() {
+        return Err("a unix:// address needs a socket path".into());
+    }
+    if socket.starts_with('@') {
+        return Ok(());
+    }
+    if !socket.starts_with('/') || socket.ends_with('/') {
+        return Err(format!(
+            "unix socket `{socket}` must be an absolute path to a file (`/path/to/socket`) or an abstract socket (`@name`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Istio's rules for DYNAMIC_DNS resolution (Envoy's dynamic forward proxy): wildcard
+/// hosts only, no addresses, no endpoints, HTTP, HTTP2, GRPC or TLS ports.
+fn dynamic_dns(ctx: &mut Ctx<'_>, spec: &FieldPath, se: &ServiceEntry) {
+    for (i, h) in se.hosts.iter().enumerate() {
+        if !host::is_wildcard(h) {
+            ctx.report(
+                Code::InvalidHost,
+                &spec.key("hosts").index(i),
+                format!("`{h}`: DYNAMIC_DNS resolution needs wildcard hosts (`*.example.com`)"),
+            );
+        }
+    }
+    if !se.addresses.is_empty() {
+        ctx.report(
+            Code::InvalidValue,
+            &spec.key("addresses"),
+            "DYNAMIC_DNS resolution takes no addresses: the route domains come from the hosts",
+        );
+    }
+    if !se.endpoints.is_empty() {
+        ctx.report(
+            Code::InvalidValue,
+            &spec.key("endpoints"),
+            "DYNAMIC_DNS resolution takes no endpoints: the destination is resolved from the request's host",
+        );
+    }
+    for (i, port) in se.ports.iter().enumerate() {
+        let proto = port.protocol.as_deref().unwrap_or("").to_ascii_uppercase();
+        if !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "TLS") {
+            ctx.report(
+                Code::InvalidValue,
+                &spec.key("ports").index(i).key("protocol"),
+                format!(
+                    "DYNAMIC_DNS resolution supports only HTTP, HTTP2, GRPC and TLS ports, not `{}`",
+                    if proto.is_empty() { "(unset)" } else { proto.as_str() }
+                ),
+            );
+        }
+    }
+}
+
+/// Istio: a MESH_INTERNAL ServiceEntry with DYNAMIC_DNS resolution cannot use a waypoint
+/// (the `istio.io/use-waypoint` label).
+pub(super) fn dynamic_dns_waypoint(
+    ctx: &mut Ctx<'_>,
+    spec: &FieldPath,
+    se: &ServiceEntry,
+    meta: &ObjectMeta,
+) {
+    if se.resolution == Some(Resolution::DynamicDns)
+        && se.location == Some(ServiceLocation::MeshInternal)
+        && meta
+            .labels
+            .get("istio.io/use-waypoint")
+            .is_some_and(|w| !w.is_empty() && !w.eq_ignore_ascii_case("none"))
+    {
+        ctx.report(
+            Code::InvalidValue,
+            &spec.key("location"),
+            "MESH_INTERNAL with DYNAMIC_DNS resolution is not supported when the ServiceEntry uses a waypoint (`istio.io/use-waypoint`)",
+        );
+    }
+}
+
+/// Istio's webhook warnings about a ServiceEntry's ports: a TCP (or unset) port needs an
+/// address when Istio will not allocate one (resolution NONE, or allocation turned off by
+/// the `networking.istio.io/enable-autoallocate-ip: "false"` label); with DNS resolution,
+/// addresses, several hosts and a TCP-based port cannot tell the hosts apart.
+fn istio_port_warnings(
+    ctx: &mut Ctx<'_>,
+    spec: &FieldPath,
+    se: &ServiceEntry,
+    resolution: Resolution,
+    autoallocate_label: bool,
+) {
+    let autoallocated =
+        autoallocate_label && resolution != Resolution::None && se.addresses.is_empty();
+    if se.addresses.is_empty() && !autoallocated {
+        for (i, port) in se.ports.iter().enumerate() {
+            if matches!(port.protocol.as_deref(), None | Some("") | Some("TCP")) {
+                ctx.warn(
+                    Code::InvalidValue,
+                    &spec.key("ports").index(i),
+                    "addresses are required for ports serving TCP (or unset) protocol when Istio does not allocate an address",
+                );
+            }
+        }
+    }
+    if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+        && !se.addresses.is_empty()
+        && se.hosts.len() > 1
+        && let Some(i) = se.ports.iter().position(|p| {
+            matches!(
+                p.protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .to_ascii_uppercase()
+                    .as_str(),
+                "TCP" | "HTTPS" | "TLS" | "MONGO" | "REDIS" | "MYSQL"
+            )
+        })
+    {
+        ctx.warn(
+            Code::InvalidValue,
+            &spec.key("ports").index(i),
+            "a ServiceEntry cannot have more than one host together with addresses and a TCP-based port",
         );
     }
 }

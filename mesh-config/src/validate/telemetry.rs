@@ -25,55 +25,8 @@ use crate::path::{FieldPath, Segment};
 use crate::registry::selects;
 use crate::yaml::{Node, Value};
 
-/// Target reference kinds Istio accepts (canonical group, kind).
-const TARGET_KINDS: &[(&str, &str)] = &[
-    ("core", "Service"),
-    ("networking.istio.io", "ServiceEntry"),
-    ("gateway.networking.k8s.io", "Gateway"),
-    ("gateway.networking.k8s.io", "GatewayClass"),
-];
-
-/// The CRD's limit on `targetRefs`.
-const MAX_TARGET_REFS: usize = 16;
-
 pub(super) fn telemetry(ctx: &mut Ctx<'_>, spec: &FieldPath, t: &Telemetry) {
-    let set = [
-        t.selector.is_some(),
-        t.target_ref.is_some(),
-        !t.target_refs.is_empty(),
-    ]
-    .into_iter()
-    .filter(|b| *b)
-    .count();
-    if set > 1 {
-        let field = if t.selector.is_some() {
-            "selector"
-        } else {
-            "targetRef"
-        };
-        ctx.report(
-            Code::ExclusiveFields,
-            &spec.key(field),
-            "only one of `selector`, `targetRef` and `targetRefs` can be set",
-        );
-    }
-    ctx.selector(&spec.key("selector"), &t.selector);
-    if let Some(r) = &t.target_ref {
-        target_ref(ctx, &spec.key("targetRef"), r);
-    }
-    for (i, r) in t.target_refs.iter().enumerate() {
-        target_ref(ctx, &spec.key("targetRefs").index(i), r);
-    }
-    if t.target_refs.len() > MAX_TARGET_REFS {
-        ctx.report(
-            Code::InvalidValue,
-            &spec.key("targetRefs"),
-            format!(
-                "{} target references: at most {MAX_TARGET_REFS} are allowed",
-                t.target_refs.len()
-            ),
-        );
-    }
+    ctx.policy_targets(spec, &t.selector, &t.target_ref, &t.target_refs);
     if t.tracing.len() > 1 {
         ctx.warn(
             Code::InvalidValue,
@@ -89,50 +42,6 @@ pub(super) fn telemetry(ctx: &mut Ctx<'_>, spec: &FieldPath, t: &Telemetry) {
     }
     for (i, l) in t.access_logging.iter().enumerate() {
         access_logging(ctx, &spec.key("accessLogging").index(i), l);
-    }
-}
-
-/// Istio's `validatePolicyTargetReference` and the CRD's rules.
-fn target_ref(ctx: &mut Ctx<'_>, path: &FieldPath, r: &PolicyTargetReference) {
-    if r.name.is_empty() {
-        ctx.report(
-            Code::MissingField,
-            &path.key("name"),
-            "a target reference needs a `name`",
-        );
-    }
-    if !r.namespace.is_empty() {
-        ctx.report(
-            Code::InvalidValue,
-            &path.key("namespace"),
-            format!(
-                "`namespace: {}`: cross namespace referencing is not supported (leave `namespace` out: the Telemetry's own namespace is used)",
-                r.namespace
-            ),
-        );
-    }
-    if r.kind.is_empty() {
-        ctx.report(
-            Code::MissingField,
-            &path.key("kind"),
-            "a target reference needs a `kind`: Service, ServiceEntry, Gateway or GatewayClass",
-        );
-        return;
-    }
-    let group = if r.group.is_empty() {
-        "core"
-    } else {
-        r.group.as_str()
-    };
-    if !TARGET_KINDS.contains(&(group, r.kind.as_str())) {
-        ctx.report(
-            Code::InvalidValue,
-            &path.key("kind"),
-            format!(
-                "a target reference must be to a Service (core group), a ServiceEntry (networking.istio.io), a Gateway or a GatewayClass (gateway.networking.k8s.io), not `{}/{}`",
-                r.group, r.kind
-            ),
-        );
     }
 }
 

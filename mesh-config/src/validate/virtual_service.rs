@@ -1,5 +1,6 @@
-//! VirtualService checks, Istio's webhook rules: hosts (valid, listed once, no `*` when
-//! bound to the mesh; none only for a delegate, which has no gateways), gateway
+//! VirtualService checks, Istio's webhook rules: hosts (valid, listed once and not
+//! covering one another, no `*` when bound to the mesh; none only for a delegate, which
+//! has no gateways; Envoy's generated SNI names with SNI matches), SNI hosts, gateway
 //! references, at least one of `http`, `tls` or `tcp`, JWT claim routes (gateways only),
 //! TLS and TCP routes, destinations, and the weights of several destinations (relative
 //! shares: none negative, not all 0). One HTTP rule is checked in `http_route`.
@@ -24,9 +25,17 @@ pub(super) fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualS
         );
     }
     let mut seen = HashSet::new();
+    // Istio: the hosts of a VirtualService with SNI matches may be Envoy's generated SNI
+    // names (`outbound_.<port>_._.<host>`).
+    let sni = vs
+        .tls
+        .iter()
+        .any(|r| r.match_.iter().any(|m| !m.sni_hosts.is_empty()));
     for (i, h) in vs.hosts.iter().enumerate() {
         let p = spec.key("hosts").index(i);
-        ctx.host(&p, h);
+        if !(sni && is_generated_sni(h)) {
+            ctx.host(&p, h);
+        }
         if h == "*" && bound_to_mesh {
             ctx.report(
                 Code::InvalidHost,
@@ -39,6 +48,17 @@ pub(super) fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualS
                 Code::DuplicateEntry,
                 &p,
                 format!("host `{h}` is listed twice"),
+            );
+        } else if let Some(first) = vs.hosts[..i]
+            .iter()
+            .find(|earlier| crate::host::overlaps(earlier, h))
+        {
+            // Istio: a wildcard host that covers another is a duplicate (`*.bar` and
+            // `*.foo.bar`).
+            ctx.report(
+                Code::DuplicateEntry,
+                &p,
+                format!("hosts `{first}` and `{h}` overlap: duplicate hosts in one VirtualService"),
             );
         }
     }
@@ -94,6 +114,14 @@ pub(super) fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualS
                     Code::MissingField,
                     &p.key("match").index(j).key("sniHosts"),
                     "a TLS match needs `sniHosts`",
+                );
+            }
+            for (k, sni) in m.sni_hosts.iter().enumerate() {
+                sni_host(
+                    ctx,
+                    &p.key("match").index(j).key("sniHosts").index(k),
+                    sni,
+                    vs,
                 );
             }
         }
@@ -239,5 +267,60 @@ pub(super) fn destination(ctx: &mut Ctx<'_>, path: &FieldPath, d: &Destination) 
     }
     if let Some(p) = d.port {
         ctx.port(&path.key("port").key("number"), p.number);
+    }
+}
+
+/// Envoy's generated SNI name of a service port, `outbound_.<port>_._.<host>`, which
+/// Istio lets a VirtualService with SNI matches name.
+fn is_generated_sni(h: &str) -> bool {
+    let mut parts = h.splitn(4, '.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("outbound_"), Some(port), Some("_"), Some(rest)) => {
+            port.strip_suffix('_')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                && rest.bytes().any(|b| b.is_ascii_alphabetic())
+                && host::check_wildcard_domain(rest).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Istio's `validateSniHost`: a host name (a wildcard only as the whole first label, or,
+/// bound to a gateway, Envoy's generated SNI name), within one of the VirtualService's
+/// hosts; an IP address is accepted with a warning (SNI does not carry addresses).
+fn sni_host(ctx: &mut Ctx<'_>, path: &FieldPath, sni: &str, vs: &VirtualService) {
+    let gateway_bound = !vs.gateways.iter().any(|g| g == "mesh");
+    // Istio's DNS names never end in an all-numeric label (so an IPv4 address is not one).
+    let numeric_tld = sni
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| !tld.is_empty() && tld.bytes().all(|b| b.is_ascii_digit()));
+    let valid = (host::check_wildcard_domain(sni).is_ok() && !numeric_tld)
+        || (gateway_bound && is_generated_sni(sni));
+    if !valid {
+        if sni.parse::<std::net::IpAddr>().is_ok() {
+            ctx.warn(
+                Code::InvalidHost,
+                path,
+                format!("using an IP address (`{sni}`) goes against the SNI specification and most clients do not support it"),
+            );
+        } else {
+            ctx.report(
+                Code::InvalidHost,
+                path,
+                format!("`{sni}` is not a valid SNI host: a DNS name, with a wildcard only as the whole first label"),
+            );
+        }
+        return;
+    }
+    if !vs.hosts.iter().any(|h| host::matches(h, sni)) {
+        ctx.report(
+            Code::InvalidHost,
+            path,
+            format!(
+                "SNI host `{sni}` is not within any of the VirtualService's hosts ({})",
+                vs.hosts.join(", ")
+            ),
+        );
     }
 }

@@ -577,18 +577,29 @@ fn dry_run_annotation_is_a_go_boolean() {
         let yaml = format!(
             "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: foo\n  annotations: {{istio.io/dry-run: \"{value}\"}}\nspec:\n  action: DENY\n  rules: [{{}}]\n"
         );
-        let all = policies(&yaml);
+        let invalid = value == "tRuE" || value == "yes";
+        let mut set = mesh_config::ConfigSet::new();
+        set.add_str("p.yaml", &yaml);
+        // Validation refuses what Go's ParseBool refuses, as Istio's webhook does ...
+        assert_eq!(set.check().has_errors(), invalid, "{value}");
+        // ... and a policy that reaches the runtime unvalidated is enforced, with a note.
+        let all: Vec<Arc<Policy>> = set
+            .resources()
+            .iter()
+            .filter_map(|r| match r {
+                mesh_config::model::AnyResource::AuthorizationPolicy(ap) => {
+                    Some(Arc::new(Policy::compile(ap)))
+                }
+                _ => None,
+            })
+            .collect();
         assert_eq!(all[0].dry_run(), dry, "{value}");
         assert_eq!(
             decide_with(&all, &req()).0,
             dry,
             "{value}: enforced unless dry-run"
         );
-        assert_eq!(
-            all[0].dropped().len(),
-            usize::from(value == "tRuE" || value == "yes"),
-            "{value}"
-        );
+        assert_eq!(all[0].dropped().len(), usize::from(invalid), "{value}");
     }
 }
 

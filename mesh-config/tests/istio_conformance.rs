@@ -1,0 +1,274 @@
+//! Conformance with Istio's own validation test data:
+//!
+//! - every document of Istio's CRD test files (`tests/istio/crds/`, copied unchanged; see
+//!   the NOTICE there) gets Istio's verdict: accepted from a `*-valid.yaml` file, rejected
+//!   from a `*-invalid.yaml` one;
+//! - every case of the whole-resource tables of Istio's `validation_test.go`, converted to
+//!   YAML (`tests/istio/validation/`, one file per kind, each case headed by its Go test
+//!   and case name and `# istio: valid | warning | invalid`), gets Istio's webhook verdict:
+//!   rejected when invalid, accepted when valid, accepted with a warning of its own (not a
+//!   "parsed, not enforced" note) when Istio warns. Only per-resource checks count here:
+//!   the cross-resource analysis (`IST` codes) is not Istio's webhook;
+//!
+//! unless a case is listed in [`DEVIATIONS`] with the reason the mesh differs today.
+//!
+//! The list is a ratchet: a listed case that comes to agree with Istio fails the test until
+//! it is taken off the list, so the list only shrinks, and says exactly where the mesh
+//! stands.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use mesh_config::{ConfigSet, Diagnostic, Severity};
+
+/// Cases where the mesh does not give Istio's verdict yet: `(file, document index from 0,
+/// why)`.
+const DEVIATIONS: &[(&str, usize, &str)] = &[
+    (
+        "authorizationpolicy.yaml",
+        29,
+        "`from: []`: Istio's Go test builds a non-nil empty list, which YAML cannot tell from a missing `from` once decoded (Kubernetes' JSON decoding leaves both unset too); the mesh reads both as unset",
+    ),
+    (
+        "authorizationpolicy.yaml",
+        32,
+        "`to: []`: as `from: []`, an empty list and a missing one are the same thing once YAML is decoded",
+    ),
+    (
+        "requestauthentication.yaml",
+        7,
+        "a JWT rule without an `issuer` (Istio accepts one with a `jwksUri`: Envoy then takes a token of any issuer the keys verify): the mesh picks a token's rule by its issuer, so it still requires `issuer` rather than accept a rule it would never apply",
+    ),
+];
+
+/// Kinds in Istio's test data the mesh does not read (ignored with a warning, so never
+/// rejected): their documents are not cases.
+const UNREAD_KINDS: &[&str] = &["ProxyConfig", "WasmPlugin", "WorkloadGroup"];
+
+/// One document of a test file.
+struct Case {
+    index: usize,
+    /// Istio's expected error (`_err`, or `# error:`), for an invalid case.
+    expected_error: Option<String>,
+    /// The case's name (`# case:`), for the converted tables.
+    name: Option<String>,
+    /// Istio's verdict (`# istio:`), for the converted tables.
+    verdict: Option<String>,
+    /// The document without Istio's `_err` key.
+    text: String,
+    kind: String,
+}
+
+/// The documents of `text`, split at `---` lines, with Istio's test keys taken out.
+fn cases(text: &str) -> Vec<Case> {
+    let mut docs: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            docs.push(Vec::new());
+        } else {
+            docs.last_mut().unwrap().push(line);
+        }
+    }
+    docs.into_iter()
+        .filter(|d| {
+            d.iter()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        })
+        .enumerate()
+        .map(|(index, lines)| {
+            let header = |prefix: &str| {
+                lines
+                    .iter()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .map(|e| e.trim().trim_matches('\'').to_string())
+            };
+            let expected_error = header("_err:").or_else(|| header("# error:"));
+            let name = header("# case:");
+            let verdict = header("# istio:");
+            let kind = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("kind:"))
+                .map(|k| k.trim().to_string())
+                .unwrap_or_default();
+            let text = lines
+                .iter()
+                .filter(|l| !l.starts_with("_err:"))
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n");
+            Case {
+                index,
+                expected_error,
+                name,
+                verdict,
+                text,
+                kind,
+            }
+        })
+        .collect()
+}
+
+/// What Istio says of a case.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Verdict {
+    Valid,
+    Warning,
+    Invalid,
+}
+
+/// What the mesh says of `text`: with `analysis`, any error rejects; without, only the
+/// per-resource checks' errors (not the cross-resource `IST` codes).
+fn mesh_verdict(name: &str, text: &str, analysis: bool) -> (Verdict, Vec<Diagnostic>) {
+    let mut set = ConfigSet::new();
+    set.add_str(name, text);
+    let checked = set.check();
+    // Istio's webhook also warns of what analysis finds in one resource (unreachable
+    // rules and matches, deprecated forms): warnings of every code count.
+    let counts = |d: &&Diagnostic| analysis || !d.code.as_str().starts_with("IST");
+    let rejected = checked
+        .diagnostics
+        .iter()
+        .filter(counts)
+        .any(|d| d.is_error());
+    let warned = checked.diagnostics.iter().any(|d| match d.severity {
+        Severity::Warning => d.code.as_str() != "MESH0120",
+        // Istio's webhook warns of unreachable rules and ineffective matches, which
+        // `istioctl analyze` reports as information.
+        Severity::Info => matches!(d.code.as_str(), "IST0130" | "IST0131"),
+        _ => false,
+    });
+    let verdict = match (rejected, warned) {
+        (true, _) => Verdict::Invalid,
+        (false, true) => Verdict::Warning,
+        (false, false) => Verdict::Valid,
+    };
+    (verdict, checked.diagnostics)
+}
+
+/// Runs every case of the `*.yaml` files of `dir` against the deviations, and fails with
+/// every disagreement not listed and every listed case that agrees.
+fn conform(dir: &str, expected: impl Fn(&str, &Case) -> Verdict, analysis: bool) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut disagreements = Vec::new();
+    let mut now_agreeing = Vec::new();
+    let (mut total, mut agreeing) = (0, 0);
+    for path in &files {
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(path).unwrap();
+        for case in cases(&text) {
+            if UNREAD_KINDS.contains(&case.kind.as_str()) {
+                continue;
+            }
+            total += 1;
+            let want = expected(&file, &case);
+            let (got, diagnostics) =
+                mesh_verdict(&format!("{file}#{}", case.index), &case.text, analysis);
+            // Istio's warning is met by a warning; the mesh may warn where Istio does not
+            // (its own notes), which is no disagreement.
+            let agrees = match want {
+                Verdict::Warning => got == Verdict::Warning,
+                Verdict::Valid => got != Verdict::Invalid,
+                Verdict::Invalid => got == Verdict::Invalid,
+            };
+            let listed = DEVIATIONS
+                .iter()
+                .any(|(f, i, _)| *f == file && *i == case.index);
+            let label = format!(
+                "{file} #{}{}",
+                case.index,
+                case.name
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
+            match (agrees, listed) {
+                (true, false) => agreeing += 1,
+                (true, true) => now_agreeing.push(label),
+                (false, true) => {}
+                (false, false) => {
+                    let notes: Vec<String> = diagnostics
+                        .iter()
+                        .map(|d| format!("      {}", d.short()))
+                        .collect();
+                    disagreements.push(format!(
+                        "{label} {}: Istio {want:?}{}, the mesh {got:?}\n{}",
+                        case.kind,
+                        case.expected_error
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default(),
+                        notes.join("\n"),
+                    ));
+                }
+            }
+        }
+    }
+    assert!(total > 0, "no cases under {}", dir.display());
+    assert!(
+        disagreements.is_empty() && now_agreeing.is_empty(),
+        "{agreeing} of {total} cases under {} agree with Istio.\n\
+         Disagreements not listed as deviations:\n{}\n\
+         Listed deviations that now agree (take them off the list):\n{}",
+        dir.display(),
+        disagreements.join("\n"),
+        now_agreeing.join("\n"),
+    );
+}
+
+#[test]
+fn every_deviation_names_a_case() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio");
+    for (file, index, why) in DEVIATIONS {
+        assert!(!why.is_empty(), "{file} #{index}: no reason given");
+        let path = ["crds", "validation"]
+            .iter()
+            .map(|d| root.join(d).join(file))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("deviation {file}: no such file"));
+        let n = cases(&std::fs::read_to_string(path).unwrap()).len();
+        assert!(
+            *index < n,
+            "deviation {file} #{index}: the file has {n} cases"
+        );
+    }
+}
+
+#[test]
+fn istios_converted_validation_tables_get_istios_verdicts() {
+    conform(
+        "tests/istio/validation",
+        |file, case| match case.verdict.as_deref() {
+            Some("valid") => Verdict::Valid,
+            Some("warning") => Verdict::Warning,
+            Some("invalid") => Verdict::Invalid,
+            other => panic!("{file} #{}: `# istio:` is {other:?}", case.index),
+        },
+        false,
+    );
+}
+
+#[test]
+fn istios_crd_test_data_gets_istios_verdicts() {
+    conform(
+        "tests/istio/crds",
+        |file, _| {
+            if file.ends_with("-valid.yaml") {
+                Verdict::Valid
+            } else {
+                assert!(
+                    file.ends_with("-invalid.yaml"),
+                    "{file}: neither -valid nor -invalid"
+                );
+                Verdict::Invalid
+            }
+        },
+        true,
+    );
+}
