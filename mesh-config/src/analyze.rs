@@ -283,6 +283,12 @@ fn virtual_service(
         if *g == "mesh" {
             continue;
         }
+        // Istio's `IsInternalGatewayReference`: a gateway it generates for a Kubernetes
+        // Gateway, never written by hand (IST0165 below, for the VirtualService's own
+        // gateways).
+        if is_internal_gateway(g) {
+            continue;
+        }
         if find_gateway(input, g, ns).is_none() {
             out.push(diag(
                 vs,
@@ -298,7 +304,36 @@ fn virtual_service(
         if g == "mesh" {
             continue;
         }
+        if is_internal_gateway(g) {
+            out.push(diag(
+                vs,
+                k,
+                Code::ReferencedInternalGateway,
+                spec.key("gateways").index(i),
+                format!(
+                    "Gateway reference in VirtualService {ns}/{} is to an implementation-generated internal Gateway: {g}.",
+                    vs.name()
+                ),
+            ));
+            continue;
+        }
+        // A missing gateway (IST0101 above) serves none of the hosts either, as Istio
+        // reports it.
         let Some(gw) = find_gateway(input, g, ns) else {
+            if !vs.spec.hosts.is_empty() {
+                let canonical = GatewayRef::parse(g, ns).canonical();
+                out.push(diag(
+                    vs,
+                    k,
+                    Code::VirtualServiceHostNotFoundInGateway,
+                    spec.key("gateways").index(i),
+                    format!(
+                        "one or more host {:?} defined in VirtualService {ns}/{} not found in Gateway {canonical}",
+                        vs.spec.hosts,
+                        vs.name()
+                    ),
+                ));
+            }
             continue;
         };
         // istioctl warns when none of the VirtualService's hosts is served by the gateway
@@ -342,7 +377,39 @@ fn virtual_service(
             continue; // reported by validation
         }
         let qhost = qualify(&d.dest.host, ns);
-        let Some(svc) = input.registry.lookup(&qhost, ns) else {
+        let found_svc = input.registry.lookup(&qhost, ns);
+        // Istio's DestinationRuleAnalyzer checks the subset whether or not the host is
+        // known (a service of the host's namespace, else the VirtualService's).
+        let svc_ns = found_svc.map_or(ns, |s| s.namespace.as_str());
+        if let Some(subset) = &d.dest.subset {
+            // The DestinationRule that applies (Istio's precedence) must define it.
+            let applies = crate::snapshot::destination_rule_for(
+                input.destination_rules,
+                input.mesh,
+                &qhost,
+                ns,
+                svc_ns,
+            );
+            let found = applies.is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
+            if !found {
+                out.push(
+                    diag(
+                        vs,
+                        k,
+                        Code::ReferencedResourceNotFound,
+                        d.path.key("subset"),
+                        format!(
+                            "Referenced host+subset in destinationrule not found: \"{}+{}\"",
+                            d.dest.host, subset
+                        ),
+                    )
+                    .help(format!(
+                        "define subset `{subset}` in a DestinationRule for host `{qhost}`"
+                    )),
+                );
+            }
+        }
+        let Some(svc) = found_svc else {
             out.push(
                 diag(
                     vs,
@@ -383,34 +450,6 @@ fn virtual_service(
             )),
             _ => {}
         }
-        if let Some(subset) = &d.dest.subset {
-            // The DestinationRule that applies (Istio's precedence) must define it.
-            let applies = crate::snapshot::destination_rule_for(
-                input.destination_rules,
-                input.mesh,
-                &qhost,
-                ns,
-                &svc.namespace,
-            );
-            let found = applies.is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
-            if !found {
-                out.push(
-                    diag(
-                        vs,
-                        k,
-                        Code::ReferencedResourceNotFound,
-                        d.path.key("subset"),
-                        format!(
-                            "Referenced host+subset in destinationrule not found: \"{}+{}\"",
-                            d.dest.host, subset
-                        ),
-                    )
-                    .help(format!(
-                        "define subset `{subset}` in a DestinationRule for host `{qhost}`"
-                    )),
-                );
-            }
-        }
     }
     // delegates
     for (i, r) in vs.spec.http.iter().enumerate() {
@@ -442,14 +481,6 @@ fn rule_name(r: &HttpRoute, i: usize) -> String {
         Some(n) if !n.is_empty() => format!("{n:?}"),
         _ => format!("#{i}"),
     }
-}
-
-fn is_empty_match(m: &HttpMatchRequest) -> bool {
-    let unnamed = HttpMatchRequest {
-        name: None,
-        ..m.clone()
-    };
-    unnamed == HttpMatchRequest::default()
 }
 
 fn match_name(m: &HttpMatchRequest, j: usize) -> String {
@@ -519,165 +550,243 @@ impl PrefixMatch {
     }
 }
 
+/// Istio's `IsInternalGatewayReference`: the name (after any `namespace/`) of a gateway
+/// Istio generates for a Kubernetes Gateway holds `~istio-autogenerated-k8s-gateway~`.
+fn is_internal_gateway(reference: &str) -> bool {
+    let name = reference.split_once('/').map_or(reference, |(_, n)| n);
+    name.contains("~istio-autogenerated-k8s-gateway~")
+}
+
 /// IST0130 (a rule after a catch-all rule) and IST0131 (a match that repeats an earlier one,
 /// or whose URI prefix an earlier match's covers).
 fn unreachable_rules(vs: &Arc<Resource<VirtualService>>, out: &mut Vec<Diagnostic>) {
     let spec = FieldPath::root().key("spec");
+    let http: Vec<(String, Vec<HttpMatchRequest>)> = vs
+        .spec
+        .http
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // A match's name is not part of what it matches.
+            let matches = r
+                .match_
+                .iter()
+                .map(|m| HttpMatchRequest {
+                    name: None,
+                    ..m.clone()
+                })
+                .collect();
+            (rule_name(r, i), matches)
+        })
+        .collect();
+    let http_names: Vec<Vec<String>> = vs
+        .spec
+        .http
+        .iter()
+        .map(|r| {
+            r.match_
+                .iter()
+                .enumerate()
+                .map(|(j, m)| match_name(m, j))
+                .collect()
+        })
+        .collect();
+    let kept = unreachable(vs, &spec.key("http"), &http, Some(&http_names), out);
+    // Istio's second pass over HTTP rules: a URI prefix match that an earlier one covers.
+    let prefixes: Vec<(usize, usize, PrefixMatch)> = kept
+        .into_iter()
+        .filter_map(|(i, j)| Some((i, j, PrefixMatch::of(&vs.spec.http[i].match_[j])?)))
+        .collect();
+    for (a, (ai, aj, first)) in prefixes.iter().enumerate() {
+        for (bi, bj, later) in &prefixes[a + 1..] {
+            if later.prefix != first.prefix && first.covers(later) {
+                out.push(diag(
+                    vs,
+                    Kind::VirtualService,
+                    Code::VirtualServiceIneffectiveMatch,
+                    spec.key("http").index(*bi).key("match").index(*bj),
+                    format!(
+                        "VirtualService rule {} match {} of prefix {} is not used (duplicate/overlapping match in rule {} of prefix {} on {}).",
+                        rule_name(&vs.spec.http[*bi], *bi),
+                        http_names[*bi][*bj],
+                        later.prefix,
+                        http_names[*ai][*aj],
+                        first.prefix,
+                        rule_name(&vs.spec.http[*ai], *ai),
+                    ),
+                ));
+            }
+        }
+    }
+    let tcp: Vec<(String, Vec<L4MatchAttributes>)> = vs
+        .spec
+        .tcp
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("#{i}"), r.match_.clone()))
+        .collect();
+    unreachable(vs, &spec.key("tcp"), &tcp, None, out);
+    let tls: Vec<(String, Vec<TlsMatchAttributes>)> = vs
+        .spec
+        .tls
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("#{i}"), r.match_.clone()))
+        .collect();
+    unreachable(vs, &spec.key("tls"), &tls, None, out);
+}
+
+/// Istio's `analyzeUnreachable{HTTP,TCP,TLS}Rules` over one kind of rules (each its name
+/// and matches; `match_names` for HTTP's named matches): IST0130 for a rule after a rule
+/// without matches (once per match), a second rule without matches, or a rule whose every
+/// match an earlier rule already has; IST0131 for each such repeated match. Returns the
+/// matches that were neither (rule, match), for the HTTP prefix pass.
+fn unreachable<M: PartialEq>(
+    vs: &Arc<Resource<VirtualService>>,
+    path: &FieldPath,
+    rules: &[(String, Vec<M>)],
+    match_names: Option<&Vec<Vec<String>>>,
+    out: &mut Vec<Diagnostic>,
+) -> Vec<(usize, usize)> {
     let k = Kind::VirtualService;
-    let mut catch_all: Option<usize> = None;
-    let mut earlier: Vec<(usize, usize, HttpMatchRequest)> = Vec::new();
-    let mut prefixes: Vec<(usize, usize, PrefixMatch)> = Vec::new();
-    for (i, r) in vs.spec.http.iter().enumerate() {
-        let path = spec.key("http").index(i);
-        let matches_all = r.match_.is_empty() || r.match_.iter().any(is_empty_match);
-        if let Some(c) = catch_all {
-            let reason = if r.match_.is_empty() {
-                "only the last rule can have no matches".to_string()
-            } else {
-                format!("rule #{c} before it matches every request")
-            };
-            out.push(
-                diag(vs, k, Code::VirtualServiceUnreachableRule, path, format!("VirtualService rule {} not used ({reason}).", rule_name(r, i)))
-                    .help("rules are tried in order and the first match wins: put the catch-all rule last, or merge the rules (a fault and a route belong in one rule)"),
-            );
+    let unused = |i: usize, reason: &str| {
+        diag(
+            vs,
+            k,
+            Code::VirtualServiceUnreachableRule,
+            path.index(i),
+            format!("VirtualService rule {} not used ({reason}).", rules[i].0),
+        )
+        .help("rules are tried in order and the first match wins: put the catch-all rule last, or merge the rules (a fault and a route belong in one rule)")
+    };
+    let mut seen: Vec<(&M, usize)> = Vec::new();
+    let mut empty_before = false;
+    let mut kept = Vec::new();
+    for (i, (_, matches)) in rules.iter().enumerate() {
+        if matches.is_empty() {
+            if empty_before {
+                out.push(unused(i, "only the last rule can have no matches"));
+            }
+            empty_before = true;
             continue;
         }
-        for (j, m) in r.match_.iter().enumerate() {
-            let unnamed = HttpMatchRequest {
-                name: None,
-                ..m.clone()
-            };
-            let duplicate = earlier.iter().any(|(_, _, e)| *e == unnamed);
-            if !duplicate && let Some(key) = PrefixMatch::of(m) {
-                if let Some((ri, rj, first)) =
-                    prefixes
-                        .iter()
-                        .find(|(_, _, a): &&(usize, usize, PrefixMatch)| {
-                            a.prefix != key.prefix && a.covers(&key)
-                        })
-                {
-                    out.push(diag(
-                        vs,
-                        k,
-                        Code::VirtualServiceIneffectiveMatch,
-                        path.key("match").index(j),
-                        format!(
-                            "VirtualService rule {} match {} of prefix {} is not used (duplicate/overlapping match in rule {} of prefix {} on {}).",
-                            rule_name(r, i),
-                            match_name(m, j),
-                            key.prefix,
-                            match_name(&vs.spec.http[*ri].match_[*rj], *rj),
-                            first.prefix,
-                            rule_name(&vs.spec.http[*ri], *ri),
-                        ),
-                    ));
-                }
-                prefixes.push((i, j, key));
+        let mut duplicates = 0;
+        for (j, m) in matches.iter().enumerate() {
+            if empty_before {
+                out.push(unused(i, "route without matches defined before"));
+                continue;
             }
-            if let Some((ri, _, _)) = earlier.iter().find(|(_, _, e)| *e == unnamed) {
+            if let Some(&(_, first)) = seen.iter().find(|(e, _)| *e == m) {
+                let name = match_names.map_or_else(|| format!("#{j}"), |n| n[i][j].clone());
                 out.push(diag(
                     vs,
                     k,
                     Code::VirtualServiceIneffectiveMatch,
-                    path.key("match").index(j),
-                    format!("VirtualService rule {} match #{j} is not used (duplicate/overlapping match in rule #{ri}).", rule_name(r, i)),
+                    path.index(i).key("match").index(j),
+                    format!(
+                        "VirtualService rule {} match {name} is not used (duplicate/overlapping match in rule {}).",
+                        rules[i].0, rules[first].0
+                    ),
                 ));
+                duplicates += 1;
+                continue;
             }
+            seen.push((m, i));
+            kept.push((i, j));
         }
-        for (j, m) in r.match_.iter().enumerate() {
-            earlier.push((
-                i,
-                j,
-                HttpMatchRequest {
-                    name: None,
-                    ..m.clone()
-                },
-            ));
-        }
-        if matches_all {
-            catch_all = Some(i);
+        if duplicates == matches.len() {
+            out.push(unused(i, "all matches used by prior rules"));
         }
     }
-}
-
-fn vs_export(input: &Input<'_>, vs: &Resource<VirtualService>) -> (bool, BTreeSet<String>) {
-    let export = if vs.spec.export_to.is_empty() {
-        &input.mesh.default_virtual_service_export_to
-    } else {
-        &vs.spec.export_to
-    };
-    let mut names = BTreeSet::new();
-    let mut all = false;
-    for e in export {
-        match e.as_str() {
-            "*" => all = true,
-            "." => {
-                names.insert(vs.namespace().to_string());
-            }
-            "~" => {}
-            ns => {
-                names.insert(ns.to_string());
-            }
-        }
-    }
-    (all, names)
+    kept
 }
 
 /// IST0109: several VirtualServices bound to the mesh define one host.
 fn conflicting_mesh_hosts(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
-    let mut by_host: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+    // Istio's ConflictingMeshGatewayHostsAnalyzer: each mesh-bound VirtualService's hosts
+    // keyed by the scope they are exported to (`*` for all namespaces, else each
+    // namespace) and the host (short names qualified); a namespace-scoped host also
+    // collides with every all-namespace host it overlaps. Each VirtualService is reported
+    // once.
+    let mut hosts: BTreeMap<(String, String), Vec<(usize, usize)>> = BTreeMap::new();
     for (v, vs) in input.virtual_services.iter().enumerate() {
         let mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
         if !mesh {
             continue;
         }
-        for (h, host) in vs.spec.hosts.iter().enumerate() {
-            by_host
-                .entry(qualify(host, vs.namespace()))
-                .or_default()
-                .push((v, h));
+        let export = &vs.spec.export_to;
+        let scopes: BTreeSet<String> = if export.is_empty() || export.iter().any(|e| e == "*") {
+            BTreeSet::from(["*".to_string()])
+        } else {
+            export
+                .iter()
+                .map(|e| {
+                    if e == "." {
+                        vs.namespace().to_string()
+                    } else {
+                        e.clone()
+                    }
+                })
+                .collect()
+        };
+        for scope in &scopes {
+            for (h, name) in vs.spec.hosts.iter().enumerate() {
+                let fqdn = if name.starts_with('*') || name.contains('.') {
+                    name.clone()
+                } else {
+                    qualify(name, vs.namespace())
+                };
+                hosts.entry((scope.clone(), fqdn)).or_default().push((v, h));
+            }
         }
     }
-    for (host, users) in by_host {
+    let mut reported = BTreeSet::new();
+    for ((scope, fqdn), users) in &hosts {
+        let mut users = users.clone();
+        if scope != "*" {
+            for ((other_scope, other), more) in &hosts {
+                if other_scope == "*" && host::overlaps(fqdn, other) {
+                    users.extend(more);
+                }
+            }
+        }
         if users.len() < 2 {
             continue;
         }
+        let mut names: Vec<String> = users
+            .iter()
+            .map(|&(v, _)| {
+                let r = &input.virtual_services[v];
+                format!("{}/{}", r.namespace(), r.name())
+            })
+            .collect();
+        names.sort();
         for &(v, h) in &users {
-            let vs = &input.virtual_services[v];
-            let (all_a, names_a) = vs_export(input, vs);
-            let others: Vec<&Arc<Resource<VirtualService>>> = users
-                .iter()
-                .filter(|(o, _)| *o != v)
-                .map(|(o, _)| &input.virtual_services[*o])
-                .filter(|o| {
-                    let (all_b, names_b) = vs_export(input, o);
-                    (all_a && (all_b || !names_b.is_empty()))
-                        || (all_b && !names_a.is_empty())
-                        || names_a.intersection(&names_b).next().is_some()
-                })
-                .collect();
-            if others.is_empty() {
+            if !reported.insert(v) {
                 continue;
             }
-            let mut names: Vec<String> = std::iter::once(vs)
-                .chain(others.iter().copied())
-                .map(|r| format!("{}/{}", r.namespace(), r.name()))
-                .collect();
-            names.sort();
+            let vs = &input.virtual_services[v];
             let mut d = diag(
                 vs,
                 Kind::VirtualService,
                 Code::ConflictingMeshGatewayVirtualServiceHosts,
                 FieldPath::root().key("spec").key("hosts").index(h),
                 format!(
-                    "The VirtualServices {} associated with mesh gateway define the same host {host} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.",
+                    "The VirtualServices {} associated with mesh gateway define the same host {scope}/{fqdn} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.",
                     names.join(",")
                 ),
             );
-            for o in others {
+            for &(o, _) in users.iter().filter(|(o, _)| *o != v) {
+                let other = &input.virtual_services[o];
                 d = d.related(
-                    o.origin.locate(&FieldPath::root().key("spec").key("hosts")),
-                    format!("VirtualService {}/{} is here", o.namespace(), o.name()),
+                    other
+                        .origin
+                        .locate(&FieldPath::root().key("spec").key("hosts")),
+                    format!(
+                        "VirtualService {}/{} is here",
+                        other.namespace(),
+                        other.name()
+                    ),
                 );
             }
             out.push(d);
@@ -733,30 +842,25 @@ fn destination_rule(
             }
         }
     }
-    // (path of the tls settings, port for port-level settings)
+    // (path of the tls settings, port for port-level settings): as Istio's
+    // CaCertificateAnalyzer, the host-level policy and its port-level settings.
     let mut tls_paths: Vec<(FieldPath, &ClientTlsSettings, Option<u32>)> = Vec::new();
     tls_settings(
         dr.spec.traffic_policy.as_ref(),
         spec.key("trafficPolicy"),
         &mut tls_paths,
     );
-    for (i, s) in dr.spec.subsets.iter().enumerate() {
-        tls_settings(
-            s.traffic_policy.as_ref(),
-            spec.key("subsets").index(i).key("trafficPolicy"),
-            &mut tls_paths,
-        );
-    }
     for (path, tls, port) in tls_paths {
         let mode = match tls.mode.unwrap_or_default() {
             ClientTlsMode::Simple => "SIMPLE",
             ClientTlsMode::Mutual => "MUTUAL",
             _ => continue,
         };
-        if tls.ca_certificates.is_some()
-            || tls.credential_name.is_some()
-            || tls.ca_cert_credential_name.is_some()
-            || tls.insecure_skip_verify == Some(true)
+        // Istio: a `credentialName` holds the CA only for a DestinationRule with a
+        // workload selector (a gateway's); anything else needs `caCertificates`.
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        if set(&tls.ca_certificates)
+            || (set(&tls.credential_name) && dr.spec.workload_selector.is_some())
         {
             continue;
         }

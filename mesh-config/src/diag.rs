@@ -167,6 +167,8 @@ codes! {
     /// A VirtualService host that its gateway does not serve.
     VirtualServiceHostNotFoundInGateway =
         ("IST0132", Warning, "VirtualServiceHostNotFoundInGateway"),
+    /// A VirtualService bound to a gateway Istio generates for a Kubernetes Gateway.
+    ReferencedInternalGateway = ("IST0165", Warning, "ReferencedInternalGateway"),
     /// A Telemetry's access logging without a provider, and no default provider.
     InvalidTelemetryProvider = ("IST0157", Warning, "InvalidTelemetryProvider"),
     /// Several Telemetries select one workload.

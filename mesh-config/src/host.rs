@@ -56,7 +56,7 @@ impl GatewayRef {
         // (as `name.namespace.svc.cluster.local`).
         match reference.split_once('.') {
             Some((name, rest)) => GatewayRef::Named {
-                namespace: rest.split('.').next().unwrap_or("").to_string(),
+                namespace: rest.split_once('.').map_or(rest, |(ns, _)| ns).to_string(),
                 name: name.to_string(),
                 legacy: true,
             },
@@ -151,15 +151,22 @@ pub fn check_wildcard_domain(host: &str) -> Result<(), String> {
 /// `IsWildcardDNS1123Label` allows it: `*` followed by a DNS label, or `*-` followed by
 /// one (`*x.example.com`, `*-api.example.com`). `Ok` for those only.
 pub fn check_partial_wildcard(host: &str) -> Result<(), String> {
+    if host.len() > 255 {
+        return Err(format!("`{host}` is longer than 255 characters"));
+    }
     let (first, rest) = host.split_once('.').unwrap_or((host, ""));
+    // The limit of 63 counts the `*`, as Istio's label check does.
+    if first.len() > 63 {
+        return Err(format!("label `{first}` is longer than 63 characters"));
+    }
     let label = first
         .strip_prefix("*-")
         .or_else(|| first.strip_prefix('*'))
         .filter(|l| !l.is_empty())
         .ok_or_else(|| format!("`{host}` has no partial wildcard"))?;
     check_dns_label(label).map_err(|e| format!("`{host}`: {e}"))?;
-    if !rest.is_empty() {
-        for l in rest.trim_end_matches('.').split('.') {
+    if host.contains('.') {
+        for l in rest.split('.') {
             check_dns_label(l).map_err(|e| format!("`{host}`: {e}"))?;
         }
     }

@@ -185,6 +185,7 @@ impl Registry {
                     protocol: p
                         .protocol
                         .as_deref()
+                        .filter(|p| !p.is_empty())
                         .map(str::to_ascii_uppercase)
                         .unwrap_or_else(|| "TCP".into()),
                     target_port: p.target_port,

@@ -72,10 +72,26 @@ fn analysis_table() {
             true,
         ),
         (
-            "an empty match block is a catch-all too",
+            // Istio's analysis takes only a rule without matches as a catch-all, not one
+            // with an empty match block.
+            "an empty match block is not taken as a catch-all, as in Istio",
             vs("a", "default", "  hosts: [reviews]\n  http:\n  - match: [{}]\n    route: [{destination: {host: reviews, subset: v1}}]\n  - route: [{destination: {host: reviews, subset: v2}}]\n"),
             Code::VirtualServiceUnreachableRule,
             "spec.http[1]",
+            false,
+        ),
+        (
+            "a rule after a rule without matches is unused once per match",
+            vs("a", "default", "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v1}}]\n  - match: [{uri: {prefix: /x}}, {uri: {prefix: /y}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n"),
+            Code::VirtualServiceUnreachableRule,
+            "spec.http[1]",
+            true,
+        ),
+        (
+            "a TCP rule whose every match an earlier one has",
+            vs("a", "default", "  hosts: [reviews]\n  tcp:\n  - match: [{port: 9000}]\n    route: [{destination: {host: reviews}}]\n  - match: [{port: 9000}]\n    route: [{destination: {host: reviews}}]\n"),
+            Code::VirtualServiceUnreachableRule,
+            "spec.tcp[1]",
             true,
         ),
         (

@@ -9,6 +9,10 @@
 //!   rejected when invalid, accepted when valid, accepted with a warning of its own (not a
 //!   "parsed, not enforced" note) when Istio warns. Only per-resource checks count here:
 //!   the cross-resource analysis (`IST` codes) is not Istio's webhook;
+//! - every case of Istio's analyzer table (`analyzers_test.go`, extracted to
+//!   `tests/istio/analysis/cases.yaml` with its test data) that needs no Kubernetes object
+//!   and whose analyzer the mesh implements gives Istio's messages: the analyzer's codes,
+//!   on the same resources, as many times;
 //!
 //! unless a case is listed in [`DEVIATIONS`] with the reason the mesh differs today.
 //!
@@ -131,13 +135,25 @@ fn mesh_verdict(name: &str, text: &str, analysis: bool) -> (Verdict, Vec<Diagnos
         .iter()
         .filter(counts)
         .any(|d| d.is_error());
-    let warned = checked.diagnostics.iter().any(|d| match d.severity {
-        Severity::Warning => d.code.as_str() != "MESH0120",
-        // Istio's webhook warns of unreachable rules and ineffective matches, which
-        // `istioctl analyze` reports as information.
-        Severity::Info => matches!(d.code.as_str(), "IST0130" | "IST0131"),
-        _ => false,
-    });
+    // Without analysis, a warning of the cross-resource analysis does not count either,
+    // but for the per-resource ones Istio's webhook also gives: deprecated forms,
+    // unreachable rules and ineffective matches.
+    let per_resource = |d: &&Diagnostic| {
+        analysis
+            || !d.code.as_str().starts_with("IST")
+            || matches!(d.code.as_str(), "IST0002" | "IST0130" | "IST0131")
+    };
+    let warned = checked
+        .diagnostics
+        .iter()
+        .filter(per_resource)
+        .any(|d| match d.severity {
+            Severity::Warning => d.code.as_str() != "MESH0120",
+            // Istio's webhook warns of unreachable rules and ineffective matches, which
+            // `istioctl analyze` reports as information.
+            Severity::Info => matches!(d.code.as_str(), "IST0130" | "IST0131"),
+            _ => false,
+        });
     let verdict = match (rejected, warned) {
         (true, _) => Verdict::Invalid,
         (false, true) => Verdict::Warning,
@@ -227,12 +243,16 @@ fn every_deviation_names_a_case() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio");
     for (file, index, why) in DEVIATIONS {
         assert!(!why.is_empty(), "{file} #{index}: no reason given");
-        let path = ["crds", "validation"]
-            .iter()
-            .map(|d| root.join(d).join(file))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("deviation {file}: no such file"));
-        let n = cases(&std::fs::read_to_string(path).unwrap()).len();
+        let n = if *file == "cases.yaml" {
+            analyzer_cases().len()
+        } else {
+            let path = ["crds", "validation"]
+                .iter()
+                .map(|d| root.join(d).join(file))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| panic!("deviation {file}: no such file"));
+            cases(&std::fs::read_to_string(path).unwrap()).len()
+        };
         assert!(
             *index < n,
             "deviation {file} #{index}: the file has {n} cases"
@@ -270,5 +290,192 @@ fn istios_crd_test_data_gets_istios_verdicts() {
             }
         },
         true,
+    );
+}
+
+/// Istio's analyzers the mesh implements, each with the messages of the mesh that stand
+/// for its own: `(code, how the message starts)` ("" for any message of the code). Several
+/// Istio analyzers emit IST0101 (a referenced resource not found); the mesh's message
+/// names what was not found, which tells them apart. An analyzer's other codes, which the
+/// mesh does not emit, are not compared (they are listed in the README).
+const ANALYZERS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "virtualservice.GatewayAnalyzer",
+        &[
+            ("IST0101", "Referenced gateway not found"),
+            ("IST0132", ""),
+            ("IST0165", ""),
+        ],
+    ),
+    (
+        "virtualservice.DestinationRuleAnalyzer",
+        &[(
+            "IST0101",
+            "Referenced host+subset in destinationrule not found",
+        )],
+    ),
+    (
+        "virtualservice.DestinationHostAnalyzer",
+        &[
+            ("IST0101", "Referenced host not found"),
+            ("IST0101", "Referenced host:port not found"),
+            ("IST0112", ""),
+        ],
+    ),
+    (
+        "virtualservice.ConflictingMeshGatewayHostsAnalyzer",
+        &[("IST0109", "")],
+    ),
+    (
+        "schema.ValidationAnalyzer",
+        &[("IST0130", ""), ("IST0131", "")],
+    ),
+    (
+        "destinationrule.CaCertificateAnalyzer",
+        &[("IST0128", ""), ("IST0129", "")],
+    ),
+    (
+        "destinationrule.PodNotSelectedAnalyzer",
+        &[("IST0173", ""), ("IST0174", "")],
+    ),
+    ("telemetry.ProviderAnalyzer", &[("IST0157", "")]),
+    ("telemetry.DefaultSelectorAnalyzer", &[("IST0160", "")]),
+    ("telemetry.SelectorAnalyzer", &[("IST0159", "")]),
+    ("deprecation.FieldAnalyzer", &[("IST0002", "")]),
+];
+
+/// One case of Istio's analyzer table (`tests/istio/analysis/cases.yaml`).
+struct AnalyzerCase {
+    name: String,
+    analyzer: String,
+    files: Vec<String>,
+    /// Needs Kubernetes objects, a mesh configuration file or mesh networks, or is
+    /// skipped by Istio itself: out of scope.
+    out_of_scope: bool,
+    expected: Vec<(String, String)>,
+}
+
+fn analyzer_cases() -> Vec<AnalyzerCase> {
+    use mesh_config::yaml::{Node, Value};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio/analysis/cases.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let file = mesh_config::source::SourceFile::new("cases.yaml", text);
+    let stream = mesh_config::yaml::parse_stream(&file);
+    assert!(stream.errors.is_empty(), "{:?}", stream.errors);
+    let Value::Seq(items) = &stream.documents[0].1.value else {
+        panic!("cases.yaml is not a list");
+    };
+    let text_of = |n: &Node, k: &str| n.get(k).and_then(Node::as_str).map(str::to_string);
+    let list = |n: &Node, k: &str| -> Vec<String> {
+        match n.get(k).map(|v| &v.value) {
+            Some(Value::Seq(v)) => v
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let flag = |n: &Node, k: &str| matches!(n.get(k).map(|v| &v.value), Some(Value::Bool(true)));
+    items
+        .iter()
+        .map(|c| {
+            let expected = match c.get("expected").map(|v| &v.value) {
+                Some(Value::Seq(v)) => v
+                    .iter()
+                    .map(|e| (text_of(e, "code").unwrap(), text_of(e, "resource").unwrap()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            AnalyzerCase {
+                name: text_of(c, "name").unwrap(),
+                analyzer: text_of(c, "analyzer").unwrap(),
+                files: list(c, "files"),
+                out_of_scope: flag(c, "kubernetes")
+                    || flag(c, "skipAll")
+                    || c.get("meshConfig").is_some()
+                    || c.get("meshNetworks").is_some(),
+                expected,
+            }
+        })
+        .collect()
+}
+
+/// Every case of Istio's analyzer table that needs no Kubernetes object and whose
+/// analyzer the mesh implements gives Istio's messages: the same codes on the same
+/// resources, as many times (only the analyzer's own codes are compared).
+#[test]
+fn istios_analyzer_cases_get_istios_messages() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio/analysis/testdata");
+    let cases = analyzer_cases();
+    let (mut run, mut agreeing) = (0, 0);
+    let mut disagreements = Vec::new();
+    let mut now_agreeing = Vec::new();
+    for (index, case) in cases.iter().enumerate() {
+        let Some((_, messages)) = ANALYZERS.iter().find(|(a, _)| *a == case.analyzer) else {
+            continue;
+        };
+        if case.out_of_scope {
+            continue;
+        }
+        run += 1;
+        let mut set = ConfigSet::new();
+        for f in &case.files {
+            let text = std::fs::read_to_string(dir.join(f))
+                .unwrap_or_else(|e| panic!("{}: {f}: {e}", case.name));
+            set.add_str(f, &text);
+        }
+        let checked = set.check();
+        let mut got: Vec<(String, String)> = checked
+            .diagnostics
+            .iter()
+            .filter(|d| {
+                messages
+                    .iter()
+                    .any(|(code, start)| d.code.as_str() == *code && d.message.starts_with(start))
+            })
+            .filter_map(|d| {
+                let r = d.resource.as_ref()?;
+                Some((d.code.as_str().to_string(), r.to_string()))
+            })
+            .collect();
+        // Istio names a resource without a namespace by kind and name alone.
+        let mut expected: Vec<(String, String)> = case
+            .expected
+            .iter()
+            .filter(|(code, _)| messages.iter().any(|(c, _)| c == code))
+            .map(|(code, r)| {
+                let full = match r.split_once(' ') {
+                    Some((kind, name)) if !name.contains('/') => {
+                        format!("{kind} default/{name}")
+                    }
+                    _ => r.clone(),
+                };
+                (code.clone(), full)
+            })
+            .collect();
+        got.sort();
+        expected.sort();
+        let agrees = got == expected;
+        let listed = DEVIATIONS
+            .iter()
+            .any(|(f, i, _)| *f == "cases.yaml" && *i == index);
+        match (agrees, listed) {
+            (true, false) => agreeing += 1,
+            (true, true) => now_agreeing.push(format!("cases.yaml #{index} ({})", case.name)),
+            (false, true) => {}
+            (false, false) => disagreements.push(format!(
+                "cases.yaml #{index} ({}, files {:?}):\n      Istio: {expected:?}\n      mesh:  {got:?}",
+                case.name, case.files
+            )),
+        }
+    }
+    assert!(run > 0, "no analyzer case ran");
+    assert!(
+        disagreements.is_empty() && now_agreeing.is_empty(),
+        "{agreeing} of {run} analyzer cases agree with Istio.\n\
+         Disagreements not listed as deviations:\n{}\n\
+         Listed deviations that now agree (take them off the list):\n{}",
+        disagreements.join("\n"),
+        now_agreeing.join("\n"),
     );
 }

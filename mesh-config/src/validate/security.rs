@@ -260,8 +260,10 @@ pub(super) fn ip_block(v: &str) -> Result<(), String> {
         .map_err(|_| format!("`{v}` is not an IP address or CIDR block"))?;
     if let Some(p) = prefix {
         let max = if ip.is_ipv4() { 32 } else { 128 };
+        // As Go's `netip.ParsePrefix`: decimal digits, no sign, no leading zero.
+        let digits = !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
         match p.parse::<u8>() {
-            Ok(n) if n <= max => {}
+            Ok(n) if n <= max && digits && (p == "0" || !p.starts_with('0')) => {}
             _ => return Err(format!("`{v}`: prefix length must be 0-{max}")),
         }
     }
@@ -525,42 +527,39 @@ fn is_token_header(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Istio's `ParseJwksURI`: an http or https URL with a host, and a port, if any, that is
+/// Istio's `ParseJwksURI`: an http or https URL (either case) whose port, if written, is
 /// a number.
 fn jwks_uri(uri: &str) -> Result<(), String> {
-    let rest = uri
-        .strip_prefix("https://")
-        .or_else(|| uri.strip_prefix("http://"))
-        .ok_or_else(|| format!("`{uri}` is not an http(s) URL"))?;
+    let scheme = uri.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    let Some(rest) = uri
+        .split_once("://")
+        .filter(|_| matches!(scheme.as_deref(), Some("http" | "https")))
+        .map(|(_, rest)| rest)
+    else {
+        return Err(format!("`{uri}` is not an http(s) URL"));
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    let (host, port) = match host_port.strip_prefix('[') {
+    let port = match host_port.strip_prefix('[') {
         // An IPv6 literal: `[::1]:8080`.
         Some(v6) => match v6.split_once(']') {
-            Some((h, tail)) => (h, tail.strip_prefix(':')),
+            Some((_, tail)) => tail.strip_prefix(':'),
             None => return Err(format!("`{uri}`: unclosed `[` in the host")),
         },
-        None => match host_port.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
-        },
+        None => host_port.split_once(':').map(|(_, p)| p),
     };
-    if host.is_empty() {
-        return Err(format!("`{uri}` has no host"));
-    }
-    if let Some(p) = port
-        && p.parse::<u16>().is_err()
+    // Go's `strconv.Atoi` on a written port.
+    if let Some(p) = port.filter(|p| !p.is_empty())
+        && !p.bytes().all(|b| b.is_ascii_digit())
     {
-        return Err(format!(
-            "`{uri}`: port `{p}` is not a number from 0 to 65535"
-        ));
+        return Err(format!("`{uri}`: port `{p}` is not a number"));
     }
     Ok(())
 }
 
 /// Reads an inline JWKS as Istio's `jwk.Parse` does: a JSON object with a `keys` array of
 /// objects each naming its `kty`, or one such key alone. Returns the indexes of the keys
-/// that hold private material (`d`, or a symmetric `oct` key's `k`).
+/// that hold private material (`d`, or any symmetric `oct` key).
 fn jwks_keys(jwks: &str) -> Result<Vec<usize>, String> {
     let v: serde_json::Value = serde_json::from_str(jwks).map_err(|e| format!("not JSON ({e})"))?;
     let keys: Vec<&serde_json::Value> = match v.get("keys") {
@@ -576,7 +575,8 @@ fn jwks_keys(jwks: &str) -> Result<Vec<usize>, String> {
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| format!("key {i} has no `kty`"))?;
         let secret = match kty {
-            "oct" => k.get("k").is_some(),
+            // A symmetric key is a secret whatever it holds.
+            "oct" => true,
             "RSA" | "EC" | "OKP" => k.get("d").is_some(),
             other => return Err(format!("key {i}: unknown key type `{other}`")),
         };

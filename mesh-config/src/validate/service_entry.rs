@@ -36,7 +36,11 @@ pub(super) fn service_entry(
             continue;
         }
         if host::check_wildcard_domain(h).is_err() && host::check_partial_wildcard(h).is_ok() {
-            // Istio accepts a partial wildcard in a ServiceEntry with a warning.
+            // Istio accepts a partial wildcard in a ServiceEntry, with a warning unless the
+            // resolution is DYNAMIC_DNS.
+            if resolution == Resolution::DynamicDns {
+                continue;
+            }
             ctx.warn(
                 Code::InvalidHost,
                 &p,
@@ -73,19 +77,8 @@ pub(super) fn service_entry(
     // resolution (the caller's address picks the entry, which DNS resolution cannot keep).
     for (i, a) in se.addresses.iter().enumerate() {
         let p = spec.key("addresses").index(i);
-        let valid = match a.split_once('/') {
-            Some((ip, bits)) => ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-                let max = if ip.is_ipv4() { 32 } else { 128 };
-                bits.parse::<u8>().is_ok_and(|b| b <= max) && !bits.starts_with('+')
-            }),
-            None => a.parse::<std::net::IpAddr>().is_ok(),
-        };
-        if !valid {
-            ctx.report(
-                Code::InvalidValue,
-                &p,
-                format!("`{a}` is neither an IP address nor a CIDR block"),
-            );
+        if let Err(e) = super::security::ip_block(a) {
+            ctx.report(Code::InvalidValue, &p, e);
         } else if a.contains('/') && !matches!(resolution, Resolution::None | Resolution::Static) {
             ctx.report(
                 Code::InvalidValue,
@@ -145,7 +138,9 @@ pub(super) fn service_entry(
                 ),
             );
         }
+        // An empty protocol is Istio's "sniff it", as an unset one.
         if let Some(proto) = &port.protocol
+            && !proto.is_empty()
             && !PROTOCOLS.contains(&proto.to_ascii_uppercase().as_str())
         {
             ctx.report(
@@ -292,7 +287,8 @@ pub(super) fn workload_entry(
     }
     for (name, port) in &we.ports {
         let p = path.key("ports").key(name.as_str());
-        if let Err(e) = host::check_dns1123_label(name) {
+        // Istio's `ValidatePortName` (`IsDNS1123Label`, either case).
+        if let Err(e) = host::check_dns_label(name) {
             ctx.report_key(
                 Code::InvalidName,
                 &p,
@@ -443,10 +439,11 @@ fn istio_port_warnings(
         && !se.addresses.is_empty()
         && se.hosts.len() > 1
         && let Some(i) = se.ports.iter().position(|p| {
+            // Istio parses an unset protocol as unsupported, not TCP.
             matches!(
                 p.protocol
                     .as_deref()
-                    .unwrap_or("TCP")
+                    .unwrap_or("")
                     .to_ascii_uppercase()
                     .as_str(),
                 "TCP" | "HTTPS" | "TLS" | "MONGO" | "REDIS" | "MYSQL"

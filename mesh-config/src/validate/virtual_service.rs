@@ -25,15 +25,15 @@ pub(super) fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualS
         );
     }
     let mut seen = HashSet::new();
-    // Istio: the hosts of a VirtualService with SNI matches may be Envoy's generated SNI
-    // names (`outbound_.<port>_._.<host>`).
+    // Istio: the hosts of a gateway's VirtualService with SNI matches may be Envoy's
+    // generated SNI names (`outbound_.<port>_._.<host>`).
     let sni = vs
         .tls
         .iter()
         .any(|r| r.match_.iter().any(|m| !m.sni_hosts.is_empty()));
     for (i, h) in vs.hosts.iter().enumerate() {
         let p = spec.key("hosts").index(i);
-        if !(sni && is_generated_sni(h)) {
+        if !(sni && !bound_to_mesh && is_generated_sni(h)) {
             ctx.host(&p, h);
         }
         if h == "*" && bound_to_mesh {
