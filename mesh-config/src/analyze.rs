@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::diag::{Code, Diagnostic, ResourceRef};
 use crate::host::GatewayRef;
 use crate::host::{self, qualify};
+use crate::model::envoy_filter::{ApplyTo, Operation};
 use crate::model::*;
 use crate::path::FieldPath;
 use crate::registry::{Registry, selects};
@@ -37,6 +38,8 @@ pub struct Input<'a> {
     pub request_authentications: &'a [Arc<Resource<RequestAuthentication>>],
     /// Telemetries.
     pub telemetries: &'a [Arc<Resource<Telemetry>>],
+    /// EnvoyFilters.
+    pub envoy_filters: &'a [Arc<Resource<EnvoyFilter>>],
     /// The registry built from the ServiceEntries and WorkloadEntries.
     pub registry: &'a Registry,
     /// Mesh-wide settings.
@@ -64,6 +67,10 @@ pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
         virtual_service(input, vs, out);
     }
     conflicting_mesh_hosts(input, out);
+    service_entry_addresses(input, out);
+    conflicting_gateways(input, out);
+    envoy_filter_patches(input, out);
+    conflicting_service_entry_protocols(input, out);
     crate::validate::analyze_telemetries(input, out);
     for dr in input.destination_rules {
         destination_rule(input, dr, out);
@@ -702,6 +709,237 @@ fn unreachable<M: PartialEq>(
 }
 
 /// IST0109: several VirtualServices bound to the mesh define one host.
+/// The scopes a resource is exported to, as Istio's analyzers key them: `*` for all
+/// namespaces (also when `exportTo` is empty), else each namespace (`.` being its own).
+fn export_scopes(export_to: &[String], namespace: &str) -> BTreeSet<String> {
+    if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
+        return BTreeSet::from(["*".to_string()]);
+    }
+    export_to
+        .iter()
+        .map(|e| {
+            if e == "." {
+                namespace.to_string()
+            } else {
+                e.clone()
+            }
+        })
+        .collect()
+}
+
+/// IST0151–IST0155 (Istio's EnvoyPatchAnalyzer): ADD and REMOVE where Envoy ignores them
+/// (route configurations and routes), REPLACE outside HTTP and network filters and virtual
+/// hosts, and a relative operation (REMOVE, REPLACE, INSERT_BEFORE, INSERT_AFTER) in an
+/// EnvoyFilter without a priority — IST0155 when an EnvoyFilter before it (in name order)
+/// patches the same filter for a proxy version.
+fn envoy_filter_patches(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
+    let mut filters: Vec<&Arc<Resource<EnvoyFilter>>> = input.envoy_filters.iter().collect();
+    filters.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+    // Filter names patched with a proxy version so far.
+    let mut versioned: Vec<String> = Vec::new();
+    for ef in filters {
+        for (i, cp) in ef.spec.config_patches.iter().enumerate() {
+            let Some(patch) = &cp.patch else {
+                break;
+            };
+            // The patched filter: the value's `name`, else the listener filter matched.
+            let name = match patch.value.as_ref().and_then(|v| v.get("name")) {
+                Some(n) => n.to_string(),
+                None if patch.value.as_ref().is_some_and(|v| v.is_object()) => cp
+                    .match_
+                    .as_ref()
+                    .and_then(|m| m.listener.as_ref())
+                    .and_then(|l| l.filter_chain.as_ref())
+                    .and_then(|fc| fc.filter.as_ref())
+                    .map(|f| f.name.clone())
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            let path = FieldPath::root().key("spec").key("configPatches").index(i);
+            let route = matches!(
+                cp.apply_to,
+                ApplyTo::RouteConfiguration | ApplyTo::HttpRoute
+            );
+            let report =
+                |code: Code, msg: &str| diag(ef, Kind::EnvoyFilter, code, path.clone(), msg.into());
+            let relative = match patch.operation {
+                Operation::Add if route => {
+                    out.push(report(Code::EnvoyFilterUsesAddOperationIncorrectly, "The ADD operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE."));
+                    false
+                }
+                Operation::Remove if route => {
+                    out.push(report(Code::EnvoyFilterUsesRemoveOperationIncorrectly, "The REMOVE operation will be ignored when applyTo is set to ROUTE_CONFIGURATION, or HTTP_ROUTE."));
+                    false
+                }
+                Operation::Replace
+                    if !matches!(
+                        cp.apply_to,
+                        ApplyTo::NetworkFilter | ApplyTo::HttpFilter | ApplyTo::VirtualHost
+                    ) =>
+                {
+                    out.push(report(
+                        Code::EnvoyFilterUsesReplaceOperationIncorrectly,
+                        "The REPLACE operation is only valid for HTTP_FILTER and NETWORK_FILTER.",
+                    ));
+                    false
+                }
+                Operation::Remove
+                | Operation::Replace
+                | Operation::InsertBefore
+                | Operation::InsertAfter => true,
+                _ => false,
+            };
+            if relative && ef.spec.priority == 0 {
+                out.push(if versioned.contains(&name) {
+                    report(Code::EnvoyFilterUsesRelativeOperationWithProxyVersion, "This EnvoyFilter does not have a priority and has a relative patch operation (INSERT_BEFORE/AFTER, REPLACE, MERGE, DELETE) and proxyVersion set which can cause the EnvoyFilter not to be applied during an upgrade. Using the INSERT_FIRST or ADD option or setting the priority may help in ensuring the EnvoyFilter is applied correctly.")
+                } else {
+                    report(Code::EnvoyFilterUsesRelativeOperation, "This EnvoyFilter does not have a priority and has a relative patch operation set which can cause the EnvoyFilter not to be applied. Using the INSERT_FIRST of ADD option or setting the priority may help in ensuring the EnvoyFilter is applied correctly.")
+                });
+            }
+            if cp
+                .match_
+                .as_ref()
+                .and_then(|m| m.proxy.as_ref())
+                .is_some_and(|p| !p.proxy_version.is_empty())
+            {
+                versioned.push(name);
+            }
+        }
+    }
+}
+
+/// IST0145 (Istio's ConflictingGatewayAnalyzer): a server of a Gateway whose workload
+/// selector and port another Gateway has, serving a host that one also serves with the
+/// same `bind`. Istio also matches selectors that differ through the Pods both select;
+/// the mesh has no Pods, so only equal selectors are compared.
+fn conflicting_gateways(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
+    let selector = |gw: &Resource<Gateway>| {
+        gw.spec
+            .selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let port = |s: &Server| s.port.as_ref().map_or(0, |p| p.number);
+    for (g, gw) in input.gateways.iter().enumerate() {
+        let sel = selector(gw);
+        for (i, server) in gw.spec.servers.iter().enumerate() {
+            let mut others: Vec<String> = input
+                .gateways
+                .iter()
+                .enumerate()
+                .filter(|&(o, other)| o != g && selector(other) == sel)
+                .filter(|(_, other)| {
+                    other.spec.servers.iter().any(|os| {
+                        port(os) == port(server)
+                            && os.bind == server.bind
+                            && server.hosts.iter().any(|h| os.hosts.contains(h))
+                    })
+                })
+                .map(|(_, other)| format!("{}/{}", other.namespace(), other.name()))
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            others.sort();
+            out.push(diag(
+                gw,
+                Kind::Gateway,
+                Code::ConflictingGateways,
+                FieldPath::root().key("spec").key("servers").index(i),
+                format!(
+                    "Conflict with gateways {} (workload selector {sel}, port {}, hosts {}).",
+                    others.join(","),
+                    port(server),
+                    server.hosts.join(",")
+                ),
+            ));
+        }
+    }
+}
+
+/// IST0134 (Istio's ProtocolAddressesAnalyzer): a ServiceEntry without addresses, each of
+/// whose ports serving TCP or an unset protocol needs one (the mesh reads no proxy
+/// metadata that would have DNS allocate addresses).
+fn service_entry_addresses(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
+    for se in input.service_entries {
+        if !se.spec.addresses.is_empty() {
+            continue;
+        }
+        for (i, port) in se.spec.ports.iter().enumerate() {
+            let proto = port.protocol.as_deref().unwrap_or("");
+            if proto.is_empty() || proto.eq_ignore_ascii_case("TCP") {
+                out.push(diag(
+                    se,
+                    Kind::ServiceEntry,
+                    Code::ServiceEntryAddressesRequired,
+                    FieldPath::root().key("spec").key("ports").index(i),
+                    "ServiceEntry addresses are required for this protocol.".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// IST0177 (Istio's ConflictingServiceEntryProtocolAnalyzer): ServiceEntries that give one
+/// host and port, in one export scope (or with one exported everywhere), different
+/// protocols. Each ServiceEntry is reported once.
+fn conflicting_service_entry_protocols(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
+    // (scope, host, port) -> (protocol, ServiceEntry index)
+    let mut index: BTreeMap<(String, String, u32), Vec<(String, usize)>> = BTreeMap::new();
+    for (s, se) in input.service_entries.iter().enumerate() {
+        for scope in export_scopes(&se.spec.export_to, se.namespace()) {
+            for h in &se.spec.hosts {
+                for p in &se.spec.ports {
+                    let proto = p.protocol.as_deref().unwrap_or("").to_ascii_uppercase();
+                    index
+                        .entry((scope.clone(), h.clone(), p.number))
+                        .or_default()
+                        .push((proto, s));
+                }
+            }
+        }
+    }
+    let mut reported = BTreeSet::new();
+    for ((scope, h, port), entries) in &index {
+        let mut entries = entries.clone();
+        if scope != "*"
+            && let Some(all) = index.get(&("*".to_string(), h.clone(), *port))
+        {
+            entries.extend(all.iter().cloned());
+        }
+        let protocols: BTreeSet<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
+        if protocols.len() < 2 {
+            continue;
+        }
+        let names: BTreeSet<String> = entries
+            .iter()
+            .map(|&(_, s)| {
+                let se = &input.service_entries[s];
+                format!("{}/{}", se.namespace(), se.name())
+            })
+            .collect();
+        let names = names.into_iter().collect::<Vec<_>>().join(", ");
+        let protocols = protocols.into_iter().collect::<Vec<_>>().join(", ");
+        for &(_, s) in &entries {
+            if !reported.insert(s) {
+                continue;
+            }
+            let se = &input.service_entries[s];
+            out.push(diag(
+                se,
+                Kind::ServiceEntry,
+                Code::ConflictingServiceEntryProtocol,
+                FieldPath::root().key("metadata").key("name"),
+                format!(
+                    "Multiple ServiceEntries ({names}) define the same host {h:?} and port {port} with conflicting protocols ({protocols})."
+                ),
+            ));
+        }
+    }
+}
+
 fn conflicting_mesh_hosts(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
     // Istio's ConflictingMeshGatewayHostsAnalyzer: each mesh-bound VirtualService's hosts
     // keyed by the scope they are exported to (`*` for all namespaces, else each
@@ -714,21 +952,7 @@ fn conflicting_mesh_hosts(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
         if !mesh {
             continue;
         }
-        let export = &vs.spec.export_to;
-        let scopes: BTreeSet<String> = if export.is_empty() || export.iter().any(|e| e == "*") {
-            BTreeSet::from(["*".to_string()])
-        } else {
-            export
-                .iter()
-                .map(|e| {
-                    if e == "." {
-                        vs.namespace().to_string()
-                    } else {
-                        e.clone()
-                    }
-                })
-                .collect()
-        };
+        let scopes = export_scopes(&vs.spec.export_to, vs.namespace());
         for scope in &scopes {
             for (h, name) in vs.spec.hosts.iter().enumerate() {
                 let fqdn = if name.starts_with('*') || name.contains('.') {

@@ -167,6 +167,29 @@ codes! {
     /// A VirtualService host that its gateway does not serve.
     VirtualServiceHostNotFoundInGateway =
         ("IST0132", Warning, "VirtualServiceHostNotFoundInGateway"),
+    /// An EnvoyFilter without a priority whose patch is relative to other filters.
+    EnvoyFilterUsesRelativeOperation = ("IST0151", Warning, "EnvoyFilterUsesRelativeOperation"),
+    /// REPLACE where it does not apply. Istio's level is Error; a warning here, as the mesh's
+    /// errors stop a configuration from loading and Envoy ignores the patch.
+    EnvoyFilterUsesReplaceOperationIncorrectly =
+        ("IST0152", Warning, "EnvoyFilterUsesReplaceOperationIncorrectly"),
+    /// ADD where it is ignored (a warning here, see IST0152).
+    EnvoyFilterUsesAddOperationIncorrectly =
+        ("IST0153", Warning, "EnvoyFilterUsesAddOperationIncorrectly"),
+    /// REMOVE where it is ignored (a warning here, see IST0152).
+    EnvoyFilterUsesRemoveOperationIncorrectly =
+        ("IST0154", Warning, "EnvoyFilterUsesRemoveOperationIncorrectly"),
+    /// As IST0151, for a filter name another EnvoyFilter patches for a proxy version.
+    EnvoyFilterUsesRelativeOperationWithProxyVersion =
+        ("IST0155", Warning, "EnvoyFilterUsesRelativeOperationWithProxyVersion"),
+    /// Gateways with one selector and port that serve one host. Istio's level is Error; it
+    /// is a warning here because the mesh's errors stop a configuration from loading, and
+    /// Istio still serves such gateways (the first server wins), as the mesh does.
+    ConflictingGateways = ("IST0145", Warning, "ConflictingGateways"),
+    /// A ServiceEntry port serving TCP (or an unset protocol) without addresses.
+    ServiceEntryAddressesRequired = ("IST0134", Warning, "ServiceEntryAddressesRequired"),
+    /// ServiceEntries giving one host and port different protocols.
+    ConflictingServiceEntryProtocol = ("IST0177", Warning, "ConflictingServiceEntryProtocol"),
     /// A VirtualService bound to a gateway Istio generates for a Kubernetes Gateway.
     ReferencedInternalGateway = ("IST0165", Warning, "ReferencedInternalGateway"),
     /// A Telemetry's access logging without a provider, and no default provider.

@@ -220,6 +220,7 @@ impl ConfigSet {
                 authorization_policies: &inner.authorization_policies,
                 request_authentications: &inner.request_authentications,
                 telemetries: &inner.telemetries,
+                envoy_filters: &inner.envoy_filters,
                 registry: &inner.registry,
                 mesh: &inner.mesh,
             },

@@ -33,6 +33,9 @@ fn diags(yaml: &str) -> Vec<(String, u32, String, Severity)> {
     set.check()
         .diagnostics
         .iter()
+        // Istio's warning on relative patches in an EnvoyFilter without a priority (as in
+        // Istio's own rate-limit task) is the conformance test's (istio_conformance.rs).
+        .filter(|d| d.code.as_str() != "IST0151")
         .map(|d| {
             (
                 d.code.as_str().to_string(),
