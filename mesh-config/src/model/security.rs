@@ -256,3 +256,17 @@ pub struct ClaimToHeader {
     /// Claim name.
     pub claim: String,
 }
+
+/// The annotation that puts an AuthorizationPolicy in dry-run: evaluated and reported,
+/// not enforced.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// A boolean as Go's `strconv.ParseBool` reads it (how Istio reads `istio.io/dry-run`):
+/// `1`, `t`, `T`, `TRUE`, `true`, `True` and their false forms; `None` for anything else.
+pub fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}

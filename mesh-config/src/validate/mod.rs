@@ -188,7 +188,7 @@ fn check_label_name(name: &str) -> Result<(), String> {
 /// Istio's `checkDryRunAnnotation`: `istio.io/dry-run` belongs to AuthorizationPolicies
 /// only, to ALLOW and DENY ones, and holds a boolean as Go's `strconv.ParseBool` reads it.
 fn dry_run_annotation(ctx: &mut Ctx<'_>, meta: &FieldPath, r: &AnyResource) {
-    const DRY_RUN: &str = "istio.io/dry-run";
+    use crate::model::security::{DRY_RUN_ANNOTATION as DRY_RUN, parse_go_bool};
     let Some(value) = r.meta().annotations.get(DRY_RUN) else {
         return;
     };
@@ -213,10 +213,7 @@ fn dry_run_annotation(ctx: &mut Ctx<'_>, meta: &FieldPath, r: &AnyResource) {
             &path,
             format!("the annotation `{DRY_RUN}` is only supported with the ALLOW and DENY actions, not {action:?}"),
         );
-    } else if !matches!(
-        value.as_str(),
-        "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False"
-    ) {
+    } else if parse_go_bool(value).is_none() {
         ctx.report(
             Code::InvalidValue,
             &path,

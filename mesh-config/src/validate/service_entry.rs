@@ -180,6 +180,17 @@ pub(super) fn service_entry(
     for (i, ep) in se.endpoints.iter().enumerate() {
         let p = spec.key("endpoints").index(i);
         workload_entry(ctx, &p, ep, Some(&port_names));
+        // Istio: DNS resolution needs a name or an address to resolve (an endpoint without
+        // one is only warned about under STATIC).
+        if ep.address.is_empty()
+            && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+        {
+            ctx.report(
+                Code::MissingField,
+                &p.key("address"),
+                "an endpoint of a ServiceEntry resolved by DNS needs an `address` (a host name or an IP address)",
+            );
+        }
         if ep.address.starts_with("unix://") {
             match resolution {
                 Resolution::Dns | Resolution::DnsRoundRobin => ctx.report(

@@ -38,7 +38,7 @@ use pattern::{IpBlock, PathPattern, Re, StrPattern, normalize_path};
 pub use trust::TrustDomains;
 
 /// The annotation that makes a policy dry-run.
-pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+pub use mesh_config::model::security::DRY_RUN_ANNOTATION;
 
 /// What a policy does with the requests it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -241,16 +241,12 @@ impl Policy {
         let mut dropped = Vec::new();
         // Go's strconv.ParseBool, as Istio reads it; anything else is an error and the
         // policy is enforced.
-        let dry_run = match resource
-            .meta
-            .annotations
-            .get(DRY_RUN_ANNOTATION)
-            .map(String::as_str)
+        let annotation = resource.meta.annotations.get(DRY_RUN_ANNOTATION);
+        let dry_run = match annotation.map(|v| (v, mesh_config::model::security::parse_go_bool(v)))
         {
             None => false,
-            Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
-            Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
-            Some(other) => {
+            Some((_, Some(b))) => b,
+            Some((other, None)) => {
                 dropped.push(format!(
                     "annotation {DRY_RUN_ANNOTATION}: {other:?} is not a boolean; the policy is enforced"
                 ));
