@@ -483,17 +483,11 @@ fn virtual_service(
     unreachable_rules(vs, out);
 }
 
-fn rule_name(r: &HttpRoute, i: usize) -> String {
-    match &r.name {
+/// How Istio names an HTTP rule or match in its messages: its name, quoted, else `#index`.
+fn name_or_index(name: &Option<String>, i: usize) -> String {
+    match name {
         Some(n) if !n.is_empty() => format!("{n:?}"),
         _ => format!("#{i}"),
-    }
-}
-
-fn match_name(m: &HttpMatchRequest, j: usize) -> String {
-    match &m.name {
-        Some(n) if !n.is_empty() => format!("{n:?}"),
-        _ => format!("#{j}"),
     }
 }
 
@@ -583,7 +577,7 @@ fn unreachable_rules(vs: &Arc<Resource<VirtualService>>, out: &mut Vec<Diagnosti
                     ..m.clone()
                 })
                 .collect();
-            (rule_name(r, i), matches)
+            (name_or_index(&r.name, i), matches)
         })
         .collect();
     let http_names: Vec<Vec<String>> = vs
@@ -594,7 +588,7 @@ fn unreachable_rules(vs: &Arc<Resource<VirtualService>>, out: &mut Vec<Diagnosti
             r.match_
                 .iter()
                 .enumerate()
-                .map(|(j, m)| match_name(m, j))
+                .map(|(j, m)| name_or_index(&m.name, j))
                 .collect()
         })
         .collect();
@@ -614,12 +608,12 @@ fn unreachable_rules(vs: &Arc<Resource<VirtualService>>, out: &mut Vec<Diagnosti
                     spec.key("http").index(*bi).key("match").index(*bj),
                     format!(
                         "VirtualService rule {} match {} of prefix {} is not used (duplicate/overlapping match in rule {} of prefix {} on {}).",
-                        rule_name(&vs.spec.http[*bi], *bi),
+                        name_or_index(&vs.spec.http[*bi].name, *bi),
                         http_names[*bi][*bj],
                         later.prefix,
                         http_names[*ai][*aj],
                         first.prefix,
-                        rule_name(&vs.spec.http[*ai], *ai),
+                        name_or_index(&vs.spec.http[*ai].name, *ai),
                     ),
                 ));
             }

@@ -295,3 +295,23 @@ spec: {address: 10.2.0.1, labels: {app: private}}
         "cluster.local/ns/team/sa/default"
     );
 }
+
+/// Istio reports a rule after a rule without matches once for each of its matches.
+#[test]
+fn a_rule_after_a_rule_without_matches_is_reported_once_per_match() {
+    let c = check(&format!(
+        "{REVIEWS}{}",
+        vs(
+            "a",
+            "default",
+            "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v1}}]\n  - match: [{uri: {prefix: /x}}, {uri: {prefix: /y}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n"
+        )
+    ));
+    let unreachable: Vec<String> = c
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == Code::VirtualServiceUnreachableRule)
+        .map(|d| d.path.as_ref().map(|p| p.to_string()).unwrap_or_default())
+        .collect();
+    assert_eq!(unreachable, ["spec.http[1]", "spec.http[1]"]);
+}

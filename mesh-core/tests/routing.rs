@@ -996,22 +996,27 @@ spec:
         ),
         &[],
     );
-    let mut rng = StdRng::seed_from_u64(8);
+    let c = cluster_for(&mesh, req("remote.example.com", "/"));
+    let addresses: Vec<&str> = c.endpoints.iter().map(|e| &*e.address).collect();
+    assert_eq!(addresses, ["10.0.0.7"]);
+}
+
+/// The cluster a request from an unlabelled workload in `default` is forwarded to.
+fn cluster_for(mesh: &CompiledMesh, r: Req) -> std::sync::Arc<mesh_core::cluster::Cluster> {
     let l = Labels::new();
     let src = Caller {
         namespace: "default",
         labels: &l,
         gateway: None,
     };
-    let r = req("remote.example.com", "/");
-    let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
-    let Outcome::Forward {
-        upstream: Upstream::Cluster(c),
-        ..
-    } = d.outcome
-    else {
-        panic!("not forwarded")
-    };
-    let addresses: Vec<&str> = c.endpoints.iter().map(|e| &*e.address).collect();
-    assert_eq!(addresses, ["10.0.0.7"]);
+    let d = mesh
+        .route(&r.head(), &src, &mut StdRng::seed_from_u64(8))
+        .unwrap();
+    match d.outcome {
+        Outcome::Forward {
+            upstream: Upstream::Cluster(c),
+            ..
+        } => c.clone(),
+        _ => panic!("not forwarded to a cluster"),
+    }
 }

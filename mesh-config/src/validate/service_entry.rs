@@ -202,7 +202,9 @@ pub(super) fn service_entry(
                         if resolution == Resolution::Dns { "DNS" } else { "DNS_ROUND_ROBIN" }
                     ),
                 ),
-                _ if se.ports.len() != 1 => ctx.report(
+                // Istio checks this under STATIC only (elsewhere endpoints are refused
+                // or resolved).
+                Resolution::Static if se.ports.len() != 1 => ctx.report(
                     Code::InvalidValue,
                     &p.key("address"),
                     format!(
@@ -433,8 +435,7 @@ fn istio_port_warnings(
     resolution: Resolution,
     autoallocate_label: bool,
 ) {
-    let autoallocated =
-        autoallocate_label && resolution != Resolution::None && se.addresses.is_empty();
+    let autoallocated = autoallocate_label && resolution != Resolution::None;
     if se.addresses.is_empty() && !autoallocated {
         for (i, port) in se.ports.iter().enumerate() {
             if matches!(port.protocol.as_deref(), None | Some("") | Some("TCP")) {
