@@ -180,7 +180,10 @@ pub fn explain(
         }
     }
     match d.outcome {
-        Outcome::Redirect(r) => e.redirect = Some((r.status, r.location(head))),
+        Outcome::Redirect(r) => {
+            let matched_uri = d.block.and_then(|(_, b)| b.uri());
+            e.redirect = Some((r.status, r.location(head, matched_uri)));
+        }
         Outcome::Direct(dr) => {
             e.direct_response = Some((dr.status, String::from_utf8_lossy(&dr.body).into_owned()))
         }

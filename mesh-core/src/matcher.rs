@@ -369,7 +369,8 @@ pub fn first_segment(path: &str, prefix: bool) -> Option<&str> {
 const PSEUDO_HEADERS: [&str; 4] = ["uri", "scheme", "method", "authority"];
 
 impl MatchBlock {
-    /// The `uri` condition, if any (span names are made of it).
+    /// The `uri` condition, if any (span names are made of it; prefix rewrites and
+    /// redirects replace what it matched).
     pub fn uri(&self) -> Option<&StrMatcher> {
         self.uri.as_ref()
     }
@@ -423,11 +424,6 @@ impl MatchBlock {
     /// other route of the virtual host.
     pub fn is_catch_all(&self) -> bool {
         self.catch_all
-    }
-
-    /// The uri condition, if any (prefix rewrites replace what it matched).
-    pub fn uri_matcher(&self) -> Option<&StrMatcher> {
-        self.uri.as_ref()
     }
 
     /// A condition the block cannot match without, usable to index rules: an exact

@@ -955,7 +955,10 @@ fn redirect_and_without_headers_through_the_router() {
     let Outcome::Redirect(redirect) = d.outcome else {
         panic!("{:?}", d.outcome)
     };
-    assert_eq!(redirect.location(&r.head()), "https://reviews:9080/old");
+    assert_eq!(
+        redirect.location(&r.head(), None),
+        "https://reviews:9080/old"
+    );
     // (request, status)
     let table = [
         (req("reviews:9080", "/"), 204),

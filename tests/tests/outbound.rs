@@ -304,7 +304,7 @@ async fn rewrite_redirect_direct_response_and_headers() {
     .await;
     let cfg = service("reviews", "HTTP", &[("v1", v1.port())])
         + &vs(
-            "  - match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/, authority: reviews.internal}\n    headers:\n      request: {set: {x-added: rule}}\n      response: {remove: [x-upstream], add: {x-rule: yes}}\n    route: [{destination: {host: reviews}}]\n  - match: [{uri: {exact: /moved}}]\n    redirect: {uri: /here, redirectCode: 308}\n  - match: [{uri: {exact: /direct}}]\n    directResponse: {status: 418, body: {string: teapot}}\n  - route: [{destination: {host: reviews}}]\n",
+            "  - match: [{uri: {prefix: /old/}}]\n    rewrite: {uri: /new/, authority: reviews.internal}\n    headers:\n      request: {set: {x-added: rule}}\n      response: {remove: [x-upstream], add: {x-rule: yes}}\n    route: [{destination: {host: reviews}}]\n  - match: [{uri: {exact: /moved}}]\n    redirect: {uri: /here, redirectCode: 308}\n  - match: [{uri: {prefix: /docs/v1/}}]\n    redirect: {prefixRewrite: /docs/v2/, authority: docs.example.com}\n  - match: [{uri: {exact: /direct}}]\n    directResponse: {status: 418, body: {string: teapot}}\n  - route: [{destination: {host: reviews}}]\n",
         );
     let m = mesh(&cfg);
     let (status, body, h) = get(&m, "http://reviews:9080/old/a?q=1", &[]).await;
@@ -316,6 +316,13 @@ async fn rewrite_redirect_direct_response_and_headers() {
     let (status, _, h) = get(&m, "http://reviews:9080/moved?k=v", &[]).await;
     assert_eq!(status, 308);
     assert_eq!(h["location"], "http://reviews:9080/here?k=v");
+    // `prefixRewrite` replaces the matched prefix and keeps the rest and the query.
+    let (status, _, h) = get(&m, "http://reviews:9080/docs/v1/guide/start?lang=en", &[]).await;
+    assert_eq!(status, 301);
+    assert_eq!(
+        h["location"],
+        "http://docs.example.com/docs/v2/guide/start?lang=en"
+    );
     let (status, body, _) = get(&m, "http://reviews:9080/direct", &[]).await;
     assert_eq!((status, body.as_str()), (418, "teapot"));
     assert_eq!(

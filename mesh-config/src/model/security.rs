@@ -201,7 +201,8 @@ pub struct JwtRule {
     pub issuer: String,
     /// Accepted audiences.
     pub audiences: Vec<String>,
-    /// URL of the JWKS.
+    /// URL of the JWKS (also read as `jwks_uri`, a spelling Istio's schema accepts).
+    #[serde(alias = "jwks_uri")]
     pub jwks_uri: Option<String>,
     /// Inline JWKS.
     pub jwks: Option<String>,

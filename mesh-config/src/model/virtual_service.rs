@@ -55,6 +55,7 @@ pub struct HttpRoute {
     /// Mirror traffic to several destinations.
     pub mirrors: Vec<HttpMirrorPolicy>,
     /// Deprecated integer percentage of mirrored requests.
+    #[serde(alias = "mirror_percent")]
     pub mirror_percent: Option<u32>,
     /// Percentage of requests mirrored.
     pub mirror_percentage: Option<Percent>,
@@ -149,6 +150,9 @@ pub struct HttpRedirect {
     pub scheme: Option<String>,
     /// Status code (301 by default).
     pub redirect_code: Option<u32>,
+    /// Replacement of the prefix the rule's uri match matched (Envoy's redirect
+    /// `prefix_rewrite`); exclusive with `uri`.
+    pub prefix_rewrite: Option<String>,
 }
 
 /// A response answered without any upstream.

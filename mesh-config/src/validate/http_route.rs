@@ -156,7 +156,29 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
                 format!("redirect scheme `{s}` must be `http` or `https`"),
             );
         }
+        if let Some(prefix) = &rd.prefix_rewrite {
+            if rd.uri.is_some() {
+                ctx.report(
+                    Code::ExclusiveFields,
+                    &p.key("prefixRewrite"),
+                    "`uri` and `prefixRewrite` cannot both be set",
+                );
+            } else if let Some(i) = r
+                .match_
+                .iter()
+                .position(|m| m.uri.as_ref().is_some_and(|u| u.prefix.is_none()))
+            {
+                ctx.report(
+                    Code::InvalidValue,
+                    &p.key("prefixRewrite"),
+                    format!(
+                        "`prefixRewrite` ({prefix:?}) replaces the prefix a uri match matched: every uri match of the rule must be a `prefix` match, and match {i}'s is not"
+                    ),
+                );
+            }
+        }
         if rd.uri.is_none()
+            && rd.prefix_rewrite.is_none()
             && rd.authority.is_none()
             && rd.port.is_none()
             && rd.scheme.is_none()
@@ -165,7 +187,7 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
             ctx.report(
                 Code::MissingField,
                 &p,
-                "a redirect needs at least one of `uri`, `authority`, `port`, `derivePort` or `scheme`",
+                "a redirect needs at least one of `uri`, `prefixRewrite`, `authority`, `port`, `derivePort` or `scheme`",
             );
         }
     }

@@ -4,7 +4,7 @@
 
 use mesh_config::model::{HttpRedirect, RedirectPortSelection};
 
-use crate::matcher::RequestHead;
+use crate::matcher::{RequestHead, StrMatcher};
 
 /// A compiled redirect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +13,8 @@ pub struct Redirect {
     pub status: u16,
     /// Replacement path.
     pub uri: Option<String>,
+    /// Replacement of the prefix the uri match matched (`prefixRewrite`).
+    pub prefix_rewrite: Option<String>,
     /// Replacement host.
     pub authority: Option<String>,
     /// Replacement port, or keep the request's.
@@ -44,6 +46,7 @@ impl Redirect {
                 .and_then(|c| u16::try_from(c).ok())
                 .unwrap_or(301),
             uri: r.uri.clone(),
+            prefix_rewrite: r.prefix_rewrite.clone(),
             authority: r.authority.clone(),
             port,
             scheme: r.scheme.clone(),
@@ -59,9 +62,11 @@ impl Redirect {
     ///   scheme (`:80` for http, `:443` for https);
     /// - port: a port redirect is appended as written (`derivePort: FROM_REQUEST_PORT` is
     ///   the port the request was addressed to, as Istio compiles it);
-    /// - path: the redirect's `uri` (with the request's query string unless it has one),
-    ///   else the request's path and query.
-    pub fn location(&self, head: &RequestHead<'_>) -> String {
+    /// - path: the redirect's `uri` (with the request's query string unless it has one);
+    ///   else the request's path with what `matched_uri` (the uri matcher of the match
+    ///   block that matched) matched replaced by `prefixRewrite`, as a rewrite's `uri`
+    ///   replaces it; else the request's path; then the request's query.
+    pub fn location(&self, head: &RequestHead<'_>, matched_uri: Option<&StrMatcher>) -> String {
         use std::fmt::Write as _;
         let scheme = self.scheme.as_deref().unwrap_or(head.scheme);
         let new_port = match self.port {
@@ -84,7 +89,15 @@ impl Redirect {
                 if strip { host } else { head.authority }
             }
         };
-        let path = self.uri.as_deref().unwrap_or(head.path);
+        let rewritten;
+        let path = match (&self.uri, &self.prefix_rewrite) {
+            (Some(uri), _) => uri.as_str(),
+            (None, Some(to)) => {
+                rewritten = super::rewrite::replace_matched_prefix(to, head.path, matched_uri);
+                rewritten.as_str()
+            }
+            (None, None) => head.path,
+        };
         let mut out = String::with_capacity(
             scheme.len() + host.len() + path.len() + head.query.map_or(0, str::len) + 16,
         );
@@ -192,6 +205,7 @@ mod tests {
         let r = |uri: Option<&str>, authority: Option<&str>, port, scheme: Option<&str>| Redirect {
             status: 301,
             uri: uri.map(Into::into),
+            prefix_rewrite: None,
             authority: authority.map(Into::into),
             port,
             scheme: scheme.map(Into::into),
@@ -300,7 +314,7 @@ mod tests {
         ];
         for (redirect, req, want) in table {
             assert_eq!(
-                redirect.location(&req),
+                redirect.location(&req, None),
                 want,
                 "{redirect:?} on {}://{}",
                 req.scheme,
@@ -309,6 +323,66 @@ mod tests {
         }
         assert_eq!(split_authority("[::1]:80"), ("[::1]", Some(80)));
         assert_eq!(split_authority("reviews"), ("reviews", None));
+    }
+
+    /// `prefixRewrite` replaces what the rule's uri match matched, as a rewrite's `uri`
+    /// does (Envoy's redirect `prefix_rewrite`), and keeps the query string.
+    #[test]
+    fn prefix_rewrite_redirects_replace_what_the_uri_match_matched() {
+        let h = HeaderMap::new();
+        let redirect = |to: &str| Redirect {
+            status: 302,
+            uri: None,
+            prefix_rewrite: Some(to.into()),
+            authority: None,
+            port: None,
+            scheme: None,
+        };
+        let prefix = |p: &str| StrMatcher::Prefix(p.into());
+        let exact = StrMatcher::Exact("/old/page".into());
+        // (prefixRewrite, matched uri, request path and query, Location)
+        let table = [
+            (
+                "/new/",
+                Some(prefix("/old/")),
+                ("/old/page", Some("q=1")),
+                "http://reviews:9080/new/page?q=1",
+            ),
+            (
+                "/new",
+                Some(prefix("/old")),
+                ("/old/page", None),
+                "http://reviews:9080/new/page",
+            ),
+            (
+                "/v2",
+                Some(prefix("")),
+                ("/a", None),
+                "http://reviews:9080/v2/a",
+            ),
+            // an exact match: the whole path
+            (
+                "/moved",
+                Some(exact),
+                ("/old/page", Some("q=1")),
+                "http://reviews:9080/moved?q=1",
+            ),
+            // no uri match: the implied `/` prefix
+            (
+                "/api/",
+                None,
+                ("/users", None),
+                "http://reviews:9080/api/users",
+            ),
+        ];
+        for (to, matched, (path, query), want) in table {
+            let req = head(&h, "reviews:9080", path, query);
+            assert_eq!(
+                redirect(to).location(&req, matched.as_ref()),
+                want,
+                "{to} after {matched:?}"
+            );
+        }
     }
 
     proptest::proptest! {

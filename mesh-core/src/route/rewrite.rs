@@ -58,25 +58,33 @@ impl Rewrite {
         matched_uri: Option<&StrMatcher>,
     ) -> Option<String> {
         let new = match self.path.as_ref()? {
-            PathRewrite::Prefix(to) => match matched_uri {
-                Some(StrMatcher::Prefix(p) | StrMatcher::PrefixIgnoreCase(p)) => {
-                    format!("{to}{}", path.get(p.len()..).unwrap_or(""))
-                }
-                // Envoy's prefix rewrite after a path or safe_regex match replaces it all.
-                Some(
-                    StrMatcher::Exact(_) | StrMatcher::ExactIgnoreCase(_) | StrMatcher::Regex(..),
-                ) => to.clone(),
-                // No uri match: Envoy's prefix rewrite of the implied "/" prefix.
-                Some(StrMatcher::Any) | None => {
-                    format!("{to}{}", path.strip_prefix('/').unwrap_or(path))
-                }
-            },
+            PathRewrite::Prefix(to) => replace_matched_prefix(to, path, matched_uri),
             PathRewrite::Regex(re, with) => re.replace_all(path, with.as_str()).into_owned(),
         };
         Some(match query {
             Some(q) => format!("{new}?{q}"),
             None => new,
         })
+    }
+}
+
+/// Envoy's `prefix_rewrite` (of a route's rewrite or of a redirect): `path` with what the
+/// uri match `matched_uri` matched replaced by `to` — the prefix of a prefix match, the
+/// whole path after an exact or regex match, and the implied `/` prefix when the block
+/// has no uri match (or a presence-only one).
+pub(crate) fn replace_matched_prefix(
+    to: &str,
+    path: &str,
+    matched_uri: Option<&StrMatcher>,
+) -> String {
+    match matched_uri {
+        Some(StrMatcher::Prefix(p) | StrMatcher::PrefixIgnoreCase(p)) => {
+            format!("{to}{}", path.get(p.len()..).unwrap_or(""))
+        }
+        Some(StrMatcher::Exact(_) | StrMatcher::ExactIgnoreCase(_) | StrMatcher::Regex(..)) => {
+            to.to_string()
+        }
+        Some(StrMatcher::Any) | None => format!("{to}{}", path.strip_prefix('/').unwrap_or(path)),
     }
 }
 

@@ -86,7 +86,7 @@ where
         let target = parts.route.target();
         let req = &mut parts.request;
         if let Some(rw) = &rule.rewrite {
-            let uri_matcher = parts.route.block().and_then(|b| b.uri_matcher());
+            let uri_matcher = parts.route.block().and_then(|b| b.uri());
             if let Some(new) = rw.path(req.uri().path(), req.uri().query(), uri_matcher)
                 && let Ok(pq) = PathAndQuery::try_from(new.as_str())
             {

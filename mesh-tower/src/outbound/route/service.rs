@@ -165,7 +165,8 @@ pub(crate) fn answer(d: &Decision<'_>, head: &RequestHead<'_>) -> Option<Respons
             let mut resp = Response::new(ResBody::empty());
             *resp.status_mut() =
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-            if let Ok(v) = HeaderValue::from_str(&r.location(head)) {
+            let matched_uri = d.block.and_then(|(_, b)| b.uri());
+            if let Ok(v) = HeaderValue::from_str(&r.location(head, matched_uri)) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
             resp
