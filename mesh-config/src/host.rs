@@ -201,6 +201,32 @@ pub fn check_dns1123_label(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Istio's `ValidateFQDN`: 1-255 characters of DNS-1123 labels (lower case), a top-level
+/// label that is not all digits, and an optional trailing `.`.
+pub fn check_fqdn(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the domain name is empty".into());
+    }
+    if name.len() > 255 {
+        return Err(format!("`{name}` is longer than 255 characters"));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    let last = labels.len() - 1;
+    if labels[last].parse::<u64>().is_ok() {
+        return Err(format!(
+            "`{name}`: the top-level label `{}` cannot be all digits",
+            labels[last]
+        ));
+    }
+    for (i, label) in labels.iter().enumerate() {
+        if i == last && label.is_empty() {
+            break;
+        }
+        check_dns1123_label(label).map_err(|e| format!("`{name}`: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Checks a Kubernetes DNS-1123 subdomain (lower case): resource names.
 pub fn check_dns1123_subdomain(name: &str) -> Result<(), String> {
     if name.len() > 253 {

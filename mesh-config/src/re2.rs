@@ -22,9 +22,21 @@ pub fn translate(pattern: &str) -> Result<String, String> {
     let mut in_class = false;
     // The position right after `[` or `[^`, where `]` is a literal.
     let mut class_start = false;
+    // After a repetition operator (1), or a lazy one (2): RE2 refuses another one
+    // (`a**`, `a++`), which the `regex` crate would take.
+    let mut repeated = 0u8;
     while let Some(c) = chars.next() {
         let at_class_start = std::mem::replace(&mut class_start, false);
+        let was_repeated = std::mem::replace(&mut repeated, 0);
         match c {
+            '*' | '+' | '?' if !in_class => {
+                match (was_repeated, c) {
+                    (0, _) => repeated = 1,
+                    (1, '?') => repeated = 2,
+                    _ => return Err(format!("invalid nested repetition operator `{c}`")),
+                }
+                out.push(c);
+            }
             '\\' => {
                 let Some(e) = chars.next() else {
                     out.push('\\');
@@ -86,6 +98,10 @@ pub fn translate(pattern: &str) -> Result<String, String> {
                     && !body.is_empty()
                     && body.chars().all(|c| c.is_ascii_digit() || c == ',')
                 {
+                    if was_repeated != 0 {
+                        return Err(format!("invalid nested repetition operator `{{{body}}}`"));
+                    }
+                    repeated = 1;
                     for n in body.split(',').filter(|n| !n.is_empty()) {
                         let v: u64 = n.parse().unwrap_or(u64::MAX);
                         if v > u64::from(MAX_REPEAT) {
@@ -146,6 +162,14 @@ mod tests {
         assert!(r.is_match("/users/jason.b/reviews"));
         assert!(!r.is_match("/users/jasón/reviews"), "RE2's \\w is ASCII");
         assert!(compile_full(r"\w{1,200}").is_ok());
+        // RE2 (and Go's regexp, which Istio checks with) refuse a repetition of a
+        // repetition; a lazy `?` after one is no repetition.
+        for bad in ["a**", "a++", "~++", "a?*", "a*{2}", "a{2}{3}", "a+?+"] {
+            assert!(compile(bad).is_err(), "{bad}");
+        }
+        for ok in ["a*?", "a+?", "a??", "(a*)*", "[*+]+", r"\**", "a{2}?"] {
+            assert!(compile(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

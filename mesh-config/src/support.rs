@@ -96,11 +96,6 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
     ),
     (
         Kind::DestinationRule,
-        "*.outlierDetection.failurePercentageThreshold",
-        "failure-percentage outlier detection is not implemented (Istio does not translate it either)",
-    ),
-    (
-        Kind::DestinationRule,
         "*.tunnel",
         "tunnelling is not implemented",
     ),

@@ -107,16 +107,11 @@ spec:
 #[test]
 fn secrets_and_crls_are_warned_about_only_where_they_would_be_used() {
     // SIMPLE and MUTUAL would read them: not enforced (the mode is).
-    let c = check(&dr_tls(
-        "{mode: SIMPLE, credentialName: api-ca, caCertCredentialName: api-ca-cert}",
-    ));
+    let c = check(&dr_tls("{mode: SIMPLE, credentialName: api-ca}"));
     assert!(!c.has_errors(), "{}", show(&c));
     assert_eq!(
         not_enforced(&c),
-        [
-            "spec.trafficPolicy.tls.credentialName",
-            "spec.trafficPolicy.tls.caCertCredentialName",
-        ],
+        ["spec.trafficPolicy.tls.credentialName"],
         "{}",
         show(&c)
     );
@@ -152,7 +147,7 @@ fn secrets_and_crls_are_warned_about_only_where_they_would_be_used() {
 #[test]
 fn istio_mutual_accepts_and_ignores_files_and_secrets_as_istio_does() {
     let c = check(&dr_tls(
-        "{mode: ISTIO_MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, credentialName: s, caCertCredentialName: s-ca, caCrl: /crl.pem, insecureSkipVerify: true, subjectAltNames: [a]}",
+        "{mode: ISTIO_MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem, caCertificates: /ca.pem, credentialName: s, caCrl: /crl.pem, insecureSkipVerify: true, subjectAltNames: [a]}",
     ));
     assert!(!c.has_errors(), "{}", show(&c));
     assert!(not_enforced(&c).is_empty(), "{}", show(&c));
@@ -161,7 +156,6 @@ fn istio_mutual_accepts_and_ignores_files_and_secrets_as_istio_does() {
         "privateKey",
         "caCertificates",
         "credentialName",
-        "caCertCredentialName",
         "caCrl",
         "insecureSkipVerify",
     ] {

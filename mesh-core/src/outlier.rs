@@ -127,8 +127,7 @@ impl OutlierSettings {
     ///   `max(300 s, baseEjectionTime)` and ejections have no jitter.
     /// * `maxEjectionPercent`: the value when positive (at most 100), else Envoy's 10.
     /// * `minHealthPercent` is the panic threshold, 0 (never in panic) unless set.
-    /// * `consecutiveErrors` (deprecated) is ignored, as Istio ignores it;
-    ///   `failurePercentageThreshold` too (Istio does not translate it).
+    /// * `consecutiveErrors` (deprecated) is ignored, as Istio ignores it.
     pub fn of(od: &OutlierDetection) -> Self {
         let split = od.split_external_local_origin_errors == Some(true);
         let base = od

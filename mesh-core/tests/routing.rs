@@ -278,7 +278,7 @@ fn match_semantics_table() {
     let mesh = compile(
         bookinfo(),
         &[vs(
-            "  - match: [{uri: {regex: \"/reviews/[0-9]+\"}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - match: [{uri: {exact: /exact}}, {uri: {prefix: /p/}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{headers: {x-a: {prefix: pre}, x-b: {}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{queryParams: {v: {exact: \"3\"}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{method: {exact: POST}, withoutHeaders: {x-skip: {}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+            "  - match: [{uri: {regex: \"/reviews/[0-9]+\"}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - match: [{uri: {exact: /exact}}, {uri: {prefix: /p/}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{headers: {x-a: {prefix: pre}, x-b: {}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{queryParams: {v: {exact: \"3\"}}}]\n    route: [{destination: {host: reviews, subset: v3}}]\n  - match: [{queryParams: {lang: {prefix: en}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - match: [{method: {exact: POST}, withoutHeaders: {x-skip: {}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
         )],
     );
     let mut rng = StdRng::seed_from_u64(3);
@@ -321,6 +321,9 @@ fn match_semantics_table() {
         (q("/reviews/1", Some("x=1")), "v2"),
         (q("/q", Some("v=3")), "v3"),
         (q("/q", Some("v=33")), "v1"),
+        // a query parameter by prefix (Envoy's string matcher), on its first value
+        (q("/q", Some("lang=en-GB")), "v2"),
+        (q("/q", Some("lang=fr&lang=en")), "v1"),
         (post(false), "v2"),
         (post(true), "v1"),
     ];

@@ -459,7 +459,11 @@ async fn a_retry_budget_bounds_retries_under_a_total_outage() {
         })
         .await;
         let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: httpbin}\nspec:\n  hosts: [httpbin]\n  http:\n  - route: [{destination: {host: httpbin}}]\n    retries: {attempts: 3, retryOn: 5xx}\n";
-        let m = mesh(&(httpbin(server.port()) + &rule("{}", annotation) + vs));
+        // A DestinationRule with only the annotation (Istio refuses `trafficPolicy: {}`).
+        let dr = format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: httpbin{annotation}}}\nspec:\n  host: httpbin\n"
+        );
+        let m = mesh(&(httpbin(server.port()) + &dr + vs));
         let mut urx = 0;
         for _ in 0..n {
             let (status, flags) = call(&m, URL).await;

@@ -358,8 +358,6 @@ pub struct OutlierDetection {
     pub min_health_percent: Option<i32>,
     /// Status codes counted as errors (instead of 5xx).
     pub outlier_detection_http_error_codes: Vec<u32>,
-    /// Failure percentage that ejects an endpoint.
-    pub failure_percentage_threshold: Option<u32>,
 }
 
 /// TLS modes to the upstream.
@@ -391,8 +389,6 @@ pub struct ClientTlsSettings {
     pub ca_certificates: Option<String>,
     /// Name of a secret holding the certificates.
     pub credential_name: Option<String>,
-    /// Name of a secret or config map holding the CA certificates.
-    pub ca_cert_credential_name: Option<String>,
     /// Accepted subject alternative names.
     pub subject_alt_names: Vec<String>,
     /// SNI to send.

@@ -126,8 +126,6 @@ pub struct ServerTlsSettings {
     pub insecure_skip_verify: Option<bool>,
     /// ECDH curves.
     pub ecdh_curves: Vec<String>,
-    /// ALPN protocols offered (`h2`, `http/1.1` by default).
-    pub alpn_protocols: Vec<String>,
 }
 
 /// A certificate/key pair.

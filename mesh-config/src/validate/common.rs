@@ -14,6 +14,21 @@ use crate::host;
 use crate::model::*;
 use crate::path::FieldPath;
 
+/// Where a string match is written: Istio checks each place a little differently.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum MatchField {
+    /// A request match's `uri`.
+    Uri,
+    /// A request match's `scheme`, `method` or `authority`.
+    Field,
+    /// A request match's `headers` entry.
+    Header,
+    /// A request match's `withoutHeaders` entry.
+    WithoutHeader,
+    /// A request match's `queryParams` entry.
+    QueryParam,
+}
+
 impl Ctx<'_> {
     pub(super) fn regex(&mut self, path: &FieldPath, re: &str) {
         if let Err(e) = crate::re2::compile(re) {
@@ -25,7 +40,43 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn string_match(&mut self, path: &FieldPath, m: &StringMatch, presence_ok: bool) {
+    /// Istio's `validateStringMatch` for a match of `field`: one of `exact`, `prefix`
+    /// and `regex` (none: presence, where `field` allows it); no empty prefix but for a
+    /// uri (Envoy's path prefix may be empty, its string matchers' may not); no empty
+    /// regex; `regex: "*"` is a presence match in `withoutHeaders` only.
+    pub(super) fn string_match(&mut self, path: &FieldPath, m: &StringMatch, field: MatchField) {
+        let presence_ok = matches!(
+            field,
+            MatchField::Header | MatchField::WithoutHeader | MatchField::QueryParam
+        );
+        if let Some(p) = &m.prefix
+            && p.is_empty()
+            && field != MatchField::Uri
+        {
+            self.report(
+                Code::InvalidStringMatch,
+                &path.key("prefix"),
+                "an empty `prefix` matches everything: use a presence match (`{}`) or remove it",
+            );
+        }
+        if let Some(re) = &m.regex {
+            if re.is_empty() {
+                self.report(
+                    Code::InvalidStringMatch,
+                    &path.key("regex"),
+                    "an empty `regex` is not a match",
+                );
+            } else if re.len() > 1024 {
+                self.report(
+                    Code::InvalidRegex,
+                    &path.key("regex"),
+                    format!(
+                        "a regex of {} characters is too large: at most 1024",
+                        re.len()
+                    ),
+                );
+            }
+        }
         match m.set_count() {
             0 if presence_ok => {}
             0 => self.report(
@@ -40,7 +91,10 @@ impl Ctx<'_> {
                 "only one of `exact`, `prefix` and `regex` may be set",
             ),
         }
-        if let Some(re) = &m.regex {
+        if let Some(re) = &m.regex
+            && !re.is_empty()
+            && !(field == MatchField::WithoutHeader && re == "*")
+        {
             self.regex(&path.key("regex"), re);
         }
     }
@@ -85,7 +139,11 @@ impl Ctx<'_> {
     }
 
     pub(super) fn host(&mut self, path: &FieldPath, h: &str) {
-        if let Err(e) = host::check_wildcard_domain(h) {
+        // Istio's `ValidateWildcardDomain` also takes a partial wildcard first label
+        // (`*-api.example.com`); Gateways refuse those themselves.
+        if let Err(e) = host::check_wildcard_domain(h)
+            && host::check_partial_wildcard(h).is_err()
+        {
             self.report(Code::InvalidHost, path, format!("invalid host: {e}"));
         }
     }
@@ -93,14 +151,18 @@ impl Ctx<'_> {
     /// Checks `exportTo`; `none_ok` where `~` is allowed (ServiceEntry only).
     pub(super) fn export_to(&mut self, path: &FieldPath, list: &[String], none_ok: bool) {
         let mut seen = HashSet::new();
+        let own = self.reference.namespace.clone();
         for (i, ns) in list.iter().enumerate() {
             let p = path.index(i);
-            if !seen.insert(ns.as_str()) {
-                self.report(
-                    Code::DuplicateEntry,
-                    &p,
-                    format!("`{ns}` appears twice in exportTo"),
-                );
+            // `.` is the resource's own namespace: `[., <own namespace>]` names it twice.
+            let key = if ns == "." { own.as_str() } else { ns.as_str() };
+            if !seen.insert(key) {
+                let message = if key == ns {
+                    format!("`{ns}` appears twice in exportTo")
+                } else {
+                    format!("`.` and `{own}` both name this resource's own namespace in exportTo")
+                };
+                self.report(Code::DuplicateEntry, &p, message);
             }
             match ns.as_str() {
                 "." | "*" => continue,

@@ -7,7 +7,8 @@
 //! origination would read) are warned about here, since whether they are used depends on
 //! the mode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use super::Ctx;
 use crate::diag::Code;
@@ -51,6 +52,24 @@ pub(super) fn destination_rule(ctx: &mut Ctx<'_>, spec: &FieldPath, dr: &Destina
     }
     ctx.export_to(&spec.key("exportTo"), &dr.export_to, false);
     ctx.selector(&spec.key("workloadSelector"), &dr.workload_selector);
+    // Istio: a DestinationRule for some workloads applies in its own namespace only.
+    if dr.workload_selector.is_some() && !dr.export_to.is_empty() {
+        let own = ctx.reference.namespace.clone();
+        let is_own = |e: &String| e == "." || *e == own;
+        if !dr.export_to.iter().any(is_own) {
+            ctx.report(
+                Code::InvalidValue,
+                &spec.key("exportTo"),
+                "a DestinationRule with a `workloadSelector` cannot be exported beyond its own namespace",
+            );
+        } else if dr.export_to.iter().any(|e| !is_own(e)) {
+            ctx.report(
+                Code::InvalidValue,
+                &spec.key("exportTo"),
+                "a DestinationRule with a `workloadSelector` can only be exported to its own namespace",
+            );
+        }
+    }
 }
 
 /// The `mesh.rs/retry-budget` annotation, when present, must read as a retry budget.
@@ -67,6 +86,23 @@ pub(super) fn retry_budget_annotation(ctx: &mut Ctx<'_>, meta_path: &FieldPath, 
 }
 
 fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &TrafficPolicy) {
+    if *tp == TrafficPolicy::default() {
+        ctx.report(
+            Code::InvalidValue,
+            path,
+            "`trafficPolicy` needs at least one field (remove it or set one)",
+        );
+    }
+    if tp.tunnel.is_some() && tp.proxy_protocol.is_some() {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("proxyProtocol"),
+            "`tunnel` and `proxyProtocol` cannot both be set",
+        );
+    }
+    if let Some(t) = &tp.tunnel {
+        tunnel(ctx, &path.key("tunnel"), t);
+    }
     policy_parts(
         ctx,
         path,
@@ -123,7 +159,7 @@ fn policy_parts(
     tls: Option<&ClientTlsSettings>,
 ) {
     if let Some(lb) = lb {
-        load_balancer(ctx, &path.key("loadBalancer"), lb);
+        load_balancer(ctx, &path.key("loadBalancer"), lb, od.is_some());
     }
     if let Some(pool) = pool {
         connection_pool(ctx, &path.key("connectionPool"), pool);
@@ -136,7 +172,208 @@ fn policy_parts(
     }
 }
 
-fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &LoadBalancerSettings) {
+/// Istio's `validateTunnelSettings`.
+fn tunnel(ctx: &mut Ctx<'_>, path: &FieldPath, t: &TunnelSettings) {
+    if let Some(p) = &t.protocol
+        && !p.is_empty()
+        && p != "CONNECT"
+        && p != "POST"
+    {
+        ctx.report(
+            Code::InvalidValue,
+            &path.key("protocol"),
+            format!("tunnel `protocol` `{p}` must be `CONNECT` or `POST`"),
+        );
+    }
+    if host::check_fqdn(&t.target_host).is_err() && t.target_host.parse::<IpAddr>().is_err() {
+        ctx.report(
+            Code::InvalidValue,
+            &path.key("targetHost"),
+            format!(
+                "tunnel `targetHost` `{}` must be a fully qualified domain name or an IP address",
+                t.target_host
+            ),
+        );
+    }
+    ctx.port(&path.key("targetPort"), t.target_port);
+}
+
+/// Istio's `ValidateLocalityLbSetting` and `ValidateZoneAwareLbSetting`: failover between
+/// regions needs outlier detection (warned), names different regions, without `/` or
+/// `*`.
+fn failover(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    failover: &[LocalityFailover],
+    failover_priority: &[String],
+    outlier_detection: bool,
+) {
+    if (!failover.is_empty() || !failover_priority.is_empty()) && !outlier_detection {
+        ctx.warn(
+            Code::InvalidValue,
+            path,
+            "failover needs an `outlierDetection` policy: without it no endpoint is ever unhealthy, so traffic never fails over",
+        );
+    }
+    for (i, f) in failover.iter().enumerate() {
+        let p = path.key("failover").index(i);
+        if f.from == f.to {
+            ctx.report(
+                Code::InvalidValue,
+                &p.key("to"),
+                format!("failover from region `{}` to itself", f.from),
+            );
+        }
+        if f.from.contains('/') || f.to.contains('/') {
+            ctx.report(
+                Code::InvalidValue,
+                &p,
+                "failover names regions only (no `/zone`)",
+            );
+        }
+        if f.from.contains('*') || f.to.contains('*') {
+            ctx.report(
+                Code::InvalidValue,
+                &p,
+                "failover regions cannot contain the `*` wildcard",
+            );
+        }
+    }
+}
+
+/// Istio's `ValidateLocalityLbSetting`.
+fn locality_lb(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    l: &LocalityLbSetting,
+    outlier_detection: bool,
+) {
+    if !l.distribute.is_empty() && !l.failover.is_empty() {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("failover"),
+            "`distribute` and `failover` cannot both be set",
+        );
+        return;
+    }
+    if !l.failover.is_empty()
+        && let Some(i) = l
+            .failover_priority
+            .iter()
+            .position(|p| TOPOLOGY_LOCALITY_LABELS.contains(&p.as_str()))
+    {
+        ctx.report(
+            Code::ExclusiveFields,
+            &path.key("failoverPriority").index(i),
+            format!(
+                "`failover` and the topology label `{}` in `failoverPriority` cannot both be set",
+                l.failover_priority[i]
+            ),
+        );
+        return;
+    }
+    let mut from = Vec::new();
+    for (i, d) in l.distribute.iter().enumerate() {
+        let p = path.key("distribute").index(i);
+        from.push(d.from.as_str());
+        if let Some((loc, w)) = d.to.iter().find(|(_, w)| !(1..=100).contains(*w)) {
+            ctx.report(
+                Code::InvalidValue,
+                &p.key("to").key(loc.as_str()),
+                format!("locality weight {w} must be between 1 and 100"),
+            );
+            return;
+        }
+        let total: u32 = d.to.values().sum();
+        if total != 100 {
+            ctx.report(
+                Code::InvalidValue,
+                &p.key("to"),
+                format!("the locality weights add up to {total}, not 100"),
+            );
+            return;
+        }
+        if let Err(e) = localities(d.to.keys().map(String::as_str)) {
+            ctx.report(Code::InvalidValue, &p.key("to"), e);
+        }
+    }
+    if let Err(e) = localities(from.into_iter()) {
+        ctx.report(Code::InvalidValue, &path.key("distribute"), e);
+    }
+    failover(
+        ctx,
+        path,
+        &l.failover,
+        &l.failover_priority,
+        outlier_detection,
+    );
+}
+
+/// The topology labels of a locality (region, zone, subzone).
+const TOPOLOGY_LOCALITY_LABELS: [&str; 3] = [
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+];
+
+/// Istio's `validateLocalities`: `region[/zone[/subzone]]`, no empty part, at most one
+/// `*` and only at the end, and no locality covered by an earlier one.
+fn localities<'a>(list: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    // region -> zone -> subzones; "*" marks "all of them".
+    let mut seen: BTreeMap<&str, BTreeMap<&str, BTreeSet<&str>>> = BTreeMap::new();
+    for loc in list {
+        let stars = loc.matches('*').count();
+        if stars > 1 || (stars == 1 && !loc.ends_with('*')) {
+            return Err(format!(
+                "locality `{loc}`: at most one `*` wildcard, and only at the end"
+            ));
+        }
+        let overlap = || Err(format!("locality `{loc}` overlaps one given before"));
+        if seen.contains_key("*") {
+            return overlap();
+        }
+        let parts: Vec<&str> = loc.splitn(3, '/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!(
+                "locality `{loc}` has an empty region, zone or subzone"
+            ));
+        }
+        match parts[..] {
+            [region] => {
+                if seen.contains_key(region) {
+                    return overlap();
+                }
+                seen.insert(region, BTreeMap::from([("*", BTreeSet::from(["*"]))]));
+            }
+            [region, zone] => {
+                let zones = seen.entry(region).or_default();
+                if zones.contains_key("*") || zones.contains_key(zone) {
+                    return overlap();
+                }
+                zones.insert(zone, BTreeSet::from(["*"]));
+            }
+            [region, zone, subzone] => {
+                let zones = seen.entry(region).or_default();
+                if zones.contains_key("*") {
+                    return overlap();
+                }
+                let subzones = zones.entry(zone).or_default();
+                if subzones.contains("*") || !subzones.insert(subzone) {
+                    return overlap();
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn load_balancer(
+    ctx: &mut Ctx<'_>,
+    path: &FieldPath,
+    lb: &LoadBalancerSettings,
+    outlier_detection: bool,
+) {
     if lb.simple.is_some() && lb.consistent_hash.is_some() {
         ctx.report(
             Code::ExclusiveFields,
@@ -179,7 +416,21 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &LoadBalancerSettings)
             ctx.header_name(&p.key("httpHeaderName"), h, false);
         }
         if let Some(c) = &ch.http_cookie {
-            ctx.required_str(&p.key("httpCookie").key("name"), &c.name, "cookie `name`");
+            let cp = p.key("httpCookie");
+            ctx.required_str(&cp.key("name"), &c.name, "cookie `name`");
+            let mut names = BTreeSet::new();
+            for (i, a) in c.attributes.iter().enumerate() {
+                let ap = cp.key("attributes").index(i).key("name");
+                if a.name.is_empty() {
+                    ctx.report(Code::MissingField, &ap, "a cookie attribute needs a `name`");
+                } else if !names.insert(a.name.as_str()) {
+                    ctx.report(
+                        Code::DuplicateEntry,
+                        &ap,
+                        format!("cookie attribute `{}` is set twice", a.name),
+                    );
+                }
+            }
         }
         if ch.ring_hash.is_some() && ch.maglev.is_some() {
             ctx.report(
@@ -260,14 +511,26 @@ fn load_balancer(ctx: &mut Ctx<'_>, path: &FieldPath, lb: &LoadBalancerSettings)
             "`backendUtilization` cannot be combined with `simple` or `consistentHash`",
         );
     }
-    if let Some(l) = &lb.locality_lb_setting
-        && !l.distribute.is_empty()
-        && !l.failover.is_empty()
-    {
-        ctx.report(
-            Code::ExclusiveFields,
-            &path.key("localityLbSetting").key("failover"),
-            "`distribute` and `failover` cannot both be set",
+    if let Some(l) = &lb.locality_lb_setting {
+        locality_lb(ctx, &path.key("localityLbSetting"), l, outlier_detection);
+    }
+    if let Some(z) = &lb.zone_aware_lb_setting {
+        let zp = path.key("zoneAwareLbSetting");
+        for (i, label) in z.failover_priority.iter().enumerate() {
+            if TOPOLOGY_LOCALITY_LABELS.contains(&label.as_str()) {
+                ctx.report(
+                    Code::InvalidValue,
+                    &zp.key("failoverPriority").index(i),
+                    format!("zone-aware load balancing orders regions, zones and subzones itself: `{label}` cannot be a `failoverPriority` label"),
+                );
+            }
+        }
+        failover(
+            ctx,
+            &zp,
+            &z.failover,
+            &z.failover_priority,
+            outlier_detection,
         );
     }
 }
@@ -303,7 +566,15 @@ fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, pool: &ConnectionPoolSet
         non_negative(ctx, &p.key("maxConnections"), tcp.max_connections);
         ctx.duration_ms(&p.key("connectTimeout"), tcp.connect_timeout);
         ctx.duration_ms(&p.key("maxConnectionDuration"), tcp.max_connection_duration);
-        ctx.duration_ms(&p.key("idleTimeout"), tcp.idle_timeout);
+        // `0s` turns the idle timeout off (Istio skips its check).
+        if tcp.idle_timeout.is_some_and(|d| d.get().as_millis() != 0) {
+            ctx.duration_ms(&p.key("idleTimeout"), tcp.idle_timeout);
+        }
+        if let Some(ka) = &tcp.tcp_keepalive {
+            let kp = p.key("tcpKeepalive");
+            ctx.duration_ms(&kp.key("time"), ka.time);
+            ctx.duration_ms(&kp.key("interval"), ka.interval);
+        }
     }
     if let Some(http) = &pool.http {
         let p = path.key("http");
@@ -317,6 +588,28 @@ fn connection_pool(ctx: &mut Ctx<'_>, path: &FieldPath, pool: &ConnectionPoolSet
             non_negative(ctx, &p.key(name), v);
         }
         ctx.duration_ms(&p.key("idleTimeout"), http.idle_timeout);
+        if http.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade)
+            && http.use_client_protocol == Some(true)
+        {
+            ctx.report(
+                Code::ExclusiveFields,
+                &p.key("useClientProtocol"),
+                "`useClientProtocol: true` contradicts `h2UpgradePolicy: UPGRADE`",
+            );
+        }
+        if let Some(ka) = &http.http2_keep_alive {
+            let kp = p.key("http2KeepAlive");
+            for (name, d) in [("interval", ka.interval), ("timeout", ka.timeout)] {
+                if d.is_none() {
+                    ctx.report(
+                        Code::MissingField,
+                        &kp.key(name),
+                        format!("`http2KeepAlive` needs an `{name}`"),
+                    );
+                }
+                ctx.duration_ms(&kp.key(name), d);
+            }
+        }
     }
 }
 
@@ -354,9 +647,6 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &OutlierDetection)
         if let Some(v) = v {
             ctx.percent(&path.key(name), f64::from(v));
         }
-    }
-    if let Some(v) = od.failure_percentage_threshold {
-        ctx.percent(&path.key("failurePercentageThreshold"), f64::from(v));
     }
     for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
         if !(100..=599).contains(code) {
@@ -448,11 +738,6 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
             for (field, value, why) in [
                 ("credentialName", &tls.credential_name, SECRETS_NOT_READ),
                 (
-                    "caCertCredentialName",
-                    &tls.ca_cert_credential_name,
-                    SECRETS_NOT_READ,
-                ),
-                (
                     "caCrl",
                     &tls.ca_crl,
                     "certificate revocation lists are not implemented",
@@ -474,10 +759,6 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
                 ("privateKey", tls.private_key.is_some()),
                 ("caCertificates", tls.ca_certificates.is_some()),
                 ("credentialName", tls.credential_name.is_some()),
-                (
-                    "caCertCredentialName",
-                    tls.ca_cert_credential_name.is_some(),
-                ),
                 ("caCrl", tls.ca_crl.is_some()),
             ] {
                 if written {

@@ -88,13 +88,6 @@ pub(super) fn envoy_filter(ctx: &mut Ctx<'_>, spec: &FieldPath, ef: &EnvoyFilter
             "targetRefs (Gateway API resources) are not enforced: the patches apply to no workload",
         );
     }
-    if ef.config_patches.is_empty() {
-        ctx.report(
-            Code::MissingField,
-            &spec.key("configPatches"),
-            "configPatches is required: at least one patch",
-        );
-    }
     for (i, cp) in ef.config_patches.iter().enumerate() {
         patch(ctx, &spec.key("configPatches").index(i), cp);
     }
@@ -107,6 +100,27 @@ pub(super) fn envoy_filter(ctx: &mut Ctx<'_>, spec: &FieldPath, ef: &EnvoyFilter
             FindingKind::Invalid => ctx.report(f.code, &f.path, f.message),
             FindingKind::NotEnforced => ctx.warn(f.code, &f.path, f.message),
         }
+    }
+}
+
+/// The first `@type` in a patch value that names a type of Envoy's v2 API (packages
+/// `envoy.api.v2`, `envoy.config.filter.*` and the like, versioned `v2` or `v2alpha`),
+/// which Envoy no longer has: Istio refuses those.
+fn v2_type(v: &serde_json::Value) -> Option<&str> {
+    match v {
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, v)| match (k.as_str(), v) {
+            ("@type", serde_json::Value::String(t)) => {
+                let name = t.rsplit('/').next().unwrap_or(t);
+                let v2 = name.starts_with("envoy.")
+                    && name
+                        .split('.')
+                        .any(|part| part == "v2" || part == "v2alpha");
+                v2.then_some(t.as_str())
+            }
+            _ => v2_type(v),
+        }),
+        serde_json::Value::Array(a) => a.iter().find_map(v2_type),
+        _ => None,
     }
 }
 
@@ -144,6 +158,14 @@ fn patch(ctx: &mut Ctx<'_>, p: &FieldPath, cp: &EnvoyConfigObjectPatch) {
                     Code::TypeMismatch,
                     &p.key("patch").key("value"),
                     "Envoy filter: the patch value must be a mapping (Envoy configuration)",
+                );
+            } else if let Some(v) = &patch.value
+                && let Some(t) = v2_type(v)
+            {
+                ctx.report(
+                    Code::InvalidValue,
+                    &p.key("patch").key("value"),
+                    format!("Envoy filter: referenced type unknown (hint: try using the v3 XDS API): `{t}` is a type of Envoy's removed v2 API"),
                 );
             }
         }

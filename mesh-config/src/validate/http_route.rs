@@ -6,6 +6,7 @@
 //! in one place at most). The retry checks also serve the mesh's default retry policy.
 
 use super::Ctx;
+use super::common::MatchField;
 use super::virtual_service::{destination, gateway_ref, weights};
 use crate::diag::Code;
 use crate::host;
@@ -127,7 +128,9 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
     );
     if let Some(rd) = &r.redirect {
         let p = path.key("redirect");
+        // 0 is no code: 301.
         if let Some(code) = rd.redirect_code
+            && code != 0
             && !(300..=399).contains(&code)
         {
             ctx.report(
@@ -177,11 +180,13 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
                 );
             }
         }
-        if rd.uri.is_none()
-            && rd.prefix_rewrite.is_none()
-            && rd.authority.is_none()
+        // Istio reads an empty string as unset.
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        if !set(&rd.uri)
+            && !set(&rd.prefix_rewrite)
+            && !set(&rd.authority)
             && rd.port.is_none()
-            && rd.scheme.is_none()
+            && !set(&rd.scheme)
             && rd.derive_port.is_none()
         {
             ctx.report(
@@ -202,6 +207,25 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
         }
         if let Some(b) = &dr.body {
             let bp = p.key("body");
+            // Istio: the body is sent in the configuration of every proxy.
+            let size = match (&b.string, &b.bytes) {
+                (Some(s), _) => s.len(),
+                (None, Some(b)) => b.trim_end_matches('=').len() * 3 / 4,
+                (None, None) => 0,
+            };
+            if size > 1024 * 1024 {
+                ctx.report(
+                    Code::InvalidValue,
+                    &bp,
+                    format!("a direct response body of {size} bytes is too large: at most 1 MiB"),
+                );
+            } else if size > 100 * 1024 {
+                ctx.warn(
+                    Code::InvalidValue,
+                    &bp,
+                    format!("a direct response body of {size} bytes is large: Istio warns above 100 KiB, as it weighs on every proxy's configuration"),
+                );
+            }
             match (&b.string, &b.bytes) {
                 (Some(_), Some(_)) => ctx.report(
                     Code::ExclusiveFields,
@@ -327,19 +351,23 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
 pub(super) const JWT_CLAIM_PREFIX: &str = "@request.auth.claims.";
 
 fn http_match(ctx: &mut Ctx<'_>, path: &FieldPath, m: &HttpMatchRequest) {
-    for (name, sm) in [
-        ("uri", &m.uri),
-        ("scheme", &m.scheme),
-        ("method", &m.method),
-        ("authority", &m.authority),
+    for (name, sm, field) in [
+        ("uri", &m.uri, MatchField::Uri),
+        ("scheme", &m.scheme, MatchField::Field),
+        ("method", &m.method, MatchField::Field),
+        ("authority", &m.authority, MatchField::Field),
     ] {
         if let Some(sm) = sm {
-            ctx.string_match(&path.key(name), sm, false);
+            ctx.string_match(&path.key(name), sm, field);
         }
     }
-    for (field, map) in [
-        ("headers", &m.headers),
-        ("withoutHeaders", &m.without_headers),
+    for (field, map, at) in [
+        ("headers", &m.headers, MatchField::Header),
+        (
+            "withoutHeaders",
+            &m.without_headers,
+            MatchField::WithoutHeader,
+        ),
     ] {
         for (name, sm) in map {
             let p = path.key(field).key(name.as_str());
@@ -354,7 +382,7 @@ fn http_match(ctx: &mut Ctx<'_>, path: &FieldPath, m: &HttpMatchRequest) {
             } else {
                 ctx.header_name(&p, name, true);
             }
-            ctx.string_match(&p, sm, true);
+            ctx.string_match(&p, sm, at);
         }
     }
     for (name, sm) in &m.query_params {
@@ -366,15 +394,7 @@ fn http_match(ctx: &mut Ctx<'_>, path: &FieldPath, m: &HttpMatchRequest) {
                 "query parameter name must not be empty",
             );
         }
-        if sm.prefix.is_some() {
-            ctx.report(
-                Code::InvalidStringMatch,
-                &p.key("prefix"),
-                "query parameters can be matched with `exact` or `regex`, not `prefix`",
-            );
-        } else {
-            ctx.string_match(&p, sm, true);
-        }
+        ctx.string_match(&p, sm, MatchField::QueryParam);
     }
     if let Some(port) = m.port {
         ctx.port(&path.key("port"), port);
@@ -402,11 +422,15 @@ pub(super) fn retries(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRetry) {
             format!("attempts {} is negative", r.attempts),
         );
     }
-    if r.attempts == 0 && (r.per_try_timeout.is_some() || r.retry_on.is_some()) {
+    if r.attempts == 0
+        && (r.per_try_timeout.is_some()
+            || r.retry_on.as_deref().is_some_and(|o| !o.is_empty())
+            || r.retry_remote_localities.is_some())
+    {
         ctx.report(
             Code::ExclusiveFields,
             &path.key("attempts"),
-            "a retry policy (`retryOn`, `perTryTimeout`) is configured while `attempts` is 0, which disables retries",
+            "a retry policy (`retryOn`, `perTryTimeout`, `retryRemoteLocalities`) is configured while `attempts` is 0, which disables retries",
         );
     }
     ctx.duration_ms(&path.key("perTryTimeout"), r.per_try_timeout);
@@ -455,7 +479,7 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &HttpFaultInjection) {
             _ => {}
         }
         ctx.duration_ms(&p.key("fixedDelay"), d.fixed_delay);
-        fault_percent(ctx, &p, d.percentage, d.percent);
+        fault_percent(ctx, &p, d.percentage, d.percent, "");
     }
     if let Some(a) = &f.abort {
         let p = path.key("abort");
@@ -499,7 +523,13 @@ fn fault(ctx: &mut Ctx<'_>, path: &FieldPath, f: &HttpFaultInjection) {
                 ),
             );
         }
-        fault_percent(ctx, &p, a.percentage, a.percent);
+        fault_percent(
+            ctx,
+            &p,
+            a.percentage,
+            a.percent,
+            " (Istio's current API no longer has it for aborts: Istio refuses it)",
+        );
     }
 }
 
@@ -508,6 +538,7 @@ fn fault_percent(
     path: &FieldPath,
     percentage: Option<Percent>,
     percent: Option<i32>,
+    note: &str,
 ) {
     if percentage.is_none() && percent.is_none() {
         ctx.warn(
@@ -522,7 +553,7 @@ fn fault_percent(
     if let Some(pc) = percent {
         ctx.deprecated(
             &path.key("percent"),
-            "`percent` is deprecated: use `percentage.value`",
+            format!("`percent` is deprecated{note}: use `percentage.value`"),
         );
         ctx.percent(&path.key("percent"), f64::from(pc));
         if percentage.is_some() {
@@ -543,7 +574,19 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &CorsPolicy) {
         );
     }
     for (i, o) in c.allow_origins.iter().enumerate() {
-        ctx.string_match(&path.key("allowOrigins").index(i), o, false);
+        let p = path.key("allowOrigins").index(i);
+        // Istio: an origin match must say something (no empty exact, prefix or regex).
+        let value = o.exact.as_ref().or(o.prefix.as_ref()).or(o.regex.as_ref());
+        if value.is_none_or(|v| v.is_empty()) {
+            ctx.report(
+                Code::InvalidStringMatch,
+                &p,
+                "an allowed origin needs a non-empty `exact`, `prefix` or `regex`",
+            );
+        }
+        if let Some(re) = o.regex.as_deref().filter(|r| !r.is_empty()) {
+            ctx.regex(&p.key("regex"), re);
+        }
     }
     for (i, m) in c.allow_methods.iter().enumerate() {
         if m != "*" && !HTTP_METHODS.contains(&m.as_str()) {
@@ -587,7 +630,14 @@ fn headers(ctx: &mut Ctx<'_>, path: &FieldPath, h: &Headers) {
         let Some(ops) = ops else { continue };
         let p = path.key(dir);
         for (field, map) in [("set", &ops.set), ("add", &ops.add)] {
-            for name in map.keys() {
+            for (name, value) in map {
+                if let Err(e) = header_value(value) {
+                    ctx.report(
+                        Code::InvalidValue,
+                        &p.key(field).key(name.as_str()),
+                        format!("header value `{value}`: {e}"),
+                    );
+                }
                 let authority_ok = dir == "request";
                 header_op_name(
                     ctx,
@@ -602,6 +652,90 @@ fn headers(ctx: &mut Ctx<'_>, path: &FieldPath, h: &Headers) {
             header_op_name(ctx, &p.key("remove").index(i), name, false, false);
         }
     }
+}
+
+/// Istio's `ValidateHTTPHeaderValue`: no control characters but tab, and Envoy's
+/// header formatter syntax (`header_parser.cc`): a literal `%` is written `%%`, and a
+/// `%VARIABLE%` or `%VARIABLE(["arg", ...])%` expression is closed.
+fn header_value(value: &str) -> Result<(), String> {
+    if value
+        .chars()
+        .any(|c| (c.is_ascii_control() && c != '\t') || c == '\u{7f}')
+    {
+        return Err("control characters are not allowed".into());
+    }
+    #[derive(PartialEq)]
+    enum State {
+        Literal,
+        Name,
+        ExpectArray,
+        ExpectString,
+        InString,
+        ExpectDelimiterOrEnd,
+        ExpectArgsEnd,
+        ExpectVariableEnd,
+    }
+    let b = value.as_bytes();
+    let (mut i, mut state) = (0, State::Literal);
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        match state {
+            State::Literal if c == b'%' => match next {
+                None => return Err("a `%` is not escaped (write `%%`)".into()),
+                Some(b'%') => i += 1,
+                Some(_) => state = State::Name,
+            },
+            State::Literal => {}
+            State::Name if c == b'%' => state = State::Literal,
+            State::Name if c == b'(' => state = State::ExpectArray,
+            State::Name => {}
+            State::ExpectArray if c == b'[' => state = State::ExpectString,
+            State::ExpectArray if c != b' ' => state = State::InString,
+            State::ExpectArray => {}
+            State::ExpectDelimiterOrEnd => match c {
+                b',' => state = State::ExpectString,
+                b']' => state = State::ExpectArgsEnd,
+                b' ' => {}
+                _ => {
+                    return Err(
+                        "expected `,`, `]` or a space in a `%VAR([...])%` expression".into(),
+                    );
+                }
+            },
+            State::ExpectString => match c {
+                b'"' => state = State::InString,
+                b' ' => {}
+                _ => return Err("expected `\"` in a `%VAR([...])%` expression".into()),
+            },
+            State::InString => match c {
+                b'\\' if next.is_none() => {
+                    return Err("a backslash ends a `%VAR([...])%` string".into());
+                }
+                b'\\' => i += 1,
+                b')' => state = State::ExpectVariableEnd,
+                b'"' => state = State::ExpectDelimiterOrEnd,
+                _ => {}
+            },
+            State::ExpectArgsEnd => match c {
+                b')' => state = State::ExpectVariableEnd,
+                b' ' => {}
+                _ => return Err("expected `)` in a `%VAR(...)%` expression".into()),
+            },
+            State::ExpectVariableEnd => match c {
+                b'%' => state = State::Literal,
+                b' ' => {}
+                _ => return Err("expected `%` closing a `%VAR(...)%` expression".into()),
+            },
+        }
+        i += 1;
+    }
+    if state != State::Literal {
+        return Err(
+            "a `%VARIABLE%` expression is not closed (a literal `%` is written `%%`)".into(),
+        );
+    }
+    Ok(())
 }
 
 /// True when header operations `h` rewrite the request's authority.
@@ -649,4 +783,72 @@ pub(super) fn is_base64(s: &str) -> bool {
         && s.len() - t.len() <= 2
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_value;
+    use crate::{Code, ConfigSet, Severity};
+
+    /// Envoy's header formatter syntax, as Istio ports it (`header_value_validator.go`).
+    #[test]
+    fn header_values_follow_envoys_formatter_syntax() {
+        for ok in [
+            "",
+            "plain",
+            "100%%",
+            "%START_TIME%",
+            "%DOWNSTREAM_REMOTE_ADDRESS%:%UPSTREAM_REMOTE_ADDRESS%",
+            "%REQ(x-user)%",
+            "%PER_REQUEST_STATE([\"a\", \"b\"])%",
+            "%START_TIME(%s)%",
+            "tab\there",
+        ] {
+            assert!(header_value(ok).is_ok(), "{ok}: {:?}", header_value(ok));
+        }
+        for bad in [
+            "%",
+            "abc%123",
+            "%START_TIME%%",
+            "abcd%oijasodifj",
+            "%VAR([\"a\" x])%",
+            "%VAR([x])%",
+            "%VAR([\"a\"] x)%",
+            "%VAR(x) y%",
+            "line\nbreak",
+            "del\u{7f}",
+        ] {
+            assert!(header_value(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Istio: a direct response body above 100 KiB is warned about, above 1 MiB refused
+    /// (the body travels in every proxy's configuration).
+    #[test]
+    fn direct_response_bodies_are_bounded_as_istio_bounds_them() {
+        let check = |body: &str| {
+            let mut set = ConfigSet::new();
+            set.add_str(
+                "vs.yaml",
+                &format!(
+                    "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: big}}\nspec:\n  hosts: [foo.bar]\n  http:\n  - directResponse: {{status: 200, body: {body}}}\n"
+                ),
+            );
+            set.check()
+                .diagnostics
+                .into_iter()
+                .filter(|d| d.code == Code::InvalidValue)
+                .map(|d| d.severity)
+                .collect::<Vec<_>>()
+        };
+        let text = |n: usize| format!("{{string: \"{}\"}}", "x".repeat(n));
+        // Base64 of n bytes: 4 characters per 3 bytes.
+        let bytes = |n: usize| format!("{{bytes: \"{}\"}}", "QUJD".repeat(n / 3));
+        assert_eq!(check(&text(100 * 1024)), []);
+        assert_eq!(check(&text(100 * 1024 + 1)), [Severity::Warning]);
+        assert_eq!(check(&text(1024 * 1024)), [Severity::Warning]);
+        assert_eq!(check(&text(1024 * 1024 + 1)), [Severity::Error]);
+        assert_eq!(check(&bytes(99 * 1024)), []);
+        assert_eq!(check(&bytes(1024 * 1024 + 3)), [Severity::Error]);
+    }
 }

@@ -345,7 +345,7 @@ pub(super) fn workload_entry(
 
 /// Istio's check of a unix domain socket address (what follows `unix://`): an abstract
 /// socket (`@name`), or an absolute path to a file (not a directory).
-fn unix_address(socket: &str) -> Result<(), String> {
+pub(super) fn unix_address(socket: &str) -> Result<(), String> {
     if socket.is_empty() {
         return Err("a unix:// address needs a socket path".into());
     }

@@ -24,6 +24,17 @@ pub(super) fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualS
             "`hosts` is required (only a delegate VirtualService has no hosts, and a delegate cannot have gateways)",
         );
     }
+    if delegate {
+        for (field, empty) in [("tls", vs.tls.is_empty()), ("tcp", vs.tcp.is_empty())] {
+            if !empty {
+                ctx.report(
+                    Code::InvalidValue,
+                    &spec.key(field),
+                    format!("a delegate VirtualService (no `hosts`) routes HTTP only: it cannot have `{field}` routes"),
+                );
+            }
+        }
+    }
     let mut seen = HashSet::new();
     // Istio: the hosts of a gateway's VirtualService with SNI matches may be Envoy's
     // generated SNI names (`outbound_.<port>_._.<host>`).

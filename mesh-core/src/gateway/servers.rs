@@ -68,8 +68,6 @@ pub struct TlsSettings {
     pub crl: Option<PathBuf>,
     /// Protocol versions.
     pub versions: TlsVersions,
-    /// ALPN protocols offered (empty: `h2` and `http/1.1`).
-    pub alpn: Vec<String>,
 }
 
 /// One `hosts` entry of a server: `[namespace/]host`.
@@ -344,7 +342,6 @@ fn tls_settings(
             None
         },
         versions,
-        alpn: t.alpn_protocols.clone(),
     })
 }
 

@@ -120,15 +120,8 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerTls, TlsFileError> 
     let mut config = builder
         .with_single_cert(certs, private_key)
         .map_err(|e| config_err(&e))?;
-    config.alpn_protocols = if settings.alpn.is_empty() {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        settings
-            .alpn
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect()
-    };
+    // What Istio's gateways offer to every client: HTTP/2, then HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(ServerTls {
         config: Arc::new(config),
         local_uris,
