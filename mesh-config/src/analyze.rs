@@ -202,8 +202,9 @@ fn find_gateway<'a>(
 struct DestRef<'a> {
     dest: &'a Destination,
     path: FieldPath,
-    /// Route destinations need a port when the service has several (mirrors are copies).
-    needs_port: bool,
+    /// A mirror's destination (a copy: it needs no port when the service has several,
+    /// and Istio names it `mirror+subset` when its subset is missing).
+    mirror: bool,
 }
 
 fn destinations(vs: &VirtualService) -> Vec<DestRef<'_>> {
@@ -215,21 +216,21 @@ fn destinations(vs: &VirtualService) -> Vec<DestRef<'_>> {
             out.push(DestRef {
                 dest: &d.destination,
                 path: p.key("route").index(j).key("destination"),
-                needs_port: true,
+                mirror: false,
             });
         }
         if let Some(m) = &r.mirror {
             out.push(DestRef {
                 dest: m,
                 path: p.key("mirror"),
-                needs_port: false,
+                mirror: true,
             });
         }
         for (j, m) in r.mirrors.iter().enumerate() {
             out.push(DestRef {
                 dest: &m.destination,
                 path: p.key("mirrors").index(j).key("destination"),
-                needs_port: false,
+                mirror: true,
             });
         }
     }
@@ -247,7 +248,7 @@ fn destinations(vs: &VirtualService) -> Vec<DestRef<'_>> {
                         .key("route")
                         .index(j)
                         .key("destination"),
-                    needs_port: true,
+                    mirror: false,
                 });
             }
         }
@@ -406,8 +407,10 @@ fn virtual_service(
                         Code::ReferencedResourceNotFound,
                         d.path.key("subset"),
                         format!(
-                            "Referenced host+subset in destinationrule not found: \"{}+{}\"",
-                            d.dest.host, subset
+                            "Referenced {}+subset in destinationrule not found: \"{}+{}\"",
+                            if d.mirror { "mirror" } else { "host" },
+                            d.dest.host,
+                            subset
                         ),
                     )
                     .help(format!(
@@ -444,7 +447,7 @@ fn virtual_service(
                     svc.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(", ")
                 ),
             )),
-            None if d.needs_port && svc.ports.len() > 1 => out.push(diag(
+            None if !d.mirror && svc.ports.len() > 1 => out.push(diag(
                 vs,
                 k,
                 Code::VirtualServiceDestinationPortSelectorRequired,

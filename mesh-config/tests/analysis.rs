@@ -205,6 +205,43 @@ fn subsets_are_looked_up_in_the_destination_rule_that_applies() {
     assert_eq!((dr.namespace(), dr.name()), ("default", "reviews"));
 }
 
+/// Istio names a missing subset of a route's destination `host+subset` and of a mirror's
+/// `mirror+subset`.
+#[test]
+fn missing_subsets_are_named_as_istio_names_them() {
+    let c = check(&format!(
+        "{REVIEWS}{}",
+        vs(
+            "r",
+            "default",
+            "  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v9}}]\n    mirror: {host: reviews, subset: v8}\n    mirrors: [{destination: {host: reviews, subset: v7}}]\n",
+        )
+    ));
+    let messages: Vec<(String, &str)> = c
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == Code::ReferencedResourceNotFound)
+        .map(|d| (d.path.as_ref().unwrap().to_string(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            (
+                "spec.http[0].route[0].destination.subset".to_string(),
+                "Referenced host+subset in destinationrule not found: \"reviews+v9\""
+            ),
+            (
+                "spec.http[0].mirror.subset".to_string(),
+                "Referenced mirror+subset in destinationrule not found: \"reviews+v8\""
+            ),
+            (
+                "spec.http[0].mirrors[0].destination.subset".to_string(),
+                "Referenced mirror+subset in destinationrule not found: \"reviews+v7\""
+            ),
+        ]
+    );
+}
+
 #[test]
 fn registry_lookups() {
     let c = check(

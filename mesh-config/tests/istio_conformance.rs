@@ -331,10 +331,16 @@ const ANALYZERS: &[(&str, &[(&str, &str)])] = &[
     ),
     (
         "virtualservice.DestinationRuleAnalyzer",
-        &[(
-            "IST0101",
-            "Referenced host+subset in destinationrule not found",
-        )],
+        &[
+            (
+                "IST0101",
+                "Referenced host+subset in destinationrule not found",
+            ),
+            (
+                "IST0101",
+                "Referenced mirror+subset in destinationrule not found",
+            ),
+        ],
     ),
     (
         "virtualservice.DestinationHostAnalyzer",
