@@ -599,13 +599,15 @@ async fn resolution_none_forwards_to_the_address_the_caller_asked_for() {
     assert_eq!(get(&m, &url, &[]).await.1, "direct");
     // The address dialled is the one the request was routed with: an authority rewrite
     // changes what the upstream is told (`Host`), not where the request goes (Envoy's
-    // original destination).
+    // original destination). (`localhost` from namespace `default` is the service
+    // `localhost.default.svc.cluster.local`, as a short name is in Kubernetes; Istio
+    // takes no IP address as a ServiceEntry or destination host.)
     let rewritten = format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: local}}\nspec:\n  hosts: [127.0.0.1]\n  ports: [{{number: {p}, name: http, protocol: HTTP}}]\n  resolution: NONE\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: local}}\nspec:\n  hosts: [127.0.0.1]\n  http:\n  - rewrite: {{authority: elsewhere.example.org}}\n    route: [{{destination: {{host: 127.0.0.1, port: {{number: {p}}}}}}}]\n",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: local}}\nspec:\n  hosts: [localhost.default.svc.cluster.local]\n  ports: [{{number: {p}, name: http, protocol: HTTP}}]\n  resolution: NONE\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: local}}\nspec:\n  hosts: [localhost]\n  http:\n  - rewrite: {{authority: elsewhere.example.org}}\n    route: [{{destination: {{host: localhost, port: {{number: {p}}}}}}}]\n",
         p = direct.port()
     );
     let m = mesh(&rewritten);
-    let url = format!("http://127.0.0.1:{}/x", direct.port());
+    let url = format!("http://localhost:{}/x", direct.port());
     let (status, body, _) = get(&m, &url, &[]).await;
     assert_eq!((status, body.as_str()), (200, "direct"));
     let last = direct.seen().pop().unwrap();

@@ -141,7 +141,15 @@ impl Ctx<'_> {
     pub(super) fn host(&mut self, path: &FieldPath, h: &str) {
         // Istio's `ValidateWildcardDomain` also takes a partial wildcard first label
         // (`*-api.example.com`); Gateways refuse those themselves.
-        if let Err(e) = host::check_wildcard_domain(h)
+        // ... and refuses an all-digit top-level label (an IP address is no host name).
+        let tld = h.rsplit('.').next().unwrap_or(h);
+        if h.contains('.') && !tld.is_empty() && tld.bytes().all(|b| b.is_ascii_digit()) {
+            self.report(
+                Code::InvalidHost,
+                path,
+                format!("invalid host: `{h}`: the top-level label `{tld}` cannot be all digits (an IP address is not a host name here)"),
+            );
+        } else if let Err(e) = host::check_wildcard_domain(h)
             && host::check_partial_wildcard(h).is_err()
         {
             self.report(Code::InvalidHost, path, format!("invalid host: {e}"));

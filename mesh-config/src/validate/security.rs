@@ -194,6 +194,15 @@ fn trust_domain_value(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Istio's `CheckWildcardValues`, which checks `source.trustDomain` conditions: one `*`
+/// at most, at an end.
+fn trust_domain_condition(v: &str) -> Result<(), String> {
+    if v.matches('*').count() > 1 {
+        return Err(format!("`{v}`: at most one `*` is allowed"));
+    }
+    wildcard_value(v)
+}
+
 /// Istio's `CheckServiceAccount`: `serviceAccount` or `namespace/serviceAccount`, no
 /// `*`, at most 320 characters.
 fn service_account_value(v: &str) -> Result<(), String> {
@@ -242,6 +251,16 @@ fn path_template(v: &str) -> Result<(), String> {
             s if s.contains('{') || s.contains('}') || s.contains('*') => {
                 return Err(format!(
                     "`{v}`: a path template segment must be exactly `{{*}}` or `{{**}}`, and no other `*` is allowed"
+                ));
+            }
+            // Envoy's URI template: other segments are RFC 3986 path characters.
+            s if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()+,;:@=".contains(&b)) =>
+            {
+                return Err(format!(
+                    "`{v}`: the segment `{s}` of a path template may only hold letters, digits and `-._~%!$&'()+,;:@=`"
                 ));
             }
             _ => {}
@@ -412,7 +431,12 @@ fn condition(ctx: &mut Ctx<'_>, path: &FieldPath, c: &Condition) {
             if k.ends_with('[') {
                 c.key.starts_with(k) && c.key.ends_with(']') && c.key.len() > k.len() + 1
             } else if k.ends_with('.') {
+                // Istio's `validateMapKey`: `experimental.envoy.filters.a.b[c]`.
                 c.key.starts_with(k)
+                    && c.key.ends_with(']')
+                    && c.key
+                        .find('[')
+                        .is_some_and(|open| open > 0 && open + 2 < c.key.len())
             } else {
                 c.key == *k
             }
@@ -435,6 +459,8 @@ fn condition(ctx: &mut Ctx<'_>, path: &FieldPath, c: &Condition) {
     let check: &Check = match c.key.as_str() {
         "source.ip" | "remote.ip" | "destination.ip" => &ip_block,
         "destination.port" => &port_value,
+        "source.serviceAccount" => &service_account_value,
+        "source.trustDomain" => &trust_domain_condition,
         _ => &|_: &str| Ok(()),
     };
     values(ctx, &path.key("values"), &c.values, check);

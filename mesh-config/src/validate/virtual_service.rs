@@ -6,6 +6,7 @@
 //! shares: none negative, not all 0). One HTTP rule is checked in `http_route`.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use super::Ctx;
 use super::http_route::{JWT_CLAIM_PREFIX, http_route};
@@ -44,7 +45,8 @@ pub(super) fn virtual_service(ctx: &mut Ctx<'_>, spec: &FieldPath, vs: &VirtualS
         .any(|r| r.match_.iter().any(|m| !m.sni_hosts.is_empty()));
     for (i, h) in vs.hosts.iter().enumerate() {
         let p = spec.key("hosts").index(i);
-        if !(sni && !bound_to_mesh && is_generated_sni(h)) {
+        // Istio accepts an IP address as a VirtualService host.
+        if !(sni && !bound_to_mesh && is_generated_sni(h)) && h.parse::<IpAddr>().is_err() {
             ctx.host(&p, h);
         }
         if h == "*" && bound_to_mesh {
