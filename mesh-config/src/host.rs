@@ -201,7 +201,8 @@ pub fn check_dns1123_label(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Istio's `ValidateFQDN`: 1-255 characters of DNS-1123 labels (lower case), a top-level
+/// Istio's `ValidateFQDN`: 1-255 characters of DNS labels (Istio's label check takes
+/// either case), a top-level
 /// label that is not all digits, and an optional trailing `.`.
 pub fn check_fqdn(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -222,7 +223,7 @@ pub fn check_fqdn(name: &str) -> Result<(), String> {
         if i == last && label.is_empty() {
             break;
         }
-        check_dns1123_label(label).map_err(|e| format!("`{name}`: {e}"))?;
+        check_dns_label(label).map_err(|e| format!("`{name}`: {e}"))?;
     }
     Ok(())
 }

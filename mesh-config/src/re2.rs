@@ -83,40 +83,39 @@ pub fn translate(pattern: &str) -> Result<String, String> {
                 out.push(']');
             }
             '{' if !in_class => {
-                // A repetition `{n}`, `{n,}` or `{n,m}`: check its counts.
-                let mut body = String::new();
-                let mut closed = false;
-                while let Some(&d) = chars.peek() {
-                    chars.next();
-                    if d == '}' {
-                        closed = true;
-                        break;
-                    }
-                    body.push(d);
+                // RE2 reads `{n}`, `{n,}` and `{n,m}` as repetitions; any other `{` is
+                // text (`{,m}`, `x{`), which the `regex` crate would refuse or read
+                // otherwise: it is escaped.
+                let rest: String = chars.clone().collect();
+                let body = rest.split_once('}').map(|(b, _)| b).filter(|b| {
+                    b.starts_with(|c: char| c.is_ascii_digit())
+                        && b.chars().all(|c| c.is_ascii_digit() || c == ',')
+                        && b.matches(',').count() <= 1
+                });
+                let Some(body) = body else {
+                    out.push_str("\\{");
+                    continue;
+                };
+                if was_repeated != 0 {
+                    return Err(format!("invalid nested repetition operator `{{{body}}}`"));
                 }
-                if closed
-                    && !body.is_empty()
-                    && body.chars().all(|c| c.is_ascii_digit() || c == ',')
-                {
-                    if was_repeated != 0 {
-                        return Err(format!("invalid nested repetition operator `{{{body}}}`"));
-                    }
-                    repeated = 1;
-                    for n in body.split(',').filter(|n| !n.is_empty()) {
-                        let v: u64 = n.parse().unwrap_or(u64::MAX);
-                        if v > u64::from(MAX_REPEAT) {
-                            return Err(format!(
-                                "repetition count {v} is above RE2's limit of {MAX_REPEAT}"
-                            ));
-                        }
+                repeated = 1;
+                for n in body.split(',').filter(|n| !n.is_empty()) {
+                    let v: u64 = n.parse().unwrap_or(u64::MAX);
+                    if v > u64::from(MAX_REPEAT) {
+                        return Err(format!(
+                            "repetition count {v} is above RE2's limit of {MAX_REPEAT}"
+                        ));
                     }
                 }
                 out.push('{');
-                out.push_str(&body);
-                if closed {
-                    out.push('}');
+                out.push_str(body);
+                out.push('}');
+                for _ in 0..=body.chars().count() {
+                    chars.next();
                 }
             }
+            '}' if !in_class => out.push_str("\\}"),
             c => out.push(c),
         }
     }
@@ -167,7 +166,9 @@ mod tests {
         for bad in ["a**", "a++", "~++", "a?*", "a*{2}", "a{2}{3}", "a+?+"] {
             assert!(compile(bad).is_err(), "{bad}");
         }
-        for ok in ["a*?", "a+?", "a??", "(a*)*", "[*+]+", r"\**", "a{2}?"] {
+        for ok in [
+            "a*?", "a+?", "a??", "(a*)*", "[*+]+", r"\**", "a{2}?", "a*{,5}",
+        ] {
             assert!(compile(ok).is_ok(), "{ok}");
         }
     }

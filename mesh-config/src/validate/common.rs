@@ -40,15 +40,11 @@ impl Ctx<'_> {
         }
     }
 
-    /// Istio's `validateStringMatch` for a match of `field`: one of `exact`, `prefix`
-    /// and `regex` (none: presence, where `field` allows it); no empty prefix but for a
+    /// Istio's `validateStringMatch` for a match of `field`: at most one of `exact`,
+    /// `prefix` and `regex` (none is a presence match); no empty prefix but for a
     /// uri (Envoy's path prefix may be empty, its string matchers' may not); no empty
     /// regex; `regex: "*"` is a presence match in `withoutHeaders` only.
     pub(super) fn string_match(&mut self, path: &FieldPath, m: &StringMatch, field: MatchField) {
-        let presence_ok = matches!(
-            field,
-            MatchField::Header | MatchField::WithoutHeader | MatchField::QueryParam
-        );
         if let Some(p) = &m.prefix
             && p.is_empty()
             && field != MatchField::Uri
@@ -77,22 +73,17 @@ impl Ctx<'_> {
                 );
             }
         }
-        match m.set_count() {
-            0 if presence_ok => {}
-            0 => self.report(
-                Code::InvalidStringMatch,
-                path,
-                "a string match needs one of `exact`, `prefix` or `regex`",
-            ),
-            1 => {}
-            _ => self.report(
+        // None set is a presence match (for a uri, any path), as in Istio.
+        if m.set_count() > 1 {
+            self.report(
                 Code::InvalidStringMatch,
                 path,
                 "only one of `exact`, `prefix` and `regex` may be set",
-            ),
+            );
         }
         if let Some(re) = &m.regex
             && !re.is_empty()
+            && re.len() <= 1024
             && !(field == MatchField::WithoutHeader && re == "*")
         {
             self.regex(&path.key("regex"), re);
@@ -185,7 +176,7 @@ impl Ctx<'_> {
                 }
                 _ => {}
             }
-            if let Err(e) = host::check_dns1123_label(ns) {
+            if let Err(e) = host::check_dns_label(ns) {
                 self.report(
                     Code::InvalidValue,
                     &p,

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::Ctx;
+use super::{Ctx, written};
 use crate::diag::Code;
 use crate::host;
 use crate::model::*;
@@ -27,7 +27,7 @@ pub(super) fn destination_rule(ctx: &mut Ctx<'_>, spec: &FieldPath, dr: &Destina
     for (i, s) in dr.subsets.iter().enumerate() {
         let p = spec.key("subsets").index(i);
         if ctx.required_str(&p.key("name"), &s.name, "subset `name`") {
-            if let Err(e) = host::check_dns1123_label(&s.name) {
+            if let Err(e) = host::check_dns_label(&s.name) {
                 ctx.report(
                     Code::InvalidValue,
                     &p.key("name"),
@@ -121,6 +121,18 @@ fn traffic_policy(ctx: &mut Ctx<'_>, path: &FieldPath, tp: &TrafficPolicy) {
                 "port-level settings need a `port`",
             ),
             Some(port) => {
+                // Istio: a port's policy must set something.
+                if pl.load_balancer.is_none()
+                    && pl.connection_pool.is_none()
+                    && pl.outlier_detection.is_none()
+                    && pl.tls.is_none()
+                {
+                    ctx.report(
+                        Code::InvalidValue,
+                        &p,
+                        "a port-level policy needs at least one of `loadBalancer`, `connectionPool`, `outlierDetection` and `tls`",
+                    );
+                }
                 ctx.port(&p.key("port").key("number"), port.number);
                 if let Some(first) = ports.insert(port.number, i) {
                     ctx.report(
@@ -452,14 +464,20 @@ fn load_balancer(
                 );
             }
         }
-        if let Some(size) = ch.maglev.and_then(|m| m.table_size)
-            && (size > MAX_MAGLEV_TABLE || !is_prime(size))
-        {
-            ctx.report(
-                Code::InvalidValue,
-                &p.key("maglev").key("tableSize"),
-                format!("maglev `tableSize` {size} must be a prime number no larger than {MAX_MAGLEV_TABLE} (e.g. 65537)"),
-            );
+        if let Some(m) = ch.maglev {
+            match m.table_size.unwrap_or(0) {
+                0 => ctx.report(
+                    Code::MissingField,
+                    &p.key("maglev").key("tableSize"),
+                    "maglev needs a `tableSize` (a prime number, e.g. 65537)",
+                ),
+                size if size >= MAX_MAGLEV_TABLE || !is_prime(size) => ctx.report(
+                    Code::InvalidValue,
+                    &p.key("maglev").key("tableSize"),
+                    format!("maglev `tableSize` {size} must be a prime number below {MAX_MAGLEV_TABLE} (e.g. 65537)"),
+                ),
+                _ => {}
+            }
         }
     }
     if let Some(w) = &lb.warmup {
@@ -535,7 +553,7 @@ fn load_balancer(
     }
 }
 
-/// Envoy's largest Maglev table.
+/// Istio's bound on Maglev tables (exclusive).
 const MAX_MAGLEV_TABLE: u64 = 5_000_011;
 
 pub(super) fn is_prime(n: u64) -> bool {
@@ -675,9 +693,8 @@ fn outlier_detection(ctx: &mut Ctx<'_>, path: &FieldPath, od: &OutlierDetection)
 /// `insecureSkipVerify`). The secrets and the CRL SIMPLE and MUTUAL would use are not
 /// read: a `MESH0120` warning.
 fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
-    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
     let mode = tls.mode.unwrap_or_default();
-    let credential = set(&tls.credential_name);
+    let credential = written(&tls.credential_name);
     if let Some(name) = &tls.credential_name
         && let Some(rest) = name.strip_prefix(CONFIGMAP_PREFIX)
     {
@@ -686,10 +703,10 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
     if tls.insecure_skip_verify == Some(true) {
         let clash = match mode {
             ClientTlsMode::Simple => {
-                (set(&tls.ca_certificates) || credential || !tls.subject_alt_names.is_empty())
+                (written(&tls.ca_certificates) || credential || !tls.subject_alt_names.is_empty())
                     .then_some("`caCertificates`, `credentialName` or `subjectAltNames`")
             }
-            ClientTlsMode::Mutual => (set(&tls.ca_certificates)
+            ClientTlsMode::Mutual => (written(&tls.ca_certificates)
                 || !tls.subject_alt_names.is_empty())
             .then_some("`caCertificates` or `subjectAltNames`"),
             _ => None,
@@ -708,10 +725,10 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
     match mode {
         ClientTlsMode::Simple | ClientTlsMode::Mutual => {
             if credential {
-                if set(&tls.client_certificate)
-                    || set(&tls.private_key)
-                    || set(&tls.ca_certificates)
-                    || set(&tls.ca_crl)
+                if written(&tls.client_certificate)
+                    || written(&tls.private_key)
+                    || written(&tls.ca_certificates)
+                    || written(&tls.ca_crl)
                 {
                     ctx.report(
                         Code::ExclusiveFields,
@@ -720,14 +737,14 @@ fn client_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ClientTlsSettings) {
                     );
                 }
             } else if mode == ClientTlsMode::Mutual {
-                if !set(&tls.client_certificate) {
+                if !written(&tls.client_certificate) {
                     ctx.report(
                         Code::MissingField,
                         &path.key("clientCertificate"),
                         "MUTUAL TLS needs `clientCertificate` (or `credentialName`)",
                     );
                 }
-                if !set(&tls.private_key) {
+                if !written(&tls.private_key) {
                     ctx.report(
                         Code::MissingField,
                         &path.key("privateKey"),

@@ -125,6 +125,11 @@ fn v2_type(v: &serde_json::Value) -> Option<&str> {
 }
 
 fn patch(ctx: &mut Ctx<'_>, p: &FieldPath, cp: &EnvoyConfigObjectPatch) {
+    // Istio's webhook does not check waypoint patches (its CRD rules still apply).
+    let waypoint = cp
+        .match_
+        .as_ref()
+        .is_some_and(|m| m.context == PatchContext::Waypoint);
     if cp.apply_to == ApplyTo::Invalid {
         ctx.report(
             Code::MissingField,
@@ -160,6 +165,7 @@ fn patch(ctx: &mut Ctx<'_>, p: &FieldPath, cp: &EnvoyConfigObjectPatch) {
                     "Envoy filter: the patch value must be a mapping (Envoy configuration)",
                 );
             } else if let Some(v) = &patch.value
+                && !waypoint
                 && let Some(t) = v2_type(v)
             {
                 ctx.report(

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::service_entry::unix_address;
-use super::{Ctx, PROTOCOLS};
+use super::{Ctx, PROTOCOLS, written};
 use crate::diag::Code;
 use crate::host;
 use crate::model::*;
@@ -124,7 +124,7 @@ fn server_host(ctx: &mut Ctx<'_>, path: &FieldPath, h: &str) {
         }
         None => ("*", h),
     };
-    if !ns.is_empty() && ns != "*" && ns != "." && host::check_dns1123_label(ns).is_err() {
+    if !ns.is_empty() && ns != "*" && ns != "." && host::check_dns_label(ns).is_err() {
         ctx.report(
             Code::InvalidHost,
             path,
@@ -240,14 +240,13 @@ fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings) {
             );
         }
     }
-    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
     if mode == ServerTlsMode::IstioMutual {
         for (field, written) in [
-            ("serverCertificate", set(&tls.server_certificate)),
-            ("privateKey", set(&tls.private_key)),
-            ("caCertificates", set(&tls.ca_certificates)),
+            ("serverCertificate", written(&tls.server_certificate)),
+            ("privateKey", written(&tls.private_key)),
+            ("caCertificates", written(&tls.ca_certificates)),
             ("tlsCertificates", !tls.tls_certificates.is_empty()),
-            ("credentialName", set(&tls.credential_name)),
+            ("credentialName", written(&tls.credential_name)),
             ("credentialNames", !tls.credential_names.is_empty()),
         ] {
             if written {
@@ -263,12 +262,12 @@ fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings) {
     if matches!(
         mode,
         ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough
-    ) && (set(&tls.ca_crl)
-        || set(&tls.server_certificate)
-        || set(&tls.private_key)
-        || set(&tls.ca_certificates)
+    ) && (written(&tls.ca_crl)
+        || written(&tls.server_certificate)
+        || written(&tls.private_key)
+        || written(&tls.ca_certificates)
         || !tls.tls_certificates.is_empty()
-        || set(&tls.credential_name)
+        || written(&tls.credential_name)
         || !tls.credential_names.is_empty())
     {
         ctx.warn(
@@ -281,8 +280,8 @@ fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings) {
         );
     }
     let sources = [
-        set(&tls.server_certificate) && set(&tls.private_key),
-        set(&tls.credential_name),
+        written(&tls.server_certificate) && written(&tls.private_key),
+        written(&tls.credential_name),
         !tls.credential_names.is_empty(),
         !tls.tls_certificates.is_empty(),
     ];
@@ -297,7 +296,7 @@ fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings) {
         mode,
         ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
     );
-    if terminating && (set(&tls.credential_name) || !tls.credential_names.is_empty()) {
+    if terminating && (written(&tls.credential_name) || !tls.credential_names.is_empty()) {
         // The credential holds the certificates, the CA and the CRL.
         return;
     }
@@ -307,7 +306,7 @@ fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings) {
         } else {
             "MUTUAL"
         };
-        if mode != ServerTlsMode::Simple && !set(&tls.ca_certificates) {
+        if mode != ServerTlsMode::Simple && !written(&tls.ca_certificates) {
             ctx.report(
                 Code::MissingField,
                 &path.key("caCertificates"),
@@ -339,14 +338,14 @@ fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings) {
             pairs.push((path.clone(), &tls.server_certificate, &tls.private_key));
         }
         for (p, cert, key) in pairs {
-            if !set(cert) {
+            if !written(cert) {
                 ctx.report(
                     Code::MissingField,
                     &p.key("serverCertificate"),
                     format!("{what} TLS needs `serverCertificate` (or `credentialName`)"),
                 );
             }
-            if !set(key) {
+            if !written(key) {
                 ctx.report(
                     Code::MissingField,
                     &p.key("privateKey"),
@@ -355,8 +354,8 @@ fn tls_options(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings) {
             }
         }
     }
-    if set(&tls.ca_crl) {
-        if set(&tls.credential_name) {
+    if written(&tls.ca_crl) {
+        if written(&tls.credential_name) {
             ctx.report(
                 Code::ExclusiveFields,
                 &path.key("caCrl"),
@@ -386,20 +385,24 @@ fn mode_name(mode: ServerTlsMode) -> &'static str {
 
 fn server_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings, protocol: &str) {
     tls_options(ctx, path, tls);
+    let http = matches!(protocol, "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB");
+    if tls.https_redirect && !http {
+        ctx.warn(
+            Code::InvalidValue,
+            &path.key("httpsRedirect"),
+            format!("`tls.httpsRedirect` should only be used with HTTP servers, not {protocol}"),
+        );
+    }
     if !matches!(protocol, "HTTPS" | "TLS") {
         let mode = tls.mode.unwrap_or_default();
-        if matches!(
-            protocol,
-            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" | "HTTP_PROXY"
-        ) {
+        if http {
             // Only a redirect to HTTPS (a passthrough mode without certificates).
-            let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
             if !matches!(
                 mode,
                 ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough
-            ) || set(&tls.ca_certificates)
-                || set(&tls.private_key)
-                || set(&tls.server_certificate)
+            ) || written(&tls.ca_certificates)
+                || written(&tls.private_key)
+                || written(&tls.server_certificate)
             {
                 ctx.report(
                     Code::ExclusiveFields,
@@ -417,13 +420,6 @@ fn server_tls(ctx: &mut Ctx<'_>, path: &FieldPath, tls: &ServerTlsSettings, prot
             );
         }
         return;
-    }
-    if tls.https_redirect {
-        ctx.warn(
-            Code::InvalidValue,
-            &path.key("httpsRedirect"),
-            format!("`tls.httpsRedirect` should only be used with HTTP servers, not {protocol}"),
-        );
     }
     let mode = tls.mode.unwrap_or_default();
     match mode {

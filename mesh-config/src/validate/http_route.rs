@@ -5,9 +5,9 @@
 //! conditions), faults, mirrors, CORS and header operations (the authority is rewritten
 //! in one place at most). The retry checks also serve the mesh's default retry policy.
 
-use super::Ctx;
 use super::common::MatchField;
 use super::virtual_service::{destination, gateway_ref, weights};
+use super::{Ctx, written};
 use crate::diag::Code;
 use crate::host;
 use crate::model::*;
@@ -107,7 +107,7 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
     if r.mirror_percent.is_some() && r.mirror_percentage.is_some() {
         ctx.report(
             Code::ExclusiveFields,
-            &path.key("mirrorPercent"),
+            &ctx.spelled(path, "mirrorPercent", "mirror_percent"),
             "`mirrorPercent` and `mirrorPercentage` cannot both be set",
         );
     }
@@ -159,8 +159,8 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
                 format!("redirect scheme `{s}` must be `http` or `https`"),
             );
         }
-        if let Some(prefix) = &rd.prefix_rewrite {
-            if rd.uri.is_some() {
+        if let Some(prefix) = rd.prefix_rewrite.as_ref().filter(|p| !p.is_empty()) {
+            if written(&rd.uri) {
                 ctx.report(
                     Code::ExclusiveFields,
                     &p.key("prefixRewrite"),
@@ -181,12 +181,11 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
             }
         }
         // Istio reads an empty string as unset.
-        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
-        if !set(&rd.uri)
-            && !set(&rd.prefix_rewrite)
-            && !set(&rd.authority)
+        if !written(&rd.uri)
+            && !written(&rd.prefix_rewrite)
+            && !written(&rd.authority)
             && rd.port.is_none()
-            && !set(&rd.scheme)
+            && !written(&rd.scheme)
             && rd.derive_port.is_none()
         {
             ctx.report(
@@ -309,11 +308,12 @@ pub(super) fn http_route(ctx: &mut Ctx<'_>, path: &FieldPath, r: &HttpRoute, in_
         }
     }
     if let Some(pc) = r.mirror_percent {
+        let p = ctx.spelled(path, "mirrorPercent", "mirror_percent");
         ctx.deprecated(
-            &path.key("mirrorPercent"),
+            &p,
             "`mirrorPercent` is deprecated: use `mirrorPercentage.value`",
         );
-        ctx.percent(&path.key("mirrorPercent"), f64::from(pc));
+        ctx.percent(&p, f64::from(pc));
     }
     if let Some(pc) = r.mirror_percentage {
         ctx.percent(&path.key("mirrorPercentage").key("value"), pc.value);
@@ -404,7 +404,7 @@ fn http_match(ctx: &mut Ctx<'_>, path: &FieldPath, m: &HttpMatchRequest) {
         gateway_ref(ctx, &path.key("gateways").index(i), g);
     }
     if let Some(ns) = &m.source_namespace
-        && let Err(e) = host::check_dns1123_label(ns)
+        && let Err(e) = host::check_dns_label(ns)
     {
         ctx.report(
             Code::InvalidName,
@@ -577,7 +577,13 @@ fn cors(ctx: &mut Ctx<'_>, path: &FieldPath, c: &CorsPolicy) {
         let p = path.key("allowOrigins").index(i);
         // Istio: an origin match must say something (no empty exact, prefix or regex).
         let value = o.exact.as_ref().or(o.prefix.as_ref()).or(o.regex.as_ref());
-        if value.is_none_or(|v| v.is_empty()) {
+        if o.set_count() > 1 {
+            ctx.report(
+                Code::InvalidStringMatch,
+                &p,
+                "only one of `exact`, `prefix` and `regex` may be set",
+            );
+        } else if value.is_none_or(|v| v.is_empty()) {
             ctx.report(
                 Code::InvalidStringMatch,
                 &p,

@@ -49,6 +49,11 @@ const PROTOCOLS: &[&str] = &[
     "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "REDIS", "MYSQL", "TCP", "TLS", "UDP",
 ];
 
+/// Istio reads an empty string as an unset field (proto3): true when `v` holds text.
+fn written(v: &Option<String>) -> bool {
+    v.as_deref().is_some_and(|s| !s.is_empty())
+}
+
 /// Collects the diagnostics of one resource.
 struct Ctx<'a> {
     origin: &'a Origin,
@@ -102,6 +107,17 @@ impl<'a> Ctx<'a> {
             if let Err(e) = check_label_value(v) {
                 self.report(Code::InvalidLabel, &path.key(k.as_str()), e);
             }
+        }
+    }
+
+    /// The path of a field that has two spellings (`mirrorPercent`, `mirror_percent`):
+    /// the one written in the file, so that diagnostics point at it.
+    fn spelled(&self, parent: &FieldPath, camel: &str, snake: &str) -> FieldPath {
+        let snake_path = parent.key(snake);
+        if self.origin.has(&snake_path) {
+            snake_path
+        } else {
+            parent.key(camel)
         }
     }
 

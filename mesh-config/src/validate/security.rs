@@ -184,10 +184,7 @@ fn any_value(_: &str) -> Result<(), String> {
 
 /// Istio's `CheckTrustDomainValues`: one `*` at most, at an end; no `/`.
 fn trust_domain_value(v: &str) -> Result<(), String> {
-    if v.matches('*').count() > 1 {
-        return Err(format!("`{v}`: at most one `*` is allowed"));
-    }
-    wildcard_value(v)?;
+    trust_domain_condition(v)?;
     if v.contains('/') {
         return Err(format!("trust domain `{v}` must not contain `/`"));
     }
@@ -465,6 +462,17 @@ fn condition(ctx: &mut Ctx<'_>, path: &FieldPath, c: &Condition) {
     };
     values(ctx, &path.key("values"), &c.values, check);
     values(ctx, &path.key("notValues"), &c.not_values, check);
+    if c.key == "source.serviceAccount" {
+        for (field, list) in [("values", &c.values), ("notValues", &c.not_values)] {
+            if list.len() > 16 {
+                ctx.report(
+                    Code::InvalidValue,
+                    &path.key(field),
+                    "`source.serviceAccount` may not have more than 16 values",
+                );
+            }
+        }
+    }
 }
 
 pub(super) fn request_authentication(
@@ -486,7 +494,11 @@ pub(super) fn request_authentication(
         if let Some(uri) = &rule.jwks_uri
             && let Err(e) = jwks_uri(uri)
         {
-            ctx.report(Code::InvalidValue, &p.key("jwksUri"), e);
+            ctx.report(
+                Code::InvalidValue,
+                &ctx.spelled(&p, "jwksUri", "jwks_uri"),
+                e,
+            );
         }
         if let Some(jwks) = &rule.jwks {
             match jwks_keys(jwks) {

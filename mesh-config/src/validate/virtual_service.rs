@@ -270,7 +270,7 @@ pub(super) fn destination(ctx: &mut Ctx<'_>, path: &FieldPath, d: &Destination) 
         }
     }
     if let Some(s) = &d.subset
-        && let Err(e) = host::check_dns1123_label(s)
+        && let Err(e) = host::check_dns_label(s)
     {
         ctx.report(
             Code::InvalidValue,

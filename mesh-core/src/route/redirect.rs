@@ -40,16 +40,20 @@ impl Redirect {
             (_, Some(RedirectPortSelection::FromRequestPort)) => Some(RedirectPort::FromRequest),
             _ => None,
         };
+        // An empty string is unset (proto3), and code 0 is the default 301, as Istio
+        // reads them.
+        let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
         Redirect {
             status: r
                 .redirect_code
+                .filter(|c| *c != 0)
                 .and_then(|c| u16::try_from(c).ok())
                 .unwrap_or(301),
-            uri: r.uri.clone(),
-            prefix_rewrite: r.prefix_rewrite.clone(),
-            authority: r.authority.clone(),
+            uri: text(&r.uri),
+            prefix_rewrite: text(&r.prefix_rewrite),
+            authority: text(&r.authority),
             port,
-            scheme: r.scheme.clone(),
+            scheme: text(&r.scheme),
         }
     }
 
@@ -383,6 +387,27 @@ mod tests {
                 "{to} after {matched:?}"
             );
         }
+    }
+
+    /// An empty string is an unset field and code 0 the default, as Istio reads them.
+    #[test]
+    fn empty_redirect_fields_are_unset() {
+        let h = HeaderMap::new();
+        let r = Redirect::compile(&HttpRedirect {
+            uri: Some(String::new()),
+            prefix_rewrite: Some(String::new()),
+            authority: Some(String::new()),
+            scheme: Some("https".into()),
+            redirect_code: Some(0),
+            ..HttpRedirect::default()
+        });
+        assert_eq!(r.status, 301);
+        let req = head(&h, "reviews:9080", "/old/page", Some("q=1"));
+        let matched = StrMatcher::Prefix("/old/".into());
+        assert_eq!(
+            r.location(&req, Some(&matched)),
+            "https://reviews:9080/old/page?q=1"
+        );
     }
 
     proptest::proptest! {
