@@ -44,6 +44,40 @@ pub enum LoadError {
         /// The path.
         path: PathBuf,
     },
+    /// A configuration file (`*.yaml`, `*.yml`, or a path given) that is no regular
+    /// file: a FIFO, a socket or a device (or a link to one) would block or never end.
+    #[error("{path} is {what}, not a regular file: only regular files are read as configuration")]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is (`a FIFO`, `a socket`, `a character device`, ...).
+        what: &'static str,
+    },
+}
+
+/// What a path that is neither a regular file nor a directory is, for
+/// [`LoadError::NotARegularFile`]; `None` for a regular file or a directory.
+fn special_file(t: std::fs::FileType) -> Option<&'static str> {
+    if t.is_file() || t.is_dir() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        if t.is_fifo() {
+            return Some("a FIFO");
+        }
+        if t.is_socket() {
+            return Some("a socket");
+        }
+        if t.is_char_device() {
+            return Some("a character device");
+        }
+        if t.is_block_device() {
+            return Some("a block device");
+        }
+    }
+    Some("a special file")
 }
 
 /// A set of loaded resources, not yet checked.
@@ -195,13 +229,22 @@ impl ConfigSet {
 }
 
 /// The files a path names: the path itself when it is a file, else every `*.yaml` /
-/// `*.yml` file under the directory (recursively, in name order, hidden entries skipped).
+/// `*.yml` file under the directory (recursively, in name order, hidden entries skipped,
+/// links followed). A configuration path that is no regular file (a FIFO, a socket, a
+/// device, or a link to one) is [`LoadError::NotARegularFile`]: reading it would block
+/// or never end.
 pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     if !meta.is_dir() {
+        if let Some(what) = special_file(meta.file_type()) {
+            return Err(LoadError::NotARegularFile {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
         return Ok(vec![path.to_path_buf()]);
     }
     let dir = path;
@@ -222,7 +265,16 @@ pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
             .path()
             .extension()
             .is_some_and(|x| x == "yaml" || x == "yml");
-        if entry.file_type().is_file() && is_yaml {
+        if !is_yaml {
+            continue;
+        }
+        if let Some(what) = special_file(entry.file_type()) {
+            return Err(LoadError::NotARegularFile {
+                path: entry.into_path(),
+                what,
+            });
+        }
+        if entry.file_type().is_file() {
             files.push(entry.into_path());
         }
     }

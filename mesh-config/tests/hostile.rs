@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mesh_config::yaml::MAX_DEPTH;
@@ -380,5 +381,74 @@ fn a_colon_before_a_flow_indicator_is_read_as_go_yaml_reads_it() {
         assert!(stream.errors.is_empty(), "{text}: {:?}", stream.errors);
         let v = stream.documents[0].1.get("v").unwrap();
         assert_eq!(show(&v.value), *want, "{text}");
+    }
+}
+
+/// Only regular files are read as configuration: a FIFO (which would block the reader),
+/// a link to a device (`/dev/zero` never ends) or a socket among the configuration files
+/// is an error naming the file and what it is, whether the directory or the file itself
+/// is given.
+#[cfg(unix)]
+#[test]
+fn special_files_are_refused_with_their_name_and_kind() {
+    use mesh_config::load::LoadError;
+    /// Makes a special file at a path.
+    type Make<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, Make, &str); 3] = [
+        (
+            "pipe.yaml",
+            &|p: &Path| {
+                let ok = std::process::Command::new("mkfifo")
+                    .arg(p)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "mkfifo {}", p.display());
+            },
+            "a FIFO",
+        ),
+        (
+            "zero.yaml",
+            &|p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap(),
+            "a character device",
+        ),
+        (
+            "control.yml",
+            &|p: &Path| {
+                std::os::unix::net::UnixListener::bind(p).unwrap();
+            },
+            "a socket",
+        ),
+    ];
+    for (name, make, what) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a-regular.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec:\n  hosts: [x.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n",
+        )
+        .unwrap();
+        let special = dir.path().join(name);
+        make(&special);
+        for given in [dir.path(), special.as_path()] {
+            match ConfigSet::load(&[given]) {
+                Err(e @ LoadError::NotARegularFile { .. }) => {
+                    let LoadError::NotARegularFile { path, what: got } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!((path.as_path(), *got), (special.as_path(), what));
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(name)
+                            && text.contains(what)
+                            && text.contains("not a regular file"),
+                        "{text}"
+                    );
+                }
+                other => panic!("{name} given as {}: {other:?}", given.display()),
+            }
+        }
+        // A special file whose name is no configuration file's is not read, nor refused.
+        std::fs::rename(&special, dir.path().join("notes.txt")).unwrap();
+        assert!(ConfigSet::load(&[dir.path()]).is_ok(), "{name} renamed");
     }
 }

@@ -142,6 +142,31 @@ fn invalid_corpus_exits_1_for_each_file() {
     assert!(n >= 40, "the invalid corpus has {n} files");
 }
 
+/// A FIFO among the configuration files is refused, named, with what it is (reading it
+/// would block `meshctl validate` forever).
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_the_configuration_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.yaml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for arg in [dir.path(), fifo.as_path()] {
+        let o = meshctl(&["validate", arg.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("pipe.yaml") && err.contains("is a FIFO, not a regular file"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn usage_and_io_errors_exit_2() {
     assert_eq!(

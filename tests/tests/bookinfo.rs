@@ -82,6 +82,28 @@ async fn without_rules_reviews_come_from_all_three_versions() {
         .collect();
     assert_eq!(names, ["bookinfo-gateway"]);
     assert!(dump["lastRejected"].is_null());
+    // A name that is not loopback's (DNS rebinding: a web page's name resolving to
+    // 127.0.0.1) is refused; `localhost` is answered.
+    for (host, want) in [
+        ("rebind.attacker.example", 403),
+        ("rebind.attacker.example:15000", 403),
+        ("localhost", 200),
+        ("LOCALHOST:8080", 200),
+        ("[::1]:15000", 200),
+    ] {
+        let req = Request::get(format!("http://{admin}/config_dump"))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, _, body) = demo.send(req).await;
+        assert_eq!(status, want, "Host: {host}: {body}");
+        if want == 403 {
+            assert!(
+                body.contains("only requests addressed to loopback"),
+                "{body}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

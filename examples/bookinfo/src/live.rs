@@ -5,6 +5,7 @@
 //! Routing reads the configuration through an `ArcSwap`, so a swap never drops or
 //! blocks a request: requests in flight finish on the configuration they started with.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -265,8 +266,10 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 }
 
 /// The admin endpoint: `/healthz`, `/config_dump`, `/certs`, `/clusters`,
-/// `/stats/prometheus` and the mesh graph (`/graph`, its data at `/graph/data`).
-pub fn admin(live: Arc<Live>) -> Router {
+/// `/stats/prometheus` and the mesh graph (`/graph`, its data at `/graph/data`). It
+/// answers only requests addressed to loopback or to `bound`, its own address (see
+/// [`admin_host_allowed`]).
+pub fn admin(live: Arc<Live>, bound: SocketAddr) -> Router {
     let graph = Arc::new(MeshGraph::new(live.runtime.metrics().clone()));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -277,6 +280,47 @@ pub fn admin(live: Arc<Live>) -> Router {
         .route("/certs", get(certs))
         .route("/clusters", get(clusters))
         .with_state(live)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
+                    req.headers()
+                        .get(axum::http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                });
+                match host {
+                    Some(h) if !admin_host_allowed(&h, bound) => (
+                        axum::http::StatusCode::FORBIDDEN,
+                        format!("the admin endpoint answers only requests addressed to loopback or to {bound}, not to `{h}`\n"),
+                    )
+                        .into_response(),
+                    _ => next.run(req).await,
+                }
+            },
+        ))
+}
+
+/// Whether the admin endpoint answers a request whose `Host` (or `:authority`) is
+/// `host`: a loopback name or address (`localhost`, `127.0.0.0/8`, `::1`) or the address
+/// it is bound to, with any port. Any other name is refused, so that a web page cannot
+/// read `/config_dump` through DNS rebinding (a name of the attacker's resolving to
+/// 127.0.0.1).
+pub fn admin_host_allowed(host: &str, bound: SocketAddr) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(a, _)| a),
+        None => match host.rsplit_once(':') {
+            Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback() || (ip == bound.ip() && !ip.is_unspecified()),
+        Err(_) => false,
+    }
 }
 
 async fn config_dump(State(live): State<Arc<Live>>) -> Response {
@@ -402,6 +446,38 @@ impl DirWatcher {
                 }
                 _ = &mut stop => return,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admin_host_allowed;
+
+    #[test]
+    fn the_admin_endpoint_answers_loopback_and_its_own_address_only() {
+        let local = "127.0.0.1:15000".parse().unwrap();
+        let on_lan = "192.168.1.20:15000".parse().unwrap();
+        let any = "0.0.0.0:15000".parse().unwrap();
+        // (Host, bound address, answered?)
+        let table = [
+            ("localhost", local, true),
+            ("localhost:15000", local, true),
+            ("LocalHost.", local, true),
+            ("127.0.0.1:15000", local, true),
+            ("127.1.2.3", local, true),
+            ("[::1]:15000", local, true),
+            ("[::1]", local, true),
+            ("192.168.1.20:15000", on_lan, true),
+            ("192.168.1.20", local, false),
+            ("0.0.0.0:15000", any, false),
+            ("rebind.attacker.example", local, false),
+            ("localhost.attacker.example", local, false),
+            ("127.0.0.1.nip.io", local, false),
+            ("", local, false),
+        ];
+        for (host, bound, want) in table {
+            assert_eq!(admin_host_allowed(host, bound), want, "{host} at {bound}");
         }
     }
 }

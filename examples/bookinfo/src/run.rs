@@ -458,7 +458,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
             what: "the admin endpoint".into(),
             source,
         })?;
-    let router = crate::live::admin(live.clone());
+    let router = crate::live::admin(live.clone(), admin);
     let stopped = stop(&shutdown);
     tasks.push(tokio::spawn(async move {
         let _ = mesh_tower::inbound::serve(admin_listener, router, stopped).await;

@@ -5,6 +5,14 @@
 //!
 //! Each request carries the addresses of its connection as [`PeerAddr`] and [`LocalAddr`]
 //! extensions (and, over mutual TLS, the peer's verified identity).
+//!
+//! Every listener is bounded in time by [`ListenerTimeouts`], Envoy's edge values by
+//! default: a connection that sends nothing within `request_headers` of being accepted
+//! is closed, and so is an HTTP/1 connection that has not sent a whole request head
+//! within `request_headers` of starting it or of its previous response — a client
+//! trickling its headers a byte at a time, a silent connection and an idle keep-alive
+//! connection alike. (Not bounded yet: a TLS handshake once begun, a request body that
+//! stops arriving, an idle HTTP/2 connection.)
 
 use std::future::Future;
 use std::task::{Context, Poll};
@@ -12,11 +20,13 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
+use std::sync::RwLock;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tower::Service;
@@ -33,6 +43,41 @@ pub struct PeerAddr(pub SocketAddr);
 /// `destination.port`): a request extension set by every listener of the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LocalAddr(pub SocketAddr);
+
+/// The time bounds of every listener of the process (the ingress gateway's ports, the
+/// workloads' inbound ports, the admin endpoint): see the module documentation. Set them
+/// with [`set_listener_timeouts`] before the listeners start; a listener reads them when
+/// it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerTimeouts {
+    /// How long an HTTP/1 connection may take to send a whole request head, counted from
+    /// its accept or from the end of its previous response (so also how long a
+    /// keep-alive connection may stay idle): Envoy's edge `request_headers_timeout`, 10 s.
+    pub request_headers: Duration,
+}
+
+impl Default for ListenerTimeouts {
+    fn default() -> Self {
+        ListenerTimeouts {
+            request_headers: Duration::from_secs(10),
+        }
+    }
+}
+
+static TIMEOUTS: RwLock<Option<ListenerTimeouts>> = RwLock::new(None);
+
+/// Sets the time bounds of the listeners started from now on.
+pub fn set_listener_timeouts(timeouts: ListenerTimeouts) {
+    *TIMEOUTS.write().unwrap_or_else(|e| e.into_inner()) = Some(timeouts);
+}
+
+/// The time bounds listeners start with ([`ListenerTimeouts::default`] unless set).
+pub fn listener_timeouts() -> ListenerTimeouts {
+    TIMEOUTS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_default()
+}
 
 /// What a listener knows of one connection.
 #[derive(Debug, Clone)]
@@ -143,13 +188,20 @@ pub(crate) async fn serve_connection<IO, S, B>(
 pub(crate) async fn accept_each<F, Fut>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-    mut handle: F,
+    handle: F,
 ) -> std::io::Result<()>
 where
-    F: FnMut(TcpStream, SocketAddr, Builder<TokioExecutor>, Watcher) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Builder<TokioExecutor>, Watcher) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let builder = Builder::new(TokioExecutor::new());
+    let timeouts = listener_timeouts();
+    let mut builder = Builder::new(TokioExecutor::new());
+    // Without a timer hyper enforces no header timeout at all.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.request_headers);
+    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -166,7 +218,17 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(stream, peer, builder.clone(), graceful.watcher()));
+                let (handle, builder, watcher) = (handle.clone(), builder.clone(), graceful.watcher());
+                let first_byte = timeouts.request_headers;
+                tokio::spawn(async move {
+                    // A connection that sends nothing is closed after `request_headers`
+                    // (hyper's protocol detection and TLS handshakes would wait forever).
+                    let mut byte = [0u8; 1];
+                    match tokio::time::timeout(first_byte, stream.peek(&mut byte)).await {
+                        Ok(Ok(n)) if n > 0 => handle(stream, peer, builder, watcher).await,
+                        _ => tracing::debug!(%peer, "connection closed before its first byte"),
+                    }
+                });
             }
             _ = &mut shutdown => break,
         }
