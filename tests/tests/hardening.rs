@@ -76,6 +76,47 @@ async fn run(probe: Probe, addr: std::net::SocketAddr, limit: Duration) -> Optio
     closed.ok().map(|()| start.elapsed())
 }
 
+/// Sends `request` on a new connection to `addr` and returns the status line of the
+/// answer.
+async fn status_line(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !buf.windows(2).any(|w| w == b"\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.lines().next().unwrap_or("").to_string()
+}
+
+/// RFC 9112: a request with two `Host` headers is answered 400 at the ingress, never
+/// routed by one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_headers_are_a_bad_request() {
+    let demo = Demo::start().await;
+    let ingress = demo.running().ingress;
+    let two = status_line(
+        ingress,
+        b"GET /productpage HTTP/1.1\r\nHost: bookinfo.example\r\nHost: evil.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(two, "HTTP/1.1 400 Bad Request");
+    let one = status_line(
+        ingress,
+        b"GET /productpage HTTP/1.1\r\nHost: bookinfo.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(one, "HTTP/1.1 200 OK");
+}
+
 /// 60 slow or silent clients (20 trickling their headers, 20 silent, 20 idle after one
 /// request) are all closed within 30 s — by the 10 s request-headers bound — while a
 /// normal client sees no error.

@@ -68,6 +68,11 @@ impl GatewayService {
     /// removed or replaced). `Err` is the answer.
     fn edge<B>(&self, mut req: Request<B>) -> Result<(Request<B>, Edge), Box<Response<ResBody>>> {
         let tls = self.tls.is_some();
+        // RFC 9112 3.2: a request with more than one `Host` is answered 400 (which one
+        // would be routed is ambiguous: request smuggling's raw material).
+        if req.headers().get_all(HOST).iter().nth(1).is_some() {
+            return Err(Box::new(status(StatusCode::BAD_REQUEST)));
+        }
         // An absolute URI is `http` (or `https` over TLS), as Envoy requires.
         match req.uri().scheme_str() {
             None | Some("http") => {}
