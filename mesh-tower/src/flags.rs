@@ -16,7 +16,7 @@ use crate::error::{MeshFailure, ResetReason};
 
 /// A set of Envoy response flags (see the module documentation).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct ResponseFlags(u16);
+pub struct ResponseFlags(u32);
 
 macro_rules! flags {
     ($($(#[$doc:meta])* $name:ident = $bit:expr, $text:literal;)*) => {
@@ -64,6 +64,8 @@ flags! {
     FAULT_INJECTED = 13, "FI";
     /// `NC`: the route's cluster was not found.
     NO_CLUSTER_FOUND = 14, "NC";
+    /// `DPE`: the downstream sent something that is not HTTP (a malformed body).
+    DOWNSTREAM_PROTOCOL_ERROR = 16, "DPE";
     /// `UPE`: the upstream sent something that is not HTTP.
     UPSTREAM_PROTOCOL_ERROR = 15, "UPE";
 }
@@ -73,14 +75,15 @@ impl ResponseFlags {
     pub const NONE: ResponseFlags = ResponseFlags(0);
 
     /// The flags as bits (one per flag, in the order of the constants).
-    pub fn bits(self) -> u16 {
+    pub fn bits(self) -> u32 {
         self.0
     }
 
     /// The flags as Envoy's `response.flags` attribute (an int) numbers them (its `ResponseFlag`
     /// bits: `UH` 0x2, `UT` 0x4, `LR` 0x8, `UF` 0x20, `UC` 0x40, `UO` 0x80, `NR` 0x100,
     /// `DI` 0x200, `FI` 0x400, `RL` 0x800, `UAEX` 0x1000, `RLSE` 0x2000, `DC` 0x4000,
-    /// `URX` 0x8000, `UPE` 0x800000, `NC` 0x1000000), for access log filters.
+    /// `URX` 0x8000, `DPE` 0x40000, `UPE` 0x800000, `NC` 0x1000000), for access log
+    /// filters.
     pub fn envoy_bits(self) -> u64 {
         const ENVOY: &[(ResponseFlags, u64)] = &[
             (ResponseFlags::NO_HEALTHY_UPSTREAM, 0x2),
@@ -97,6 +100,7 @@ impl ResponseFlags {
             (ResponseFlags::RATE_LIMIT_SERVICE_ERROR, 0x2000),
             (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, 0x4000),
             (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, 0x8000),
+            (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, 0x4_0000),
             (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, 0x80_0000),
             (ResponseFlags::NO_CLUSTER_FOUND, 0x100_0000),
         ];

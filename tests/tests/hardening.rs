@@ -117,6 +117,26 @@ async fn two_host_headers_are_a_bad_request() {
     assert_eq!(one, "HTTP/1.1 200 OK");
 }
 
+/// A malformed chunked request body is the client's fault: `400` from the mesh, flagged
+/// `DPE` in the access log, not a `503` blamed on the upstream whose request broke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_a_bad_request() {
+    let demo = Demo::start().await;
+    let ingress = demo.running().ingress;
+    let line = status_line(
+        ingress,
+        b"POST /login HTTP/1.1\r\nHost: bookinfo.example\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nusername=\r\nZZ\r\njason\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(line, "HTTP/1.1 400 Bad Request");
+    let logged = demo.access_log.lock().unwrap().clone();
+    let entry = logged
+        .iter()
+        .find(|l| l.contains("POST /login"))
+        .unwrap_or_else(|| panic!("no access log entry for the request: {logged:#?}"));
+    assert!(entry.contains(" 400 DPE "), "{entry}");
+}
+
 /// 60 slow or silent clients (20 trickling their headers, 20 silent, 20 idle after one
 /// request) are all closed within 30 s — by the 10 s request-headers bound — while a
 /// normal client sees no error.

@@ -6,8 +6,10 @@
 //! headers) and the endpoint's in-flight count used by the least-request balancers —
 //! without wrapping the upstream's body in another box.
 
+mod downstream;
 mod request;
 mod response;
 
+pub use downstream::{DownstreamBody, DownstreamFault};
 pub use request::{BodyError, DEFAULT_BUFFER_LIMIT, ReqBody};
 pub use response::{BodyTimeout, ResBody, full};

@@ -29,7 +29,7 @@ use super::Shared;
 use super::headers::{
     Upgrade, is_upgrade_response, sanitize_request, strip_hop_by_hop, upgrade_of,
 };
-use crate::body::DEFAULT_BUFFER_LIMIT;
+use crate::body::{DEFAULT_BUFFER_LIMIT, DownstreamBody};
 use crate::inbound::{PeerAddr, RBAC_DENIED};
 use crate::outbound::route::{answer, failure};
 use crate::outbound::{Route, Routed};
@@ -445,6 +445,7 @@ impl GatewayService {
                     crate::outbound::telemetry::record_route(&route);
                 }
                 let (parts, body) = req.into_parts();
+                let (body, fault) = DownstreamBody::new(body);
                 let mut request =
                     Request::from_parts(parts, ReqBody::streaming(body, DEFAULT_BUFFER_LIMIT));
                 if let Some(m) = &meter {
@@ -468,11 +469,23 @@ impl GatewayService {
                     }
                     // Made once the request is forwarded: dropped unanswered, it records
                     // that the client went away.
+                    let forwarded = forward.oneshot(Routed::new(request, route));
+                    let checked = async move {
+                        let result = forwarded.await;
+                        // A request whose body the client broke (a malformed chunk) is
+                        // the client's fault: Envoy's 400, flagged DPE, not the
+                        // upstream's 503.
+                        if fault.happened()
+                            && result
+                                .as_ref()
+                                .map_or(true, |r| r.status().is_server_error())
+                        {
+                            return Ok(bad_body());
+                        }
+                        result
+                    };
                     let fut = Metered::new(
-                        crate::outbound::telemetry::TelemetryFuture::new(
-                            forward.oneshot(Routed::new(request, route)),
-                            span,
-                        ),
+                        crate::outbound::telemetry::TelemetryFuture::new(checked, span),
                         meter,
                     );
                     let mut resp = with_x(
@@ -557,6 +570,14 @@ fn status(status: StatusCode) -> Response<ResBody> {
 }
 
 /// The answer to a request the outbound layers failed.
+/// Envoy's answer to a request whose body could not be read: `400`, flagged `DPE`.
+fn bad_body() -> Response<ResBody> {
+    let mut resp = status(StatusCode::BAD_REQUEST);
+    resp.extensions_mut()
+        .insert(crate::ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+    resp
+}
+
 fn failed(e: BoxError) -> Response<ResBody> {
     if let Some(f) = e.downcast_ref::<MeshFailure>() {
         return f.clone().into_response();

@@ -172,13 +172,13 @@ impl Hash for Labels<'_> {
         state.write_u64(
             u64::from(self.code)
                 | u64::from(self.grpc_status.map_or(0xffff, |s| s)) << 16
-                | u64::from(self.flags.bits()) << 32
                 | u64::from(self.grpc) << 48
                 | u64::from(self.source_principal) << 49
                 | u64::from(self.destination_principal) << 50
                 | (self.reporter as u64) << 51
                 | (self.security as u64) << 53,
         );
+        state.write_u32(self.flags.bits());
     }
 }
 
