@@ -74,7 +74,7 @@ impl ResponseFlags {
     /// No flag.
     pub const NONE: ResponseFlags = ResponseFlags(0);
 
-    /// The flags as bits (one per flag, in the order of the constants).
+    /// The flags as bits (one per flag, each constant's own).
     pub fn bits(self) -> u32 {
         self.0
     }

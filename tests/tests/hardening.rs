@@ -129,12 +129,23 @@ async fn a_malformed_chunked_body_is_a_bad_request() {
     )
     .await;
     assert_eq!(line, "HTTP/1.1 400 Bad Request");
-    let logged = demo.access_log.lock().unwrap().clone();
-    let entry = logged
-        .iter()
-        .find(|l| l.contains("POST /login"))
-        .unwrap_or_else(|| panic!("no access log entry for the request: {logged:#?}"));
-    assert!(entry.contains(" 400 DPE "), "{entry}");
+    // The gateway's entry (written when the response ends, by the log's writer).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let logged = demo.access_log.lock().unwrap().clone();
+        let gateway = logged
+            .iter()
+            .find(|l| l.contains("\"POST /login HTTP/1.1\" 400 "));
+        if let Some(entry) = gateway {
+            assert!(entry.contains(" 400 DPE "), "{entry}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no gateway access log entry for the request: {logged:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// 60 slow or silent clients (20 trickling their headers, 20 silent, 20 idle after one

@@ -288,13 +288,21 @@ pub fn admin(live: Arc<Live>, bound: SocketAddr) -> Router {
                         .and_then(|h| h.to_str().ok())
                         .map(str::to_string)
                 });
-                match host {
-                    Some(h) if !admin_host_allowed(&h, bound) => (
+                // The address the request arrived at (the listener may be bound to
+                // 0.0.0.0): its own address too.
+                let local = req
+                    .extensions()
+                    .get::<mesh_tower::transport::accept::LocalAddr>()
+                    .map_or(bound, |l| l.0);
+                let host = host.unwrap_or_default();
+                if admin_host_allowed(&host, bound) || admin_host_allowed(&host, local) {
+                    next.run(req).await
+                } else {
+                    (
                         axum::http::StatusCode::FORBIDDEN,
-                        format!("the admin endpoint answers only requests addressed to loopback or to {bound}, not to `{h}`\n"),
+                        format!("the admin endpoint answers only requests addressed to loopback or to {local}, not to `{host}`\n"),
                     )
-                        .into_response(),
-                    _ => next.run(req).await,
+                        .into_response()
                 }
             },
         ))
@@ -306,10 +314,15 @@ pub fn admin(live: Arc<Live>, bound: SocketAddr) -> Router {
 /// read `/config_dump` through DNS rebinding (a name of the attacker's resolving to
 /// 127.0.0.1).
 pub fn admin_host_allowed(host: &str, bound: SocketAddr) -> bool {
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or(v6, |(a, _)| a),
+        Some(v6) => match v6.split_once(']') {
+            Some((a, "")) => a,
+            Some((a, rest)) if rest.strip_prefix(':').is_some_and(digits) => a,
+            _ => return false,
+        },
         None => match host.rsplit_once(':') {
-            Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some((h, port)) if !h.contains(':') && digits(port) => h,
             _ => host,
         },
     };
@@ -475,6 +488,10 @@ mod tests {
             ("localhost.attacker.example", local, false),
             ("127.0.0.1.nip.io", local, false),
             ("", local, false),
+            ("[::1]x", local, false),
+            ("[::1]:", local, false),
+            ("localhost:", local, false),
+            ("localhost@evil.example", local, false),
         ];
         for (host, bound, want) in table {
             assert_eq!(admin_host_allowed(host, bound), want, "{host} at {bound}");

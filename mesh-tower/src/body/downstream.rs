@@ -1,6 +1,5 @@
-//! The caller's request body as an edge listener reads it: when reading it fails (a
-//! malformed chunked encoding, a connection that breaks mid-body), the request is the
-//! caller's fault, not the upstream's. [`DownstreamBody`] records that in a
+//! The caller's request body as an edge listener reads it: when it is malformed (an
+//! invalid chunked encoding), the request is the caller's fault, not the upstream's. [`DownstreamBody`] records that in a
 //! [`DownstreamFault`] the listener keeps, so that the answer is Envoy's `400` flagged
 //! `DPE` rather than a `503` blamed on the upstream whose request broke with it.
 
@@ -14,12 +13,12 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::BoxError;
 
-/// Whether reading a request's body from its caller failed (see the module docs).
+/// Whether a request's body from its caller was malformed (see the module docs).
 #[derive(Debug, Clone, Default)]
 pub struct DownstreamFault(Arc<AtomicBool>);
 
 impl DownstreamFault {
-    /// True once reading the body has failed.
+    /// True once reading the body has failed for a reason other than the caller leaving.
     pub fn happened(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
@@ -64,8 +63,15 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
-                this.fault.0.store(true, Ordering::Release);
-                Poll::Ready(Some(Err(e.into())))
+                let e: BoxError = e.into();
+                // A caller that went away mid-body is no protocol error (Envoy: `DC`).
+                let gone = e
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_incomplete_message);
+                if !gone {
+                    this.fault.0.store(true, Ordering::Release);
+                }
+                Poll::Ready(Some(Err(e)))
             }
             other => other.map(|f| f.map(|r| r.map_err(Into::into))),
         }

@@ -569,7 +569,6 @@ fn status(status: StatusCode) -> Response<ResBody> {
     resp
 }
 
-/// The answer to a request the outbound layers failed.
 /// Envoy's answer to a request whose body could not be read: `400`, flagged `DPE`.
 fn bad_body() -> Response<ResBody> {
     let mut resp = status(StatusCode::BAD_REQUEST);
@@ -578,6 +577,7 @@ fn bad_body() -> Response<ResBody> {
     resp
 }
 
+/// The answer to a request the outbound layers failed.
 fn failed(e: BoxError) -> Response<ResBody> {
     if let Some(f) = e.downcast_ref::<MeshFailure>() {
         return f.clone().into_response();

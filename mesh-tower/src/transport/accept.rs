@@ -6,13 +6,17 @@
 //! Each request carries the addresses of its connection as [`PeerAddr`] and [`LocalAddr`]
 //! extensions (and, over mutual TLS, the peer's verified identity).
 //!
-//! Every listener is bounded in time by [`ListenerTimeouts`], Envoy's edge values by
-//! default: a connection that sends nothing within `request_headers` of being accepted
-//! is closed, and so is an HTTP/1 connection that has not sent a whole request head
-//! within `request_headers` of starting it or of its previous response — a client
-//! trickling its headers a byte at a time, a silent connection and an idle keep-alive
-//! connection alike. (Not bounded yet: a TLS handshake once begun, a request body that
-//! stops arriving, an idle HTTP/2 connection.)
+//! Every listener is bounded in time by [`ListenerTimeouts`] (10 s by default, the value
+//! Envoy's edge guidance gives its request-headers timeout): a connection that sends
+//! nothing within the bound of being accepted is closed, and so is an HTTP/1 connection
+//! that has not sent a whole request head within the bound of starting it or of its
+//! previous response — a client trickling its headers a byte at a time, a silent
+//! connection and an idle keep-alive connection alike. (Envoy counts its
+//! `request_headers_timeout` from a request's first byte and bounds idle connections with
+//! a separate, longer `idle_timeout`; hyper's header timer is one bound for both.) TLS
+//! handshakes are bounded where TLS is accepted. Not bounded yet: a request body that
+//! stops arriving, an idle HTTP/2 connection, a client that stops within the first bytes
+//! of the HTTP/2 preface.
 
 use std::future::Future;
 use std::task::{Context, Poll};
@@ -50,9 +54,10 @@ pub struct LocalAddr(pub SocketAddr);
 /// it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerTimeouts {
-    /// How long an HTTP/1 connection may take to send a whole request head, counted from
-    /// its accept or from the end of its previous response (so also how long a
-    /// keep-alive connection may stay idle): Envoy's edge `request_headers_timeout`, 10 s.
+    /// How long a connection may take to send its first byte, and an HTTP/1 connection
+    /// a whole request head from its first byte or from the end of its previous
+    /// response (so also how long a keep-alive connection may stay idle); 10 s. Zero
+    /// turns both bounds off, as a zero timeout does in Envoy.
     pub request_headers: Duration,
 }
 
@@ -195,14 +200,16 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let timeouts = listener_timeouts();
+    let bound = (!timeouts.request_headers.is_zero()).then_some(timeouts.request_headers);
     let mut builder = Builder::new(TokioExecutor::new());
     // Without a timer hyper enforces no header timeout at all.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.request_headers);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(bound);
     let graceful = GracefulShutdown::new();
+    // Tells the connections still waiting for their first byte that the listener stops.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -219,13 +226,23 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let (handle, builder, watcher) = (handle.clone(), builder.clone(), graceful.watcher());
-                let first_byte = timeouts.request_headers;
+                let mut stop = stop.clone();
                 tokio::spawn(async move {
-                    // A connection that sends nothing is closed after `request_headers`
-                    // (hyper's protocol detection and TLS handshakes would wait forever).
+                    // A connection that sends nothing is closed after the bound (hyper's
+                    // protocol detection would wait forever), or when the listener stops.
                     let mut byte = [0u8; 1];
-                    match tokio::time::timeout(first_byte, stream.peek(&mut byte)).await {
-                        Ok(Ok(n)) if n > 0 => handle(stream, peer, builder, watcher).await,
+                    let first = async {
+                        match bound {
+                            Some(b) => tokio::time::timeout(b, stream.peek(&mut byte)).await.ok(),
+                            None => Some(stream.peek(&mut byte).await),
+                        }
+                    };
+                    let first = tokio::select! {
+                        first = first => first,
+                        _ = stop.wait_for(|s| *s) => None,
+                    };
+                    match first {
+                        Some(Ok(n)) if n > 0 => handle(stream, peer, builder, watcher).await,
                         _ => tracing::debug!(%peer, "connection closed before its first byte"),
                     }
                 });
@@ -233,6 +250,7 @@ where
             _ = &mut shutdown => break,
         }
     }
+    let _ = stopping.send(true);
     graceful.shutdown().await;
     Ok(())
 }
