@@ -64,6 +64,8 @@ flags! {
     FAULT_INJECTED = 13, "FI";
     /// `NC`: the route's cluster was not found.
     NO_CLUSTER_FOUND = 14, "NC";
+    /// `SI`: the request's stream was idle too long (its body stopped arriving).
+    STREAM_IDLE_TIMEOUT = 17, "SI";
     /// `DPE`: the downstream sent something that is not HTTP (a malformed body).
     DOWNSTREAM_PROTOCOL_ERROR = 16, "DPE";
     /// `UPE`: the upstream sent something that is not HTTP.
@@ -82,7 +84,7 @@ impl ResponseFlags {
     /// The flags as Envoy's `response.flags` attribute (an int) numbers them (its `ResponseFlag`
     /// bits: `UH` 0x2, `UT` 0x4, `LR` 0x8, `UF` 0x20, `UC` 0x40, `UO` 0x80, `NR` 0x100,
     /// `DI` 0x200, `FI` 0x400, `RL` 0x800, `UAEX` 0x1000, `RLSE` 0x2000, `DC` 0x4000,
-    /// `URX` 0x8000, `DPE` 0x40000, `UPE` 0x800000, `NC` 0x1000000), for access log
+    /// `URX` 0x8000, `SI` 0x10000, `DPE` 0x40000, `UPE` 0x800000, `NC` 0x1000000), for access log
     /// filters.
     pub fn envoy_bits(self) -> u64 {
         const ENVOY: &[(ResponseFlags, u64)] = &[
@@ -100,6 +102,7 @@ impl ResponseFlags {
             (ResponseFlags::RATE_LIMIT_SERVICE_ERROR, 0x2000),
             (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, 0x4000),
             (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, 0x8000),
+            (ResponseFlags::STREAM_IDLE_TIMEOUT, 0x1_0000),
             (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, 0x4_0000),
             (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, 0x80_0000),
             (ResponseFlags::NO_CLUSTER_FOUND, 0x100_0000),

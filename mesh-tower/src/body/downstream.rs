@@ -1,47 +1,82 @@
 //! The caller's request body as an edge listener reads it: when it is malformed (an
-//! invalid chunked encoding), the request is the caller's fault, not the upstream's. [`DownstreamBody`] records that in a
-//! [`DownstreamFault`] the listener keeps, so that the answer is Envoy's `400` flagged
-//! `DPE` rather than a `503` blamed on the upstream whose request broke with it.
+//! invalid chunked encoding) or stops arriving for longer than the listener allows, the
+//! request is the caller's fault, not the upstream's. [`DownstreamBody`] records which in
+//! a [`DownstreamFault`] the listener keeps, so that the answer is Envoy's `400` flagged
+//! `DPE` or `408` flagged `SI`, rather than a `503` blamed on the upstream whose request
+//! broke with it.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::BoxError;
 
-/// Whether a request's body from its caller was malformed (see the module docs).
+/// What went wrong with a request's body from its caller (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// It was malformed.
+    Malformed,
+    /// It stopped arriving for longer than allowed.
+    Stalled,
+}
+
+/// Whether a request's body from its caller went wrong, and how (see the module docs).
 #[derive(Debug, Clone, Default)]
-pub struct DownstreamFault(Arc<AtomicBool>);
+pub struct DownstreamFault(Arc<AtomicU8>);
 
 impl DownstreamFault {
-    /// True once reading the body has failed for a reason other than the caller leaving.
-    pub fn happened(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// What went wrong, if anything (a caller that went away is no fault of this kind).
+    pub fn get(&self) -> Option<Fault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(Fault::Malformed),
+            2 => Some(Fault::Stalled),
+            _ => None,
+        }
+    }
+
+    fn set(&self, fault: Fault) {
+        let v = match fault {
+            Fault::Malformed => 1,
+            Fault::Stalled => 2,
+        };
+        self.0.store(v, Ordering::Release);
     }
 }
 
+/// The error a stalled body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stopped arriving for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
 pin_project_lite::pin_project! {
-    /// A caller's request body that records a read failure in its [`DownstreamFault`].
+    /// A caller's request body that records what went wrong with it in its
+    /// [`DownstreamFault`], and ends it when it stops arriving for `idle`.
     #[derive(Debug)]
     pub struct DownstreamBody<B> {
         #[pin]
         inner: B,
         fault: DownstreamFault,
+        idle: Option<Duration>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
 impl<B> DownstreamBody<B> {
-    /// Wraps `inner`; the returned [`DownstreamFault`] tells whether reading it failed.
-    pub fn new(inner: B) -> (Self, DownstreamFault) {
+    /// Wraps `inner`, ended with [`BodyStalled`] when no frame of it arrives for `idle`;
+    /// the returned [`DownstreamFault`] tells what went wrong.
+    pub fn new(inner: B, idle: Option<Duration>) -> (Self, DownstreamFault) {
         let fault = DownstreamFault::default();
         (
             DownstreamBody {
                 inner,
                 fault: fault.clone(),
+                idle,
+                timer: None,
             },
             fault,
         )
@@ -69,11 +104,28 @@ where
                     .downcast_ref::<hyper::Error>()
                     .is_some_and(hyper::Error::is_incomplete_message);
                 if !gone {
-                    this.fault.0.store(true, Ordering::Release);
+                    this.fault.set(Fault::Malformed);
                 }
                 Poll::Ready(Some(Err(e)))
             }
-            other => other.map(|f| f.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                let Some(idle) = *this.idle else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.fault.set(Fault::Stalled);
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))));
+                }
+                Poll::Pending
+            }
+            ready => {
+                // Something arrived: the idle time starts again.
+                *this.timer = None;
+                ready.map(|f| f.map(|r| r.map_err(Into::into)))
+            }
         }
     }
 
@@ -112,14 +164,67 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_read_is_recorded_and_passed_on() {
-        let (body, fault) = DownstreamBody::new(Broken(0));
-        assert!(!fault.happened());
+        let (body, fault) = DownstreamBody::new(Broken(0), None);
+        assert_eq!(fault.get(), None);
         let err = body.collect().await.unwrap_err();
         assert!(err.to_string().contains("invalid chunk size"), "{err}");
-        assert!(fault.happened());
-        let (body, fault) =
-            DownstreamBody::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
+        assert_eq!(fault.get(), Some(Fault::Malformed));
+        let (body, fault) = DownstreamBody::new(
+            http_body_util::Full::new(Bytes::from_static(b"ok")),
+            Some(Duration::from_millis(10)),
+        );
         assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
-        assert!(!fault.happened());
+        assert_eq!(fault.get(), None);
+    }
+
+    /// A body that sends a frame every `every`, `left` times.
+    struct Trickle {
+        every: Duration,
+        left: u32,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+
+    impl Body for Trickle {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            let every = self.every;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            std::task::ready!(timer.as_mut().poll(cx));
+            self.timer = None;
+            self.left -= 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    /// The idle bound is between frames, not over the whole body: a body that keeps
+    /// arriving is read whole however long it takes; one that stops is ended.
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_is_ended_after_the_idle_bound() {
+        let idle = Some(Duration::from_millis(500));
+        let trickle = |ms| Trickle {
+            every: Duration::from_millis(ms),
+            left: 5,
+            timer: None,
+        };
+        // 5 frames 100 ms apart: 500 ms in all, never 500 ms without a frame.
+        let (body, fault) = DownstreamBody::new(trickle(100), idle);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "xxxxx");
+        assert_eq!(fault.get(), None);
+        let (body, fault) = DownstreamBody::new(trickle(2000), idle);
+        let started = std::time::Instant::now();
+        let err = body.collect().await.unwrap_err();
+        assert!(err.downcast_ref::<BodyStalled>().is_some(), "{err}");
+        assert_eq!(fault.get(), Some(Fault::Stalled));
+        assert!(started.elapsed() < Duration::from_millis(1900));
     }
 }

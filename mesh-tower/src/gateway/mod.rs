@@ -121,6 +121,8 @@ pub(crate) struct Shared {
     listening: HashMap<u32, bool>,
     /// Port → the address its listener is bound to.
     addrs: Vec<(u32, SocketAddr)>,
+    /// How long a request body may stop arriving (`ListenerTimeouts`), as at start.
+    body_idle: Option<std::time::Duration>,
 }
 
 impl Shared {
@@ -264,6 +266,10 @@ impl IngressGateway {
             tls,
             listening,
             addrs,
+            body_idle: {
+                let idle = crate::transport::accept::listener_timeouts().request_body_idle;
+                (!idle.is_zero()).then_some(idle)
+            },
         };
         shared.report_unserved();
         Ok(IngressGateway {

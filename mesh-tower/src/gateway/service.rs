@@ -29,7 +29,7 @@ use super::Shared;
 use super::headers::{
     Upgrade, is_upgrade_response, sanitize_request, strip_hop_by_hop, upgrade_of,
 };
-use crate::body::{DEFAULT_BUFFER_LIMIT, DownstreamBody};
+use crate::body::{DEFAULT_BUFFER_LIMIT, DownstreamBody, Fault};
 use crate::inbound::{PeerAddr, RBAC_DENIED};
 use crate::outbound::route::{answer, failure};
 use crate::outbound::{Route, Routed};
@@ -445,7 +445,7 @@ impl GatewayService {
                     crate::outbound::telemetry::record_route(&route);
                 }
                 let (parts, body) = req.into_parts();
-                let (body, fault) = DownstreamBody::new(body);
+                let (body, fault) = DownstreamBody::new(body, self.shared.body_idle);
                 let mut request =
                     Request::from_parts(parts, ReqBody::streaming(body, DEFAULT_BUFFER_LIMIT));
                 if let Some(m) = &meter {
@@ -472,17 +472,19 @@ impl GatewayService {
                     let forwarded = forward.oneshot(Routed::new(request, route));
                     let checked = async move {
                         let result = forwarded.await;
-                        // A request whose body the client broke (a malformed chunk) is
-                        // the client's fault: Envoy's 400, flagged DPE, not the
-                        // upstream's 503.
-                        if fault.happened()
-                            && result
-                                .as_ref()
-                                .map_or(true, |r| r.status().is_server_error())
-                        {
-                            return Ok(bad_body());
+                        // A request whose body the client broke (a malformed chunk) or
+                        // left unfinished is the client's fault: Envoy's 400 flagged
+                        // DPE, or 408 flagged SI, not the upstream's 503.
+                        match fault.get() {
+                            Some(f)
+                                if result
+                                    .as_ref()
+                                    .map_or(true, |r| r.status().is_server_error()) =>
+                            {
+                                Ok(bad_body(f))
+                            }
+                            _ => result,
                         }
-                        result
                     };
                     let fut = Metered::new(
                         crate::outbound::telemetry::TelemetryFuture::new(checked, span),
@@ -569,11 +571,21 @@ fn status(status: StatusCode) -> Response<ResBody> {
     resp
 }
 
-/// Envoy's answer to a request whose body could not be read: `400`, flagged `DPE`.
-fn bad_body() -> Response<ResBody> {
-    let mut resp = status(StatusCode::BAD_REQUEST);
-    resp.extensions_mut()
-        .insert(crate::ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+/// Envoy's answer to a request whose body could not be read: `400` flagged `DPE` when
+/// it was malformed, `408` flagged `SI` when it stopped arriving.
+fn bad_body(fault: Fault) -> Response<ResBody> {
+    let (code, flag) = match fault {
+        Fault::Malformed => (
+            StatusCode::BAD_REQUEST,
+            crate::ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+        ),
+        Fault::Stalled => (
+            StatusCode::REQUEST_TIMEOUT,
+            crate::ResponseFlags::STREAM_IDLE_TIMEOUT,
+        ),
+    };
+    let mut resp = status(code);
+    resp.extensions_mut().insert(flag);
     resp
 }
 

@@ -14,9 +14,10 @@
 //! connection and an idle keep-alive connection alike. (Envoy counts its
 //! `request_headers_timeout` from a request's first byte and bounds idle connections with
 //! a separate, longer `idle_timeout`; hyper's header timer is one bound for both.) TLS
-//! handshakes are bounded where TLS is accepted. Not bounded yet: a request body that
-//! stops arriving, an idle HTTP/2 connection, a client that stops within the first bytes
-//! of the HTTP/2 preface.
+//! handshakes are bounded where TLS is accepted; at the ingress, a request body that
+//! stops arriving is answered `408` after `request_body_idle`. Not bounded yet: a request
+//! body that stops arriving at a workload's inbound port, an idle HTTP/2 connection, a
+//! client that stops within the first bytes of the HTTP/2 preface.
 
 use std::future::Future;
 use std::task::{Context, Poll};
@@ -59,12 +60,17 @@ pub struct ListenerTimeouts {
     /// response (so also how long a keep-alive connection may stay idle); 10 s. Zero
     /// turns both bounds off, as a zero timeout does in Envoy.
     pub request_headers: Duration,
+    /// How long the ingress waits for more of a request body that has stopped
+    /// arriving before answering `408` (flag `SI`): Envoy's `stream_idle_timeout`,
+    /// 5 minutes. Zero turns it off.
+    pub request_body_idle: Duration,
 }
 
 impl Default for ListenerTimeouts {
     fn default() -> Self {
         ListenerTimeouts {
             request_headers: Duration::from_secs(10),
+            request_body_idle: Duration::from_secs(300),
         }
     }
 }
