@@ -11,6 +11,12 @@ use std::process::ExitCode;
 use bookinfo::run::{Options, StartError, start};
 use clap::Parser;
 
+/// jemalloc, with the background purging `.cargo/config.toml` sets: memory a burst of
+/// requests took goes back to the system within seconds of the burst (glibc's malloc
+/// keeps most of it mapped), as Envoy relies on tcmalloc for.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "bookinfo", about = "Istio's Bookinfo, in-process")]
 struct Args {

@@ -461,7 +461,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let router = crate::live::admin(live.clone(), admin);
     let stopped = stop(&shutdown);
     tasks.push(tokio::spawn(async move {
-        let _ = mesh_tower::inbound::serve(admin_listener, router, stopped).await;
+        let _ = mesh_tower::inbound::serve_admin(admin_listener, router, stopped).await;
     }));
 
     if opts.watch {

@@ -29,6 +29,6 @@ pub(crate) mod jwt;
 pub(crate) mod serve;
 
 pub use crate::telemetry::messages::{GrpcMessages, GrpcMessagesBody, GrpcMessagesLayer};
-pub use crate::transport::accept::{LocalAddr, PeerAddr, serve};
+pub use crate::transport::accept::{LocalAddr, PeerAddr, serve, serve_admin};
 pub use authz::{Inbound, InboundBody, InboundLayer, RBAC_DENIED};
 pub(crate) use authz::{admit, authorize, is_grpc, local_reply};

@@ -14,6 +14,13 @@
 //! keep an idle connection (`accept::ListenerTimeouts`), so that a request is not sent on
 //! a connection the listener is closing.
 //!
+//! Every pool is bounded even where no DestinationRule sets a `connectionPool`
+//! ([`PoolBounds`]: 1024 connections per endpoint, Envoy's default `max_connections`,
+//! and 8192 requests waiting for one): a burst of concurrent requests is queued, then
+//! refused with Envoy's overflow, instead of opening a connection per request until the
+//! process runs out of descriptors. Each field a DestinationRule sets replaces its
+//! default.
+//!
 //! The request keeps its logical authority (`reviews:9080`) in its URI, so HTTP/2's
 //! `:authority` and HTTP/1.1's `Host` say what the caller (or a rewrite) asked for; the
 //! endpoint to dial travels beside it in [`Outgoing`]. The codec is the one the balancer
@@ -61,6 +68,49 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ORIGINATION_POOLS: usize = 64;
 /// How long an idle connection is kept (see the module documentation).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The bounds of every endpoint's connection pools where the endpoint's cluster sets
+/// none (a DestinationRule's `connectionPool` replaces them): connections per endpoint,
+/// and requests waiting for one. Past both, a request is answered at once with Envoy's
+/// overflow (`503`, flag `UO`) instead of opening connection after connection until the
+/// process runs out of descriptors. Set them with [`set_pool_bounds`] before the
+/// endpoints are made (a pool reads them when it is created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolBounds {
+    /// Connections to one endpoint (made one way: plaintext, mutual TLS with one key,
+    /// or one TLS origination), open or being made: 1024, the `max_connections` Envoy
+    /// gives a cluster by default. An HTTP/1.1 connection carries one request at a time,
+    /// so this also bounds the requests in flight over HTTP/1.1.
+    pub max_connections: u32,
+    /// Requests waiting for a connection to one endpoint (when every connection is busy
+    /// and no other may be made): 8192. A waiting request holds its headers and a
+    /// future, no descriptor.
+    pub max_pending_requests: u32,
+}
+
+impl Default for PoolBounds {
+    fn default() -> Self {
+        PoolBounds {
+            max_connections: 1024,
+            max_pending_requests: 8192,
+        }
+    }
+}
+
+static POOL_BOUNDS: std::sync::RwLock<Option<PoolBounds>> = std::sync::RwLock::new(None);
+
+/// Sets the bounds of the connection pools made from now on (see [`PoolBounds`]).
+pub fn set_pool_bounds(bounds: PoolBounds) {
+    *POOL_BOUNDS.write().unwrap_or_else(|e| e.into_inner()) = Some(bounds);
+}
+
+/// The bounds connection pools are made with ([`PoolBounds::default`] unless set).
+pub fn pool_bounds() -> PoolBounds {
+    POOL_BOUNDS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_default()
+}
 
 /// The protocol to speak to an endpoint, chosen by the balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -229,6 +279,11 @@ impl MutualTls {
 /// one TLS origination).
 struct ConnPool {
     idle_timeout: Duration,
+    /// Its bounds where the cluster sets none.
+    bounds: PoolBounds,
+    /// Requests waiting for one of its connections, where the cluster does not count
+    /// them (`http1MaxPendingRequests`).
+    pending: AtomicU32,
     /// The name a TLS origination sends and verifies.
     server_name: Option<ServerName<'static>>,
     /// Idle HTTP/1.1 connections, the most recently used last.
@@ -260,13 +315,20 @@ struct Http2Conn {
 }
 
 impl ConnPool {
-    fn new(idle_timeout: Duration) -> Self {
-        Self::named(idle_timeout, None)
+    fn new(idle_timeout: Duration, bounds: PoolBounds) -> Self {
+        Self::named(idle_timeout, bounds, None)
     }
 
-    fn named(idle_timeout: Duration, server_name: Option<ServerName<'static>>) -> Self {
+    fn named(
+        idle_timeout: Duration,
+        mut bounds: PoolBounds,
+        server_name: Option<ServerName<'static>>,
+    ) -> Self {
+        bounds.max_connections = bounds.max_connections.max(1);
         ConnPool {
             idle_timeout,
+            bounds,
+            pending: AtomicU32::new(0),
             server_name,
             http1: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
@@ -373,7 +435,8 @@ struct ConnSlot {
 impl ConnSlot {
     /// A slot for one more connection of `pool` to `endpoint`, unless the cluster has
     /// its `maxConnections` — Envoy's rule: a pool without any connection may always
-    /// make one, so that its pending requests are never stranded.
+    /// make one, so that its pending requests are never stranded — or, where the
+    /// cluster sets no `maxConnections`, the pool has its [`PoolBounds`]' connections.
     fn take(
         endpoint: &Arc<EndpointState>,
         pool: &ConnPool,
@@ -393,11 +456,16 @@ impl ConnSlot {
                     }
                     gauge.fetch_add(1, Ordering::AcqRel);
                 }
+                pool.open.fetch_add(1, Ordering::AcqRel);
                 Some(l.state.clone())
             }
-            _ => None,
+            _ => {
+                if !take_below(&pool.open, Some(pool.bounds.max_connections)) {
+                    return None;
+                }
+                None
+            }
         };
-        pool.open.fetch_add(1, Ordering::AcqRel);
         endpoint.connection_opened();
         Some(Arc::new(ConnSlot {
             endpoint: endpoint.clone(),
@@ -427,25 +495,61 @@ impl Drop for ConnSlot {
     }
 }
 
-/// A request waiting for a connection, counted against its cluster's
-/// `http1MaxPendingRequests`.
-struct PendingRequest(Arc<ClusterState>);
+/// A request waiting for a connection: counted against its cluster's
+/// `http1MaxPendingRequests` when the cluster sets it, else against its pool's
+/// [`PoolBounds::max_pending_requests`] (and, when the cluster has circuit breakers,
+/// still among the cluster's pending requests, which its retry budget reads).
+struct PendingRequest<'a> {
+    cluster: Option<&'a AtomicU32>,
+    pool: Option<&'a AtomicU32>,
+}
 
-impl PendingRequest {
-    fn enter(limits: &ClusterLimits) -> Result<Self, Overflow> {
-        let b = &limits.state.breakers;
-        if take_below(&b.pending, limits.limits().max_pending_requests) {
-            Ok(PendingRequest(limits.state.clone()))
-        } else {
-            b.request_overflow.fetch_add(1, Ordering::Relaxed);
-            Err(Overflow("pending requests"))
+impl<'a> PendingRequest<'a> {
+    /// `breakers`: the cluster's limits, when it has circuit breakers.
+    fn enter(breakers: Option<&'a ClusterLimits>, pool: &'a ConnPool) -> Result<Self, Overflow> {
+        let own = breakers.and_then(|l| l.limits().max_pending_requests);
+        let mut entered = PendingRequest {
+            cluster: None,
+            pool: None,
+        };
+        let admitted = match (breakers, own) {
+            (Some(l), Some(max)) => {
+                let gauge = &l.state.breakers.pending;
+                take_below(gauge, Some(max)) && {
+                    entered.cluster = Some(gauge);
+                    true
+                }
+            }
+            _ => {
+                let max = Some(pool.bounds.max_pending_requests);
+                take_below(&pool.pending, max) && {
+                    entered.pool = Some(&pool.pending);
+                    if let Some(l) = breakers {
+                        take_below(&l.state.breakers.pending, None);
+                        entered.cluster = Some(&l.state.breakers.pending);
+                    }
+                    true
+                }
+            }
+        };
+        if admitted {
+            return Ok(entered);
         }
+        if let Some(l) = breakers {
+            l.state
+                .breakers
+                .request_overflow
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Err(Overflow("pending requests"))
     }
 }
 
-impl Drop for PendingRequest {
+impl Drop for PendingRequest<'_> {
     fn drop(&mut self) {
-        give_back(&self.0.breakers.pending);
+        for gauge in [self.cluster, self.pool].into_iter().flatten() {
+            give_back(gauge);
+        }
     }
 }
 
@@ -464,6 +568,8 @@ pub(crate) struct EndpointPools {
     target: Option<Uri>,
     connector: HttpConnector,
     idle_timeout: Duration,
+    /// The bounds of its pools.
+    bounds: PoolBounds,
     plain: Arc<ConnPool>,
     /// The mutual TLS pools, by key (a workload calls an endpoint with one key; a few
     /// workloads of one process share the endpoint's state).
@@ -488,10 +594,10 @@ impl std::fmt::Debug for EndpointPools {
 impl EndpointPools {
     /// The pools of the endpoint `address:port`.
     pub(crate) fn new(id: &str) -> Self {
-        Self::with_idle_timeout(id, IDLE_TIMEOUT)
+        Self::with_settings(id, IDLE_TIMEOUT, pool_bounds())
     }
 
-    pub(crate) fn with_idle_timeout(id: &str, idle_timeout: Duration) -> Self {
+    pub(crate) fn with_settings(id: &str, idle_timeout: Duration, bounds: PoolBounds) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -499,7 +605,8 @@ impl EndpointPools {
             target: format!("http://{id}/").parse().ok(),
             connector,
             idle_timeout,
-            plain: Arc::new(ConnPool::new(idle_timeout)),
+            bounds,
+            plain: Arc::new(ConnPool::new(idle_timeout, bounds)),
             mutual: Mutex::new(Vec::new()),
             originated: Mutex::new(Vec::new()),
         }
@@ -536,7 +643,7 @@ impl EndpointPools {
         }
         // A key whose identity is gone (its workload was dropped) is forgotten.
         mutual.retain(|(k, _)| Arc::strong_count(&k.client) > 1);
-        let pool = Arc::new(ConnPool::new(self.idle_timeout));
+        let pool = Arc::new(ConnPool::new(self.idle_timeout, self.bounds));
         mutual.push((tls.clone(), pool.clone()));
         pool
     }
@@ -582,7 +689,7 @@ impl EndpointPools {
             let excess = pools.len() + 1 - MAX_ORIGINATION_POOLS;
             pools.drain(..excess);
         }
-        let pool = Arc::new(ConnPool::named(self.idle_timeout, Some(name)));
+        let pool = Arc::new(ConnPool::named(self.idle_timeout, self.bounds, Some(name)));
         let key = OriginationKey {
             settings: settings.clone(),
             host: host.map(Box::from),
@@ -658,10 +765,12 @@ impl EndpointPools {
         })
     }
 
-    /// A connection for an HTTP/1.1 request: an idle one, or a new one. With circuit
-    /// breakers, as Envoy's pool: without an idle connection the request is pending
-    /// (refused past `http1MaxPendingRequests`) until a connection is put back or one
-    /// may be made (`maxConnections`).
+    /// A connection for an HTTP/1.1 request: an idle one, or a new one. Without an idle
+    /// connection, and none that may be made (the cluster's `maxConnections`, else the
+    /// pool's [`PoolBounds`]), the request is pending — refused past
+    /// `http1MaxPendingRequests`, else the pool's bound — until a connection is put back
+    /// or one may be made. With circuit breakers, as in Envoy's pool, a request is
+    /// pending while its connection is made too.
     async fn http1(
         &self,
         endpoint: &Arc<EndpointState>,
@@ -673,11 +782,15 @@ impl EndpointPools {
         if let Some(conn) = pool.take_idle_http1() {
             return Ok((conn, true));
         }
-        let Some(l) = limits.filter(|l| l.limits().has_breakers()) else {
-            let slot = ConnSlot::take(endpoint, pool, None).ok_or(Overflow("connections"))?;
+        let breakers = limits.filter(|l| l.limits().has_breakers());
+        // Without circuit breakers, a request that may have a connection of its own
+        // does not wait; with them, it is pending until connected, as in Envoy.
+        if breakers.is_none()
+            && let Some(slot) = ConnSlot::take(endpoint, pool, None)
+        {
             return Ok((self.new_http1(id, tls, pool, slot, limits).await?, false));
-        };
-        let _pending = PendingRequest::enter(l)?;
+        }
+        let _pending = PendingRequest::enter(breakers, pool)?;
         loop {
             let freed = pool.freed.notified();
             tokio::pin!(freed);
@@ -685,7 +798,7 @@ impl EndpointPools {
             if let Some(conn) = pool.take_idle_http1() {
                 return Ok((conn, true));
             }
-            if let Some(slot) = ConnSlot::take(endpoint, pool, Some(l)) {
+            if let Some(slot) = ConnSlot::take(endpoint, pool, breakers) {
                 return Ok((self.new_http1(id, tls, pool, slot, limits).await?, false));
             }
             freed.await;
@@ -728,10 +841,9 @@ impl EndpointPools {
                     None => continue,
                 }
             }
-            if pending.is_none()
-                && let Some(l) = limits
-            {
-                pending = Some(PendingRequest::enter(l)?);
+            if pending.is_none() {
+                let breakers = limits.filter(|l| l.limits().has_breakers());
+                pending = Some(PendingRequest::enter(breakers, pool)?);
             }
             freed.await;
         }
@@ -1098,7 +1210,8 @@ fn unsent(
 }
 
 /// Sends each [`Outgoing`] request over its endpoint's pooled connections (Envoy's
-/// default connect timeout, 10 s; idle connections kept 90 s).
+/// default connect timeout, 10 s; idle connections kept 4 s; [`PoolBounds`] where the
+/// cluster sets no limit).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pools;
 
@@ -1206,7 +1319,11 @@ mod tests {
 
     fn endpoint(id: &Arc<str>, idle_timeout: Duration) -> Arc<EndpointState> {
         Arc::new(EndpointState::with_pools(
-            Box::new([EndpointPools::with_idle_timeout(id, idle_timeout)]),
+            Box::new([EndpointPools::with_settings(
+                id,
+                idle_timeout,
+                PoolBounds::default(),
+            )]),
             id.clone(),
         ))
     }
@@ -1442,6 +1559,92 @@ mod tests {
             assert_eq!(req.uri().to_string(), target, "{uri}");
             assert_eq!(req.headers()[HOST], want_host, "{uri}");
         }
+    }
+
+    /// Without circuit breakers, a pool opens at most its bound's connections to an
+    /// endpoint; requests beyond them wait (up to the pending bound) and are served as
+    /// connections come free; past that they are refused at once as an overflow.
+    #[tokio::test]
+    async fn http1_pool_bounds_cap_connections_and_queue_then_overflow() {
+        // A backend answering after 300 ms, counting connections.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let id: Arc<str> = l.local_addr().unwrap().to_string().into();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req: Request<Incoming>| async {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let bounds = PoolBounds {
+            max_connections: 2,
+            max_pending_requests: 3,
+        };
+        let ep = Arc::new(EndpointState::with_pools(
+            Box::new([EndpointPools::with_settings(&id, IDLE_TIMEOUT, bounds)]),
+            id.clone(),
+        ));
+        let started = Instant::now();
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let ep = ep.clone();
+                tokio::spawn(async move {
+                    let request = Request::get("http://a/").body(ReqBody::empty()).unwrap();
+                    let out = Pools
+                        .call(Outgoing {
+                            request,
+                            endpoint: ep,
+                            protocol: Protocol::Http1,
+                            tls: None,
+                            limits: None,
+                        })
+                        .await;
+                    match out {
+                        Ok(resp) => {
+                            let body = resp.into_body().collect().await.unwrap().to_bytes();
+                            Ok((body, started.elapsed()))
+                        }
+                        Err(e) => Err((e.is::<Overflow>(), started.elapsed())),
+                    }
+                })
+            })
+            .collect();
+        let mut served = Vec::new();
+        let mut refused = Vec::new();
+        for c in calls {
+            match c.await.unwrap() {
+                Ok((body, at)) => {
+                    assert_eq!(body, "ok");
+                    served.push(at);
+                }
+                Err((overflow, at)) => {
+                    assert!(overflow, "a refusal that is not an overflow");
+                    refused.push(at);
+                }
+            }
+        }
+        assert_eq!((served.len(), refused.len()), (5, 3));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "connections opened");
+        // Refused at once, not after waiting for a connection.
+        assert!(
+            refused.iter().all(|t| *t < Duration::from_millis(250)),
+            "{refused:?}"
+        );
+        // Two rounds of two and one of one: the last served after three responses' time.
+        let last = served.iter().max().unwrap();
+        assert!(*last >= Duration::from_millis(850), "{last:?}");
+        // Nothing waits any more: the next request is served on an idle connection.
+        assert_eq!(get(ep.clone(), Protocol::Http1, "http://a/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     async fn futures_join_all<F: Future<Output = String> + Send + 'static>(
