@@ -1,9 +1,9 @@
 //! The caller's request body as an edge listener reads it: when it is malformed (an
-//! invalid chunked encoding) or stops arriving for longer than the listener allows, the
-//! request is the caller's fault, not the upstream's. [`DownstreamBody`] records which in
-//! a [`DownstreamFault`] the listener keeps, so that the answer is Envoy's `400` flagged
-//! `DPE` or `408` flagged `SI`, rather than a `503` blamed on the upstream whose request
-//! broke with it.
+//! invalid chunked encoding), stops arriving for longer than the listener allows, or
+//! grows past the listener's bound, the request is the caller's fault, not the
+//! upstream's. [`DownstreamBody`] records which in a [`DownstreamFault`] the listener
+//! keeps, so that the answer is Envoy's `400` flagged `DPE`, `408` flagged `SI` or
+//! `413`, rather than a `503` blamed on the upstream whose request broke with it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub enum Fault {
     Malformed,
     /// It stopped arriving for longer than allowed.
     Stalled,
+    /// It grew past the listener's bound.
+    TooLarge,
 }
 
 /// Whether a request's body from its caller went wrong, and how (see the module docs).
@@ -35,6 +37,7 @@ impl DownstreamFault {
         match self.0.load(Ordering::Acquire) {
             1 => Some(Fault::Malformed),
             2 => Some(Fault::Stalled),
+            3 => Some(Fault::TooLarge),
             _ => None,
         }
     }
@@ -43,6 +46,7 @@ impl DownstreamFault {
         let v = match fault {
             Fault::Malformed => 1,
             Fault::Stalled => 2,
+            Fault::TooLarge => 3,
         };
         self.0.store(v, Ordering::Release);
     }
@@ -53,9 +57,15 @@ impl DownstreamFault {
 #[error("the request body stopped arriving for {0:?}")]
 pub struct BodyStalled(pub Duration);
 
+/// The error a body past its bound ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
 pin_project_lite::pin_project! {
     /// A caller's request body that records what went wrong with it in its
-    /// [`DownstreamFault`], and ends it when it stops arriving for `idle`.
+    /// [`DownstreamFault`], and ends it when it stops arriving for `idle` or grows past
+    /// `max` bytes.
     #[derive(Debug)]
     pub struct DownstreamBody<B> {
         #[pin]
@@ -63,6 +73,8 @@ pin_project_lite::pin_project! {
         fault: DownstreamFault,
         idle: Option<Duration>,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        max: Option<u64>,
+        received: u64,
     }
 }
 
@@ -77,9 +89,17 @@ impl<B> DownstreamBody<B> {
                 fault: fault.clone(),
                 idle,
                 timer: None,
+                max: None,
+                received: 0,
             },
             fault,
         )
+    }
+
+    /// Ends the body with [`BodyTooLarge`] once more than `max` bytes of it arrived.
+    pub fn with_max(mut self, max: Option<u64>) -> Self {
+        self.max = max;
+        self
     }
 }
 
@@ -121,11 +141,19 @@ where
                 }
                 Poll::Pending
             }
-            ready => {
+            Poll::Ready(Some(Ok(frame))) => {
                 // Something arrived: the idle time starts again.
                 *this.timer = None;
-                ready.map(|f| f.map(|r| r.map_err(Into::into)))
+                if let (Some(max), Some(data)) = (*this.max, frame.data_ref()) {
+                    *this.received = this.received.saturating_add(data.len() as u64);
+                    if *this.received > max {
+                        this.fault.set(Fault::TooLarge);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(max)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(None) => Poll::Ready(None),
         }
     }
 
@@ -226,5 +254,23 @@ mod tests {
         assert!(err.downcast_ref::<BodyStalled>().is_some(), "{err}");
         assert_eq!(fault.get(), Some(Fault::Stalled));
         assert!(started.elapsed() < Duration::from_millis(1900));
+    }
+
+    /// A body is read up to its bound; one byte more ends it as the caller's fault.
+    #[tokio::test]
+    async fn a_body_past_its_bound_is_ended() {
+        let trickle = || Trickle {
+            every: Duration::from_millis(1),
+            left: 5,
+            timer: None,
+        };
+        let (body, fault) = DownstreamBody::new(trickle(), None);
+        let body = body.with_max(Some(5));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "xxxxx");
+        assert_eq!(fault.get(), None);
+        let (body, fault) = DownstreamBody::new(trickle(), None);
+        let err = body.with_max(Some(4)).collect().await.unwrap_err();
+        assert!(err.downcast_ref::<BodyTooLarge>().is_some(), "{err}");
+        assert_eq!(fault.get(), Some(Fault::TooLarge));
     }
 }

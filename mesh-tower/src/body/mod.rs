@@ -10,6 +10,6 @@ mod downstream;
 mod request;
 mod response;
 
-pub use downstream::{BodyStalled, DownstreamBody, DownstreamFault, Fault};
+pub use downstream::{BodyStalled, BodyTooLarge, DownstreamBody, DownstreamFault, Fault};
 pub use request::{BodyError, DEFAULT_BUFFER_LIMIT, ReqBody};
 pub use response::{BodyTimeout, ResBody, full};

@@ -104,6 +104,39 @@ use mesh_core::gateway::{Chain, GatewayRoutes, TlsSettings};
 
 pub use error::{GatewayError, ServerRef};
 
+/// What the ingress gateway takes from a client, beyond the listeners' bounds
+/// (`transport::accept`). Set it with [`set_ingress_limits`] before the gateway is
+/// bound; a gateway reads it when it is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngressLimits {
+    /// The largest request body forwarded, in bytes: 64 MiB by default; 0 for no bound.
+    /// A request announcing a larger `Content-Length` is answered `413` before anything
+    /// is forwarded; a body that grows past it on the way (chunked, HTTP/2) is cut
+    /// there and answered `413` unless the upstream answered already.
+    pub max_request_body: u64,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        IngressLimits {
+            max_request_body: 64 << 20,
+        }
+    }
+}
+
+static INGRESS_LIMITS: std::sync::RwLock<Option<IngressLimits>> = std::sync::RwLock::new(None);
+
+/// Sets what the gateways bound from now on take from a client.
+pub fn set_ingress_limits(limits: IngressLimits) {
+    *INGRESS_LIMITS.write().unwrap_or_else(|e| e.into_inner()) = Some(limits);
+}
+
+/// What gateways are bound with ([`IngressLimits::default`] unless set).
+pub fn ingress_limits() -> IngressLimits {
+    let set = *INGRESS_LIMITS.read().unwrap_or_else(|e| e.into_inner());
+    set.unwrap_or_default()
+}
+
 use crate::outbound::Forward;
 use crate::transport::tls::{ServerTls, server_config};
 use crate::{Mesh, MeshRuntime};
@@ -123,6 +156,8 @@ pub(crate) struct Shared {
     addrs: Vec<(u32, SocketAddr)>,
     /// How long a request body may stop arriving (`ListenerTimeouts`), as at start.
     body_idle: Option<std::time::Duration>,
+    /// The largest request body forwarded ([`IngressLimits`]), as at start.
+    max_request_body: Option<u64>,
 }
 
 impl Shared {
@@ -269,6 +304,10 @@ impl IngressGateway {
             body_idle: {
                 let idle = crate::transport::accept::listener_timeouts().request_body_idle;
                 (!idle.is_zero()).then_some(idle)
+            },
+            max_request_body: {
+                let max = ingress_limits().max_request_body;
+                (max != 0).then_some(max)
             },
         };
         shared.report_unserved();

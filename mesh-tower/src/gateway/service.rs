@@ -73,6 +73,17 @@ impl GatewayService {
         if req.headers().get_all(HOST).iter().nth(1).is_some() {
             return Err(Box::new(status(StatusCode::BAD_REQUEST)));
         }
+        // A body announced larger than the ingress takes is refused before anything is
+        // forwarded (one that grows past it on the way is refused then).
+        if let Some(max) = self.shared.max_request_body
+            && req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n > max)
+        {
+            return Err(Box::new(bad_body(Fault::TooLarge)));
+        }
         // An absolute URI is `http` (or `https` over TLS), as Envoy requires.
         match req.uri().scheme_str() {
             None | Some("http") => {}
@@ -446,6 +457,7 @@ impl GatewayService {
                 }
                 let (parts, body) = req.into_parts();
                 let (body, fault) = DownstreamBody::new(body, self.shared.body_idle);
+                let body = body.with_max(self.shared.max_request_body);
                 let mut request =
                     Request::from_parts(parts, ReqBody::streaming(body, DEFAULT_BUFFER_LIMIT));
                 if let Some(m) = &meter {
@@ -472,9 +484,10 @@ impl GatewayService {
                     let forwarded = forward.oneshot(Routed::new(request, route));
                     let checked = async move {
                         let result = forwarded.await;
-                        // A request whose body the client broke (a malformed chunk) or
-                        // left unfinished is the client's fault: Envoy's 400 flagged
-                        // DPE, or 408 flagged SI, not the upstream's 503.
+                        // A request whose body the client broke (a malformed chunk),
+                        // left unfinished or made too large is the client's fault:
+                        // Envoy's 400 flagged DPE, 408 flagged SI or 413, not the
+                        // upstream's 503.
                         match fault.get() {
                             Some(f)
                                 if result
@@ -572,20 +585,31 @@ fn status(status: StatusCode) -> Response<ResBody> {
 }
 
 /// Envoy's answer to a request whose body could not be read: `400` flagged `DPE` when
-/// it was malformed, `408` flagged `SI` when it stopped arriving.
+/// it was malformed, `408` flagged `SI` when it stopped arriving, `413` (Envoy's
+/// "Payload Too Large", no flag) when it was larger than the ingress takes.
 fn bad_body(fault: Fault) -> Response<ResBody> {
     let (code, flag) = match fault {
         Fault::Malformed => (
             StatusCode::BAD_REQUEST,
-            crate::ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            Some(crate::ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR),
         ),
         Fault::Stalled => (
             StatusCode::REQUEST_TIMEOUT,
-            crate::ResponseFlags::STREAM_IDLE_TIMEOUT,
+            Some(crate::ResponseFlags::STREAM_IDLE_TIMEOUT),
         ),
+        Fault::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, None),
     };
-    let mut resp = status(code);
-    resp.extensions_mut().insert(flag);
+    let mut resp = match fault {
+        Fault::TooLarge => {
+            let mut r = Response::new(ResBody::full(Bytes::from_static(b"Payload Too Large")));
+            *r.status_mut() = code;
+            r
+        }
+        _ => status(code),
+    };
+    if let Some(flag) = flag {
+        resp.extensions_mut().insert(flag);
+    }
     resp
 }
 
