@@ -10,13 +10,18 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mesh_tower::transport::accept::{ConnectionLimits, set_connection_limits};
+use mesh_tower::transport::accept::{
+    ConnectionLimits, ListenerTimeouts, open_connections, set_connection_limits,
+    set_listener_timeouts,
+};
 use support::Demo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Connections each listener may hold in this test.
 const PER_LISTENER: u32 = 40;
+/// Connections all the listeners may hold (the admin endpoint aside).
+const PROCESS: u32 = 60;
 
 /// Sends `GET path` with `host` on `conn` (keep-alive) and returns the status code,
 /// `None` when the connection closed or nothing came within 10 s.
@@ -67,7 +72,13 @@ async fn refused(addr: SocketAddr) -> bool {
 async fn at_the_connection_bound_new_connections_are_refused_and_the_rest_keeps_working() {
     set_connection_limits(ConnectionLimits {
         per_listener: PER_LISTENER,
+        process: PROCESS,
         ..ConnectionLimits::default()
+    });
+    // Held connections stay open through the test, however slow the machine.
+    set_listener_timeouts(ListenerTimeouts {
+        request_headers: Duration::from_secs(120),
+        ..ListenerTimeouts::default()
     });
     let demo = Demo::start().await;
     let ingress = demo.running().ingress;
@@ -97,6 +108,35 @@ async fn at_the_connection_bound_new_connections_are_refused_and_the_rest_keeps_
             "established connection {i}"
         );
     }
+    // The process's bound: silent connections to a workload's inbound port fill it,
+    // then that port refuses too, and the admin endpoint still answers.
+    let productpage = demo
+        .running()
+        .workloads
+        .iter()
+        .find(|(w, _)| w.name.starts_with("productpage"))
+        .map(|(_, a)| *a)
+        .expect("productpage's address");
+    let mut silent = Vec::new();
+    let mut refusal = false;
+    for _ in 0..PROCESS {
+        if open_connections() >= PROCESS {
+            refusal = refused(productpage).await;
+            break;
+        }
+        silent.push(TcpStream::connect(productpage).await.unwrap());
+        // Counted once its task runs.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refusal,
+        "no refusal at the process's bound ({} open)",
+        open_connections()
+    );
+    let mut a = TcpStream::connect(admin).await.unwrap();
+    assert_eq!(status(&mut a, "localhost", "/healthz").await, Some(200));
+    drop(silent);
+
     // A connection that ends makes room for a new one.
     held.truncate(PER_LISTENER as usize - 1);
     let mut served = false;

@@ -73,6 +73,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // The listeners' and pools' default bounds follow the descriptor limit: the most the
+    // process may open.
+    let descriptors = mesh_tower::transport::accept::raise_descriptor_limit();
+    tracing::debug!(descriptors, "descriptor limit");
     let mut opts = Options::new(&args.config);
     opts.ingress = args.ingress;
     opts.admin = args.admin;

@@ -372,7 +372,7 @@ impl IngressGateway {
                 tasks.spawn(serve_tls(listener, shared, port, until));
             } else {
                 let app = GatewayService::new(shared, port, None);
-                tasks.spawn(crate::inbound::serve(listener, app, until));
+                tasks.spawn(crate::transport::accept::serve_edge(listener, app, until));
             }
         }
         // Report what an update leaves unserved, until shutdown.
@@ -406,38 +406,49 @@ async fn serve_tls(
     port: u32,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use crate::transport::accept::{ConnectionInfo, WithConnection, accept_each, serve_connection};
-    accept_each(listener, shutdown, move |stream, peer, builder, watcher| {
-        let shared = shared.clone();
-        async move {
-            let chosen = crate::transport::tls::handshake(stream, peer, |sni| {
-                let (chain, loaded) = shared.tls_for(port, sni)?;
-                Some((loaded.config.clone(), (chain, loaded)))
-            })
-            .await;
-            let Some((stream, (chain, loaded))) = chosen else {
-                return;
-            };
-            // MUTUAL: the verified client certificate, for `x-forwarded-client-cert`.
-            let xfcc = if chain.tls.mutual {
-                let peer_cert = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first());
-                let v = peer_cert.and_then(|c| xfcc::value(c, &loaded.local_uris));
-                if v.is_none() {
-                    tracing::debug!(%peer, port, "no x-forwarded-client-cert for this client");
-                }
-                v
-            } else {
-                None
-            };
-            let conn = Arc::new(TlsConn { chain, xfcc });
-            let info = ConnectionInfo::plain(stream.get_ref().0, peer);
-            let svc = WithConnection::new(GatewayService::new(shared, port, Some(conn)), info);
-            serve_connection(stream, svc, builder, watcher).await;
-        }
-    })
+    use crate::transport::accept::{
+        Admission, ConnectionInfo, WithConnection, accept_admitting, connection_limits,
+        listener_timeouts, serve_connection,
+    };
+    let admission = Admission::edge(&connection_limits());
+    let timeouts = listener_timeouts();
+    accept_admitting(
+        listener,
+        admission,
+        timeouts,
+        shutdown,
+        move |stream, peer, builder, control| {
+            let shared = shared.clone();
+            async move {
+                let chosen = crate::transport::tls::handshake(stream, peer, |sni| {
+                    let (chain, loaded) = shared.tls_for(port, sni)?;
+                    Some((loaded.config.clone(), (chain, loaded)))
+                })
+                .await;
+                let Some((stream, (chain, loaded))) = chosen else {
+                    return;
+                };
+                // MUTUAL: the verified client certificate, for `x-forwarded-client-cert`.
+                let xfcc = if chain.tls.mutual {
+                    let peer_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first());
+                    let v = peer_cert.and_then(|c| xfcc::value(c, &loaded.local_uris));
+                    if v.is_none() {
+                        tracing::debug!(%peer, port, "no x-forwarded-client-cert for this client");
+                    }
+                    v
+                } else {
+                    None
+                };
+                let conn = Arc::new(TlsConn { chain, xfcc });
+                let info = ConnectionInfo::plain(stream.get_ref().0, peer);
+                let svc = WithConnection::new(GatewayService::new(shared, port, Some(conn)), info);
+                serve_connection(stream, svc, builder, control).await;
+            }
+        },
+    )
     .await
 }

@@ -51,7 +51,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    accept_each(listener, shutdown, move |stream, peer, builder, watcher| {
+    accept_each(listener, shutdown, move |stream, peer, builder, control| {
         let app = app.clone();
         let mesh = mesh.clone();
         async move {
@@ -74,11 +74,11 @@ where
                         mesh,
                         port: local.port(),
                     };
-                    serve_connection(stream, WithConnection::new(app, info), builder, watcher)
+                    serve_connection(stream, WithConnection::new(app, info), builder, control)
                         .await;
                 }
                 Some(Admitted::Tls(stream, info)) => {
-                    serve_connection(*stream, WithConnection::new(app, info), builder, watcher)
+                    serve_connection(*stream, WithConnection::new(app, info), builder, control)
                         .await;
                 }
                 None => {}

@@ -15,9 +15,13 @@
 //! `request_headers_timeout` from a request's first byte and bounds idle connections with
 //! a separate, longer `idle_timeout`; hyper's header timer is one bound for both.) TLS
 //! handshakes are bounded where TLS is accepted; at the ingress, a request body that
-//! stops arriving is answered `408` after `request_body_idle`. Not bounded yet: a request
-//! body that stops arriving at a workload's inbound port, an idle HTTP/2 connection, a
-//! client that stops within the first bytes of the HTTP/2 preface.
+//! stops arriving is answered `408` after `request_body_idle`. Any connection (an HTTP/2
+//! one stalling inside its preface or never opening a stream) that has started no
+//! request within the bound of its first byte is closed; one without a request in
+//! flight for `connection_idle` (1 hour, Envoy's `idle_timeout`) is shut down
+//! gracefully (GOAWAY). When a listener stops, its connections are shut down gracefully
+//! and given `drain` (5 s) to finish their requests, then closed. Not bounded yet: a
+//! request body that stops arriving at a workload's inbound port.
 //!
 //! Every listener is bounded in connections too ([`ConnectionLimits`], derived from the
 //! process's descriptor limit): past its own bound, or the bound of all the listeners
@@ -39,7 +43,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -69,10 +72,20 @@ pub struct LocalAddr(pub SocketAddr);
 /// it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerTimeouts {
-    /// How long a connection may take to send its first byte, and an HTTP/1 connection
-    /// a whole request head from its first byte or from the end of its previous
-    /// response (so also how long a keep-alive connection may stay idle); 10 s. Zero
-    /// turns both bounds off, as a zero timeout does in Envoy.
+    /// How long a connection may stay without a request in flight once it has carried
+    /// one (Envoy's `idle_timeout`, 1 hour): an HTTP/2 connection is then sent GOAWAY
+    /// and closed. (An idle HTTP/1 connection is closed sooner, by `request_headers`.)
+    /// Zero turns it off.
+    pub connection_idle: Duration,
+    /// How long a listener that stops waits for its connections to finish their
+    /// requests before it closes them (Istio's `terminationDrainDuration`, 5 s).
+    pub drain: Duration,
+    /// How long a connection may take to send its first byte, any connection its first
+    /// request (an HTTP/2 client stalling inside its preface or never opening a
+    /// stream), and an HTTP/1 connection a whole request head from its first byte or
+    /// from the end of its previous response (so also how long a keep-alive connection
+    /// may stay idle); 10 s. Zero turns these bounds off, as a zero timeout does in
+    /// Envoy.
     pub request_headers: Duration,
     /// How long the ingress waits for more of a request body that has stopped
     /// arriving before answering `408` (flag `SI`): Envoy's `stream_idle_timeout`,
@@ -83,6 +96,8 @@ pub struct ListenerTimeouts {
 impl Default for ListenerTimeouts {
     fn default() -> Self {
         ListenerTimeouts {
+            connection_idle: Duration::from_secs(3600),
+            drain: Duration::from_secs(5),
             request_headers: Duration::from_secs(10),
             request_body_idle: Duration::from_secs(300),
         }
@@ -119,8 +134,8 @@ pub struct ConnectionLimits {
     /// connections, files and the admin endpoint (Envoy's overload manager's
     /// `global_downstream_max_connections`, in spirit).
     pub process: u32,
-    /// Streams one HTTP/2 connection carries at once (`SETTINGS_MAX_CONCURRENT_STREAMS`):
-    /// 100, the value of Envoy's edge guidance.
+    /// Streams one HTTP/2 connection to the ingress gateway carries at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`): 100, the value of Envoy's edge guidance.
     pub streams_per_connection: u32,
 }
 
@@ -141,13 +156,34 @@ impl ConnectionLimits {
 
 impl Default for ConnectionLimits {
     /// [`ConnectionLimits::for_descriptors`] of the process's soft descriptor limit
-    /// (1024 when it cannot be read; unlimited reads as 1 048 576).
+    /// (an unlimited one reads as 1 048 576).
     fn default() -> Self {
-        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .map_or(1 << 20, |n| n.min(1 << 20));
-        Self::for_descriptors(nofile)
+        Self::for_descriptors(descriptor_limit())
     }
+}
+
+/// The process's soft descriptor limit (`RLIMIT_NOFILE`; an unlimited one reads as
+/// 1 048 576).
+pub fn descriptor_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(1 << 20, |n| n.min(1 << 20))
+}
+
+/// Raises the process's soft descriptor limit to its hard limit (as Go's runtime does at
+/// start), so that the default bounds ([`ConnectionLimits`], the pools') are taken
+/// from the most the process may open. Call it before the listeners start; returns the
+/// limit in force.
+pub fn raise_descriptor_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "the descriptor limit could not be raised");
+        }
+    }
+    descriptor_limit()
 }
 
 static LIMITS: RwLock<Option<ConnectionLimits>> = RwLock::new(None);
@@ -180,6 +216,8 @@ pub(crate) struct Admission {
     listener: Arc<AtomicU32>,
     listener_max: u32,
     shared: Option<(Arc<AtomicU32>, u32)>,
+    /// The HTTP/2 streams a connection carries at once, when not hyper's default.
+    streams: Option<u32>,
 }
 
 impl Admission {
@@ -190,6 +228,18 @@ impl Admission {
             listener: Arc::new(AtomicU32::new(0)),
             listener_max: limits.per_listener,
             shared: Some((PROCESS_CONNECTIONS.clone(), limits.process)),
+            streams: None,
+        }
+    }
+
+    /// An edge listener (the ingress gateway's ports): as [`Admission::process`], its
+    /// HTTP/2 connections carrying `streams_per_connection` streams at once. (A
+    /// workload's inbound port keeps hyper's 200: the mesh's own HTTP/2 pools keep one
+    /// connection per endpoint, as Envoy's inbound listeners take any number.)
+    pub(crate) fn edge(limits: &ConnectionLimits) -> Self {
+        Admission {
+            streams: Some(limits.streams_per_connection),
+            ..Self::process(limits)
         }
     }
 
@@ -199,6 +249,7 @@ impl Admission {
             listener: Arc::new(AtomicU32::new(0)),
             listener_max: ADMIN_CONNECTIONS,
             shared: None,
+            streams: None,
         }
     }
 
@@ -209,6 +260,7 @@ impl Admission {
             listener: Arc::new(AtomicU32::new(0)),
             listener_max: per_listener,
             shared,
+            streams: None,
         }
     }
 
@@ -271,6 +323,16 @@ impl Throttled {
         self.next = now + Duration::from_secs(1);
         Some(std::mem::take(&mut self.skipped))
     }
+}
+
+/// True for the accept errors that say the process or the system ran out of something
+/// (descriptors, buffers, memory), which another attempt right away would meet again.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let errno = Errno::from_io_error(e);
+    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+        .into_iter()
+        .any(|r| Some(r) == errno)
 }
 
 /// What a listener knows of one connection.
@@ -347,7 +409,7 @@ where
     B::Error: Into<BoxError>,
 {
     let admission = Admission::process(&connection_limits());
-    serve_plain(listener, admission, app, shutdown).await
+    serve_plain(listener, admission, listener_timeouts(), app, shutdown).await
 }
 
 /// Serves an admin endpoint's `app` on `listener` as [`serve`] does, its connections
@@ -365,13 +427,33 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    serve_plain(listener, Admission::admin(), app, shutdown).await
+    let timeouts = listener_timeouts();
+    serve_plain(listener, Admission::admin(), timeouts, app, shutdown).await
 }
 
-/// [`serve`] under `admission`'s bounds.
+/// [`serve`] for an edge listener (the ingress gateway's plaintext ports):
+/// [`Admission::edge`].
+pub(crate) async fn serve_edge<S, B>(
+    listener: TcpListener,
+    app: S,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let admission = Admission::edge(&connection_limits());
+    serve_plain(listener, admission, listener_timeouts(), app, shutdown).await
+}
+
+/// [`serve`] under `admission`'s and `timeouts`' bounds.
 pub(crate) async fn serve_plain<S, B>(
     listener: TcpListener,
     admission: Admission,
+    timeouts: ListenerTimeouts,
     app: S,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
@@ -385,22 +467,44 @@ where
     accept_admitting(
         listener,
         admission,
+        timeouts,
         shutdown,
-        move |stream, peer, builder, watcher| {
+        move |stream, peer, builder, control| {
             let app = WithConnection::new(app.clone(), ConnectionInfo::plain(&stream, peer));
-            serve_connection(stream, app, builder, watcher)
+            serve_connection(stream, app, builder, control)
         },
     )
     .await
 }
 
+/// What a connection's task is told by its listener, and the bounds it keeps: see
+/// [`serve_connection`].
+pub(crate) struct ConnControl {
+    /// Becomes true when the listener stops: the connection is shut down gracefully.
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// Becomes true when the listener's drain time is over: the connection is closed.
+    force: tokio::sync::watch::Receiver<bool>,
+    /// How long the connection may take to start its first request.
+    first: Option<Duration>,
+    /// How long it may stay without a request in flight afterwards.
+    idle: Option<Duration>,
+    /// Held while the connection's task runs: the listener waits for every one.
+    _alive: tokio::sync::mpsc::Sender<()>,
+    /// Its place under the listener's bounds: moved into the connection's IO, so that
+    /// an upgraded connection (WebSocket) holds it until it closes.
+    admitted: Option<Admitted>,
+}
+
 /// Serves HTTP/1.1 and HTTP/2 (with upgrades) on one connection with `app`, until the
-/// connection ends or the graceful shutdown `watcher` belongs to is done.
+/// connection ends; it is shut down gracefully (HTTP/2 GOAWAY, HTTP/1 after the response
+/// in progress) when its listener stops, when no request has started within the bound
+/// of its first byte, or when no request has been in flight for `connection_idle`; it
+/// is closed when the listener's drain time is over.
 pub(crate) async fn serve_connection<IO, S, B>(
     io: IO,
     app: S,
     builder: Builder<TokioExecutor>,
-    watcher: Watcher,
+    mut control: ConnControl,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -409,17 +513,224 @@ pub(crate) async fn serve_connection<IO, S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let activity = Arc::new(Activity::new());
+    let app = Tracked {
+        inner: app,
+        activity: activity.clone(),
+    };
+    let io = Guarded {
+        io,
+        _admitted: control.admitted.take(),
+    };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    tokio::pin!(conn);
+    let mut closing = false;
+    let stop = control.stop.clone();
+    let mut force = control.force.clone();
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = wait_true(stop.clone()), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = activity.idle(control.first, control.idle), if !closing => {
+                tracing::debug!("connection idle past its bound: shut down");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = force.wait_for(|f| *f) => {
+                tracing::debug!("connection still busy after the drain time: closed");
+                return;
+            }
+        }
+    }
+}
+
+/// A connection's IO holding its place under its listener's bounds.
+struct Guarded<IO> {
+    io: IO,
+    _admitted: Option<Admitted>,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Completes once `rx` says true (never if its sender goes without saying it).
+async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The requests of one connection: how many are in flight, whether any started, and
+/// when one last started or ended.
+#[derive(Debug)]
+struct Activity {
+    born: Instant,
+    in_flight: AtomicU32,
+    /// Milliseconds from `born` to the last start or end of a request; `u64::MAX`
+    /// before the first.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            born: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            last: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once the connection has gone `first` without starting a request, or
+    /// `idle` without a request in flight since its last one.
+    async fn idle(&self, first: Option<Duration>, idle: Option<Duration>) {
+        loop {
+            let last = self.last.load(Ordering::Relaxed);
+            let (bound, since) = if last == u64::MAX {
+                (first, self.born.elapsed())
+            } else {
+                let at = self.born + Duration::from_millis(last);
+                (idle, at.elapsed())
+            };
+            let Some(bound) = bound else {
+                return std::future::pending().await;
+            };
+            let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+            if !busy && since >= bound {
+                return;
+            }
+            let mut wait = if busy { bound } else { bound - since };
+            if last == u64::MAX
+                && let Some(idle) = idle
+            {
+                // A request may start meanwhile: the idle bound then counts.
+                wait = wait.min(idle);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A connection's service, counting its requests in flight in its [`Activity`].
+#[derive(Debug, Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, R> Service<R> for Tracked<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.activity.touch();
+        TrackedFuture {
+            inner: self.inner.call(req),
+            done: InFlight(self.activity.clone()),
+        }
+    }
+}
+
+/// A request in flight on its connection until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Tracked`]: the request counts in flight until its
+    /// response is ready (or it is dropped).
+    #[derive(Debug)]
+    pub(crate) struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        done: InFlight,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().inner.poll(cx)
     }
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, running
-/// `handle(stream, peer, builder, watcher)` in a task of its own for each (the handler
-/// serves the connection through `watcher`, so that shutdown waits for it); then waits
-/// for the connections in progress to finish their requests. The listener's
+/// `handle(stream, peer, builder, control)` in a task of its own for each (the handler
+/// serves the connection with [`serve_connection`] and `control`, so that shutdown
+/// waits for it); then waits for the connections in progress to finish their requests,
+/// up to the listeners' drain time. The listener's
 /// connections count against the process's [`ConnectionLimits`].
 pub(crate) async fn accept_each<F, Fut>(
     listener: TcpListener,
@@ -427,26 +738,32 @@ pub(crate) async fn accept_each<F, Fut>(
     handle: F,
 ) -> std::io::Result<()>
 where
-    F: Fn(TcpStream, SocketAddr, Builder<TokioExecutor>, Watcher) -> Fut + Clone + Send + 'static,
+    F: Fn(TcpStream, SocketAddr, Builder<TokioExecutor>, ConnControl) -> Fut
+        + Clone
+        + Send
+        + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let admission = Admission::process(&connection_limits());
-    accept_admitting(listener, admission, shutdown, handle).await
+    accept_admitting(listener, admission, listener_timeouts(), shutdown, handle).await
 }
 
-/// [`accept_each`] under `admission`'s bounds: a connection past them is closed as soon
-/// as it is accepted.
+/// [`accept_each`] under `admission`'s bounds (a connection past them is closed as soon
+/// as it is accepted) and `timeouts`.
 pub(crate) async fn accept_admitting<F, Fut>(
     listener: TcpListener,
     admission: Admission,
+    timeouts: ListenerTimeouts,
     shutdown: impl Future<Output = ()>,
     handle: F,
 ) -> std::io::Result<()>
 where
-    F: Fn(TcpStream, SocketAddr, Builder<TokioExecutor>, Watcher) -> Fut + Clone + Send + 'static,
+    F: Fn(TcpStream, SocketAddr, Builder<TokioExecutor>, ConnControl) -> Fut
+        + Clone
+        + Send
+        + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let timeouts = listener_timeouts();
     let bound = (!timeouts.request_headers.is_zero()).then_some(timeouts.request_headers);
     let mut builder = Builder::new(TokioExecutor::new());
     // Without a timer hyper enforces no header timeout at all.
@@ -454,12 +771,15 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(bound);
-    builder
-        .http2()
-        .max_concurrent_streams(connection_limits().streams_per_connection);
-    let graceful = GracefulShutdown::new();
-    // Tells the connections still waiting for their first byte that the listener stops.
+    if let Some(streams) = admission.streams {
+        builder.http2().max_concurrent_streams(streams);
+    }
+    // Tells the connections that the listener stops, then that the drain time is over;
+    // every connection's task holds an `alive` sender until it ends.
     let (stopping, stop) = tokio::sync::watch::channel(false);
+    let (forcing, force) = tokio::sync::watch::channel(false);
+    let (alive, mut ended) = tokio::sync::mpsc::channel::<()>(1);
+    let idle = (!timeouts.connection_idle.is_zero()).then_some(timeouts.connection_idle);
     let local = listener.local_addr().ok();
     let (mut refusals, mut errors) = (Throttled::new(), Throttled::new());
     let mut backoff = Duration::ZERO;
@@ -472,8 +792,13 @@ where
                         backoff = Duration::ZERO;
                         x
                     }
-                    // A transient accept error (too many open files, a reset before
-                    // accept): keep serving, waiting longer each time it repeats.
+                    // A connection reset or aborted before its accept: the next one.
+                    Err(e) if !out_of_resources(&e) => {
+                        tracing::debug!(error = %e, "accept failed");
+                        continue;
+                    }
+                    // Out of descriptors or memory: keep serving, waiting longer each
+                    // time it repeats instead of spinning.
                     Err(e) => {
                         backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
                         if let Some(skipped) = errors.allow() {
@@ -493,10 +818,17 @@ where
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (handle, builder, watcher) = (handle.clone(), builder.clone(), graceful.watcher());
+                let (handle, builder) = (handle.clone(), builder.clone());
+                let control = ConnControl {
+                    stop: stop.clone(),
+                    force: force.clone(),
+                    first: bound,
+                    idle,
+                    _alive: alive.clone(),
+                    admitted: Some(admitted),
+                };
                 let mut stop = stop.clone();
                 tokio::spawn(async move {
-                    let _admitted = admitted;
                     // A connection that sends nothing is closed after the bound (hyper's
                     // protocol detection would wait forever), or when the listener stops.
                     let mut byte = [0u8; 1];
@@ -511,7 +843,7 @@ where
                         _ = stop.wait_for(|s| *s) => None,
                     };
                     match first {
-                        Some(Ok(n)) if n > 0 => handle(stream, peer, builder, watcher).await,
+                        Some(Ok(n)) if n > 0 => handle(stream, peer, builder, control).await,
                         _ => tracing::debug!(%peer, "connection closed before its first byte"),
                     }
                 });
@@ -520,7 +852,15 @@ where
         }
     }
     let _ = stopping.send(true);
-    graceful.shutdown().await;
+    drop(alive);
+    // Every connection's task gone, or the drain time over: then the rest are closed.
+    if tokio::time::timeout(timeouts.drain, ended.recv())
+        .await
+        .is_err()
+    {
+        let _ = forcing.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), ended.recv()).await;
+    }
     Ok(())
 }
 
@@ -529,6 +869,7 @@ mod tests {
     use std::convert::Infallible;
 
     use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -540,7 +881,14 @@ mod tests {
         let app = tower::service_fn(|_req: Request<Incoming>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
         });
-        tokio::spawn(serve_plain(l, admission, app, std::future::pending()));
+        let timeouts = ListenerTimeouts::default();
+        tokio::spawn(serve_plain(
+            l,
+            admission,
+            timeouts,
+            app,
+            std::future::pending(),
+        ));
         addr
     }
 
@@ -612,7 +960,7 @@ mod tests {
         let process = Arc::new(AtomicU32::new(0));
         let a = listener(Admission::with(10, Some((process.clone(), 4)))).await;
         let b = listener(Admission::with(10, Some((process.clone(), 4)))).await;
-        let admin = listener(Admission::with(2, None)).await;
+        let admin = listener(Admission::admin()).await;
         let mut held = Vec::new();
         for addr in [a, a, a, b] {
             let mut c = TcpStream::connect(addr).await.unwrap();
@@ -658,5 +1006,173 @@ mod tests {
         assert_eq!(t.allow(), None);
         t.next = Instant::now();
         assert_eq!(t.allow(), Some(2));
+    }
+
+    /// Serves `/sleep/MS` (answers after MS milliseconds) on a fresh port under
+    /// `timeouts` until `shutdown`; the serving task, to see when it ends.
+    async fn sleeper(
+        timeouts: ListenerTimeouts,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let app = tower::service_fn(|req: Request<Incoming>| async move {
+            let ms = req
+                .uri()
+                .path()
+                .strip_prefix("/sleep/")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let admission = Admission::with(100, None);
+        let task = tokio::spawn(serve_plain(l, admission, timeouts, app, shutdown));
+        (addr, task)
+    }
+
+    fn short(first: u64, idle: u64, drain: u64) -> ListenerTimeouts {
+        ListenerTimeouts {
+            request_headers: Duration::from_millis(first),
+            connection_idle: Duration::from_millis(idle),
+            drain: Duration::from_millis(drain),
+            ..ListenerTimeouts::default()
+        }
+    }
+
+    /// An HTTP/2 client connection, and the task driving it (ends when the server
+    /// closes it).
+    async fn h2(
+        addr: SocketAddr,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (send, task)
+    }
+
+    async fn h2_get(
+        send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        path: &str,
+    ) -> u16 {
+        let req = Request::get(format!("http://a{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send.send_request(req).await.unwrap().status().as_u16()
+    }
+
+    /// An HTTP/2 connection without a request in flight for `connection_idle` is shut
+    /// down; one with a request in flight is not.
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_shut_down() {
+        let (addr, _task) = sleeper(short(10_000, 300, 1_000), std::future::pending()).await;
+        let (mut send, conn) = h2(addr).await;
+        // A request longer than the idle bound keeps the connection.
+        assert_eq!(h2_get(&mut send, "/sleep/600").await, 200);
+        assert!(!conn.is_finished(), "closed while a request was in flight");
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("an idle HTTP/2 connection was kept")
+            .unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+    }
+
+    /// A client that stalls inside the HTTP/2 preface, or finishes it and never opens a
+    /// stream, is closed once it has started no request within the first bound.
+    #[tokio::test]
+    async fn a_connection_that_starts_no_request_is_closed() {
+        let (addr, _task) = sleeper(short(300, 3_600_000, 1_000), std::future::pending()).await;
+        // Half a preface.
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let started = Instant::now();
+        assert!(refused(&mut raw).await, "a stalled preface was kept");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        // A whole handshake, then nothing.
+        let (_send, conn) = h2(addr).await;
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("an HTTP/2 connection without a stream was kept")
+            .unwrap();
+    }
+
+    /// A listener that stops lets a request in progress finish within the drain time,
+    /// and closes what is still busy after it.
+    #[tokio::test]
+    async fn shutdown_drains_within_its_bound() {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let (addr, task) = sleeper(short(10_000, 3_600_000, 500), shutdown).await;
+        let (mut quick, _) = h2(addr).await;
+        let (mut slow, slow_conn) = h2(addr).await;
+        let quick = tokio::spawn(async move { h2_get(&mut quick, "/sleep/200").await });
+        let slow = tokio::spawn(async move {
+            let req = Request::get("http://a/sleep/20000")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            slow.send_request(req).await.map(|r| r.status().as_u16())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        stop.send(()).unwrap();
+        assert_eq!(quick.await.unwrap(), 200, "a request in progress was cut");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the listener did not stop within its drain time")
+            .unwrap()
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert!(
+            slow.await.unwrap().is_err(),
+            "the slow request was answered"
+        );
+        tokio::time::timeout(Duration::from_secs(2), slow_conn)
+            .await
+            .expect("the busy connection was not closed")
+            .unwrap();
+    }
+
+    /// An edge listener advertises its bound on concurrent HTTP/2 streams.
+    #[tokio::test]
+    async fn an_edge_listener_advertises_its_stream_bound() {
+        let limits = ConnectionLimits {
+            streams_per_connection: 7,
+            ..ConnectionLimits::for_descriptors(1000)
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let app = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let timeouts = ListenerTimeouts::default();
+        let pending = std::future::pending();
+        tokio::spawn(serve_plain(l, Admission::edge(&limits), timeouts, app, pending));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // The server's SETTINGS have arrived once a response has.
+        let (resp, _) = send
+            .send_request(Request::get("http://a/").body(()).unwrap(), true)
+            .unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200);
+        assert_eq!(send.current_max_send_streams(), 7);
     }
 }

@@ -78,9 +78,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolBounds {
     /// Connections to one endpoint (made one way: plaintext, mutual TLS with one key,
-    /// or one TLS origination), open or being made: 1024, the `max_connections` Envoy
-    /// gives a cluster by default. An HTTP/1.1 connection carries one request at a time,
-    /// so this also bounds the requests in flight over HTTP/1.1.
+    /// or one TLS origination), open or being made: 1024 (the `max_connections` Envoy
+    /// gives a cluster by default, here per endpoint), fewer when the descriptor limit
+    /// is low ([`PoolBounds::for_descriptors`]). An HTTP/1.1 connection carries one
+    /// request at a time, so this also bounds the requests in flight over HTTP/1.1.
     pub max_connections: u32,
     /// Requests waiting for a connection to one endpoint (when every connection is busy
     /// and no other may be made): 8192. A waiting request holds its headers and a
@@ -88,12 +89,24 @@ pub struct PoolBounds {
     pub max_pending_requests: u32,
 }
 
-impl Default for PoolBounds {
-    fn default() -> Self {
+impl PoolBounds {
+    /// The defaults for a process that may open `descriptors` files: 1024 connections
+    /// per endpoint, or an eighth of the descriptors when that is fewer (the listeners
+    /// take a quarter each: in one process, a pool's connections arrive at a workload's
+    /// inbound port), and 8192 waiting requests.
+    pub fn for_descriptors(descriptors: u64) -> Self {
+        let eighth = u32::try_from(descriptors / 8).unwrap_or(u32::MAX);
         PoolBounds {
-            max_connections: 1024,
+            max_connections: eighth.clamp(1, 1024),
             max_pending_requests: 8192,
         }
+    }
+}
+
+impl Default for PoolBounds {
+    /// [`PoolBounds::for_descriptors`] of the process's soft descriptor limit.
+    fn default() -> Self {
+        Self::for_descriptors(super::accept::descriptor_limit())
     }
 }
 
@@ -167,10 +180,10 @@ impl ClusterLimits {
     }
 }
 
-/// A circuit breaker of the endpoint's cluster turned the request away: Envoy's
-/// overflow (`UO`), answered 503 and never retried.
+/// A circuit breaker of the endpoint's cluster, or the pool's [`PoolBounds`], turned the
+/// request away: Envoy's overflow (`UO`), answered 503 and never retried.
 #[derive(Debug, thiserror::Error)]
-#[error("{0} overflow: the cluster's circuit breaker is open")]
+#[error("{0} overflow: the cluster's circuit breaker is open, or the pool's bound reached")]
 pub struct Overflow(&'static str);
 
 /// How a connection to an endpoint is secured beyond TCP: part of the pool key.
@@ -790,19 +803,21 @@ impl EndpointPools {
         {
             return Ok((self.new_http1(id, tls, pool, slot, limits).await?, false));
         }
-        let _pending = PendingRequest::enter(breakers, pool)?;
-        loop {
+        let _pending = PendingRequest::enter(limits, pool)?;
+        let slot = loop {
             let freed = pool.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(conn) = pool.take_idle_http1() {
                 return Ok((conn, true));
             }
+            // Not waiting any more (a wakeup meanwhile goes to another request).
             if let Some(slot) = ConnSlot::take(endpoint, pool, breakers) {
-                return Ok((self.new_http1(id, tls, pool, slot, limits).await?, false));
+                break slot;
             }
             freed.await;
-        }
+        };
+        Ok((self.new_http1(id, tls, pool, slot, limits).await?, false))
     }
 
     /// The HTTP/2 connection of `pool` with room for one more stream, made if there is
@@ -823,29 +838,32 @@ impl EndpointPools {
         }
         let mut pending = None;
         loop {
-            let freed = pool.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some((conn, stream)) = pool.open_http2(max_streams) {
-                return Ok((conn, stream, true));
-            }
-            // No connection, or every one at `maxConcurrentStreams`: another one, if
-            // `maxConnections` allows.
-            if let Some(slot) = ConnSlot::take(endpoint, pool, limits) {
-                match self
-                    .new_http2(pool, endpoint, tls, limits, slot, max_streams)
-                    .await?
-                {
-                    Some((conn, stream)) => return Ok((conn, stream, false)),
-                    // One was made by a concurrent request meanwhile: look again.
-                    None => continue,
+            let slot = loop {
+                let freed = pool.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some((conn, stream)) = pool.open_http2(max_streams) {
+                    return Ok((conn, stream, true));
                 }
+                // No connection, or every one at `maxConcurrentStreams`: another one, if
+                // `maxConnections` (or the pool's bound) allows — not waiting any more
+                // while it is made.
+                if let Some(slot) = ConnSlot::take(endpoint, pool, limits) {
+                    break slot;
+                }
+                if pending.is_none() {
+                    pending = Some(PendingRequest::enter(limits, pool)?);
+                }
+                freed.await;
+            };
+            match self
+                .new_http2(pool, endpoint, tls, limits, slot, max_streams)
+                .await?
+            {
+                Some((conn, stream)) => return Ok((conn, stream, false)),
+                // One was made by a concurrent request meanwhile: look again.
+                None => continue,
             }
-            if pending.is_none() {
-                let breakers = limits.filter(|l| l.limits().has_breakers());
-                pending = Some(PendingRequest::enter(breakers, pool)?);
-            }
-            freed.await;
         }
     }
 
