@@ -9,7 +9,9 @@
 //!
 //! `cargo run --release -p mesh-bench -- load` (a few minutes) or `... load --quick` (a
 //! few seconds, run by CI so the benchmark keeps working). The process exits non-zero
-//! when any request failed, so a broken path fails CI.
+//! when any request failed, so a broken path fails CI. `... soak` runs the Bookinfo
+//! binary under a mixed load for 10 minutes and reports its memory and descriptors
+//! over time (see `soak.rs`).
 
 mod backend;
 mod load;
@@ -17,6 +19,7 @@ mod measure;
 mod nginx;
 mod paths;
 mod report;
+mod soak;
 mod tls;
 
 use std::alloc::System;
@@ -63,6 +66,28 @@ enum Command {
     /// the time per request: a steady, repeatable workload to profile (`perf record`,
     /// `valgrind --tool=callgrind`) and to compare paths by instructions per request.
     Profile(ProfileArgs),
+    /// Soak: the release `bookinfo` binary under a mixed load and configuration changes
+    /// for minutes, its resident memory and descriptors sampled every 10 s; prints a
+    /// Markdown table and the slope (not run by CI).
+    Soak(SoakArgs),
+}
+
+/// Options of `soak`.
+#[derive(Args)]
+struct SoakArgs {
+    /// How long to run.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+}
+
+/// Runs `soak`.
+fn soak_main(args: &SoakArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(soak::run(args.minutes))
 }
 
 /// Options of `profile`.
@@ -302,6 +327,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Load(args) => load_main(args),
         Command::Profile(args) => profile_main(args),
+        Command::Soak(args) => soak_main(args),
     };
     match result {
         Ok(code) => code,

@@ -19,9 +19,10 @@
 //! one stalling inside its preface or never opening a stream) that has started no
 //! request within the bound of its first byte is closed; one without a request in
 //! flight for `connection_idle` (1 hour, Envoy's `idle_timeout`) is shut down
-//! gracefully (GOAWAY). When a listener stops, its connections are shut down gracefully
-//! and given `drain` (5 s) to finish their requests, then closed. Not bounded yet: a
-//! request body that stops arriving at a workload's inbound port.
+//! gracefully (GOAWAY); one whose request in flight sees no byte either way for
+//! `request_body_idle` and a quarter (Envoy's `stream_idle_timeout`, 5 minutes; here
+//! counted per connection, and a quarter longer than the ingress's `408`) is closed. When a listener stops, its connections are shut down
+//! gracefully and given `drain` (5 s) to finish their requests, then closed.
 //!
 //! Every listener is bounded in connections too ([`ConnectionLimits`], derived from the
 //! process's descriptor limit): past its own bound, or the bound of all the listeners
@@ -87,9 +88,12 @@ pub struct ListenerTimeouts {
     /// may stay idle); 10 s. Zero turns these bounds off, as a zero timeout does in
     /// Envoy.
     pub request_headers: Duration,
-    /// How long the ingress waits for more of a request body that has stopped
-    /// arriving before answering `408` (flag `SI`): Envoy's `stream_idle_timeout`,
-    /// 5 minutes. Zero turns it off.
+    /// How long a request may go without a byte either way (Envoy's
+    /// `stream_idle_timeout`, 5 minutes): at the ingress a request body that has
+    /// stopped arriving is then answered `408` (flag `SI`); on every listener a
+    /// connection whose request in flight has seen no byte either way for a quarter
+    /// longer (after the ingress's `408`) is closed — a body that stopped arriving at a
+    /// workload, or an answer that never starts. Zero turns it off.
     pub request_body_idle: Duration,
 }
 
@@ -137,6 +141,13 @@ pub struct ConnectionLimits {
     /// Streams one HTTP/2 connection to the ingress gateway carries at once
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`): 100, the value of Envoy's edge guidance.
     pub streams_per_connection: u32,
+}
+
+/// How long a connection's request in flight may go without a byte either way: a
+/// quarter longer than `request_body_idle`, so that the ingress's own `408` goes out
+/// first.
+fn stall_bound(timeouts: &ListenerTimeouts) -> Duration {
+    timeouts.request_body_idle + timeouts.request_body_idle / 4
 }
 
 /// Connections the admin endpoint holds at once, outside the process's bound.
@@ -488,6 +499,8 @@ pub(crate) struct ConnControl {
     first: Option<Duration>,
     /// How long it may stay without a request in flight afterwards.
     idle: Option<Duration>,
+    /// How long a request in flight may go without a byte either way.
+    stalled: Option<Duration>,
     /// Held while the connection's task runs: the listener waits for every one.
     _alive: tokio::sync::mpsc::Sender<()>,
     /// Its place under the listener's bounds: moved into the connection's IO, so that
@@ -520,6 +533,7 @@ pub(crate) async fn serve_connection<IO, S, B>(
     };
     let io = Guarded {
         io,
+        activity: activity.clone(),
         _admitted: control.admitted.take(),
     };
     let conn =
@@ -545,6 +559,10 @@ pub(crate) async fn serve_connection<IO, S, B>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            () = activity.stalled(control.stalled) => {
+                tracing::debug!("a request went without a byte either way past its bound: connection closed");
+                return;
+            }
             _ = force.wait_for(|f| *f) => {
                 tracing::debug!("connection still busy after the drain time: closed");
                 return;
@@ -553,9 +571,11 @@ pub(crate) async fn serve_connection<IO, S, B>(
     }
 }
 
-/// A connection's IO holding its place under its listener's bounds.
+/// A connection's IO holding its place under its listener's bounds, and noting in its
+/// [`Activity`] when bytes last went either way.
 struct Guarded<IO> {
     io: IO,
+    activity: Arc<Activity>,
     _admitted: Option<Admitted>,
 }
 
@@ -565,7 +585,12 @@ impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<IO> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.moved();
+        }
+        polled
     }
 }
 
@@ -575,7 +600,13 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.activity.moved();
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -583,7 +614,13 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.activity.moved();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -621,6 +658,8 @@ struct Activity {
     /// Milliseconds from `born` to the last start or end of a request; `u64::MAX`
     /// before the first.
     last: std::sync::atomic::AtomicU64,
+    /// Milliseconds from `born` to the last bytes read or written.
+    moved: std::sync::atomic::AtomicU64,
 }
 
 impl Activity {
@@ -629,12 +668,39 @@ impl Activity {
             born: Instant::now(),
             in_flight: AtomicU32::new(0),
             last: std::sync::atomic::AtomicU64::new(u64::MAX),
+            moved: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
     fn touch(&self) {
-        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last.store(ms, Ordering::Relaxed);
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn moved(&self) {
+        self.moved.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Completes once a request in flight has gone `bound` without a byte read or
+    /// written on the connection (Envoy's `stream_idle_timeout`, per connection: a
+    /// request body that stops arriving, or a response that never starts).
+    async fn stalled(&self, bound: Option<Duration>) {
+        let Some(bound) = bound else {
+            return std::future::pending().await;
+        };
+        loop {
+            let moved = Duration::from_millis(self.moved.load(Ordering::Relaxed));
+            let since = self.born.elapsed().saturating_sub(moved);
+            let busy = self.in_flight.load(Ordering::Relaxed) > 0;
+            if busy && since >= bound {
+                return;
+            }
+            let wait = if busy { bound - since } else { bound };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Completes once the connection has gone `first` without starting a request, or
@@ -780,6 +846,10 @@ where
     let (forcing, force) = tokio::sync::watch::channel(false);
     let (alive, mut ended) = tokio::sync::mpsc::channel::<()>(1);
     let idle = (!timeouts.connection_idle.is_zero()).then_some(timeouts.connection_idle);
+    // At the ingress a stalled body is answered 408 at `request_body_idle`: the
+    // connections' own bound comes later, so that the 408 goes out first, and the
+    // ingress's request to a workload ends before that workload's bound.
+    let stalled = (!timeouts.request_body_idle.is_zero()).then(|| stall_bound(&timeouts));
     let local = listener.local_addr().ok();
     let (mut refusals, mut errors) = (Throttled::new(), Throttled::new());
     let mut backoff = Duration::ZERO;
@@ -824,6 +894,7 @@ where
                     force: force.clone(),
                     first: bound,
                     idle,
+                    stalled,
                     _alive: alive.clone(),
                     admitted: Some(admitted),
                 };
@@ -1162,7 +1233,13 @@ mod tests {
         });
         let timeouts = ListenerTimeouts::default();
         let pending = std::future::pending();
-        tokio::spawn(serve_plain(l, Admission::edge(&limits), timeouts, app, pending));
+        tokio::spawn(serve_plain(
+            l,
+            Admission::edge(&limits),
+            timeouts,
+            app,
+            pending,
+        ));
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(async move {
@@ -1174,5 +1251,64 @@ mod tests {
             .unwrap();
         assert_eq!(resp.await.unwrap().status(), 200);
         assert_eq!(send.current_max_send_streams(), 7);
+    }
+
+    /// A request whose body stops arriving is closed after `request_body_idle` without a
+    /// byte either way; a body that keeps arriving slowly is read whole.
+    #[tokio::test]
+    async fn a_request_body_that_stops_arriving_closes_its_connection() {
+        use http_body_util::BodyExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let app = tower::service_fn(|req: Request<Incoming>| async move {
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map_or(0, |b| b.to_bytes().len());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(n.to_string()))))
+        });
+        let timeouts = ListenerTimeouts {
+            request_body_idle: Duration::from_millis(400),
+            ..ListenerTimeouts::default()
+        };
+        let pending = std::future::pending();
+        tokio::spawn(serve_plain(
+            l,
+            Admission::with(10, None),
+            timeouts,
+            app,
+            pending,
+        ));
+        let bound = stall_bound(&timeouts);
+        let head = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n";
+        // Ten bytes 100 ms apart: served.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(head).await.unwrap();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.write_all(b"x").await.unwrap();
+        }
+        let mut got = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&got[..n]).to_string();
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("10"),
+            "{text}"
+        );
+        // Three bytes, then nothing: closed once the bound passes without a byte.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(head).await.unwrap();
+        c.write_all(b"xyz").await.unwrap();
+        let started = Instant::now();
+        assert!(refused(&mut c).await, "a stalled body kept its connection");
+        let took = started.elapsed();
+        assert!(
+            took >= bound - Duration::from_millis(50) && took < Duration::from_secs(3),
+            "{took:?} (bound {bound:?})"
+        );
     }
 }
