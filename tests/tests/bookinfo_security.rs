@@ -148,7 +148,7 @@ async fn authorization_for_http_traffic() {
 
     // productpage-viewer: the page loads, with "Error fetching product details" and
     // "Error fetching product reviews".
-    demo.apply_text("productpage-viewer.yaml", &named("productpage-viewer"))
+    demo.apply_settled("productpage-viewer.yaml", &named("productpage-viewer"))
         .await;
     let page = demo.page(None).await;
     assert!(page.details_error && page.reviews_error, "{page:?}");
@@ -156,9 +156,9 @@ async fn authorization_for_http_traffic() {
 
     // details-viewer and reviews-viewer (from productpage's identity): details and
     // reviews show, ratings are "currently unavailable".
-    demo.apply_text("details-viewer.yaml", &named("details-viewer"))
+    demo.apply_settled("details-viewer.yaml", &named("details-viewer"))
         .await;
-    demo.apply_text("reviews-viewer.yaml", &named("reviews-viewer"))
+    demo.apply_settled("reviews-viewer.yaml", &named("reviews-viewer"))
         .await;
     let mut ratings_checked = false;
     for _ in 0..12 {
@@ -176,7 +176,7 @@ async fn authorization_for_http_traffic() {
     assert!(ratings_checked, "reviews v2 or v3 served at least once");
 
     // ratings-viewer (from reviews' identity): black and red stars.
-    demo.apply_text("ratings-viewer.yaml", &named("ratings-viewer"))
+    demo.apply_settled("ratings-viewer.yaml", &named("ratings-viewer"))
         .await;
     let mut stars = std::collections::BTreeSet::new();
     for _ in 0..30 {
@@ -209,7 +209,7 @@ async fn a_deny_policy_decides_before_allow() {
         200
     );
     // An ALLOW policy matching the write does not undo the DENY.
-    demo.apply_text(
+    demo.apply_settled(
         "allow-all-ratings.yaml",
         "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -231,7 +231,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingress_gateway_is_a_workload_its_policies_apply_to() {
     let demo = Demo::start().await;
-    demo.apply_text(
+    demo.apply_settled(
         "gateway-deny-api.yaml",
         "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
