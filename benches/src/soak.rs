@@ -41,6 +41,8 @@ struct Counters {
     ok: AtomicU64,
     failed: AtomicU64,
     slowloris_closed: AtomicU64,
+    /// Routes written into the watched directory (each one a change for Bookinfo to
+    /// apply).
     reloads: AtomicU64,
 }
 
@@ -56,6 +58,9 @@ struct Sample {
 /// Runs the soak for `minutes` and prints its report; non-zero exit when more than
 /// 0.1 % of the requests failed.
 pub(crate) async fn run(minutes: f64) -> Result<std::process::ExitCode> {
+    if !(minutes.is_finite() && minutes >= 1.0) {
+        bail!("--minutes must be at least 1 (the report compares quarters of the run)");
+    }
     let bin = std::env::current_exe()?
         .parent()
         .context("the directory of mesh-bench")?
@@ -137,7 +142,7 @@ pub(crate) async fn run(minutes: f64) -> Result<std::process::ExitCode> {
         if Instant::now() >= until {
             break;
         }
-        tokio::time::sleep(SAMPLE_EVERY.min(until - Instant::now())).await;
+        tokio::time::sleep(SAMPLE_EVERY.min(until.saturating_duration_since(Instant::now()))).await;
     }
     while tasks.join_next().await.is_some() {}
     let _ = nix::sys::signal::kill(
@@ -175,7 +180,7 @@ fn report(samples: &[Sample], counters: &Counters) -> std::process::ExitCode {
         (rss4 / rss2 - 1.0) * 100.0
     );
     println!(
-        "Descriptors: {fd2:.0} → {fd4:.0}, max {max_fd}; requests: {ok} ok, {failed} failed; slowloris connections closed by the listener: {}; configuration changes: {}",
+        "Descriptors: {fd2:.0} → {fd4:.0}, max {max_fd}; requests: {ok} ok, {failed} failed; slowloris connections closed by the listener: {}; routes written: {}",
         counters.slowloris_closed.load(Ordering::Relaxed),
         counters.reloads.load(Ordering::Relaxed)
     );
@@ -261,6 +266,7 @@ async fn http2_client(addr: std::net::SocketAddr, until: Instant, counters: Arc<
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await
         else {
             tally(&counters, false);
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let driver = tokio::spawn(conn);
@@ -352,8 +358,13 @@ async fn reloads(routes: Vec<PathBuf>, dir: PathBuf, until: Instant, counters: A
         if Instant::now() >= until {
             return;
         }
+        // Written beside the directory's files, then renamed into place: the watcher
+        // never reads half a file (it reads `*.yaml` only).
         let route = &routes[i % routes.len()];
-        if std::fs::copy(route, dir.join("reviews-route.yaml")).is_ok() {
+        let partial = dir.join("reviews-route.yaml.part");
+        if std::fs::copy(route, &partial).is_ok()
+            && std::fs::rename(&partial, dir.join("reviews-route.yaml")).is_ok()
+        {
             counters.reloads.fetch_add(1, Ordering::Relaxed);
         }
         i += 1;

@@ -79,7 +79,8 @@ pub struct ListenerTimeouts {
     /// Zero turns it off.
     pub connection_idle: Duration,
     /// How long a listener that stops waits for its connections to finish their
-    /// requests before it closes them (Istio's `terminationDrainDuration`, 5 s).
+    /// requests before it closes them (Istio's `terminationDrainDuration`, 5 s), and a
+    /// connection shut down for idleness may take to close. Zero: no bound.
     pub drain: Duration,
     /// How long a connection may take to send its first byte, any connection its first
     /// request (an HTTP/2 client stalling inside its preface or never opening a
@@ -336,14 +337,32 @@ impl Throttled {
     }
 }
 
-/// True for the accept errors that say the process or the system ran out of something
-/// (descriptors, buffers, memory), which another attempt right away would meet again.
-fn out_of_resources(e: &std::io::Error) -> bool {
+/// True for the accept errors that concern one connection only (reset or aborted before
+/// its accept, and the network errors Linux's accept(2) passes on, to be treated as a
+/// retry): the next accept may go ahead at once. Any other (out of descriptors or
+/// memory, or worse) backs off.
+fn retry_at_once(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return true;
+    }
     let errno = Errno::from_io_error(e);
-    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
-        .into_iter()
-        .any(|r| Some(r) == errno)
+    [
+        Errno::PROTO,
+        Errno::NETDOWN,
+        Errno::NETUNREACH,
+        Errno::HOSTDOWN,
+        Errno::HOSTUNREACH,
+        Errno::NONET,
+        Errno::NOPROTOOPT,
+        Errno::OPNOTSUPP,
+    ]
+    .into_iter()
+    .any(|r| Some(r) == errno)
 }
 
 /// What a listener knows of one connection.
@@ -491,10 +510,13 @@ where
 /// What a connection's task is told by its listener, and the bounds it keeps: see
 /// [`serve_connection`].
 pub(crate) struct ConnControl {
-    /// Becomes true when the listener stops: the connection is shut down gracefully.
-    stop: tokio::sync::watch::Receiver<bool>,
-    /// Becomes true when the listener's drain time is over: the connection is closed.
-    force: tokio::sync::watch::Receiver<bool>,
+    /// The listener's phase: [`STOPPING`] (the connection is shut down gracefully, as
+    /// when the listener's future is dropped), then [`FORCED`] (the drain time is over:
+    /// it is closed).
+    phase: tokio::sync::watch::Receiver<u8>,
+    /// How long a connection shut down for idleness may take to close (a client that
+    /// never answers HTTP/2's GOAWAY ping would keep it open).
+    drain: Duration,
     /// How long the connection may take to start its first request.
     first: Option<Duration>,
     /// How long it may stay without a request in flight afterwards.
@@ -508,11 +530,28 @@ pub(crate) struct ConnControl {
     admitted: Option<Admitted>,
 }
 
+/// A listener stopping: its connections are shut down gracefully.
+const STOPPING: u8 = 1;
+/// A listener's drain time over: its connections still open are closed.
+const FORCED: u8 = 2;
+
+/// Completes once the listener's phase reaches `at`, or (`on_drop`) the listener is
+/// gone; never otherwise.
+async fn reached(mut phase: tokio::sync::watch::Receiver<u8>, at: u8, on_drop: bool) {
+    if phase.wait_for(|p| *p >= at).await.is_err() && !on_drop {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 (with upgrades) on one connection with `app`, until the
-/// connection ends; it is shut down gracefully (HTTP/2 GOAWAY, HTTP/1 after the response
-/// in progress) when its listener stops, when no request has started within the bound
-/// of its first byte, or when no request has been in flight for `connection_idle`; it
-/// is closed when the listener's drain time is over.
+/// connection ends. It is closed when no request has started within the bound of its
+/// first byte; shut down gracefully (HTTP/2 GOAWAY, HTTP/1 after the response in
+/// progress) when its listener stops or when no request has been in flight for
+/// `connection_idle` — then closed if still open after `drain`; closed when a request
+/// in flight (until its response head) sees no byte either way for the stall bound, and
+/// when the listener's drain time is over. An upgraded connection (WebSocket) leaves
+/// these bounds once upgraded: it keeps its place under the connection bounds until it
+/// closes.
 pub(crate) async fn serve_connection<IO, S, B>(
     io: IO,
     app: S,
@@ -540,9 +579,15 @@ pub(crate) async fn serve_connection<IO, S, B>(
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
     tokio::pin!(conn);
     let mut closing = false;
-    let stop = control.stop.clone();
-    let mut force = control.force.clone();
+    // Set when the connection was shut down for idleness: closed if still open then.
+    let mut close_by: Option<tokio::time::Instant> = None;
     loop {
+        let deadline = async {
+            match close_by {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             done = conn.as_mut() => {
                 if let Err(e) = done {
@@ -550,20 +595,30 @@ pub(crate) async fn serve_connection<IO, S, B>(
                 }
                 return;
             }
-            _ = wait_true(stop.clone()), if !closing => {
+            () = reached(control.phase.clone(), STOPPING, true), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = activity.idle(control.first, control.idle), if !closing => {
+            started = activity.idle(control.first, control.idle), if !closing => {
+                if !started {
+                    tracing::debug!("connection started no request within its bound: closed");
+                    return;
+                }
                 tracing::debug!("connection idle past its bound: shut down");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                close_by = (!control.drain.is_zero())
+                    .then(|| tokio::time::Instant::now() + control.drain);
+            }
+            () = deadline => {
+                tracing::debug!("connection shut down for idleness still open after the drain time: closed");
+                return;
             }
             () = activity.stalled(control.stalled) => {
                 tracing::debug!("a request went without a byte either way past its bound: connection closed");
                 return;
             }
-            _ = force.wait_for(|f| *f) => {
+            () = reached(control.phase.clone(), FORCED, false) => {
                 tracing::debug!("connection still busy after the drain time: closed");
                 return;
             }
@@ -642,13 +697,6 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<IO> {
     }
 }
 
-/// Completes once `rx` says true (never if its sender goes without saying it).
-async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
-    if rx.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// The requests of one connection: how many are in flight, whether any started, and
 /// when one last started or ended.
 #[derive(Debug)]
@@ -703,28 +751,34 @@ impl Activity {
         }
     }
 
-    /// Completes once the connection has gone `first` without starting a request, or
-    /// `idle` without a request in flight since its last one.
-    async fn idle(&self, first: Option<Duration>, idle: Option<Duration>) {
+    /// Completes once the connection has gone `first` without starting a request
+    /// (`false`), or `idle` without a request in flight since its last one (`true`).
+    async fn idle(&self, first: Option<Duration>, idle: Option<Duration>) -> bool {
         loop {
             let last = self.last.load(Ordering::Relaxed);
-            let (bound, since) = if last == u64::MAX {
-                (first, self.born.elapsed())
-            } else {
+            let started = last != u64::MAX;
+            let (bound, since) = if started {
                 let at = self.born + Duration::from_millis(last);
                 (idle, at.elapsed())
+            } else {
+                (first, self.born.elapsed())
             };
             let Some(bound) = bound else {
-                return std::future::pending().await;
+                match (started, idle) {
+                    // No first bound: look again once a request may have started.
+                    (false, Some(idle)) => {
+                        tokio::time::sleep(idle).await;
+                        continue;
+                    }
+                    _ => return std::future::pending().await,
+                }
             };
             let busy = self.in_flight.load(Ordering::Relaxed) > 0;
             if !busy && since >= bound {
-                return;
+                return started;
             }
             let mut wait = if busy { bound } else { bound - since };
-            if last == u64::MAX
-                && let Some(idle) = idle
-            {
+            if !started && let Some(idle) = idle {
                 // A request may start meanwhile: the idle bound then counts.
                 wait = wait.min(idle);
             }
@@ -842,8 +896,7 @@ where
     }
     // Tells the connections that the listener stops, then that the drain time is over;
     // every connection's task holds an `alive` sender until it ends.
-    let (stopping, stop) = tokio::sync::watch::channel(false);
-    let (forcing, force) = tokio::sync::watch::channel(false);
+    let (phase_tx, phase) = tokio::sync::watch::channel(0u8);
     let (alive, mut ended) = tokio::sync::mpsc::channel::<()>(1);
     let idle = (!timeouts.connection_idle.is_zero()).then_some(timeouts.connection_idle);
     // At the ingress a stalled body is answered 408 at `request_body_idle`: the
@@ -863,12 +916,13 @@ where
                         x
                     }
                     // A connection reset or aborted before its accept: the next one.
-                    Err(e) if !out_of_resources(&e) => {
+                    Err(e) if retry_at_once(&e) => {
                         tracing::debug!(error = %e, "accept failed");
                         continue;
                     }
-                    // Out of descriptors or memory: keep serving, waiting longer each
-                    // time it repeats instead of spinning.
+                    // Out of descriptors or memory (or another error that would
+                    // repeat): keep serving, waiting longer each time instead of
+                    // spinning.
                     Err(e) => {
                         backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
                         if let Some(skipped) = errors.allow() {
@@ -890,15 +944,15 @@ where
                 let _ = stream.set_nodelay(true);
                 let (handle, builder) = (handle.clone(), builder.clone());
                 let control = ConnControl {
-                    stop: stop.clone(),
-                    force: force.clone(),
+                    phase: phase.clone(),
+                    drain: timeouts.drain,
                     first: bound,
                     idle,
                     stalled,
                     _alive: alive.clone(),
                     admitted: Some(admitted),
                 };
-                let mut stop = stop.clone();
+                let stop = phase.clone();
                 tokio::spawn(async move {
                     // A connection that sends nothing is closed after the bound (hyper's
                     // protocol detection would wait forever), or when the listener stops.
@@ -911,7 +965,7 @@ where
                     };
                     let first = tokio::select! {
                         first = first => first,
-                        _ = stop.wait_for(|s| *s) => None,
+                        () = reached(stop, STOPPING, true) => None,
                     };
                     match first {
                         Some(Ok(n)) if n > 0 => handle(stream, peer, builder, control).await,
@@ -922,14 +976,21 @@ where
             _ = &mut shutdown => break,
         }
     }
-    let _ = stopping.send(true);
+    // No new connection waits in the backlog while the others drain.
+    drop(listener);
+    let _ = phase_tx.send(STOPPING);
     drop(alive);
-    // Every connection's task gone, or the drain time over: then the rest are closed.
-    if tokio::time::timeout(timeouts.drain, ended.recv())
+    // Every connection's task gone, or the drain time over (zero: no bound): then the
+    // rest are closed. (A task still in its TLS handshake, bounded by the handshake
+    // timeout, sees the listener's phase once it serves; upgraded connections are left
+    // to close on their own.)
+    if timeouts.drain.is_zero() {
+        ended.recv().await;
+    } else if tokio::time::timeout(timeouts.drain, ended.recv())
         .await
         .is_err()
     {
-        let _ = forcing.send(true);
+        let _ = phase_tx.send(FORCED);
         let _ = tokio::time::timeout(Duration::from_secs(1), ended.recv()).await;
     }
     Ok(())
@@ -1310,5 +1371,76 @@ mod tests {
             took >= bound - Duration::from_millis(50) && took < Duration::from_secs(3),
             "{took:?} (bound {bound:?})"
         );
+    }
+
+    /// The client preface and an empty SETTINGS frame, as a raw HTTP/2 client sends.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+    /// Reads `c` until the server closes it (true), or `within` passes (false).
+    async fn closed_within(c: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(within, async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// A raw HTTP/2 client that completes its preface and then says nothing — never
+    /// answering the ping a graceful GOAWAY sends — is closed at the first bound.
+    #[tokio::test]
+    async fn a_silent_http2_client_is_closed_at_the_first_bound() {
+        let (addr, _task) = sleeper(short(300, 3_600_000, 60_000), std::future::pending()).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(PREFACE).await.unwrap();
+        let started = Instant::now();
+        assert!(
+            closed_within(&mut c, Duration::from_secs(5)).await,
+            "kept open"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    /// A raw HTTP/2 client that sends one request and then never answers the GOAWAY's
+    /// ping is closed once idle for `connection_idle` and then `drain`.
+    #[tokio::test]
+    async fn an_idle_http2_client_that_ignores_goaway_is_closed_after_the_drain_time() {
+        let (addr, _task) = sleeper(short(10_000, 300, 300), std::future::pending()).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(PREFACE).await.unwrap();
+        // HEADERS, stream 1, END_STREAM | END_HEADERS: GET http://a/ (HPACK: indexed
+        // :method GET, :scheme http, :path /, and :authority `a` as a literal).
+        let headers = [
+            0x00, 0x00, 0x06, 0x01, 0x05, 0x00, 0x00, 0x00, 0x01, 0x82, 0x86, 0x84, 0x41, 0x01,
+            b'a',
+        ];
+        c.write_all(&headers).await.unwrap();
+        let started = Instant::now();
+        assert!(
+            closed_within(&mut c, Duration::from_secs(5)).await,
+            "kept open"
+        );
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(550), "closed after {took:?}");
+    }
+
+    /// Without the first-request bound (`request_headers` zero), the idle bound still
+    /// applies once a request has been served.
+    #[tokio::test]
+    async fn the_idle_bound_holds_without_the_first_request_bound() {
+        let mut timeouts = short(10_000, 300, 1_000);
+        timeouts.request_headers = Duration::ZERO;
+        let (addr, _task) = sleeper(timeouts, std::future::pending()).await;
+        let (mut send, conn) = h2(addr).await;
+        assert_eq!(h2_get(&mut send, "/").await, 200);
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("an idle HTTP/2 connection was kept")
+            .unwrap();
     }
 }
