@@ -697,16 +697,17 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<IO> {
     }
 }
 
-/// The requests of one connection: how many are in flight, whether any started, and
-/// when one last started or ended.
+/// The requests of one connection: how many are in flight, when the first started and
+/// the last ended, and how many reads and writes moved bytes.
 #[derive(Debug)]
 struct Activity {
     born: Instant,
     in_flight: AtomicU32,
-    /// Milliseconds from `born` to the last start or end of a request; `u64::MAX`
-    /// before the first.
+    /// Milliseconds from `born` to the first request's start, then to the last end of
+    /// one; `u64::MAX` before the first.
     last: std::sync::atomic::AtomicU64,
-    /// Milliseconds from `born` to the last bytes read or written.
+    /// Reads and writes that moved bytes: sampled by [`Activity::stalled`] (a count,
+    /// not a clock read per read or write).
     moved: std::sync::atomic::AtomicU64,
 }
 
@@ -728,26 +729,45 @@ impl Activity {
         self.last.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// Counts a read or write that moved bytes. One task at a time does the
+    /// connection's IO: a load and a store, no locked instruction.
     fn moved(&self) {
-        self.moved.store(self.now_ms(), Ordering::Relaxed);
+        let n = self.moved.load(Ordering::Relaxed);
+        self.moved.store(n.wrapping_add(1), Ordering::Relaxed);
     }
 
-    /// Completes once a request in flight has gone `bound` without a byte read or
-    /// written on the connection (Envoy's `stream_idle_timeout`, per connection: a
-    /// request body that stops arriving, or a response that never starts).
+    /// A request starts: the first one marks the connection as started.
+    fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.last.load(Ordering::Relaxed) == u64::MAX {
+            self.touch();
+        }
+    }
+
+    /// Completes once a request in flight has gone `bound` (up to a quarter more: the
+    /// connection's IO is sampled four times per bound) without a byte read or written
+    /// on the connection (Envoy's `stream_idle_timeout`, per connection: a request body
+    /// that stops arriving, or a response that never starts).
     async fn stalled(&self, bound: Option<Duration>) {
         let Some(bound) = bound else {
             return std::future::pending().await;
         };
+        let step = (bound / 4).max(Duration::from_millis(1));
+        let mut seen = self.moved.load(Ordering::Relaxed);
+        let mut quiet = Duration::ZERO;
         loop {
-            let moved = Duration::from_millis(self.moved.load(Ordering::Relaxed));
-            let since = self.born.elapsed().saturating_sub(moved);
+            tokio::time::sleep(step).await;
+            let now = self.moved.load(Ordering::Relaxed);
             let busy = self.in_flight.load(Ordering::Relaxed) > 0;
-            if busy && since >= bound {
+            if now != seen || !busy {
+                seen = now;
+                quiet = Duration::ZERO;
+                continue;
+            }
+            quiet += step;
+            if quiet >= bound {
                 return;
             }
-            let wait = if busy { bound - since } else { bound };
-            tokio::time::sleep(wait).await;
         }
     }
 
@@ -807,8 +827,7 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.activity.touch();
+        self.activity.started();
         TrackedFuture {
             inner: self.inner.call(req),
             done: InFlight(self.activity.clone()),
