@@ -19,10 +19,12 @@
 //! one stalling inside its preface or never opening a stream) that has started no
 //! request within the bound of its first byte is closed; one without a request in
 //! flight for `connection_idle` (1 hour, Envoy's `idle_timeout`) is shut down
-//! gracefully (GOAWAY); one whose request in flight sees no byte either way for
-//! `request_body_idle` and a quarter (Envoy's `stream_idle_timeout`, 5 minutes; here
-//! counted per connection, and a quarter longer than the ingress's `408`) is closed. When a listener stops, its connections are shut down
-//! gracefully and given `drain` (5 s) to finish their requests, then closed.
+//! gracefully (GOAWAY), and closed if still open after `drain`; one whose request in
+//! flight sees no byte either way for `request_body_idle` and a quarter (Envoy's
+//! `stream_idle_timeout`, 5 minutes; here counted per connection, after the ingress's
+//! own `408`, and sampled: up to a quarter more) is closed. When a listener stops, its
+//! connections are shut down gracefully and given `drain` (5 s) to finish their
+//! requests, then closed.
 //!
 //! Every listener is bounded in connections too ([`ConnectionLimits`], derived from the
 //! process's descriptor limit): past its own bound, or the bound of all the listeners
