@@ -19,7 +19,7 @@
 //! one stalling inside its preface or never opening a stream) that has started no
 //! request within the bound of its first byte is closed; one without a request in
 //! flight for `connection_idle` (1 hour, Envoy's `idle_timeout`) is shut down
-//! gracefully (GOAWAY), and closed if still open after `drain`; one whose request in
+//! gracefully (GOAWAY), and closed if it stays open and silent past `drain`; one whose request in
 //! flight sees no byte either way for `request_body_idle` and a quarter (Envoy's
 //! `stream_idle_timeout`, 5 minutes; here counted per connection, after the ingress's
 //! own `408`, and sampled: up to a quarter more) is closed. When a listener stops, its
@@ -549,7 +549,9 @@ async fn reached(mut phase: tokio::sync::watch::Receiver<u8>, at: u8, on_drop: b
 /// connection ends. It is closed when no request has started within the bound of its
 /// first byte; shut down gracefully (HTTP/2 GOAWAY, HTTP/1 after the response in
 /// progress) when its listener stops or when no request has been in flight for
-/// `connection_idle` — then closed if still open after `drain`; closed when a request
+/// `connection_idle` — then closed if still open once a `drain` window after the first
+/// passes without a byte either way (a response still streaming is left to finish,
+/// looked at again after the stall bound); closed when a request
 /// in flight (until its response head) sees no byte either way for the stall bound, and
 /// when the listener's drain time is over. An upgraded connection (WebSocket) leaves
 /// these bounds once upgraded: it keeps its place under the connection bounds until it
@@ -581,8 +583,11 @@ pub(crate) async fn serve_connection<IO, S, B>(
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
     tokio::pin!(conn);
     let mut closing = false;
-    // Set when the connection was shut down for idleness: closed if still open then.
+    // Set when the connection was shut down: closed if still open and silent then.
     let mut close_by: Option<tokio::time::Instant> = None;
+    // The connection's read/write count when last looked at after its shutdown (`None`
+    // in the first `drain`, when its own GOAWAY goes out).
+    let mut moved_at_close: Option<u64> = None;
     loop {
         let deadline = async {
             match close_by {
@@ -600,6 +605,11 @@ pub(crate) async fn serve_connection<IO, S, B>(
             () = reached(control.phase.clone(), STOPPING, true), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                // The listener's drain (or its future dropped): closed if still open
+                // and silent after `drain`.
+                close_by = (!control.drain.is_zero())
+                    .then(|| tokio::time::Instant::now() + control.drain);
+                moved_at_close = None;
             }
             started = activity.idle(control.first, control.idle), if !closing => {
                 if !started {
@@ -611,9 +621,25 @@ pub(crate) async fn serve_connection<IO, S, B>(
                 closing = true;
                 close_by = (!control.drain.is_zero())
                     .then(|| tokio::time::Instant::now() + control.drain);
+                moved_at_close = None;
             }
             () = deadline => {
-                tracing::debug!("connection shut down for idleness still open after the drain time: closed");
+                // Closed once a whole window passes without a byte either way; bytes
+                // still moving (a response streaming after its head, which does not
+                // count in flight) are left to finish, looked at again after the stall
+                // bound.
+                let now = activity.moved.load(Ordering::Relaxed);
+                let again = match moved_at_close {
+                    None => Some(control.drain),
+                    Some(before) if before != now => Some(control.stalled.unwrap_or(control.drain)),
+                    Some(_) => None,
+                };
+                if let Some(again) = again {
+                    moved_at_close = Some(now);
+                    close_by = Some(tokio::time::Instant::now() + again);
+                    continue;
+                }
+                tracing::debug!("connection shut down still open and silent after the drain time: closed");
                 return;
             }
             () = activity.stalled(control.stalled) => {
@@ -787,9 +813,13 @@ impl Activity {
             };
             let Some(bound) = bound else {
                 match (started, idle) {
-                    // No first bound: look again once a request may have started.
+                    // No first bound: the idle bound counts from the connection's start.
                     (false, Some(idle)) => {
-                        tokio::time::sleep(idle).await;
+                        let since = self.born.elapsed();
+                        if since >= idle {
+                            return true;
+                        }
+                        tokio::time::sleep(idle - since).await;
                         continue;
                     }
                     _ => return std::future::pending().await,
@@ -1463,5 +1493,66 @@ mod tests {
             .await
             .expect("an idle HTTP/2 connection was kept")
             .unwrap();
+    }
+
+    /// A response body sending a byte every 100 ms, 15 times.
+    struct Drip {
+        left: u32,
+        timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    }
+
+    impl http_body::Body for Drip {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            std::task::ready!(timer.as_mut().poll(cx));
+            self.timer = None;
+            self.left -= 1;
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    /// A response still streaming after its head (which no longer counts in flight) is
+    /// left to finish when its connection is shut down for idleness.
+    #[tokio::test]
+    async fn a_streaming_response_outlives_the_idle_shutdown() {
+        use http_body_util::BodyExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let app = tower::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Drip {
+                left: 15,
+                timer: None,
+            }))
+        });
+        let timeouts = short(10_000, 300, 300);
+        let pending = std::future::pending();
+        tokio::spawn(serve_plain(
+            l,
+            Admission::with(10, None),
+            timeouts,
+            app,
+            pending,
+        ));
+        let (mut send, _conn) = h2(addr).await;
+        let req = Request::get("http://a/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .expect("the stream did not end")
+            .expect("the stream was cut");
+        assert_eq!(body.to_bytes().len(), 15);
     }
 }
