@@ -407,15 +407,12 @@ async fn serve_tls(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     use crate::transport::accept::{
-        Admission, ConnectionInfo, WithConnection, accept_admitting, connection_limits,
-        listener_timeouts, serve_connection,
+        Admission, ConnectionInfo, WithConnection, accept_each, connection_limits, serve_connection,
     };
     let admission = Admission::edge(&connection_limits());
-    let timeouts = listener_timeouts();
-    accept_admitting(
+    accept_each(
         listener,
         admission,
-        timeouts,
         shutdown,
         move |stream, peer, builder, control| {
             let shared = shared.clone();

@@ -29,7 +29,9 @@ use tokio::net::TcpStream;
 use tower::Service;
 
 use crate::identity::{PeerIdentity, WorkloadIdentity, peer_spiffe_id};
-use crate::transport::accept::{ConnectionInfo, WithConnection, accept_each, serve_connection};
+use crate::transport::accept::{
+    Admission, ConnectionInfo, WithConnection, accept_each, connection_limits, serve_connection,
+};
 use crate::transport::tls::HANDSHAKE_TIMEOUT;
 use crate::{BoxError, Mesh};
 
@@ -51,40 +53,46 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    accept_each(listener, shutdown, move |stream, peer, builder, control| {
-        let app = app.clone();
-        let mesh = mesh.clone();
-        async move {
-            let local = match stream.local_addr() {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection without a local address");
+    let admission = Admission::process(&connection_limits());
+    accept_each(
+        listener,
+        admission,
+        shutdown,
+        move |stream, peer, builder, control| {
+            let app = app.clone();
+            let mesh = mesh.clone();
+            async move {
+                let local = match stream.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection without a local address");
+                        return;
+                    }
+                };
+                let Some(view) = mesh.view() else {
                     return;
+                };
+                let mode = view.peer_authn().mode(local.port());
+                let identity = mesh.identity();
+                match admit(stream, peer, local, mode, identity, &view).await {
+                    Some(Admitted::Plain(stream, info)) => {
+                        let app = PlaintextGuard {
+                            inner: app,
+                            mesh,
+                            port: local.port(),
+                        };
+                        serve_connection(stream, WithConnection::new(app, info), builder, control)
+                            .await;
+                    }
+                    Some(Admitted::Tls(stream, info)) => {
+                        serve_connection(*stream, WithConnection::new(app, info), builder, control)
+                            .await;
+                    }
+                    None => {}
                 }
-            };
-            let Some(view) = mesh.view() else {
-                return;
-            };
-            let mode = view.peer_authn().mode(local.port());
-            let identity = mesh.identity();
-            match admit(stream, peer, local, mode, identity, &view).await {
-                Some(Admitted::Plain(stream, info)) => {
-                    let app = PlaintextGuard {
-                        inner: app,
-                        mesh,
-                        port: local.port(),
-                    };
-                    serve_connection(stream, WithConnection::new(app, info), builder, control)
-                        .await;
-                }
-                Some(Admitted::Tls(stream, info)) => {
-                    serve_connection(*stream, WithConnection::new(app, info), builder, control)
-                        .await;
-                }
-                None => {}
             }
-        }
-    })
+        },
+    )
     .await
 }
 

@@ -901,10 +901,12 @@ impl<F: Future> Future for TrackedFuture<F> {
 /// `handle(stream, peer, builder, control)` in a task of its own for each (the handler
 /// serves the connection with [`serve_connection`] and `control`, so that shutdown
 /// waits for it); then waits for the connections in progress to finish their requests,
-/// up to the listeners' drain time. The listener's
-/// connections count against the process's [`ConnectionLimits`].
+/// up to the listeners' drain time. Its connections are let in as `admission` says
+/// ([`Admission::process`] for a workload's port, [`Admission::edge`] for the
+/// ingress's), under the process's [`ListenerTimeouts`].
 pub(crate) async fn accept_each<F, Fut>(
     listener: TcpListener,
+    admission: Admission,
     shutdown: impl Future<Output = ()>,
     handle: F,
 ) -> std::io::Result<()>
@@ -915,7 +917,6 @@ where
         + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let admission = Admission::process(&connection_limits());
     accept_admitting(listener, admission, listener_timeouts(), shutdown, handle).await
 }
 
