@@ -36,6 +36,7 @@
 pub mod admin;
 pub mod body;
 pub mod error;
+pub mod etcd;
 pub mod flags;
 pub mod gateway;
 pub mod identity;

@@ -20,6 +20,7 @@ use mesh_config::ConfigSet;
 use mesh_tower::{Mesh, MeshRuntime, Workload};
 use tokio::net::TcpListener;
 
+pub mod etcd;
 pub mod gateway;
 
 /// What a test server saw of one request.
