@@ -104,6 +104,8 @@ codes! {
     InvalidName = ("MESH0012", Error, "invalid name"),
     /// A kind Istio does not have, in one of Istio's API groups (a typo, most likely).
     UnknownIstioKind = ("MESH0013", Error, "unknown kind in an Istio API group"),
+    /// An etcd key whose value is not the one resource the key names.
+    KeyMismatch = ("MESH0014", Error, "key and resource differ"),
     /// Route weights of several destinations that add up to 0.
     WeightSum = ("MESH0101", Error, "total destination weight is 0"),
     /// A regular expression that is not valid RE2.

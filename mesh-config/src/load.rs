@@ -192,6 +192,12 @@ impl ConfigSet {
         self.sources.extend(other.sources);
     }
 
+    /// Adds a diagnostic found outside the loader (a source's own check, such as a store
+    /// key that does not name the resource it holds).
+    pub fn push_diagnostic(&mut self, diagnostic: Diagnostic) {
+        self.diagnostics.push(diagnostic);
+    }
+
     /// Removes a resource; returns whether it was there.
     pub fn remove(&mut self, key: &ResourceKey) -> bool {
         let Some(i) = self.index.remove(key) else {

@@ -1,18 +1,23 @@
-//! `meshctl apply` and `meshctl delete`: edit a configuration directory the way `kubectl`
-//! edits a cluster. The work is `mesh_config::store`'s; this module reads the arguments
-//! and prints what happened.
+//! `meshctl apply` and `meshctl delete`: edit a configuration directory, or the
+//! configuration in etcd, the way `kubectl` edits a cluster. The planning is
+//! `mesh_config::store`'s and the etcd transaction `mesh_tower::etcd::store`'s; this module
+//! reads the arguments and prints what happened.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use mesh_config::diag::{RenderOptions, render};
 use mesh_config::load::{MAX_FILE_SIZE, yaml_files};
+use mesh_config::model::ResourceKey;
 use mesh_config::source::SourceFile;
+use mesh_config::store::kv::{self, KvStore};
 use mesh_config::store::{self, ConfigDir, Outcome, StoreError};
 use mesh_config::{Diagnostic, LoadError, Severity};
+use mesh_tower::etcd::Etcd;
+use mesh_tower::etcd::store::{self as etcd_store, Written};
 
 use crate::{Color, EXIT_ERRORS, key};
 
@@ -23,12 +28,166 @@ pub(crate) struct EditArgs {
     /// Repeatable.
     #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
-    /// The configuration directory to edit (the one the mesh watches).
-    #[arg(long = "config", value_name = "DIR", required = true)]
-    config: PathBuf,
+    #[command(flatten)]
+    pub(crate) target: Target,
     /// Colour the diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+}
+
+/// Where the configuration is: a directory or etcd (one of the two).
+#[derive(clap::Args)]
+pub(crate) struct Target {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The key prefix of the configuration in etcd.
+    #[arg(long, value_name = "PREFIX", default_value = kv::DEFAULT_PREFIX, requires = "etcd")]
+    prefix: String,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct StoreArg {
+    /// The configuration directory (the one the mesh watches).
+    #[arg(long = "config", value_name = "DIR")]
+    config: Option<PathBuf>,
+    /// The etcd cluster holding the configuration (`http://host:2379`, comma-separated
+    /// members).
+    #[arg(long, value_name = "URL")]
+    etcd: Option<String>,
+}
+
+/// An opened configuration.
+pub(crate) enum Opened {
+    /// A directory.
+    Dir(ConfigDir),
+    /// The keys under a prefix in etcd, read at one revision.
+    Etcd {
+        etcd: Etcd,
+        store: KvStore,
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
+impl Target {
+    /// Reads the configuration.
+    pub(crate) fn open(&self) -> Result<Opened, Box<dyn std::error::Error>> {
+        match (&self.store.config, &self.store.etcd) {
+            (Some(dir), _) => Ok(Opened::Dir(ConfigDir::open(dir)?)),
+            (None, Some(url)) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let etcd = Etcd::new(url)?;
+                let store = runtime.block_on(etcd_store::read(&etcd, &self.prefix))?;
+                Ok(Opened::Etcd {
+                    etcd,
+                    store,
+                    runtime,
+                })
+            }
+            (None, None) => Err("one of --config and --etcd is needed".into()),
+        }
+    }
+
+    /// `DIR`, or `etcd at URL under PREFIX`, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match (&self.store.config, &self.store.etcd) {
+            (Some(dir), _) => dir.display().to_string(),
+            (None, Some(url)) => {
+                format!("etcd at {url} under {}", kv::normalize_prefix(&self.prefix))
+            }
+            (None, None) => String::new(),
+        }
+    }
+}
+
+impl Opened {
+    /// The diagnostics of the configuration as it is.
+    fn diagnostics(&self) -> Vec<Diagnostic> {
+        match self {
+            Opened::Dir(dir) => dir.check().diagnostics,
+            Opened::Etcd { store, .. } => store.check().diagnostics,
+        }
+    }
+
+    /// The resources of `kind` in `namespace` (all when `None`).
+    pub(crate) fn list(
+        &self,
+        kind: Option<mesh_config::model::Kind>,
+        namespace: Option<&str>,
+    ) -> Vec<store::Listed> {
+        match self {
+            Opened::Dir(dir) => dir.list(kind, namespace),
+            Opened::Etcd { store, .. } => store.list(kind, namespace),
+        }
+    }
+
+    /// Plans an apply.
+    fn plan_apply(&self, sources: &[Arc<SourceFile>]) -> Result<Planned, StoreError> {
+        match self {
+            Opened::Dir(dir) => dir.plan_apply(sources).map(Planned::Dir),
+            Opened::Etcd { store, .. } => store.plan_apply(sources).map(Planned::Etcd),
+        }
+    }
+
+    /// Plans a delete.
+    fn plan_delete(&self, keys: &[ResourceKey]) -> Result<Planned, StoreError> {
+        match self {
+            Opened::Dir(dir) => dir.plan_delete(keys).map(Planned::Dir),
+            Opened::Etcd { store, .. } => Ok(Planned::Etcd(store.plan_delete(keys))),
+        }
+    }
+
+    /// Writes a plan made from this configuration. `Ok(false)`: etcd's configuration
+    /// changed since it was read, nothing was written.
+    fn write(&self, plan: &Planned) -> Result<bool, Box<dyn std::error::Error>> {
+        match (self, plan) {
+            (Opened::Dir(_), Planned::Dir(plan)) => {
+                plan.write()?;
+                Ok(true)
+            }
+            (Opened::Etcd { etcd, runtime, .. }, Planned::Etcd(plan)) => {
+                if plan.puts().is_empty() && plan.deletes().is_empty() {
+                    return Ok(true);
+                }
+                let written = runtime.block_on(etcd_store::write(etcd, plan))?;
+                Ok(written != Written::Conflict)
+            }
+            _ => Err("a plan written to another configuration than its own".into()),
+        }
+    }
+}
+
+/// A plan for a directory or for etcd.
+enum Planned {
+    Dir(store::Plan),
+    Etcd(kv::KvPlan),
+}
+
+impl Planned {
+    fn check(&self) -> mesh_config::Checked {
+        match self {
+            Planned::Dir(p) => p.check(),
+            Planned::Etcd(p) => p.check(),
+        }
+    }
+
+    fn changes(&self) -> &[store::Change] {
+        match self {
+            Planned::Dir(p) => p.changes(),
+            Planned::Etcd(p) => p.changes(),
+        }
+    }
+}
+
+/// Says that etcd's configuration changed under the command, which wrote nothing.
+fn conflict(target: &Target) -> ExitCode {
+    eprintln!(
+        "error: the configuration in {} changed since it was read and checked; nothing was written: run the command again",
+        target.describe()
+    );
+    ExitCode::from(EXIT_ERRORS)
 }
 
 /// The name standard input gets in diagnostics.
@@ -79,8 +238,8 @@ fn render_to_stderr(diagnostics: &[Diagnostic], color: Color) {
 
 /// The diagnostics worth showing after an edit: every error, and the warnings and
 /// remarks the directory did not already have.
-fn worth_showing(dir: &ConfigDir, after: Vec<Diagnostic>) -> Vec<Diagnostic> {
-    let before: HashSet<String> = dir.check().diagnostics.iter().map(key).collect();
+fn worth_showing(opened: &Opened, after: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let before: HashSet<String> = opened.diagnostics().iter().map(key).collect();
     after
         .into_iter()
         .filter(|d| d.is_error() || !before.contains(&key(d)))
@@ -101,8 +260,8 @@ fn plan_error(e: StoreError) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
 /// `meshctl apply`.
 pub(crate) fn apply(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let dir = ConfigDir::open(&args.config)?;
     let sources = read_sources(&args.files)?;
+    let dir = args.target.open()?;
     let plan = match dir.plan_apply(&sources) {
         Ok(p) => p,
         Err(e) => return plan_error(e),
@@ -116,7 +275,7 @@ pub(crate) fn apply(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Err
         let errors = checked.diagnostics.iter().filter(|d| d.is_error()).count();
         eprintln!(
             "error: the configuration would have {errors} error(s); nothing was written to {}",
-            args.config.display()
+            args.target.describe()
         );
         return Ok(ExitCode::from(EXIT_ERRORS));
     }
@@ -124,7 +283,9 @@ pub(crate) fn apply(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Err
         eprintln!("error: no objects passed to apply");
         return Ok(ExitCode::from(EXIT_ERRORS));
     }
-    plan.write()?;
+    if !dir.write(&plan)? {
+        return Ok(conflict(&args.target));
+    }
     for c in plan.changes() {
         println!("{c}");
     }
@@ -140,7 +301,6 @@ pub(crate) fn apply(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Err
 /// the exit status 1; the other resources are deleted all the same. A kind the mesh does
 /// not read at all (a `Deployment`) is ignored with a warning, as the loader ignores it.
 pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let dir = ConfigDir::open(&args.config)?;
     let sources = read_sources(&args.files)?;
     let mut keys = Vec::new();
     let mut yaml_errors = Vec::new();
@@ -191,6 +351,7 @@ pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Er
         }
         return Ok(ExitCode::from(EXIT_ERRORS));
     }
+    let dir = args.target.open()?;
     let plan = match dir.plan_delete(&keys) {
         Ok(p) => p,
         Err(e) => return plan_error(e),
@@ -212,10 +373,12 @@ pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Er
     if checked.has_errors() {
         eprintln!(
             "warning: {} now has errors: a mesh watching it keeps its last good configuration until they are fixed",
-            args.config.display()
+            args.target.describe()
         );
     }
-    plan.write()?;
+    if !dir.write(&plan)? {
+        return Ok(conflict(&args.target));
+    }
     for c in plan.changes() {
         if c.outcome == Outcome::NotFound {
             failed = true;
@@ -223,7 +386,7 @@ pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Er
                 "Error: {} \"{}\" not found in {}",
                 store::qualified_kind(c.key.kind),
                 c.key.name,
-                display_dir(&args.config)
+                args.target.describe()
             );
         } else {
             println!("{c}");
@@ -234,8 +397,4 @@ pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Er
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn display_dir(p: &Path) -> String {
-    p.display().to_string()
 }

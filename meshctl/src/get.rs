@@ -1,12 +1,11 @@
 //! `meshctl get`: list the resources of a configuration directory the way `kubectl get`
 //! lists a cluster's (tables, `-o yaml` with the text as written, `-o json`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
 use mesh_config::model::{AnyResource, Kind, Labels, Resolution, ServiceLocation};
-use mesh_config::store::{ConfigDir, Listed, qualified_kind};
+use mesh_config::store::{Listed, qualified_kind};
 
 use crate::{EXIT_ERRORS, EXIT_USAGE};
 
@@ -17,9 +16,8 @@ pub(crate) struct GetArgs {
     kind: String,
     /// Only the resource of this name.
     name: Option<String>,
-    /// The configuration directory.
-    #[arg(long = "config", value_name = "DIR", required = true)]
-    config: PathBuf,
+    #[command(flatten)]
+    target: crate::edit::Target,
     /// The namespace (`default` when absent).
     #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
     namespace: Option<String>,
@@ -57,7 +55,7 @@ pub(crate) fn get(args: &GetArgs) -> Result<ExitCode, Box<dyn std::error::Error>
         );
         return Ok(ExitCode::from(EXIT_USAGE));
     };
-    let dir = ConfigDir::open(&args.config)?;
+    let dir = args.target.open()?;
     let namespace = match (&args.namespace, args.all_namespaces) {
         (_, true) => None,
         (Some(ns), false) => Some(ns.as_str()),

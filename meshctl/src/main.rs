@@ -4,8 +4,8 @@
 //! `istioctl analyze` do, without a cluster: per-resource validation and cross-resource
 //! analysis, rendered like rustc's errors or as JSON. `meshctl route` explains a routing
 //! decision, `meshctl authz` an authorization decision. `meshctl apply`, `delete` and
-//! `get` edit and list a configuration directory
-//! (the one a running mesh watches) the way `kubectl` does a cluster's.
+//! `get` edit and list a configuration directory (the one a running mesh watches) or the
+//! configuration in etcd (`--etcd URL`) the way `kubectl` does a cluster's.
 
 mod authz;
 mod edit;
@@ -71,6 +71,11 @@ enum Command {
     /// would hold is checked first: with errors nothing is written. Files are written
     /// atomically. Exit status: 0 when applied, 1 on configuration errors (nothing
     /// written), 2 on usage or I/O errors.
+    ///
+    /// With --etcd instead of --config, each resource is one key,
+    /// `<prefix>/<group>/<Kind>/<namespace>/<name>`, and everything is written in one
+    /// transaction, only if the configuration in etcd did not change since it was read and
+    /// checked (otherwise nothing is written and the exit status is 1: run it again).
     Apply(edit::EditArgs),
     /// Delete the resources named in FILEs from a configuration directory, like
     /// `kubectl delete -f`.
@@ -79,8 +84,9 @@ enum Command {
     /// their documents are removed, and files left without documents are deleted.
     /// References left dangling are reported as warnings. Exit status: 0 when everything
     /// was deleted, 1 when a resource was not found, 2 on usage or I/O errors.
+    /// With --etcd, their keys are deleted in one transaction, as `apply` writes.
     Delete(edit::EditArgs),
-    /// List resources of a configuration directory, like `kubectl get`.
+    /// List resources of a configuration directory (or of etcd), like `kubectl get`.
     ///
     /// KIND is a singular, plural or short name (vs, dr, gw, se, we, pa, ap, ra,
     /// meshconfig, envoyfilter, localratelimitpolicy). SOURCE is where each resource is

@@ -2,6 +2,8 @@
 //! transactions guarded by revisions, watches from a revision (and a compacted one),
 //! leases that expire without keep-alives and live on with them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use mesh_tests::etcd::EtcdServer;

@@ -62,6 +62,7 @@
 
 mod dir;
 mod edit;
+pub mod kv;
 mod list;
 mod locate;
 mod text;

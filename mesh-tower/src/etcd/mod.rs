@@ -21,6 +21,7 @@
 //! ```
 
 pub mod proto;
+pub mod store;
 
 use std::error::Error as StdError;
 use std::sync::Arc;

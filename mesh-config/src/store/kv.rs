@@ -1,0 +1,622 @@
+//! A configuration kept in a key-value store (etcd): one key per resource,
+//! `<prefix>/<group>/<Kind>/<namespace>/<name>`, whose value is the resource's YAML as a
+//! document of its own.
+//!
+//! Reading turns every key into a source named `etcd:<key>`, so diagnostics name the key
+//! (and the line in its value). A key must name the resource it holds: a value whose kind,
+//! namespace or name differ from its key's, or that holds several resources, is an error
+//! (the key is the resource's identity, as a Kubernetes object's path is in etcd).
+//!
+//! Applying and deleting are planned in memory as for a directory ([`super::ConfigDir`]):
+//! the configuration the store would hold is checked whole before anything is written,
+//! and the plan says which keys to put and delete. Writing is the caller's (the mesh's etcd
+//! client), as one transaction guarded by the revision the plan was made at
+//! ([`KvStore::revision`]): two plans made at one revision cannot both be written, so
+//! nobody writes a configuration nobody checked.
+//!
+//! Keys under `<prefix>/registry/` (workloads that registered themselves) and
+//! `<prefix>/meshctl/` (the writers' guard) are not configuration and are skipped here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::text::resource_text;
+use super::{Change, Listed, Outcome, StoreError, documents};
+use crate::diag::{Code, Diagnostic, Location};
+use crate::load::ConfigSet;
+use crate::model::{Kind, ResourceKey};
+use crate::snapshot::Checked;
+use crate::source::{SourceFile, Span};
+
+/// The prefix a mesh keeps its configuration under unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "/mesh";
+
+/// The part of the prefix workloads register themselves under.
+pub const REGISTRY: &str = "registry";
+
+/// The part of the prefix writers bump in every write (see the module documentation).
+pub const GUARD: &str = "meshctl/generation";
+
+/// The name a key's value gets as a source: `etcd:<key>`.
+pub fn source_name(key: &str) -> String {
+    format!("etcd:{key}")
+}
+
+/// `prefix` without trailing slashes (`/mesh/` → `/mesh`); `/` stays `` (keys then start
+/// with `/<group>`).
+pub fn normalize_prefix(prefix: &str) -> String {
+    prefix.trim_end_matches('/').to_string()
+}
+
+/// The key of resource `key` under `prefix`.
+pub fn key_path(prefix: &str, key: &ResourceKey) -> String {
+    format!(
+        "{}/{}/{}/{}/{}",
+        normalize_prefix(prefix),
+        key.kind.group(),
+        key.kind.as_str(),
+        key.namespace,
+        key.name
+    )
+}
+
+/// What a key under the prefix is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRole {
+    /// A resource of the configuration.
+    Resource(ResourceKey),
+    /// A workload's registration (`<prefix>/registry/<namespace>/<name>`).
+    Registration {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A writers' key (the guard).
+    Internal,
+    /// Anything else: not the mesh's (reported, ignored).
+    Foreign,
+}
+
+/// What `key` (a full key, under `prefix`) is.
+pub fn classify(prefix: &str, key: &str) -> KeyRole {
+    let prefix = normalize_prefix(prefix);
+    let Some(rest) = key.strip_prefix(&prefix).and_then(|r| r.strip_prefix('/')) else {
+        return KeyRole::Foreign;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [REGISTRY, ns, name] if !ns.is_empty() && !name.is_empty() => KeyRole::Registration {
+            namespace: (*ns).to_string(),
+            name: (*name).to_string(),
+        },
+        ["meshctl", ..] => KeyRole::Internal,
+        [group, kind, ns, name] if !ns.is_empty() && !name.is_empty() => {
+            match Kind::from_name(kind).filter(|k| k.group() == *group) {
+                Some(kind) => KeyRole::Resource(ResourceKey {
+                    kind,
+                    namespace: (*ns).to_string(),
+                    name: (*name).to_string(),
+                }),
+                None => KeyRole::Foreign,
+            }
+        }
+        _ => KeyRole::Foreign,
+    }
+}
+
+/// One key of the store, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The value (YAML); `None` when it is not UTF-8.
+    pub value: Option<String>,
+    /// The revision that last changed the key.
+    pub mod_revision: i64,
+}
+
+/// The configuration keys of a store under one prefix, read at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct KvStore {
+    prefix: String,
+    revision: i64,
+    /// Resource keys, by key.
+    entries: BTreeMap<String, (ResourceKey, KvEntry)>,
+    /// Keys under the prefix that are not the mesh's.
+    foreign: Vec<String>,
+}
+
+impl KvStore {
+    /// An empty store under `prefix`, read at `revision`; add the keys read with
+    /// [`KvStore::insert`].
+    pub fn new(prefix: &str, revision: i64) -> Self {
+        KvStore {
+            prefix: normalize_prefix(prefix),
+            revision,
+            entries: BTreeMap::new(),
+            foreign: Vec::new(),
+        }
+    }
+
+    /// Adds a key read from the store; registrations and writers' keys are skipped.
+    pub fn insert(&mut self, key: &[u8], value: &[u8], mod_revision: i64) {
+        let Ok(key) = std::str::from_utf8(key) else {
+            self.foreign.push(String::from_utf8_lossy(key).into_owned());
+            return;
+        };
+        match classify(&self.prefix, key) {
+            KeyRole::Resource(rk) => {
+                let entry = KvEntry {
+                    value: String::from_utf8(value.to_vec()).ok(),
+                    mod_revision,
+                };
+                self.entries.insert(key.to_string(), (rk, entry));
+            }
+            KeyRole::Foreign => self.foreign.push(key.to_string()),
+            KeyRole::Registration { .. } | KeyRole::Internal => {}
+        }
+    }
+
+    /// Removes a key (a deletion seen by a watch); whether it was there.
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        std::str::from_utf8(key).is_ok_and(|k| self.entries.remove(k).is_some())
+    }
+
+    /// Sets the revision the store is now read at (after a watch's events).
+    pub fn set_revision(&mut self, revision: i64) {
+        self.revision = revision;
+    }
+
+    /// The prefix, without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The revision the keys were read at.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// How many resource keys there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True without resource keys.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The key of resource `key`.
+    pub fn key_of(&self, key: &ResourceKey) -> String {
+        key_path(&self.prefix, key)
+    }
+
+    /// The keys under the prefix that are neither resources nor the mesh's own.
+    pub fn foreign_keys(&self) -> &[String] {
+        &self.foreign
+    }
+
+    /// The store's resource keys and values, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &ResourceKey, &KvEntry)> {
+        self.entries.iter().map(|(k, (rk, e))| (k.as_str(), rk, e))
+    }
+
+    /// The configuration the store holds, loaded (see [`KvStore::check`]).
+    pub fn config_set(&self) -> ConfigSet {
+        self.view(|_| true)
+    }
+
+    /// The configuration of the keys `keep` accepts, each value loaded as a source
+    /// `etcd:<key>`, with an error for each value that does not hold exactly the resource
+    /// its key names.
+    fn view(&self, keep: impl Fn(&ResourceKey) -> bool) -> ConfigSet {
+        let mut set = ConfigSet::new();
+        for (key, (rk, entry)) in &self.entries {
+            if !keep(rk) {
+                continue;
+            }
+            let name = source_name(key);
+            let Some(value) = &entry.value else {
+                let source = SourceFile::new(name, "");
+                set.push_diagnostic(
+                    Diagnostic::new(
+                        Code::KeyMismatch,
+                        format!("the value of {key} is not UTF-8 text"),
+                    )
+                    .at(Location {
+                        source,
+                        span: Span::default(),
+                    })
+                    .help("a configuration key holds one resource as YAML"),
+                );
+                continue;
+            };
+            let source = SourceFile::new(name, value.as_str());
+            let mut one = ConfigSet::new();
+            one.add_source(source.clone());
+            let holds: Vec<ResourceKey> = one.resources().iter().map(|r| r.key()).collect();
+            let fits = holds.len() == 1 && holds[0] == *rk;
+            if !fits && !one.diagnostics().iter().any(Diagnostic::is_error) {
+                let what = match holds.as_slice() {
+                    [] => "no resource".to_string(),
+                    [one] => one.to_string(),
+                    many => format!("{} resources", many.len()),
+                };
+                let location = one.resources().first().map_or(
+                    Location {
+                        source: source.clone(),
+                        span: Span::default(),
+                    },
+                    |r| r.origin().location(),
+                );
+                set.push_diagnostic(
+                    Diagnostic::new(
+                        Code::KeyMismatch,
+                        format!("{key} names {rk} but holds {what}"),
+                    )
+                    .at(location)
+                    .help(format!(
+                        "a key holds the one resource it names: <prefix>/<group>/<Kind>/<namespace>/<name> (`meshctl apply --etcd` writes {})",
+                        self.key_of(rk)
+                    )),
+                );
+                continue;
+            }
+            set.apply(one);
+        }
+        set
+    }
+
+    /// Checks the configuration the store holds.
+    pub fn check(&self) -> Checked {
+        self.config_set().check()
+    }
+
+    /// The resources of kind `kind` (all when `None`) in namespace `namespace` (all when
+    /// `None`) that load, sorted by namespace, name and kind; `path` is the key.
+    pub fn list(&self, kind: Option<Kind>, namespace: Option<&str>) -> Vec<Listed> {
+        let mut out: Vec<Listed> = self
+            .config_set()
+            .resources()
+            .iter()
+            .filter(|r| {
+                kind.is_none_or(|k| k == r.kind()) && namespace.is_none_or(|n| n == r.namespace())
+            })
+            .map(|r| {
+                let key = self.key_of(&r.key());
+                let text = self
+                    .entries
+                    .get(&key)
+                    .and_then(|(_, e)| e.value.clone())
+                    .unwrap_or_default();
+                Listed {
+                    resource: r.clone(),
+                    path: PathBuf::from(key),
+                    line: r.origin().location().span.start.line,
+                    text,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.resource.namespace(), a.resource.name(), a.resource.kind()).cmp(&(
+                b.resource.namespace(),
+                b.resource.name(),
+                b.resource.kind(),
+            ))
+        });
+        out
+    }
+
+    /// Plans `kubectl apply` of every resource of `incoming` (a later one with the same
+    /// key wins): each is put at its key. Nothing is written: see [`KvPlan`].
+    pub fn plan_apply(&self, incoming: &[Arc<SourceFile>]) -> Result<KvPlan, StoreError> {
+        let mut puts: BTreeMap<String, String> = BTreeMap::new();
+        let mut changes: Vec<Change> = Vec::new();
+        let mut at: HashMap<ResourceKey, usize> = HashMap::new();
+        for source in incoming {
+            for doc in documents(source.text()) {
+                for found in doc.resources.iter().filter(|f| f.served) {
+                    let text = resource_text(source.text(), &doc, found).ok_or_else(|| {
+                        StoreError::Unextractable {
+                            key: found.key.clone(),
+                            name: source.name().to_string(),
+                            line: found.line,
+                        }
+                    })?;
+                    let key = self.key_of(&found.key);
+                    let outcome = match self.entries.get(&key) {
+                        None => Outcome::Created,
+                        Some((_, e)) if e.value.as_deref() == Some(text.as_str()) => {
+                            Outcome::Unchanged
+                        }
+                        Some(_) => Outcome::Configured,
+                    };
+                    let change = Change {
+                        key: found.key.clone(),
+                        outcome,
+                        path: Some(PathBuf::from(&key)),
+                    };
+                    match at.get(&found.key) {
+                        Some(&i) => changes[i] = change,
+                        None => {
+                            at.insert(found.key.clone(), changes.len());
+                            changes.push(change);
+                        }
+                    }
+                    if outcome == Outcome::Unchanged {
+                        puts.remove(&key);
+                    } else {
+                        puts.insert(key, text);
+                    }
+                }
+            }
+        }
+        // The check sees the store without the applied keys, then what was applied,
+        // under the names the user gave it (diagnostics point at their files).
+        let mut view = self.view(|rk| !at.contains_key(rk));
+        let mut applied = ConfigSet::new();
+        for source in incoming {
+            applied.add_source(source.clone());
+        }
+        view.apply(applied);
+        Ok(KvPlan {
+            revision: self.revision,
+            prefix: self.prefix.clone(),
+            changes,
+            puts: puts.into_iter().collect(),
+            deletes: Vec::new(),
+            view,
+        })
+    }
+
+    /// Plans `kubectl delete` of `keys`; a key the store does not hold is
+    /// [`Outcome::NotFound`].
+    pub fn plan_delete(&self, keys: &[ResourceKey]) -> KvPlan {
+        let mut changes = Vec::new();
+        let mut deletes = Vec::new();
+        for rk in keys {
+            let key = self.key_of(rk);
+            if self.entries.contains_key(&key) {
+                if !deletes.contains(&key) {
+                    deletes.push(key.clone());
+                }
+                changes.push(Change {
+                    key: rk.clone(),
+                    outcome: Outcome::Deleted,
+                    path: Some(PathBuf::from(key)),
+                });
+            } else {
+                changes.push(Change {
+                    key: rk.clone(),
+                    outcome: Outcome::NotFound,
+                    path: None,
+                });
+            }
+        }
+        let view = self.view(|rk| !keys.contains(rk));
+        KvPlan {
+            revision: self.revision,
+            prefix: self.prefix.clone(),
+            changes,
+            puts: Vec::new(),
+            deletes,
+            view,
+        }
+    }
+}
+
+/// The writes of an apply or a delete on a [`KvStore`], computed in memory.
+#[derive(Debug, Clone)]
+pub struct KvPlan {
+    revision: i64,
+    prefix: String,
+    changes: Vec<Change>,
+    puts: Vec<(String, String)>,
+    deletes: Vec<String>,
+    view: ConfigSet,
+}
+
+impl KvPlan {
+    /// The revision the store was read at: write only if nothing under the prefix changed
+    /// since.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The guard key every write puts (see the module documentation).
+    pub fn guard_key(&self) -> String {
+        format!("{}/{GUARD}", self.prefix)
+    }
+
+    /// What happens to each resource, in the order given.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// The keys to put, with their values.
+    pub fn puts(&self) -> &[(String, String)] {
+        &self.puts
+    }
+
+    /// The keys to delete.
+    pub fn deletes(&self) -> &[String] {
+        &self.deletes
+    }
+
+    /// The configuration the store would hold, loaded.
+    pub fn config_set(&self) -> &ConfigSet {
+        &self.view
+    }
+
+    /// Checks the configuration the store would hold.
+    pub fn check(&self) -> Checked {
+        self.view.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vs(name: &str, host: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {name}\nspec:\n  hosts: [{host}]\n  http:\n  - directResponse: {{status: 204}}\n"
+        )
+    }
+
+    #[test]
+    fn keys_name_their_resources() {
+        let key = ResourceKey {
+            kind: Kind::VirtualService,
+            namespace: "default".into(),
+            name: "reviews".into(),
+        };
+        let path = key_path("/mesh/", &key);
+        assert_eq!(
+            path,
+            "/mesh/networking.istio.io/VirtualService/default/reviews"
+        );
+        assert_eq!(classify("/mesh", &path), KeyRole::Resource(key));
+        let table = [
+            (
+                "/mesh/registry/default/reviews-v2",
+                KeyRole::Registration {
+                    namespace: "default".into(),
+                    name: "reviews-v2".into(),
+                },
+            ),
+            ("/mesh/meshctl/generation", KeyRole::Internal),
+            (
+                "/mesh/security.istio.io/VirtualService/default/x",
+                KeyRole::Foreign,
+            ),
+            (
+                "/mesh/networking.istio.io/virtualservice/default/x",
+                KeyRole::Foreign,
+            ),
+            (
+                "/mesh/networking.istio.io/VirtualService/default",
+                KeyRole::Foreign,
+            ),
+            (
+                "/meshes/networking.istio.io/VirtualService/default/x",
+                KeyRole::Foreign,
+            ),
+            (
+                "/mesh/networking.istio.io/VirtualService//x",
+                KeyRole::Foreign,
+            ),
+        ];
+        for (k, want) in table {
+            assert_eq!(classify("/mesh", k), want, "{k}");
+        }
+    }
+
+    #[test]
+    fn a_value_must_hold_the_resource_its_key_names() {
+        let mut store = KvStore::new("/mesh", 7);
+        store.insert(
+            b"/mesh/networking.istio.io/VirtualService/default/reviews",
+            vs("ratings", "ratings").as_bytes(),
+            5,
+        );
+        store.insert(
+            b"/mesh/networking.istio.io/VirtualService/default/details",
+            vs("details", "details").as_bytes(),
+            6,
+        );
+        store.insert(b"/mesh/elsewhere", b"x", 6);
+        let set = store.config_set();
+        assert_eq!(set.resources().len(), 1);
+        let errors: Vec<_> = set.diagnostics().iter().filter(|d| d.is_error()).collect();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].code, Code::KeyMismatch);
+        assert_eq!(
+            errors[0].message,
+            "/mesh/networking.istio.io/VirtualService/default/reviews names VirtualService default/reviews but holds VirtualService default/ratings"
+        );
+        assert_eq!(
+            errors[0].location.as_ref().unwrap().source.name(),
+            "etcd:/mesh/networking.istio.io/VirtualService/default/reviews"
+        );
+        assert_eq!(store.foreign_keys(), ["/mesh/elsewhere"]);
+    }
+
+    #[test]
+    fn apply_and_delete_plan_puts_and_deletes_checked_whole() {
+        let mut store = KvStore::new("/mesh", 9);
+        store.insert(
+            b"/mesh/networking.istio.io/VirtualService/default/details",
+            vs("details", "details").as_bytes(),
+            3,
+        );
+        let incoming = SourceFile::new(
+            "new.yaml",
+            format!(
+                "{}---\n{}",
+                vs("details", "details"),
+                vs("reviews", "reviews")
+            ),
+        );
+        let plan = store.plan_apply(&[incoming]).unwrap();
+        assert_eq!(plan.revision(), 9);
+        let outcomes: Vec<_> = plan.changes().iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            outcomes,
+            [
+                "virtualservice.networking.istio.io/details unchanged",
+                "virtualservice.networking.istio.io/reviews created"
+            ]
+        );
+        assert_eq!(plan.puts().len(), 1);
+        assert_eq!(
+            plan.puts()[0].0,
+            "/mesh/networking.istio.io/VirtualService/default/reviews"
+        );
+        assert_eq!(plan.puts()[0].1, vs("reviews", "reviews"));
+        let checked = plan.check();
+        assert!(
+            !checked.has_errors(),
+            "{:?}",
+            checked
+                .diagnostics
+                .iter()
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(plan.config_set().resources().len(), 2);
+        assert_eq!(plan.guard_key(), "/mesh/meshctl/generation");
+
+        // An invalid resource: the check names the user's file and line.
+        let bad = SourceFile::new(
+            "bad.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bad}\nspec:\n  hosts: [x]\n  http:\n  - route:\n    - destination: {host: x}\n      weight: -1\n",
+        );
+        let checked = store.plan_apply(&[bad]).unwrap().check();
+        let e = checked.diagnostics.iter().find(|d| d.is_error()).unwrap();
+        assert_eq!(e.location.as_ref().unwrap().source.name(), "bad.yaml");
+
+        let details = ResourceKey {
+            kind: Kind::VirtualService,
+            namespace: "default".into(),
+            name: "details".into(),
+        };
+        let missing = ResourceKey {
+            name: "nope".into(),
+            ..details.clone()
+        };
+        let plan = store.plan_delete(&[details, missing]);
+        assert_eq!(
+            plan.deletes(),
+            ["/mesh/networking.istio.io/VirtualService/default/details"]
+        );
+        assert_eq!(plan.changes()[1].outcome, Outcome::NotFound);
+        assert!(plan.config_set().resources().is_empty());
+    }
+}
