@@ -44,6 +44,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod ratelimit;
 mod runtime;
+pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod transport;

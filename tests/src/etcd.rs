@@ -143,3 +143,35 @@ impl Drop for EtcdServer {
         self.stop();
     }
 }
+
+/// Applies the YAML files under `paths` to the configuration under `prefix` in etcd at
+/// `url`, as `meshctl apply --etcd` does: checked whole first (panics with the
+/// diagnostics when the result has errors), written in one guarded transaction. Returns
+/// the store's revision after the write.
+pub async fn apply(url: &str, prefix: &str, paths: &[&std::path::Path]) -> i64 {
+    use mesh_tower::etcd::store::{self, Written};
+    let etcd = mesh_tower::etcd::Etcd::new(url).unwrap_or_else(|e| panic!("{e}"));
+    let mut sources = Vec::new();
+    for p in paths {
+        for file in mesh_config::load::yaml_files(p).unwrap_or_else(|e| panic!("{e}")) {
+            sources.push(mesh_config::store::read_source(&file).unwrap_or_else(|e| panic!("{e}")));
+        }
+    }
+    let current = store::read(&etcd, prefix)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let plan = current
+        .plan_apply(&sources)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let checked = plan.check();
+    assert!(
+        !checked.has_errors(),
+        "{}",
+        mesh_config::diag::render(&checked.diagnostics, Default::default())
+    );
+    match store::write(&etcd, &plan).await {
+        Ok(Written::At(revision)) => revision,
+        Ok(Written::Conflict) => panic!("etcd changed while applying {paths:?}"),
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -1,26 +1,24 @@
-//! Live configuration: the directory is watched, a valid change is swapped in, an
-//! invalid one is rejected with its diagnostics while the last good configuration stays
-//! in force — and the admin endpoint shows which is which.
+//! Live configuration: the source (a directory or etcd) is watched, a valid change is
+//! swapped in, an invalid one is rejected with its diagnostics while the last good
+//! configuration stays in force — and the admin endpoint shows which is which.
 //!
 //! Routing reads the configuration through an `ArcSwap`, so a swap never drops or
 //! blocks a request: requests in flight finish on the configuration they started with.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use mesh_config::Snapshot;
 use mesh_config::diag::{Diagnostic, RenderOptions, render};
-use mesh_config::{ConfigSet, Snapshot};
 use mesh_tower::MeshRuntime;
+use mesh_tower::source::Offered;
 use mesh_tower::telemetry::graph::MeshGraph;
-use notify::{RecursiveMode, Watcher as _};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::services::Json;
 
@@ -43,16 +41,17 @@ struct State_ {
 
 /// The configuration of the running demo.
 pub struct Live {
-    dir: PathBuf,
-    /// The directory's files as they were before the first load.
-    fingerprint: Fingerprint,
+    /// Where the configuration comes from (`directory ...`, `etcd at ...`).
+    source: String,
     runtime: MeshRuntime,
     state: RwLock<State_>,
 }
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Live").field("dir", &self.dir).finish()
+        f.debug_struct("Live")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -66,17 +65,10 @@ pub enum Reloaded {
 }
 
 impl Live {
-    /// The live configuration of `dir`, starting from `snapshot`, which was loaded from
-    /// the directory as `fingerprint` (taken before loading) describes it.
-    pub fn new(
-        dir: PathBuf,
-        runtime: MeshRuntime,
-        snapshot: Snapshot,
-        fingerprint: Fingerprint,
-    ) -> Self {
+    /// The live configuration from `source` (its description), starting from `snapshot`.
+    pub fn new(source: impl Into<String>, runtime: MeshRuntime, snapshot: Snapshot) -> Self {
         Live {
-            fingerprint,
-            dir,
+            source: source.into(),
             runtime,
             state: RwLock::new(State_ {
                 current: snapshot,
@@ -86,9 +78,9 @@ impl Live {
         }
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the configuration comes from.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The runtime the demo's workloads and gateway run on.
@@ -122,51 +114,39 @@ impl Live {
         f(&mut guard);
     }
 
-    /// Reads the directory again and applies it if it is valid; otherwise prints the
-    /// diagnostics and keeps the configuration in force.
-    pub fn reload(&self) -> Reloaded {
-        let set = match ConfigSet::load(&[&self.dir]) {
-            Ok(set) => set,
-            Err(e) => {
-                eprintln!("bookinfo: configuration update rejected: {e}");
-                self.write(|s| {
-                    s.rejected = Some(Rejected {
-                        at: SystemTime::now(),
-                        diagnostics: Vec::new(),
-                        error: Some(e.to_string()),
-                    });
-                });
-                return Reloaded::Rejected;
-            }
-        };
-        let checked = set.check();
-        match checked.snapshot {
-            Some(snapshot) => {
-                // One swap: the workloads' routes and the ingress gateway's alike.
-                self.runtime.update(&snapshot);
-                let version = snapshot.version();
+    /// Records what became of an update (applied by the source's driver, or rejected),
+    /// and says so on standard error.
+    pub fn record(&self, offered: &Offered) -> Reloaded {
+        match offered {
+            Offered::Applied(snapshot) => {
                 eprintln!(
                     "bookinfo: configuration applied ({} resources)",
                     snapshot.resources().len()
                 );
+                let version = snapshot.version();
+                let snapshot = snapshot.clone();
                 self.write(|s| {
                     s.current = snapshot;
                     s.applied_at = SystemTime::now();
                 });
                 Reloaded::Applied(version)
             }
-            None => {
-                eprint!("{}", render(&checked.diagnostics, RenderOptions::default()));
-                eprintln!(
-                    "bookinfo: configuration update rejected; the previous configuration stays in force"
-                );
-                self.write(|s| {
-                    s.rejected = Some(Rejected {
-                        at: SystemTime::now(),
-                        diagnostics: checked.diagnostics,
-                        error: None,
-                    });
-                });
+            Offered::Rejected { diagnostics, error } => {
+                match error {
+                    Some(e) => eprintln!("bookinfo: configuration update rejected: {e}"),
+                    None => {
+                        eprint!("{}", render(diagnostics, RenderOptions::default()));
+                        eprintln!(
+                            "bookinfo: configuration update rejected; the previous configuration stays in force"
+                        );
+                    }
+                }
+                let rejected = Rejected {
+                    at: SystemTime::now(),
+                    diagnostics: diagnostics.clone(),
+                    error: error.clone(),
+                };
+                self.write(|s| s.rejected = Some(rejected));
                 Reloaded::Rejected
             }
         }
@@ -224,7 +204,7 @@ impl Live {
                 })
                 .collect();
             json!({
-                "configDir": self.dir.display().to_string(),
+                "source": self.source,
                 "version": s.current.version(),
                 "appliedAt": secs(s.applied_at),
                 "resources": resources,
@@ -236,33 +216,6 @@ impl Live {
             })
         })
     }
-}
-
-/// The YAML files of a directory with their sizes and modification times: taken before
-/// the first load, it tells whether the directory changed before the watcher started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
-
-impl Fingerprint {
-    /// The fingerprint of `dir` now.
-    pub fn of(dir: &Path) -> Self {
-        Fingerprint(fingerprint(dir))
-    }
-}
-
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out: Vec<_> = mesh_config::load::yaml_files(dir)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (p, len, modified)
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 /// The admin endpoint: `/healthz`, `/config_dump`, `/certs`, `/clusters`,
@@ -379,87 +332,6 @@ async fn clusters(State(live): State<Arc<Live>>, RawQuery(query): RawQuery) -> R
         Json(clusters.json()).into_response()
     } else {
         clusters.text().into_response()
-    }
-}
-
-/// Watches the configuration directory (see [`watch`]).
-pub struct DirWatcher {
-    live: Arc<Live>,
-    events: mpsc::UnboundedReceiver<()>,
-    _watcher: notify::RecommendedWatcher,
-}
-
-/// How long to wait for a burst of file events to settle before reloading.
-const SETTLE: Duration = Duration::from_millis(100);
-
-/// Starts watching `live`'s directory (recursively); run the returned watcher to apply
-/// changes.
-pub fn watch(live: Arc<Live>) -> Result<DirWatcher, String> {
-    let (tx, events) = mpsc::unbounded_channel();
-    let trigger = tx.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let event = match res {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::warn!(error = %e, "configuration watcher error; reloading");
-                let _ = tx.send(());
-                return;
-            }
-        };
-        if event.kind.is_access() {
-            return;
-        }
-        // A YAML file changed; or a file or directory appeared, went away or was
-        // renamed (a directory of YAML moved in, a Kubernetes ConfigMap's symlink swap);
-        // or the watcher lost track (no paths, rescan).
-        let structural = matches!(
-            event.kind,
-            notify::EventKind::Create(_)
-                | notify::EventKind::Remove(_)
-                | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
-        );
-        let yaml = event
-            .paths
-            .iter()
-            .any(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")));
-        if structural || yaml || event.paths.is_empty() || event.need_rescan() {
-            let _ = tx.send(());
-        }
-    })
-    .map_err(|e| e.to_string())?;
-    watcher
-        .watch(live.dir(), RecursiveMode::Recursive)
-        .map_err(|e| e.to_string())?;
-    // A change made between the first load and now would otherwise go unnoticed.
-    if Fingerprint::of(live.dir()) != live.fingerprint {
-        let _ = trigger.send(());
-    }
-    Ok(DirWatcher {
-        live,
-        events,
-        _watcher: watcher,
-    })
-}
-
-impl DirWatcher {
-    /// Applies changes until `stop` completes.
-    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                ev = self.events.recv() => {
-                    if ev.is_none() {
-                        return;
-                    }
-                    // Let the burst of events of one save settle, then reload once.
-                    tokio::time::sleep(SETTLE).await;
-                    while self.events.try_recv().is_ok() {}
-                    let live = self.live.clone();
-                    let _ = tokio::task::spawn_blocking(move || live.reload()).await;
-                }
-                _ = &mut stop => return,
-            }
-        }
     }
 }
 

@@ -21,8 +21,26 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(name = "bookinfo", about = "Istio's Bookinfo, in-process")]
 struct Args {
     /// Configuration directory (Istio YAML), watched for changes.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/config"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/config"), conflicts_with = "etcd")]
     config: PathBuf,
+    /// Read the configuration from etcd instead (`http://127.0.0.1:2379`,
+    /// comma-separated members), watched for changes; write it with
+    /// `meshctl apply -f examples/bookinfo/config --etcd URL`.
+    #[arg(long, value_name = "URL")]
+    etcd: Option<String>,
+    /// The key prefix of the configuration in etcd.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "/mesh",
+        requires = "etcd"
+    )]
+    prefix: String,
+    /// Where the last good configuration read from etcd is cached, to start from when
+    /// etcd is down [default: a file under the system's temporary directory named after
+    /// the URL and prefix].
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    cache: Option<PathBuf>,
     /// Address of the ingress gateway's port 80.
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress: SocketAddr,
@@ -63,6 +81,17 @@ fn global_rate_limiter(
     GlobalRateLimiter::new(config, RedisSettings::new(url)).map_err(|e| e.to_string())
 }
 
+/// `<tmp>/bookinfo-etcd-cache/<url and prefix, as a file name>.json`.
+fn default_cache(url: &str, prefix: &str) -> PathBuf {
+    let name: String = format!("{url}{prefix}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::env::temp_dir()
+        .join("bookinfo-etcd-cache")
+        .join(format!("{name}.json"))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -78,6 +107,15 @@ async fn main() -> ExitCode {
     let descriptors = mesh_tower::transport::accept::raise_descriptor_limit();
     tracing::debug!(descriptors, "descriptor limit");
     let mut opts = Options::new(&args.config);
+    opts.etcd = args.etcd.as_ref().map(|url| bookinfo::run::EtcdConfig {
+        url: url.clone(),
+        prefix: args.prefix.clone(),
+        cache: Some(
+            args.cache
+                .clone()
+                .unwrap_or_else(|| default_cache(url, &args.prefix)),
+        ),
+    });
     opts.ingress = args.ingress;
     opts.admin = args.admin;
     opts.time_scale = args.time_scale;
@@ -113,11 +151,18 @@ async fn main() -> ExitCode {
     println!("Bookinfo is running.\n");
     println!("  Product page:  {}", running.product_page());
     println!("  Admin:         http://{}/config_dump", running.admin);
-    println!(
-        "  Configuration: {} (watched: edit it, or `cargo run -p meshctl -- apply -f FILE --config {}`)",
-        args.config.display(),
-        args.config.display()
-    );
+    match &args.etcd {
+        None => println!(
+            "  Configuration: {} (watched: edit it, or `cargo run -p meshctl -- apply -f FILE --config {}`)",
+            args.config.display(),
+            args.config.display()
+        ),
+        Some(url) => println!(
+            "  Configuration: {} (watched: `cargo run -p meshctl -- apply -f FILE --etcd {url} --prefix {}`)",
+            running.live.source(),
+            args.prefix
+        ),
+    }
     println!("\n  Workloads:");
     for (w, addr) in &running.workloads {
         println!("    {:<16} {addr}", w.name);

@@ -16,6 +16,7 @@ use mesh_config::model::AnyResource;
 use mesh_config::{ConfigSet, Snapshot};
 use mesh_tower::gateway::IngressGateway;
 use mesh_tower::identity::{CertificateAuthority, Identities};
+use mesh_tower::source::{ConfigSource, DirSource, EtcdSource, SourceError};
 use mesh_tower::{MeshRuntime, Workload};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,11 +25,25 @@ use tokio::task::JoinHandle;
 use crate::live::Live;
 use crate::services::{self, Caller, ReviewsVersion};
 
+/// Where Bookinfo's configuration is kept in etcd (instead of a directory).
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// The members' URLs (`http://127.0.0.1:2379`, comma-separated).
+    pub url: String,
+    /// The key prefix (`/mesh`).
+    pub prefix: String,
+    /// Where the last good configuration is cached, to start from when etcd is down.
+    pub cache: Option<PathBuf>,
+}
+
 /// How to start Bookinfo.
 #[derive(Debug)]
 pub struct Options {
-    /// The configuration directory (Istio YAML), watched for changes.
+    /// The configuration directory (Istio YAML), watched for changes (unless `etcd` is
+    /// set).
     pub config_dir: PathBuf,
+    /// The configuration in etcd instead of `config_dir`.
+    pub etcd: Option<EtcdConfig>,
     /// Where the gateway's port 80 listens.
     pub ingress: SocketAddr,
     /// Where the admin endpoint listens (`/healthz`, `/config_dump`).
@@ -56,6 +71,7 @@ impl Options {
     pub fn new(config_dir: impl Into<PathBuf>) -> Self {
         Options {
             config_dir: config_dir.into(),
+            etcd: None,
             ingress: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
             time_scale: 1.0,
@@ -75,10 +91,10 @@ pub enum StartError {
     #[error("{0}")]
     Load(#[from] mesh_config::load::LoadError),
     /// The configuration has errors (the rendered diagnostics).
-    #[error("the configuration in {dir} has errors; nothing started\n{diagnostics}")]
+    #[error("the configuration in {source_name} has errors; nothing started\n{diagnostics}")]
     Invalid {
-        /// The directory.
-        dir: String,
+        /// The source (`directory ...`, `etcd at ...`).
+        source_name: String,
         /// The diagnostics, rendered.
         diagnostics: String,
     },
@@ -109,14 +125,9 @@ pub enum StartError {
     /// The in-process CA could not be made.
     #[error("certificate authority: {0}")]
     Identity(#[from] mesh_tower::identity::IdentityError),
-    /// The configuration watcher could not start.
-    #[error("cannot watch {dir}: {reason}")]
-    Watch {
-        /// The directory.
-        dir: String,
-        /// Why.
-        reason: String,
-    },
+    /// The configuration source could not be read or watched.
+    #[error("{0}")]
+    Source(#[from] mesh_tower::source::SourceError),
 }
 
 /// One Bookinfo workload found in the registry.
@@ -186,6 +197,11 @@ pub fn workloads(snapshot: &Snapshot) -> Result<Vec<WorkloadSpec>, StartError> {
 /// Loads and checks `dir`.
 pub fn load(dir: &Path) -> Result<Snapshot, StartError> {
     let set = ConfigSet::load(&[dir])?;
+    checked(set, &format!("directory {}", dir.display()))
+}
+
+/// Checks a configuration `source_name` delivered: its snapshot, its warnings printed.
+fn checked(set: ConfigSet, source_name: &str) -> Result<Snapshot, StartError> {
     let checked = set.check();
     match checked.snapshot {
         Some(s) => {
@@ -199,7 +215,7 @@ pub fn load(dir: &Path) -> Result<Snapshot, StartError> {
             Ok(s)
         }
         None => Err(StartError::Invalid {
-            dir: dir.display().to_string(),
+            source_name: source_name.to_string(),
             diagnostics: mesh_config::diag::render(
                 &checked.diagnostics,
                 mesh_config::diag::RenderOptions::default(),
@@ -350,10 +366,66 @@ pub fn gateway_workload() -> Workload {
         .service_account("istio-ingressgateway-service-account")
 }
 
+/// The configuration source of `opts`: a directory or etcd.
+enum Source {
+    Dir(DirSource),
+    Etcd(Box<EtcdSource>),
+}
+
+impl ConfigSource for Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Dir(s) => s.describe(),
+            Source::Etcd(s) => s.describe(),
+        }
+    }
+
+    async fn load(&mut self) -> Result<ConfigSet, SourceError> {
+        match self {
+            Source::Dir(s) => s.load().await,
+            Source::Etcd(s) => s.load().await,
+        }
+    }
+
+    async fn next(&mut self) -> Result<ConfigSet, SourceError> {
+        match self {
+            Source::Dir(s) => s.next().await,
+            Source::Etcd(s) => s.next().await,
+        }
+    }
+
+    fn accepted(&mut self) {
+        match self {
+            Source::Dir(s) => s.accepted(),
+            Source::Etcd(s) => s.accepted(),
+        }
+    }
+}
+
+impl Source {
+    fn of(opts: &Options) -> Result<Source, StartError> {
+        Ok(match &opts.etcd {
+            None if opts.watch => Source::Dir(DirSource::new(&opts.config_dir)),
+            None => Source::Dir(DirSource::unwatched(&opts.config_dir)),
+            Some(e) => {
+                let etcd = mesh_tower::etcd::Etcd::new(&e.url)
+                    .map_err(|e| StartError::Source(SourceError::Etcd(e)))?;
+                let source = EtcdSource::new(etcd, &e.prefix);
+                Source::Etcd(Box::new(match &e.cache {
+                    Some(path) => source.with_cache(path),
+                    None => source,
+                }))
+            }
+        })
+    }
+}
+
 /// Starts everything; returns once all listeners are bound.
 pub async fn start(mut opts: Options) -> Result<Running, StartError> {
-    let fingerprint = crate::live::Fingerprint::of(&opts.config_dir);
-    let snapshot = load(&opts.config_dir)?;
+    let mut source = Source::of(&opts)?;
+    let source_name = source.describe();
+    let set = source.load().await?;
+    let snapshot = checked(set, &source_name)?;
     let runtime = MeshRuntime::from_snapshot(&snapshot);
     runtime.set_access_log_sink(opts.access_log.take());
     let metrics_exporter = match opts.otlp.take() {
@@ -432,12 +504,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
             source: std::io::Error::other("no listener"),
         })?;
 
-    let live = Arc::new(Live::new(
-        opts.config_dir.clone(),
-        runtime,
-        snapshot,
-        fingerprint,
-    ));
+    let live = Arc::new(Live::new(source_name, runtime, snapshot));
     let stopped = stop(&shutdown);
     tasks.push(tokio::spawn(async move {
         gateway.serve(stopped).await;
@@ -466,13 +533,16 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
 
     if opts.watch {
         let stopped = stop(&shutdown);
-        let watcher = crate::live::watch(live.clone()).map_err(|reason| StartError::Watch {
-            dir: opts.config_dir.display().to_string(),
-            reason,
-        })?;
-        tasks.push(tokio::spawn(async move {
-            watcher.run(stopped).await;
-        }));
+        let observer = live.clone();
+        let runtime = live.runtime().clone();
+        tasks.push(tokio::spawn(mesh_tower::source::drive(
+            source,
+            runtime,
+            stopped,
+            move |offered| {
+                observer.record(offered);
+            },
+        )));
     }
 
     Ok(Running {

@@ -17,7 +17,7 @@
 //! Keys under `<prefix>/registry/` (workloads that registered themselves) and
 //! `<prefix>/meshctl/` (the writers' guard) are not configuration and are skipped here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -123,7 +123,7 @@ pub struct KvStore {
     /// Resource keys, by key.
     entries: BTreeMap<String, (ResourceKey, KvEntry)>,
     /// Keys under the prefix that are not the mesh's.
-    foreign: Vec<String>,
+    foreign: BTreeSet<String>,
 }
 
 impl KvStore {
@@ -134,14 +134,15 @@ impl KvStore {
             prefix: normalize_prefix(prefix),
             revision,
             entries: BTreeMap::new(),
-            foreign: Vec::new(),
+            foreign: BTreeSet::new(),
         }
     }
 
     /// Adds a key read from the store; registrations and writers' keys are skipped.
     pub fn insert(&mut self, key: &[u8], value: &[u8], mod_revision: i64) {
         let Ok(key) = std::str::from_utf8(key) else {
-            self.foreign.push(String::from_utf8_lossy(key).into_owned());
+            self.foreign
+                .insert(String::from_utf8_lossy(key).into_owned());
             return;
         };
         match classify(&self.prefix, key) {
@@ -152,14 +153,18 @@ impl KvStore {
                 };
                 self.entries.insert(key.to_string(), (rk, entry));
             }
-            KeyRole::Foreign => self.foreign.push(key.to_string()),
+            KeyRole::Foreign => {
+                self.foreign.insert(key.to_string());
+            }
             KeyRole::Registration { .. } | KeyRole::Internal => {}
         }
     }
 
-    /// Removes a key (a deletion seen by a watch); whether it was there.
+    /// Removes a key (a deletion seen by a watch); whether it was a resource key.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        std::str::from_utf8(key).is_ok_and(|k| self.entries.remove(k).is_some())
+        let key = String::from_utf8_lossy(key);
+        self.foreign.remove(key.as_ref());
+        self.entries.remove(key.as_ref()).is_some()
     }
 
     /// Sets the revision the store is now read at (after a watch's events).
@@ -193,8 +198,8 @@ impl KvStore {
     }
 
     /// The keys under the prefix that are neither resources nor the mesh's own.
-    pub fn foreign_keys(&self) -> &[String] {
-        &self.foreign
+    pub fn foreign_keys(&self) -> impl Iterator<Item = &str> {
+        self.foreign.iter().map(String::as_str)
     }
 
     /// The store's resource keys and values, in key order.
@@ -545,7 +550,10 @@ mod tests {
             errors[0].location.as_ref().unwrap().source.name(),
             "etcd:/mesh/networking.istio.io/VirtualService/default/reviews"
         );
-        assert_eq!(store.foreign_keys(), ["/mesh/elsewhere"]);
+        assert_eq!(
+            store.foreign_keys().collect::<Vec<_>>(),
+            ["/mesh/elsewhere"]
+        );
     }
 
     #[test]

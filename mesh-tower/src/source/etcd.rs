@@ -1,0 +1,299 @@
+//! The configuration under a prefix in etcd, watched from the revision it was read at.
+//!
+//! The source keeps the prefix's keys in memory ([`KvStore`]) and applies each watch
+//! event to them, so a change costs one event, not a read of everything. A compacted
+//! revision (the watch fell too far behind) reads everything again, consistently at one
+//! revision. When etcd goes away the mesh keeps serving on the configuration in force;
+//! the source reconnects with backoff and resumes watching from the last revision it saw
+//! (reading everything again only if that revision was compacted meanwhile).
+//!
+//! With a cache file, every configuration that was accepted is written there
+//! (atomically); a process that starts while etcd is down starts from it, says so in the
+//! log, and reads etcd as soon as it answers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_config::ConfigSet;
+use mesh_config::store::kv::{KeyRole, KvStore, classify, normalize_prefix};
+
+use super::{ConfigSource, SourceError};
+use crate::etcd::proto::{EVENT_DELETE, EVENT_PUT};
+use crate::etcd::{Etcd, EtcdError, Watch, store};
+
+/// The first wait after a failure; doubled after each failure in a row.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The configuration under a prefix in etcd (see the module documentation).
+pub struct EtcdSource {
+    etcd: Etcd,
+    prefix: String,
+    cache: Option<PathBuf>,
+    /// The keys as last read and watched.
+    store: Option<KvStore>,
+    watch: Option<Watch>,
+    /// Everything must be read again (first read, compaction, started from the cache).
+    reread: bool,
+    /// The revision of the configuration last delivered, and of the one cached.
+    delivered: i64,
+    cached: i64,
+    backoff: Duration,
+}
+
+impl std::fmt::Debug for EtcdSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSource")
+            .field("etcd", &self.etcd)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdSource {
+    /// The configuration under `prefix` (`/mesh`) in `etcd`.
+    pub fn new(etcd: Etcd, prefix: &str) -> Self {
+        EtcdSource {
+            etcd,
+            prefix: normalize_prefix(prefix),
+            cache: None,
+            store: None,
+            watch: None,
+            reread: true,
+            delivered: 0,
+            cached: 0,
+            backoff: BACKOFF_START,
+        }
+    }
+
+    /// Caches every accepted configuration in `path`, and starts from it when etcd is
+    /// down at start.
+    pub fn with_cache(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cache = Some(path.into());
+        self
+    }
+
+    /// The revision of the configuration last delivered (0 before the first).
+    pub fn revision(&self) -> i64 {
+        self.delivered
+    }
+
+    async fn wait_after_failure(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    fn deliver(&mut self) -> ConfigSet {
+        let Some(store) = &self.store else {
+            return ConfigSet::new();
+        };
+        self.delivered = store.revision();
+        store.config_set()
+    }
+
+    /// Reads everything, once.
+    async fn read_all(&mut self) -> Result<(), EtcdError> {
+        let store = store::read(&self.etcd, &self.prefix).await?;
+        self.store = Some(store);
+        self.watch = None;
+        self.reread = false;
+        self.backoff = BACKOFF_START;
+        Ok(())
+    }
+
+    /// Applies a watch's events to the keys; whether configuration keys changed.
+    /// `revision` is the header's: for a progress notification (no events), every change
+    /// up to it was sent; a batch of events goes up to its last event only (a watch still
+    /// catching up answers with the store's current revision in its header).
+    fn apply(&mut self, events: Vec<crate::etcd::proto::Event>, revision: i64) -> bool {
+        let Some(store) = self.store.as_mut() else {
+            return false;
+        };
+        if events.is_empty() {
+            store.set_revision(revision.max(store.revision()));
+            return false;
+        }
+        let mut changed = false;
+        let mut last = store.revision();
+        for event in events {
+            let Some(kv) = event.kv else { continue };
+            last = last.max(kv.mod_revision);
+            let key = String::from_utf8_lossy(&kv.key);
+            let config = matches!(classify(store.prefix(), &key), KeyRole::Resource(_));
+            match event.r#type {
+                EVENT_PUT => store.insert(&kv.key, &kv.value, kv.mod_revision),
+                EVENT_DELETE => {
+                    store.remove(&kv.key);
+                }
+                _ => continue,
+            }
+            changed |= config;
+        }
+        store.set_revision(last);
+        changed
+    }
+
+    fn read_cache(&self) -> Option<KvStore> {
+        let path = self.cache.as_ref()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        if value["prefix"].as_str() != Some(self.prefix.as_str()) {
+            return None;
+        }
+        let mut store = KvStore::new(&self.prefix, value["revision"].as_i64()?);
+        for entry in value["keys"].as_array()? {
+            store.insert(
+                entry["key"].as_str()?.as_bytes(),
+                entry["value"].as_str()?.as_bytes(),
+                entry["modRevision"].as_i64()?,
+            );
+        }
+        Some(store)
+    }
+
+    fn write_cache(&mut self) {
+        let (Some(path), Some(store)) = (&self.cache, &self.store) else {
+            return;
+        };
+        if self.cached == store.revision() {
+            return;
+        }
+        let keys: Vec<serde_json::Value> = store
+            .entries()
+            .filter_map(|(key, _, entry)| {
+                entry.value.as_ref().map(|v| {
+                    serde_json::json!({"key": key, "value": v, "modRevision": entry.mod_revision})
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "prefix": self.prefix,
+            "revision": store.revision(),
+            "keys": keys,
+        });
+        match write_atomically(path, value.to_string().as_bytes()) {
+            Ok(()) => self.cached = store.revision(),
+            Err(e) => tracing::warn!(
+                cache = %path.display(),
+                error = %e,
+                "cannot cache the configuration from etcd"
+            ),
+        }
+    }
+}
+
+/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+impl ConfigSource for EtcdSource {
+    fn describe(&self) -> String {
+        format!("etcd at {} under {}", self.etcd.endpoints(), self.prefix)
+    }
+
+    async fn load(&mut self) -> Result<ConfigSet, SourceError> {
+        let mut warned = false;
+        loop {
+            match self.read_all().await {
+                Ok(()) => return Ok(self.deliver()),
+                Err(e) if e.is_unavailable() => {
+                    if let Some(cached) = self.read_cache() {
+                        tracing::warn!(
+                            etcd = %self.etcd.endpoints(),
+                            cache = %self.cache.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+                            revision = cached.revision(),
+                            error = %e,
+                            "etcd is unreachable: starting from the last good configuration cached on disk; etcd will be read as soon as it answers"
+                        );
+                        self.cached = cached.revision();
+                        self.store = Some(cached);
+                        self.reread = true;
+                        return Ok(self.deliver());
+                    }
+                    if !warned {
+                        tracing::warn!(
+                            etcd = %self.etcd.endpoints(),
+                            error = %e,
+                            "etcd is unreachable and no configuration is cached: waiting for etcd"
+                        );
+                        warned = true;
+                    }
+                    self.wait_after_failure().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Result<ConfigSet, SourceError> {
+        loop {
+            if self.reread || self.store.is_none() {
+                match self.read_all().await {
+                    Ok(()) => {
+                        tracing::info!(etcd = %self.etcd.endpoints(), "configuration read from etcd");
+                        return Ok(self.deliver());
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "etcd read failed; retrying");
+                        self.wait_after_failure().await;
+                        continue;
+                    }
+                }
+            }
+            let from = self.store.as_ref().map_or(0, |s| s.revision() + 1);
+            if self.watch.is_none() {
+                match self
+                    .etcd
+                    .watch(format!("{}/", self.prefix).as_bytes(), from)
+                    .await
+                {
+                    Ok(w) => self.watch = Some(w),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "etcd watch failed; retrying");
+                        self.wait_after_failure().await;
+                        continue;
+                    }
+                }
+            }
+            let Some(watch) = self.watch.as_mut() else {
+                continue;
+            };
+            match watch.next().await {
+                Ok(batch) => {
+                    self.backoff = BACKOFF_START;
+                    if self.apply(batch.events, batch.revision) {
+                        return Ok(self.deliver());
+                    }
+                }
+                Err(EtcdError::Compacted { .. }) => {
+                    tracing::warn!(
+                        revision = from,
+                        "etcd compacted the revisions the watch needed: reading the configuration again"
+                    );
+                    self.reread = true;
+                }
+                Err(e) => {
+                    tracing::warn!(etcd = %self.etcd.endpoints(), error = %e, "lost the etcd watch; serving the configuration in force, reconnecting");
+                    self.watch = None;
+                    self.wait_after_failure().await;
+                }
+            }
+        }
+    }
+
+    fn accepted(&mut self) {
+        self.write_cache();
+    }
+}

@@ -1,0 +1,267 @@
+//! Bookinfo with its configuration in a real etcd: every change written there is in force
+//! within a second; an invalid one is rejected naming its key while the last good one
+//! stays; etcd stopped under load costs no request and changes made after its restart
+//! arrive; a compacted revision is read again whole; a process started while etcd is down
+//! starts from the configuration it cached.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bookinfo::run::EtcdConfig;
+use mesh_tests::etcd::{self, EtcdServer};
+use mesh_tower::etcd::Etcd;
+use mesh_tower::source::{ConfigSource, EtcdSource};
+use support::{Demo, sample};
+
+/// A Bookinfo on ephemeral ports whose configuration is the example's, written to etcd.
+async fn on_etcd(server: &EtcdServer, cache: &Path) -> Demo {
+    let url = server.url();
+    let cache = cache.to_path_buf();
+    Demo::start_with(move |opts| {
+        // The copy on ephemeral ports is in opts.config_dir: write it to etcd first.
+        let dir = opts.config_dir.clone();
+        let url2 = url.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(etcd::apply(&url2, "/mesh", &[&dir]))
+        })
+        .join()
+        .unwrap();
+        opts.etcd = Some(EtcdConfig {
+            url,
+            prefix: "/mesh".into(),
+            cache: Some(cache),
+        });
+    })
+    .await
+}
+
+/// Polls the product page until `want` holds (at most `within`); how long it took.
+async fn page_until(
+    demo: &Demo,
+    within: Duration,
+    want: impl Fn(&support::Page) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let page = demo.page(None).await;
+        if want(&page) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {page:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookinfo_follows_its_configuration_in_etcd() {
+    let server = EtcdServer::start();
+    let cache = tempfile::tempdir().unwrap();
+    let demo = on_etcd(&server, &cache.path().join("cache.json")).await;
+    assert!(
+        demo.running()
+            .live
+            .source()
+            .starts_with("etcd at http://127.0.0.1:")
+    );
+    let first = demo.page(None).await;
+    assert!(first.podname.is_some(), "{first:?}");
+
+    // Istio's sample, written to etcd: every page from reviews-v3 within a second.
+    etcd::apply(
+        &server.url(),
+        "/mesh",
+        &[&sample("virtual-service-reviews-v3.yaml")],
+    )
+    .await;
+    let took = page_until(&demo, Duration::from_secs(1), |p| {
+        p.podname.as_deref() == Some("reviews-v3")
+    })
+    .await;
+    eprintln!("reviews-v3 in force {took:?} after the write");
+    for _ in 0..10 {
+        assert_eq!(demo.page(None).await.podname.as_deref(), Some("reviews-v3"));
+    }
+    // The accepted configuration is cached.
+    let cached = std::fs::read_to_string(cache.path().join("cache.json")).unwrap();
+    assert!(cached.contains("/mesh/networking.istio.io/VirtualService/default/reviews"));
+
+    // An invalid value written behind meshctl's back: rejected, naming its key; v3 stays.
+    let client = Etcd::new(&server.url()).unwrap();
+    let before = demo.version();
+    client
+        .put(
+            b"/mesh/networking.istio.io/VirtualService/default/reviews",
+            b"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v9}\n",
+            0,
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while demo.running().live.rejected().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the invalid change was not rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rejected = demo.running().live.rejected().unwrap();
+    let error = rejected.diagnostics.iter().find(|d| d.is_error()).unwrap();
+    assert_eq!(error.code.as_str(), "IST0101");
+    assert_eq!(
+        error.file(),
+        Some("etcd:/mesh/networking.istio.io/VirtualService/default/reviews")
+    );
+    assert_eq!(error.line(), Some(8));
+    assert_eq!(demo.version(), before);
+    assert_eq!(demo.page(None).await.podname.as_deref(), Some("reviews-v3"));
+
+    // etcd stopped for three seconds under load: no request fails.
+    let mut server = server;
+    server.stop();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut served = 0;
+    while Instant::now() < until {
+        let (status, _) = demo.get("/productpage", None).await;
+        assert_eq!(status, 200);
+        served += 1;
+    }
+    assert!(served > 10, "{served}");
+    server.restart();
+    // A change made after the restart arrives.
+    etcd::apply(
+        &server.url(),
+        "/mesh",
+        &[&sample("virtual-service-all-v1.yaml")],
+    )
+    .await;
+    page_until(&demo, Duration::from_secs(10), |p| {
+        p.podname.as_deref() == Some("reviews-v1")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_watch_reads_everything_again() {
+    let server = EtcdServer::start();
+    let client = Etcd::new(&server.url()).unwrap();
+    let vs = |name: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}.example.com]\n  http:\n  - directResponse: {{status: 204}}\n"
+        )
+    };
+    let key = |name: &str| format!("/mesh/networking.istio.io/VirtualService/default/{name}");
+    client
+        .put(key("a").as_bytes(), vs("a").as_bytes(), 0)
+        .await
+        .unwrap();
+    let mut source = EtcdSource::new(client.clone(), "/mesh/");
+    let first = source.load().await.unwrap();
+    assert_eq!(first.resources().len(), 1);
+    let read_at = source.revision();
+
+    // While nobody watches: a put, a delete, then a compaction past them.
+    client
+        .put(key("b").as_bytes(), vs("b").as_bytes(), 0)
+        .await
+        .unwrap();
+    client.delete(key("a").as_bytes()).await.unwrap();
+    let now = client
+        .put(key("c").as_bytes(), vs("c").as_bytes(), 0)
+        .await
+        .unwrap();
+    client.compact(now).await.unwrap();
+
+    let next = tokio::time::timeout(Duration::from_secs(10), source.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut names: Vec<&str> = next.resources().iter().map(|r| r.name()).collect();
+    names.sort();
+    assert_eq!(names, ["b", "c"]);
+    assert_eq!(source.revision(), now);
+    assert!(source.revision() > read_at);
+
+    // Then it watches from there: one more change, one more configuration.
+    client.delete(key("b").as_bytes()).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), source.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let names: Vec<&str> = next.resources().iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["c"]);
+    // A registration or a writer's key is not a configuration change.
+    client
+        .put(b"/mesh/meshctl/generation", b"1", 0)
+        .await
+        .unwrap();
+    client
+        .put(key("d").as_bytes(), vs("d").as_bytes(), 0)
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), source.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.resources().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_while_etcd_is_down_from_the_cached_configuration() {
+    let mut server = EtcdServer::start();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_file = cache.path().join("cache.json");
+    {
+        let demo = on_etcd(&server, &cache_file).await;
+        etcd::apply(
+            &server.url(),
+            "/mesh",
+            &[&sample("virtual-service-reviews-v3.yaml")],
+        )
+        .await;
+        page_until(&demo, Duration::from_secs(5), |p| {
+            p.podname.as_deref() == Some("reviews-v3")
+        })
+        .await;
+        let running = {
+            let mut d = demo;
+            d.running.take().unwrap()
+        };
+        running.shutdown().await;
+    }
+    // etcd down; a new process with the same cache starts and serves what was cached.
+    server.stop();
+    let url = server.url();
+    let cached = cache_file.clone();
+    let demo = Demo::start_with(move |opts| {
+        // The workloads listen where the cached configuration says (the first process's
+        // ports, free again), not on the new copy's.
+        opts.listeners.clear();
+        opts.etcd = Some(EtcdConfig {
+            url,
+            prefix: "/mesh".into(),
+            cache: Some(cached),
+        });
+    })
+    .await;
+    assert_eq!(demo.page(None).await.podname.as_deref(), Some("reviews-v3"));
+    // etcd back: it is read, and what changes there from then on is followed.
+    server.restart();
+    etcd::apply(
+        &server.url(),
+        "/mesh",
+        &[&sample("virtual-service-all-v1.yaml")],
+    )
+    .await;
+    page_until(&demo, Duration::from_secs(10), |p| {
+        p.podname.as_deref() == Some("reviews-v1")
+    })
+    .await;
+}
