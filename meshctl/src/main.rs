@@ -8,6 +8,7 @@
 //! configuration in etcd (`--etcd URL`) the way `kubectl` does a cluster's.
 
 mod authz;
+mod ca;
 mod edit;
 mod get;
 
@@ -94,6 +95,12 @@ enum Command {
     /// nothing matches), 1 when the named resource does not exist, 2 for an unknown KIND
     /// or an I/O error.
     Get(get::GetArgs),
+    /// A certificate authority for processes that run apart: `create-root`, then
+    /// `issue` a workload certificate per namespace and service account, in Istio's file
+    /// layout (`cert-chain.pem`, `key.pem`, `root-cert.pem`). Exit status: 0 when
+    /// written, 1 when a root already exists, 2 on I/O errors.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
 }
 
 #[derive(clap::Args)]
@@ -205,6 +212,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => usage_errors(edit::apply(&args)),
         Command::Delete(args) => usage_errors(edit::delete(&args)),
         Command::Get(args) => usage_errors(get::get(&args)),
+        Command::Ca(command) => usage_errors(ca::ca(&command)),
     }
 }
 

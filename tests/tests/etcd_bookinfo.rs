@@ -34,11 +34,10 @@ async fn on_etcd(server: &EtcdServer, cache: &Path) -> Demo {
         })
         .join()
         .unwrap();
-        opts.etcd = Some(EtcdConfig {
-            url,
-            prefix: "/mesh".into(),
-            cache: Some(cache),
-        });
+        let mut etcd = EtcdConfig::new(url, "/mesh");
+        etcd.cache = Some(cache);
+        etcd.deregister_grace = Duration::from_millis(100);
+        opts.etcd = Some(etcd);
     })
     .await
 }
@@ -244,11 +243,9 @@ async fn started_while_etcd_is_down_from_the_cached_configuration() {
         // The workloads listen where the cached configuration says (the first process's
         // ports, free again), not on the new copy's.
         opts.listeners.clear();
-        opts.etcd = Some(EtcdConfig {
-            url,
-            prefix: "/mesh".into(),
-            cache: Some(cached),
-        });
+        let mut etcd = EtcdConfig::new(url, "/mesh");
+        etcd.cache = Some(cached);
+        opts.etcd = Some(etcd);
     })
     .await;
     assert_eq!(demo.page(None).await.podname.as_deref(), Some("reviews-v3"));

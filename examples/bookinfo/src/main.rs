@@ -41,12 +41,27 @@ struct Args {
     /// the URL and prefix].
     #[arg(long, value_name = "FILE", requires = "etcd")]
     cache: Option<PathBuf>,
-    /// Address of the ingress gateway's port 80.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    ingress: SocketAddr,
-    /// Address of the admin endpoint (`/healthz`, `/config_dump`).
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    admin: SocketAddr,
+    /// With --etcd, each workload registers itself under a lease of this many seconds:
+    /// how long the endpoint of a process that died stays in the mesh.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "etcd")]
+    lease_ttl: u64,
+    /// Address of the ingress gateway's port 80 [default: 127.0.0.1:8080; with
+    /// --workload, no gateway unless given].
+    #[arg(long)]
+    ingress: Option<SocketAddr>,
+    /// Address of the admin endpoint (`/healthz`, `/config_dump`) [default:
+    /// 127.0.0.1:15000; with --workload, a free port].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Run only this workload (a Bookinfo WorkloadEntry's name: `reviews-v2`);
+    /// repeatable. Without it, all six run.
+    #[arg(long = "workload", value_name = "NAME")]
+    workloads: Vec<String>,
+    /// Read each workload's certificate from `DIR/<namespace>/<service account>/`
+    /// (`meshctl ca issue` writes them) instead of an in-process CA: processes that run
+    /// apart share one root this way.
+    #[arg(long, value_name = "DIR")]
+    certs: Option<PathBuf>,
     /// Redis of the global rate limits (`redis://127.0.0.1:6379`): the gateway's and
     /// workloads' `envoy.filters.http.ratelimit` EnvoyFilters count there, with the
     /// limits of `--rate-limit-config`.
@@ -81,9 +96,9 @@ fn global_rate_limiter(
     GlobalRateLimiter::new(config, RedisSettings::new(url)).map_err(|e| e.to_string())
 }
 
-/// `<tmp>/bookinfo-etcd-cache/<url and prefix, as a file name>.json`.
-fn default_cache(url: &str, prefix: &str) -> PathBuf {
-    let name: String = format!("{url}{prefix}")
+/// `<tmp>/bookinfo-etcd-cache/<url, prefix and workloads, as a file name>.json`.
+fn default_cache(url: &str, prefix: &str, workloads: &[String]) -> PathBuf {
+    let name: String = format!("{url}{prefix}-{}", workloads.join("-"))
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
@@ -107,17 +122,27 @@ async fn main() -> ExitCode {
     let descriptors = mesh_tower::transport::accept::raise_descriptor_limit();
     tracing::debug!(descriptors, "descriptor limit");
     let mut opts = Options::new(&args.config);
-    opts.etcd = args.etcd.as_ref().map(|url| bookinfo::run::EtcdConfig {
-        url: url.clone(),
-        prefix: args.prefix.clone(),
-        cache: Some(
+    let apart = !args.workloads.is_empty();
+    opts.only = args.workloads.clone();
+    opts.gateway = !apart || args.ingress.is_some();
+    opts.certs = args.certs.clone();
+    opts.etcd = args.etcd.as_ref().map(|url| {
+        let mut etcd = bookinfo::run::EtcdConfig::new(url.clone(), args.prefix.clone());
+        etcd.cache = Some(
             args.cache
                 .clone()
-                .unwrap_or_else(|| default_cache(url, &args.prefix)),
-        ),
+                .unwrap_or_else(|| default_cache(url, &args.prefix, &args.workloads)),
+        );
+        etcd.lease_ttl = std::time::Duration::from_secs(args.lease_ttl.max(1));
+        etcd
     });
-    opts.ingress = args.ingress;
-    opts.admin = args.admin;
+    opts.ingress = args
+        .ingress
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    opts.admin = args.admin.unwrap_or(SocketAddr::from((
+        [127, 0, 0, 1],
+        if apart { 0 } else { 15000 },
+    )));
     opts.time_scale = args.time_scale;
     // Traces and metrics go over OTLP when the standard variables say where.
     match mesh_tower::telemetry::otlp::OtlpEnv::from_env(|n| std::env::var(n).ok()) {
@@ -149,7 +174,9 @@ async fn main() -> ExitCode {
         }
     }
     println!("Bookinfo is running.\n");
-    println!("  Product page:  {}", running.product_page());
+    if running.ingress.port() != 0 {
+        println!("  Product page:  {}", running.product_page());
+    }
     println!("  Admin:         http://{}/config_dump", running.admin);
     match &args.etcd {
         None => println!(

@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use mesh_config::model::AnyResource;
 use mesh_config::{ConfigSet, Snapshot};
+use mesh_tower::etcd::registration::Registration;
 use mesh_tower::gateway::IngressGateway;
-use mesh_tower::identity::{CertificateAuthority, Identities};
+use mesh_tower::identity::{CertificateAuthority, Identities, IdentityTree};
 use mesh_tower::source::{ConfigSource, DirSource, EtcdSource, SourceError};
 use mesh_tower::{MeshRuntime, Workload};
 use tokio::net::TcpListener;
@@ -34,6 +35,25 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Where the last good configuration is cached, to start from when etcd is down.
     pub cache: Option<PathBuf>,
+    /// Each workload registers itself with a lease of this TTL: how long the endpoint of
+    /// a process that died stays in the mesh.
+    pub lease_ttl: std::time::Duration,
+    /// How long a clean shutdown waits, between deregistering and closing the
+    /// listeners, for the other processes to stop sending new requests.
+    pub deregister_grace: std::time::Duration,
+}
+
+impl EtcdConfig {
+    /// `url` under `prefix`, with the default lease TTL and no cache.
+    pub fn new(url: impl Into<String>, prefix: impl Into<String>) -> Self {
+        EtcdConfig {
+            url: url.into(),
+            prefix: prefix.into(),
+            cache: None,
+            lease_ttl: mesh_tower::etcd::registration::DEFAULT_TTL,
+            deregister_grace: std::time::Duration::from_secs(1),
+        }
+    }
 }
 
 /// How to start Bookinfo.
@@ -46,6 +66,10 @@ pub struct Options {
     pub etcd: Option<EtcdConfig>,
     /// Where the gateway's port 80 listens.
     pub ingress: SocketAddr,
+    /// Run the ingress gateway (a process of workloads only runs none).
+    pub gateway: bool,
+    /// The workloads to run, by WorkloadEntry name (`reviews-v2`); empty: all six.
+    pub only: Vec<String>,
     /// Where the admin endpoint listens (`/healthz`, `/config_dump`).
     pub admin: SocketAddr,
     /// Multiplies the services' own timeouts (1.0 for the demo; tests use 0.1).
@@ -55,6 +79,10 @@ pub struct Options {
     pub listeners: HashMap<String, std::net::TcpListener>,
     /// Watch the configuration directory and apply changes.
     pub watch: bool,
+    /// Read the workloads' certificates from `<certs>/<namespace>/<service account>/`
+    /// (`meshctl ca issue` writes them) instead of issuing them from an in-process CA:
+    /// what processes that run apart need, to share one root.
+    pub certs: Option<PathBuf>,
     /// The lifetime of the workload certificates the in-process CA issues (Istio's
     /// default, 24 h, for the demo; renewed at half of it).
     pub cert_lifetime: std::time::Duration,
@@ -72,7 +100,10 @@ impl Options {
         Options {
             config_dir: config_dir.into(),
             etcd: None,
+            certs: None,
             ingress: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            gateway: true,
+            only: Vec::new(),
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
             time_scale: 1.0,
             listeners: HashMap::new(),
@@ -226,7 +257,8 @@ fn checked(set: ConfigSet, source_name: &str) -> Result<Snapshot, StartError> {
 
 /// Bookinfo, running.
 pub struct Running {
-    /// Where the ingress gateway's port 80 listens.
+    /// Where the ingress gateway's port 80 listens (`0.0.0.0:0` when the process runs no
+    /// gateway).
     pub ingress: SocketAddr,
     /// Where the admin endpoint listens.
     pub admin: SocketAddr,
@@ -236,6 +268,9 @@ pub struct Running {
     pub live: Arc<Live>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The workloads' registrations in etcd, and how long to wait after deregistering.
+    registrations: Vec<Registration>,
+    deregister_grace: std::time::Duration,
     /// Exports the metrics over OTLP while Bookinfo runs, when configured.
     _metrics_exporter: Option<mesh_tower::telemetry::otlp::MetricsExporter>,
 }
@@ -257,6 +292,14 @@ impl Running {
 
     /// Stops accepting, lets requests in progress finish, and returns.
     pub async fn shutdown(self) {
+        // Deregistered first: the other processes stop sending new requests here, then
+        // the listeners drain what is in flight.
+        if !self.registrations.is_empty() {
+            for r in self.registrations {
+                r.deregister().await;
+            }
+            tokio::time::sleep(self.deregister_grace).await;
+        }
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -403,6 +446,23 @@ impl ConfigSource for Source {
 }
 
 impl Source {
+    /// The configuration as declared, when it differs from what the source delivers
+    /// (etcd: static WorkloadEntries a registration claimed are left out of the mesh,
+    /// but still say how to run their workloads).
+    fn declared(&self) -> Option<ConfigSet> {
+        match self {
+            Source::Dir(_) => None,
+            Source::Etcd(s) => Some(s.declared()),
+        }
+    }
+
+    fn local_registrations(&self) -> Option<mesh_tower::etcd::registration::LocalRegistrations> {
+        match self {
+            Source::Dir(_) => None,
+            Source::Etcd(s) => Some(s.local_registrations()),
+        }
+    }
+
     fn of(opts: &Options) -> Result<Source, StartError> {
         Ok(match &opts.etcd {
             None if opts.watch => Source::Dir(DirSource::new(&opts.config_dir)),
@@ -435,9 +495,14 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     // Secure by default, as Istio: every workload (and the ingress gateway) gets its
     // SPIFFE identity from the in-process CA, and auto mTLS secures the traffic between
     // them; PERMISSIVE (the default) still serves plaintext from outside the mesh.
-    let ca = CertificateAuthority::new(&snapshot.mesh().trust_domain)?
-        .with_workload_lifetime(opts.cert_lifetime);
-    runtime.set_identities(Identities::Ca(Arc::new(ca)));
+    match &opts.certs {
+        Some(dir) => runtime.set_identities(Identities::Tree(IdentityTree::new(dir))),
+        None => {
+            let ca = CertificateAuthority::new(&snapshot.mesh().trust_domain)?
+                .with_workload_lifetime(opts.cert_lifetime);
+            runtime.set_identities(Identities::Ca(Arc::new(ca)));
+        }
+    }
     let (shutdown, _) = watch::channel(false);
     let stop = |tx: &watch::Sender<bool>| {
         let mut rx = tx.subscribe();
@@ -447,9 +512,38 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     };
     let mut tasks = Vec::new();
     let mut running = Vec::new();
-    for w in workloads(&snapshot)? {
+    let mut registrations = Vec::new();
+    // The workloads as declared: in etcd, a static WorkloadEntry whose workload
+    // registers itself is not in the mesh while it is not registered, but says how to run
+    // it all the same.
+    let declared = match source.declared().map(|set| set.check().snapshot) {
+        Some(Some(declared)) => declared,
+        _ => snapshot.clone(),
+    };
+    let local = source.local_registrations();
+    let all = workloads(&declared)?;
+    if let Some(unknown) = opts
+        .only
+        .iter()
+        .find(|n| !all.iter().any(|w| &w.name == *n))
+    {
+        return Err(StartError::Workload {
+            name: unknown.clone(),
+            reason: format!(
+                "{source_name} has no Bookinfo WorkloadEntry of that name (it has {})",
+                all.iter()
+                    .map(|w| w.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let chosen = all
+        .into_iter()
+        .filter(|w| opts.only.is_empty() || opts.only.contains(&w.name));
+    for w in chosen {
         let listener = bind(&mut opts.listeners, &w.name, &w.addr)?;
-        let local = listener.local_addr().map_err(|source| StartError::Bind {
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: w.addr.clone(),
             what: w.name.clone(),
             source,
@@ -487,28 +581,63 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
                 tracing::error!(error = %e, "workload server failed");
             }
         }));
-        running.push((w, local));
+        if let Some(e) = &opts.etcd {
+            let etcd = mesh_tower::etcd::Etcd::new(&e.url)
+                .map_err(|e| StartError::Source(SourceError::Etcd(e)))?;
+            registrations.push(Registration::start(
+                etcd,
+                &e.prefix,
+                &w.namespace,
+                &w.name,
+                registration_entry(&w, addr),
+                e.lease_ttl,
+                local.clone(),
+            ));
+        }
+        running.push((w, addr));
     }
 
-    let mut ports = BTreeMap::new();
-    ports.insert(80u32, opts.ingress);
-    let gateway = IngressGateway::bind(&runtime, gateway_workload(), &ports)?;
-    let ingress = gateway
-        .local_addrs()
-        .into_iter()
-        .find(|(p, _)| *p == 80)
-        .map(|(_, a)| a)
-        .ok_or_else(|| StartError::Bind {
-            addr: opts.ingress.to_string(),
-            what: "the ingress gateway (no Gateway selecting istio=ingressgateway has a server on port 80)".into(),
-            source: std::io::Error::other("no listener"),
-        })?;
+    let mut ingress = SocketAddr::from(([0, 0, 0, 0], 0));
+    if opts.gateway {
+        let mut ports = BTreeMap::new();
+        ports.insert(80u32, opts.ingress);
+        let gateway = IngressGateway::bind(&runtime, gateway_workload(), &ports)?;
+        ingress = gateway
+            .local_addrs()
+            .into_iter()
+            .find(|(p, _)| *p == 80)
+            .map(|(_, a)| a)
+            .ok_or_else(|| StartError::Bind {
+                addr: opts.ingress.to_string(),
+                what: "the ingress gateway (no Gateway selecting istio=ingressgateway has a server on port 80)".into(),
+                source: std::io::Error::other("no listener"),
+            })?;
+        let stopped = stop(&shutdown);
+        tasks.push(tokio::spawn(async move {
+            gateway.serve(stopped).await;
+        }));
+    }
+    // Certificates read from files must be there for every workload: without one, a
+    // workload could not speak mutual TLS to the others.
+    if let Some(dir) = &opts.certs {
+        for (w, identity) in runtime.workloads() {
+            if identity.is_none() {
+                return Err(StartError::Workload {
+                    name: w.name.clone(),
+                    reason: format!(
+                        "no certificate under {}/{}/{} (write one with `meshctl ca issue --namespace {} --service-account {} --out ...`)",
+                        dir.display(),
+                        w.namespace,
+                        w.service_account,
+                        w.namespace,
+                        w.service_account
+                    ),
+                });
+            }
+        }
+    }
 
     let live = Arc::new(Live::new(source_name, runtime, snapshot));
-    let stopped = stop(&shutdown);
-    tasks.push(tokio::spawn(async move {
-        gateway.serve(stopped).await;
-    }));
 
     let admin_listener =
         TcpListener::bind(opts.admin)
@@ -552,8 +681,33 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
         live,
         shutdown,
         tasks,
+        registrations,
+        deregister_grace: opts
+            .etcd
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |e| e.deregister_grace),
         _metrics_exporter: metrics_exporter,
     })
+}
+
+/// The WorkloadEntry a workload registers: its static entry's labels and service
+/// account, at the address it listens on.
+fn registration_entry(w: &WorkloadSpec, local: SocketAddr) -> String {
+    serde_json::json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {
+            "name": w.name,
+            "namespace": w.namespace,
+        },
+        "spec": {
+            "address": local.ip().to_string(),
+            "ports": { "http": local.port() },
+            "labels": w.labels,
+            "serviceAccount": w.service_account,
+        },
+    })
+    .to_string()
 }
 
 /// Starts the OTLP exporters `otlp` configures: spans through the runtime's span

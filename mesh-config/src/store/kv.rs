@@ -14,8 +14,15 @@
 //! ([`KvStore::revision`]): two plans made at one revision cannot both be written, so
 //! nobody writes a configuration nobody checked.
 //!
-//! Keys under `<prefix>/registry/` (workloads that registered themselves) and
-//! `<prefix>/meshctl/` (the writers' guard) are not configuration and are skipped here.
+//! Workloads that register themselves write their WorkloadEntry under
+//! `<prefix>/registry/<namespace>/<name>` (under a lease: it goes when they do) and a
+//! claim `<prefix>/claims/<namespace>/<name>` (without one). The configuration a store
+//! holds is its resources plus the registered WorkloadEntries; a static WorkloadEntry of
+//! the same namespace and name as a claim is left out, registered or not: once a workload
+//! registers itself, its endpoint exists exactly while it is registered (as Istio's
+//! auto-registration takes over a WorkloadEntry of its name and deletes it when its
+//! workload disconnects). Deleting the claim gives the static entry back. `meshctl`
+//! writes neither; its guard key lives under `<prefix>/meshctl/`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -34,6 +41,9 @@ pub const DEFAULT_PREFIX: &str = "/mesh";
 
 /// The part of the prefix workloads register themselves under.
 pub const REGISTRY: &str = "registry";
+
+/// The part of the prefix registered workloads claim their names under.
+pub const CLAIMS: &str = "claims";
 
 /// The part of the prefix writers bump in every write (see the module documentation).
 pub const GUARD: &str = "meshctl/generation";
@@ -73,6 +83,13 @@ pub enum KeyRole {
         /// Its name.
         name: String,
     },
+    /// A registered workload's claim on its name (`<prefix>/claims/<namespace>/<name>`).
+    Claim {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
     /// A writers' key (the guard).
     Internal,
     /// Anything else: not the mesh's (reported, ignored).
@@ -88,6 +105,10 @@ pub fn classify(prefix: &str, key: &str) -> KeyRole {
     let parts: Vec<&str> = rest.split('/').collect();
     match parts.as_slice() {
         [REGISTRY, ns, name] if !ns.is_empty() && !name.is_empty() => KeyRole::Registration {
+            namespace: (*ns).to_string(),
+            name: (*name).to_string(),
+        },
+        [CLAIMS, ns, name] if !ns.is_empty() && !name.is_empty() => KeyRole::Claim {
             namespace: (*ns).to_string(),
             name: (*name).to_string(),
         },
@@ -124,6 +145,10 @@ pub struct KvStore {
     entries: BTreeMap<String, (ResourceKey, KvEntry)>,
     /// Keys under the prefix that are not the mesh's.
     foreign: BTreeSet<String>,
+    /// Registered WorkloadEntries, by key: (namespace, name, value).
+    registrations: BTreeMap<String, (String, String, Option<String>)>,
+    /// Claimed WorkloadEntry names, by key: (namespace, name).
+    claims: BTreeMap<String, (String, String)>,
 }
 
 impl KvStore {
@@ -135,6 +160,8 @@ impl KvStore {
             revision,
             entries: BTreeMap::new(),
             foreign: BTreeSet::new(),
+            registrations: BTreeMap::new(),
+            claims: BTreeMap::new(),
         }
     }
 
@@ -156,7 +183,15 @@ impl KvStore {
             KeyRole::Foreign => {
                 self.foreign.insert(key.to_string());
             }
-            KeyRole::Registration { .. } | KeyRole::Internal => {}
+            KeyRole::Registration { namespace, name } => {
+                let value = String::from_utf8(value.to_vec()).ok();
+                self.registrations
+                    .insert(key.to_string(), (namespace, name, value));
+            }
+            KeyRole::Claim { namespace, name } => {
+                self.claims.insert(key.to_string(), (namespace, name));
+            }
+            KeyRole::Internal => {}
         }
     }
 
@@ -164,6 +199,8 @@ impl KvStore {
     pub fn remove(&mut self, key: &[u8]) -> bool {
         let key = String::from_utf8_lossy(key);
         self.foreign.remove(key.as_ref());
+        self.registrations.remove(key.as_ref());
+        self.claims.remove(key.as_ref());
         self.entries.remove(key.as_ref()).is_some()
     }
 
@@ -207,9 +244,88 @@ impl KvStore {
         self.entries.iter().map(|(k, (rk, e))| (k.as_str(), rk, e))
     }
 
-    /// The configuration the store holds, loaded (see [`KvStore::check`]).
+    /// The configuration as declared: the resources, static WorkloadEntries included
+    /// whether claimed or not, without registrations (what a process reads to know how
+    /// to run a workload it is asked to run).
+    pub fn declared_set(&self) -> ConfigSet {
+        let mut set = ConfigSet::new();
+        for (key, (_, entry)) in &self.entries {
+            let Some(value) = &entry.value else { continue };
+            set.add_source(SourceFile::new(source_name(key), value.as_str()));
+        }
+        set
+    }
+
+    /// The configuration the store holds with `local` registrations (key, WorkloadEntry)
+    /// added where the store has none of their key yet: the process's own workloads,
+    /// which it knows are up before etcd says so (or while etcd is away).
+    pub fn config_set_with(&self, local: &[(String, String)]) -> ConfigSet {
+        let missing: Vec<&(String, String)> = local
+            .iter()
+            .filter(|(k, _)| !self.registrations.contains_key(k))
+            .collect();
+        if missing.is_empty() {
+            return self.config_set();
+        }
+        let mut with = self.clone();
+        for (k, v) in missing {
+            with.insert(k.as_bytes(), v.as_bytes(), 0);
+        }
+        with.config_set()
+    }
+
+    /// How many workloads are registered.
+    pub fn registered(&self) -> usize {
+        self.registrations.len()
+    }
+
+    /// The configuration the store holds, loaded (see [`KvStore::check`]): its resources
+    /// (static WorkloadEntries of claimed names left out) and the registered
+    /// WorkloadEntries.
     pub fn config_set(&self) -> ConfigSet {
         self.view(|_| true)
+    }
+
+    /// True when a static WorkloadEntry `rk` gives way to registrations.
+    fn claimed(&self, rk: &ResourceKey) -> bool {
+        rk.kind == Kind::WorkloadEntry
+            && self
+                .claims
+                .values()
+                .any(|(ns, name)| *ns == rk.namespace && *name == rk.name)
+    }
+
+    /// Adds the registered WorkloadEntries to `set`. A registration that is not one
+    /// WorkloadEntry of its key's namespace and name is left out with a warning: a
+    /// workload's bad registration must not stop the configuration of every other.
+    fn add_registrations(&self, set: &mut ConfigSet) {
+        for (key, (ns, name, value)) in &self.registrations {
+            let source = SourceFile::new(source_name(key), value.as_deref().unwrap_or(""));
+            let mut one = ConfigSet::new();
+            one.add_source(source.clone());
+            let fits = one.resources().len() == 1
+                && one.resources().iter().all(|r| {
+                    r.kind() == Kind::WorkloadEntry && r.namespace() == ns && r.name() == name
+                })
+                && !one.diagnostics().iter().any(Diagnostic::is_error);
+            if fits {
+                set.apply(one);
+            } else {
+                set.push_diagnostic(
+                    Diagnostic::new(
+                        Code::KeyMismatch,
+                        format!(
+                            "the registration {key} is not a WorkloadEntry {ns}/{name}; ignored"
+                        ),
+                    )
+                    .severity(crate::diag::Severity::Warning)
+                    .at(Location {
+                        source,
+                        span: Span::default(),
+                    }),
+                );
+            }
+        }
     }
 
     /// The configuration of the keys `keep` accepts, each value loaded as a source
@@ -218,7 +334,7 @@ impl KvStore {
     fn view(&self, keep: impl Fn(&ResourceKey) -> bool) -> ConfigSet {
         let mut set = ConfigSet::new();
         for (key, (rk, entry)) in &self.entries {
-            if !keep(rk) {
+            if !keep(rk) || self.claimed(rk) {
                 continue;
             }
             let name = source_name(key);
@@ -270,6 +386,7 @@ impl KvStore {
             }
             set.apply(one);
         }
+        self.add_registrations(&mut set);
         set
     }
 

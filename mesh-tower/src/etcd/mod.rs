@@ -21,6 +21,7 @@
 //! ```
 
 pub mod proto;
+pub mod registration;
 pub mod store;
 
 use std::error::Error as StdError;

@@ -9,6 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::{Certified, IdentityError, SpiffeId};
@@ -70,6 +71,30 @@ impl CertificateAuthority {
             extra_roots: Mutex::new(Vec::new()),
             lifetime: DEFAULT_WORKLOAD_LIFETIME,
         })
+    }
+
+    /// The CA of an existing root: its certificate and private key, as PEM (what
+    /// [`CertificateAuthority::root_pem`] and [`CertificateAuthority::root_key_pem`]
+    /// wrote), issuing workload certificates of [`DEFAULT_WORKLOAD_LIFETIME`].
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, IdentityError> {
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| IdentityError::Material(format!("the root's private key: {e}")))?;
+        let root = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| IdentityError::Material(format!("the root certificate: {e}")))?;
+        let issuer = Issuer::from_ca_cert_der(&root, key)
+            .map_err(|e| IdentityError::Material(format!("the root certificate: {e}")))?;
+        Ok(CertificateAuthority {
+            issuer,
+            root,
+            extra_roots: Mutex::new(Vec::new()),
+            lifetime: DEFAULT_WORKLOAD_LIFETIME,
+        })
+    }
+
+    /// Its root's private key as PEM (PKCS #8): to keep where only the one who issues
+    /// certificates can read it.
+    pub fn root_key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// Workload certificates of `lifetime` instead.

@@ -18,7 +18,7 @@ mod files;
 mod verify;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -372,6 +372,46 @@ pub enum Identities {
     /// when the files change: one identity for every workload of the process, as a pod
     /// has one.
     Files(Arc<IdentityFiles>),
+    /// Read from a directory per workload identity, `<dir>/<namespace>/<service
+    /// account>/` (each as [`Identities::Files`] reads one), for a process running
+    /// workloads of several service accounts (`meshctl ca issue` writes them).
+    Tree(Arc<IdentityTree>),
+}
+
+/// The identity directories of [`Identities::Tree`], opened as workloads ask for them.
+#[derive(Debug)]
+pub struct IdentityTree {
+    dir: std::path::PathBuf,
+    opened: Mutex<std::collections::HashMap<SpiffeId, Arc<IdentityFiles>>>,
+}
+
+impl IdentityTree {
+    /// The tree under `dir`.
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Arc<Self> {
+        Arc::new(IdentityTree {
+            dir: dir.into(),
+            opened: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// The directory of `id`'s files: `<dir>/<namespace>/<service account>`.
+    pub fn dir_of(&self, id: &SpiffeId) -> std::path::PathBuf {
+        self.dir.join(id.namespace()).join(id.service_account())
+    }
+
+    fn identity(&self, id: &SpiffeId) -> Result<Arc<WorkloadIdentity>, IdentityError> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        let files = match opened.get(id) {
+            Some(f) => f.clone(),
+            None => {
+                let files = IdentityFiles::open(self.dir_of(id))?;
+                opened.insert(id.clone(), files.clone());
+                files
+            }
+        };
+        drop(opened);
+        Identities::Files(files).identity(id)
+    }
 }
 
 impl Identities {
@@ -391,6 +431,7 @@ impl Identities {
                 }
                 Ok(identity)
             }
+            Identities::Tree(tree) => tree.identity(id),
             Identities::Files(files) => {
                 let identity = files.identity();
                 if identity.spiffe_id() != *id {

@@ -19,6 +19,7 @@ use mesh_config::store::kv::{KeyRole, KvStore, classify, normalize_prefix};
 
 use super::{ConfigSource, SourceError};
 use crate::etcd::proto::{EVENT_DELETE, EVENT_PUT};
+use crate::etcd::registration::LocalRegistrations;
 use crate::etcd::{Etcd, EtcdError, Watch, store};
 
 /// The first wait after a failure; doubled after each failure in a row.
@@ -40,6 +41,8 @@ pub struct EtcdSource {
     delivered: i64,
     cached: i64,
     backoff: Duration,
+    /// The process's own registrations.
+    local: LocalRegistrations,
 }
 
 impl std::fmt::Debug for EtcdSource {
@@ -64,7 +67,24 @@ impl EtcdSource {
             delivered: 0,
             cached: 0,
             backoff: BACKOFF_START,
+            local: LocalRegistrations::new(),
         }
+    }
+
+    /// The registrations of this process's workloads: pass it to
+    /// [`Registration::start`](crate::etcd::registration::Registration::start), and
+    /// the source delivers them even before (or while) etcd cannot.
+    pub fn local_registrations(&self) -> LocalRegistrations {
+        self.local.clone()
+    }
+
+    /// The configuration as declared (static WorkloadEntries included whether claimed
+    /// or not, registrations left out): what a process reads to know how to run the
+    /// workloads it is asked to run. Empty before [`ConfigSource::load`].
+    pub fn declared(&self) -> ConfigSet {
+        self.store
+            .as_ref()
+            .map_or_else(ConfigSet::new, KvStore::declared_set)
     }
 
     /// Caches every accepted configuration in `path`, and starts from it when etcd is
@@ -89,7 +109,7 @@ impl EtcdSource {
             return ConfigSet::new();
         };
         self.delivered = store.revision();
-        store.config_set()
+        store.config_set_with(&self.local.entries())
     }
 
     /// Reads everything, once.
@@ -120,7 +140,10 @@ impl EtcdSource {
             let Some(kv) = event.kv else { continue };
             last = last.max(kv.mod_revision);
             let key = String::from_utf8_lossy(&kv.key);
-            let config = matches!(classify(store.prefix(), &key), KeyRole::Resource(_));
+            let config = matches!(
+                classify(store.prefix(), &key),
+                KeyRole::Resource(_) | KeyRole::Registration { .. } | KeyRole::Claim { .. }
+            );
             match event.r#type {
                 EVENT_PUT => store.insert(&kv.key, &kv.value, kv.mod_revision),
                 EVENT_DELETE => {
@@ -238,6 +261,26 @@ impl ConfigSource for EtcdSource {
     }
 
     async fn next(&mut self) -> Result<ConfigSet, SourceError> {
+        let local = self.local.clone();
+        let from_etcd = tokio::select! {
+            delivered = self.next_from_etcd() => Some(delivered),
+            () = local.changed() => None,
+        };
+        match from_etcd {
+            Some(delivered) => delivered,
+            // A workload of this process registered or deregistered.
+            None => Ok(self.deliver()),
+        }
+    }
+
+    fn accepted(&mut self) {
+        self.write_cache();
+    }
+}
+
+impl EtcdSource {
+    /// The next configuration from etcd (see [`ConfigSource::next`]).
+    async fn next_from_etcd(&mut self) -> Result<ConfigSet, SourceError> {
         loop {
             if self.reread || self.store.is_none() {
                 match self.read_all().await {
@@ -291,9 +334,5 @@ impl ConfigSource for EtcdSource {
                 }
             }
         }
-    }
-
-    fn accepted(&mut self) {
-        self.write_cache();
     }
 }
