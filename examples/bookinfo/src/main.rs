@@ -57,6 +57,10 @@ struct Args {
     /// repeatable. Without it, all six run.
     #[arg(long = "workload", value_name = "NAME")]
     workloads: Vec<String>,
+    /// Run no workload: the ingress gateway (and the admin endpoint) alone, for a mesh
+    /// whose workloads run as processes of their own.
+    #[arg(long, conflicts_with = "workloads")]
+    no_workloads: bool,
     /// Read each workload's certificate from `DIR/<namespace>/<service account>/`
     /// (`meshctl ca issue` writes them) instead of an in-process CA: processes that run
     /// apart share one root this way.
@@ -124,6 +128,7 @@ async fn main() -> ExitCode {
     let mut opts = Options::new(&args.config);
     let apart = !args.workloads.is_empty();
     opts.only = args.workloads.clone();
+    opts.none = args.no_workloads;
     opts.gateway = !apart || args.ingress.is_some();
     opts.certs = args.certs.clone();
     opts.etcd = args.etcd.as_ref().map(|url| {
@@ -195,8 +200,23 @@ async fn main() -> ExitCode {
         println!("    {:<16} {addr}", w.name);
     }
     println!("\nCtrl-C to stop.");
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        eprintln!("bookinfo: cannot wait for Ctrl-C: {e}");
+    // Ctrl-C, or SIGTERM as a process manager stops a process: both shut down cleanly
+    // (deregistered first, then drained).
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                eprintln!("bookinfo: cannot wait for Ctrl-C: {e}");
+            }
+        }
+        () = terminate => {}
     }
     println!("\nStopping: finishing requests in progress.");
     running.shutdown().await;

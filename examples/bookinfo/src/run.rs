@@ -70,6 +70,8 @@ pub struct Options {
     pub gateway: bool,
     /// The workloads to run, by WorkloadEntry name (`reviews-v2`); empty: all six.
     pub only: Vec<String>,
+    /// Run no workload at all (the gateway alone).
+    pub none: bool,
     /// Where the admin endpoint listens (`/healthz`, `/config_dump`).
     pub admin: SocketAddr,
     /// Multiplies the services' own timeouts (1.0 for the demo; tests use 0.1).
@@ -104,6 +106,7 @@ impl Options {
             ingress: SocketAddr::from(([127, 0, 0, 1], 8080)),
             gateway: true,
             only: Vec::new(),
+            none: false,
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
             time_scale: 1.0,
             listeners: HashMap::new(),
@@ -540,7 +543,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     }
     let chosen = all
         .into_iter()
-        .filter(|w| opts.only.is_empty() || opts.only.contains(&w.name));
+        .filter(|w| !opts.none && (opts.only.is_empty() || opts.only.contains(&w.name)));
     for w in chosen {
         let listener = bind(&mut opts.listeners, &w.name, &w.addr)?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
