@@ -19,6 +19,7 @@ mod measure;
 mod nginx;
 mod paths;
 mod report;
+mod scale;
 mod soak;
 mod tls;
 
@@ -70,6 +71,34 @@ enum Command {
     /// for minutes, its resident memory and descriptors sampled every 10 s; prints a
     /// Markdown table and the slope (not run by CI).
     Soak(SoakArgs),
+    /// Scale: a configuration of 10 000 services, 100 000 endpoints and 10 000
+    /// VirtualServices loaded, checked, compiled and swapped in; an endpoint change;
+    /// prints a Markdown table of times and peak memory.
+    Scale(ScaleArgs),
+}
+
+/// Options of `scale`.
+#[derive(Args)]
+struct ScaleArgs {
+    /// Services (ServiceEntries).
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Endpoints (WorkloadEntries) per service.
+    #[arg(long, default_value_t = 10)]
+    endpoints_per_service: usize,
+    /// VirtualServices (each with its DestinationRule), on the first services.
+    #[arg(long, default_value_t = 10_000)]
+    virtual_services: usize,
+}
+
+/// Runs `scale`.
+fn scale_main(args: &ScaleArgs) -> Result<ExitCode> {
+    scale::run(scale::Size {
+        services: args.services,
+        endpoints_per_service: args.endpoints_per_service,
+        virtual_services: args.virtual_services,
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Options of `soak`.
@@ -328,6 +357,7 @@ fn main() -> ExitCode {
         Command::Load(args) => load_main(args),
         Command::Profile(args) => profile_main(args),
         Command::Soak(args) => soak_main(args),
+        Command::Scale(args) => scale_main(args),
     };
     match result {
         Ok(code) => code,

@@ -91,11 +91,11 @@ pub(crate) fn ca(command: &CaCommand) -> Result<ExitCode, Box<dyn std::error::Er
             let id = SpiffeId::new(trust_domain, namespace, service_account)?;
             let now = SystemTime::now();
             // Valid from a minute ago: clocks of other machines may lag a little.
-            let (chain, key) = ca.issue_pem(
-                &id,
-                now - Duration::from_secs(60),
-                now + Duration::from_secs(hours.saturating_mul(3600)),
-            )?;
+            let not_after = hours
+                .checked_mul(3600)
+                .and_then(|s| now.checked_add(Duration::from_secs(s)))
+                .ok_or_else(|| format!("--hours {hours} is too far in the future"))?;
+            let (chain, key) = ca.issue_pem(&id, now - Duration::from_secs(60), not_after)?;
             std::fs::create_dir_all(out)?;
             // The key first, so that a watcher that reads between two renames never
             // pairs a new certificate with an old key for long.

@@ -88,7 +88,8 @@ impl EtcdServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return false;
             }
-            if healthy(self.client_port) {
+            // Healthy, and still ours: another test's etcd may have taken the port.
+            if healthy(self.client_port) && matches!(child.try_wait(), Ok(None)) {
                 self.child = Some(child);
                 return true;
             }

@@ -298,9 +298,13 @@ impl Running {
         // Deregistered first: the other processes stop sending new requests here, then
         // the listeners drain what is in flight.
         if !self.registrations.is_empty() {
+            // All at once, and bounded: with etcd away, the leases expire by themselves.
+            // The process keeps reaching its own workloads while they drain.
+            let mut all = tokio::task::JoinSet::new();
             for r in self.registrations {
-                r.deregister().await;
+                all.spawn(r.deregister());
             }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), all.join_all()).await;
             tokio::time::sleep(self.deregister_grace).await;
         }
         let _ = self.shutdown.send(true);
@@ -459,6 +463,13 @@ impl Source {
         }
     }
 
+    fn etcd_client(&self) -> Option<mesh_tower::etcd::Etcd> {
+        match self {
+            Source::Dir(_) => None,
+            Source::Etcd(s) => Some(s.etcd().clone()),
+        }
+    }
+
     fn local_registrations(&self) -> Option<mesh_tower::etcd::registration::LocalRegistrations> {
         match self {
             Source::Dir(_) => None,
@@ -515,7 +526,6 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     };
     let mut tasks = Vec::new();
     let mut running = Vec::new();
-    let mut registrations = Vec::new();
     // The workloads as declared: in etcd, a static WorkloadEntry whose workload
     // registers itself is not in the mesh while it is not registered, but says how to run
     // it all the same.
@@ -524,6 +534,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
         _ => snapshot.clone(),
     };
     let local = source.local_registrations();
+    let registrar = source.etcd_client();
     let all = workloads(&declared)?;
     if let Some(unknown) = opts
         .only
@@ -584,19 +595,6 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
                 tracing::error!(error = %e, "workload server failed");
             }
         }));
-        if let Some(e) = &opts.etcd {
-            let etcd = mesh_tower::etcd::Etcd::new(&e.url)
-                .map_err(|e| StartError::Source(SourceError::Etcd(e)))?;
-            registrations.push(Registration::start(
-                etcd,
-                &e.prefix,
-                &w.namespace,
-                &w.name,
-                registration_entry(&w, addr),
-                e.lease_ttl,
-                local.clone(),
-            ));
-        }
         running.push((w, addr));
     }
 
@@ -677,6 +675,22 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
         )));
     }
 
+    // Registered last, once everything listens: a process that fails to start must not
+    // be an endpoint of the mesh for a lease's time.
+    let mut registrations = Vec::new();
+    if let (Some(e), Some(etcd)) = (&opts.etcd, registrar) {
+        for (w, addr) in &running {
+            registrations.push(Registration::start(
+                etcd.clone(),
+                &e.prefix,
+                &w.namespace,
+                &w.name,
+                registration_entry(w, *addr),
+                e.lease_ttl,
+                local.clone(),
+            ));
+        }
+    }
     Ok(Running {
         ingress,
         admin,

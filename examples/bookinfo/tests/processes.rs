@@ -50,10 +50,22 @@ impl Process {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
+        // Its lines, read on a thread of their own (so that it never blocks on a full
+        // pipe), until the banner ends: at most 30 s.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
+            }
+        });
         let (mut admin, mut ingress) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{name} did not print its banner within 30 s"));
             let field = |label: &str| {
                 line.trim().strip_prefix(label).map(|rest| {
                     rest.trim()
@@ -74,8 +86,7 @@ impl Process {
                 break;
             }
         }
-        // Keep reading (and dropping) what it prints, so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        std::thread::spawn(move || for _ in rx {});
         Process {
             name: name.to_string(),
             child,
@@ -242,23 +253,28 @@ async fn seven_processes_on_etcd() {
     let certs = certs.display().to_string();
     let ttl = LEASE_TTL.to_string();
     let caches = dir.path().join("caches");
-    let workload = |name: &str| {
+    let workload_args = |name: &str| -> Vec<String> {
         let cache = caches.join(format!("{name}.json")).display().to_string();
-        Process::start(
-            &[
-                "--etcd",
-                &url,
-                "--workload",
-                name,
-                "--certs",
-                &certs,
-                "--lease-ttl",
-                &ttl,
-                "--cache",
-                &cache,
-            ],
+        [
+            "--etcd",
+            &url,
+            "--workload",
             name,
-        )
+            "--certs",
+            &certs,
+            "--lease-ttl",
+            &ttl,
+            "--cache",
+            &cache,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let workload = |name: &str| {
+        let args = workload_args(name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Process::start(&args, name)
     };
     let names = [
         "productpage-v1",
@@ -385,8 +401,18 @@ async fn seven_processes_on_etcd() {
     let running = load(page.clone(), 4, stop.clone());
     for name in ["reviews-v1", "reviews-v2", "reviews-v3"] {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        processes.remove(name).unwrap().stop();
-        processes.insert(name.to_string(), workload(name));
+        let old = processes.remove(name).unwrap();
+        tokio::task::spawn_blocking(move || old.stop())
+            .await
+            .unwrap();
+        let args = workload_args(name);
+        let new = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Process::start(&args, args[3])
+        })
+        .await
+        .unwrap();
+        processes.insert(name.to_string(), new);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);

@@ -239,6 +239,24 @@ impl KvStore {
         self.foreign.iter().map(String::as_str)
     }
 
+    /// Every key the store keeps — resources, registrations and claims — with its value
+    /// (empty for a claim) and the revision that last changed it (0 for registrations and
+    /// claims, which are not guarded): what a cache of the store must hold.
+    pub fn all_keys(&self) -> Vec<(String, String, i64)> {
+        let mut out: Vec<(String, String, i64)> = self
+            .entries
+            .iter()
+            .filter_map(|(k, (_, e))| e.value.clone().map(|v| (k.clone(), v, e.mod_revision)))
+            .collect();
+        out.extend(
+            self.registrations
+                .iter()
+                .filter_map(|(k, (_, _, v))| v.clone().map(|v| (k.clone(), v, 0))),
+        );
+        out.extend(self.claims.keys().map(|k| (k.clone(), String::new(), 0)));
+        out
+    }
+
     /// The store's resource keys and values, in key order.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &ResourceKey, &KvEntry)> {
         self.entries.iter().map(|(k, (rk, e))| (k.as_str(), rk, e))
@@ -303,11 +321,14 @@ impl KvStore {
             let source = SourceFile::new(source_name(key), value.as_deref().unwrap_or(""));
             let mut one = ConfigSet::new();
             one.add_source(source.clone());
+            // Checked on its own too (an address or a label Istio would refuse): its
+            // errors must not reject the configuration of every other.
             let fits = one.resources().len() == 1
                 && one.resources().iter().all(|r| {
                     r.kind() == Kind::WorkloadEntry && r.namespace() == ns && r.name() == name
                 })
-                && !one.diagnostics().iter().any(Diagnostic::is_error);
+                && !one.diagnostics().iter().any(Diagnostic::is_error)
+                && !one.check().has_errors();
             if fits {
                 set.apply(one);
             } else {
@@ -406,12 +427,14 @@ impl KvStore {
                 kind.is_none_or(|k| k == r.kind()) && namespace.is_none_or(|n| n == r.namespace())
             })
             .map(|r| {
-                let key = self.key_of(&r.key());
-                let text = self
-                    .entries
-                    .get(&key)
-                    .and_then(|(_, e)| e.value.clone())
-                    .unwrap_or_default();
+                // The key and text it was read from (a registration's, for a registered
+                // WorkloadEntry).
+                let source = &r.origin().source;
+                let key = source
+                    .name()
+                    .strip_prefix("etcd:")
+                    .map_or_else(|| self.key_of(&r.key()), str::to_string);
+                let text = source.text().to_string();
                 Listed {
                     resource: r.clone(),
                     path: PathBuf::from(key),

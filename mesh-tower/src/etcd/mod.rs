@@ -94,6 +94,17 @@ pub enum EtcdError {
         /// The timeout.
         timeout: Duration,
     },
+    /// A write was sent but not answered (the connection broke, or etcd timed out
+    /// committing it): it may or may not have been applied.
+    #[error(
+        "etcd at {endpoint} did not confirm the write ({message}): it may or may not have been applied"
+    )]
+    Unconfirmed {
+        /// The member.
+        endpoint: String,
+        /// What happened.
+        message: String,
+    },
     /// The revision asked for was compacted: read everything again.
     #[error("etcd compacted the revisions before {compact_revision}")]
     Compacted {
@@ -120,10 +131,19 @@ impl EtcdError {
     /// True when the call could not reach etcd at all (worth retrying later), as opposed
     /// to an answer from etcd.
     pub fn is_unavailable(&self) -> bool {
+        let transient = [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::Aborted,
+        ];
         matches!(
             self,
-            EtcdError::Unavailable { .. } | EtcdError::Timeout { .. } | EtcdError::Ended { .. }
-        ) || matches!(self, EtcdError::Status { code, .. } if *code == tonic::Code::Unavailable as i32)
+            EtcdError::Unavailable { .. }
+                | EtcdError::Timeout { .. }
+                | EtcdError::Ended { .. }
+                | EtcdError::Unconfirmed { .. }
+        ) || matches!(self, EtcdError::Status { code, .. } if transient.iter().any(|c| *c as i32 == *code))
     }
 }
 
@@ -216,9 +236,11 @@ impl Etcd {
             .http2_only(true)
             // A member that went away without closing its connections (a crashed host)
             // is noticed within seconds, for watches and keep-alives too.
-            .http2_keep_alive_interval(Duration::from_secs(5))
+            // (etcd refuses pings more often than every 5 s, and on connections without
+            // a stream.)
+            .http2_keep_alive_interval(Duration::from_secs(10))
             .http2_keep_alive_timeout(Duration::from_secs(5))
-            .http2_keep_alive_while_idle(true)
+            .http2_keep_alive_while_idle(false)
             .build(connector);
         Ok(Etcd {
             inner: Arc::new(Inner {
@@ -265,13 +287,39 @@ impl Etcd {
         })
     }
 
+    /// A read (or a call whose repetition does no harm): tried on every member in turn.
     async fn unary<Req, Resp>(&self, path: &'static str, message: Req) -> Result<Resp, EtcdError>
+    where
+        Req: Message + Clone + Send + 'static,
+        Resp: Message + Default + Send + 'static,
+    {
+        self.call(path, message, true).await
+    }
+
+    /// A write: tried on the next member only when it was never sent; sent and not
+    /// answered, it is [`EtcdError::Unconfirmed`] (a transaction applied twice would
+    /// fail its own compares, a lease granted twice would leak).
+    async fn write<Req, Resp>(&self, path: &'static str, message: Req) -> Result<Resp, EtcdError>
+    where
+        Req: Message + Clone + Send + 'static,
+        Resp: Message + Default + Send + 'static,
+    {
+        self.call(path, message, false).await
+    }
+
+    async fn call<Req, Resp>(
+        &self,
+        path: &'static str,
+        message: Req,
+        idempotent: bool,
+    ) -> Result<Resp, EtcdError>
     where
         Req: Message + Clone + Send + 'static,
         Resp: Message + Default + Send + 'static,
     {
         let timeout = self.inner.timeout;
         let mut last = String::new();
+        let n = self.inner.endpoints.len();
         for (idx, origin) in self.order() {
             let call = async {
                 let mut grpc = self.grpc(origin);
@@ -292,12 +340,30 @@ impl Etcd {
                     return Ok(resp);
                 }
                 Ok(Err(Failure::Transport(message))) => last = message,
+                Ok(Err(Failure::Sent(message))) if !idempotent => {
+                    return Err(EtcdError::Unconfirmed {
+                        endpoint: origin.to_string(),
+                        message,
+                    });
+                }
+                Ok(Err(Failure::Sent(message))) => last = message,
                 Ok(Err(Failure::Status(status))) => return Err(self.status(origin, &status)),
                 Err(_) => {
-                    return Err(EtcdError::Timeout {
-                        endpoint: origin.to_string(),
-                        timeout,
-                    });
+                    // A member that hangs: the next call starts with the next one.
+                    self.inner.current.store((idx + 1) % n, Ordering::Relaxed);
+                    if !idempotent {
+                        return Err(EtcdError::Unconfirmed {
+                            endpoint: origin.to_string(),
+                            message: format!("no answer within {timeout:?}"),
+                        });
+                    }
+                    if n == 1 {
+                        return Err(EtcdError::Timeout {
+                            endpoint: origin.to_string(),
+                            timeout,
+                        });
+                    }
+                    last = format!("{origin}: no answer within {timeout:?}");
                 }
             }
         }
@@ -322,8 +388,19 @@ impl Etcd {
     }
 
     /// Every key under `prefix`, read at one revision (page by page, each page at the
-    /// revision of the first), in key order.
+    /// revision of the first), in key order. A compaction past that revision between two
+    /// pages starts the read again (a few times at most).
     pub async fn range_prefix(&self, prefix: &[u8]) -> Result<Listing, EtcdError> {
+        let mut tries = 0;
+        loop {
+            match self.range_pages(prefix).await {
+                Err(EtcdError::Compacted { .. }) if tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn range_pages(&self, prefix: &[u8]) -> Result<Listing, EtcdError> {
         let end = prefix_end(prefix);
         let mut listing = Listing::default();
         let mut key = prefix.to_vec();
@@ -374,7 +451,7 @@ impl Etcd {
     /// Writes `value` at `key`, attached to `lease` (0: none); the store's new revision.
     pub async fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
         let resp: PutResponse = self
-            .unary(
+            .write(
                 "/etcdserverpb.KV/Put",
                 PutRequest {
                     key: key.to_vec(),
@@ -390,7 +467,7 @@ impl Etcd {
     /// Deletes `key`; how many keys were deleted (0 or 1).
     pub async fn delete(&self, key: &[u8]) -> Result<i64, EtcdError> {
         let resp: DeleteRangeResponse = self
-            .unary(
+            .write(
                 "/etcdserverpb.KV/DeleteRange",
                 DeleteRangeRequest {
                     key: key.to_vec(),
@@ -404,7 +481,7 @@ impl Etcd {
     /// Deletes every key under `prefix`; how many were deleted.
     pub async fn delete_prefix(&self, prefix: &[u8]) -> Result<i64, EtcdError> {
         let resp: DeleteRangeResponse = self
-            .unary(
+            .write(
                 "/etcdserverpb.KV/DeleteRange",
                 DeleteRangeRequest {
                     key: prefix.to_vec(),
@@ -418,7 +495,7 @@ impl Etcd {
 
     /// One transaction: its compares, then its success or its failure operations.
     pub async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, EtcdError> {
-        self.unary("/etcdserverpb.KV/Txn", txn).await
+        self.write("/etcdserverpb.KV/Txn", txn).await
     }
 
     /// Compacts the store's history up to `revision`: watches from older revisions fail
@@ -441,7 +518,7 @@ impl Etcd {
     /// granted.
     pub async fn grant(&self, ttl: Duration) -> Result<(i64, i64), EtcdError> {
         let resp: LeaseGrantResponse = self
-            .unary(
+            .write(
                 "/etcdserverpb.Lease/LeaseGrant",
                 LeaseGrantRequest {
                     ttl: ttl.as_secs().max(1) as i64,
@@ -491,21 +568,24 @@ impl Etcd {
                     .map_err(|e| Failure::Transport(chain(&e)))?;
                 let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
                 let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
-                grpc.streaming(
-                    tonic::Request::new(requests),
-                    PathAndQuery::from_static(path),
-                    codec,
-                )
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(Failure::from_status)
+                let mut request = tonic::Request::new(requests);
+                // Only from a member with a leader: a member cut off from the majority
+                // would keep the stream open on a revision that no longer moves.
+                request.metadata_mut().insert(
+                    "hasleader",
+                    tonic::metadata::MetadataValue::from_static("true"),
+                );
+                grpc.streaming(request, PathAndQuery::from_static(path), codec)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(Failure::from_status)
             };
             match tokio::time::timeout(self.inner.timeout, call).await {
                 Ok(Ok(stream)) => {
                     self.inner.current.store(idx, Ordering::Relaxed);
                     return Ok((tx, stream));
                 }
-                Ok(Err(Failure::Transport(message))) => last = message,
+                Ok(Err(Failure::Transport(message) | Failure::Sent(message))) => last = message,
                 Ok(Err(Failure::Status(status))) => return Err(self.status(origin, &status)),
                 Err(_) => {
                     return Err(EtcdError::Timeout {
@@ -702,21 +782,40 @@ impl KeepAlive {
 }
 
 enum Failure {
-    /// Nothing was answered.
+    /// The request never left (no connection).
     Transport(String),
+    /// The request may have been sent, and nothing was answered.
+    Sent(String),
     /// etcd answered with an error.
     Status(tonic::Status),
 }
 
 impl Failure {
     fn from_status(status: tonic::Status) -> Failure {
-        // A status made of the connection's own error: nothing was answered.
+        // A status made of the connection's own error: nothing was answered; and if
+        // that error is a failure to connect, nothing was sent either.
         match StdError::source(&status) {
-            Some(_) => Failure::Transport(chain(&status)),
-            None if status.code() == tonic::Code::Unavailable => Failure::Transport(chain(&status)),
+            Some(_) if never_connected(&status) => Failure::Transport(chain(&status)),
+            Some(_) => Failure::Sent(chain(&status)),
+            // etcd's own "request timed out" / "leader changed": maybe applied.
+            None if status.code() == tonic::Code::Unavailable => Failure::Sent(chain(&status)),
             None => Failure::Status(status),
         }
     }
+}
+
+/// True when `e`'s sources say the connection could not be made.
+fn never_connected(e: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn stream_error(what: &'static str, status: &tonic::Status) -> EtcdError {

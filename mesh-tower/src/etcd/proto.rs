@@ -177,7 +177,7 @@ pub struct Compare {
     pub target: i32,
     #[prost(bytes = "vec", tag = "3")]
     pub key: Vec<u8>,
-    #[prost(oneof = "CompareWith", tags = "4, 5, 6, 7")]
+    #[prost(oneof = "CompareWith", tags = "4, 5, 6, 7, 8")]
     pub target_union: Option<CompareWith>,
     /// Compares every key of `[key, range_end)`.
     #[prost(bytes = "vec", tag = "64")]
@@ -195,6 +195,8 @@ pub enum CompareWith {
     ModRevision(i64),
     #[prost(bytes = "vec", tag = "7")]
     Value(Vec<u8>),
+    #[prost(int64, tag = "8")]
+    Lease(i64),
 }
 
 /// `Compare.CompareResult.EQUAL`.
@@ -213,6 +215,8 @@ pub const TARGET_CREATE: i32 = 1;
 pub const TARGET_MOD: i32 = 2;
 /// `Compare.CompareTarget.VALUE`.
 pub const TARGET_VALUE: i32 = 3;
+/// `Compare.CompareTarget.LEASE`.
+pub const TARGET_LEASE: i32 = 4;
 
 /// `etcdserverpb.TxnRequest`.
 #[derive(Clone, PartialEq, prost::Message)]

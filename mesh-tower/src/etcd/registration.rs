@@ -16,7 +16,10 @@ use tokio::task::JoinHandle;
 
 use mesh_config::store::kv::{CLAIMS, REGISTRY, normalize_prefix};
 
-use super::proto::{Op, PutRequest, RequestOp, TxnRequest};
+use super::proto::{
+    CMP_EQUAL, Compare, CompareWith, DeleteRangeRequest, Op, PutRequest, RequestOp, TARGET_LEASE,
+    TxnRequest,
+};
 use super::{Etcd, EtcdError};
 
 /// The lease's time to live unless told otherwise: how long the endpoint of a process
@@ -77,7 +80,6 @@ pub struct Registration {
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     registered: watch::Receiver<bool>,
-    etcd: Etcd,
     local: Option<LocalRegistrations>,
 }
 
@@ -116,7 +118,6 @@ impl Registration {
             stop,
             task: Some(task),
             registered,
-            etcd,
             local,
         }
     }
@@ -134,15 +135,24 @@ impl Registration {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Deletes the registration (the lease is revoked: every process sees the endpoint
-    /// go) and stops keeping it alive. Errors are logged: the lease expires anyway.
+    /// Deletes the registration (the lease is revoked: every other process sees the
+    /// endpoint go) and stops keeping it alive. Errors are logged: the lease expires
+    /// anyway. This process keeps reaching its own workload (it is still draining):
+    /// [`Registration::forget`] removes it from `local` once the workload stopped.
     pub async fn deregister(mut self) {
-        if let Some(local) = self.local.take() {
-            local.set(&self.key, None);
-        }
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+    }
+}
+
+impl Registration {
+    /// Removes the registration from the process's own registrations (the workload
+    /// stopped); [`Registration::deregister`] removes it from etcd.
+    pub fn forget(&self) {
+        if let Some(local) = &self.local {
+            local.set(&self.key, None);
         }
     }
 }
@@ -152,12 +162,15 @@ impl Drop for Registration {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        let _ = &self.etcd;
     }
 }
 
-/// Grants a lease, writes the entry and the claim, keeps the lease alive; again from the
-/// grant when the lease is lost. On stop, revokes the lease.
+/// The longest lease the mesh asks for: a day.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Grants a lease, writes the entry and the claim, keeps the lease alive — checking at
+/// each renewal that the entry is still there, under this lease — and, when the lease
+/// is lost, grants a new one. On stop, revokes the lease.
 async fn keep_registered(
     etcd: Etcd,
     key: String,
@@ -167,38 +180,47 @@ async fn keep_registered(
     mut stop: watch::Receiver<bool>,
     registered: watch::Sender<bool>,
 ) {
+    let ttl = ttl.clamp(Duration::from_secs(1), MAX_TTL);
     let mut backoff = Duration::from_millis(100);
     let mut lease: Option<i64> = None;
-    let renew_every = (ttl / 3).max(Duration::from_millis(300));
     loop {
         if *stop.borrow() {
             break;
         }
         let mut stopping = stop.clone();
         let attempt = async {
-            let (id, _) = etcd.grant(ttl).await?;
-            lease = Some(id);
-            // The entry and the claim together: a claim alone would hide a static entry
-            // of the name before the registration replaces it.
-            let put = |k: &str, v: &str, lease: i64| RequestOp {
-                request: Some(Op::Put(PutRequest {
-                    key: k.as_bytes().to_vec(),
-                    value: v.as_bytes().to_vec(),
-                    lease,
-                    prev_kv: false,
-                })),
+            // A lease still alive (etcd restarted, a stream broke) is kept: granting a
+            // new one would rewrite the entry in every process.
+            let (id, granted) = match lease {
+                Some(id) => (id, ttl.as_secs() as i64),
+                None => {
+                    let (id, granted) = etcd.grant(ttl).await?;
+                    lease = Some(id);
+                    (id, granted)
+                }
             };
-            etcd.txn(TxnRequest {
-                compare: Vec::new(),
-                success: vec![put(&key, &entry, id), put(&claim, &key, 0)],
-                failure: Vec::new(),
-            })
-            .await?;
+            let renew_every =
+                (Duration::from_secs(granted.max(1) as u64) / 3).max(Duration::from_millis(300));
+            put_entry(&etcd, &key, &claim, &entry, id).await?;
             let _ = registered.send(true);
             tracing::debug!(%key, lease = id, "workload registered");
             let mut keep = etcd.keep_alive(id).await?;
             loop {
-                keep.renew().await?;
+                // A renewal not answered within a third of the TTL is a lost stream:
+                // waiting longer would let the lease expire unnoticed.
+                tokio::time::timeout(renew_every, keep.renew())
+                    .await
+                    .map_err(|_| EtcdError::Ended {
+                        what: "lease keep-alive",
+                        reason: format!("no answer within {renew_every:?}"),
+                    })??;
+                // The entry deleted behind the lease's back (by hand, or by another
+                // instance of the workload that stopped): written again. One that
+                // another instance of the name wrote since is left to it.
+                let (_, kv) = etcd.get(key.as_bytes()).await?;
+                if kv.is_none() {
+                    put_entry(&etcd, &key, &claim, &entry, id).await?;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(renew_every) => {}
                     _ = stopping.changed() => return Ok::<(), EtcdError>(()),
@@ -212,6 +234,9 @@ async fn keep_registered(
         match result {
             Ok(()) => break,
             Err(e) => {
+                if matches!(e, EtcdError::LeaseExpired { .. }) {
+                    lease = None;
+                }
                 let _ = registered.send(false);
                 tracing::warn!(%key, error = %e, "workload registration lost; registering again");
                 tokio::select! {
@@ -222,15 +247,59 @@ async fn keep_registered(
             }
         }
     }
-    // Deregister: revoking the lease deletes the entry at once.
+    // Deregister: revoking the lease deletes the entry at once. Should that fail (the
+    // lease expired meanwhile), the entry is deleted only if it is still this lease's:
+    // another instance may have registered the name since.
     if let Some(id) = lease {
         match etcd.revoke(id).await {
             Ok(()) => tracing::debug!(%key, "workload deregistered"),
             Err(e) => {
-                let _ = etcd.delete(key.as_bytes()).await;
+                let txn = TxnRequest {
+                    compare: vec![Compare {
+                        result: CMP_EQUAL,
+                        target: TARGET_LEASE,
+                        key: key.as_bytes().to_vec(),
+                        target_union: Some(CompareWith::Lease(id)),
+                        range_end: Vec::new(),
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(Op::DeleteRange(DeleteRangeRequest {
+                            key: key.as_bytes().to_vec(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: Vec::new(),
+                };
+                let _ = etcd.txn(txn).await;
                 tracing::warn!(%key, error = %e, "cannot revoke the registration's lease; it expires by itself");
             }
         }
     }
     let _ = registered.send(false);
+}
+
+/// Writes the entry under `lease` and the claim, together: a claim alone would hide a
+/// static entry of the name before the registration replaces it.
+async fn put_entry(
+    etcd: &Etcd,
+    key: &str,
+    claim: &str,
+    entry: &str,
+    lease: i64,
+) -> Result<(), EtcdError> {
+    let put = |k: &str, v: &str, lease: i64| RequestOp {
+        request: Some(Op::Put(PutRequest {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+            lease,
+            prev_kv: false,
+        })),
+    };
+    etcd.txn(TxnRequest {
+        compare: Vec::new(),
+        success: vec![put(key, entry, lease), put(claim, key, 0)],
+        failure: Vec::new(),
+    })
+    .await?;
+    Ok(())
 }

@@ -47,9 +47,25 @@ fn groups() -> Vec<&'static str> {
     groups
 }
 
+/// The most operations etcd accepts in one transaction by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
 /// Writes `plan` if nothing under its prefix's configuration changed since the revision
-/// it was made at (see the module documentation).
+/// it was made at (see the module documentation). A plan of more than
+/// [`MAX_TXN_OPS`] − 1 keys (the guard takes one) is refused before anything is sent.
 pub async fn write(etcd: &Etcd, plan: &KvPlan) -> Result<Written, EtcdError> {
+    let ops = plan.puts().len() + plan.deletes().len() + 1;
+    if ops > MAX_TXN_OPS {
+        return Err(EtcdError::Status {
+            endpoint: etcd.endpoints().to_string(),
+            code: tonic::Code::InvalidArgument as i32,
+            message: format!(
+                "{} keys to write in one transaction, and etcd takes at most {} operations in one (its --max-txn-ops, the guard included): apply fewer resources at a time",
+                ops - 1,
+                MAX_TXN_OPS
+            ),
+        });
+    }
     let unchanged_since = |key: Vec<u8>, range_end: Vec<u8>| Compare {
         result: CMP_LESS,
         target: TARGET_MOD,

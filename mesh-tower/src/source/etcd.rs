@@ -43,6 +43,8 @@ pub struct EtcdSource {
     backoff: Duration,
     /// The process's own registrations.
     local: LocalRegistrations,
+    /// When a failure was last logged as a warning (at most one every 30 s).
+    last_warning: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for EtcdSource {
@@ -68,6 +70,22 @@ impl EtcdSource {
             cached: 0,
             backoff: BACKOFF_START,
             local: LocalRegistrations::new(),
+            last_warning: None,
+        }
+    }
+
+    /// Logs a failure to reach etcd: a warning for the first in a row and every 30 s
+    /// after (the configuration in force goes stale meanwhile), else at debug level.
+    fn failing(&mut self, e: &EtcdError, what: &str) {
+        let now = std::time::Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30))
+        {
+            tracing::warn!(etcd = %self.etcd.endpoints(), error = %e, "{what}");
+            self.last_warning = Some(now);
+        } else {
+            tracing::debug!(error = %e, "{what}");
         }
     }
 
@@ -92,6 +110,11 @@ impl EtcdSource {
     pub fn with_cache(mut self, path: impl Into<PathBuf>) -> Self {
         self.cache = Some(path.into());
         self
+    }
+
+    /// The etcd client it reads with (workloads register through the same connections).
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
     }
 
     /// The revision of the configuration last delivered (0 before the first).
@@ -183,11 +206,10 @@ impl EtcdSource {
             return;
         }
         let keys: Vec<serde_json::Value> = store
-            .entries()
-            .filter_map(|(key, _, entry)| {
-                entry.value.as_ref().map(|v| {
-                    serde_json::json!({"key": key, "value": v, "modRevision": entry.mod_revision})
-                })
+            .all_keys()
+            .into_iter()
+            .map(|(key, value, mod_revision)| {
+                serde_json::json!({"key": key, "value": value, "modRevision": mod_revision})
             })
             .collect();
         let value = serde_json::json!({
@@ -289,7 +311,7 @@ impl EtcdSource {
                         return Ok(self.deliver());
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "etcd read failed; retrying");
+                        self.failing(&e, "cannot read the configuration from etcd; retrying");
                         self.wait_after_failure().await;
                         continue;
                     }
@@ -303,8 +325,12 @@ impl EtcdSource {
                     .await
                 {
                     Ok(w) => self.watch = Some(w),
+                    Err(EtcdError::Compacted { .. }) => {
+                        self.reread = true;
+                        continue;
+                    }
                     Err(e) => {
-                        tracing::debug!(error = %e, "etcd watch failed; retrying");
+                        self.failing(&e, "cannot watch the configuration in etcd; retrying");
                         self.wait_after_failure().await;
                         continue;
                     }
@@ -316,6 +342,7 @@ impl EtcdSource {
             match watch.next().await {
                 Ok(batch) => {
                     self.backoff = BACKOFF_START;
+                    self.last_warning = None;
                     if self.apply(batch.events, batch.revision) {
                         return Ok(self.deliver());
                     }

@@ -1,0 +1,174 @@
+//! `mesh-bench scale`: the cost of a large configuration — 10 000 services with 100 000
+//! endpoints (WorkloadEntries, ten per service) and 10 000 VirtualServices by default —
+//! loaded, checked, compiled and swapped into a runtime; then an endpoint change applied;
+//! then, with `--etcd`, changes written to etcd and the time until each of three follower
+//! processes has them in force.
+//!
+//! Times are wall-clock on this machine (shared and noisy): the figures are orders of
+//! magnitude against the bounds (1 s, 10 ms), not precise measures. Peak memory
+//! is the process's peak resident set (`VmHWM`), reset before each step where the kernel
+//! allows it.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use mesh_config::ConfigSet;
+
+/// The generated configuration's size.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Size {
+    pub(crate) services: usize,
+    pub(crate) endpoints_per_service: usize,
+    pub(crate) virtual_services: usize,
+}
+
+/// Services per generated file: the loader bounds what one YAML stream may expand to.
+const PER_FILE: usize = 500;
+
+/// `svc-<i>`'s ServiceEntry (selecting `app: svc-<i>`), its WorkloadEntries and, for the
+/// first `virtual_services`, a VirtualService splitting it 90/10 between two subsets of
+/// a DestinationRule; files of [`PER_FILE`] services.
+pub(crate) fn generate(size: Size) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut services = String::new();
+    let mut entries = String::new();
+    let mut routes = String::new();
+    for i in 0..size.services {
+        if i > 0 && i % PER_FILE == 0 {
+            let k = i / PER_FILE;
+            files.push((format!("services-{k}.yaml"), std::mem::take(&mut services)));
+            files.push((
+                format!("workload-entries-{k}.yaml"),
+                std::mem::take(&mut entries),
+            ));
+            files.push((format!("routes-{k}.yaml"), std::mem::take(&mut routes)));
+        }
+        let _ = write!(
+            services,
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{i}}}\nspec:\n  hosts: [svc-{i}.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  workloadSelector: {{labels: {{app: svc-{i}}}}}\n"
+        );
+        for e in 0..size.endpoints_per_service {
+            let n = i * size.endpoints_per_service + e;
+            let (a, b, c) = ((n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+            let version = if e % 10 == 0 { "v2" } else { "v1" };
+            let _ = write!(
+                entries,
+                "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: svc-{i}-{e}}}\nspec:\n  address: 10.{a}.{b}.{c}\n  ports: {{http: 8080}}\n  labels: {{app: svc-{i}, version: {version}}}\n"
+            );
+        }
+        if i < size.virtual_services {
+            let _ = write!(
+                routes,
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-{i}}}\nspec:\n  host: svc-{i}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-{i}}}\nspec:\n  hosts: [svc-{i}]\n  http:\n  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: svc-{i}, subset: v2}}}}]\n  - route:\n    - {{destination: {{host: svc-{i}, subset: v1}}, weight: 90}}\n    - {{destination: {{host: svc-{i}, subset: v2}}, weight: 10}}\n    timeout: 2s\n"
+            );
+        }
+    }
+    files.push(("services-last.yaml".into(), services));
+    files.push(("workload-entries-last.yaml".into(), entries));
+    files.push(("routes-last.yaml".into(), routes));
+    files
+}
+
+/// The peak resident set of the process so far (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    status_kib("VmHWM:") * 1024
+}
+
+/// The resident set now (`VmRSS`), in bytes.
+fn rss() -> u64 {
+    status_kib("VmRSS:") * 1024
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets `VmHWM` to the current resident set (Linux 4.0+); false when refused.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs the in-process part; prints a Markdown table.
+pub(crate) fn run(size: Size) -> Result<()> {
+    let texts = generate(size);
+    let bytes: usize = texts.iter().map(|(_, t)| t.len()).sum();
+    println!(
+        "Configuration: {} services, {} endpoints (WorkloadEntries), {} VirtualServices (with their DestinationRules): {:.1} MiB of YAML\n",
+        size.services,
+        size.services * size.endpoints_per_service,
+        size.virtual_services,
+        mib(bytes as u64)
+    );
+    println!("| step | time | peak RSS during the step | RSS after |");
+    println!("|---|---:|---:|---:|");
+    let step = |name: &str, f: &mut dyn FnMut()| {
+        reset_peak();
+        let start = Instant::now();
+        f();
+        let took = start.elapsed();
+        println!(
+            "| {name} | {:.0} ms | {:.0} MiB | {:.0} MiB |",
+            ms(took),
+            mib(peak_rss()),
+            mib(rss())
+        );
+        took
+    };
+    let mut set = ConfigSet::new();
+    step("load (parse YAML)", &mut || {
+        for (name, text) in &texts {
+            set.add_str(name, text);
+        }
+    });
+    let mut checked = None;
+    step("check (validate, analyze, build the registry)", &mut || {
+        checked = Some(set.check());
+    });
+    let checked = checked.context("checked")?;
+    let Some(snapshot) = checked.snapshot else {
+        anyhow::bail!(
+            "the generated configuration has errors:\n{}",
+            checked.summary()
+        );
+    };
+    let mut compiled = None;
+    step("compile (route tables, clusters, balancers)", &mut || {
+        compiled = Some(mesh_core::CompiledMesh::compile(&snapshot));
+    });
+    drop(compiled);
+    let mut runtime = None;
+    step("runtime: compile and swap in (one workload)", &mut || {
+        let rt = mesh_tower::MeshRuntime::from_snapshot(&snapshot);
+        let _ = rt.workload(mesh_tower::Workload::new("client", "default"));
+        runtime = Some(rt);
+    });
+    let runtime = runtime.context("runtime")?;
+    // One endpoint changes (a workload moves): the whole path, as a reload does it.
+    let mut moved = set.clone();
+    moved.add_str(
+        "moved.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: svc-0-0-moved}\nspec:\n  address: 10.255.0.1\n  ports: {http: 8080}\n  labels: {app: svc-0, version: v1}\n",
+    );
+    step("endpoint change: full check, compile and swap", &mut || {
+        if let Some(s) = moved.check().snapshot {
+            runtime.update(&s);
+        }
+    });
+    Ok(())
+}
