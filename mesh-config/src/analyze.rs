@@ -63,8 +63,9 @@ fn diag<S>(r: &Resource<S>, kind: Kind, code: Code, path: FieldPath, msg: String
 
 /// Runs every analysis.
 pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
+    let rules = crate::snapshot::DestinationRuleIndex::new(input.destination_rules);
     for vs in input.virtual_services {
-        virtual_service(input, vs, out);
+        virtual_service(input, &rules, vs, out);
     }
     conflicting_mesh_hosts(input, out);
     service_entry_addresses(input, out);
@@ -95,11 +96,13 @@ pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
             ),
         ));
     }
+    let workloads = crate::registry::WorkloadIndex::new(input.workload_entries);
     for se in input.service_entries {
         if let Some(sel) = &se.spec.workload_selector {
-            let found = input.workload_entries.iter().any(|we| {
-                we.namespace() == se.namespace() && selects(&sel.labels, &we.spec.labels)
-            });
+            let found = workloads
+                .selected(input.workload_entries, se.namespace(), &sel.labels)
+                .next()
+                .is_some();
             if !found && !sel.labels.is_empty() {
                 out.push(diag(
                     se,
@@ -258,6 +261,7 @@ fn destinations(vs: &VirtualService) -> Vec<DestRef<'_>> {
 
 fn virtual_service(
     input: &Input<'_>,
+    rules: &crate::snapshot::DestinationRuleIndex,
     vs: &Arc<Resource<VirtualService>>,
     out: &mut Vec<Diagnostic>,
 ) {
@@ -391,13 +395,7 @@ fn virtual_service(
         let svc_ns = found_svc.map_or(ns, |s| s.namespace.as_str());
         if let Some(subset) = &d.dest.subset {
             // The DestinationRule that applies (Istio's precedence) must define it.
-            let applies = crate::snapshot::destination_rule_for(
-                input.destination_rules,
-                input.mesh,
-                &qhost,
-                ns,
-                svc_ns,
-            );
+            let applies = rules.rule_for(input.mesh, &qhost, ns, svc_ns);
             let found = applies.is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
             if !found {
                 out.push(

@@ -7,7 +7,7 @@
 //! carry the labels that DestinationRule subsets select, the service account that gives a
 //! workload its identity, a weight and a locality.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::host;
@@ -143,6 +143,67 @@ pub fn visible(export_to: &[String], own: &str, from: &str) -> bool {
 pub struct Registry {
     services: Vec<Arc<Service>>,
     merges: Vec<Merge>,
+    /// Indexes of `services` by exact (non-wildcard) host, in load order.
+    exact: HashMap<String, Vec<usize>>,
+    /// Indexes of the services whose host is a wildcard, in load order.
+    wildcards: Vec<usize>,
+}
+
+/// WorkloadEntries by namespace and by label, to find those a selector selects without
+/// testing every one (a mesh of 100 000 endpoints has as many entries).
+#[derive(Debug, Default)]
+pub struct WorkloadIndex {
+    /// Indexes of the entries of each namespace, in load order.
+    by_namespace: HashMap<String, Vec<usize>>,
+    /// Indexes of the entries of each (namespace, label key, label value), in load order.
+    by_label: HashMap<(String, String, String), Vec<usize>>,
+}
+
+impl WorkloadIndex {
+    /// The index of `entries`, by their namespaces and labels.
+    pub fn new(entries: &[Arc<Resource<WorkloadEntry>>]) -> Self {
+        let mut index = WorkloadIndex::default();
+        for (i, we) in entries.iter().enumerate() {
+            let ns = we.namespace().to_string();
+            for (k, v) in &we.spec.labels {
+                index
+                    .by_label
+                    .entry((ns.clone(), k.clone(), v.clone()))
+                    .or_default()
+                    .push(i);
+            }
+            index.by_namespace.entry(ns).or_default().push(i);
+        }
+        index
+    }
+
+    /// Indexes of the entries of `namespace` that `selector` selects, in load order (the
+    /// candidates of its rarest label, each tested against the whole selector).
+    pub fn selected<'a>(
+        &'a self,
+        entries: &'a [Arc<Resource<WorkloadEntry>>],
+        namespace: &str,
+        selector: &'a Labels,
+    ) -> impl Iterator<Item = usize> + 'a {
+        let candidates: &[usize] = if selector.is_empty() {
+            self.by_namespace.get(namespace).map_or(&[], Vec::as_slice)
+        } else {
+            selector
+                .iter()
+                .map(|(k, v)| {
+                    self.by_label
+                        .get(&(namespace.to_string(), k.clone(), v.clone()))
+                        .map_or(&[][..], Vec::as_slice)
+                })
+                .min_by_key(|c| c.len())
+                .unwrap_or(&[])
+        };
+        candidates.iter().copied().filter(move |&i| {
+            entries
+                .get(i)
+                .is_some_and(|we| selects(selector, &we.spec.labels))
+        })
+    }
 }
 
 /// A ServiceEntry whose host was already defined in its namespace by another.
@@ -171,7 +232,10 @@ impl Registry {
         default_export_to: &[String],
     ) -> Registry {
         let mut services: Vec<Service> = Vec::new();
+        // (host, namespace) → index in `services`, for ServiceEntries that merge.
+        let mut defined: HashMap<(String, String), usize> = HashMap::new();
         let mut merges = Vec::new();
+        let workloads = WorkloadIndex::new(workload_entries);
         for se in service_entries {
             let ns = se.namespace().to_string();
             let spec = &se.spec;
@@ -202,18 +266,17 @@ impl Registry {
                 .map(|e| endpoint(e, &ns, None))
                 .collect();
             if let Some(sel) = &spec.workload_selector {
-                for we in workload_entries {
-                    if we.namespace() == ns && selects(&sel.labels, &we.spec.labels) {
-                        endpoints.push(endpoint(
-                            &we.spec,
-                            &ns,
-                            Some(ResourceKey {
-                                kind: Kind::WorkloadEntry,
-                                namespace: ns.clone(),
-                                name: we.name().to_string(),
-                            }),
-                        ));
-                    }
+                for i in workloads.selected(workload_entries, &ns, &sel.labels) {
+                    let we = &workload_entries[i];
+                    endpoints.push(endpoint(
+                        &we.spec,
+                        &ns,
+                        Some(ResourceKey {
+                            kind: Kind::WorkloadEntry,
+                            namespace: ns.clone(),
+                            name: we.name().to_string(),
+                        }),
+                    ));
                 }
             }
             let export_to = if spec.export_to.is_empty() {
@@ -223,9 +286,9 @@ impl Registry {
             };
             for h in &spec.hosts {
                 let h = h.to_ascii_lowercase();
-                if let Some(first) = services
-                    .iter_mut()
-                    .find(|s| s.host == h && s.namespace == ns)
+                if let Some(first) = defined
+                    .get(&(h.clone(), ns.clone()))
+                    .and_then(|&i| services.get_mut(i))
                 {
                     let mut all: Vec<Endpoint> = first.endpoints.to_vec();
                     all.extend(endpoints.iter().cloned());
@@ -255,6 +318,7 @@ impl Registry {
                 } else {
                     Arc::from(endpoints.clone())
                 };
+                defined.insert((h.clone(), ns.clone()), services.len());
                 services.push(Service {
                     host: h,
                     namespace: ns.clone(),
@@ -267,10 +331,34 @@ impl Registry {
                 });
             }
         }
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut wildcards = Vec::new();
+        for (i, s) in services.iter().enumerate() {
+            if host::is_wildcard(&s.host) {
+                wildcards.push(i);
+            } else {
+                exact.entry(s.host.clone()).or_default().push(i);
+            }
+        }
         Registry {
             services: services.into_iter().map(Arc::new).collect(),
             merges,
+            exact,
+            wildcards,
         }
+    }
+
+    /// The services that may match a host that is not a wildcard: those of that exact
+    /// host and the wildcard ones, in load order. `None` for a wildcard host (every
+    /// service may overlap it).
+    fn candidates(&self, host: &str) -> Option<Vec<usize>> {
+        if host::is_wildcard(host) {
+            return None;
+        }
+        let mut out: Vec<usize> = self.exact.get(host).cloned().unwrap_or_default();
+        out.extend(self.wildcards.iter().copied());
+        out.sort_unstable();
+        Some(out)
     }
 
     /// ServiceEntries merged into an earlier one with the same host and namespace.
@@ -292,7 +380,11 @@ impl Registry {
         // (exact host, length of the host, same namespace): the larger wins.
         type Rank = (bool, usize, bool);
         let mut best: Option<(Rank, &Arc<Service>)> = None;
-        for s in &self.services {
+        let candidates: Box<dyn Iterator<Item = &Arc<Service>>> = match self.candidates(&host) {
+            Some(c) => Box::new(c.into_iter().filter_map(|i| self.services.get(i))),
+            None => Box::new(self.services.iter()),
+        };
+        for s in candidates {
             if !s.visible_to(from) || !host::matches(&s.host, &host) {
                 continue;
             }
@@ -310,9 +402,12 @@ impl Registry {
         pattern: &'a str,
         from: &'a str,
     ) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
-        self.services
-            .iter()
-            .filter(move |s| s.visible_to(from) && host::overlaps(pattern, &s.host))
+        let candidates: Box<dyn Iterator<Item = &'a Arc<Service>> + 'a> =
+            match self.candidates(&pattern.to_ascii_lowercase()) {
+                Some(c) => Box::new(c.into_iter().filter_map(|i| self.services.get(i))),
+                None => Box::new(self.services.iter()),
+            };
+        candidates.filter(move |s| s.visible_to(from) && host::overlaps(pattern, &s.host))
     }
 }
 

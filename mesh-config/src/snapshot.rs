@@ -35,8 +35,66 @@ struct Inner {
     telemetries: Vec<Arc<Resource<Telemetry>>>,
     mesh: MeshSettings,
     registry: Registry,
+    rule_index: DestinationRuleIndex,
     diagnostics: Vec<Diagnostic>,
     index: std::collections::HashMap<ResourceKey, usize>,
+}
+
+/// DestinationRules with their qualified hosts, indexed by exact host: finding the rule
+/// of a host tests the rules of that host and the wildcard ones, not every rule (a mesh
+/// of 10 000 services may have as many).
+#[derive(Debug, Default, Clone)]
+pub struct DestinationRuleIndex {
+    rules: Vec<(Arc<Resource<DestinationRule>>, String)>,
+    exact: std::collections::HashMap<String, Vec<usize>>,
+    wildcards: Vec<usize>,
+}
+
+impl DestinationRuleIndex {
+    /// The index of `rules` (in load order).
+    pub fn new(rules: &[Arc<Resource<DestinationRule>>]) -> Self {
+        let mut index = DestinationRuleIndex::default();
+        for (i, d) in rules.iter().enumerate() {
+            let host = crate::host::qualify(&d.spec.host, d.namespace());
+            if crate::host::is_wildcard(&host) {
+                index.wildcards.push(i);
+            } else {
+                index.exact.entry(host.clone()).or_default().push(i);
+            }
+            index.rules.push((d.clone(), host));
+        }
+        index
+    }
+
+    /// Istio's DestinationRule precedence for `host` (see
+    /// [`Snapshot::destination_rule_for`]).
+    pub fn rule_for(
+        &self,
+        mesh: &MeshSettings,
+        host: &str,
+        from: &str,
+        service_ns: &str,
+    ) -> Option<&Arc<Resource<DestinationRule>>> {
+        let lower = host.to_ascii_lowercase();
+        let candidates: Vec<usize> = if crate::host::is_wildcard(&lower) {
+            (0..self.rules.len()).collect()
+        } else {
+            let mut c: Vec<usize> = self.exact.get(&lower).cloned().unwrap_or_default();
+            c.extend(self.wildcards.iter().copied());
+            c.sort_unstable();
+            c
+        };
+        destination_rule_among(
+            candidates
+                .iter()
+                .filter_map(|&i| self.rules.get(i))
+                .map(|(d, h)| (d, h.as_str())),
+            mesh,
+            host,
+            from,
+            service_ns,
+        )
+    }
 }
 
 /// A validated configuration (see the module documentation).
@@ -147,13 +205,9 @@ impl Snapshot {
         from: &str,
         service_ns: &str,
     ) -> Option<&Arc<Resource<DestinationRule>>> {
-        destination_rule_for(
-            &self.inner.destination_rules,
-            &self.inner.mesh,
-            host,
-            from,
-            service_ns,
-        )
+        self.inner
+            .rule_index
+            .rule_for(&self.inner.mesh, host, from, service_ns)
     }
 }
 
@@ -237,6 +291,7 @@ impl ConfigSet {
                 .map(|(i, r)| (r.key(), i))
                 .collect();
             inner.diagnostics = diagnostics.clone();
+            inner.rule_index = DestinationRuleIndex::new(&inner.destination_rules);
             inner.version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
             Snapshot {
                 inner: Arc::new(inner),

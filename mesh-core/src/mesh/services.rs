@@ -276,18 +276,39 @@ impl Services {
         let mut out: HashMap<Box<str>, HostServices> = HashMap::new();
         let mut next_id = 0u32;
         let mut wildcards = Vec::new();
+        // The rules' hosts qualified once, by exact host (and the wildcard ones apart):
+        // a service's covering rules are those of its host and the wildcards, not a scan
+        // of every rule.
+        let rules: Vec<(&Arc<Resource<DestinationRule>>, String)> = snapshot
+            .destination_rules()
+            .iter()
+            .filter(|dr| dr.spec.workload_selector.is_none())
+            .map(|dr| (dr, qualify(&dr.spec.host, dr.namespace())))
+            .collect();
+        let mut rules_by_host: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut wildcard_rules = Vec::new();
+        for (i, (_, h)) in rules.iter().enumerate() {
+            if host::is_wildcard(h) {
+                wildcard_rules.push(i);
+            } else {
+                rules_by_host.entry(h.as_str()).or_default().push(i);
+            }
+        }
         for svc in snapshot.registry().services() {
             if host::is_wildcard(&svc.host) {
                 wildcards.push(svc.clone());
             }
-            let covering: Vec<Arc<Resource<DestinationRule>>> = snapshot
-                .destination_rules()
-                .iter()
-                .filter(|dr| {
-                    dr.spec.workload_selector.is_none()
-                        && host::matches(&qualify(&dr.spec.host, dr.namespace()), &svc.host)
-                })
+            let mut candidates: Vec<usize> = rules_by_host
+                .get(svc.host.as_str())
                 .cloned()
+                .unwrap_or_default();
+            candidates.extend(wildcard_rules.iter().copied());
+            candidates.sort_unstable();
+            let covering: Vec<Arc<Resource<DestinationRule>>> = candidates
+                .into_iter()
+                .filter_map(|i| rules.get(i))
+                .filter(|(_, pattern)| host::matches(pattern, &svc.host))
+                .map(|(dr, _)| (*dr).clone())
                 .collect();
             let entry = out
                 .entry(svc.host.as_str().into())
