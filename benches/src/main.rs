@@ -18,6 +18,7 @@ mod load;
 mod measure;
 mod nginx;
 mod paths;
+mod propagation;
 mod report;
 mod scale;
 mod soak;
@@ -75,6 +76,43 @@ enum Command {
     /// VirtualServices loaded, checked, compiled and swapped in; an endpoint change;
     /// prints a Markdown table of times and peak memory.
     Scale(ScaleArgs),
+    /// Propagation: a real etcd, three follower processes watching it, 100 changes
+    /// written; prints the time until each follower had each change in force (needs
+    /// Debian's `etcd`).
+    Propagation(PropagationArgs),
+    /// A follower of `propagation` (not for direct use).
+    #[command(hide = true)]
+    Follow(FollowArgs),
+}
+
+/// Options of `propagation`.
+#[derive(Args)]
+struct PropagationArgs {
+    /// Generated services added to Bookinfo's configuration.
+    #[arg(long, default_value_t = 0)]
+    services: usize,
+    /// Changes written.
+    #[arg(long, default_value_t = 100)]
+    changes: usize,
+    /// Follower processes.
+    #[arg(long, default_value_t = 3)]
+    followers: usize,
+}
+
+/// Options of `follow`.
+#[derive(Args)]
+struct FollowArgs {
+    /// etcd's URL.
+    #[arg(long)]
+    etcd: String,
+}
+
+fn small_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 /// Options of `scale`.
@@ -358,6 +396,18 @@ fn main() -> ExitCode {
         Command::Profile(args) => profile_main(args),
         Command::Soak(args) => soak_main(args),
         Command::Scale(args) => scale_main(args),
+        Command::Propagation(args) => small_runtime().and_then(|rt| {
+            rt.block_on(propagation::run(
+                args.services,
+                args.changes,
+                args.followers,
+            ))
+            .map(|()| ExitCode::SUCCESS)
+        }),
+        Command::Follow(args) => small_runtime().and_then(|rt| {
+            rt.block_on(propagation::follow(&args.etcd, "/mesh"))
+                .map(|()| ExitCode::SUCCESS)
+        }),
     };
     match result {
         Ok(code) => code,

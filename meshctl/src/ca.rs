@@ -87,6 +87,10 @@ pub(crate) fn ca(command: &CaCommand) -> Result<ExitCode, Box<dyn std::error::Er
                 std::fs::read_to_string(root.join(name))
                     .map_err(|e| format!("cannot read {}: {e}", root.join(name).display()))
             };
+            if *hours == 0 {
+                eprintln!("error: --hours 0 would issue a certificate already expired");
+                return Ok(ExitCode::from(EXIT_ERRORS));
+            }
             let ca = CertificateAuthority::from_pem(&read(ROOT_CERT)?, &read(ROOT_KEY)?)?;
             let id = SpiffeId::new(trust_domain, namespace, service_account)?;
             let now = SystemTime::now();

@@ -100,9 +100,9 @@ fn global_rate_limiter(
     GlobalRateLimiter::new(config, RedisSettings::new(url)).map_err(|e| e.to_string())
 }
 
-/// `<tmp>/bookinfo-etcd-cache/<url, prefix and workloads, as a file name>.json`.
-fn default_cache(url: &str, prefix: &str, workloads: &[String]) -> PathBuf {
-    let name: String = format!("{url}{prefix}-{}", workloads.join("-"))
+/// `<tmp>/bookinfo-etcd-cache/<url, prefix and role, as a file name>.json`.
+fn default_cache(url: &str, prefix: &str, role: &str) -> PathBuf {
+    let name: String = format!("{url}{prefix}-{role}")
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
@@ -131,12 +131,21 @@ async fn main() -> ExitCode {
     opts.none = args.no_workloads;
     opts.gateway = !apart || args.ingress.is_some();
     opts.certs = args.certs.clone();
+    // What this process runs, for its default cache's name: processes of one mesh on
+    // one machine keep apart caches.
+    let role = if args.no_workloads {
+        "gateway".to_string()
+    } else if args.workloads.is_empty() {
+        "all".to_string()
+    } else {
+        args.workloads.join("-")
+    };
     opts.etcd = args.etcd.as_ref().map(|url| {
         let mut etcd = bookinfo::run::EtcdConfig::new(url.clone(), args.prefix.clone());
         etcd.cache = Some(
             args.cache
                 .clone()
-                .unwrap_or_else(|| default_cache(url, &args.prefix, &args.workloads)),
+                .unwrap_or_else(|| default_cache(url, &args.prefix, &role)),
         );
         etcd.lease_ttl = std::time::Duration::from_secs(args.lease_ttl.max(1));
         etcd

@@ -380,6 +380,10 @@ impl Etcd {
                 compact_revision: 0,
             };
         }
+        // A put or keep-alive on a lease that expired.
+        if message.contains("requested lease not found") {
+            return EtcdError::LeaseExpired { id: 0 };
+        }
         EtcdError::Status {
             endpoint: origin.to_string(),
             code: status.code() as i32,
@@ -588,10 +592,11 @@ impl Etcd {
                 Ok(Err(Failure::Transport(message) | Failure::Sent(message))) => last = message,
                 Ok(Err(Failure::Status(status))) => return Err(self.status(origin, &status)),
                 Err(_) => {
-                    return Err(EtcdError::Timeout {
-                        endpoint: origin.to_string(),
-                        timeout: self.inner.timeout,
-                    });
+                    // A member that hangs: opening a stream again is harmless, on the
+                    // next member, which later calls start with too.
+                    let n = self.inner.endpoints.len();
+                    self.inner.current.store((idx + 1) % n, Ordering::Relaxed);
+                    last = format!("{origin}: no answer within {:?}", self.inner.timeout);
                 }
             }
         }
@@ -618,9 +623,16 @@ impl Etcd {
         // The first answer says whether the watch was created.
         let first = tokio::time::timeout(self.inner.timeout, stream.message())
             .await
-            .map_err(|_| EtcdError::Timeout {
-                endpoint: self.inner.names.clone(),
-                timeout: self.inner.timeout,
+            .map_err(|_| {
+                // The member took the stream but does not answer: the next attempt
+                // goes to the next one.
+                let n = self.inner.endpoints.len();
+                let at = self.inner.current.load(Ordering::Relaxed);
+                self.inner.current.store((at + 1) % n, Ordering::Relaxed);
+                EtcdError::Timeout {
+                    endpoint: self.inner.names.clone(),
+                    timeout: self.inner.timeout,
+                }
             })?
             .map_err(|s| stream_error("watch", &s))?
             .ok_or_else(|| EtcdError::Ended {
@@ -697,7 +709,8 @@ impl Watch {
     }
 
     /// The next batch of changes (or a progress notification, with no events). An error
-    /// ends the watch: read again and watch from the revision read.
+    /// ends the watch: read again and watch from the revision read. Cancel-safe: a call
+    /// dropped before it returns loses nothing (the stream keeps what it was reading).
     pub async fn next(&mut self) -> Result<WatchBatch, EtcdError> {
         loop {
             let resp = match self.pending.take() {

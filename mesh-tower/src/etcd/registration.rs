@@ -80,7 +80,6 @@ pub struct Registration {
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     registered: watch::Receiver<bool>,
-    local: Option<LocalRegistrations>,
 }
 
 impl Registration {
@@ -118,7 +117,6 @@ impl Registration {
             stop,
             task: Some(task),
             registered,
-            local,
         }
     }
 
@@ -137,22 +135,12 @@ impl Registration {
 
     /// Deletes the registration (the lease is revoked: every other process sees the
     /// endpoint go) and stops keeping it alive. Errors are logged: the lease expires
-    /// anyway. This process keeps reaching its own workload (it is still draining):
-    /// [`Registration::forget`] removes it from `local` once the workload stopped.
+    /// anyway. This process keeps reaching its own workload (it is still draining until
+    /// it stops).
     pub async fn deregister(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;
-        }
-    }
-}
-
-impl Registration {
-    /// Removes the registration from the process's own registrations (the workload
-    /// stopped); [`Registration::deregister`] removes it from etcd.
-    pub fn forget(&self) {
-        if let Some(local) = &self.local {
-            local.set(&self.key, None);
         }
     }
 }
@@ -169,8 +157,9 @@ impl Drop for Registration {
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Grants a lease, writes the entry and the claim, keeps the lease alive — checking at
-/// each renewal that the entry is still there, under this lease — and, when the lease
-/// is lost, grants a new one. On stop, revokes the lease.
+/// each renewal that the entry is still there (one another instance of the name wrote
+/// since is left to it) — and, when the lease is lost, grants a new one. On stop,
+/// revokes the lease.
 async fn keep_registered(
     etcd: Etcd,
     key: String,
@@ -182,13 +171,16 @@ async fn keep_registered(
 ) {
     let ttl = ttl.clamp(Duration::from_secs(1), MAX_TTL);
     let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
     let mut lease: Option<i64> = None;
     loop {
         if *stop.borrow() {
             break;
         }
         let mut stopping = stop.clone();
+        let (backoff_now, warned_now) = (&mut backoff, &mut warned);
         let attempt = async {
+            let (backoff, warned) = (backoff_now, warned_now);
             // A lease still alive (etcd restarted, a stream broke) is kept: granting a
             // new one would rewrite the entry in every process.
             let (id, granted) = match lease {
@@ -201,8 +193,18 @@ async fn keep_registered(
             };
             let renew_every =
                 (Duration::from_secs(granted.max(1) as u64) / 3).max(Duration::from_millis(300));
-            put_entry(&etcd, &key, &claim, &entry, id).await?;
+            // The checks between two renewals are bounded too: a slow read must not
+            // push the next renewal past the lease's TTL.
+            let quick = etcd.with_timeout(renew_every);
+            // A kept lease whose entry is still there is not written again (that would
+            // make every process check and compile for nothing).
+            let (_, kv) = quick.get(key.as_bytes()).await?;
+            if kv.is_none_or(|kv| kv.lease != id) {
+                put_entry(&quick, &key, &claim, &entry, id).await?;
+            }
             let _ = registered.send(true);
+            *backoff = Duration::from_millis(100);
+            *warned = false;
             tracing::debug!(%key, lease = id, "workload registered");
             let mut keep = etcd.keep_alive(id).await?;
             loop {
@@ -215,11 +217,10 @@ async fn keep_registered(
                         reason: format!("no answer within {renew_every:?}"),
                     })??;
                 // The entry deleted behind the lease's back (by hand, or by another
-                // instance of the workload that stopped): written again. One that
-                // another instance of the name wrote since is left to it.
-                let (_, kv) = etcd.get(key.as_bytes()).await?;
+                // instance of the workload that stopped): written again.
+                let (_, kv) = quick.get(key.as_bytes()).await?;
                 if kv.is_none() {
-                    put_entry(&etcd, &key, &claim, &entry, id).await?;
+                    put_entry(&quick, &key, &claim, &entry, id).await?;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(renew_every) => {}
@@ -238,7 +239,13 @@ async fn keep_registered(
                     lease = None;
                 }
                 let _ = registered.send(false);
-                tracing::warn!(%key, error = %e, "workload registration lost; registering again");
+                // Warned once per loss, not at every retry while etcd is away.
+                if !warned {
+                    tracing::warn!(%key, error = %e, "workload registration lost; registering again");
+                    warned = true;
+                } else {
+                    tracing::debug!(%key, error = %e, "registering again");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => break,

@@ -145,6 +145,30 @@ impl EtcdSource {
         Ok(())
     }
 
+    /// Applies the watch's batches that are already received, without waiting for more.
+    async fn take_ready(&mut self) {
+        loop {
+            let Some(watch) = self.watch.as_mut() else {
+                return;
+            };
+            // Polled once: a batch already there, else nothing (the stream keeps what
+            // it was reading; `next` is cancel-safe).
+            match tokio::time::timeout(Duration::ZERO, watch.next()).await {
+                Ok(Ok(batch)) => {
+                    self.apply(batch.events, batch.revision);
+                }
+                // The watch ended: the next call watches again from the revision the
+                // keys are at (or reads everything again after a compaction).
+                Ok(Err(e)) => {
+                    self.reread |= matches!(e, EtcdError::Compacted { .. });
+                    self.watch = None;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Applies a watch's events to the keys; whether configuration keys changed.
     /// `revision` is the header's: for a progress notification (no events), every change
     /// up to it was sent; a batch of events goes up to its last event only (a watch still
@@ -344,6 +368,11 @@ impl EtcdSource {
                     self.backoff = BACKOFF_START;
                     self.last_warning = None;
                     if self.apply(batch.events, batch.revision) {
+                        // Changes already waiting are taken too: a process that fell
+                        // behind (a large configuration takes a while to check and
+                        // compile) goes to the latest state at once, not through every
+                        // state in between.
+                        self.take_ready().await;
                         return Ok(self.deliver());
                     }
                 }
