@@ -13,6 +13,10 @@
 //! - [`telemetry`]: Istio's standard metrics, Envoy's access logs and spans, recorded once
 //!   per request and side when the response ends; OTLP export; the mesh graph.
 //! - [`admin`]: the clusters as Envoy's admin `/clusters` shows them.
+//! - [`source`]: where the configuration comes from (a watched directory, etcd) and the
+//!   loop that checks and swaps each change in.
+//! - [`etcd`]: a small etcd v3 client, the configuration's keys in etcd, and workloads
+//!   registering themselves under leases.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

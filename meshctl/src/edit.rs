@@ -40,9 +40,9 @@ pub(crate) struct EditArgs {
 pub(crate) struct Target {
     #[command(flatten)]
     store: StoreArg,
-    /// The key prefix of the configuration in etcd.
-    #[arg(long, value_name = "PREFIX", default_value = kv::DEFAULT_PREFIX, requires = "etcd")]
-    prefix: String,
+    /// The key prefix of the configuration in etcd [default: /mesh].
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +72,9 @@ pub(crate) enum Opened {
 impl Target {
     /// Reads the configuration.
     pub(crate) fn open(&self) -> Result<Opened, Box<dyn std::error::Error>> {
+        if self.prefix.is_some() && self.store.etcd.is_none() {
+            return Err("--prefix is a key prefix in etcd: it needs --etcd URL".into());
+        }
         match (&self.store.config, &self.store.etcd) {
             (Some(dir), _) => Ok(Opened::Dir(ConfigDir::open(dir)?)),
             (None, Some(url)) => {
@@ -79,7 +82,7 @@ impl Target {
                     .enable_all()
                     .build()?;
                 let etcd = Etcd::new(url)?;
-                let store = runtime.block_on(etcd_store::read(&etcd, &self.prefix))?;
+                let store = runtime.block_on(etcd_store::read(&etcd, self.prefix()))?;
                 Ok(Opened::Etcd {
                     etcd,
                     store,
@@ -90,12 +93,20 @@ impl Target {
         }
     }
 
+    /// The key prefix (`--prefix`, else `/mesh`).
+    fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(kv::DEFAULT_PREFIX)
+    }
+
     /// `DIR`, or `etcd at URL under PREFIX`, for messages.
     pub(crate) fn describe(&self) -> String {
         match (&self.store.config, &self.store.etcd) {
             (Some(dir), _) => dir.display().to_string(),
             (None, Some(url)) => {
-                format!("etcd at {url} under {}", kv::normalize_prefix(&self.prefix))
+                format!(
+                    "etcd at {url} under {}",
+                    kv::normalize_prefix(self.prefix())
+                )
             }
             (None, None) => String::new(),
         }
@@ -260,8 +271,8 @@ fn plan_error(e: StoreError) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
 /// `meshctl apply`.
 pub(crate) fn apply(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let sources = read_sources(&args.files)?;
     let dir = args.target.open()?;
+    let sources = read_sources(&args.files)?;
     let plan = match dir.plan_apply(&sources) {
         Ok(p) => p,
         Err(e) => return plan_error(e),
@@ -301,6 +312,7 @@ pub(crate) fn apply(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Err
 /// the exit status 1; the other resources are deleted all the same. A kind the mesh does
 /// not read at all (a `Deployment`) is ignored with a warning, as the loader ignores it.
 pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let dir = args.target.open()?;
     let sources = read_sources(&args.files)?;
     let mut keys = Vec::new();
     let mut yaml_errors = Vec::new();
@@ -351,7 +363,6 @@ pub(crate) fn delete(args: &EditArgs) -> Result<ExitCode, Box<dyn std::error::Er
         }
         return Ok(ExitCode::from(EXIT_ERRORS));
     }
-    let dir = args.target.open()?;
     let plan = match dir.plan_delete(&keys) {
         Ok(p) => p,
         Err(e) => return plan_error(e),

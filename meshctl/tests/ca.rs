@@ -102,6 +102,32 @@ async fn a_root_then_workload_certificates_in_istio_layout() {
     assert_eq!(lifetime.as_secs(), 2 * 3600 + 60);
     assert_eq!(current.roots(), 1);
 
+    // A key of another root beside this root's certificate: refused, naming the mismatch.
+    let other = dir.path().join("other");
+    assert!(
+        meshctl(&["ca", "create-root", "--out", other.to_str().unwrap()])
+            .status
+            .success()
+    );
+    std::fs::copy(other.join("root-key.pem"), root.join("root-key.pem")).unwrap();
+    let out = meshctl(&[
+        "ca",
+        "issue",
+        "--root",
+        root_s,
+        "--service-account",
+        "x",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not belong to the root certificate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("x").exists(), "nothing written");
+
     // Without the root's key, nothing is issued.
     std::fs::remove_file(root.join("root-key.pem")).unwrap();
     let out = meshctl(&[

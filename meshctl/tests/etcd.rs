@@ -161,8 +161,19 @@ fn an_unreachable_etcd_is_a_usage_error_naming_it() {
     let out = meshctl(&["get", "vs", "--etcd", &url]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains(&url), "{}", text(&out.stderr));
-    let out = meshctl(&["get", "vs", "--prefix", "/x"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().to_str().unwrap();
+    let out = meshctl(&["get", "vs", "--config", config, "--prefix", "/x"]);
     assert_eq!(out.status.code(), Some(2), "--prefix without --etcd");
+    assert!(
+        text(&out.stderr).contains("--etcd"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = meshctl(&["get", "vs", "--config", config, "--etcd", &url]);
+    assert_eq!(out.status.code(), Some(2), "--config and --etcd");
+    let out = meshctl(&["get", "vs", "--config", config]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 /// The reviews DestinationRule without subset v3, and a VirtualService sending everything

@@ -221,7 +221,7 @@ async fn fault_injection_delay() {
     demo.apply(&sample("virtual-service-all-v1.yaml")).await;
     demo.apply(&sample("virtual-service-reviews-test-v2.yaml"))
         .await;
-    demo.apply_text(
+    demo.apply_settled(
         "virtual-service-ratings-test-delay.yaml (scaled)",
         &scaled_delay_sample(),
     )

@@ -74,6 +74,18 @@ async fn bookinfo_follows_its_configuration_in_etcd() {
             .source()
             .starts_with("etcd at http://127.0.0.1:")
     );
+    // The configuration it started with is cached at once, before any change.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(cache.path().join("cache.json"))
+        .unwrap_or_default()
+        .contains("/mesh/networking.istio.io/Gateway/default/bookinfo-gateway")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first configuration was not cached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let first = demo.page(None).await;
     assert!(first.podname.is_some(), "{first:?}");
 
@@ -104,9 +116,19 @@ async fn bookinfo_follows_its_configuration_in_etcd() {
     for _ in 0..10 {
         assert_eq!(demo.page(None).await.podname.as_deref(), Some("reviews-v3"));
     }
-    // The accepted configuration is cached.
-    let cached = std::fs::read_to_string(cache.path().join("cache.json")).unwrap();
-    assert!(cached.contains("/mesh/networking.istio.io/VirtualService/default/reviews"));
+    // The accepted configuration is cached (written in the background).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cached = std::fs::read_to_string(cache.path().join("cache.json")).unwrap_or_default();
+        if cached.contains("/mesh/networking.istio.io/VirtualService/default/reviews") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the configuration was not cached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // An invalid value written behind meshctl's back: rejected, naming its key; v3 stays.
     let client = Etcd::new(&server.url()).unwrap();

@@ -1,8 +1,9 @@
-//! `bookinfo`: Istio's Bookinfo demo in one process.
+//! `bookinfo`: Istio's Bookinfo demo.
 //!
-//! Starts the six workloads of `config/workloads.yaml`, the ingress gateway of
-//! `config/bookinfo-gateway.yaml` and the admin endpoint, prints the product page's URL,
-//! and applies every change to the configuration directory until Ctrl-C.
+//! Starts the six workloads of `config/workloads.yaml` (or those `--workload` names), the
+//! ingress gateway of `config/bookinfo-gateway.yaml` and the admin endpoint, prints the
+//! product page's URL, and applies every change to the configuration (the directory, or
+//! etcd with `--etcd`) until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,6 +122,12 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Stopping signals are listened to before anything starts: a SIGTERM arriving while
+    // the workloads start (and register) still stops them cleanly.
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
     // The listeners' and pools' default bounds follow the descriptor limit: the most the
     // process may open.
     let descriptors = mesh_tower::transport::accept::raise_descriptor_limit();
@@ -212,15 +219,15 @@ async fn main() -> ExitCode {
     // Ctrl-C, or SIGTERM as a process manager stops a process: both shut down cleanly
     // (deregistered first, then drained).
     let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+        match terminate.as_mut() {
+            Some(s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
     };
     tokio::select! {
-        r = tokio::signal::ctrl_c() => {
+        r = &mut interrupt => {
             if let Err(e) = r {
                 eprintln!("bookinfo: cannot wait for Ctrl-C: {e}");
             }

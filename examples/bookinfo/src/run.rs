@@ -500,6 +500,8 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let source_name = source.describe();
     let set = source.load().await?;
     let snapshot = checked(set, &source_name)?;
+    // The first configuration is in force too: cached (etcd) like every later one.
+    source.accepted();
     let runtime = MeshRuntime::from_snapshot(&snapshot);
     runtime.set_access_log_sink(opts.access_log.take());
     let metrics_exporter = match opts.otlp.take() {

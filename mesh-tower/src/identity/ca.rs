@@ -81,6 +81,15 @@ impl CertificateAuthority {
             .map_err(|e| IdentityError::Material(format!("the root's private key: {e}")))?;
         let root = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| IdentityError::Material(format!("the root certificate: {e}")))?;
+        // The key must be the certificate's: a certificate carries its public key as it
+        // is, so the key's public bytes are found in it or the two belong to different
+        // roots (whose certificates would then verify against neither).
+        let public = key.public_key_raw();
+        if public.is_empty() || !root.windows(public.len()).any(|w| w == public) {
+            return Err(IdentityError::Material(
+                "the root's private key does not belong to the root certificate".into(),
+            ));
+        }
         let issuer = Issuer::from_ca_cert_der(&root, key)
             .map_err(|e| IdentityError::Material(format!("the root certificate: {e}")))?;
         Ok(CertificateAuthority {

@@ -118,6 +118,11 @@ impl ConfigSource for DirSource {
     }
 
     async fn load(&mut self) -> Result<ConfigSet, SourceError> {
+        // A directory that cannot be read says why as the loader says it, before the
+        // watcher would (with a less helpful message).
+        if !self.dir.is_dir() {
+            return self.read().await;
+        }
         // Watching starts before the first read: a change made while it is read is seen
         // (at worst, read twice).
         if self.watch && self.watcher.is_none() {

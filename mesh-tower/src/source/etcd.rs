@@ -127,12 +127,19 @@ impl EtcdSource {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
-    fn deliver(&mut self) -> ConfigSet {
+    /// The configuration of the keys as they are now: parsed on a blocking thread (a
+    /// large configuration takes seconds to parse, which must not hold a worker of the
+    /// runtime that serves requests).
+    async fn deliver(&mut self) -> ConfigSet {
         let Some(store) = &self.store else {
             return ConfigSet::new();
         };
         self.delivered = store.revision();
-        store.config_set_with(&self.local.entries())
+        let store = store.clone();
+        let local = self.local.entries();
+        tokio::task::spawn_blocking(move || store.config_set_with(&local))
+            .await
+            .unwrap_or_default()
     }
 
     /// Reads everything, once.
@@ -229,25 +236,36 @@ impl EtcdSource {
         if self.cached == store.revision() {
             return;
         }
-        let keys: Vec<serde_json::Value> = store
-            .all_keys()
-            .into_iter()
-            .map(|(key, value, mod_revision)| {
-                serde_json::json!({"key": key, "value": value, "modRevision": mod_revision})
-            })
-            .collect();
-        let value = serde_json::json!({
-            "prefix": self.prefix,
-            "revision": store.revision(),
-            "keys": keys,
-        });
-        match write_atomically(path, value.to_string().as_bytes()) {
-            Ok(()) => self.cached = store.revision(),
-            Err(e) => tracing::warn!(
-                cache = %path.display(),
-                error = %e,
-                "cannot cache the configuration from etcd"
-            ),
+        self.cached = store.revision();
+        let (path, store, prefix) = (path.clone(), store.clone(), self.prefix.clone());
+        // Serialized and written on a blocking thread (a large configuration takes a
+        // while); a failure is logged, and the next accepted configuration tries again.
+        let write = move || {
+            let keys: Vec<serde_json::Value> = store
+                .all_keys()
+                .into_iter()
+                .map(|(key, value, mod_revision)| {
+                    serde_json::json!({"key": key, "value": value, "modRevision": mod_revision})
+                })
+                .collect();
+            let value = serde_json::json!({
+                "prefix": prefix,
+                "revision": store.revision(),
+                "keys": keys,
+            });
+            if let Err(e) = write_atomically(&path, value.to_string().as_bytes()) {
+                tracing::warn!(
+                    cache = %path.display(),
+                    error = %e,
+                    "cannot cache the configuration from etcd"
+                );
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(write);
+            }
+            Err(_) => write(),
         }
     }
 }
@@ -276,7 +294,7 @@ impl ConfigSource for EtcdSource {
         let mut warned = false;
         loop {
             match self.read_all().await {
-                Ok(()) => return Ok(self.deliver()),
+                Ok(()) => return Ok(self.deliver().await),
                 Err(e) if e.is_unavailable() => {
                     if let Some(cached) = self.read_cache() {
                         tracing::warn!(
@@ -289,7 +307,7 @@ impl ConfigSource for EtcdSource {
                         self.cached = cached.revision();
                         self.store = Some(cached);
                         self.reread = true;
-                        return Ok(self.deliver());
+                        return Ok(self.deliver().await);
                     }
                     if !warned {
                         tracing::warn!(
@@ -315,7 +333,7 @@ impl ConfigSource for EtcdSource {
         match from_etcd {
             Some(delivered) => delivered,
             // A workload of this process registered or deregistered.
-            None => Ok(self.deliver()),
+            None => Ok(self.deliver().await),
         }
     }
 
@@ -332,7 +350,7 @@ impl EtcdSource {
                 match self.read_all().await {
                     Ok(()) => {
                         tracing::info!(etcd = %self.etcd.endpoints(), "configuration read from etcd");
-                        return Ok(self.deliver());
+                        return Ok(self.deliver().await);
                     }
                     Err(e) => {
                         self.failing(&e, "cannot read the configuration from etcd; retrying");
@@ -373,7 +391,7 @@ impl EtcdSource {
                         // compile) goes to the latest state at once, not through every
                         // state in between.
                         self.take_ready().await;
-                        return Ok(self.deliver());
+                        return Ok(self.deliver().await);
                     }
                 }
                 Err(EtcdError::Compacted { .. }) => {

@@ -136,9 +136,11 @@ impl Demo {
         }
     }
 
+    /// `meshctl apply -f file`, then waits until the demo runs what it holds (not just
+    /// any new version: a reload still pending from an earlier change may come first).
     pub async fn apply(&self, file: &Path) {
         let text = std::fs::read_to_string(file).unwrap();
-        self.apply_text(&file.display().to_string(), &text).await;
+        self.apply_settled(&file.display().to_string(), &text).await;
     }
 
     /// Waits until the running version is not `before` (at most 15 s: a ceiling for a
