@@ -63,6 +63,21 @@ async fn page_until(
     }
 }
 
+/// Writes Istio's `virtual-service-all-v1.yaml` to etcd and waits (at most 10 s) until
+/// the demo serves every page from reviews-v1.
+async fn all_v1_arrives(server: &EtcdServer, demo: &Demo) {
+    etcd::apply(
+        &server.url(),
+        "/mesh",
+        &[&sample("virtual-service-all-v1.yaml")],
+    )
+    .await;
+    page_until(demo, Duration::from_secs(10), |p| {
+        p.podname.as_deref() == Some("reviews-v1")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookinfo_follows_its_configuration_in_etcd() {
     let server = EtcdServer::start();
@@ -174,16 +189,7 @@ async fn bookinfo_follows_its_configuration_in_etcd() {
     assert!(served > 10, "{served}");
     server.restart();
     // A change made after the restart arrives.
-    etcd::apply(
-        &server.url(),
-        "/mesh",
-        &[&sample("virtual-service-all-v1.yaml")],
-    )
-    .await;
-    page_until(&demo, Duration::from_secs(10), |p| {
-        p.podname.as_deref() == Some("reviews-v1")
-    })
-    .await;
+    all_v1_arrives(&server, &demo).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,14 +302,5 @@ async fn started_while_etcd_is_down_from_the_cached_configuration() {
     .await;
     // etcd back: it is read, and what changes there from then on is followed.
     server.restart();
-    etcd::apply(
-        &server.url(),
-        "/mesh",
-        &[&sample("virtual-service-all-v1.yaml")],
-    )
-    .await;
-    page_until(&demo, Duration::from_secs(10), |p| {
-        p.podname.as_deref() == Some("reviews-v1")
-    })
-    .await;
+    all_v1_arrives(&server, &demo).await;
 }

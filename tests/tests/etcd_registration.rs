@@ -34,6 +34,19 @@ fn entry(port: u16) -> String {
     )
 }
 
+/// Registers `echo-1` at `port` with a lease of `ttl`, as its workload's process does.
+fn register(etcd: &Etcd, port: u16, ttl: Duration) -> Registration {
+    Registration::start(
+        etcd.clone(),
+        "/mesh",
+        "default",
+        "echo-1",
+        entry(port),
+        ttl,
+        None,
+    )
+}
+
 /// A process watching the prefix: its runtime follows every change in the background.
 async fn watcher(url: &str) -> MeshRuntime {
     let mut source = EtcdSource::new(Etcd::new(url).unwrap(), "/mesh");
@@ -91,15 +104,7 @@ async fn registrations_come_and_go_in_every_process() {
     assert_eq!(answer(&a).await, (200, "static".into()));
 
     let ttl = Duration::from_secs(2);
-    let reg = Registration::start(
-        etcd.clone(),
-        "/mesh",
-        "default",
-        "echo-1",
-        entry(registered.port()),
-        ttl,
-        None,
-    );
+    let reg = register(&etcd, registered.port(), ttl);
     assert!(reg.registered(Duration::from_secs(5)).await);
     for p in [&a, &b] {
         until(p, Duration::from_secs(2), (200, "registered")).await;
@@ -114,15 +119,7 @@ async fn registrations_come_and_go_in_every_process() {
 
     // Registered again, then the process dies (keep-alives stop, nobody revokes): the
     // endpoint stays until the lease expires, then goes.
-    let reg = Registration::start(
-        etcd.clone(),
-        "/mesh",
-        "default",
-        "echo-1",
-        entry(registered.port()),
-        ttl,
-        None,
-    );
+    let reg = register(&etcd, registered.port(), ttl);
     assert!(reg.registered(Duration::from_secs(5)).await);
     until(&a, Duration::from_secs(2), (200, "registered")).await;
     let died = Instant::now();
@@ -136,15 +133,7 @@ async fn registrations_come_and_go_in_every_process() {
     assert!(gone < ttl + Duration::from_secs(3), "gone after {gone:?}");
 
     // A registration survives etcd restarting: once etcd is back it is there again.
-    let reg = Registration::start(
-        etcd.clone(),
-        "/mesh",
-        "default",
-        "echo-1",
-        entry(registered.port()),
-        ttl,
-        None,
-    );
+    let reg = register(&etcd, registered.port(), ttl);
     assert!(reg.registered(Duration::from_secs(5)).await);
     until(&b, Duration::from_secs(2), (200, "registered")).await;
     server.stop();

@@ -443,13 +443,7 @@ impl KvStore {
                 }
             })
             .collect();
-        out.sort_by(|a, b| {
-            (a.resource.namespace(), a.resource.name(), a.resource.kind()).cmp(&(
-                b.resource.namespace(),
-                b.resource.name(),
-                b.resource.kind(),
-            ))
-        });
+        super::sort_listed(&mut out);
         out
     }
 

@@ -48,13 +48,7 @@ impl ConfigDir {
                 text,
             });
         }
-        out.sort_by(|a, b| {
-            (a.resource.namespace(), a.resource.name(), a.resource.kind()).cmp(&(
-                b.resource.namespace(),
-                b.resource.name(),
-                b.resource.kind(),
-            ))
-        });
+        super::sort_listed(&mut out);
         out
     }
 }

@@ -274,6 +274,17 @@ pub struct SourceKeys {
     pub yaml_errors: Vec<Diagnostic>,
 }
 
+/// Sorts listed resources as `kubectl get` lists them: by namespace, name and kind.
+fn sort_listed(items: &mut [Listed]) {
+    items.sort_by(|a, b| {
+        (a.resource.namespace(), a.resource.name(), a.resource.kind()).cmp(&(
+            b.resource.namespace(),
+            b.resource.name(),
+            b.resource.kind(),
+        ))
+    });
+}
+
 /// `virtualservice.networking.istio.io`: a kind as `kubectl` names it in its output.
 pub fn qualified_kind(kind: Kind) -> String {
     format!("{}.{}", kind.as_str().to_ascii_lowercase(), kind.group())
