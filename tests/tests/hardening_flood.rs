@@ -173,7 +173,10 @@ async fn an_h2_flood_is_served_within_the_descriptor_bound_and_memory_comes_back
         max_fds.load(Ordering::Relaxed),
         max_rss.load(Ordering::Relaxed)
     );
-    assert!(counts.total >= 500, "too few requests to judge: {text}");
+    // Every connection and stream was opened whatever the machine's speed; how many
+    // pages complete in 10 s is not (a busy 2-core machine completed under 500 in a
+    // debug build), so this only asks that enough finished to count the failures.
+    assert!(counts.total >= 200, "too few requests to judge: {text}");
     let bad = counts.total - counts.status_2xx;
     assert!(
         bad * 100 < counts.total,
