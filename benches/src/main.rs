@@ -97,6 +97,10 @@ struct PropagationArgs {
     /// Follower processes.
     #[arg(long, default_value_t = 3)]
     followers: usize,
+    /// Write workloads registering and going away (endpoint changes) instead of
+    /// VirtualService changes.
+    #[arg(long)]
+    registrations: bool,
 }
 
 /// Options of `follow`.
@@ -401,6 +405,7 @@ fn main() -> ExitCode {
                 args.services,
                 args.changes,
                 args.followers,
+                args.registrations,
             ))
             .map(|()| ExitCode::SUCCESS)
         }),

@@ -4,8 +4,10 @@
 //! follower processes (`mesh-bench follow`, this binary) watch it, each checking,
 //! compiling and swapping in every change as a workload process does, and print the
 //! revision and the wall-clock time each configuration went into force; the leader
-//! writes 100 changes (a VirtualService's weights), 50 ms apart, and matches the times.
-//! Wall clocks of one machine: the latencies are from the write's answer to the swap.
+//! writes 100 changes (a VirtualService's weights; with `--registrations`, workloads of
+//! reviews registering and going away, which followers apply as endpoint changes only),
+//! 50 ms apart, and matches the times. Wall clocks of one machine: the latencies are
+//! from the write's answer to the swap.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -14,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use mesh_tower::etcd::Etcd;
-use mesh_tower::source::{ConfigSource, EtcdSource};
+use mesh_tower::source::{ConfigSource, EtcdSource, Offered, offer};
 
 /// The follower processes, killed when dropped (also when the run fails midway).
 struct Followers(Vec<std::process::Child>);
@@ -44,19 +46,26 @@ pub(crate) async fn follow(url: &str, prefix: &str) -> Result<()> {
         .snapshot
         .context("the configuration in etcd has errors")?;
     let runtime = mesh_tower::MeshRuntime::from_snapshot(&snapshot);
+    source.accepted();
     let _client = runtime.workload(mesh_tower::Workload::new("follower", "default"));
     println!("ready {}", source.revision());
     loop {
-        let set = source.next().await?;
-        if let Some(s) = set.check().snapshot {
-            runtime.update(&s);
+        // As `drive` does it (endpoint changes applied incrementally), inline.
+        let delivered = source.next().await;
+        if let Offered::Applied(_) = offer(&runtime, delivered) {
+            source.accepted();
             println!("applied {} {}", source.revision(), now_micros());
         }
     }
 }
 
 /// The leader (see the module documentation); prints a Markdown table.
-pub(crate) async fn run(services: usize, changes: usize, followers: usize) -> Result<()> {
+pub(crate) async fn run(
+    services: usize,
+    changes: usize,
+    followers: usize,
+    registrations: bool,
+) -> Result<()> {
     let server = mesh_tests::etcd::EtcdServer::start();
     let url = server.url();
     let config =
@@ -111,6 +120,35 @@ pub(crate) async fn run(services: usize, changes: usize, followers: usize) -> Re
     }
     let mut written: Vec<(i64, u128)> = Vec::new();
     for n in 0..changes {
+        if registrations {
+            // reviews-r<k> registers (even n), then goes away (odd n).
+            let name = format!("reviews-r{}", (n / 2) % 5);
+            let key = format!("/mesh/registry/default/{name}");
+            let revision = if n % 2 == 0 {
+                let entry = format!(
+                    "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  address: 127.0.0.{}\n  labels: {{app: reviews, version: v1}}\n  serviceAccount: bookinfo-reviews\n",
+                    10 + (n / 2) % 5
+                );
+                etcd.put(key.as_bytes(), entry.as_bytes(), 0).await?
+            } else {
+                // A transaction, whose answer says the revision of the delete.
+                use mesh_tower::etcd::proto::{DeleteRangeRequest, Op, RequestOp, TxnRequest};
+                let txn = TxnRequest {
+                    compare: Vec::new(),
+                    success: vec![RequestOp {
+                        request: Some(Op::DeleteRange(DeleteRangeRequest {
+                            key: key.into_bytes(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: Vec::new(),
+                };
+                etcd.txn(txn).await?.header.map_or(0, |h| h.revision)
+            };
+            written.push((revision, now_micros()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         let w = n % 100;
         let vs = format!(
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: {w}}}\n    - {{destination: {{host: reviews, subset: v2}}, weight: {}}}\n",
@@ -179,7 +217,12 @@ pub(crate) async fn run(services: usize, changes: usize, followers: usize) -> Re
         latencies[i] as f64 / 1000.0
     };
     println!(
-        "Propagation: {changes} changes written to etcd, {followers} follower processes, Bookinfo{}\n",
+        "Propagation: {changes} {} written to etcd, {followers} follower processes, Bookinfo{}\n",
+        if registrations {
+            "registrations and deregistrations"
+        } else {
+            "VirtualService changes"
+        },
         if services > 0 {
             format!(" + {services} services (10 endpoints each, a VirtualService each)")
         } else {

@@ -1,8 +1,10 @@
 //! `mesh-bench scale`: the cost of a large configuration — 10 000 services with 100 000
 //! endpoints (WorkloadEntries, ten per service) and 10 000 VirtualServices by default —
 //! loaded, checked, compiled and swapped into a runtime; then an endpoint change applied
-//! (today by the same full path: there is no incremental one yet). `mesh-bench
-//! propagation` measures changes written to etcd until follower processes have them.
+//! by that full path, and endpoint changes applied incrementally
+//! (`MeshRuntime::update_workloads`, as a workload registering or going away is).
+//! `mesh-bench propagation` measures changes written to etcd until follower processes
+//! have them.
 //!
 //! Times are wall-clock on this machine (shared and noisy): the figures are orders of
 //! magnitude against the bounds (1 s, 10 ms), not precise measures. Peak memory
@@ -177,6 +179,73 @@ pub(crate) fn run(size: Size) -> Result<()> {
     });
     if !applied {
         anyhow::bail!("the endpoint change was rejected");
+    }
+    // Endpoint changes applied incrementally: a workload of svc-<i> moves, a new one
+    // registers, then goes away; 100 rounds over different services.
+    let entry = |name: &str, app: &str, address: &str| {
+        let mut one = ConfigSet::new();
+        one.add_str(
+            "registered.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec:\n  address: {address}\n  ports: {{http: 8080}}\n  labels: {{app: {app}, version: v1}}\n"
+            ),
+        );
+        match one.resources() {
+            [mesh_config::model::AnyResource::WorkloadEntry(we)] => Ok(we.clone()),
+            _ => Err(anyhow::anyhow!("not one WorkloadEntry")),
+        }
+    };
+    let change = |name: &str, entry| mesh_config::registry::WorkloadChange {
+        namespace: "default".into(),
+        name: name.into(),
+        entry,
+    };
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    reset_peak();
+    let rounds = 100usize;
+    for round in 0..rounds {
+        let svc = (round * 97) % size.services;
+        let app = format!("svc-{svc}");
+        let moved = entry(
+            &format!("svc-{svc}-0"),
+            &app,
+            &format!("10.254.{}.{}", round / 250, round % 250),
+        )?;
+        let added = entry(&format!("svc-{svc}-new"), &app, "10.253.0.1")?;
+        let steps = [
+            change(&format!("svc-{svc}-0"), Some(moved)),
+            change(&format!("svc-{svc}-new"), Some(added)),
+            change(&format!("svc-{svc}-new"), None),
+        ];
+        for (i, c) in steps.into_iter().enumerate() {
+            let start = Instant::now();
+            let applied = runtime.update_workloads(std::slice::from_ref(&c));
+            times[i].push(start.elapsed());
+            if applied.workload_entries().len()
+                != size.services * size.endpoints_per_service + usize::from(i == 1)
+            {
+                anyhow::bail!("endpoint change {i} of round {round} was not applied");
+            }
+        }
+    }
+    for (name, t) in [
+        "incremental endpoint change: a workload moves",
+        "incremental endpoint change: a workload registers",
+        "incremental endpoint change: a workload goes away",
+    ]
+    .iter()
+    .zip(times.iter_mut())
+    {
+        t.sort();
+        let p = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "| {name} (median / p99 / max of {rounds}) | {:.2} / {:.2} / {:.2} ms | {:.0} MiB | {:.0} MiB |",
+            ms(p(0.5)),
+            ms(p(0.99)),
+            ms(t[t.len() - 1]),
+            mib(peak_rss()),
+            mib(rss())
+        );
     }
     Ok(())
 }

@@ -96,11 +96,12 @@ pub fn analyze(input: &Input<'_>, out: &mut Vec<Diagnostic>) {
             ),
         ));
     }
-    let workloads = crate::registry::WorkloadIndex::new(input.workload_entries);
     for se in input.service_entries {
         if let Some(sel) = &se.spec.workload_selector {
-            let found = workloads
-                .selected(input.workload_entries, se.namespace(), &sel.labels)
+            let found = input
+                .registry
+                .workloads()
+                .selected(se.namespace(), &sel.labels)
                 .next()
                 .is_some();
             if !found && !sel.labels.is_empty() {

@@ -144,65 +144,192 @@ pub struct Registry {
     services: Vec<Arc<Service>>,
     merges: Vec<Merge>,
     /// Indexes of `services` by exact (non-wildcard) host, in load order.
-    exact: HashMap<String, Vec<usize>>,
+    exact: Arc<HashMap<String, Vec<usize>>>,
     /// Indexes of the services whose host is a wildcard, in load order.
-    wildcards: Vec<usize>,
+    wildcards: Arc<[usize]>,
+    /// Per service, the ServiceEntries that define it (indexes in load order; the first
+    /// one's ports and resolution are the service's).
+    sources: Arc<[Box<[u32]>]>,
+    /// The services defined by a ServiceEntry with a workload selector, by the
+    /// selector's first label (`namespace\0key\0value`; `namespace` alone for an empty
+    /// selector): a WorkloadEntry can only be selected through one of its own labels.
+    selecting: Arc<HashMap<String, Vec<u32>>>,
+    /// The WorkloadEntries.
+    workloads: WorkloadSet,
+    /// The ServiceEntries it was built from, in load order.
+    entries: Entries,
 }
 
-/// WorkloadEntries by namespace and by label, to find those a selector selects without
-/// testing every one (a mesh of 100 000 endpoints has as many entries).
-#[derive(Debug, Default)]
-pub struct WorkloadIndex {
-    /// Indexes of the entries of each namespace, in load order.
-    by_namespace: HashMap<String, Vec<usize>>,
-    /// Indexes of the entries of each (namespace, label key, label value), in load order.
-    by_label: HashMap<(String, String, String), Vec<usize>>,
+/// ServiceEntries, compared by name and spec.
+#[derive(Debug, Clone, Default)]
+struct Entries(Arc<[Arc<Resource<ServiceEntry>>]>);
+
+impl std::ops::Deref for Entries {
+    type Target = [Arc<Resource<ServiceEntry>>];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-impl WorkloadIndex {
-    /// The index of `entries`, by their namespaces and labels.
+impl PartialEq for Entries {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(other.0.iter()).all(|(a, b)| {
+                Arc::ptr_eq(a, b)
+                    || (a.namespace() == b.namespace() && a.name() == b.name() && a.spec == b.spec)
+            })
+    }
+}
+
+/// One WorkloadEntry that appeared, changed or went away: its namespace, its name and
+/// what it is now (`None`: gone). Endpoint changes are applied as these (see
+/// [`Registry::with_workloads`]), without building the registry again.
+#[derive(Debug, Clone)]
+pub struct WorkloadChange {
+    /// The entry's namespace.
+    pub namespace: String,
+    /// The entry's name.
+    pub name: String,
+    /// The entry now, or `None` when it is gone. Its namespace and name are the
+    /// change's.
+    pub entry: Option<Arc<Resource<WorkloadEntry>>>,
+}
+
+/// Entries by name (the order endpoints take within a ServiceEntry).
+type ByName = imbl::OrdMap<Arc<str>, Arc<Resource<WorkloadEntry>>>;
+
+/// The WorkloadEntries of a configuration, by namespace and name and by label, to find
+/// those a selector selects without testing every one (a mesh of 100 000 endpoints has
+/// as many entries). The maps are persistent: a copy costs nothing and a change copies
+/// only its own path, so an endpoint change does not copy the whole set.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadSet {
+    /// Per namespace, its entries by name.
+    by_namespace: imbl::HashMap<Arc<str>, ByName>,
+    /// Per `namespace\0key\0value`, the names of the entries with that label.
+    by_label: imbl::HashMap<Arc<str>, imbl::OrdSet<Arc<str>>>,
+    len: usize,
+}
+
+impl PartialEq for WorkloadSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len
+            && self.by_namespace.iter().all(|(ns, mine)| {
+                other.by_namespace.get(ns).is_some_and(|theirs| {
+                    mine.len() == theirs.len()
+                        && mine.iter().zip(theirs.iter()).all(|((a, x), (b, y))| {
+                            a == b && (Arc::ptr_eq(x, y) || x.spec == y.spec)
+                        })
+                })
+            })
+    }
+}
+
+fn label_key(namespace: &str, key: &str, value: &str) -> String {
+    format!("{namespace}\0{key}\0{value}")
+}
+
+impl WorkloadSet {
+    /// The set of `entries` (the first of a namespace and name wins; loading reports
+    /// duplicates).
     pub fn new(entries: &[Arc<Resource<WorkloadEntry>>]) -> Self {
-        let mut index = WorkloadIndex::default();
-        for (i, we) in entries.iter().enumerate() {
-            let ns = we.namespace().to_string();
-            for (k, v) in &we.spec.labels {
-                index
-                    .by_label
-                    .entry((ns.clone(), k.clone(), v.clone()))
-                    .or_default()
-                    .push(i);
+        let mut set = WorkloadSet::default();
+        for we in entries {
+            if set.get(we.namespace(), we.name()).is_none() {
+                set.insert(we.clone());
             }
-            index.by_namespace.entry(ns).or_default().push(i);
         }
-        index
+        set
     }
 
-    /// Indexes of the entries of `namespace` that `selector` selects, in load order (the
-    /// candidates of its rarest label, each tested against the whole selector).
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True without entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The entry `name` of `namespace`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&Arc<Resource<WorkloadEntry>>> {
+        self.by_namespace.get(namespace)?.get(name)
+    }
+
+    /// Adds `entry`, replacing the one of its namespace and name.
+    pub fn insert(&mut self, entry: Arc<Resource<WorkloadEntry>>) {
+        let (ns, name) = (entry.namespace(), entry.name());
+        self.remove(ns, name);
+        let name: Arc<str> = name.into();
+        for (k, v) in &entry.spec.labels {
+            let key: Arc<str> = label_key(ns, k, v).into();
+            let mut names = self.by_label.get(&key).cloned().unwrap_or_default();
+            names.insert(name.clone());
+            self.by_label.insert(key, names);
+        }
+        let mut entries = self.by_namespace.get(ns).cloned().unwrap_or_default();
+        entries.insert(name, entry.clone());
+        self.by_namespace.insert(ns.into(), entries);
+        self.len += 1;
+    }
+
+    /// Removes the entry `name` of `namespace`, giving it back.
+    pub fn remove(&mut self, namespace: &str, name: &str) -> Option<Arc<Resource<WorkloadEntry>>> {
+        let mut entries = self.by_namespace.get(namespace)?.clone();
+        let old = entries.remove(name)?;
+        if entries.is_empty() {
+            self.by_namespace.remove(namespace);
+        } else {
+            self.by_namespace.insert(namespace.into(), entries);
+        }
+        for (k, v) in &old.spec.labels {
+            let key = label_key(namespace, k, v);
+            if let Some(names) = self.by_label.get(key.as_str()) {
+                let mut names = names.clone();
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_label.remove(key.as_str());
+                } else {
+                    self.by_label.insert(key.into(), names);
+                }
+            }
+        }
+        self.len -= 1;
+        Some(old)
+    }
+
+    /// Every entry, by namespace and then name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource<WorkloadEntry>>> {
+        self.by_namespace.values().flat_map(|m| m.values())
+    }
+
+    /// The entries of `namespace` that `selector` selects, by name (the candidates of
+    /// its rarest label, each tested against the whole selector).
     pub fn selected<'a>(
         &'a self,
-        entries: &'a [Arc<Resource<WorkloadEntry>>],
         namespace: &str,
         selector: &'a Labels,
-    ) -> impl Iterator<Item = usize> + 'a {
-        let candidates: &[usize] = if selector.is_empty() {
-            self.by_namespace.get(namespace).map_or(&[], Vec::as_slice)
-        } else {
-            selector
-                .iter()
-                .map(|(k, v)| {
-                    self.by_label
-                        .get(&(namespace.to_string(), k.clone(), v.clone()))
-                        .map_or(&[][..], Vec::as_slice)
-                })
-                .min_by_key(|c| c.len())
-                .unwrap_or(&[])
+    ) -> Box<dyn Iterator<Item = &'a Arc<Resource<WorkloadEntry>>> + 'a> {
+        let Some(entries) = self.by_namespace.get(namespace) else {
+            return Box::new(std::iter::empty());
         };
-        candidates.iter().copied().filter(move |&i| {
-            entries
-                .get(i)
-                .is_some_and(|we| selects(selector, &we.spec.labels))
-        })
+        if selector.is_empty() {
+            return Box::new(entries.values());
+        }
+        let rarest = selector
+            .iter()
+            .map(|(k, v)| self.by_label.get(label_key(namespace, k, v).as_str()))
+            .min_by_key(|c| c.map_or(0, imbl::OrdSet::len));
+        let Some(Some(names)) = rarest else {
+            return Box::new(std::iter::empty());
+        };
+        Box::new(
+            names
+                .iter()
+                .filter_map(move |n| entries.get(n))
+                .filter(move |we| selects(selector, &we.spec.labels)),
+        )
     }
 }
 
@@ -225,18 +352,21 @@ impl Registry {
     ///
     /// ServiceEntries that define one host in one namespace make one service, as in
     /// Istio: their endpoints are combined; the first one's ports, resolution and
-    /// `exportTo` are kept (see [`Registry::merges`]).
+    /// `exportTo` are kept (see [`Registry::merges`]). A service's endpoints are, per
+    /// ServiceEntry, its inline endpoints, then the WorkloadEntries it selects by name.
     pub fn build(
         service_entries: &[Arc<Resource<ServiceEntry>>],
         workload_entries: &[Arc<Resource<WorkloadEntry>>],
         default_export_to: &[String],
     ) -> Registry {
         let mut services: Vec<Service> = Vec::new();
+        let mut sources: Vec<Vec<u32>> = Vec::new();
         // (host, namespace) → index in `services`, for ServiceEntries that merge.
         let mut defined: HashMap<(String, String), usize> = HashMap::new();
         let mut merges = Vec::new();
-        let workloads = WorkloadIndex::new(workload_entries);
-        for se in service_entries {
+        let workloads = WorkloadSet::new(workload_entries);
+        for (sei, se) in service_entries.iter().enumerate() {
+            let sei = u32::try_from(sei).unwrap_or(u32::MAX);
             let ns = se.namespace().to_string();
             let spec = &se.spec;
             let resolution = spec.resolution.unwrap_or_default();
@@ -260,25 +390,6 @@ impl Registry {
                 namespace: ns.clone(),
                 name: se.name().to_string(),
             };
-            let mut endpoints: Vec<Endpoint> = spec
-                .endpoints
-                .iter()
-                .map(|e| endpoint(e, &ns, None))
-                .collect();
-            if let Some(sel) = &spec.workload_selector {
-                for i in workloads.selected(workload_entries, &ns, &sel.labels) {
-                    let we = &workload_entries[i];
-                    endpoints.push(endpoint(
-                        &we.spec,
-                        &ns,
-                        Some(ResourceKey {
-                            kind: Kind::WorkloadEntry,
-                            namespace: ns.clone(),
-                            name: we.name().to_string(),
-                        }),
-                    ));
-                }
-            }
             let export_to = if spec.export_to.is_empty() {
                 default_export_to.to_vec()
             } else {
@@ -286,46 +397,29 @@ impl Registry {
             };
             for h in &spec.hosts {
                 let h = h.to_ascii_lowercase();
-                if let Some(first) = defined
-                    .get(&(h.clone(), ns.clone()))
-                    .and_then(|&i| services.get_mut(i))
+                if let Some(&i) = defined.get(&(h.clone(), ns.clone()))
+                    && let Some(first) = services.get(i)
                 {
-                    let mut all: Vec<Endpoint> = first.endpoints.to_vec();
-                    all.extend(endpoints.iter().cloned());
-                    first.endpoints = Arc::from(all);
                     merges.push(Merge {
                         host: h,
                         first: first.source.clone(),
                         other: key.clone(),
                         differs: first.ports != ports || first.resolution != resolution,
                     });
+                    if let Some(s) = sources.get_mut(i) {
+                        s.push(sei);
+                    }
                     continue;
                 }
-                let eps: Arc<[Endpoint]> = if endpoints.is_empty()
-                    && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
-                    && !host::is_wildcard(&h)
-                {
-                    Arc::from(vec![Endpoint {
-                        address: h.clone(),
-                        ports: BTreeMap::new(),
-                        labels: Labels::new(),
-                        locality: None,
-                        weight: 1,
-                        service_account: "default".into(),
-                        namespace: ns.clone(),
-                        workload: None,
-                    }])
-                } else {
-                    Arc::from(endpoints.clone())
-                };
                 defined.insert((h.clone(), ns.clone()), services.len());
+                sources.push(vec![sei]);
                 services.push(Service {
                     host: h,
                     namespace: ns.clone(),
                     ports: ports.clone(),
                     resolution,
                     location: spec.location.unwrap_or_default(),
-                    endpoints: eps,
+                    endpoints: Arc::from(Vec::new()),
                     export_to: export_to.clone(),
                     source: key.clone(),
                 });
@@ -333,19 +427,119 @@ impl Registry {
         }
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut wildcards = Vec::new();
-        for (i, s) in services.iter().enumerate() {
+        let mut selecting: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, s) in services.iter_mut().enumerate() {
+            let from = sources.get(i).map_or(&[][..], Vec::as_slice);
+            s.endpoints = endpoints_of(s, from, service_entries, &workloads);
             if host::is_wildcard(&s.host) {
                 wildcards.push(i);
             } else {
                 exact.entry(s.host.clone()).or_default().push(i);
             }
+            for &sei in from {
+                if let Some(se) = service_entries.get(sei as usize)
+                    && let Some(sel) = &se.spec.workload_selector
+                {
+                    let key = match sel.labels.iter().next() {
+                        Some((k, v)) => label_key(se.namespace(), k, v),
+                        None => se.namespace().to_string(),
+                    };
+                    let list = selecting.entry(key).or_default();
+                    let i = u32::try_from(i).unwrap_or(u32::MAX);
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
+                }
+            }
         }
         Registry {
             services: services.into_iter().map(Arc::new).collect(),
             merges,
-            exact,
-            wildcards,
+            exact: Arc::new(exact),
+            wildcards: wildcards.into(),
+            sources: sources.into_iter().map(Vec::into_boxed_slice).collect(),
+            selecting: Arc::new(selecting),
+            workloads,
+            entries: Entries(service_entries.into()),
         }
+    }
+
+    /// The registry after `changes` to its WorkloadEntries, and the indexes of the
+    /// services whose endpoints changed: only the services whose ServiceEntries select
+    /// a changed entry (as it was or as it is now) get their endpoints again; every
+    /// other service is shared with `self`. The result is what [`Registry::build`] makes
+    /// of the changed entries.
+    pub fn with_workloads(&self, changes: &[WorkloadChange]) -> (Registry, Vec<usize>) {
+        let service_entries = &self.entries;
+        let mut next = self.clone();
+        let mut affected = std::collections::BTreeSet::new();
+        for change in changes {
+            let old = next.workloads.remove(&change.namespace, &change.name);
+            for we in old.iter().chain(change.entry.iter()) {
+                self.selecting_services(we, &mut affected);
+            }
+            if let Some(we) = &change.entry {
+                next.workloads.insert(we.clone());
+            }
+        }
+        for &i in &affected {
+            let from = self.sources.get(i).map_or(&[][..], |s| &s[..]);
+            if let Some(slot) = next.services.get_mut(i) {
+                let mut service = (**slot).clone();
+                service.endpoints = endpoints_of(&service, from, service_entries, &next.workloads);
+                *slot = Arc::new(service);
+            }
+        }
+        (next, affected.into_iter().collect())
+    }
+
+    /// The services with an endpoint of the WorkloadEntry `name` of `namespace` (those
+    /// whose ServiceEntries select it), in load order.
+    pub fn services_of_workload(&self, namespace: &str, name: &str) -> Vec<&Arc<Service>> {
+        let Some(we) = self.workloads.get(namespace, name) else {
+            return Vec::new();
+        };
+        let mut found = std::collections::BTreeSet::new();
+        self.selecting_services(we, &mut found);
+        found
+            .into_iter()
+            .filter_map(|i| self.services.get(i))
+            .collect()
+    }
+
+    /// Adds to `out` the services with a ServiceEntry whose selector selects `we`.
+    fn selecting_services(
+        &self,
+        we: &Resource<WorkloadEntry>,
+        out: &mut std::collections::BTreeSet<usize>,
+    ) {
+        let service_entries = &self.entries;
+        let ns = we.namespace();
+        let candidates = std::iter::once(ns.to_string())
+            .chain(we.spec.labels.iter().map(|(k, v)| label_key(ns, k, v)))
+            .filter_map(|key| self.selecting.get(&key))
+            .flatten();
+        for &i in candidates {
+            let from = self.sources.get(i as usize).map_or(&[][..], |s| &s[..]);
+            let selects_it = from.iter().any(|&sei| {
+                service_entries.get(sei as usize).is_some_and(|se| {
+                    se.namespace() == we.namespace()
+                        && se
+                            .spec
+                            .workload_selector
+                            .as_ref()
+                            .is_some_and(|sel| selects(&sel.labels, &we.spec.labels))
+                })
+            });
+            if selects_it {
+                out.insert(i as usize);
+            }
+        }
+    }
+
+    /// The WorkloadEntries the registry was built from.
+    pub fn workloads(&self) -> &WorkloadSet {
+        &self.workloads
     }
 
     /// The services that may match a host that is not a wildcard: those of that exact
@@ -359,6 +553,19 @@ impl Registry {
         out.extend(self.wildcards.iter().copied());
         out.sort_unstable();
         Some(out)
+    }
+
+    /// The services whose host is exactly `host` (one per namespace), in load order.
+    pub fn with_host<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
+        let indexes: &[usize] = if host::is_wildcard(host) {
+            &self.wildcards
+        } else {
+            self.exact.get(host).map_or(&[], Vec::as_slice)
+        };
+        indexes
+            .iter()
+            .filter_map(|&i| self.services.get(i))
+            .filter(move |s| s.host == host)
     }
 
     /// ServiceEntries merged into an earlier one with the same host and namespace.
@@ -446,4 +653,57 @@ fn endpoint(we: &WorkloadEntry, namespace: &str, workload: Option<ResourceKey>) 
         namespace: namespace.to_string(),
         workload,
     }
+}
+
+/// A service's endpoints: per ServiceEntry that defines it (`sources`, indexes in
+/// `service_entries`), its inline endpoints, then the WorkloadEntries of its namespace
+/// that it selects, by name. A DNS service whose first ServiceEntry gives none resolves
+/// its own host.
+fn endpoints_of(
+    service: &Service,
+    sources: &[u32],
+    service_entries: &[Arc<Resource<ServiceEntry>>],
+    workloads: &WorkloadSet,
+) -> Arc<[Endpoint]> {
+    let mut out: Vec<Endpoint> = Vec::new();
+    for (k, &sei) in sources.iter().enumerate() {
+        let Some(se) = service_entries.get(sei as usize) else {
+            continue;
+        };
+        let ns = se.namespace();
+        out.extend(se.spec.endpoints.iter().map(|e| endpoint(e, ns, None)));
+        if let Some(sel) = &se.spec.workload_selector {
+            for we in workloads.selected(ns, &sel.labels) {
+                out.push(endpoint(
+                    &we.spec,
+                    ns,
+                    Some(ResourceKey {
+                        kind: Kind::WorkloadEntry,
+                        namespace: ns.to_string(),
+                        name: we.name().to_string(),
+                    }),
+                ));
+            }
+        }
+        if k == 0
+            && out.is_empty()
+            && matches!(
+                service.resolution,
+                Resolution::Dns | Resolution::DnsRoundRobin
+            )
+            && !host::is_wildcard(&service.host)
+        {
+            out.push(Endpoint {
+                address: service.host.clone(),
+                ports: BTreeMap::new(),
+                labels: Labels::new(),
+                locality: None,
+                weight: 1,
+                service_account: "default".into(),
+                namespace: ns.to_string(),
+                workload: None,
+            });
+        }
+    }
+    Arc::from(out)
 }

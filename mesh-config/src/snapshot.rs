@@ -13,20 +13,19 @@ use crate::diag::{Code, Diagnostic, Severity};
 use crate::load::ConfigSet;
 use crate::model::*;
 use crate::path::FieldPath;
-use crate::registry::Registry;
+use crate::registry::{Registry, WorkloadChange};
 use crate::validate;
 
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
+/// What an endpoint change leaves as it is: every kind but WorkloadEntries, the mesh
+/// settings, and the DestinationRules' index.
 #[derive(Debug, Default)]
-struct Inner {
-    version: u64,
-    resources: Vec<AnyResource>,
+struct Kinds {
     virtual_services: Vec<Arc<Resource<VirtualService>>>,
     destination_rules: Vec<Arc<Resource<DestinationRule>>>,
     gateways: Vec<Arc<Resource<Gateway>>>,
     service_entries: Vec<Arc<Resource<ServiceEntry>>>,
-    workload_entries: Vec<Arc<Resource<WorkloadEntry>>>,
     peer_authentications: Vec<Arc<Resource<PeerAuthentication>>>,
     authorization_policies: Vec<Arc<Resource<AuthorizationPolicy>>>,
     request_authentications: Vec<Arc<Resource<RequestAuthentication>>>,
@@ -34,10 +33,25 @@ struct Inner {
     local_rate_limit_policies: Vec<Arc<Resource<LocalRateLimitPolicy>>>,
     telemetries: Vec<Arc<Resource<Telemetry>>>,
     mesh: MeshSettings,
-    registry: Registry,
     rule_index: DestinationRuleIndex,
-    diagnostics: Vec<Diagnostic>,
-    index: std::collections::HashMap<ResourceKey, usize>,
+    /// Every resource but the WorkloadEntries, in load order.
+    others: Vec<AnyResource>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    version: u64,
+    kinds: Arc<Kinds>,
+    /// Every resource: in load order after a whole check; after an endpoint change,
+    /// listed when first asked for (the other kinds in load order, then the
+    /// WorkloadEntries by namespace and name).
+    resources: std::sync::OnceLock<Vec<AnyResource>>,
+    /// The WorkloadEntries, the same way.
+    workload_entries: std::sync::OnceLock<Vec<Arc<Resource<WorkloadEntry>>>>,
+    registry: Registry,
+    diagnostics: Arc<[Diagnostic]>,
+    /// Positions in `resources` by key, built when first asked.
+    index: std::sync::OnceLock<std::collections::HashMap<ResourceKey, usize>>,
 }
 
 /// DestinationRules with their qualified hosts, indexed by exact host: finding the rule
@@ -129,7 +143,7 @@ impl Checked {
 macro_rules! accessors {
     ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
         $($(#[$doc])* pub fn $name(&self) -> &[Arc<Resource<$ty>>] {
-            &self.inner.$name
+            &self.inner.kinds.$name
         })*
     };
 }
@@ -140,9 +154,19 @@ impl Snapshot {
         self.inner.version
     }
 
-    /// Every resource, in load order.
+    /// Every resource, in load order (after an endpoint change
+    /// ([`Snapshot::with_workload_entries`]), the WorkloadEntries come last, by namespace
+    /// and name).
     pub fn resources(&self) -> &[AnyResource] {
-        &self.inner.resources
+        self.inner.resources.get_or_init(|| {
+            let mut all = self.inner.kinds.others.clone();
+            all.extend(
+                self.workload_entries()
+                    .iter()
+                    .map(|w| AnyResource::WorkloadEntry(w.clone())),
+            );
+            all
+        })
     }
 
     accessors! {
@@ -154,8 +178,6 @@ impl Snapshot {
         gateways: Gateway;
         /// ServiceEntries.
         service_entries: ServiceEntry;
-        /// WorkloadEntries.
-        workload_entries: WorkloadEntry;
         /// PeerAuthentications.
         peer_authentications: PeerAuthentication;
         /// AuthorizationPolicies.
@@ -170,9 +192,17 @@ impl Snapshot {
         telemetries: Telemetry;
     }
 
+    /// WorkloadEntries (the static ones and the registered ones alike), in load order
+    /// (after an endpoint change, by namespace and name).
+    pub fn workload_entries(&self) -> &[Arc<Resource<WorkloadEntry>>] {
+        self.inner
+            .workload_entries
+            .get_or_init(|| self.inner.registry.workloads().iter().cloned().collect())
+    }
+
     /// Mesh-wide settings (Istio's defaults unless a MeshConfig sets them).
     pub fn mesh(&self) -> &MeshSettings {
-        &self.inner.mesh
+        &self.inner.kinds.mesh
     }
 
     /// The service registry.
@@ -189,8 +219,15 @@ impl Snapshot {
     pub fn get(&self, key: &ResourceKey) -> Option<&AnyResource> {
         self.inner
             .index
+            .get_or_init(|| {
+                self.resources()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.key(), i))
+                    .collect()
+            })
             .get(key)
-            .and_then(|i| self.inner.resources.get(*i))
+            .and_then(|i| self.resources().get(*i))
     }
 
     /// The DestinationRule that applies to requests from namespace `from` to `host` (fully
@@ -206,8 +243,36 @@ impl Snapshot {
         service_ns: &str,
     ) -> Option<&Arc<Resource<DestinationRule>>> {
         self.inner
+            .kinds
             .rule_index
-            .rule_for(&self.inner.mesh, host, from, service_ns)
+            .rule_for(&self.inner.kinds.mesh, host, from, service_ns)
+    }
+
+    /// The snapshot after `changes` to its WorkloadEntries (registrations coming and
+    /// going), and the indexes of the registry's services whose endpoints changed (see
+    /// [`Registry::with_workloads`]): everything else is shared with `self`, and nothing
+    /// is checked again — each changed entry must have been checked on its own, which is
+    /// all a WorkloadEntry needs (no rule across resources rejects one). The warnings
+    /// stay those of the last whole check. The resources are listed when first asked
+    /// for: the other kinds in load order, then the WorkloadEntries by namespace and
+    /// name.
+    pub fn with_workload_entries(&self, changes: &[WorkloadChange]) -> (Snapshot, Vec<usize>) {
+        let (registry, changed) = self.inner.registry.with_workloads(changes);
+        let inner = Inner {
+            version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
+            kinds: self.inner.kinds.clone(),
+            resources: std::sync::OnceLock::new(),
+            workload_entries: std::sync::OnceLock::new(),
+            registry,
+            diagnostics: self.inner.diagnostics.clone(),
+            index: std::sync::OnceLock::new(),
+        };
+        (
+            Snapshot {
+                inner: Arc::new(inner),
+            },
+            changed,
+        )
     }
 }
 
@@ -216,7 +281,8 @@ impl ConfigSet {
     /// is no error, produces a [`Snapshot`].
     pub fn check(&self) -> Checked {
         let mut diagnostics: Vec<Diagnostic> = self.diagnostics().to_vec();
-        let mut inner = Inner::default();
+        let mut inner = Kinds::default();
+        let mut workload_entries = Vec::new();
         let mut mesh_configs = Vec::new();
         for r in self.resources() {
             validate::validate(r, &mut diagnostics);
@@ -225,7 +291,7 @@ impl ConfigSet {
                 AnyResource::DestinationRule(x) => inner.destination_rules.push(x.clone()),
                 AnyResource::Gateway(x) => inner.gateways.push(x.clone()),
                 AnyResource::ServiceEntry(x) => inner.service_entries.push(x.clone()),
-                AnyResource::WorkloadEntry(x) => inner.workload_entries.push(x.clone()),
+                AnyResource::WorkloadEntry(x) => workload_entries.push(x.clone()),
                 AnyResource::PeerAuthentication(x) => inner.peer_authentications.push(x.clone()),
                 AnyResource::AuthorizationPolicy(x) => inner.authorization_policies.push(x.clone()),
                 AnyResource::RequestAuthentication(x) => {
@@ -258,9 +324,9 @@ impl ConfigSet {
                 );
             }
         }
-        inner.registry = Registry::build(
+        let registry = Registry::build(
             &inner.service_entries,
-            &inner.workload_entries,
+            &workload_entries,
             &inner.mesh.default_service_export_to,
         );
         analyze::analyze(
@@ -269,13 +335,13 @@ impl ConfigSet {
                 destination_rules: &inner.destination_rules,
                 gateways: &inner.gateways,
                 service_entries: &inner.service_entries,
-                workload_entries: &inner.workload_entries,
+                workload_entries: &workload_entries,
                 peer_authentications: &inner.peer_authentications,
                 authorization_policies: &inner.authorization_policies,
                 request_authentications: &inner.request_authentications,
                 telemetries: &inner.telemetries,
                 envoy_filters: &inner.envoy_filters,
-                registry: &inner.registry,
+                registry: &registry,
                 mesh: &inner.mesh,
             },
             &mut diagnostics,
@@ -283,18 +349,23 @@ impl ConfigSet {
         sort(&mut diagnostics);
         let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
         let snapshot = (!has_errors).then(|| {
-            inner.resources = self.resources().to_vec();
-            inner.index = inner
-                .resources
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.key(), i))
-                .collect();
-            inner.diagnostics = diagnostics.clone();
             inner.rule_index = DestinationRuleIndex::new(&inner.destination_rules);
-            inner.version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
+            inner.others = self
+                .resources()
+                .iter()
+                .filter(|r| !matches!(r, AnyResource::WorkloadEntry(_)))
+                .cloned()
+                .collect();
             Snapshot {
-                inner: Arc::new(inner),
+                inner: Arc::new(Inner {
+                    version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
+                    kinds: Arc::new(inner),
+                    resources: self.resources().to_vec().into(),
+                    workload_entries: workload_entries.into(),
+                    registry,
+                    diagnostics: diagnostics.clone().into(),
+                    index: std::sync::OnceLock::new(),
+                }),
             }
         });
         Checked {

@@ -275,14 +275,19 @@ impl ServiceLabels {
 /// The workloads of one name, by namespace.
 type ByNamespace = Vec<(Box<str>, Arc<PeerLabels>)>;
 
+/// A persistent hash map (hashed with foldhash): copied in O(1), changed in O(log n).
+type Persistent<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// The workloads of the configuration (its WorkloadEntries), by name and namespace: the
-/// callers a server can name from their baggage.
-#[derive(Debug, Default)]
+/// callers a server can name from their baggage. Its maps are persistent, so that an
+/// endpoint change ([`PeerIndex::with_services`]) copies only what it changes.
+#[derive(Debug, Default, Clone)]
 pub struct PeerIndex {
     /// By the exact baggage the mesh's clients send (the common case: one lookup).
-    by_baggage: std::collections::HashMap<Box<[u8]>, Arc<PeerLabels>, foldhash::fast::RandomState>,
+    by_baggage: Persistent<Box<[u8]>, Arc<PeerLabels>>,
     /// By name, then namespace.
-    by_name: std::collections::HashMap<Box<str>, ByNamespace, foldhash::fast::RandomState>,
+    by_name: Persistent<Box<str>, ByNamespace>,
     len: usize,
 }
 
@@ -295,18 +300,95 @@ impl PeerIndex {
                 let Some(key) = &e.workload else {
                     continue;
                 };
-                let entries = index.by_name.entry(key.name.as_str().into()).or_default();
-                if !entries.iter().any(|(ns, _)| **ns == *key.namespace) {
-                    let peer = Arc::new(PeerLabels::of_endpoint(e, trust_domain));
-                    index
-                        .by_baggage
-                        .insert(peer.baggage().into_bytes().into(), peer.clone());
-                    entries.push((key.namespace.as_str().into(), peer));
-                    index.len += 1;
+                if index.get(&key.name, &key.namespace).is_none() {
+                    index.add(e, trust_domain);
                 }
             }
         }
         index
+    }
+
+    /// Adds the workload of endpoint `e` (one from a WorkloadEntry).
+    fn add(&mut self, e: &mesh_config::registry::Endpoint, trust_domain: &str) {
+        let Some(key) = &e.workload else {
+            return;
+        };
+        let peer = Arc::new(PeerLabels::of_endpoint(e, trust_domain));
+        self.by_baggage
+            .insert(peer.baggage().into_bytes().into(), peer.clone());
+        let mut entries = self
+            .by_name
+            .get(key.name.as_str())
+            .cloned()
+            .unwrap_or_default();
+        entries.push((key.namespace.as_str().into(), peer));
+        self.by_name.insert(key.name.as_str().into(), entries);
+        self.len += 1;
+    }
+
+    /// Removes the workload `name` of `namespace`.
+    fn remove(&mut self, name: &str, namespace: &str) {
+        let Some(entries) = self.by_name.get(name) else {
+            return;
+        };
+        let mut entries = entries.clone();
+        let Some(at) = entries.iter().position(|(ns, _)| &**ns == namespace) else {
+            return;
+        };
+        let (_, peer) = entries.remove(at);
+        self.by_baggage.remove(peer.baggage().as_bytes());
+        if entries.is_empty() {
+            self.by_name.remove(name);
+        } else {
+            self.by_name.insert(name.into(), entries);
+        }
+        self.len -= 1;
+    }
+
+    /// The index after the endpoints of `registry`'s services `changed` changed (see
+    /// [`mesh_config::registry::Registry::with_workloads`]; `before` is the registry
+    /// `self` was built from): the workloads of those services' endpoints, before and
+    /// after, are looked up again; all others are shared. A workload whose entry changed
+    /// is an endpoint of changed services only, and every endpoint of one entry is the
+    /// same, so the first among the changed services is the one [`PeerIndex::build`]
+    /// would find.
+    pub fn with_services(
+        &self,
+        registry: &mesh_config::registry::Registry,
+        changed: &[usize],
+        before: &mesh_config::registry::Registry,
+        trust_domain: &str,
+    ) -> Self {
+        type First<'a> = std::collections::BTreeMap<
+            &'a mesh_config::model::ResourceKey,
+            &'a mesh_config::registry::Endpoint,
+        >;
+        // Each workload's first endpoint among the changed services, before and after.
+        fn first<'a>(r: &'a mesh_config::registry::Registry, changed: &[usize]) -> First<'a> {
+            let mut out = First::new();
+            for s in changed.iter().filter_map(|&i| r.services().get(i)) {
+                for e in s.endpoints.iter() {
+                    if let Some(k) = &e.workload {
+                        out.entry(k).or_insert(e);
+                    }
+                }
+            }
+            out
+        }
+        let (old, new) = (first(before, changed), first(registry, changed));
+        let mut next = self.clone();
+        for (key, was) in &old {
+            if new.get(key) != Some(was) {
+                next.remove(&key.name, &key.namespace);
+            }
+        }
+        for (key, is) in &new {
+            if old.get(key) != Some(is) {
+                next.remove(&key.name, &key.namespace);
+                next.add(is, trust_domain);
+            }
+        }
+        next
     }
 
     /// The workload `name` in `namespace`, when the configuration has it.
@@ -750,15 +832,8 @@ impl WorkloadTelemetry {
         let baggage = static_header_value(me.baggage());
         let services = mesh
             .registry()
-            .services()
-            .iter()
-            .filter(|s| {
-                s.endpoints.iter().any(|e| {
-                    e.workload.as_ref().is_some_and(|k| {
-                        k.name == workload.name && k.namespace == workload.namespace
-                    })
-                })
-            })
+            .services_of_workload(&workload.namespace, &workload.name)
+            .into_iter()
             .map(|s| Arc::new(ServiceLabels::new(&s.host, &s.namespace)))
             .collect();
         let effective = EffectiveTelemetry::resolve(

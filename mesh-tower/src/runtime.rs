@@ -35,6 +35,8 @@ use crate::transport::pool::Pools;
 /// endpoints' state by cluster.
 #[derive(Debug)]
 pub(crate) struct Generation {
+    /// The configuration compiled.
+    pub(crate) snapshot: Snapshot,
     pub(crate) mesh: Arc<CompiledMesh>,
     /// By workload slot.
     pub(crate) views: Vec<Arc<WorkloadView>>,
@@ -160,6 +162,7 @@ impl MeshRuntime {
         let mesh = Arc::new(CompiledMesh::compile(snapshot));
         let states = Arc::new(EndpointStates::with_worker_pools(options.worker_pools));
         let generation = Generation {
+            snapshot: snapshot.clone(),
             endpoints: states.for_mesh(&mesh),
             clusters: states.clusters_for_mesh(&mesh),
             mesh,
@@ -215,6 +218,7 @@ impl MeshRuntime {
             .map(|(w, role, _)| Arc::new(WorkloadView::compile(mesh.clone(), w.clone(), *role)))
             .collect();
         self.inner.current.store(Arc::new(Generation {
+            snapshot: snapshot.clone(),
             endpoints,
             clusters,
             mesh,
@@ -223,6 +227,54 @@ impl MeshRuntime {
         }));
         self.inner.version.send_replace(snapshot.version());
         drop(registry);
+    }
+
+    /// Applies `changes` to the WorkloadEntries of the configuration in force —
+    /// workloads registering and going away — and gives back the configuration now in
+    /// force. Only the clusters of the services that select a changed entry are built
+    /// again (under the same ids); route tables, policies and every other cluster are
+    /// shared with the configuration in force, and the endpoints' load and connections
+    /// carry over ([`Snapshot::with_workload_entries`],
+    /// [`CompiledMesh::with_endpoints`]). Each changed entry must have been checked on
+    /// its own. Should the change turn out not to be one of endpoints only, the
+    /// configuration is compiled anew, as [`update`](Self::update) would.
+    ///
+    /// The change applies to the configuration in force when it is called: an
+    /// [`update`](Self::update) called before it and still compiling replaces it when it
+    /// finishes.
+    pub fn update_workloads(&self, changes: &[mesh_config::registry::WorkloadChange]) -> Snapshot {
+        let registry = self.registry();
+        let current = self.inner.current.load_full();
+        let (snapshot, changed) = current.snapshot.with_workload_entries(changes);
+        let Some((mesh, ids)) = current.mesh.with_endpoints(&snapshot, &changed) else {
+            drop(registry);
+            self.update(&snapshot);
+            return snapshot;
+        };
+        let mesh = Arc::new(mesh);
+        let mut endpoints = current.endpoints.clone();
+        self.inner.states.for_clusters(&mesh, &ids, &mut endpoints);
+        let views = registry
+            .workloads
+            .iter()
+            .map(|(w, role, _)| Arc::new(WorkloadView::compile(mesh.clone(), w.clone(), *role)))
+            .collect();
+        self.inner.current.store(Arc::new(Generation {
+            snapshot: snapshot.clone(),
+            endpoints,
+            clusters: current.clusters.clone(),
+            mesh,
+            views,
+            states: self.inner.states.clone(),
+        }));
+        self.inner.version.send_replace(snapshot.version());
+        drop(registry);
+        snapshot
+    }
+
+    /// The configuration in force.
+    pub fn snapshot(&self) -> Snapshot {
+        self.inner.current.load().snapshot.clone()
     }
 
     /// The compiled configuration in force.
@@ -307,6 +359,7 @@ impl MeshRuntime {
                 role,
             )));
             Generation {
+                snapshot: g.snapshot.clone(),
                 mesh: g.mesh.clone(),
                 views,
                 endpoints: g.endpoints.clone(),

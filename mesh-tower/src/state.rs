@@ -339,11 +339,15 @@ pub(crate) type ClusterEndpoints = Arc<[Arc<EndpointState>]>;
 /// bounding memory when requests go to ever new destinations outside the registry.
 const MAX_PASSTHROUGH: usize = 4096;
 
+/// Registry endpoints' states by id, with how many clusters have each.
+type Counted = HashMap<Arc<str>, (Arc<EndpointState>, u32)>;
+
 /// Every endpoint's state, by id.
 #[derive(Debug)]
 pub(crate) struct EndpointStates {
-    /// Endpoints of the registry's clusters.
-    clusters: Mutex<HashMap<Arc<str>, Arc<EndpointState>>>,
+    /// Endpoints of the registry's clusters, with how many clusters of the generation
+    /// in force have each.
+    clusters: Mutex<Counted>,
     /// The registry's clusters, by Envoy name and DestinationRule.
     cluster_states: Mutex<HashMap<Arc<str>, Arc<ClusterState>>>,
     /// Destinations outside the registry (ALLOW_ANY, PASSTHROUGH, resolution NONE).
@@ -379,7 +383,7 @@ impl EndpointStates {
             .clusters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut next: HashMap<Arc<str>, Arc<EndpointState>> = HashMap::with_capacity(known.len());
+        let mut next: Counted = HashMap::with_capacity(known.len());
         let tables = mesh
             .clusters()
             .iter()
@@ -387,13 +391,15 @@ impl EndpointStates {
                 c.endpoints
                     .iter()
                     .map(|e| {
-                        if let Some(s) = next.get(&e.id) {
+                        if let Some((s, n)) = next.get_mut(&e.id) {
+                            *n += 1;
                             return s.clone();
                         }
-                        let s = known.remove(&e.id).unwrap_or_else(|| {
-                            Arc::new(EndpointState::new(e.id.clone(), self.worker_pools))
-                        });
-                        next.insert(e.id.clone(), s.clone());
+                        let s = known.remove(&e.id).map_or_else(
+                            || Arc::new(EndpointState::new(e.id.clone(), self.worker_pools)),
+                            |(s, _)| s,
+                        );
+                        next.insert(e.id.clone(), (s.clone(), 1));
                         s
                     })
                     .collect()
@@ -401,6 +407,55 @@ impl EndpointStates {
             .collect();
         *known = next;
         tables
+    }
+
+    /// Hands the endpoint states over for the clusters `ids` of `mesh` only (an
+    /// endpoint change, see [`CompiledMesh::with_endpoints`]): `tables` holds the
+    /// previous generation's, by cluster id; the tables of `ids` are replaced, keeping
+    /// the states of endpoints still there, and an endpoint no cluster has any more is
+    /// forgotten.
+    pub(crate) fn for_clusters(
+        &self,
+        mesh: &CompiledMesh,
+        ids: &[u32],
+        tables: &mut [ClusterEndpoints],
+    ) {
+        let mut known = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for &id in ids {
+            let (Some(cluster), Some(slot)) = (
+                mesh.clusters().get(id as usize),
+                tables.get_mut(id as usize),
+            ) else {
+                continue;
+            };
+            let table: ClusterEndpoints = cluster
+                .endpoints
+                .iter()
+                .map(|e| match known.get_mut(&e.id) {
+                    Some((s, n)) => {
+                        *n += 1;
+                        s.clone()
+                    }
+                    None => {
+                        let s = Arc::new(EndpointState::new(e.id.clone(), self.worker_pools));
+                        known.insert(e.id.clone(), (s.clone(), 1));
+                        s
+                    }
+                })
+                .collect();
+            let old = std::mem::replace(slot, table);
+            for s in old.iter() {
+                if let Some((_, n)) = known.get_mut(&s.id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        known.remove(&s.id);
+                    }
+                }
+            }
+        }
     }
 
     /// The state of every cluster of `mesh`, by cluster id: clusters already known keep
@@ -468,6 +523,15 @@ impl EndpointStates {
         state.clone()
     }
 
+    /// Number of registry endpoints remembered, with how many clusters have each.
+    #[cfg(test)]
+    pub(crate) fn known(&self) -> HashMap<Arc<str>, u32> {
+        self.clusters
+            .lock()
+            .map(|m| m.iter().map(|(k, (_, n))| (k.clone(), *n)).collect())
+            .unwrap_or_default()
+    }
+
     /// Number of passthrough destinations remembered.
     #[cfg(test)]
     pub(crate) fn passthrough_len(&self) -> usize {
@@ -524,5 +588,98 @@ mod tests {
             Arc::ptr_eq(&hot, &states.passthrough(&ep(0))),
             "the hot one stays"
         );
+    }
+
+    /// An endpoint change hands the states over for the changed clusters only: an
+    /// endpoint still there keeps its state (its load, its connections), in every
+    /// cluster that has it; one that went is forgotten once no cluster has it; the
+    /// other clusters' tables are the previous generation's.
+    #[test]
+    fn an_endpoint_change_keeps_the_states_of_the_endpoints_still_there() {
+        use mesh_config::registry::WorkloadChange;
+        let base = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc}\nspec:\n  hosts: [svc.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: svc}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc}\nspec:\n  host: svc.example.com\n  subsets: [{name: v1, labels: {version: v1}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: other}\nspec:\n  hosts: [other.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.9.9.9}]\n";
+        let we = |name: &str, address: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec: {{address: {address}, labels: {{app: svc, version: v1}}}}\n"
+            )
+        };
+        let mut set = mesh_config::ConfigSet::new();
+        set.add_str("base.yaml", base);
+        set.add_str("a.yaml", &we("a", "10.0.0.1"));
+        let snapshot = set.check().snapshot.unwrap();
+        let runtime = crate::MeshRuntime::from_snapshot(&snapshot);
+        let before = runtime.generation();
+        let id_of = |g: &crate::runtime::Generation, host: &str, subset: Option<&str>| {
+            g.mesh
+                .clusters()
+                .iter()
+                .find(|c| {
+                    &*c.key.host == host
+                        && c.key.subset.as_deref() == subset
+                        && (subset.is_some() || c.key.rule.is_none())
+                })
+                .map(|c| c.id as usize)
+                .unwrap()
+        };
+        let plain = id_of(&before, "svc.example.com", None);
+        let v1 = id_of(&before, "svc.example.com", Some("v1"));
+        let other = id_of(&before, "other.example.com", None);
+        let a = before.endpoints[plain][0].clone();
+        assert!(
+            Arc::ptr_eq(&a, &before.endpoints[v1][0]),
+            "one state per endpoint"
+        );
+        // svc has 3 clusters (plain, the rule's, v1) with 10.0.0.1.
+        assert_eq!(
+            runtime.generation().states.known().get("10.0.0.1:80"),
+            Some(&3)
+        );
+
+        let parse = |name: &str, address: &str| {
+            let mut one = mesh_config::ConfigSet::new();
+            one.add_str("we.yaml", &we(name, address));
+            match one.resources() {
+                [mesh_config::model::AnyResource::WorkloadEntry(w)] => w.clone(),
+                _ => panic!("not a WorkloadEntry"),
+            }
+        };
+        let added = runtime.update_workloads(&[WorkloadChange {
+            namespace: "default".into(),
+            name: "b".into(),
+            entry: Some(parse("b", "10.0.0.2")),
+        }]);
+        assert_eq!(added.workload_entries().len(), 2);
+        let after = runtime.generation();
+        assert_eq!(after.snapshot.version(), added.version());
+        let ids: Vec<&str> = after.endpoints[plain].iter().map(|s| &*s.id).collect();
+        assert_eq!(ids, ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert!(
+            Arc::ptr_eq(&after.endpoints[plain][0], &a),
+            "10.0.0.1 kept its state"
+        );
+        assert!(Arc::ptr_eq(&after.endpoints[v1][0], &a));
+        assert!(
+            Arc::ptr_eq(&after.endpoints[other], &before.endpoints[other]),
+            "other is shared"
+        );
+        assert!(Arc::ptr_eq(&after.clusters[plain], &before.clusters[plain]));
+
+        // a goes: forgotten; b stays.
+        runtime.update_workloads(&[WorkloadChange {
+            namespace: "default".into(),
+            name: "a".into(),
+            entry: None,
+        }]);
+        let last = runtime.generation();
+        let ids: Vec<&str> = last.endpoints[v1].iter().map(|s| &*s.id).collect();
+        assert_eq!(ids, ["10.0.0.2:80"]);
+        let known = runtime.generation().states.known();
+        assert_eq!(known.get("10.0.0.1:80"), None);
+        assert_eq!(known.get("10.0.0.2:80"), Some(&3));
+        assert_eq!(known.get("10.9.9.9:80"), Some(&1));
+        assert!(Arc::ptr_eq(
+            &last.endpoints[plain][0],
+            &after.endpoints[plain][1]
+        ));
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bookinfo::run::EtcdConfig;
 use mesh_tests::etcd::{self, EtcdServer};
 use mesh_tower::etcd::Etcd;
-use mesh_tower::source::{ConfigSource, EtcdSource};
+use mesh_tower::source::{ConfigSource, Delivery, EtcdSource};
 use support::{Demo, sample};
 
 /// A Bookinfo on ephemeral ports whose configuration is the example's, written to etcd.
@@ -227,6 +227,7 @@ async fn a_compacted_watch_reads_everything_again() {
         .await
         .unwrap()
         .unwrap();
+    let next = whole(next);
     let mut names: Vec<&str> = next.resources().iter().map(|r| r.name()).collect();
     names.sort();
     assert_eq!(names, ["b", "c"]);
@@ -239,6 +240,7 @@ async fn a_compacted_watch_reads_everything_again() {
         .await
         .unwrap()
         .unwrap();
+    let next = whole(next);
     let names: Vec<&str> = next.resources().iter().map(|r| r.name()).collect();
     assert_eq!(names, ["c"]);
     // A writer's guard key is not a configuration change (the next one is).
@@ -254,7 +256,16 @@ async fn a_compacted_watch_reads_everything_again() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(next.resources().len(), 2);
+    assert_eq!(whole(next).resources().len(), 2);
+}
+
+/// The whole configuration a source delivered (a VirtualService changed: never only
+/// WorkloadEntries).
+fn whole(delivery: Delivery) -> mesh_config::ConfigSet {
+    match delivery {
+        Delivery::Config(set) => set,
+        Delivery::Workloads(w) => panic!("only WorkloadEntries were delivered: {w:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,4 +314,174 @@ async fn started_while_etcd_is_down_from_the_cached_configuration() {
     // etcd back: it is read, and what changes there from then on is followed.
     server.restart();
     all_v1_arrives(&server, &demo).await;
+}
+
+/// Registrations, claims and static WorkloadEntries changing alone are delivered as the
+/// entries that changed, relative to the configuration accepted last; anything else, or
+/// a delivery not (yet) accepted, delivers the whole configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_changes_are_delivered_as_the_entries_that_changed() {
+    let server = EtcdServer::start();
+    let client = Etcd::new(&server.url()).unwrap();
+    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc}\nspec:\n  hosts: [svc.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: svc}}\n";
+    let we = |name: &str, address: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: default}}\nspec: {{address: {address}, labels: {{app: svc}}}}\n"
+        )
+    };
+    client
+        .put(
+            b"/mesh/networking.istio.io/ServiceEntry/default/svc",
+            se.as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+    client
+        .put(
+            b"/mesh/networking.istio.io/WorkloadEntry/default/a",
+            we("a", "10.0.0.1").as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+    let mut source = EtcdSource::new(client.clone(), "/mesh");
+    let first = source.load().await.unwrap();
+    assert_eq!(first.resources().len(), 2);
+
+    // Not accepted yet: a registration brings the whole configuration.
+    client
+        .put(
+            b"/mesh/registry/default/b",
+            we("b", "10.0.0.2").as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(whole(next_of(&mut source).await).resources().len(), 3);
+    source.accepted();
+
+    // Accepted: a registration going away is one change, the entry gone.
+    client.delete(b"/mesh/registry/default/b").await.unwrap();
+    let changes = workloads(next_of(&mut source).await);
+    assert_eq!(summary(&changes), ["default/b: gone"]);
+    source.accepted();
+
+    // A registration and its claim in one transaction: the static entry of the name
+    // gives way to the registered one.
+    client
+        .txn(puts_txn(&[
+            ("/mesh/registry/default/a", we("a", "10.0.0.9")),
+            ("/mesh/claims/default/a", String::new()),
+        ]))
+        .await
+        .unwrap();
+    let changes = workloads(next_of(&mut source).await);
+    assert_eq!(summary(&changes), ["default/a: 10.0.0.9"]);
+    source.accepted();
+
+    // The claim deleted while registered: the registration still replaces the static
+    // entry of its name, so nothing changes; once it goes, the static entry is back.
+    client.delete(b"/mesh/claims/default/a").await.unwrap();
+    client.delete(b"/mesh/registry/default/a").await.unwrap();
+    let changes = workloads(next_of(&mut source).await);
+    assert_eq!(summary(&changes), ["default/a: 10.0.0.1"]);
+    source.accepted();
+
+    // A registration that is not a WorkloadEntry of its name: nothing changes but a
+    // warning.
+    client
+        .put(
+            b"/mesh/registry/default/c",
+            we("other", "10.0.0.3").as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+    let changes = workloads(next_of(&mut source).await);
+    assert!(changes.changes.is_empty());
+    assert_eq!(changes.diagnostics.len(), 1);
+    assert!(
+        changes.diagnostics[0]
+            .message
+            .contains("not a WorkloadEntry default/c"),
+        "{:?}",
+        changes.diagnostics
+    );
+    source.accepted();
+
+    // A static entry changed with meshctl's key: one change; a ServiceEntry: the whole.
+    client
+        .put(
+            b"/mesh/networking.istio.io/WorkloadEntry/default/a",
+            we("a", "10.0.0.4").as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+    let changes = workloads(next_of(&mut source).await);
+    assert_eq!(summary(&changes), ["default/a: 10.0.0.4"]);
+    source.accepted();
+    client
+        .put(
+            b"/mesh/networking.istio.io/ServiceEntry/default/svc",
+            se.replace("svc.example.com", "svc2.example.com").as_bytes(),
+            0,
+        )
+        .await
+        .unwrap();
+    whole(next_of(&mut source).await);
+}
+
+/// What `source` delivers next (within 10 s).
+async fn next_of(source: &mut EtcdSource) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), source.next())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// One transaction putting `puts` (key, value).
+fn puts_txn(puts: &[(&str, String)]) -> mesh_tower::etcd::proto::TxnRequest {
+    use mesh_tower::etcd::proto::{Op, PutRequest, RequestOp, TxnRequest};
+    TxnRequest {
+        compare: Vec::new(),
+        success: puts
+            .iter()
+            .map(|(k, v)| RequestOp {
+                request: Some(Op::Put(PutRequest {
+                    key: k.as_bytes().to_vec(),
+                    value: v.as_bytes().to_vec(),
+                    lease: 0,
+                    prev_kv: false,
+                })),
+            })
+            .collect(),
+        failure: Vec::new(),
+    }
+}
+
+/// The WorkloadEntries a source delivered.
+fn workloads(delivery: Delivery) -> mesh_tower::source::WorkloadChanges {
+    match delivery {
+        Delivery::Workloads(w) => w,
+        Delivery::Config(set) => panic!(
+            "the whole configuration was delivered ({} resources)",
+            set.resources().len()
+        ),
+    }
+}
+
+/// `namespace/name: address` (or `gone`) per change.
+fn summary(w: &mesh_tower::source::WorkloadChanges) -> Vec<String> {
+    w.changes
+        .iter()
+        .map(|c| {
+            let now = c
+                .entry
+                .as_ref()
+                .map_or("gone".to_string(), |e| e.spec.address.clone());
+            format!("{}/{}: {now}", c.namespace, c.name)
+        })
+        .collect()
 }

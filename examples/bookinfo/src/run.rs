@@ -17,7 +17,7 @@ use mesh_config::{ConfigSet, Snapshot};
 use mesh_tower::etcd::registration::Registration;
 use mesh_tower::gateway::IngressGateway;
 use mesh_tower::identity::{CertificateAuthority, Identities, IdentityTree};
-use mesh_tower::source::{ConfigSource, DirSource, EtcdSource, SourceError};
+use mesh_tower::source::{ConfigSource, Delivery, DirSource, EtcdSource, SourceError};
 use mesh_tower::{MeshRuntime, Workload};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -437,7 +437,7 @@ impl ConfigSource for Source {
         }
     }
 
-    async fn next(&mut self) -> Result<ConfigSet, SourceError> {
+    async fn next(&mut self) -> Result<Delivery, SourceError> {
         match self {
             Source::Dir(s) => s.next().await,
             Source::Etcd(s) => s.next().await,

@@ -127,6 +127,98 @@ pub fn classify(prefix: &str, key: &str) -> KeyRole {
     }
 }
 
+/// What a WorkloadEntry name is in the configuration a store holds (see
+/// [`KvStore::effective`]): compared before and after a change to tell whether the
+/// entry changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effective {
+    /// No entry of that name.
+    Absent,
+    /// A registration, `key` holding `text`.
+    Registered {
+        /// The registration's key.
+        key: String,
+        /// Its value.
+        text: String,
+    },
+    /// A static WorkloadEntry (not claimed), `key` holding `text`.
+    Static {
+        /// The resource's key.
+        key: String,
+        /// Its value.
+        text: String,
+    },
+    /// A registration and an unclaimed static entry: the registration replaces the
+    /// static entry unless it is not a valid WorkloadEntry of its name.
+    Both {
+        /// The registration's key.
+        key: String,
+        /// Its value.
+        text: String,
+        /// The static entry's key.
+        declared_key: String,
+        /// Its value.
+        declared: String,
+    },
+    /// A static entry whose value is not text: only checking the whole configuration
+    /// tells.
+    Unclear,
+}
+
+/// The value `text` of `key`, loaded as a source `etcd:<key>`, when it is exactly one
+/// WorkloadEntry `namespace/name` that loads and checks on its own without error; else
+/// the source, for a diagnostic.
+fn load_one(
+    key: &str,
+    text: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<ConfigSet, Arc<SourceFile>> {
+    let source = SourceFile::new(source_name(key), text);
+    let mut one = ConfigSet::new();
+    one.add_source(source.clone());
+    // Checked on its own too (an address or a label Istio would refuse).
+    let fits = one.resources().len() == 1
+        && one.resources().iter().all(|r| {
+            r.kind() == Kind::WorkloadEntry && r.namespace() == namespace && r.name() == name
+        })
+        && !one.diagnostics().iter().any(Diagnostic::is_error)
+        && !one.check().has_errors();
+    if fits { Ok(one) } else { Err(source) }
+}
+
+/// The WorkloadEntry `key` holds (see [`load_one`]).
+fn load_workload(
+    key: &str,
+    text: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Arc<crate::model::Resource<crate::model::WorkloadEntry>>, Arc<SourceFile>> {
+    let one = load_one(key, text, namespace, name)?;
+    match one.resources().first() {
+        Some(crate::model::AnyResource::WorkloadEntry(we)) => Ok(we.clone()),
+        _ => Err(SourceFile::new(source_name(key), text)),
+    }
+}
+
+/// The warning for a registration that is not a valid WorkloadEntry of its name.
+fn not_a_registration(
+    key: &str,
+    namespace: &str,
+    name: &str,
+    source: Arc<SourceFile>,
+) -> Diagnostic {
+    Diagnostic::new(
+        Code::KeyMismatch,
+        format!("the registration {key} is not a WorkloadEntry {namespace}/{name}; ignored"),
+    )
+    .severity(crate::diag::Severity::Warning)
+    .at(Location {
+        source,
+        span: Span::default(),
+    })
+}
+
 /// One key of the store, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvEntry {
@@ -309,8 +401,117 @@ impl KvStore {
         rk.kind == Kind::WorkloadEntry
             && self
                 .claims
-                .values()
-                .any(|(ns, name)| *ns == rk.namespace && *name == rk.name)
+                .contains_key(&self.workload_key(CLAIMS, &rk.namespace, &rk.name))
+    }
+
+    /// `<prefix>/<part>/<namespace>/<name>`: a registration's or a claim's key.
+    fn workload_key(&self, part: &str, namespace: &str, name: &str) -> String {
+        format!("{}/{part}/{namespace}/{name}", self.prefix)
+    }
+
+    /// The WorkloadEntry name (namespace, name) a change of `key` may change the
+    /// entry of: a registration's, a claim's, a static WorkloadEntry's. `None` for any
+    /// other key.
+    pub fn workload_name(&self, key: &str) -> Option<(String, String)> {
+        match classify(&self.prefix, key) {
+            KeyRole::Registration { namespace, name } | KeyRole::Claim { namespace, name } => {
+                Some((namespace, name))
+            }
+            KeyRole::Resource(rk) if rk.kind == Kind::WorkloadEntry => {
+                Some((rk.namespace, rk.name))
+            }
+            _ => None,
+        }
+    }
+
+    /// What the WorkloadEntry `name` of `namespace` is in the configuration the store
+    /// holds with `local` registrations (see [`KvStore::config_set_with`]).
+    pub fn effective(&self, namespace: &str, name: &str, local: &[(String, String)]) -> Effective {
+        let reg_key = self.workload_key(REGISTRY, namespace, name);
+        let registered = match self.registrations.get(&reg_key) {
+            Some((_, _, value)) => Some(value.clone().unwrap_or_default()),
+            None => local
+                .iter()
+                .find(|(k, _)| *k == reg_key)
+                .map(|(_, v)| v.clone()),
+        };
+        let rk = ResourceKey {
+            kind: Kind::WorkloadEntry,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        let static_key = self.key_of(&rk);
+        let declared = self
+            .entries
+            .get(&static_key)
+            .filter(|_| !self.claimed(&rk))
+            .map(|(_, e)| e.value.clone());
+        match (registered, declared) {
+            (None, None) => Effective::Absent,
+            (Some(text), None) => Effective::Registered { key: reg_key, text },
+            (None, Some(Some(text))) => Effective::Static {
+                key: static_key,
+                text,
+            },
+            (Some(text), Some(Some(declared))) => Effective::Both {
+                key: reg_key,
+                text,
+                declared_key: static_key,
+                declared,
+            },
+            (_, Some(None)) => Effective::Unclear,
+        }
+    }
+
+    /// The change that makes the WorkloadEntry `name` of `namespace` what `now` says,
+    /// loaded and checked as the whole configuration would load and check it: a
+    /// registration replaces a static entry of its name, and one that is not a valid
+    /// WorkloadEntry of its name is left out with a warning (as [`KvStore::config_set`]
+    /// does). `None` when only checking the whole configuration can tell (a static entry
+    /// that does not load cleanly).
+    pub fn workload_change(
+        &self,
+        namespace: &str,
+        name: &str,
+        now: &Effective,
+    ) -> Option<(crate::registry::WorkloadChange, Option<Diagnostic>)> {
+        let change = |entry| crate::registry::WorkloadChange {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            entry,
+        };
+        match now {
+            Effective::Absent => Some((change(None), None)),
+            Effective::Unclear => None,
+            Effective::Static { key, text } => {
+                let entry = load_workload(key, text, namespace, name).ok()?;
+                Some((change(Some(entry)), None))
+            }
+            Effective::Registered { key, text } => {
+                match load_workload(key, text, namespace, name) {
+                    Ok(entry) => Some((change(Some(entry)), None)),
+                    Err(source) => Some((
+                        change(None),
+                        Some(not_a_registration(key, namespace, name, source)),
+                    )),
+                }
+            }
+            Effective::Both {
+                key,
+                text,
+                declared_key,
+                declared,
+            } => match load_workload(key, text, namespace, name) {
+                Ok(entry) => Some((change(Some(entry)), None)),
+                Err(source) => {
+                    let entry = load_workload(declared_key, declared, namespace, name).ok()?;
+                    Some((
+                        change(Some(entry)),
+                        Some(not_a_registration(key, namespace, name, source)),
+                    ))
+                }
+            },
+        }
     }
 
     /// Adds the registered WorkloadEntries to `set`. A registration that is not one
@@ -318,33 +519,10 @@ impl KvStore {
     /// workload's bad registration must not stop the configuration of every other.
     fn add_registrations(&self, set: &mut ConfigSet) {
         for (key, (ns, name, value)) in &self.registrations {
-            let source = SourceFile::new(source_name(key), value.as_deref().unwrap_or(""));
-            let mut one = ConfigSet::new();
-            one.add_source(source.clone());
-            // Checked on its own too (an address or a label Istio would refuse): its
-            // errors must not reject the configuration of every other.
-            let fits = one.resources().len() == 1
-                && one.resources().iter().all(|r| {
-                    r.kind() == Kind::WorkloadEntry && r.namespace() == ns && r.name() == name
-                })
-                && !one.diagnostics().iter().any(Diagnostic::is_error)
-                && !one.check().has_errors();
-            if fits {
-                set.apply(one);
-            } else {
-                set.push_diagnostic(
-                    Diagnostic::new(
-                        Code::KeyMismatch,
-                        format!(
-                            "the registration {key} is not a WorkloadEntry {ns}/{name}; ignored"
-                        ),
-                    )
-                    .severity(crate::diag::Severity::Warning)
-                    .at(Location {
-                        source,
-                        span: Span::default(),
-                    }),
-                );
+            let text = value.as_deref().unwrap_or("");
+            match load_one(key, text, ns, name) {
+                Ok(one) => set.apply(one),
+                Err(source) => set.push_diagnostic(not_a_registration(key, ns, name, source)),
             }
         }
     }

@@ -144,29 +144,29 @@ pub(crate) enum Pass {
 #[derive(Debug)]
 pub struct CompiledMesh {
     version: u64,
-    settings: MeshSettings,
+    settings: Arc<MeshSettings>,
     registry: Registry,
     /// Every VirtualService, in load order.
-    virtual_services: Vec<Arc<VirtualServiceRules>>,
+    virtual_services: Arc<[Arc<VirtualServiceRules>]>,
     /// The VirtualServices of workload traffic each caller namespace sees, by host.
-    visible: ByNamespace<Arc<VisibleHosts>>,
+    visible: Arc<ByNamespace<Arc<VisibleHosts>>>,
     services: Services,
-    resolver: Resolver,
-    default_retry: Retries,
+    resolver: Arc<Resolver>,
+    default_retry: Arc<Retries>,
     /// Every Gateway's servers, in Istio's order.
-    pub(crate) gateways: Vec<CompiledGateway>,
+    pub(crate) gateways: Arc<[CompiledGateway]>,
     /// Every AuthorizationPolicy, compiled, in load order.
-    authorization: Vec<Arc<crate::authz::Policy>>,
+    authorization: Arc<[Arc<crate::authz::Policy>]>,
     /// Every RequestAuthentication, compiled, in load order.
-    request_authentication: Vec<Arc<crate::authn::CompiledRequestAuthentication>>,
+    request_authentication: Arc<[Arc<crate::authn::CompiledRequestAuthentication>]>,
     /// Every PeerAuthentication, compiled, in load order.
-    peer_authentication: Vec<Arc<CompiledPeerAuthentication>>,
+    peer_authentication: Arc<[Arc<CompiledPeerAuthentication>]>,
     /// EnvoyFilters and LocalRateLimitPolicies, interpreted.
-    rate_limits: crate::ratelimit::Sources,
+    rate_limits: Arc<crate::ratelimit::Sources>,
     /// The workloads of the registry, for servers to name their callers in metrics.
     peers: crate::telemetry::PeerIndex,
     /// Every Telemetry, in load order.
-    telemetries: Vec<Arc<mesh_config::model::Resource<mesh_config::model::telemetry::Telemetry>>>,
+    telemetries: Arc<[Arc<mesh_config::model::Resource<mesh_config::model::telemetry::Telemetry>>]>,
     /// The labels of a request to a host outside the registry (Istio's
     /// `PassthroughCluster`).
     passthrough: Arc<crate::telemetry::ServiceLabels>,
@@ -207,7 +207,13 @@ impl CompiledMesh {
             .iter()
             .map(|p| Arc::new(CompiledPeerAuthentication::compile(p)))
             .collect::<Vec<_>>();
-        let services = Services::compile(snapshot, &settings, &peer_authentication);
+        let ctx = crate::cluster::TlsContext {
+            trust_domain: &settings.trust_domain,
+            root_namespace: &settings.root_namespace,
+            auto_mtls: settings.enable_auto_mtls,
+            peer_authentications: &peer_authentication,
+        };
+        let services = Services::compile(snapshot, &settings, &ctx);
         let resolver = Resolver::new(&known, !services.wildcard.is_empty());
         let default_retry = Retries::compile(None, &settings.default_http_retry_policy);
         let gateways = crate::gateway::compile(snapshot);
@@ -227,24 +233,77 @@ impl CompiledMesh {
         errors.extend(rate_limits.errors.iter().cloned());
         let peers = crate::telemetry::PeerIndex::build(&registry, &settings.trust_domain);
         CompiledMesh {
-            telemetries: snapshot.telemetries().to_vec(),
+            telemetries: snapshot.telemetries().into(),
             peers,
             passthrough: Arc::new(crate::telemetry::ServiceLabels::passthrough()),
-            rate_limits,
+            rate_limits: Arc::new(rate_limits),
             request_authentication,
             authorization,
-            peer_authentication,
-            default_retry,
+            peer_authentication: peer_authentication.into(),
+            default_retry: Arc::new(default_retry),
             version: snapshot.version(),
-            settings,
+            settings: Arc::new(settings),
             registry,
-            virtual_services,
-            visible,
+            virtual_services: virtual_services.into(),
+            visible: Arc::new(visible),
             services,
-            resolver,
-            gateways,
+            resolver: Arc::new(resolver),
+            gateways: gateways.into(),
             errors,
         }
+    }
+
+    /// The mesh of `snapshot`, made from `self` when `snapshot` differs from the
+    /// snapshot `self` was compiled from only in its WorkloadEntries
+    /// ([`Snapshot::with_workload_entries`], which gives `changed`, the indexes of the
+    /// registry's services whose endpoints changed): only those services' clusters are
+    /// built again, under the same ids, and everything else — route tables, policies,
+    /// every other cluster — is shared. Also the ids of the clusters built again. `None`
+    /// when the change is not one of endpoints only (compile anew).
+    pub fn with_endpoints(
+        &self,
+        snapshot: &Snapshot,
+        changed: &[usize],
+    ) -> Option<(Self, Vec<u32>)> {
+        let registry = snapshot.registry().clone();
+        if registry.services().len() != self.registry.services().len() {
+            return None;
+        }
+        let ctx = crate::cluster::TlsContext {
+            trust_domain: &self.settings.trust_domain,
+            root_namespace: &self.settings.root_namespace,
+            auto_mtls: self.settings.enable_auto_mtls,
+            peer_authentications: &self.peer_authentication,
+        };
+        let (services, ids) = self.services.with_changed(&registry, changed, &ctx)?;
+        let peers = self.peers.with_services(
+            &registry,
+            changed,
+            &self.registry,
+            &self.settings.trust_domain,
+        );
+        Some((
+            CompiledMesh {
+                version: snapshot.version(),
+                settings: self.settings.clone(),
+                registry,
+                virtual_services: self.virtual_services.clone(),
+                visible: self.visible.clone(),
+                services,
+                resolver: self.resolver.clone(),
+                default_retry: self.default_retry.clone(),
+                gateways: self.gateways.clone(),
+                authorization: self.authorization.clone(),
+                request_authentication: self.request_authentication.clone(),
+                peer_authentication: self.peer_authentication.clone(),
+                rate_limits: self.rate_limits.clone(),
+                peers,
+                telemetries: self.telemetries.clone(),
+                passthrough: self.passthrough.clone(),
+                errors: self.errors.clone(),
+            },
+            ids,
+        ))
     }
 
     /// Every Telemetry (`telemetry.istio.io`), in load order.
@@ -580,7 +639,7 @@ mod tests {
             "",
         ];
         let mut checked = 0;
-        for e in mesh.services.by_host.values() {
+        for e in &mesh.services.hosts {
             assert!(!e.groups.is_empty());
             for ns in namespaces {
                 assert_eq!(

@@ -166,10 +166,14 @@ fn next(id: &mut u32) -> u32 {
 }
 
 /// The services of the mesh: by exact host, and those with a wildcard host.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Services {
     /// Per service host: its services, the DestinationRules that cover it, its clusters.
-    pub(super) by_host: HashMap<Box<str>, HostServices>,
+    /// (By position in `hosts`: an endpoint change replaces hosts, never adds one, so
+    /// the index is shared between the meshes before and after it.)
+    by_host: Arc<HashMap<Box<str>, usize>>,
+    /// Per service host, in the order hosts first appear in the registry.
+    pub(super) hosts: Vec<Arc<HostServices>>,
     /// Services with a wildcard host, the most specific first.
     pub(super) wildcard: Vec<Arc<mesh_config::Service>>,
     /// Every cluster, by id.
@@ -179,11 +183,19 @@ pub(super) struct Services {
 }
 
 impl Services {
+    /// What the mesh knows of the service host `host`.
+    fn host(&self, host: &str) -> Option<&HostServices> {
+        self.by_host
+            .get(host)
+            .and_then(|&i| self.hosts.get(i))
+            .map(|h| &**h)
+    }
+
     /// The service a request for `host` (qualified) resolves to, seen from `from`: an
     /// exact host before wildcards (the longest first), the caller's namespace before
     /// others, then the first loaded — as `Registry::lookup` decides.
     pub(super) fn service(&self, host: &str, from: &str) -> Option<&Arc<mesh_config::Service>> {
-        if let Some(h) = self.by_host.get(host) {
+        if let Some(h) = self.host(host) {
             if let Some(v) = *h.views.get(from) {
                 return h.services.get(v.service);
             }
@@ -236,7 +248,7 @@ impl Services {
             }
         };
         // Fast path: an exact service host, answered per caller namespace at compile time.
-        if let Some(e) = self.by_host.get(host)
+        if let Some(e) = self.host(host)
             && let Some(v) = *e.views.get(from)
             && let (Some(svc), Some(group)) = (e.services.get(v.service), e.groups.get(v.group))
         {
@@ -248,7 +260,7 @@ impl Services {
             host,
             subset: subset_arc.cloned().or_else(|| subset.map(Into::into)),
         };
-        let Some(e) = self.by_host.get(svc.host.as_str()) else {
+        let Some(e) = self.host(svc.host.as_str()) else {
             return Some(missing(svc.host.as_str().into()));
         };
         // A wildcard service: the DestinationRule depends on the host asked for.
@@ -260,24 +272,106 @@ impl Services {
     }
 }
 
+impl HostServices {
+    /// The services of one host (in registry order) with the DestinationRules covering
+    /// the host (`rules`, in load order, with their qualified hosts), their clusters
+    /// numbered by `id`: per service and port, one without a DestinationRule, and per
+    /// rule one with its policy plus one per subset.
+    fn build(
+        host: &str,
+        services: Vec<Arc<mesh_config::Service>>,
+        rules: Vec<(Arc<Resource<DestinationRule>>, Box<str>)>,
+        settings: &MeshSettings,
+        ctx: &crate::cluster::TlsContext<'_>,
+        id: &mut dyn FnMut() -> u32,
+    ) -> HostServices {
+        let mut clusters = Vec::new();
+        let mut groups = Vec::new();
+        for (si, svc) in services.iter().enumerate() {
+            // One group without a DestinationRule, one per covering rule.
+            let mut by_rule: Vec<Vec<Arc<Cluster>>> = vec![Vec::new(); rules.len() + 1];
+            for port in &svc.ports {
+                let c = Arc::new(Cluster::build(id(), svc, port, None, None, ctx));
+                clusters.push(c.clone());
+                by_rule[0].push(c);
+                for (ri, (dr, _)) in rules.iter().enumerate() {
+                    let peak = dr
+                        .meta
+                        .annotations
+                        .get(LB_ANNOTATION)
+                        .is_some_and(|v| v.eq_ignore_ascii_case("PEAK_EWMA"));
+                    let rid = rule_id(dr);
+                    let c = Arc::new(Cluster::build(
+                        id(),
+                        svc,
+                        port,
+                        None,
+                        Some((dr, peak, rid.clone())),
+                        ctx,
+                    ));
+                    clusters.push(c.clone());
+                    by_rule[ri + 1].push(c);
+                    for subset in &dr.spec.subsets {
+                        let c = Arc::new(Cluster::build(
+                            id(),
+                            svc,
+                            port,
+                            Some(subset),
+                            Some((dr, peak, rid.clone())),
+                            ctx,
+                        ));
+                        clusters.push(c.clone());
+                        by_rule[ri + 1].push(c);
+                    }
+                }
+            }
+            groups.extend(
+                by_rule
+                    .into_iter()
+                    .enumerate()
+                    .map(|(gi, cs)| ClusterGroup {
+                        service: si,
+                        rule: gi.checked_sub(1),
+                        clusters: cs.into_boxed_slice(),
+                    }),
+            );
+        }
+        let mut entry = HostServices {
+            host: host.into(),
+            services,
+            rules,
+            clusters,
+            groups,
+            views: ByNamespace::default(),
+        };
+        entry.build_views(settings);
+        entry
+    }
+}
+
+/// The registry's services with a wildcard host, the most specific first.
+fn wildcard_services(registry: &mesh_config::registry::Registry) -> Vec<Arc<mesh_config::Service>> {
+    let mut wildcards: Vec<Arc<mesh_config::Service>> = registry
+        .services()
+        .iter()
+        .filter(|s| host::is_wildcard(&s.host))
+        .cloned()
+        .collect();
+    wildcards.sort_by_key(|s| std::cmp::Reverse(s.host.len()));
+    wildcards
+}
+
 impl Services {
     /// Compiles the registry's services and the DestinationRules that cover them.
     pub(super) fn compile(
         snapshot: &Snapshot,
         settings: &MeshSettings,
-        peer_authentications: &[Arc<crate::peer_auth::CompiledPeerAuthentication>],
+        ctx: &crate::cluster::TlsContext<'_>,
     ) -> Self {
-        let ctx = crate::cluster::TlsContext {
-            trust_domain: &settings.trust_domain,
-            root_namespace: &settings.root_namespace,
-            auto_mtls: settings.enable_auto_mtls,
-            peer_authentications,
-        };
-        let mut out: HashMap<Box<str>, HostServices> = HashMap::new();
         let mut next_id = 0u32;
-        let mut wildcards = Vec::new();
+        let mut id = || next(&mut next_id);
         // The rules' hosts qualified once, by exact host (and the wildcard ones apart):
-        // a service's covering rules are those of its host and the wildcards, not a scan
+        // a host's covering rules are those of that host and the wildcards, not a scan
         // of every rule.
         let rules: Vec<(&Arc<Resource<DestinationRule>>, String)> = snapshot
             .destination_rules()
@@ -294,113 +388,100 @@ impl Services {
                 rules_by_host.entry(h.as_str()).or_default().push(i);
             }
         }
+        // The services by host, the hosts in the order they first appear.
+        let mut hosts: Vec<&str> = Vec::new();
+        let mut of_host: HashMap<&str, Vec<Arc<mesh_config::Service>>> = HashMap::new();
         for svc in snapshot.registry().services() {
-            if host::is_wildcard(&svc.host) {
-                wildcards.push(svc.clone());
+            let list = of_host.entry(svc.host.as_str()).or_default();
+            if list.is_empty() {
+                hosts.push(svc.host.as_str());
             }
-            let mut candidates: Vec<usize> = rules_by_host
-                .get(svc.host.as_str())
-                .cloned()
-                .unwrap_or_default();
+            list.push(svc.clone());
+        }
+        let mut by_host: HashMap<Box<str>, usize> = HashMap::with_capacity(hosts.len());
+        let mut out: Vec<Arc<HostServices>> = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            let mut candidates: Vec<usize> = rules_by_host.get(h).cloned().unwrap_or_default();
             candidates.extend(wildcard_rules.iter().copied());
             candidates.sort_unstable();
-            let covering: Vec<Arc<Resource<DestinationRule>>> = candidates
+            let covering: Vec<(Arc<Resource<DestinationRule>>, Box<str>)> = candidates
                 .into_iter()
                 .filter_map(|i| rules.get(i))
-                .filter(|(_, pattern)| host::matches(pattern, &svc.host))
-                .map(|(dr, _)| (*dr).clone())
+                .filter(|(_, pattern)| host::matches(pattern, h))
+                .map(|(dr, pattern)| ((*dr).clone(), pattern.as_str().into()))
                 .collect();
-            let entry = out
-                .entry(svc.host.as_str().into())
-                .or_insert_with(|| HostServices {
-                    host: svc.host.as_str().into(),
-                    services: Vec::new(),
-                    rules: Vec::new(),
-                    clusters: Vec::new(),
-                    groups: Vec::new(),
-                    views: ByNamespace::default(),
-                });
-            let si = entry.services.len();
-            entry.services.push(svc.clone());
-            for dr in &covering {
-                if !entry.rules.iter().any(|(r, _)| Arc::ptr_eq(r, dr)) {
-                    let pattern = qualify(&dr.spec.host, dr.namespace()).into_boxed_str();
-                    entry.rules.push((dr.clone(), pattern));
-                }
-            }
-            // One group without a DestinationRule, one per covering rule.
-            let mut groups: Vec<(Option<usize>, Vec<Arc<Cluster>>)> = std::iter::once(None)
-                .chain(
-                    covering
-                        .iter()
-                        .map(|dr| entry.rules.iter().position(|(r, _)| Arc::ptr_eq(r, dr))),
-                )
-                .map(|r| (r, Vec::new()))
-                .collect();
-            for port in &svc.ports {
-                let c = Arc::new(Cluster::build(
-                    next(&mut next_id),
-                    svc,
-                    port,
-                    None,
-                    None,
-                    &ctx,
-                ));
-                entry.clusters.push(c.clone());
-                groups[0].1.push(c);
-                for (gi, dr) in covering.iter().enumerate() {
-                    let peak = dr
-                        .meta
-                        .annotations
-                        .get(LB_ANNOTATION)
-                        .is_some_and(|v| v.eq_ignore_ascii_case("PEAK_EWMA"));
-                    let id = rule_id(dr);
-                    let c = Arc::new(Cluster::build(
-                        next(&mut next_id),
-                        svc,
-                        port,
-                        None,
-                        Some((dr, peak, id.clone())),
-                        &ctx,
-                    ));
-                    entry.clusters.push(c.clone());
-                    groups[gi + 1].1.push(c);
-                    for s in &dr.spec.subsets {
-                        let c = Arc::new(Cluster::build(
-                            next(&mut next_id),
-                            svc,
-                            port,
-                            Some(s),
-                            Some((dr, peak, id.clone())),
-                            &ctx,
-                        ));
-                        entry.clusters.push(c.clone());
-                        groups[gi + 1].1.push(c);
-                    }
-                }
-            }
-            entry
-                .groups
-                .extend(groups.into_iter().map(|(rule, clusters)| ClusterGroup {
-                    service: si,
-                    rule,
-                    clusters: clusters.into_boxed_slice(),
-                }));
+            let services = of_host.remove(h).unwrap_or_default();
+            let entry = HostServices::build(h, services, covering, settings, ctx, &mut id);
+            by_host.insert(h.into(), out.len());
+            out.push(Arc::new(entry));
         }
-        for entry in out.values_mut() {
-            entry.build_views(settings);
-        }
-        wildcards.sort_by_key(|s| std::cmp::Reverse(s.host.len()));
-        let mut all: Vec<Arc<Cluster>> = out
-            .values()
+        let all: Vec<Arc<Cluster>> = out
+            .iter()
             .flat_map(|h| h.clusters.iter().cloned())
             .collect();
-        all.sort_by_key(|c| c.id);
         Services {
-            by_host: out,
-            wildcard: wildcards,
+            by_host: Arc::new(by_host),
+            hosts: out,
+            wildcard: wildcard_services(snapshot.registry()),
             clusters: all,
             settings: settings.clone(),
         }
+    }
+
+    /// The services after the endpoints of the registry's services `changed` (indexes
+    /// in `registry`, the registry after the change) changed: the hosts of those
+    /// services are built again with the same DestinationRules and the same cluster ids,
+    /// every other host is shared. Also the ids of the clusters built again. `None` when
+    /// a host's services or clusters are not the same as before (then compile anew).
+    pub(super) fn with_changed(
+        &self,
+        registry: &mesh_config::registry::Registry,
+        changed: &[usize],
+        ctx: &crate::cluster::TlsContext<'_>,
+    ) -> Option<(Services, Vec<u32>)> {
+        let hosts: std::collections::BTreeSet<&str> = changed
+            .iter()
+            .filter_map(|&i| registry.services().get(i))
+            .map(|s| s.host.as_str())
+            .collect();
+        let mut next = self.clone();
+        let mut ids = Vec::new();
+        let mut wildcard = false;
+        for h in hosts {
+            let at = *self.by_host.get(h)?;
+            let old = self.hosts.get(at)?;
+            let services: Vec<Arc<mesh_config::Service>> = registry.with_host(h).cloned().collect();
+            if services.len() != old.services.len() {
+                return None;
+            }
+            let mut old_ids = old.clusters.iter().map(|c| c.id);
+            let mut short = false;
+            let entry = HostServices::build(
+                h,
+                services,
+                old.rules.clone(),
+                &self.settings,
+                ctx,
+                &mut || {
+                    old_ids.next().unwrap_or_else(|| {
+                        short = true;
+                        u32::MAX
+                    })
+                },
+            );
+            if short || old_ids.next().is_some() {
+                return None;
+            }
+            for c in &entry.clusters {
+                *next.clusters.get_mut(c.id as usize)? = c.clone();
+                ids.push(c.id);
+            }
+            wildcard |= host::is_wildcard(h);
+            *next.hosts.get_mut(at)? = Arc::new(entry);
+        }
+        if wildcard {
+            next.wildcard = wildcard_services(registry);
+        }
+        Some((next, ids))
     }
 }

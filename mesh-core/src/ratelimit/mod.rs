@@ -991,7 +991,7 @@ struct InboundPorts {
 impl InboundPorts {
     fn of(registry: &Registry, w: &Workload) -> Self {
         let mut map = Vec::new();
-        for s in registry.services() {
+        for s in registry.services_of_workload(&w.namespace, &w.name) {
             for e in s.endpoints.iter() {
                 let own = e
                     .workload

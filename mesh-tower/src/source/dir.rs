@@ -9,7 +9,7 @@ use mesh_config::ConfigSet;
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use super::{ConfigSource, SourceError};
+use super::{ConfigSource, Delivery, SourceError};
 
 /// How long to wait for a burst of file events to settle before reloading.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -131,7 +131,7 @@ impl ConfigSource for DirSource {
         self.read().await
     }
 
-    async fn next(&mut self) -> Result<ConfigSet, SourceError> {
+    async fn next(&mut self) -> Result<Delivery, SourceError> {
         let Some(events) = self.events.as_mut() else {
             return std::future::pending().await;
         };
@@ -141,6 +141,6 @@ impl ConfigSource for DirSource {
         // Let the burst of events of one save settle, then reload once.
         tokio::time::sleep(SETTLE).await;
         while events.try_recv().is_ok() {}
-        self.read().await
+        self.read().await.map(Delivery::Config)
     }
 }

@@ -7,6 +7,12 @@
 //! the source reconnects with backoff and resumes watching from the last revision it saw
 //! (reading everything again only if that revision was compacted meanwhile).
 //!
+//! A change of registrations, claims or static WorkloadEntries only is delivered as the
+//! WorkloadEntries it changed ([`Delivery::Workloads`]): each name the change touched is
+//! compared before and after ([`KvStore::effective`]), and only those that differ are
+//! loaded (each checked on its own). Anything else, or a configuration in force that is
+//! not the one last delivered, delivers the whole configuration.
+//!
 //! With a cache file, every configuration that was accepted is written there
 //! (atomically); a process that starts while etcd is down starts from it, says so in the
 //! log, and reads etcd as soon as it answers.
@@ -14,10 +20,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mesh_config::ConfigSet;
-use mesh_config::store::kv::{KeyRole, KvStore, classify, normalize_prefix};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{ConfigSource, SourceError};
+use mesh_config::ConfigSet;
+use mesh_config::store::kv::{Effective, KeyRole, KvStore, classify, normalize_prefix};
+
+use super::{ConfigSource, Delivery, SourceError, WorkloadChanges};
 use crate::etcd::proto::{EVENT_DELETE, EVENT_PUT};
 use crate::etcd::registration::LocalRegistrations;
 use crate::etcd::{Etcd, EtcdError, Watch, store};
@@ -45,6 +55,16 @@ pub struct EtcdSource {
     local: LocalRegistrations,
     /// When a failure was last logged as a warning (at most one every 30 s).
     last_warning: Option<std::time::Instant>,
+    /// The WorkloadEntry names changed since the last delivery, with what each was then;
+    /// `None` when anything else changed (the whole configuration is delivered).
+    pending: Option<BTreeMap<(String, String), Effective>>,
+    /// The configuration delivered last was accepted: changes can be delivered relative
+    /// to it.
+    in_force: bool,
+    /// The process's own registrations as of the last delivery.
+    last_local: Vec<(String, String)>,
+    /// A cache write is under way.
+    writing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for EtcdSource {
@@ -71,6 +91,10 @@ impl EtcdSource {
             backoff: BACKOFF_START,
             local: LocalRegistrations::new(),
             last_warning: None,
+            pending: None,
+            in_force: false,
+            last_local: Vec::new(),
+            writing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -127,25 +151,69 @@ impl EtcdSource {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
-    /// The configuration of the keys as they are now: parsed on a blocking thread (a
-    /// large configuration takes seconds to parse, which must not hold a worker of the
-    /// runtime that serves requests).
-    async fn deliver(&mut self) -> ConfigSet {
+    /// The whole configuration of the keys as they are now: parsed on a blocking thread
+    /// (a large configuration takes seconds to parse, which must not hold a worker of
+    /// the runtime that serves requests).
+    async fn deliver_all(&mut self) -> ConfigSet {
         let Some(store) = &self.store else {
             return ConfigSet::new();
         };
         self.delivered = store.revision();
+        self.pending = Some(BTreeMap::new());
+        self.in_force = false;
         let store = store.clone();
         let local = self.local.entries();
+        self.last_local = local.clone();
         tokio::task::spawn_blocking(move || store.config_set_with(&local))
             .await
             .unwrap_or_default()
+    }
+
+    /// What changed since the last delivery: only the WorkloadEntries when nothing else
+    /// changed and the last delivery is in force, else the whole configuration; `None`
+    /// when nothing did.
+    async fn deliver(&mut self) -> Option<Delivery> {
+        if self.in_force
+            && let (Some(store), Some(pending)) = (&self.store, &self.pending)
+        {
+            let local = self.local.entries();
+            if let Some(w) = workload_changes(store, pending, &local) {
+                let revision = store.revision();
+                self.pending = Some(BTreeMap::new());
+                self.last_local = local;
+                if w.changes.is_empty() && w.diagnostics.is_empty() {
+                    return None;
+                }
+                self.delivered = revision;
+                self.in_force = false;
+                return Some(Delivery::Workloads(w));
+            }
+        }
+        Some(Delivery::Config(self.deliver_all().await))
+    }
+
+    /// Notes what the WorkloadEntry named by `key` is before a change of `key`; any
+    /// other configuration key means the whole configuration is delivered.
+    fn touch(&mut self, key: &str) {
+        let (Some(store), Some(pending)) = (&self.store, self.pending.as_mut()) else {
+            return;
+        };
+        match store.workload_name(key) {
+            Some((ns, name)) => {
+                if !pending.contains_key(&(ns.clone(), name.clone())) {
+                    let before = store.effective(&ns, &name, &self.last_local);
+                    pending.insert((ns, name), before);
+                }
+            }
+            None => self.pending = None,
+        }
     }
 
     /// Reads everything, once.
     async fn read_all(&mut self) -> Result<(), EtcdError> {
         let store = store::read(&self.etcd, &self.prefix).await?;
         self.store = Some(store);
+        self.pending = None;
         self.watch = None;
         self.reread = false;
         self.backoff = BACKOFF_START;
@@ -190,14 +258,21 @@ impl EtcdSource {
         }
         let mut changed = false;
         let mut last = store.revision();
+        let prefix = store.prefix().to_string();
         for event in events {
             let Some(kv) = event.kv else { continue };
             last = last.max(kv.mod_revision);
-            let key = String::from_utf8_lossy(&kv.key);
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
             let config = matches!(
-                classify(store.prefix(), &key),
+                classify(&prefix, &key),
                 KeyRole::Resource(_) | KeyRole::Registration { .. } | KeyRole::Claim { .. }
             );
+            if config {
+                self.touch(&key);
+            }
+            let Some(store) = self.store.as_mut() else {
+                return false;
+            };
             match event.r#type {
                 EVENT_PUT => store.insert(&kv.key, &kv.value, kv.mod_revision),
                 EVENT_DELETE => {
@@ -207,7 +282,9 @@ impl EtcdSource {
             }
             changed |= config;
         }
-        store.set_revision(last);
+        if let Some(store) = self.store.as_mut() {
+            store.set_revision(last);
+        }
         changed
     }
 
@@ -236,7 +313,13 @@ impl EtcdSource {
         if self.cached == store.revision() {
             return;
         }
+        // One write at a time: registrations may come faster than a large configuration
+        // is written; the next accepted change writes the latest.
+        if self.writing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.cached = store.revision();
+        let writing = self.writing.clone();
         let (path, store, prefix) = (path.clone(), store.clone(), self.prefix.clone());
         // Serialized and written on a blocking thread (a large configuration takes a
         // while); a failure is logged, and the next accepted configuration tries again.
@@ -260,6 +343,7 @@ impl EtcdSource {
                     "cannot cache the configuration from etcd"
                 );
             }
+            writing.store(false, Ordering::Release);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -268,6 +352,29 @@ impl EtcdSource {
             Err(_) => write(),
         }
     }
+}
+
+/// The WorkloadEntries that differ from what `pending` says they were, each loaded and
+/// checked on its own; `None` when only checking the whole configuration can tell.
+fn workload_changes(
+    store: &KvStore,
+    pending: &BTreeMap<(String, String), Effective>,
+    local: &[(String, String)],
+) -> Option<WorkloadChanges> {
+    let mut out = WorkloadChanges::default();
+    for ((ns, name), before) in pending {
+        let now = store.effective(ns, name, local);
+        if now == *before {
+            continue;
+        }
+        let (change, warning) = store.workload_change(ns, name, &now)?;
+        // A registration that is not valid where there was nothing: only its warning.
+        if change.entry.is_some() || *before != Effective::Absent {
+            out.changes.push(change);
+        }
+        out.diagnostics.extend(warning);
+    }
+    Some(out)
 }
 
 /// Writes `bytes` to a temporary file next to `path`, then renames it over `path`.
@@ -294,7 +401,7 @@ impl ConfigSource for EtcdSource {
         let mut warned = false;
         loop {
             match self.read_all().await {
-                Ok(()) => return Ok(self.deliver().await),
+                Ok(()) => return Ok(self.deliver_all().await),
                 Err(e) if e.is_unavailable() => {
                     if let Some(cached) = self.read_cache() {
                         tracing::warn!(
@@ -307,7 +414,7 @@ impl ConfigSource for EtcdSource {
                         self.cached = cached.revision();
                         self.store = Some(cached);
                         self.reread = true;
-                        return Ok(self.deliver().await);
+                        return Ok(self.deliver_all().await);
                     }
                     if !warned {
                         tracing::warn!(
@@ -324,33 +431,49 @@ impl ConfigSource for EtcdSource {
         }
     }
 
-    async fn next(&mut self) -> Result<ConfigSet, SourceError> {
-        let local = self.local.clone();
-        let from_etcd = tokio::select! {
-            delivered = self.next_from_etcd() => Some(delivered),
-            () = local.changed() => None,
-        };
-        match from_etcd {
-            Some(delivered) => delivered,
-            // A workload of this process registered or deregistered.
-            None => Ok(self.deliver().await),
+    async fn next(&mut self) -> Result<Delivery, SourceError> {
+        loop {
+            let local = self.local.clone();
+            let from_etcd = tokio::select! {
+                delivered = self.next_from_etcd() => Some(delivered),
+                () = local.changed() => None,
+            };
+            match from_etcd {
+                Some(delivered) => return delivered,
+                // A workload of this process registered or deregistered.
+                None => {
+                    let keys: Vec<String> = self
+                        .last_local
+                        .iter()
+                        .chain(local.entries().iter())
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in keys {
+                        self.touch(&key);
+                    }
+                    if let Some(d) = self.deliver().await {
+                        return Ok(d);
+                    }
+                }
+            }
         }
     }
 
     fn accepted(&mut self) {
+        self.in_force = true;
         self.write_cache();
     }
 }
 
 impl EtcdSource {
     /// The next configuration from etcd (see [`ConfigSource::next`]).
-    async fn next_from_etcd(&mut self) -> Result<ConfigSet, SourceError> {
+    async fn next_from_etcd(&mut self) -> Result<Delivery, SourceError> {
         loop {
             if self.reread || self.store.is_none() {
                 match self.read_all().await {
                     Ok(()) => {
                         tracing::info!(etcd = %self.etcd.endpoints(), "configuration read from etcd");
-                        return Ok(self.deliver().await);
+                        return Ok(Delivery::Config(self.deliver_all().await));
                     }
                     Err(e) => {
                         self.failing(&e, "cannot read the configuration from etcd; retrying");
@@ -391,7 +514,9 @@ impl EtcdSource {
                         // compile) goes to the latest state at once, not through every
                         // state in between.
                         self.take_ready().await;
-                        return Ok(self.deliver().await);
+                        if let Some(d) = self.deliver().await {
+                            return Ok(d);
+                        }
                     }
                 }
                 Err(EtcdError::Compacted { .. }) => {

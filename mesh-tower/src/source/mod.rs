@@ -8,6 +8,14 @@
 //! etcd source caches what was accepted on disk, to start from when etcd is down.
 //! [`drive`] is that loop for a [`MeshRuntime`](crate::MeshRuntime).
 //!
+//! Workloads registering and going away change nothing but WorkloadEntries: a source
+//! that can tell delivers such a change as [`Delivery::Workloads`] — only the entries
+//! that changed, each checked on its own — relative to the configuration it delivered
+//! last and was told is accepted. It is applied to the configuration in force without
+//! checking and compiling the whole again
+//! ([`MeshRuntime::update_workloads`](crate::MeshRuntime::update_workloads)): at 100 000
+//! endpoints, milliseconds instead of seconds.
+//!
 //! Sources deal with their own failures: a directory that cannot be read is an update
 //! rejected with its error; etcd going away is retried with backoff while the mesh keeps
 //! serving on the configuration in force. Nothing on the request path waits on a source.
@@ -42,6 +50,26 @@ pub enum SourceError {
     Etcd(#[from] crate::etcd::EtcdError),
 }
 
+/// What a source delivers for one change (see the module documentation).
+#[derive(Debug)]
+pub enum Delivery {
+    /// The whole configuration after the change, loaded but not checked.
+    Config(ConfigSet),
+    /// Only WorkloadEntries changed since the configuration delivered last, which was
+    /// accepted: the entries that changed, each checked on its own.
+    Workloads(WorkloadChanges),
+}
+
+/// WorkloadEntries that changed (see [`Delivery::Workloads`]).
+#[derive(Debug, Default)]
+pub struct WorkloadChanges {
+    /// The entries that appeared, changed or went away.
+    pub changes: Vec<mesh_config::registry::WorkloadChange>,
+    /// Warnings: registrations left out because they are not valid WorkloadEntries of
+    /// their names.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
 /// A source of whole configurations (see the module documentation).
 pub trait ConfigSource: Send {
     /// What the source is, for messages: `directory examples/bookinfo/config`,
@@ -52,9 +80,10 @@ pub trait ConfigSource: Send {
     /// until etcd answers, unless it has a cached configuration to start from.
     fn load(&mut self) -> impl Future<Output = Result<ConfigSet, SourceError>> + Send;
 
-    /// Waits for the next change and returns the whole configuration after it. An error
-    /// is an update that could not be read (reject it; the source goes on).
-    fn next(&mut self) -> impl Future<Output = Result<ConfigSet, SourceError>> + Send;
+    /// Waits for the next change and returns the whole configuration after it, or only
+    /// the WorkloadEntries that changed. An error is an update that could not be read
+    /// (reject it; the source goes on).
+    fn next(&mut self) -> impl Future<Output = Result<Delivery, SourceError>> + Send;
 
     /// The configuration last delivered was checked and is in force.
     fn accepted(&mut self) {}
@@ -74,14 +103,21 @@ pub enum Offered {
     },
 }
 
-/// Checks what a source delivered and swaps it into `runtime` when it has no error.
-pub fn offer(runtime: &crate::MeshRuntime, delivered: Result<ConfigSet, SourceError>) -> Offered {
+/// Checks what a source delivered and swaps it into `runtime` when it has no error;
+/// changed WorkloadEntries are applied to the configuration in force.
+pub fn offer(runtime: &crate::MeshRuntime, delivered: Result<Delivery, SourceError>) -> Offered {
     match delivered {
         Err(e) => Offered::Rejected {
             diagnostics: Vec::new(),
             error: Some(e.to_string()),
         },
-        Ok(set) => {
+        Ok(Delivery::Workloads(w)) => {
+            for d in &w.diagnostics {
+                tracing::warn!("{}", d.short());
+            }
+            Offered::Applied(runtime.update_workloads(&w.changes))
+        }
+        Ok(Delivery::Config(set)) => {
             let checked = set.check();
             match checked.snapshot {
                 Some(snapshot) => {
