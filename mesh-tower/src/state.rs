@@ -424,6 +424,9 @@ impl EndpointStates {
             .clusters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Every new table first, then the old ones let go: an endpoint that moves from
+        // one changed cluster to another keeps its state.
+        let mut old = Vec::with_capacity(ids.len());
         for &id in ids {
             let (Some(cluster), Some(slot)) = (
                 mesh.clusters().get(id as usize),
@@ -446,13 +449,13 @@ impl EndpointStates {
                     }
                 })
                 .collect();
-            let old = std::mem::replace(slot, table);
-            for s in old.iter() {
-                if let Some((_, n)) = known.get_mut(&s.id) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        known.remove(&s.id);
-                    }
+            old.push(std::mem::replace(slot, table));
+        }
+        for s in old.iter().flat_map(|t| t.iter()) {
+            if let Some((_, n)) = known.get_mut(&s.id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    known.remove(&s.id);
                 }
             }
         }
@@ -597,7 +600,7 @@ mod tests {
     #[test]
     fn an_endpoint_change_keeps_the_states_of_the_endpoints_still_there() {
         use mesh_config::registry::WorkloadChange;
-        let base = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc}\nspec:\n  hosts: [svc.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: svc}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc}\nspec:\n  host: svc.example.com\n  subsets: [{name: v1, labels: {version: v1}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: other}\nspec:\n  hosts: [other.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.9.9.9}]\n";
+        let base = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc}\nspec:\n  hosts: [svc.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: svc}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc}\nspec:\n  host: svc.example.com\n  subsets: [{name: v1, labels: {version: v1}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: other}\nspec:\n  hosts: [other.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.9.9.9}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: zz}\nspec:\n  hosts: [zz.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: zz}}\n";
         let we = |name: &str, address: &str| {
             format!(
                 "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec: {{address: {address}, labels: {{app: svc, version: v1}}}}\n"
@@ -681,5 +684,24 @@ mod tests {
             &last.endpoints[plain][0],
             &after.endpoints[plain][1]
         ));
+
+        // b moves to another service (relabelled): its state goes with it, though the
+        // service it leaves is handed over first.
+        let b_state = last.endpoints[plain][0].clone();
+        let mut moved = (*parse("b", "10.0.0.2")).clone();
+        moved.spec.labels.insert("app".into(), "zz".into());
+        runtime.update_workloads(&[WorkloadChange {
+            namespace: "default".into(),
+            name: "b".into(),
+            entry: Some(Arc::new(moved)),
+        }]);
+        let now = runtime.generation();
+        let zz = id_of(&now, "zz.example.com", None);
+        assert!(now.endpoints[plain].is_empty());
+        assert!(
+            Arc::ptr_eq(&now.endpoints[zz][0], &b_state),
+            "b kept its state"
+        );
+        assert_eq!(now.states.known().get("10.0.0.2:80"), Some(&1));
     }
 }

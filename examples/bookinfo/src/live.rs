@@ -119,9 +119,11 @@ impl Live {
     pub fn record(&self, offered: &Offered) -> Reloaded {
         match offered {
             Offered::Applied(snapshot) => {
+                // (Not the resources' count: after an endpoint change they are listed
+                // only when asked for, and that is proportional to the whole mesh.)
                 eprintln!(
-                    "bookinfo: configuration applied ({} resources)",
-                    snapshot.resources().len()
+                    "bookinfo: configuration applied (version {})",
+                    snapshot.version()
                 );
                 let version = snapshot.version();
                 let snapshot = snapshot.clone();

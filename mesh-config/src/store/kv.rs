@@ -501,16 +501,18 @@ impl KvStore {
                 text,
                 declared_key,
                 declared,
-            } => match load_workload(key, text, namespace, name) {
-                Ok(entry) => Some((change(Some(entry)), None)),
-                Err(source) => {
-                    let entry = load_workload(declared_key, declared, namespace, name).ok()?;
-                    Some((
-                        change(Some(entry)),
+            } => {
+                // The static entry is loaded (and its errors reject the whole) even when
+                // the registration replaces it.
+                let static_entry = load_workload(declared_key, declared, namespace, name).ok()?;
+                match load_workload(key, text, namespace, name) {
+                    Ok(entry) => Some((change(Some(entry)), None)),
+                    Err(source) => Some((
+                        change(Some(static_entry)),
                         Some(not_a_registration(key, namespace, name, source)),
-                    ))
+                    )),
                 }
-            },
+            }
         }
     }
 

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mesh_config::ConfigSet;
 use mesh_config::store::kv::{Effective, KeyRole, KvStore, classify, normalize_prefix};
@@ -42,8 +42,9 @@ pub struct EtcdSource {
     etcd: Etcd,
     prefix: String,
     cache: Option<PathBuf>,
-    /// The keys as last read and watched.
-    store: Option<KvStore>,
+    /// The keys as last read and watched (shared with a cache write or a parse under
+    /// way; copied on write).
+    store: Option<Arc<KvStore>>,
     watch: Option<Watch>,
     /// Everything must be read again (first read, compaction, started from the cache).
     reread: bool,
@@ -65,6 +66,8 @@ pub struct EtcdSource {
     last_local: Vec<(String, String)>,
     /// A cache write is under way.
     writing: Arc<AtomicBool>,
+    /// The keys to write to the cache next.
+    unwritten: Arc<Mutex<Option<Arc<KvStore>>>>,
 }
 
 impl std::fmt::Debug for EtcdSource {
@@ -95,6 +98,7 @@ impl EtcdSource {
             in_force: false,
             last_local: Vec::new(),
             writing: Arc::new(AtomicBool::new(false)),
+            unwritten: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -126,7 +130,7 @@ impl EtcdSource {
     pub fn declared(&self) -> ConfigSet {
         self.store
             .as_ref()
-            .map_or_else(ConfigSet::new, KvStore::declared_set)
+            .map_or_else(ConfigSet::new, |s| s.declared_set())
     }
 
     /// Caches every accepted configuration in `path`, and starts from it when etcd is
@@ -173,21 +177,31 @@ impl EtcdSource {
     /// changed and the last delivery is in force, else the whole configuration; `None`
     /// when nothing did.
     async fn deliver(&mut self) -> Option<Delivery> {
+        let local = self.local.entries();
+        // The process's own registrations that changed since the last delivery, whatever
+        // woke the source (their notification may come after).
+        let moved: Vec<String> = local
+            .iter()
+            .filter(|e| !self.last_local.contains(e))
+            .chain(self.last_local.iter().filter(|e| !local.contains(e)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in moved {
+            self.touch(&key);
+        }
         if self.in_force
             && let (Some(store), Some(pending)) = (&self.store, &self.pending)
+            && let Some(w) = workload_changes(store, pending, &local)
         {
-            let local = self.local.entries();
-            if let Some(w) = workload_changes(store, pending, &local) {
-                let revision = store.revision();
-                self.pending = Some(BTreeMap::new());
-                self.last_local = local;
-                if w.changes.is_empty() && w.diagnostics.is_empty() {
-                    return None;
-                }
-                self.delivered = revision;
-                self.in_force = false;
-                return Some(Delivery::Workloads(w));
+            let revision = store.revision();
+            self.pending = Some(BTreeMap::new());
+            self.last_local = local;
+            if w.changes.is_empty() && w.diagnostics.is_empty() {
+                return None;
             }
+            self.delivered = revision;
+            self.in_force = false;
+            return Some(Delivery::Workloads(w));
         }
         Some(Delivery::Config(self.deliver_all().await))
     }
@@ -212,7 +226,7 @@ impl EtcdSource {
     /// Reads everything, once.
     async fn read_all(&mut self) -> Result<(), EtcdError> {
         let store = store::read(&self.etcd, &self.prefix).await?;
-        self.store = Some(store);
+        self.store = Some(Arc::new(store));
         self.pending = None;
         self.watch = None;
         self.reread = false;
@@ -249,7 +263,7 @@ impl EtcdSource {
     /// up to it was sent; a batch of events goes up to its last event only (a watch still
     /// catching up answers with the store's current revision in its header).
     fn apply(&mut self, events: Vec<crate::etcd::proto::Event>, revision: i64) -> bool {
-        let Some(store) = self.store.as_mut() else {
+        let Some(store) = self.store.as_mut().map(Arc::make_mut) else {
             return false;
         };
         if events.is_empty() {
@@ -270,7 +284,7 @@ impl EtcdSource {
             if config {
                 self.touch(&key);
             }
-            let Some(store) = self.store.as_mut() else {
+            let Some(store) = self.store.as_mut().map(Arc::make_mut) else {
                 return false;
             };
             match event.r#type {
@@ -282,7 +296,7 @@ impl EtcdSource {
             }
             changed |= config;
         }
-        if let Some(store) = self.store.as_mut() {
+        if let Some(store) = self.store.as_mut().map(Arc::make_mut) {
             store.set_revision(last);
         }
         changed
@@ -313,37 +327,32 @@ impl EtcdSource {
         if self.cached == store.revision() {
             return;
         }
-        // One write at a time: registrations may come faster than a large configuration
-        // is written; the next accepted change writes the latest.
+        self.cached = store.revision();
+        // The latest accepted keys wait in `unwritten`; one blocking thread at a time
+        // writes whatever is latest until nothing waits (registrations may come faster
+        // than a large configuration is written; the last state is always written).
+        // The keys are shared, not copied: the next watch event copies them only if the
+        // writer still holds them.
+        let slot = self.unwritten.clone();
+        *lock(&slot) = Some(store.clone());
         if self.writing.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.cached = store.revision();
         let writing = self.writing.clone();
-        let (path, store, prefix) = (path.clone(), store.clone(), self.prefix.clone());
-        // Serialized and written on a blocking thread (a large configuration takes a
-        // while); a failure is logged, and the next accepted configuration tries again.
+        let (path, prefix) = (path.clone(), self.prefix.clone());
         let write = move || {
-            let keys: Vec<serde_json::Value> = store
-                .all_keys()
-                .into_iter()
-                .map(|(key, value, mod_revision)| {
-                    serde_json::json!({"key": key, "value": value, "modRevision": mod_revision})
-                })
-                .collect();
-            let value = serde_json::json!({
-                "prefix": prefix,
-                "revision": store.revision(),
-                "keys": keys,
-            });
-            if let Err(e) = write_atomically(&path, value.to_string().as_bytes()) {
-                tracing::warn!(
-                    cache = %path.display(),
-                    error = %e,
-                    "cannot cache the configuration from etcd"
-                );
+            loop {
+                let Some(store) = lock(&slot).take() else {
+                    writing.store(false, Ordering::Release);
+                    // Keys put in after the take and before the flag was cleared are
+                    // written too, by this thread unless another took over.
+                    if lock(&slot).is_none() || writing.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    continue;
+                };
+                write_cache_file(&path, &prefix, &store);
             }
-            writing.store(false, Ordering::Release);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -351,6 +360,35 @@ impl EtcdSource {
             }
             Err(_) => write(),
         }
+    }
+}
+
+/// Locks `m`, whoever panicked holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Serializes `store`'s keys as the cache file and writes it atomically; a failure is
+/// logged (the next accepted configuration tries again).
+fn write_cache_file(path: &Path, prefix: &str, store: &KvStore) {
+    let keys: Vec<serde_json::Value> = store
+        .all_keys()
+        .into_iter()
+        .map(|(key, value, mod_revision)| {
+            serde_json::json!({"key": key, "value": value, "modRevision": mod_revision})
+        })
+        .collect();
+    let value = serde_json::json!({
+        "prefix": prefix,
+        "revision": store.revision(),
+        "keys": keys,
+    });
+    if let Err(e) = write_atomically(path, value.to_string().as_bytes()) {
+        tracing::warn!(
+            cache = %path.display(),
+            error = %e,
+            "cannot cache the configuration from etcd"
+        );
     }
 }
 
@@ -412,7 +450,7 @@ impl ConfigSource for EtcdSource {
                             "etcd is unreachable: starting from the last good configuration cached on disk; etcd will be read as soon as it answers"
                         );
                         self.cached = cached.revision();
-                        self.store = Some(cached);
+                        self.store = Some(Arc::new(cached));
                         self.reread = true;
                         return Ok(self.deliver_all().await);
                     }
@@ -442,15 +480,6 @@ impl ConfigSource for EtcdSource {
                 Some(delivered) => return delivered,
                 // A workload of this process registered or deregistered.
                 None => {
-                    let keys: Vec<String> = self
-                        .last_local
-                        .iter()
-                        .chain(local.entries().iter())
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in keys {
-                        self.touch(&key);
-                    }
                     if let Some(d) = self.deliver().await {
                         return Ok(d);
                     }

@@ -115,6 +115,10 @@ pub fn offer(runtime: &crate::MeshRuntime, delivered: Result<Delivery, SourceErr
             for d in &w.diagnostics {
                 tracing::warn!("{}", d.short());
             }
+            if w.changes.is_empty() {
+                // Only warnings: the configuration in force stays.
+                return Offered::Applied(runtime.snapshot());
+            }
             Offered::Applied(runtime.update_workloads(&w.changes))
         }
         Ok(Delivery::Config(set)) => {
