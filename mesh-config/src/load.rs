@@ -586,6 +586,7 @@ fn decode_resource(origin: &Origin, node: &Node, out: &mut Decoded) {
         Kind::Gateway => typed!(Gateway),
         Kind::ServiceEntry => typed!(ServiceEntry),
         Kind::WorkloadEntry => typed!(WorkloadEntry),
+        Kind::WorkloadGroup => typed!(WorkloadGroup),
         Kind::PeerAuthentication => typed!(PeerAuthentication),
         Kind::AuthorizationPolicy => typed!(AuthorizationPolicy),
         Kind::RequestAuthentication => typed!(RequestAuthentication),

@@ -707,3 +707,88 @@ fn endpoints_of(
     }
     Arc::from(out)
 }
+
+/// The annotation Istio puts on a WorkloadEntry registered from a WorkloadGroup: the
+/// group's name.
+pub const AUTO_REGISTRATION_GROUP: &str = "istio.io/autoRegistrationGroup";
+
+/// The name of the WorkloadEntry an instance of WorkloadGroup `group` at `address`
+/// registers, as Istio's auto-registration names it: `<group>-<address>` (an IPv6
+/// address's `:` as `-`), then `-<network>` when the template has a network; of a name
+/// longer than 253 characters, the last 253.
+pub fn instance_name(group: &str, address: &str, network: Option<&str>) -> String {
+    let mut name = format!("{group}-{}", address.replace(':', "-"));
+    if let Some(net) = network.filter(|n| !n.is_empty()) {
+        name.push('-');
+        name.push_str(net);
+    }
+    match name.char_indices().rev().nth(252) {
+        Some((at, _)) if name.len() > 253 => name[at..].to_string(),
+        _ => name,
+    }
+}
+
+/// The WorkloadEntry an instance of `group` at `address` registers, as Istio's
+/// auto-registration makes it: named by [`instance_name`], in the group's namespace,
+/// the template's spec at that address (with `ports` when given: the ports the instance
+/// really listens on), the template's labels overlaid with the group metadata's, the
+/// metadata's annotations and [`AUTO_REGISTRATION_GROUP`]. Its name and its YAML text.
+/// `None` when the group has no template.
+pub fn instance_entry(
+    group: &Resource<crate::model::WorkloadGroup>,
+    address: &str,
+    ports: Option<&BTreeMap<String, u32>>,
+) -> Option<(String, String)> {
+    let template = group.spec.template.as_ref()?;
+    let name = instance_name(group.name(), address, template.network.as_deref());
+    let mut labels = template.labels.clone();
+    let mut annotations = BTreeMap::new();
+    if let Some(meta) = &group.spec.metadata {
+        labels.extend(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        annotations.extend(meta.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    annotations.insert(
+        AUTO_REGISTRATION_GROUP.to_string(),
+        group.name().to_string(),
+    );
+    let mut spec = serde_json::json!({
+        "address": address,
+        "ports": ports.unwrap_or(&template.ports),
+        "labels": labels,
+    });
+    let optional = [
+        (
+            "network",
+            template.network.clone().map(serde_json::Value::from),
+        ),
+        (
+            "locality",
+            template.locality.clone().map(serde_json::Value::from),
+        ),
+        ("weight", template.weight.map(serde_json::Value::from)),
+        (
+            "serviceAccount",
+            template
+                .service_account
+                .clone()
+                .map(serde_json::Value::from),
+        ),
+    ];
+    for (field, value) in optional {
+        if let (Some(value), Some(map)) = (value, spec.as_object_mut()) {
+            map.insert(field.to_string(), value);
+        }
+    }
+    let entry = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {
+            "name": name,
+            "namespace": group.namespace(),
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    });
+    Some((name, entry.to_string()))
+}

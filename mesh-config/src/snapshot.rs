@@ -32,6 +32,7 @@ struct Kinds {
     envoy_filters: Vec<Arc<Resource<EnvoyFilter>>>,
     local_rate_limit_policies: Vec<Arc<Resource<LocalRateLimitPolicy>>>,
     telemetries: Vec<Arc<Resource<Telemetry>>>,
+    workload_groups: Vec<Arc<Resource<WorkloadGroup>>>,
     mesh: MeshSettings,
     rule_index: DestinationRuleIndex,
     /// Every resource but the WorkloadEntries, in load order.
@@ -190,6 +191,8 @@ impl Snapshot {
         local_rate_limit_policies: LocalRateLimitPolicy;
         /// Telemetries.
         telemetries: Telemetry;
+        /// WorkloadGroups (the templates workloads register from).
+        workload_groups: WorkloadGroup;
     }
 
     /// WorkloadEntries (the static ones and the registered ones alike), in load order
@@ -303,6 +306,7 @@ impl ConfigSet {
                     inner.local_rate_limit_policies.push(x.clone())
                 }
                 AnyResource::Telemetry(x) => inner.telemetries.push(x.clone()),
+                AnyResource::WorkloadGroup(x) => inner.workload_groups.push(x.clone()),
             }
         }
         if let Some(first) = mesh_configs.first() {

@@ -176,3 +176,13 @@ pub async fn apply(url: &str, prefix: &str, paths: &[&std::path::Path]) -> i64 {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The value of `key` in etcd at `url`, if the key exists (as text).
+pub async fn get(url: &str, key: &str) -> Option<String> {
+    let etcd = mesh_tower::etcd::Etcd::new(url).unwrap_or_else(|e| panic!("{e}"));
+    let (_, kv) = etcd
+        .get(key.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}

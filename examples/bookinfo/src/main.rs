@@ -54,10 +54,14 @@ struct Args {
     /// 127.0.0.1:15000; with --workload, a free port].
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// Run only this workload (a Bookinfo WorkloadEntry's name: `reviews-v2`);
+    /// Run only this workload (a Bookinfo WorkloadEntry's name: `reviews-v2`; or a
+    /// WorkloadGroup's: an instance of it, registered as `<group>-<address>`);
     /// repeatable. Without it, all six run.
     #[arg(long = "workload", value_name = "NAME")]
     workloads: Vec<String>,
+    /// The address an instance of a WorkloadGroup listens on and registers with.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    instance_address: std::net::IpAddr,
     /// Run no workload: the ingress gateway (and the admin endpoint) alone, for a mesh
     /// whose workloads run as processes of their own.
     #[arg(long, conflicts_with = "workloads")]
@@ -135,6 +139,7 @@ async fn main() -> ExitCode {
     let mut opts = Options::new(&args.config);
     let apart = !args.workloads.is_empty();
     opts.only = args.workloads.clone();
+    opts.instance_address = args.instance_address;
     opts.none = args.no_workloads;
     opts.gateway = !apart || args.ingress.is_some();
     opts.certs = args.certs.clone();

@@ -68,8 +68,12 @@ pub struct Options {
     pub ingress: SocketAddr,
     /// Run the ingress gateway (a process of workloads only runs none).
     pub gateway: bool,
-    /// The workloads to run, by WorkloadEntry name (`reviews-v2`); empty: all six.
+    /// The workloads to run, by WorkloadEntry name (`reviews-v2`) or WorkloadGroup name
+    /// (an instance of the group at `instance_address`); empty: all six.
     pub only: Vec<String>,
+    /// The address an instance of a WorkloadGroup listens on and registers (its port is
+    /// the template's `http` port, or a free one when that is 0).
+    pub instance_address: std::net::IpAddr,
     /// Run no workload at all (the gateway alone).
     pub none: bool,
     /// Where the admin endpoint listens (`/healthz`, `/config_dump`).
@@ -106,6 +110,7 @@ impl Options {
             ingress: SocketAddr::from(([127, 0, 0, 1], 8080)),
             gateway: true,
             only: Vec::new(),
+            instance_address: std::net::IpAddr::from([127, 0, 0, 1]),
             none: false,
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
             time_scale: 1.0,
@@ -181,6 +186,9 @@ pub struct WorkloadSpec {
     pub addr: String,
     /// All its labels.
     pub labels: BTreeMap<String, String>,
+    /// The WorkloadGroup it is an instance of (it registers the WorkloadEntry the
+    /// group's template makes), if any.
+    pub group: Option<String>,
 }
 
 /// The Bookinfo apps.
@@ -222,9 +230,61 @@ pub fn workloads(snapshot: &Snapshot) -> Result<Vec<WorkloadSpec>, StartError> {
                 .unwrap_or_else(|| "default".into()),
             addr: mesh_core::cluster::host_port(&we.spec.address, port),
             labels: we.spec.labels.clone(),
+            group: None,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The Bookinfo workloads an instance of a WorkloadGroup of `snapshot` at `address`
+/// would run: groups whose labels (the template's, overlaid with the metadata's) have
+/// an `app` of Bookinfo, named as the instance registers itself
+/// (`<group>-<address>`), listening on the template's `http` port.
+pub fn group_instances(
+    snapshot: &Snapshot,
+    address: std::net::IpAddr,
+) -> Result<Vec<(String, WorkloadSpec)>, StartError> {
+    let mut out = Vec::new();
+    for group in snapshot.workload_groups() {
+        let Some(template) = &group.spec.template else {
+            continue;
+        };
+        let mut labels = template.labels.clone();
+        if let Some(meta) = &group.spec.metadata {
+            labels.extend(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let Some(app) = labels.get("app").filter(|a| APPS.contains(&a.as_str())) else {
+            continue;
+        };
+        let port = template
+            .ports
+            .get("http")
+            .copied()
+            .ok_or_else(|| StartError::Workload {
+                name: group.name().to_string(),
+                reason: "its template has no `http` port in `ports`".into(),
+            })?;
+        let ip = address.to_string();
+        let name =
+            mesh_config::registry::instance_name(group.name(), &ip, template.network.as_deref());
+        out.push((
+            group.name().to_string(),
+            WorkloadSpec {
+                name,
+                namespace: group.namespace().to_string(),
+                app: app.clone(),
+                version: labels.get("version").cloned().unwrap_or_default(),
+                service_account: template
+                    .service_account
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                addr: mesh_core::cluster::host_port(&ip, port),
+                labels,
+                group: Some(group.name().to_string()),
+            },
+        ));
+    }
     Ok(out)
 }
 
@@ -537,26 +597,36 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     };
     let local = source.local_registrations();
     let registrar = source.etcd_client();
-    let all = workloads(&declared)?;
-    if let Some(unknown) = opts
-        .only
-        .iter()
-        .find(|n| !all.iter().any(|w| &w.name == *n))
-    {
-        return Err(StartError::Workload {
-            name: unknown.clone(),
-            reason: format!(
-                "{source_name} has no Bookinfo WorkloadEntry of that name (it has {})",
-                all.iter()
-                    .map(|w| w.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        });
+    let mut all = workloads(&declared)?;
+    // A name that is no WorkloadEntry's may be a WorkloadGroup's: an instance of it runs.
+    let groups = group_instances(&declared, opts.instance_address)?;
+    for name in &opts.only {
+        if all.iter().any(|w| &w.name == name) {
+            continue;
+        }
+        match groups.iter().find(|(g, _)| g == name) {
+            Some((_, instance)) => all.push(instance.clone()),
+            None => {
+                return Err(StartError::Workload {
+                    name: name.clone(),
+                    reason: format!(
+                        "{source_name} has no Bookinfo WorkloadEntry or WorkloadGroup of that name (it has {})",
+                        all.iter()
+                            .map(|w| w.name.as_str())
+                            .chain(groups.iter().map(|(g, _)| g.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
     }
-    let chosen = all
-        .into_iter()
-        .filter(|w| !opts.none && (opts.only.is_empty() || opts.only.contains(&w.name)));
+    let chosen = all.into_iter().filter(|w| {
+        !opts.none
+            && (opts.only.is_empty()
+                || opts.only.contains(&w.name)
+                || w.group.as_ref().is_some_and(|g| opts.only.contains(g)))
+    });
     for w in chosen {
         let listener = bind(&mut opts.listeners, &w.name, &w.addr)?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -687,7 +757,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
                 &e.prefix,
                 &w.namespace,
                 &w.name,
-                registration_entry(w, *addr),
+                registration_entry(w, *addr, &declared),
                 e.lease_ttl,
                 local.clone(),
             ));
@@ -709,9 +779,21 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     })
 }
 
-/// The WorkloadEntry a workload registers: its static entry's labels and service
-/// account, at the address it listens on.
-fn registration_entry(w: &WorkloadSpec, local: SocketAddr) -> String {
+/// The WorkloadEntry a workload registers: an instance of a WorkloadGroup, the one its
+/// template makes (Istio's auto-registration); else its static entry's labels and
+/// service account; at the address and port it listens on.
+fn registration_entry(w: &WorkloadSpec, local: SocketAddr, declared: &Snapshot) -> String {
+    let ports: BTreeMap<String, u32> = [("http".to_string(), u32::from(local.port()))].into();
+    if let Some(group) = w.group.as_ref().and_then(|g| {
+        declared
+            .workload_groups()
+            .iter()
+            .find(|r| r.name() == g && r.namespace() == w.namespace)
+    }) && let Some((_, entry)) =
+        mesh_config::registry::instance_entry(group, &local.ip().to_string(), Some(&ports))
+    {
+        return entry;
+    }
     serde_json::json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "WorkloadEntry",

@@ -317,6 +317,51 @@ async fn seven_processes_on_etcd() {
         }
     }
 
+    // A WorkloadGroup written to etcd, and a process running an instance of it at
+    // 127.0.0.2: it registers the WorkloadEntry the group's template makes, named as
+    // Istio names it, and the page comes from it too.
+    let group_dir = dir.path().join("group");
+    std::fs::create_dir(&group_dir).unwrap();
+    // The template's port: one free on 127.0.0.2 now.
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        group_dir.join("workload-group.yaml"),
+        format!("apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: reviews-vms, namespace: default}}\nspec:\n  metadata:\n    labels: {{app: reviews, version: v2}}\n  template:\n    ports: {{http: {port}}}\n    serviceAccount: bookinfo-reviews\n  probe: {{httpGet: {{path: /health, port: {port}}}}}\n"),
+    )
+    .unwrap();
+    etcd::apply(&url, "/mesh", &[&group_dir]).await;
+    let instance = {
+        let mut args = workload_args("reviews-vms");
+        args.extend(["--instance-address".to_string(), "127.0.0.2".to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Process::start(&args, "reviews-vms")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no page came from the WorkloadGroup's instance"
+        );
+        let (status, html) = fetch(&client, &page).await;
+        if served(status, &html) && podname(&html) == Some("reviews-vms-127.0.0.2") {
+            break;
+        }
+    }
+    let registered = etcd::get(&url, "/mesh/registry/default/reviews-vms-127.0.0.2")
+        .await
+        .expect("the instance's registration");
+    assert!(
+        registered.contains("\"istio.io/autoRegistrationGroup\":\"reviews-vms\""),
+        "{registered}"
+    );
+    tokio::task::spawn_blocking(move || instance.stop())
+        .await
+        .unwrap();
+
     // Across processes, over mutual TLS with the certificates of the shared root: the
     // reviews workloads' metrics say who called, and how.
     let reviews_admin = processes["reviews-v1"].admin.clone();

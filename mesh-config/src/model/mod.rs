@@ -53,6 +53,8 @@ pub enum Kind {
     ServiceEntry,
     /// `networking.istio.io` WorkloadEntry.
     WorkloadEntry,
+    /// `networking.istio.io` WorkloadGroup.
+    WorkloadGroup,
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication,
     /// `security.istio.io` AuthorizationPolicy.
@@ -74,12 +76,13 @@ pub const MESH_GROUP: &str = "mesh.rs";
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
+        Kind::WorkloadGroup,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
@@ -97,6 +100,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::WorkloadGroup => "WorkloadGroup",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -122,6 +126,7 @@ impl Kind {
             "gateway" | "gateways" | "gw" => Kind::Gateway,
             "serviceentry" | "serviceentries" | "se" => Kind::ServiceEntry,
             "workloadentry" | "workloadentries" | "we" => Kind::WorkloadEntry,
+            "workloadgroup" | "workloadgroups" | "wg" => Kind::WorkloadGroup,
             "peerauthentication" | "peerauthentications" | "pa" => Kind::PeerAuthentication,
             "authorizationpolicy" | "authorizationpolicies" | "ap" => Kind::AuthorizationPolicy,
             "requestauthentication" | "requestauthentications" | "ra" => {
@@ -144,6 +149,7 @@ impl Kind {
             | Kind::Gateway
             | Kind::ServiceEntry
             | Kind::WorkloadEntry
+            | Kind::WorkloadGroup
             | Kind::EnvoyFilter => "networking.istio.io",
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
@@ -335,6 +341,7 @@ pub enum AnyResource {
     Gateway(Arc<Resource<Gateway>>),
     ServiceEntry(Arc<Resource<ServiceEntry>>),
     WorkloadEntry(Arc<Resource<WorkloadEntry>>),
+    WorkloadGroup(Arc<Resource<WorkloadGroup>>),
     PeerAuthentication(Arc<Resource<PeerAuthentication>>),
     AuthorizationPolicy(Arc<Resource<AuthorizationPolicy>>),
     RequestAuthentication(Arc<Resource<RequestAuthentication>>),
@@ -352,6 +359,7 @@ macro_rules! each {
             AnyResource::Gateway($r) => $e,
             AnyResource::ServiceEntry($r) => $e,
             AnyResource::WorkloadEntry($r) => $e,
+            AnyResource::WorkloadGroup($r) => $e,
             AnyResource::PeerAuthentication($r) => $e,
             AnyResource::AuthorizationPolicy($r) => $e,
             AnyResource::RequestAuthentication($r) => $e,
@@ -372,6 +380,7 @@ impl AnyResource {
             AnyResource::Gateway(_) => Kind::Gateway,
             AnyResource::ServiceEntry(_) => Kind::ServiceEntry,
             AnyResource::WorkloadEntry(_) => Kind::WorkloadEntry,
+            AnyResource::WorkloadGroup(_) => Kind::WorkloadGroup,
             AnyResource::PeerAuthentication(_) => Kind::PeerAuthentication,
             AnyResource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             AnyResource::RequestAuthentication(_) => Kind::RequestAuthentication,

@@ -94,3 +94,93 @@ pub struct WorkloadEntry {
     /// Service account (identity) of the workload.
     pub service_account: Option<String>,
 }
+
+/// The spec of a WorkloadGroup: what the instances of one workload have in common — the
+/// template of the WorkloadEntry each instance registers (its address aside), the
+/// metadata every such entry gets, and how its readiness is probed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadGroup {
+    /// Labels and annotations of every instance's WorkloadEntry.
+    pub metadata: Option<WorkloadGroupMetadata>,
+    /// The WorkloadEntry of an instance, without its address (required).
+    pub template: Option<WorkloadEntry>,
+    /// How the instances' readiness is probed (read and checked; not run).
+    pub probe: Option<ReadinessProbe>,
+}
+
+/// `WorkloadGroup.metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadGroupMetadata {
+    /// Labels of every instance (over the template's).
+    pub labels: Labels,
+    /// Annotations of every instance.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `WorkloadGroup.probe`: Istio's `ReadinessProbe`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReadinessProbe {
+    /// Seconds after start before the first probe.
+    pub initial_delay_seconds: i64,
+    /// Seconds after which a probe times out.
+    pub timeout_seconds: i64,
+    /// Seconds between probes.
+    pub period_seconds: i64,
+    /// Successes in a row that make the workload ready.
+    pub success_threshold: i64,
+    /// Failures in a row that make it not ready.
+    pub failure_threshold: i64,
+    /// An HTTP GET.
+    pub http_get: Option<HttpHealthCheck>,
+    /// A TCP connection.
+    pub tcp_socket: Option<TcpHealthCheck>,
+    /// A command run on the workload's machine.
+    pub exec: Option<ExecHealthCheck>,
+}
+
+/// `ReadinessProbe.httpGet`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    /// Path.
+    pub path: String,
+    /// Port.
+    pub port: u32,
+    /// Host to connect to (the workload's address when empty).
+    pub host: String,
+    /// `HTTP` or `HTTPS`.
+    pub scheme: String,
+    /// Headers sent.
+    pub http_headers: Vec<HealthCheckHeader>,
+}
+
+/// A header of an HTTP health check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheckHeader {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// `ReadinessProbe.tcpSocket`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpHealthCheck {
+    /// Host to connect to.
+    pub host: String,
+    /// Port.
+    pub port: u32,
+}
+
+/// `ReadinessProbe.exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExecHealthCheck {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+}

@@ -41,7 +41,7 @@ use gateway::gateway;
 use mesh::mesh_config;
 use ratelimit::local_rate_limit_policy;
 use security::{authorization_policy, peer_authentication, request_authentication};
-use service_entry::{dynamic_dns_waypoint, service_entry, workload_entry};
+use service_entry::{dynamic_dns_waypoint, service_entry, workload_entry, workload_group};
 use telemetry::telemetry;
 use virtual_service::virtual_service;
 
@@ -279,6 +279,7 @@ pub fn validate(r: &AnyResource, out: &mut Vec<Diagnostic>) {
             dynamic_dns_waypoint(&mut ctx, &spec, &se.spec, &se.meta);
         }
         AnyResource::WorkloadEntry(we) => workload_entry(&mut ctx, &spec, &we.spec, None),
+        AnyResource::WorkloadGroup(wg) => workload_group(&mut ctx, &spec, &wg.spec),
         AnyResource::PeerAuthentication(pa) => peer_authentication(&mut ctx, &spec, &pa.spec),
         AnyResource::AuthorizationPolicy(ap) => authorization_policy(&mut ctx, &spec, &ap.spec),
         AnyResource::RequestAuthentication(ra) => request_authentication(&mut ctx, &spec, &ra.spec),

@@ -469,3 +469,96 @@ fn istio_port_warnings(
         );
     }
 }
+
+/// A WorkloadGroup, as Istio's `ValidateWorkloadGroup`: a template is required, the
+/// metadata's labels must be valid, and the probe has non-negative numbers and exactly
+/// one valid method. The template is checked as the WorkloadEntry every instance would
+/// register (its address is each instance's: one set in the template is only warned of).
+pub(super) fn workload_group(ctx: &mut Ctx<'_>, path: &FieldPath, wg: &WorkloadGroup) {
+    let tpath = path.key("template");
+    match &wg.template {
+        None => ctx.report(Code::MissingField, &tpath, "`template` is required"),
+        Some(template) => {
+            let mut instance = template.clone();
+            if !instance.address.is_empty() {
+                ctx.warn(
+                    Code::InvalidValue,
+                    &tpath.key("address"),
+                    "each instance registers its own address: this one is replaced",
+                );
+            }
+            instance.address = "192.0.2.1".into();
+            workload_entry(ctx, &tpath, &instance, None);
+        }
+    }
+    if let Some(meta) = &wg.metadata {
+        ctx.labels(&path.key("metadata").key("labels"), &meta.labels);
+    }
+    let Some(probe) = &wg.probe else {
+        return;
+    };
+    let p = path.key("probe");
+    for (field, value) in [
+        ("periodSeconds", probe.period_seconds),
+        ("initialDelaySeconds", probe.initial_delay_seconds),
+        ("timeoutSeconds", probe.timeout_seconds),
+        ("successThreshold", probe.success_threshold),
+        ("failureThreshold", probe.failure_threshold),
+    ] {
+        if value < 0 {
+            ctx.report(
+                Code::InvalidValue,
+                &p.key(field),
+                format!("`{field}` must be non-negative"),
+            );
+        }
+    }
+    let methods = [
+        probe.http_get.is_some(),
+        probe.tcp_socket.is_some(),
+        probe.exec.is_some(),
+    ];
+    match methods.iter().filter(|m| **m).count() {
+        0 => ctx.report(
+            Code::MissingField,
+            &p,
+            "a probe needs one of `httpGet`, `tcpSocket` or `exec`",
+        ),
+        1 => {}
+        _ => ctx.report(
+            Code::InvalidValue,
+            &p,
+            "only one of `httpGet`, `tcpSocket` and `exec` may be set",
+        ),
+    }
+    if let Some(h) = &probe.http_get {
+        let hp = p.key("httpGet");
+        ctx.port(&hp.key("port"), h.port);
+        if !h.scheme.is_empty() && h.scheme != "HTTP" && h.scheme != "HTTPS" {
+            ctx.report(
+                Code::InvalidValue,
+                &hp.key("scheme"),
+                format!("`scheme` must be HTTP or HTTPS, not `{}`", h.scheme),
+            );
+        }
+        for (i, header) in h.http_headers.iter().enumerate() {
+            ctx.header_name(
+                &hp.key("httpHeaders").index(i).key("name"),
+                &header.name,
+                false,
+            );
+        }
+    }
+    if let Some(t) = &probe.tcp_socket {
+        ctx.port(&p.key("tcpSocket").key("port"), t.port);
+    }
+    if let Some(e) = &probe.exec
+        && e.command.is_empty()
+    {
+        ctx.report(
+            Code::MissingField,
+            &p.key("exec").key("command"),
+            "`exec.command` is required",
+        );
+    }
+}
