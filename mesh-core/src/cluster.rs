@@ -67,13 +67,49 @@ pub struct Endpoint {
     /// The workload's identity (`spiffe://...`).
     pub identity: Arc<str>,
     /// Labels.
-    pub labels: mesh_config::model::Labels,
+    pub labels: Arc<mesh_config::model::Labels>,
     /// True when auto mTLS speaks mutual TLS to it: it is a workload of the mesh (from
     /// a WorkloadEntry, or labelled `security.istio.io/tlsMode: istio`; not labelled
     /// `disabled`) and its PeerAuthentication does not DISABLE mutual TLS on its port.
     pub mtls: bool,
     /// What Istio's metrics call it (`destination_workload`, `destination_app`, ...).
     pub peer: Arc<crate::telemetry::PeerLabels>,
+}
+
+/// What every cluster of a service makes of one of its endpoints, whatever the port,
+/// subset or DestinationRule: computed once per endpoint and shared by the clusters.
+#[derive(Debug, Clone)]
+pub struct EndpointFacts {
+    address: Arc<str>,
+    identity: Arc<str>,
+    labels: Arc<mesh_config::model::Labels>,
+    peer: Arc<crate::telemetry::PeerLabels>,
+}
+
+impl EndpointFacts {
+    /// The facts of endpoint `e` in `trust_domain`.
+    pub fn of(e: &mesh_config::registry::Endpoint, trust_domain: &str) -> Self {
+        EndpointFacts {
+            address: e.address.as_str().into(),
+            identity: e.spiffe_id(trust_domain).into(),
+            labels: Arc::new(e.labels.clone()),
+            peer: Arc::new(crate::telemetry::PeerLabels::of_endpoint(e, trust_domain)),
+        }
+    }
+
+    /// The facts of every endpoint of `service`, in order.
+    pub fn of_service(service: &Service, trust_domain: &str) -> Vec<Self> {
+        service
+            .endpoints
+            .iter()
+            .map(|e| EndpointFacts::of(e, trust_domain))
+            .collect()
+    }
+
+    /// What metrics call the endpoint's workload.
+    pub fn peer(&self) -> &Arc<crate::telemetry::PeerLabels> {
+        &self.peer
+    }
 }
 
 /// The label Istio puts on workloads whose proxy accepts mutual TLS.
@@ -587,6 +623,7 @@ impl Cluster {
         subset: Option<&Subset>,
         dr: Option<RuleUse<'_>>,
         ctx: &TlsContext<'_>,
+        facts: &[EndpointFacts],
     ) -> Self {
         let traffic = TrafficSettings::merge(
             dr.as_ref().map(|(d, _, _)| &d.spec),
@@ -598,11 +635,12 @@ impl Cluster {
         let endpoints: Arc<[Endpoint]> = service
             .endpoints
             .iter()
-            .filter(|e| subset.is_none_or(|s| e.selected_by(&s.labels)))
+            .enumerate()
+            .filter(|(_, e)| subset.is_none_or(|s| e.selected_by(&s.labels)))
             // An endpoint without an address (Istio reaches it through its network's
             // gateway) has nothing to connect to: validation warns about it.
-            .filter(|e| !e.address.is_empty())
-            .map(|e| {
+            .filter(|(_, e)| !e.address.is_empty())
+            .map(|(i, e)| {
                 let p = u16::try_from(e.port_for(port)).unwrap_or(0);
                 let in_mesh = match e.labels.get(TLS_MODE_LABEL).map(String::as_str) {
                     Some("istio") => true,
@@ -617,18 +655,19 @@ impl Cluster {
                         &e.labels,
                         p,
                     ) != crate::peer_auth::MtlsMode::Disable;
+                let shared = match facts.get(i) {
+                    Some(f) => f.clone(),
+                    None => EndpointFacts::of(e, ctx.trust_domain),
+                };
                 Endpoint {
                     id: host_port(&e.address, p).into(),
-                    address: e.address.as_str().into(),
+                    address: shared.address,
                     port: p,
                     weight: e.weight,
-                    identity: e.spiffe_id(ctx.trust_domain).into(),
-                    labels: e.labels.clone(),
+                    identity: shared.identity,
+                    labels: shared.labels,
                     mtls,
-                    peer: Arc::new(crate::telemetry::PeerLabels::of_endpoint(
-                        e,
-                        ctx.trust_domain,
-                    )),
+                    peer: shared.peer,
                 }
             })
             .collect();

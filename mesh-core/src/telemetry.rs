@@ -294,14 +294,26 @@ pub struct PeerIndex {
 impl PeerIndex {
     /// The index of the WorkloadEntries behind `registry`'s services.
     pub fn build(registry: &mesh_config::registry::Registry, trust_domain: &str) -> Self {
+        Self::build_with(registry, trust_domain, |_, _| None)
+    }
+
+    /// [`PeerIndex::build`], taking the labels of endpoint `i` of a service from
+    /// `made(service, i)` when it has them (the clusters made them already).
+    pub fn build_with(
+        registry: &mesh_config::registry::Registry,
+        trust_domain: &str,
+        made: impl Fn(&Arc<mesh_config::Service>, usize) -> Option<Arc<PeerLabels>>,
+    ) -> Self {
         let mut index = PeerIndex::default();
         for service in registry.services() {
-            for e in service.endpoints.iter() {
+            for (i, e) in service.endpoints.iter().enumerate() {
                 let Some(key) = &e.workload else {
                     continue;
                 };
                 if index.get(&key.name, &key.namespace).is_none() {
-                    index.add(e, trust_domain);
+                    let peer = made(service, i)
+                        .unwrap_or_else(|| Arc::new(PeerLabels::of_endpoint(e, trust_domain)));
+                    index.add_peer(key, peer);
                 }
             }
         }
@@ -313,7 +325,11 @@ impl PeerIndex {
         let Some(key) = &e.workload else {
             return;
         };
-        let peer = Arc::new(PeerLabels::of_endpoint(e, trust_domain));
+        self.add_peer(key, Arc::new(PeerLabels::of_endpoint(e, trust_domain)));
+    }
+
+    /// Adds workload `key` with its labels `peer`.
+    fn add_peer(&mut self, key: &mesh_config::model::ResourceKey, peer: Arc<PeerLabels>) {
         self.by_baggage
             .insert(peer.baggage().into_bytes().into(), peer.clone());
         let mut entries = self

@@ -69,6 +69,16 @@ struct Registry {
     identities: Option<Identities>,
 }
 
+impl Registry {
+    /// Every workload's view of `mesh`, by slot.
+    fn views(&self, mesh: &Arc<CompiledMesh>) -> Vec<Arc<WorkloadView>> {
+        self.workloads
+            .iter()
+            .map(|(w, role, _)| Arc::new(WorkloadView::compile(mesh.clone(), w.clone(), *role)))
+            .collect()
+    }
+}
+
 struct Inner {
     current: ArcSwap<Generation>,
     /// Held while a generation is swapped in, so that an update and a new workload never
@@ -212,11 +222,7 @@ impl MeshRuntime {
         registry.ticket = ticket;
         let endpoints = self.inner.states.for_mesh(&mesh);
         let clusters = self.inner.states.clusters_for_mesh(&mesh);
-        let views = registry
-            .workloads
-            .iter()
-            .map(|(w, role, _)| Arc::new(WorkloadView::compile(mesh.clone(), w.clone(), *role)))
-            .collect();
+        let views = registry.views(&mesh);
         self.inner.current.store(Arc::new(Generation {
             snapshot: snapshot.clone(),
             endpoints,
@@ -254,11 +260,7 @@ impl MeshRuntime {
         let mesh = Arc::new(mesh);
         let mut endpoints = current.endpoints.clone();
         self.inner.states.for_clusters(&mesh, &ids, &mut endpoints);
-        let views = registry
-            .workloads
-            .iter()
-            .map(|(w, role, _)| Arc::new(WorkloadView::compile(mesh.clone(), w.clone(), *role)))
-            .collect();
+        let views = registry.views(&mesh);
         self.inner.current.store(Arc::new(Generation {
             snapshot: snapshot.clone(),
             endpoints,

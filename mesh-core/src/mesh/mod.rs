@@ -231,7 +231,22 @@ impl CompiledMesh {
             .collect();
         let rate_limits = crate::ratelimit::Sources::compile(snapshot);
         errors.extend(rate_limits.errors.iter().cloned());
-        let peers = crate::telemetry::PeerIndex::build(&registry, &settings.trust_domain);
+        // The peers' labels the clusters made, shared rather than made again.
+        let made: std::collections::HashMap<
+            *const mesh_config::Service,
+            &[crate::cluster::EndpointFacts],
+        > = services
+            .hosts
+            .iter()
+            .flat_map(|h| h.services.iter().zip(&h.facts))
+            .map(|(s, f)| (Arc::as_ptr(s), f.as_slice()))
+            .collect();
+        let peers =
+            crate::telemetry::PeerIndex::build_with(&registry, &settings.trust_domain, |s, i| {
+                made.get(&Arc::as_ptr(s))
+                    .and_then(|f| f.get(i))
+                    .map(|f| f.peer().clone())
+            });
         CompiledMesh {
             telemetries: snapshot.telemetries().into(),
             peers,

@@ -40,6 +40,8 @@ pub(super) struct HostServices {
     pub(super) groups: Vec<ClusterGroup>,
     /// For requests to exactly this host: the service and group per caller namespace.
     pub(super) views: ByNamespace<Option<View>>,
+    /// Per service, what its clusters made of each of its endpoints.
+    pub(super) facts: Vec<Vec<crate::cluster::EndpointFacts>>,
 }
 
 /// The clusters of one service shaped by one DestinationRule (or none): per port, one
@@ -287,11 +289,13 @@ impl HostServices {
     ) -> HostServices {
         let mut clusters = Vec::new();
         let mut groups = Vec::new();
+        let mut all_facts = Vec::with_capacity(services.len());
         for (si, svc) in services.iter().enumerate() {
+            let facts = crate::cluster::EndpointFacts::of_service(svc, ctx.trust_domain);
             // One group without a DestinationRule, one per covering rule.
             let mut by_rule: Vec<Vec<Arc<Cluster>>> = vec![Vec::new(); rules.len() + 1];
             for port in &svc.ports {
-                let c = Arc::new(Cluster::build(id(), svc, port, None, None, ctx));
+                let c = Arc::new(Cluster::build(id(), svc, port, None, None, ctx, &facts));
                 clusters.push(c.clone());
                 by_rule[0].push(c);
                 for (ri, (dr, _)) in rules.iter().enumerate() {
@@ -308,6 +312,7 @@ impl HostServices {
                         None,
                         Some((dr, peak, rid.clone())),
                         ctx,
+                        &facts,
                     ));
                     clusters.push(c.clone());
                     by_rule[ri + 1].push(c);
@@ -319,12 +324,14 @@ impl HostServices {
                             Some(subset),
                             Some((dr, peak, rid.clone())),
                             ctx,
+                            &facts,
                         ));
                         clusters.push(c.clone());
                         by_rule[ri + 1].push(c);
                     }
                 }
             }
+            all_facts.push(facts);
             groups.extend(
                 by_rule
                     .into_iter()
@@ -343,6 +350,7 @@ impl HostServices {
             clusters,
             groups,
             views: ByNamespace::default(),
+            facts: all_facts,
         };
         entry.build_views(settings);
         entry
