@@ -714,43 +714,48 @@ pub const AUTO_REGISTRATION_GROUP: &str = "istio.io/autoRegistrationGroup";
 
 /// The name of the WorkloadEntry an instance of WorkloadGroup `group` at `address`
 /// registers, as Istio's auto-registration names it: `<group>-<address>` (an IPv6
-/// address's `:` as `-`), then `-<network>` when the template has a network; of a name
-/// longer than 253 characters, the last 253.
+/// address's `:` as `-`), then `-<network>` for a proxy on a network of its own; of a
+/// name longer than 253 bytes, the last 253 (on a character boundary).
 pub fn instance_name(group: &str, address: &str, network: Option<&str>) -> String {
     let mut name = format!("{group}-{}", address.replace(':', "-"));
     if let Some(net) = network.filter(|n| !n.is_empty()) {
         name.push('-');
         name.push_str(net);
     }
-    match name.char_indices().rev().nth(252) {
-        Some((at, _)) if name.len() > 253 => name[at..].to_string(),
-        _ => name,
+    if name.len() <= 253 {
+        return name;
     }
+    let mut at = name.len() - 253;
+    while !name.is_char_boundary(at) {
+        at += 1;
+    }
+    name[at..].to_string()
 }
 
 /// The WorkloadEntry an instance of `group` at `address` registers, as Istio's
-/// auto-registration makes it: named by [`instance_name`], in the group's namespace,
-/// the template's spec at that address (with `ports` when given: the ports the instance
-/// really listens on), the template's labels overlaid with the group metadata's, the
-/// metadata's annotations and [`AUTO_REGISTRATION_GROUP`]. Its name and its YAML text.
-/// `None` when the group has no template.
+/// auto-registration makes it: named by [`instance_name`] (an instance has no network
+/// of its own, so no network suffix), in the group's namespace, the template's spec at
+/// that address (with `ports` when given: the ports the instance really listens on),
+/// the template's labels overlaid with the group metadata's, and
+/// [`AUTO_REGISTRATION_GROUP`] overlaid with the metadata's annotations. Its name and its
+/// YAML text. `None` when the group has no template.
 pub fn instance_entry(
     group: &Resource<crate::model::WorkloadGroup>,
     address: &str,
     ports: Option<&BTreeMap<String, u32>>,
 ) -> Option<(String, String)> {
     let template = group.spec.template.as_ref()?;
-    let name = instance_name(group.name(), address, template.network.as_deref());
+    let name = instance_name(group.name(), address, None);
     let mut labels = template.labels.clone();
     let mut annotations = BTreeMap::new();
-    if let Some(meta) = &group.spec.metadata {
-        labels.extend(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        annotations.extend(meta.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
     annotations.insert(
         AUTO_REGISTRATION_GROUP.to_string(),
         group.name().to_string(),
     );
+    if let Some(meta) = &group.spec.metadata {
+        labels.extend(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        annotations.extend(meta.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     let mut spec = serde_json::json!({
         "address": address,
         "ports": ports.unwrap_or(&template.ports),

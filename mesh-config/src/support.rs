@@ -205,6 +205,11 @@ pub const NOT_ENFORCED: &[(Kind, &str, &str)] = &[
         "Gateway API attachment is not implemented",
     ),
     (
+        Kind::WorkloadGroup,
+        "spec.probe",
+        "readiness probes are not run: an instance is in the mesh while it is registered",
+    ),
+    (
         Kind::Telemetry,
         "*.formatter",
         "span tags from access log formatters are not applied",

@@ -43,9 +43,11 @@ const CASES: &[(&str, Option<(Code, &str)>)] = &[
         "  metadata: {labels: {'-bad': x}}\n  template: {}\n",
         Some((Code::InvalidLabel, "spec.metadata.labels.-bad")),
     ),
+    // As in Istio, the template is not checked as a WorkloadEntry.
+    ("  template: {ports: {http: 0}, labels: {'-x': y}}\n", None),
     (
-        "  template: {ports: {http: 70000}}\n",
-        Some((Code::InvalidPort, "spec.template.ports.http")),
+        "  template: {}\n  probe: {httpGet: {port: 80, httpHeaders: [{name: x_probe}]}}\n",
+        Some((Code::InvalidValue, "spec.probe.httpGet.httpHeaders[0].name")),
     ),
     (
         "  template: {}\n  probe: {periodSeconds: -1, tcpSocket: {port: 80}}\n",
@@ -104,13 +106,17 @@ fn validation_table() {
 }
 
 #[test]
-fn an_address_in_the_template_is_warned_of() {
-    let checked = check("  template: {address: 10.0.0.1}\n");
+fn a_probe_is_said_not_to_be_run() {
+    let checked = check("  template: {}\n  probe: {tcpSocket: {port: 80}}\n");
     assert!(!checked.has_errors(), "{}", checked.summary());
-    assert!(checked.diagnostics.iter().any(|d| {
-        d.severity == Severity::Warning
-            && d.path.as_ref().map(|p| p.to_string()).as_deref() == Some("spec.template.address")
-    }));
+    assert!(
+        checked
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Warning && d.message.contains("probes are not run")),
+        "{}",
+        checked.summary()
+    );
 }
 
 #[test]
@@ -133,7 +139,7 @@ fn instance_names_are_istios() {
 #[test]
 fn an_instance_registers_the_template_at_its_address() {
     let checked = check(
-        "  metadata:\n    labels: {app: reviews, version: v2}\n    annotations: {team: books}\n  template:\n    ports: {http: 9080}\n    labels: {version: v1, tier: back}\n    serviceAccount: bookinfo-reviews\n    locality: eu/west\n    weight: 3\n",
+        "  metadata:\n    labels: {app: reviews, version: v2}\n    annotations: {team: books}\n  template:\n    ports: {http: 9080}\n    labels: {version: v1, tier: back}\n    network: net-1\n    serviceAccount: bookinfo-reviews\n    locality: eu/west\n    weight: 3\n",
     );
     let snapshot = checked.snapshot.expect("a valid group");
     let group = &snapshot.workload_groups()[0];
@@ -177,6 +183,9 @@ fn an_instance_registers_the_template_at_its_address() {
         we.meta.annotations.get("team").map(String::as_str),
         Some("books")
     );
+    // The template's network is the entry's, not a suffix of its name (Istio's suffix
+    // is the proxy's own network).
+    assert_eq!(we.spec.network.as_deref(), Some("net-1"));
 
     // The ports the instance really listens on, when given.
     let ports = [("http".to_string(), 40123u32)].into_iter().collect();

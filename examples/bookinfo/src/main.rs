@@ -150,7 +150,9 @@ async fn main() -> ExitCode {
     } else if args.workloads.is_empty() {
         "all".to_string()
     } else {
-        args.workloads.join("-")
+        // With the instance address: two instances of one WorkloadGroup on one machine
+        // have addresses of their own.
+        format!("{}-{}", args.workloads.join("-"), args.instance_address)
     };
     opts.etcd = args.etcd.as_ref().map(|url| {
         let mut etcd = bookinfo::run::EtcdConfig::new(url.clone(), args.prefix.clone());

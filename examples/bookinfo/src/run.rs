@@ -237,55 +237,51 @@ pub fn workloads(snapshot: &Snapshot) -> Result<Vec<WorkloadSpec>, StartError> {
     Ok(out)
 }
 
-/// The Bookinfo workloads an instance of a WorkloadGroup of `snapshot` at `address`
-/// would run: groups whose labels (the template's, overlaid with the metadata's) have
-/// an `app` of Bookinfo, named as the instance registers itself
-/// (`<group>-<address>`), listening on the template's `http` port.
-pub fn group_instances(
-    snapshot: &Snapshot,
+/// The Bookinfo workload an instance of WorkloadGroup `group` at `address` runs: named
+/// as the instance registers itself (`<group>-<address>`), labelled with the template's
+/// labels overlaid by the metadata's (their `app` must be a Bookinfo service), listening
+/// on the template's `http` port (0: a free one).
+pub fn group_instance(
+    group: &mesh_config::model::Resource<mesh_config::model::WorkloadGroup>,
     address: std::net::IpAddr,
-) -> Result<Vec<(String, WorkloadSpec)>, StartError> {
-    let mut out = Vec::new();
-    for group in snapshot.workload_groups() {
-        let Some(template) = &group.spec.template else {
-            continue;
-        };
-        let mut labels = template.labels.clone();
-        if let Some(meta) = &group.spec.metadata {
-            labels.extend(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        let Some(app) = labels.get("app").filter(|a| APPS.contains(&a.as_str())) else {
-            continue;
-        };
-        let port = template
-            .ports
-            .get("http")
-            .copied()
-            .ok_or_else(|| StartError::Workload {
-                name: group.name().to_string(),
-                reason: "its template has no `http` port in `ports`".into(),
-            })?;
-        let ip = address.to_string();
-        let name =
-            mesh_config::registry::instance_name(group.name(), &ip, template.network.as_deref());
-        out.push((
-            group.name().to_string(),
-            WorkloadSpec {
-                name,
-                namespace: group.namespace().to_string(),
-                app: app.clone(),
-                version: labels.get("version").cloned().unwrap_or_default(),
-                service_account: template
-                    .service_account
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                addr: mesh_core::cluster::host_port(&ip, port),
-                labels,
-                group: Some(group.name().to_string()),
-            },
-        ));
+) -> Result<WorkloadSpec, StartError> {
+    let unusable = |reason: &str| StartError::Workload {
+        name: group.name().to_string(),
+        reason: reason.to_string(),
+    };
+    let template = group
+        .spec
+        .template
+        .as_ref()
+        .ok_or_else(|| unusable("the WorkloadGroup has no template"))?;
+    let mut labels = template.labels.clone();
+    if let Some(meta) = &group.spec.metadata {
+        labels.extend(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    Ok(out)
+    let app = labels
+        .get("app")
+        .filter(|a| APPS.contains(&a.as_str()))
+        .cloned()
+        .ok_or_else(|| unusable("its `app` label is none of Bookinfo's services"))?;
+    let port = template
+        .ports
+        .get("http")
+        .copied()
+        .ok_or_else(|| unusable("its template has no `http` port in `ports`"))?;
+    let ip = address.to_string();
+    Ok(WorkloadSpec {
+        name: mesh_config::registry::instance_name(group.name(), &ip, None),
+        namespace: group.namespace().to_string(),
+        app,
+        version: labels.get("version").cloned().unwrap_or_default(),
+        service_account: template
+            .service_account
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        addr: mesh_core::cluster::host_port(&ip, port),
+        labels,
+        group: Some(group.name().to_string()),
+    })
 }
 
 /// Loads and checks `dir`.
@@ -598,14 +594,26 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let local = source.local_registrations();
     let registrar = source.etcd_client();
     let mut all = workloads(&declared)?;
-    // A name that is no WorkloadEntry's may be a WorkloadGroup's: an instance of it runs.
-    let groups = group_instances(&declared, opts.instance_address)?;
+    // A name that is no WorkloadEntry's may be a WorkloadGroup's: an instance of it runs
+    // (a WorkloadEntry of the same name wins).
     for name in &opts.only {
-        if all.iter().any(|w| &w.name == name) {
+        if all
+            .iter()
+            .any(|w| &w.name == name || w.group.as_ref() == Some(name))
+        {
             continue;
         }
-        match groups.iter().find(|(g, _)| g == name) {
-            Some((_, instance)) => all.push(instance.clone()),
+        match declared.workload_groups().iter().find(|g| g.name() == name) {
+            Some(group) => {
+                if opts.etcd.is_none() {
+                    return Err(StartError::Workload {
+                        name: name.clone(),
+                        reason: "an instance of a WorkloadGroup registers itself: it needs --etcd"
+                            .into(),
+                    });
+                }
+                all.push(group_instance(group, opts.instance_address)?);
+            }
             None => {
                 return Err(StartError::Workload {
                     name: name.clone(),
@@ -613,7 +621,7 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
                         "{source_name} has no Bookinfo WorkloadEntry or WorkloadGroup of that name (it has {})",
                         all.iter()
                             .map(|w| w.name.as_str())
-                            .chain(groups.iter().map(|(g, _)| g.as_str()))
+                            .chain(declared.workload_groups().iter().map(|g| g.name()))
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
@@ -752,12 +760,13 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     let mut registrations = Vec::new();
     if let (Some(e), Some(etcd)) = (&opts.etcd, registrar) {
         for (w, addr) in &running {
+            let (name, entry) = registration_entry(w, *addr, &declared);
             registrations.push(Registration::start(
                 etcd.clone(),
                 &e.prefix,
                 &w.namespace,
-                &w.name,
-                registration_entry(w, *addr, &declared),
+                &name,
+                entry,
                 e.lease_ttl,
                 local.clone(),
             ));
@@ -779,22 +788,26 @@ pub async fn start(mut opts: Options) -> Result<Running, StartError> {
     })
 }
 
-/// The WorkloadEntry a workload registers: an instance of a WorkloadGroup, the one its
-/// template makes (Istio's auto-registration); else its static entry's labels and
-/// service account; at the address and port it listens on.
-fn registration_entry(w: &WorkloadSpec, local: SocketAddr, declared: &Snapshot) -> String {
+/// The WorkloadEntry a workload registers, its name and its text: an instance of a
+/// WorkloadGroup, the one its template makes (Istio's auto-registration); else its
+/// static entry's labels and service account; at the address and port it listens on.
+fn registration_entry(
+    w: &WorkloadSpec,
+    local: SocketAddr,
+    declared: &Snapshot,
+) -> (String, String) {
     let ports: BTreeMap<String, u32> = [("http".to_string(), u32::from(local.port()))].into();
     if let Some(group) = w.group.as_ref().and_then(|g| {
         declared
             .workload_groups()
             .iter()
             .find(|r| r.name() == g && r.namespace() == w.namespace)
-    }) && let Some((_, entry)) =
+    }) && let Some(named) =
         mesh_config::registry::instance_entry(group, &local.ip().to_string(), Some(&ports))
     {
-        return entry;
+        return named;
     }
-    serde_json::json!({
+    let entry = serde_json::json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "WorkloadEntry",
         "metadata": {
@@ -807,8 +820,8 @@ fn registration_entry(w: &WorkloadSpec, local: SocketAddr, declared: &Snapshot) 
             "labels": w.labels,
             "serviceAccount": w.service_account,
         },
-    })
-    .to_string()
+    });
+    (w.name.clone(), entry.to_string())
 }
 
 /// Starts the OTLP exporters `otlp` configures: spans through the runtime's span

@@ -322,15 +322,11 @@ async fn seven_processes_on_etcd() {
     // Istio names it, and the page comes from it too.
     let group_dir = dir.path().join("group");
     std::fs::create_dir(&group_dir).unwrap();
-    // The template's port: one free on 127.0.0.2 now.
-    let port = std::net::TcpListener::bind("127.0.0.2:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Its template's `http` port is 0: each instance listens on a free port, and
+    // registers the port it has.
     std::fs::write(
         group_dir.join("workload-group.yaml"),
-        format!("apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {{name: reviews-vms, namespace: default}}\nspec:\n  metadata:\n    labels: {{app: reviews, version: v2}}\n  template:\n    ports: {{http: {port}}}\n    serviceAccount: bookinfo-reviews\n  probe: {{httpGet: {{path: /health, port: {port}}}}}\n"),
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: reviews-vms, namespace: default}\nspec:\n  metadata:\n    labels: {app: reviews, version: v2}\n  template:\n    ports: {http: 0}\n    serviceAccount: bookinfo-reviews\n",
     )
     .unwrap();
     etcd::apply(&url, "/mesh", &[&group_dir]).await;

@@ -472,24 +472,16 @@ fn istio_port_warnings(
 
 /// A WorkloadGroup, as Istio's `ValidateWorkloadGroup`: a template is required, the
 /// metadata's labels must be valid, and the probe has non-negative numbers and exactly
-/// one valid method. The template is checked as the WorkloadEntry every instance would
-/// register (its address is each instance's: one set in the template is only warned of).
+/// one valid method. Like Istio, the template is not checked as a WorkloadEntry (an
+/// instance's registration is checked when it is written: one that is not valid is left
+/// out with a warning).
 pub(super) fn workload_group(ctx: &mut Ctx<'_>, path: &FieldPath, wg: &WorkloadGroup) {
-    let tpath = path.key("template");
-    match &wg.template {
-        None => ctx.report(Code::MissingField, &tpath, "`template` is required"),
-        Some(template) => {
-            let mut instance = template.clone();
-            if !instance.address.is_empty() {
-                ctx.warn(
-                    Code::InvalidValue,
-                    &tpath.key("address"),
-                    "each instance registers its own address: this one is replaced",
-                );
-            }
-            instance.address = "192.0.2.1".into();
-            workload_entry(ctx, &tpath, &instance, None);
-        }
+    if wg.template.is_none() {
+        ctx.report(
+            Code::MissingField,
+            &path.key("template"),
+            "`template` is required",
+        );
     }
     if let Some(meta) = &wg.metadata {
         ctx.labels(&path.key("metadata").key("labels"), &meta.labels);
@@ -541,12 +533,23 @@ pub(super) fn workload_group(ctx: &mut Ctx<'_>, path: &FieldPath, wg: &WorkloadG
                 format!("`scheme` must be HTTP or HTTPS, not `{}`", h.scheme),
             );
         }
+        // Istio's `ValidateProbeHeaderName`: letters, digits and `-` only.
         for (i, header) in h.http_headers.iter().enumerate() {
-            ctx.header_name(
-                &hp.key("httpHeaders").index(i).key("name"),
-                &header.name,
-                false,
-            );
+            let ok = !header.name.is_empty()
+                && header
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !ok {
+                ctx.report(
+                    Code::InvalidValue,
+                    &hp.key("httpHeaders").index(i).key("name"),
+                    format!(
+                        "invalid probe header name `{}`: letters, digits and `-` only",
+                        header.name
+                    ),
+                );
+            }
         }
     }
     if let Some(t) = &probe.tcp_socket {
