@@ -219,7 +219,9 @@ pub(crate) fn run(size: Size) -> Result<()> {
         ];
         for (i, c) in steps.into_iter().enumerate() {
             let start = Instant::now();
-            let applied = runtime.update_workloads(std::slice::from_ref(&c));
+            let applied = runtime
+                .update_workloads(std::slice::from_ref(&c))
+                .map_err(|e| anyhow::anyhow!(e))?;
             times[i].push(start.elapsed());
             if applied.workload_entries().len()
                 != size.services * size.endpoints_per_service + usize::from(i == 1)

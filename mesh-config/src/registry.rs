@@ -620,7 +620,7 @@ impl Registry {
 
 /// Labels Istio adds to every endpoint from its locality and network, so that subsets
 /// can select on them (`topology.kubernetes.io/region`, ...).
-fn topology_labels(we: &WorkloadEntry) -> Labels {
+pub(crate) fn topology_labels(we: &WorkloadEntry) -> Labels {
     let mut labels = we.labels.clone();
     let mut add = |k: &str, v: &str| {
         if !v.is_empty() {

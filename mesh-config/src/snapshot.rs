@@ -253,13 +253,18 @@ impl Snapshot {
 
     /// The snapshot after `changes` to its WorkloadEntries (registrations coming and
     /// going), and the indexes of the registry's services whose endpoints changed (see
-    /// [`Registry::with_workloads`]): everything else is shared with `self`, and nothing
-    /// is checked again — each changed entry must have been checked on its own, which is
-    /// all a WorkloadEntry needs (no rule across resources rejects one). The warnings
-    /// stay those of the last whole check. The resources are listed when first asked
-    /// for: the other kinds in load order, then the WorkloadEntries by namespace and
-    /// name.
-    pub fn with_workload_entries(&self, changes: &[WorkloadChange]) -> (Snapshot, Vec<usize>) {
+    /// [`Registry::with_workloads`]): everything else is shared with `self`. Each changed
+    /// entry must have been checked on its own; the one rule across resources that a
+    /// WorkloadEntry can break with an error — two Telemetries selecting the same
+    /// workload (IST0159) — is checked here for the changed entries, and breaking it is
+    /// an error (only a whole check can report it as it reports it). The warnings stay
+    /// those of the last whole check. The resources are listed when first asked for: the
+    /// other kinds in load order, then the WorkloadEntries by namespace and name.
+    pub fn with_workload_entries(
+        &self,
+        changes: &[WorkloadChange],
+    ) -> Result<(Snapshot, Vec<usize>), String> {
+        self.telemetry_conflicts(changes)?;
         let (registry, changed) = self.inner.registry.with_workloads(changes);
         let inner = Inner {
             version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
@@ -270,12 +275,59 @@ impl Snapshot {
             diagnostics: self.inner.diagnostics.clone(),
             index: std::sync::OnceLock::new(),
         };
-        (
+        Ok((
             Snapshot {
                 inner: Arc::new(inner),
             },
             changed,
-        )
+        ))
+    }
+
+    /// IST0159 for the entries `changes` bring: a workload that Telemetries of its
+    /// namespace with selector labels select more than once (its labels, and the
+    /// labels its endpoints get, as the whole check tests both).
+    fn telemetry_conflicts(&self, changes: &[WorkloadChange]) -> Result<(), String> {
+        let selecting: Vec<&Arc<Resource<Telemetry>>> = self
+            .telemetries()
+            .iter()
+            .filter(|t| {
+                t.spec.target_refs().is_empty()
+                    && t.spec
+                        .selector
+                        .as_ref()
+                        .is_some_and(|s| !s.match_labels.is_empty())
+            })
+            .collect();
+        if selecting.len() < 2 {
+            return Ok(());
+        }
+        for we in changes.iter().filter_map(|c| c.entry.as_ref()) {
+            for labels in [
+                we.spec.labels.clone(),
+                crate::registry::topology_labels(&we.spec),
+            ] {
+                let names: Vec<&str> = selecting
+                    .iter()
+                    .filter(|t| {
+                        t.namespace() == we.namespace()
+                            && t.spec
+                                .selector
+                                .as_ref()
+                                .is_some_and(|s| crate::registry::selects(&s.match_labels, &labels))
+                    })
+                    .map(|t| t.name())
+                    .collect();
+                if names.len() > 1 {
+                    return Err(format!(
+                        "WorkloadEntry {}/{}: the Telemetries {} select it (IST0159); not applied",
+                        we.namespace(),
+                        we.name(),
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -472,6 +524,51 @@ fn sort(diagnostics: &mut [Diagnostic]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry that two Telemetries would select is refused by the endpoint path, as
+    /// the whole check refuses it (IST0159); one that one Telemetry selects goes in.
+    #[test]
+    fn an_entry_two_telemetries_select_is_refused_as_a_whole_check_does() {
+        let base = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: one}\nspec:\n  selector: {matchLabels: {app: x}}\n  accessLogging: [{providers: [{name: envoy}]}]\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: two}\nspec:\n  selector: {matchLabels: {tier: web}}\n  accessLogging: [{providers: [{name: envoy}]}]\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a}\nspec: {address: 10.0.0.1, labels: {app: x}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b}\nspec: {address: 10.0.0.2, labels: {tier: web}}\n";
+        let mut set = ConfigSet::new();
+        set.add_str("base.yaml", base);
+        let snapshot = set.check().snapshot.unwrap();
+        let entry = |labels: &str| {
+            let mut one = ConfigSet::new();
+            one.add_str(
+                "c.yaml",
+                &format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: c}}\nspec: {{address: 10.0.0.3, labels: {labels}}}\n"),
+            );
+            let AnyResource::WorkloadEntry(we) = &one.resources()[0] else {
+                panic!("not a WorkloadEntry");
+            };
+            (we.clone(), one)
+        };
+        let change = |we| WorkloadChange {
+            namespace: "default".into(),
+            name: "c".into(),
+            entry: Some(we),
+        };
+        let (alone, _) = entry("{app: x}");
+        assert!(snapshot.with_workload_entries(&[change(alone)]).is_ok());
+        let (both, one) = entry("{app: x, tier: web}");
+        let err = snapshot
+            .with_workload_entries(&[change(both)])
+            .err()
+            .unwrap();
+        assert!(err.contains("IST0159") && err.contains("one, two"), "{err}");
+        // The whole check refuses it too.
+        set.apply(one);
+        let whole = set.check();
+        assert!(
+            whole
+                .diagnostics
+                .iter()
+                .any(|d| d.code == Code::ConflictingTelemetryWorkloadSelectors && d.is_error()),
+            "{}",
+            whole.summary()
+        );
+    }
 
     #[test]
     fn snapshot_is_send_sync_and_cheap_to_clone() {

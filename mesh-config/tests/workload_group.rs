@@ -1,7 +1,7 @@
 //! WorkloadGroup: Istio's validation rule by rule (a template is required, the
 //! metadata's labels are valid, a probe has non-negative numbers and exactly one valid
-//! method; the template is checked as the WorkloadEntry an instance would register), and
-//! the WorkloadEntry an instance registers from it, as Istio's auto-registration makes it.
+//! method; as in Istio, the template is not checked as a WorkloadEntry), and the
+//! WorkloadEntry an instance registers from it, as Istio's auto-registration makes it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

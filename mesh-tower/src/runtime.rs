@@ -237,7 +237,9 @@ impl MeshRuntime {
 
     /// Applies `changes` to the WorkloadEntries of the configuration in force —
     /// workloads registering and going away — and gives back the configuration now in
-    /// force. Only the clusters of the services that select a changed entry are built
+    /// force (an error, and nothing changed, when the changed entries break a rule only a
+    /// whole check reports: see [`Snapshot::with_workload_entries`]). Only the clusters
+    /// of the services that select a changed entry are built
     /// again (under the same ids); route tables, policies and every other cluster are
     /// shared with the configuration in force, and the endpoints' load and connections
     /// carry over ([`Snapshot::with_workload_entries`],
@@ -248,14 +250,17 @@ impl MeshRuntime {
     /// The change applies to the configuration in force when it is called: an
     /// [`update`](Self::update) called before it and still compiling replaces it when it
     /// finishes.
-    pub fn update_workloads(&self, changes: &[mesh_config::registry::WorkloadChange]) -> Snapshot {
+    pub fn update_workloads(
+        &self,
+        changes: &[mesh_config::registry::WorkloadChange],
+    ) -> Result<Snapshot, String> {
         let registry = self.registry();
         let current = self.inner.current.load_full();
-        let (snapshot, changed) = current.snapshot.with_workload_entries(changes);
+        let (snapshot, changed) = current.snapshot.with_workload_entries(changes)?;
         let Some((mesh, ids)) = current.mesh.with_endpoints(&snapshot, &changed) else {
             drop(registry);
             self.update(&snapshot);
-            return snapshot;
+            return Ok(snapshot);
         };
         let mesh = Arc::new(mesh);
         let mut endpoints = current.endpoints.clone();
@@ -271,7 +276,7 @@ impl MeshRuntime {
         }));
         self.inner.version.send_replace(snapshot.version());
         drop(registry);
-        snapshot
+        Ok(snapshot)
     }
 
     /// The configuration in force.

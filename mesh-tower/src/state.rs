@@ -646,11 +646,13 @@ mod tests {
                 _ => panic!("not a WorkloadEntry"),
             }
         };
-        let added = runtime.update_workloads(&[WorkloadChange {
-            namespace: "default".into(),
-            name: "b".into(),
-            entry: Some(parse("b", "10.0.0.2")),
-        }]);
+        let added = runtime
+            .update_workloads(&[WorkloadChange {
+                namespace: "default".into(),
+                name: "b".into(),
+                entry: Some(parse("b", "10.0.0.2")),
+            }])
+            .unwrap();
         assert_eq!(added.workload_entries().len(), 2);
         let after = runtime.generation();
         assert_eq!(after.snapshot.version(), added.version());
@@ -668,11 +670,13 @@ mod tests {
         assert!(Arc::ptr_eq(&after.clusters[plain], &before.clusters[plain]));
 
         // a goes: forgotten; b stays.
-        runtime.update_workloads(&[WorkloadChange {
-            namespace: "default".into(),
-            name: "a".into(),
-            entry: None,
-        }]);
+        runtime
+            .update_workloads(&[WorkloadChange {
+                namespace: "default".into(),
+                name: "a".into(),
+                entry: None,
+            }])
+            .unwrap();
         let last = runtime.generation();
         let ids: Vec<&str> = last.endpoints[v1].iter().map(|s| &*s.id).collect();
         assert_eq!(ids, ["10.0.0.2:80"]);
@@ -690,11 +694,13 @@ mod tests {
         let b_state = last.endpoints[plain][0].clone();
         let mut moved = (*parse("b", "10.0.0.2")).clone();
         moved.spec.labels.insert("app".into(), "zz".into());
-        runtime.update_workloads(&[WorkloadChange {
-            namespace: "default".into(),
-            name: "b".into(),
-            entry: Some(Arc::new(moved)),
-        }]);
+        runtime
+            .update_workloads(&[WorkloadChange {
+                namespace: "default".into(),
+                name: "b".into(),
+                entry: Some(Arc::new(moved)),
+            }])
+            .unwrap();
         let now = runtime.generation();
         let zz = id_of(&now, "zz.example.com", None);
         assert!(now.endpoints[plain].is_empty());

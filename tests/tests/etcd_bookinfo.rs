@@ -382,8 +382,15 @@ async fn endpoint_changes_are_delivered_as_the_entries_that_changed() {
 
     // The claim deleted while registered: the registration still replaces the static
     // entry of its name, so nothing changes; once it goes, the static entry is back.
-    client.delete(b"/mesh/claims/default/a").await.unwrap();
-    client.delete(b"/mesh/registry/default/a").await.unwrap();
+    // (One transaction: two requests could be watched apart, the registration then
+    // delivered once more on its own.)
+    client
+        .txn(deletes_txn(&[
+            "/mesh/claims/default/a",
+            "/mesh/registry/default/a",
+        ]))
+        .await
+        .unwrap();
     let changes = workloads(next_of(&mut source).await);
     assert_eq!(summary(&changes), ["default/a: 10.0.0.1"]);
     source.accepted();
@@ -454,6 +461,24 @@ fn puts_txn(puts: &[(&str, String)]) -> mesh_tower::etcd::proto::TxnRequest {
                     value: v.as_bytes().to_vec(),
                     lease: 0,
                     prev_kv: false,
+                })),
+            })
+            .collect(),
+        failure: Vec::new(),
+    }
+}
+
+/// One transaction deleting `keys`.
+fn deletes_txn(keys: &[&str]) -> mesh_tower::etcd::proto::TxnRequest {
+    use mesh_tower::etcd::proto::{DeleteRangeRequest, Op, RequestOp, TxnRequest};
+    TxnRequest {
+        compare: Vec::new(),
+        success: keys
+            .iter()
+            .map(|k| RequestOp {
+                request: Some(Op::DeleteRange(DeleteRangeRequest {
+                    key: k.as_bytes().to_vec(),
+                    ..Default::default()
                 })),
             })
             .collect(),

@@ -189,10 +189,23 @@ impl EtcdSource {
         for key in moved {
             self.touch(&key);
         }
-        if self.in_force
-            && let (Some(store), Some(pending)) = (&self.store, &self.pending)
-            && let Some(w) = workload_changes(store, pending, &local)
-        {
+        let changes = match (&self.store, &self.pending) {
+            (Some(store), Some(pending)) if self.in_force => {
+                // Many entries at once (leases expiring together) are parsed and checked
+                // off the runtime's worker threads.
+                if pending.len() > 64 {
+                    let (store, pending, local) = (store.clone(), pending.clone(), local.clone());
+                    tokio::task::spawn_blocking(move || workload_changes(&store, &pending, &local))
+                        .await
+                        .ok()
+                        .flatten()
+                } else {
+                    workload_changes(store, pending, &local)
+                }
+            }
+            _ => None,
+        };
+        if let (Some(w), Some(store)) = (changes, &self.store) {
             let revision = store.revision();
             self.pending = Some(BTreeMap::new());
             self.last_local = local;

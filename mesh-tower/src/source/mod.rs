@@ -119,7 +119,15 @@ pub fn offer(runtime: &crate::MeshRuntime, delivered: Result<Delivery, SourceErr
                 // Only warnings: the configuration in force stays.
                 return Offered::Applied(runtime.snapshot());
             }
-            Offered::Applied(runtime.update_workloads(&w.changes))
+            match runtime.update_workloads(&w.changes) {
+                Ok(snapshot) => Offered::Applied(snapshot),
+                // Not accepted: the source delivers the whole configuration next, whose
+                // check reports the problem as it does.
+                Err(e) => Offered::Rejected {
+                    diagnostics: w.diagnostics,
+                    error: Some(e),
+                },
+            }
         }
         Ok(Delivery::Config(set)) => {
             let checked = set.check();
