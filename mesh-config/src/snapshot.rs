@@ -290,13 +290,7 @@ impl Snapshot {
         let selecting: Vec<&Arc<Resource<Telemetry>>> = self
             .telemetries()
             .iter()
-            .filter(|t| {
-                t.spec.target_refs().is_empty()
-                    && t.spec
-                        .selector
-                        .as_ref()
-                        .is_some_and(|s| !s.match_labels.is_empty())
-            })
+            .filter(|t| t.spec.selector_labels().is_some())
             .collect();
         if selecting.len() < 2 {
             return Ok(());
@@ -311,9 +305,8 @@ impl Snapshot {
                     .filter(|t| {
                         t.namespace() == we.namespace()
                             && t.spec
-                                .selector
-                                .as_ref()
-                                .is_some_and(|s| crate::registry::selects(&s.match_labels, &labels))
+                                .selector_labels()
+                                .is_some_and(|s| crate::registry::selects(s, &labels))
                     })
                     .map(|t| t.name())
                     .collect();

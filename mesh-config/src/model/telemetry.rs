@@ -68,6 +68,18 @@ impl Telemetry {
         }
     }
 
+    /// The labels its selector selects workloads by, for a Telemetry that selects by
+    /// labels (non-empty `matchLabels`, no target references).
+    pub fn selector_labels(&self) -> Option<&crate::model::Labels> {
+        if !self.target_refs().is_empty() {
+            return None;
+        }
+        self.selector
+            .as_ref()
+            .map(|s| &s.match_labels)
+            .filter(|l| !l.is_empty())
+    }
+
     /// True for a namespace-wide Telemetry (mesh-wide in the root namespace): no selector
     /// labels and no target references, as Istio decides it (`selector: {}` is
     /// namespace-wide too).

@@ -380,13 +380,7 @@ fn selectors(input: &Input<'_>, spec: &FieldPath, out: &mut Vec<Diagnostic>) {
     let selecting: Vec<&Arc<Resource<Telemetry>>> = input
         .telemetries
         .iter()
-        .filter(|t| {
-            t.spec.target_refs().is_empty()
-                && t.spec
-                    .selector
-                    .as_ref()
-                    .is_some_and(|s| !s.match_labels.is_empty())
-        })
+        .filter(|t| t.spec.selector_labels().is_some())
         .collect();
     let sel_path = spec.key("selector").key("matchLabels");
     let mut reported = BTreeSet::new();
