@@ -1,7 +1,8 @@
 //! `mesh-bench scale`: the cost of a large configuration — 10 000 services with 100 000
 //! endpoints (WorkloadEntries, ten per service) and 10 000 VirtualServices by default —
-//! loaded, checked, compiled and swapped into a runtime; then an endpoint change applied
-//! by that full path, and endpoint changes applied incrementally
+//! loaded, checked, compiled and swapped into a runtime (as a process does: the runtime
+//! drops the YAML trees and compiles), compiled once more alone; then an endpoint change
+//! applied by the full path (a reload), and endpoint changes applied incrementally
 //! (`MeshRuntime::update_workloads`, as a workload registering or going away is).
 //! `mesh-bench propagation` measures changes written to etcd until follower processes
 //! have them.
@@ -9,7 +10,8 @@
 //! Times are wall-clock on this machine (shared and noisy): the figures are orders of
 //! magnitude against the bounds (1 s, 10 ms), not precise measures. Peak memory
 //! is the process's peak resident set (`VmHWM`), reset before each step where the kernel
-//! allows it.
+//! allows it; the heap in use (allocated and not freed) falls when memory is freed, where
+//! the resident set keeps what the allocator keeps mapped.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -93,6 +95,15 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The bytes the process's allocations hold now (what was allocated and not freed):
+/// unlike the resident set, this falls when memory is freed, whether or not the
+/// allocator gives it back to the system.
+fn heap() -> u64 {
+    let s = stats_alloc::INSTRUMENTED_SYSTEM.stats();
+    // A reallocation is counted in both (what it grew by, or shrank by).
+    s.bytes_allocated.saturating_sub(s.bytes_deallocated) as u64
+}
+
 /// Resets `VmHWM` to the current resident set (Linux 4.0+); false when refused.
 fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
@@ -117,18 +128,19 @@ pub(crate) fn run(size: Size) -> Result<()> {
         size.virtual_services,
         mib(bytes as u64)
     );
-    println!("| step | time | peak RSS during the step | RSS after |");
-    println!("|---|---:|---:|---:|");
+    println!("| step | time | peak RSS during the step | RSS after | heap in use after |");
+    println!("|---|---:|---:|---:|---:|");
     let step = |name: &str, f: &mut dyn FnMut()| {
         reset_peak();
         let start = Instant::now();
         f();
         let took = start.elapsed();
         println!(
-            "| {name} | {:.0} ms | {:.0} MiB | {:.0} MiB |",
+            "| {name} | {:.0} ms | {:.0} MiB | {:.0} MiB | {:.0} MiB |",
             ms(took),
             mib(peak_rss()),
-            mib(rss())
+            mib(rss()),
+            mib(heap())
         );
         took
     };
@@ -149,34 +161,50 @@ pub(crate) fn run(size: Size) -> Result<()> {
             checked.summary()
         );
     };
-    let mut compiled = None;
-    step("compile (route tables, clusters, balancers)", &mut || {
-        compiled = Some(mesh_core::CompiledMesh::compile(&snapshot));
-    });
-    drop(compiled);
+    // As a process does it: the runtime drops the YAML trees, compiles, swaps in.
     let mut runtime = None;
     step("runtime: compile and swap in (one workload)", &mut || {
         let rt = mesh_tower::MeshRuntime::from_snapshot(&snapshot);
         let _ = rt.workload(mesh_tower::Workload::new("client", "default"));
         runtime = Some(rt);
     });
-    let runtime = runtime.context("runtime")?;
-    // One endpoint changes (workload svc-0-0 moves to another address): the whole path,
-    // as a reload does it.
-    let mut moved = set.clone();
-    let mut change = ConfigSet::new();
-    change.add_str(
-        "moved.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: svc-0-0}\nspec:\n  address: 10.255.0.1\n  ports: {http: 8080}\n  labels: {app: svc-0, version: v2}\n",
+    // Compiling alone, beside the runtime's: its time, and what a compiled mesh holds
+    // (the heap it adds).
+    let before = heap();
+    let mut compiled = None;
+    step(
+        "compile alone, beside the runtime's (route tables, clusters, balancers)",
+        &mut || {
+            compiled = Some(mesh_core::CompiledMesh::compile(&snapshot));
+        },
     );
-    moved.apply(change);
+    let compiled_heap = heap().saturating_sub(before);
+    drop(compiled);
+    let runtime = runtime.context("runtime")?;
+    drop((set, snapshot));
+    // One endpoint changes (workload svc-0-0 moves to another address): the whole path,
+    // as a reload does it (the sources read every resource again, as the directory and
+    // etcd sources do for a change that is not of endpoints only).
     let mut applied = false;
-    step("endpoint change: full check, compile and swap", &mut || {
-        if let Some(s) = moved.check().snapshot {
-            runtime.update(&s);
-            applied = true;
-        }
-    });
+    step(
+        "endpoint change: full reload (load, check, compile, swap)",
+        &mut || {
+            let mut moved = ConfigSet::new();
+            for (name, text) in &texts {
+                moved.add_str(name, text);
+            }
+            let mut change = ConfigSet::new();
+            change.add_str(
+            "moved.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: svc-0-0}\nspec:\n  address: 10.255.0.1\n  ports: {http: 8080}\n  labels: {app: svc-0, version: v2}\n",
+        );
+            moved.apply(change);
+            if let Some(s) = moved.check().snapshot {
+                runtime.update(&s);
+                applied = true;
+            }
+        },
+    );
     if !applied {
         anyhow::bail!("the endpoint change was rejected");
     }
@@ -241,13 +269,18 @@ pub(crate) fn run(size: Size) -> Result<()> {
         t.sort();
         let p = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
         println!(
-            "| {name} (median / p99 / max of {rounds}) | {:.2} / {:.2} / {:.2} ms | {:.0} MiB | {:.0} MiB |",
+            "| {name} (median / p99 / max of {rounds}) | {:.2} / {:.2} / {:.2} ms | {:.0} MiB | {:.0} MiB | {:.0} MiB |",
             ms(p(0.5)),
             ms(p(0.99)),
             ms(t[t.len() - 1]),
             mib(peak_rss()),
-            mib(rss())
+            mib(rss()),
+            mib(heap())
         );
     }
+    println!(
+        "\nThe compiled mesh alone holds {:.0} MiB (the heap compiling it added).",
+        mib(compiled_heap)
+    );
     Ok(())
 }

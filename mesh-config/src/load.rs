@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::de::{DeError, from_node};
 use crate::diag::{Code, Diagnostic, Location, ResourceRef};
-use crate::model::{AnyResource, Kind, ObjectMeta, Origin, Resource, ResourceKey};
+use crate::model::{AnyResource, Kind, ObjectMeta, Origin, Resource, ResourceKey, Trees};
 use crate::path::FieldPath;
 use crate::source::SourceFile;
 use crate::yaml::{Node, Value, YamlErrorKind, parse_stream};
@@ -139,9 +139,14 @@ impl ConfigSet {
             .filter(|e| e.kind != YamlErrorKind::Syntax)
             .map(|e| e.document)
             .collect();
-        for (index, node) in stream.documents {
-            let doc = Arc::new(node);
-            let decoded = decode_document(&source, &doc, index);
+        let documents: Vec<(usize, Arc<Node>)> = stream
+            .documents
+            .into_iter()
+            .map(|(index, node)| (index, Arc::new(node)))
+            .collect();
+        let trees = Trees::new(source.clone(), documents.clone());
+        for (index, doc) in documents {
+            let decoded = decode_document(&trees, &doc, index);
             self.diagnostics.extend(decoded.diagnostics);
             // A document with duplicate keys or bad tags was read, but is not trusted.
             if broken.contains(&index) {
@@ -331,17 +336,12 @@ struct Decoded {
     diagnostics: Vec<Diagnostic>,
 }
 
-fn decode_document(source: &Arc<SourceFile>, doc: &Arc<Node>, index: usize) -> Decoded {
+fn decode_document(trees: &Arc<Trees>, doc: &Node, index: usize) -> Decoded {
     let mut out = Decoded {
         resources: Vec::new(),
         diagnostics: Vec::new(),
     };
-    let origin = Origin {
-        source: source.clone(),
-        document: doc.clone(),
-        base: FieldPath::root(),
-        document_index: index,
-    };
+    let origin = Origin::new(trees, index, FieldPath::root());
     let kind = doc.get("kind").and_then(Node::as_str);
     if kind == Some("List")
         || kind.is_some_and(|k| k.ends_with("List") && doc.get("items").is_some())
@@ -369,10 +369,11 @@ fn decode_list(origin: &Origin, doc: &Node, out: &mut Decoded) {
     match doc.get("items").map(|n| &n.value) {
         Some(Value::Seq(items)) => {
             for (i, item) in items.iter().enumerate() {
-                let item_origin = Origin {
-                    base: FieldPath::root().key("items").index(i),
-                    ..origin.clone()
-                };
+                let item_origin = Origin::new(
+                    &origin.trees,
+                    origin.document_index,
+                    FieldPath::root().key("items").index(i),
+                );
                 decode_resource(&item_origin, item, out);
             }
         }

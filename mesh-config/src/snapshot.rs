@@ -251,6 +251,19 @@ impl Snapshot {
             .rule_for(&self.inner.kinds.mesh, host, from, service_ns)
     }
 
+    /// Drops every resource's YAML tree (see [`Trees`]). A compiled configuration has no
+    /// more use for them: the position of a resource is kept apart, and locating one of
+    /// its fields afterwards (a later diagnostic) reads its source's text again. The
+    /// trees are most of what a loaded configuration holds — many times its text.
+    pub fn release_trees(&self) {
+        for r in &self.inner.kinds.others {
+            r.origin().trees.release();
+        }
+        for w in self.inner.registry.workloads().iter() {
+            w.origin.trees.release();
+        }
+    }
+
     /// The snapshot after `changes` to its WorkloadEntries (registrations coming and
     /// going), and the indexes of the registry's services whose endpoints changed (see
     /// [`Registry::with_workloads`]): everything else is shared with `self`. Each changed

@@ -173,7 +173,7 @@ pub fn explain(
             });
         }
         Some((i, rule)) => {
-            e.rule = Some(rule.origin.location.to_string());
+            e.rule = Some(rule.origin.location());
             e.rule_index = Some(i);
             describe_rule(&mut e, rule, &resolve_port);
             e.retries = retry(&rule.retry);

@@ -508,19 +508,19 @@ fn rule_locations_point_at_the_file() {
     let rule = d.rule.unwrap().1;
     assert!(
         rule.origin
-            .location
+            .location()
             .ends_with("virtual-service-reviews-test-v2.yaml:9"),
         "{}",
-        rule.origin.location
+        rule.origin.location()
     );
     assert_eq!(&*rule.origin.virtual_service, "default/reviews");
     let r = req("reviews:9080", "/");
     let d = mesh.route(&r.head(), &src, &mut rng).unwrap();
     let rule = d.rule.unwrap().1;
     assert!(
-        rule.origin.location.ends_with(":17"),
+        rule.origin.location().ends_with(":17"),
         "{}",
-        rule.origin.location
+        rule.origin.location()
     );
 }
 

@@ -161,15 +161,29 @@ impl RuntimeOptions {
     }
 }
 
+/// Compiles `snapshot`, its YAML trees dropped first ([`Snapshot::release_trees`]): they
+/// are most of a loaded configuration's memory and compiling needs none of them, so the
+/// compiled mesh takes their place rather than adding to them. The few positions compiling
+/// names (a PeerAuthentication's lines) read their sources again; what that kept is
+/// dropped after.
+fn compile(snapshot: &Snapshot) -> CompiledMesh {
+    snapshot.release_trees();
+    let mesh = CompiledMesh::compile(snapshot);
+    snapshot.release_trees();
+    mesh
+}
+
 impl MeshRuntime {
-    /// Compiles `snapshot` (once for the whole process).
+    /// Compiles `snapshot` (once for the whole process). A configuration's YAML trees are
+    /// dropped when it is compiled, here and in every update (positions are read from
+    /// the text again when a diagnostic needs one).
     pub fn from_snapshot(snapshot: &Snapshot) -> Self {
         Self::from_snapshot_with(snapshot, RuntimeOptions::default())
     }
 
     /// Compiles `snapshot`, with `options`.
     pub fn from_snapshot_with(snapshot: &Snapshot, options: RuntimeOptions) -> Self {
-        let mesh = Arc::new(CompiledMesh::compile(snapshot));
+        let mesh = Arc::new(compile(snapshot));
         let states = Arc::new(EndpointStates::with_worker_pools(options.worker_pools));
         let generation = Generation {
             snapshot: snapshot.clone(),
@@ -213,7 +227,7 @@ impl MeshRuntime {
             .tickets
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
-        let mesh = Arc::new(CompiledMesh::compile(snapshot));
+        let mesh = Arc::new(compile(snapshot));
         let mut registry = self.registry();
         // Of two updates racing, the one called last stays in force.
         if registry.ticket > ticket {
@@ -262,6 +276,9 @@ impl MeshRuntime {
             self.update(&snapshot);
             return Ok(snapshot);
         };
+        for entry in changes.iter().filter_map(|c| c.entry.as_ref()) {
+            entry.origin.trees.release();
+        }
         let mesh = Arc::new(mesh);
         let mut endpoints = current.endpoints.clone();
         self.inner.states.for_clusters(&mesh, &ids, &mut endpoints);

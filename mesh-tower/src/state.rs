@@ -710,4 +710,63 @@ mod tests {
         );
         assert_eq!(now.states.known().get("10.0.0.2:80"), Some(&1));
     }
+
+    /// A configuration's YAML trees are dropped when the runtime compiles it, and what
+    /// compiling names (rules' and PeerAuthentications' lines) is the same as with them.
+    #[test]
+    fn the_runtime_compiles_without_the_yaml_trees() {
+        use mesh_config::registry::WorkloadChange;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bookinfo/config");
+        let mut set = mesh_config::ConfigSet::load(&[dir]).unwrap();
+        set.add_str(
+            "policies.yaml",
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ratings}\nspec:\n  selector: {matchLabels: {app: ratings}}\n\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    9080: {mode: PERMISSIVE}\n",
+        );
+        let snapshot = set.check().snapshot.unwrap();
+        let kept = mesh_core::CompiledMesh::compile(&snapshot);
+        let locations = |m: &mesh_core::CompiledMesh| -> Vec<String> {
+            m.virtual_services()
+                .iter()
+                .flat_map(|vs| vs.rules.iter().map(|r| r.origin.location()))
+                .collect()
+        };
+        let runtime = crate::MeshRuntime::from_snapshot(&snapshot);
+        assert!(
+            snapshot
+                .resources()
+                .iter()
+                .all(|r| !r.origin().trees.is_kept()),
+            "released, what compiling read again (the PeerAuthentication's lines) too"
+        );
+        let released = runtime.current();
+        assert_eq!(locations(&released), locations(&kept));
+        assert!(
+            locations(&kept)
+                .iter()
+                .any(|l| l.ends_with("bookinfo-gateway.yaml:28")),
+            "{:?}",
+            locations(&kept)
+        );
+        assert_eq!(released.peer_authentications(), kept.peer_authentications());
+        // An entry that registers: its tree goes once it is applied.
+        let mut one = mesh_config::ConfigSet::new();
+        one.add_str(
+            "registered.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: reviews-x}\nspec: {address: 10.1.2.3, labels: {app: reviews, version: v1}}\n",
+        );
+        let Some(mesh_config::model::AnyResource::WorkloadEntry(entry)) =
+            one.resources().first().cloned()
+        else {
+            panic!("one WorkloadEntry");
+        };
+        assert!(entry.origin.trees.is_kept());
+        runtime
+            .update_workloads(&[WorkloadChange {
+                namespace: "default".into(),
+                name: "reviews-x".into(),
+                entry: Some(entry.clone()),
+            }])
+            .unwrap();
+        assert!(!entry.origin.trees.is_kept());
+    }
 }

@@ -19,7 +19,7 @@ pub mod virtual_service;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -232,20 +232,117 @@ pub struct ObjectMeta {
     pub self_link: Option<IgnoredAny>,
 }
 
-/// Where a resource came from: its file and its YAML tree, to locate any of its fields.
+/// The YAML trees of one source's documents, shared by the [`Origin`]s of its resources.
+///
+/// A tree is what turns a field path into `file:line:column`, and it is many times the
+/// size of its text (a node per scalar, each with its span). It is needed while a
+/// configuration is checked and compiled; after that, [`Trees::release`] drops it and a
+/// later lookup (a diagnostic about a resource in force, say) parses the text again,
+/// once per source, to the same tree.
+pub struct Trees {
+    source: Arc<SourceFile>,
+    documents: Mutex<Option<Documents>>,
+}
+
+/// A source's document trees, each with its index in the stream, in order.
+type Documents = Arc<[(usize, Arc<Node>)]>;
+
+impl Trees {
+    /// The trees of `source`'s documents (each with its index in the stream), as read.
+    pub fn new(source: Arc<SourceFile>, documents: Vec<(usize, Arc<Node>)>) -> Arc<Self> {
+        Arc::new(Trees {
+            source,
+            documents: Mutex::new(Some(documents.into())),
+        })
+    }
+
+    /// The tree of document `index`, parsed again from the text if it was released.
+    pub fn document(&self, index: usize) -> Arc<Node> {
+        let documents = {
+            let mut kept = self.documents.lock().unwrap_or_else(|e| e.into_inner());
+            kept.get_or_insert_with(|| {
+                crate::yaml::parse_stream(&self.source)
+                    .documents
+                    .into_iter()
+                    .map(|(i, node)| (i, Arc::new(node)))
+                    .collect()
+            })
+            .clone()
+        };
+        documents
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()
+            .and_then(|at| documents.get(at))
+            .map_or_else(
+                // Parsing is deterministic: a document that was read is read again. Were
+                // it not, an empty node locates everything at the file's start.
+                || {
+                    Arc::new(Node {
+                        value: crate::yaml::Value::Null,
+                        span: Span::default(),
+                    })
+                },
+                |(_, node)| node.clone(),
+            )
+    }
+
+    /// Drops the trees (see the type's documentation); true when they were kept.
+    pub fn release(&self) -> bool {
+        self.documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
+    }
+
+    /// True while the trees are kept.
+    pub fn is_kept(&self) -> bool {
+        self.documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+}
+
+impl fmt::Debug for Trees {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trees")
+            .field("source", &self.source.name())
+            .field("kept", &self.is_kept())
+            .finish()
+    }
+}
+
+/// Where a resource came from: its file and its place in it, to locate any of its fields.
 #[derive(Debug, Clone)]
 pub struct Origin {
     /// The file.
     pub source: Arc<SourceFile>,
-    /// The YAML document the resource is in.
-    pub document: Arc<Node>,
+    /// The trees of the file's documents.
+    pub trees: Arc<Trees>,
     /// Path of the resource inside the document (`items[3]` in a `List`, else empty).
     pub base: FieldPath,
     /// Index of the document in its file (0-based).
     pub document_index: usize,
+    /// Where the resource itself is (its node's span), kept apart from the trees so that
+    /// naming a resource's place never needs them.
+    span: Span,
 }
 
 impl Origin {
+    /// The origin of the resource at `base` in document `document_index` of `trees`.
+    pub fn new(trees: &Arc<Trees>, document_index: usize, base: FieldPath) -> Self {
+        let mut origin = Origin {
+            source: trees.source.clone(),
+            trees: trees.clone(),
+            base,
+            document_index,
+            span: Span::default(),
+        };
+        origin.span = origin.locate(&FieldPath::root()).span;
+        origin
+    }
+
     /// `path` (relative to the resource) as a path in the document.
     fn in_document(&self, path: &FieldPath) -> FieldPath {
         let mut full = self.base.clone();
@@ -255,10 +352,15 @@ impl Origin {
         full
     }
 
+    /// The YAML tree of the document the resource is in.
+    pub fn document(&self) -> Arc<Node> {
+        self.trees.document(self.document_index)
+    }
+
     /// The location of field `path` (relative to the resource), or of the nearest field
     /// that exists.
     pub fn locate(&self, path: &FieldPath) -> Location {
-        let (span, _) = self.in_document(path).locate(&self.document);
+        let (span, _) = self.in_document(path).locate(&self.document());
         Location {
             source: self.source.clone(),
             span,
@@ -267,7 +369,7 @@ impl Origin {
 
     /// The location of the key of field `path` (see [`FieldPath::locate_key`]).
     pub fn locate_key(&self, path: &FieldPath) -> Location {
-        let (span, _) = self.in_document(path).locate_key(&self.document);
+        let (span, _) = self.in_document(path).locate_key(&self.document());
         Location {
             source: self.source.clone(),
             span,
@@ -276,17 +378,21 @@ impl Origin {
 
     /// The location of the resource itself.
     pub fn location(&self) -> Location {
-        self.locate(&FieldPath::root())
+        Location {
+            source: self.source.clone(),
+            span: self.span,
+        }
     }
 
     /// True when field `path` (relative to the resource) was written in the file.
     pub fn has(&self, path: &FieldPath) -> bool {
-        self.in_document(path).locate(&self.document).1
+        self.in_document(path).locate(&self.document()).1
     }
 
-    /// The resource's own YAML node (the document, or the `List` item).
-    pub fn node(&self) -> &Node {
-        let mut node: &Node = &self.document;
+    /// Calls `f` with the resource's own YAML node (the document, or the `List` item).
+    pub fn with_node<R>(&self, f: impl FnOnce(&Node) -> R) -> R {
+        let document = self.document();
+        let mut node: &Node = &document;
         for seg in self.base.segments() {
             let next = match (seg, &node.value) {
                 (crate::path::Segment::Key(k), _) => node.get(k),
@@ -298,12 +404,12 @@ impl Origin {
                 None => break,
             }
         }
-        node
+        f(node)
     }
 
     /// The span of the resource itself.
     pub fn span(&self) -> Span {
-        self.location().span
+        self.span
     }
 }
 

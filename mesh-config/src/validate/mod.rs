@@ -290,7 +290,8 @@ pub fn validate(r: &AnyResource, out: &mut Vec<Diagnostic>) {
         }
         AnyResource::Telemetry(t) => telemetry(&mut ctx, &spec, &t.spec),
     }
-    crate::support::not_enforced(r.kind(), r.origin(), r.origin().node(), out);
+    r.origin()
+        .with_node(|node| crate::support::not_enforced(r.kind(), r.origin(), node, out));
 }
 
 #[cfg(test)]

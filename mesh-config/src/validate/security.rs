@@ -31,12 +31,11 @@ pub(super) fn peer_authentication(ctx: &mut Ctx<'_>, spec: &FieldPath, pa: &Peer
         );
     }
     // Written as `{}` (not absent, not null): Istio reads an empty map, which it refuses.
-    let written_empty = ctx
-        .origin
-        .node()
-        .get("spec")
-        .and_then(|s| s.get("portLevelMtls"))
-        .is_some_and(|n| matches!(&n.value, Value::Map(entries) if entries.is_empty()));
+    let written_empty = ctx.origin.with_node(|node| {
+        node.get("spec")
+            .and_then(|s| s.get("portLevelMtls"))
+            .is_some_and(|n| matches!(&n.value, Value::Map(entries) if entries.is_empty()))
+    });
     if written_empty {
         ctx.report(
             Code::InvalidValue,

@@ -284,7 +284,8 @@ fn node_at<'n>(root: &'n Node, path: &FieldPath) -> Option<&'n Node> {
 
 /// True when `path` was written with a null value (`tag:` or `tag: null`).
 fn written_null(ctx: &Ctx<'_>, path: &FieldPath) -> bool {
-    node_at(ctx.origin.node(), path).is_some_and(Node::is_null)
+    ctx.origin
+        .with_node(|node| node_at(node, path).is_some_and(Node::is_null))
 }
 
 fn diag(t: &Resource<Telemetry>, code: Code, path: FieldPath, msg: String) -> Diagnostic {

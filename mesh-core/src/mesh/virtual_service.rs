@@ -361,17 +361,12 @@ pub(super) fn compile(
 }
 
 fn rule_origin(vs: &Resource<VirtualService>, name: &Arc<str>, i: usize) -> RuleOrigin {
-    let path = mesh_config::FieldPath::root()
-        .key("spec")
-        .key("http")
-        .index(i);
-    let loc = vs.origin.locate(&path);
-    RuleOrigin {
-        virtual_service: name.clone(),
-        index: i,
-        location: format!("{}:{}", loc.source.name(), loc.span.start.line).into(),
-        name: vs.spec.http[i].name.as_deref().map(Into::into),
-    }
+    RuleOrigin::new(
+        name.clone(),
+        i,
+        vs.spec.http[i].name.as_deref().map(Into::into),
+        &vs.origin,
+    )
 }
 
 #[cfg(test)]

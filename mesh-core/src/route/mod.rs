@@ -32,18 +32,62 @@ pub use headers::{HeaderOps, RuleHeaders};
 pub use redirect::{DirectResponse, Redirect, RedirectPort, bytes_like, split_authority};
 pub use rewrite::{PathRewrite, Rewrite};
 
-/// Where a rule was written: `file:line`, and which VirtualService.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a rule was written: which VirtualService, and its `file:line`.
+#[derive(Debug, Clone)]
 pub struct RuleOrigin {
     /// `namespace/name` of the VirtualService.
     pub virtual_service: Arc<str>,
     /// Index of the rule in `spec.http`.
     pub index: usize,
-    /// `file:line` of the rule.
-    pub location: Arc<str>,
     /// The rule's name, if any.
     pub name: Option<Arc<str>>,
+    /// Where the VirtualService was written. The rule's line is looked up when asked
+    /// (`meshctl explain`, the admin page): compiling needs no YAML tree, so a
+    /// configuration's trees can be dropped before it is compiled.
+    written: mesh_config::model::Origin,
 }
+
+impl RuleOrigin {
+    /// Rule `index` of the VirtualService `virtual_service` (`namespace/name`) written at
+    /// `written`.
+    pub fn new(
+        virtual_service: Arc<str>,
+        index: usize,
+        name: Option<Arc<str>>,
+        written: &mesh_config::model::Origin,
+    ) -> Self {
+        RuleOrigin {
+            virtual_service,
+            index,
+            name,
+            written: written.clone(),
+        }
+    }
+
+    /// `file:line` of the rule.
+    pub fn location(&self) -> String {
+        let path = mesh_config::FieldPath::root()
+            .key("spec")
+            .key("http")
+            .index(self.index);
+        let loc = self.written.locate(&path);
+        format!("{}:{}", loc.source.name(), loc.span.start.line)
+    }
+}
+
+/// Two origins are the same rule of the same VirtualService written at the same place.
+impl PartialEq for RuleOrigin {
+    fn eq(&self, other: &Self) -> bool {
+        self.virtual_service == other.virtual_service
+            && self.index == other.index
+            && self.name == other.name
+            && self.written.source.name() == other.written.source.name()
+            && self.written.document_index == other.written.document_index
+            && self.written.span() == other.written.span()
+    }
+}
+
+impl Eq for RuleOrigin {}
 
 /// A destination of a rule, with its host qualified.
 #[derive(Debug, Clone, PartialEq)]
