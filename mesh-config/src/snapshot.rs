@@ -346,7 +346,12 @@ impl ConfigSet {
         let mut workload_entries = Vec::new();
         let mut mesh_configs = Vec::new();
         for r in self.resources() {
-            validate::validate(r, &mut diagnostics);
+            let found = r.origin().validated(|| {
+                let mut out = Vec::new();
+                validate::validate(r, &mut out);
+                out
+            });
+            diagnostics.extend(found.iter().cloned());
             match r {
                 AnyResource::VirtualService(x) => inner.virtual_services.push(x.clone()),
                 AnyResource::DestinationRule(x) => inner.destination_rules.push(x.clone()),

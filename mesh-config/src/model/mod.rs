@@ -327,6 +327,10 @@ pub struct Origin {
     /// Where the resource itself is (its node's span), kept apart from the trees so that
     /// naming a resource's place never needs them.
     span: Span,
+    /// What validating the resource on its own found, once: a loaded resource does not
+    /// change, and a configuration checked again (a store's next revision, most of its
+    /// resources the same) need not read their trees again.
+    validated: Arc<std::sync::OnceLock<Arc<[crate::diag::Diagnostic]>>>,
 }
 
 impl Origin {
@@ -338,6 +342,7 @@ impl Origin {
             base,
             document_index,
             span: Span::default(),
+            validated: Arc::default(),
         };
         origin.span = origin.locate(&FieldPath::root()).span;
         origin
@@ -410,6 +415,14 @@ impl Origin {
     /// The span of the resource itself.
     pub fn span(&self) -> Span {
         self.span
+    }
+
+    /// What `validate` finds, computed the first time only (see the field's reason).
+    pub fn validated(
+        &self,
+        validate: impl FnOnce() -> Vec<crate::diag::Diagnostic>,
+    ) -> Arc<[crate::diag::Diagnostic]> {
+        self.validated.get_or_init(|| validate().into()).clone()
     }
 }
 

@@ -241,6 +241,52 @@ pub struct KvStore {
     registrations: BTreeMap<String, (String, String, Option<String>)>,
     /// Claimed WorkloadEntry names, by key: (namespace, name).
     claims: BTreeMap<String, (String, String)>,
+    /// What each key's value loaded as when last viewed; shared by the store's copies.
+    decoded: Arc<Decoded>,
+}
+
+/// What each key's value loaded as, by key: the value, and what it adds to a
+/// configuration (its resource, or the diagnostic that leaves it out). A store's next
+/// revision mostly holds the same values: viewing it decodes only the keys that changed,
+/// and their resources — the same ones — keep what validating them found
+/// ([`Origin::validated`](crate::model::Origin::validated)).
+#[derive(Debug, Default)]
+struct Decoded(std::sync::Mutex<HashMap<String, (String, ConfigSet)>>);
+
+/// One view's use of [`Decoded`]: what it found there, and what it used.
+struct Reuse {
+    before: HashMap<String, (String, ConfigSet)>,
+    used: HashMap<String, (String, ConfigSet)>,
+}
+
+impl Reuse {
+    fn take(decoded: &Decoded) -> Self {
+        Reuse {
+            before: std::mem::take(&mut *decoded.0.lock().unwrap_or_else(|e| e.into_inner())),
+            used: HashMap::new(),
+        }
+    }
+
+    /// What `value` of `key` adds to a configuration: decoded the last time if the value
+    /// was the same, else by `decode`.
+    fn get(&mut self, key: &str, value: &str, decode: impl FnOnce() -> ConfigSet) -> ConfigSet {
+        let (value, one) = match self.before.remove(key) {
+            Some((v, one)) if v == value => (v, one),
+            _ => (value.to_string(), decode()),
+        };
+        let out = one.clone();
+        self.used.insert(key.to_string(), (value, one));
+        out
+    }
+
+    /// Keeps what was used, and what was not but whose key is still in `store` (a view
+    /// that left it out).
+    fn put(mut self, store: &KvStore) {
+        self.before
+            .retain(|k, _| store.entries.contains_key(k) || store.registrations.contains_key(k));
+        self.used.extend(self.before);
+        *store.decoded.0.lock().unwrap_or_else(|e| e.into_inner()) = self.used;
+    }
 }
 
 impl KvStore {
@@ -254,6 +300,7 @@ impl KvStore {
             foreign: BTreeSet::new(),
             registrations: BTreeMap::new(),
             claims: BTreeMap::new(),
+            decoded: Arc::default(),
         }
     }
 
@@ -519,13 +566,19 @@ impl KvStore {
     /// Adds the registered WorkloadEntries to `set`. A registration that is not one
     /// WorkloadEntry of its key's namespace and name is left out with a warning: a
     /// workload's bad registration must not stop the configuration of every other.
-    fn add_registrations(&self, set: &mut ConfigSet) {
+    fn add_registrations(&self, set: &mut ConfigSet, reuse: &mut Reuse) {
         for (key, (ns, name, value)) in &self.registrations {
             let text = value.as_deref().unwrap_or("");
-            match load_one(key, text, ns, name) {
-                Ok(one) => set.apply(one),
-                Err(source) => set.push_diagnostic(not_a_registration(key, ns, name, source)),
-            }
+            set.apply(
+                reuse.get(key, text, || match load_one(key, text, ns, name) {
+                    Ok(one) => one,
+                    Err(source) => {
+                        let mut left_out = ConfigSet::new();
+                        left_out.push_diagnostic(not_a_registration(key, ns, name, source));
+                        left_out
+                    }
+                }),
+            );
         }
     }
 
@@ -534,13 +587,13 @@ impl KvStore {
     /// its key names.
     fn view(&self, keep: impl Fn(&ResourceKey) -> bool) -> ConfigSet {
         let mut set = ConfigSet::new();
+        let mut reuse = Reuse::take(&self.decoded);
         for (key, (rk, entry)) in &self.entries {
             if !keep(rk) || self.claimed(rk) {
                 continue;
             }
-            let name = source_name(key);
             let Some(value) = &entry.value else {
-                let source = SourceFile::new(name, "");
+                let source = SourceFile::new(source_name(key), "");
                 set.push_diagnostic(
                     Diagnostic::new(
                         Code::KeyMismatch,
@@ -554,41 +607,49 @@ impl KvStore {
                 );
                 continue;
             };
-            let source = SourceFile::new(name, value.as_str());
-            let mut one = ConfigSet::new();
-            one.add_source(source.clone());
-            let holds: Vec<ResourceKey> = one.resources().iter().map(|r| r.key()).collect();
-            let fits = holds.len() == 1 && holds[0] == *rk;
-            if !fits && !one.diagnostics().iter().any(Diagnostic::is_error) {
-                let what = match holds.as_slice() {
-                    [] => "no resource".to_string(),
-                    [one] => one.to_string(),
-                    many => format!("{} resources", many.len()),
-                };
-                let location = one.resources().first().map_or(
-                    Location {
-                        source: source.clone(),
-                        span: Span::default(),
-                    },
-                    |r| r.origin().location(),
-                );
-                set.push_diagnostic(
-                    Diagnostic::new(
-                        Code::KeyMismatch,
-                        format!("{key} names {rk} but holds {what}"),
-                    )
-                    .at(location)
-                    .help(format!(
-                        "a key holds the one resource it names: <prefix>/<group>/<Kind>/<namespace>/<name> (`meshctl apply --etcd` writes {})",
-                        self.key_of(rk)
-                    )),
-                );
-                continue;
-            }
-            set.apply(one);
+            set.apply(reuse.get(key, value, || self.load_key(key, rk, value)));
         }
-        self.add_registrations(&mut set);
+        self.add_registrations(&mut set, &mut reuse);
+        reuse.put(self);
         set
+    }
+
+    /// What `value` of `key` (which names `rk`) adds to the configuration: its resource,
+    /// or an error when it does not hold exactly that resource.
+    fn load_key(&self, key: &str, rk: &ResourceKey, value: &str) -> ConfigSet {
+        let source = SourceFile::new(source_name(key), value);
+        let mut one = ConfigSet::new();
+        one.add_source(source.clone());
+        let holds: Vec<ResourceKey> = one.resources().iter().map(|r| r.key()).collect();
+        let fits = holds.len() == 1 && holds[0] == *rk;
+        if fits || one.diagnostics().iter().any(Diagnostic::is_error) {
+            return one;
+        }
+        let what = match holds.as_slice() {
+            [] => "no resource".to_string(),
+            [one] => one.to_string(),
+            many => format!("{} resources", many.len()),
+        };
+        let location = one.resources().first().map_or(
+            Location {
+                source: source.clone(),
+                span: Span::default(),
+            },
+            |r| r.origin().location(),
+        );
+        let mut mismatch = ConfigSet::new();
+        mismatch.push_diagnostic(
+            Diagnostic::new(
+                Code::KeyMismatch,
+                format!("{key} names {rk} but holds {what}"),
+            )
+            .at(location)
+            .help(format!(
+                "a key holds the one resource it names: <prefix>/<group>/<Kind>/<namespace>/<name> (`meshctl apply --etcd` writes {})",
+                self.key_of(rk)
+            )),
+        );
+        mismatch
     }
 
     /// Checks the configuration the store holds.
@@ -835,6 +896,102 @@ mod tests {
         for (k, want) in table {
             assert_eq!(classify("/mesh", k), want, "{k}");
         }
+    }
+
+    /// A store's views reuse what its unchanged keys loaded as, and give what a store
+    /// that never viewed the same keys gives; a changed or deleted key is read anew.
+    #[test]
+    fn views_decode_only_the_keys_that_changed() {
+        let keys = [
+            "/mesh/networking.istio.io/VirtualService/default/a",
+            "/mesh/networking.istio.io/VirtualService/default/b",
+            "/mesh/networking.istio.io/VirtualService/default/c",
+            "/mesh/registry/default/w1",
+            "/mesh/registry/default/w2",
+        ];
+        let values = |key: &str, v: u64| -> String {
+            let name = key.rsplit('/').next().unwrap_or_default();
+            if key.contains("/registry/") {
+                return match v % 3 {
+                    0 => format!(
+                        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec: {{address: 10.0.0.{v}, labels: {{app: x}}}}\n"
+                    ),
+                    1 => format!(
+                        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: other}}\nspec: {{address: 10.0.0.{v}}}\n"
+                    ),
+                    _ => "not: [yaml".to_string(),
+                };
+            }
+            match v % 4 {
+                0 | 1 => vs(name, &format!("h{v}")),
+                2 => vs("someone-else", "x"),
+                _ => format!("{}  timeout: -1s\n", vs(name, "y")),
+            }
+        };
+        let fresh = |store: &KvStore| {
+            let mut copy = KvStore::new("/mesh", store.revision);
+            for (k, (_, e)) in &store.entries {
+                copy.insert(
+                    k.as_bytes(),
+                    e.value.as_deref().unwrap_or("").as_bytes(),
+                    e.mod_revision,
+                );
+            }
+            for (k, (_, _, v)) in &store.registrations {
+                copy.insert(k.as_bytes(), v.as_deref().unwrap_or("").as_bytes(), 0);
+            }
+            copy
+        };
+        let summary = |set: &ConfigSet| {
+            let checked = set.check();
+            (
+                set.resources()
+                    .iter()
+                    .map(|r| (r.key().to_string(), r.origin().source.text().to_string()))
+                    .collect::<Vec<_>>(),
+                checked
+                    .diagnostics
+                    .iter()
+                    .map(Diagnostic::short)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // A fixed sequence of puts and deletes (a linear congruential generator).
+        let mut seed: u64 = 0x5eed;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut store = KvStore::new("/mesh", 1);
+        let mut before = store.config_set();
+        let mut reused = 0;
+        for step in 0..200 {
+            let key = keys[next(keys.len() as u64) as usize];
+            if next(5) == 0 {
+                store.remove(key.as_bytes());
+            } else {
+                store.insert(key.as_bytes(), values(key, next(8)).as_bytes(), step);
+            }
+            let set = store.config_set();
+            assert_eq!(
+                summary(&set),
+                summary(&fresh(&store).config_set()),
+                "step {step}"
+            );
+            // A resource whose key did not change is the one loaded before.
+            for r in set.resources() {
+                let was = before.get(&r.key());
+                let same_text =
+                    was.is_some_and(|w| w.origin().source.text() == r.origin().source.text());
+                let same = was.is_some_and(|w| Arc::ptr_eq(&w.origin().trees, &r.origin().trees));
+                assert_eq!(same, same_text, "step {step}: {}", r.key());
+                reused += usize::from(same);
+            }
+            before = set;
+        }
+        assert!(reused > 300, "{reused}");
     }
 
     #[test]
