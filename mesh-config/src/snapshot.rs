@@ -256,11 +256,32 @@ impl Snapshot {
     /// its fields afterwards (a later diagnostic) reads its source's text again. The
     /// trees are most of what a loaded configuration holds — many times its text.
     pub fn release_trees(&self) {
+        self.release_trees_but(&[]);
+    }
+
+    /// Drops the YAML trees of every source that holds no resource of the kinds `keep`
+    /// (see [`Snapshot::release_trees`]): compiling reads a few positions of some kinds
+    /// (a PeerAuthentication's lines), and a source is parsed whole to read any of its
+    /// positions again.
+    pub fn release_trees_but(&self, keep: &[Kind]) {
+        let kept: std::collections::HashSet<*const Trees> = self
+            .inner
+            .kinds
+            .others
+            .iter()
+            .filter(|r| keep.contains(&r.kind()))
+            .map(|r| Arc::as_ptr(&r.origin().trees))
+            .collect();
+        let release = |trees: &Arc<Trees>| {
+            if !kept.contains(&Arc::as_ptr(trees)) {
+                trees.release();
+            }
+        };
         for r in &self.inner.kinds.others {
-            r.origin().trees.release();
+            release(&r.origin().trees);
         }
         for w in self.inner.registry.workloads().iter() {
-            w.origin.trees.release();
+            release(&w.origin.trees);
         }
     }
 

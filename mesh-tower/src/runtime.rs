@@ -161,13 +161,12 @@ impl RuntimeOptions {
     }
 }
 
-/// Compiles `snapshot`, its YAML trees dropped first ([`Snapshot::release_trees`]): they
-/// are most of a loaded configuration's memory and compiling needs none of them, so the
-/// compiled mesh takes their place rather than adding to them. The few positions compiling
-/// names (a PeerAuthentication's lines) read their sources again; what that kept is
-/// dropped after.
+/// Compiles `snapshot`, its YAML trees dropped first ([`Snapshot::release_trees_but`]):
+/// they are most of a loaded configuration's memory and compiling needs none of them but
+/// the sources of PeerAuthentications (it names their lines), so the compiled mesh takes
+/// their place rather than adding to them. The rest are dropped after.
 fn compile(snapshot: &Snapshot) -> CompiledMesh {
-    snapshot.release_trees();
+    snapshot.release_trees_but(&[mesh_config::model::Kind::PeerAuthentication]);
     let mesh = CompiledMesh::compile(snapshot);
     snapshot.release_trees();
     mesh

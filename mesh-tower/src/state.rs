@@ -730,22 +730,23 @@ mod tests {
                 .flat_map(|vs| vs.rules.iter().map(|r| r.origin.location()))
                 .collect()
         };
+        // Computed while the trees are kept.
+        let expected = locations(&kept);
         let runtime = crate::MeshRuntime::from_snapshot(&snapshot);
         assert!(
             snapshot
                 .resources()
                 .iter()
                 .all(|r| !r.origin().trees.is_kept()),
-            "released, what compiling read again (the PeerAuthentication's lines) too"
+            "released, the PeerAuthentication's source too once compiled"
         );
         let released = runtime.current();
-        assert_eq!(locations(&released), locations(&kept));
+        assert_eq!(locations(&released), expected);
         assert!(
-            locations(&kept)
+            expected
                 .iter()
                 .any(|l| l.ends_with("bookinfo-gateway.yaml:28")),
-            "{:?}",
-            locations(&kept)
+            "{expected:?}"
         );
         assert_eq!(released.peer_authentications(), kept.peer_authentications());
         // An entry that registers: its tree goes once it is applied.

@@ -314,7 +314,7 @@ impl fmt::Debug for Trees {
 }
 
 /// Where a resource came from: its file and its place in it, to locate any of its fields.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Origin {
     /// The file.
     pub source: Arc<SourceFile>,
@@ -331,6 +331,19 @@ pub struct Origin {
     /// change, and a configuration checked again (a store's next revision, most of its
     /// resources the same) need not read their trees again.
     validated: Arc<std::sync::OnceLock<Arc<[crate::diag::Diagnostic]>>>,
+}
+
+/// The place only: whether the trees are kept and what validating found are not part of
+/// it.
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("source", &self.source.name())
+            .field("document_index", &self.document_index)
+            .field("base", &self.base)
+            .field("span", &self.span)
+            .finish()
+    }
 }
 
 impl Origin {

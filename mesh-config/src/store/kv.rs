@@ -253,39 +253,45 @@ pub struct KvStore {
 #[derive(Debug, Default)]
 struct Decoded(std::sync::Mutex<HashMap<String, (String, ConfigSet)>>);
 
-/// One view's use of [`Decoded`]: what it found there, and what it used.
-struct Reuse {
-    before: HashMap<String, (String, ConfigSet)>,
-    used: HashMap<String, (String, ConfigSet)>,
+/// One view's use of [`Decoded`]: what it decoded anew. Views running at once (copies of
+/// a store share the cache) each find what the others left.
+struct Reuse<'a> {
+    decoded: &'a Decoded,
+    fresh: HashMap<String, (String, ConfigSet)>,
 }
 
-impl Reuse {
-    fn take(decoded: &Decoded) -> Self {
+impl<'a> Reuse<'a> {
+    fn new(decoded: &'a Decoded) -> Self {
         Reuse {
-            before: std::mem::take(&mut *decoded.0.lock().unwrap_or_else(|e| e.into_inner())),
-            used: HashMap::new(),
+            decoded,
+            fresh: HashMap::new(),
         }
     }
 
-    /// What `value` of `key` adds to a configuration: decoded the last time if the value
-    /// was the same, else by `decode`.
+    /// What `value` of `key` adds to a configuration: as decoded before if the value is
+    /// the same, else by `decode`.
     fn get(&mut self, key: &str, value: &str, decode: impl FnOnce() -> ConfigSet) -> ConfigSet {
-        let (value, one) = match self.before.remove(key) {
-            Some((v, one)) if v == value => (v, one),
-            _ => (value.to_string(), decode()),
-        };
-        let out = one.clone();
-        self.used.insert(key.to_string(), (value, one));
-        out
+        let cached = self
+            .decoded
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|(v, _)| v == value)
+            .map(|(_, one)| one.clone());
+        cached.unwrap_or_else(|| {
+            let one = decode();
+            self.fresh
+                .insert(key.to_string(), (value.to_string(), one.clone()));
+            one
+        })
     }
 
-    /// Keeps what was used, and what was not but whose key is still in `store` (a view
-    /// that left it out).
-    fn put(mut self, store: &KvStore) {
-        self.before
-            .retain(|k, _| store.entries.contains_key(k) || store.registrations.contains_key(k));
-        self.used.extend(self.before);
-        *store.decoded.0.lock().unwrap_or_else(|e| e.into_inner()) = self.used;
+    /// Keeps what was decoded anew, and lets go of the keys `store` no longer has.
+    fn put(self, store: &KvStore) {
+        let mut cache = self.decoded.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache.extend(self.fresh);
+        cache.retain(|k, _| store.entries.contains_key(k) || store.registrations.contains_key(k));
     }
 }
 
@@ -566,7 +572,7 @@ impl KvStore {
     /// Adds the registered WorkloadEntries to `set`. A registration that is not one
     /// WorkloadEntry of its key's namespace and name is left out with a warning: a
     /// workload's bad registration must not stop the configuration of every other.
-    fn add_registrations(&self, set: &mut ConfigSet, reuse: &mut Reuse) {
+    fn add_registrations(&self, set: &mut ConfigSet, reuse: &mut Reuse<'_>) {
         for (key, (ns, name, value)) in &self.registrations {
             let text = value.as_deref().unwrap_or("");
             set.apply(
@@ -587,7 +593,7 @@ impl KvStore {
     /// its key names.
     fn view(&self, keep: impl Fn(&ResourceKey) -> bool) -> ConfigSet {
         let mut set = ConfigSet::new();
-        let mut reuse = Reuse::take(&self.decoded);
+        let mut reuse = Reuse::new(&self.decoded);
         for (key, (rk, entry)) in &self.entries {
             if !keep(rk) || self.claimed(rk) {
                 continue;

@@ -75,7 +75,9 @@ impl RuleOrigin {
     }
 }
 
-/// Two origins are the same rule of the same VirtualService written at the same place.
+/// Two origins are the same rule of the same VirtualService written at the same place
+/// (the same source, document and resource position: the rule's own line is not compared,
+/// as it is not known without the tree).
 impl PartialEq for RuleOrigin {
     fn eq(&self, other: &Self) -> bool {
         self.virtual_service == other.virtual_service
