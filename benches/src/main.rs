@@ -101,6 +101,9 @@ struct PropagationArgs {
     /// VirtualService changes.
     #[arg(long)]
     registrations: bool,
+    /// Milliseconds between two writes.
+    #[arg(long, default_value_t = 50)]
+    interval_ms: u64,
 }
 
 /// Options of `follow`.
@@ -406,6 +409,7 @@ fn main() -> ExitCode {
                 args.changes,
                 args.followers,
                 args.registrations,
+                std::time::Duration::from_millis(args.interval_ms),
             ))
             .map(|()| ExitCode::SUCCESS)
         }),

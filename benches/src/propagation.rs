@@ -6,7 +6,7 @@
 //! revision and the wall-clock time each configuration went into force; the leader
 //! writes 100 changes (a VirtualService's weights; with `--registrations`, workloads of
 //! reviews registering and going away, which followers apply as endpoint changes only),
-//! 50 ms apart, and matches the times. Wall clocks of one machine: the latencies are
+//! 50 ms apart (`--interval-ms`), and matches the times. Wall clocks of one machine: the latencies are
 //! from the write's answer to the swap.
 
 use std::collections::HashMap;
@@ -65,6 +65,7 @@ pub(crate) async fn run(
     changes: usize,
     followers: usize,
     registrations: bool,
+    interval: Duration,
 ) -> Result<()> {
     let server = mesh_tests::etcd::EtcdServer::start();
     let url = server.url();
@@ -146,7 +147,7 @@ pub(crate) async fn run(
                 etcd.txn(txn).await?.header.map_or(0, |h| h.revision)
             };
             written.push((revision, now_micros()));
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(interval).await;
             continue;
         }
         let w = n % 100;
@@ -162,7 +163,7 @@ pub(crate) async fn run(
             )
             .await?;
         written.push((revision, now_micros()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(interval).await;
     }
     // Collect until every follower applied the last revision (at most 60 s more).
     let last = written.last().map_or(0, |w| w.0);
@@ -217,12 +218,13 @@ pub(crate) async fn run(
         latencies[i] as f64 / 1000.0
     };
     println!(
-        "Propagation: {changes} {} written to etcd, {followers} follower processes, Bookinfo{}\n",
+        "Propagation: {changes} {} written to etcd {} ms apart, {followers} follower processes, Bookinfo{}\n",
         if registrations {
             "registrations and deregistrations"
         } else {
             "VirtualService changes"
         },
+        interval.as_millis(),
         if services > 0 {
             format!(" + {services} services (10 endpoints each, a VirtualService each)")
         } else {

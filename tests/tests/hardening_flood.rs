@@ -177,7 +177,12 @@ async fn an_h2_flood_is_served_within_the_descriptor_bound_and_memory_comes_back
     // pages complete in 10 s is not (a busy 2-core machine completed under 500 in a
     // debug build), so this only asks that enough finished to count the failures.
     assert!(counts.total >= 200, "too few requests to judge: {text}");
-    let bad = counts.total - counts.status_2xx;
+    // h2load counts the status of responses that arrive as its time runs out, which
+    // its total leaves out: the 2xx count can exceed the total by a few.
+    let bad = counts
+        .total
+        .saturating_sub(counts.status_2xx)
+        .max(counts.failed);
     assert!(
         bad * 100 < counts.total,
         "{bad} of {} requests failed: {text}",
