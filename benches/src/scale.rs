@@ -295,8 +295,11 @@ pub(crate) fn run(size: Size) -> Result<()> {
         }
     }
     let deliver = |store: &mesh_config::store::kv::KvStore| -> Result<()> {
+        // As the sources' `offer` does: reusing what the configuration in force computed
+        // from the very same resources.
         let snapshot = store
-            .check()
+            .config_set()
+            .check_after(&runtime.snapshot())
             .snapshot
             .context("the store's configuration has errors")?;
         runtime.update(&snapshot);

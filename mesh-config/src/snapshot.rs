@@ -358,10 +358,29 @@ impl Snapshot {
     }
 }
 
+/// True when `a` and `b` hold the very same resources, in the same order.
+fn same<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
 impl ConfigSet {
     /// Validates every resource, builds the registry, analyzes the whole and, when there
     /// is no error, produces a [`Snapshot`].
     pub fn check(&self) -> Checked {
+        self.check_with(None)
+    }
+
+    /// [`ConfigSet::check`], reusing what `previous` computed from the very same
+    /// resources: its service registry, when the ServiceEntries and WorkloadEntries are
+    /// the same ones in the same order and so is the mesh's default `exportTo` (a
+    /// store's next revision in which only other kinds changed: see
+    /// [`store::kv::KvStore`](crate::store::kv::KvStore), which keeps the resources of
+    /// unchanged keys). The result is what `check` gives.
+    pub fn check_after(&self, previous: &Snapshot) -> Checked {
+        self.check_with(Some(previous))
+    }
+
+    fn check_with(&self, previous: Option<&Snapshot>) -> Checked {
         let mut diagnostics: Vec<Diagnostic> = self.diagnostics().to_vec();
         let mut inner = Kinds::default();
         let mut workload_entries = Vec::new();
@@ -412,11 +431,18 @@ impl ConfigSet {
                 );
             }
         }
-        let registry = Registry::build(
-            &inner.service_entries,
-            &workload_entries,
-            &inner.mesh.default_service_export_to,
-        );
+        let registry = match previous.filter(|p| {
+            same(p.service_entries(), &inner.service_entries)
+                && same(p.workload_entries(), &workload_entries)
+                && p.mesh().default_service_export_to == inner.mesh.default_service_export_to
+        }) {
+            Some(p) => p.registry().clone(),
+            None => Registry::build(
+                &inner.service_entries,
+                &workload_entries,
+                &inner.mesh.default_service_export_to,
+            ),
+        };
         analyze::analyze(
             &Input {
                 virtual_services: &inner.virtual_services,
@@ -599,6 +625,65 @@ mod tests {
                 .any(|d| d.code == Code::ConflictingTelemetryWorkloadSelectors && d.is_error()),
             "{}",
             whole.summary()
+        );
+    }
+
+    /// A check after a snapshot of the very same ServiceEntries and WorkloadEntries
+    /// reuses its registry; any change to them (or to the mesh's default `exportTo`)
+    /// builds it anew; either way the registry is what a plain check builds.
+    #[test]
+    fn a_check_after_a_snapshot_reuses_its_registry_only_for_the_same_entries() {
+        let base = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc}\nspec:\n  hosts: [svc.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: svc}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a}\nspec: {address: 10.0.0.1, labels: {app: svc}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: svc}\nspec:\n  hosts: [svc.example.com]\n  http: [{route: [{destination: {host: svc.example.com}}]}]\n";
+        let mut set = ConfigSet::new();
+        set.add_str("base.yaml", base);
+        let first = set.check().snapshot.unwrap();
+        let reused = |after: &ConfigSet| {
+            let checked = after.check_after(&first);
+            let snapshot = checked
+                .snapshot
+                .clone()
+                .unwrap_or_else(|| panic!("{}", checked.summary()));
+            assert_eq!(
+                snapshot.registry(),
+                after.check().snapshot.unwrap().registry(),
+                "the registry a plain check builds"
+            );
+            Arc::ptr_eq(
+                &snapshot.registry().services()[0],
+                &first.registry().services()[0],
+            )
+        };
+        let with = |text: &str| {
+            let mut changed = set.clone();
+            let mut one = ConfigSet::new();
+            one.add_str("changed.yaml", text);
+            changed.apply(one);
+            changed
+        };
+        assert!(reused(&set), "the same entries");
+        assert!(
+            reused(&with(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: svc}\nspec:\n  hosts: [svc.example.com]\n  http: [{timeout: 1s, route: [{destination: {host: svc.example.com}}]}]\n"
+            )),
+            "only a VirtualService changed"
+        );
+        assert!(
+            !reused(&with(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a}\nspec: {address: 10.0.0.2, labels: {app: svc}}\n"
+            )),
+            "a WorkloadEntry changed"
+        );
+        assert!(
+            !reused(&with(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: svc}\nspec:\n  hosts: [svc.example.com]\n  ports: [{number: 81, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: svc}}\n"
+            )),
+            "a ServiceEntry changed"
+        );
+        assert!(
+            !reused(&with(
+                "apiVersion: mesh.rs/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: istio-system}\nspec: {defaultServiceExportTo: [.]}\n"
+            )),
+            "the default exportTo changed"
         );
     }
 

@@ -130,7 +130,9 @@ pub fn offer(runtime: &crate::MeshRuntime, delivered: Result<Delivery, SourceErr
             }
         }
         Ok(Delivery::Config(set)) => {
-            let checked = set.check();
+            // What the configuration in force computed from the very same resources is
+            // reused (the etcd source keeps the resources of unchanged keys).
+            let checked = set.check_after(&runtime.snapshot());
             match checked.snapshot {
                 Some(snapshot) => {
                     runtime.update(&snapshot);
