@@ -264,7 +264,7 @@ impl Snapshot {
     /// (a PeerAuthentication's lines), and a source is parsed whole to read any of its
     /// positions again.
     pub fn release_trees_but(&self, keep: &[Kind]) {
-        let kept: std::collections::HashSet<*const Trees> = self
+        let mut kept: std::collections::HashSet<*const Trees> = self
             .inner
             .kinds
             .others
@@ -272,6 +272,15 @@ impl Snapshot {
             .filter(|r| keep.contains(&r.kind()))
             .map(|r| Arc::as_ptr(&r.origin().trees))
             .collect();
+        if keep.contains(&Kind::WorkloadEntry) {
+            kept.extend(
+                self.inner
+                    .registry
+                    .workloads()
+                    .iter()
+                    .map(|w| Arc::as_ptr(&w.origin.trees)),
+            );
+        }
         let release = |trees: &Arc<Trees>| {
             if !kept.contains(&Arc::as_ptr(trees)) {
                 trees.release();
@@ -375,7 +384,11 @@ impl ConfigSet {
     /// the same ones in the same order and so is the mesh's default `exportTo` (a
     /// store's next revision in which only other kinds changed: see
     /// [`store::kv::KvStore`](crate::store::kv::KvStore), which keeps the resources of
-    /// unchanged keys). The result is what `check` gives.
+    /// unchanged keys). After endpoint changes applied on their own
+    /// ([`Snapshot::with_workload_entries`]) the entries in force are other objects (and
+    /// listed in another order) than a store's view gives: the next whole configuration
+    /// builds the registry anew, and the one after reuses it. The result is what `check`
+    /// gives.
     pub fn check_after(&self, previous: &Snapshot) -> Checked {
         self.check_with(Some(previous))
     }

@@ -95,6 +95,7 @@ fn every_position_is_the_same_once_the_trees_are_released() {
         assert_eq!(positions(r.origin()), *before, "{}", r.key());
         // Read again, the trees are kept until released anew.
         assert!(r.origin().trees.is_kept());
+        assert!(r.origin().trees.rereads() >= 1);
         assert!(r.origin().trees.release());
         assert!(!r.origin().trees.release());
     }

@@ -732,6 +732,8 @@ mod tests {
         };
         // Computed while the trees are kept.
         let expected = locations(&kept);
+        let policies = |s: &mesh_config::Snapshot| s.peer_authentications()[0].origin.trees.clone();
+        assert_eq!(policies(&snapshot).rereads(), 0);
         let runtime = crate::MeshRuntime::from_snapshot(&snapshot);
         assert!(
             snapshot
@@ -740,6 +742,9 @@ mod tests {
                 .all(|r| !r.origin().trees.is_kept()),
             "released, the PeerAuthentication's source too once compiled"
         );
+        // Kept through the compile: its lines were read from the tree it had, not from
+        // the text parsed again.
+        assert_eq!(policies(&snapshot).rereads(), 0);
         let released = runtime.current();
         assert_eq!(locations(&released), expected);
         assert!(

@@ -242,6 +242,8 @@ pub struct ObjectMeta {
 pub struct Trees {
     source: Arc<SourceFile>,
     documents: Mutex<Option<Documents>>,
+    /// How many times the text was parsed again.
+    rereads: std::sync::atomic::AtomicUsize,
 }
 
 /// A source's document trees, each with its index in the stream, in order.
@@ -253,6 +255,7 @@ impl Trees {
         Arc::new(Trees {
             source,
             documents: Mutex::new(Some(documents.into())),
+            rereads: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -261,6 +264,8 @@ impl Trees {
         let documents = {
             let mut kept = self.documents.lock().unwrap_or_else(|e| e.into_inner());
             kept.get_or_insert_with(|| {
+                self.rereads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 crate::yaml::parse_stream(&self.source)
                     .documents
                     .into_iter()
@@ -293,6 +298,11 @@ impl Trees {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .is_some()
+    }
+
+    /// How many times the text was parsed again after the trees were released.
+    pub fn rereads(&self) -> usize {
+        self.rereads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True while the trees are kept.

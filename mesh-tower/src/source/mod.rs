@@ -176,3 +176,36 @@ pub async fn drive<S: ConfigSource>(
         observe(&offered);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    /// A whole configuration offered again with the very same ServiceEntries and
+    /// WorkloadEntries reuses the registry in force (`ConfigSet::check_after`); a new
+    /// load of the same text builds it anew, to the same services.
+    #[test]
+    fn an_offered_configuration_reuses_the_registry_of_the_same_entries() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bookinfo/config");
+        let set = mesh_config::ConfigSet::load(&[dir]).unwrap();
+        let runtime = crate::MeshRuntime::from_snapshot(&set.check().snapshot.unwrap());
+        let first = runtime.snapshot().registry().services()[0].clone();
+        let Offered::Applied(again) = offer(&runtime, Ok(Delivery::Config(set.clone()))) else {
+            panic!("rejected");
+        };
+        assert!(std::sync::Arc::ptr_eq(
+            &again.registry().services()[0],
+            &first
+        ));
+        let reloaded = mesh_config::ConfigSet::load(&[dir]).unwrap();
+        let Offered::Applied(fresh) = offer(&runtime, Ok(Delivery::Config(reloaded))) else {
+            panic!("rejected");
+        };
+        assert!(!std::sync::Arc::ptr_eq(
+            &fresh.registry().services()[0],
+            &first
+        ));
+        assert_eq!(fresh.registry(), again.registry());
+    }
+}
